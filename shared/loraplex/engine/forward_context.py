@@ -1,0 +1,34 @@
+"""Per-step metadata the model reads: attention (paged KV) and LoRA (segments or row indices).
+
+Built only by ``loraplex.engine.batch``; the model and kernels only read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class AttentionMeta:
+    is_prefill: bool
+    slot_mapping: torch.Tensor  # [T] int64 flat cache slot of every new token (-1 = padding)
+    cu_seqlens: list[int]  # prefill: [N+1] prefix sums of new tokens per sequence
+    block_tables: torch.Tensor | None  # decode: [B, max_blocks] int32
+    context_lens: torch.Tensor | None  # decode: [B] int32, tokens in cache incl. the new one
+
+
+@dataclass(frozen=True)
+class LoraMeta:
+    active: bool  # False when every row is a base-model row: LoRA is skipped entirely
+    is_prefill: bool
+    seg_starts: torch.Tensor | None  # prefill (SGMV): [G+1] int32 row offsets of adapter segments
+    seg_slots: torch.Tensor | None  # prefill (SGMV): [G] int32 slot per segment (-1 = base)
+    indices: torch.Tensor | None  # decode (BGMV): [B] int32 slot per row (-1 = base)
+
+
+@dataclass(frozen=True)
+class ForwardContext:
+    attn: AttentionMeta
+    lora: LoraMeta

@@ -1,0 +1,194 @@
+"""The in-process engine: requests in, token/text deltas out, one ``step()`` at a time.
+
+The offline ``LLM`` API and the prefill/decode workers all wrap this class.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from loraplex.config import EngineConfig, resolve_device, resolve_dtype
+from loraplex.engine.runner import ModelRunner
+from loraplex.engine.sampler import sample
+from loraplex.engine.scheduler import Scheduler, SchedulerConfig
+from loraplex.engine.sequence import Sequence
+from loraplex.errors import AdapterError, AdapterNotFoundError, CapacityError, InvalidRequestError
+from loraplex.kvcache.block_allocator import BlockAllocator, blocks_for
+from loraplex.kvcache.paged_cache import PagedKVCache
+from loraplex.lora.adapter import LoraAdapter, load_adapter_dir
+from loraplex.lora.slot_table import SlotTable
+from loraplex.lora.weights import LoraWeights
+from loraplex.model.config import ModelConfig
+from loraplex.model.loader import load_model
+from loraplex.sampling_params import SamplingParams
+from loraplex.text.detokenizer import IncrementalDetokenizer
+from loraplex.text.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What one step produced for one request."""
+
+    request_id: str
+    new_token_ids: list[int]
+    new_text: str
+    finished: bool
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+
+class LLMEngine:
+    def __init__(
+        self,
+        model_dir: str | Path,
+        config: EngineConfig | None = None,
+        dtype: str | torch.dtype = "auto",
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.config = cfg = config or EngineConfig()
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.model_config = ModelConfig.from_dir(model_dir)
+        self.tokenizer = Tokenizer(model_dir)
+        mc = self.model_config
+        self.max_model_len = cfg.max_model_len or min(mc.max_position_embeddings, 8192)
+        if cfg.max_num_batched_tokens < self.max_model_len:
+            # A whole prompt is prefilled in one step, so the budget must hold the longest one.
+            self.max_model_len = cfg.max_num_batched_tokens
+        self.model = load_model(model_dir, mc, self.dtype, self.device, self.max_model_len)
+        num_blocks = self._num_kv_blocks()
+        self.kv_cache = PagedKVCache(mc, num_blocks, cfg.block_size, self.dtype, self.device)
+        self.lora_weights = LoraWeights(mc, cfg.max_loras, cfg.max_lora_rank, self.dtype, self.device)
+        self.slots = SlotTable(cfg.max_loras)
+        self.allocator = BlockAllocator(num_blocks, cfg.block_size)
+        self.scheduler = Scheduler(
+            SchedulerConfig(cfg.max_num_seqs, cfg.max_num_batched_tokens, cfg.block_size), self.allocator, self.slots
+        )
+        self.runner = ModelRunner(self.model, self.kv_cache, self.lora_weights, self.device)
+        self.adapters: dict[str, LoraAdapter] = {}
+        self._generators: dict[str, torch.Generator] = {}
+        self._detok: dict[str, IncrementalDetokenizer] = {}
+        self._shared_gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.last_logits: dict[str, torch.Tensor] = {}
+        self.eos_ids = set(mc.eos_token_ids)
+        if self.tokenizer.eos_token_id is not None:
+            self.eos_ids.add(self.tokenizer.eos_token_id)
+
+    def _num_kv_blocks(self) -> int:
+        cfg, mc = self.config, self.model_config
+        if cfg.num_kv_blocks:
+            return cfg.num_kv_blocks
+        per_block = PagedKVCache.bytes_per_block(mc, cfg.block_size, self.dtype)
+        if cfg.kv_cache_memory_mb:
+            return max(1, cfg.kv_cache_memory_mb * 2**20 // per_block)
+        wanted = cfg.max_num_seqs * blocks_for(self.max_model_len, cfg.block_size)
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            wanted = min(wanted, int(free * 0.8) // per_block)
+        return max(wanted, blocks_for(self.max_model_len, cfg.block_size))
+
+    # ---- adapters -------------------------------------------------------------------------
+    def add_lora(self, name: str, path: str | Path) -> LoraAdapter:
+        adapter = load_adapter_dir(path, name, self.model_config, self.config.max_lora_rank)
+        return self.add_lora_adapter(adapter)
+
+    def add_lora_adapter(self, adapter: LoraAdapter) -> LoraAdapter:
+        """Register (or replace) a validated adapter; a resident stale copy is dropped."""
+        if adapter.rank > self.config.max_lora_rank:
+            raise AdapterError(f"adapter {adapter.name!r}: rank {adapter.rank} exceeds max_lora_rank")
+        if adapter.name in self.adapters:
+            self.remove_lora(adapter.name)
+        self.adapters[adapter.name] = adapter
+        return adapter
+
+    def remove_lora(self, name: str) -> None:
+        """Forget an adapter.  Refused while running requests use it."""
+        if self.slots.pinned(name):
+            raise AdapterError(f"adapter {name!r} is in use by running requests")
+        slot = self.slots.evict(name)
+        if slot is not None:
+            self.lora_weights.clear(slot)
+        self.adapters.pop(name, None)
+
+    # ---- requests -------------------------------------------------------------------------
+    def add_request(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, lora: str | None = None
+    ) -> None:
+        if not prompt_token_ids:
+            raise InvalidRequestError("prompt must contain at least one token")
+        if len(prompt_token_ids) >= self.max_model_len:
+            raise InvalidRequestError(
+                f"prompt has {len(prompt_token_ids)} tokens; this model's context is {self.max_model_len}"
+            )
+        vocab = self.model_config.vocab_size
+        if min(prompt_token_ids) < 0 or max(prompt_token_ids) >= vocab:
+            raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})")
+        if lora is not None and lora not in self.adapters:
+            raise AdapterNotFoundError(f"adapter {lora!r} is not registered")
+        if blocks_for(self.max_model_len, self.config.block_size) > self.allocator.num_blocks:
+            raise CapacityError("the KV cache cannot hold one full-length sequence")
+        if self.scheduler.find(request_id) is not None:
+            raise InvalidRequestError(f"request id {request_id!r} is already running")
+        seq = Sequence(request_id, list(prompt_token_ids), params, lora)
+        if params.seed is not None:
+            self._generators[request_id] = torch.Generator(device=self.device).manual_seed(params.seed)
+        self._detok[request_id] = IncrementalDetokenizer(
+            self.tokenizer, params.stop, params.skip_special_tokens, context_ids=seq.prompt_token_ids
+        )
+        self.scheduler.add(seq)
+
+    def abort(self, request_id: str) -> bool:
+        seq = self.scheduler.find(request_id)
+        if seq is None:
+            return False
+        self.scheduler.finish(seq, "abort")
+        self._forget(request_id)
+        return True
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[StepOutput]:
+        batch = self.scheduler.schedule()
+        if batch is None or not batch.seqs:
+            return []
+        for name, slot in batch.adapter_loads:
+            self.lora_weights.load(slot, self.adapters[name])
+        inp = self.runner.prepare(batch.seqs, batch.is_prefill)
+        logits = self.runner.execute(inp)
+        gens = [self._generators.get(s.request_id, self._shared_gen) for s in inp.seqs]
+        tokens = sample(logits, [s.params for s in inp.seqs], gens)
+        self.last_logits = {s.request_id: row for s, row in zip(inp.seqs, logits)}  # for tests/debug
+        return [self._append(seq, tok) for seq, tok in zip(inp.seqs, tokens)]
+
+    def _append(self, seq: Sequence, token: int) -> StepOutput:
+        seq.num_cached = seq.num_tokens
+        seq.output_token_ids.append(token)
+        p = seq.params
+        detok = self._detok[seq.request_id]
+        text = detok.append(token)
+        reason, stop_reason = None, None
+        if token in p.stop_token_ids:
+            reason, stop_reason = "stop", token
+        elif token in self.eos_ids and not p.ignore_eos:
+            reason = "stop"
+        elif detok.stopped is not None:
+            reason, stop_reason = "stop", detok.stopped
+        elif len(seq.output_token_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+            reason = "length"
+        if reason is not None:
+            text += detok.flush()
+            self.scheduler.finish(seq, reason)
+            seq.stop_reason = stop_reason
+            self._forget(seq.request_id)
+        return StepOutput(seq.request_id, [token], text, reason is not None, reason, stop_reason)
+
+    def _forget(self, request_id: str) -> None:
+        self._generators.pop(request_id, None)
+        self._detok.pop(request_id, None)

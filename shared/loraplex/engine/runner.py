@@ -1,0 +1,37 @@
+"""Runs one model step over a scheduled batch: tensors in, last-token logits out."""
+
+from __future__ import annotations
+
+import torch
+
+from loraplex.engine.batch import ModelInput, build_decode, build_prefill
+from loraplex.engine.sequence import Sequence
+from loraplex.kernels import get_ops
+from loraplex.kvcache.paged_cache import PagedKVCache
+from loraplex.lora.weights import LoraWeights
+from loraplex.model.llama import LlamaForCausalLM
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        kv_cache: PagedKVCache,
+        lora: LoraWeights,
+        device: torch.device,
+    ) -> None:
+        self.model = model
+        self.kv_cache = kv_cache
+        self.lora = lora
+        self.device = device
+        self.ops = get_ops(device)
+
+    def prepare(self, seqs: list[Sequence], is_prefill: bool) -> ModelInput:
+        build = build_prefill if is_prefill else build_decode
+        return build(seqs, self.kv_cache.block_size, self.device)
+
+    @torch.inference_mode()
+    def execute(self, inp: ModelInput) -> torch.Tensor:
+        """Run the model; returns fp32 logits [N, vocab] in the order of ``inp.seqs``."""
+        hidden = self.model(inp.input_ids, inp.positions, inp.ctx, self.kv_cache.layers, self.lora, self.ops)
+        return self.model.compute_logits(hidden[inp.logits_index])

@@ -1,0 +1,133 @@
+"""Continuous-batching step scheduler: prefill under a token budget, else decode; preempt on OOM.
+
+Pure Python: works on Sequence objects, block ids and adapter slots, never on tensors.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from loraplex.engine.sequence import Sequence, SequenceStatus
+from loraplex.kvcache.block_allocator import BlockAllocator, blocks_for
+from loraplex.lora.slot_table import SlotTable
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    block_size: int
+
+
+@dataclass
+class ScheduledBatch:
+    is_prefill: bool
+    seqs: list[Sequence]
+    adapter_loads: list[tuple[str, int]] = field(default_factory=list)  # (adapter, slot) to fill
+    preempted: list[Sequence] = field(default_factory=list)
+
+
+class Scheduler:
+    def __init__(self, cfg: SchedulerConfig, allocator: BlockAllocator, slots: SlotTable) -> None:
+        self.cfg = cfg
+        self.allocator = allocator
+        self.slots = slots
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self._arrivals = 0
+
+    def add(self, seq: Sequence) -> None:
+        seq.arrival = self._arrivals
+        self._arrivals += 1
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> ScheduledBatch | None:
+        """Pick the next step's sequences; None when there is nothing to run."""
+        batch = self._schedule_prefill()
+        if batch.seqs:
+            return batch
+        batch = self._schedule_decode()
+        return batch if batch.seqs or batch.preempted else None
+
+    def _schedule_prefill(self) -> ScheduledBatch:
+        batch = ScheduledBatch(is_prefill=True, seqs=[])
+        tokens = 0
+        while self.waiting and len(self.running) + len(batch.seqs) < self.cfg.max_num_seqs:
+            seq = self.waiting[0]
+            n = seq.num_tokens
+            if tokens + n > self.cfg.max_num_batched_tokens:
+                break
+            need = blocks_for(n, self.cfg.block_size)
+            if not self.allocator.can_allocate(need):
+                break
+            if seq.lora is not None:
+                grant = self.slots.acquire(seq.lora)
+                if grant is None:  # every slot is pinned by running requests: wait for one
+                    break
+                seq.lora_slot = grant.slot
+                if grant.needs_load:
+                    batch.adapter_loads.append((seq.lora, grant.slot))
+            seq.block_table = self.allocator.allocate(need)
+            seq.status = SequenceStatus.RUNNING
+            self.waiting.popleft()
+            batch.seqs.append(seq)
+            tokens += n
+        self.running.extend(batch.seqs)
+        return batch
+
+    def _schedule_decode(self) -> ScheduledBatch:
+        batch = ScheduledBatch(is_prefill=False, seqs=[])
+        queue = sorted(self.running, key=lambda s: s.arrival)
+        while queue:
+            seq = queue.pop(0)
+            need = blocks_for(seq.num_tokens, self.cfg.block_size) - len(seq.block_table)
+            while need > 0 and not self.allocator.can_allocate(need):
+                # Free the most recent arrival and recompute it later (vLLM's recompute policy).
+                victim = queue.pop() if queue else seq
+                self._preempt(victim)
+                batch.preempted.append(victim)
+                if victim is seq:
+                    break
+            else:
+                if need > 0:
+                    seq.block_table.extend(self.allocator.allocate(need))
+                batch.seqs.append(seq)
+        self.running = list(batch.seqs)
+        return batch
+
+    def _preempt(self, seq: Sequence) -> None:
+        self._release(seq)
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        # Keep arrival order in the waiting queue so the earliest request resumes first.
+        idx = next((i for i, s in enumerate(self.waiting) if s.arrival > seq.arrival), len(self.waiting))
+        self.waiting.insert(idx, seq)
+
+    def _release(self, seq: Sequence) -> None:
+        if seq.block_table:
+            self.allocator.free(seq.block_table)
+        seq.block_table = []
+        seq.num_cached = 0
+        if seq.lora is not None and seq.lora_slot >= 0:
+            self.slots.release(seq.lora)
+        seq.lora_slot = -1
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        """Mark finished and give back its blocks and adapter pin."""
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        self._release(seq)
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+
+    def find(self, request_id: str) -> Sequence | None:
+        for seq in (*self.running, *self.waiting):
+            if seq.request_id == request_id:
+                return seq
+        return None

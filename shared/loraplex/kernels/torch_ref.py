@@ -1,0 +1,199 @@
+"""Pure-torch twins of every kernel: the oracle for the Triton kernels and the CPU path.
+
+Conventions shared with the Triton kernels in this package:
+
+* LoRA weights of one target module at one layer are stacked over device slots and padded to
+  ``max_rank`` in storage; each slot's *real* rank is given in ``ranks`` and only that many rank
+  columns are read or written.  A rank of 0 means "this slot has no adapter for this module".
+* ``lora_b`` already holds ``B * scaling`` (alpha / r, or alpha / sqrt(r) for rsLoRA).
+* A slot index of -1 (or a segment slot of -1) marks rows served by the base model: no LoRA delta.
+* Shrink writes ``v = x @ A[slot, :r].T`` into the first ``r`` columns of ``v`` (the rest of the row
+  is left untouched); expand adds ``v[:, :r] @ B[slot, :, :r].T`` into a column slice of ``y``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _rank_groups(indices: list[int], ranks: list[int]) -> dict[int, list[int]]:
+    """Row numbers grouped by the rank of their slot, skipping base rows and rank-0 slots."""
+    groups: dict[int, list[int]] = {}
+    for row, slot in enumerate(indices):
+        if slot >= 0 and ranks[slot] > 0:
+            groups.setdefault(ranks[slot], []).append(row)
+    return groups
+
+
+def bgmv_shrink(
+    x: torch.Tensor, lora_a: torch.Tensor, indices: torch.Tensor, ranks: torch.Tensor, v: torch.Tensor
+) -> None:
+    """Per-row shrink (decode): ``v[i, :r] = x[i] @ lora_a[indices[i], :r].T``.
+
+    x: [T, H_in]; lora_a: [S, R, H_in]; indices: [T] int (slot or -1); ranks: [S] int;
+    v: [T, R] (written in place, only the first r columns of rows with an adapter).
+    Rows are grouped by rank so each group is one batched matmul at its real rank.
+    """
+    idx = indices.tolist()
+    for r, rows in _rank_groups(idx, ranks.tolist()).items():
+        rows_t = torch.tensor(rows, device=x.device)
+        a = lora_a[indices[rows_t], :r]  # [n, r, H_in]
+        v[rows_t, :r] = torch.bmm(a, x[rows_t].unsqueeze(-1)).squeeze(-1).to(v.dtype)
+
+
+def bgmv_expand(
+    v: torch.Tensor,
+    lora_b: torch.Tensor,
+    indices: torch.Tensor,
+    ranks: torch.Tensor,
+    y: torch.Tensor,
+    y_offset: int = 0,
+) -> None:
+    """Per-row expand (decode): ``y[i, off:off+H_out] += v[i, :r] @ lora_b[indices[i], :, :r].T``.
+
+    v: [T, R]; lora_b: [S, H_out, R]; indices: [T]; ranks: [S]; y: [T, H_total] (in place).
+    """
+    h_out = lora_b.shape[1]
+    idx = indices.tolist()
+    for r, rows in _rank_groups(idx, ranks.tolist()).items():
+        rows_t = torch.tensor(rows, device=y.device)
+        b = lora_b[indices[rows_t], :, :r]  # [n, H_out, r]
+        delta = torch.bmm(b, v[rows_t, :r].to(b.dtype).unsqueeze(-1)).squeeze(-1)
+        y[rows_t, y_offset : y_offset + h_out] += delta.to(y.dtype)
+
+
+def sgmv_shrink(
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    seg_starts: torch.Tensor,
+    seg_slots: torch.Tensor,
+    ranks: torch.Tensor,
+    v: torch.Tensor,
+) -> None:
+    """Segmented shrink (prefill): rows ``seg_starts[g]:seg_starts[g+1]`` all use slot ``seg_slots[g]``.
+
+    x: [T, H_in]; lora_a: [S, R, H_in]; seg_starts: [G+1] int (0 .. T); seg_slots: [G] int (slot or -1);
+    ranks: [S]; v: [T, R] (in place, first r columns of rows in adapter segments).
+    """
+    starts, slots, rk = seg_starts.tolist(), seg_slots.tolist(), ranks.tolist()
+    for g, slot in enumerate(slots):
+        if slot < 0 or rk[slot] == 0:
+            continue
+        s, e, r = starts[g], starts[g + 1], rk[slot]
+        v[s:e, :r] = (x[s:e] @ lora_a[slot, :r].T).to(v.dtype)
+
+
+def sgmv_expand(
+    v: torch.Tensor,
+    lora_b: torch.Tensor,
+    seg_starts: torch.Tensor,
+    seg_slots: torch.Tensor,
+    ranks: torch.Tensor,
+    y: torch.Tensor,
+    y_offset: int = 0,
+) -> None:
+    """Segmented expand (prefill): ``y[s:e, off:off+H_out] += v[s:e, :r] @ lora_b[slot, :, :r].T``.
+
+    v: [T, R]; lora_b: [S, H_out, R]; seg_starts: [G+1]; seg_slots: [G]; ranks: [S];
+    y: [T, H_total] (in place).
+    """
+    h_out = lora_b.shape[1]
+    starts, slots, rk = seg_starts.tolist(), seg_slots.tolist(), ranks.tolist()
+    for g, slot in enumerate(slots):
+        if slot < 0 or rk[slot] == 0:
+            continue
+        s, e, r = starts[g], starts[g + 1], rk[slot]
+        y[s:e, y_offset : y_offset + h_out] += (v[s:e, :r].to(lora_b.dtype) @ lora_b[slot, :, :r].T).to(
+            y.dtype
+        )
+
+
+def store_kv(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Write new keys/values into the paged cache.
+
+    k, v: [T, KVH, D]; k_cache, v_cache: [num_blocks, block_size, KVH, D];
+    slot_mapping: [T] int64, flat slot ``block * block_size + offset``; -1 rows are skipped (padding).
+    """
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep]
+    kvh, d = k.shape[1], k.shape[2]
+    k_cache.view(-1, kvh, d)[slots] = k[keep].to(k_cache.dtype)
+    v_cache.view(-1, kvh, d)[slots] = v[keep].to(v_cache.dtype)
+
+
+def _window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, sliding_window: int | None) -> torch.Tensor:
+    """Boolean [Q, K] mask (True = attend): causal, optionally limited to the last ``sliding_window``."""
+    mask = k_pos[None, :] <= q_pos[:, None]
+    if sliding_window is not None:
+        mask &= k_pos[None, :] > q_pos[:, None] - sliding_window
+    return mask
+
+
+def prefill_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: list[int],
+    scale: float,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """Causal self-attention over variable-length prompts packed in one tensor.
+
+    q: [T, H, D]; k, v: [T, KVH, D] (grouped-query: H % KVH == 0); cu_seqlens: [N+1] prefix sums
+    of the prompt lengths; returns [T, H, D].
+    """
+    out = torch.empty_like(q)
+    groups = q.shape[1] // k.shape[1]
+    for s, e in zip(cu_seqlens[:-1], cu_seqlens[1:]):
+        qs = q[s:e].transpose(0, 1)  # [H, L, D]
+        ks = k[s:e].transpose(0, 1).repeat_interleave(groups, dim=0)
+        vs = v[s:e].transpose(0, 1).repeat_interleave(groups, dim=0)
+        if sliding_window is None or sliding_window >= e - s:
+            o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale)
+        else:
+            pos = torch.arange(e - s, device=q.device)
+            mask = _window_mask(pos, pos, sliding_window)
+            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale)
+        out[s:e] = o.transpose(0, 1)
+    return out
+
+
+def paged_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """One query token per sequence attending to its cached keys through a block table.
+
+    q: [B, H, D]; k_cache, v_cache: [num_blocks, block_size, KVH, D];
+    block_tables: [B, max_blocks] int (unused entries may hold any valid block id);
+    context_lens: [B] int, tokens in the cache for each row including the current one;
+    returns [B, H, D].
+    """
+    bsz, heads, d = q.shape
+    block_size, kvh = k_cache.shape[1], k_cache.shape[2]
+    k = k_cache[block_tables].reshape(bsz, -1, kvh, d)  # [B, max_ctx, KVH, D]
+    v = v_cache[block_tables].reshape(bsz, -1, kvh, d)
+    groups = heads // kvh
+    k = k.transpose(1, 2).repeat_interleave(groups, dim=1)  # [B, H, max_ctx, D]
+    v = v.transpose(1, 2).repeat_interleave(groups, dim=1)
+    pos = torch.arange(k.shape[2], device=q.device)
+    q_pos = (context_lens - 1).to(pos.dtype)
+    mask = pos[None, :] < context_lens[:, None]
+    if sliding_window is not None:
+        mask &= pos[None, :] > q_pos[:, None] - sliding_window
+    o = F.scaled_dot_product_attention(
+        q.unsqueeze(2), k.to(q.dtype), v.to(q.dtype), attn_mask=mask[:, None, None, :], scale=scale
+    )
+    return o.squeeze(2)
