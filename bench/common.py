@@ -1,0 +1,73 @@
+"""Shared helpers for the benchmarks in bench/: machine info, markdown tables, docs sections."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCH_DOC = REPO_ROOT / "docs" / "benchmarks.md"
+DOC_TITLE = "# Benchmarks"
+
+
+def num_cores() -> int:
+    """CPU cores this process may run on (respects affinity masks / container cpusets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo, or platform's best guess elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_line() -> str:
+    """One line describing where the numbers were taken."""
+    return (
+        f"{cpu_model()}, {num_cores()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
+    )
+
+
+def today() -> str:
+    return dt.date.today().isoformat()
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured markdown table (numbers right-aligned, first column left-aligned)."""
+    align = ["---"] + ["---:"] * (len(headers) - 1)
+    lines = [headers, align, *rows]
+    return "\n".join("| " + " | ".join(str(c) for c in line) + " |" for line in lines)
+
+
+def replace_doc_section(heading: str, body: str, path: Path = BENCH_DOC) -> None:
+    """Put ``## heading`` + ``body`` into ``path``, replacing only that section.
+
+    The section runs from its ``## `` heading to the next ``## `` heading (or the end); other
+    sections and the ``# Benchmarks`` title are kept as they are.  Creates the file if needed.
+    """
+    text = path.read_text() if path.exists() else f"{DOC_TITLE}\n"
+    if not text.lstrip().startswith(DOC_TITLE):
+        text = f"{DOC_TITLE}\n\n{text}"
+    section = f"## {heading}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(heading)}[ \t]*\n.*?(?=^## |\Z)", re.M | re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.rstrip("\n") + "\n")

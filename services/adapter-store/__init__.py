@@ -1,0 +1,1 @@
+"""Adapter-store service: register, validate, list and delete PEFT adapters over Redis."""

@@ -1,0 +1,1 @@
+"""Decode worker: continuous batching of decode steps with mixed adapters."""

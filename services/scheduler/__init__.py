@@ -1,0 +1,1 @@
+"""The scheduler service: the only queue, fairness policy, placement."""

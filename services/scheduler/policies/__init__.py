@@ -1,0 +1,1 @@
+"""Fairness policies (pure Python, no I/O): VTC, FCFS, LCF, RPM."""

@@ -1,0 +1,1 @@
+"""Adapter registry over Redis: storage, validation, events, and the client workers use."""
