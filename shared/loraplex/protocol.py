@@ -27,7 +27,7 @@ class ProtocolError(ValueError):
 class Subjects:
     """All subjects in one place.  Per-worker and per-gateway subjects are built by the methods."""
 
-    SUBMIT = "loraplex.sched.submit"  # gateway -> scheduler: SubmitRequest
+    SUBMIT = "loraplex.sched.submit"  # gateway -> scheduler (request/reply): SubmitRequest -> SubmitReply
     CANCEL = "loraplex.sched.cancel"  # gateway -> scheduler: CancelRequest
     HEARTBEAT = "loraplex.sched.heartbeat"  # workers -> scheduler: WorkerHeartbeat
     USAGE = "loraplex.sched.usage"  # workers -> scheduler: UsageReport, RequestDone
@@ -91,6 +91,17 @@ class SubmitRequest(Message):
     sampling: SamplingSpec
     adapter: str | None = None
     arrival_ts: float = 0.0
+
+
+@dataclass(frozen=True)
+class SubmitReply(Message):
+    """scheduler -> gateway (reply to SUBMIT): queued, or refused with an HTTP-like status."""
+
+    TAG: ClassVar[str] = "submit_reply"
+    request_id: str
+    accepted: bool
+    code: int = 200  # 429 queue full, 503 no worker can serve
+    message: str = ""
 
 
 @dataclass(frozen=True)
@@ -218,3 +229,96 @@ def decode(data: bytes, expect: type[M] | tuple[type[Message], ...] | None = Non
     if expect is not None and not issubclass(cls, expect):
         raise ProtocolError(f"unexpected message type {raw['t']!r} on this subject")
     return _from_fields(cls, raw["d"], cls.__name__)  # type: ignore[return-value]
+
+
+# ---- scheduler <-> workers -----------------------------------------------------------------
+@dataclass(frozen=True)
+class PrefillAssign(Message):
+    """scheduler -> prefill (or colocated) worker: run this request.
+
+    ``decode_worker`` is where the KV cache goes; empty for a colocated worker, which decodes itself.
+    """
+
+    TAG: ClassVar[str] = "prefill_assign"
+    request: SubmitRequest
+    decode_worker: str = ""
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class PrefetchAdapter(Message):
+    """scheduler -> worker: start paging this adapter in; a request for it is on its way."""
+
+    TAG: ClassVar[str] = "prefetch"
+    adapter: str
+
+
+@dataclass(frozen=True)
+class WorkerHeartbeat(Message):
+    """worker -> scheduler, every heartbeat interval: liveness, capacity and adapter residency."""
+
+    TAG: ClassVar[str] = "heartbeat"
+    worker_id: str
+    role: str  # "prefill" | "decode" | "both"
+    free_blocks: int
+    total_blocks: int
+    block_size: int
+    running: int
+    waiting: int
+    max_num_seqs: int
+    adapters: list[str] = field(default_factory=list)  # resident on device or host
+    draining: bool = False
+    ts: float = 0.0
+
+
+@dataclass(frozen=True)
+class RequestProgress(Message):
+    """worker -> scheduler: a request moved on (tokens produced, handed over, finished, failed).
+
+    ``event``: "handoff" (prefill done, KV sent to ``decode_worker``), "tokens" (``new_tokens``
+    generated since the last report), "finished", "failed".
+    """
+
+    TAG: ClassVar[str] = "progress"
+    request_id: str
+    tenant: str
+    worker_id: str
+    event: str
+    new_tokens: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    decode_worker: str = ""
+    message: str = ""
+
+
+# ---- prefill -> decode: KV hand-over ---------------------------------------------------------
+@dataclass(frozen=True)
+class KVBegin(Message):
+    """prefill -> decode (NATS request/reply): reserve blocks for a request about to be sent."""
+
+    TAG: ClassVar[str] = "kv_begin"
+    request: SubmitRequest
+    first_token: int
+    num_tokens: int  # tokens whose K/V follow (the prompt)
+    num_chunks: int
+    dtype: str
+    shape: list[int]  # of the exported payload [layers, 2, blocks, block_size, kv_heads, head_dim]
+    prefill_worker: str = ""
+
+
+@dataclass(frozen=True)
+class KVReply(Message):
+    TAG: ClassVar[str] = "kv_reply"
+    request_id: str
+    accepted: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class KVChunk(Message):
+    """One slice of the exported KV payload (raw bytes), sized below the server's max_payload."""
+
+    TAG: ClassVar[str] = "kv_chunk"
+    request_id: str
+    index: int
+    data: bytes

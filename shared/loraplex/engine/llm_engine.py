@@ -41,6 +41,16 @@ class StepOutput:
     finished: bool
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    handoff: KVHandoff | None = None  # prefill-only request whose K/V are ready to ship
+
+
+@dataclass(frozen=True)
+class KVHandoff:
+    """The exported prompt K/V of a prefill-only request and the first token sampled after it."""
+
+    payload: torch.Tensor  # [layers, 2, blocks, block_size, kv_heads, head_dim]
+    first_token: int
+    num_tokens: int  # tokens whose K/V the payload holds
 
 
 class LLMEngine:
@@ -74,6 +84,7 @@ class LLMEngine:
         self.adapters: dict[str, LoraAdapter] = {}
         self._generators: dict[str, torch.Generator] = {}
         self._detok: dict[str, IncrementalDetokenizer] = {}
+        self._reservations: dict[str, list[int]] = {}
         self._shared_gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.last_logits: dict[str, torch.Tensor] = {}
         self.eos_ids = set(mc.eos_token_ids)
@@ -118,7 +129,12 @@ class LLMEngine:
 
     # ---- requests -------------------------------------------------------------------------
     def add_request(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, lora: str | None = None
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        lora: str | None = None,
+        prefill_only: bool = False,
     ) -> None:
         if not prompt_token_ids:
             raise InvalidRequestError("prompt must contain at least one token")
@@ -135,13 +151,55 @@ class LLMEngine:
             raise CapacityError("the KV cache cannot hold one full-length sequence")
         if self.scheduler.find(request_id) is not None:
             raise InvalidRequestError(f"request id {request_id!r} is already running")
-        seq = Sequence(request_id, list(prompt_token_ids), params, lora)
+        seq = Sequence(request_id, list(prompt_token_ids), params, lora, prefill_only=prefill_only)
+        self._track(seq)
+        self.scheduler.add(seq)
+
+    def _track(self, seq: Sequence) -> None:
+        params, request_id = seq.params, seq.request_id
         if params.seed is not None:
             self._generators[request_id] = torch.Generator(device=self.device).manual_seed(params.seed)
         self._detok[request_id] = IncrementalDetokenizer(
             self.tokenizer, params.stop, params.skip_special_tokens, context_ids=seq.prompt_token_ids
         )
-        self.scheduler.add(seq)
+
+    # ---- disaggregation: K/V hand-over -----------------------------------------------------
+    def reserve_blocks(self, request_id: str, num_tokens: int) -> bool:
+        """Set aside blocks for a request whose K/V are about to arrive; False when they don't fit."""
+        need = blocks_for(num_tokens, self.config.block_size)
+        if request_id in self._reservations or not self.allocator.can_allocate(need):
+            return False
+        self._reservations[request_id] = self.allocator.allocate(need)
+        return True
+
+    def release_reservation(self, request_id: str) -> None:
+        blocks = self._reservations.pop(request_id, None)
+        if blocks:
+            self.allocator.free(blocks)
+
+    def inject(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        lora: str | None,
+        first_token: int,
+        payload: torch.Tensor,
+    ) -> StepOutput:
+        """Join a request prefilled elsewhere to the decode batch; returns its first token's output."""
+        blocks = self._reservations.pop(request_id)
+        if lora is not None and lora not in self.adapters:
+            self.allocator.free(blocks)
+            raise AdapterNotFoundError(f"adapter {lora!r} is not registered")
+        self.kv_cache.import_blocks(blocks, payload)
+        seq = Sequence(request_id, list(prompt_token_ids), params, lora)
+        seq.block_table = blocks
+        seq.num_cached = len(prompt_token_ids)
+        self._track(seq)
+        out = self._append(seq, first_token, cached=False)
+        if not out.finished:
+            self.scheduler.add_prefilled(seq)
+        return out
 
     def abort(self, request_id: str) -> bool:
         seq = self.scheduler.find(request_id)
@@ -167,8 +225,9 @@ class LLMEngine:
         self.last_logits = {s.request_id: row for s, row in zip(inp.seqs, logits)}  # for tests/debug
         return [self._append(seq, tok) for seq, tok in zip(inp.seqs, tokens)]
 
-    def _append(self, seq: Sequence, token: int) -> StepOutput:
-        seq.num_cached = seq.num_tokens
+    def _append(self, seq: Sequence, token: int, cached: bool = True) -> StepOutput:
+        if cached:
+            seq.num_cached = seq.num_tokens
         seq.output_token_ids.append(token)
         p = seq.params
         detok = self._detok[seq.request_id]
@@ -182,12 +241,19 @@ class LLMEngine:
             reason, stop_reason = "stop", detok.stopped
         elif len(seq.output_token_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
             reason = "length"
+        handoff = None
         if reason is not None:
             text += detok.flush()
             self.scheduler.finish(seq, reason)
             seq.stop_reason = stop_reason
             self._forget(seq.request_id)
-        return StepOutput(seq.request_id, [token], text, reason is not None, reason, stop_reason)
+        elif seq.prefill_only:
+            # The decode worker re-detokenizes from the first token; only the K/V travel.
+            handoff = KVHandoff(self.kv_cache.export_blocks(seq.block_table), token, seq.num_cached)
+            self.scheduler.finish(seq, "handoff")
+            self._forget(seq.request_id)
+            text = ""
+        return StepOutput(seq.request_id, [token], text, reason is not None, reason, stop_reason, handoff)
 
     def _forget(self, request_id: str) -> None:
         self._generators.pop(request_id, None)

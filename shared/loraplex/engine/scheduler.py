@@ -35,6 +35,9 @@ class Scheduler:
         self.slots = slots
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        # Sequences whose prompt K/V arrived from a prefill worker: they hold blocks and join the
+        # decode batch as soon as a batch slot and their adapter's device slot are free.
+        self.ready: deque[Sequence] = deque()
         self._arrivals = 0
 
     def add(self, seq: Sequence) -> None:
@@ -42,16 +45,39 @@ class Scheduler:
         self._arrivals += 1
         self.waiting.append(seq)
 
+    def add_prefilled(self, seq: Sequence) -> None:
+        """Queue a sequence whose K/V are already in its (allocated) blocks."""
+        seq.arrival = self._arrivals
+        self._arrivals += 1
+        self.ready.append(seq)
+
     def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.ready)
 
     def schedule(self) -> ScheduledBatch | None:
         """Pick the next step's sequences; None when there is nothing to run."""
+        loads = self._admit_ready()
         batch = self._schedule_prefill()
-        if batch.seqs:
-            return batch
-        batch = self._schedule_decode()
+        if not batch.seqs:
+            batch = self._schedule_decode()
+        batch.adapter_loads[:0] = loads
         return batch if batch.seqs or batch.preempted else None
+
+    def _admit_ready(self) -> list[tuple[str, int]]:
+        loads: list[tuple[str, int]] = []
+        while self.ready and len(self.running) < self.cfg.max_num_seqs:
+            seq = self.ready[0]
+            if seq.lora is not None:
+                grant = self.slots.acquire(seq.lora)
+                if grant is None:
+                    break
+                seq.lora_slot = grant.slot
+                if grant.needs_load:
+                    loads.append((seq.lora, grant.slot))
+            self.ready.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+        return loads
 
     def _schedule_prefill(self) -> ScheduledBatch:
         batch = ScheduledBatch(is_prefill=True, seqs=[])
@@ -121,13 +147,13 @@ class Scheduler:
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
         self._release(seq)
-        if seq in self.running:
-            self.running.remove(seq)
-        elif seq in self.waiting:
-            self.waiting.remove(seq)
+        for queue in (self.running, self.waiting, self.ready):
+            if seq in queue:
+                queue.remove(seq)
+                break
 
     def find(self, request_id: str) -> Sequence | None:
-        for seq in (*self.running, *self.waiting):
+        for seq in (*self.running, *self.waiting, *self.ready):
             if seq.request_id == request_id:
                 return seq
         return None

@@ -29,6 +29,7 @@ class Sequence:
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     stop_reason: int | str | None = None
     num_preemptions: int = 0
+    prefill_only: bool = False  # disaggregated prefill: hand the K/V over after the first token
 
     @property
     def num_tokens(self) -> int:
