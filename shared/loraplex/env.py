@@ -39,7 +39,64 @@ KV_CACHE_MEMORY = EnvVar(
     "LORAPLEX_KV_CACHE_MEMORY_MB", 0, "KV-cache size in MiB (0: derive from --num-kv-blocks)"
 )
 
-REGISTRY: tuple[EnvVar, ...] = (DISABLE_TRITON, TRITON_ON_CPU, LOG_LEVEL, BLOCK_SIZE, KV_CACHE_MEMORY)
+NATS_URL = EnvVar("LORAPLEX_NATS_URL", "nats://127.0.0.1:4222", "NATS server every service connects to")
+REDIS_URL = EnvVar("LORAPLEX_REDIS_URL", "", "Redis of the adapter store (empty: no adapter paging)")
+
+# adapter store (also read by the gateway and workers where they share a setting)
+TENANTS_FILE = EnvVar(
+    "LORAPLEX_TENANTS", "", "tenants file (JSON/YAML); empty: open mode, one tenant"
+)
+MODEL_DIR = EnvVar("LORAPLEX_MODEL", "", "base model directory (Hugging Face layout)")
+ADAPTERS_ROOT = EnvVar(
+    "LORAPLEX_ADAPTERS_ROOT", "", "adapter-store: only server-side path registrations under it"
+)
+MAX_LORA_RANK = EnvVar("LORAPLEX_MAX_LORA_RANK", 64, "largest LoRA rank accepted and served")
+MAX_ADAPTER_MB = EnvVar("LORAPLEX_MAX_ADAPTER_MB", 512.0, "adapter-store: upload size limit (MiB)")
+REDIS_PREFIX = EnvVar("LORAPLEX_REDIS_PREFIX", "loraplex", "prefix of every Redis key")
+ADAPTER_STORE_URL = EnvVar(
+    "LORAPLEX_ADAPTER_STORE_URL", "http://127.0.0.1:8100", "adapter-store HTTP base URL"
+)
+
+# gateway
+MODEL_ID = EnvVar(
+    "LORAPLEX_MODEL_ID", "", "served name of the base model (empty: model dir's basename)"
+)
+MAX_MODEL_LEN = EnvVar(
+    "LORAPLEX_MAX_MODEL_LEN", 0, "context limit, prompt + completion (0: max_position_embeddings)"
+)
+GATEWAY_REQUEST_TIMEOUT_S = EnvVar(
+    "LORAPLEX_GATEWAY_REQUEST_TIMEOUT_S", 120.0, "gateway: longest silence of a request before 504"
+)
+GATEWAY_SUBMIT_TIMEOUT_S = EnvVar(
+    "LORAPLEX_GATEWAY_SUBMIT_TIMEOUT_S",
+    5.0,
+    "gateway: wait for the scheduler's SUBMIT reply (then 503)",
+)
+GATEWAY_MAX_BODY_MB = EnvVar(
+    "LORAPLEX_GATEWAY_MAX_BODY_MB", 4.0, "gateway: JSON request body limit in MiB (then 413)"
+)
+
+REGISTRY: tuple[EnvVar, ...] = (
+    DISABLE_TRITON,
+    TRITON_ON_CPU,
+    LOG_LEVEL,
+    BLOCK_SIZE,
+    KV_CACHE_MEMORY,
+    NATS_URL,
+    REDIS_URL,
+    TENANTS_FILE,
+    MODEL_DIR,
+    ADAPTERS_ROOT,
+    MAX_LORA_RANK,
+    MAX_ADAPTER_MB,
+    REDIS_PREFIX,
+    ADAPTER_STORE_URL,
+    MODEL_ID,
+    MAX_MODEL_LEN,
+    GATEWAY_REQUEST_TIMEOUT_S,
+    GATEWAY_SUBMIT_TIMEOUT_S,
+    GATEWAY_MAX_BODY_MB,
+)
 
 
 def describe() -> str:

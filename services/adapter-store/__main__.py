@@ -1,0 +1,74 @@
+"""``python -m loraplex.adapter_store``: the adapter registry over Redis (HTTP on port 8100)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from loraplex import env
+from loraplex.errors import LoraplexError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m loraplex.adapter_store",
+        description="Register, validate, list and delete PEFT LoRA adapters (metadata and "
+        "weights in Redis); publishes change events on NATS. Unset flags fall back to LORAPLEX_* "
+        "environment variables (see `loraplex env`).",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8100, help="listen port (default 8100)")
+    p.add_argument("--redis-url", default=None, help=f"Redis URL [{env.REDIS_URL.name}]")
+    p.add_argument(
+        "--nats-url", default=None, help=f"NATS URL for events; '' disables [{env.NATS_URL.name}]"
+    )
+    p.add_argument("--model", default=None, help=f"base model directory [{env.MODEL_DIR.name}]")
+    p.add_argument(
+        "--adapters-root",
+        default=None,
+        help=f"server-side path registrations allowed only below it [{env.ADAPTERS_ROOT.name}]",
+    )
+    p.add_argument("--max-lora-rank", type=int, default=None, help="largest rank (default 64)")
+    p.add_argument(
+        "--max-adapter-mb", type=float, default=None, help="upload size limit, MiB (default 512)"
+    )
+    p.add_argument(
+        "--tenants", default=None, help=f"tenants file, JSON/YAML [{env.TENANTS_FILE.name}]"
+    )
+    p.add_argument("--redis-prefix", default=None, help="prefix of Redis keys (default loraplex)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=env.LOG_LEVEL.get().upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    import uvicorn
+    from loraplex.adapter_store.app import create_app
+    from loraplex.adapter_store.settings import Settings
+
+    try:
+        settings = Settings.from_env(
+            host=args.host,
+            port=args.port,
+            redis_url=args.redis_url,
+            nats_url=args.nats_url,
+            model_dir=args.model,
+            adapters_root=args.adapters_root,
+            max_lora_rank=args.max_lora_rank,
+            max_adapter_mb=args.max_adapter_mb,
+            tenants_file=args.tenants,
+            redis_prefix=args.redis_prefix,
+        )
+        app = create_app(settings)
+    except (ValueError, LoraplexError) as e:
+        print(f"adapter-store: {e}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""``create_app(settings)``: the adapter-store FastAPI app (register/list/get/delete adapters)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from loraplex.adapter_store.deps import AppState
+from loraplex.adapter_store.events import EventPublisher
+from loraplex.adapter_store.http_errors import install_error_handlers
+from loraplex.adapter_store.registrar import Registrar
+from loraplex.adapter_store.routes import health, router
+from loraplex.adapter_store.settings import Settings
+from loraplex.adapters.store import AdapterStore
+from loraplex.model.config import ModelConfig
+from loraplex.tenants import load_tenants
+
+log = logging.getLogger(__name__)
+
+
+def _adapters_root(path: str | None) -> Path | None:
+    if path is None:
+        return None
+    root = Path(os.path.realpath(path))
+    if not root.is_dir():
+        raise ValueError(f"--adapters-root {path!r} is not a directory")
+    return root
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Builds the app; reads the model config, tenants and adapters root now (fail fast).
+    Redis and NATS connections are made per app run, in the lifespan."""
+    model = ModelConfig.from_dir(settings.model_dir)
+    tenants = load_tenants(settings.tenants_file)
+    root = _adapters_root(settings.adapters_root)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = AdapterStore.from_url(
+            settings.redis_url, prefix=settings.redis_prefix, max_bytes=settings.max_adapter_bytes
+        )
+        events = EventPublisher(settings.nats_url)
+        events.start()
+        registrar = Registrar(store, model, settings.max_lora_rank, events)
+        app.state.loraplex = AppState(settings, tenants, store, events, registrar, root)
+        mode = "open mode" if tenants.open_mode else f"{len(tenants.tenants)} tenants"
+        log.info("adapter-store ready on %s:%d (%s)", settings.host, settings.port, mode)
+        try:
+            yield
+        finally:
+            await events.close()
+            await store.close()
+
+    app = FastAPI(title="loraplex adapter-store", version="1", lifespan=lifespan)
+    app.include_router(router)
+    app.include_router(health)
+    install_error_handlers(app)
+    return app

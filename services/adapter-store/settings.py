@@ -1,0 +1,58 @@
+"""The adapter-store's one settings object: flags over ``LORAPLEX_*`` environment defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from loraplex import env
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_dir: str  # base model directory: adapters are validated against its shapes
+    redis_url: str
+    nats_url: str = ""  # empty: publish no events
+    host: str = "127.0.0.1"
+    port: int = 8100
+    adapters_root: str | None = None  # JSON path registrations only below it; None: disabled
+    max_lora_rank: int = 64
+    max_adapter_mb: float = 512.0
+    tenants_file: str | None = None  # None: open mode (one tenant, no API keys)
+    redis_prefix: str = "loraplex"
+
+    def __post_init__(self) -> None:
+        if not self.model_dir:
+            raise ValueError("a base model directory is required (--model or LORAPLEX_MODEL)")
+        if not self.redis_url:
+            raise ValueError("a Redis URL is required (--redis-url or LORAPLEX_REDIS_URL)")
+        if self.max_lora_rank < 1:
+            raise ValueError("--max-lora-rank must be positive")
+        if not self.max_adapter_mb > 0:
+            raise ValueError("--max-adapter-mb must be positive")
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"invalid port {self.port}")
+
+    @property
+    def max_adapter_bytes(self) -> int:
+        return int(self.max_adapter_mb * 1024 * 1024)
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Defaults from the environment registry; ``overrides`` (flags) win."""
+        base: dict[str, object] = {
+            "model_dir": env.MODEL_DIR.get(),
+            "redis_url": env.REDIS_URL.get(),
+            "nats_url": env.NATS_URL.get(),
+            "adapters_root": env.ADAPTERS_ROOT.get() or None,
+            "max_lora_rank": env.MAX_LORA_RANK.get(),
+            "max_adapter_mb": env.MAX_ADAPTER_MB.get(),
+            "tenants_file": env.TENANTS_FILE.get() or None,
+            "redis_prefix": env.REDIS_PREFIX.get(),
+        }
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        for optional in ("adapters_root", "tenants_file"):
+            base[optional] = base[optional] or None
+        return cls(**base)  # type: ignore[arg-type]
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,154 @@
+"""OpenAI request bodies (pydantic).  Unknown fields are ignored, as OpenAI clients send many.
+
+``prompt`` accepts one prompt: a string, a list of token ids, or a one-element list of either;
+several prompts in one request are refused with 400 ("batch prompts not supported": send one
+request per prompt, they are batched on the workers anyway).  ``n`` must be 1.
+Beyond OpenAI, the vLLM extensions ``top_k`` and ``ignore_eos`` are accepted.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from loraplex.gateway.errors import InvalidParamError
+
+Float = Annotated[float, Field(allow_inf_nan=False)]
+Seed = Annotated[int, Field(ge=-(2**63), lt=2**64)]
+TokenId = Annotated[int, Field(ge=0, lt=2**32)]
+Prompt = str | list[TokenId] | list[str] | list[list[TokenId]]
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class _GenerateRequest(BaseModel):
+    """Fields shared by completions and chat completions."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    temperature: Float | None = None
+    top_p: Float | None = None
+    top_k: Annotated[int, Field(ge=-1, le=2**31)] | None = None
+    seed: Seed | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[TokenId] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = 1
+    ignore_eos: bool = False
+    presence_penalty: Float | None = None
+    frequency_penalty: Float | None = None
+    user: str | None = None
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def check_supported(self) -> None:
+        """Refuse (400) what the gateway cannot honour instead of silently ignoring it."""
+        if self.n != 1:
+            raise InvalidParamError("only n=1 is supported", "n")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name):
+                raise InvalidParamError(f"{name} is not supported", name)
+
+
+class CompletionRequest(_GenerateRequest):
+    prompt: Prompt
+    max_tokens: int | None = 16
+    echo: bool = False
+    logprobs: int | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.echo:
+            raise InvalidParamError("echo is not supported", "echo")
+        if self.logprobs:
+            raise InvalidParamError("logprobs are not supported", "logprobs")
+        if self.best_of not in (None, 1):
+            raise InvalidParamError("best_of is not supported (only 1)", "best_of")
+        if self.suffix:
+            raise InvalidParamError("suffix is not supported", "suffix")
+
+    def single_prompt(self) -> str | list[int]:
+        """The one prompt of this request (see the module docstring)."""
+        p = self.prompt
+        if isinstance(p, list) and p and isinstance(p[0], (str, list)):
+            if len(p) != 1:
+                raise InvalidParamError(
+                    "batch prompts not supported: send one prompt per request", "prompt"
+                )
+            p = p[0]
+        if not p or (isinstance(p, str) and not p.strip()):
+            raise InvalidParamError("prompt must not be empty", "prompt")
+        return p  # type: ignore[return-value]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: str = Field(min_length=1)
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+    def text(self, index: int) -> str:
+        """The message's text; content parts other than text are refused."""
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        parts = []
+        for part in self.content:
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise InvalidParamError(
+                    "only text content parts are supported", f"messages.{index}.content"
+                )
+            parts.append(part["text"])
+        return "".join(parts)
+
+
+class ChatCompletionRequest(_GenerateRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.logprobs or self.top_logprobs:
+            raise InvalidParamError("logprobs are not supported", "logprobs")
+        if self.tools and self.tool_choice != "none":
+            raise InvalidParamError("tools are not supported", "tools")
+        kind = (self.response_format or {}).get("type", "text")
+        if kind != "text":
+            raise InvalidParamError(f"response_format {kind!r} is not supported", "response_format")
+
+    def max_new_tokens(self) -> int | None:
+        """``max_completion_tokens`` (newer name) wins over ``max_tokens``; None: fill the context."""
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens
+        return self.max_tokens
+
+    def template_messages(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for i, m in enumerate(self.messages):
+            msg: dict[str, Any] = {"role": m.role, "content": m.text(i)}
+            if m.name:
+                msg["name"] = m.name
+            out.append(msg)
+        return out
+

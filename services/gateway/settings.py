@@ -1,0 +1,100 @@
+"""The gateway's one settings object: flags over ``LORAPLEX_*`` environment defaults."""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from loraplex import env
+from loraplex.model.config import ModelConfig
+
+LOOPBACK_NAMES = ("localhost",)
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Everything the gateway process needs; immutable once built.
+
+    ``max_model_len`` is the context (prompt + completion) a request may use; 0 means "the model's
+    ``max_position_embeddings``" and is resolved by ``from_env``.  ``request_timeout_s`` bounds the
+    silence of one request: if nothing (token or error) arrives for it within that time, the client
+    gets a 504 and the request is cancelled.  Per-tenant queue limits belong to the scheduler.
+    """
+
+    model_dir: str
+    model_id: str
+    max_model_len: int
+    nats_url: str = "nats://127.0.0.1:4222"
+    redis_url: str = ""  # empty: no adapter store (only the base model is served)
+    redis_prefix: str = "loraplex"
+    tenants_file: str | None = None  # None: open mode (one tenant "default", loopback only)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    request_timeout_s: float = 120.0
+    submit_timeout_s: float = 5.0  # scheduler's answer to SUBMIT; past it: 503
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_adapter_bytes: int = 512 * 1024 * 1024
+    gateway_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+
+    def __post_init__(self) -> None:
+        if not self.model_dir:
+            raise ValueError("a base model directory is required (--model or LORAPLEX_MODEL)")
+        if not self.model_id:
+            raise ValueError("the served model id must not be empty")
+        if self.max_model_len < 1:
+            raise ValueError("max_model_len must be positive")
+        if not self.request_timeout_s > 0 or not self.submit_timeout_s > 0:
+            raise ValueError("timeouts must be positive")
+        if self.max_body_bytes < 1024:
+            raise ValueError("the body size limit must be at least 1 KiB")
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"invalid port {self.port}")
+        if self.tenants_file is None and not is_loopback(self.host):
+            raise ValueError(
+                f"refusing to listen on {self.host!r} without --tenants: open single-tenant mode "
+                "(no API keys) is for loopback addresses only"
+            )
+
+    @property
+    def open_mode(self) -> bool:
+        return self.tenants_file is None
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> GatewaySettings:
+        """Defaults from the environment registry; ``overrides`` (flags) that are not None win."""
+        base: dict[str, object] = {
+            "model_dir": env.MODEL_DIR.get(),
+            "model_id": env.MODEL_ID.get(),
+            "max_model_len": env.MAX_MODEL_LEN.get(),
+            "nats_url": env.NATS_URL.get(),
+            "redis_url": env.REDIS_URL.get(),
+            "redis_prefix": env.REDIS_PREFIX.get(),
+            "tenants_file": env.TENANTS_FILE.get(),
+            "request_timeout_s": env.GATEWAY_REQUEST_TIMEOUT_S.get(),
+            "submit_timeout_s": env.GATEWAY_SUBMIT_TIMEOUT_S.get(),
+            "max_body_bytes": int(env.GATEWAY_MAX_BODY_MB.get() * 1024 * 1024),
+            "max_adapter_bytes": int(env.MAX_ADAPTER_MB.get() * 1024 * 1024),
+        }
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        base["tenants_file"] = base["tenants_file"] or None
+        model_dir = str(base["model_dir"] or "")
+        if model_dir:
+            if not base["model_id"]:
+                base["model_id"] = Path(model_dir).resolve().name
+            if not base["max_model_len"]:
+                base["max_model_len"] = ModelConfig.from_dir(model_dir).max_position_embeddings
+        return cls(**base)  # type: ignore[arg-type]
+
+    def with_(self, **changes: object) -> GatewaySettings:
+        return replace(self, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,38 @@
+"""``python -m loraplex.scheduler``: run the scheduler until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from loraplex import env
+from loraplex.scheduler.service import SchedulerService
+from loraplex.scheduler.settings import SchedulerSettings, build_parser, settings_from_args
+from loraplex.tenants import load_tenants
+
+
+async def serve(settings: SchedulerSettings) -> None:
+    tenants = load_tenants(settings.tenants_file)
+    weights = {t.name: t.weight for t in tenants.tenants}
+    service = SchedulerService(settings, weights)
+    await service.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    print(f"loraplex scheduler ready (fairness={settings.fairness})", flush=True)
+    await stop.wait()
+    await service.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=env.LOG_LEVEL.get(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(settings_from_args(args)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

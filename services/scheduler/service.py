@@ -1,0 +1,282 @@
+"""The scheduler process: the only queue.  Admits work in the fairness policy's order, only when
+workers have committed room for it; places it; tracks it until done; recovers from dead workers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+from loraplex.bus import Bus
+from loraplex.protocol import (
+    CancelRequest,
+    PrefillAssign,
+    PrefetchAdapter,
+    RequestError,
+    RequestProgress,
+    Subjects,
+    SubmitReply,
+    SubmitRequest,
+    WorkerHeartbeat,
+    decode,
+    encode,
+)
+from loraplex.scheduler.policies.base import QueuedRequest
+from loraplex.scheduler.policies.registry import make_policy
+from loraplex.scheduler.settings import SchedulerSettings
+from loraplex.scheduler.workers import Placement, WorkerRegistry, WorkerState
+
+log = logging.getLogger(__name__)
+COUNTERS_KEY = "loraplex:scheduler:counters"
+
+
+@dataclass
+class InFlight:
+    submit: SubmitRequest
+    placement: Placement
+    attempt: int = 0
+    tokens_sent: bool = False  # a token reached (or may have reached) the client: no silent retry
+    prefill_done: bool = False
+    completion_tokens: int = 0
+    workers: set[str] = field(default_factory=set)
+
+
+class SchedulerService:
+    def __init__(self, settings: SchedulerSettings, weights: dict[str, float]) -> None:
+        self.s = settings
+        self.policy = make_policy(settings.fairness, weights, **settings.policy_options())
+        self.registry = WorkerRegistry(settings.heartbeat_timeout_s)
+        self.submits: dict[str, SubmitRequest] = {}  # queued, by request id
+        self.inflight: dict[str, InFlight] = {}
+        self.retry: list[InFlight] = []  # admitted requests to re-place first (worker failed early)
+        self.bus: Bus | None = None
+        self.redis = None
+        self._kick = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._counters_dirty = False
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.bus = await Bus.connect(self.s.nats_url, "scheduler")
+        await self.bus.nc.subscribe(Subjects.SUBMIT, cb=self._on_submit_raw)
+        await self.bus.subscribe(Subjects.CANCEL, self._on_cancel, CancelRequest)
+        await self.bus.subscribe(Subjects.HEARTBEAT, self._on_heartbeat, WorkerHeartbeat)
+        await self.bus.subscribe(Subjects.USAGE, self._on_progress, RequestProgress)
+        if self.s.redis_url:
+            await self._restore_counters()
+        self._tasks = [asyncio.create_task(self._dispatch_loop()), asyncio.create_task(self._liveness_loop())]
+        await self.bus.flush()
+        log.info("scheduler ready (fairness=%s)", self.s.fairness)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await self._save_counters()
+        if self.bus is not None:
+            await self.bus.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    # ---- gateway -> scheduler ----------------------------------------------------------------
+    async def _on_submit_raw(self, raw) -> None:  # type: ignore[no-untyped-def]
+        try:
+            sub = decode(raw.data, SubmitRequest)
+        except Exception as e:
+            log.warning("dropped malformed submit: %s", e)
+            return
+        reply = self.submit(sub, time.monotonic())
+        await raw.respond(encode(reply))
+
+    def submit(self, sub: SubmitRequest, now: float) -> SubmitReply:
+        rid, tenant = sub.request_id, sub.tenant
+        total = len(sub.prompt_token_ids) + sub.sampling.max_tokens
+        if not self.registry.can_serve():
+            return SubmitReply(rid, False, 503, "no worker is available to serve requests")
+        if not self.registry.could_ever_fit(len(sub.prompt_token_ids), total):
+            return SubmitReply(rid, False, 400, f"request needs {total} tokens of KV cache; no worker has that much")
+        if self.policy.queue_len(tenant) >= self.s.max_queue_per_tenant:
+            return SubmitReply(rid, False, 429, f"tenant {tenant!r} has {self.s.max_queue_per_tenant} requests queued")
+        if len(self.submits) >= self.s.max_queue:
+            return SubmitReply(rid, False, 429, "the server's queue is full")
+        if rid in self.submits or rid in self.inflight:
+            return SubmitReply(rid, False, 400, f"duplicate request id {rid!r}")
+        q = QueuedRequest(rid, tenant, len(sub.prompt_token_ids), sub.sampling.max_tokens, now, sub.adapter)
+        self.policy.enqueue(q, now)
+        self.submits[rid] = sub
+        self._kick.set()
+        return SubmitReply(rid, True)
+
+    async def _on_cancel(self, msg: CancelRequest) -> None:
+        rid = msg.request_id
+        if rid in self.submits:
+            self.policy.cancel(rid)
+            del self.submits[rid]
+            return
+        job = self.inflight.pop(rid, None)
+        if job is None:
+            return
+        self.retry = [j for j in self.retry if j.submit.request_id != rid]
+        self.policy.cancel(rid)
+        self._counters_dirty = True
+        for wid in job.workers:
+            self.registry.release(wid, rid)
+            await self._bus().publish(Subjects.worker(wid), msg)
+        self._kick.set()
+
+    # ---- dispatch ----------------------------------------------------------------------------
+    async def _dispatch_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._kick.wait(), timeout=0.1)
+            except TimeoutError:
+                pass
+            self._kick.clear()
+            try:
+                await self.dispatch(time.monotonic())
+            except Exception:
+                log.exception("dispatch failed")
+
+    async def dispatch(self, now: float) -> None:
+        while self.retry:  # already admitted and charged: they go first
+            job = self.retry[0]
+            placement = self._place(job.submit)
+            if placement is None:
+                return
+            self.retry.pop(0)
+            await self._assign(job, placement)
+        while True:
+            q = self.policy.pick(now)
+            if q is None:
+                return
+            sub = self.submits[q.request_id]
+            placement = self._place(sub)
+            if placement is None:
+                return  # strict policy order: wait for capacity rather than skip ahead
+            self.policy.admit(q, now)
+            self._counters_dirty = True
+            del self.submits[q.request_id]
+            await self._assign(InFlight(sub, placement), placement)
+
+    def _place(self, sub: SubmitRequest) -> Placement | None:
+        total = len(sub.prompt_token_ids) + sub.sampling.max_tokens
+        return self.registry.place(sub.adapter, len(sub.prompt_token_ids), total)
+
+    async def _assign(self, job: InFlight, placement: Placement) -> None:
+        sub = job.submit
+        rid = sub.request_id
+        total = len(sub.prompt_token_ids) + sub.sampling.max_tokens
+        job.placement, job.prefill_done = placement, False
+        job.workers = {placement.prefill} | ({placement.decode} if placement.decode else set())
+        self.inflight[rid] = job
+        self.registry.commit(placement.prefill, rid, total if not placement.decode else len(sub.prompt_token_ids))
+        bus = self._bus()
+        if placement.decode:
+            self.registry.commit(placement.decode, rid, total)
+            if sub.adapter:  # let the decode worker page the adapter in while prefill runs
+                await bus.publish(Subjects.worker(placement.decode), PrefetchAdapter(sub.adapter))
+        await bus.publish(Subjects.worker(placement.prefill), PrefillAssign(sub, placement.decode, job.attempt))
+
+    # ---- workers -> scheduler ----------------------------------------------------------------
+    async def _on_heartbeat(self, hb: WorkerHeartbeat) -> None:
+        if self.registry.heartbeat(hb, time.monotonic()):
+            log.info("worker %s (%s) joined: %d KV blocks", hb.worker_id, hb.role, hb.total_blocks)
+        self._kick.set()
+
+    async def _on_progress(self, p: RequestProgress) -> None:
+        job = self.inflight.get(p.request_id)
+        if job is None:
+            return
+        if p.event == "tokens":
+            job.tokens_sent = True
+            job.completion_tokens = p.completion_tokens
+            self.policy.on_output_tokens(job.submit.tenant, p.request_id, p.new_tokens)
+            self._counters_dirty = True
+            self._prefill_released(job, p.worker_id)
+        elif p.event == "handoff":
+            self._prefill_released(job, p.worker_id)
+        elif p.event in ("finished", "error"):
+            self.inflight.pop(p.request_id, None)
+            self.policy.on_finish(p.request_id, p.completion_tokens)
+            self._counters_dirty = True
+            for wid in job.workers:
+                self.registry.release(wid, p.request_id)
+        elif p.event == "failed":
+            await self._recover(job, p.message or f"worker {p.worker_id} failed")
+        self._kick.set()
+
+    def _prefill_released(self, job: InFlight, worker_id: str) -> None:
+        # A disaggregated prefill worker is done with the request once the K/V left it.
+        if job.placement.decode and worker_id == job.placement.prefill and not job.prefill_done:
+            job.prefill_done = True
+            self.registry.release(worker_id, job.submit.request_id)
+            job.workers.discard(worker_id)
+
+    async def _recover(self, job: InFlight, reason: str) -> None:
+        """Re-place a request that no token of has reached the client; otherwise fail it clearly."""
+        rid = job.submit.request_id
+        for wid in job.workers:
+            self.registry.release(wid, rid)
+        if not job.tokens_sent and job.attempt + 1 < self.s.max_attempts:
+            job.attempt += 1
+            log.info("re-dispatching %s (attempt %d): %s", rid, job.attempt + 1, reason)
+            self.inflight.pop(rid, None)
+            self.retry.append(job)
+            return
+        self.inflight.pop(rid, None)
+        self.policy.on_finish(rid, job.completion_tokens)
+        self._counters_dirty = True
+        message = f"request failed after {job.attempt + 1} attempt(s): {reason}"
+        await self._bus().publish(Subjects.stream(job.submit.gateway_id), RequestError(rid, 503, message))
+
+    async def _liveness_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(0.25, self.s.heartbeat_timeout_s / 4))
+            try:
+                for dead in self.registry.expire(time.monotonic()):
+                    await self._worker_died(dead)
+                if self._counters_dirty:
+                    await self._save_counters()
+            except Exception:
+                log.exception("liveness check failed")
+
+    async def _worker_died(self, dead: WorkerState) -> None:
+        wid = dead.hb.worker_id
+        log.warning("worker %s stopped heart-beating; recovering its %d requests", wid, len(dead.requests))
+        for rid in list(dead.requests):
+            job = self.inflight.get(rid)
+            if job is not None and wid in job.workers:
+                job.workers.discard(wid)
+                await self._recover(job, f"worker {wid} stopped responding")
+        self._kick.set()
+
+    # ---- counters in Redis (survive a scheduler restart) -------------------------------------
+    async def _restore_counters(self) -> None:
+        import redis.asyncio as aioredis
+
+        self.redis = aioredis.Redis.from_url(self.s.redis_url, socket_connect_timeout=2.0)
+        try:
+            raw = await self.redis.get(COUNTERS_KEY)
+        except Exception as e:
+            log.warning("cannot read counters from Redis: %s", e)
+            return
+        if raw:
+            state = json.loads(raw)
+            if state.get("policy") == self.policy.name:
+                state["queues"], state["running"] = {}, {}  # requests do not survive; counters do
+                self.policy.restore(state)
+                log.info("restored fairness counters: %s", self.policy.counters())
+
+    async def _save_counters(self) -> None:
+        if self.redis is None:
+            return
+        try:
+            await self.redis.set(COUNTERS_KEY, json.dumps(self.policy.snapshot()))
+            self._counters_dirty = False
+        except Exception as e:
+            log.warning("cannot save counters to Redis: %s", e)
+
+    def _bus(self) -> Bus:
+        assert self.bus is not None
+        return self.bus

@@ -1,0 +1,62 @@
+"""Scheduler settings and flags."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+from loraplex import env
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    nats_url: str
+    redis_url: str | None = None
+    fairness: str = "vtc"
+    tenants_file: str | None = None
+    max_queue_per_tenant: int = 256
+    max_queue: int = 4096
+    heartbeat_timeout_s: float = 3.0
+    max_attempts: int = 3
+    w_p: float = 1.0
+    w_q: float = 2.0
+    rpm_limit: int = 60
+
+    def policy_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {"w_p": self.w_p, "w_q": self.w_q}
+        if self.fairness == "rpm":
+            opts["limit"] = self.rpm_limit
+        return opts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m loraplex.scheduler", description="loraplex scheduler: the only queue.")
+    p.add_argument("--nats-url", default=env.NATS_URL.get())
+    p.add_argument("--redis-url", default=env.REDIS_URL.get() or None, help="keeps fairness counters across restarts")
+    p.add_argument("--fairness", choices=["vtc", "fcfs", "lcf", "rpm"], default="vtc")
+    p.add_argument("--tenants", default=None, help="tenants file (weights are read from it)")
+    p.add_argument("--max-queue-per-tenant", type=int, default=256, help="429 above this many queued per tenant")
+    p.add_argument("--max-queue", type=int, default=4096, help="429 above this many queued in total")
+    p.add_argument("--heartbeat-timeout", type=float, default=3.0, help="seconds without heartbeat = dead")
+    p.add_argument("--max-attempts", type=int, default=3, help="dispatch attempts before a request fails")
+    p.add_argument("--w-p", type=float, default=1.0, help="VTC weight of an input token")
+    p.add_argument("--w-q", type=float, default=2.0, help="VTC weight of an output token")
+    p.add_argument("--rpm-limit", type=int, default=60, help="requests per minute per tenant (--fairness rpm)")
+    return p
+
+
+def settings_from_args(a: argparse.Namespace) -> SchedulerSettings:
+    return SchedulerSettings(
+        nats_url=a.nats_url,
+        redis_url=a.redis_url,
+        fairness=a.fairness,
+        tenants_file=a.tenants,
+        max_queue_per_tenant=a.max_queue_per_tenant,
+        max_queue=a.max_queue,
+        heartbeat_timeout_s=a.heartbeat_timeout,
+        max_attempts=a.max_attempts,
+        w_p=a.w_p,
+        w_q=a.w_q,
+        rpm_limit=a.rpm_limit,
+    )

@@ -1,0 +1,158 @@
+"""Tenants: who may call the services, under which name, with which fair-share weight.
+
+Loaded from ``--tenants FILE`` (JSON, or YAML for any other suffix)::
+
+    {"tenants": [{"name": "acme", "api_key": "sk-...", "weight": 2.0}]}
+
+Without a file the deployment runs in *open mode*: every caller is the one tenant ``default``.
+API keys are compared in constant time and never appear in reprs, logs or error messages.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loraplex.errors import LoraplexError
+
+DEFAULT_TENANT = "default"
+TENANT_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class TenantsConfigError(LoraplexError):
+    """The tenants file is missing, unreadable or invalid; the message says where and why."""
+
+
+class AuthenticationError(LoraplexError):
+    """A request carries no API key, or one that belongs to no tenant."""
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    api_key: str = field(repr=False, compare=False)
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Tenants:
+    """The deployment's tenants; ``open_mode`` when no tenants file was given."""
+
+    tenants: tuple[Tenant, ...]
+    open_mode: bool = False
+
+    @classmethod
+    def open(cls) -> Tenants:
+        return cls(tenants=(Tenant(DEFAULT_TENANT, api_key="", weight=1.0),), open_mode=True)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tenants)
+
+    def get(self, name: str) -> Tenant | None:
+        return next((t for t in self.tenants if t.name == name), None)
+
+    def by_api_key(self, api_key: str | None) -> Tenant | None:
+        """The tenant owning ``api_key``; compares against every key in constant time."""
+        if self.open_mode:
+            return self.tenants[0]
+        if not api_key:
+            return None
+        given = api_key.encode("utf-8", "surrogateescape")
+        found: Tenant | None = None
+        for tenant in self.tenants:  # no early exit: time does not depend on which key matched
+            if hmac.compare_digest(given, tenant.api_key.encode("utf-8", "surrogateescape")):
+                found = tenant
+        return found
+
+    def authenticate(self, authorization: str | None) -> Tenant:
+        """Resolve an ``Authorization: Bearer <key>`` header; raise AuthenticationError if bad."""
+        if self.open_mode:
+            return self.tenants[0]
+        if not authorization:
+            raise AuthenticationError("missing API key: send 'Authorization: Bearer <api_key>'")
+        scheme, _, key = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise AuthenticationError("malformed Authorization header: expected 'Bearer <api_key>'")
+        tenant = self.by_api_key(key.strip())
+        if tenant is None:
+            raise AuthenticationError("incorrect API key provided")
+        return tenant
+
+
+def parse_tenants(data: Any, source: str = "tenants config") -> Tenants:
+    """Validate the decoded document; every error names the entry and the problem."""
+    if not isinstance(data, Mapping) or "tenants" not in data:
+        raise TenantsConfigError(f"{source}: expected an object with a 'tenants' list")
+    entries = data["tenants"]
+    if not isinstance(entries, list) or not entries:
+        raise TenantsConfigError(f"{source}: 'tenants' must be a non-empty list")
+    tenants: list[Tenant] = []
+    names: set[str] = set()
+    keys: set[str] = set()
+    for i, entry in enumerate(entries):
+        where = f"{source}: tenants[{i}]"
+        if not isinstance(entry, Mapping):
+            raise TenantsConfigError(f"{where}: expected an object with name, api_key, weight")
+        missing = [k for k in ("name", "api_key") if k not in entry]
+        if missing:
+            raise TenantsConfigError(f"{where}: missing field(s) {', '.join(missing)}")
+        unknown = sorted(set(entry) - {"name", "api_key", "weight"})
+        if unknown:
+            raise TenantsConfigError(f"{where}: unknown field(s) {', '.join(map(str, unknown))}")
+        name, api_key = entry["name"], entry["api_key"]
+        if not isinstance(name, str) or not TENANT_NAME_PATTERN.match(name):
+            raise TenantsConfigError(
+                f"{where}: name {name!r} is invalid: use 1-64 characters [A-Za-z0-9._-], "
+                "starting alphanumeric"
+            )
+        where = f"{source}: tenant {name!r}"
+        if not isinstance(api_key, str) or not api_key.strip():
+            raise TenantsConfigError(f"{where}: api_key must be a non-empty string")
+        weight = entry.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise TenantsConfigError(f"{where}: weight must be a number")
+        if not weight > 0 or weight == float("inf"):
+            raise TenantsConfigError(f"{where}: weight must be a finite number > 0, got {weight}")
+        if name in names:
+            raise TenantsConfigError(f"{where}: duplicate tenant name")
+        if api_key in keys:  # say which tenant, never the key
+            raise TenantsConfigError(f"{where}: api_key is already used by another tenant")
+        names.add(name)
+        keys.add(api_key)
+        tenants.append(Tenant(name=name, api_key=api_key, weight=float(weight)))
+    return Tenants(tenants=tuple(tenants), open_mode=False)
+
+
+def load_tenants(path: str | Path | None) -> Tenants:
+    """Read a tenants file (JSON for ``.json``, YAML otherwise); ``None`` gives open mode."""
+    if path is None or str(path) == "":
+        return Tenants.open()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise TenantsConfigError(f"cannot read tenants file {str(p)!r}: {e.strerror}") from e
+    try:
+        data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as e:  # its message holds a position, never file content
+        raise TenantsConfigError(f"tenants file {str(p)!r} is not valid JSON: {e}") from e
+    except yaml.YAMLError as e:
+        raise TenantsConfigError(
+            f"tenants file {str(p)!r} is not valid YAML: {_yaml_where(e)}"
+        ) from e
+    return parse_tenants(data, source=str(p))
+
+
+def _yaml_where(e: yaml.YAMLError) -> str:
+    # str(e) quotes the offending line, which may hold an API key: keep only problem + position.
+    problem = getattr(e, "problem", None) or "syntax error"
+    mark = getattr(e, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem

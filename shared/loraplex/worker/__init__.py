@@ -1,0 +1,1 @@
+"""Shared worker implementation: one engine, role prefill | decode | both."""

@@ -1,0 +1,131 @@
+"""Decode side of the K/V hand-over: reserve blocks, collect chunks, join the decode batch.
+
+Reservations that do not complete within ``kv_timeout_s`` are freed and reported as failed, so
+the scheduler can re-dispatch the request (no token has reached the client yet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from nats.aio.msg import Msg
+
+from loraplex.errors import LoraplexError
+from loraplex.protocol import KVBegin, KVChunk, KVReply, ProtocolError, Subjects, decode, encode
+from loraplex.worker.kv_transfer import PendingTransfer, bytes_to_tensor
+
+if TYPE_CHECKING:
+    from loraplex.worker.runtime import Worker
+
+log = logging.getLogger(__name__)
+
+
+class KVReceiver:
+    def __init__(self, worker: Worker) -> None:
+        self.w = worker
+        self.pending: dict[str, tuple[KVBegin, PendingTransfer]] = {}
+        self._watchdog: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        assert self.w.bus is not None
+        await self.w.bus.nc.subscribe(Subjects.kv(self.w.id), cb=self._on_msg)
+        self._watchdog = asyncio.create_task(self._expire_loop())
+
+    def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+
+    async def _on_msg(self, raw: Msg) -> None:
+        try:
+            msg = decode(raw.data, (KVBegin, KVChunk))
+        except ProtocolError as e:
+            log.warning("dropped K/V message: %s", e)
+            return
+        if isinstance(msg, KVBegin):
+            reply = await self._begin(msg)
+            await raw.respond(encode(reply))
+        else:
+            self._chunk(msg)
+
+    async def _begin(self, begin: KVBegin) -> KVReply:
+        from loraplex.worker.runtime import Active
+
+        rid = begin.request.request_id
+        if self.w.draining:
+            return KVReply(rid, False, "draining")
+        req = Active(begin.request, None)
+        try:
+            if not await self.w.resolve_adapter(req):
+                return KVReply(rid, False, "adapter unavailable")
+        except LoraplexError as e:
+            return KVReply(rid, False, str(e))
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        def reserve() -> None:
+            ok = self.w.engine.reserve_blocks(rid, begin.num_tokens)
+            if ok:
+                self.w.active[rid] = req
+                deadline = time.monotonic() + self.w.s.kv_timeout_s
+                self.pending[rid] = (begin, PendingTransfer(begin.num_chunks, deadline))
+            elif req.adapter_key is not None:
+                self.w.pager.unpin(req.adapter_key)
+            done.set_result(ok)
+
+        self.w.submit(reserve)
+        ok = await done
+        return KVReply(rid, ok, "" if ok else "no free KV blocks")
+
+    def _chunk(self, chunk: KVChunk) -> None:
+        entry = self.pending.get(chunk.request_id)
+        if entry is None:
+            log.debug("K/V chunk for unknown or expired request %s", chunk.request_id)
+            return
+        begin, transfer = entry
+        try:
+            complete = transfer.add(chunk.index, chunk.data)
+        except ValueError as e:
+            log.warning("bad K/V chunk for %s: %s", chunk.request_id, e)
+            return
+        if complete:
+            del self.pending[chunk.request_id]
+            self.w.submit(lambda: self._inject(begin, transfer))
+
+    def _inject(self, begin: KVBegin, transfer: PendingTransfer) -> None:
+        from loraplex.worker.runtime import to_sampling_params
+
+        sub = begin.request
+        req = self.w.active.get(sub.request_id)
+        if req is None:  # cancelled meanwhile
+            self.w.engine.release_reservation(sub.request_id)
+            return
+        payload = bytes_to_tensor(transfer.payload(), begin.dtype, begin.shape)
+        try:
+            out = self.w.engine.inject(
+                sub.request_id, sub.prompt_token_ids, to_sampling_params(sub), req.adapter_key, begin.first_token, payload
+            )
+        except LoraplexError as e:
+            self.w.engine.release_reservation(sub.request_id)
+            self.w.release(sub.request_id)
+            self.w.spawn(self.w.fail(req, 400, str(e), retryable=False))
+            return
+        self.w.outbox.append(out)
+
+    def cancel(self, request_id: str) -> None:
+        """Engine loop only: drop a transfer in progress and its reservation."""
+        self.pending.pop(request_id, None)
+        self.w.engine.release_reservation(request_id)
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            now = time.monotonic()
+            for rid, (_, transfer) in list(self.pending.items()):
+                if transfer.expired(now):
+                    self.pending.pop(rid, None)
+                    req = self.w.active.get(rid)
+                    self.w.submit(lambda rid=rid: (self.w.engine.release_reservation(rid), self.w.release(rid)))
+                    if req is not None:
+                        await self.w.fail(req, 503, "K/V transfer timed out", retryable=True)

@@ -1,0 +1,55 @@
+"""Prefill side of the K/V hand-over: reserve on the decode worker, then stream the chunks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import nats.errors
+
+from loraplex.engine.llm_engine import KVHandoff
+from loraplex.protocol import KVBegin, KVChunk, KVReply, ProtocolError, Subjects, decode, encode
+from loraplex.worker.kv_transfer import chunk_size_for, dtype_name, split, tensor_to_bytes
+
+if TYPE_CHECKING:
+    from loraplex.worker.runtime import Active, Worker
+
+log = logging.getLogger(__name__)
+
+
+async def ship_kv(worker: Worker, req: Active, handoff: KVHandoff) -> None:
+    """Send one request's prompt K/V to its decode worker; failures go back to the scheduler."""
+    bus = worker.bus
+    assert bus is not None
+    sub = req.submit
+    subject = Subjects.kv(req.decode_worker)
+    try:
+        data = await asyncio.to_thread(tensor_to_bytes, handoff.payload)
+        chunks = split(data, chunk_size_for(bus.max_payload))
+        begin = KVBegin(
+            request=sub,
+            first_token=handoff.first_token,
+            num_tokens=handoff.num_tokens,
+            num_chunks=len(chunks),
+            dtype=dtype_name(handoff.payload.dtype),
+            shape=list(handoff.payload.shape),
+            prefill_worker=worker.id,
+        )
+        raw = await bus.nc.request(subject, encode(begin), timeout=worker.s.kv_timeout_s)
+        reply = decode(raw.data, KVReply)
+        if not reply.accepted:
+            await worker.fail(req, 503, f"decode worker refused the K/V: {reply.reason}", retryable=True)
+            return
+        for i, chunk in enumerate(chunks):
+            await bus.publish(subject, KVChunk(sub.request_id, i, chunk))
+        await bus.flush()
+        req.generated = 1
+        await worker.progress(req, "handoff", new_tokens=0)
+    except (nats.errors.TimeoutError, nats.errors.NoRespondersError, ProtocolError) as e:
+        await worker.fail(req, 503, f"K/V hand-over to {req.decode_worker} failed: {e!r}", retryable=True)
+    except Exception as e:
+        log.exception("K/V hand-over of %s failed", sub.request_id)
+        await worker.fail(req, 503, f"K/V hand-over failed: {e!r}", retryable=True)
+    finally:
+        worker.submit(lambda: worker.release(sub.request_id))

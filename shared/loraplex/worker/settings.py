@@ -1,0 +1,85 @@
+"""Worker settings: one frozen dataclass built from flags (defaults from LORAPLEX_* variables)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import uuid
+from dataclasses import dataclass
+
+from loraplex import env
+
+ROLES = ("prefill", "decode", "both")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    role: str
+    model: str
+    nats_url: str
+    redis_url: str | None
+    worker_id: str
+    dtype: str = "auto"
+    device: str | None = None
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 4096
+    max_model_len: int | None = None
+    num_kv_blocks: int | None = None
+    block_size: int = 16
+    max_loras: int = 8
+    max_lora_rank: int = 64
+    host_cache_mb: int = 1024
+    heartbeat_interval_s: float = 0.5
+    kv_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
+
+
+def build_parser(default_role: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"python -m loraplex.{default_role if default_role != 'both' else 'decode'}",
+        description=f"loraplex {default_role} worker: wraps the engine and serves requests over NATS.",
+    )
+    p.add_argument("--role", choices=ROLES, default=default_role, help="prefill, decode, or both (colocated)")
+    p.add_argument("--model", required=True, help="Hugging Face model directory")
+    p.add_argument("--nats-url", default=env.NATS_URL.get())
+    p.add_argument("--redis-url", default=env.REDIS_URL.get() or None, help="adapter store (for paging adapters)")
+    p.add_argument("--worker-id", default=None, help="unique id (default: role-hostname-pid-random)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--max-num-seqs", type=int, default=64, help="requests in the running batch")
+    p.add_argument("--max-num-batched-tokens", type=int, default=4096, help="token budget of a prefill step")
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--num-kv-blocks", type=int, default=None, help="KV-cache size in blocks (default: derived)")
+    p.add_argument("--block-size", type=int, default=env.BLOCK_SIZE.get())
+    p.add_argument("--max-loras", type=int, default=8, help="adapter slots on the device")
+    p.add_argument("--max-lora-rank", type=int, default=64)
+    p.add_argument("--host-cache-mb", type=int, default=1024, help="host-memory adapter cache budget")
+    p.add_argument("--heartbeat-interval", type=float, default=0.5, help="seconds between heartbeats")
+    p.add_argument("--kv-timeout", type=float, default=10.0, help="seconds a K/V transfer may take")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
+    worker_id = args.worker_id or f"{args.role}-{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    return WorkerSettings(
+        role=args.role,
+        model=args.model,
+        nats_url=args.nats_url,
+        redis_url=args.redis_url,
+        worker_id=worker_id,
+        dtype=args.dtype,
+        device=args.device,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_model_len=args.max_model_len,
+        num_kv_blocks=args.num_kv_blocks,
+        block_size=args.block_size,
+        max_loras=args.max_loras,
+        max_lora_rank=args.max_lora_rank,
+        host_cache_mb=args.host_cache_mb,
+        heartbeat_interval_s=args.heartbeat_interval,
+        kv_timeout_s=args.kv_timeout,
+    )
