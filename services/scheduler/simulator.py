@@ -2,34 +2,32 @@
 
 No model runs; time advances in *steps*.  Server model (``ServerConfig``):
 
-* capacity: a request reserves ``input_tokens + max_tokens`` tokens of the running batch from
-  admission to finish (as S-LoRA reserves KV for the full output); the reservations of running
-  requests never exceed ``M = max_batch_tokens``; optionally at most ``max_batch_size`` requests.
-* admission happens at step boundaries: the policy's ``pick`` is admitted while it fits (strict:
-  when it does not fit, admission stops, nothing skips ahead — the paper's rule); an optional
-  ``prefill_token_budget`` caps new input tokens per step.
-* one step: every running request emits one token (a newly admitted one is prefilled and emits its
-  first token in the same step).  Step time = ``decode_step_s + prefill_s_per_token * new input
-  tokens``.  The defaults (M = 10,000, 40 ms, 0.1 ms/token) give about 1.75 req/s of 256/256
-  requests, close to the paper's A10G + Llama-2-7B server (~900 tokens/s).
+* capacity: a request reserves ``input_tokens + max_tokens`` batch tokens from admission to finish
+  (S-LoRA reserves KV for the full output); running reservations never exceed
+  ``M = max_batch_tokens``; optionally at most ``max_batch_size`` requests run.
+* admission at step boundaries: the policy's ``pick`` is admitted while it fits; when it does not,
+  admission stops (strict, nothing skips ahead: the paper's rule); ``prefill_token_budget`` caps the
+  new input tokens per step.
+* a step: every running request emits one token (a new one is prefilled and emits its first token in
+  that step); it lasts ``decode_step_s + prefill_s_per_token * new input tokens``.  Defaults
+  (M = 10,000, 40 ms, 0.1 ms/token) serve ~1.75 req/s of 256/256 requests, ~900 tokens/s, close to
+  the paper's A10G + Llama-2-7B server.
 * usage: ``on_output_tokens`` every ``usage_every`` tokens per request, ``on_finish`` at the end.
+* service (the paper's ``W``, unweighted) is credited at the end of the step that served it:
+  ``w_p * input`` when prefilled, ``w_q`` per output token (``w_p``, ``w_q`` from the policy).
 
-Service (the paper's ``W``) is credited as served, at the end of the step that served it:
-``w_p * input`` when prefilled, ``w_q`` per output token (``w_p``, ``w_q`` taken from the policy).
+Workloads (``paper_workload``): the paper's synthetic suites, deterministic (gap 60/rpm, random
+phase) or Poisson arrivals, seeded.  ``time_scale`` stretches the duration and every period;
+``length_scale`` multiplies token counts (with ``ServerConfig().scaled(length_scale)`` the capacity
+in requests/s stays the same).
 
-Workloads: ``paper_workload(name, time_scale, length_scale)`` — the paper's synthetic suites with
-deterministic ("uniform", random phase) or Poisson arrivals, seeded.  ``time_scale`` stretches the
-duration and every period; ``length_scale`` multiplies token counts (use it with
-``ServerConfig().scaled(length_scale)`` to keep the same requests/s capacity).
-
-Metrics (``summarize``): the paper's quantitative service difference (Tables 2-6): ``ticks = 19``
-windows of ``window_s = 60 s`` starting at ``k * (T - warmup_s) / 20``, ``k = 1..19``
-(``warmup_s = 30``; all three scale with ``time_scale``).  In each window, ``s_j`` = service rate of
-tenant ``j`` (per second, over its weight), ``r_j`` = requested rate (cost of its arrivals in the
-window); the tick value is ``sum_j min(max_k s_k - s_j, |r_j - s_j|)``; we report its max and mean.
-Unlike the artifact, which spreads a request's cost uniformly from first to last token, service is
-counted exactly when served.  Also: accumulated difference ``max_i W_i(0,t) - min_i W_i(0,t)`` and
-throughput = (input + output tokens served in ``[0, T]``) / T.
+Metrics (``summarize``): the paper's service difference (Tables 2-6): 19 windows of 60 s starting at
+``k * (T - 30 s) / 20``, ``k = 1..19`` (60 s and 30 s scale with ``time_scale``).  Per window,
+``s_j`` = service rate of tenant ``j`` over its weight, ``r_j`` = its requested rate (cost of its
+arrivals in the window); the window's value is ``sum_j min(max_k s_k - s_j, |r_j - s_j|)``; we report
+max and mean.  Unlike the artifact (which spreads a request's cost from first to last token) service
+counts when served.  Also: accumulated ``max_i W_i(0,t) - min_i W_i(0,t)``; throughput = input +
+output tokens served in ``[0, T]`` / T.
 """
 
 from __future__ import annotations
@@ -98,6 +96,12 @@ def _scale(n: Length, s: float) -> Length:
     return max(1, round(n * s)) if isinstance(n, int) else (_scale(n[0], s), _scale(n[1], s))
 
 
+def _lengths(c: Client, s: float) -> Client:
+    return replace(
+        c, input_tokens=_scale(c.input_tokens, s), output_tokens=_scale(c.output_tokens, s)
+    )
+
+
 def paper_workload(name: str, time_scale: float = 1.0, length_scale: float = 1.0) -> Workload:
     """The paper's synthetic suites (rates in req/min, lengths input/output)."""
     on, p = 60.0, {"arrival": "poisson"}
@@ -106,7 +110,7 @@ def paper_workload(name: str, time_scale: float = 1.0, length_scale: float = 1.0
         "proportional": ([Client("c1", 15), Client("c2", 30), Client("c3", 90)], 600),
         "on_off_less": ([Client("c1", 30, on_off_s=on), Client("c2", 120)], 600),
         "on_off_overload": ([Client("c1", 120, on_off_s=on), Client("c2", 180)], 600),
-        "poisson_short_long": ([Client("c1", 480, 64, 64, "poisson"), Client("c2", 90, **p)], 600),
+        "poisson_short_long": ([Client("c1", 480, 64, 64, **p), Client("c2", 90, **p)], 600),
         "dist_shift": (  # three 5-minute phases
             [Client("c1", 30, on_off_s=on, end_s=300), Client("c2", 120, end_s=300)]
             + [Client("c1", 60, start_s=300, end_s=600), Client("c2", 60, start_s=300, end_s=600)]
@@ -118,17 +122,11 @@ def paper_workload(name: str, time_scale: float = 1.0, length_scale: float = 1.0
         raise ValueError(f"unknown workload {name!r}; choose one of {sorted(suites)}")
     clients, duration = suites[name]
     ts, ls = time_scale, length_scale
-    scaled = tuple(
-        replace(
-            c, input_tokens=_scale(c.input_tokens, ls), output_tokens=_scale(c.output_tokens, ls)
-        )
-        for c in clients
-    )
-    scaled = tuple(
+    scaled = [
         replace(c, on_off_s=c.on_off_s * ts, start_s=c.start_s * ts, end_s=c.end_s * ts)
-        for c in scaled
-    )
-    return Workload(name, scaled, duration * ts)
+        for c in clients
+    ]
+    return Workload(name, tuple(_lengths(c, ls) for c in scaled), duration * ts)
 
 
 def generate_arrivals(wl: Workload, seed: int = 0) -> list[Arrival]:
@@ -196,15 +194,12 @@ def simulate(
     free, t, i, n = m, 0.0, 0, len(arrivals)
     while True:
         while i < n and arrivals[i].time <= t:
-            a = arrivals[i]
-            policy.enqueue(
-                QueuedRequest(a.request_id, a.tenant, a.input_tokens, a.output_tokens, a.time),
-                a.time,
-            )
-            i += 1
+            a, i = arrivals[i], i + 1
+            req = QueuedRequest(a.request_id, a.tenant, a.input_tokens, a.output_tokens, a.time)
+            policy.enqueue(req, a.time)
         if t >= duration_s:
             break
-        new_in, new = 0, []
+        new_in = 0
         while (req := policy.pick(t)) is not None:
             need = req.input_tokens + req.max_tokens
             if need > m:
@@ -212,12 +207,10 @@ def simulate(
             if need > free or (server.max_batch_size and len(running) >= server.max_batch_size):
                 break
             budget = server.prefill_token_budget
-            if budget is not None and new and new_in + req.input_tokens > budget:
+            if budget is not None and new_in and new_in + req.input_tokens > budget:
                 break
             policy.admit(req, t)
-            free -= need
-            new_in += req.input_tokens
-            new.append(req.request_id)
+            free, new_in = free - need, new_in + req.input_tokens
             running.append([by_id[req.request_id], 0, 0])
         if not running:
             wake = [arrivals[i].time] if i < n else []
@@ -275,10 +268,11 @@ def service_difference(
     for k in range(1, ticks + 1):
         lo = k * (res.duration_s - warmup_s) / (ticks + 1)
         hi = min(lo + window_s, res.duration_s)
-        s = dict.fromkeys(tenants, 0.0)
         r = dict.fromkeys(tenants, 0.0)
-        for j in tenants:
-            s[j] = (res.service_at(j, hi) - res.service_at(j, lo)) / (hi - lo) / w.get(j, 1.0)
+        s = {
+            j: (res.service_at(j, hi) - res.service_at(j, lo)) / (hi - lo) / w.get(j, 1.0)
+            for j in tenants
+        }
         for a in res.arrivals[bisect.bisect_left(arr_t, lo) : bisect.bisect_right(arr_t, hi)]:
             cost = res.w_p * a.input_tokens + res.w_q * a.output_tokens
             r[a.tenant] += cost / (hi - lo) / w.get(a.tenant, 1.0)

@@ -1,0 +1,160 @@
+"""One submitted request as a route sees it: text deltas in, a cancel out if it is abandoned.
+
+The gateway detokenizes itself: workers' ``TokenDelta.token_ids`` are the source of truth and go
+through one ``IncrementalDetokenizer`` per request (stop strings are cut here, so streaming and
+non-streaming answers are the same text).  ``TokenDelta.text`` is not used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+
+from loraplex.gateway.errors import RequestFailedError, RequestTimeoutError
+from loraplex.gateway.metrics import GatewayMetrics
+from loraplex.gateway.streams import StreamMessage
+from loraplex.protocol import RequestError, TokenDelta
+from loraplex.text.detokenizer import IncrementalDetokenizer
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+    finish_reason: str | None = None  # set on the last delta of a generation
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    def to_json(self) -> dict[str, int]:
+        total = self.prompt_tokens + self.completion_tokens
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": total,
+        }
+
+
+class Generation:
+    """Reads one request's queue; ``aclose`` must always be called (it cancels if unfinished)."""
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        tenant: str,
+        prompt_ids: list[int],
+        queue: asyncio.Queue[StreamMessage],
+        detokenizer: IncrementalDetokenizer,
+        timeout_s: float,
+        metrics: GatewayMetrics,
+        on_close: Callable[[Generation], Awaitable[None]],
+        arrival: float,
+    ) -> None:
+        self.request_id = request_id
+        self.tenant = tenant
+        self.prompt_tokens = len(prompt_ids)
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+        self.outcome = "cancelled"  # for metrics: a finish reason, "error", "timeout", "cancelled"
+        self.upstream_done = False  # the workers sent their last message for it
+        self.cancel_reason = "client disconnected"
+        self._queue = queue
+        self._detok = detokenizer
+        self._timeout_s = timeout_s
+        self._metrics = metrics
+        self._on_close = on_close
+        self._arrival = arrival
+        self._last_token_at: float | None = None
+        self._done = False
+        self._closed = False
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(self.prompt_tokens, self.completion_tokens)
+
+    @property
+    def duration_s(self) -> float:
+        return time.monotonic() - self._arrival
+
+    async def next(self) -> TextDelta | None:
+        """The next non-empty text delta (or the final one), None after the end.
+
+        Raises RequestFailedError (a worker's RequestError) or RequestTimeoutError (silence).
+        """
+        while not self._done:
+            msg = await self._receive()
+            if isinstance(msg, RequestError):
+                self._done = self.upstream_done = True
+                self.outcome = "error"
+                raise RequestFailedError(msg.code, msg.message)
+            delta = self._apply(msg)
+            if delta is not None:
+                return delta
+        return None
+
+    async def collect(self, first: TextDelta | None = None) -> str:
+        """The whole text (non-streaming answers), starting with an already read ``first``."""
+        parts = [first.text] if first is not None else []
+        while (delta := await self.next()) is not None:
+            parts.append(delta.text)
+        return "".join(parts)
+
+    async def aclose(self) -> None:
+        """Release the queue; tell the scheduler to cancel when the workers are not done."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            await self._on_close(self)
+
+    async def _receive(self) -> StreamMessage:
+        try:
+            return await asyncio.wait_for(self._queue.get(), self._timeout_s)
+        except asyncio.TimeoutError:
+            self._done = True
+            self.cancel_reason = "timed out in the gateway"
+            self.outcome = "timeout"
+            raise RequestTimeoutError(
+                f"request {self.request_id} got no answer from the serving workers within "
+                f"{self._timeout_s:g}s"
+            ) from None
+
+    def _apply(self, msg: TokenDelta) -> TextDelta | None:
+        self._observe_latency(len(msg.token_ids))
+        pieces: list[str] = []
+        for token_id in msg.token_ids:
+            if self._detok.stopped is not None:
+                break
+            self.completion_tokens += 1
+            pieces.append(self._detok.append(token_id))
+        if msg.finish_reason is not None:
+            self._done = self.upstream_done = True
+            if self._detok.stopped is None:
+                pieces.append(self._detok.flush())
+            self.finish_reason = "stop" if self._detok.stopped is not None else msg.finish_reason
+        elif self._detok.stopped is not None:  # a stop string ended it here: workers may go on
+            self._done = True
+            self.cancel_reason = "stop string matched"
+            self.finish_reason = "stop"
+        if self.finish_reason is not None:
+            self.outcome = self.finish_reason
+            return TextDelta("".join(pieces), self.finish_reason)
+        text = "".join(pieces)
+        return TextDelta(text) if text else None
+
+    def _observe_latency(self, num_tokens: int) -> None:
+        if not num_tokens:
+            return
+        now = time.monotonic()
+        if self._last_token_at is None:
+            self._metrics.ttft.observe(now - self._arrival)
+        else:
+            self._metrics.itl.observe((now - self._last_token_at) / num_tokens)
+        self._last_token_at = now

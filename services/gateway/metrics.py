@@ -1,0 +1,111 @@
+"""Prometheus metrics of one gateway (own CollectorRegistry, so several apps can coexist).
+
+What the gateway itself observes: requests by route and status, time to first token, inter-token
+latency, end-to-end latency, tokens per tenant, requests in flight, stray stream messages.
+Queue depth, KV and adapter-slot gauges are the scheduler's and workers' to export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
+_ROUTES = (
+    "/v1/completions",
+    "/v1/chat/completions",
+    "/v1/models",
+    "/v1/adapters",
+    "/health",
+    "/ready",
+    "/metrics",
+)
+
+
+def route_label(path: str) -> str:
+    """A bounded label for a request path (no adapter names, no arbitrary 404 paths)."""
+    if path in _ROUTES:
+        return path
+    for prefix in ("/v1/adapters/", "/v1/models/"):
+        if path.startswith(prefix):
+            return prefix + "{name}"
+    return "other"
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "loraplex_gateway_requests", "HTTP requests answered", ["route", "status"], registry=r
+        )
+        self.ttft = Histogram(
+            "loraplex_gateway_time_to_first_token_seconds",
+            "arrival to first generated token",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "loraplex_gateway_inter_token_latency_seconds",
+            "time between generated tokens",
+            buckets=_ITL_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "loraplex_gateway_request_latency_seconds",
+            "arrival to last token",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "loraplex_gateway_tokens", "prompt and completion tokens", ["tenant", "kind"], registry=r
+        )
+        self.finished = Counter(
+            "loraplex_gateway_generations_finished",
+            "generations by how they ended (stop, length, error, timeout, cancelled)",
+            ["reason"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "loraplex_gateway_requests_in_flight", "generations waiting or streaming", registry=r
+        )
+        self.orphans = Gauge(
+            "loraplex_gateway_orphan_messages",
+            "stream messages for requests no longer open (dropped)",
+            registry=r,
+        )
+
+    def bind_orphans(self, read: Callable[[], int]) -> None:
+        self.orphans.set_function(read)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestMetricsMiddleware:
+    """Counts every HTTP answer by route and status (pure ASGI: streaming is not buffered)."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.requests.labels(route_label(scope["path"]), str(status)).inc()
