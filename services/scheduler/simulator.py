@@ -65,15 +65,6 @@ class Workload:
 
 
 @dataclass(frozen=True)
-class Arrival:
-    time: float
-    tenant: str
-    input_tokens: int
-    output_tokens: int
-    request_id: str
-
-
-@dataclass(frozen=True)
 class ServerConfig:
     max_batch_tokens: int = 10_000  # M
     max_batch_size: int | None = None
@@ -129,8 +120,10 @@ def paper_workload(name: str, time_scale: float = 1.0, length_scale: float = 1.0
     return Workload(name, tuple(_lengths(c, ls) for c in scaled), duration * ts)
 
 
-def generate_arrivals(wl: Workload, seed: int = 0) -> list[Arrival]:
-    """All arrivals of ``wl`` in ``[0, duration)``, sorted by time; deterministic for a seed."""
+def generate_arrivals(wl: Workload, seed: int = 0) -> list[QueuedRequest]:
+    """All requests of ``wl`` arriving in ``[0, duration)``, by time; deterministic for a seed.
+
+    Each runs to exactly ``max_tokens`` output tokens (the paper's benchmark sets ``ignore_eos``)."""
     rng = random.Random(seed)
     out: list[tuple[float, str, int, int]] = []
 
@@ -147,7 +140,7 @@ def generate_arrivals(wl: Workload, seed: int = 0) -> list[Arrival]:
                 out.append((t, c.name, draw(c.input_tokens), draw(c.output_tokens)))
             t += gap if c.arrival == "uniform" else rng.expovariate(1 / gap)
     out.sort(key=lambda a: a[0])
-    return [Arrival(t, n, i, o, f"r{k}") for k, (t, n, i, o) in enumerate(out)]
+    return [QueuedRequest(f"r{k}", n, i, o, t) for k, (t, n, i, o) in enumerate(out)]
 
 
 @dataclass
@@ -157,7 +150,7 @@ class SimResult:
     duration_s: float
     w_p: float
     w_q: float
-    arrivals: list[Arrival]
+    arrivals: list[QueuedRequest]
     times: list[float] = field(default_factory=lambda: [0.0])
     service: dict[str, list[float]] = field(default_factory=dict)
     tokens_served: int = 0  # input + output tokens served in [0, duration_s]
@@ -176,7 +169,7 @@ StepHook = Callable[[float, Mapping[str, float], FairnessPolicy], None]
 
 def simulate(
     policy: FairnessPolicy,
-    arrivals: list[Arrival],
+    arrivals: list[QueuedRequest],
     server: ServerConfig,
     duration_s: float,
     on_step: StepHook | None = None,
@@ -189,14 +182,12 @@ def simulate(
     cum = dict.fromkeys(tenants, 0.0)
     res.service = {k: [0.0] for k in tenants}
     res.latencies = {k: [] for k in tenants}
-    by_id = {a.request_id: a for a in arrivals}
     running: list[list] = []  # [arrival, produced, unreported]
     free, t, i, n = m, 0.0, 0, len(arrivals)
     while True:
-        while i < n and arrivals[i].time <= t:
+        while i < n and arrivals[i].arrival <= t:
             a, i = arrivals[i], i + 1
-            req = QueuedRequest(a.request_id, a.tenant, a.input_tokens, a.output_tokens, a.time)
-            policy.enqueue(req, a.time)
+            policy.enqueue(a, a.arrival)
         if t >= duration_s:
             break
         new_in = 0
@@ -211,9 +202,9 @@ def simulate(
                 break
             policy.admit(req, t)
             free, new_in = free - need, new_in + req.input_tokens
-            running.append([by_id[req.request_id], 0, 0])
+            running.append([req, 0, 0])
         if not running:
-            wake = [arrivals[i].time] if i < n else []
+            wake = [arrivals[i].arrival] if i < n else []
             if (w := policy.next_wakeup(t)) is not None:
                 wake.append(w)
             if not wake:
@@ -231,12 +222,12 @@ def simulate(
             if produced == 1:
                 cum[a.tenant] += policy.w_p * a.input_tokens
                 served += a.input_tokens
-                res.latencies[a.tenant].append(t - a.time)
+                res.latencies[a.tenant].append(t - a.arrival)
             if t <= duration_s:
                 res.tokens_served += served
-            if produced >= a.output_tokens:
+            if produced >= a.max_tokens:
                 policy.on_finish(a.request_id, produced)
-                free += a.input_tokens + a.output_tokens
+                free += a.input_tokens + a.max_tokens
                 continue
             run[1], run[2] = produced, run[2] + 1
             if run[2] >= server.usage_every:
@@ -263,7 +254,7 @@ def service_difference(
     """The paper's per-window service difference (see the module docstring), one value per tick."""
     w = weights or {}
     tenants = sorted(res.service)
-    arr_t = [a.time for a in res.arrivals]
+    arr_t = [a.arrival for a in res.arrivals]
     values = []
     for k in range(1, ticks + 1):
         lo = k * (res.duration_s - warmup_s) / (ticks + 1)
@@ -274,7 +265,7 @@ def service_difference(
             for j in tenants
         }
         for a in res.arrivals[bisect.bisect_left(arr_t, lo) : bisect.bisect_right(arr_t, hi)]:
-            cost = res.w_p * a.input_tokens + res.w_q * a.output_tokens
+            cost = res.w_p * a.input_tokens + res.w_q * a.max_tokens
             r[a.tenant] += cost / (hi - lo) / w.get(a.tenant, 1.0)
         top = max(s.values())
         values.append(sum(min(top - s[j], abs(r[j] - s[j])) for j in tenants))

@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-lora-rank", type=int, default=64)
     p.set_defaults(func=_generate)
 
+    from loraplex.launcher import build_parser as up_parser
+    from loraplex.launcher import up
+
+    p = sub.add_parser("up", help="run the whole stack on this machine (NATS, Redis, services)")
+    up_parser(p)
+    p.set_defaults(func=up)
+
     p = sub.add_parser("env", help="list every LORAPLEX_* environment variable")
     p.set_defaults(func=_env)
     return parser

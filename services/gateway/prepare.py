@@ -1,0 +1,168 @@
+"""From a validated OpenAI body to what is submitted: prompt token ids + sampling parameters.
+
+Checks, in order: unsupported features, prompt (non-empty, token ids inside the vocabulary),
+sampling values (``loraplex.sampling_params`` rules), context length
+(``prompt_tokens + max_tokens <= max_model_len``).  Every failure is an ``InvalidParamError``.
+Tokenization and chat templates run in a worker thread so long prompts do not stall the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+
+from loraplex.errors import InvalidRequestError
+from loraplex.gateway.errors import InvalidParamError
+from loraplex.gateway.schemas import ChatCompletionRequest, CompletionRequest, _GenerateRequest
+from loraplex.protocol import SamplingSpec
+from loraplex.sampling_params import SamplingParams
+from loraplex.text.tokenizer import Tokenizer
+
+CHAT_END_TOKEN = "<|im_end|>"
+_SAMPLING_PARAMS = ("max_tokens", "temperature", "top_p", "top_k", "stop")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request ready to submit.  ``created`` is unix seconds; ``arrival`` is monotonic."""
+
+    request_id: str
+    tenant: str
+    model: str
+    adapter: str | None
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    created: int
+    arrival: float
+
+    def sampling_spec(self) -> SamplingSpec:
+        s = self.sampling
+        return SamplingSpec(
+            max_tokens=s.max_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            seed=s.seed,
+            stop=list(s.stop),
+            stop_token_ids=list(s.stop_token_ids),
+            ignore_eos=s.ignore_eos,
+        )
+
+
+def special_token_id(tokenizer: Tokenizer, token: str) -> int | None:
+    """The id of a special token when the vocabulary has it as one token, else None."""
+    ids = tokenizer.encode(token, add_special_tokens=False)
+    if len(ids) == 1 and tokenizer.id_to_token(ids[0]) == token:
+        return ids[0]
+    return None
+
+
+class RequestBuilder:
+    def __init__(self, tokenizer: Tokenizer, max_model_len: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_model_len = max_model_len
+        end = special_token_id(tokenizer, CHAT_END_TOKEN)
+        # The chat template ends turns with <|im_end|>; generation_config may stop only on </s>.
+        self.chat_stop_ids: tuple[int, ...] = (end,) if end is not None else ()
+
+    async def completion(
+        self, req: CompletionRequest, tenant: str, adapter: str | None
+    ) -> Prepared:
+        prompt = req.single_prompt()
+        if isinstance(prompt, str):
+            ids = await asyncio.to_thread(self.tokenizer.encode, prompt)
+        else:
+            ids = list(prompt)
+            vocab = self.tokenizer.vocab_size
+            bad = next((t for t in ids if t >= vocab), None)
+            if bad is not None:
+                raise InvalidParamError(
+                    f"prompt token id {bad} is outside the vocabulary (size {vocab})", "prompt"
+                )
+        if not ids:
+            raise InvalidParamError("prompt must not be empty", "prompt")
+        return self._prepared("cmpl", req, tenant, adapter, ids, req.max_tokens, "prompt", ())
+
+    async def chat(
+        self, req: ChatCompletionRequest, tenant: str, adapter: str | None
+    ) -> Prepared:
+        messages = req.template_messages()
+        ids = await asyncio.to_thread(self.tokenizer.encode_chat, messages)
+        if not ids:
+            raise InvalidParamError("messages render to an empty prompt", "messages")
+        max_tokens = req.max_new_tokens()
+        param = "messages"
+        return self._prepared(
+            "chatcmpl", req, tenant, adapter, ids, max_tokens, param, self.chat_stop_ids
+        )
+
+    def _prepared(
+        self,
+        kind: str,
+        req: _GenerateRequest,
+        tenant: str,
+        adapter: str | None,
+        ids: list[int],
+        max_tokens: int | None,
+        prompt_param: str,
+        extra_stop_ids: tuple[int, ...],
+    ) -> Prepared:
+        budget = self._budget(len(ids), max_tokens, prompt_param)
+        sampling = _sampling(req, budget, extra_stop_ids)
+        return Prepared(
+            request_id=f"{kind}-{uuid.uuid4().hex}",
+            tenant=tenant,
+            model=req.model,
+            adapter=adapter,
+            prompt_ids=ids,
+            sampling=sampling,
+            created=int(time.time()),
+            arrival=time.monotonic(),
+        )
+
+    def _budget(self, prompt_tokens: int, max_tokens: int | None, param: str) -> int:
+        """max_tokens to submit; None means all the context the prompt leaves."""
+        limit = self.max_model_len
+        if max_tokens is None:
+            if prompt_tokens >= limit:
+                raise InvalidParamError(
+                    f"This model's maximum context length is {limit} tokens, but the prompt has "
+                    f"{prompt_tokens} tokens, leaving no room for the completion.",
+                    param,
+                    "context_length_exceeded",
+                )
+            return limit - prompt_tokens
+        if max_tokens < 1:
+            raise InvalidParamError(f"max_tokens must be at least 1, got {max_tokens}", "max_tokens")
+        if prompt_tokens + max_tokens > limit:
+            raise InvalidParamError(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, {max_tokens} "
+                "for the completion). Please reduce the length of the prompt or max_tokens.",
+                param,
+                "context_length_exceeded",
+            )
+        return max_tokens
+
+
+def _sampling(
+    req: _GenerateRequest, max_tokens: int, extra_stop_ids: tuple[int, ...]
+) -> SamplingParams:
+    top_k = -1 if req.top_k in (None, 0) else req.top_k
+    stop_ids = tuple(dict.fromkeys([*(req.stop_token_ids or []), *extra_stop_ids]))
+    try:
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            top_k=top_k,
+            seed=req.seed,
+            stop=tuple(req.stop_list()),
+            stop_token_ids=stop_ids,
+            ignore_eos=req.ignore_eos,
+        )
+    except InvalidRequestError as e:
+        first = str(e).split(" ", 1)[0]
+        raise InvalidParamError(str(e), first if first in _SAMPLING_PARAMS else None) from e

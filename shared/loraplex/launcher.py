@@ -1,0 +1,191 @@
+"""``loraplex up``: the whole stack on one machine, as child processes; Ctrl-C stops them all.
+
+Starts nats-server and redis-server itself when no URLs are given (data in the run directory),
+writes and registers the demo model's adapters when no model is given, then the adapter store,
+the scheduler, the workers and the gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loraplex.servers import ServerProcess, free_port, start_nats, start_redis
+
+
+@dataclass
+class Stack:
+    run_dir: Path
+    servers: list[ServerProcess] = field(default_factory=list)
+    procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+
+    def spawn(self, name: str, module: str, *args: str) -> subprocess.Popen:
+        log = open(self.run_dir / f"{name}.log", "ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.procs.append((name, proc))
+        return proc
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                tail = (self.run_dir / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{name} exited with code {proc.returncode}:\n{tail}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for _, proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for server in reversed(self.servers):
+            server.stop()
+
+
+def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--model", default=None, help="Hugging Face model directory (default: a tiny demo model)")
+    p.add_argument("--host", default="127.0.0.1", help="gateway listen address (non-loopback needs --tenants)")
+    p.add_argument("--port", type=int, default=8000, help="gateway port")
+    p.add_argument("--tenants", default=None, help="tenants file (JSON/YAML); without it: one open tenant")
+    p.add_argument("--prefill-workers", type=int, default=1, help="0 runs the decode workers colocated (role both)")
+    p.add_argument("--decode-workers", type=int, default=1)
+    p.add_argument("--max-num-seqs", type=int, default=32, help="running batch size per worker")
+    p.add_argument("--max-loras", type=int, default=8, help="adapter slots per worker")
+    p.add_argument("--max-lora-rank", type=int, default=64)
+    p.add_argument("--num-kv-blocks", type=int, default=None, help="KV blocks per worker (default: derived)")
+    p.add_argument("--fairness", choices=["vtc", "fcfs", "lcf", "rpm"], default="vtc")
+    p.add_argument("--nats-url", default=None, help="use this NATS instead of starting one")
+    p.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--device", default=None, help="worker device (default: cuda when available)")
+    p.add_argument("--run-dir", default=None, help="logs and server data (default: ./.loraplex/run)")
+    p.add_argument("--adapter-store-port", type=int, default=None, help="default: a free port")
+    return p
+
+
+def _wait_http(url: str, stack: Stack, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stack.check_alive()
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+async def _register_demo_adapters(redis_url: str, adapters: list, owner: str) -> None:  # type: ignore[type-arg]
+    from loraplex.adapters.store import AdapterStore
+
+    store = AdapterStore.from_url(redis_url)
+    try:
+        for a in adapters:
+            cfg = (a.path / "adapter_config.json").read_bytes()
+            weights = (a.path / "adapter_model.safetensors").read_bytes()
+            await store.register(
+                a.name, owner, cfg, weights, rank=a.rank, alpha=a.alpha, targets=a.target_modules,
+                visibility="public", replace=True,
+            )  # fmt: skip
+    finally:
+        await store.close()
+
+
+def up(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir or Path.cwd() / ".loraplex" / "run").resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stack = Stack(run_dir)
+    try:
+        return _up(args, stack)
+    except KeyboardInterrupt:
+        print("\nstopping loraplex ...", flush=True)
+        return 0
+    finally:
+        stack.stop()
+
+
+def _up(args: argparse.Namespace, stack: Stack) -> int:
+    run_dir = stack.run_dir
+    demo_adapters = []
+    model = args.model
+    if model is None:
+        from loraplex.demo import write_demo_model
+
+        info = write_demo_model(run_dir / "demo-model", num_adapters=4)
+        model, demo_adapters = str(info.model_dir), list(info.adapters)
+        print(f"no --model given: using the tiny demo model in {model}", flush=True)
+    nats_url, redis_url = args.nats_url, args.redis_url
+    if nats_url is None:
+        stack.servers.append(start_nats(run_dir / "nats"))
+        nats_url = stack.servers[-1].url
+    if redis_url is None:
+        stack.servers.append(start_redis(run_dir / "redis"))
+        redis_url = stack.servers[-1].url
+    tenants = ["--tenants", args.tenants] if args.tenants else []
+    if demo_adapters:
+        owner = "default"
+        if args.tenants:
+            from loraplex.tenants import load_tenants
+
+            owner = load_tenants(args.tenants).tenants[0].name
+        asyncio.run(_register_demo_adapters(redis_url, demo_adapters, owner))
+    store_port = args.adapter_store_port or free_port()
+    common = ["--nats-url", nats_url, "--redis-url", redis_url]
+    stack.spawn(
+        "adapter-store", "loraplex.adapter_store", "--port", str(store_port), "--model", model,
+        "--max-lora-rank", str(args.max_lora_rank), *common, *tenants,
+    )  # fmt: skip
+    stack.spawn("scheduler", "loraplex.scheduler", "--fairness", args.fairness, *common, *tenants)
+    worker_args = [
+        "--model", model, "--dtype", args.dtype, "--max-num-seqs", str(args.max_num_seqs),
+        "--max-loras", str(args.max_loras), "--max-lora-rank", str(args.max_lora_rank), *common,
+    ]  # fmt: skip
+    if args.device:
+        worker_args += ["--device", args.device]
+    if args.num_kv_blocks:
+        worker_args += ["--num-kv-blocks", str(args.num_kv_blocks)]
+    for i in range(args.prefill_workers):
+        stack.spawn(f"prefill-{i}", "loraplex.prefill", "--worker-id", f"prefill-{i}", *worker_args)
+    decode_role = "decode" if args.prefill_workers else "both"
+    for i in range(args.decode_workers):
+        stack.spawn(f"decode-{i}", "loraplex.decode", "--role", decode_role, "--worker-id", f"decode-{i}", *worker_args)
+    stack.spawn(
+        "gateway", "loraplex.gateway", "--host", args.host, "--port", str(args.port), "--model", model, *common, *tenants
+    )
+    base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+    _wait_http(f"{base}/ready", stack, timeout=300)
+    _wait_http(f"http://127.0.0.1:{store_port}/ready", stack, timeout=60)
+    _print_banner(base, model, demo_adapters, args, run_dir)
+    while True:
+        stack.check_alive()
+        time.sleep(0.5)
+
+
+def _print_banner(base: str, model: str, adapters: list, args: argparse.Namespace, run_dir: Path) -> None:  # type: ignore[type-arg]
+    model_id = os.path.basename(os.path.normpath(model))
+    example = adapters[0].name if adapters else model_id
+    body = json.dumps({"model": example, "prompt": "Hello", "max_tokens": 16})
+    auth = ' -H "Authorization: Bearer $API_KEY"' if args.tenants else ""
+    print(
+        f"\nloraplex is up: {base}/v1  (logs in {run_dir})\n"
+        f"  models:     curl {base}/v1/models{auth}\n"
+        f"  completion: curl {base}/v1/completions{auth} -H 'Content-Type: application/json' -d '{body}'\n"
+        f"Press Ctrl-C to stop every process it started.\n",
+        flush=True,
+    )

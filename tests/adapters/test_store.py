@@ -1,0 +1,227 @@
+"""AdapterStore against a real redis-server: layout, chunking, checksums, atomicity, tenancy,
+and persistence across a Redis restart (AOF)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from loraplex.adapters.errors import (
+    AdapterExistsError,
+    AdapterForbiddenError,
+    AdapterIntegrityError,
+    AdapterTooLargeError,
+    StoreUnavailableError,
+)
+from loraplex.adapters.store import CHUNK_SIZE, AdapterStore
+from loraplex.errors import AdapterError, AdapterNotFoundError
+from loraplex.servers import free_port, start_redis
+
+from .conftest import keys_with
+
+CONFIG = b'{"peft_type": "LORA", "r": 4}'
+META = {"rank": 4, "alpha": 8.0, "targets": ("q_proj", "v_proj")}
+
+
+async def test_register_list_get_fetch_delete(store: AdapterStore) -> None:
+    weights = os.urandom(1000)
+    reg = await store.register("one", "alice", CONFIG, weights, **META)
+    assert reg.replaced is None
+    info = reg.info
+    assert (info.name, info.owner, info.visibility) == ("one", "alice", "private")
+    assert (info.rank, info.alpha, info.targets) == (4, 8.0, ("q_proj", "v_proj"))
+    assert info.size_bytes == 1000 and info.sha256 == hashlib.sha256(weights).hexdigest()
+    assert info.version >= 1 and info.created > 0
+
+    assert await store.get_for("alice", "one") == info
+    assert [i.name for i in await store.list_for("alice")] == ["one"]
+    assert await store.fetch_weights("one") == (CONFIG, weights)
+
+    deleted = await store.delete_for("alice", "one")
+    assert deleted.version == info.version
+    assert await store.get("one") is None
+    assert await store.list_for("alice") == []
+    with pytest.raises(AdapterNotFoundError):
+        await store.fetch_weights("one")
+
+
+async def test_blob_larger_than_a_chunk_is_chunked(store: AdapterStore) -> None:
+    weights = os.urandom(2 * CHUNK_SIZE + 12345)
+    info = (await store.register("big", "alice", CONFIG, weights, **META)).info
+    assert info.chunks == 3 and info.chunk_size == CHUNK_SIZE
+    blob = store.keys.blob("big", info.version)
+    assert await store.redis.hlen(blob) == 1 + 3  # config + 3 chunks
+    assert len(await store.redis.hget(blob, "2")) == 12345
+    assert await store.fetch_weights("big") == (CONFIG, weights)
+
+
+async def test_many_small_chunks_roundtrip(redis_url: str, prefix: str) -> None:
+    store = AdapterStore.from_url(redis_url, prefix=prefix, chunk_size=1000)
+    try:
+        weights = os.urandom(50_500)  # 51 chunks: more than one HMGET round trip
+        info = (await store.register("many", "alice", CONFIG, weights, **META)).info
+        assert info.chunks == 51
+        assert (await store.fetch("many")).weights_bytes == weights
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("field", ["1", "config"])
+async def test_corruption_is_detected_on_read(store: AdapterStore, field: str) -> None:
+    weights = os.urandom(CHUNK_SIZE + 10)
+    info = (await store.register("c", "alice", CONFIG, weights, **META)).info
+    blob = store.keys.blob("c", info.version)
+    data = bytearray(await store.redis.hget(blob, field))
+    data[0] ^= 0xFF
+    await store.redis.hset(blob, field, bytes(data))
+    with pytest.raises(AdapterIntegrityError, match="sha256"):
+        await store.fetch_weights("c")
+
+
+async def test_missing_chunk_is_an_integrity_error(store: AdapterStore) -> None:
+    info = (await store.register("m", "alice", CONFIG, os.urandom(CHUNK_SIZE + 1), **META)).info
+    await store.redis.hdel(store.keys.blob("m", info.version), "1")
+    with pytest.raises(AdapterIntegrityError, match="missing"):
+        await store.fetch("m")
+
+
+async def test_failure_after_chunks_are_written_leaves_nothing(
+    store: AdapterStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    staged: dict[str, int] = {}
+
+    async def boom(info, blob, replace):  # noqa: ANN001 - same signature as _commit
+        staged["hlen"] = await store.redis.hlen(blob)
+        staged["ttl"] = await store.redis.ttl(blob)
+        assert await store.get("half") is None  # not visible while staged
+        raise RuntimeError("crash between staging and commit")
+
+    monkeypatch.setattr(store, "_commit", boom)
+    with pytest.raises(RuntimeError, match="crash"):
+        await store.register("half", "alice", CONFIG, os.urandom(3 * CHUNK_SIZE), **META)
+    assert staged["hlen"] == 4 and staged["ttl"] > 0  # chunks were there, with a staging TTL
+    assert await store.get("half") is None
+    assert await store.list_for("alice") == []
+    assert await keys_with(store) == {store.keys.version_counter}
+
+
+async def test_failure_during_replace_keeps_old_version(
+    store: AdapterStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = os.urandom(5000)
+    v1 = (await store.register("r", "alice", CONFIG, old, **META)).info
+
+    async def boom(info, blob, replace):  # noqa: ANN001
+        raise ConnectionResetError("lost Redis before EXEC")
+
+    monkeypatch.setattr(store, "_commit", boom)
+    with pytest.raises(ConnectionResetError):
+        await store.register("r", "alice", CONFIG, os.urandom(5000), **META, replace=True)
+    assert await store.get("r") == v1
+    assert await store.fetch_weights("r") == (CONFIG, old)
+    assert await keys_with(store) == {
+        store.keys.version_counter,
+        store.keys.index,
+        store.keys.meta("r"),
+        store.keys.blob("r", v1.version),
+    }
+
+
+async def test_exists_and_replace(store: AdapterStore) -> None:
+    v1 = (await store.register("x", "alice", CONFIG, b"one", **META)).info
+    with pytest.raises(AdapterExistsError, match="replace=true"):
+        await store.register("x", "alice", CONFIG, b"two", **META)
+    with pytest.raises(AdapterExistsError, match="already taken"):
+        await store.register("x", "bob", CONFIG, b"two", **META, replace=True)
+    reg = await store.register("x", "alice", CONFIG, b"two", **META, replace=True)
+    assert reg.replaced == v1 and reg.info.version > v1.version
+    assert await store.fetch_weights("x") == (CONFIG, b"two")
+    # the old version's blob is gone right after the switch
+    assert not await store.redis.exists(store.keys.blob("x", v1.version))
+
+
+async def test_delete_removes_every_key(store: AdapterStore) -> None:
+    for i, owner in enumerate(("alice", "alice", "bob")):
+        await store.register(f"d{i}", owner, CONFIG, os.urandom(CHUNK_SIZE * 2 + 1), **META)
+    await store.register("d0", "alice", CONFIG, os.urandom(100), **META, replace=True)
+    assert len(await keys_with(store)) == 1 + 1 + 3 * 2  # counter, index, meta+blob each
+    await store.delete_for("alice", "d0")
+    await store.delete_for("alice", "d1")
+    await store.delete_for("bob", "d2")
+    assert await keys_with(store) == {store.keys.version_counter}  # deployment-wide counter only
+
+
+async def test_tenancy_hides_private_adapters(store: AdapterStore) -> None:
+    await store.register("secret", "alice", CONFIG, b"w", **META)
+    await store.register("shared", "alice", CONFIG, b"w", **META, visibility="public")
+    await store.register("bobs", "bob", CONFIG, b"w", **META)
+
+    assert [i.name for i in await store.list_for("alice")] == ["secret", "shared"]
+    assert [i.name for i in await store.list_for("bob")] == ["bobs", "shared"]
+
+    with pytest.raises(AdapterNotFoundError) as hidden:
+        await store.get_for("bob", "secret")
+    with pytest.raises(AdapterNotFoundError) as missing:
+        await store.get_for("bob", "nosuch")
+    assert str(hidden.value).replace("secret", "X") == str(missing.value).replace("nosuch", "X")
+    assert (await store.get_for("bob", "shared")).owner == "alice"
+
+    with pytest.raises(AdapterNotFoundError):
+        await store.delete_for("bob", "secret")
+    with pytest.raises(AdapterForbiddenError):
+        await store.delete_for("bob", "shared")
+    assert await store.get("secret") is not None and await store.get("shared") is not None
+    # workers are trusted: fetch ignores tenancy
+    assert await store.fetch_weights("secret") == (CONFIG, b"w")
+
+
+async def test_limits_and_names(redis_url: str, prefix: str) -> None:
+    store = AdapterStore.from_url(redis_url, prefix=prefix, max_bytes=1000)
+    try:
+        with pytest.raises(AdapterTooLargeError):
+            await store.register("big", "alice", CONFIG, os.urandom(1000), **META)
+        with pytest.raises(AdapterError, match="invalid adapter name"):
+            await store.register("no:colons", "alice", CONFIG, b"w", **META)
+        with pytest.raises(AdapterError, match="visibility"):
+            await store.register("v", "alice", CONFIG, b"w", **META, visibility="everyone")
+        assert await store.get("../etc") is None
+        assert await keys_with(store) == set()
+    finally:
+        await store.close()
+
+
+async def test_unreachable_redis_is_a_typed_error() -> None:
+    client = aioredis.Redis.from_url(
+        f"redis://127.0.0.1:{free_port()}/0", retry=Retry(NoBackoff(), 0), socket_connect_timeout=1
+    )
+    store = AdapterStore(client)
+    try:
+        with pytest.raises(StoreUnavailableError, match="Redis is unavailable"):
+            await store.get("x")
+        assert await store.ping() is False
+    finally:
+        await store.close()
+
+
+async def test_survives_redis_restart_with_aof(tmp_path: Path) -> None:
+    data_dir = tmp_path / "redis-aof"
+    server = start_redis(data_dir)
+    store = AdapterStore.from_url(server.url, prefix="restart")
+    try:
+        weights = os.urandom(CHUNK_SIZE + 777)
+        info = (await store.register("durable", "alice", CONFIG, weights, **META)).info
+        server.stop()  # SIGTERM: redis fsyncs the AOF on shutdown
+        server = start_redis(data_dir, port=server.port)
+        # the same client reconnects on its own (retry with backoff)
+        got = await store.fetch("durable")
+        assert got.info == info and got.weights_bytes == weights and got.config_bytes == CONFIG
+        assert await store.get_for("alice", "durable") == info
+    finally:
+        await store.close()
+        server.stop()
