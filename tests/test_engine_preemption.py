@@ -60,6 +60,22 @@ def tight(demo):
     return _llm(demo, num_kv_blocks=TIGHT_BLOCKS, max_loras=2)
 
 
+GREEDY = SamplingParams(temperature=0.0, max_tokens=OUT_TOKENS, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def greedy_outputs(roomy):
+    """Greedy outputs of the roomy engine (no preemption possible), computed once."""
+    outs = roomy.generate(PROMPTS, GREEDY)
+    assert all(len(o.token_ids) == OUT_TOKENS for o in outs)
+    return outs
+
+
+@pytest.fixture(scope="module")
+def greedy_ref(greedy_outputs) -> list[list[int]]:
+    return _tokens(greedy_outputs)
+
+
 @pytest.fixture
 def preemptions(monkeypatch):
     """Record every Scheduler._preempt call (request id) on any engine during the test."""
@@ -90,11 +106,9 @@ def test_tight_cache_is_really_tight(tight):
     assert tight.engine.allocator.num_blocks == TIGHT_BLOCKS < need / 2
 
 
-def test_greedy_outputs_survive_preemption(roomy, tight, preemptions):
-    params = SamplingParams(temperature=0.0, max_tokens=OUT_TOKENS, ignore_eos=True)
-    expected = roomy.generate(PROMPTS, params)
-    assert preemptions == []  # the reference run never preempts
-    got = tight.generate(PROMPTS, params)
+def test_greedy_outputs_survive_preemption(tight, greedy_outputs, preemptions):
+    expected = greedy_outputs
+    got = tight.generate(PROMPTS, GREEDY)
     assert len(preemptions) >= 2, "the tight cache should force preemptions"
     assert _tokens(got) == _tokens(expected)
     assert [o.text for o in got] == [o.text for o in expected]
@@ -102,7 +116,7 @@ def test_greedy_outputs_survive_preemption(roomy, tight, preemptions):
     _assert_idle(tight)
 
 
-def test_seeded_sampling_survives_preemption(roomy, tight, preemptions):
+def test_seeded_sampling_survives_preemption(roomy, tight, greedy_ref, preemptions):
     params = [
         SamplingParams(temperature=0.8, seed=1000 + i, max_tokens=OUT_TOKENS, ignore_eos=True)
         for i in range(len(PROMPTS))
@@ -113,25 +127,25 @@ def test_seeded_sampling_survives_preemption(roomy, tight, preemptions):
     assert len(preemptions) >= 2
     assert _tokens(got) == _tokens(expected)
     # sanity: this really sampled (differs from greedy somewhere)
-    greedy = roomy.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=OUT_TOKENS, ignore_eos=True))
-    assert _tokens(expected) != _tokens(greedy)
+    assert _tokens(expected) != greedy_ref
     _assert_idle(tight)
 
 
-def test_mixed_adapters_survive_preemption(demo, roomy, tight, preemptions):
+def test_mixed_adapters_survive_preemption(demo, roomy, tight, greedy_ref, preemptions):
     names = [a.name for a in demo.adapters]
     loras = [names[0], None, names[1], names[0], None, names[1]]
-    params = SamplingParams(temperature=0.0, max_tokens=OUT_TOKENS, ignore_eos=True)
-    expected = roomy.generate(PROMPTS, params, lora=loras)
+    expected = roomy.generate(PROMPTS, GREEDY, lora=loras)
     assert preemptions == []
-    got = tight.generate(PROMPTS, params, lora=loras)
+    got = tight.generate(PROMPTS, GREEDY, lora=loras)
     # preempted requests give their adapter pin back and take it again when resumed
     assert len(preemptions) >= 2
     assert _tokens(got) == _tokens(expected)
     # the adapters matter: without them the outputs differ
-    base = roomy.generate(PROMPTS, params)
+    for tokens, base, name in zip(_tokens(expected), greedy_ref, loras):
+        if name is None:
+            assert tokens == base
     assert [t for t, name in zip(_tokens(expected), loras) if name] != [
-        t for t, name in zip(_tokens(base), loras) if name
+        t for t, name in zip(greedy_ref, loras) if name
     ]
     _assert_idle(tight)
 
@@ -173,20 +187,19 @@ def test_unseeded_requests_do_not_repeat_each_other(roomy):
     assert again.token_ids not in (outs[0].token_ids, outs[1].token_ids)
 
 
-def test_top_k_one_equals_greedy(roomy):
-    greedy = roomy.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True))
+def test_top_k_one_equals_greedy(roomy, greedy_ref):
     topk1 = roomy.generate(
-        PROMPTS, SamplingParams(temperature=1.0, top_k=1, max_tokens=12, ignore_eos=True)
+        PROMPTS, SamplingParams(temperature=1.0, top_k=1, max_tokens=OUT_TOKENS, ignore_eos=True)
     )
-    assert _tokens(topk1) == _tokens(greedy)
+    assert _tokens(topk1) == greedy_ref
 
 
-def test_tiny_top_p_equals_greedy(roomy):
-    greedy = roomy.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True))
+def test_tiny_top_p_equals_greedy(roomy, greedy_ref):
     tiny_p = roomy.generate(
-        PROMPTS, SamplingParams(temperature=1.5, top_p=1e-6, max_tokens=12, ignore_eos=True)
+        PROMPTS,
+        SamplingParams(temperature=1.5, top_p=1e-6, seed=0, max_tokens=OUT_TOKENS, ignore_eos=True),
     )
-    assert _tokens(tiny_p) == _tokens(greedy)
+    assert _tokens(tiny_p) == greedy_ref
 
 
 def test_top_k_sampling_stays_in_top_k_of_model_logits(roomy):

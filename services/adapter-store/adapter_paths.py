@@ -92,7 +92,7 @@ def read_adapter_dir(root: Path, directory: Path, given: str, limit: int) -> tup
 async def read_path_registration(request: Request, root: Path | None, limit: int) -> AdapterUpload:
     data = await read_json_body(request)
     name = check_name(data.get("name"))
-    visibility = check_visibility(data.get("visibility", "private"))
+    visibility = check_visibility(data.get("visibility"))
     replace = parse_bool(data.get("replace", False), "replace")
     directory = resolve_under_root(root, data.get("path"))
     config, weights = await asyncio.to_thread(

@@ -47,7 +47,7 @@ async def _loraplex_error(_: Request, exc: Exception) -> JSONResponse:
         (500, "server_error", "internal_error"),
     )
     if status >= 500:
-        log.error("%s: %s", type(exc).__name__, exc)
+        log.error("%s: %s (cause: %r)", type(exc).__name__, exc, exc.__cause__)
     body = error_body(str(exc), type_, code, getattr(exc, "param", None))
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(body, status_code=status, headers=headers)

@@ -7,8 +7,8 @@ import logging
 
 from loraplex.adapter_store.events import EventPublisher
 from loraplex.adapter_store.uploads import AdapterUpload
-from loraplex.adapters.info import AdapterInfo
-from loraplex.adapters.store import AdapterStore, Registered
+from loraplex.adapters.info import AdapterInfo, Registered
+from loraplex.adapters.store import AdapterStore
 from loraplex.lora.adapter import parse_adapter
 from loraplex.model.config import ModelConfig
 from loraplex.protocol import AdapterEvent

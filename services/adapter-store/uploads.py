@@ -15,7 +15,7 @@ from loraplex.errors import InvalidRequestError
 from loraplex.lora.adapter import CONFIG_FILE, WEIGHTS_FILE, validate_name
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 FORM_FIELDS = ("name", "visibility", "replace")
 _MAX_FIELD_BYTES = 1024
@@ -30,7 +30,7 @@ class AdapterUpload:
     name: str
     config_bytes: bytes
     weights_bytes: bytes
-    visibility: str = "private"
+    visibility: str | None = None  # None: private when new, unchanged on replace
     replace: bool = False
 
 
@@ -51,12 +51,12 @@ def parse_bool(value: object, param: str) -> bool:
     raise invalid(f"{param} must be a boolean (true/false), got {value!r}", param)
 
 
-def check_visibility(value: object) -> str:
-    if value not in VISIBILITIES:
+def check_visibility(value: object) -> str | None:
+    if value is not None and value not in VISIBILITIES:
         raise invalid(
             f"visibility must be one of {', '.join(VISIBILITIES)}, got {value!r}", "visibility"
         )
-    return str(value)
+    return None if value is None else str(value)
 
 
 def check_name(value: object) -> str:
@@ -68,7 +68,7 @@ def check_name(value: object) -> str:
 
 def too_large(limit: int) -> AdapterTooLargeError:
     return AdapterTooLargeError(
-        f"adapter upload exceeds the server's limit of {limit / 2**20:g} MiB (--max-adapter-mb)"
+        f"adapter upload exceeds the server's limit of {limit / 2**20:.4g} MiB (--max-adapter-mb)"
     )
 
 
@@ -161,18 +161,21 @@ async def read_multipart(request: Request, limit: int) -> AdapterUpload:
     parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
     failure: Exception | None = None
     drained = 0
-    async for chunk in request.stream():
-        if failure is not None:  # keep reading (dropping) so the client gets our answer
-            drained += len(chunk)
-            if drained > _DRAIN_CAP:
-                break
-            continue
-        try:
-            parser.write(chunk)
-        except FormParserError:
-            failure = invalid("malformed multipart/form-data body")
-        except Exception as e:
-            failure = e
+    try:
+        async for chunk in request.stream():
+            if failure is not None:  # keep reading (dropping) so the client gets our answer
+                drained += len(chunk)
+                if drained > _DRAIN_CAP:
+                    break
+                continue
+            try:
+                parser.write(chunk)
+            except FormParserError:
+                failure = invalid("malformed multipart/form-data body")
+            except Exception as e:
+                failure = e
+    except ClientDisconnect as e:
+        raise invalid("the client disconnected during the upload") from e
     if failure is not None:
         raise failure
     try:
@@ -191,6 +194,6 @@ def _to_upload(c: _Collector) -> AdapterUpload:
         name=name,
         config_bytes=bytes(c.files[CONFIG_FILE]),
         weights_bytes=bytes(c.files[WEIGHTS_FILE]),
-        visibility=check_visibility(c.fields.get("visibility") or "private"),
+        visibility=check_visibility(c.fields.get("visibility") or None),
         replace=parse_bool(c.fields.get("replace", ""), "replace"),
     )

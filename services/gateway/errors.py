@@ -13,8 +13,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
 from loraplex.adapters.errors import (
     AdapterExistsError,
     AdapterForbiddenError,
@@ -31,6 +29,7 @@ from loraplex.errors import (
     LoraplexError,
 )
 from loraplex.tenants import AuthenticationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +88,14 @@ ERROR_MAP: tuple[tuple[type[LoraplexError], int, str | None], ...] = (
     (AdapterNotFoundError, 404, "adapter_not_found"),
     (PayloadTooLargeError, 413, "request_too_large"),
     (AdapterTooLargeError, 413, "adapter_too_large"),
-    (AdapterForbiddenError, 403, "forbidden"),
-    (AdapterPathError, 403, "forbidden"),
+    (AdapterForbiddenError, 403, "adapter_forbidden"),
+    (AdapterPathError, 403, "path_not_allowed"),
     (AdapterExistsError, 409, "adapter_exists"),
     (AdapterError, 400, "invalid_adapter"),
-    (InvalidRequestError, 400, None),
+    (InvalidRequestError, 400, "invalid_request"),
     (CapacityError, 400, "request_too_large_for_capacity"),
     (SchedulerUnavailableError, 503, "scheduler_unavailable"),
-    (StoreUnavailableError, 503, "adapter_store_unavailable"),
+    (StoreUnavailableError, 503, "store_unavailable"),
     (RequestTimeoutError, 504, "timeout"),
     (ClientDisconnectedError, 499, "client_disconnected"),
     (AdapterIntegrityError, 500, "adapter_corrupt"),
@@ -132,7 +131,9 @@ def classify(exc: BaseException) -> tuple[int, dict[str, Any]]:
         for kind, status, code in ERROR_MAP:
             if isinstance(exc, kind):
                 param = getattr(exc, "param", None)
-                return status, error_body(status, str(exc), param, getattr(exc, "code", None) or code)
+                return status, error_body(
+                    status, str(exc), param, getattr(exc, "code", None) or code
+                )
         return 500, error_body(500, str(exc), None, "internal_error")
     return 500, error_body(500, "internal server error", None, "internal_error")
 
@@ -144,19 +145,36 @@ def error_response(exc: BaseException) -> JSONResponse:
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    """One message and ``param`` for pydantic's errors.
+
+    A value that fails a union (``prompt``: str | list[int] | ...) gives one error per member,
+    located under the member's type name: they are folded into one, at their common location.
+    """
     errors = exc.errors()
     if not errors:
         return "invalid request", None
     first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     if first.get("type") == "json_invalid":
         return "request body is not valid JSON", None
-    if not loc and first.get("type") == "missing":
+    locs = [[p for p in e.get("loc", ()) if p != "body"] for e in errors]
+    if not locs[0] and first.get("type") == "missing":
         return "a JSON request body is required", None
-    param = ".".join(loc) or None
-    message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
-    if len(errors) > 1:
-        message += f" (and {len(errors) - 1} more error(s))"
+    group = [(loc, e) for loc, e in zip(locs, errors) if loc[:1] == locs[0][:1]]
+    prefix = locs[0]
+    for loc, _ in group[1:]:
+        n = next(
+            (i for i, (a, b) in enumerate(zip(prefix, loc)) if a != b), min(len(prefix), len(loc))
+        )
+        prefix = prefix[:n]
+    param = ".".join(str(p) for p in prefix) or None
+    if len(group) == 1:
+        detail = str(first.get("msg"))
+    else:
+        msgs = list(dict.fromkeys(str(e.get("msg")) for _, e in group))
+        detail = "invalid value (" + "; or ".join(msgs[:4]) + ")"
+    message = f"{param}: {detail}" if param else detail
+    if len(errors) > len(group):
+        message += f" (and {len(errors) - len(group)} more error(s))"
     return message, param
 
 

@@ -62,7 +62,10 @@ class GatewayMetrics:
             registry=r,
         )
         self.tokens = Counter(
-            "loraplex_gateway_tokens", "prompt and completion tokens", ["tenant", "kind"], registry=r
+            "loraplex_gateway_tokens",
+            "prompt and completion tokens",
+            ["tenant", "kind"],
+            registry=r,
         )
         self.finished = Counter(
             "loraplex_gateway_generations_finished",

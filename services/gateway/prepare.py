@@ -85,9 +85,7 @@ class RequestBuilder:
             raise InvalidParamError("prompt must not be empty", "prompt")
         return self._prepared("cmpl", req, tenant, adapter, ids, req.max_tokens, "prompt", ())
 
-    async def chat(
-        self, req: ChatCompletionRequest, tenant: str, adapter: str | None
-    ) -> Prepared:
+    async def chat(self, req: ChatCompletionRequest, tenant: str, adapter: str | None) -> Prepared:
         messages = req.template_messages()
         ids = await asyncio.to_thread(self.tokenizer.encode_chat, messages)
         if not ids:
@@ -135,7 +133,9 @@ class RequestBuilder:
                 )
             return limit - prompt_tokens
         if max_tokens < 1:
-            raise InvalidParamError(f"max_tokens must be at least 1, got {max_tokens}", "max_tokens")
+            raise InvalidParamError(
+                f"max_tokens must be at least 1, got {max_tokens}", "max_tokens"
+            )
         if prompt_tokens + max_tokens > limit:
             raise InvalidParamError(
                 f"This model's maximum context length is {limit} tokens. However, you requested "

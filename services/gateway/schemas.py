@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from loraplex.gateway.errors import InvalidParamError
+from pydantic import BaseModel, ConfigDict, Field
 
 Float = Annotated[float, Field(allow_inf_nan=False)]
 Seed = Annotated[int, Field(ge=-(2**63), lt=2**64)]
@@ -151,4 +150,3 @@ class ChatCompletionRequest(_GenerateRequest):
                 msg["name"] = m.name
             out.append(msg)
         return out
-

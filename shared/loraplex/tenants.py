@@ -37,7 +37,7 @@ class AuthenticationError(LoraplexError):
 @dataclass(frozen=True)
 class Tenant:
     name: str
-    api_key: str = field(repr=False, compare=False)
+    api_key: str = field(repr=False)
     weight: float = 1.0
 
 

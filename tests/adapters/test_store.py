@@ -3,15 +3,13 @@ and persistence across a Redis restart (AOF)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from loraplex.adapters.errors import (
     AdapterExistsError,
     AdapterForbiddenError,
@@ -22,6 +20,8 @@ from loraplex.adapters.errors import (
 from loraplex.adapters.store import CHUNK_SIZE, AdapterStore
 from loraplex.errors import AdapterError, AdapterNotFoundError
 from loraplex.servers import free_port, start_redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from .conftest import keys_with
 
@@ -96,7 +96,7 @@ async def test_failure_after_chunks_are_written_leaves_nothing(
 ) -> None:
     staged: dict[str, int] = {}
 
-    async def boom(info, blob, replace):  # noqa: ANN001 - same signature as _commit
+    async def boom(info, blob, *args):  # noqa: ANN001 - same signature as _commit
         staged["hlen"] = await store.redis.hlen(blob)
         staged["ttl"] = await store.redis.ttl(blob)
         assert await store.get("half") is None  # not visible while staged
@@ -117,7 +117,7 @@ async def test_failure_during_replace_keeps_old_version(
     old = os.urandom(5000)
     v1 = (await store.register("r", "alice", CONFIG, old, **META)).info
 
-    async def boom(info, blob, replace):  # noqa: ANN001
+    async def boom(*args):  # noqa: ANN002
         raise ConnectionResetError("lost Redis before EXEC")
 
     monkeypatch.setattr(store, "_commit", boom)
@@ -133,6 +133,22 @@ async def test_failure_during_replace_keeps_old_version(
     }
 
 
+async def test_cancel_after_exec_keeps_the_committed_adapter(
+    store: AdapterStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_commit = store._commit
+
+    async def commit_then_cancel(*args):  # noqa: ANN002
+        await real_commit(*args)
+        raise asyncio.CancelledError  # e.g. shutdown while EXEC's reply was in flight
+
+    monkeypatch.setattr(store, "_commit", commit_then_cancel)
+    weights = os.urandom(CHUNK_SIZE + 1)
+    with pytest.raises(asyncio.CancelledError):
+        await store.register("kept", "alice", CONFIG, weights, **META)
+    assert await store.fetch_weights("kept") == (CONFIG, weights)
+
+
 async def test_exists_and_replace(store: AdapterStore) -> None:
     v1 = (await store.register("x", "alice", CONFIG, b"one", **META)).info
     with pytest.raises(AdapterExistsError, match="replace=true"):
@@ -142,8 +158,19 @@ async def test_exists_and_replace(store: AdapterStore) -> None:
     reg = await store.register("x", "alice", CONFIG, b"two", **META, replace=True)
     assert reg.replaced == v1 and reg.info.version > v1.version
     assert await store.fetch_weights("x") == (CONFIG, b"two")
+    assert reg.info.visibility == "private"
     # the old version's blob is gone right after the switch
     assert not await store.redis.exists(store.keys.blob("x", v1.version))
+
+
+async def test_replace_keeps_visibility_unless_given(store: AdapterStore) -> None:
+    await store.register("vis", "alice", CONFIG, b"1", **META, visibility="public")
+    kept = (await store.register("vis", "alice", CONFIG, b"2", **META, replace=True)).info
+    assert kept.visibility == "public" and (await store.get("vis")).visibility == "public"
+    changed = await store.register(
+        "vis", "alice", CONFIG, b"3", **META, replace=True, visibility="private"
+    )
+    assert changed.info.visibility == "private"
 
 
 async def test_delete_removes_every_key(store: AdapterStore) -> None:

@@ -160,7 +160,8 @@ def test_sgmv_matches_twin(case: Case) -> None:
     t = starts[-1]
     seg_starts = torch.tensor(starts, device=DEV)
     seg_slots = torch.tensor(slots, device=DEV, dtype=torch.int32)
-    max_seg_len = max(lens) if case.seed % 2 else None
+    # The engine passes the exact bound; the default (T) is exercised on a quarter of the cases.
+    max_seg_len = None if case.seed % 4 == 0 else max(lens)
     dtype = DTYPES[case.dtype]
     x = torch.randn(t, h_in, generator=gen).to(DEV, dtype)
     rank_of = ranks.tolist()

@@ -248,6 +248,7 @@ class FairnessPolicy(ABC):
             if q:
                 self._queues[tenant] = q
                 self._queued.update((r.request_id, r) for _, r in q)
+                self._counters.setdefault(tenant, 0.0)
         self._running = {rid: _Running(**r) for rid, r in state.get("running", {}).items()}
         self._load_extra_state(state.get("extra", {}))
 

@@ -95,7 +95,7 @@ class AdapterStoreClient:
         config_bytes: bytes,
         weights_bytes: bytes,
         *,
-        visibility: str = "private",
+        visibility: str | None = None,
         replace: bool = False,
     ) -> AdapterInfo:
         """Multipart upload of the two PEFT files (both under the form field ``files``)."""
@@ -103,7 +103,9 @@ class AdapterStoreClient:
             ("files", (CONFIG_FILE, config_bytes, "application/json")),
             ("files", (WEIGHTS_FILE, weights_bytes, "application/octet-stream")),
         ]
-        data = {"name": name, "visibility": visibility, "replace": "true" if replace else "false"}
+        data = {"name": name, "replace": "true" if replace else "false"}
+        if visibility is not None:  # unset: private when new, unchanged on replace
+            data["visibility"] = visibility
         return AdapterInfo.from_json(
             await self._call("POST", "/v1/adapters", data=data, files=files)
         )
@@ -117,10 +119,12 @@ class AdapterStoreClient:
         return await self.upload(name, cfg, weights, **kwargs)
 
     async def register_path(
-        self, name: str, path: str, *, visibility: str = "private", replace: bool = False
+        self, name: str, path: str, *, visibility: str | None = None, replace: bool = False
     ) -> AdapterInfo:
         """Register a directory the *server* can read (under its ``--adapters-root``)."""
-        body = {"name": name, "path": path, "visibility": visibility, "replace": replace}
+        body: dict[str, Any] = {"name": name, "path": path, "replace": replace}
+        if visibility is not None:
+            body["visibility"] = visibility
         return AdapterInfo.from_json(await self._call("POST", "/v1/adapters", json=body))
 
     async def health(self) -> bool:

@@ -110,5 +110,22 @@ class AdapterInfo:
         )
 
 
+@dataclass(frozen=True)
+class Registered:
+    """What ``AdapterStore.register`` did."""
+
+    info: AdapterInfo
+    replaced: AdapterInfo | None  # the previous version, when this registration replaced one
+
+
+@dataclass(frozen=True)
+class FetchedAdapter:
+    """The live version of an adapter as read by a worker (sha256 verified)."""
+
+    info: AdapterInfo
+    config_bytes: bytes
+    weights_bytes: bytes
+
+
 def _s(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v

@@ -11,18 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import dataclasses
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from collections.abc import Sequence
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
 from loraplex.adapters.errors import (
@@ -32,8 +26,9 @@ from loraplex.adapters.errors import (
     AdapterTooLargeError,
     StoreUnavailableError,
 )
-from loraplex.adapters.info import AdapterInfo, check_visibility
+from loraplex.adapters.info import AdapterInfo, FetchedAdapter, Registered, check_visibility
 from loraplex.adapters.keys import DEFAULT_PREFIX, StoreKeys
+from loraplex.adapters.redis_conn import connect_redis, unavailable_as_typed
 from loraplex.errors import AdapterNotFoundError
 from loraplex.lora.adapter import NAME_PATTERN, validate_name
 
@@ -42,38 +37,9 @@ STAGING_TTL_S = 3600  # a staged blob whose upload died disappears after this
 _CHUNKS_PER_ROUNDTRIP = 16
 _WATCH_RETRIES = 16
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _unavailable_as_typed(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Turn redis connection failures (after the client's own retries) into StoreUnavailableError."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await fn(*args, **kwargs)
-        except (RedisConnectionError, RedisTimeoutError) as e:
-            raise StoreUnavailableError(f"adapter store: Redis is unavailable ({e})") from e
-
-    return wrapper
-
 
 def _sha256(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-@dataclass(frozen=True)
-class Registered:
-    info: AdapterInfo
-    replaced: AdapterInfo | None  # the previous version, when this registration replaced one
-
-
-@dataclass(frozen=True)
-class FetchedAdapter:
-    info: AdapterInfo
-    config_bytes: bytes
-    weights_bytes: bytes
 
 
 class AdapterStore:
@@ -97,27 +63,20 @@ class AdapterStore:
     @classmethod
     def from_url(cls, url: str, **kwargs: object) -> AdapterStore:
         """A store over a retrying client: reconnects with backoff when Redis restarts."""
-        client = aioredis.Redis.from_url(
-            url,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=10),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            socket_connect_timeout=2.0,
-            socket_timeout=30.0,
-            health_check_interval=15,
-        )
-        return cls(client, **kwargs)  # type: ignore[arg-type]
+        return cls(connect_redis(url), **kwargs)  # type: ignore[arg-type]
 
     async def close(self) -> None:
         await self.redis.aclose()
 
-    async def ping(self) -> bool:
+    async def ping(self, timeout_s: float = 1.0) -> bool:
+        """Whether Redis answers within ``timeout_s`` (for readiness; never raises)."""
         try:
-            return bool(await self.redis.ping())
+            return bool(await asyncio.wait_for(self.redis.ping(), timeout_s))
         except Exception:
             return False
 
     # ---- reads ---------------------------------------------------------------------------
-    @_unavailable_as_typed
+    @unavailable_as_typed
     async def get(self, name: str) -> AdapterInfo | None:
         """Metadata of ``name`` regardless of tenancy (trusted callers), or None."""
         if not NAME_PATTERN.match(name or ""):
@@ -131,7 +90,7 @@ class AdapterStore:
             raise AdapterNotFoundError(f"adapter {name!r} not found")
         return info
 
-    @_unavailable_as_typed
+    @unavailable_as_typed
     async def list_for(self, tenant: str) -> list[AdapterInfo]:
         """Adapters ``tenant`` may see (its own and public ones), sorted by name."""
         names = sorted(n.decode() for n in await self.redis.smembers(self.keys.index))
@@ -147,7 +106,7 @@ class AdapterStore:
         got = await self.fetch(name)
         return got.config_bytes, got.weights_bytes
 
-    @_unavailable_as_typed
+    @unavailable_as_typed
     async def fetch(self, name: str) -> FetchedAdapter:
         """The live version with its metadata; raises AdapterIntegrityError on a sha mismatch."""
         for _ in range(3):  # a concurrent replace unlinks the version being read: read again
@@ -184,12 +143,12 @@ class AdapterStore:
         return config, b"".join(parts)
 
     # ---- writes --------------------------------------------------------------------------
-    @_unavailable_as_typed
+    @unavailable_as_typed
     async def check_can_register(self, owner: str, name: str, replace: bool) -> None:
         """Cheap pre-check (before validation work): raises AdapterExistsError if taken."""
         _check_takeover(await self.get(validate_name(name)), owner, name, replace)
 
-    @_unavailable_as_typed
+    @unavailable_as_typed
     async def register(
         self,
         name: str,
@@ -200,12 +159,14 @@ class AdapterStore:
         rank: int,
         alpha: float,
         targets: Sequence[str],
-        visibility: str = "private",
+        visibility: str | None = None,
         replace: bool = False,
     ) -> Registered:
-        """Store a (validated) adapter; on ``replace`` the owner's previous version is removed."""
+        """Store a (validated) adapter; on ``replace`` the owner's previous version is removed.
+        ``visibility=None``: private for a new adapter, the previous version's on replace."""
         validate_name(name)
-        check_visibility(visibility)
+        if visibility is not None:
+            check_visibility(visibility)
         size = len(config_bytes) + len(weights_bytes)
         if self.max_bytes is not None and size > self.max_bytes:
             raise AdapterTooLargeError(
@@ -216,7 +177,7 @@ class AdapterStore:
         info = AdapterInfo(
             name=name,
             owner=owner,
-            visibility=visibility,
+            visibility=visibility or "private",
             rank=int(rank),
             alpha=float(alpha),
             targets=tuple(targets),
@@ -231,9 +192,9 @@ class AdapterStore:
         blob = self.keys.blob(name, version)
         try:
             await self._stage(blob, config_bytes, weights_bytes)
-            replaced = await self._commit(info, blob, replace)
+            info, replaced = await self._commit(info, blob, replace, visibility is None)
         except BaseException:
-            await asyncio.shield(self._discard(blob))
+            await asyncio.shield(self._discard(name, version))
             raise
         return Registered(info, replaced)
 
@@ -247,7 +208,9 @@ class AdapterStore:
             chunks = {str(i // cs): view[i : min(i + cs, end)] for i in range(start, end, cs)}
             await self.redis.hset(blob, mapping=chunks)  # type: ignore[arg-type]
 
-    async def _commit(self, info: AdapterInfo, blob: str, replace: bool) -> AdapterInfo | None:
+    async def _commit(
+        self, info: AdapterInfo, blob: str, replace: bool, keep_visibility: bool
+    ) -> tuple[AdapterInfo, AdapterInfo | None]:
         meta = self.keys.meta(info.name)
         async with self.redis.pipeline(transaction=True) as pipe:
             for _ in range(_WATCH_RETRIES):
@@ -255,11 +218,15 @@ class AdapterStore:
                     await pipe.watch(meta, blob)
                     raw = await pipe.hgetall(meta)
                     old = AdapterInfo.from_redis(raw) if raw else None
+                    if old is not None and old.version == info.version:
+                        return old, None  # our EXEC went through before a connection drop
                     _check_takeover(old, info.owner, info.name, replace)
                     if not await pipe.exists(blob):
                         raise AdapterIntegrityError(
                             f"adapter {info.name!r}: staged upload expired before commit"
                         )
+                    if keep_visibility and old is not None:
+                        info = dataclasses.replace(info, visibility=old.visibility)
                     pipe.multi()
                     pipe.persist(blob)
                     pipe.delete(meta)
@@ -268,16 +235,20 @@ class AdapterStore:
                     if old is not None and old.version != info.version:
                         pipe.unlink(self.keys.blob(old.name, old.version))
                     await pipe.execute()
-                    return old
+                    return info, old
                 except WatchError:
                     continue
         raise StoreUnavailableError(f"adapter {info.name!r}: too much contention, try again")
 
-    async def _discard(self, blob: str) -> None:
-        with contextlib.suppress(Exception):  # best effort: the staging TTL removes it anyway
-            await self.redis.unlink(blob)
+    async def _discard(self, name: str, version: int) -> None:
+        """Drop a staged blob after a failure, unless the commit went through after all (e.g.
+        cancelled while EXEC's reply was on its way).  Best effort: the staging TTL is the net."""
+        with contextlib.suppress(Exception):
+            live = await self.redis.hget(self.keys.meta(name), "version")
+            if live is None or int(live) != version:
+                await self.redis.unlink(self.keys.blob(name, version))
 
-    @_unavailable_as_typed
+    @unavailable_as_typed
     async def delete_for(self, tenant: str, name: str) -> AdapterInfo:
         """Delete every key of ``name``; only its owner may.  Returns the deleted metadata."""
         if not NAME_PATTERN.match(name or ""):

@@ -1,0 +1,93 @@
+"""``create_app(settings)``: the gateway FastAPI app.
+
+Built now (fail fast): tenants, tokenizer, metrics, and, with a Redis URL, the adapter-store app
+whose routes are reused.  Per run (lifespan): the NATS bus, the subscription to this gateway's
+stream subject (``Subjects.stream(gateway_id)`` -> ``StreamRouter.dispatch``), and the adapter
+store's state (Redis client, event publisher, registrar) from the adapter-store's own lifespan.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+from loraplex.bus import Bus
+from loraplex.gateway.errors import install_error_handlers
+from loraplex.gateway.limits import BodyLimitMiddleware
+from loraplex.gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
+from loraplex.gateway.routes import completions, health, models
+from loraplex.gateway.routes.adapters import adapter_router
+from loraplex.gateway.service import GatewayService
+from loraplex.gateway.settings import GatewaySettings
+from loraplex.gateway.streams import StreamRouter
+from loraplex.protocol import RequestError, Subjects, TokenDelta
+from loraplex.tenants import load_tenants
+from loraplex.text.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def _adapter_store_app(settings: GatewaySettings) -> FastAPI | None:
+    if not settings.redis_url:
+        return None
+    from loraplex.adapter_store.app import create_app as create_store_app
+    from loraplex.adapter_store.settings import Settings as StoreSettings
+
+    return create_store_app(
+        StoreSettings.from_env(
+            model_dir=settings.model_dir,
+            redis_url=settings.redis_url,
+            nats_url=settings.nats_url,
+            tenants_file=settings.tenants_file,
+            redis_prefix=settings.redis_prefix,
+        )
+    )
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    tenants = load_tenants(settings.tenants_file)
+    tokenizer = Tokenizer(settings.model_dir)
+    metrics = GatewayMetrics()
+    streams = StreamRouter()
+    metrics.bind_orphans(lambda: streams.orphans)
+    store_app = _adapter_store_app(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            bus = await Bus.connect(settings.nats_url, name=f"gateway-{settings.gateway_id}")
+            stack.push_async_callback(bus.close)
+            await bus.subscribe(
+                Subjects.stream(settings.gateway_id), streams.dispatch, (TokenDelta, RequestError)
+            )
+            store = None
+            if store_app is not None:
+                await stack.enter_async_context(store_app.router.lifespan_context(store_app))
+                app.state.loraplex = store_app.state.loraplex  # read by the adapter routes
+                store = app.state.loraplex.store
+            app.state.service = GatewayService(settings, bus, streams, tokenizer, store, metrics)
+            mode = "open mode" if tenants.open_mode else f"{len(tenants.tenants)} tenants"
+            log.info(
+                "gateway %s serving %r (%s, adapters %s)",
+                settings.gateway_id,
+                settings.model_id,
+                mode,
+                "on" if store is not None else "off",
+            )
+            yield
+
+    app = FastAPI(title="loraplex gateway", version="1", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.tenants = tenants
+    app.state.metrics = metrics
+    app.state.streams = streams
+    install_error_handlers(app)
+    app.include_router(completions.router)
+    app.include_router(models.router)
+    app.include_router(adapter_router(store_app is not None))
+    app.include_router(health.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    return app

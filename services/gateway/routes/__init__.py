@@ -1,0 +1,1 @@
+"""HTTP routes of the gateway (thin: parse, call the service, format)."""

@@ -1,0 +1,30 @@
+"""``POST /v1/completions`` and ``POST /v1/chat/completions`` (JSON or SSE)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from loraplex.gateway.deps import ServiceDep, TenantDep
+from loraplex.gateway.openai_format import ChatFormat, CompletionFormat
+from loraplex.gateway.responder import respond
+from loraplex.gateway.schemas import ChatCompletionRequest, CompletionRequest
+from starlette.responses import Response
+
+router = APIRouter(prefix="/v1", tags=["generation"])
+
+
+@router.post("/completions", summary="Create a completion (OpenAI)")
+async def create_completion(
+    body: CompletionRequest, tenant: TenantDep, service: ServiceDep, request: Request
+) -> Response:
+    prepared = await service.prepare_completion(body, tenant.name)
+    gen = await service.start(prepared)
+    return await respond(request, gen, CompletionFormat(prepared), body.stream, body.include_usage)
+
+
+@router.post("/chat/completions", summary="Create a chat completion (OpenAI)")
+async def create_chat_completion(
+    body: ChatCompletionRequest, tenant: TenantDep, service: ServiceDep, request: Request
+) -> Response:
+    prepared = await service.prepare_chat(body, tenant.name)
+    gen = await service.start(prepared)
+    return await respond(request, gen, ChatFormat(prepared), body.stream, body.include_usage)

@@ -1,0 +1,199 @@
+"""The gateway's core: model resolution, request preparation, SUBMIT to the scheduler, cancel.
+
+Request lifecycle (as seen from the gateway):
+
+1. ``prepare_*``: unsupported features refused, ``model`` resolved (base model or an adapter the
+   tenant may use, else ModelNotFoundError), prompt tokenized, sampling + context validated.
+2. ``start``: the request's stream queue is opened, ``SubmitRequest`` is sent to
+   ``Subjects.SUBMIT`` as a NATS request; the ``SubmitReply`` accepts it or refuses it with a
+   status (SchedulerRejectedError); no answer means SchedulerUnavailableError (503).
+3. The route reads ``Generation.next()`` until the final delta, an error or a timeout.
+4. ``Generation.aclose()`` (always) closes the queue, records metrics and publishes
+   ``CancelRequest`` when the workers have not finished it (client gone, stop string, timeout).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import nats.errors
+from loraplex.adapters.store import AdapterStore
+from loraplex.bus import Bus
+from loraplex.errors import AdapterNotFoundError
+from loraplex.gateway.errors import (
+    ModelNotFoundError,
+    SchedulerRejectedError,
+    SchedulerUnavailableError,
+)
+from loraplex.gateway.generation import Generation
+from loraplex.gateway.metrics import GatewayMetrics
+from loraplex.gateway.prepare import Prepared, RequestBuilder
+from loraplex.gateway.schemas import ChatCompletionRequest, CompletionRequest
+from loraplex.gateway.settings import GatewaySettings
+from loraplex.gateway.streams import StreamRouter
+from loraplex.protocol import (
+    CancelRequest,
+    ProtocolError,
+    Subjects,
+    SubmitReply,
+    SubmitRequest,
+    decode,
+    encode,
+)
+from loraplex.text.detokenizer import IncrementalDetokenizer
+from loraplex.text.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class GatewayService:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        bus: Bus,
+        router: StreamRouter,
+        tokenizer: Tokenizer,
+        adapters: AdapterStore | None,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.router = router
+        self.tokenizer = tokenizer
+        self.adapters = adapters
+        self.metrics = metrics
+        self.builder = RequestBuilder(tokenizer, settings.max_model_len)
+        self.started = int(time.time())
+
+    # ---- 1. prepare ------------------------------------------------------------------------
+    async def resolve_adapter(self, tenant: str, model: str) -> str | None:
+        """None for the base model, the adapter's name for an adapter ``tenant`` may use."""
+        if model == self.settings.model_id:
+            return None
+        if self.adapters is not None:
+            try:
+                await self.adapters.get_for(tenant, model)
+                return model
+            except AdapterNotFoundError:
+                pass
+        raise ModelNotFoundError(
+            f"The model {model!r} does not exist or you do not have access to it "
+            f"(served: {self.settings.model_id!r} and the adapters listed by GET /v1/models)."
+        )
+
+    async def list_models(self, tenant: str) -> list[dict[str, Any]]:
+        """OpenAI model cards: the base model, then the adapters ``tenant`` may use."""
+        model_id = self.settings.model_id
+        base = {
+            "id": model_id,
+            "object": "model",
+            "created": self.started,
+            "owned_by": "loraplex",
+            "root": model_id,
+            "parent": None,
+            "max_model_len": self.settings.max_model_len,
+        }
+        infos = await self.adapters.list_for(tenant) if self.adapters is not None else []
+        cards = [
+            {
+                "id": info.name,
+                "object": "model",
+                "created": int(info.created),
+                "owned_by": info.owner,
+                "root": info.name,
+                "parent": model_id,
+            }
+            for info in infos
+        ]
+        return [base, *cards]
+
+    async def prepare_completion(self, req: CompletionRequest, tenant: str) -> Prepared:
+        req.check_supported()
+        adapter = await self.resolve_adapter(tenant, req.model)
+        return await self.builder.completion(req, tenant, adapter)
+
+    async def prepare_chat(self, req: ChatCompletionRequest, tenant: str) -> Prepared:
+        req.check_supported()
+        adapter = await self.resolve_adapter(tenant, req.model)
+        return await self.builder.chat(req, tenant, adapter)
+
+    # ---- 2. submit -------------------------------------------------------------------------
+    async def start(self, p: Prepared) -> Generation:
+        queue = self.router.open(p.request_id)
+        msg = SubmitRequest(
+            request_id=p.request_id,
+            tenant=p.tenant,
+            gateway_id=self.settings.gateway_id,
+            prompt_token_ids=p.prompt_ids,
+            sampling=p.sampling_spec(),
+            adapter=p.adapter,
+            arrival_ts=time.time(),
+        )
+        try:
+            reply = await self._submit(msg)
+        except BaseException:
+            self.router.close(p.request_id)
+            raise
+        if not reply.accepted:
+            self.router.close(p.request_id)
+            raise SchedulerRejectedError(
+                reply.code, reply.message or f"the scheduler refused the request ({reply.code})"
+            )
+        self.metrics.in_flight.inc()
+        self.metrics.tokens.labels(p.tenant, "prompt").inc(len(p.prompt_ids))
+        detok = IncrementalDetokenizer(
+            self.tokenizer,
+            stop=p.sampling.stop,
+            skip_special_tokens=p.sampling.skip_special_tokens,
+            context_ids=p.prompt_ids,
+        )
+        return Generation(
+            request_id=p.request_id,
+            tenant=p.tenant,
+            prompt_ids=p.prompt_ids,
+            queue=queue,
+            detokenizer=detok,
+            timeout_s=self.settings.request_timeout_s,
+            metrics=self.metrics,
+            on_close=self._closed,
+            arrival=p.arrival,
+        )
+
+    async def _submit(self, msg: SubmitRequest) -> SubmitReply:
+        timeout = self.settings.submit_timeout_s
+        try:
+            raw = await self.bus.nc.request(Subjects.SUBMIT, encode(msg), timeout=timeout)
+        except nats.errors.NoRespondersError:
+            raise SchedulerUnavailableError(
+                "no scheduler is running: the request cannot be queued, try again later"
+            ) from None
+        except nats.errors.TimeoutError:
+            await self.cancel(msg.request_id, "submit timed out")  # it may have been queued
+            raise SchedulerUnavailableError(
+                f"the scheduler did not answer within {timeout:g}s, try again later"
+            ) from None
+        except nats.errors.Error as e:
+            raise SchedulerUnavailableError(f"the message bus is unavailable ({e})") from e
+        try:
+            return decode(raw.data, SubmitReply)
+        except ProtocolError as e:
+            raise SchedulerUnavailableError(f"unreadable answer from the scheduler: {e}") from e
+
+    # ---- 4. close / cancel -----------------------------------------------------------------
+    async def cancel(self, request_id: str, reason: str) -> None:
+        try:
+            await self.bus.publish(Subjects.CANCEL, CancelRequest(request_id, reason))
+        except Exception as e:  # the scheduler also times requests out; never fail the caller
+            log.warning("could not publish cancel for %s: %s", request_id, e)
+
+    async def _closed(self, gen: Generation) -> None:
+        self.router.close(gen.request_id)
+        self.metrics.in_flight.dec()
+        self.metrics.tokens.labels(gen.tenant, "completion").inc(gen.completion_tokens)
+        self.metrics.finished.labels(gen.outcome).inc()
+        if gen.finish_reason is not None:
+            self.metrics.e2e.observe(gen.duration_s)
+        if not gen.upstream_done:
+            await self.cancel(gen.request_id, gen.cancel_reason)

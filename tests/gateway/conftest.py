@@ -1,0 +1,208 @@
+"""Fixtures for the gateway tests: the demo model, a *fake scheduler peer* on real NATS, and the
+gateway on a real uvicorn server (in the test's event loop) over real nats-server/redis-server.
+
+The fake scheduler is a test double for the scheduler + workers: it answers ``SUBMIT`` with a
+``SubmitReply`` and then publishes ``TokenDelta`` / ``RequestError`` to the gateway's stream
+subject, following a ``Plan`` the test chooses per request; it records submits and cancels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+import pytest
+import uvicorn
+from loraplex.demo import DemoModelInfo, write_demo_model
+from loraplex.gateway.app import create_app
+from loraplex.gateway.settings import GatewaySettings
+from loraplex.protocol import (
+    CancelRequest,
+    RequestError,
+    Subjects,
+    SubmitReply,
+    SubmitRequest,
+    TokenDelta,
+    decode,
+    encode,
+)
+from loraplex.servers import free_port
+from loraplex.text.tokenizer import Tokenizer
+
+TENANTS = {
+    "tenants": [
+        {"name": "alice", "api_key": "sk-alice-secret", "weight": 1},
+        {"name": "bob", "api_key": "sk-bob-secret", "weight": 1},
+    ]
+}
+ALICE_KEY = "sk-alice-secret"
+ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
+BOB = {"Authorization": "Bearer sk-bob-secret"}
+MODEL_ID = "demo-base"
+REPLY_TEXT = " The quick brown fox jumps over the lazy dog."
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoModelInfo:
+    return write_demo_model(tmp_path_factory.mktemp("demo-model"), num_adapters=2)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(demo: DemoModelInfo) -> Tokenizer:
+    return Tokenizer(demo.model_dir)
+
+
+@dataclass
+class Plan:
+    """What the fake scheduler does with one request."""
+
+    code: int = 200  # != 200: refuse with this code
+    message: str = ""
+    tokens: list[int] = field(default_factory=list)
+    chunk: int = 3  # tokens per delta
+    delay_s: float = 0.0  # between deltas
+    finish_reason: str | None = "stop"  # None: never finish (go silent after the tokens)
+    error: tuple[int, str] | None = None  # send RequestError after the tokens
+
+
+class FakeScheduler:
+    def __init__(self, nats_url: str) -> None:
+        self.nats_url = nats_url
+        self.plan: Callable[[SubmitRequest], Plan] = lambda _: Plan()
+        self.submits: list[SubmitRequest] = []
+        self.cancels: list[CancelRequest] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.nc: nats.NATS | None = None
+
+    async def start(self) -> None:
+        self.nc = await nats.connect(self.nats_url)
+        await self.nc.subscribe(Subjects.SUBMIT, cb=self._on_submit)
+        await self.nc.subscribe(Subjects.CANCEL, cb=self._on_cancel)
+        await self.nc.flush()
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        if self.nc is not None:
+            await self.nc.close()
+
+    async def wait_cancel(self, request_id: str, timeout: float = 5.0) -> CancelRequest:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            for c in self.cancels:
+                if c.request_id == request_id:
+                    return c
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no CancelRequest for {request_id} within {timeout}s")
+
+    async def _on_cancel(self, msg: nats.aio.msg.Msg) -> None:
+        self.cancels.append(decode(msg.data, CancelRequest))
+
+    async def _on_submit(self, msg: nats.aio.msg.Msg) -> None:
+        req = decode(msg.data, SubmitRequest)
+        self.submits.append(req)
+        plan = self.plan(req)
+        accepted = plan.code == 200
+        await msg.respond(encode(SubmitReply(req.request_id, accepted, plan.code, plan.message)))
+        if accepted:
+            task = asyncio.create_task(self._stream(req, plan))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _stream(self, req: SubmitRequest, plan: Plan) -> None:
+        assert self.nc is not None
+        subject = Subjects.stream(req.gateway_id)
+        toks = plan.tokens
+        starts = list(range(0, len(toks), plan.chunk)) or [0]
+        for n, start in enumerate(starts):
+            if any(c.request_id == req.request_id for c in self.cancels):
+                return
+            last = n == len(starts) - 1
+            ids = toks[start : start + plan.chunk]
+            finish = plan.finish_reason if last and plan.error is None else None
+            if ids or finish is not None:
+                delta = TokenDelta(req.request_id, ids, "", finish, len(req.prompt_token_ids), start + len(ids))
+                await self.nc.publish(subject, encode(delta))
+            if plan.delay_s:
+                await asyncio.sleep(plan.delay_s)
+        if plan.error is not None:
+            await self.nc.publish(subject, encode(RequestError(req.request_id, *plan.error)))
+
+
+@pytest.fixture
+async def scheduler(nats_url: str) -> AsyncIterator[FakeScheduler]:
+    fake = FakeScheduler(nats_url)
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@asynccontextmanager
+async def serve(settings: GatewaySettings) -> AsyncIterator[str]:
+    """Run the gateway on a real uvicorn server in this event loop; yields its base URL."""
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("gateway did not start")
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{settings.port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+def tenants_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tenants.json"
+    path.write_text(json.dumps(TENANTS))
+    return path
+
+
+GatewayFactory = Callable[..., AbstractAsyncContextManager[str]]
+
+
+@pytest.fixture
+def gateway_factory(demo: DemoModelInfo, nats_url: str, redis_url: str, tenants_file: Path) -> GatewayFactory:
+    """``async with gateway_factory(**settings overrides) as base_url:`` (tenants alice/bob)."""
+
+    def start(**overrides: object) -> AbstractAsyncContextManager[str]:
+        base: dict[str, object] = {
+            "model_dir": str(demo.model_dir),
+            "model_id": MODEL_ID,
+            "max_model_len": 256,
+            "nats_url": nats_url,
+            "redis_url": redis_url,
+            "redis_prefix": f"gw-{uuid.uuid4().hex[:10]}",
+            "tenants_file": str(tenants_file),
+            "port": free_port(),
+            "request_timeout_s": 5.0,
+            "submit_timeout_s": 2.0,
+        }
+        base.update(overrides)
+        return serve(GatewaySettings(**base))  # type: ignore[arg-type]
+
+    return start
+
+
+@pytest.fixture
+async def gateway(gateway_factory: GatewayFactory) -> AsyncIterator[str]:
+    async with gateway_factory() as url:
+        yield url
+
+
+async def register_adapter(http, path: Path, name: str, headers: dict[str, str], **form: str):  # type: ignore[no-untyped-def]
+    files = [
+        ("files", ("adapter_config.json", (path / "adapter_config.json").read_bytes(), "application/json")),
+        ("files", ("adapter_model.safetensors", (path / "adapter_model.safetensors").read_bytes(), "application/octet-stream")),
+    ]
+    return await http.post("/v1/adapters", data={"name": name, **form}, files=files, headers=headers)

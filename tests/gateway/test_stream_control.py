@@ -1,0 +1,105 @@
+"""Requests never hang: timeouts, client disconnects (-> CancelRequest on NATS), errors mid-stream;
+and the operational routes (/health, /ready, /metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+from loraplex.text.tokenizer import Tokenizer
+
+from tests.gateway.conftest import ALICE, MODEL_ID, REPLY_TEXT, FakeScheduler, GatewayFactory, Plan
+
+COMPLETIONS = "/v1/completions"
+
+
+def body(**kw: object) -> dict:
+    return {"model": MODEL_ID, "prompt": "Once upon a time", "max_tokens": 50, **kw}
+
+
+def sse_events(text: str) -> list[str]:
+    return [line[len("data: ") :] for line in text.split("\n\n") if line.startswith("data: ")]
+
+
+async def test_silence_times_out_with_504(gateway_factory: GatewayFactory, scheduler: FakeScheduler) -> None:
+    scheduler.plan = lambda _: Plan(tokens=[], finish_reason=None)  # accepted, then nothing
+    async with gateway_factory(request_timeout_s=0.4) as url, httpx.AsyncClient(base_url=url, headers=ALICE) as http:
+        for stream in (False, True):
+            t0 = time.monotonic()
+            r = await http.post(COMPLETIONS, json=body(stream=stream))
+            assert r.status_code == 504, r.text
+            assert r.json()["error"]["code"] == "timeout" and "within 0.4s" in r.json()["error"]["message"]
+            assert time.monotonic() - t0 < 3
+            cancel = await scheduler.wait_cancel(scheduler.submits[-1].request_id)
+            assert cancel.reason == "timed out in the gateway"
+
+
+async def test_silence_mid_stream_ends_with_error_event(
+    gateway_factory: GatewayFactory, scheduler: FakeScheduler, tokenizer: Tokenizer
+) -> None:
+    ids = tokenizer.encode(REPLY_TEXT, add_special_tokens=False)
+    scheduler.plan = lambda _: Plan(tokens=ids, finish_reason=None)
+    async with gateway_factory(request_timeout_s=0.4) as url, httpx.AsyncClient(base_url=url, headers=ALICE) as http:
+        r = await http.post(COMPLETIONS, json=body(stream=True))
+        assert r.status_code == 200
+        events = sse_events(r.text)
+        assert events[-1] == "[DONE]"
+        err = json.loads(events[-2])["error"]
+        assert err["code"] == "timeout"
+        text = "".join(json.loads(e)["choices"][0]["text"] for e in events[:-2])
+        assert text == REPLY_TEXT
+        await scheduler.wait_cancel(scheduler.submits[-1].request_id)
+
+
+async def test_worker_error_mid_stream(gateway: str, scheduler: FakeScheduler) -> None:
+    scheduler.plan = lambda _: Plan(tokens=[100, 101, 102, 103], chunk=2, error=(500, "decode worker died"))
+    async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
+        events = sse_events((await http.post(COMPLETIONS, json=body(stream=True))).text)
+        assert json.loads(events[-2])["error"]["message"] == "decode worker died" and events[-1] == "[DONE]"
+        r = await http.post(COMPLETIONS, json=body())
+        assert r.status_code == 500 and r.json()["error"]["message"] == "decode worker died"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_client_disconnect_publishes_cancel(gateway: str, scheduler: FakeScheduler, stream: bool) -> None:
+    tokens = list(range(10, 110))
+    scheduler.plan = lambda _: Plan(tokens=tokens, chunk=1, delay_s=0.05)
+    async with httpx.AsyncClient(base_url=gateway, headers=ALICE, timeout=0.5) as http:
+        if stream:
+            async with http.stream("POST", COMPLETIONS, json=body(stream=True, max_tokens=100)) as r:
+                assert r.status_code == 200
+                async for line in r.aiter_lines():
+                    if line.startswith("data: "):
+                        break  # got a first chunk: hang up
+        else:
+            with pytest.raises(httpx.ReadTimeout):
+                await http.post(COMPLETIONS, json=body(max_tokens=100))
+    rid = scheduler.submits[-1].request_id
+    cancel = await scheduler.wait_cancel(rid)
+    assert cancel.reason == "client disconnected"
+    await asyncio.sleep(0.1)
+    assert [c.request_id for c in scheduler.cancels].count(rid) == 1
+
+
+async def test_health_ready_metrics(gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer) -> None:
+    ids = tokenizer.encode(REPLY_TEXT, add_special_tokens=False)
+    scheduler.plan = lambda _: Plan(tokens=ids, chunk=2)
+    async with httpx.AsyncClient(base_url=gateway) as http:
+        assert (await http.get("/health")).json() == {"status": "ok"}
+        ready = await http.get("/ready")
+        assert ready.status_code == 200 and ready.json()["nats"] is True
+        assert (await http.post(COMPLETIONS, json=body(), headers=ALICE)).status_code == 200
+        await http.post(COMPLETIONS, json=body(temperature=-1), headers=ALICE)
+        metrics = await http.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    text = metrics.text
+    assert 'loraplex_gateway_requests_total{route="/v1/completions",status="200"} 1.0' in text
+    assert 'loraplex_gateway_requests_total{route="/v1/completions",status="400"} 1.0' in text
+    assert f'loraplex_gateway_tokens_total{{kind="completion",tenant="alice"}} {float(len(ids))}' in text
+    assert "loraplex_gateway_time_to_first_token_seconds_count 1.0" in text
+    assert "loraplex_gateway_inter_token_latency_seconds_count" in text
+    assert "loraplex_gateway_requests_in_flight 0.0" in text
+    assert 'loraplex_gateway_generations_finished_total{reason="stop"} 1.0' in text
