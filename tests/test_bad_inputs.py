@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from loraplex import LLM, SamplingParams
-from loraplex.demo import TinyModelSpec, write_demo_tokenizer, write_random_adapter, write_random_model
+from loraplex.demo import (
+    TinyModelSpec,
+    write_demo_tokenizer,
+    write_random_adapter,
+    write_random_model,
+)
 from loraplex.errors import (
     AdapterError,
     AdapterNotFoundError,
@@ -20,11 +23,18 @@ from loraplex.errors import (
     ModelLoadError,
     UnsupportedModelError,
 )
+from safetensors.torch import load_file, save_file
 
 SPEC = TinyModelSpec(seed=7)  # hidden 64, 2 layers, 4 heads / 2 kv heads of 16, vocab 1024
 MAX_RANK = 8
 MAX_LEN = 32
-OPTS = dict(dtype="float32", device="cpu", block_size=4, max_model_len=MAX_LEN, max_lora_rank=MAX_RANK)
+OPTS = {
+    "dtype": "float32",
+    "device": "cpu",
+    "block_size": 4,
+    "max_model_len": MAX_LEN,
+    "max_lora_rank": MAX_RANK,
+}
 Q_PROJ = "model.layers.0.self_attn.q_proj.weight"
 K_PROJ = "model.layers.0.self_attn.k_proj.weight"
 A_KEY = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
@@ -148,7 +158,11 @@ def test_a_without_b(llm, adapter_src, tmp_path):
     [
         ("base_model.model.lm_head.lora_A.weight", (4, 64), "lm_head"),
         ("base_model.model.model.embed_tokens.lora_embedding_A", (4, 1024), "embed_tokens"),
-        ("base_model.model.model.layers.0.self_attn.rotary_emb.lora_A.weight", (4, 64), "rotary_emb"),
+        (
+            "base_model.model.model.layers.0.self_attn.rotary_emb.lora_A.weight",
+            (4, 64),
+            "rotary_emb",
+        ),
     ],
 )
 def test_unknown_target(llm, adapter_src, tmp_path, key, shape, named):
@@ -227,12 +241,16 @@ def test_dora_is_rejected(llm, adapter_src, tmp_path):
 
 def test_non_finite_weights(llm, adapter_src, tmp_path):
     d = clone(adapter_src, tmp_path / "a")
-    edit_tensors(d / "adapter_model.safetensors", lambda t: t[A_KEY].__setitem__((0, 0), float("nan")))
+    edit_tensors(
+        d / "adapter_model.safetensors", lambda t: t[A_KEY].__setitem__((0, 0), float("nan"))
+    )
     msg = _adapter_error(llm, "nan", d)
     assert "NaN" in msg
 
 
-@pytest.mark.parametrize("name", ["", "../escape", "has space", "-leading-dash", "x" * 65, "ümlaut"])
+@pytest.mark.parametrize(
+    "name", ["", "../escape", "has space", "-leading-dash", "x" * 65, "ümlaut"]
+)
 def test_bad_adapter_name(llm, adapter_src, name):
     with pytest.raises(AdapterError, match="invalid adapter name"):
         llm.add_lora(name, adapter_src)
@@ -414,7 +432,9 @@ def test_prompt_at_context_length_is_rejected(llm):
 
 
 def test_prompt_one_below_context_gets_one_token(llm):
-    out = llm.generate([list(range(10, 10 + MAX_LEN - 1))], SamplingParams(temperature=0.0, max_tokens=5))
+    out = llm.generate(
+        [list(range(10, 10 + MAX_LEN - 1))], SamplingParams(temperature=0.0, max_tokens=5)
+    )
     assert len(out[0].token_ids) == 1
     assert out[0].finish_reason == "length"
 
@@ -465,6 +485,8 @@ def test_duplicate_request_id(llm):
         ({"max_tokens": 0}, "max_tokens"),
         ({"max_tokens": -3}, "max_tokens"),
         ({"temperature": -0.1}, "temperature"),
+        # NaN passes a plain "< 0" check and then crashes the sampler for the whole batch
+        ({"temperature": float("nan")}, "temperature"),
         ({"top_p": 0.0}, "top_p"),
         ({"top_p": 1.5}, "top_p"),
         ({"top_k": 0}, "top_k"),
@@ -472,6 +494,7 @@ def test_duplicate_request_id(llm):
         ({"stop": [""]}, "stop"),
         ({"stop": ("ok", "")}, "stop"),
     ],
+    ids=lambda v: repr(v).replace(" ", "") if isinstance(v, dict) else None,
 )
 def test_invalid_sampling_params(kwargs, word):
     with pytest.raises(InvalidRequestError, match=word):
@@ -523,7 +546,9 @@ def test_failed_generate_leaves_no_requests_behind(llm):
 def test_removing_an_adapter_with_queued_requests_does_not_break_the_engine(llm, adapter_src):
     eng = llm.engine
     llm.add_lora("queued", adapter_src)
-    eng.add_request("uses-queued", [5, 6, 7], SamplingParams(temperature=0.0, max_tokens=2), lora="queued")
+    eng.add_request(
+        "uses-queued", [5, 6, 7], SamplingParams(temperature=0.0, max_tokens=2), lora="queued"
+    )
     try:
         llm.remove_lora("queued")
     except AdapterError:

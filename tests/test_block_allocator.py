@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import pytest
-
 from loraplex.kvcache.block_allocator import BlockAllocator, blocks_for
 
 
 @pytest.mark.parametrize(
     ("tokens", "block_size", "expected"),
-    [(0, 4, 0), (1, 4, 1), (3, 4, 1), (4, 4, 1), (5, 4, 2), (8, 4, 2), (9, 4, 3), (17, 16, 2), (7, 1, 7)],
+    [
+        (0, 4, 0),
+        (1, 4, 1),
+        (3, 4, 1),
+        (4, 4, 1),
+        (5, 4, 2),
+        (8, 4, 2),
+        (9, 4, 3),
+        (17, 16, 2),
+        (7, 1, 7),
+    ],
 )
 def test_blocks_for_is_ceiling_division(tokens, block_size, expected):
     assert blocks_for(tokens, block_size) == expected

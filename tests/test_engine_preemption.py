@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from loraplex import LLM, SamplingParams
 from loraplex.engine.scheduler import Scheduler
 from loraplex.kvcache.block_allocator import blocks_for
@@ -23,15 +22,15 @@ PROMPTS = [
 ]
 # About two sequences' worth of blocks: 6 requests of up to 28 tokens cannot all stay resident.
 TIGHT_BLOCKS = 14
-COMMON = dict(
-    dtype="float32",
-    device="cpu",
-    block_size=BLOCK_SIZE,
-    max_model_len=MAX_MODEL_LEN,
-    max_num_seqs=8,
-    max_num_batched_tokens=256,
-    max_lora_rank=16,
-)
+COMMON = {
+    "dtype": "float32",
+    "device": "cpu",
+    "block_size": BLOCK_SIZE,
+    "max_model_len": MAX_MODEL_LEN,
+    "max_num_seqs": 8,
+    "max_num_batched_tokens": 256,
+    "max_lora_rank": 16,
+}
 
 
 @pytest.fixture(scope="module")
@@ -141,11 +140,11 @@ def test_mixed_adapters_survive_preemption(demo, roomy, tight, greedy_ref, preem
     assert len(preemptions) >= 2
     assert _tokens(got) == _tokens(expected)
     # the adapters matter: without them the outputs differ
-    for tokens, base, name in zip(_tokens(expected), greedy_ref, loras):
+    for tokens, base, name in zip(_tokens(expected), greedy_ref, loras, strict=False):
         if name is None:
             assert tokens == base
-    assert [t for t, name in zip(_tokens(expected), loras) if name] != [
-        t for t, name in zip(greedy_ref, loras) if name
+    assert [t for t, name in zip(_tokens(expected), loras, strict=False) if name] != [
+        t for t, name in zip(greedy_ref, loras, strict=False) if name
     ]
     _assert_idle(tight)
 
@@ -172,7 +171,10 @@ def test_different_seeds_give_different_samples(roomy):
     prompt = [100, 200, 300]
     outs = roomy.generate(
         [prompt] * 3,
-        [SamplingParams(temperature=1.0, seed=s, max_tokens=16, ignore_eos=True) for s in (1, 2, 1)],
+        [
+            SamplingParams(temperature=1.0, seed=s, max_tokens=16, ignore_eos=True)
+            for s in (1, 2, 1)
+        ],
     )
     assert outs[0].token_ids != outs[1].token_ids
     assert outs[0].token_ids == outs[2].token_ids  # same seed, same prompt, same batch
@@ -208,7 +210,7 @@ def test_top_k_sampling_stays_in_top_k_of_model_logits(roomy):
         SamplingParams(temperature=1.5, top_k=5, seed=i, max_tokens=10, ignore_eos=True)
         for i in range(4)
     ]
-    for i, (prompt, p) in enumerate(zip(PROMPTS, params)):
+    for i, (prompt, p) in enumerate(zip(PROMPTS, params, strict=False)):
         eng.add_request(f"topk-{i}", prompt, p)
     seen_non_argmax = False
     steps = 0

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from loraplex.engine.sampler import sample
 from loraplex.sampling_params import SamplingParams
 
@@ -33,7 +32,7 @@ def counts(tokens: list[int], vocab: int) -> list[int]:
 
 def chi_square(observed: list[int], probs: list[float]) -> float:
     n = sum(observed)
-    return sum((o - n * p) ** 2 / (n * p) for o, p in zip(observed, probs) if p > 0)
+    return sum((o - n * p) ** 2 / (n * p) for o, p in zip(observed, probs, strict=False) if p > 0)
 
 
 # Critical values of the chi-square distribution at p = 0.001 (df -> value).
@@ -59,7 +58,13 @@ def test_top_k_one_is_greedy_whatever_the_temperature():
 def test_greedy_rows_are_not_disturbed_by_sampled_rows():
     torch.manual_seed(2)
     logits = torch.randn(5, 40)
-    params = [GREEDY, SamplingParams(temperature=1.0), GREEDY, SamplingParams(temperature=2.0), GREEDY]
+    params = [
+        GREEDY,
+        SamplingParams(temperature=1.0),
+        GREEDY,
+        SamplingParams(temperature=2.0),
+        GREEDY,
+    ]
     out = sample(logits, params, [None, gen(3), None, gen(4), None])
     argmax = logits.argmax(dim=-1).tolist()
     assert [out[0], out[2], out[4]] == [argmax[0], argmax[2], argmax[4]]
@@ -161,7 +166,7 @@ def test_a_row_with_its_own_generator_ignores_its_batch_mates():
     g = gen(99)
     mates_gen = gen(5)
     in_batch = []
-    for step in range(20):
+    for _step in range(20):
         others = torch.randn(3, 200)
         logits = torch.cat([others[:1], target, others[1:]])
         params = [
@@ -195,7 +200,7 @@ def test_temperature_sampling_follows_softmax(temperature):
     stat = chi_square(observed, probs)
     assert stat < CHI2_999[len(probs) - 1], (observed, [round(p * n) for p in probs])
     # and a looser per-token check: within 5 standard deviations
-    for o, p in zip(observed, probs):
+    for o, p in zip(observed, probs, strict=False):
         assert abs(o - n * p) < 5 * math.sqrt(n * p * (1 - p)) + 1
 
 

@@ -6,14 +6,13 @@ import json
 import random
 
 import pytest
-
 from loraplex import LLM, SamplingParams
 from loraplex.demo import EOS_TOKEN_ID, write_demo_model
 from loraplex.text import IncrementalDetokenizer, Tokenizer
 
 PROMPT = "The quick brown fox jumps over"
 N = 24
-OPTS = dict(dtype="float32", device="cpu", block_size=4, max_model_len=128)
+OPTS = {"dtype": "float32", "device": "cpu", "block_size": 4, "max_model_len": 128}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +54,9 @@ def test_stop_token_id_ends_generation(llm, greedy):
     ids = greedy.token_ids
     i = _first_new_token_index(ids, 3)
     stop_id = ids[i]
-    out = llm.generate(PROMPT, SamplingParams(temperature=0.0, max_tokens=N, stop_token_ids=[stop_id]))[0]
+    out = llm.generate(
+        PROMPT, SamplingParams(temperature=0.0, max_tokens=N, stop_token_ids=[stop_id])
+    )[0]
     assert out.token_ids == ids[: i + 1]
     assert out.token_ids[-1] == stop_id
     assert out.finish_reason == "stop"
@@ -127,7 +128,9 @@ def test_max_tokens_gives_length(llm, greedy):
 def test_length_when_context_is_full(model_dir, greedy):
     small = LLM(model_dir, **{**OPTS, "max_model_len": 16})
     prompt_ids = small.tokenizer.encode(PROMPT)
-    out = small.generate([prompt_ids], SamplingParams(temperature=0.0, max_tokens=100, ignore_eos=True))[0]
+    out = small.generate(
+        [prompt_ids], SamplingParams(temperature=0.0, max_tokens=100, ignore_eos=True)
+    )[0]
     assert len(prompt_ids) + len(out.token_ids) == 16
     assert out.finish_reason == "length"
     assert out.token_ids == greedy.token_ids[: len(out.token_ids)]
@@ -170,7 +173,11 @@ def test_output_text_matches_token_ids(llm, greedy, tok):
 
 def test_streamed_deltas_concatenate_to_final_text(llm, greedy):
     eng = llm.engine
-    eng.add_request("stream", llm.tokenizer.encode(PROMPT), SamplingParams(temperature=0.0, max_tokens=N, ignore_eos=True))
+    eng.add_request(
+        "stream",
+        llm.tokenizer.encode(PROMPT),
+        SamplingParams(temperature=0.0, max_tokens=N, ignore_eos=True),
+    )
     pieces, ids = [], []
     while eng.has_unfinished():
         for out in eng.step():

@@ -64,6 +64,7 @@ class ServerProcess:
 def start_nats(data_dir: Path, port: int | None = None, max_payload: int = NATS_MAX_PAYLOAD) -> ServerProcess:
     """nats-server on loopback with JetStream and a raised max_payload."""
     port = port or free_port()
+    data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     conf = data_dir / "nats.conf"
     conf.write_text(
@@ -79,6 +80,7 @@ def start_nats(data_dir: Path, port: int | None = None, max_payload: int = NATS_
 def start_redis(data_dir: Path, port: int | None = None, appendonly: bool = True) -> ServerProcess:
     """redis-server on loopback with AOF persistence (everysec) in ``data_dir``."""
     port = port or free_port()
+    data_dir = data_dir.resolve()  # redis chdirs into --dir before opening its log file
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [
         _find("redis-server"),

@@ -54,10 +54,12 @@ async def test_silence_mid_stream_ends_with_error_event(
         await scheduler.wait_cancel(scheduler.submits[-1].request_id)
 
 
-async def test_worker_error_mid_stream(gateway: str, scheduler: FakeScheduler) -> None:
-    scheduler.plan = lambda _: Plan(tokens=[100, 101, 102, 103], chunk=2, error=(500, "decode worker died"))
+async def test_worker_error_mid_stream(gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer) -> None:
+    ids = tokenizer.encode(REPLY_TEXT, add_special_tokens=False)
+    scheduler.plan = lambda _: Plan(tokens=ids, chunk=2, error=(500, "decode worker died"))
     async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
         events = sse_events((await http.post(COMPLETIONS, json=body(stream=True))).text)
+        assert "".join(json.loads(e)["choices"][0]["text"] for e in events[:-2]) == REPLY_TEXT
         assert json.loads(events[-2])["error"]["message"] == "decode worker died" and events[-1] == "[DONE]"
         r = await http.post(COMPLETIONS, json=body())
         assert r.status_code == 500 and r.json()["error"]["message"] == "decode worker died"
@@ -103,3 +105,27 @@ async def test_health_ready_metrics(gateway: str, scheduler: FakeScheduler, toke
     assert "loraplex_gateway_inter_token_latency_seconds_count" in text
     assert "loraplex_gateway_requests_in_flight 0.0" in text
     assert 'loraplex_gateway_generations_finished_total{reason="stop"} 1.0' in text
+
+
+async def test_nats_down_is_503_not_a_hang(gateway_factory: GatewayFactory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from loraplex.servers import start_nats
+
+    server = start_nats(tmp_path / "own-nats")
+    try:
+        async with gateway_factory(nats_url=server.url, redis_url="", submit_timeout_s=0.5) as url:
+            async with httpx.AsyncClient(base_url=url, headers=ALICE, timeout=10) as http:
+                assert (await http.get("/ready")).status_code == 200
+                server.stop()
+                for _ in range(100):
+                    if (await http.get("/ready")).status_code == 503:
+                        break
+                    await asyncio.sleep(0.05)
+                ready = await http.get("/ready")
+                assert ready.status_code == 503 and ready.json()["nats"] is False
+                t0 = time.monotonic()
+                r = await http.post(COMPLETIONS, json=body())
+                assert r.status_code == 503, r.text
+                assert time.monotonic() - t0 < 3
+                assert (await http.get("/health")).status_code == 200
+    finally:
+        server.stop()
