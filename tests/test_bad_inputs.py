@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+
 from loraplex import LLM, SamplingParams
 from loraplex.demo import (
     TinyModelSpec,
@@ -23,7 +25,6 @@ from loraplex.errors import (
     ModelLoadError,
     UnsupportedModelError,
 )
-from safetensors.torch import load_file, save_file
 
 SPEC = TinyModelSpec(seed=7)  # hidden 64, 2 layers, 4 heads / 2 kv heads of 16, vocab 1024
 MAX_RANK = 8
@@ -494,7 +495,7 @@ def test_duplicate_request_id(llm):
         ({"stop": [""]}, "stop"),
         ({"stop": ("ok", "")}, "stop"),
     ],
-    ids=lambda v: repr(v).replace(" ", "") if isinstance(v, dict) else None,
+    ids=lambda v: ",".join(f"{k}={x!r}" for k, x in v.items()) if isinstance(v, dict) else v,
 )
 def test_invalid_sampling_params(kwargs, word):
     with pytest.raises(InvalidRequestError, match=word):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from loraplex.kvcache.block_allocator import BlockAllocator, blocks_for
 
 

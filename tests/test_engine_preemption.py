@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from loraplex import LLM, SamplingParams
+from loraplex.demo import write_demo_model
 from loraplex.engine.scheduler import Scheduler
 from loraplex.kvcache.block_allocator import blocks_for
 
@@ -35,8 +37,6 @@ COMMON = {
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    from loraplex.demo import write_demo_model
-
     return write_demo_model(tmp_path_factory.mktemp("demo"), num_adapters=2)
 
 

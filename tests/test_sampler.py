@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from loraplex.engine.sampler import sample
 from loraplex.sampling_params import SamplingParams
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from loraplex.engine.scheduler import Scheduler, SchedulerConfig
 from loraplex.engine.sequence import Sequence, SequenceStatus
 from loraplex.kvcache.block_allocator import BlockAllocator, blocks_for

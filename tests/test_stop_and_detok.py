@@ -6,6 +6,7 @@ import json
 import random
 
 import pytest
+
 from loraplex import LLM, SamplingParams
 from loraplex.demo import EOS_TOKEN_ID, write_demo_model
 from loraplex.text import IncrementalDetokenizer, Tokenizer

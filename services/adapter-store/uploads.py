@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from loraplex.adapters.errors import AdapterTooLargeError
 from loraplex.adapters.info import VISIBILITIES
 from loraplex.errors import InvalidRequestError
-from loraplex.lora.adapter import CONFIG_FILE, WEIGHTS_FILE, validate_name
+from loraplex.lora.names import CONFIG_FILE, WEIGHTS_FILE, validate_name
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request

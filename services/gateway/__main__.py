@@ -53,6 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--redis-prefix", default=None, help=f"prefix of Redis keys [{env.REDIS_PREFIX.name}]"
     )
+    p.add_argument(
+        "--max-lora-rank",
+        type=int,
+        default=None,
+        help=f"largest adapter rank accepted by POST /v1/adapters [{env.MAX_LORA_RANK.name}]",
+    )
+    p.add_argument(
+        "--adapters-root",
+        default=None,
+        help=f"allow server-side path registrations below it [{env.ADAPTERS_ROOT.name}]",
+    )
     return p
 
 
@@ -62,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         level=env.LOG_LEVEL.get().upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     import uvicorn
+
     from loraplex.gateway.app import create_app
     from loraplex.gateway.settings import GatewaySettings
 
@@ -77,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             request_timeout_s=args.request_timeout,
             max_model_len=args.max_model_len,
             redis_prefix=args.redis_prefix,
+            max_lora_rank=args.max_lora_rank,
+            adapters_root=args.adapters_root,
         )
         app = create_app(settings)
     except (ValueError, LoraplexError) as e:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
+
 from loraplex.bus import Bus
 from loraplex.gateway.errors import install_error_handlers
 from loraplex.gateway.limits import BodyLimitMiddleware
@@ -42,6 +43,9 @@ def _adapter_store_app(settings: GatewaySettings) -> FastAPI | None:
             nats_url=settings.nats_url,
             tenants_file=settings.tenants_file,
             redis_prefix=settings.redis_prefix,
+            max_adapter_mb=settings.max_adapter_mb,
+            max_lora_rank=settings.max_lora_rank,
+            adapters_root=settings.adapters_root,
         )
     )
 

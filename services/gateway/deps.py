@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+
 from loraplex.gateway.auth import TenantDep
 from loraplex.gateway.metrics import GatewayMetrics
 from loraplex.gateway.service import GatewayService

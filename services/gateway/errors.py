@@ -13,6 +13,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
 from loraplex.adapters.errors import (
     AdapterExistsError,
     AdapterForbiddenError,
@@ -29,7 +31,6 @@ from loraplex.errors import (
     LoraplexError,
 )
 from loraplex.tenants import AuthenticationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,17 @@ class PayloadTooLargeError(LoraplexError):
 class UpstreamError(LoraplexError):
     """An answer with a status chosen elsewhere (scheduler reply, worker error)."""
 
+    fallback_status = 500  # when the status given is not an error status
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
-        self.status = status if 400 <= status < 600 else 500
+        self.status = status if 400 <= status < 600 else self.fallback_status
 
 
 class SchedulerRejectedError(UpstreamError):
     """The scheduler refused the request (SubmitReply.accepted is false): 429 / 503 / ..."""
+
+    fallback_status = 503
 
 
 class RequestFailedError(UpstreamError):
@@ -159,11 +164,12 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     locs = [[p for p in e.get("loc", ()) if p != "body"] for e in errors]
     if not locs[0] and first.get("type") == "missing":
         return "a JSON request body is required", None
-    group = [(loc, e) for loc, e in zip(locs, errors) if loc[:1] == locs[0][:1]]
+    group = [(loc, e) for loc, e in zip(locs, errors, strict=True) if loc[:1] == locs[0][:1]]
     prefix = locs[0]
     for loc, _ in group[1:]:
         n = next(
-            (i for i, (a, b) in enumerate(zip(prefix, loc)) if a != b), min(len(prefix), len(loc))
+            (i for i, (a, b) in enumerate(zip(prefix, loc, strict=False)) if a != b),
+            min(len(prefix), len(loc)),
         )
         prefix = prefix[:n]
     param = ".".join(str(p) for p in prefix) or None

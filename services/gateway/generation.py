@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
+
 from loraplex.gateway.errors import RequestFailedError, RequestTimeoutError
 from loraplex.gateway.metrics import GatewayMetrics
 from loraplex.gateway.streams import StreamMessage

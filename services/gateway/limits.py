@@ -7,8 +7,9 @@ body is refused whether or not it declares a Content-Length.  Adapter uploads
 
 from __future__ import annotations
 
-from loraplex.gateway.errors import PayloadTooLargeError, error_response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from loraplex.gateway.errors import PayloadTooLargeError, error_response
 
 EXEMPT_PREFIXES = ("/v1/adapters",)
 DRAIN_CAP = 64 * 1024 * 1024  # after a 413, read (and drop) this much so the client sees the answer

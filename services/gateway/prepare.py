@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from loraplex.errors import InvalidRequestError
 from loraplex.gateway.errors import InvalidParamError
-from loraplex.gateway.schemas import ChatCompletionRequest, CompletionRequest, _GenerateRequest
+from loraplex.gateway.schemas import ChatCompletionRequest, CompletionRequest, GenerateRequest
 from loraplex.protocol import SamplingSpec
 from loraplex.sampling_params import SamplingParams
 from loraplex.text.tokenizer import Tokenizer
@@ -99,7 +99,7 @@ class RequestBuilder:
     def _prepared(
         self,
         kind: str,
-        req: _GenerateRequest,
+        req: GenerateRequest,
         tenant: str,
         adapter: str | None,
         ids: list[int],
@@ -148,7 +148,7 @@ class RequestBuilder:
 
 
 def _sampling(
-    req: _GenerateRequest, max_tokens: int, extra_stop_ids: tuple[int, ...]
+    req: GenerateRequest, max_tokens: int, extra_stop_ids: tuple[int, ...]
 ) -> SamplingParams:
     top_k = -1 if req.top_k in (None, 0) else req.top_k
     stop_ids = tuple(dict.fromkeys([*(req.stop_token_ids or []), *extra_stop_ids]))

@@ -13,13 +13,14 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from fastapi.responses import JSONResponse
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
 from loraplex.errors import LoraplexError
 from loraplex.gateway.errors import ClientDisconnectedError, classify
 from loraplex.gateway.generation import Generation, TextDelta
 from loraplex.gateway.openai_format import DONE, CompletionFormat, sse
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
 
 T = TypeVar("T")
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from loraplex.gateway.errors import InvalidParamError
 from pydantic import BaseModel, ConfigDict, Field
+
+from loraplex.gateway.errors import InvalidParamError
 
 Float = Annotated[float, Field(allow_inf_nan=False)]
 Seed = Annotated[int, Field(ge=-(2**63), lt=2**64)]
@@ -24,7 +25,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _GenerateRequest(BaseModel):
+class GenerateRequest(BaseModel):
     """Fields shared by completions and chat completions."""
 
     model_config = ConfigDict(extra="ignore")
@@ -62,7 +63,7 @@ class _GenerateRequest(BaseModel):
                 raise InvalidParamError(f"{name} is not supported", name)
 
 
-class CompletionRequest(_GenerateRequest):
+class CompletionRequest(GenerateRequest):
     prompt: Prompt
     max_tokens: int | None = 16
     echo: bool = False
@@ -116,7 +117,7 @@ class ChatMessage(BaseModel):
         return "".join(parts)
 
 
-class ChatCompletionRequest(_GenerateRequest):
+class ChatCompletionRequest(GenerateRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = None
     max_completion_tokens: int | None = None

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import nats.errors
+
 from loraplex.adapters.store import AdapterStore
 from loraplex.bus import Bus
 from loraplex.errors import AdapterNotFoundError

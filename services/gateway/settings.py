@@ -44,7 +44,10 @@ class GatewaySettings:
     request_timeout_s: float = 120.0
     submit_timeout_s: float = 5.0  # scheduler's answer to SUBMIT; past it: 503
     max_body_bytes: int = 4 * 1024 * 1024
-    max_adapter_bytes: int = 512 * 1024 * 1024
+    # adapter routes (the adapter-store's logic, run inside the gateway)
+    max_adapter_mb: float = 512.0
+    max_lora_rank: int = 64
+    adapters_root: str | None = None  # server-side path registrations only below it; None: off
     gateway_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
     def __post_init__(self) -> None:
@@ -84,10 +87,13 @@ class GatewaySettings:
             "request_timeout_s": env.GATEWAY_REQUEST_TIMEOUT_S.get(),
             "submit_timeout_s": env.GATEWAY_SUBMIT_TIMEOUT_S.get(),
             "max_body_bytes": int(env.GATEWAY_MAX_BODY_MB.get() * 1024 * 1024),
-            "max_adapter_bytes": int(env.MAX_ADAPTER_MB.get() * 1024 * 1024),
+            "max_adapter_mb": env.MAX_ADAPTER_MB.get(),
+            "max_lora_rank": env.MAX_LORA_RANK.get(),
+            "adapters_root": env.ADAPTERS_ROOT.get(),
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
-        base["tenants_file"] = base["tenants_file"] or None
+        for optional in ("tenants_file", "adapters_root"):
+            base[optional] = base[optional] or None
         model_dir = str(base["model_dir"] or "")
         if model_dir:
             if not base["model_id"]:

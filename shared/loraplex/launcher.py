@@ -27,12 +27,16 @@ class Stack:
     run_dir: Path
     servers: list[ServerProcess] = field(default_factory=list)
     procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+    urls: dict[str, str] = field(default_factory=dict)
+
+    def proc(self, name: str) -> subprocess.Popen:
+        return next(p for n, p in self.procs if n == name)
 
     def spawn(self, name: str, module: str, *args: str) -> subprocess.Popen:
-        log = open(self.run_dir / f"{name}.log", "ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", module, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        with open(self.run_dir / f"{name}.log", "ab") as log:  # the child keeps its own copy of the fd
+            proc = subprocess.Popen(
+                [sys.executable, "-m", module, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.procs.append((name, proc))
         return proc
 
@@ -108,11 +112,13 @@ async def _register_demo_adapters(redis_url: str, adapters: list, owner: str) ->
 
 
 def up(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run_dir or Path.cwd() / ".loraplex" / "run").resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    stack = Stack(run_dir)
+    stack = Stack(Path(args.run_dir or Path.cwd() / ".loraplex" / "run").resolve())
     try:
-        return _up(args, stack)
+        base, model, demo_adapters = start_stack(args, stack)
+        _print_banner(base, model, demo_adapters, args, stack.run_dir)
+        while True:
+            stack.check_alive()
+            time.sleep(0.5)
     except KeyboardInterrupt:
         print("\nstopping loraplex ...", flush=True)
         return 0
@@ -120,8 +126,19 @@ def up(args: argparse.Namespace) -> int:
         stack.stop()
 
 
-def _up(args: argparse.Namespace, stack: Stack) -> int:
+def parse_up_args(argv: list[str]) -> argparse.Namespace:
+    """Flags of ``loraplex up`` as a namespace (for tests and benchmarks that start stacks)."""
+    return build_parser(argparse.ArgumentParser()).parse_args(argv)
+
+
+def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]:  # type: ignore[type-arg]
+    """Start every process of the stack and wait until the gateway is ready.
+
+    Returns (gateway base URL, model dir, demo adapters registered).  ``stack`` records what was
+    started so the caller can stop it (also on failure).
+    """
     run_dir = stack.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
     demo_adapters = []
     model = args.model
     if model is None:
@@ -166,15 +183,14 @@ def _up(args: argparse.Namespace, stack: Stack) -> int:
     for i in range(args.decode_workers):
         stack.spawn(f"decode-{i}", "loraplex.decode", "--role", decode_role, "--worker-id", f"decode-{i}", *worker_args)
     stack.spawn(
-        "gateway", "loraplex.gateway", "--host", args.host, "--port", str(args.port), "--model", model, *common, *tenants
-    )
+        "gateway", "loraplex.gateway", "--host", args.host, "--port", str(args.port), "--model", model,
+        "--max-lora-rank", str(args.max_lora_rank), *common, *tenants,
+    )  # fmt: skip
     base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
     _wait_http(f"{base}/ready", stack, timeout=300)
     _wait_http(f"http://127.0.0.1:{store_port}/ready", stack, timeout=60)
-    _print_banner(base, model, demo_adapters, args, run_dir)
-    while True:
-        stack.check_alive()
-        time.sleep(0.5)
+    stack.urls.update(gateway=base, adapter_store=f"http://127.0.0.1:{store_port}", nats=nats_url, redis=redis_url)
+    return base, model, demo_adapters
 
 
 def _print_banner(base: str, model: str, adapters: list, args: argparse.Namespace, run_dir: Path) -> None:  # type: ignore[type-arg]

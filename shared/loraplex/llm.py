@@ -65,13 +65,13 @@ class LLM:
         loras = _per_prompt(lora, n, "lora")
         outputs: dict[str, RequestOutput] = {}
         order: list[str] = []
-        for prompt, p, name in zip(prompts, params, loras):
-            ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-            rid = f"offline-{next(self._ids)}"
-            self.engine.add_request(rid, ids, p, name)
-            outputs[rid] = RequestOutput(rid, ids, name)
-            order.append(rid)
         try:
+            for prompt, p, name in zip(prompts, params, loras):
+                ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+                rid = f"offline-{next(self._ids)}"
+                self.engine.add_request(rid, ids, p, name)
+                outputs[rid] = RequestOutput(rid, ids, name)
+                order.append(rid)
             while self.engine.has_unfinished():
                 for out in self.engine.step():
                     o = outputs[out.request_id]

@@ -19,6 +19,7 @@ from pathlib import Path
 import nats
 import pytest
 import uvicorn
+
 from loraplex.demo import DemoModelInfo, write_demo_model
 from loraplex.gateway.app import create_app
 from loraplex.gateway.settings import GatewaySettings
@@ -127,7 +128,9 @@ class FakeScheduler:
             ids = toks[start : start + plan.chunk]
             finish = plan.finish_reason if last and plan.error is None else None
             if ids or finish is not None:
-                delta = TokenDelta(req.request_id, ids, "", finish, len(req.prompt_token_ids), start + len(ids))
+                delta = TokenDelta(
+                    req.request_id, ids, "", finish, len(req.prompt_token_ids), start + len(ids)
+                )
                 await self.nc.publish(subject, encode(delta))
             if plan.delay_s:
                 await asyncio.sleep(plan.delay_s)
@@ -146,7 +149,9 @@ async def scheduler(nats_url: str) -> AsyncIterator[FakeScheduler]:
 @asynccontextmanager
 async def serve(settings: GatewaySettings) -> AsyncIterator[str]:
     """Run the gateway on a real uvicorn server in this event loop; yields its base URL."""
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    config = uvicorn.Config(
+        create_app(settings), host=settings.host, port=settings.port, log_level="warning"
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -172,7 +177,9 @@ GatewayFactory = Callable[..., AbstractAsyncContextManager[str]]
 
 
 @pytest.fixture
-def gateway_factory(demo: DemoModelInfo, nats_url: str, redis_url: str, tenants_file: Path) -> GatewayFactory:
+def gateway_factory(
+    demo: DemoModelInfo, nats_url: str, redis_url: str, tenants_file: Path
+) -> GatewayFactory:
     """``async with gateway_factory(**settings overrides) as base_url:`` (tenants alice/bob)."""
 
     def start(**overrides: object) -> AbstractAsyncContextManager[str]:
@@ -202,7 +209,23 @@ async def gateway(gateway_factory: GatewayFactory) -> AsyncIterator[str]:
 
 async def register_adapter(http, path: Path, name: str, headers: dict[str, str], **form: str):  # type: ignore[no-untyped-def]
     files = [
-        ("files", ("adapter_config.json", (path / "adapter_config.json").read_bytes(), "application/json")),
-        ("files", ("adapter_model.safetensors", (path / "adapter_model.safetensors").read_bytes(), "application/octet-stream")),
+        (
+            "files",
+            (
+                "adapter_config.json",
+                (path / "adapter_config.json").read_bytes(),
+                "application/json",
+            ),
+        ),
+        (
+            "files",
+            (
+                "adapter_model.safetensors",
+                (path / "adapter_model.safetensors").read_bytes(),
+                "application/octet-stream",
+            ),
+        ),
     ]
-    return await http.post("/v1/adapters", data={"name": name, **form}, files=files, headers=headers)
+    return await http.post(
+        "/v1/adapters", data={"name": name, **form}, files=files, headers=headers
+    )

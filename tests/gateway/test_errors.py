@@ -19,7 +19,14 @@ def completion(**kw: Any) -> dict[str, Any]:
     return {"model": MODEL_ID, "prompt": "Hello there", "max_tokens": 8, **kw}
 
 
-def assert_error(r: httpx.Response, status: int, *, code: str | None = None, param: str | None = None, says: str = "") -> dict:
+def assert_error(
+    r: httpx.Response,
+    status: int,
+    *,
+    code: str | None = None,
+    param: str | None = None,
+    says: str = "",
+) -> dict:
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"}
@@ -37,7 +44,9 @@ async def test_auth(gateway: str, scheduler: FakeScheduler) -> None:
         r = await http.post(COMPLETIONS, json=completion())
         err = assert_error(r, 401, code="invalid_api_key", says="missing API key")
         assert r.headers["www-authenticate"] == "Bearer" and err["type"] == "authentication_error"
-        r = await http.post(COMPLETIONS, json=completion(), headers={"Authorization": "Bearer sk-nope"})
+        r = await http.post(
+            COMPLETIONS, json=completion(), headers={"Authorization": "Bearer sk-nope"}
+        )
         assert "sk-nope" not in assert_error(r, 401, code="invalid_api_key")["message"]
         assert_error(await http.get("/v1/models", headers={"Authorization": "Basic abc"}), 401)
         assert_error(await http.get("/v1/adapters"), 401)
@@ -50,7 +59,9 @@ async def test_unknown_model_and_routes(gateway: str, scheduler: FakeScheduler) 
     async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
         r = await http.post(COMPLETIONS, json=completion(model="gpt-17"))
         assert_error(r, 404, code="model_not_found", param="model", says="gpt-17")
-        r = await http.post(CHAT, json={"model": "nope", "messages": [{"role": "user", "content": "x"}]})
+        r = await http.post(
+            CHAT, json={"model": "nope", "messages": [{"role": "user", "content": "x"}]}
+        )
         assert_error(r, 404, code="model_not_found")
         assert_error(await http.get("/v1/models/nope"), 404, code="model_not_found")
         assert (await http.get(f"/v1/models/{MODEL_ID}")).json()["id"] == MODEL_ID
@@ -83,15 +94,34 @@ async def test_unknown_model_and_routes(gateway: str, scheduler: FakeScheduler) 
         (CHAT, {"model": MODEL_ID, "messages": [{"content": "no role"}]}, "messages.0.role", ""),
         (
             CHAT,
-            {"model": MODEL_ID, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+            {
+                "model": MODEL_ID,
+                "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}],
+            },
             "messages.0.content",
             "only text",
         ),
-        (CHAT, {"model": MODEL_ID, "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 0}, "max_tokens", ""),
-        (CHAT, {"model": MODEL_ID, "messages": [{"role": "user", "content": "x"}], "n": 3}, "n", ""),
+        (
+            CHAT,
+            {
+                "model": MODEL_ID,
+                "messages": [{"role": "user", "content": "x"}],
+                "max_completion_tokens": 0,
+            },
+            "max_tokens",
+            "",
+        ),
+        (
+            CHAT,
+            {"model": MODEL_ID, "messages": [{"role": "user", "content": "x"}], "n": 3},
+            "n",
+            "",
+        ),
     ],
 )
-async def test_bad_params_are_400(gateway: str, scheduler: FakeScheduler, path: str, body: dict, param: str, says: str) -> None:
+async def test_bad_params_are_400(
+    gateway: str, scheduler: FakeScheduler, path: str, body: dict, param: str, says: str
+) -> None:
     async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
         err = assert_error(await http.post(path, json=body), 400, param=param, says=says)
     assert err["type"] == "invalid_request_error"
@@ -100,9 +130,15 @@ async def test_bad_params_are_400(gateway: str, scheduler: FakeScheduler, path: 
 
 async def test_bad_json_and_nan(gateway: str) -> None:
     async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
-        r = await http.post(COMPLETIONS, content=b"{not json", headers={"content-type": "application/json"})
+        r = await http.post(
+            COMPLETIONS, content=b"{not json", headers={"content-type": "application/json"}
+        )
         assert_error(r, 400, says="not valid JSON")
-        r = await http.post(COMPLETIONS, content=b'{"model": "demo-base", "prompt": "x", "temperature": NaN}', headers={"content-type": "application/json"})
+        r = await http.post(
+            COMPLETIONS,
+            content=b'{"model": "demo-base", "prompt": "x", "temperature": NaN}',
+            headers={"content-type": "application/json"},
+        )
         assert_error(r, 400, param="temperature")
         assert_error(await http.post(COMPLETIONS), 400)
 
@@ -112,18 +148,40 @@ async def test_prompt_longer_than_context(gateway: str, scheduler: FakeScheduler
     async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
         ids = list(range(10, 210))  # 200 prompt tokens
         r = await http.post(COMPLETIONS, json=completion(prompt=ids, max_tokens=100))
-        assert_error(r, 400, code="context_length_exceeded", param="prompt", says="300 tokens (200 in the prompt, 100 for the completion)")
+        assert_error(
+            r,
+            400,
+            code="context_length_exceeded",
+            param="prompt",
+            says="300 tokens (200 in the prompt, 100 for the completion)",
+        )
         assert "256" in r.json()["error"]["message"]
         long_text = "the quick brown fox " * 200
-        r = await http.post(CHAT, json={"model": MODEL_ID, "messages": [{"role": "user", "content": long_text}]})
-        assert_error(r, 400, code="context_length_exceeded", param="messages", says="maximum context length is 256")
+        r = await http.post(
+            CHAT, json={"model": MODEL_ID, "messages": [{"role": "user", "content": long_text}]}
+        )
+        assert_error(
+            r,
+            400,
+            code="context_length_exceeded",
+            param="messages",
+            says="maximum context length is 256",
+        )
     assert scheduler.submits == []
 
 
 async def test_body_too_large(gateway_factory: GatewayFactory, scheduler: FakeScheduler) -> None:
-    async with gateway_factory(max_body_bytes=64 * 1024) as url, httpx.AsyncClient(base_url=url, headers=ALICE) as http:
+    async with (
+        gateway_factory(max_body_bytes=64 * 1024) as url,
+        httpx.AsyncClient(base_url=url, headers=ALICE) as http,
+    ):
         big = completion(prompt="x" * (100 * 1024))
-        assert_error(await http.post(COMPLETIONS, json=big), 413, code="request_too_large", says="65536 bytes")
+        assert_error(
+            await http.post(COMPLETIONS, json=big),
+            413,
+            code="request_too_large",
+            says="65536 bytes",
+        )
 
         async def chunks():  # no Content-Length: chunked transfer
             for _ in range(20):
@@ -139,11 +197,17 @@ async def test_default_body_limit_is_4mib(gateway: str) -> None:
         assert_error(r, 413)
 
 
-@pytest.mark.parametrize(("code", "etype"), [(429, "rate_limit_error"), (503, "service_unavailable_error")])
-async def test_scheduler_refusal(gateway: str, scheduler: FakeScheduler, code: int, etype: str) -> None:
+@pytest.mark.parametrize(
+    ("code", "etype"), [(429, "rate_limit_error"), (503, "service_unavailable_error")]
+)
+async def test_scheduler_refusal(
+    gateway: str, scheduler: FakeScheduler, code: int, etype: str
+) -> None:
     scheduler.plan = lambda _: Plan(code=code, message=f"tenant alice: refused with {code}")
     async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
-        err = assert_error(await http.post(COMPLETIONS, json=completion()), code, says=f"refused with {code}")
+        err = assert_error(
+            await http.post(COMPLETIONS, json=completion()), code, says=f"refused with {code}"
+        )
         assert err["type"] == etype
         r = await http.post(COMPLETIONS, json=completion(stream=True))  # before any SSE starts
         assert_error(r, code)
@@ -158,7 +222,9 @@ async def test_no_scheduler_is_503(gateway: str) -> None:
         assert time.monotonic() - t0 < 2.0  # NATS "no responders": no waiting for a timeout
 
 
-async def test_slow_scheduler_is_503_and_cancelled(gateway_factory: GatewayFactory, nats_url: str) -> None:
+async def test_slow_scheduler_is_503_and_cancelled(
+    gateway_factory: GatewayFactory, nats_url: str
+) -> None:
     import nats
 
     from loraplex.protocol import CancelRequest, Subjects, SubmitRequest, decode
@@ -177,8 +243,15 @@ async def test_slow_scheduler_is_503_and_cancelled(gateway_factory: GatewayFacto
     await nc.subscribe(Subjects.CANCEL, cb=on_cancel)
     await nc.flush()
     try:
-        async with gateway_factory(submit_timeout_s=0.3) as url, httpx.AsyncClient(base_url=url, headers=ALICE) as http:
-            assert_error(await http.post(COMPLETIONS, json=completion()), 503, says="did not answer within 0.3s")
+        async with (
+            gateway_factory(submit_timeout_s=0.3) as url,
+            httpx.AsyncClient(base_url=url, headers=ALICE) as http,
+        ):
+            assert_error(
+                await http.post(COMPLETIONS, json=completion()),
+                503,
+                says="did not answer within 0.3s",
+            )
             for _ in range(100):
                 if cancels:
                     break
@@ -189,7 +262,9 @@ async def test_slow_scheduler_is_503_and_cancelled(gateway_factory: GatewayFacto
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_worker_error_before_first_token(gateway: str, scheduler: FakeScheduler, stream: bool) -> None:
+async def test_worker_error_before_first_token(
+    gateway: str, scheduler: FakeScheduler, stream: bool
+) -> None:
     scheduler.plan = lambda _: Plan(tokens=[], error=(400, "adapter does not fit the base model"))
     async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
         r = await http.post(COMPLETIONS, json=completion(stream=stream))
@@ -200,15 +275,22 @@ async def test_worker_error_before_first_token(gateway: str, scheduler: FakeSche
 
 async def test_adapter_routes_validate_through_store_logic(gateway: str) -> None:
     async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
-        r = await http.post("/v1/adapters", data={"name": "x"}, files=[("files", ("model.bin", b"x", "a/b"))])
+        r = await http.post(
+            "/v1/adapters", data={"name": "x"}, files=[("files", ("model.bin", b"x", "a/b"))]
+        )
         assert_error(r, 400)
         assert_error(await http.get("/v1/adapters/nope"), 404, code="adapter_not_found")
         assert_error(await http.delete("/v1/adapters/nope"), 404)
 
 
-async def test_no_redis_serves_base_model_only(gateway_factory: GatewayFactory, scheduler: FakeScheduler) -> None:
+async def test_no_redis_serves_base_model_only(
+    gateway_factory: GatewayFactory, scheduler: FakeScheduler
+) -> None:
     scheduler.plan = lambda _: Plan(tokens=[10, 11])
-    async with gateway_factory(redis_url="") as url, httpx.AsyncClient(base_url=url, headers=ALICE) as http:
+    async with (
+        gateway_factory(redis_url="") as url,
+        httpx.AsyncClient(base_url=url, headers=ALICE) as http,
+    ):
         assert [m["id"] for m in (await http.get("/v1/models")).json()["data"]] == [MODEL_ID]
         assert (await http.post(COMPLETIONS, json=completion())).status_code == 200
         assert_error(await http.post(COMPLETIONS, json=completion(model="demo-lora-0")), 404)

@@ -3,19 +3,40 @@ models and adapters (registered through the gateway's adapter routes)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+
 import httpx
 import pytest
-from loraplex.demo import IM_END_ID, DemoModelInfo
-from loraplex.text.tokenizer import Tokenizer
 from openai import AsyncOpenAI, NotFoundError
 
-from tests.gateway.conftest import ALICE, ALICE_KEY, BOB, MODEL_ID, REPLY_TEXT, FakeScheduler, Plan, register_adapter
+from loraplex.demo import IM_END_ID, DemoModelInfo
+from loraplex.text.tokenizer import Tokenizer
+from tests.gateway.conftest import (
+    ALICE,
+    ALICE_KEY,
+    BOB,
+    MODEL_ID,
+    REPLY_TEXT,
+    FakeScheduler,
+    Plan,
+    register_adapter,
+)
 
 PROMPT = "Hello, world! How are you today?"
 
 
-def client(base_url: str, key: str = ALICE_KEY) -> AsyncOpenAI:
-    return AsyncOpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=0, timeout=10)
+@pytest.fixture
+async def client(gateway: str) -> AsyncIterator[Callable[..., AsyncOpenAI]]:
+    """``client(api_key=ALICE_KEY)``: an AsyncOpenAI client of the gateway, closed afterwards."""
+    made: list[AsyncOpenAI] = []
+
+    def make(key: str = ALICE_KEY) -> AsyncOpenAI:
+        made.append(AsyncOpenAI(base_url=f"{gateway}/v1", api_key=key, max_retries=0, timeout=10))
+        return made[-1]
+
+    yield make
+    for c in made:
+        await c.close()
 
 
 @pytest.fixture
@@ -24,16 +45,25 @@ def reply_ids(tokenizer: Tokenizer) -> list[int]:
 
 
 async def test_completion_streaming_equals_non_streaming(
-    gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer, reply_ids: list[int]
+    gateway: str,
+    client: Callable[..., AsyncOpenAI],
+    scheduler: FakeScheduler,
+    tokenizer: Tokenizer,
+    reply_ids: list[int],
 ) -> None:
     scheduler.plan = lambda _: Plan(tokens=reply_ids, finish_reason="length")
-    oai = client(gateway)
-    full = await oai.completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=len(reply_ids), temperature=0)
+    oai = client()
+    full = await oai.completions.create(
+        model=MODEL_ID, prompt=PROMPT, max_tokens=len(reply_ids), temperature=0
+    )
     prompt_ids = tokenizer.encode(PROMPT)
     assert full.object == "text_completion" and full.model == MODEL_ID
     assert full.choices[0].text == tokenizer.decode(reply_ids) == REPLY_TEXT
     assert full.choices[0].finish_reason == "length"
-    assert (full.usage.prompt_tokens, full.usage.completion_tokens) == (len(prompt_ids), len(reply_ids))
+    assert (full.usage.prompt_tokens, full.usage.completion_tokens) == (
+        len(prompt_ids),
+        len(reply_ids),
+    )
     assert full.usage.total_tokens == len(prompt_ids) + len(reply_ids)
 
     sub = scheduler.submits[-1]
@@ -41,7 +71,11 @@ async def test_completion_streaming_equals_non_streaming(
     assert sub.sampling.max_tokens == len(reply_ids) and sub.sampling.temperature == 0.0
 
     stream = await oai.completions.create(
-        model=MODEL_ID, prompt=PROMPT, max_tokens=len(reply_ids), stream=True, stream_options={"include_usage": True}
+        model=MODEL_ID,
+        prompt=PROMPT,
+        max_tokens=len(reply_ids),
+        stream=True,
+        stream_options={"include_usage": True},
     )
     texts, finishes, usage = [], [], None
     async for chunk in stream:
@@ -57,48 +91,81 @@ async def test_completion_streaming_equals_non_streaming(
 
 
 async def test_chat_streaming_and_usage(
-    gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer, reply_ids: list[int]
+    gateway: str,
+    client: Callable[..., AsyncOpenAI],
+    scheduler: FakeScheduler,
+    tokenizer: Tokenizer,
+    reply_ids: list[int],
 ) -> None:
     scheduler.plan = lambda _: Plan(tokens=[*reply_ids, IM_END_ID], chunk=4)
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me a story."}]
-    oai = client(gateway)
-    full = await oai.chat.completions.create(model=MODEL_ID, messages=messages, max_completion_tokens=64, seed=7)
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Tell me a story."},
+    ]
+    oai = client()
+    full = await oai.chat.completions.create(
+        model=MODEL_ID, messages=messages, max_completion_tokens=64, seed=7
+    )
     prompt_ids = tokenizer.encode_chat(messages)
     msg = full.choices[0].message
     assert full.object == "chat.completion" and msg.role == "assistant"
     assert msg.content == REPLY_TEXT  # <|im_end|> is special: not shown
     assert full.choices[0].finish_reason == "stop"
-    assert (full.usage.prompt_tokens, full.usage.completion_tokens) == (len(prompt_ids), len(reply_ids) + 1)
+    assert (full.usage.prompt_tokens, full.usage.completion_tokens) == (
+        len(prompt_ids),
+        len(reply_ids) + 1,
+    )
     sub = scheduler.submits[-1]
     assert sub.prompt_token_ids == prompt_ids
-    assert IM_END_ID in sub.sampling.stop_token_ids and sub.sampling.seed == 7 and sub.sampling.max_tokens == 64
+    assert (
+        IM_END_ID in sub.sampling.stop_token_ids
+        and sub.sampling.seed == 7
+        and sub.sampling.max_tokens == 64
+    )
 
     stream = await oai.chat.completions.create(
-        model=MODEL_ID, messages=messages, max_tokens=64, stream=True, stream_options={"include_usage": True}
+        model=MODEL_ID,
+        messages=messages,
+        max_tokens=64,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = [c async for c in stream]
     assert chunks[0].choices[0].delta.role == "assistant"
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert content == msg.content
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finishes == ["stop"]
     assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == full.usage.model_dump()
 
 
-async def test_chat_without_max_tokens_fills_context(gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer) -> None:
+async def test_chat_without_max_tokens_fills_context(
+    gateway: str, client: Callable[..., AsyncOpenAI], scheduler: FakeScheduler, tokenizer: Tokenizer
+) -> None:
     scheduler.plan = lambda _: Plan(tokens=[5, 6])
-    messages = [{"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]}]
-    await client(gateway).chat.completions.create(model=MODEL_ID, messages=messages)
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}],
+        }
+    ]
+    await client().chat.completions.create(model=MODEL_ID, messages=messages)
     sub = scheduler.submits[-1]
     assert sub.prompt_token_ids == tokenizer.encode_chat([{"role": "user", "content": "Hi there"}])
     assert sub.sampling.max_tokens == 256 - len(sub.prompt_token_ids)
 
 
 async def test_sampling_fields_and_stop_strings(
-    gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer, reply_ids: list[int]
+    gateway: str,
+    client: Callable[..., AsyncOpenAI],
+    scheduler: FakeScheduler,
+    tokenizer: Tokenizer,
+    reply_ids: list[int],
 ) -> None:
     scheduler.plan = lambda _: Plan(tokens=reply_ids, chunk=2, delay_s=0.01)
-    oai = client(gateway)
+    oai = client()
     out = await oai.completions.create(
         model=MODEL_ID,
         prompt=[1, 2, 3, 400],
@@ -120,7 +187,11 @@ async def test_sampling_fields_and_stop_strings(
 
 
 async def test_models_and_adapters_per_tenant(
-    gateway: str, scheduler: FakeScheduler, demo: DemoModelInfo, reply_ids: list[int]
+    gateway: str,
+    client: Callable[..., AsyncOpenAI],
+    scheduler: FakeScheduler,
+    demo: DemoModelInfo,
+    reply_ids: list[int],
 ) -> None:
     scheduler.plan = lambda _: Plan(tokens=reply_ids)
     lora0, lora1 = demo.adapters
@@ -133,7 +204,7 @@ async def test_models_and_adapters_per_tenant(
         assert {a["name"] for a in listed["data"]} == {"alice-private", "shared-lora"}
         assert (await http.get("/v1/adapters/alice-private", headers=BOB)).status_code == 404
 
-    alice, bob = client(gateway), client(gateway, "sk-bob-secret")
+    alice, bob = client(), client("sk-bob-secret")
     alice_models = {m.id: m for m in (await alice.models.list()).data}
     assert set(alice_models) == {MODEL_ID, "alice-private", "shared-lora"}
     assert alice_models["alice-private"].model_dump()["parent"] == MODEL_ID
@@ -143,7 +214,9 @@ async def test_models_and_adapters_per_tenant(
     out = await alice.completions.create(model="alice-private", prompt=PROMPT, max_tokens=20)
     assert out.model == "alice-private" and out.choices[0].text == REPLY_TEXT
     assert scheduler.submits[-1].adapter == "alice-private"
-    await bob.chat.completions.create(model="shared-lora", messages=[{"role": "user", "content": "hi"}], max_tokens=20)
+    await bob.chat.completions.create(
+        model="shared-lora", messages=[{"role": "user", "content": "hi"}], max_tokens=20
+    )
     assert scheduler.submits[-1].adapter == "shared-lora" and scheduler.submits[-1].tenant == "bob"
     with pytest.raises(NotFoundError) as e:
         await bob.completions.create(model="alice-private", prompt=PROMPT, max_tokens=5)
@@ -152,5 +225,7 @@ async def test_models_and_adapters_per_tenant(
     async with httpx.AsyncClient(base_url=gateway, timeout=30) as http:
         r = await http.delete("/v1/adapters/alice-private", headers=BOB)
         assert r.status_code == 404  # bob cannot see it, so it does not exist for him
-        assert (await http.delete("/v1/adapters/alice-private", headers=ALICE)).json()["deleted"] is True
+        assert (await http.delete("/v1/adapters/alice-private", headers=ALICE)).json()[
+            "deleted"
+        ] is True
     assert {m.id for m in (await alice.models.list()).data} == {MODEL_ID, "shared-lora"}

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from loraplex.demo import DemoModelInfo
 from loraplex.gateway.__main__ import main
 from loraplex.gateway.settings import GatewaySettings, is_loopback
@@ -21,17 +22,24 @@ def test_defaults_from_model_dir(demo: DemoModelInfo, monkeypatch: pytest.Monkey
     assert s.open_mode and s.host == "127.0.0.1" and s.max_body_bytes == 4 * 1024 * 1024
     assert s.gateway_id != GatewaySettings.from_env(model_dir=str(demo.model_dir)).gateway_id
     monkeypatch.setenv("LORAPLEX_GATEWAY_REQUEST_TIMEOUT_S", "7.5")
-    assert GatewaySettings.from_env(model_dir=str(demo.model_dir), model_id="m").request_timeout_s == 7.5
+    assert (
+        GatewaySettings.from_env(model_dir=str(demo.model_dir), model_id="m").request_timeout_s
+        == 7.5
+    )
 
 
-def test_open_mode_is_loopback_only(demo: DemoModelInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_open_mode_is_loopback_only(
+    demo: DemoModelInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3")
     with pytest.raises(ValueError, match="loopback"):
         GatewaySettings.from_env(model_dir=str(demo.model_dir), host="0.0.0.0")
     tenants = tmp_path / "t.json"
     tenants.write_text('{"tenants": [{"name": "a", "api_key": "k"}]}')
-    s = GatewaySettings.from_env(model_dir=str(demo.model_dir), host="0.0.0.0", tenants_file=str(tenants))
+    s = GatewaySettings.from_env(
+        model_dir=str(demo.model_dir), host="0.0.0.0", tenants_file=str(tenants)
+    )
     assert not s.open_mode
     assert main(["--model", str(demo.model_dir), "--host", "0.0.0.0"]) == 2
     assert "refusing to listen on '0.0.0.0' without --tenants" in capsys.readouterr().err
@@ -39,7 +47,20 @@ def test_open_mode_is_loopback_only(demo: DemoModelInfo, tmp_path: Path, capsys:
 
 def test_help_runs() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "loraplex.gateway", "--help"], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-m", "loraplex.gateway", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
-    for flag in ("--host", "--port", "--nats-url", "--redis-url", "--model", "--model-id", "--tenants", "--request-timeout"):
+    for flag in (
+        "--host",
+        "--port",
+        "--nats-url",
+        "--redis-url",
+        "--model",
+        "--model-id",
+        "--tenants",
+        "--request-timeout",
+    ):
         assert flag in out.stdout

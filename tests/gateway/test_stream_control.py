@@ -9,8 +9,8 @@ import time
 
 import httpx
 import pytest
-from loraplex.text.tokenizer import Tokenizer
 
+from loraplex.text.tokenizer import Tokenizer
 from tests.gateway.conftest import ALICE, MODEL_ID, REPLY_TEXT, FakeScheduler, GatewayFactory, Plan
 
 COMPLETIONS = "/v1/completions"
@@ -24,14 +24,22 @@ def sse_events(text: str) -> list[str]:
     return [line[len("data: ") :] for line in text.split("\n\n") if line.startswith("data: ")]
 
 
-async def test_silence_times_out_with_504(gateway_factory: GatewayFactory, scheduler: FakeScheduler) -> None:
+async def test_silence_times_out_with_504(
+    gateway_factory: GatewayFactory, scheduler: FakeScheduler
+) -> None:
     scheduler.plan = lambda _: Plan(tokens=[], finish_reason=None)  # accepted, then nothing
-    async with gateway_factory(request_timeout_s=0.4) as url, httpx.AsyncClient(base_url=url, headers=ALICE) as http:
+    async with (
+        gateway_factory(request_timeout_s=0.4) as url,
+        httpx.AsyncClient(base_url=url, headers=ALICE) as http,
+    ):
         for stream in (False, True):
             t0 = time.monotonic()
             r = await http.post(COMPLETIONS, json=body(stream=stream))
             assert r.status_code == 504, r.text
-            assert r.json()["error"]["code"] == "timeout" and "within 0.4s" in r.json()["error"]["message"]
+            assert (
+                r.json()["error"]["code"] == "timeout"
+                and "within 0.4s" in r.json()["error"]["message"]
+            )
             assert time.monotonic() - t0 < 3
             cancel = await scheduler.wait_cancel(scheduler.submits[-1].request_id)
             assert cancel.reason == "timed out in the gateway"
@@ -42,7 +50,10 @@ async def test_silence_mid_stream_ends_with_error_event(
 ) -> None:
     ids = tokenizer.encode(REPLY_TEXT, add_special_tokens=False)
     scheduler.plan = lambda _: Plan(tokens=ids, finish_reason=None)
-    async with gateway_factory(request_timeout_s=0.4) as url, httpx.AsyncClient(base_url=url, headers=ALICE) as http:
+    async with (
+        gateway_factory(request_timeout_s=0.4) as url,
+        httpx.AsyncClient(base_url=url, headers=ALICE) as http,
+    ):
         r = await http.post(COMPLETIONS, json=body(stream=True))
         assert r.status_code == 200
         events = sse_events(r.text)
@@ -54,24 +65,33 @@ async def test_silence_mid_stream_ends_with_error_event(
         await scheduler.wait_cancel(scheduler.submits[-1].request_id)
 
 
-async def test_worker_error_mid_stream(gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer) -> None:
+async def test_worker_error_mid_stream(
+    gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
+) -> None:
     ids = tokenizer.encode(REPLY_TEXT, add_special_tokens=False)
     scheduler.plan = lambda _: Plan(tokens=ids, chunk=2, error=(500, "decode worker died"))
     async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
         events = sse_events((await http.post(COMPLETIONS, json=body(stream=True))).text)
         assert "".join(json.loads(e)["choices"][0]["text"] for e in events[:-2]) == REPLY_TEXT
-        assert json.loads(events[-2])["error"]["message"] == "decode worker died" and events[-1] == "[DONE]"
+        assert (
+            json.loads(events[-2])["error"]["message"] == "decode worker died"
+            and events[-1] == "[DONE]"
+        )
         r = await http.post(COMPLETIONS, json=body())
         assert r.status_code == 500 and r.json()["error"]["message"] == "decode worker died"
 
 
 @pytest.mark.parametrize("stream", [True, False])
-async def test_client_disconnect_publishes_cancel(gateway: str, scheduler: FakeScheduler, stream: bool) -> None:
+async def test_client_disconnect_publishes_cancel(
+    gateway: str, scheduler: FakeScheduler, stream: bool
+) -> None:
     tokens = list(range(10, 110))
     scheduler.plan = lambda _: Plan(tokens=tokens, chunk=1, delay_s=0.05)
     async with httpx.AsyncClient(base_url=gateway, headers=ALICE, timeout=0.5) as http:
         if stream:
-            async with http.stream("POST", COMPLETIONS, json=body(stream=True, max_tokens=100)) as r:
+            async with http.stream(
+                "POST", COMPLETIONS, json=body(stream=True, max_tokens=100)
+            ) as r:
                 assert r.status_code == 200
                 async for line in r.aiter_lines():
                     if line.startswith("data: "):
@@ -86,7 +106,9 @@ async def test_client_disconnect_publishes_cancel(gateway: str, scheduler: FakeS
     assert [c.request_id for c in scheduler.cancels].count(rid) == 1
 
 
-async def test_health_ready_metrics(gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer) -> None:
+async def test_health_ready_metrics(
+    gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
+) -> None:
     ids = tokenizer.encode(REPLY_TEXT, add_special_tokens=False)
     scheduler.plan = lambda _: Plan(tokens=ids, chunk=2)
     async with httpx.AsyncClient(base_url=gateway) as http:
@@ -100,7 +122,10 @@ async def test_health_ready_metrics(gateway: str, scheduler: FakeScheduler, toke
     text = metrics.text
     assert 'loraplex_gateway_requests_total{route="/v1/completions",status="200"} 1.0' in text
     assert 'loraplex_gateway_requests_total{route="/v1/completions",status="400"} 1.0' in text
-    assert f'loraplex_gateway_tokens_total{{kind="completion",tenant="alice"}} {float(len(ids))}' in text
+    assert (
+        f'loraplex_gateway_tokens_total{{kind="completion",tenant="alice"}} {float(len(ids))}'
+        in text
+    )
     assert "loraplex_gateway_time_to_first_token_seconds_count 1.0" in text
     assert "loraplex_gateway_inter_token_latency_seconds_count" in text
     assert "loraplex_gateway_requests_in_flight 0.0" in text
@@ -112,20 +137,22 @@ async def test_nats_down_is_503_not_a_hang(gateway_factory: GatewayFactory, tmp_
 
     server = start_nats(tmp_path / "own-nats")
     try:
-        async with gateway_factory(nats_url=server.url, redis_url="", submit_timeout_s=0.5) as url:
-            async with httpx.AsyncClient(base_url=url, headers=ALICE, timeout=10) as http:
-                assert (await http.get("/ready")).status_code == 200
-                server.stop()
-                for _ in range(100):
-                    if (await http.get("/ready")).status_code == 503:
-                        break
-                    await asyncio.sleep(0.05)
-                ready = await http.get("/ready")
-                assert ready.status_code == 503 and ready.json()["nats"] is False
-                t0 = time.monotonic()
-                r = await http.post(COMPLETIONS, json=body())
-                assert r.status_code == 503, r.text
-                assert time.monotonic() - t0 < 3
-                assert (await http.get("/health")).status_code == 200
+        async with (
+            gateway_factory(nats_url=server.url, redis_url="", submit_timeout_s=0.5) as url,
+            httpx.AsyncClient(base_url=url, headers=ALICE, timeout=10) as http,
+        ):
+            assert (await http.get("/ready")).status_code == 200
+            server.stop()
+            for _ in range(100):
+                if (await http.get("/ready")).status_code == 503:
+                    break
+                await asyncio.sleep(0.05)
+            ready = await http.get("/ready")
+            assert ready.status_code == 503 and ready.json()["nats"] is False
+            t0 = time.monotonic()
+            r = await http.post(COMPLETIONS, json=body())
+            assert r.status_code == 503, r.text
+            assert time.monotonic() - t0 < 3
+            assert (await http.get("/health")).status_code == 200
     finally:
         server.stop()

@@ -29,14 +29,19 @@ except ImportError:
 # fail to build for a GPU.  This runs the public wrappers in a subprocess with the interpreter off,
 # records each launch instead of running it, and compiles it for sm_90 (Hopper) down to cubin,
 # with the exact argument specialization a real launch would use.
-_SM90_PRELUDE = '''
+_SM90_PRELUDE = """
 import sys
 sys.path.insert(0, {shared!r})
 import torch, triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from triton.compiler.compiler import make_backend
-from triton.runtime.jit import JITFunction, create_function_from_signature
+try:  # Triton internals: exit 77 (-> skip) where this version lays them out differently
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.compiler.compiler import make_backend
+    from triton.runtime.jit import JITFunction, create_function_from_signature
+    JITFunction._pack_args
+except (ImportError, AttributeError) as exc:
+    print(exc)
+    sys.exit(77)
 from loraplex.kernels import triton_attention, triton_lora, triton_lora_kernels
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -53,9 +58,9 @@ for _mod in (triton_lora_kernels, triton_attention):
     for _name, _obj in list(vars(_mod).items()):
         if isinstance(_obj, JITFunction) and _name.endswith("_kernel"):
             setattr(_mod, _name, _Recorder(_obj))
-'''
+"""
 
-_SM90_POSTLUDE = '''
+_SM90_POSTLUDE = """
 assert LAUNCHES, "no kernel launch recorded"
 seen = set()
 for fn, args, kw in LAUNCHES:
@@ -70,7 +75,7 @@ for fn, args, kw in LAUNCHES:
     compiled = triton.compile(src, target=TARGET, options=options.__dict__)
     assert "cubin" in compiled.asm, fn.__name__
 print("compiled", len(seen), "specializations")
-'''
+"""
 
 
 @pytest.fixture
@@ -93,6 +98,8 @@ def sm90_compile(tmp_path_factory: pytest.TempPathFactory):
         proc = subprocess.run(
             [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
         )
+        if proc.returncode == 77:
+            pytest.skip(f"this Triton version's compiler internals differ: {proc.stdout.strip()}")
         assert proc.returncode == 0, f"sm_90 compile failed:\n{proc.stdout}\n{proc.stderr[-6000:]}"
         return proc.stdout
 

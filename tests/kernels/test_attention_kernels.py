@@ -136,8 +136,14 @@ def _bad_calls():
     k, sm = torch.randn(3, 2, 16), torch.tensor([0, 1, -1])
     return {
         "q dtype": (lambda: tri.paged_decode_attention(q.long(), kc, kc, bt, cl, 1.0), "q must"),
-        "head dim": (lambda: tri.paged_decode_attention(q[..., :8], kc, kc, bt, cl, 1.0), "head dim"),
-        "gqa": (lambda: tri.paged_decode_attention(q[:, :3], kc, kc, bt, cl, 1.0), "multiple of KVH"),
+        "head dim": (
+            lambda: tri.paged_decode_attention(q[..., :8], kc, kc, bt, cl, 1.0),
+            "head dim",
+        ),
+        "gqa": (
+            lambda: tri.paged_decode_attention(q[:, :3], kc, kc, bt, cl, 1.0),
+            "multiple of KVH",
+        ),
         "tables": (lambda: tri.paged_decode_attention(q, kc, kc, bt[:1], cl, 1.0), "block_tables"),
         "float lens": (
             lambda: tri.paged_decode_attention(q, kc, kc, bt, cl.float(), 1.0),
@@ -164,15 +170,17 @@ def test_attention_kernels_compile_for_sm90(sm90_compile) -> None:
     sm90_compile(
         """
         A = triton_attention
-        for dt in (torch.float16, torch.bfloat16, torch.float32):
-            for heads, kvh, window in ((32, 32, None), (32, 8, 4096), (28, 4, None)):
-                q = torch.zeros(4, heads, 128, dtype=dt)
-                kc = torch.zeros(64, 16, kvh, 128, dtype=dt)
-                tables = torch.zeros(4, 16, dtype=torch.int32)
-                lens = torch.ones(4, dtype=torch.int32)
-                A.paged_decode_attention(q, kc, kc, tables, lens, 0.08, window)
-                kv = torch.zeros(8, kvh, 128, dtype=dt)
-                A.store_kv(kv, kv, kc, kc, torch.zeros(8, dtype=torch.int64))
+        cases = [(torch.float16, 32, 32, None), (torch.float16, 32, 8, 4096),
+                 (torch.float16, 28, 4, None), (torch.bfloat16, 32, 8, None),
+                 (torch.float32, 32, 8, 4096)]
+        for dt, heads, kvh, window in cases:
+            q = torch.zeros(4, heads, 128, dtype=dt)
+            kc = torch.zeros(64, 16, kvh, 128, dtype=dt)
+            tables = torch.zeros(4, 16, dtype=torch.int32)
+            lens = torch.ones(4, dtype=torch.int32)
+            A.paged_decode_attention(q, kc, kc, tables, lens, 0.08, window)
+            kv = torch.zeros(8, kvh, 128, dtype=dt)
+            A.store_kv(kv, kv, kc, kc, torch.zeros(8, dtype=torch.int64))
         """
     )
 

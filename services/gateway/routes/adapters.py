@@ -8,6 +8,7 @@ by running the adapter-store app's lifespan).  Without ``--redis-url`` they answ
 from __future__ import annotations
 
 from fastapi import APIRouter
+
 from loraplex.adapter_store.routes import router as store_router
 from loraplex.adapters.errors import StoreUnavailableError
 from loraplex.gateway.deps import TenantDep

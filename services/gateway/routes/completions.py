@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from starlette.responses import Response
+
 from loraplex.gateway.deps import ServiceDep, TenantDep
 from loraplex.gateway.openai_format import ChatFormat, CompletionFormat
 from loraplex.gateway.responder import respond
 from loraplex.gateway.schemas import ChatCompletionRequest, CompletionRequest
-from starlette.responses import Response
 
 router = APIRouter(prefix="/v1", tags=["generation"])
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from starlette.responses import Response
+
 from loraplex.gateway.deps import MetricsDep, ServiceDep
 from loraplex.gateway.errors import error_body
 from loraplex.gateway.metrics import CONTENT_TYPE
-from starlette.responses import Response
 
 router = APIRouter(tags=["health"])
 

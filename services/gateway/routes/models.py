@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
+
 from loraplex.gateway.deps import ServiceDep, TenantDep
 from loraplex.gateway.errors import ModelNotFoundError
 

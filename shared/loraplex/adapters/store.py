@@ -30,7 +30,7 @@ from loraplex.adapters.info import AdapterInfo, FetchedAdapter, Registered, chec
 from loraplex.adapters.keys import DEFAULT_PREFIX, StoreKeys
 from loraplex.adapters.redis_conn import connect_redis, unavailable_as_typed
 from loraplex.errors import AdapterNotFoundError
-from loraplex.lora.adapter import NAME_PATTERN, validate_name
+from loraplex.lora.names import NAME_PATTERN, validate_name
 
 CHUNK_SIZE = 512 * 1024
 STAGING_TTL_S = 3600  # a staged blob whose upload died disappears after this

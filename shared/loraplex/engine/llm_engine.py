@@ -120,8 +120,9 @@ class LLMEngine:
 
     def remove_lora(self, name: str) -> None:
         """Forget an adapter.  Refused while running requests use it."""
-        if self.slots.pinned(name):
-            raise AdapterError(f"adapter {name!r} is in use by running requests")
+        sched = self.scheduler
+        if self.slots.pinned(name) or any(s.lora == name for s in (*sched.running, *sched.waiting, *sched.ready)):
+            raise AdapterError(f"adapter {name!r} is in use by queued or running requests")
         slot = self.slots.evict(name)
         if slot is not None:
             self.lora_weights.clear(slot)

@@ -17,16 +17,19 @@ import torch
 import triton
 import triton.language as tl
 
-from loraplex.kernels.triton_lora_kernels import _dot
+from loraplex.kernels.triton_lora_kernels import INTERPRETED, _dot
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 _INTS = (torch.int32, torch.int64)
+
+# Kernel signatures are long; they are wrapped by hand.
+# fmt: off
 
 
 @triton.jit
 def _store_kv_kernel(k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr, KVH, D,
                      skt, skh, svt, svh, kcb, kcs, kch, vcb, vcs, vch,
-                     CACHE_BLOCK: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+                     CACHE_BLOCK: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
     """Grid: (T,). One program copies one token's [KVH, D] keys and values."""
     t = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + t).to(tl.int64)
@@ -49,7 +52,7 @@ def _paged_decode_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr, scale,
                          GROUPS, D, sqb, sqh, kcb, kcs, kch, vcb, vcs, vch, sbt, sob, soh,
                          CACHE_BLOCK: tl.constexpr, HAS_WINDOW: tl.constexpr,
                          BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                         UPCAST: tl.constexpr, DOT_PREC: tl.constexpr):  # fmt: skip
+                         UPCAST: tl.constexpr, DOT_PREC: tl.constexpr):
     """Grid: (B, KVH).  One program serves all query heads of one kv head (GQA: each key/value
     tile is read once per group) with an online softmax over BLOCK_N-token tiles; the tiles are
     gathered through the block table one token at a time, so any cache block size works."""
@@ -93,6 +96,9 @@ def _paged_decode_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr, scale,
     tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=g_mask[:, None] & d_mask[None, :])
 
 
+# fmt: on
+
+
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
@@ -116,7 +122,7 @@ def _check_caches(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
 
 def _upcast(dtype: torch.dtype) -> bool:
     # The CPU interpreter's tl.dot is wrong for bf16 (see triton_lora_kernels._dot).
-    return dtype == torch.bfloat16 and bool(triton.knobs.runtime.interpret)
+    return dtype == torch.bfloat16 and INTERPRETED
 
 
 def store_kv(
@@ -179,9 +185,7 @@ def paged_decode_attention(
     _check(kvh > 0 and heads % kvh == 0, f"H={heads} must be a multiple of KVH={kvh}")
     _check(block_tables.shape[0] == bsz, f"block_tables needs {bsz} rows")
     _check(context_lens.shape[0] == bsz, f"context_lens needs {bsz} entries")
-    _check(
-        sliding_window is None or int(sliding_window) > 0, "sliding_window must be None or > 0"
-    )
+    _check(sliding_window is None or int(sliding_window) > 0, "sliding_window must be None or > 0")
     tensors = (q, k_cache, v_cache, block_tables, context_lens)
     _check(len({t.device for t in tensors}) == 1, "device mismatch")
     out = torch.empty_like(q)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import torch
 import triton
+from torch import Tensor
 
 from loraplex.kernels import triton_lora_kernels as K
 
@@ -36,7 +37,7 @@ def _check(cond: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
-def _check_float(name: str, t: torch.Tensor, ndim: int) -> None:
+def _check_float(name: str, t: Tensor, ndim: int) -> None:
     _check(isinstance(t, torch.Tensor), f"{name} must be a torch.Tensor, got {type(t).__name__}")
     _check(t.dtype in _FLOATS, f"{name} must be float32/float16/bfloat16, got {t.dtype}")
     _check(t.dim() == ndim, f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
@@ -44,7 +45,7 @@ def _check_float(name: str, t: torch.Tensor, ndim: int) -> None:
     _check(t.numel() == 0 or t.stride(-1) == 1, f"{name} must be contiguous in its last dim")
 
 
-def _check_int(name: str, t: torch.Tensor, length: int | None = None) -> None:
+def _check_int(name: str, t: Tensor, length: int | None = None) -> None:
     _check(isinstance(t, torch.Tensor), f"{name} must be a torch.Tensor, got {type(t).__name__}")
     _check(t.dtype in _INTS, f"{name} must be int32/int64, got {t.dtype}")
     _check(t.dim() == 1, f"{name} must be 1-D, got shape {tuple(t.shape)}")
@@ -53,28 +54,31 @@ def _check_int(name: str, t: torch.Tensor, length: int | None = None) -> None:
         _check(t.shape[0] == length, f"{name} must have {length} entries, got {t.shape[0]}")
 
 
-def _check_device(*tensors: torch.Tensor) -> None:
+def _check_device(*tensors: Tensor) -> None:
     devs = {t.device for t in tensors}
     _check(len(devs) == 1, f"all tensors must be on one device, got {sorted(map(str, devs))}")
 
 
-def _check_slices(n_a: int, n_r: int, n_v: int) -> None:
-    _check(n_a > 0, "need at least one slice")
-    _check(n_a == n_r == n_v, f"slice lists differ in length: {n_a} weights, {n_r} ranks, {n_v} outs")
+def _check_slices(ws: Sequence[Tensor], n_r: int, n_v: int) -> None:
+    n = len(ws)
+    _check(n > 0, "need at least one slice")
+    _check(n == n_r == n_v, f"slice lists differ in length: {n} weights, {n_r} ranks, {n_v} outs")
+    # One launch shares its dot settings across slices.
+    _check(len({w.dtype for w in ws}) == 1, "all slices' LoRA weights must share one dtype")
 
 
 def _dot_opts(dtype: torch.dtype) -> dict:
     # fp32 weights: exact products like the torch twin (no silent tf32).
     prec = "ieee" if dtype == torch.float32 else "tf32"
     # The CPU interpreter's tl.dot is wrong for bf16 (see triton_lora_kernels._dot).
-    upcast = dtype == torch.bfloat16 and bool(triton.knobs.runtime.interpret)
+    upcast = dtype == torch.bfloat16 and K.INTERPRETED
     return {"DOT_PREC": prec, "UPCAST": upcast}
 
 
 def _validate_shrink(x, lora_as, ranks_list, vs) -> None:
-    _check_slices(len(lora_as), len(ranks_list), len(vs))
+    _check_slices(lora_as, len(ranks_list), len(vs))
     _check_float("x", x, 2)
-    for i, (a, rk, v) in enumerate(zip(lora_as, ranks_list, vs)):
+    for i, (a, rk, v) in enumerate(zip(lora_as, ranks_list, vs, strict=True)):
         _check_float(f"lora_a[{i}]", a, 3)
         _check_float(f"v[{i}]", v, 2)
         _check_int(f"ranks[{i}]", rk, a.shape[0])
@@ -88,10 +92,10 @@ def _validate_shrink(x, lora_as, ranks_list, vs) -> None:
 
 
 def _validate_expand(vs, lora_bs, ranks_list, y, offsets) -> None:
-    _check_slices(len(lora_bs), len(ranks_list), len(vs))
+    _check_slices(lora_bs, len(ranks_list), len(vs))
     _check_float("y", y, 2)
     _check(len(offsets) == len(lora_bs), f"need {len(lora_bs)} y_offsets, got {len(offsets)}")
-    for i, (v, b, rk, off) in enumerate(zip(vs, lora_bs, ranks_list, offsets)):
+    for i, (v, b, rk, off) in enumerate(zip(vs, lora_bs, ranks_list, offsets, strict=True)):
         _check_float(f"lora_b[{i}]", b, 3)
         _check_float(f"v[{i}]", v, 2)
         _check_int(f"ranks[{i}]", rk, b.shape[0])
@@ -100,13 +104,13 @@ def _validate_expand(vs, lora_bs, ranks_list, y, offsets) -> None:
             f"v[{i}] must be [T, R] = {(y.shape[0], b.shape[2])}, got {tuple(v.shape)}",
         )
         _check(
-            0 <= off and off + b.shape[1] <= y.shape[1],
+            off >= 0 and off + b.shape[1] <= y.shape[1],
             f"slice {i}: y[:, {off}:{off + b.shape[1]}] out of range for y width {y.shape[1]}",
         )
         _check_device(y, v, b, rk)
 
 
-def _default_offsets(lora_bs: Sequence[torch.Tensor]) -> list[int]:
+def _default_offsets(lora_bs: Sequence[Tensor]) -> list[int]:
     offs, acc = [], 0
     for b in lora_bs:
         offs.append(acc)
@@ -125,7 +129,19 @@ def _pad3(args: list[tuple]) -> list:
     return [a for tup in full for a in tup]
 
 
-def _rank_tiles(lora_ws: Sequence[torch.Tensor], rank_dim: int) -> int:
+def _block_m(max_len: int) -> int:
+    # Row tile of one segment: tl.dot needs >= 16; bigger tiles for long prompts.
+    return 16 if max_len <= 16 else 32 if max_len <= 64 else 64
+
+
+def _shrink_args(lora_as, ranks_list, vs, chunk: range) -> list:
+    return _pad3(
+        [(lora_as[i], ranks_list[i], vs[i], lora_as[i].stride(0), lora_as[i].stride(1),
+          vs[i].stride(0)) for i in chunk]
+    )  # fmt: skip
+
+
+def _rank_tiles(lora_ws: Sequence[Tensor], rank_dim: int) -> int:
     return triton.cdiv(max(w.shape[rank_dim] for w in lora_ws), _RANK_TILE)
 
 
@@ -133,19 +149,20 @@ def _rank_tiles(lora_ws: Sequence[torch.Tensor], rank_dim: int) -> int:
 
 
 def sgmv_shrink_fused(
-    x: torch.Tensor,
-    lora_as: Sequence[torch.Tensor],
-    seg_starts: torch.Tensor,
-    seg_slots: torch.Tensor,
-    ranks_list: Sequence[torch.Tensor],
-    vs: Sequence[torch.Tensor],
+    x: Tensor,
+    lora_as: Sequence[Tensor],
+    seg_starts: Tensor,
+    seg_slots: Tensor,
+    ranks_list: Sequence[Tensor],
+    vs: Sequence[Tensor],
     max_seg_len: int | None = None,
 ) -> None:
     """``sgmv_shrink`` for several projections of one input: for each slice i,
     ``vs[i][s:e, :r_i] = x[s:e] @ lora_as[i][slot, :r_i].T`` with ``r_i = ranks_list[i][slot]``.
 
     x: [T, H_in]; lora_as[i]: [S, R_i, H_in]; seg_starts: [G+1]; seg_slots: [G];
-    ranks_list[i]: [S]; vs[i]: [T, R_i]; max_seg_len: bound on e - s (default T).
+    ranks_list[i]: [S]; vs[i]: [T, R_i]; max_seg_len: a Python int >= the longest segment
+    (rows past it are skipped), default T.
     """
     _validate_shrink(x, lora_as, ranks_list, vs)
     _check_int("seg_starts", seg_starts)
@@ -155,29 +172,25 @@ def sgmv_shrink_fused(
     max_len = t if max_seg_len is None else min(int(max_seg_len), t)
     if n_seg == 0 or max_len <= 0 or x.shape[1] == 0:
         return
-    block_m = 32 if max_len > 16 else 16
+    block_m = _block_m(max_len)
     m_tiles = triton.cdiv(max_len, block_m)
     for chunk in _chunks(len(lora_as)):
         r_tiles = _rank_tiles([lora_as[i] for i in chunk], 1)
-        per_slice = [
-            (lora_as[i], ranks_list[i], vs[i], lora_as[i].stride(0), lora_as[i].stride(1), vs[i].stride(0))
-            for i in chunk
-        ]
         grid = (n_seg * m_tiles, len(chunk) * r_tiles)
         K.sgmv_shrink_kernel[grid](
             x, seg_starts, seg_slots, x.stride(0), x.shape[1], m_tiles, r_tiles,
-            *_pad3(per_slice),
+            *_shrink_args(lora_as, ranks_list, vs, chunk),
             NUM_SLICES=len(chunk), BLOCK_M=block_m, BLOCK_R=_RANK_TILE, BLOCK_K=64,
             **_dot_opts(x.dtype),
         )  # fmt: skip
 
 
 def bgmv_shrink_fused(
-    x: torch.Tensor,
-    lora_as: Sequence[torch.Tensor],
-    indices: torch.Tensor,
-    ranks_list: Sequence[torch.Tensor],
-    vs: Sequence[torch.Tensor],
+    x: Tensor,
+    lora_as: Sequence[Tensor],
+    indices: Tensor,
+    ranks_list: Sequence[Tensor],
+    vs: Sequence[Tensor],
 ) -> None:
     """``bgmv_shrink`` for several projections of one input, one launch (up to three slices).
 
@@ -190,18 +203,18 @@ def bgmv_shrink_fused(
         return
     for chunk in _chunks(len(lora_as)):
         r_tiles = _rank_tiles([lora_as[i] for i in chunk], 1)
-        per_slice = [
-            (lora_as[i], ranks_list[i], vs[i], lora_as[i].stride(0), lora_as[i].stride(1), vs[i].stride(0))
-            for i in chunk
-        ]
         grid = (x.shape[0], len(chunk) * r_tiles)
         K.bgmv_shrink_kernel[grid](
-            x, indices, x.stride(0), x.shape[1], r_tiles, *_pad3(per_slice),
+            x, indices, x.stride(0), x.shape[1], r_tiles,
+            *_shrink_args(lora_as, ranks_list, vs, chunk),
             NUM_SLICES=len(chunk), BLOCK_R=_RANK_TILE, BLOCK_K=128,
         )  # fmt: skip
 
 
-def sgmv_shrink(x, lora_a, seg_starts, seg_slots, ranks, v, max_seg_len: int | None = None) -> None:
+def sgmv_shrink(
+    x: Tensor, lora_a: Tensor, seg_starts: Tensor, seg_slots: Tensor, ranks: Tensor, v: Tensor,
+    max_seg_len: int | None = None,
+) -> None:  # fmt: skip
     """Segmented shrink (prefill), see ``torch_ref.sgmv_shrink``.
 
     x: [T, H_in]; lora_a: [S, R, H_in]; seg_starts: [G+1]; seg_slots: [G]; ranks: [S]; v: [T, R].
@@ -209,7 +222,7 @@ def sgmv_shrink(x, lora_a, seg_starts, seg_slots, ranks, v, max_seg_len: int | N
     sgmv_shrink_fused(x, [lora_a], seg_starts, seg_slots, [ranks], [v], max_seg_len)
 
 
-def bgmv_shrink(x, lora_a, indices, ranks, v) -> None:
+def bgmv_shrink(x: Tensor, lora_a: Tensor, indices: Tensor, ranks: Tensor, v: Tensor) -> None:
     """Per-row shrink (decode), see ``torch_ref.bgmv_shrink``.
 
     x: [T, H_in]; lora_a: [S, R, H_in]; indices: [T]; ranks: [S]; v: [T, R].
@@ -231,12 +244,12 @@ def _expand_args(vs, lora_bs, ranks_list, offsets, chunk) -> list:
 
 
 def sgmv_expand_fused(
-    vs: Sequence[torch.Tensor],
-    lora_bs: Sequence[torch.Tensor],
-    seg_starts: torch.Tensor,
-    seg_slots: torch.Tensor,
-    ranks_list: Sequence[torch.Tensor],
-    y: torch.Tensor,
+    vs: Sequence[Tensor],
+    lora_bs: Sequence[Tensor],
+    seg_starts: Tensor,
+    seg_slots: Tensor,
+    ranks_list: Sequence[Tensor],
+    y: Tensor,
     y_offsets: Sequence[int] | None = None,
     max_seg_len: int | None = None,
 ) -> None:
@@ -245,7 +258,7 @@ def sgmv_expand_fused(
 
     vs[i]: [T, R_i]; lora_bs[i]: [S, H_out_i, R_i]; seg_starts: [G+1]; seg_slots: [G];
     ranks_list[i]: [S]; y: [T, H_total]; y_offsets: column offset per slice (default: the slices
-    packed back to back from column 0, e.g. q|k|v); max_seg_len: bound on e - s (default T).
+    packed back to back from column 0, e.g. q|k|v); max_seg_len: as in ``sgmv_shrink_fused``.
     """
     offsets = _default_offsets(lora_bs) if y_offsets is None else list(y_offsets)
     _validate_expand(vs, lora_bs, ranks_list, y, offsets)
@@ -256,7 +269,7 @@ def sgmv_expand_fused(
     max_len = t if max_seg_len is None else min(int(max_seg_len), t)
     if n_seg == 0 or max_len <= 0:
         return
-    block_m = 32 if max_len > 16 else 16
+    block_m = _block_m(max_len)
     m_tiles = triton.cdiv(max_len, block_m)
     for chunk in _chunks(len(lora_bs)):
         n_tiles = triton.cdiv(max(lora_bs[i].shape[1] for i in chunk), 64)
@@ -270,11 +283,11 @@ def sgmv_expand_fused(
 
 
 def bgmv_expand_fused(
-    vs: Sequence[torch.Tensor],
-    lora_bs: Sequence[torch.Tensor],
-    indices: torch.Tensor,
-    ranks_list: Sequence[torch.Tensor],
-    y: torch.Tensor,
+    vs: Sequence[Tensor],
+    lora_bs: Sequence[Tensor],
+    indices: Tensor,
+    ranks_list: Sequence[Tensor],
+    y: Tensor,
     y_offsets: Sequence[int] | None = None,
 ) -> None:
     """``bgmv_expand`` for several projections writing side by side into one output, one launch.
@@ -299,8 +312,9 @@ def bgmv_expand_fused(
 
 
 def sgmv_expand(
-    v, lora_b, seg_starts, seg_slots, ranks, y, y_offset: int = 0, max_seg_len: int | None = None
-) -> None:
+    v: Tensor, lora_b: Tensor, seg_starts: Tensor, seg_slots: Tensor, ranks: Tensor, y: Tensor,
+    y_offset: int = 0, max_seg_len: int | None = None,
+) -> None:  # fmt: skip
     """Segmented expand (prefill), see ``torch_ref.sgmv_expand``.
 
     v: [T, R]; lora_b: [S, H_out, R]; seg_starts: [G+1]; seg_slots: [G]; ranks: [S];
@@ -309,7 +323,9 @@ def sgmv_expand(
     sgmv_expand_fused([v], [lora_b], seg_starts, seg_slots, [ranks], y, [y_offset], max_seg_len)
 
 
-def bgmv_expand(v, lora_b, indices, ranks, y, y_offset: int = 0) -> None:
+def bgmv_expand(
+    v: Tensor, lora_b: Tensor, indices: Tensor, ranks: Tensor, y: Tensor, y_offset: int = 0
+) -> None:
     """Per-row expand (decode), see ``torch_ref.bgmv_expand``.
 
     v: [T, R]; lora_b: [S, H_out, R]; indices: [T]; ranks: [S]; y: [T, H_total] (in place).

@@ -13,12 +13,12 @@ import torch
 from safetensors.torch import load as load_safetensors_bytes
 
 from loraplex.errors import AdapterError
+from loraplex.lora.names import CONFIG_FILE, NAME_PATTERN, WEIGHTS_FILE, validate_name
 from loraplex.model.config import ModelConfig
 
+__all__ = ["CONFIG_FILE", "NAME_PATTERN", "WEIGHTS_FILE", "LoraAdapter", "LoraModule", "load_adapter_dir", "parse_adapter", "validate_name"]
+
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight (optionally lora_A.<adapter>.weight)
 _KEY = re.compile(
@@ -52,14 +52,6 @@ class LoraAdapter:
     @property
     def nbytes(self) -> int:
         return sum(m.a.nbytes + m.b.nbytes for m in self.modules.values())
-
-
-def validate_name(name: str) -> str:
-    if not NAME_PATTERN.match(name or ""):
-        raise AdapterError(
-            f"invalid adapter name {name!r}: use 1-64 characters [A-Za-z0-9._-], starting alphanumeric"
-        )
-    return name
 
 
 def load_adapter_dir(path: str | Path, name: str, model: ModelConfig, max_rank: int) -> LoraAdapter:

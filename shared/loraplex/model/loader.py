@@ -51,40 +51,43 @@ def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
             raise ModelLoadError(f"{f}: cannot read safetensors ({e})") from e
 
 
-def _target_of(name: str, cfg: ModelConfig) -> tuple[str, int] | None:
-    """Map an HF tensor name to (our parameter name, row offset inside a fused parameter)."""
+Target = tuple[str, int, int | None]  # (parameter, row offset, rows; None = the whole parameter)
+
+
+def _target_of(name: str, cfg: ModelConfig) -> Target | None:
+    """Map an HF tensor name to where its rows go in our (possibly fused) parameters."""
     if name == "model.embed_tokens.weight":
-        return "embed_tokens", 0
+        return "embed_tokens", 0, None
     if name == "lm_head.weight":
-        return ("lm_head", 0) if not cfg.tie_word_embeddings else None
+        return ("lm_head", 0, None) if not cfg.tie_word_embeddings else None
     if name == "model.norm.weight":
-        return "norm.weight", 0
+        return "norm.weight", 0, None
     if not name.startswith("model.layers."):
         return None
     parts = name.split(".")
     i, rest = parts[2], ".".join(parts[3:])
     p = f"layers.{i}."
     q, kv, inter = cfg.q_size, cfg.kv_size, cfg.intermediate_size
-    table = {
-        "input_layernorm.weight": ("input_norm.weight", 0),
-        "post_attention_layernorm.weight": ("post_norm.weight", 0),
-        "self_attn.q_proj.weight": ("qkv_weight", 0),
-        "self_attn.k_proj.weight": ("qkv_weight", q),
-        "self_attn.v_proj.weight": ("qkv_weight", q + kv),
-        "self_attn.q_proj.bias": ("qkv_bias", 0),
-        "self_attn.k_proj.bias": ("qkv_bias", q),
-        "self_attn.v_proj.bias": ("qkv_bias", q + kv),
-        "self_attn.o_proj.weight": ("o_weight", 0),
-        "self_attn.o_proj.bias": ("o_bias", 0),
-        "mlp.gate_proj.weight": ("gate_up_weight", 0),
-        "mlp.up_proj.weight": ("gate_up_weight", inter),
-        "mlp.down_proj.weight": ("down_weight", 0),
-        "mlp.gate_proj.bias": ("gate_up_bias", 0),
-        "mlp.up_proj.bias": ("gate_up_bias", inter),
-        "mlp.down_proj.bias": ("down_bias", 0),
+    table: dict[str, Target] = {
+        "input_layernorm.weight": ("input_norm.weight", 0, None),
+        "post_attention_layernorm.weight": ("post_norm.weight", 0, None),
+        "self_attn.q_proj.weight": ("qkv_weight", 0, q),
+        "self_attn.k_proj.weight": ("qkv_weight", q, kv),
+        "self_attn.v_proj.weight": ("qkv_weight", q + kv, kv),
+        "self_attn.q_proj.bias": ("qkv_bias", 0, q),
+        "self_attn.k_proj.bias": ("qkv_bias", q, kv),
+        "self_attn.v_proj.bias": ("qkv_bias", q + kv, kv),
+        "self_attn.o_proj.weight": ("o_weight", 0, None),
+        "self_attn.o_proj.bias": ("o_bias", 0, None),
+        "mlp.gate_proj.weight": ("gate_up_weight", 0, inter),
+        "mlp.up_proj.weight": ("gate_up_weight", inter, inter),
+        "mlp.down_proj.weight": ("down_weight", 0, None),
+        "mlp.gate_proj.bias": ("gate_up_bias", 0, inter),
+        "mlp.up_proj.bias": ("gate_up_bias", inter, inter),
+        "mlp.down_proj.bias": ("down_bias", 0, None),
     }
     hit = table.get(rest)
-    return (p + hit[0], hit[1]) if hit else None
+    return (p + hit[0], hit[1], hit[2]) if hit else None
 
 
 def load_model(
@@ -106,11 +109,11 @@ def load_model(
         target = _target_of(name, cfg)
         if target is None:
             continue
-        pname, offset = target
+        pname, offset, rows = target
         param = params.get(pname)
         if param is None:
             raise ModelLoadError(f"{root}: checkpoint has {name!r} but the config does not use it")
-        rows = tensor.shape[0]
+        rows = param.shape[0] if rows is None else rows
         dest = param.data[offset : offset + rows]
         if dest.shape != tensor.shape:
             raise ModelLoadError(

@@ -68,9 +68,19 @@ class IncrementalDetokenizer:
         return out
 
     def flush(self) -> str:
-        """At the end of the stream, release text held back for stop matching."""
-        out, self._held = self._held, ""
-        self.text += out
+        """At the end of the stream, release what was held back: an incomplete UTF-8 tail (shown
+        as U+FFFD, as ``decode`` shows it) and text kept for stop matching."""
+        out = ""
+        if self.stopped is None and self.read < len(self.ids):
+            prefix_text = self.tok.decode(self.ids[self.prefix : self.read], self.skip)
+            full = self.tok.decode(self.ids[self.prefix :], self.skip)
+            if len(full) > len(prefix_text):
+                self.prefix, self.read = self.read, len(self.ids)
+                out = self._emit(full[len(prefix_text) :])
+        if self.stopped is None:
+            out += self._held
+            self.text += self._held
+        self._held = ""
         return out
 
 

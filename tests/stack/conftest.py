@@ -1,0 +1,30 @@
+"""A real stack per test module: `loraplex up` machinery with its own nats-server and redis-server."""
+
+from __future__ import annotations
+
+import pytest
+
+from loraplex.launcher import Stack, parse_up_args, start_stack
+from loraplex.servers import free_port
+
+STACK_FLAGS = ["--dtype", "float32", "--device", "cpu", "--max-num-seqs", "16", "--num-kv-blocks", "512"]
+
+
+def launch(tmp_path_factory, name: str, extra: list[str]) -> Stack:
+    stack = Stack(tmp_path_factory.mktemp(name))
+    args = parse_up_args(["--port", str(free_port()), "--run-dir", str(stack.run_dir), *STACK_FLAGS, *extra])
+    try:
+        base, model, adapters = start_stack(args, stack)
+    except BaseException:
+        stack.stop()
+        raise
+    stack.urls["model_dir"] = model
+    stack.adapters = adapters  # type: ignore[attr-defined]
+    return stack
+
+
+@pytest.fixture(scope="module")
+def disagg_stack(tmp_path_factory):
+    stack = launch(tmp_path_factory, "disagg", ["--prefill-workers", "1", "--decode-workers", "2"])
+    yield stack
+    stack.stop()

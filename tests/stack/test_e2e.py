@@ -1,0 +1,114 @@
+"""End to end through the disaggregated stack with the official openai client."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from loraplex import LLM, SamplingParams
+
+PROMPTS = [[5, 6, 7, 8, 9, 10], [100, 200, 300], [42] * 11, [7, 8], [300, 301, 302, 303], [9] * 5]
+
+
+@pytest.fixture(scope="module")
+def client(disagg_stack):
+    return openai.OpenAI(base_url=disagg_stack.urls["gateway"] + "/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def model_id(client) -> str:
+    ids = [m.id for m in client.models.list().data]
+    return ids[0]
+
+
+@pytest.fixture(scope="module")
+def loras(disagg_stack, model_id):
+    names = [a.name for a in disagg_stack.adapters]
+    return [names[0], None, names[2], names[1], None, names[3]]
+
+
+def test_models_lists_base_and_adapters(client, disagg_stack, model_id):
+    models = {m.id: m for m in client.models.list().data}
+    assert model_id in models
+    for a in disagg_stack.adapters:
+        assert a.name in models
+        assert models[a.name].parent == model_id
+
+
+def test_greedy_matches_offline_llm(client, disagg_stack, model_id, loras):
+    llm = LLM(Path(disagg_stack.urls["model_dir"]), dtype="float32", device="cpu", max_loras=8, max_lora_rank=64)
+    for a in disagg_stack.adapters:
+        llm.add_lora(a.name, a.path)
+    expected = llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True), lora=loras)
+    for prompt, lora, exp in zip(PROMPTS, loras, expected):
+        resp = client.completions.create(
+            model=lora or model_id, prompt=prompt, max_tokens=12, temperature=0, extra_body={"ignore_eos": True}
+        )
+        assert resp.choices[0].text == exp.text
+        assert resp.usage.prompt_tokens == len(prompt)
+        assert resp.usage.completion_tokens == 12
+
+
+def test_streaming_equals_non_streaming(client, model_id, loras):
+    for prompt, lora in zip(PROMPTS[:3], loras[:3]):
+        kwargs = dict(model=lora or model_id, prompt=prompt, max_tokens=10, temperature=0, extra_body={"ignore_eos": True})
+        whole = client.completions.create(**kwargs)
+        chunks = list(client.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
+        text = "".join(c.choices[0].text for c in chunks if c.choices)
+        assert text == whole.choices[0].text
+        usage = [c.usage for c in chunks if c.usage is not None]
+        assert usage and usage[-1].completion_tokens == 10 and usage[-1].prompt_tokens == len(prompt)
+
+
+def test_chat_completion(client, loras):
+    resp = client.chat.completions.create(
+        model=loras[0], messages=[{"role": "user", "content": "hello there"}], max_tokens=8, temperature=0
+    )
+    assert resp.choices[0].message.role == "assistant"
+    assert resp.usage.completion_tokens <= 8
+
+
+def test_concurrent_requests(disagg_stack, model_id, loras):
+    async def run() -> list:
+        aclient = openai.AsyncOpenAI(base_url=disagg_stack.urls["gateway"] + "/v1", api_key="x", max_retries=0)
+        calls = [
+            aclient.completions.create(
+                model=loras[i % len(loras)] or model_id,
+                prompt=PROMPTS[i % len(PROMPTS)],
+                max_tokens=8,
+                temperature=0.7,
+                seed=i,
+                extra_body={"ignore_eos": True},
+            )
+            for i in range(40)
+        ]
+        return await asyncio.gather(*calls)
+
+    results = asyncio.run(run())
+    assert len(results) == 40
+    assert all(r.usage.completion_tokens == 8 for r in results)
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"model": "no-such-model", "prompt": "hi"}, 404),
+        ({"prompt": "hi", "max_tokens": 0}, 400),
+        ({"prompt": "hi", "temperature": -1}, 400),
+        ({"prompt": [1] * 5000, "max_tokens": 4}, 400),
+    ],
+)
+def test_errors_are_openai_shaped(disagg_stack, model_id, body, status):
+    body = {"model": model_id, **body}
+    r = httpx.post(disagg_stack.urls["gateway"] + "/v1/completions", json=body, timeout=30)
+    assert r.status_code == status
+    assert "message" in r.json()["error"]
+    # ... and the server keeps serving.
+    ok = httpx.post(
+        disagg_stack.urls["gateway"] + "/v1/completions", json={"model": model_id, "prompt": "hi", "max_tokens": 2}, timeout=30
+    )
+    assert ok.status_code == 200
