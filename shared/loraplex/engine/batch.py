@@ -58,6 +58,7 @@ def build_prefill(seqs: list[Sequence], block_size: int, device: torch.device) -
         seg_starts=as_t(seg_starts),
         seg_slots=as_t(seg_slots),
         indices=None,
+        max_seg_len=max(e - s for s, e in zip(seg_starts[:-1], seg_starts[1:])),
     )
     return ModelInput(
         seqs=seqs,

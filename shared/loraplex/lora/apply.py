@@ -29,13 +29,16 @@ def add_lora(
     """
     if not meta.active:
         return
-    for target, offset in slices:
-        a, b = weights.a[target][layer], weights.b[target][layer]
-        ranks = weights.ranks[target][layer]
-        v = torch.empty(x.shape[0], weights.max_rank, dtype=torch.float32, device=x.device)
-        if meta.is_prefill:
-            ops.sgmv_shrink(x, a, meta.seg_starts, meta.seg_slots, ranks, v)
-            ops.sgmv_expand(v, b, meta.seg_starts, meta.seg_slots, ranks, y, offset)
-        else:
-            ops.bgmv_shrink(x, a, meta.indices, ranks, v)
-            ops.bgmv_expand(v, b, meta.indices, ranks, y, offset)
+    layer_a = [weights.a[t][layer] for t, _ in slices]
+    layer_b = [weights.b[t][layer] for t, _ in slices]
+    ranks = [weights.ranks[t][layer] for t, _ in slices]
+    offsets = [off for _, off in slices]
+    # fp32 intermediate: the rank-r activations are small and accumulate better in full precision.
+    vs = [torch.empty(x.shape[0], weights.max_rank, dtype=torch.float32, device=x.device) for _ in slices]
+    if meta.is_prefill:
+        segs = (meta.seg_starts, meta.seg_slots)
+        ops.sgmv_shrink_fused(x, layer_a, *segs, ranks, vs, max_seg_len=meta.max_seg_len)
+        ops.sgmv_expand_fused(vs, layer_b, *segs, ranks, y, offsets, max_seg_len=meta.max_seg_len)
+    else:
+        ops.bgmv_shrink_fused(x, layer_a, meta.indices, ranks, vs)
+        ops.bgmv_expand_fused(vs, layer_b, meta.indices, ranks, y, offsets)
