@@ -9,11 +9,11 @@ PYTEST_ARGS ?=
 .PHONY: setup test up lint format bench clean
 
 $(STAMP): pyproject.toml
+	./scripts/install-system-deps.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	@if [ -n "$(TORCH_SPEC)" ]; then $(PY) -m pip install -q "$(TORCH_SPEC)"; fi
-	$(PY) -m pip install -q -e '.[test]'
-	./scripts/install-system-deps.sh
+	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -33,7 +33,8 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 
 bench: setup
-	$(PY) bench/engine.py
+	$(PY) bench/engine.py --write-docs
+	$(PY) bench/fairness.py --mode sim --write-docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# Installs nats-server and redis-server from Debian/Ubuntu packages when they are missing.
+# Installs what the Python side cannot: nats-server, redis-server and Python's venv module, from
+# Debian/Ubuntu packages, only when missing.
 set -euo pipefail
 missing=()
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
+python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=(python3-venv)
 [ ${#missing[@]} -eq 0 ] && exit 0
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "please install: ${missing[*]} (no apt-get on this machine)" >&2
+    exit 1
+fi
 sudo=""
 [ "$(id -u)" -ne 0 ] && sudo="sudo"
 echo "installing ${missing[*]} (apt-get)" >&2
