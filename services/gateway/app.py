@@ -23,7 +23,7 @@ from loraplex.gateway.routes.adapters import adapter_router
 from loraplex.gateway.service import GatewayService
 from loraplex.gateway.settings import GatewaySettings
 from loraplex.gateway.streams import StreamRouter
-from loraplex.protocol import RequestError, Subjects, TokenDelta
+from loraplex.protocol import RequestError, SchedulerStats, Subjects, TokenDelta
 from loraplex.tenants import load_tenants
 from loraplex.text.tokenizer import Tokenizer
 
@@ -66,6 +66,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             await bus.subscribe(
                 Subjects.stream(settings.gateway_id), streams.dispatch, (TokenDelta, RequestError)
             )
+            await bus.subscribe(Subjects.STATS, metrics.on_scheduler_stats, SchedulerStats)
             store = None
             if store_app is not None:
                 await stack.enter_async_context(store_app.router.lifespan_context(store_app))

@@ -2,7 +2,8 @@
 
 What the gateway itself observes: requests by route and status, time to first token, inter-token
 latency, end-to-end latency, tokens per tenant, requests in flight, stray stream messages.
-Queue depth, KV and adapter-slot gauges are the scheduler's and workers' to export.
+Queue depth, fairness counters, KV and adapter-slot gauges come from the scheduler's
+``SchedulerStats`` broadcast (``loraplex.sched.stats``), so every gateway can show them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from loraplex.protocol import SchedulerStats
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -81,6 +84,37 @@ class GatewayMetrics:
             "stream messages for requests no longer open (dropped)",
             registry=r,
         )
+
+        self.queue_depth = Gauge(
+            "loraplex_queue_depth", "requests waiting in the scheduler", ["tenant"], registry=r
+        )
+        self.tenant_service = Gauge(
+            "loraplex_tenant_service", "fairness counter (weighted tokens served)", ["tenant"], registry=r
+        )
+        self.worker_gauges = {
+            key: Gauge(f"loraplex_worker_{key}", f"per-worker {key.replace('_', ' ')}", ["worker"], registry=r)
+            for key in (
+                "kv_blocks_used",
+                "kv_blocks_total",
+                "kv_blocks_committed",
+                "running",
+                "waiting",
+                "adapter_slots_used",
+                "adapter_slots_total",
+            )
+        }
+
+    async def on_scheduler_stats(self, stats: SchedulerStats) -> None:
+        for tenant, n in stats.queued.items():
+            self.queue_depth.labels(tenant).set(n)
+        for tenant, c in stats.counters.items():
+            self.tenant_service.labels(tenant).set(c)
+        for gauge in self.worker_gauges.values():
+            gauge.clear()  # workers that left disappear from the scrape
+        for worker, values in stats.workers.items():
+            for key, value in values.items():
+                if key in self.worker_gauges:
+                    self.worker_gauges[key].labels(worker).set(value)
 
     def bind_orphans(self, read: Callable[[], int]) -> None:
         self.orphans.set_function(read)

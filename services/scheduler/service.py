@@ -16,6 +16,7 @@ from loraplex.protocol import (
     PrefetchAdapter,
     RequestError,
     RequestProgress,
+    SchedulerStats,
     Subjects,
     SubmitReply,
     SubmitRequest,
@@ -66,7 +67,11 @@ class SchedulerService:
         await self.bus.subscribe(Subjects.USAGE, self._on_progress, RequestProgress)
         if self.s.redis_url:
             await self._restore_counters()
-        self._tasks = [asyncio.create_task(self._dispatch_loop()), asyncio.create_task(self._liveness_loop())]
+        self._tasks = [
+            asyncio.create_task(self._dispatch_loop()),
+            asyncio.create_task(self._liveness_loop()),
+            asyncio.create_task(self._stats_loop()),
+        ]
         await self.bus.flush()
         log.info("scheduler ready (fairness=%s)", self.s.fairness)
 
@@ -250,6 +255,30 @@ class SchedulerService:
                 job.workers.discard(wid)
                 await self._recover(job, f"worker {wid} stopped responding")
         self._kick.set()
+
+    def stats(self) -> SchedulerStats:
+        queued = {t: self.policy.queue_len(t) for t in self.policy.counters()}
+        workers = {
+            wid: {
+                "kv_blocks_used": w.hb.total_blocks - w.hb.free_blocks,
+                "kv_blocks_total": w.hb.total_blocks,
+                "kv_blocks_committed": w.committed_blocks,
+                "running": w.hb.running,
+                "waiting": w.hb.waiting,
+                "adapter_slots_used": w.hb.adapter_slots_used,
+                "adapter_slots_total": w.hb.adapter_slots_total,
+            }
+            for wid, w in self.registry.workers.items()
+        }
+        return SchedulerStats(queued, self.policy.counters(), workers)
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self._bus().publish(Subjects.STATS, self.stats())
+            except Exception as e:  # NATS reconnecting
+                log.debug("stats not published: %s", e)
 
     # ---- counters in Redis (survive a scheduler restart) -------------------------------------
     async def _restore_counters(self) -> None:

@@ -32,6 +32,7 @@ class Subjects:
     HEARTBEAT = "loraplex.sched.heartbeat"  # workers -> scheduler: WorkerHeartbeat
     USAGE = "loraplex.sched.usage"  # workers -> scheduler: UsageReport, RequestDone
     ADAPTER_EVENTS = "loraplex.adapters.events"  # adapter-store -> all: AdapterEvent
+    STATS = "loraplex.sched.stats"  # scheduler -> gateways (for /metrics), every second: SchedulerStats
 
     @staticmethod
     def worker(worker_id: str) -> str:
@@ -269,6 +270,18 @@ class WorkerHeartbeat(Message):
     adapters: list[str] = field(default_factory=list)  # resident on device or host
     draining: bool = False
     ts: float = 0.0
+    adapter_slots_used: int = 0
+    adapter_slots_total: int = 0
+
+
+@dataclass(frozen=True)
+class SchedulerStats(Message):
+    """scheduler -> gateways: what /metrics shows about queues, fairness counters and workers."""
+
+    TAG: ClassVar[str] = "sched_stats"
+    queued: dict[str, int]  # tenant -> requests waiting in the scheduler
+    counters: dict[str, float]  # tenant -> fairness counter (weighted service)
+    workers: dict[str, dict[str, float]]  # worker id -> kv_used, kv_total, running, slots_used, ...
 
 
 @dataclass(frozen=True)

@@ -112,3 +112,24 @@ def test_errors_are_openai_shaped(disagg_stack, model_id, body, status):
         disagg_stack.urls["gateway"] + "/v1/completions", json={"model": model_id, "prompt": "hi", "max_tokens": 2}, timeout=30
     )
     assert ok.status_code == 200
+
+
+def test_metrics_show_latency_queue_kv_and_slots(client, disagg_stack, model_id):
+    import time
+
+    client.completions.create(model=model_id, prompt=[1, 2, 3], max_tokens=4)
+    deadline = time.monotonic() + 10
+    while True:  # the scheduler broadcasts stats every second
+        text = httpx.get(disagg_stack.urls["gateway"] + "/metrics", timeout=10).text
+        if "loraplex_worker_kv_blocks_total" in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    for name in (
+        "loraplex_gateway_time_to_first_token_seconds_count",
+        "loraplex_gateway_inter_token_latency_seconds_count",
+        'loraplex_gateway_tokens_total{kind="completion",tenant="default"}',
+        'loraplex_worker_kv_blocks_total{worker="decode-0"} 512.0',
+        'loraplex_worker_adapter_slots_total{worker="decode-0"} 8.0',
+        "loraplex_tenant_service",
+    ):
+        assert name in text, name

@@ -298,5 +298,7 @@ class Worker:
                 adapters=self.pager.names(),
                 draining=self.draining,
                 ts=time.time(),
+                adapter_slots_used=len(e.slots.resident()),
+                adapter_slots_total=e.slots.num_slots,
             ),
         )
