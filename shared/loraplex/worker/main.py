@@ -25,6 +25,7 @@ def make_engine(s: WorkerSettings) -> LLMEngine:
         num_kv_blocks=s.num_kv_blocks,
         max_loras=s.max_loras,
         max_lora_rank=s.max_lora_rank,
+        kv_cache_memory_mb=env.KV_CACHE_MEMORY.get(),
     )
     return LLMEngine(s.model, config, dtype=s.dtype, device=s.device)
 
