@@ -127,9 +127,14 @@ class Generation:
             ) from None
 
     def _apply(self, msg: TokenDelta) -> TextDelta | None:
-        self._observe_latency(len(msg.token_ids))
+        # ``completion_tokens`` counts the worker's tokens up to and including this delta.  After a
+        # re-dispatch the new worker starts again from the first token: skip what was already shown.
+        first_index = msg.completion_tokens - len(msg.token_ids)
+        skip = max(0, self.completion_tokens - first_index) if msg.completion_tokens else 0
+        token_ids = msg.token_ids[skip:]
+        self._observe_latency(len(token_ids))
         pieces: list[str] = []
-        for token_id in msg.token_ids:
+        for token_id in token_ids:
             if self._detok.stopped is not None:
                 break
             self.completion_tokens += 1
