@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import platform
 import re
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,6 +42,47 @@ def machine_line() -> str:
         f"{cpu_model()}, {num_cores()} cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
     )
+
+
+def cpu_stall_us() -> int | None:
+    """Total microseconds in which some runnable task waited for a CPU (Linux PSI), if available."""
+    try:
+        first = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    fields = dict(kv.split("=") for kv in first.split()[1:])
+    return int(fields["total"])
+
+
+def cpu_pressure_avg10() -> float | None:
+    """Share (%) of the last ~10 s in which some runnable task waited for a CPU (Linux PSI)."""
+    try:
+        first = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    return float(dict(kv.split("=") for kv in first.split()[1:])["avg10"])
+
+
+def wait_for_quiet(
+    max_pressure: float, timeout_s: float = 120.0, poll_s: float = 2.0
+) -> float | None:
+    """Sleep until the box's 10-s CPU pressure is below ``max_pressure`` % (or ``timeout_s`` passes).
+
+    Returns the last reading (None without PSI).  Use before a timed run on a shared machine.
+    """
+    deadline = time.monotonic() + timeout_s
+    level = cpu_pressure_avg10()
+    while level is not None and level >= max_pressure and time.monotonic() < deadline:
+        time.sleep(poll_s)
+        level = cpu_pressure_avg10()
+    return level
+
+
+def load_average() -> str:
+    try:
+        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
 
 
 def today() -> str:

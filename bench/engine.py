@@ -1,7 +1,7 @@
 """Generated tokens/s of mixed-adapter batches: loraplex vs HF transformers + PEFT vs a per-adapter loop.
 
     python bench/engine.py [--adapters 1,8,32] [--requests 64] [--prompt-len 128] [--output-len 64]
-                           [--hidden 512] [--layers 6] [--write-docs]
+                           [--hidden 512] [--layers 6] [--repeats 1] [--quiet PCT] [--write-docs]
 
 Every system gets the same ``--requests`` random prompts (exactly ``--prompt-len`` token ids, fixed
 seed) and decodes ``--output-len`` tokens greedily for each, ignoring EOS.  Request ``i`` uses adapter
@@ -14,7 +14,11 @@ seed) and decodes ``--output-len`` tokens greedily for each, ignoring EOS.  Requ
 
 tokens/s = requests * output_len / wall time of the call(s), prefill included.  A warm-up pass of
 each system over every adapter runs first (so every adapter is resident in a loraplex slot, as it is
-in the PeftModel).  The run also checks that loraplex's greedy tokens equal HF's.
+in the PeftModel).  With ``--repeats N`` the three systems run N times, interleaved, and the fastest
+run of each counts (the box may be shared: each kept run also records the system-wide CPU pressure,
+i.e. the share of its wall time in which some task waited for a CPU); ``--quiet PCT`` makes each
+timed run first wait (up to 2 min) for that pressure to fall below PCT %.  The run also checks
+that loraplex's greedy tokens equal HF's.
 """
 
 from __future__ import annotations
@@ -31,7 +35,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, markdown_table, num_cores, replace_doc_section, today  # noqa: E402
+from common import (  # noqa: E402
+    cpu_stall_us,
+    load_average,
+    machine_line,
+    markdown_table,
+    num_cores,
+    replace_doc_section,
+    today,
+    wait_for_quiet,
+)
 
 from loraplex import LLM, SamplingParams  # noqa: E402
 from loraplex.demo import (  # noqa: E402
@@ -60,6 +73,8 @@ class Args:
     output_len: int
     hidden: int
     layers: int
+    repeats: int
+    quiet: float
     write_docs: bool
 
 
@@ -73,6 +88,7 @@ class Workload:
 class Timed:
     tokens: Tokens
     seconds: float
+    pressure: float | None  # % of the wall time in which some task on the box waited for a CPU
 
 
 @dataclass(frozen=True)
@@ -87,21 +103,47 @@ class Row:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Args:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--adapters", default="1,8,32", help="comma-separated adapter counts")
     p.add_argument("--requests", type=int, default=64)
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=64)
     p.add_argument("--hidden", type=int, default=512, help="hidden size (head_dim 64)")
     p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--write-docs", action="store_true", help=f"update docs/benchmarks.md, section {SECTION!r}")
+    p.add_argument(
+        "--repeats", type=int, default=1, help="interleaved runs per system; fastest counts"
+    )
+    p.add_argument(
+        "--quiet",
+        type=float,
+        default=0.0,
+        metavar="PCT",
+        help="before each timed run, wait up to 2 min for the box's CPU pressure to drop below PCT %%",
+    )
+    p.add_argument(
+        "--write-docs", action="store_true", help=f"update docs/benchmarks.md, section {SECTION!r}"
+    )
     ns = p.parse_args(argv)
     counts = sorted({int(x) for x in ns.adapters.split(",") if x.strip()})
     if not counts or counts[0] < 1:
         p.error("--adapters needs positive counts")
     if ns.hidden % 64:
         p.error("--hidden must be a multiple of 64 (head_dim is 64)")
-    return Args(counts, ns.requests, ns.prompt_len, ns.output_len, ns.hidden, ns.layers, ns.write_docs)
+    if ns.repeats < 1:
+        p.error("--repeats must be >= 1")
+    return Args(
+        counts,
+        ns.requests,
+        ns.prompt_len,
+        ns.output_len,
+        ns.hidden,
+        ns.layers,
+        ns.repeats,
+        ns.quiet,
+        ns.write_docs,
+    )
 
 
 def model_spec(hidden: int, layers: int, vocab: int, max_positions: int) -> TinyModelSpec:
@@ -146,11 +188,21 @@ def assign(n_requests: int, names: Sequence[str]) -> list[str]:
     return [names[i % len(names)] for i in range(n_requests)]
 
 
-def timed(fn: Callable[[], Tokens]) -> Timed:
+def timed(fn: Callable[[], Tokens], quiet: float = 0.0) -> Timed:
+    """Run ``fn`` once; with ``quiet`` > 0 first wait for the box's CPU pressure to drop below it."""
     gc.collect()
-    start = time.perf_counter()
+    if quiet > 0:
+        wait_for_quiet(quiet)
+    stall, start = cpu_stall_us(), time.perf_counter()
     tokens = fn()
-    return Timed(tokens, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    after = cpu_stall_us()
+    pressure = None if stall is None or after is None else (after - stall) / 1e4 / seconds
+    return Timed(tokens, seconds, pressure)
+
+
+def fastest(a: Timed | None, b: Timed) -> Timed:
+    return b if a is None or b.seconds < a.seconds else a
 
 
 # ---- the three systems -------------------------------------------------------------------------
@@ -181,7 +233,8 @@ def run_loop(llm: LLM, prompts: Tokens, loras: list[str], output_len: int) -> To
     out: Tokens = [[] for _ in prompts]
     for name in dict.fromkeys(loras):
         rows = [i for i, lo in enumerate(loras) if lo == name]
-        for i, toks in zip(rows, run_loraplex(llm, [prompts[i] for i in rows], [name] * len(rows), output_len)):
+        tokens = run_loraplex(llm, [prompts[i] for i in rows], [name] * len(rows), output_len)
+        for i, toks in zip(rows, tokens, strict=True):
             out[i] = toks
     return out
 
@@ -236,20 +289,29 @@ def warm_up(llm: LLM, hf: torch.nn.Module, work: Workload, args: Args) -> None:
     run_hf(hf, work.prompts, loras, WARMUP_OUTPUT_LEN)
 
 
-def measure(llm: LLM, hf: torch.nn.Module, work: Workload, n: int, output_len: int) -> Row:
+def fmt_run(t: Timed) -> str:
+    stall = "" if t.pressure is None else f" (cpu pressure {t.pressure:.0f}%)"
+    return f"{t.seconds:.2f}s{stall}"
+
+
+def measure(llm: LLM, hf: torch.nn.Module, work: Workload, n: int, args: Args) -> Row:
+    """The three systems, ``args.repeats`` times interleaved; the fastest run of each is kept."""
     loras = assign(len(work.prompts), work.adapter_names[:n])
-    row = Row(
-        adapters=n,
-        loraplex=timed(lambda: run_loraplex(llm, work.prompts, loras, output_len)),
-        hf=timed(lambda: run_hf(hf, work.prompts, loras, output_len)),
-        loop=timed(lambda: run_loop(llm, work.prompts, loras, output_len)),
-    )
-    print(
-        f"  {n:>3} adapters: loraplex {row.loraplex.seconds:.2f}s  HF+PEFT {row.hf.seconds:.2f}s  "
-        f"loop {row.loop.seconds:.2f}s",
-        flush=True,
-    )
-    return row
+    systems: dict[str, Callable[[], Tokens]] = {
+        "loraplex": lambda: run_loraplex(llm, work.prompts, loras, args.output_len),
+        "hf": lambda: run_hf(hf, work.prompts, loras, args.output_len),
+        "loop": lambda: run_loop(llm, work.prompts, loras, args.output_len),
+    }
+    best: dict[str, Timed | None] = dict.fromkeys(systems)
+    for rep in range(args.repeats):
+        runs = {name: timed(fn, args.quiet) for name, fn in systems.items()}
+        print(
+            f"  {n:>3} adapters, run {rep + 1}: loraplex {fmt_run(runs['loraplex'])}  "
+            f"HF+PEFT {fmt_run(runs['hf'])}  loop {fmt_run(runs['loop'])}",
+            flush=True,
+        )
+        best = {name: fastest(best[name], t) for name, t in runs.items()}
+    return Row(n, *(t for t in best.values() if t is not None))
 
 
 def agreement(a: Tokens, b: Tokens) -> tuple[float, float]:
@@ -281,7 +343,9 @@ def results_table(rows: list[Row], generated: int) -> str:
     for r in rows:
         lp, hf, loop = (tok_s(t, generated) for t in (r.loraplex, r.hf, r.loop))
         vs_one = f"{lp / tok_s(one.loraplex, generated):.2f}x" if one else "n/a"
-        body.append([str(r.adapters), f"{lp:.0f}", f"{hf:.0f}", f"{loop:.0f}", f"{lp / hf:.2f}x", vs_one])
+        body.append(
+            [str(r.adapters), f"{lp:.0f}", f"{hf:.0f}", f"{loop:.0f}", f"{lp / hf:.2f}x", vs_one]
+        )
     return markdown_table(headers, body)
 
 
@@ -290,8 +354,23 @@ def agreement_table(rows: list[Row]) -> str:
     for r in rows:
         tok_hf, seq_hf = agreement(r.loraplex.tokens, r.hf.tokens)
         tok_loop, seq_loop = agreement(r.loraplex.tokens, r.loop.tokens)
-        body.append([str(r.adapters), f"{tok_hf:.1f}%", f"{seq_hf:.1f}%", f"{tok_loop:.1f}%", f"{seq_loop:.1f}%"])
+        body.append(
+            [
+                str(r.adapters),
+                f"{tok_hf:.1f}%",
+                f"{seq_hf:.1f}%",
+                f"{tok_loop:.1f}%",
+                f"{seq_loop:.1f}%",
+            ]
+        )
     headers = ["adapters", "tokens = HF", "requests = HF", "tokens = loop", "requests = loop"]
+    return markdown_table(headers, body)
+
+
+def runs_table(rows: list[Row]) -> str:
+    """Wall seconds of the kept runs, with the box's CPU pressure during each."""
+    headers = ["adapters", "loraplex s", "HF+PEFT s", "per-adapter loop s"]
+    body = [[str(r.adapters), *(fmt_run(t) for t in (r.loraplex, r.hf, r.loop))] for r in rows]
     return markdown_table(headers, body)
 
 
@@ -322,11 +401,19 @@ def describe_model(spec: TinyModelSpec, n_params: int) -> str:
     )
 
 
+def quiet_note(quiet: float) -> str:
+    if quiet <= 0:
+        return ""
+    return f"; each started once the CPU pressure was below {quiet:g}%, or after 2 min"
+
+
 def command_line(argv: Sequence[str]) -> str:
     return " ".join(["python", "bench/engine.py", *argv])
 
 
-def docs_body(rows: list[Row], args: Args, argv: Sequence[str], model: str, total_s: float) -> str:
+def docs_body(
+    rows: list[Row], args: Args, argv: Sequence[str], model: str, total_s: float, load: str
+) -> str:
     generated = args.requests * args.output_len
     return "\n".join(
         [
@@ -341,6 +428,12 @@ def docs_body(rows: list[Row], args: Args, argv: Sequence[str], model: str, tota
             "",
             results_table(rows, generated),
             "",
+            f"Wall time of the kept runs (fastest of {args.repeats}, interleaved"
+            f"{quiet_note(args.quiet)}) and the CPU pressure during each (share of the time some "
+            "task on the box waited for a CPU; high values mean other work competed for the cores):",
+            "",
+            runs_table(rows),
+            "",
             "Greedy agreement of loraplex with HF+PEFT and with the per-adapter loop:",
             "",
             agreement_table(rows),
@@ -351,7 +444,7 @@ def docs_body(rows: list[Row], args: Args, argv: Sequence[str], model: str, tota
             "",
             f"- Model: {model}.",
             f"- Command: `{command_line(argv)}` (whole run {total_s / 60:.1f} min, warm-up included).",
-            f"- Machine: {machine_line()}.",
+            f"- Machine: {machine_line()}; load average at start {load}.",
             f"- Date: {today()}.",
         ]
     )
@@ -364,27 +457,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     torch.set_num_threads(num_cores())
-    started = time.perf_counter()
+    started, load = time.perf_counter(), load_average()
     with tempfile.TemporaryDirectory(prefix="loraplex-bench-") as tmp:
         spec, paths = write_checkpoint(Path(tmp), args)
-        work = Workload(random_prompts(args.requests, args.prompt_len, spec.vocab_size), list(paths))
+        work = Workload(
+            random_prompts(args.requests, args.prompt_len, spec.vocab_size), list(paths)
+        )
         llm = build_loraplex(Path(tmp) / "model", paths, args)
         hf = build_hf(Path(tmp) / "model", paths)
         model = describe_model(spec, sum(p.numel() for p in llm.engine.model.parameters()))
         print(f"model: {model}\nmachine: {machine_line()}\nwarming up...", flush=True)
         warm_up(llm, hf, work, args)
-        rows = [measure(llm, hf, work, n, args.output_len) for n in args.adapters]
+        rows = [measure(llm, hf, work, n, args) for n in args.adapters]
     total = time.perf_counter() - started
     generated = args.requests * args.output_len
     print()
     print(results_table(rows, generated))
+    print()
+    print(runs_table(rows))
     print()
     print(agreement_table(rows))
     print()
     print("\n".join(target_lines(rows, generated)))
     print(f"\ntotal {total:.0f}s")
     if args.write_docs:
-        replace_doc_section(SECTION, docs_body(rows, args, argv, model, total))
+        replace_doc_section(SECTION, docs_body(rows, args, argv, model, total, load))
         print("updated docs/benchmarks.md")
     return 0
 

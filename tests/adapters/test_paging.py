@@ -11,6 +11,7 @@ compared with the offline ``loraplex.LLM`` loaded with the same PEFT files.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
 from loraplex import LLM, SamplingParams
 from loraplex.adapter_store.events import EventPublisher
 from loraplex.adapter_store.registrar import Registrar
@@ -77,7 +79,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoModelInfo:
 def adapter_dirs(demo: DemoModelInfo, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("paging-adapters")
     for key, (rank, targets, seed) in ADAPTERS.items():
-        write_random_adapter(root / key, demo.spec, rank=rank, alpha=2.0 * rank, targets=targets, seed=seed)
+        write_random_adapter(
+            root / key, demo.spec, rank=rank, alpha=2.0 * rank, targets=targets, seed=seed
+        )
     return {key: root / key for key in ADAPTERS}
 
 
@@ -86,7 +90,12 @@ class Reference:
 
     def __init__(self, demo: DemoModelInfo, adapter_dirs: dict[str, Path]) -> None:
         self.llm = LLM(
-            demo.model_dir, dtype="float32", device="cpu", max_loras=len(adapter_dirs), max_lora_rank=64, block_size=4
+            demo.model_dir,
+            dtype="float32",
+            device="cpu",
+            max_loras=len(adapter_dirs),
+            max_lora_rank=64,
+            block_size=4,
         )
         for key, path in adapter_dirs.items():
             self.llm.add_lora(key, path)
@@ -112,13 +121,15 @@ class Gateway:
 
     bus: Bus
     id: str = field(default_factory=lambda: f"gw-{uuid.uuid4().hex[:8]}")
-    deltas: dict[str, list[tuple[float, TokenDelta]]] = field(default_factory=lambda: defaultdict(list))
+    deltas: dict[str, list[tuple[float, TokenDelta]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
     errors: dict[str, RequestError] = field(default_factory=dict)
     done: dict[str, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
 
     async def start(self) -> None:
         await self.bus.subscribe(Subjects.stream(self.id), self._on_msg, (TokenDelta, RequestError))
-        await self.bus.flush()
+        await flush_subscriptions(self.bus)
 
     async def _on_msg(self, msg: TokenDelta | RequestError) -> None:
         if isinstance(msg, RequestError):
@@ -129,11 +140,15 @@ class Gateway:
         if msg.finish_reason is not None:
             self.done[msg.request_id].set()
 
-    async def submit(self, worker: Worker, prompt: list[int], adapter: str | None, max_tokens: int = 8) -> str:
+    async def submit(
+        self, worker: Worker, prompt: list[int], adapter: str | None, max_tokens: int = 8
+    ) -> str:
         rid = f"r-{uuid.uuid4().hex[:10]}"
         self.done[rid]  # noqa: B018  (create the event before any reply can arrive)
         sampling = SamplingSpec(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
-        sub = SubmitRequest(rid, TENANT.name, self.id, list(prompt), sampling, adapter, arrival_ts=time.time())
+        sub = SubmitRequest(
+            rid, TENANT.name, self.id, list(prompt), sampling, adapter, arrival_ts=time.time()
+        )
         await self.bus.publish(Subjects.worker(worker.id), PrefillAssign(sub))
         await self.bus.flush()
         return rid
@@ -164,6 +179,41 @@ class Gateway:
     async def first_delta(self, rid: str) -> None:
         await until(lambda: bool(self.deltas[rid]) or rid in self.errors)
         assert rid not in self.errors, self.errors[rid]
+
+
+class Gate:
+    """Holds the worker's engine loop before its next step while shut (the step runs in a
+    thread, so the event loop keeps serving NATS, fetches and heartbeats meanwhile); lets a test
+    line requests and adapter events up deterministically instead of racing the decoder."""
+
+    def __init__(self, worker: Worker) -> None:
+        self._open = threading.Event()
+        self._open.set()
+        self.parked = threading.Event()
+        self._step = worker.engine.step
+        worker.engine.step = self._gated_step  # type: ignore[method-assign]
+
+    def _gated_step(self):  # type: ignore[no-untyped-def]
+        if not self._open.is_set():
+            self.parked.set()
+            self._open.wait()
+        return self._step()
+
+    def shut(self) -> None:
+        """The next step waits (callable from the engine loop itself)."""
+        self._open.clear()
+
+    async def close(self) -> None:
+        """Shut and wait until the engine loop is parked before a step."""
+        self.shut()
+        await self.wait_parked()
+
+    async def wait_parked(self) -> None:
+        await until(self.parked.is_set, what="engine loop parked at the gate")
+
+    def open(self) -> None:
+        self.parked.clear()
+        self._open.set()
 
 
 @dataclass
@@ -201,7 +251,8 @@ class Harness:
         max_loras: int = 2,
         host_cache_mb: int = 1024,
         heartbeat_interval_s: float = 0.5,
-        wrap_fetch: Callable[[Callable[[str], Awaitable[tuple[bytes, bytes, str]]]], object] | None = None,
+        wrap_fetch: Callable[[Callable[[str], Awaitable[tuple[bytes, bytes, str]]]], object]
+        | None = None,
     ) -> AsyncIterator[Worker]:
         settings = WorkerSettings(
             role="both",
@@ -223,15 +274,31 @@ class Harness:
         fetch, store = make_fetch(self.redis_url)
         assert fetch is not None and store is not None
         worker = Worker(settings, engine, wrap_fetch(fetch) if wrap_fetch else fetch)  # type: ignore[arg-type]
+        worker.gate = Gate(worker)  # type: ignore[attr-defined]
         await worker.start()
+        await flush_subscriptions(worker.bus)  # type: ignore[arg-type]
         try:
             yield worker
         finally:
+            worker.gate.open()  # type: ignore[attr-defined]
             await worker.stop()
             await store.close()  # type: ignore[attr-defined]
 
 
-async def until(cond: Callable[[], bool], timeout: float = TIMEOUT, what: str = "condition") -> None:
+async def flush_subscriptions(bus: Bus) -> None:
+    """Make sure the server has processed this connection's SUBs before anyone publishes.
+
+    nats-py 2.16 writes flush()'s PING straight to the socket, ahead of commands still queued
+    for its flusher task (such as a SUB just issued), so one PONG does not prove the SUB
+    arrived; a second PING is queued behind it.  (``Worker.start`` flushes once only.)
+    """
+    await bus.flush()
+    await bus.flush()
+
+
+async def until(
+    cond: Callable[[], bool], timeout: float = TIMEOUT, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
@@ -240,7 +307,10 @@ async def until(cond: Callable[[], bool], timeout: float = TIMEOUT, what: str = 
 
 
 async def idle(worker: Worker) -> None:
-    await until(lambda: not worker.active and not worker.engine.has_unfinished() and not worker.inbox, what="idle worker")
+    await until(
+        lambda: not worker.active and not worker.engine.has_unfinished() and not worker.inbox,
+        what="idle worker",
+    )
 
 
 @pytest.fixture
@@ -298,7 +368,9 @@ async def test_first_request_pages_adapter_from_redis(h: Harness, ref: Reference
 
 
 # ---- (b) the running batch keeps decoding while another adapter pages in ------------------
-async def test_running_request_keeps_decoding_while_adapter_pages_in(h: Harness, ref: Reference) -> None:
+async def test_running_request_keeps_decoding_while_adapter_pages_in(
+    h: Harness, ref: Reference
+) -> None:
     await h.register("b")
     name = h.name("b")
     gw = h.gateway
@@ -317,7 +389,7 @@ async def test_running_request_keeps_decoding_while_adapter_pages_in(h: Harness,
 
     async with h.worker(wrap_fetch=slow) as w:
         long_prompt = PROMPTS[2]
-        long_rid = await gw.submit(w, long_prompt, None, max_tokens=1000)
+        long_rid = await gw.submit(w, long_prompt, None, max_tokens=2000)  # cancelled below
         await gw.first_delta(long_rid)
 
         rid = await gw.submit(w, PROMPTS[0], name)
@@ -336,15 +408,19 @@ async def test_running_request_keeps_decoding_while_adapter_pages_in(h: Harness,
         assert gw.first_ts(rid) > end
 
         in_window = [ts for ts, _ in gw.deltas[long_rid] if start < ts < end]
-        assert not gw.done[long_rid].is_set() or gw.finish_ts(long_rid) > end, "long request ended too soon"
-        assert len(in_window) >= 5, f"only {len(in_window)} tokens of the running request during the fetch"
+        assert not gw.done[long_rid].is_set() or gw.finish_ts(long_rid) > end, (
+            "long request ended too soon"
+        )
+        assert len(in_window) >= 5, (
+            f"only {len(in_window)} tokens of the running request during the fetch"
+        )
         mid = (start + end) / 2
         assert any(ts < mid for ts in in_window) and any(ts > mid for ts in in_window)
 
         await gw.cancel(w, long_rid)
         await idle(w)
         produced = gw.token_ids(long_rid)
-        assert len(produced) < 1000
+        assert len(produced) < 2000
         n = min(len(produced), 48)
         assert produced[:n] == ref(None, long_prompt, n)
         assert w.pager.loads == 1
@@ -409,14 +485,35 @@ async def test_slot_and_host_eviction_reload_and_pins(h: Harness, ref: Reference
         assert w.pager.cache.names() == [ekey["a"]]
 
         # Pinned entries stay: "a" serves a running request while "big" pages in over budget.
+        # The gate lines "big" up while "a" has most of its tokens to go; the state is read on
+        # the engine loop when big's request lets go of its adapter.
+        seen: dict[str, object] = {}
+        unpin = w.pager.unpin
+
+        def watching_unpin(key: str) -> None:
+            if key == ekey["big"]:
+                seen.update(
+                    long_running=w.engine.scheduler.find(long_rid) is not None,
+                    a_in_host=ekey["a"] in w.pager.cache,
+                    a_in_engine=ekey["a"] in w.engine.adapters,
+                    a_slot_pins=w.engine.slots.pinned(ekey["a"]),
+                    host_used=w.pager.cache.used,
+                )
+            unpin(key)
+
+        w.pager.unpin = watching_unpin  # type: ignore[method-assign]
         long_rid = await gw.submit(w, PROMPTS[2], h.name("a"), max_tokens=40)
         await gw.first_delta(long_rid)
+        await w.gate.close()
         big_rid = await gw.submit(w, PROMPTS[3], h.name("big"))
+        await until(lambda: len(w.inbox) == 2, what="big's install and add queued")
+        w.gate.open()
         assert await gw.tokens(big_rid) == ref("big", PROMPTS[3])
-        assert not gw.done[long_rid].is_set(), "the long request ended before the check"
-        assert ekey["a"] in w.pager.cache and ekey["a"] in w.engine.adapters
-        assert w.engine.slots.slot_of(ekey["a"]) is not None and w.engine.slots.pinned(ekey["a"])
         assert await gw.tokens(long_rid) == ref("a", PROMPTS[2], 40)
+        w.pager.unpin = unpin  # type: ignore[method-assign]
+        assert seen["long_running"], "the long request ended before big's did"
+        assert seen["a_in_host"] and seen["a_in_engine"] and seen["a_slot_pins"] == 1
+        assert seen["host_used"] > w.pager.cache.budget  # over budget rather than evict a pin
         await idle(w)
         # "big" was unpinned first and over budget, so it went; "a" fits and stays.
         assert w.pager.cache.names() == [ekey["a"]]
@@ -429,7 +526,10 @@ async def test_slot_and_host_eviction_reload_and_pins(h: Harness, ref: Reference
         rid_c = await gw.submit(w, PROMPTS[1], h.name("c"), max_tokens=24)
         await gw.first_delta(rid_a)
         await gw.first_delta(rid_c)
+        await w.gate.close()
         rid_b = await gw.submit(w, PROMPTS[2], h.name("b"))
+        await until(lambda: len(w.inbox) == 2, what="b's install and add queued")
+        w.gate.open()
         assert await gw.tokens(rid_b) == ref("b", PROMPTS[2])
         assert await gw.tokens(rid_a) == ref("a", PROMPTS[0], 24)
         assert await gw.tokens(rid_c) == ref("c", PROMPTS[1], 24)
@@ -451,24 +551,51 @@ async def test_replace_and_delete_events(h: Harness, ref: Reference) -> None:
         assert old_tokens == ref("a", PROMPTS[0])
         old_key = f"{name}@{v1}"
 
-        # A long request holds the old copy while the adapter is replaced upstream.
+        # A long request holds the old copy while the adapter is replaced upstream.  The gate
+        # holds the engine between two of its steps (the long request still has most of its
+        # tokens to go) until the event has been applied and the next request is lined up.
+        seen: dict[str, object] = {}
+        unpin, invalidate = w.pager.unpin, w.pager.invalidate
+
+        def watching_unpin(key: str) -> None:
+            if key == new_key:
+                seen.update(
+                    long_running=w.engine.scheduler.find(long_rid) is not None,
+                    old_in_engine=old_key in w.engine.adapters,
+                    current=w.pager.current.get(name),
+                )
+            unpin(key)
+
+        def invalidate_then_hold(adapter: str) -> None:
+            invalidate(adapter)
+            w.gate.shut()
+
+        w.pager.unpin = watching_unpin  # type: ignore[method-assign]
+        w.pager.invalidate = invalidate_then_hold  # type: ignore[method-assign]
         long_rid = await gw.submit(w, PROMPTS[1], name, max_tokens=40)
         await gw.first_delta(long_rid)
+        await w.gate.close()
         v2 = await h.register("a2", as_key="a", replace=True)
         assert v2 > v1
-        await until(lambda: name not in w.pager.current, what="replace event applied")
-        assert w.engine.scheduler.find(long_rid) is not None, "the long request ended too soon"
-        assert old_key in w.engine.adapters  # still serving the running request
-
+        new_key = f"{name}@{v2}"
+        await until(lambda: len(w.inbox) == 1, what="the replace event queued")
+        w.gate.open()  # one more step, then the event is applied and the gate shuts again
+        await w.gate.wait_parked()
+        assert name not in w.pager.current
+        assert old_key in w.engine.adapters and w.engine.scheduler.find(long_rid) is not None
         rid = await gw.submit(w, PROMPTS[0], name)
+        await until(lambda: len(w.inbox) == 2, what="the new request's install and add queued")
+        w.gate.open()
+
         new_tokens = await gw.tokens(rid)
         assert new_tokens == ref("a2", PROMPTS[0]) and new_tokens != old_tokens
-        assert w.pager.current[name] == f"{name}@{v2}"
+        assert seen == {"long_running": True, "old_in_engine": True, "current": new_key}
         assert w.pager.loads == 2
 
         # The running request finished on the old weights; then the stale copy was dropped.
         assert await gw.tokens(long_rid) == ref("a", PROMPTS[1], 40)
-        assert gw.first_ts(rid) < gw.finish_ts(long_rid)  # both copies were in use at once
+        assert gw.first_ts(rid) < gw.finish_ts(long_rid)
+        w.pager.unpin, w.pager.invalidate = unpin, invalidate  # type: ignore[method-assign]
         await idle(w)
         assert old_key not in w.engine.adapters and old_key not in w.pager.cache
         assert f"{name}@{v2}" in w.engine.adapters
@@ -499,6 +626,7 @@ async def test_heartbeat_reports_resident_adapters_and_prefetch(h: Harness, ref:
                 beats.append(hb)
 
         await gw.bus.subscribe(Subjects.HEARTBEAT, on_beat, WorkerHeartbeat)
+        await flush_subscriptions(gw.bus)
         await until(lambda: bool(beats), what="a heartbeat")
         assert beats[-1].adapters == []
 
@@ -529,4 +657,133 @@ async def test_heartbeat_reports_resident_adapters_and_prefetch(h: Harness, ref:
 
         # Deleted upstream: no longer reported.
         await h.delete("c")
-        await until(lambda: name not in beats[-1].adapters, what="deleted adapter gone from heartbeats")
+        await until(
+            lambda: name not in beats[-1].adapters, what="deleted adapter gone from heartbeats"
+        )
+
+
+# ---- known bugs in the worker/pager (strict xfail: these pass once fixed) -----------------
+def held(fetched: asyncio.Event, release: asyncio.Event):  # type: ignore[no-untyped-def]
+    """A fetch wrapper: reads Redis, says so, then waits for ``release`` before returning."""
+
+    def wrap(fetch):  # type: ignore[no-untyped-def]
+        async def fetch_held(adapter: str) -> tuple[bytes, bytes, str]:
+            got = await fetch(adapter)
+            fetched.set()
+            await release.wait()
+            return got
+
+        return fetch_held
+
+    return wrap
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: Worker._on_control awaits _on_assign, so a request's adapter fetch holds up "
+    "every later control message to the worker (nats-py runs one subscription's callbacks "
+    "one at a time): a base request sent during the fetch is admitted only after it",
+)
+async def test_requests_are_admitted_while_another_adapter_pages_in(
+    h: Harness, ref: Reference
+) -> None:
+    await h.register("b")
+    gw = h.gateway
+    fetched, release = asyncio.Event(), asyncio.Event()
+    async with h.worker(wrap_fetch=held(fetched, release)) as w:
+        paging = await gw.submit(w, PROMPTS[0], h.name("b"))
+        await asyncio.wait_for(fetched.wait(), TIMEOUT)
+        base = await gw.submit(w, PROMPTS[1], None)
+        try:
+            done = await asyncio.wait_for(gw.done[base].wait(), 5.0)
+        except asyncio.TimeoutError:
+            done = False
+        release.set()
+        assert await gw.tokens(paging) == ref("b", PROMPTS[0])
+        assert done, "the base request waited for another request's adapter fetch"
+        assert await gw.tokens(base) == ref(None, PROMPTS[1])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: AdapterPager.prepare reads `current` on the event loop but the replace event "
+    "is applied (invalidate) only on the engine loop between steps; a request arriving in "
+    "between resolves to the old key, which invalidate then drops, so it fails with 400 "
+    "'adapter ... is not registered' (or gets the old weights if the old copy is pinned)",
+)
+async def test_request_after_replace_event_gets_new_weights_while_engine_busy(
+    h: Harness, ref: Reference
+) -> None:
+    await h.register("a")
+    name = h.name("a")
+    gw = h.gateway
+    async with h.worker() as w:
+        assert await gw.tokens(await gw.submit(w, PROMPTS[0], name)) == ref("a", PROMPTS[0])
+        busy = await gw.submit(w, PROMPTS[2], None, max_tokens=2000)  # keeps the engine stepping
+        await gw.first_delta(busy)
+        await w.gate.close()
+        await h.register("a2", as_key="a", replace=True)
+        await until(lambda: len(w.inbox) == 1, what="the replace event queued")
+        rid = await gw.submit(w, PROMPTS[0], name)  # sent after the worker got the event
+        await until(lambda: len(w.inbox) == 3, what="the request's install and add queued")
+        w.gate.open()
+        await gw.wait(rid)
+        await gw.cancel(w, busy)
+        assert rid not in gw.errors, gw.errors.get(rid)
+        assert gw.token_ids(rid) == ref("a2", PROMPTS[0]), "served by the replaced adapter"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a fetch in flight when the adapter is replaced installs the old version as "
+    "`current` after the event was applied; later requests keep getting the old weights",
+)
+async def test_fetch_in_flight_across_replace_is_not_kept(h: Harness, ref: Reference) -> None:
+    await h.register("a")
+    name = h.name("a")
+    gw = h.gateway
+    fetched, release = asyncio.Event(), asyncio.Event()
+    async with h.worker(wrap_fetch=held(fetched, release)) as w:
+        applied = asyncio.Event()
+        invalidate = w.pager.invalidate
+
+        def spy(adapter: str) -> None:
+            invalidate(adapter)
+            applied.set()
+
+        w.pager.invalidate = spy  # type: ignore[method-assign]
+        first = await gw.submit(w, PROMPTS[0], name)
+        await asyncio.wait_for(fetched.wait(), TIMEOUT)  # it has read version 1
+        await h.register("a2", as_key="a", replace=True)
+        await asyncio.wait_for(applied.wait(), TIMEOUT)
+        release.set()
+        await gw.tokens(first)  # sent before the replace: either version is fine
+        later = await gw.submit(w, PROMPTS[0], name)
+        assert await gw.tokens(later) == ref("a2", PROMPTS[0]), "stale copy kept after replace"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: AdapterPager.prepare returns (key, None) for a resident adapter; if another "
+    "install evicts it from the host tier before this request's install runs, install cannot "
+    "re-add it and the request fails with 400 'adapter ... is not registered'",
+)
+async def test_adapter_evicted_between_prepare_and_install(h: Harness, ref: Reference) -> None:
+    await h.register("a")
+    await h.register("big")
+    gw = h.gateway
+    async with h.worker(host_cache_mb=1) as w:
+        assert await gw.tokens(await gw.submit(w, PROMPTS[0], h.name("a"))) == ref("a", PROMPTS[0])
+        busy = await gw.submit(w, PROMPTS[2], None, max_tokens=2000)
+        await gw.first_delta(busy)
+        await w.gate.close()
+        big = await gw.submit(w, PROMPTS[1], h.name("big"))  # will evict "a" (1 MiB budget)
+        await until(lambda: len(w.inbox) == 2, what="big's install and add queued")
+        again = await gw.submit(w, PROMPTS[3], h.name("a"))  # "a" is resident right now
+        await until(lambda: len(w.inbox) == 4, what="a's install and add queued")
+        w.gate.open()
+        assert await gw.tokens(big) == ref("big", PROMPTS[1])
+        await gw.wait(again)
+        await gw.cancel(w, busy)
+        assert again not in gw.errors, gw.errors.get(again)
+        assert gw.token_ids(again) == ref("a", PROMPTS[3])

@@ -46,8 +46,6 @@ from loraplex.scheduler.service import COUNTERS_KEY, SchedulerService
 from loraplex.scheduler.settings import SchedulerSettings
 from tests.stack.conftest import launch
 
-pytestmark = pytest.mark.slow
-
 W_P, W_Q = 1.0, 2.0  # the scheduler's default cost weights
 KEYS = {"A": "sk-fairness-test-tenant-a-4f1c", "B": "sk-fairness-test-tenant-b-9e27"}
 IN_FLIGHT = {"A": 16, "B": 4}  # A sends 4x as many requests as B
@@ -101,7 +99,7 @@ class Done:
 
 
 @dataclass
-class Bus:
+class BusWatch:
     """A plain NATS subscriber: heartbeats and the scheduler's assignments to workers."""
 
     nc: nats.aio.client.Client
@@ -117,8 +115,9 @@ class Bus:
         if isinstance(m, PrefillAssign):
             self.assigned.append((msg.subject.rsplit(".", 1)[1], m))
 
-    def worker_of(self, request_count: int) -> str:
-        return self.assigned[request_count][0]
+    def worker_of(self, index: int) -> str:
+        """The worker the ``index``-th assignment seen went to (``-1``: the latest)."""
+        return self.assigned[index][0]
 
     async def wait_for(self, cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -132,17 +131,19 @@ class Bus:
         for _ in range(2):
             seen = {w: hb.ts for w, hb in self.heartbeats.items()}
             await self.wait_for(
-                lambda seen=seen: len(self.heartbeats) >= workers
-                and all(hb.ts > seen.get(w, 0) for w, hb in self.heartbeats.items())
-                and all(hb.running == 0 and hb.waiting == 0 for hb in self.heartbeats.values()),
+                lambda seen=seen: (
+                    len(self.heartbeats) >= workers
+                    and all(hb.ts > seen.get(w, 0) for w, hb in self.heartbeats.items())
+                    and all(hb.running == 0 and hb.waiting == 0 for hb in self.heartbeats.values())
+                ),
                 "idle workers",
             )
 
 
 @contextlib.asynccontextmanager
-async def watch_bus(nats_url: str) -> AsyncIterator[Bus]:
+async def watch_bus(nats_url: str) -> AsyncIterator[BusWatch]:
     nc = await nats.connect(nats_url)
-    bus = Bus(nc)
+    bus = BusWatch(nc)
     await nc.subscribe(Subjects.HEARTBEAT, cb=bus._on_heartbeat)
     await nc.subscribe(Subjects.worker("*"), cb=bus._on_worker)
     await nc.flush()
@@ -178,7 +179,9 @@ async def backlogged_run(stack: Stack) -> list[Done]:
     ]
     try:
         waiter = asyncio.create_task(enough.wait())
-        finished, _ = await asyncio.wait([waiter, *tasks], timeout=RUN_CAP_S, return_when="FIRST_COMPLETED")
+        finished, _ = await asyncio.wait(
+            [waiter, *tasks], timeout=RUN_CAP_S, return_when=asyncio.FIRST_COMPLETED
+        )
         for t in finished:
             if t is not waiter:
                 t.result()  # a client loop ended: raise its error
@@ -198,6 +201,7 @@ def service_in_window(done: list[Done]) -> dict[str, float]:
     return {t: sum(d.service for d in window if d.tenant == t) for t in KEYS}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fair_stack", ["vtc", "fcfs"], indirect=True)
 def test_backlogged_tenants_service(fair_stack):
     done = asyncio.run(backlogged_run(fair_stack))
@@ -214,7 +218,11 @@ def test_backlogged_tenants_service(fair_stack):
 # ---- 2. adapter placement prefers the worker holding the adapter ------------------------------
 async def completion(client: openai.AsyncOpenAI, model: str, max_tokens: int = 4) -> None:
     await client.completions.create(
-        model=model, prompt=PROMPT, max_tokens=max_tokens, temperature=0, extra_body={"ignore_eos": True}
+        model=model,
+        prompt=PROMPT,
+        max_tokens=max_tokens,
+        temperature=0,
+        extra_body={"ignore_eos": True},
     )
 
 
@@ -263,6 +271,7 @@ async def placement_run(stack: Stack) -> None:
             await s.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fair_stack", ["vtc"], indirect=True)
 def test_adapter_placement_prefers_resident_worker(fair_stack):
     asyncio.run(placement_run(fair_stack))
@@ -304,8 +313,14 @@ class FakeWorker:
         first = tokens // 2
         common = {"request_id": req.request_id, "tenant": req.tenant, "worker_id": self.id}
         plen = len(req.prompt_token_ids)
-        for event, new, total in [("tokens", first, first), ("tokens", tokens - first, tokens), ("finished", 0, tokens)]:
-            p = RequestProgress(event=event, new_tokens=new, prompt_tokens=plen, completion_tokens=total, **common)
+        for event, new, total in [
+            ("tokens", first, first),
+            ("tokens", tokens - first, tokens),
+            ("finished", 0, tokens),
+        ]:
+            p = RequestProgress(
+                event=event, new_tokens=new, prompt_tokens=plen, completion_tokens=total, **common
+            )
             await self.nc.publish(Subjects.USAGE, encode(p))
         await self.nc.flush()
 
@@ -315,10 +330,14 @@ class FakeWorker:
 
 async def submit(nc: nats.aio.client.Client, rid: str, tenant: str, prompt_len: int) -> None:
     """Submit as a gateway would; retried while the scheduler has not yet heard a heartbeat (503)."""
-    sub = SubmitRequest(rid, tenant, "gw-test", list(range(prompt_len)), SamplingSpec(max_tokens=64))
+    sub = SubmitRequest(
+        rid, tenant, "gw-test", list(range(prompt_len)), SamplingSpec(max_tokens=64)
+    )
     deadline = time.monotonic() + 10
     while True:
-        reply = decode((await nc.request(Subjects.SUBMIT, encode(sub), timeout=5)).data, SubmitReply)
+        reply = decode(
+            (await nc.request(Subjects.SUBMIT, encode(sub), timeout=5)).data, SubmitReply
+        )
         if reply.accepted or reply.code != 503 or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.1)
@@ -343,7 +362,15 @@ async def wait_saved(redis_url: str, cond: Callable[[dict[str, float]], bool]) -
 
 
 async def start_scheduler_process(nats_url: str, redis_url: str, log: Path) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "loraplex.scheduler", "--nats-url", nats_url, "--redis-url", redis_url]
+    argv = [
+        sys.executable,
+        "-m",
+        "loraplex.scheduler",
+        "--nats-url",
+        nats_url,
+        "--redis-url",
+        redis_url,
+    ]
     with open(log, "ab") as out:
         proc = subprocess.Popen([*argv, "--fairness", "vtc"], stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
