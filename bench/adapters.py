@@ -1,7 +1,7 @@
 """Adapter paging: cold-load latency of Llama-2-7B-sized adapters, and hit rates / tokens/s of a
 worker serving 1000 adapters under Zipf popularity.
 
-    python bench/adapters.py [--ranks 8,16,64] [--repeats 3]
+    python bench/adapters.py [--ranks 8,16,64] [--repeats 5]
                              [--catalog 1000] [--requests 600] [--warmup 200] [--alphas 1.0,1.5]
                              [--slots 16] [--host-cache-mb 64] [--concurrency 32]
                              [--prompt-len 16] [--output-len 8] [--skip-cold] [--skip-zipf]
@@ -65,7 +65,7 @@ import torch
 from safetensors.torch import save as save_safetensors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, markdown_table, replace_doc_section, today  # noqa: E402
+from common import machine_line, markdown_table, num_cores, replace_doc_section, today  # noqa: E402
 
 from loraplex.adapters.store import AdapterStore  # noqa: E402
 from loraplex.bus import Bus  # noqa: E402
@@ -140,7 +140,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Args:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--ranks", default="8,16,64", help="cold-load: comma-separated adapter ranks")
-    p.add_argument("--repeats", type=int, default=3, help="cold-load: runs per cell (median)")
+    p.add_argument("--repeats", type=int, default=5, help="cold-load: runs per cell (median)")
     p.add_argument("--catalog", type=int, default=1000, help="zipf: registered adapters")
     p.add_argument("--requests", type=int, default=600, help="zipf: measured requests per run")
     p.add_argument("--warmup", type=int, default=200, help="zipf: unmeasured requests first")
@@ -251,6 +251,7 @@ class ColdRow:
     host_mb: float
     slot_mb: float
     redis: dict[str, float]  # stage -> median seconds
+    redis_best: float  # fastest Redis -> slot total
     disk_warm: dict[str, float]
     disk_cold: dict[str, float]
 
@@ -330,6 +331,7 @@ async def cold_load(args: Args, redis_url: str, root: Path) -> list[ColdRow]:
                 host_mb=host_bytes / MB,
                 slot_mb=slots.nbytes / MB,
                 redis=_median(redis_runs),
+                redis_best=min(r["total"] for r in redis_runs),
                 disk_warm=_median(warm_runs),
                 disk_cold=_median(cold_runs),
             )
@@ -364,10 +366,9 @@ class Client:
 
     async def start(self) -> None:
         await self.bus.subscribe(Subjects.stream(self.id), self._on_msg, (TokenDelta, RequestError))
+        # nats-py writes flush()'s PING ahead of a SUB still queued: a second PING follows the SUB
         await self.bus.flush()
-        await (
-            self.bus.flush()
-        )  # nats-py sends flush's PING ahead of a queued SUB: a second one follows it
+        await self.bus.flush()
 
     async def _on_msg(self, msg: TokenDelta | RequestError) -> None:
         if isinstance(msg, RequestError):
@@ -378,21 +379,18 @@ class Client:
         if msg.finish_reason is not None:
             self.done[msg.request_id].set()
 
-    async def run(
-        self, worker_id: str, prompt: list[int], adapter: str, max_tokens: int
-    ) -> tuple[str, float]:
+    async def run(self, worker_id: str, prompt: list[int], adapter: str, max_tokens: int) -> str:
         rid = f"b-{uuid.uuid4().hex[:12]}"
         sampling = SamplingSpec(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
         sub = SubmitRequest(rid, OWNER, self.id, prompt, sampling, adapter, arrival_ts=time.time())
         done = self.done[rid]
-        t0 = time.perf_counter()
         await self.bus.publish(Subjects.worker(worker_id), PrefillAssign(sub))
         try:
             await asyncio.wait_for(done.wait(), 120.0)
         except asyncio.TimeoutError:
             await self.bus.publish(Subjects.worker(worker_id), CancelRequest(rid))
             self.errors[rid] = RequestError(rid, 504, "no answer within 120 s")
-        return rid, time.perf_counter() - t0
+        return rid
 
 
 @dataclass
@@ -512,7 +510,7 @@ async def zipf_run(
             async with sem:
                 t0 = time.perf_counter()
                 for attempt in range(4):
-                    rid, _ = await client.run(worker.id, prompt, adapter, args.output_len)
+                    rid = await client.run(worker.id, prompt, adapter, args.output_len)
                     if rid not in client.errors:
                         break
                     if attempt < 3:
@@ -603,23 +601,19 @@ def ms(x: float) -> str:
     return f"{x * 1000:.0f}" if x >= 0.1 else f"{x * 1000:.1f}"
 
 
-def cold_table(rows: list[ColdRow]) -> str:
-    headers = [
-        "rank",
-        "file (MiB)",
-        "Redis fetch + sha256 (ms)",
-        "of which sha256",
-        "parse (ms)",
-        "copy to slot (ms)",
-        "Redis -> slot total (ms)",
-        "disk read, page cache (ms)",
-        "disk total, page cache (ms)",
-        "disk read, dropped cache (ms)",
-        "disk total, dropped cache (ms)",
-    ]
-    body = []
-    for r in rows:
-        body.append(
+def cold_tables(rows: list[ColdRow]) -> tuple[str, str]:
+    redis = markdown_table(
+        [
+            "rank",
+            "file (MiB)",
+            "Redis fetch + sha256 (ms)",
+            "of which sha256 (ms)",
+            "parse (ms)",
+            "copy to slot (ms)",
+            "total, p50 (ms)",
+            "total, best (ms)",
+        ],
+        [
             [
                 str(r.rank),
                 f"{r.file_mb:.0f}",
@@ -628,13 +622,33 @@ def cold_table(rows: list[ColdRow]) -> str:
                 ms(r.redis["parse"]),
                 ms(r.redis["copy"]),
                 ms(r.redis["total"]),
+                ms(r.redis_best),
+            ]
+            for r in rows
+        ],
+    )
+    disk = markdown_table(
+        [
+            "rank",
+            "read, page cache (ms)",
+            "total, page cache (ms)",
+            "read, cache dropped (ms)",
+            "total, cache dropped (ms)",
+            "Redis total / disk total (page cache)",
+        ],
+        [
+            [
+                str(r.rank),
                 ms(r.disk_warm["read"]),
                 ms(r.disk_warm["total"]),
                 ms(r.disk_cold["read"]),
                 ms(r.disk_cold["total"]),
+                f"{r.redis['total'] / r.disk_warm['total']:.1f}x",
             ]
-        )
-    return markdown_table(headers, body)
+            for r in rows
+        ],
+    )
+    return redis, disk
 
 
 def zipf_table(rows: list[ZipfRow]) -> str:
@@ -674,7 +688,12 @@ def zipf_table(rows: list[ZipfRow]) -> str:
 
 
 def docs_body(
-    args: Args, argv: Sequence[str], cold: list[ColdRow], zrows: list[ZipfRow], seconds: float
+    args: Args,
+    argv: Sequence[str],
+    cold: list[ColdRow],
+    zrows: list[ZipfRow],
+    seconds: float,
+    load: tuple[float, float],
 ) -> str:
     cmd = " ".join(["python", "bench/adapters.py", *argv])
     parts = [
@@ -682,8 +701,9 @@ def docs_body(
         "",
         f'Machine: {machine_line()}.  No GPU: the engine runs on the CPU, so the "device" slot copy '
         "is a host-to-host copy here (on a GPU it is a pinned-host-to-HBM transfer), and Redis runs on "
-        "the same machine (loopback, no network).  Other jobs shared the machine, so absolute numbers "
-        "are noisy.",
+        "the same machine (loopback, no network).  Other jobs shared the machine (1-minute load "
+        f"average {load[0]:.1f} at the start, {load[1]:.1f} at the end, on {num_cores()} cores), so "
+        "absolute numbers are noisy: compare within a table, not across runs.",
     ]
     if cold:
         parts += [
@@ -692,16 +712,21 @@ def docs_body(
             "",
             f"One PEFT adapter per rank targeting q, k, v, o, gate, up and down in all 32 layers "
             f"(hidden 4096, intermediate 11008), random fp16 tensors; median of {args.repeats} runs.  "
-            "*Redis fetch + sha256*: `AdapterStore.fetch` (chunked HMGETs of 512 KiB chunks, then its "
-            "sha256 check); *of which sha256*: hashing the same bytes once more, on its own; *parse*: "
-            "`parse_adapter` against the Llama-2-7B `ModelConfig` (shape/rank validation, B pre-scaled, "
-            "fp32 conversion, NaN/inf check); *copy to slot*: `LoraWeights.load` into one fp16 slot "
-            "(`max_loras=1`, `max_rank` = the adapter's rank).  The disk columns read the same two PEFT "
-            "files from local disk instead of Redis (then the same parse and copy), from the page "
-            "cache, and after `posix_fadvise(DONTNEED)` on the weights file (best effort; how cold that "
-            "is depends on the kernel and the virtual disk).",
+            "Redis -> device slot, the path a worker takes on a miss.  *Redis fetch + sha256*: "
+            "`AdapterStore.fetch` (sequential HMGETs of 16 x 512 KiB chunks each, then its sha256 "
+            "check); *of which sha256*: hashing the same bytes once more, on its own; *parse*: "
+            "`parse_adapter` against the Llama-2-7B `ModelConfig` (shape/rank validation, B "
+            "pre-scaled, fp32 conversion, NaN/inf check; in a thread, as the pager runs it); *copy to "
+            "slot*: `LoraWeights.load` into one fp16 slot (`max_loras=1`, `max_rank` = the adapter's "
+            "rank); *best*: the fastest of the runs.",
             "",
-            cold_table(cold),
+            cold_tables(cold)[0],
+            "",
+            "The same adapter from local files instead of Redis (read both PEFT files, then the same "
+            "parse and copy), from the page cache, and after `posix_fadvise(DONTNEED)` on the weights "
+            "file (best effort: how cold that is depends on the kernel and the virtual disk).",
+            "",
+            cold_tables(cold)[1],
             "",
             "Parsed adapters are held in fp32 on the host: "
             + ", ".join(f"rank {r.rank} {r.host_mb:.0f} MiB" for r in cold)
@@ -746,6 +771,7 @@ def docs_body(
 
 async def amain(args: Args, argv: Sequence[str]) -> int:
     started = time.perf_counter()
+    load_before = os.getloadavg()[0]
     torch.manual_seed(args.seed)
     with tempfile.TemporaryDirectory(prefix="loraplex-bench-adapters-") as tmp:
         root = Path(tmp)
@@ -764,13 +790,14 @@ async def amain(args: Args, argv: Sequence[str]) -> int:
             nats.stop()
             redis.stop()
     seconds = time.perf_counter() - started
+    load = (load_before, os.getloadavg()[0])
     if cold:
-        print("\n" + cold_table(cold))
+        print("\n" + "\n\n".join(cold_tables(cold)))
     if zrows:
         print("\n" + zipf_table(zrows))
     print(f"\ntotal {seconds:.0f}s")
     if args.write_docs:
-        replace_doc_section(SECTION, docs_body(args, argv, cold, zrows, seconds))
+        replace_doc_section(SECTION, docs_body(args, argv, cold, zrows, seconds, load))
         print("updated docs/benchmarks.md")
     return 0
 

@@ -39,9 +39,11 @@ import dataclasses
 import importlib.util
 import json
 import math
+import re
 import statistics
 import sys
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +88,7 @@ from loraplex.model.llama import LlamaForCausalLM  # noqa: E402
 SECTION = "Kernels on the GPU (bench/kernels.py)"
 TARGET_FLOOR_X = 2.0  # SGMV/BGMV time / floor
 TARGET_OVERHEAD = 0.10  # decode step with 32 distinct rank-16 adapters vs no adapters
+BIG_FLOOR_S = 10e-6  # rows with a smaller floor are dominated by kernel launch latency
 POPULARITIES = ("distinct", "uniform", "zipf")
 PARTS = ("lora", "attn", "decode")
 
@@ -281,20 +284,23 @@ class CudaTimer:
             how,
         )
 
-    def time_synced(self, fn: Callable[[], object], iters: int) -> Timing:
-        """Engine-like: one call at a time, synchronised after each (host time included)."""
+    def time_synced(self, fns: Sequence[Callable[[], object]], iters: int) -> list[float]:
+        """Engine-like: one call at a time, synchronised after each (host time included); the
+        callables take turns, so drifting clocks affect them alike.  Median seconds of each."""
         for _ in range(self.warmup):
-            fn()
+            for fn in fns:
+                fn()
         torch.cuda.synchronize()
-        times = []
+        times: list[list[float]] = [[] for _ in fns]
         for _ in range(iters):
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            e.synchronize()
-            times.append(s.elapsed_time(e) / 1e3)
-        return Timing(statistics.median(times), "eager")
+            for fn, acc in zip(fns, times, strict=True):
+                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                s.record()
+                fn()
+                e.record()
+                e.synchronize()
+                acc.append(s.elapsed_time(e) / 1e3)
+        return [statistics.median(t) for t in times]
 
 
 class CpuTimer:
@@ -315,8 +321,17 @@ class CpuTimer:
             times.append(time.perf_counter() - t0)
         return Timing(statistics.median(times), "cpu")
 
-    def time_synced(self, fn: Callable[[], object], iters: int) -> Timing:
-        return CpuTimer(iters, self.warmup).time(fn)
+    def time_synced(self, fns: Sequence[Callable[[], object]], iters: int) -> list[float]:
+        for _ in range(self.warmup):
+            for fn in fns:
+                fn()
+        times: list[list[float]] = [[] for _ in fns]
+        for _ in range(iters):
+            for fn, acc in zip(fns, times, strict=True):
+                t0 = time.perf_counter()
+                fn()
+                acc.append(time.perf_counter() - t0)
+        return [statistics.median(t) for t in times]
 
 
 Timer = CudaTimer | CpuTimer
@@ -870,9 +885,7 @@ def bench_decode(env: Env) -> StepResult:
         if not (torch.isfinite(out_base).all() and torch.isfinite(out_lora).all()):
             res.notes.append("non-finite logits")
         res.lora_changes_logits = bool((out_base != out_lora).any())
-        iters = a.step_iters
-        res.eager_base = env.timer.time_synced(base, iters).seconds
-        res.eager_lora = env.timer.time_synced(with_lora, iters).seconds
+        res.eager_base, res.eager_lora = env.timer.time_synced([base, with_lora], a.step_iters)
         log(
             f"  decode eager: base {res.eager_base * 1e3:.2f} ms, lora {res.eager_lora * 1e3:.2f} ms"
         )
@@ -1408,7 +1421,9 @@ def attention_section(pre: list[AttnRow], dec: list[AttnRow], env: Env) -> list[
     ]
 
 
-def target_lines(lora: list[LoraRow] | None, step: StepResult | None) -> list[str]:
+def target_lines(
+    lora: list[LoraRow] | None, step: StepResult | None, failures: Sequence[str] = ()
+) -> list[str]:
     lines = ["### Targets", ""]
     if step is not None:
         for label, base, lo in (
@@ -1428,13 +1443,18 @@ def target_lines(lora: list[LoraRow] | None, step: StepResult | None) -> list[st
             if not sel:
                 continue
             ok = sum(r.x_floor <= TARGET_FLOOR_X for r in sel)
+            big = [r for r in sel if r.floor_s >= BIG_FLOOR_S]
+            ok_big = sum(r.x_floor <= TARGET_FLOOR_X for r in big)
             worst = max(sel, key=lambda r: r.x_floor)
+            c = worst.case
             lines.append(
-                f"- {mode.upper()} within {TARGET_FLOOR_X:g}x of the floor: {ok}/{len(sel)} rows; "
-                f"median {statistics.median(r.x_floor for r in sel):.2f}x, worst "
-                f"{worst.x_floor:.2f}x ({worst.case.group}, {shape_label(worst.case)}, "
-                f"{worst.case.adapters} adapters {worst.case.popularity}, ranks {worst.case.rank_label})"
+                f"- {mode.upper()} within {TARGET_FLOOR_X:g}x of the floor: {ok}/{len(sel)} rows "
+                f"({ok_big}/{len(big)} of those with a floor >= {BIG_FLOOR_S * 1e6:.0f} µs, where "
+                f"launch latency matters less); median {statistics.median(r.x_floor for r in sel):.2f}x, "
+                f"worst {worst.x_floor:.2f}x ({c.group}, {shape_label(c)}, {c.adapters} adapters "
+                f"{c.popularity}, ranks {c.rank_label})"
             )
+    lines += [f"- {f}" for f in failures]
     return lines
 
 
@@ -1444,6 +1464,7 @@ class Results:
     prefill: list[AttnRow] | None = None
     decode_attn: list[AttnRow] | None = None
     step: StepResult | None = None
+    failures: list[str] = field(default_factory=list)
 
 
 def command_line(argv: Sequence[str]) -> str:
@@ -1479,12 +1500,13 @@ def render(res: Results, env: Env, argv: Sequence[str]) -> str:
     ]
     if env.smoke:
         head = [
-            "**CPU SMOKE RUN: torch twins on tiny shapes, wall-clock timing. Not for the docs.**",
+            f"**CPU SMOKE RUN: {env.ops.backend} kernels on tiny shapes, wall-clock timing. "
+            "Not for the docs.**",
             "",
             *head,
         ]
     parts = [*head, ""]
-    parts += target_lines(res.lora, res.step) + [""]
+    parts += target_lines(res.lora, res.step, res.failures) + [""]
     if res.lora is not None:
         parts += lora_section(res.lora, env) + [""]
     if res.step is not None:
@@ -1507,6 +1529,7 @@ def to_json(res: Results, env: Env) -> dict[str, Any]:
         "prefill_attention": [dataclasses.asdict(r) for r in res.prefill or []],
         "decode_attention": [dataclasses.asdict(r) for r in res.decode_attn or []],
         "decode_step": dataclasses.asdict(res.step) if res.step else None,
+        "failures": res.failures,
     }
 
 
@@ -1535,6 +1558,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="warm-up runs (default 5)")
     p.add_argument("--no-graphs", dest="graphs", action="store_false", help="time eager launches")
     p.add_argument("--no-flex", dest="flex", action="store_false", help="skip FlexAttention")
+    p.add_argument(
+        "--max-rank", type=int, default=None, help="slot storage rank (default 64; smoke 8)"
+    )
     p.add_argument("--layers", type=int, default=None, help="decode step layers (default 32)")
     p.add_argument("--batch", type=int, default=None, help="decode step batch (default 32)")
     p.add_argument(
@@ -1548,7 +1574,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--md", help="write the docs section (markdown) here after every part")
     p.add_argument("--json", help="write all numbers here after every part")
     p.add_argument("--write-docs", action="store_true", help=f"replace section {SECTION!r}")
-    p.add_argument("--docs-from", help="only put FILE (from --md) into docs/benchmarks.md")
+    p.add_argument(
+        "--docs-from",
+        nargs="+",
+        metavar="FILE",
+        help="only put these --md files (merged, one per run) into docs/benchmarks.md",
+    )
     a = p.parse_args(argv)
     smoke = a.smoke
     defaults = {
@@ -1584,20 +1615,62 @@ def make_env(a: argparse.Namespace) -> Env:
         timer = CudaTimer(a.reps, a.warmup, a.graphs)
         grid, raw = (QUICK_GRID if a.quick else FULL_GRID), LLAMA2_7B
     cfg = ModelConfig.from_hf_dict({**raw, "num_hidden_layers": a.layers})
-    if a.decode_rank > grid.max_rank:
-        raise SystemExit(f"--decode-rank {a.decode_rank} exceeds the slot rank {grid.max_rank}")
+    if a.max_rank is not None:
+        grid = dataclasses.replace(grid, max_rank=a.max_rank)
+    top = max(a.decode_rank, *(r for p in grid.rank_patterns for r in p), *grid.load_ranks)
+    if top > grid.max_rank:
+        raise SystemExit(f"rank {top} exceeds the slot storage rank {grid.max_rank} (--max-rank)")
     return Env(a.smoke, dev, dtype, get_ops(dev), timer, grid, cfg, a)  # type: ignore[arg-type]
+
+
+def run_part(part: str, env: Env, res: Results) -> None:
+    if part == "lora":
+        res.lora = bench_lora(env)
+    elif part == "attn":
+        res.prefill = bench_prefill_attention(env)
+        res.decode_attn = bench_decode_attention(env)
+    elif part == "decode":
+        res.step = bench_decode(env)
+
+
+def section_parts(text: str) -> tuple[str, list[str]]:
+    """A section made by --md: (header before the first ``### ``, the ``### `` subsections)."""
+    if text.startswith("## "):
+        text = text.split("\n", 1)[1]
+    head, *subs = re.split(r"(?m)^(?=### )", text)
+    return head.strip(), [x.strip() for x in subs]
+
+
+def merge_sections(texts: Sequence[str]) -> str:
+    """One docs section from several runs (e.g. ``--only lora`` and ``--only attn,decode``):
+    the first run's header with every run's command, the target bullets of all runs, and the
+    other subsections in order (a later run's copy of a subsection replaces an earlier one)."""
+    heads, subs, targets = [], {}, []
+    for text in texts:
+        head, parts = section_parts(text)
+        heads.append(head)
+        for sub in parts:
+            title = sub.split("\n", 1)[0]
+            if title == "### Targets":
+                targets += [ln for ln in sub.splitlines() if ln.startswith("- ")]
+            else:
+                subs[title] = sub
+    commands = [ln for h in heads for ln in h.splitlines() if ln.startswith("Command: ")]
+    rest = [ln for ln in heads[0].splitlines() if not ln.startswith("Command: ")]
+    out = ["\n".join(commands), "\n".join(rest).strip(), "### Targets\n\n" + "\n".join(targets)]
+    return "\n\n".join([*out, *subs.values()]).strip() + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = parse_args(argv)
     if a.docs_from:
-        text = Path(a.docs_from).read_text()
-        if text.startswith("## "):
-            text = text.split("\n", 1)[1]
-        replace_doc_section(SECTION, text)
-        print(f"docs/benchmarks.md: section {SECTION!r} replaced from {a.docs_from}")
+        texts = [Path(f).read_text() for f in a.docs_from]
+        if any("CPU SMOKE RUN" in t for t in texts):
+            print("bench/kernels.py: refusing to put --smoke output into the docs", file=sys.stderr)
+            return 2
+        replace_doc_section(SECTION, merge_sections(texts))
+        print(f"docs/benchmarks.md: section {SECTION!r} replaced from {', '.join(a.docs_from)}")
         return 0
     if not a.smoke and not torch.cuda.is_available():
         print(
@@ -1618,19 +1691,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"matmul {fmt_rate(env.mm_rate, 'FLOP')}"
     )
     res = Results()
-    if "lora" in a.parts:
-        res.lora = bench_lora(env)
-        emit(res, env, argv)
-    if "attn" in a.parts:
-        res.prefill = bench_prefill_attention(env)
-        res.decode_attn = bench_decode_attention(env)
-        emit(res, env, argv)
-    if "decode" in a.parts:
-        res.step = bench_decode(env)
+    for part in a.parts:
+        log(f"[{time.perf_counter() - t0:.0f} s] part {part}")
+        try:
+            run_part(part, env, res)
+        except Exception as e:  # noqa: BLE001 - keep the other parts' numbers
+            traceback.print_exc()
+            res.failures.append(f"part {part!r} FAILED: {type(e).__name__}: {str(e)[:200]}")
         if env.device.type == "cuda":
+            torch.cuda.synchronize()
             torch.cuda.empty_cache()
+        emit(res, env, argv)
     body = emit(res, env, argv)
     print(body)
+    for line in target_lines(res.lora, res.step, res.failures)[2:]:
+        log(line)
     log(f"total {time.perf_counter() - t0:.0f} s")
     if a.write_docs:
         replace_doc_section(SECTION, body)

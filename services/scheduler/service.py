@@ -30,7 +30,7 @@ from loraplex.scheduler.settings import SchedulerSettings
 from loraplex.scheduler.workers import Placement, WorkerRegistry, WorkerState
 
 log = logging.getLogger(__name__)
-COUNTERS_KEY = "loraplex:scheduler:counters"
+COUNTERS_SUFFIX = ":scheduler:counters"
 
 
 @dataclass
@@ -256,6 +256,10 @@ class SchedulerService:
                 await self._recover(job, f"worker {wid} stopped responding")
         self._kick.set()
 
+    @property
+    def counters_key(self) -> str:
+        return self.s.redis_prefix + COUNTERS_SUFFIX
+
     def stats(self) -> SchedulerStats:
         queued = {t: self.policy.queue_len(t) for t in self.policy.counters()}
         workers = {
@@ -286,7 +290,7 @@ class SchedulerService:
 
         self.redis = aioredis.Redis.from_url(self.s.redis_url, socket_connect_timeout=2.0)
         try:
-            raw = await self.redis.get(COUNTERS_KEY)
+            raw = await self.redis.get(self.counters_key)
         except Exception as e:
             log.warning("cannot read counters from Redis: %s", e)
             return
@@ -294,6 +298,10 @@ class SchedulerService:
             state = json.loads(raw)
             if state.get("policy") == self.policy.name:
                 state["queues"], state["running"] = {}, {}  # requests do not survive; counters do
+                # Times are monotonic-clock readings of the old process: meaningless here.
+                state["clock"] = 0.0
+                if self.policy.name == "rpm":
+                    state["extra"] = {}
                 self.policy.restore(state)
                 log.info("restored fairness counters: %s", self.policy.counters())
 
@@ -301,7 +309,7 @@ class SchedulerService:
         if self.redis is None:
             return
         try:
-            await self.redis.set(COUNTERS_KEY, json.dumps(self.policy.snapshot()))
+            await self.redis.set(self.counters_key, json.dumps(self.policy.snapshot()))
             self._counters_dirty = False
         except Exception as e:
             log.warning("cannot save counters to Redis: %s", e)

@@ -22,11 +22,14 @@ class SchedulerSettings:
     w_p: float = 1.0
     w_q: float = 2.0
     rpm_limit: int = 60
+    rpm_window_s: float = 60.0
+    redis_prefix: str = "loraplex"
 
     def policy_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {"w_p": self.w_p, "w_q": self.w_q}
         if self.fairness == "rpm":
             opts["limit"] = self.rpm_limit
+            opts["window_s"] = self.rpm_window_s
         return opts
 
 
@@ -42,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-attempts", type=int, default=3, help="dispatch attempts before a request fails")
     p.add_argument("--w-p", type=float, default=1.0, help="VTC weight of an input token")
     p.add_argument("--w-q", type=float, default=2.0, help="VTC weight of an output token")
-    p.add_argument("--rpm-limit", type=int, default=60, help="requests per minute per tenant (--fairness rpm)")
+    p.add_argument("--rpm-limit", type=int, default=60, help="requests per window per tenant (--fairness rpm)")
+    p.add_argument("--rpm-window", type=float, default=60.0, help="seconds of the RPM window (--fairness rpm)")
+    p.add_argument("--redis-prefix", default=env.REDIS_PREFIX.get(), help="prefix of the scheduler's Redis keys")
     return p
 
 
@@ -59,4 +64,6 @@ def settings_from_args(a: argparse.Namespace) -> SchedulerSettings:
         w_p=a.w_p,
         w_q=a.w_q,
         rpm_limit=a.rpm_limit,
+        rpm_window_s=a.rpm_window,
+        redis_prefix=a.redis_prefix,
     )

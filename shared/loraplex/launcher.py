@@ -72,6 +72,7 @@ def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--max-lora-rank", type=int, default=64)
     p.add_argument("--num-kv-blocks", type=int, default=None, help="KV blocks per worker (default: derived)")
     p.add_argument("--fairness", choices=["vtc", "fcfs", "lcf", "rpm"], default="vtc")
+    p.add_argument("--rpm-limit", type=int, default=60, help="requests per minute per tenant (--fairness rpm)")
     p.add_argument("--nats-url", default=None, help="use this NATS instead of starting one")
     p.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
@@ -168,7 +169,9 @@ def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]
         "adapter-store", "loraplex.adapter_store", "--port", str(store_port), "--model", model,
         "--max-lora-rank", str(args.max_lora_rank), *common, *tenants,
     )  # fmt: skip
-    stack.spawn("scheduler", "loraplex.scheduler", "--fairness", args.fairness, *common, *tenants)
+    stack.spawn(
+        "scheduler", "loraplex.scheduler", "--fairness", args.fairness, "--rpm-limit", str(args.rpm_limit), *common, *tenants
+    )
     worker_args = [
         "--model", model, "--dtype", args.dtype, "--max-num-seqs", str(args.max_num_seqs),
         "--max-loras", str(args.max_loras), "--max-lora-rank", str(args.max_lora_rank), *common,

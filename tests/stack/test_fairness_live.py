@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +42,7 @@ from loraplex.protocol import (
     decode,
     encode,
 )
-from loraplex.scheduler.service import COUNTERS_KEY, SchedulerService
+from loraplex.scheduler.service import COUNTERS_SUFFIX, SchedulerService
 from loraplex.scheduler.settings import SchedulerSettings
 from tests.stack.conftest import launch
 
@@ -115,8 +115,9 @@ class BusWatch:
         if isinstance(m, PrefillAssign):
             self.assigned.append((msg.subject.rsplit(".", 1)[1], m))
 
-    def worker_of(self, index: int) -> str:
-        """The worker the ``index``-th assignment seen went to (``-1``: the latest)."""
+    async def placed(self, index: int) -> str:
+        """The worker that the ``index``-th assignment seen (counting from 0) went to."""
+        await self.wait_for(lambda: len(self.assigned) > index, f"assignment #{index}")
         return self.assigned[index][0]
 
     async def wait_for(self, cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
@@ -243,10 +244,15 @@ async def placement_run(stack: Stack) -> None:
         resident = {a for hb in bus.heartbeats.values() for a in hb.adapters}
         x, y = [n for n in names if n not in resident][:2]
 
+        async def where(request: Awaitable[object]) -> tuple[str, object]:
+            """Send a request; return the worker the scheduler placed it on (and its result)."""
+            index = len(bus.assigned)
+            result = await request
+            return await bus.placed(index), result
+
         # X lands on some worker W_x; Y, sent while X runs there, goes to the emptier worker.
-        x_stream = await long_stream(client, x)
-        await completion(client, y)
-        w_x, w_y = bus.worker_of(-2), bus.worker_of(-1)
+        w_x, x_stream = await where(long_stream(client, x))
+        w_y, _ = await where(completion(client, y))
         assert w_x != w_y, "Y should go to the idle worker while X runs"
         await x_stream.close()
         await bus.wait_for(
@@ -258,17 +264,17 @@ async def placement_run(stack: Stack) -> None:
         # Both idle: each adapter goes back to the worker that holds it.  One of the two is not the
         # worker that load and worker id alone would pick, so residency is what decided.
         for adapter, expected in [(x, w_x), (y, w_y), (y, w_y), (x, w_x)]:
-            await completion(client, adapter)
-            assert bus.worker_of(-1) == expected, f"{adapter} went to {bus.worker_of(-1)}"
+            worker, _ = await where(completion(client, adapter))
+            assert worker == expected, f"{adapter} went to {worker}, not to {expected} holding it"
         assert y not in bus.heartbeats[w_x].adapters, "Y was never placed on W_x"
 
         # W_y full (2 running Y requests): the next Y request goes to W_x rather than wait.
-        streams = [await long_stream(client, y) for _ in range(2)]
-        assert [bus.worker_of(-2), bus.worker_of(-1)] == [w_y, w_y]
-        await completion(client, y)
-        assert bus.worker_of(-1) == w_x, "with W_y full, Y should go to the worker with room"
-        for s in streams:
-            await s.close()
+        running = [await where(long_stream(client, y)) for _ in range(2)]
+        assert [w for w, _ in running] == [w_y, w_y]
+        worker, _ = await where(completion(client, y))
+        assert worker == w_x, "with W_y full, Y should go to the worker with room"
+        for _, stream in running:
+            await stream.close()  # type: ignore[attr-defined]
 
 
 @pytest.mark.slow
@@ -347,7 +353,7 @@ async def submit(nc: nats.aio.client.Client, rid: str, tenant: str, prompt_len: 
 def saved_counters(redis_url: str) -> dict[str, float]:
     r = redis.Redis.from_url(redis_url)
     try:
-        raw = r.get(COUNTERS_KEY)
+        raw = r.get("loraplex" + COUNTERS_SUFFIX)
     finally:
         r.close()
     return json.loads(raw)["counters"] if raw else {}
@@ -391,7 +397,7 @@ async def charge_service(nc: nats.aio.client.Client, worker: FakeWorker) -> None
 
 async def test_counters_survive_scheduler_restart(nats_url, redis_url, tmp_path):
     with redis.Redis.from_url(redis_url) as r:
-        r.delete(COUNTERS_KEY)
+        r.delete("loraplex" + COUNTERS_SUFFIX)
     nc = await nats.connect(nats_url)
     worker = FakeWorker(nc, "fake-restart-0", max_num_seqs=1)
     await worker.start()
