@@ -695,7 +695,7 @@ async def test_requests_are_admitted_while_another_adapter_pages_in(
         await asyncio.wait_for(fetched.wait(), TIMEOUT)
         base = await gw.submit(w, PROMPTS[1], None)
         try:
-            done = await asyncio.wait_for(gw.done[base].wait(), 5.0)
+            done = await asyncio.wait_for(gw.done[base].wait(), 2.0)
         except asyncio.TimeoutError:
             done = False
         release.set()

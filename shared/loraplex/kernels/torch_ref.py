@@ -150,17 +150,17 @@ def prefill_attention(
     of the prompt lengths; returns [T, H, D].
     """
     out = torch.empty_like(q)
-    groups = q.shape[1] // k.shape[1]
-    for s, e in zip(cu_seqlens[:-1], cu_seqlens[1:]):
+    gqa = q.shape[1] != k.shape[1]  # SDPA broadcasts KV heads itself: no repeat_interleave copies
+    for s, e in zip(cu_seqlens[:-1], cu_seqlens[1:], strict=True):
         qs = q[s:e].transpose(0, 1)  # [H, L, D]
-        ks = k[s:e].transpose(0, 1).repeat_interleave(groups, dim=0)
-        vs = v[s:e].transpose(0, 1).repeat_interleave(groups, dim=0)
+        ks = k[s:e].transpose(0, 1)  # [KVH, L, D]
+        vs = v[s:e].transpose(0, 1)
         if sliding_window is None or sliding_window >= e - s:
-            o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale)
+            o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=gqa)
         else:
             pos = torch.arange(e - s, device=q.device)
             mask = _window_mask(pos, pos, sliding_window)
-            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale)
+            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale, enable_gqa=gqa)
         out[s:e] = o.transpose(0, 1)
     return out
 
@@ -182,18 +182,20 @@ def paged_decode_attention(
     returns [B, H, D].
     """
     bsz, heads, d = q.shape
-    block_size, kvh = k_cache.shape[1], k_cache.shape[2]
-    k = k_cache[block_tables].reshape(bsz, -1, kvh, d)  # [B, max_ctx, KVH, D]
-    v = v_cache[block_tables].reshape(bsz, -1, kvh, d)
-    groups = heads // kvh
-    k = k.transpose(1, 2).repeat_interleave(groups, dim=1)  # [B, H, max_ctx, D]
-    v = v.transpose(1, 2).repeat_interleave(groups, dim=1)
+    kvh = k_cache.shape[2]
+    k = k_cache[block_tables].reshape(bsz, -1, kvh, d).transpose(1, 2)  # [B, KVH, max_ctx, D]
+    v = v_cache[block_tables].reshape(bsz, -1, kvh, d).transpose(1, 2)
     pos = torch.arange(k.shape[2], device=q.device)
     q_pos = (context_lens - 1).to(pos.dtype)
     mask = pos[None, :] < context_lens[:, None]
     if sliding_window is not None:
         mask &= pos[None, :] > q_pos[:, None] - sliding_window
     o = F.scaled_dot_product_attention(
-        q.unsqueeze(2), k.to(q.dtype), v.to(q.dtype), attn_mask=mask[:, None, None, :], scale=scale
+        q.unsqueeze(2),
+        k.to(q.dtype),
+        v.to(q.dtype),
+        attn_mask=mask[:, None, None, :],
+        scale=scale,
+        enable_gqa=heads != kvh,
     )
     return o.squeeze(2)
