@@ -317,6 +317,7 @@ class KVBegin(Message):
     dtype: str
     shape: list[int]  # of the exported payload [layers, 2, blocks, block_size, kv_heads, head_dim]
     prefill_worker: str = ""
+    chunk_size: int = 0  # bytes of every chunk but the last
 
 
 @dataclass(frozen=True)

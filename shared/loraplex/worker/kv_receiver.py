@@ -7,15 +7,15 @@ the scheduler can re-dispatch the request (no token has reached the client yet).
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
+import logging
 from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
 
 from loraplex.errors import LoraplexError
 from loraplex.protocol import KVBegin, KVChunk, KVReply, ProtocolError, Subjects, decode, encode
-from loraplex.worker.kv_transfer import PendingTransfer, bytes_to_tensor
+from loraplex.worker.kv_transfer import PendingTransfer, bytes_to_tensor, payload_nbytes
 
 if TYPE_CHECKING:
     from loraplex.worker.runtime import Worker
@@ -31,7 +31,9 @@ class KVReceiver:
 
     async def start(self) -> None:
         assert self.w.bus is not None
-        await self.w.bus.nc.subscribe(Subjects.kv(self.w.id), cb=self._on_msg)
+        # K/V payloads can be large: allow more pending bytes than nats-py's default before the
+        # subscription counts as a slow consumer.
+        await self.w.bus.nc.subscribe(Subjects.kv(self.w.id), cb=self._on_msg, pending_bytes_limit=1 << 30)
         self._watchdog = asyncio.create_task(self._expire_loop())
 
     def stop(self) -> None:
@@ -68,8 +70,8 @@ class KVReceiver:
             ok = self.w.engine.reserve_blocks(rid, begin.num_tokens)
             if ok:
                 self.w.active[rid] = req
-                deadline = time.monotonic() + self.w.s.kv_timeout_s
-                self.pending[rid] = (begin, PendingTransfer(begin.num_chunks, deadline))
+                size = payload_nbytes(begin.dtype, begin.shape)
+                self.pending[rid] = (begin, PendingTransfer(begin.num_chunks, size, self.w.s.kv_timeout_s))
             elif req.adapter_key is not None:
                 self.w.pager.unpin(req.adapter_key)
             done.set_result(ok)
@@ -85,7 +87,7 @@ class KVReceiver:
             return
         begin, transfer = entry
         try:
-            complete = transfer.add(chunk.index, chunk.data)
+            complete = transfer.add(chunk.index, chunk.data, begin.chunk_size or len(chunk.data))
         except ValueError as e:
             log.warning("bad K/V chunk for %s: %s", chunk.request_id, e)
             return
@@ -101,7 +103,7 @@ class KVReceiver:
         if req is None:  # cancelled meanwhile
             self.w.engine.release_reservation(sub.request_id)
             return
-        payload = bytes_to_tensor(transfer.payload(), begin.dtype, begin.shape)
+        payload = bytes_to_tensor(transfer.buffer, begin.dtype, begin.shape)
         try:
             out = self.w.engine.inject(
                 sub.request_id, sub.prompt_token_ids, to_sampling_params(sub), req.adapter_key, begin.first_token, payload

@@ -26,7 +26,8 @@ async def ship_kv(worker: Worker, req: Active, handoff: KVHandoff) -> None:
     subject = Subjects.kv(req.decode_worker)
     try:
         data = await asyncio.to_thread(tensor_to_bytes, handoff.payload)
-        chunks = split(data, chunk_size_for(bus.max_payload))
+        size = chunk_size_for(bus.max_payload)
+        chunks = split(data, size)
         begin = KVBegin(
             request=sub,
             first_token=handoff.first_token,
@@ -35,6 +36,7 @@ async def ship_kv(worker: Worker, req: Active, handoff: KVHandoff) -> None:
             dtype=dtype_name(handoff.payload.dtype),
             shape=list(handoff.payload.shape),
             prefill_worker=worker.id,
+            chunk_size=size,
         )
         raw = await bus.nc.request(subject, encode(begin), timeout=worker.s.kv_timeout_s)
         reply = decode(raw.data, KVReply)

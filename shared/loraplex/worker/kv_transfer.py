@@ -17,8 +17,9 @@ def tensor_to_bytes(t: torch.Tensor) -> bytes:
     return t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()
 
 
-def bytes_to_tensor(data: bytes | bytearray, dtype: str, shape: list[int]) -> torch.Tensor:
-    flat = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+def bytes_to_tensor(data: bytearray, dtype: str, shape: list[int]) -> torch.Tensor:
+    """A tensor over ``data`` (no copy: the buffer must not be reused)."""
+    flat = torch.frombuffer(data, dtype=torch.uint8)
     return flat.view(DTYPES[dtype]).reshape(shape)
 
 
@@ -38,20 +39,42 @@ def split(data: bytes, chunk: int) -> list[bytes]:
 
 @dataclass
 class PendingTransfer:
-    """Chunks of one request received so far; complete when every index has arrived."""
+    """One request's payload being received: chunks land at their offsets in one buffer.
+
+    ``idle_timeout_s`` bounds the gap between chunks (not the whole transfer), so large payloads
+    over a slow link still complete while a stalled sender is detected.
+    """
 
     num_chunks: int
-    deadline: float
-    parts: dict[int, bytes] = field(default_factory=dict)
+    total_bytes: int
+    idle_timeout_s: float
+    buffer: bytearray = field(init=False)
+    received: set[int] = field(default_factory=set)
+    deadline: float = 0.0
+    _offset: int = 0
 
-    def add(self, index: int, data: bytes) -> bool:
+    def __post_init__(self) -> None:
+        self.buffer = bytearray(self.total_bytes)
+        self.deadline = time.monotonic() + self.idle_timeout_s
+
+    def add(self, index: int, data: bytes, chunk_size: int) -> bool:
+        """Place chunk ``index`` (all but the last are ``chunk_size`` bytes); True when complete."""
         if not 0 <= index < self.num_chunks:
             raise ValueError(f"chunk index {index} out of range 0..{self.num_chunks - 1}")
-        self.parts[index] = data
-        return len(self.parts) == self.num_chunks
-
-    def payload(self) -> bytes:
-        return b"".join(self.parts[i] for i in range(self.num_chunks))
+        start = index * chunk_size
+        if start + len(data) > self.total_bytes:
+            raise ValueError(f"chunk {index} overruns the {self.total_bytes}-byte payload")
+        self.buffer[start : start + len(data)] = data
+        self.received.add(index)
+        self.deadline = time.monotonic() + self.idle_timeout_s
+        return len(self.received) == self.num_chunks
 
     def expired(self, now: float | None = None) -> bool:
         return (now if now is not None else time.monotonic()) > self.deadline
+
+
+def payload_nbytes(dtype: str, shape: list[int]) -> int:
+    n = torch.empty((), dtype=DTYPES[dtype]).element_size()
+    for d in shape:
+        n *= d
+    return n

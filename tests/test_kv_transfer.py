@@ -1,0 +1,97 @@
+"""K/V hand-over over a real NATS server with a small max_payload: many chunks, same tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from loraplex import LLM, SamplingParams
+from loraplex.bus import Bus
+from loraplex.demo import write_demo_model
+from loraplex.protocol import PrefillAssign, RequestProgress, SamplingSpec, Subjects, SubmitRequest, TokenDelta
+from loraplex.servers import start_nats
+from loraplex.worker.kv_transfer import PendingTransfer, chunk_size_for, split
+from loraplex.worker.main import make_engine
+from loraplex.worker.runtime import Worker
+from loraplex.worker.settings import WorkerSettings
+
+MAX_PAYLOAD = 64 * 1024
+
+
+def test_pending_transfer_places_chunks_and_times_out_when_idle():
+    data = bytes(range(256)) * 100
+    chunks = split(data, 1000)
+    t = PendingTransfer(len(chunks), len(data), idle_timeout_s=60)
+    order = list(range(len(chunks)))[::-1]  # out of order is fine
+    done = [t.add(i, chunks[i], 1000) for i in order]
+    assert done[-1] and not any(done[:-1])
+    assert bytes(t.buffer) == data
+    with pytest.raises(ValueError):
+        t.add(len(chunks), b"x", 1000)
+    stale = PendingTransfer(2, 10, idle_timeout_s=0.01)
+    assert stale.expired(time.monotonic() + 1)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return write_demo_model(tmp_path_factory.mktemp("kvdemo"), num_adapters=1)
+
+
+def _settings(demo, nats_url: str, role: str, **kw) -> WorkerSettings:
+    return WorkerSettings(
+        role=role, model=str(demo.model_dir), nats_url=nats_url, redis_url=None, worker_id=f"{role}-kv",
+        dtype="float32", device="cpu", block_size=4, num_kv_blocks=256, max_loras=1, max_lora_rank=8, **kw,
+    )  # fmt: skip
+
+
+async def _run(demo, nats_url: str, prompts: list[list[int]], kv_timeout_s: float = 10.0):
+    workers = [Worker(s, make_engine(s), None) for s in (
+        _settings(demo, nats_url, "prefill", kv_timeout_s=kv_timeout_s),
+        _settings(demo, nats_url, "decode", kv_timeout_s=kv_timeout_s),
+    )]  # fmt: skip
+    for w in workers:
+        await w.start()
+    bus = await Bus.connect(nats_url, "test-gw")
+    tokens: dict[str, list[int]] = {}
+    progress: list[RequestProgress] = []
+    finished = asyncio.Event()
+
+    async def on_delta(m: TokenDelta) -> None:
+        tokens.setdefault(m.request_id, []).extend(m.token_ids)
+        if m.finish_reason and sum(1 for p in prompts if f"r{prompts.index(p)}" in tokens) == len(prompts):
+            finished.set()
+
+    async def on_progress(p: RequestProgress) -> None:
+        progress.append(p)
+
+    await bus.subscribe(Subjects.stream("gw"), on_delta, TokenDelta)
+    await bus.subscribe(Subjects.USAGE, on_progress, RequestProgress)
+    for i, p in enumerate(prompts):
+        sub = SubmitRequest(f"r{i}", "t", "gw", p, SamplingSpec(max_tokens=5, temperature=0.0, ignore_eos=True))
+        await bus.publish(Subjects.worker("prefill-kv"), PrefillAssign(sub, "decode-kv"))
+    try:
+        await asyncio.wait_for(finished.wait(), 60)
+    except TimeoutError:
+        pass
+    for w in workers:
+        await w.stop()
+    await bus.close()
+    return tokens, progress, workers
+
+
+def test_many_chunk_handoff_matches_offline(demo, tmp_path):
+    nats = start_nats(tmp_path / "nats", max_payload=MAX_PAYLOAD)
+    try:
+        prompts = [list(range(3, 3 + n)) for n in (100, 7, 60)]
+        tokens, progress, (prefill, decode) = asyncio.run(_run(demo, nats.url, prompts))
+    finally:
+        nats.stop()
+    payload = 100 * 2 * 4 * 2 * 32 * 4  # tokens x (k,v) x layers x kv_heads x head_dim x fp32 bytes
+    assert payload // chunk_size_for(MAX_PAYLOAD) >= 3  # the long prompt really needs several chunks
+    llm = LLM(demo.model_dir, dtype="float32", device="cpu", max_loras=1, max_lora_rank=8)
+    expected = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=5, ignore_eos=True))
+    assert [tokens.get(f"r{i}") for i in range(len(prompts))] == [e.token_ids for e in expected]
+    assert {p.event for p in progress} >= {"handoff", "finished"}
+    assert decode.engine.allocator.num_used == 0 and prefill.engine.allocator.num_used == 0
