@@ -59,6 +59,7 @@ SECTION = "Engine throughput (bench/engine.py)"
 RANK, ALPHA = 16, 32
 PROMPT_SEED = 1234
 WARMUP_OUTPUT_LEN = 4
+PAD_ID = 0  # the demo tokenizer's <s>; only ever under attention_mask = 0
 TARGET_VS_HF = 3.0  # loraplex / HF+PEFT tokens/s at the largest adapter count
 TARGET_VS_ONE = 0.8  # loraplex at the largest adapter count / loraplex at 1 adapter
 
@@ -250,29 +251,43 @@ def build_hf(model_dir: Path, paths: dict[str, Path]) -> torch.nn.Module:
     model = PeftModel.from_pretrained(base, str(first_path), adapter_name=first)
     for name, path in items:
         model.load_adapter(str(path), adapter_name=name)
+    # No EOS for generate(): an EOS it knows would be masked out by min_new_tokens, while loraplex's
+    # ignore_eos may pick it (and go on), so greedy outputs would differ wherever EOS is the argmax.
+    # (An eos_token_id=None in the call's GenerationConfig is filled back in from this default.)
+    model.generation_config.eos_token_id = None
     return model.eval()
+
+
+def left_pad(prompts: Tokens, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both [B, max_len], prompts aligned to the right."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) :] = torch.tensor(p)
+        mask[row, width - len(p) :] = 1
+    return ids, mask
 
 
 @torch.inference_mode()
 def run_hf(model: torch.nn.Module, prompts: Tokens, loras: list[str], output_len: int) -> Tokens:
-    """Whole batch in one generate() call, left padded (prompts are equal length: no padding).
+    """Whole batch in one generate() call, left padded (equal-length prompts: no pad tokens).
 
-    EOS is disabled (``eos_token_id=None``) so greedy picks are never masked, which is what
-    loraplex's ``ignore_eos`` does; ``min_new_tokens`` then has nothing to suppress.
+    ``build_hf`` cleared the model's EOS, so greedy picks are never masked (what loraplex's
+    ``ignore_eos`` does) and exactly ``output_len`` tokens come back.
     """
     from transformers import GenerationConfig
 
-    ids = torch.tensor(prompts)
+    ids, mask = left_pad(prompts, PAD_ID)
     config = GenerationConfig(
         max_new_tokens=output_len,
         min_new_tokens=output_len,
         do_sample=False,
-        eos_token_id=None,
-        pad_token_id=0,
+        pad_token_id=PAD_ID,
     )
     out = model.generate(
         input_ids=ids,
-        attention_mask=torch.ones_like(ids),
+        attention_mask=mask,
         adapter_names=loras,
         generation_config=config,
     )

@@ -84,6 +84,9 @@ class Bus:
         return await self.nc.subscribe(subject, queue=queue, cb=on_msg)
 
     async def flush(self) -> None:
+        # nats-py may write the PING of a flush ahead of SUBs still queued; the second round trip
+        # is ordered after them, so subscriptions are registered when this returns.
+        await self.nc.flush()
         await self.nc.flush()
 
     async def close(self) -> None:

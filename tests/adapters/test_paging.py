@@ -394,10 +394,11 @@ async def test_running_request_keeps_decoding_while_adapter_pages_in(
 
         rid = await gw.submit(w, PROMPTS[0], name)
         await until(lambda: "start" in window, what="fetch start")
-        # While the fetch runs the new request is not in the engine (nor registered with the
-        # worker as active); the adapter is not installed either.
+        # While the fetch runs the new request is not in the engine (the worker knows it, so a
+        # cancel would find it, but holds no adapter for it); the adapter is not installed either.
         while "end" not in window:
-            assert w.engine.scheduler.find(rid) is None and rid not in w.active
+            assert w.engine.scheduler.find(rid) is None
+            assert rid not in w.active or w.active[rid].adapter_key is None
             assert not any(k.startswith(f"{name}@") for k in w.engine.adapters)
             await asyncio.sleep(0.02)
 
@@ -466,8 +467,8 @@ async def test_slot_and_host_eviction_reload_and_pins(h: Harness, ref: Reference
         big_seen: list[list[str]] = []
         install = w.pager.install
 
-        def watching_install(name, key, adapter):  # type: ignore[no-untyped-def]
-            install(name, key, adapter)
+        def watching_install(r):  # type: ignore[no-untyped-def]
+            install(r)
             big_seen.append(list(w.engine.adapters))
 
         w.pager.install = watching_install  # type: ignore[method-assign]
@@ -506,7 +507,7 @@ async def test_slot_and_host_eviction_reload_and_pins(h: Harness, ref: Reference
         await gw.first_delta(long_rid)
         await w.gate.close()
         big_rid = await gw.submit(w, PROMPTS[3], h.name("big"))
-        await until(lambda: len(w.inbox) == 2, what="big's install and add queued")
+        await until(lambda: len(w.inbox) == 1, what="big's install-and-add queued")
         w.gate.open()
         assert await gw.tokens(big_rid) == ref("big", PROMPTS[3])
         assert await gw.tokens(long_rid) == ref("a", PROMPTS[2], 40)
@@ -528,7 +529,7 @@ async def test_slot_and_host_eviction_reload_and_pins(h: Harness, ref: Reference
         await gw.first_delta(rid_c)
         await w.gate.close()
         rid_b = await gw.submit(w, PROMPTS[2], h.name("b"))
-        await until(lambda: len(w.inbox) == 2, what="b's install and add queued")
+        await until(lambda: len(w.inbox) == 1, what="b's install-and-add queued")
         w.gate.open()
         assert await gw.tokens(rid_b) == ref("b", PROMPTS[2])
         assert await gw.tokens(rid_a) == ref("a", PROMPTS[0], 24)
@@ -555,7 +556,7 @@ async def test_replace_and_delete_events(h: Harness, ref: Reference) -> None:
         # holds the engine between two of its steps (the long request still has most of its
         # tokens to go) until the event has been applied and the next request is lined up.
         seen: dict[str, object] = {}
-        unpin, invalidate = w.pager.unpin, w.pager.invalidate
+        unpin, retire = w.pager.unpin, w.pager.retire
 
         def watching_unpin(key: str) -> None:
             if key == new_key:
@@ -566,12 +567,13 @@ async def test_replace_and_delete_events(h: Harness, ref: Reference) -> None:
                 )
             unpin(key)
 
-        def invalidate_then_hold(adapter: str) -> None:
-            invalidate(adapter)
-            w.gate.shut()
+        def retire_then_hold(key: str) -> None:  # the engine-loop half of applying the event
+            retire(key)
+            if key == old_key:
+                w.gate.shut()
 
         w.pager.unpin = watching_unpin  # type: ignore[method-assign]
-        w.pager.invalidate = invalidate_then_hold  # type: ignore[method-assign]
+        w.pager.retire = retire_then_hold  # type: ignore[method-assign]
         long_rid = await gw.submit(w, PROMPTS[1], name, max_tokens=40)
         await gw.first_delta(long_rid)
         await w.gate.close()
@@ -584,7 +586,7 @@ async def test_replace_and_delete_events(h: Harness, ref: Reference) -> None:
         assert name not in w.pager.current
         assert old_key in w.engine.adapters and w.engine.scheduler.find(long_rid) is not None
         rid = await gw.submit(w, PROMPTS[0], name)
-        await until(lambda: len(w.inbox) == 2, what="the new request's install and add queued")
+        await until(lambda: len(w.inbox) == 1, what="the new request's install-and-add queued")
         w.gate.open()
 
         new_tokens = await gw.tokens(rid)
@@ -595,7 +597,7 @@ async def test_replace_and_delete_events(h: Harness, ref: Reference) -> None:
         # The running request finished on the old weights; then the stale copy was dropped.
         assert await gw.tokens(long_rid) == ref("a", PROMPTS[1], 40)
         assert gw.first_ts(rid) < gw.finish_ts(long_rid)
-        w.pager.unpin, w.pager.invalidate = unpin, invalidate  # type: ignore[method-assign]
+        w.pager.unpin, w.pager.retire = unpin, retire  # type: ignore[method-assign]
         await idle(w)
         assert old_key not in w.engine.adapters and old_key not in w.pager.cache
         assert f"{name}@{v2}" in w.engine.adapters
@@ -662,7 +664,7 @@ async def test_heartbeat_reports_resident_adapters_and_prefetch(h: Harness, ref:
         )
 
 
-# ---- known bugs in the worker/pager (strict xfail: these pass once fixed) -----------------
+# ---- races between paging, replacement and eviction (each was a bug once) ---------------
 def held(fetched: asyncio.Event, release: asyncio.Event):  # type: ignore[no-untyped-def]
     """A fetch wrapper: reads Redis, says so, then waits for ``release`` before returning."""
 
@@ -678,12 +680,6 @@ def held(fetched: asyncio.Event, release: asyncio.Event):  # type: ignore[no-unt
     return wrap
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Worker._on_control awaits _on_assign, so a request's adapter fetch holds up "
-    "every later control message to the worker (nats-py runs one subscription's callbacks "
-    "one at a time): a base request sent during the fetch is admitted only after it",
-)
 async def test_requests_are_admitted_while_another_adapter_pages_in(
     h: Harness, ref: Reference
 ) -> None:
@@ -704,13 +700,6 @@ async def test_requests_are_admitted_while_another_adapter_pages_in(
         assert await gw.tokens(base) == ref(None, PROMPTS[1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: AdapterPager.prepare reads `current` on the event loop but the replace event "
-    "is applied (invalidate) only on the engine loop between steps; a request arriving in "
-    "between resolves to the old key, which invalidate then drops, so it fails with 400 "
-    "'adapter ... is not registered' (or gets the old weights if the old copy is pinned)",
-)
 async def test_request_after_replace_event_gets_new_weights_while_engine_busy(
     h: Harness, ref: Reference
 ) -> None:
@@ -725,7 +714,7 @@ async def test_request_after_replace_event_gets_new_weights_while_engine_busy(
         await h.register("a2", as_key="a", replace=True)
         await until(lambda: len(w.inbox) == 1, what="the replace event queued")
         rid = await gw.submit(w, PROMPTS[0], name)  # sent after the worker got the event
-        await until(lambda: len(w.inbox) == 3, what="the request's install and add queued")
+        await until(lambda: len(w.inbox) == 2, what="the request's install-and-add queued")
         w.gate.open()
         await gw.wait(rid)
         await gw.cancel(w, busy)
@@ -733,11 +722,6 @@ async def test_request_after_replace_event_gets_new_weights_while_engine_busy(
         assert gw.token_ids(rid) == ref("a2", PROMPTS[0]), "served by the replaced adapter"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a fetch in flight when the adapter is replaced installs the old version as "
-    "`current` after the event was applied; later requests keep getting the old weights",
-)
 async def test_fetch_in_flight_across_replace_is_not_kept(h: Harness, ref: Reference) -> None:
     await h.register("a")
     name = h.name("a")
@@ -747,9 +731,10 @@ async def test_fetch_in_flight_across_replace_is_not_kept(h: Harness, ref: Refer
         applied = asyncio.Event()
         invalidate = w.pager.invalidate
 
-        def spy(adapter: str) -> None:
-            invalidate(adapter)
+        def spy(adapter: str) -> str | None:
+            old = invalidate(adapter)
             applied.set()
+            return old
 
         w.pager.invalidate = spy  # type: ignore[method-assign]
         first = await gw.submit(w, PROMPTS[0], name)
@@ -762,12 +747,6 @@ async def test_fetch_in_flight_across_replace_is_not_kept(h: Harness, ref: Refer
         assert await gw.tokens(later) == ref("a2", PROMPTS[0]), "stale copy kept after replace"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: AdapterPager.prepare returns (key, None) for a resident adapter; if another "
-    "install evicts it from the host tier before this request's install runs, install cannot "
-    "re-add it and the request fails with 400 'adapter ... is not registered'",
-)
 async def test_adapter_evicted_between_prepare_and_install(h: Harness, ref: Reference) -> None:
     await h.register("a")
     await h.register("big")
@@ -778,9 +757,9 @@ async def test_adapter_evicted_between_prepare_and_install(h: Harness, ref: Refe
         await gw.first_delta(busy)
         await w.gate.close()
         big = await gw.submit(w, PROMPTS[1], h.name("big"))  # will evict "a" (1 MiB budget)
-        await until(lambda: len(w.inbox) == 2, what="big's install and add queued")
+        await until(lambda: len(w.inbox) == 1, what="big's install-and-add queued")
         again = await gw.submit(w, PROMPTS[3], h.name("a"))  # "a" is resident right now
-        await until(lambda: len(w.inbox) == 4, what="a's install and add queued")
+        await until(lambda: len(w.inbox) == 2, what="a's install-and-add queued")
         w.gate.open()
         assert await gw.tokens(big) == ref("big", PROMPTS[1])
         await gw.wait(again)

@@ -4,7 +4,9 @@ Fetching and parsing run off the engine loop, so the running batch keeps decodin
 adapter loads; the engine only sees an adapter once it is fully parsed (``install``).
 
 Inside the engine an adapter is keyed ``name@version``: when an adapter is replaced upstream,
-requests already running keep the old copy and new requests page in the new one.
+requests already running keep the old copy and new requests page in the new one.  Resolution
+(``prepare``, ``invalidate``) happens on the event loop; everything that touches the engine
+(``install``, ``pin``, ``unpin``, ``retire``) happens on the engine loop between steps.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.errors import AdapterNotFoundError
@@ -24,56 +27,83 @@ log = logging.getLogger(__name__)
 Fetch = Callable[[str], Awaitable[tuple[bytes, bytes, str]]]
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """What a request needs to install and pin its adapter on the engine loop."""
+
+    name: str
+    key: str  # engine key name@version
+    adapter: LoraAdapter  # kept so the install can re-add it if it was evicted meanwhile
+    generation: int  # the name's generation when resolved; stale ones never become current
+
+
 class AdapterPager:
     def __init__(self, engine: LLMEngine, fetch: Fetch | None, budget_bytes: int) -> None:
         self.engine = engine
         self.fetch = fetch
         self.cache: HostAdapterCache[LoraAdapter] = HostAdapterCache(budget_bytes)
         self.current: dict[str, str] = {}  # adapter name -> engine key of its newest copy here
+        self._generation: dict[str, int] = {}  # bumped by every upstream change of the name
         self._loading: dict[str, asyncio.Task[LoraAdapter]] = {}
         self._stale: set[str] = set()  # engine keys to drop as soon as no request uses them
-        self.loads = 0
+        self.loads = 0  # adapters fetched from the store
 
     def names(self) -> list[str]:
         return sorted(self.current)
 
-    async def prepare(self, name: str) -> tuple[str, LoraAdapter | None]:
-        """Resolve ``name`` to an engine key, fetching and parsing it when it is not resident.
-
-        Returns (key, adapter to install or None when already resident).  Runs concurrently with
-        engine steps; raises AdapterNotFoundError when the store does not have it.
-        """
+    # ---- event loop --------------------------------------------------------------------------
+    async def prepare(self, name: str) -> Resolved:
+        """Resolve ``name``, fetching and parsing it when it is not resident (runs beside engine
+        steps).  Raises AdapterNotFoundError when the store does not have it."""
+        generation = self._generation.get(name, 0)
         key = self.current.get(name)
-        if key is not None and key in self.cache:
-            self.cache.get(key)  # touch for LRU
-            return key, None
+        if key is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                return Resolved(name, key, hit, generation)
         task = self._loading.get(name)
         if task is None:
             task = asyncio.create_task(self._load(name))
             self._loading[name] = task
-            task.add_done_callback(lambda _: self._loading.pop(name, None))
+            task.add_done_callback(lambda t: self._loading.pop(name, None) if self._loading.get(name) is t else None)
         adapter = await asyncio.shield(task)
-        return adapter.name, adapter
+        return Resolved(name, adapter.name, adapter, generation)
 
     async def _load(self, name: str) -> LoraAdapter:
         if self.fetch is None:
             raise AdapterNotFoundError(f"adapter {name!r} is not available on this worker (no adapter store)")
         config_bytes, weight_bytes, version = await self.fetch(name)
+        self.loads += 1
         cfg, max_rank = self.engine.model_config, self.engine.config.max_lora_rank
         adapter = await asyncio.to_thread(parse_adapter, name, config_bytes, weight_bytes, cfg, max_rank)
-        self.loads += 1
         return dataclasses.replace(adapter, name=f"{name}@{version}")
 
-    # The methods below touch the engine: call them only from the engine loop (between steps).
-    def install(self, name: str, key: str, adapter: LoraAdapter | None) -> None:
-        if adapter is not None and key not in self.cache:
-            self.engine.add_lora_adapter(adapter)
-            for evicted in self.cache.put(key, adapter, adapter.nbytes):
+    def invalidate(self, name: str) -> str | None:
+        """The adapter was replaced or deleted upstream: from now on requests fetch it again.
+
+        Returns the old engine key, which the caller retires on the engine loop.
+        """
+        self._generation[name] = self._generation.get(name, 0) + 1
+        self._loading.pop(name, None)  # a fetch in flight may carry the old version
+        return self.current.pop(name, None)
+
+    # ---- engine loop -------------------------------------------------------------------------
+    def install(self, r: Resolved) -> None:
+        """Make ``r`` resident (again, if it was evicted since ``prepare``)."""
+        if r.key not in self.cache:
+            if r.key not in self.engine.adapters:
+                self.engine.add_lora_adapter(r.adapter)
+            for evicted in self.cache.put(r.key, r.adapter, r.adapter.nbytes):
                 self._forget(evicted)
-        old = self.current.get(name)
-        if old is not None and old != key:
-            self.retire(old)
-        self.current[name] = key
+        else:
+            self.cache.get(r.key)
+        if r.generation == self._generation.get(r.name, 0):
+            old = self.current.get(r.name)
+            if old is not None and old != r.key:
+                self.retire(old)
+            self.current[r.name] = r.key
+        elif not self.cache.pinned(r.key):
+            self._stale.add(r.key)  # resolved before an upstream change: serve, then drop
 
     def pin(self, key: str) -> None:
         self.cache.pin(key)
@@ -83,12 +113,6 @@ class AdapterPager:
             self._forget(evicted)
         if key in self._stale and not self.cache.pinned(key):
             self._drop(key)
-
-    def invalidate(self, name: str) -> None:
-        """The adapter was replaced or deleted upstream: new requests must fetch it again."""
-        key = self.current.pop(name, None)
-        if key is not None:
-            self.retire(key)
 
     def retire(self, key: str) -> None:
         if self.cache.pinned(key):

@@ -7,8 +7,8 @@ the scheduler can re-dispatch the request (no token has reached the client yet).
 from __future__ import annotations
 
 import asyncio
-import time
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
@@ -59,21 +59,23 @@ class KVReceiver:
         if self.w.draining:
             return KVReply(rid, False, "draining")
         req = Active(begin.request, None)
-        try:
-            if not await self.w.resolve_adapter(req):
-                return KVReply(rid, False, "adapter unavailable")
-        except LoraplexError as e:
-            return KVReply(rid, False, str(e))
+        r = await self.w.resolve_adapter(req)
+        if r is False:
+            return KVReply(rid, False, "adapter unavailable")
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
         def reserve() -> None:
             ok = self.w.engine.reserve_blocks(rid, begin.num_tokens)
             if ok:
+                try:
+                    self.w.attach_adapter(req, r)  # type: ignore[arg-type]
+                except LoraplexError:
+                    self.w.engine.release_reservation(rid)
+                    ok = False
+            if ok:
                 self.w.active[rid] = req
                 size = payload_nbytes(begin.dtype, begin.shape)
                 self.pending[rid] = (begin, PendingTransfer(begin.num_chunks, size, self.w.s.kv_timeout_s))
-            elif req.adapter_key is not None:
-                self.w.pager.unpin(req.adapter_key)
             done.set_result(ok)
 
         self.w.submit(reserve)

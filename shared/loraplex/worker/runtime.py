@@ -29,7 +29,7 @@ from loraplex.protocol import (
     WorkerHeartbeat,
 )
 from loraplex.sampling_params import SamplingParams
-from loraplex.worker.adapter_pager import AdapterPager, Fetch
+from loraplex.worker.adapter_pager import AdapterPager, Fetch, Resolved
 from loraplex.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,8 @@ class Worker:
     # ---- control messages --------------------------------------------------------------------
     async def _on_control(self, msg: PrefillAssign | CancelRequest | PrefetchAdapter) -> None:
         if isinstance(msg, PrefillAssign):
-            await self._on_assign(msg)
+            # Not awaited: paging one request's adapter must not hold up the next message.
+            self.spawn(self._on_assign(msg))
         elif isinstance(msg, CancelRequest):
             self.submit(lambda: self._cancel(msg.request_id))
         elif isinstance(msg, PrefetchAdapter):
@@ -212,52 +213,57 @@ class Worker:
 
     async def _prefetch(self, name: str) -> None:
         try:
-            key, adapter = await self.pager.prepare(name)
+            r = await self.pager.prepare(name)
         except LoraplexError as e:
             log.info("prefetch of %s failed: %s", name, e)
             return
-        self.submit(lambda: self.pager.install(name, key, adapter))
+        self.submit(lambda: self.pager.install(r))
 
-    async def resolve_adapter(self, req: Active) -> bool:
-        """Page in the request's adapter (not stalling the engine); False after reporting an error."""
+    async def resolve_adapter(self, req: Active) -> Resolved | None | bool:
+        """Page in the request's adapter beside the engine loop.
+
+        Returns the resolution, None for a base-model request, or False after reporting an error.
+        """
         name = req.submit.adapter
         if name is None:
-            return True
+            return None
         try:
-            key, adapter = await self.pager.prepare(name)
+            return await self.pager.prepare(name)
         except AdapterNotFoundError as e:
             await self.fail(req, 404, str(e), retryable=False)
-            return False
         except LoraplexError as e:
             await self.fail(req, 400, str(e), retryable=False)
-            return False
-        req.adapter_key = key
+        return False
 
-        def install() -> None:
-            self.pager.install(name, key, adapter)
-            self.pager.pin(key)
-
-        self.submit(install)
-        return True
+    def attach_adapter(self, req: Active, r: Resolved | None) -> None:
+        """Engine loop: make the adapter resident and pin it for this request."""
+        if r is not None:
+            self.pager.install(r)
+            self.pager.pin(r.key)
+            req.adapter_key = r.key
 
     async def _on_assign(self, msg: PrefillAssign) -> None:
         sub = msg.request
+        rid = sub.request_id
         req = Active(sub, None, decode_worker=msg.decode_worker)
         if self.draining:
             await self.fail(req, 503, f"worker {self.id} is draining", retryable=True)
             return
-        if not await self.resolve_adapter(req):
+        self.active[rid] = req  # from here a cancel finds it, even while its adapter pages in
+        r = await self.resolve_adapter(req)
+        if r is False:
+            self.active.pop(rid, None)
             return
         prefill_only = self.s.role == "prefill" or bool(msg.decode_worker)
 
         def add() -> None:
+            if self.active.get(rid) is not req:
+                return  # cancelled while the adapter paged in
             try:
-                self.active[sub.request_id] = req
-                self.engine.add_request(
-                    sub.request_id, sub.prompt_token_ids, to_sampling_params(sub), req.adapter_key, prefill_only
-                )
+                self.attach_adapter(req, r)  # type: ignore[arg-type]
+                self.engine.add_request(rid, sub.prompt_token_ids, to_sampling_params(sub), req.adapter_key, prefill_only)
             except LoraplexError as e:
-                self.release(sub.request_id)
+                self.release(rid)
                 self.spawn(self.fail(req, 400, str(e), retryable=False))
 
         self.submit(add)
@@ -270,7 +276,9 @@ class Worker:
 
     async def _on_adapter_event(self, event: AdapterEvent) -> None:
         if event.kind in ("replaced", "deleted"):
-            self.submit(lambda: self.pager.invalidate(event.name))
+            old = self.pager.invalidate(event.name)  # at once: new requests must not resolve to it
+            if old is not None:
+                self.submit(lambda: self.pager.retire(old))
 
     # ---- heartbeats --------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
