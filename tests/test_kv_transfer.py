@@ -10,7 +10,15 @@ import pytest
 from loraplex import LLM, SamplingParams
 from loraplex.bus import Bus
 from loraplex.demo import write_demo_model
-from loraplex.protocol import PrefillAssign, RequestProgress, SamplingSpec, Subjects, SubmitRequest, TokenDelta
+from loraplex.protocol import (
+    PrefillAssign,
+    RequestError,
+    RequestProgress,
+    SamplingSpec,
+    Subjects,
+    SubmitRequest,
+    TokenDelta,
+)
 from loraplex.servers import start_nats
 from loraplex.worker.kv_transfer import PendingTransfer, chunk_size_for, split
 from loraplex.worker.main import make_engine
@@ -42,7 +50,8 @@ def demo(tmp_path_factory):
 def _settings(demo, nats_url: str, role: str, **kw) -> WorkerSettings:
     return WorkerSettings(
         role=role, model=str(demo.model_dir), nats_url=nats_url, redis_url=None, worker_id=f"{role}-kv",
-        dtype="float32", device="cpu", block_size=4, num_kv_blocks=256, max_loras=1, max_lora_rank=8, **kw,
+        dtype="float32", device="cpu", block_size=4, num_kv_blocks=256, max_model_len=256, max_loras=1,
+        max_lora_rank=8, **kw,
     )  # fmt: skip
 
 
@@ -57,16 +66,21 @@ async def _run(demo, nats_url: str, prompts: list[list[int]], kv_timeout_s: floa
     tokens: dict[str, list[int]] = {}
     progress: list[RequestProgress] = []
     finished = asyncio.Event()
+    done: set[str] = set()
 
-    async def on_delta(m: TokenDelta) -> None:
+    async def on_delta(m: TokenDelta | RequestError) -> None:
+        if isinstance(m, RequestError):
+            raise AssertionError(f"{m.request_id}: {m.message}")
         tokens.setdefault(m.request_id, []).extend(m.token_ids)
-        if m.finish_reason and sum(1 for p in prompts if f"r{prompts.index(p)}" in tokens) == len(prompts):
-            finished.set()
+        if m.finish_reason:
+            done.add(m.request_id)
+            if len(done) == len(prompts):
+                finished.set()
 
     async def on_progress(p: RequestProgress) -> None:
         progress.append(p)
 
-    await bus.subscribe(Subjects.stream("gw"), on_delta, TokenDelta)
+    await bus.subscribe(Subjects.stream("gw"), on_delta, (TokenDelta, RequestError))
     await bus.subscribe(Subjects.USAGE, on_progress, RequestProgress)
     for i, p in enumerate(prompts):
         sub = SubmitRequest(f"r{i}", "t", "gw", p, SamplingSpec(max_tokens=5, temperature=0.0, ignore_eos=True))
