@@ -19,6 +19,20 @@ class ModelInput:
     ctx: ForwardContext
 
 
+def _segments(seqs: list[Sequence], rows_per_seq: list[int]) -> tuple[list[int], list[int], int]:
+    """Adapter segments over rows already sorted by slot: (starts [G+1], slots [G], longest)."""
+    starts, slots, row = [0], [], 0
+    for seq, n in zip(seqs, rows_per_seq, strict=True):
+        row += n
+        if slots and slots[-1] == seq.lora_slot:
+            starts[-1] = row
+        else:
+            slots.append(seq.lora_slot)
+            starts.append(row)
+    longest = max((e - s for s, e in zip(starts[:-1], starts[1:])), default=0)
+    return starts, slots, longest
+
+
 def _slot_map(seq: Sequence, start: int, end: int, block_size: int) -> list[int]:
     table = seq.block_table
     return [table[p // block_size] * block_size + p % block_size for p in range(start, end)]
@@ -31,7 +45,6 @@ def build_prefill(seqs: list[Sequence], block_size: int, device: torch.device) -
     pos: list[int] = []
     slots: list[int] = []
     cu = [0]
-    seg_starts, seg_slots = [0], []
     for seq in seqs:
         tokens = seq.all_token_ids
         start = seq.num_cached
@@ -39,11 +52,7 @@ def build_prefill(seqs: list[Sequence], block_size: int, device: torch.device) -
         pos.extend(range(start, len(tokens)))
         slots.extend(_slot_map(seq, start, len(tokens), block_size))
         cu.append(len(ids))
-        if seg_slots and seg_slots[-1] == seq.lora_slot:
-            seg_starts[-1] = len(ids)
-        else:
-            seg_slots.append(seq.lora_slot)
-            seg_starts.append(len(ids))
+    seg_starts, seg_slots, longest = _segments(seqs, [e - s for s, e in zip(cu[:-1], cu[1:])])
     as_t = lambda x, dt=torch.int32: torch.tensor(x, dtype=dt, device=device)  # noqa: E731
     attn = AttentionMeta(
         is_prefill=True,
@@ -58,7 +67,7 @@ def build_prefill(seqs: list[Sequence], block_size: int, device: torch.device) -
         seg_starts=as_t(seg_starts),
         seg_slots=as_t(seg_slots),
         indices=None,
-        max_seg_len=max(e - s for s, e in zip(seg_starts[:-1], seg_starts[1:])),
+        max_seg_len=longest,
     )
     return ModelInput(
         seqs=seqs,
@@ -70,7 +79,13 @@ def build_prefill(seqs: list[Sequence], block_size: int, device: torch.device) -
 
 
 def build_decode(seqs: list[Sequence], block_size: int, device: torch.device) -> ModelInput:
-    """One new token per sequence; each row carries its own adapter slot (BGMV)."""
+    """One new token per sequence; each row carries its own adapter slot (BGMV).
+
+    Rows are also sorted by slot and described as segments, so backends that batch better per
+    adapter (the torch path on CPU) can run the decode LoRA as segmented matmuls.
+    """
+    seqs = sorted(seqs, key=lambda s: s.lora_slot)
+    seg_starts, seg_slots, longest = _segments(seqs, [1] * len(seqs))
     ids = [s.last_token_id for s in seqs]
     pos = [s.num_tokens - 1 for s in seqs]
     slots = [_slot_map(s, s.num_tokens - 1, s.num_tokens, block_size)[0] for s in seqs]
@@ -88,9 +103,10 @@ def build_decode(seqs: list[Sequence], block_size: int, device: torch.device) ->
     lora = LoraMeta(
         active=any(s >= 0 for s in lora_slots),
         is_prefill=False,
-        seg_starts=None,
-        seg_slots=None,
+        seg_starts=as_t(seg_starts),
+        seg_slots=as_t(seg_slots),
         indices=as_t(lora_slots),
+        max_seg_len=longest,
     )
     return ModelInput(
         seqs=list(seqs),

@@ -23,8 +23,8 @@ class AttentionMeta:
 class LoraMeta:
     active: bool  # False when every row is a base-model row: LoRA is skipped entirely
     is_prefill: bool
-    seg_starts: torch.Tensor | None  # prefill (SGMV): [G+1] int32 row offsets of adapter segments
-    seg_slots: torch.Tensor | None  # prefill (SGMV): [G] int32 slot per segment (-1 = base)
+    seg_starts: torch.Tensor | None  # SGMV: [G+1] int32 row offsets of adapter segments
+    seg_slots: torch.Tensor | None  # SGMV: [G] int32 slot per segment (-1 = base)
     indices: torch.Tensor | None  # decode (BGMV): [B] int32 slot per row (-1 = base)
     max_seg_len: int = 0  # prefill: longest segment (sizes the Triton grid without a host sync)
 

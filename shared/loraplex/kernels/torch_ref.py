@@ -77,11 +77,15 @@ def sgmv_shrink(
     ranks: [S]; v: [T, R] (in place, first r columns of rows in adapter segments).
     """
     starts, slots, rk = seg_starts.tolist(), seg_slots.tolist(), ranks.tolist()
+    same = v.dtype == x.dtype
     for g, slot in enumerate(slots):
         if slot < 0 or rk[slot] == 0:
             continue
         s, e, r = starts[g], starts[g + 1], rk[slot]
-        v[s:e, :r] = (x[s:e] @ lora_a[slot, :r].T).to(v.dtype)
+        if same:
+            torch.mm(x[s:e], lora_a[slot, :r].T, out=v[s:e, :r])
+        else:
+            v[s:e, :r] = x[s:e] @ lora_a[slot, :r].T
 
 
 def sgmv_expand(
@@ -100,13 +104,17 @@ def sgmv_expand(
     """
     h_out = lora_b.shape[1]
     starts, slots, rk = seg_starts.tolist(), seg_slots.tolist(), ranks.tolist()
+    if v.dtype != lora_b.dtype:
+        v = v.to(lora_b.dtype)
+    same = y.dtype == lora_b.dtype
     for g, slot in enumerate(slots):
         if slot < 0 or rk[slot] == 0:
             continue
         s, e, r = starts[g], starts[g + 1], rk[slot]
-        y[s:e, y_offset : y_offset + h_out] += (v[s:e, :r].to(lora_b.dtype) @ lora_b[slot, :, :r].T).to(
-            y.dtype
-        )
+        if same:  # one fused multiply-add into the strided output view
+            y[s:e, y_offset : y_offset + h_out].addmm_(v[s:e, :r], lora_b[slot, :, :r].T)
+        else:
+            y[s:e, y_offset : y_offset + h_out] += (v[s:e, :r] @ lora_b[slot, :, :r].T).to(y.dtype)
 
 
 def store_kv(
@@ -183,8 +191,11 @@ def paged_decode_attention(
     """
     bsz, heads, d = q.shape
     kvh = k_cache.shape[2]
-    k = k_cache[block_tables].reshape(bsz, -1, kvh, d).transpose(1, 2)  # [B, KVH, max_ctx, D]
-    v = v_cache[block_tables].reshape(bsz, -1, kvh, d).transpose(1, 2)
+    flat = block_tables.reshape(-1).long()
+    k = k_cache.index_select(0, flat).view(bsz, -1, kvh, d).transpose(1, 2)  # [B, KVH, max_ctx, D]
+    v = v_cache.index_select(0, flat).view(bsz, -1, kvh, d).transpose(1, 2)
+    if k.dtype != q.dtype:
+        k, v = k.to(q.dtype), v.to(q.dtype)
     pos = torch.arange(k.shape[2], device=q.device)
     q_pos = (context_lens - 1).to(pos.dtype)
     mask = pos[None, :] < context_lens[:, None]
@@ -192,8 +203,8 @@ def paged_decode_attention(
         mask &= pos[None, :] > q_pos[:, None] - sliding_window
     o = F.scaled_dot_product_attention(
         q.unsqueeze(2),
-        k.to(q.dtype),
-        v.to(q.dtype),
+        k,
+        v,
         attn_mask=mask[:, None, None, :],
         scale=scale,
         enable_gqa=heads != kvh,
