@@ -37,7 +37,9 @@ class HFReference:
         self.peft.set_adapter(adapter)
         return self.peft(x).logits[0, -1].float()
 
-    def greedy(self, ids: list[int], adapter: str | None, max_tokens: int) -> tuple[list[int], list[torch.Tensor]]:
+    def greedy(
+        self, ids: list[int], adapter: str | None, max_tokens: int
+    ) -> tuple[list[int], list[torch.Tensor]]:
         """Token ids and per-step last-position logits of a greedy loop (full recompute each step)."""
         ids = list(ids)
         out, logits = [], []

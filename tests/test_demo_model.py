@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from loraplex.demo import (
     MANIFEST_NAME,
     TinyModelSpec,
@@ -18,7 +20,6 @@ from loraplex.demo import (
     write_demo_model,
     write_random_model,
 )
-from safetensors.torch import load_file
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")

@@ -14,7 +14,12 @@ DOC = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_te
 
 
 def _flags(parser: argparse.ArgumentParser) -> list[str]:
-    return [opt for action in parser._actions for opt in action.option_strings if opt.startswith("--") and opt != "--help"]
+    return [
+        opt
+        for action in parser._actions
+        for opt in action.option_strings
+        if opt.startswith("--") and opt != "--help"
+    ]
 
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
@@ -33,7 +38,9 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     }
 
 
-@pytest.mark.parametrize("service", ["loraplex up", "gateway", "scheduler", "worker", "adapter-store"])
+@pytest.mark.parametrize(
+    "service", ["loraplex up", "gateway", "scheduler", "worker", "adapter-store"]
+)
 def test_every_flag_is_documented(service):
     missing = [f for f in _flags(_parsers()[service]) if f"`{f}" not in DOC]
     assert not missing, f"{service} flags missing from docs/architecture.md: {missing}"
@@ -41,9 +48,15 @@ def test_every_flag_is_documented(service):
 
 def test_every_subject_is_documented():
     fixed = [v for k, v in vars(Subjects).items() if k.isupper()]
-    templated = [Subjects.worker("<worker-id>"), Subjects.kv("<worker-id>"), Subjects.stream("<gateway-id>")]
+    templated = [
+        Subjects.worker("<worker-id>"),
+        Subjects.kv("<worker-id>"),
+        Subjects.stream("<gateway-id>"),
+    ]
     for subject in fixed + templated:
         assert f"`{subject}`" in DOC, subject
     # ... and the doc names no subject that does not exist.
-    documented = set(re.findall(r"`(loraplex\.(?:sched|worker|kv|stream|adapters)\.[a-z.<>-]+)`", DOC))
+    documented = set(
+        re.findall(r"`(loraplex\.(?:sched|worker|kv|stream|adapters)\.[a-z.<>-]+)`", DOC)
+    )
     assert documented <= set(fixed + templated), documented - set(fixed + templated)

@@ -69,9 +69,11 @@ def setup(request, tmp_path_factory):
     paths: dict[str, Path] = {}
     for i, (name, rank, alpha, targets, rs) in enumerate(ADAPTERS):
         paths[name] = root / name
-        write_random_adapter(paths[name], spec, rank=rank, alpha=alpha, targets=targets, use_rslora=rs, seed=10 + i)
+        write_random_adapter(
+            paths[name], spec, rank=rank, alpha=alpha, targets=targets, use_rslora=rs, seed=10 + i
+        )
     ref = HFReference(model_dir, paths)
-    expected = [ref.greedy(p, lora, MAX_TOKENS) for p, lora in zip(PROMPTS, LORAS)]
+    expected = [ref.greedy(p, lora, MAX_TOKENS) for p, lora in zip(PROMPTS, LORAS, strict=False)]
     llm = LLM(model_dir, dtype="float32", device="cpu", max_loras=4, max_lora_rank=32, block_size=4)
     for name, path in paths.items():
         llm.add_lora(name, path)
@@ -84,21 +86,25 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
 def test_mixed_batch_matches_hf_peft(setup):
     llm, expected = setup
     outs = llm.generate(PROMPTS, GREEDY, lora=LORAS)
-    for out, (tokens, _), lora in zip(outs, expected, LORAS):
+    for out, (tokens, _), lora in zip(outs, expected, LORAS, strict=False):
         assert out.token_ids == tokens, f"adapter {lora}: {out.token_ids} != HF {tokens}"
 
 
 def test_logits_close_to_hf_peft(setup):
     llm, expected = setup
     engine = llm.engine
-    for i, (prompt, lora) in enumerate(zip(PROMPTS, LORAS)):
+    for i, (prompt, lora) in enumerate(zip(PROMPTS, LORAS, strict=False)):
         engine.add_request(f"logits-{i}", prompt, GREEDY, lora)
     step = 0
     while engine.has_unfinished():
         engine.step()
         for rid, row in engine.last_logits.items():
             i = int(rid.split("-")[1])
-            seen = len(engine.scheduler.find(rid).output_token_ids) if engine.scheduler.find(rid) else MAX_TOKENS
+            seen = (
+                len(engine.scheduler.find(rid).output_token_ids)
+                if engine.scheduler.find(rid)
+                else MAX_TOKENS
+            )
             ref = expected[i][1][seen - 1]
             torch.testing.assert_close(row, ref, rtol=1e-4, atol=1e-4)
         step += 1
@@ -107,13 +113,13 @@ def test_logits_close_to_hf_peft(setup):
 
 def test_rows_independent_of_batch_mates(setup):
     llm, expected = setup
-    for prompt, lora, (tokens, _) in zip(PROMPTS, LORAS, expected):
+    for prompt, lora, (tokens, _) in zip(PROMPTS, LORAS, expected, strict=False):
         (alone,) = llm.generate([prompt], GREEDY, lora=[lora])
         assert alone.token_ids == tokens
     # A different mix and order of batch-mates changes nothing either.
     order = [7, 3, 0, 5, 1]
     outs = llm.generate([PROMPTS[i] for i in order], GREEDY, lora=[LORAS[i] for i in order])
-    for i, out in zip(order, outs):
+    for i, out in zip(order, outs, strict=False):
         assert out.token_ids == expected[i][0]
 
 
@@ -122,7 +128,7 @@ def test_adapters_change_outputs(setup):
     llm, expected = setup
     engine = llm.engine
     one = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
-    for i, (prompt, lora) in enumerate(zip(PROMPTS, LORAS)):
+    for i, prompt in enumerate(PROMPTS):
         engine.add_request(f"base-{i}", prompt, one, None)
     engine.step()
     for i, lora in enumerate(LORAS):

@@ -15,7 +15,15 @@ def demo(tmp_path_factory):
 
 
 def _engine(demo, **kw) -> LLMEngine:
-    llm = LLM(demo.model_dir, dtype="float32", device="cpu", max_loras=2, max_lora_rank=32, block_size=4, **kw)
+    llm = LLM(
+        demo.model_dir,
+        dtype="float32",
+        device="cpu",
+        max_loras=2,
+        max_lora_rank=32,
+        block_size=4,
+        **kw,
+    )
     for a in demo.adapters:
         llm.add_lora(a.name, a.path)
     return llm.engine
@@ -26,7 +34,7 @@ def test_handoff_matches_colocated(demo):
     loras = [demo.adapters[0].name, None, demo.adapters[2].name]
     params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
     colocated = _engine(demo)
-    for i, (p, lo) in enumerate(zip(prompts, loras)):
+    for i, (p, lo) in enumerate(zip(prompts, loras, strict=False)):
         colocated.add_request(f"r{i}", p, params, lo)
     expected: dict[str, list[int]] = {}
     while colocated.has_unfinished():
@@ -34,7 +42,7 @@ def test_handoff_matches_colocated(demo):
             expected.setdefault(out.request_id, []).extend(out.new_token_ids)
 
     prefill, decode = _engine(demo), _engine(demo, num_kv_blocks=64)
-    for i, (p, lo) in enumerate(zip(prompts, loras)):
+    for i, (p, lo) in enumerate(zip(prompts, loras, strict=False)):
         prefill.add_request(f"r{i}", p, params, lo, prefill_only=True)
     got: dict[str, list[int]] = {}
     handoffs = 0
@@ -43,7 +51,14 @@ def test_handoff_matches_colocated(demo):
             assert out.handoff is not None and not out.finished
             i = int(out.request_id[1:])
             assert decode.reserve_blocks(out.request_id, out.handoff.num_tokens)
-            first = decode.inject(out.request_id, prompts[i], params, loras[i], out.handoff.first_token, out.handoff.payload)
+            first = decode.inject(
+                out.request_id,
+                prompts[i],
+                params,
+                loras[i],
+                out.handoff.first_token,
+                out.handoff.payload,
+            )
             got.setdefault(out.request_id, []).extend(first.new_token_ids)
             handoffs += 1
     assert handoffs == 3

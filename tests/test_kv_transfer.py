@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -83,12 +84,12 @@ async def _run(demo, nats_url: str, prompts: list[list[int]], kv_timeout_s: floa
     await bus.subscribe(Subjects.stream("gw"), on_delta, (TokenDelta, RequestError))
     await bus.subscribe(Subjects.USAGE, on_progress, RequestProgress)
     for i, p in enumerate(prompts):
-        sub = SubmitRequest(f"r{i}", "t", "gw", p, SamplingSpec(max_tokens=5, temperature=0.0, ignore_eos=True))
+        sub = SubmitRequest(
+            f"r{i}", "t", "gw", p, SamplingSpec(max_tokens=5, temperature=0.0, ignore_eos=True)
+        )
         await bus.publish(Subjects.worker("prefill-kv"), PrefillAssign(sub, "decode-kv"))
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(finished.wait(), 60)
-    except TimeoutError:
-        pass
     for w in workers:
         await w.stop()
     await bus.close()
@@ -103,7 +104,9 @@ def test_many_chunk_handoff_matches_offline(demo, tmp_path):
     finally:
         nats.stop()
     payload = 100 * 2 * 4 * 2 * 32 * 4  # tokens x (k,v) x layers x kv_heads x head_dim x fp32 bytes
-    assert payload // chunk_size_for(MAX_PAYLOAD) >= 3  # the long prompt really needs several chunks
+    assert (
+        payload // chunk_size_for(MAX_PAYLOAD) >= 3
+    )  # the long prompt really needs several chunks
     llm = LLM(demo.model_dir, dtype="float32", device="cpu", max_loras=1, max_lora_rank=8)
     expected = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=5, ignore_eos=True))
     assert [tokens.get(f"r{i}") for i in range(len(prompts))] == [e.token_ids for e in expected]

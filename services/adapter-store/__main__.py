@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         level=env.LOG_LEVEL.get().upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     import uvicorn
+
     from loraplex.adapter_store.app import create_app
     from loraplex.adapter_store.settings import Settings
 

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from starlette.requests import Request
+
 from loraplex.adapter_store.uploads import (
     AdapterUpload,
     check_name,
@@ -25,7 +27,6 @@ from loraplex.adapter_store.uploads import (
 from loraplex.adapters.errors import AdapterPathError
 from loraplex.errors import AdapterError
 from loraplex.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
-from starlette.requests import Request
 
 _MAX_JSON_BYTES = 64 * 1024
 _JSON_FIELDS = ("name", "path", "visibility", "replace")

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+
 from loraplex.adapter_store.deps import AppState
 from loraplex.adapter_store.events import EventPublisher
 from loraplex.adapter_store.http_errors import install_error_handlers

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+
 from loraplex.adapter_store.events import EventPublisher
 from loraplex.adapter_store.registrar import Registrar
 from loraplex.adapter_store.settings import Settings

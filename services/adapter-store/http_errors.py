@@ -8,6 +8,8 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
 from loraplex.adapters.errors import (
     AdapterExistsError,
     AdapterForbiddenError,
@@ -18,7 +20,6 @@ from loraplex.adapters.errors import (
 )
 from loraplex.errors import AdapterError, AdapterNotFoundError, InvalidRequestError, LoraplexError
 from loraplex.tenants import AuthenticationError
-from starlette.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+
 from loraplex.adapter_store.adapter_paths import read_path_registration
 from loraplex.adapter_store.deps import CurrentTenant, State
 from loraplex.adapter_store.uploads import AdapterUpload, invalid, read_multipart

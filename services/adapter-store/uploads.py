@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
 from loraplex.adapters.errors import AdapterTooLargeError
 from loraplex.adapters.info import VISIBILITIES
 from loraplex.errors import InvalidRequestError
 from loraplex.lora.names import CONFIG_FILE, WEIGHTS_FILE, validate_name
-from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import ClientDisconnect, Request
 
 FORM_FIELDS = ("name", "visibility", "replace")
 _MAX_FIELD_BYTES = 1024

@@ -89,10 +89,18 @@ class GatewayMetrics:
             "loraplex_queue_depth", "requests waiting in the scheduler", ["tenant"], registry=r
         )
         self.tenant_service = Gauge(
-            "loraplex_tenant_service", "fairness counter (weighted tokens served)", ["tenant"], registry=r
+            "loraplex_tenant_service",
+            "fairness counter (weighted tokens served)",
+            ["tenant"],
+            registry=r,
         )
         self.worker_gauges = {
-            key: Gauge(f"loraplex_worker_{key}", f"per-worker {key.replace('_', ' ')}", ["worker"], registry=r)
+            key: Gauge(
+                f"loraplex_worker_{key}",
+                f"per-worker {key.replace('_', ' ')}",
+                ["worker"],
+                registry=r,
+            )
             for key in (
                 "kv_blocks_used",
                 "kv_blocks_total",

@@ -29,7 +29,9 @@ async def serve(settings: SchedulerSettings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=env.LOG_LEVEL.get(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=env.LOG_LEVEL.get(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     asyncio.run(serve(settings_from_args(args)))
     return 0
 

@@ -4,6 +4,7 @@ workers have committed room for it; places it; tracks it until done; recovers fr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -12,8 +13,8 @@ from dataclasses import dataclass, field
 from loraplex.bus import Bus
 from loraplex.protocol import (
     CancelRequest,
-    PrefillAssign,
     PrefetchAdapter,
+    PrefillAssign,
     RequestError,
     RequestProgress,
     SchedulerStats,
@@ -100,14 +101,26 @@ class SchedulerService:
         if not self.registry.can_serve():
             return SubmitReply(rid, False, 503, "no worker is available to serve requests")
         if not self.registry.could_ever_fit(len(sub.prompt_token_ids), total):
-            return SubmitReply(rid, False, 400, f"request needs {total} tokens of KV cache; no worker has that much")
+            return SubmitReply(
+                rid,
+                False,
+                400,
+                f"request needs {total} tokens of KV cache; no worker has that much",
+            )
         if self.policy.queue_len(tenant) >= self.s.max_queue_per_tenant:
-            return SubmitReply(rid, False, 429, f"tenant {tenant!r} has {self.s.max_queue_per_tenant} requests queued")
+            return SubmitReply(
+                rid,
+                False,
+                429,
+                f"tenant {tenant!r} has {self.s.max_queue_per_tenant} requests queued",
+            )
         if len(self.submits) >= self.s.max_queue:
             return SubmitReply(rid, False, 429, "the server's queue is full")
         if rid in self.submits or rid in self.inflight:
             return SubmitReply(rid, False, 400, f"duplicate request id {rid!r}")
-        q = QueuedRequest(rid, tenant, len(sub.prompt_token_ids), sub.sampling.max_tokens, now, sub.adapter)
+        q = QueuedRequest(
+            rid, tenant, len(sub.prompt_token_ids), sub.sampling.max_tokens, now, sub.adapter
+        )
         self.policy.enqueue(q, now)
         self.submits[rid] = sub
         self._kick.set()
@@ -133,10 +146,8 @@ class SchedulerService:
     # ---- dispatch ----------------------------------------------------------------------------
     async def _dispatch_loop(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), timeout=0.1)
-            except TimeoutError:
-                pass
             self._kick.clear()
             try:
                 await self.dispatch(time.monotonic())
@@ -175,13 +186,17 @@ class SchedulerService:
         job.placement, job.prefill_done = placement, False
         job.workers = {placement.prefill} | ({placement.decode} if placement.decode else set())
         self.inflight[rid] = job
-        self.registry.commit(placement.prefill, rid, total if not placement.decode else len(sub.prompt_token_ids))
+        self.registry.commit(
+            placement.prefill, rid, total if not placement.decode else len(sub.prompt_token_ids)
+        )
         bus = self._bus()
         if placement.decode:
             self.registry.commit(placement.decode, rid, total)
             if sub.adapter:  # let the decode worker page the adapter in while prefill runs
                 await bus.publish(Subjects.worker(placement.decode), PrefetchAdapter(sub.adapter))
-        await bus.publish(Subjects.worker(placement.prefill), PrefillAssign(sub, placement.decode, job.attempt))
+        await bus.publish(
+            Subjects.worker(placement.prefill), PrefillAssign(sub, placement.decode, job.attempt)
+        )
 
     # ---- workers -> scheduler ----------------------------------------------------------------
     async def _on_heartbeat(self, hb: WorkerHeartbeat) -> None:
@@ -233,7 +248,9 @@ class SchedulerService:
         self.policy.on_finish(rid, job.completion_tokens)
         self._counters_dirty = True
         message = f"request failed after {job.attempt + 1} attempt(s): {reason}"
-        await self._bus().publish(Subjects.stream(job.submit.gateway_id), RequestError(rid, 503, message))
+        await self._bus().publish(
+            Subjects.stream(job.submit.gateway_id), RequestError(rid, 503, message)
+        )
 
     async def _liveness_loop(self) -> None:
         while True:
@@ -248,7 +265,9 @@ class SchedulerService:
 
     async def _worker_died(self, dead: WorkerState) -> None:
         wid = dead.hb.worker_id
-        log.warning("worker %s stopped heart-beating; recovering its %d requests", wid, len(dead.requests))
+        log.warning(
+            "worker %s stopped heart-beating; recovering its %d requests", wid, len(dead.requests)
+        )
         for rid in list(dead.requests):
             job = self.inflight.get(rid)
             if job is not None and wid in job.workers:

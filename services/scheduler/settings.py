@@ -34,20 +34,45 @@ class SchedulerSettings:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m loraplex.scheduler", description="loraplex scheduler: the only queue.")
+    p = argparse.ArgumentParser(
+        prog="python -m loraplex.scheduler", description="loraplex scheduler: the only queue."
+    )
     p.add_argument("--nats-url", default=env.NATS_URL.get())
-    p.add_argument("--redis-url", default=env.REDIS_URL.get() or None, help="keeps fairness counters across restarts")
+    p.add_argument(
+        "--redis-url",
+        default=env.REDIS_URL.get() or None,
+        help="keeps fairness counters across restarts",
+    )
     p.add_argument("--fairness", choices=["vtc", "fcfs", "lcf", "rpm"], default="vtc")
     p.add_argument("--tenants", default=None, help="tenants file (weights are read from it)")
-    p.add_argument("--max-queue-per-tenant", type=int, default=256, help="429 above this many queued per tenant")
-    p.add_argument("--max-queue", type=int, default=4096, help="429 above this many queued in total")
-    p.add_argument("--heartbeat-timeout", type=float, default=3.0, help="seconds without heartbeat = dead")
-    p.add_argument("--max-attempts", type=int, default=3, help="dispatch attempts before a request fails")
+    p.add_argument(
+        "--max-queue-per-tenant",
+        type=int,
+        default=256,
+        help="429 above this many queued per tenant",
+    )
+    p.add_argument(
+        "--max-queue", type=int, default=4096, help="429 above this many queued in total"
+    )
+    p.add_argument(
+        "--heartbeat-timeout", type=float, default=3.0, help="seconds without heartbeat = dead"
+    )
+    p.add_argument(
+        "--max-attempts", type=int, default=3, help="dispatch attempts before a request fails"
+    )
     p.add_argument("--w-p", type=float, default=1.0, help="VTC weight of an input token")
     p.add_argument("--w-q", type=float, default=2.0, help="VTC weight of an output token")
-    p.add_argument("--rpm-limit", type=int, default=60, help="requests per window per tenant (--fairness rpm)")
-    p.add_argument("--rpm-window", type=float, default=60.0, help="seconds of the RPM window (--fairness rpm)")
-    p.add_argument("--redis-prefix", default=env.REDIS_PREFIX.get(), help="prefix of the scheduler's Redis keys")
+    p.add_argument(
+        "--rpm-limit", type=int, default=60, help="requests per window per tenant (--fairness rpm)"
+    )
+    p.add_argument(
+        "--rpm-window", type=float, default=60.0, help="seconds of the RPM window (--fairness rpm)"
+    )
+    p.add_argument(
+        "--redis-prefix",
+        default=env.REDIS_PREFIX.get(),
+        help="prefix of the scheduler's Redis keys",
+    )
     return p
 
 

@@ -76,7 +76,9 @@ class WorkerRegistry:
         """Whether an idle set of live workers could hold the request at all."""
 
         def fits(roles: tuple[str, ...], tokens: int) -> bool:
-            return any(blocks_for(tokens, w.hb.block_size) <= w.hb.total_blocks for w in self._alive(roles))
+            return any(
+                blocks_for(tokens, w.hb.block_size) <= w.hb.total_blocks for w in self._alive(roles)
+            )
 
         if fits(("both",), total_tokens):
             return True

@@ -55,7 +55,9 @@ class Bus:
     async def publish(self, subject: str, msg: Message) -> None:
         await self.nc.publish(subject, encode(msg))
 
-    async def publish_raw(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> None:
+    async def publish_raw(
+        self, subject: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> None:
         await self.nc.publish(subject, data, headers=headers)
 
     async def subscribe(

@@ -13,14 +13,22 @@ def _demo_model(args: argparse.Namespace) -> int:
     info = write_demo_model(Path(args.dir), num_adapters=args.adapters, seed=args.seed)
     print(f"wrote demo model to {info.model_dir}")
     for a in info.adapters:
-        print(f"  adapter {a.name}: rank {a.rank}, alpha {a.alpha}, targets {','.join(a.target_modules)} -> {a.path}")
+        print(
+            f"  adapter {a.name}: rank {a.rank}, alpha {a.alpha}, targets {','.join(a.target_modules)} -> {a.path}"
+        )
     return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
     from loraplex import LLM, SamplingParams
 
-    llm = LLM(args.model, dtype=args.dtype, device=args.device, max_loras=args.max_loras, max_lora_rank=args.max_lora_rank)
+    llm = LLM(
+        args.model,
+        dtype=args.dtype,
+        device=args.device,
+        max_loras=args.max_loras,
+        max_lora_rank=args.max_lora_rank,
+    )
     for spec in args.lora:
         name, _, path = spec.partition("=")
         if not path:
@@ -28,10 +36,16 @@ def _generate(args: argparse.Namespace) -> int:
             return 2
         llm.add_lora(name, path)
     params = SamplingParams(
-        max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
     )
     for out in llm.generate(args.prompt, params, lora=args.adapter):
-        print(f"[{out.lora or 'base'}] {out.text!r} ({len(out.token_ids)} tokens, {out.finish_reason})")
+        print(
+            f"[{out.lora or 'base'}] {out.text!r} ({len(out.token_ids)} tokens, {out.finish_reason})"
+        )
     return 0
 
 
@@ -46,24 +60,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loraplex", description="Multi-tenant LoRA serving.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo-model", help="write a tiny random Llama model, tokenizer and N LoRA adapters")
+    p = sub.add_parser(
+        "demo-model", help="write a tiny random Llama model, tokenizer and N LoRA adapters"
+    )
     p.add_argument("dir", help="output directory")
-    p.add_argument("--adapters", type=int, default=4, help="number of PEFT adapters to write (default 4)")
+    p.add_argument(
+        "--adapters", type=int, default=4, help="number of PEFT adapters to write (default 4)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo_model)
 
     p = sub.add_parser("generate", help="offline generation with the in-process engine")
     p.add_argument("--model", required=True, help="Hugging Face model directory")
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
-    p.add_argument("--lora", action="append", default=[], metavar="NAME=PATH", help="register an adapter")
-    p.add_argument("--adapter", default=None, help="adapter name to use for every prompt (default: base)")
+    p.add_argument(
+        "--lora", action="append", default=[], metavar="NAME=PATH", help="register an adapter"
+    )
+    p.add_argument(
+        "--adapter", default=None, help="adapter name to use for every prompt (default: base)"
+    )
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=-1)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)"
+    )
     p.add_argument("--max-loras", type=int, default=8)
     p.add_argument("--max-lora-rank", type=int, default=64)
     p.set_defaults(func=_generate)

@@ -39,8 +39,12 @@ KV_CACHE_MEMORY = EnvVar(
     "LORAPLEX_KV_CACHE_MEMORY_MB", 0, "KV-cache size in MiB (0: derive from --num-kv-blocks)"
 )
 
-NATS_URL = EnvVar("LORAPLEX_NATS_URL", "nats://127.0.0.1:4222", "NATS server every service connects to")
-REDIS_URL = EnvVar("LORAPLEX_REDIS_URL", "", "Redis of the adapter store (empty: no adapter paging)")
+NATS_URL = EnvVar(
+    "LORAPLEX_NATS_URL", "nats://127.0.0.1:4222", "NATS server every service connects to"
+)
+REDIS_URL = EnvVar(
+    "LORAPLEX_REDIS_URL", "", "Redis of the adapter store (empty: no adapter paging)"
+)
 
 # adapter store (also read by the gateway and workers where they share a setting)
 TENANTS_FILE = EnvVar(

@@ -33,9 +33,14 @@ class Stack:
         return next(p for n, p in self.procs if n == name)
 
     def spawn(self, name: str, module: str, *args: str) -> subprocess.Popen:
-        with open(self.run_dir / f"{name}.log", "ab") as log:  # the child keeps its own copy of the fd
+        with open(
+            self.run_dir / f"{name}.log", "ab"
+        ) as log:  # the child keeps its own copy of the fd
             proc = subprocess.Popen(
-                [sys.executable, "-m", module, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                [sys.executable, "-m", module, *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.procs.append((name, proc))
         return proc
@@ -61,23 +66,40 @@ class Stack:
 
 
 def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--model", default=None, help="Hugging Face model directory (default: a tiny demo model)")
-    p.add_argument("--host", default="127.0.0.1", help="gateway listen address (non-loopback needs --tenants)")
+    p.add_argument(
+        "--model", default=None, help="Hugging Face model directory (default: a tiny demo model)"
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="gateway listen address (non-loopback needs --tenants)"
+    )
     p.add_argument("--port", type=int, default=8000, help="gateway port")
-    p.add_argument("--tenants", default=None, help="tenants file (JSON/YAML); without it: one open tenant")
-    p.add_argument("--prefill-workers", type=int, default=1, help="0 runs the decode workers colocated (role both)")
+    p.add_argument(
+        "--tenants", default=None, help="tenants file (JSON/YAML); without it: one open tenant"
+    )
+    p.add_argument(
+        "--prefill-workers",
+        type=int,
+        default=1,
+        help="0 runs the decode workers colocated (role both)",
+    )
     p.add_argument("--decode-workers", type=int, default=1)
     p.add_argument("--max-num-seqs", type=int, default=32, help="running batch size per worker")
     p.add_argument("--max-loras", type=int, default=8, help="adapter slots per worker")
     p.add_argument("--max-lora-rank", type=int, default=64)
-    p.add_argument("--num-kv-blocks", type=int, default=None, help="KV blocks per worker (default: derived)")
+    p.add_argument(
+        "--num-kv-blocks", type=int, default=None, help="KV blocks per worker (default: derived)"
+    )
     p.add_argument("--fairness", choices=["vtc", "fcfs", "lcf", "rpm"], default="vtc")
-    p.add_argument("--rpm-limit", type=int, default=60, help="requests per minute per tenant (--fairness rpm)")
+    p.add_argument(
+        "--rpm-limit", type=int, default=60, help="requests per minute per tenant (--fairness rpm)"
+    )
     p.add_argument("--nats-url", default=None, help="use this NATS instead of starting one")
     p.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument("--device", default=None, help="worker device (default: cuda when available)")
-    p.add_argument("--run-dir", default=None, help="logs and server data (default: ./.loraplex/run)")
+    p.add_argument(
+        "--run-dir", default=None, help="logs and server data (default: ./.loraplex/run)"
+    )
     p.add_argument("--adapter-store-port", type=int, default=None, help="default: a free port")
     return p
 
@@ -170,7 +192,14 @@ def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]
         "--max-lora-rank", str(args.max_lora_rank), *common, *tenants,
     )  # fmt: skip
     stack.spawn(
-        "scheduler", "loraplex.scheduler", "--fairness", args.fairness, "--rpm-limit", str(args.rpm_limit), *common, *tenants
+        "scheduler",
+        "loraplex.scheduler",
+        "--fairness",
+        args.fairness,
+        "--rpm-limit",
+        str(args.rpm_limit),
+        *common,
+        *tenants,
     )
     worker_args = [
         "--model", model, "--dtype", args.dtype, "--max-num-seqs", str(args.max_num_seqs),
@@ -184,7 +213,15 @@ def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]
         stack.spawn(f"prefill-{i}", "loraplex.prefill", "--worker-id", f"prefill-{i}", *worker_args)
     decode_role = "decode" if args.prefill_workers else "both"
     for i in range(args.decode_workers):
-        stack.spawn(f"decode-{i}", "loraplex.decode", "--role", decode_role, "--worker-id", f"decode-{i}", *worker_args)
+        stack.spawn(
+            f"decode-{i}",
+            "loraplex.decode",
+            "--role",
+            decode_role,
+            "--worker-id",
+            f"decode-{i}",
+            *worker_args,
+        )
     stack.spawn(
         "gateway", "loraplex.gateway", "--host", args.host, "--port", str(args.port), "--model", model,
         "--max-lora-rank", str(args.max_lora_rank), *common, *tenants,
@@ -192,11 +229,15 @@ def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]
     base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
     _wait_http(f"{base}/ready", stack, timeout=300)
     _wait_http(f"http://127.0.0.1:{store_port}/ready", stack, timeout=60)
-    stack.urls.update(gateway=base, adapter_store=f"http://127.0.0.1:{store_port}", nats=nats_url, redis=redis_url)
+    stack.urls.update(
+        gateway=base, adapter_store=f"http://127.0.0.1:{store_port}", nats=nats_url, redis=redis_url
+    )
     return base, model, demo_adapters
 
 
-def _print_banner(base: str, model: str, adapters: list, args: argparse.Namespace, run_dir: Path) -> None:  # type: ignore[type-arg]
+def _print_banner(
+    base: str, model: str, adapters: list, args: argparse.Namespace, run_dir: Path
+) -> None:  # type: ignore[type-arg]
     model_id = os.path.basename(os.path.normpath(model))
     example = adapters[0].name if adapters else model_id
     body = json.dumps({"model": example, "prompt": "Hello", "max_tokens": 16})

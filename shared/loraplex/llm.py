@@ -36,7 +36,9 @@ class LLM:
         max_lora_rank: int = 64,
         **engine_options: object,
     ) -> None:
-        config = EngineConfig.with_env_defaults(max_loras=max_loras, max_lora_rank=max_lora_rank, **engine_options)
+        config = EngineConfig.with_env_defaults(
+            max_loras=max_loras, max_lora_rank=max_lora_rank, **engine_options
+        )
         self.engine = LLMEngine(model_dir, config, dtype=dtype, device=device)
         self.tokenizer = self.engine.tokenizer
         self._ids = itertools.count()
@@ -58,7 +60,9 @@ class LLM:
         ``prompts`` are strings (tokenized with the model's tokenizer) or token-id lists;
         ``sampling_params`` and ``lora`` are one value for all prompts or one per prompt.
         """
-        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+        if isinstance(prompts, str) or (
+            isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
+        ):
             prompts = [prompts]  # type: ignore[list-item]
         n = len(prompts)
         params = _per_prompt(sampling_params or SamplingParams(), n, "sampling_params")
@@ -66,7 +70,7 @@ class LLM:
         outputs: dict[str, RequestOutput] = {}
         order: list[str] = []
         try:
-            for prompt, p, name in zip(prompts, params, loras):
+            for prompt, p, name in zip(prompts, params, loras, strict=False):
                 ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
                 rid = f"offline-{next(self._ids)}"
                 self.engine.add_request(rid, ids, p, name)

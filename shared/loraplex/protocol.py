@@ -32,7 +32,9 @@ class Subjects:
     HEARTBEAT = "loraplex.sched.heartbeat"  # workers -> scheduler: WorkerHeartbeat
     USAGE = "loraplex.sched.usage"  # workers -> scheduler: UsageReport, RequestDone
     ADAPTER_EVENTS = "loraplex.adapters.events"  # adapter-store -> all: AdapterEvent
-    STATS = "loraplex.sched.stats"  # scheduler -> gateways (for /metrics), every second: SchedulerStats
+    STATS = (
+        "loraplex.sched.stats"  # scheduler -> gateways (for /metrics), every second: SchedulerStats
+    )
 
     @staticmethod
     def worker(worker_id: str) -> str:
@@ -211,7 +213,9 @@ def _to_fields(msg: Message) -> dict[str, Any]:
 def encode(msg: Message) -> bytes:
     if not msg.TAG:
         raise TypeError(f"{type(msg).__name__} has no wire tag")
-    return msgpack.packb({"v": PROTOCOL_VERSION, "t": msg.TAG, "d": _to_fields(msg)}, use_bin_type=True)
+    return msgpack.packb(
+        {"v": PROTOCOL_VERSION, "t": msg.TAG, "d": _to_fields(msg)}, use_bin_type=True
+    )
 
 
 def decode(data: bytes, expect: type[M] | tuple[type[Message], ...] | None = None) -> M:
@@ -223,7 +227,9 @@ def decode(data: bytes, expect: type[M] | tuple[type[Message], ...] | None = Non
     if not isinstance(raw, dict) or "t" not in raw or "d" not in raw:
         raise ProtocolError("not a loraplex message envelope")
     if raw.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {raw.get('v')!r}, this build speaks {PROTOCOL_VERSION}")
+        raise ProtocolError(
+            f"protocol version {raw.get('v')!r}, this build speaks {PROTOCOL_VERSION}"
+        )
     cls = _REGISTRY.get(raw["t"]) if isinstance(raw["t"], str) else None
     if cls is None:
         raise ProtocolError(f"unknown message type {raw['t']!r}")

@@ -9,7 +9,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-NATS_MAX_PAYLOAD = 8 * 1024 * 1024  # raised from the 1 MiB default so KV chunks travel in fewer messages
+NATS_MAX_PAYLOAD = (
+    8 * 1024 * 1024
+)  # raised from the 1 MiB default so KV chunks travel in fewer messages
 
 
 def free_port() -> int:
@@ -20,7 +22,8 @@ def free_port() -> int:
 
 def _find(binary: str) -> str:
     path = shutil.which(binary) or next(
-        (str(p) for p in (Path("/usr/sbin") / binary, Path("/usr/bin") / binary) if p.exists()), None
+        (str(p) for p in (Path("/usr/sbin") / binary, Path("/usr/bin") / binary) if p.exists()),
+        None,
     )
     if path is None:
         raise FileNotFoundError(
@@ -61,7 +64,9 @@ class ServerProcess:
                 self.proc.wait()
 
 
-def start_nats(data_dir: Path, port: int | None = None, max_payload: int = NATS_MAX_PAYLOAD) -> ServerProcess:
+def start_nats(
+    data_dir: Path, port: int | None = None, max_payload: int = NATS_MAX_PAYLOAD
+) -> ServerProcess:
     """nats-server on loopback with JetStream and a raised max_payload."""
     port = port or free_port()
     data_dir = data_dir.resolve()
@@ -71,8 +76,10 @@ def start_nats(data_dir: Path, port: int | None = None, max_payload: int = NATS_
         f'listen: "127.0.0.1:{port}"\nmax_payload: {max_payload}\n'
         f'jetstream {{\n  store_dir: "{data_dir / "jetstream"}"\n}}\n'
     )
-    log = open(data_dir / "nats.log", "ab")
-    proc = subprocess.Popen([_find("nats-server"), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    with open(data_dir / "nats.log", "ab") as log:  # the child keeps its own copy of the fd
+        proc = subprocess.Popen(
+            [_find("nats-server"), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
+        )
     _wait_port(port, proc, "nats-server")
     return ServerProcess("nats", port, f"nats://127.0.0.1:{port}", proc, data_dir)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+
 from loraplex.adapter_store.app import create_app
 from loraplex.adapter_store.settings import Settings
 from loraplex.adapters.store import AdapterStore

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from loraplex.adapters.client import AdapterStoreClient
 from loraplex.adapters.errors import AdapterExistsError, AdapterForbiddenError
 from loraplex.adapters.store import AdapterStore

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
 from loraplex.adapters.errors import (
     AdapterExistsError,
     AdapterForbiddenError,
@@ -20,8 +23,6 @@ from loraplex.adapters.errors import (
 from loraplex.adapters.store import CHUNK_SIZE, AdapterStore
 from loraplex.errors import AdapterError, AdapterNotFoundError
 from loraplex.servers import free_port, start_redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from .conftest import keys_with
 

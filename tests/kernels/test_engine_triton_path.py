@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from loraplex import LLM, SamplingParams
-from loraplex.demo import ALL_MODULES, TinyModelSpec, write_demo_tokenizer, write_random_adapter, write_random_model
+from loraplex.demo import (
+    ALL_MODULES,
+    TinyModelSpec,
+    write_demo_tokenizer,
+    write_random_adapter,
+    write_random_model,
+)
 from tests.hf_reference import HFReference
 
 ADAPTERS = [("all-r8", 8, 16, ALL_MODULES, False), ("qv-r4-rs", 4, 8, ("q_proj", "v_proj"), True)]
@@ -20,18 +26,31 @@ def triton_on_cpu(monkeypatch):
 
 
 def test_triton_path_matches_hf_peft(tmp_path, triton_on_cpu):
-    spec = TinyModelSpec(arch="qwen2", seed=7, hidden_size=32, intermediate_size=64, num_heads=4, num_kv_heads=2)
+    spec = TinyModelSpec(
+        arch="qwen2", seed=7, hidden_size=32, intermediate_size=64, num_heads=4, num_kv_heads=2
+    )
     write_random_model(tmp_path / "model", spec)
     write_demo_tokenizer(tmp_path / "model", spec.vocab_size)
     paths = {}
     for i, (name, rank, alpha, targets, rs) in enumerate(ADAPTERS):
         paths[name] = tmp_path / name
-        write_random_adapter(paths[name], spec, rank=rank, alpha=alpha, targets=targets, use_rslora=rs, seed=i)
+        write_random_adapter(
+            paths[name], spec, rank=rank, alpha=alpha, targets=targets, use_rslora=rs, seed=i
+        )
     ref = HFReference(tmp_path / "model", paths)
-    expected = [ref.greedy(p, lo, 4)[0] for p, lo in zip(PROMPTS, LORAS)]
-    llm = LLM(tmp_path / "model", dtype="float32", device="cpu", max_loras=2, max_lora_rank=8, block_size=4)
+    expected = [ref.greedy(p, lo, 4)[0] for p, lo in zip(PROMPTS, LORAS, strict=False)]
+    llm = LLM(
+        tmp_path / "model",
+        dtype="float32",
+        device="cpu",
+        max_loras=2,
+        max_lora_rank=8,
+        block_size=4,
+    )
     assert llm.engine.runner.ops.backend == "triton"
     for name, path in paths.items():
         llm.add_lora(name, path)
-    outs = llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True), lora=LORAS)
+    outs = llm.generate(
+        PROMPTS, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True), lora=LORAS
+    )
     assert [o.token_ids for o in outs] == expected

@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from loraplex.scheduler.policies.registry import make_policy
 from loraplex.scheduler.simulator import Client, ServerConfig, Workload, generate_arrivals, simulate
 

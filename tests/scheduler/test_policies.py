@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from loraplex.scheduler.policies.base import QueuedRequest
 from loraplex.scheduler.policies.fcfs import FCFSPolicy
 from loraplex.scheduler.policies.registry import POLICIES, make_policy

@@ -6,6 +6,7 @@ import json
 import random
 
 import pytest
+
 from loraplex.scheduler.policies.base import QueuedRequest
 from loraplex.scheduler.policies.registry import make_policy
 from loraplex.scheduler.policies.vtc import VTCPolicy

@@ -7,12 +7,23 @@ import pytest
 from loraplex.launcher import Stack, parse_up_args, start_stack
 from loraplex.servers import free_port
 
-STACK_FLAGS = ["--dtype", "float32", "--device", "cpu", "--max-num-seqs", "16", "--num-kv-blocks", "512"]
+STACK_FLAGS = [
+    "--dtype",
+    "float32",
+    "--device",
+    "cpu",
+    "--max-num-seqs",
+    "16",
+    "--num-kv-blocks",
+    "512",
+]
 
 
 def launch(tmp_path_factory, name: str, extra: list[str]) -> Stack:
     stack = Stack(tmp_path_factory.mktemp(name))
-    args = parse_up_args(["--port", str(free_port()), "--run-dir", str(stack.run_dir), *STACK_FLAGS, *extra])
+    args = parse_up_args(
+        ["--port", str(free_port()), "--run-dir", str(stack.run_dir), *STACK_FLAGS, *extra]
+    )
     try:
         base, model, adapters = start_stack(args, stack)
     except BaseException:

@@ -16,7 +16,9 @@ PROMPTS = [[5, 6, 7, 8, 9, 10], [100, 200, 300], [42] * 11, [7, 8], [300, 301, 3
 
 @pytest.fixture(scope="module")
 def client(disagg_stack):
-    return openai.OpenAI(base_url=disagg_stack.urls["gateway"] + "/v1", api_key="unused", max_retries=0)
+    return openai.OpenAI(
+        base_url=disagg_stack.urls["gateway"] + "/v1", api_key="unused", max_retries=0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +42,25 @@ def test_models_lists_base_and_adapters(client, disagg_stack, model_id):
 
 
 def test_greedy_matches_offline_llm(client, disagg_stack, model_id, loras):
-    llm = LLM(Path(disagg_stack.urls["model_dir"]), dtype="float32", device="cpu", max_loras=8, max_lora_rank=64)
+    llm = LLM(
+        Path(disagg_stack.urls["model_dir"]),
+        dtype="float32",
+        device="cpu",
+        max_loras=8,
+        max_lora_rank=64,
+    )
     for a in disagg_stack.adapters:
         llm.add_lora(a.name, a.path)
-    expected = llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True), lora=loras)
-    for prompt, lora, exp in zip(PROMPTS, loras, expected):
+    expected = llm.generate(
+        PROMPTS, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True), lora=loras
+    )
+    for prompt, lora, exp in zip(PROMPTS, loras, expected, strict=False):
         resp = client.completions.create(
-            model=lora or model_id, prompt=prompt, max_tokens=12, temperature=0, extra_body={"ignore_eos": True}
+            model=lora or model_id,
+            prompt=prompt,
+            max_tokens=12,
+            temperature=0,
+            extra_body={"ignore_eos": True},
         )
         assert resp.choices[0].text == exp.text
         assert resp.usage.prompt_tokens == len(prompt)
@@ -54,19 +68,32 @@ def test_greedy_matches_offline_llm(client, disagg_stack, model_id, loras):
 
 
 def test_streaming_equals_non_streaming(client, model_id, loras):
-    for prompt, lora in zip(PROMPTS[:3], loras[:3]):
-        kwargs = dict(model=lora or model_id, prompt=prompt, max_tokens=10, temperature=0, extra_body={"ignore_eos": True})
+    for prompt, lora in zip(PROMPTS[:3], loras[:3], strict=False):
+        kwargs = {
+            "model": lora or model_id,
+            "prompt": prompt,
+            "max_tokens": 10,
+            "temperature": 0,
+            "extra_body": {"ignore_eos": True},
+        }
         whole = client.completions.create(**kwargs)
-        chunks = list(client.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
+        chunks = list(
+            client.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs)
+        )
         text = "".join(c.choices[0].text for c in chunks if c.choices)
         assert text == whole.choices[0].text
         usage = [c.usage for c in chunks if c.usage is not None]
-        assert usage and usage[-1].completion_tokens == 10 and usage[-1].prompt_tokens == len(prompt)
+        assert (
+            usage and usage[-1].completion_tokens == 10 and usage[-1].prompt_tokens == len(prompt)
+        )
 
 
 def test_chat_completion(client, loras):
     resp = client.chat.completions.create(
-        model=loras[0], messages=[{"role": "user", "content": "hello there"}], max_tokens=8, temperature=0
+        model=loras[0],
+        messages=[{"role": "user", "content": "hello there"}],
+        max_tokens=8,
+        temperature=0,
     )
     assert resp.choices[0].message.role == "assistant"
     assert resp.usage.completion_tokens <= 8
@@ -74,7 +101,9 @@ def test_chat_completion(client, loras):
 
 def test_concurrent_requests(disagg_stack, model_id, loras):
     async def run() -> list:
-        aclient = openai.AsyncOpenAI(base_url=disagg_stack.urls["gateway"] + "/v1", api_key="x", max_retries=0)
+        aclient = openai.AsyncOpenAI(
+            base_url=disagg_stack.urls["gateway"] + "/v1", api_key="x", max_retries=0
+        )
         calls = [
             aclient.completions.create(
                 model=loras[i % len(loras)] or model_id,
@@ -109,7 +138,9 @@ def test_errors_are_openai_shaped(disagg_stack, model_id, body, status):
     assert "message" in r.json()["error"]
     # ... and the server keeps serving.
     ok = httpx.post(
-        disagg_stack.urls["gateway"] + "/v1/completions", json={"model": model_id, "prompt": "hi", "max_tokens": 2}, timeout=30
+        disagg_stack.urls["gateway"] + "/v1/completions",
+        json={"model": model_id, "prompt": "hi", "max_tokens": 2},
+        timeout=30,
     )
     assert ok.status_code == 200
 

@@ -31,14 +31,21 @@ def stack(tmp_path_factory, servers):
 
 
 def _client(stack) -> openai.OpenAI:
-    return openai.OpenAI(base_url=stack.urls["gateway"] + "/v1", api_key="x", max_retries=0, timeout=60)
+    return openai.OpenAI(
+        base_url=stack.urls["gateway"] + "/v1", api_key="x", max_retries=0, timeout=60
+    )
 
 
 def _eventually_completes(stack, model: str, within_s: float = 30.0) -> str:
     deadline = time.monotonic() + within_s
     while True:
         try:
-            return _client(stack).completions.create(model=model, prompt=[4, 5, 6], max_tokens=4).choices[0].text
+            return (
+                _client(stack)
+                .completions.create(model=model, prompt=[4, 5, 6], max_tokens=4)
+                .choices[0]
+                .text
+            )
         except openai.APIError:
             if time.monotonic() > deadline:
                 raise
@@ -46,7 +53,9 @@ def _eventually_completes(stack, model: str, within_s: float = 30.0) -> str:
 
 
 def test_colocated_stack_serves_adapters(stack):
-    out = _client(stack).completions.create(model=stack.adapters[1].name, prompt="hello", max_tokens=5)
+    out = _client(stack).completions.create(
+        model=stack.adapters[1].name, prompt="hello", max_tokens=5
+    )
     assert out.usage.completion_tokens == 5
 
 
@@ -72,7 +81,12 @@ def test_sigterm_drains_in_flight_requests(stack):
     client = _client(stack)
     model = client.models.list().data[0].id
     stream = client.completions.create(
-        model=model, prompt=[9, 8, 7], max_tokens=300, temperature=0, stream=True, extra_body={"ignore_eos": True}
+        model=model,
+        prompt=[9, 8, 7],
+        max_tokens=300,
+        temperature=0,
+        stream=True,
+        extra_body={"ignore_eos": True},
     )
     it = iter(stream)
     first = next(it)

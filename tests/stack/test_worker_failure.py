@@ -26,7 +26,12 @@ def test_killed_decode_worker_fails_stream_within_bound(stack):
     client = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0, timeout=60)
     model = client.models.list().data[0].id
     stream = client.completions.create(
-        model=model, prompt=[5, 6, 7], max_tokens=1900, temperature=0, stream=True, extra_body={"ignore_eos": True}
+        model=model,
+        prompt=[5, 6, 7],
+        max_tokens=1900,
+        temperature=0,
+        stream=True,
+        extra_body={"ignore_eos": True},
     )
     it = iter(stream)
     next(it)  # tokens are flowing
@@ -42,7 +47,11 @@ def test_killed_decode_worker_fails_stream_within_bound(stack):
     # With every decode worker gone, new requests are refused at once instead of queueing forever.
     deadline = time.monotonic() + BOUND_S
     while time.monotonic() < deadline:
-        r = httpx.post(base + "/v1/completions", json={"model": model, "prompt": "hi", "max_tokens": 2}, timeout=30)
+        r = httpx.post(
+            base + "/v1/completions",
+            json={"model": model, "prompt": "hi", "max_tokens": 2},
+            timeout=30,
+        )
         if r.status_code == 503:
             break
         time.sleep(0.5)

@@ -29,7 +29,7 @@ def _segments(seqs: list[Sequence], rows_per_seq: list[int]) -> tuple[list[int],
         else:
             slots.append(seq.lora_slot)
             starts.append(row)
-    longest = max((e - s for s, e in zip(starts[:-1], starts[1:])), default=0)
+    longest = max((e - s for s, e in zip(starts[:-1], starts[1:], strict=False)), default=0)
     return starts, slots, longest
 
 
@@ -52,7 +52,9 @@ def build_prefill(seqs: list[Sequence], block_size: int, device: torch.device) -
         pos.extend(range(start, len(tokens)))
         slots.extend(_slot_map(seq, start, len(tokens), block_size))
         cu.append(len(ids))
-    seg_starts, seg_slots, longest = _segments(seqs, [e - s for s, e in zip(cu[:-1], cu[1:])])
+    seg_starts, seg_slots, longest = _segments(
+        seqs, [e - s for s, e in zip(cu[:-1], cu[1:], strict=False)]
+    )
     as_t = lambda x, dt=torch.int32: torch.tensor(x, dtype=dt, device=device)  # noqa: E731
     attn = AttentionMeta(
         is_prefill=True,

@@ -74,11 +74,15 @@ class LLMEngine:
         self.model = load_model(model_dir, mc, self.dtype, self.device, self.max_model_len)
         num_blocks = self._num_kv_blocks()
         self.kv_cache = PagedKVCache(mc, num_blocks, cfg.block_size, self.dtype, self.device)
-        self.lora_weights = LoraWeights(mc, cfg.max_loras, cfg.max_lora_rank, self.dtype, self.device)
+        self.lora_weights = LoraWeights(
+            mc, cfg.max_loras, cfg.max_lora_rank, self.dtype, self.device
+        )
         self.slots = SlotTable(cfg.max_loras)
         self.allocator = BlockAllocator(num_blocks, cfg.block_size)
         self.scheduler = Scheduler(
-            SchedulerConfig(cfg.max_num_seqs, cfg.max_num_batched_tokens, cfg.block_size), self.allocator, self.slots
+            SchedulerConfig(cfg.max_num_seqs, cfg.max_num_batched_tokens, cfg.block_size),
+            self.allocator,
+            self.slots,
         )
         self.runner = ModelRunner(self.model, self.kv_cache, self.lora_weights, self.device)
         self.adapters: dict[str, LoraAdapter] = {}
@@ -112,7 +116,9 @@ class LLMEngine:
     def add_lora_adapter(self, adapter: LoraAdapter) -> LoraAdapter:
         """Register (or replace) a validated adapter; a resident stale copy is dropped."""
         if adapter.rank > self.config.max_lora_rank:
-            raise AdapterError(f"adapter {adapter.name!r}: rank {adapter.rank} exceeds max_lora_rank")
+            raise AdapterError(
+                f"adapter {adapter.name!r}: rank {adapter.rank} exceeds max_lora_rank"
+            )
         if adapter.name in self.adapters:
             self.remove_lora(adapter.name)
         self.adapters[adapter.name] = adapter
@@ -121,7 +127,9 @@ class LLMEngine:
     def remove_lora(self, name: str) -> None:
         """Forget an adapter.  Refused while running requests use it."""
         sched = self.scheduler
-        if self.slots.pinned(name) or any(s.lora == name for s in (*sched.running, *sched.waiting, *sched.ready)):
+        if self.slots.pinned(name) or any(
+            s.lora == name for s in (*sched.running, *sched.waiting, *sched.ready)
+        ):
             raise AdapterError(f"adapter {name!r} is in use by queued or running requests")
         slot = self.slots.evict(name)
         if slot is not None:
@@ -159,9 +167,14 @@ class LLMEngine:
     def _track(self, seq: Sequence) -> None:
         params, request_id = seq.params, seq.request_id
         if params.seed is not None:
-            self._generators[request_id] = torch.Generator(device=self.device).manual_seed(params.seed)
+            self._generators[request_id] = torch.Generator(device=self.device).manual_seed(
+                params.seed
+            )
         self._detok[request_id] = IncrementalDetokenizer(
-            self.tokenizer, params.stop, params.skip_special_tokens, context_ids=seq.prompt_token_ids
+            self.tokenizer,
+            params.stop,
+            params.skip_special_tokens,
+            context_ids=seq.prompt_token_ids,
         )
 
     # ---- disaggregation: K/V hand-over -----------------------------------------------------
@@ -223,8 +236,10 @@ class LLMEngine:
         logits = self.runner.execute(inp)
         gens = [self._generators.get(s.request_id, self._shared_gen) for s in inp.seqs]
         tokens = sample(logits, [s.params for s in inp.seqs], gens)
-        self.last_logits = {s.request_id: row for s, row in zip(inp.seqs, logits)}  # for tests/debug
-        return [self._append(seq, tok) for seq, tok in zip(inp.seqs, tokens)]
+        self.last_logits = {
+            s.request_id: row for s, row in zip(inp.seqs, logits, strict=False)
+        }  # for tests/debug
+        return [self._append(seq, tok) for seq, tok in zip(inp.seqs, tokens, strict=False)]
 
     def _append(self, seq: Sequence, token: int, cached: bool = True) -> StepOutput:
         if cached:
@@ -254,7 +269,9 @@ class LLMEngine:
             self.scheduler.finish(seq, "handoff")
             self._forget(seq.request_id)
             text = ""
-        return StepOutput(seq.request_id, [token], text, reason is not None, reason, stop_reason, handoff)
+        return StepOutput(
+            seq.request_id, [token], text, reason is not None, reason, stop_reason, handoff
+        )
 
     def _forget(self, request_id: str) -> None:
         self._generators.pop(request_id, None)

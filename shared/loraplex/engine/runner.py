@@ -33,5 +33,7 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, inp: ModelInput) -> torch.Tensor:
         """Run the model; returns fp32 logits [N, vocab] in the order of ``inp.seqs``."""
-        hidden = self.model(inp.input_ids, inp.positions, inp.ctx, self.kv_cache.layers, self.lora, self.ops)
+        hidden = self.model(
+            inp.input_ids, inp.positions, inp.ctx, self.kv_cache.layers, self.lora, self.ops
+        )
         return self.model.compute_logits(hidden[inp.logits_index])

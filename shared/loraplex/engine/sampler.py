@@ -7,7 +7,9 @@ import torch
 from loraplex.sampling_params import SamplingParams
 
 
-def _filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+def _filter_top_k_top_p(
+    logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
+) -> torch.Tensor:
     """logits: [N, V] fp32 (already divided by temperature); top_k: [N] (V = off); top_p: [N]."""
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     ranks = torch.arange(logits.shape[-1], device=logits.device)
@@ -33,9 +35,14 @@ def sample(
     if not rows:
         return out
     idx = torch.tensor(rows, device=logits.device)
-    sub = logits[idx] / torch.tensor([params[i].temperature for i in rows], device=logits.device)[:, None]
+    sub = (
+        logits[idx]
+        / torch.tensor([params[i].temperature for i in rows], device=logits.device)[:, None]
+    )
     vocab = logits.shape[-1]
-    top_k = torch.tensor([params[i].top_k if params[i].top_k > 0 else vocab for i in rows], device=logits.device)
+    top_k = torch.tensor(
+        [params[i].top_k if params[i].top_k > 0 else vocab for i in rows], device=logits.device
+    )
     top_p = torch.tensor([params[i].top_p for i in rows], device=logits.device)
     if (top_k < vocab).any() or (top_p < 1).any():
         sub = _filter_top_k_top_p(sub, top_k, top_p)

@@ -130,7 +130,9 @@ class Scheduler:
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
         # Keep arrival order in the waiting queue so the earliest request resumes first.
-        idx = next((i for i, s in enumerate(self.waiting) if s.arrival > seq.arrival), len(self.waiting))
+        idx = next(
+            (i for i, s in enumerate(self.waiting) if s.arrival > seq.arrival), len(self.waiting)
+        )
         self.waiting.insert(idx, seq)
 
     def _release(self, seq: Sequence) -> None:

@@ -27,7 +27,11 @@ def _rank_groups(indices: list[int], ranks: list[int]) -> dict[int, list[int]]:
 
 
 def bgmv_shrink(
-    x: torch.Tensor, lora_a: torch.Tensor, indices: torch.Tensor, ranks: torch.Tensor, v: torch.Tensor
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    indices: torch.Tensor,
+    ranks: torch.Tensor,
+    v: torch.Tensor,
 ) -> None:
     """Per-row shrink (decode): ``v[i, :r] = x[i] @ lora_a[indices[i], :r].T``.
 
@@ -136,7 +140,9 @@ def store_kv(
     v_cache.view(-1, kvh, d)[slots] = v[keep].to(v_cache.dtype)
 
 
-def _window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, sliding_window: int | None) -> torch.Tensor:
+def _window_mask(
+    q_pos: torch.Tensor, k_pos: torch.Tensor, sliding_window: int | None
+) -> torch.Tensor:
     """Boolean [Q, K] mask (True = attend): causal, optionally limited to the last ``sliding_window``."""
     mask = k_pos[None, :] <= q_pos[:, None]
     if sliding_window is not None:
@@ -164,11 +170,15 @@ def prefill_attention(
         ks = k[s:e].transpose(0, 1)  # [KVH, L, D]
         vs = v[s:e].transpose(0, 1)
         if sliding_window is None or sliding_window >= e - s:
-            o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=gqa)
+            o = F.scaled_dot_product_attention(
+                qs, ks, vs, is_causal=True, scale=scale, enable_gqa=gqa
+            )
         else:
             pos = torch.arange(e - s, device=q.device)
             mask = _window_mask(pos, pos, sliding_window)
-            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale, enable_gqa=gqa)
+            o = F.scaled_dot_product_attention(
+                qs, ks, vs, attn_mask=mask, scale=scale, enable_gqa=gqa
+            )
         out[s:e] = o.transpose(0, 1)
     return out
 

@@ -11,11 +11,23 @@ class PagedKVCache:
     """One tensor ``[layers, 2, blocks, block_size, kv_heads, head_dim]`` (2 = keys, values)."""
 
     def __init__(
-        self, cfg: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
+        self,
+        cfg: ModelConfig,
+        num_blocks: int,
+        block_size: int,
+        dtype: torch.dtype,
+        device: torch.device,
     ) -> None:
         self.num_blocks, self.block_size = num_blocks, block_size
         self.data = torch.zeros(
-            cfg.num_layers, 2, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim, dtype=dtype, device=device
+            cfg.num_layers,
+            2,
+            num_blocks,
+            block_size,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            dtype=dtype,
+            device=device,
         )
         self.layers = [(self.data[i, 0], self.data[i, 1]) for i in range(cfg.num_layers)]
 

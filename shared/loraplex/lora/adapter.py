@@ -16,7 +16,16 @@ from loraplex.errors import AdapterError
 from loraplex.lora.names import CONFIG_FILE, NAME_PATTERN, WEIGHTS_FILE, validate_name
 from loraplex.model.config import ModelConfig
 
-__all__ = ["CONFIG_FILE", "NAME_PATTERN", "WEIGHTS_FILE", "LoraAdapter", "LoraModule", "load_adapter_dir", "parse_adapter", "validate_name"]
+__all__ = [
+    "CONFIG_FILE",
+    "NAME_PATTERN",
+    "WEIGHTS_FILE",
+    "LoraAdapter",
+    "LoraModule",
+    "load_adapter_dir",
+    "parse_adapter",
+    "validate_name",
+]
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -63,7 +72,11 @@ def load_adapter_dir(path: str | Path, name: str, model: ModelConfig, max_rank: 
     if not cfg_path.is_file():
         raise AdapterError(f"adapter {name!r}: missing {CONFIG_FILE} in {root}")
     if not w_path.is_file():
-        hint = " (.bin checkpoints are not loaded: convert to safetensors)" if (root / "adapter_model.bin").exists() else ""
+        hint = (
+            " (.bin checkpoints are not loaded: convert to safetensors)"
+            if (root / "adapter_model.bin").exists()
+            else ""
+        )
         raise AdapterError(f"adapter {name!r}: missing {WEIGHTS_FILE} in {root}{hint}")
     return parse_adapter(name, cfg_path.read_bytes(), w_path.read_bytes(), model, max_rank)
 
@@ -83,7 +96,9 @@ def parse_adapter(
     try:
         tensors = load_safetensors_bytes(weight_bytes)
     except Exception as e:  # safetensors raises several types for corrupt input
-        raise AdapterError(f"adapter {name!r}: {WEIGHTS_FILE} is not a valid safetensors file ({e})") from e
+        raise AdapterError(
+            f"adapter {name!r}: {WEIGHTS_FILE} is not a valid safetensors file ({e})"
+        ) from e
     return _build(name, config, tensors, model, max_rank)
 
 
@@ -93,9 +108,13 @@ def _check_config(name: str, config: dict[str, Any]) -> None:
     if config.get("use_dora"):
         raise AdapterError(f"adapter {name!r}: DoRA adapters are not supported")
     if config.get("bias", "none") != "none":
-        raise AdapterError(f"adapter {name!r}: bias={config.get('bias')!r} is not supported (need 'none')")
+        raise AdapterError(
+            f"adapter {name!r}: bias={config.get('bias')!r} is not supported (need 'none')"
+        )
     if config.get("modules_to_save"):
-        raise AdapterError(f"adapter {name!r}: modules_to_save {config['modules_to_save']} is not supported")
+        raise AdapterError(
+            f"adapter {name!r}: modules_to_save {config['modules_to_save']} is not supported"
+        )
     if not isinstance(config.get("r", 8), int) or config.get("r", 8) < 1:
         raise AdapterError(f"adapter {name!r}: r must be a positive integer")
 
@@ -109,33 +128,54 @@ def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
 
 
 def _build(
-    name: str, config: dict[str, Any], tensors: dict[str, torch.Tensor], model: ModelConfig, max_rank: int
+    name: str,
+    config: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    model: ModelConfig,
+    max_rank: int,
 ) -> LoraAdapter:
     pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         m = _KEY.match(key)
         if m is None:
-            raise AdapterError(f"adapter {name!r}: unexpected tensor {key!r} (only LoRA A/B of {', '.join(LORA_TARGETS)})")
+            raise AdapterError(
+                f"adapter {name!r}: unexpected tensor {key!r} (only LoRA A/B of {', '.join(LORA_TARGETS)})"
+            )
         layer, target, which = int(m.group(1)), m.group(2), m.group(3)
         if target not in LORA_TARGETS:
-            raise AdapterError(f"adapter {name!r}: unknown target module {target!r}; supported: {', '.join(LORA_TARGETS)}")
+            raise AdapterError(
+                f"adapter {name!r}: unknown target module {target!r}; supported: {', '.join(LORA_TARGETS)}"
+            )
         if layer >= model.num_layers:
-            raise AdapterError(f"adapter {name!r}: layer {layer} in {key!r} but the model has {model.num_layers} layers")
+            raise AdapterError(
+                f"adapter {name!r}: layer {layer} in {key!r} but the model has {model.num_layers} layers"
+            )
         pairs.setdefault((layer, target), {})[which] = tensor
     if not pairs:
         raise AdapterError(f"adapter {name!r}: no LoRA weights found")
     alpha = float(config.get("lora_alpha", 8))
     rslora = bool(config.get("use_rslora", False))
-    rank_pattern, alpha_pattern = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
+    rank_pattern, alpha_pattern = (
+        config.get("rank_pattern") or {},
+        config.get("alpha_pattern") or {},
+    )
     modules: dict[tuple[int, str], LoraModule] = {}
     for (layer, target), ab in sorted(pairs.items()):
         where = f"layer {layer} {target}"
         if set(ab) != {"A", "B"}:
-            raise AdapterError(f"adapter {name!r}: {where} has lora_{next(iter(ab))} without its pair")
+            raise AdapterError(
+                f"adapter {name!r}: {where} has lora_{next(iter(ab))} without its pair"
+            )
         a, b = ab["A"], ab["B"]
         in_f, out_f = model.module_shape(target)
         r = a.shape[0] if a.dim() == 2 else -1
-        if a.dim() != 2 or b.dim() != 2 or a.shape[1] != in_f or b.shape[0] != out_f or b.shape[1] != r:
+        if (
+            a.dim() != 2
+            or b.dim() != 2
+            or a.shape[1] != in_f
+            or b.shape[0] != out_f
+            or b.shape[1] != r
+        ):
             raise AdapterError(
                 f"adapter {name!r}: {where} has A {tuple(a.shape)} and B {tuple(b.shape)}; "
                 f"the base model needs A [r, {in_f}] and B [{out_f}, r]"
@@ -144,9 +184,13 @@ def _build(
         module = f"model.layers.{layer}.{block}.{target}"
         want_r = int(_pattern_value(rank_pattern, module, config.get("r", r)))
         if want_r != r:
-            raise AdapterError(f"adapter {name!r}: {where} has rank {r} but adapter_config.json says r={want_r}")
+            raise AdapterError(
+                f"adapter {name!r}: {where} has rank {r} but adapter_config.json says r={want_r}"
+            )
         if r > max_rank:
-            raise AdapterError(f"adapter {name!r}: rank {r} exceeds the server's max_lora_rank {max_rank}")
+            raise AdapterError(
+                f"adapter {name!r}: rank {r} exceeds the server's max_lora_rank {max_rank}"
+            )
         if not (a.is_floating_point() and b.is_floating_point()):
             raise AdapterError(f"adapter {name!r}: {where} weights must be floating point")
         mod_alpha = float(_pattern_value(alpha_pattern, module, alpha))

@@ -34,10 +34,15 @@ def add_lora(
     ranks = [weights.ranks[t][layer] for t, _ in slices]
     offsets = [off for _, off in slices]
     # fp32 intermediate: the rank-r activations are small and accumulate better in full precision.
-    vs = [torch.empty(x.shape[0], weights.max_rank, dtype=torch.float32, device=x.device) for _ in slices]
+    vs = [
+        torch.empty(x.shape[0], weights.max_rank, dtype=torch.float32, device=x.device)
+        for _ in slices
+    ]
     # The Triton BGMV kernel handles unsorted per-row slots in one launch; on the torch path a
     # matmul per adapter segment beats per-row gathers, so decode uses the segments there too.
-    if meta.is_prefill or (getattr(ops, "backend", "torch") == "torch" and meta.seg_starts is not None):
+    if meta.is_prefill or (
+        getattr(ops, "backend", "torch") == "torch" and meta.seg_starts is not None
+    ):
         segs = (meta.seg_starts, meta.seg_slots)
         ops.sgmv_shrink_fused(x, layer_a, *segs, ranks, vs, max_seg_len=meta.max_seg_len)
         ops.sgmv_expand_fused(vs, layer_b, *segs, ranks, y, offsets, max_seg_len=meta.max_seg_len)

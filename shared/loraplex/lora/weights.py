@@ -17,7 +17,12 @@ class LoraWeights:
     """
 
     def __init__(
-        self, model: ModelConfig, max_loras: int, max_rank: int, dtype: torch.dtype, device: torch.device
+        self,
+        model: ModelConfig,
+        max_loras: int,
+        max_rank: int,
+        dtype: torch.dtype,
+        device: torch.device,
     ) -> None:
         self.max_loras, self.max_rank = max_loras, max_rank
         self.num_layers = model.num_layers
@@ -26,9 +31,15 @@ class LoraWeights:
         self.ranks: dict[str, torch.Tensor] = {}
         for t in LORA_TARGETS:
             in_f, out_f = model.module_shape(t)
-            self.a[t] = torch.zeros(model.num_layers, max_loras, max_rank, in_f, dtype=dtype, device=device)
-            self.b[t] = torch.zeros(model.num_layers, max_loras, out_f, max_rank, dtype=dtype, device=device)
-            self.ranks[t] = torch.zeros(model.num_layers, max_loras, dtype=torch.int32, device=device)
+            self.a[t] = torch.zeros(
+                model.num_layers, max_loras, max_rank, in_f, dtype=dtype, device=device
+            )
+            self.b[t] = torch.zeros(
+                model.num_layers, max_loras, out_f, max_rank, dtype=dtype, device=device
+            )
+            self.ranks[t] = torch.zeros(
+                model.num_layers, max_loras, dtype=torch.int32, device=device
+            )
 
     def load(self, slot: int, adapter: LoraAdapter) -> None:
         """Copy an adapter into ``slot`` (host -> device); modules it lacks get rank 0."""

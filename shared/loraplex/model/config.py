@@ -72,7 +72,9 @@ class ModelConfig:
     def from_dir(cls, model_dir: str | Path) -> ModelConfig:
         path = Path(model_dir) / "config.json"
         if not path.is_file():
-            raise ModelLoadError(f"{model_dir}: no config.json (is this a Hugging Face model directory?)")
+            raise ModelLoadError(
+                f"{model_dir}: no config.json (is this a Hugging Face model directory?)"
+            )
         try:
             raw = json.loads(path.read_text())
         except json.JSONDecodeError as e:
@@ -82,11 +84,17 @@ class ModelConfig:
         return cls.from_hf_dict(raw, gen)
 
     @classmethod
-    def from_hf_dict(cls, raw: dict[str, Any], generation: dict[str, Any] | None = None) -> ModelConfig:
+    def from_hf_dict(
+        cls, raw: dict[str, Any], generation: dict[str, Any] | None = None
+    ) -> ModelConfig:
         archs = raw.get("architectures") or []
-        arch = next((SUPPORTED_ARCHITECTURES[a] for a in archs if a in SUPPORTED_ARCHITECTURES), None)
+        arch = next(
+            (SUPPORTED_ARCHITECTURES[a] for a in archs if a in SUPPORTED_ARCHITECTURES), None
+        )
         if arch is None:
-            arch = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}.get(raw.get("model_type", ""))
+            arch = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}.get(
+                raw.get("model_type", "")
+            )
         if arch is None:
             raise UnsupportedModelError(
                 f"unsupported architecture {archs or raw.get('model_type')!r}; "
@@ -95,17 +103,17 @@ class ModelConfig:
         try:
             heads = int(raw["num_attention_heads"])
             hidden = int(raw["hidden_size"])
-            cfg = dict(
-                arch=arch,
-                vocab_size=int(raw["vocab_size"]),
-                hidden_size=hidden,
-                intermediate_size=int(raw["intermediate_size"]),
-                num_layers=int(raw["num_hidden_layers"]),
-                num_heads=heads,
-                num_kv_heads=int(raw.get("num_key_value_heads") or heads),
-                head_dim=int(raw.get("head_dim") or hidden // heads),
-                rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-            )
+            cfg = {
+                "arch": arch,
+                "vocab_size": int(raw["vocab_size"]),
+                "hidden_size": hidden,
+                "intermediate_size": int(raw["intermediate_size"]),
+                "num_layers": int(raw["num_hidden_layers"]),
+                "num_heads": heads,
+                "num_kv_heads": int(raw.get("num_key_value_heads") or heads),
+                "head_dim": int(raw.get("head_dim") or hidden // heads),
+                "rms_norm_eps": float(raw.get("rms_norm_eps", 1e-6)),
+            }
         except KeyError as e:
             raise ModelLoadError(f"config.json lacks required key {e.args[0]!r}") from e
         # transformers >= 5 nests RoPE settings under rope_parameters; older configs use

@@ -45,9 +45,15 @@ class DecoderLayer(nn.Module):
         self.o_bias = nn.Parameter(torch.zeros(h)) if cfg.o_bias else None
         self.gate_up_weight = nn.Parameter(torch.empty(2 * cfg.intermediate_size, h))
         self.down_weight = nn.Parameter(torch.empty(h, cfg.intermediate_size))
-        self.gate_up_bias = nn.Parameter(torch.zeros(2 * cfg.intermediate_size)) if cfg.mlp_bias else None
+        self.gate_up_bias = (
+            nn.Parameter(torch.zeros(2 * cfg.intermediate_size)) if cfg.mlp_bias else None
+        )
         self.down_bias = nn.Parameter(torch.zeros(h)) if cfg.mlp_bias else None
-        self.qkv_slices = (("q_proj", 0), ("k_proj", cfg.q_size), ("v_proj", cfg.q_size + cfg.kv_size))
+        self.qkv_slices = (
+            ("q_proj", 0),
+            ("k_proj", cfg.q_size),
+            ("v_proj", cfg.q_size + cfg.kv_size),
+        )
         self.gate_up_slices = (("gate_proj", 0), ("up_proj", cfg.intermediate_size))
         self.scale = cfg.head_dim**-0.5
 
@@ -74,10 +80,18 @@ class DecoderLayer(nn.Module):
         q, k = rope(positions, q, k)
         ops.store_kv(k, v, kv[0], kv[1], ctx.attn.slot_mapping)
         if ctx.attn.is_prefill:
-            attn = ops.prefill_attention(q, k, v, ctx.attn.cu_seqlens, self.scale, cfg.sliding_window)
+            attn = ops.prefill_attention(
+                q, k, v, ctx.attn.cu_seqlens, self.scale, cfg.sliding_window
+            )
         else:
             attn = ops.paged_decode_attention(
-                q, kv[0], kv[1], ctx.attn.block_tables, ctx.attn.context_lens, self.scale, cfg.sliding_window
+                q,
+                kv[0],
+                kv[1],
+                ctx.attn.block_tables,
+                ctx.attn.context_lens,
+                self.scale,
+                cfg.sliding_window,
             )
         attn = attn.reshape(-1, cfg.q_size)
         o = F.linear(attn, self.o_weight, self.o_bias)
@@ -104,9 +118,13 @@ class LlamaForCausalLM(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = (
-            self.embed_tokens if cfg.tie_word_embeddings else nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size))
+            self.embed_tokens
+            if cfg.tie_word_embeddings
+            else nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size))
         )
-        self.rope = RotaryEmbedding(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling_dict)
+        self.rope = RotaryEmbedding(
+            cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling_dict
+        )
 
     def forward(
         self,
@@ -119,7 +137,7 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """input_ids, positions: [T] -> final hidden states [T, hidden] (after the last norm)."""
         x = F.embedding(input_ids, self.embed_tokens)
-        for layer, kv in zip(self.layers, kv_caches):
+        for layer, kv in zip(self.layers, kv_caches, strict=False):
             x = layer(x, positions, ctx, kv, self.rope, lora, ops)
         return self.norm(x)
 

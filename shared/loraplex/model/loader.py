@@ -27,7 +27,9 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
         files = [model_dir / f for f in sorted(set(weight_map.values()))]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
-            raise ModelLoadError(f"{model_dir}: shards listed in {INDEX_FILE} are missing: {missing}")
+            raise ModelLoadError(
+                f"{model_dir}: shards listed in {INDEX_FILE} are missing: {missing}"
+            )
         return files
     single = model_dir / "model.safetensors"
     if single.is_file():
@@ -35,7 +37,11 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
     others = sorted(model_dir.glob("*.safetensors"))
     if others:
         return others
-    hint = " (.bin checkpoints are not loaded: convert to safetensors)" if any(model_dir.glob("*.bin")) else ""
+    hint = (
+        " (.bin checkpoints are not loaded: convert to safetensors)"
+        if any(model_dir.glob("*.bin"))
+        else ""
+    )
     raise ModelLoadError(f"{model_dir}: no *.safetensors weights found{hint}")
 
 
@@ -91,7 +97,11 @@ def _target_of(name: str, cfg: ModelConfig) -> Target | None:
 
 
 def load_model(
-    model_dir: str | Path, cfg: ModelConfig, dtype: torch.dtype, device: torch.device, max_positions: int
+    model_dir: str | Path,
+    cfg: ModelConfig,
+    dtype: torch.dtype,
+    device: torch.device,
+    max_positions: int,
 ) -> LlamaForCausalLM:
     """Build the decoder and fill every parameter from the checkpoint; any gap is an error."""
     root = Path(model_dir)
@@ -121,8 +131,14 @@ def load_model(
             )
         dest.copy_(tensor.to(dtype))
         filled[pname] = filled.get(pname, 0) + rows
-    missing = [n for n, p in params.items() if filled.get(n, 0) != p.shape[0] and not (n == "lm_head" and cfg.tie_word_embeddings)]
+    missing = [
+        n
+        for n, p in params.items()
+        if filled.get(n, 0) != p.shape[0] and not (n == "lm_head" and cfg.tie_word_embeddings)
+    ]
     if missing:
-        raise ModelLoadError(f"{root}: checkpoint lacks weights for {missing[:6]}{'...' if len(missing) > 6 else ''}")
+        raise ModelLoadError(
+            f"{root}: checkpoint lacks weights for {missing[:6]}{'...' if len(missing) > 6 else ''}"
+        )
     model.eval()
     return model

@@ -65,17 +65,23 @@ class AdapterPager:
         if task is None:
             task = asyncio.create_task(self._load(name))
             self._loading[name] = task
-            task.add_done_callback(lambda t: self._loading.pop(name, None) if self._loading.get(name) is t else None)
+            task.add_done_callback(
+                lambda t: self._loading.pop(name, None) if self._loading.get(name) is t else None
+            )
         adapter = await asyncio.shield(task)
         return Resolved(name, adapter.name, adapter, generation)
 
     async def _load(self, name: str) -> LoraAdapter:
         if self.fetch is None:
-            raise AdapterNotFoundError(f"adapter {name!r} is not available on this worker (no adapter store)")
+            raise AdapterNotFoundError(
+                f"adapter {name!r} is not available on this worker (no adapter store)"
+            )
         config_bytes, weight_bytes, version = await self.fetch(name)
         self.loads += 1
         cfg, max_rank = self.engine.model_config, self.engine.config.max_lora_rank
-        adapter = await asyncio.to_thread(parse_adapter, name, config_bytes, weight_bytes, cfg, max_rank)
+        adapter = await asyncio.to_thread(
+            parse_adapter, name, config_bytes, weight_bytes, cfg, max_rank
+        )
         return dataclasses.replace(adapter, name=f"{name}@{version}")
 
     def invalidate(self, name: str) -> str | None:

@@ -33,7 +33,9 @@ class KVReceiver:
         assert self.w.bus is not None
         # K/V payloads can be large: allow more pending bytes than nats-py's default before the
         # subscription counts as a slow consumer.
-        await self.w.bus.nc.subscribe(Subjects.kv(self.w.id), cb=self._on_msg, pending_bytes_limit=1 << 30)
+        await self.w.bus.nc.subscribe(
+            Subjects.kv(self.w.id), cb=self._on_msg, pending_bytes_limit=1 << 30
+        )
         self._watchdog = asyncio.create_task(self._expire_loop())
 
     def stop(self) -> None:
@@ -75,7 +77,10 @@ class KVReceiver:
             if ok:
                 self.w.active[rid] = req
                 size = payload_nbytes(begin.dtype, begin.shape)
-                self.pending[rid] = (begin, PendingTransfer(begin.num_chunks, size, self.w.s.kv_timeout_s))
+                self.pending[rid] = (
+                    begin,
+                    PendingTransfer(begin.num_chunks, size, self.w.s.kv_timeout_s),
+                )
             done.set_result(ok)
 
         self.w.submit(reserve)
@@ -108,7 +113,12 @@ class KVReceiver:
         payload = bytes_to_tensor(transfer.buffer, begin.dtype, begin.shape)
         try:
             out = self.w.engine.inject(
-                sub.request_id, sub.prompt_token_ids, to_sampling_params(sub), req.adapter_key, begin.first_token, payload
+                sub.request_id,
+                sub.prompt_token_ids,
+                to_sampling_params(sub),
+                req.adapter_key,
+                begin.first_token,
+                payload,
             )
         except LoraplexError as e:
             self.w.engine.release_reservation(sub.request_id)
@@ -130,6 +140,11 @@ class KVReceiver:
                 if transfer.expired(now):
                     self.pending.pop(rid, None)
                     req = self.w.active.get(rid)
-                    self.w.submit(lambda rid=rid: (self.w.engine.release_reservation(rid), self.w.release(rid)))
+                    self.w.submit(
+                        lambda rid=rid: (
+                            self.w.engine.release_reservation(rid),
+                            self.w.release(rid),
+                        )
+                    )
                     if req is not None:
                         await self.w.fail(req, 503, "K/V transfer timed out", retryable=True)

@@ -41,7 +41,9 @@ async def ship_kv(worker: Worker, req: Active, handoff: KVHandoff) -> None:
         raw = await bus.nc.request(subject, encode(begin), timeout=worker.s.kv_timeout_s)
         reply = decode(raw.data, KVReply)
         if not reply.accepted:
-            await worker.fail(req, 503, f"decode worker refused the K/V: {reply.reason}", retryable=True)
+            await worker.fail(
+                req, 503, f"decode worker refused the K/V: {reply.reason}", retryable=True
+            )
             return
         for i, chunk in enumerate(chunks):
             await bus.publish(subject, KVChunk(sub.request_id, i, chunk))
@@ -49,7 +51,9 @@ async def ship_kv(worker: Worker, req: Active, handoff: KVHandoff) -> None:
         req.generated = 1
         await worker.progress(req, "handoff", new_tokens=0)
     except (nats.errors.TimeoutError, nats.errors.NoRespondersError, ProtocolError) as e:
-        await worker.fail(req, 503, f"K/V hand-over to {req.decode_worker} failed: {e!r}", retryable=True)
+        await worker.fail(
+            req, 503, f"K/V hand-over to decode worker {req.decode_worker} failed: {e!r}", retryable=True
+        )
     except Exception as e:
         log.exception("K/V hand-over of %s failed", sub.request_id)
         await worker.fail(req, 503, f"K/V hand-over failed: {e!r}", retryable=True)

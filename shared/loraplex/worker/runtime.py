@@ -82,12 +82,19 @@ class Worker:
 
         self._ship_kv = ship_kv
         self.bus = await Bus.connect(self.s.nats_url, f"worker-{self.id}")
-        await self.bus.subscribe(Subjects.worker(self.id), self._on_control, (PrefillAssign, CancelRequest, PrefetchAdapter))
+        await self.bus.subscribe(
+            Subjects.worker(self.id),
+            self._on_control,
+            (PrefillAssign, CancelRequest, PrefetchAdapter),
+        )
         await self.bus.subscribe(Subjects.ADAPTER_EVENTS, self._on_adapter_event, AdapterEvent)
         if self.s.role in ("decode", "both"):
             self.kv = KVReceiver(self)
             await self.kv.start()
-        self._tasks = [asyncio.create_task(self._engine_loop()), asyncio.create_task(self._heartbeat_loop())]
+        self._tasks = [
+            asyncio.create_task(self._engine_loop()),
+            asyncio.create_task(self._heartbeat_loop()),
+        ]
         await self.bus.flush()
         log.info("worker %s (%s) ready", self.id, self.s.role)
 
@@ -165,11 +172,15 @@ class Worker:
                     completion_tokens=req.generated,
                 ),
             )
-            await self.progress(req, "finished" if out.finished else "tokens", new_tokens=len(out.new_token_ids))
+            await self.progress(
+                req, "finished" if out.finished else "tokens", new_tokens=len(out.new_token_ids)
+            )
             if out.finished:
                 self.release(out.request_id)
 
-    async def progress(self, req: Active, event: str, new_tokens: int = 0, message: str = "") -> None:
+    async def progress(
+        self, req: Active, event: str, new_tokens: int = 0, message: str = ""
+    ) -> None:
         assert self.bus is not None
         sub = req.submit
         await self.bus.publish(
@@ -192,7 +203,9 @@ class Worker:
         assert self.bus is not None
         if not retryable:
             sub = req.submit
-            await self.bus.publish(Subjects.stream(sub.gateway_id), RequestError(sub.request_id, code, message))
+            await self.bus.publish(
+                Subjects.stream(sub.gateway_id), RequestError(sub.request_id, code, message)
+            )
         await self.progress(req, "failed" if retryable else "error", message=message)
 
     def release(self, request_id: str) -> None:
@@ -261,7 +274,13 @@ class Worker:
                 return  # cancelled while the adapter paged in
             try:
                 self.attach_adapter(req, r)  # type: ignore[arg-type]
-                self.engine.add_request(rid, sub.prompt_token_ids, to_sampling_params(sub), req.adapter_key, prefill_only)
+                self.engine.add_request(
+                    rid,
+                    sub.prompt_token_ids,
+                    to_sampling_params(sub),
+                    req.adapter_key,
+                    prefill_only,
+                )
             except LoraplexError as e:
                 self.release(rid)
                 self.spawn(self.fail(req, 400, str(e), retryable=False))

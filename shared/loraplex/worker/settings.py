@@ -42,28 +42,48 @@ def build_parser(default_role: str) -> argparse.ArgumentParser:
         prog=f"python -m loraplex.{default_role if default_role != 'both' else 'decode'}",
         description=f"loraplex {default_role} worker: wraps the engine and serves requests over NATS.",
     )
-    p.add_argument("--role", choices=ROLES, default=default_role, help="prefill, decode, or both (colocated)")
+    p.add_argument(
+        "--role", choices=ROLES, default=default_role, help="prefill, decode, or both (colocated)"
+    )
     p.add_argument("--model", required=True, help="Hugging Face model directory")
     p.add_argument("--nats-url", default=env.NATS_URL.get())
-    p.add_argument("--redis-url", default=env.REDIS_URL.get() or None, help="adapter store (for paging adapters)")
-    p.add_argument("--worker-id", default=None, help="unique id (default: role-hostname-pid-random)")
+    p.add_argument(
+        "--redis-url",
+        default=env.REDIS_URL.get() or None,
+        help="adapter store (for paging adapters)",
+    )
+    p.add_argument(
+        "--worker-id", default=None, help="unique id (default: role-hostname-pid-random)"
+    )
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)"
+    )
     p.add_argument("--max-num-seqs", type=int, default=64, help="requests in the running batch")
-    p.add_argument("--max-num-batched-tokens", type=int, default=4096, help="token budget of a prefill step")
+    p.add_argument(
+        "--max-num-batched-tokens", type=int, default=4096, help="token budget of a prefill step"
+    )
     p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--num-kv-blocks", type=int, default=None, help="KV-cache size in blocks (default: derived)")
+    p.add_argument(
+        "--num-kv-blocks", type=int, default=None, help="KV-cache size in blocks (default: derived)"
+    )
     p.add_argument("--block-size", type=int, default=env.BLOCK_SIZE.get())
     p.add_argument("--max-loras", type=int, default=8, help="adapter slots on the device")
     p.add_argument("--max-lora-rank", type=int, default=64)
-    p.add_argument("--host-cache-mb", type=int, default=1024, help="host-memory adapter cache budget")
-    p.add_argument("--heartbeat-interval", type=float, default=0.5, help="seconds between heartbeats")
+    p.add_argument(
+        "--host-cache-mb", type=int, default=1024, help="host-memory adapter cache budget"
+    )
+    p.add_argument(
+        "--heartbeat-interval", type=float, default=0.5, help="seconds between heartbeats"
+    )
     p.add_argument("--kv-timeout", type=float, default=10.0, help="seconds a K/V transfer may take")
     return p
 
 
 def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
-    worker_id = args.worker_id or f"{args.role}-{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    worker_id = (
+        args.worker_id or f"{args.role}-{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    )
     return WorkerSettings(
         role=args.role,
         model=args.model,
