@@ -12,6 +12,9 @@ from loraplex import LLM, SamplingParams
 from loraplex.bus import Bus
 from loraplex.demo import write_demo_model
 from loraplex.protocol import (
+    CancelRequest,
+    KVBegin,
+    KVReply,
     PrefillAssign,
     RequestError,
     RequestProgress,
@@ -19,6 +22,8 @@ from loraplex.protocol import (
     Subjects,
     SubmitRequest,
     TokenDelta,
+    decode,
+    encode,
 )
 from loraplex.servers import start_nats
 from loraplex.worker.kv_transfer import PendingTransfer, chunk_size_for, split
@@ -112,3 +117,82 @@ def test_many_chunk_handoff_matches_offline(demo, tmp_path):
     assert [tokens.get(f"r{i}") for i in range(len(prompts))] == [e.token_ids for e in expected]
     assert {p.event for p in progress} >= {"handoff", "finished"}
     assert decode.engine.allocator.num_used == 0 and prefill.engine.allocator.num_used == 0
+
+
+async def _decode_worker(demo, nats_url: str, kv_timeout_s: float) -> tuple[Worker, Bus]:
+    s = _settings(demo, nats_url, "decode", kv_timeout_s=kv_timeout_s)
+    worker = Worker(s, make_engine(s), None)
+    await worker.start()
+    return worker, await Bus.connect(nats_url, "test-peer")
+
+
+def test_stalled_transfer_frees_its_reservation(demo, nats_url):
+    """KVBegin reserves blocks; when no chunk follows, they are freed and a retryable failure
+    goes to the scheduler within the timeout."""
+
+    async def run() -> tuple[int, int, list[RequestProgress]]:
+        worker, bus = await _decode_worker(demo, nats_url, kv_timeout_s=0.5)
+        progress: list[RequestProgress] = []
+
+        async def on_progress(p: RequestProgress) -> None:
+            progress.append(p)
+
+        await bus.subscribe(Subjects.USAGE, on_progress, RequestProgress)
+        await bus.flush()
+        sub = SubmitRequest("stalled", "t", "gw", list(range(3, 43)), SamplingSpec(max_tokens=4))
+        begin = KVBegin(
+            sub,
+            first_token=7,
+            num_tokens=40,
+            num_chunks=2,
+            dtype="float32",
+            shape=[4, 2, 10, 4, 2, 32],
+        )
+        reply = decode(
+            (await bus.nc.request(Subjects.kv(worker.id), encode(begin), timeout=10)).data, KVReply
+        )
+        assert reply.accepted
+        reserved = worker.engine.allocator.num_used
+        await asyncio.sleep(2.0)
+        left = worker.engine.allocator.num_used
+        await worker.stop()
+        await bus.close()
+        return reserved, left, progress
+
+    reserved, left, progress = asyncio.run(run())
+    assert reserved == 10 and left == 0
+    assert [(p.request_id, p.event) for p in progress] == [("stalled", "failed")]
+    assert "timed out" in progress[0].message
+
+
+def test_cancel_frees_blocks_of_a_running_request(demo, nats_url):
+    async def run() -> tuple[int, int]:
+        s = _settings(demo, nats_url, "both")
+        worker = Worker(s, make_engine(s), None)
+        await worker.start()
+        bus = await Bus.connect(nats_url, "test-peer")
+        first = asyncio.Event()
+
+        async def on_delta(m: TokenDelta) -> None:
+            first.set()
+
+        await bus.subscribe(Subjects.stream("gw-c"), on_delta, TokenDelta)
+        await bus.flush()
+        sub = SubmitRequest(
+            "long", "t", "gw-c", [5, 6, 7], SamplingSpec(max_tokens=200, ignore_eos=True)
+        )
+        await bus.publish(Subjects.worker(worker.id), PrefillAssign(sub))
+        await asyncio.wait_for(first.wait(), 30)
+        busy = worker.engine.allocator.num_used
+        await bus.publish(Subjects.worker(worker.id), CancelRequest("long"))
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if not worker.engine.has_unfinished():
+                break
+        free_after = worker.engine.allocator.num_used
+        await worker.stop()
+        await bus.close()
+        return busy, free_after
+
+    busy, after = asyncio.run(run())
+    assert busy > 0 and after == 0
