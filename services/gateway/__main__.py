@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from loraplex import env
@@ -69,9 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=env.LOG_LEVEL.get().upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    env.configure_logging()
     import uvicorn
 
     from loraplex.gateway.app import create_app

@@ -38,17 +38,7 @@ class Prepared:
     arrival: float
 
     def sampling_spec(self) -> SamplingSpec:
-        s = self.sampling
-        return SamplingSpec(
-            max_tokens=s.max_tokens,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            top_k=s.top_k,
-            seed=s.seed,
-            stop=list(s.stop),
-            stop_token_ids=list(s.stop_token_ids),
-            ignore_eos=s.ignore_eos,
-        )
+        return SamplingSpec.from_params(self.sampling)
 
 
 def special_token_id(tokenizer: Tokenizer, token: str) -> int | None:

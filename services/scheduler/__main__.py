@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import sys
 
@@ -29,9 +28,7 @@ async def serve(settings: SchedulerSettings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=env.LOG_LEVEL.get(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    env.configure_logging()
     asyncio.run(serve(settings_from_args(args)))
     return 0
 

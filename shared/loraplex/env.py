@@ -107,3 +107,12 @@ def describe() -> str:
     """A table of every variable, its default and current value (for ``loraplex env``)."""
     rows = [f"{v.name:<32} default={v.default!r:<8} now={v.get()!r:<8} {v.help}" for v in REGISTRY]
     return "\n".join(rows)
+
+
+def configure_logging() -> None:
+    """Every service logs the same way, at ``LORAPLEX_LOG_LEVEL``."""
+    import logging
+
+    logging.basicConfig(
+        level=LOG_LEVEL.get().upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )

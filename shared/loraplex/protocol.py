@@ -16,6 +16,8 @@ from typing import Any, ClassVar, TypeVar, Union
 
 import msgpack
 
+from loraplex.sampling_params import SamplingParams
+
 PROTOCOL_VERSION = 1
 
 
@@ -82,6 +84,32 @@ class SamplingSpec(Message):
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+
+    @classmethod
+    def from_params(cls, p: SamplingParams) -> SamplingSpec:
+        return cls(
+            max_tokens=p.max_tokens,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            top_k=p.top_k,
+            seed=p.seed,
+            stop=list(p.stop),
+            stop_token_ids=list(p.stop_token_ids),
+            ignore_eos=p.ignore_eos,
+        )
+
+    def to_params(self) -> SamplingParams:
+        """Validated SamplingParams (raises InvalidRequestError on bad values)."""
+        return SamplingParams(
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            stop=tuple(self.stop),
+            stop_token_ids=tuple(self.stop_token_ids),
+            ignore_eos=self.ignore_eos,
+        )
 
 
 @dataclass(frozen=True)

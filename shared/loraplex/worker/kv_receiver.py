@@ -103,8 +103,6 @@ class KVReceiver:
             self.w.submit(lambda: self._inject(begin, transfer))
 
     def _inject(self, begin: KVBegin, transfer: PendingTransfer) -> None:
-        from loraplex.worker.runtime import to_sampling_params
-
         sub = begin.request
         req = self.w.active.get(sub.request_id)
         if req is None:  # cancelled meanwhile
@@ -115,7 +113,7 @@ class KVReceiver:
             out = self.w.engine.inject(
                 sub.request_id,
                 sub.prompt_token_ids,
-                to_sampling_params(sub),
+                sub.sampling.to_params(),
                 req.adapter_key,
                 begin.first_token,
                 payload,

@@ -52,7 +52,10 @@ async def ship_kv(worker: Worker, req: Active, handoff: KVHandoff) -> None:
         await worker.progress(req, "handoff", new_tokens=0)
     except (nats.errors.TimeoutError, nats.errors.NoRespondersError, ProtocolError) as e:
         await worker.fail(
-            req, 503, f"K/V hand-over to decode worker {req.decode_worker} failed: {e!r}", retryable=True
+            req,
+            503,
+            f"K/V hand-over to decode worker {req.decode_worker} failed: {e!r}",
+            retryable=True,
         )
     except Exception as e:
         log.exception("K/V hand-over of %s failed", sub.request_id)

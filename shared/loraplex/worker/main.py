@@ -65,9 +65,7 @@ async def serve(s: WorkerSettings) -> None:
 
 def main(default_role: str, argv: list[str] | None = None) -> int:
     args = build_parser(default_role).parse_args(argv)
-    logging.basicConfig(
-        level=env.LOG_LEVEL.get(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    env.configure_logging()
     asyncio.run(serve(settings_from_args(args)))
     return 0
 

@@ -28,7 +28,6 @@ from loraplex.protocol import (
     TokenDelta,
     WorkerHeartbeat,
 )
-from loraplex.sampling_params import SamplingParams
 from loraplex.worker.adapter_pager import AdapterPager, Fetch, Resolved
 from loraplex.worker.settings import WorkerSettings
 
@@ -43,20 +42,6 @@ class Active:
     adapter_key: str | None
     decode_worker: str = ""
     generated: int = 0
-
-
-def to_sampling_params(submit: SubmitRequest) -> SamplingParams:
-    s = submit.sampling
-    return SamplingParams(
-        max_tokens=s.max_tokens,
-        temperature=s.temperature,
-        top_p=s.top_p,
-        top_k=s.top_k,
-        seed=s.seed,
-        stop=tuple(s.stop),
-        stop_token_ids=tuple(s.stop_token_ids),
-        ignore_eos=s.ignore_eos,
-    )
 
 
 class Worker:
@@ -277,7 +262,7 @@ class Worker:
                 self.engine.add_request(
                     rid,
                     sub.prompt_token_ids,
-                    to_sampling_params(sub),
+                    sub.sampling.to_params(),
                     req.adapter_key,
                     prefill_only,
                 )
