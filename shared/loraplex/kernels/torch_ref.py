@@ -13,6 +13,8 @@ Conventions shared with the Triton kernels in this package:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -67,6 +69,82 @@ def bgmv_expand(
         y[rows_t, y_offset : y_offset + h_out] += delta.to(y.dtype)
 
 
+# Many short segments (a decode batch over many adapters) run as one padded batched matmul per
+# rank instead of a Python loop of tiny matmuls; long segments (prefill) keep the loop.
+_BATCHED_MIN_SEGMENTS = 4
+_BATCHED_MAX_LEN = 16
+
+
+@dataclass(frozen=True)
+class _Batched:
+    """Adapter segments of one rank laid out as [G, L] (padding points at an extra zero row)."""
+
+    rank: int
+    slots: torch.Tensor  # [G]
+    index: torch.Tensor  # [G, L] row of x (or the padding row T)
+    rows: torch.Tensor  # [n] real rows, in [G, L] order
+    positions: torch.Tensor  # [n] their flat positions in [G * L]
+
+
+Plan = tuple[list[tuple[int, int, int, int]], list[_Batched]]
+# One model step calls the segmented ops for every layer and target with the same segment tensors:
+# plan once per (segments, ranks).  Entries hold their segment tensors, so ids stay unique.
+_PLANS: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, dict[tuple[int, ...], Plan]]] = {}
+_PLANS_KEPT = 4
+
+
+def _plan(
+    seg_starts: torch.Tensor, seg_slots: torch.Tensor, ranks: torch.Tensor, num_rows: int
+) -> Plan:
+    """Split adapter segments into (slot, start, end, rank) to loop over and batched groups."""
+    key = (id(seg_starts), id(seg_slots))
+    entry = _PLANS.get(key)
+    if entry is None or entry[0] is not seg_starts or entry[1] is not seg_slots:
+        while len(_PLANS) >= _PLANS_KEPT:
+            del _PLANS[next(iter(_PLANS))]
+        entry = _PLANS[key] = (seg_starts, seg_slots, {})
+    rk = tuple(ranks.tolist())
+    plan = entry[2].get(rk)
+    if plan is None:
+        plan = entry[2][rk] = _make_plan(seg_starts, seg_slots, rk, num_rows)
+    return plan
+
+
+def _make_plan(
+    seg_starts: torch.Tensor, seg_slots: torch.Tensor, rk: tuple[int, ...], num_rows: int
+) -> Plan:
+    starts, slots = seg_starts.tolist(), seg_slots.tolist()
+    by_rank: dict[int, list[tuple[int, int, int]]] = {}
+    for g, slot in enumerate(slots):
+        if slot >= 0 and rk[slot] > 0:
+            by_rank.setdefault(rk[slot], []).append((slot, starts[g], starts[g + 1]))
+    loop: list[tuple[int, int, int, int]] = []
+    batched: list[_Batched] = []
+    device = seg_starts.device
+    for r, segs in by_rank.items():
+        longest = max(e - s for _, s, e in segs)
+        if len(segs) < _BATCHED_MIN_SEGMENTS or longest > _BATCHED_MAX_LEN:
+            loop.extend((slot, s, e, r) for slot, s, e in segs)
+            continue
+        index, rows, positions = [], [], []
+        for g, (_, s, e) in enumerate(segs):
+            index.append(list(range(s, e)) + [num_rows] * (longest - (e - s)))
+            rows.extend(range(s, e))
+            positions.extend(range(g * longest, g * longest + e - s))
+        as_t = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
+        batched.append(
+            _Batched(
+                r, as_t([slot for slot, _, _ in segs]), as_t(index), as_t(rows), as_t(positions)
+            )
+        )
+    return loop, batched
+
+
+def _padded(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows of ``t`` gathered as [G, L, C], with a zero row where ``index`` == len(t)."""
+    return torch.cat([t, t.new_zeros(1, t.shape[1])])[index]
+
+
 def sgmv_shrink(
     x: torch.Tensor,
     lora_a: torch.Tensor,
@@ -80,16 +158,17 @@ def sgmv_shrink(
     x: [T, H_in]; lora_a: [S, R, H_in]; seg_starts: [G+1] int (0 .. T); seg_slots: [G] int (slot or -1);
     ranks: [S]; v: [T, R] (in place, first r columns of rows in adapter segments).
     """
-    starts, slots, rk = seg_starts.tolist(), seg_slots.tolist(), ranks.tolist()
+    loop, batched = _plan(seg_starts, seg_slots, ranks, x.shape[0])
     same = v.dtype == x.dtype
-    for g, slot in enumerate(slots):
-        if slot < 0 or rk[slot] == 0:
-            continue
-        s, e, r = starts[g], starts[g + 1], rk[slot]
+    for slot, s, e, r in loop:
         if same:
             torch.mm(x[s:e], lora_a[slot, :r].T, out=v[s:e, :r])
         else:
             v[s:e, :r] = x[s:e] @ lora_a[slot, :r].T
+    for b in batched:
+        a = lora_a[:, : b.rank].index_select(0, b.slots)  # [G, r, H_in]
+        out = torch.bmm(_padded(x, b.index), a.transpose(1, 2))  # [G, L, r]
+        v[b.rows, : b.rank] = out.reshape(-1, b.rank)[b.positions].to(v.dtype)
 
 
 def sgmv_expand(
@@ -107,18 +186,20 @@ def sgmv_expand(
     y: [T, H_total] (in place).
     """
     h_out = lora_b.shape[1]
-    starts, slots, rk = seg_starts.tolist(), seg_slots.tolist(), ranks.tolist()
+    loop, batched = _plan(seg_starts, seg_slots, ranks, v.shape[0])
     if v.dtype != lora_b.dtype:
         v = v.to(lora_b.dtype)
     same = y.dtype == lora_b.dtype
-    for g, slot in enumerate(slots):
-        if slot < 0 or rk[slot] == 0:
-            continue
-        s, e, r = starts[g], starts[g + 1], rk[slot]
+    out_view = y[:, y_offset : y_offset + h_out]
+    for slot, s, e, r in loop:
         if same:  # one fused multiply-add into the strided output view
-            y[s:e, y_offset : y_offset + h_out].addmm_(v[s:e, :r], lora_b[slot, :, :r].T)
+            out_view[s:e].addmm_(v[s:e, :r], lora_b[slot, :, :r].T)
         else:
-            y[s:e, y_offset : y_offset + h_out] += (v[s:e, :r] @ lora_b[slot, :, :r].T).to(y.dtype)
+            out_view[s:e] += (v[s:e, :r] @ lora_b[slot, :, :r].T).to(y.dtype)
+    for b in batched:
+        w = lora_b[:, :, : b.rank].index_select(0, b.slots)  # [G, H_out, r]
+        delta = torch.bmm(_padded(v[:, : b.rank], b.index), w.transpose(1, 2))  # [G, L, H_out]
+        out_view.index_add_(0, b.rows, delta.reshape(-1, h_out)[b.positions].to(y.dtype))
 
 
 def store_kv(
