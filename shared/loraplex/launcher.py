@@ -134,8 +134,16 @@ async def _register_demo_adapters(redis_url: str, adapters: list, owner: str) ->
         await store.close()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def up(args: argparse.Namespace) -> int:
     stack = Stack(Path(args.run_dir or Path.cwd() / ".loraplex" / "run").resolve())
+    # Ctrl-C and SIGTERM (docker stop, systemd) both stop every process started here, even when
+    # the shell that launched us ignores SIGINT for background jobs.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         base, model, demo_adapters = start_stack(args, stack)
         _print_banner(base, model, demo_adapters, args, stack.run_dir)

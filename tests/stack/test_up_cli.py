@@ -1,0 +1,66 @@
+"""`loraplex up` as a user runs it: prints the URL, serves, and Ctrl-C stops every process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from loraplex.servers import free_port
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (
+                    (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                )
+            except OSError:
+                continue
+            if text in cmdline and int(entry.name) != os.getpid():
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_up_serves_and_ctrl_c_stops_everything(tmp_path):
+    run_dir = tmp_path / "run"
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "loraplex.cli",
+        "up",
+        "--port",
+        str(port),
+        "--run-dir",
+        str(run_dir),
+    ]
+    proc = subprocess.Popen(
+        [*cmd, "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        banner = []
+        deadline = time.monotonic() + 180
+        for line in proc.stdout:  # type: ignore[union-attr]
+            banner.append(line)
+            if "Press Ctrl-C" in line or time.monotonic() > deadline:
+                break
+        text = "".join(banner)
+        assert f"http://127.0.0.1:{port}/v1" in text and "curl" in text, text
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).json()
+        assert any(m["id"].startswith("demo-lora-") for m in models["data"])
+        assert len(_processes_mentioning(str(run_dir))) >= 2  # nats-server and redis-server
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        time.sleep(0.5)
+        assert _processes_mentioning(str(run_dir)) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
