@@ -118,6 +118,23 @@ def _wait_http(url: str, stack: Stack, timeout: float) -> None:
     raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
+def _wait_workers(metrics_url: str, expected: int, stack: Stack, timeout: float) -> None:
+    """Wait until the scheduler has heard every worker (its stats reach the gateway's /metrics),
+    so the first request after the banner does not meet a 503 while models still load."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stack.check_alive()
+        try:
+            with urllib.request.urlopen(metrics_url, timeout=2.0) as r:
+                body = r.read().decode()
+            if body.count("loraplex_worker_kv_blocks_total{") >= expected:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"only some of the {expected} workers joined within {timeout}s")
+
+
 async def _register_demo_adapters(redis_url: str, adapters: list, owner: str) -> None:  # type: ignore[type-arg]
     from loraplex.adapters.store import AdapterStore
 
@@ -237,6 +254,7 @@ def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]
     base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
     _wait_http(f"{base}/ready", stack, timeout=300)
     _wait_http(f"http://127.0.0.1:{store_port}/ready", stack, timeout=60)
+    _wait_workers(f"{base}/metrics", args.prefill_workers + args.decode_workers, stack, timeout=600)
     stack.urls.update(
         gateway=base, adapter_store=f"http://127.0.0.1:{store_port}", nats=nats_url, redis=redis_url
     )
