@@ -1,0 +1,156 @@
+"""The decode step of a Llama-2-7B-shaped model with and without adapters: eager, synced per
+step, and replayed from a CUDA graph where capture works."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from loraplex.engine.forward_context import AttentionMeta, ForwardContext, LoraMeta
+from loraplex.kvcache.paged_cache import PagedKVCache
+from loraplex.lora.weights import LoraWeights
+from loraplex.model.config import ModelConfig
+from loraplex.model.llama import LlamaForCausalLM
+
+from .config import log
+from .env import Env
+from .lora_cases import fill_lora
+from .timing import capture_graph
+
+
+@dataclass
+class StepResult:
+    layers: int
+    batch: int
+    context: int
+    adapters: int
+    rank: int
+    max_rank: int
+    num_kv_blocks: int
+    eager_base: float = math.nan
+    eager_lora: float = math.nan
+    graph_base: float = math.nan
+    graph_lora: float = math.nan
+    graph_note: str = ""
+    lora_changes_logits: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def build_model(cfg: ModelConfig, env: Env, max_positions: int) -> LlamaForCausalLM:
+    """Random Llama (N(0, 0.02) weights, unit norms) allocated in the serving dtype on the device."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(env.dtype)
+    try:
+        with torch.device(env.device):
+            model = LlamaForCausalLM(cfg, max_positions)
+    finally:
+        torch.set_default_dtype(previous)
+    gen = env.gen(7)
+    for name, p in model.named_parameters():
+        if "norm" in name:
+            p.data.fill_(1.0)
+        else:
+            p.data.normal_(0.0, 0.02, generator=gen)
+    return model.eval()
+
+
+def size_kv(cfg: ModelConfig, env: Env, batch: int, context: int) -> tuple[int, int, str]:
+    """(num_kv_blocks, context, note): every sequence gets ``context`` tokens of cache, shrunk
+    to what fits in free GPU memory (keeping a reserve for activations and graph pools)."""
+    bs = env.grid.block_size
+    per_seq = -(-context // bs)
+    if env.device.type != "cuda":
+        return batch * per_seq + 1, context, ""
+    free = torch.cuda.mem_get_info(env.device)[0] - (4 << 30)
+    fit = max(free, 0) // PagedKVCache.bytes_per_block(cfg, bs, env.dtype)
+    if fit >= batch * per_seq + 1:
+        return batch * per_seq + 1, context, ""
+    per_seq = (fit - 1) // batch
+    if per_seq < 1:
+        raise RuntimeError("no room for the KV cache: lower --layers, --batch or --max-rank")
+    note = f"context cut from {context} to {per_seq * bs} tokens to fit the KV cache in memory"
+    return batch * per_seq + 1, per_seq * bs, note
+
+
+def decode_inputs(
+    env: Env, batch: int, context: int, num_blocks: int, n_adapters: int, active: bool
+) -> tuple[torch.Tensor, torch.Tensor, ForwardContext]:
+    """One new token per sequence at position context-1, blocks scattered at random."""
+    dev, bs, gen = env.device, env.grid.block_size, env.gen(11)
+    per_seq = -(-context // bs)
+    perm = torch.randperm(num_blocks - 1, generator=torch.Generator().manual_seed(env.args.seed))
+    tables = (perm[: batch * per_seq] + 1).view(batch, per_seq)
+    pos = context - 1
+    slot_mapping = tables[:, pos // bs] * bs + pos % bs
+    attn = AttentionMeta(
+        is_prefill=False,
+        slot_mapping=slot_mapping.to(dev, torch.int64),
+        cu_seqlens=[],
+        block_tables=tables.to(dev, torch.int32),
+        context_lens=torch.full((batch,), context, dtype=torch.int32, device=dev),
+    )
+    indices = torch.arange(batch, dtype=torch.int32, device=dev) % n_adapters
+    lora = LoraMeta(active, False, None, None, indices)
+    ids = torch.randint(0, env.cfg.vocab_size, (batch,), generator=gen, device=dev)
+    positions = torch.full((batch,), pos, dtype=torch.int64, device=dev)
+    return ids, positions, ForwardContext(attn, lora)
+
+
+def bench_decode(env: Env) -> StepResult:
+    a = env.args
+    cfg = env.cfg
+    model = build_model(cfg, env, max_positions=a.context_len + 16)
+    lora = LoraWeights(cfg, a.decode_adapters, env.grid.max_rank, env.dtype, env.device)
+    fill_lora(lora, [a.decode_rank] * a.decode_adapters, cfg, env.gen(5))
+    num_blocks, context, note = size_kv(cfg, env, a.batch, a.context_len)
+    kv = PagedKVCache(cfg, num_blocks, env.grid.block_size, env.dtype, env.device)
+    kv.data.normal_(0.0, 1.0, generator=env.gen(9))
+    res = StepResult(
+        cfg.num_layers,
+        a.batch,
+        context,
+        a.decode_adapters,
+        a.decode_rank,
+        env.grid.max_rank,
+        num_blocks,
+        notes=[note] if note else [],
+    )
+    logits_index = torch.arange(a.batch, device=env.device)
+
+    def step(active: bool) -> Callable[[], torch.Tensor]:
+        ids, pos, ctx = decode_inputs(env, a.batch, context, num_blocks, a.decode_adapters, active)
+
+        def run() -> torch.Tensor:
+            hidden = model(ids, pos, ctx, kv.layers, lora, env.ops)  # type: ignore[arg-type]
+            return model.compute_logits(hidden[logits_index])
+
+        return run
+
+    with torch.inference_mode():
+        base, with_lora = step(False), step(True)
+        out_base, out_lora = base(), with_lora()
+        if not (torch.isfinite(out_base).all() and torch.isfinite(out_lora).all()):
+            res.notes.append("non-finite logits")
+        res.lora_changes_logits = bool((out_base != out_lora).any())
+        res.eager_base, res.eager_lora = env.timer.time_synced([base, with_lora], a.step_iters)
+        log(
+            f"  decode eager: base {res.eager_base * 1e3:.2f} ms, lora {res.eager_lora * 1e3:.2f} ms"
+        )
+        if env.device.type == "cuda" and a.graphs:
+            try:
+                g_base, g_lora = capture_graph(base), capture_graph(with_lora)
+                res.graph_base = env.timer.time(g_base, flush=False, graph=False).seconds
+                res.graph_lora = env.timer.time(g_lora, flush=False, graph=False).seconds
+                log(
+                    f"  decode graph: base {res.graph_base * 1e3:.2f} ms, "
+                    f"lora {res.graph_lora * 1e3:.2f} ms"
+                )
+            except Exception as e:  # noqa: BLE001 - report, keep the eager numbers
+                res.graph_note = f"capture failed: {type(e).__name__}: {str(e)[:160]}"
+                log(f"  decode graph {res.graph_note}")
+        else:
+            res.graph_note = "not run (CPU)" if env.device.type != "cuda" else "--no-graphs"
+    return res
