@@ -1,0 +1,1 @@
+"""The serving benchmark behind ``bench/serve.py``, one concept per module."""
