@@ -1,0 +1,1 @@
+"""The adapter-paging benchmark behind ``bench/adapters.py``, one concept per module."""
