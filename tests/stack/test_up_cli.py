@@ -29,6 +29,27 @@ def _processes_mentioning(text: str) -> list[int]:
     return pids
 
 
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def test_up_serves_and_ctrl_c_stops_everything(tmp_path):
     run_dir = tmp_path / "run"
     port = free_port()
@@ -56,10 +77,13 @@ def test_up_serves_and_ctrl_c_stops_everything(tmp_path):
         assert f"http://127.0.0.1:{port}/v1" in text and "curl" in text, text
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).json()
         assert any(m["id"].startswith("demo-lora-") for m in models["data"])
-        assert len(_processes_mentioning(str(run_dir))) >= 2  # nats-server and redis-server
+        children = _children(proc.pid)
+        # nats, redis, adapter store, scheduler, prefill, decode, gateway
+        assert len(children) >= 7, children
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
         time.sleep(0.5)
+        assert [c for c in children if _alive(c)] == []
         assert _processes_mentioning(str(run_dir)) == []
     finally:
         if proc.poll() is None:
