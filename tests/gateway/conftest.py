@@ -70,6 +70,9 @@ class Plan:
     delay_s: float = 0.0  # between deltas
     finish_reason: str | None = "stop"  # None: never finish (go silent after the tokens)
     error: tuple[int, str] | None = None  # send RequestError after the tokens
+    replay_after: int = (
+        0  # > 0: send that many tokens, then start over from the first (re-dispatch)
+    )
 
 
 class FakeScheduler:
@@ -120,6 +123,12 @@ class FakeScheduler:
         assert self.nc is not None
         subject = Subjects.stream(req.gateway_id)
         toks = plan.tokens
+        if plan.replay_after:  # a first worker's tokens; its replacement starts again at token 0
+            first = toks[: plan.replay_after]
+            delta = TokenDelta(
+                req.request_id, first, "", None, len(req.prompt_token_ids), len(first)
+            )
+            await self.nc.publish(subject, encode(delta))
         starts = list(range(0, len(toks), plan.chunk)) or [0]
         for n, start in enumerate(starts):
             if any(c.request_id == req.request_id for c in self.cancels):

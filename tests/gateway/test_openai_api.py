@@ -229,3 +229,16 @@ async def test_models_and_adapters_per_tenant(
             "deleted"
         ] is True
     assert {m.id for m in (await alice.models.list()).data} == {MODEL_ID, "shared-lora"}
+
+
+async def test_tokens_repeated_by_a_redispatched_worker_are_shown_once(
+    gateway: str,
+    client: Callable[..., AsyncOpenAI],
+    scheduler: FakeScheduler,
+    reply_ids: list[int],
+) -> None:
+    scheduler.plan = lambda _: Plan(tokens=reply_ids, finish_reason="length", replay_after=4)
+    oai = client()
+    full = await oai.completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=len(reply_ids))
+    assert full.choices[0].text == REPLY_TEXT
+    assert full.usage.completion_tokens == len(reply_ids)
