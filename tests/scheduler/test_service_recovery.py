@@ -1,0 +1,136 @@
+"""The scheduler service on a real NATS server, with fake workers: failures before the first token
+are re-dispatched; a worker that stops heart-beating loses its requests to the others."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from loraplex.bus import Bus
+from loraplex.protocol import (
+    PrefillAssign,
+    RequestError,
+    RequestProgress,
+    SamplingSpec,
+    Subjects,
+    SubmitReply,
+    SubmitRequest,
+    WorkerHeartbeat,
+    decode,
+    encode,
+)
+from loraplex.scheduler.service import SchedulerService
+from loraplex.scheduler.settings import SchedulerSettings
+
+
+class FakeWorker:
+    """Heart-beats as a colocated worker and records what it is assigned."""
+
+    def __init__(self, bus: Bus, worker_id: str) -> None:
+        self.bus, self.id = bus, worker_id
+        self.assigned: list[PrefillAssign] = []
+        self.beating = True
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        async def on_assign(m: PrefillAssign) -> None:
+            self.assigned.append(m)
+
+        await self.bus.subscribe(Subjects.worker(self.id), on_assign, PrefillAssign)
+        self._task = asyncio.create_task(self._beat())
+
+    async def _beat(self) -> None:
+        while True:
+            if self.beating:
+                hb = WorkerHeartbeat(self.id, "both", 100, 100, 16, 0, 0, 8, ts=time.time())
+                await self.bus.publish(Subjects.HEARTBEAT, hb)
+            await asyncio.sleep(0.1)
+
+    async def report(self, rid: str, event: str, **kw) -> None:  # type: ignore[no-untyped-def]
+        await self.bus.publish(Subjects.USAGE, RequestProgress(rid, "t", self.id, event, **kw))
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+async def _until(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def test_failures_before_a_token_are_redispatched_and_dead_workers_recovered(nats_url):
+    async def run() -> None:
+        service = SchedulerService(
+            SchedulerSettings(nats_url, heartbeat_timeout_s=0.6, max_attempts=3), {}
+        )
+        await service.start()
+        bus = await Bus.connect(nats_url, "test")
+        workers = [FakeWorker(bus, "w-a"), FakeWorker(bus, "w-b")]
+        for w in workers:
+            await w.start()
+        errors: list[RequestError] = []
+
+        async def on_error(m: RequestError) -> None:
+            errors.append(m)
+
+        await bus.subscribe(Subjects.stream("gw"), on_error, RequestError)
+        await bus.flush()
+        await _until(lambda: service.registry.can_serve())
+
+        async def submit(rid: str) -> SubmitReply:
+            sub = SubmitRequest(rid, "t", "gw", [1, 2, 3], SamplingSpec(max_tokens=4))
+            raw = await bus.nc.request(Subjects.SUBMIT, encode(sub), timeout=5)
+            return decode(raw.data, SubmitReply)
+
+        def assignments(rid: str) -> list[tuple[str, int]]:
+            return [
+                (w.id, a.attempt)
+                for w in workers
+                for a in w.assigned
+                if a.request.request_id == rid
+            ]
+
+        # 1. A retryable failure before any token: dispatched again, attempt 1.
+        assert (await submit("r1")).accepted
+        await _until(lambda: len(assignments("r1")) == 1)
+        first = assignments("r1")[0][0]
+        await next(w for w in workers if w.id == first).report(
+            "r1", "failed", message="K/V refused"
+        )
+        await _until(lambda: len(assignments("r1")) == 2)
+        assert sorted(a for _, a in assignments("r1")) == [0, 1]
+        second = next(w for w, a in assignments("r1") if a == 1)
+        await next(w for w in workers if w.id == second).report(
+            "r1", "finished", completion_tokens=4
+        )
+        await _until(lambda: "r1" not in service.inflight)
+
+        # 2. The worker holding r2 goes silent before a token: r2 moves to the other worker.
+        assert (await submit("r2")).accepted
+        await _until(lambda: len(assignments("r2")) == 1)
+        holder = next(w for w in workers if w.id == assignments("r2")[0][0])
+        holder.beating = False
+        await _until(lambda: len(assignments("r2")) == 2)
+        assert assignments("r2")[1][0] != holder.id
+
+        # 3. Tokens already streamed, then the worker dies: a clear error, no silent retry.
+        other = next(w for w in workers if w is not holder)
+        await other.report("r2", "tokens", new_tokens=1, completion_tokens=1)
+        await asyncio.sleep(0.1)
+        other.beating = False
+        await _until(lambda: any(e.request_id == "r2" for e in errors))
+        assert len(assignments("r2")) == 2 and "stopped responding" in errors[-1].message
+        # ... and with no live worker left, new requests are refused at once.
+        await _until(lambda: not service.registry.can_serve())
+        reply = await submit("r3")
+        assert not reply.accepted and reply.code == 503
+
+        for w in workers:
+            w.stop()
+        await bus.close()
+        await service.stop()
+
+    asyncio.run(run())
