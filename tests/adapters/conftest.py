@@ -3,22 +3,21 @@ session's real redis-server under a per-test key prefix, and the service on a re
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from loraplex.adapter_store.app import create_app
 from loraplex.adapter_store.settings import Settings
 from loraplex.adapters.store import AdapterStore
 from loraplex.demo import TinyModelSpec, demo_model_spec, model_config, write_random_adapter
 from loraplex.servers import free_port
+from tests.uvicorn_server import serve_app
 
 TENANTS = {
     "tenants": [
@@ -76,23 +75,9 @@ async def keys_with(store: AdapterStore) -> set[str]:
     return {k.decode() async for k in store.redis.scan_iter(match=f"{store.keys.prefix}:*")}
 
 
-@asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[str]:
+def serve(settings: Settings) -> AbstractAsyncContextManager[str]:
     """Run the app on a real uvicorn server in this event loop; yields its base URL."""
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=settings.port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{settings.port}"
-    finally:
-        server.should_exit = True
-        await task
+    return serve_app(create_app(settings), "127.0.0.1", settings.port)
 
 
 @pytest.fixture

@@ -12,13 +12,12 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
 import pytest
-import uvicorn
 
 from loraplex.demo import DemoModelInfo, write_demo_model
 from loraplex.gateway.app import create_app
@@ -35,6 +34,7 @@ from loraplex.protocol import (
 )
 from loraplex.servers import free_port
 from loraplex.text.tokenizer import Tokenizer
+from tests.uvicorn_server import serve_app
 
 TENANTS = {
     "tenants": [
@@ -155,24 +155,9 @@ async def scheduler(nats_url: str) -> AsyncIterator[FakeScheduler]:
     await fake.stop()
 
 
-@asynccontextmanager
-async def serve(settings: GatewaySettings) -> AsyncIterator[str]:
+def serve(settings: GatewaySettings) -> AbstractAsyncContextManager[str]:
     """Run the gateway on a real uvicorn server in this event loop; yields its base URL."""
-    config = uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("gateway did not start")
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{settings.port}"
-    finally:
-        server.should_exit = True
-        await task
+    return serve_app(create_app(settings), settings.host, settings.port)
 
 
 @pytest.fixture
