@@ -34,6 +34,7 @@ def target_lines(
         for label, base, lo in (
             ("eager", step.eager_base, step.eager_lora),
             ("CUDA graph", step.graph_base, step.graph_lora),
+            ("engine graphs", step.engine_base, step.engine_lora),
         ):
             if math.isfinite(base) and math.isfinite(lo):
                 ov = lo / base - 1

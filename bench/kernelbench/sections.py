@@ -144,6 +144,14 @@ def decode_section(res: StepResult, env: Env) -> list[str]:
             overhead(res.graph_base, res.graph_lora),
             f"{tok_s(res.graph_base)} / {tok_s(res.graph_lora)}",
         ],
+        [
+            "engine: `DecodeGraphRunner` copy-in + replay (host time included, synced per step)"
+            + ("" if res.engine_capture_s > 0 else " (static buffers, no capture: CPU)"),
+            f"{res.engine_base * 1e3:.2f}" if math.isfinite(res.engine_base) else "—",
+            f"{res.engine_lora * 1e3:.2f}" if math.isfinite(res.engine_lora) else "—",
+            overhead(res.engine_base, res.engine_lora),
+            f"{tok_s(res.engine_base)} / {tok_s(res.engine_lora)}",
+        ],
     ]
     shape = "Llama-2-7B-shaped" if not env.smoke else "tiny"
     lines = [

@@ -42,6 +42,9 @@ class EngineConfig:
     max_loras: int = 8
     max_lora_rank: int = 64
     seed: int = 0
+    # CUDA graphs for decode steps of up to this many rows (capped at max_num_seqs); vLLM's name.
+    enforce_eager: bool = False
+    max_cuda_graph_batch_size: int = 256
 
     def __post_init__(self) -> None:
         for name in (
@@ -50,6 +53,7 @@ class EngineConfig:
             "block_size",
             "max_loras",
             "max_lora_rank",
+            "max_cuda_graph_batch_size",
         ):
             if getattr(self, name) < 1:
                 raise InvalidRequestError(f"{name} must be positive")

@@ -84,6 +84,26 @@ def test_paged_decode_matches_twin(
     torch.testing.assert_close(out, expect, atol=atol, rtol=rtol)
 
 
+def test_empty_context_rows_give_zeros() -> None:
+    """CUDA-graph padding rows have context length 0: kernel and twin both return zeros there
+    and leave the real rows as they would be alone."""
+    block_size, kvh, d = 4, 2, 32
+    k_cache, v_cache, tables, ctx_t = _paged_batch(
+        [0, 9, 0, 5], block_size, kvh, d, torch.float32, 3
+    )
+    k_cache, v_cache = k_cache.nan_to_num(0), v_cache.nan_to_num(0)
+    q = torch.randn(4, 2 * kvh, d, generator=torch.Generator().manual_seed(4)).to(DEV)
+    out = tri.paged_decode_attention(q, k_cache, v_cache, tables, ctx_t, d**-0.5)
+    expect = ref.paged_decode_attention(q, k_cache, v_cache, tables, ctx_t, d**-0.5)
+    assert bool(out[[0, 2]].eq(0).all()) and bool(expect[[0, 2]].eq(0).all())
+    alone = ref.paged_decode_attention(
+        q[[1, 3]], k_cache, v_cache, tables[[1, 3]], ctx_t[[1, 3]], d**-0.5
+    )
+    assert alone.abs().sum() > 0
+    torch.testing.assert_close(out[[1, 3]], alone, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(expect[[1, 3]], alone, atol=2e-5, rtol=2e-5)
+
+
 @pytest.mark.parametrize("cache_dtype", list(DTYPES))
 @pytest.mark.parametrize("dname", list(DTYPES))
 def test_store_kv_matches_twin(dname: str, cache_dtype: str) -> None:

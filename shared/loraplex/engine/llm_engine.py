@@ -85,6 +85,12 @@ class LLMEngine:
             self.slots,
         )
         self.runner = ModelRunner(self.model, self.kv_cache, self.lora_weights, self.device)
+        if self._use_cuda_graphs():
+            self.runner.enable_decode_graphs(
+                min(cfg.max_num_seqs, cfg.max_cuda_graph_batch_size),
+                blocks_for(self.max_model_len, cfg.block_size),
+                capture=True,
+            )
         self.adapters: dict[str, LoraAdapter] = {}
         self._generators: dict[str, torch.Generator] = {}
         self._detok: dict[str, IncrementalDetokenizer] = {}
@@ -94,6 +100,14 @@ class LLMEngine:
         self.eos_ids = set(mc.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:
             self.eos_ids.add(self.tokenizer.eos_token_id)
+
+    def _use_cuda_graphs(self) -> bool:
+        # The torch twins read segment bounds on the host, which a graph cannot replay.
+        return (
+            self.device.type == "cuda"
+            and not self.config.enforce_eager
+            and self.runner.ops.backend == "triton"
+        )
 
     def _num_kv_blocks(self) -> int:
         cfg, mc = self.config, self.model_config

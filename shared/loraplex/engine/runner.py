@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from loraplex.engine.batch import ModelInput, build_decode, build_prefill
+from loraplex.engine.cuda_graphs import DecodeGraphRunner
 from loraplex.engine.sequence import Sequence
 from loraplex.kernels import get_ops
 from loraplex.kvcache.paged_cache import PagedKVCache
@@ -25,6 +26,22 @@ class ModelRunner:
         self.lora = lora
         self.device = device
         self.ops = get_ops(device)
+        self.decode_graphs: DecodeGraphRunner | None = None
+
+    def enable_decode_graphs(self, max_batch: int, max_blocks_per_seq: int, capture: bool) -> float:
+        """Run decode steps of up to ``max_batch`` rows through static buffers, captured as CUDA
+        graphs when ``capture``; returns the capture time in seconds."""
+        self.decode_graphs = DecodeGraphRunner(
+            self.model,
+            self.kv_cache,
+            self.lora,
+            self.ops,
+            max_batch,
+            max_blocks_per_seq,
+            self.device,
+            capture,
+        )
+        return self.decode_graphs.capture()
 
     def prepare(self, seqs: list[Sequence], is_prefill: bool) -> ModelInput:
         build = build_prefill if is_prefill else build_decode
@@ -33,6 +50,10 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, inp: ModelInput) -> torch.Tensor:
         """Run the model; returns fp32 logits [N, vocab] in the order of ``inp.seqs``."""
+        graphs = self.decode_graphs
+        if graphs is not None and graphs.can_run(inp):
+            # Decode rows are their own logits rows (logits_index is 0..n-1).
+            return self.model.compute_logits(graphs.run(inp))
         hidden = self.model(
             inp.input_ids, inp.positions, inp.ctx, self.kv_cache.layers, self.lora, self.ops
         )

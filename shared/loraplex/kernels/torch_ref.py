@@ -277,8 +277,8 @@ def paged_decode_attention(
 
     q: [B, H, D]; k_cache, v_cache: [num_blocks, block_size, KVH, D];
     block_tables: [B, max_blocks] int (unused entries may hold any valid block id);
-    context_lens: [B] int, tokens in the cache for each row including the current one;
-    returns [B, H, D].
+    context_lens: [B] int, tokens in the cache for each row including the current one (0: the
+    row attends to nothing and gets zeros); returns [B, H, D].
     """
     bsz, heads, d = q.shape
     kvh = k_cache.shape[2]
@@ -300,4 +300,5 @@ def paged_decode_attention(
         scale=scale,
         enable_gqa=heads != kvh,
     )
-    return o.squeeze(2)
+    # A row with an empty context (CUDA-graph padding) gets zeros, as in the Triton kernel.
+    return o.squeeze(2).masked_fill((context_lens == 0)[:, None, None], 0.0)

@@ -25,6 +25,8 @@ def make_engine(s: WorkerSettings) -> LLMEngine:
         num_kv_blocks=s.num_kv_blocks,
         max_loras=s.max_loras,
         max_lora_rank=s.max_lora_rank,
+        enforce_eager=s.enforce_eager,
+        max_cuda_graph_batch_size=s.max_cuda_graph_batch_size,
         kv_cache_memory_mb=env.KV_CACHE_MEMORY.get(),
     )
     return LLMEngine(s.model, config, dtype=s.dtype, device=s.device)

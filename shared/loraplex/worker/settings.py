@@ -28,6 +28,8 @@ class WorkerSettings:
     block_size: int = 16
     max_loras: int = 8
     max_lora_rank: int = 64
+    enforce_eager: bool = False
+    max_cuda_graph_batch_size: int = 256
     host_cache_mb: int = 1024
     heartbeat_interval_s: float = 0.5
     kv_timeout_s: float = 10.0
@@ -71,6 +73,17 @@ def build_parser(default_role: str) -> argparse.ArgumentParser:
     p.add_argument("--max-loras", type=int, default=8, help="adapter slots on the device")
     p.add_argument("--max-lora-rank", type=int, default=64)
     p.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        help="never capture CUDA graphs for decode steps (they are used on CUDA by default)",
+    )
+    p.add_argument(
+        "--max-cuda-graph-batch-size",
+        type=int,
+        default=256,
+        help="largest decode batch run from a CUDA graph (capped at --max-num-seqs)",
+    )
+    p.add_argument(
         "--host-cache-mb", type=int, default=1024, help="host-memory adapter cache budget"
     )
     p.add_argument(
@@ -99,6 +112,8 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         block_size=args.block_size,
         max_loras=args.max_loras,
         max_lora_rank=args.max_lora_rank,
+        enforce_eager=args.enforce_eager,
+        max_cuda_graph_batch_size=args.max_cuda_graph_batch_size,
         host_cache_mb=args.host_cache_mb,
         heartbeat_interval_s=args.heartbeat_interval,
         kv_timeout_s=args.kv_timeout,
