@@ -30,10 +30,14 @@ def seq(rid: str, n_prompt: int, lora: str | None = None) -> Sequence:
 
 
 def run_step(sched: Scheduler):
-    """What the engine does after a model step: every scheduled sequence gains one token."""
+    """What the engine does after a model step: a prefill chunk short of the prompt's end only
+    caches its tokens; every other scheduled sequence gains one token."""
     batch = sched.schedule()
     if batch is not None:
-        for s in batch.seqs:
+        for s, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            if n < s.num_uncached:
+                s.num_cached += n
+                continue
             s.num_cached = s.num_tokens
             s.output_token_ids.append(7)
     return batch
@@ -96,11 +100,13 @@ def test_prefill_respects_token_budget():
         sched.add(seq(rid, 4))
     first = run_step(sched)
     assert first.is_prefill
-    assert ids(first.seqs) == ["a", "b"]  # 8 tokens; adding c would make 12 > 10
-    assert ids(sched.waiting) == ["c"]
+    assert ids(first.seqs) == ["a", "b", "c"]  # c gets the 2 tokens left of the budget
+    assert first.num_new_tokens == [4, 4, 2]
+    assert not sched.waiting
     second = run_step(sched)
-    assert second.is_prefill  # waiting prompts are prefilled before running ones decode
+    assert second.is_prefill  # an unfinished prefill goes before running sequences decode
     assert ids(second.seqs) == ["c"]
+    assert second.num_new_tokens == [2]
     third = run_step(sched)
     assert not third.is_prefill
     assert ids(third.seqs) == ["a", "b", "c"]
@@ -414,3 +420,52 @@ def test_finish_after_preemption_does_not_double_release(lora):
     assert not sched.has_unfinished()
     if lora is not None:
         assert sched.slots.pinned(lora) == 0
+
+
+def test_long_prompt_is_prefilled_in_chunks():
+    """25 tokens under a budget of 8: three 8-token chunks, and the last prompt token runs as a
+    decode row (same computation as a 1-token chunk), which samples the first output token."""
+    sched = make(max_num_batched_tokens=8, block_size=4)
+    a = seq("a", 25)
+    sched.add(a)
+    chunks = []
+    for _ in range(3):
+        batch = run_step(sched)
+        assert batch.is_prefill and batch.seqs == [a]
+        chunks.append(batch.num_new_tokens[0])
+        assert a.output_token_ids == []  # nothing sampled mid-prompt
+        assert len(a.block_table) == 7  # blocks for the whole prompt from the first chunk
+    assert chunks == [8, 8, 8] and a.num_cached == 24
+    batch = run_step(sched)
+    assert not batch.is_prefill and batch.seqs == [a]
+    assert a.output_token_ids == [7] and a.num_cached == 25
+    check_block_accounting(sched)
+
+
+def test_unfinished_prefill_goes_before_new_prompts():
+    sched = make(max_num_batched_tokens=8)
+    sched.add(seq("a", 20))
+    sched.add(seq("b", 3))
+    steps = [run_step(sched) for _ in range(4)]
+    assert [(ids(s.seqs), s.num_new_tokens) for s in steps[:3]] == [
+        (["a"], [8]),
+        (["a"], [8]),  # b waits: a's second chunk uses the whole budget
+        (["a", "b"], [4, 3]),
+    ]
+    assert not steps[3].is_prefill and ids(steps[3].seqs) == ["a", "b"]
+    check_block_accounting(sched)
+
+
+def test_decode_keeps_sequences_that_are_mid_prefill():
+    """A decode step (possible when nothing can be prefilled) must not drop a sequence that is
+    part-way through its prompt from the running set."""
+    sched = make(max_num_batched_tokens=100)
+    a, b = seq("a", 3), seq("b", 10)
+    sched.add(a)
+    run_step(sched)
+    sched.add(b)
+    sched.schedule()  # b admitted whole ...
+    b.num_cached = 4  # ... pretend only its first 4 tokens were computed
+    batch = sched._schedule_decode()
+    assert batch.seqs == [a]
+    assert b in sched.running

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -12,11 +12,13 @@ from loraplex.engine.sequence import Sequence
 
 @dataclass(frozen=True)
 class ModelInput:
-    seqs: list[Sequence]  # row order of the logits (prefill sorts rows into adapter segments)
+    seqs: list[Sequence]  # sequences that get logits, in logits row order
     input_ids: torch.Tensor  # [T]
     positions: torch.Tensor  # [T]
-    logits_index: torch.Tensor  # [N] row of each sequence's last token in T
+    logits_index: torch.Tensor  # [N] row of each sampled sequence's last token in T
     ctx: ForwardContext
+    # Prefill chunks that stop short of the sequence's end: (seq, tokens computed), no logits.
+    partial: list[tuple[Sequence, int]] = field(default_factory=list)
 
 
 def _segments(seqs: list[Sequence], rows_per_seq: list[int]) -> tuple[list[int], list[int], int]:
@@ -38,30 +40,45 @@ def _slot_map(seq: Sequence, start: int, end: int, block_size: int) -> list[int]
     return [table[p // block_size] * block_size + p % block_size for p in range(start, end)]
 
 
-def build_prefill(seqs: list[Sequence], block_size: int, device: torch.device) -> ModelInput:
-    """Pack every sequence's uncached tokens; rows with the same adapter slot become one segment."""
-    seqs = sorted(seqs, key=lambda s: s.lora_slot)  # stable: arrival order within a segment
+def build_prefill(
+    seqs: list[Sequence],
+    block_size: int,
+    device: torch.device,
+    num_new_tokens: list[int] | None = None,
+) -> ModelInput:
+    """Pack each sequence's next ``num_new_tokens`` uncached tokens (default: all of them); rows
+    with the same adapter slot become one segment.  Sequences whose chunk reaches their last
+    token get logits; the others are returned in ``partial``."""
+    counts = num_new_tokens or [s.num_uncached for s in seqs]
+    order = sorted(range(len(seqs)), key=lambda i: seqs[i].lora_slot)  # stable: arrival order
+    seqs = [seqs[i] for i in order]
+    counts = [counts[i] for i in order]
     ids: list[int] = []
     pos: list[int] = []
     slots: list[int] = []
     cu = [0]
-    for seq in seqs:
+    prefixes = []
+    for seq, n in zip(seqs, counts, strict=True):
         tokens = seq.all_token_ids
         start = seq.num_cached
-        ids.extend(tokens[start:])
-        pos.extend(range(start, len(tokens)))
-        slots.extend(_slot_map(seq, start, len(tokens), block_size))
+        ids.extend(tokens[start : start + n])
+        pos.extend(range(start, start + n))
+        slots.extend(_slot_map(seq, start, start + n, block_size))
         cu.append(len(ids))
-    seg_starts, seg_slots, longest = _segments(
-        seqs, [e - s for s, e in zip(cu[:-1], cu[1:], strict=False)]
-    )
+        prefixes.append(start)
+    seg_starts, seg_slots, longest = _segments(seqs, counts)
     as_t = lambda x, dt=torch.int32: torch.tensor(x, dtype=dt, device=device)  # noqa: E731
+    tables = None
+    if any(prefixes):
+        width = max(len(s.block_table) for s in seqs)
+        tables = as_t([s.block_table + [0] * (width - len(s.block_table)) for s in seqs])
     attn = AttentionMeta(
         is_prefill=True,
         slot_mapping=as_t(slots, torch.int64),
         cu_seqlens=cu,
-        block_tables=None,
+        block_tables=tables,
         context_lens=None,
+        prefix_lens=prefixes if any(prefixes) else None,
     )
     lora = LoraMeta(
         active=any(s >= 0 for s in seg_slots),
@@ -71,12 +88,14 @@ def build_prefill(seqs: list[Sequence], block_size: int, device: torch.device) -
         indices=None,
         max_seg_len=longest,
     )
+    done = [i for i, (s, n) in enumerate(zip(seqs, counts, strict=True)) if n == s.num_uncached]
     return ModelInput(
-        seqs=seqs,
+        seqs=[seqs[i] for i in done],
         input_ids=as_t(ids, torch.int64),
         positions=as_t(pos, torch.int64),
-        logits_index=as_t([c - 1 for c in cu[1:]], torch.int64),
+        logits_index=as_t([cu[i + 1] - 1 for i in done], torch.int64),
         ctx=ForwardContext(attn, lora),
+        partial=[(s, n) for s, n in zip(seqs, counts, strict=True) if n < s.num_uncached],
     )
 
 

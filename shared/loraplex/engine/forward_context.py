@@ -15,8 +15,11 @@ class AttentionMeta:
     is_prefill: bool
     slot_mapping: torch.Tensor  # [T] int64 flat cache slot of every new token (-1 = padding)
     cu_seqlens: list[int]  # prefill: [N+1] prefix sums of new tokens per sequence
-    block_tables: torch.Tensor | None  # decode: [B, max_blocks] int32
+    block_tables: torch.Tensor | None  # decode, and prefill with prefixes: [B, max_blocks] int32
     context_lens: torch.Tensor | None  # decode: [B] int32, tokens in cache incl. the new one
+    # Prefill: tokens of each sequence already in the cache (a chunked prefill's earlier chunks);
+    # None when every sequence starts from zero, so attention needs only this step's K/V.
+    prefix_lens: list[int] | None = None
 
 
 @dataclass(frozen=True)

@@ -67,10 +67,8 @@ class LLMEngine:
         self.model_config = ModelConfig.from_dir(model_dir)
         self.tokenizer = Tokenizer(model_dir)
         mc = self.model_config
+        # Prompts longer than max_num_batched_tokens are prefilled in chunks.
         self.max_model_len = cfg.max_model_len or min(mc.max_position_embeddings, 8192)
-        if cfg.max_num_batched_tokens < self.max_model_len:
-            # A whole prompt is prefilled in one step, so the budget must hold the longest one.
-            self.max_model_len = cfg.max_num_batched_tokens
         self.model = load_model(model_dir, mc, self.dtype, self.device, self.max_model_len)
         num_blocks = self._num_kv_blocks()
         self.kv_cache = PagedKVCache(mc, num_blocks, cfg.block_size, self.dtype, self.device)
@@ -246,8 +244,12 @@ class LLMEngine:
             return []
         for name, slot in batch.adapter_loads:
             self.lora_weights.load(slot, self.adapters[name])
-        inp = self.runner.prepare(batch.seqs, batch.is_prefill)
+        inp = self.runner.prepare(batch.seqs, batch.is_prefill, batch.num_new_tokens)
         logits = self.runner.execute(inp)
+        for seq, n in inp.partial:  # a chunk short of the prompt's end: nothing to sample yet
+            seq.num_cached += n
+        if not inp.seqs:
+            return []
         gens = [self._generators.get(s.request_id, self._shared_gen) for s in inp.seqs]
         tokens = sample(logits, [s.params for s in inp.seqs], gens)
         self.last_logits = {

@@ -43,9 +43,12 @@ class ModelRunner:
         )
         return self.decode_graphs.capture()
 
-    def prepare(self, seqs: list[Sequence], is_prefill: bool) -> ModelInput:
-        build = build_prefill if is_prefill else build_decode
-        return build(seqs, self.kv_cache.block_size, self.device)
+    def prepare(
+        self, seqs: list[Sequence], is_prefill: bool, num_new_tokens: list[int] | None = None
+    ) -> ModelInput:
+        if is_prefill:
+            return build_prefill(seqs, self.kv_cache.block_size, self.device, num_new_tokens)
+        return build_decode(seqs, self.kv_cache.block_size, self.device)
 
     @torch.inference_mode()
     def execute(self, inp: ModelInput) -> torch.Tensor:

@@ -1,5 +1,10 @@
 """Continuous-batching step scheduler: prefill under a token budget, else decode; preempt on OOM.
 
+Prompts longer than the budget are prefilled in chunks over several steps (chunked prefill): a
+sequence keeps its place in the running batch with part of its prompt cached, and the next
+prefill step continues it before admitting anyone new.  Only the step that reaches the end of
+the prompt samples a token.
+
 Pure Python: works on Sequence objects, block ids and adapter slots, never on tensors.
 """
 
@@ -24,6 +29,7 @@ class SchedulerConfig:
 class ScheduledBatch:
     is_prefill: bool
     seqs: list[Sequence]
+    num_new_tokens: list[int] = field(default_factory=list)  # per seq: tokens computed this step
     adapter_loads: list[tuple[str, int]] = field(default_factory=list)  # (adapter, slot) to fill
     preempted: list[Sequence] = field(default_factory=list)
 
@@ -81,13 +87,23 @@ class Scheduler:
 
     def _schedule_prefill(self) -> ScheduledBatch:
         batch = ScheduledBatch(is_prefill=True, seqs=[])
+        budget = self.cfg.max_num_batched_tokens
         tokens = 0
-        while self.waiting and len(self.running) + len(batch.seqs) < self.cfg.max_num_seqs:
+        # Sequences part-way through a chunked prefill go first: they already hold their blocks.
+        for seq in sorted(self.running, key=lambda s: s.arrival):
+            if seq.num_uncached > 1 and tokens < budget:
+                n = min(seq.num_uncached, budget - tokens)
+                batch.seqs.append(seq)
+                batch.num_new_tokens.append(n)
+                tokens += n
+        admitted: list[Sequence] = []
+        while (
+            self.waiting
+            and tokens < budget
+            and len(self.running) + len(admitted) < self.cfg.max_num_seqs
+        ):
             seq = self.waiting[0]
-            n = seq.num_tokens
-            if tokens + n > self.cfg.max_num_batched_tokens:
-                break
-            need = blocks_for(n, self.cfg.block_size)
+            need = blocks_for(seq.num_tokens, self.cfg.block_size)
             if not self.allocator.can_allocate(need):
                 break
             if seq.lora is not None:
@@ -100,14 +116,19 @@ class Scheduler:
             seq.block_table = self.allocator.allocate(need)
             seq.status = SequenceStatus.RUNNING
             self.waiting.popleft()
+            n = min(seq.num_uncached, budget - tokens)
+            admitted.append(seq)
             batch.seqs.append(seq)
+            batch.num_new_tokens.append(n)
             tokens += n
-        self.running.extend(batch.seqs)
+        self.running.extend(admitted)
         return batch
 
     def _schedule_decode(self) -> ScheduledBatch:
         batch = ScheduledBatch(is_prefill=False, seqs=[])
-        queue = sorted(self.running, key=lambda s: s.arrival)
+        # Mid-prefill sequences are always continued by the prefill step first; never decoded.
+        prefilling = [s for s in self.running if s.num_uncached > 1]
+        queue = sorted((s for s in self.running if s.num_uncached <= 1), key=lambda s: s.arrival)
         while queue:
             seq = queue.pop(0)
             need = blocks_for(seq.num_tokens, self.cfg.block_size) - len(seq.block_table)
@@ -122,7 +143,8 @@ class Scheduler:
                 if need > 0:
                     seq.block_table.extend(self.allocator.allocate(need))
                 batch.seqs.append(seq)
-        self.running = list(batch.seqs)
+        batch.num_new_tokens = [1] * len(batch.seqs)
+        self.running = batch.seqs + prefilling
         return batch
 
     def _preempt(self, seq: Sequence) -> None:

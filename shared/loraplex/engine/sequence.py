@@ -36,6 +36,11 @@ class Sequence:
         return len(self.prompt_token_ids) + len(self.output_token_ids)
 
     @property
+    def num_uncached(self) -> int:
+        """Tokens whose K/V a step must still compute (1 for a sequence in decode)."""
+        return self.num_tokens - self.num_cached
+
+    @property
     def all_token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
 

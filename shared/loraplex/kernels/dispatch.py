@@ -2,7 +2,8 @@
 
 Both namespaces returned by ``get_ops`` expose the same names: ``sgmv_shrink``, ``sgmv_expand``,
 ``bgmv_shrink``, ``bgmv_expand``, their ``*_fused`` variants, ``store_kv``,
-``paged_decode_attention`` and ``prefill_attention`` (always torch SDPA).  Triton is imported only
+``paged_decode_attention``, ``prefill_attention`` and ``prefill_attention_paged`` (the last two
+always torch SDPA).  Triton is imported only
 when the Triton path is chosen, so this module works on hosts without it.
 
 Environment:
@@ -109,6 +110,7 @@ def _torch_ops() -> SimpleNamespace:
         store_kv=torch_ref.store_kv,
         paged_decode_attention=torch_ref.paged_decode_attention,
         prefill_attention=torch_ref.prefill_attention,
+        prefill_attention_paged=torch_ref.prefill_attention_paged,
     )
 
 
@@ -123,6 +125,7 @@ def _triton_ops() -> SimpleNamespace:
         store_kv=triton_attention.store_kv,
         paged_decode_attention=triton_attention.paged_decode_attention,
         prefill_attention=torch_ref.prefill_attention,
+        prefill_attention_paged=torch_ref.prefill_attention_paged,
     )
 
 

@@ -264,6 +264,52 @@ def prefill_attention(
     return out
 
 
+def prefill_attention_paged(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cu_seqlens: list[int],
+    prefix_lens: list[int],
+    block_tables: torch.Tensor,
+    scale: float,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """Causal attention of each sequence's new tokens over its cached prefix and themselves
+    (chunked prefill).  The new tokens' K/V must already be stored in the cache.
+
+    q: [T, H, D]; k, v: [T, KVH, D] (this step's keys/values); k_cache, v_cache: [num_blocks,
+    block_size, KVH, D]; cu_seqlens: [N+1] prefix sums of new tokens; prefix_lens: [N] tokens
+    already cached before this step; block_tables: [N, max_blocks] int; returns [T, H, D].
+    A sequence with no prefix attends to ``k``/``v`` directly, as ``prefill_attention`` does.
+    """
+    out = torch.empty_like(q)
+    block_size = k_cache.shape[1]
+    gqa = q.shape[1] != k.shape[1]
+    for i, (s, e) in enumerate(zip(cu_seqlens[:-1], cu_seqlens[1:], strict=True)):
+        prefix = prefix_lens[i]
+        if prefix == 0:
+            out[s:e] = prefill_attention(q[s:e], k[s:e], v[s:e], [0, e - s], scale, sliding_window)
+            continue
+        n_ctx = prefix + e - s
+        blocks = block_tables[i, : -(-n_ctx // block_size)].long()
+        ks = k_cache.index_select(0, blocks).flatten(0, 1)[:n_ctx].to(q.dtype)  # [n_ctx, KVH, D]
+        vs = v_cache.index_select(0, blocks).flatten(0, 1)[:n_ctx].to(q.dtype)
+        k_pos = torch.arange(n_ctx, device=q.device)
+        mask = _window_mask(k_pos[prefix:], k_pos, sliding_window)  # [L, n_ctx]
+        o = F.scaled_dot_product_attention(
+            q[s:e].transpose(0, 1),
+            ks.transpose(0, 1),
+            vs.transpose(0, 1),
+            attn_mask=mask,
+            scale=scale,
+            enable_gqa=gqa,
+        )
+        out[s:e] = o.transpose(0, 1)
+    return out
+
+
 def paged_decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,

@@ -79,7 +79,21 @@ class DecoderLayer(nn.Module):
         v = v.view(-1, cfg.num_kv_heads, cfg.head_dim)
         q, k = rope(positions, q, k)
         ops.store_kv(k, v, kv[0], kv[1], ctx.attn.slot_mapping)
-        if ctx.attn.is_prefill:
+        if ctx.attn.is_prefill and ctx.attn.prefix_lens is not None:
+            # Chunked prefill: later chunks also attend to their earlier chunks' cached K/V.
+            attn = ops.prefill_attention_paged(
+                q,
+                k,
+                v,
+                kv[0],
+                kv[1],
+                ctx.attn.cu_seqlens,
+                ctx.attn.prefix_lens,
+                ctx.attn.block_tables,
+                self.scale,
+                cfg.sliding_window,
+            )
+        elif ctx.attn.is_prefill:
             attn = ops.prefill_attention(
                 q, k, v, ctx.attn.cu_seqlens, self.scale, cfg.sliding_window
             )
