@@ -1,5 +1,8 @@
 """Fixtures for the adapter-store tests: a base-model config, PEFT adapter dirs, a store on the
-session's real redis-server under a per-test key prefix, and the service on a real uvicorn."""
+session's real redis-server under a per-test key prefix, and the service on a real uvicorn.
+
+For the adapter-paging tests (``test_paging_*.py``): the demo model with its local adapters,
+the offline reference outputs, and the per-test paging harness ``h`` (see ``paging_helpers``)."""
 
 from __future__ import annotations
 
@@ -13,10 +16,22 @@ from pathlib import Path
 import pytest
 
 from loraplex.adapter_store.app import create_app
+from loraplex.adapter_store.events import EventPublisher
+from loraplex.adapter_store.registrar import Registrar
 from loraplex.adapter_store.settings import Settings
 from loraplex.adapters.store import AdapterStore
-from loraplex.demo import TinyModelSpec, demo_model_spec, model_config, write_random_adapter
+from loraplex.bus import Bus
+from loraplex.demo import (
+    DemoModelInfo,
+    TinyModelSpec,
+    demo_model_spec,
+    model_config,
+    write_demo_model,
+    write_random_adapter,
+)
+from loraplex.model.config import ModelConfig
 from loraplex.servers import free_port
+from tests.adapters.paging_helpers import ADAPTERS, TENANT, Gateway, Harness, Reference, until
 from tests.uvicorn_server import serve_app
 
 TENANTS = {
@@ -116,3 +131,48 @@ def service(
         return serve(Settings(**base))  # type: ignore[arg-type]
 
     return start
+
+
+# ---- adapter paging (test_paging_*.py): model, adapters, offline reference, harness ------
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoModelInfo:
+    return write_demo_model(tmp_path_factory.mktemp("paging-model"), num_adapters=0)
+
+
+@pytest.fixture(scope="module")
+def adapter_dirs(demo: DemoModelInfo, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("paging-adapters")
+    for key, (rank, targets, seed) in ADAPTERS.items():
+        write_random_adapter(
+            root / key, demo.spec, rank=rank, alpha=2.0 * rank, targets=targets, seed=seed
+        )
+    return {key: root / key for key in ADAPTERS}
+
+
+@pytest.fixture(scope="module")
+def ref(demo: DemoModelInfo, adapter_dirs: dict[str, Path]) -> Reference:
+    return Reference(demo, adapter_dirs)
+
+
+@pytest.fixture
+async def h(
+    demo: DemoModelInfo, adapter_dirs: dict[str, Path], nats_url: str, redis_url: str
+) -> AsyncIterator[Harness]:
+    store = AdapterStore.from_url(redis_url)  # the default prefix: the one workers read
+    events = EventPublisher(nats_url, name="paging-test-store")
+    events.start()
+    await until(lambda: events.connected, what="event publisher connected")
+    registrar = Registrar(store, ModelConfig.from_dir(demo.model_dir), 64, events)
+    bus = await Bus.connect(nats_url, "paging-test-gateway")
+    gateway = Gateway(bus)
+    await gateway.start()
+    harness = Harness(demo, adapter_dirs, nats_url, redis_url, registrar, gateway)
+    try:
+        yield harness
+    finally:
+        for key in ADAPTERS:  # leave the shared Redis as we found it
+            if await store.get(harness.name(key)) is not None:
+                await store.delete_for(TENANT.name, harness.name(key))
+        await bus.close()
+        await events.close()
+        await store.close()
