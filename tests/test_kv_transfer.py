@@ -7,13 +7,16 @@ import contextlib
 import time
 
 import pytest
+import torch
 
 from loraplex import LLM, SamplingParams
 from loraplex.bus import Bus
+from loraplex.config import DTYPES
 from loraplex.demo import write_demo_model
 from loraplex.protocol import (
     CancelRequest,
     KVBegin,
+    KVChunk,
     KVReply,
     PrefillAssign,
     RequestError,
@@ -26,7 +29,13 @@ from loraplex.protocol import (
     encode,
 )
 from loraplex.servers import start_nats
-from loraplex.worker.kv_transfer import PendingTransfer, chunk_size_for, split
+from loraplex.worker.kv_transfer import (
+    PendingTransfer,
+    bytes_to_tensor,
+    chunk_size_for,
+    split,
+    tensor_to_bytes,
+)
 from loraplex.worker.main import make_engine
 from loraplex.worker.runtime import Worker
 from loraplex.worker.settings import WorkerSettings
@@ -46,6 +55,24 @@ def test_pending_transfer_places_chunks_and_times_out_when_idle():
         t.add(len(chunks), b"x", 1000)
     stale = PendingTransfer(2, 10, idle_timeout_s=0.01)
     assert stale.expired(time.monotonic() + 1)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_payload_bytes_are_views_not_copies(dtype: str):
+    """A CPU payload goes to the wire without copies: the byte view and its chunks alias the
+    exported tensor, and the receiver rebuilds the same tensor from the chunks."""
+    payload = torch.randn(2, 2, 3, 4, 2, 5, generator=torch.Generator().manual_seed(1)).to(
+        DTYPES[dtype]
+    )
+    data = tensor_to_bytes(payload)
+    assert data.nbytes == payload.numel() * payload.element_size()
+    chunks = split(data, 100)
+    assert all(isinstance(c, memoryview) for c in chunks) and len(chunks) == -(-data.nbytes // 100)
+    payload.view(-1)[0] = 7.0  # visible through the views: nothing was copied
+    wire = [decode(encode(KVChunk("r", i, c)), KVChunk).data for i, c in enumerate(chunks)]
+    t = PendingTransfer(len(chunks), data.nbytes, idle_timeout_s=60)
+    assert [t.add(i, c, 100) for i, c in enumerate(wire)][-1]
+    assert torch.equal(bytes_to_tensor(t.buffer, dtype, list(payload.shape)), payload)
 
 
 @pytest.fixture(scope="module")

@@ -369,4 +369,4 @@ class KVChunk(Message):
     TAG: ClassVar[str] = "kv_chunk"
     request_id: str
     index: int
-    data: bytes
+    data: bytes  # senders may pass a memoryview slice of the payload: packed without a copy

@@ -13,8 +13,11 @@ from loraplex.config import DTYPES
 ENVELOPE_ROOM = 4096
 
 
-def tensor_to_bytes(t: torch.Tensor) -> bytes:
-    return t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()
+def tensor_to_bytes(t: torch.Tensor) -> memoryview:
+    """The tensor's bytes on the host, without a copy for a contiguous CPU tensor (a GPU tensor
+    is copied to the host once).  The view keeps the tensor alive; do not modify it meanwhile."""
+    host = t.detach().to("cpu").contiguous()
+    return memoryview(host.reshape(-1).view(torch.uint8).numpy())
 
 
 def bytes_to_tensor(data: bytearray, dtype: str, shape: list[int]) -> torch.Tensor:
@@ -33,8 +36,10 @@ def chunk_size_for(max_payload: int) -> int:
     return max_payload - ENVELOPE_ROOM
 
 
-def split(data: bytes, chunk: int) -> list[bytes]:
-    return [data[i : i + chunk] for i in range(0, len(data), chunk)] or [b""]
+def split(data: bytes | memoryview, chunk: int) -> list[memoryview]:
+    """Chunk views of ``data`` (no copies: msgpack packs each straight from the payload)."""
+    view = memoryview(data)
+    return [view[i : i + chunk] for i in range(0, len(view), chunk)] or [memoryview(b"")]
 
 
 @dataclass
