@@ -109,6 +109,8 @@ class GatewayMetrics:
                 "waiting",
                 "adapter_slots_used",
                 "adapter_slots_total",
+                "prefix_cache_hit_tokens",
+                "prefix_cache_query_tokens",
             )
         }
 

@@ -290,6 +290,8 @@ class SchedulerService:
                 "waiting": w.hb.waiting,
                 "adapter_slots_used": w.hb.adapter_slots_used,
                 "adapter_slots_total": w.hb.adapter_slots_total,
+                "prefix_cache_hit_tokens": w.hb.prefix_cache_hit_tokens,
+                "prefix_cache_query_tokens": w.hb.prefix_cache_query_tokens,
             }
             for wid, w in self.registry.workers.items()
         }

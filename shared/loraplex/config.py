@@ -44,6 +44,8 @@ class EngineConfig:
     seed: int = 0
     # CUDA graphs for decode steps of up to this many rows (capped at max_num_seqs); vLLM's name.
     enforce_eager: bool = False
+    # Reuse the K/V of full blocks shared with earlier prompts (same adapter), as vLLM/SGLang do.
+    enable_prefix_caching: bool = True
     max_cuda_graph_batch_size: int = 256
 
     def __post_init__(self) -> None:

@@ -306,6 +306,8 @@ class WorkerHeartbeat(Message):
     ts: float = 0.0
     adapter_slots_used: int = 0
     adapter_slots_total: int = 0
+    prefix_cache_hit_tokens: int = 0  # since start: prompt tokens whose K/V were reused
+    prefix_cache_query_tokens: int = 0  # since start: prompt tokens admitted
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,34 @@ def test_errors_are_openai_shaped(disagg_stack, model_id, body, status):
     assert ok.status_code == 200
 
 
+def test_repeated_prompt_hits_the_prefix_cache(client, disagg_stack, model_id):
+    """The second identical 40-token prompt reuses the first one's two full 16-token blocks on
+    the prefill worker; the hit shows on /metrics; both answers are the same."""
+    import re
+    import time
+
+    prompt = [(i * 31 + 7) % 500 for i in range(40)]
+    answers = [
+        client.completions.create(model=model_id, prompt=prompt, max_tokens=4, temperature=0)
+        .choices[0]
+        .text
+        for _ in range(2)
+    ]
+    assert answers[0] == answers[1]
+    pattern = re.compile(
+        r'loraplex_worker_prefix_cache_hit_tokens\{worker="(prefill[^"]*)"\} (\S+)'
+    )
+    deadline = time.monotonic() + 10
+    while True:  # stats travel heartbeat -> scheduler -> gateway about once a second
+        text = httpx.get(disagg_stack.urls["gateway"] + "/metrics", timeout=10).text
+        hits = [float(v) for _, v in pattern.findall(text)]
+        if (hits and max(hits) >= 32) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert hits and max(hits) >= 32, text[-3000:]
+    assert "loraplex_worker_prefix_cache_query_tokens" in text
+
+
 def test_metrics_show_latency_queue_kv_and_slots(client, disagg_stack, model_id):
     import time
 

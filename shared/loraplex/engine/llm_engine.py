@@ -5,6 +5,7 @@ The offline ``LLM`` API and the prefill/decode workers all wrap this class.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from loraplex.engine.sequence import Sequence
 from loraplex.errors import AdapterError, AdapterNotFoundError, CapacityError, InvalidRequestError
 from loraplex.kvcache.block_allocator import BlockAllocator, blocks_for
 from loraplex.kvcache.paged_cache import PagedKVCache
+from loraplex.kvcache.prefix_cache import CachingBlockAllocator
 from loraplex.lora.adapter import LoraAdapter, load_adapter_dir
 from loraplex.lora.slot_table import SlotTable
 from loraplex.lora.weights import LoraWeights
@@ -76,7 +78,8 @@ class LLMEngine:
             mc, cfg.max_loras, cfg.max_lora_rank, self.dtype, self.device
         )
         self.slots = SlotTable(cfg.max_loras)
-        self.allocator = BlockAllocator(num_blocks, cfg.block_size)
+        allocator_cls = CachingBlockAllocator if cfg.enable_prefix_caching else BlockAllocator
+        self.allocator = allocator_cls(num_blocks, cfg.block_size)
         self.scheduler = Scheduler(
             SchedulerConfig(cfg.max_num_seqs, cfg.max_num_batched_tokens, cfg.block_size),
             self.allocator,
@@ -90,6 +93,8 @@ class LLMEngine:
                 capture=True,
             )
         self.adapters: dict[str, LoraAdapter] = {}
+        self._adapter_generation: dict[str, int] = {}
+        self._generations = itertools.count()
         self._generators: dict[str, torch.Generator] = {}
         self._detok: dict[str, IncrementalDetokenizer] = {}
         self._reservations: dict[str, list[int]] = {}
@@ -134,6 +139,8 @@ class LLMEngine:
         if adapter.name in self.adapters:
             self.remove_lora(adapter.name)
         self.adapters[adapter.name] = adapter
+        # A new generation per registration: K/V cached under a replaced copy are never reused.
+        self._adapter_generation[adapter.name] = next(self._generations)
         return adapter
 
     def remove_lora(self, name: str) -> None:
@@ -173,8 +180,13 @@ class LLMEngine:
         if self.scheduler.find(request_id) is not None:
             raise InvalidRequestError(f"request id {request_id!r} is already running")
         seq = Sequence(request_id, list(prompt_token_ids), params, lora, prefill_only=prefill_only)
+        seq.cache_namespace = self._cache_namespace(lora)
         self._track(seq)
         self.scheduler.add(seq)
+
+    def _cache_namespace(self, lora: str | None) -> tuple[str, int] | None:
+        """What a prefix's K/V depend on besides its tokens: the adapter and its registration."""
+        return None if lora is None else (lora, self._adapter_generation[lora])
 
     def _track(self, seq: Sequence) -> None:
         params, request_id = seq.params, seq.request_id
@@ -219,8 +231,10 @@ class LLMEngine:
             raise AdapterNotFoundError(f"adapter {lora!r} is not registered")
         self.kv_cache.import_blocks(blocks, payload)
         seq = Sequence(request_id, list(prompt_token_ids), params, lora)
+        seq.cache_namespace = self._cache_namespace(lora)
         seq.block_table = blocks
         seq.num_cached = len(prompt_token_ids)
+        self.scheduler.register_computed(seq, seq.num_cached)  # imported K/V serve later prompts
         self._track(seq)
         out = self._append(seq, first_token, cached=False)
         if not out.finished:
@@ -246,6 +260,8 @@ class LLMEngine:
             self.lora_weights.load(slot, self.adapters[name])
         inp = self.runner.prepare(batch.seqs, batch.is_prefill, batch.num_new_tokens)
         logits = self.runner.execute(inp)
+        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            self.scheduler.register_computed(seq, seq.num_cached + n)
         for seq, n in inp.partial:  # a chunk short of the prompt's end: nothing to sample yet
             seq.num_cached += n
         if not inp.seqs:

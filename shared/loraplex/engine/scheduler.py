@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from loraplex.engine.sequence import Sequence, SequenceStatus
 from loraplex.kvcache.block_allocator import BlockAllocator, blocks_for
+from loraplex.kvcache.prefix_cache import CachingBlockAllocator, block_keys
 from loraplex.lora.slot_table import SlotTable
 
 
@@ -45,6 +46,8 @@ class Scheduler:
         # decode batch as soon as a batch slot and their adapter's device slot are free.
         self.ready: deque[Sequence] = deque()
         self._arrivals = 0
+        self.prefix_hit_tokens = 0  # prompt tokens whose K/V came from the prefix cache
+        self.prefix_query_tokens = 0
 
     def add(self, seq: Sequence) -> None:
         seq.arrival = self._arrivals
@@ -103,8 +106,10 @@ class Scheduler:
             and len(self.running) + len(admitted) < self.cfg.max_num_seqs
         ):
             seq = self.waiting[0]
-            need = blocks_for(seq.num_tokens, self.cfg.block_size)
-            if not self.allocator.can_allocate(need):
+            hit = self._cached_prefix(seq)
+            need = blocks_for(seq.num_tokens, self.cfg.block_size) - len(hit)
+            revive = self.allocator.revive_cost(hit) if hit else 0  # type: ignore[attr-defined]
+            if not self.allocator.can_allocate(need + revive):
                 break
             if seq.lora is not None:
                 grant = self.slots.acquire(seq.lora)
@@ -113,7 +118,12 @@ class Scheduler:
                 seq.lora_slot = grant.slot
                 if grant.needs_load:
                     batch.adapter_loads.append((seq.lora, grant.slot))
-            seq.block_table = self.allocator.allocate(need)
+            if hit:
+                self.allocator.acquire(hit)  # type: ignore[attr-defined]
+            seq.block_table = hit + self.allocator.allocate(need)
+            seq.num_cached = len(hit) * self.cfg.block_size
+            self.prefix_hit_tokens += seq.num_cached
+            self.prefix_query_tokens += seq.num_tokens
             seq.status = SequenceStatus.RUNNING
             self.waiting.popleft()
             n = min(seq.num_uncached, budget - tokens)
@@ -123,6 +133,37 @@ class Scheduler:
             tokens += n
         self.running.extend(admitted)
         return batch
+
+    def _cached_prefix(self, seq: Sequence) -> list[int]:
+        """Cached blocks holding the start of ``seq`` (never its last token, which must run to
+        give logits, so the block it lands in is always the sequence's own)."""
+        if not isinstance(self.allocator, CachingBlockAllocator):
+            return []
+        bs = self.cfg.block_size
+        reusable = (seq.num_tokens - 1) // bs
+        self.extend_block_keys(seq, reusable * bs)
+        return self.allocator.lookup(seq.block_keys[:reusable])
+
+    def extend_block_keys(self, seq: Sequence, num_tokens: int) -> None:
+        """Make ``seq.block_keys`` cover the full blocks among its first ``num_tokens`` tokens."""
+        bs, have = self.cfg.block_size, len(seq.block_keys)
+        if num_tokens // bs > have:
+            parent = seq.block_keys[-1] if have else None
+            tokens = seq.all_token_ids[: num_tokens // bs * bs]
+            seq.block_keys += block_keys(tokens, bs, seq.cache_namespace, parent, have * bs)
+
+    def register_computed(self, seq: Sequence, computed: int) -> None:
+        """After a step: offer the full blocks among the first ``computed`` tokens (whose K/V are
+        now in the cache) for reuse by later sequences."""
+        if not isinstance(self.allocator, CachingBlockAllocator):
+            return
+        full = computed // self.cfg.block_size
+        if full <= seq.registered_blocks:
+            return
+        self.extend_block_keys(seq, computed)
+        for i in range(seq.registered_blocks, full):
+            self.allocator.register(seq.block_table[i], seq.block_keys[i])
+        seq.registered_blocks = full
 
     def _schedule_decode(self) -> ScheduledBatch:
         batch = ScheduledBatch(is_prefill=False, seqs=[])
@@ -162,6 +203,7 @@ class Scheduler:
             self.allocator.free(seq.block_table)
         seq.block_table = []
         seq.num_cached = 0
+        seq.registered_blocks = 0
         if seq.lora is not None and seq.lora_slot >= 0:
             self.slots.release(seq.lora)
         seq.lora_slot = -1

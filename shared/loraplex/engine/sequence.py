@@ -30,6 +30,12 @@ class Sequence:
     stop_reason: int | str | None = None
     num_preemptions: int = 0
     prefill_only: bool = False  # disaggregated prefill: hand the K/V over after the first token
+    # Prefix caching: what the K/V depend on besides the tokens (the adapter and its version),
+    # and the keys of the full blocks computed so far (they depend on tokens only: kept across
+    # preemption).
+    cache_namespace: object = None
+    block_keys: list[int] = field(default_factory=list)
+    registered_blocks: int = 0  # leading blocks of block_table already offered to the cache
 
     @property
     def num_tokens(self) -> int:

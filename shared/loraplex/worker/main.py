@@ -27,6 +27,7 @@ def make_engine(s: WorkerSettings) -> LLMEngine:
         max_lora_rank=s.max_lora_rank,
         enforce_eager=s.enforce_eager,
         max_cuda_graph_batch_size=s.max_cuda_graph_batch_size,
+        enable_prefix_caching=s.enable_prefix_caching,
         kv_cache_memory_mb=env.KV_CACHE_MEMORY.get(),
     )
     return LLMEngine(s.model, config, dtype=s.dtype, device=s.device)

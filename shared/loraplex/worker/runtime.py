@@ -312,5 +312,7 @@ class Worker:
                 ts=time.time(),
                 adapter_slots_used=len(e.slots.resident()),
                 adapter_slots_total=e.slots.num_slots,
+                prefix_cache_hit_tokens=e.scheduler.prefix_hit_tokens,
+                prefix_cache_query_tokens=e.scheduler.prefix_query_tokens,
             ),
         )

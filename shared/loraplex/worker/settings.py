@@ -30,6 +30,7 @@ class WorkerSettings:
     max_lora_rank: int = 64
     enforce_eager: bool = False
     max_cuda_graph_batch_size: int = 256
+    enable_prefix_caching: bool = True
     host_cache_mb: int = 1024
     heartbeat_interval_s: float = 0.5
     kv_timeout_s: float = 10.0
@@ -84,6 +85,12 @@ def build_parser(default_role: str) -> argparse.ArgumentParser:
         help="largest decode batch run from a CUDA graph (capped at --max-num-seqs)",
     )
     p.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="reuse the K/V of full blocks shared with earlier prompts of the same adapter",
+    )
+    p.add_argument(
         "--host-cache-mb", type=int, default=1024, help="host-memory adapter cache budget"
     )
     p.add_argument(
@@ -114,6 +121,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         max_lora_rank=args.max_lora_rank,
         enforce_eager=args.enforce_eager,
         max_cuda_graph_batch_size=args.max_cuda_graph_batch_size,
+        enable_prefix_caching=args.enable_prefix_caching,
         host_cache_mb=args.host_cache_mb,
         heartbeat_interval_s=args.heartbeat_interval,
         kv_timeout_s=args.kv_timeout,

@@ -1,0 +1,132 @@
+"""Automatic prefix caching: full KV blocks are remembered by a hash of everything before them.
+
+A block's key chains its parent's key, a namespace (the adapter: LoRA changes K/V, so two
+adapters never share blocks) and the block's own token ids, so one lookup walks a prompt's
+blocks from the start and stops at the first miss.  Only full blocks are cached, so a shared
+block is never written again.
+
+``CachingBlockAllocator`` keeps a freed block's contents while nobody needs the space: a block
+whose last reference goes away becomes *evictable* (still findable, counted as free) and is only
+reused, least recently freed first, when the free list is empty.  Pure Python, no torch.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+
+from loraplex.kvcache.block_allocator import BlockAllocator
+
+BlockKey = int
+
+
+def block_keys(
+    token_ids: Sequence[int],
+    block_size: int,
+    namespace: Hashable,
+    parent: BlockKey | None = None,
+    start: int = 0,
+) -> list[BlockKey]:
+    """Keys of the full blocks of ``token_ids[start:]``; ``parent`` is the key of the block
+    before ``start`` (None at the beginning of a sequence)."""
+    keys = []
+    for i in range(start, len(token_ids) - block_size + 1, block_size):
+        parent = hash((parent, namespace, tuple(token_ids[i : i + block_size])))
+        keys.append(parent)
+    return keys
+
+
+class CachingBlockAllocator(BlockAllocator):
+    """A ``BlockAllocator`` whose freed, registered blocks stay findable until evicted."""
+
+    def __init__(self, num_blocks: int, block_size: int) -> None:
+        super().__init__(num_blocks, block_size)
+        self._by_key: dict[BlockKey, int] = {}
+        self._key_of: dict[int, BlockKey] = {}
+        self._evictable: OrderedDict[int, None] = OrderedDict()  # ref 0, content kept; LRU first
+        self.hit_blocks = 0
+        self.queried_blocks = 0
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free) + len(self._evictable)
+
+    @property
+    def num_used(self) -> int:
+        return self.num_blocks - self.num_free
+
+    @property
+    def num_cached(self) -> int:
+        return len(self._by_key)
+
+    def can_allocate(self, n: int) -> bool:
+        return n <= self.num_free
+
+    def allocate(self, n: int) -> list[int]:
+        if n > self.num_free:
+            raise MemoryError(f"need {n} KV blocks, {self.num_free} free")
+        out = []
+        for _ in range(n):
+            if self._free:
+                b = self._free.pop()
+            else:  # reuse the least recently freed cached block: forget what it held
+                b, _ = self._evictable.popitem(last=False)
+                del self._by_key[self._key_of.pop(b)]
+            self._refs[b] = 1
+            out.append(b)
+        return out
+
+    def free(self, blocks: list[int]) -> None:
+        for b in blocks:
+            if self._refs[b] == 0:
+                raise ValueError(f"double free of block {b}")
+            self._refs[b] -= 1
+            if self._refs[b] == 0:
+                if b in self._key_of:
+                    self._evictable[b] = None
+                else:
+                    self._free.append(b)
+
+    # ---- prefix reuse ---------------------------------------------------------------------
+    def lookup(self, keys: Sequence[BlockKey]) -> list[int]:
+        """Blocks holding the longest cached prefix of ``keys`` (no references taken)."""
+        hit = []
+        for k in keys:
+            b = self._by_key.get(k)
+            if b is None:
+                break
+            hit.append(b)
+        self.queried_blocks += len(keys)
+        self.hit_blocks += len(hit)
+        return hit
+
+    def revive_cost(self, blocks: Sequence[int]) -> int:
+        """How many of ``blocks`` are evictable, i.e. count as free until ``acquire``d."""
+        return sum(1 for b in blocks if self._refs[b] == 0)
+
+    def acquire(self, blocks: Sequence[int]) -> None:
+        """Take a reference to cached blocks found by ``lookup``."""
+        for b in blocks:
+            if b not in self._key_of:
+                raise ValueError(f"block {b} holds no cached prefix")
+            if self._refs[b] == 0:
+                del self._evictable[b]
+            self._refs[b] += 1
+
+    def register(self, block: int, key: BlockKey) -> None:
+        """Record that ``block`` (allocated, full) holds the tokens that ``key`` names.  When
+        another block already holds them, the first one stays the cached copy."""
+        if self._refs[block] == 0:
+            raise ValueError(f"block {block} is not allocated")
+        if key in self._by_key or block in self._key_of:
+            return
+        self._by_key[key] = block
+        self._key_of[block] = key
+
+    def reset(self) -> None:
+        """Forget every cached prefix (evictable blocks return to the free list)."""
+        for b in self._evictable:
+            self._free.append(b)
+        self._evictable.clear()
+        self._by_key.clear()
+        self._key_of.clear()
