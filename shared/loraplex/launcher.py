@@ -89,6 +89,22 @@ def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument(
         "--num-kv-blocks", type=int, default=None, help="KV blocks per worker (default: derived)"
     )
+    p.add_argument(
+        "--max-model-len", type=int, default=None, help="context per request (default: the model's)"
+    )
+    p.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=None,
+        help="tokens per prefill step; longer prompts are chunked",
+    )
+    p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs in the workers")
+    p.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="workers reuse K/V of shared prompt prefixes",
+    )
     p.add_argument("--fairness", choices=["vtc", "fcfs", "lcf", "rpm"], default="vtc")
     p.add_argument(
         "--rpm-limit", type=int, default=60, help="requests per minute per tenant (--fairness rpm)"
@@ -102,6 +118,28 @@ def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     p.add_argument("--adapter-store-port", type=int, default=None, help="default: a free port")
     return p
+
+
+def worker_argv(args: argparse.Namespace, model: str, common: list[str]) -> list[str]:
+    """Flags every prefill/decode worker gets from ``loraplex up``'s own flags."""
+    argv = [
+        "--model", model, "--dtype", args.dtype, "--max-num-seqs", str(args.max_num_seqs),
+        "--max-loras", str(args.max_loras), "--max-lora-rank", str(args.max_lora_rank), *common,
+    ]  # fmt: skip
+    optional = {
+        "--device": args.device,
+        "--num-kv-blocks": args.num_kv_blocks,
+        "--max-model-len": args.max_model_len,
+        "--max-num-batched-tokens": args.max_num_batched_tokens,
+    }
+    for flag, value in optional.items():
+        if value:
+            argv += [flag, str(value)]
+    if args.enforce_eager:
+        argv.append("--enforce-eager")
+    if not args.enable_prefix_caching:
+        argv.append("--no-enable-prefix-caching")
+    return argv
 
 
 def _wait_http(url: str, stack: Stack, timeout: float) -> None:
@@ -226,14 +264,7 @@ def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]
         *common,
         *tenants,
     )
-    worker_args = [
-        "--model", model, "--dtype", args.dtype, "--max-num-seqs", str(args.max_num_seqs),
-        "--max-loras", str(args.max_loras), "--max-lora-rank", str(args.max_lora_rank), *common,
-    ]  # fmt: skip
-    if args.device:
-        worker_args += ["--device", args.device]
-    if args.num_kv_blocks:
-        worker_args += ["--num-kv-blocks", str(args.num_kv_blocks)]
+    worker_args = worker_argv(args, model, common)
     for i in range(args.prefill_workers):
         stack.spawn(f"prefill-{i}", "loraplex.prefill", "--worker-id", f"prefill-{i}", *worker_args)
     decode_role = "decode" if args.prefill_workers else "both"
@@ -250,6 +281,7 @@ def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]
     stack.spawn(
         "gateway", "loraplex.gateway", "--host", args.host, "--port", str(args.port), "--model", model,
         "--max-lora-rank", str(args.max_lora_rank), *common, *tenants,
+        *(["--max-model-len", str(args.max_model_len)] if args.max_model_len else []),
     )  # fmt: skip
     base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
     _wait_http(f"{base}/ready", stack, timeout=300)
