@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from loraplex.bus import Bus
@@ -27,6 +28,7 @@ from loraplex.protocol import (
 )
 from loraplex.scheduler.policies.base import QueuedRequest
 from loraplex.scheduler.policies.registry import make_policy
+from loraplex.scheduler.prefix_affinity import PrefixAffinity, PrefixKey, prefix_keys
 from loraplex.scheduler.settings import SchedulerSettings
 from loraplex.scheduler.workers import Placement, WorkerRegistry, WorkerState
 
@@ -49,7 +51,8 @@ class SchedulerService:
     def __init__(self, settings: SchedulerSettings, weights: dict[str, float]) -> None:
         self.s = settings
         self.policy = make_policy(settings.fairness, weights, **settings.policy_options())
-        self.registry = WorkerRegistry(settings.heartbeat_timeout_s)
+        self.registry = WorkerRegistry(settings.heartbeat_timeout_s, settings.prefix_balance)
+        self.affinity = PrefixAffinity()
         self.submits: dict[str, SubmitRequest] = {}  # queued, by request id
         self.inflight: dict[str, InFlight] = {}
         self.retry: list[InFlight] = []  # admitted requests to re-place first (worker failed early)
@@ -177,7 +180,22 @@ class SchedulerService:
 
     def _place(self, sub: SubmitRequest) -> Placement | None:
         total = len(sub.prompt_token_ids) + sub.sampling.max_tokens
-        return self.registry.place(sub.adapter, len(sub.prompt_token_ids), total)
+        cached = self._cached_blocks(sub) if self.s.prefix_routing else None
+        return self.registry.place(sub.adapter, len(sub.prompt_token_ids), total, cached)
+
+    def _prefix_keys(self, sub: SubmitRequest, block_size: int) -> list[PrefixKey]:
+        return prefix_keys(sub.adapter, sub.prompt_token_ids, block_size)
+
+    def _cached_blocks(self, sub: SubmitRequest) -> Callable[[WorkerState], int]:
+        keys: dict[int, list[PrefixKey]] = {}  # by block size: workers may differ
+
+        def cached(w: WorkerState) -> int:
+            bs = w.hb.block_size
+            if bs not in keys:
+                keys[bs] = self._prefix_keys(sub, bs)
+            return self.affinity.matched_blocks(w.hb.worker_id, keys[bs])
+
+        return cached
 
     async def _assign(self, job: InFlight, placement: Placement) -> None:
         sub = job.submit
@@ -186,6 +204,10 @@ class SchedulerService:
         job.placement, job.prefill_done = placement, False
         job.workers = {placement.prefill} | ({placement.decode} if placement.decode else set())
         self.inflight[rid] = job
+        prefill_worker = self.registry.workers.get(placement.prefill)
+        if self.s.prefix_routing and prefill_worker is not None:
+            keys = self._prefix_keys(sub, prefill_worker.hb.block_size)
+            self.affinity.record(placement.prefill, keys)
         self.registry.commit(
             placement.prefill, rid, total if not placement.decode else len(sub.prompt_token_ids)
         )
@@ -201,6 +223,7 @@ class SchedulerService:
     # ---- workers -> scheduler ----------------------------------------------------------------
     async def _on_heartbeat(self, hb: WorkerHeartbeat) -> None:
         if self.registry.heartbeat(hb, time.monotonic()):
+            self.affinity.forget(hb.worker_id)  # a new (or restarted) worker starts cold
             log.info("worker %s (%s) joined: %d KV blocks", hb.worker_id, hb.role, hb.total_blocks)
         self._kick.set()
 
@@ -265,6 +288,7 @@ class SchedulerService:
 
     async def _worker_died(self, dead: WorkerState) -> None:
         wid = dead.hb.worker_id
+        self.affinity.forget(wid)
         log.warning(
             "worker %s stopped heart-beating; recovering its %d requests", wid, len(dead.requests)
         )

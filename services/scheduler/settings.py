@@ -24,6 +24,8 @@ class SchedulerSettings:
     rpm_limit: int = 60
     rpm_window_s: float = 60.0
     redis_prefix: str = "loraplex"
+    prefix_routing: bool = True
+    prefix_balance: float = 0.25
 
     def policy_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {"w_p": self.w_p, "w_q": self.w_q}
@@ -73,6 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=env.REDIS_PREFIX.get(),
         help="prefix of the scheduler's Redis keys",
     )
+    p.add_argument(
+        "--prefix-routing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="place a prompt's prefill on the worker that last prefilled its prefix",
+    )
+    p.add_argument(
+        "--prefix-balance",
+        type=float,
+        default=0.25,
+        help="how much busier (share of its batch) a prefix-matching worker may be",
+    )
     return p
 
 
@@ -91,4 +105,6 @@ def settings_from_args(a: argparse.Namespace) -> SchedulerSettings:
         rpm_limit=a.rpm_limit,
         rpm_window_s=a.rpm_window,
         redis_prefix=a.redis_prefix,
+        prefix_routing=a.prefix_routing,
+        prefix_balance=a.prefix_balance,
     )

@@ -7,6 +7,7 @@ worker reports it done, so work never queues inside a worker and the policy's or
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from loraplex.kvcache.block_allocator import blocks_for
@@ -43,8 +44,11 @@ class Placement:
 
 
 class WorkerRegistry:
-    def __init__(self, heartbeat_timeout_s: float = 3.0) -> None:
+    def __init__(self, heartbeat_timeout_s: float = 3.0, prefix_balance: float = 0.25) -> None:
         self.timeout = heartbeat_timeout_s
+        # Prefix affinity may pick a worker at most this much busier (share of its batch) than
+        # the least loaded one that has room, so one hot system prompt cannot pile onto a worker.
+        self.prefix_balance = prefix_balance
         self.workers: dict[str, WorkerState] = {}
 
     def heartbeat(self, hb: WorkerHeartbeat, now: float) -> bool:
@@ -84,29 +88,45 @@ class WorkerRegistry:
             return True
         return fits(("prefill",), prompt_tokens) and fits(("decode",), total_tokens)
 
-    def place(self, adapter: str | None, prompt_tokens: int, total_tokens: int) -> Placement | None:
-        """Choose workers with room, preferring those that hold the adapter, then the least loaded.
+    def place(
+        self,
+        adapter: str | None,
+        prompt_tokens: int,
+        total_tokens: int,
+        cached_blocks: Callable[[WorkerState], int] | None = None,
+    ) -> Placement | None:
+        """Choose workers with room, preferring for the prefill the one that probably holds most
+        of the prompt's prefix (``cached_blocks``, within ``prefix_balance`` of the least load),
+        then those that hold the adapter, then the least loaded.
 
-        Residency only orders workers that have room, so a request never waits for a particular
-        worker while another could take it (no starvation by adapter affinity).
+        Preferences only order workers that have room, so a request never waits for a particular
+        worker while another could take it (no starvation by affinity).
         """
 
-        def best(candidates: list[WorkerState], blocks_of: int) -> WorkerState | None:
+        def best(candidates: list[WorkerState], blocks_of: int, prefix: bool) -> WorkerState | None:
             fits = [w for w in candidates if w.has_room(blocks_for(blocks_of, w.hb.block_size))]
             if not fits:
                 return None
+            least = min(w.load for w in fits)
+
+            def cached(w: WorkerState) -> int:
+                if not prefix or cached_blocks is None or w.load > least + self.prefix_balance:
+                    return 0
+                return cached_blocks(w)
+
             return min(
                 fits,
                 key=lambda w: (
+                    -cached(w),
                     adapter not in w.hb.adapters if adapter else False,
                     w.load,
                     w.hb.worker_id,
                 ),
             )
 
-        prefill = best(self._alive(("prefill",)), prompt_tokens)
-        decode = best(self._alive(("decode",)), total_tokens) if prefill else None
-        colocated = best(self._alive(("both",)), total_tokens)
+        prefill = best(self._alive(("prefill",)), prompt_tokens, True)
+        decode = best(self._alive(("decode",)), total_tokens, False) if prefill else None
+        colocated = best(self._alive(("both",)), total_tokens, True)
         if (
             prefill
             and decode

@@ -1,0 +1,134 @@
+"""Cache-aware placement: prompt prefixes go back to the worker that prefilled them."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from loraplex.bus import Bus
+from loraplex.protocol import (
+    SamplingSpec,
+    Subjects,
+    SubmitReply,
+    SubmitRequest,
+    WorkerHeartbeat,
+    decode,
+    encode,
+)
+from loraplex.scheduler.prefix_affinity import PrefixAffinity, prefix_keys
+from loraplex.scheduler.service import SchedulerService
+from loraplex.scheduler.settings import SchedulerSettings
+from loraplex.scheduler.workers import WorkerRegistry
+from tests.scheduler.test_service_recovery import FakeWorker, _until
+
+SYSTEM = list(range(100, 150))  # 50 tokens: 3 full blocks of 16 before the last token
+
+
+# ------------------------------------------------------------------------------------- keys
+
+
+def test_prefix_keys_are_stable_chained_and_per_adapter() -> None:
+    keys = prefix_keys("a", SYSTEM, 16)
+    assert len(keys) == 3 and len(set(keys)) == 3
+    assert prefix_keys("a", list(SYSTEM), 16) == keys  # bytes, not Python's per-process hash
+    assert prefix_keys("a", SYSTEM[:48], 16) == keys[:2]  # the last token's block never counts
+    assert prefix_keys("a", SYSTEM[:49], 16) == keys
+    assert prefix_keys("b", SYSTEM, 16)[0] != keys[0]
+    assert prefix_keys(None, SYSTEM, 16)[0] != keys[0]
+    changed = [7, *SYSTEM[1:]]
+    assert all(x != y for x, y in zip(prefix_keys("a", changed, 16), keys, strict=True))
+
+
+def test_affinity_matches_leading_blocks_and_forgets() -> None:
+    aff = PrefixAffinity(capacity_per_worker=4)
+    keys = prefix_keys("a", SYSTEM, 16)
+    aff.record("w1", keys[:2])
+    assert aff.matched_blocks("w1", keys) == 2
+    assert aff.matched_blocks("w2", keys) == 0
+    other = prefix_keys("b", SYSTEM, 16)
+    aff.record("w1", other)  # 2 + 3 keys > capacity 4: the least recent goes
+    assert aff.matched_blocks("w1", keys) == 0 and aff.matched_blocks("w1", other) == 3
+    aff.forget("w1")
+    assert len(aff) == 0
+
+
+# ------------------------------------------------------------------------------- placement
+
+
+def _registry(balance: float = 0.25) -> WorkerRegistry:
+    reg = WorkerRegistry(3.0, prefix_balance=balance)
+    for wid in ("w0", "w1"):
+        reg.heartbeat(WorkerHeartbeat(wid, "both", 100, 100, 16, 0, 0, 8), now=0.0)
+    return reg
+
+
+def test_placement_prefers_the_worker_with_the_prefix() -> None:
+    reg = _registry()
+    cached = {"w0": 0, "w1": 3}
+    assert reg.place(None, 50, 60).prefill == "w0"  # no affinity: the id breaks the tie
+    assert reg.place(None, 50, 60, lambda w: cached[w.hb.worker_id]).prefill == "w1"
+
+
+def test_affinity_yields_to_load_beyond_the_balance() -> None:
+    reg = _registry(balance=0.25)
+    cached = lambda w: {"w0": 0, "w1": 3}[w.hb.worker_id]  # noqa: E731
+    for i in range(2):
+        reg.commit("w1", f"busy{i}", 20)  # w1: 2/8 = 0.25 above w0
+    assert reg.place(None, 50, 60, cached).prefill == "w1"
+    reg.commit("w1", "busy2", 20)  # 3/8 = 0.375 > 0 + 0.25
+    assert reg.place(None, 50, 60, cached).prefill == "w0"
+
+
+def test_affinity_never_waits_for_a_full_worker() -> None:
+    reg = _registry()
+    reg.commit("w1", "big", 16 * 99)  # 99 of w1's 100 blocks committed
+    cached = lambda w: {"w0": 0, "w1": 3}[w.hb.worker_id]  # noqa: E731
+    assert reg.place(None, 50, 60, cached).prefill == "w0"
+
+
+# ------------------------------------------------------------------- the service, live NATS
+
+
+@pytest.mark.parametrize("routing", [True, False])
+def test_service_sends_a_prefix_back_to_its_worker(nats_url, routing: bool) -> None:
+    """P goes to w-a; Q, sent while P runs, to the idle w-b.  Once both finished, a prompt
+    starting with Q goes back to w-b (without affinity: to w-a, the id tie-break)."""
+
+    async def run() -> None:
+        service = SchedulerService(SchedulerSettings(nats_url, prefix_routing=routing), {})
+        await service.start()
+        bus = await Bus.connect(nats_url, "test")
+        workers = {wid: FakeWorker(bus, wid) for wid in ("w-a", "w-b")}
+        for w in workers.values():
+            await w.start()
+        await bus.flush()
+        await _until(lambda: len(service.registry.workers) == 2)
+
+        async def submit(rid: str, prompt: list[int]) -> str:
+            sub = SubmitRequest(rid, "t", "gw", prompt, SamplingSpec(max_tokens=4))
+            raw = await bus.nc.request(Subjects.SUBMIT, encode(sub), timeout=5)
+            assert decode(raw.data, SubmitReply).accepted
+
+            def placed() -> str | None:
+                for w in workers.values():
+                    if any(a.request.request_id == rid for a in w.assigned):
+                        return w.id
+                return None
+
+            await _until(lambda: placed() is not None)
+            return placed()  # type: ignore[return-value]
+
+        p, q = SYSTEM, [x + 500 for x in SYSTEM]
+        assert await submit("p", p) == "w-a"
+        assert await submit("q", q) == "w-b"
+        for rid, wid in (("p", "w-a"), ("q", "w-b")):
+            await workers[wid].report(rid, "finished", completion_tokens=4)
+        await _until(lambda: not service.inflight)
+        assert await submit("q2", q + [1, 2, 3]) == ("w-b" if routing else "w-a")
+        for w in workers.values():
+            w.stop()
+        await service.stop()
+        await bus.close()
+
+    asyncio.run(run())
