@@ -2,7 +2,7 @@
 
     python bench/prefix.py [--adapters 4] [--waves 8] [--per-wave 8] [--prefix-len 512]
                            [--suffix-len 32] [--output-len 16] [--hidden 512] [--layers 6]
-                           [--repeats 2] [--write-docs]
+                           [--repeats 2] [--mode offline|live|both] [--write-docs]
 
 Each adapter (a tenant's fine-tune) has its own system prompt of ``--prefix-len`` random token
 ids; every request is its adapter's system prompt + ``--suffix-len`` unique ids, and decodes
@@ -12,6 +12,10 @@ earlier ones' blocks, as a server's later requests would.  Both engines get the 
 run checks that their tokens are equal.  Reported: wall time over all waves, generated tokens/s,
 prompt tokens whose K/V were computed vs reused, and the mean wall time of a wave.  With
 ``--repeats N`` the two engines alternate N times and the fastest run of each counts.
+
+``--mode live`` (see ``prefixlive.py``) starts ``loraplex up`` with two colocated workers twice,
+with and without ``--prefix-routing``, and sends the same stream of requests over more system
+prompts than one worker's KV cache holds (``--live-*`` flags).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import prefixlive  # noqa: E402
 from common import machine_line, markdown_table, replace_doc_section, today  # noqa: E402
 
 from loraplex import LLM, SamplingParams  # noqa: E402
@@ -38,6 +43,7 @@ from loraplex.demo import (  # noqa: E402
 )
 
 SECTION = "Prefix caching (bench/prefix.py)"
+LIVE_SECTION = "Prefix-aware placement on the live stack (bench/prefix.py --mode live)"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -51,6 +57,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument(
+        "--mode",
+        choices=["offline", "live", "both"],
+        default="offline",
+        help="offline: the engine with/without caching; live: placement on a 2-worker stack",
+    )
+    p.add_argument("--live-prefixes", type=int, default=12, help="live: distinct system prompts")
+    p.add_argument("--live-prefix-len", type=int, default=256, help="live: system prompt tokens")
+    p.add_argument("--live-requests", type=int, default=96)
+    p.add_argument("--live-concurrency", type=int, default=4, help="live: requests in flight")
+    p.add_argument(
+        "--live-kv-blocks", type=int, default=180, help="live: KV blocks per worker (16 tokens)"
+    )
     p.add_argument("--write-docs", action="store_true")
     return p.parse_args(argv)
 
@@ -108,36 +127,34 @@ def run(llm: LLM, waves: list[list[tuple]], output_len: int) -> tuple[float, lis
     return time.perf_counter() - start, tokens, per_wave
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    a = parse_args(argv)
+def offline(
+    a: argparse.Namespace, argv: list[str], model_dir: Path, paths: dict[str, Path], vocab: int
+) -> bool:
     rows = []
-    with tempfile.TemporaryDirectory(prefix="loraplex-prefix-bench-") as tmp:
-        model_dir, paths, vocab = build(Path(tmp), a)
-        waves = workload(a, list(paths), vocab)
-        best: dict[bool, tuple] = {}
-        for rep in range(a.repeats):
-            for caching in (True, False) if rep % 2 == 0 else (False, True):
-                llm = LLM(
-                    model_dir,
-                    dtype="float32",
-                    device="cpu",
-                    max_loras=a.adapters,
-                    max_lora_rank=16,
-                    max_num_seqs=a.per_wave,
-                    max_model_len=a.prefix_len + a.suffix_len + a.output_len + 16,
-                    enable_prefix_caching=caching,
-                )
-                for name, path in paths.items():
-                    llm.add_lora(name, path)
-                llm.generate([[5, 6, 7]], SamplingParams(max_tokens=2), lora=list(paths)[0])
-                sched = llm.engine.scheduler
-                hit0, query0 = sched.prefix_hit_tokens, sched.prefix_query_tokens
-                seconds, tokens, per_wave = run(llm, waves, a.output_len)
-                hit, query = sched.prefix_hit_tokens - hit0, sched.prefix_query_tokens - query0
-                print(f"caching={caching}: {seconds:.2f} s, reused {hit}/{query} prompt tokens")
-                if caching not in best or seconds < best[caching][0]:
-                    best[caching] = (seconds, tokens, per_wave, hit, query)
+    waves = workload(a, list(paths), vocab)
+    best: dict[bool, tuple] = {}
+    for rep in range(a.repeats):
+        for caching in (True, False) if rep % 2 == 0 else (False, True):
+            llm = LLM(
+                model_dir,
+                dtype="float32",
+                device="cpu",
+                max_loras=a.adapters,
+                max_lora_rank=16,
+                max_num_seqs=a.per_wave,
+                max_model_len=a.prefix_len + a.suffix_len + a.output_len + 16,
+                enable_prefix_caching=caching,
+            )
+            for name, path in paths.items():
+                llm.add_lora(name, path)
+            llm.generate([[5, 6, 7]], SamplingParams(max_tokens=2), lora=list(paths)[0])
+            sched = llm.engine.scheduler
+            hit0, query0 = sched.prefix_hit_tokens, sched.prefix_query_tokens
+            seconds, tokens, per_wave = run(llm, waves, a.output_len)
+            hit, query = sched.prefix_hit_tokens - hit0, sched.prefix_query_tokens - query0
+            print(f"caching={caching}: {seconds:.2f} s, reused {hit}/{query} prompt tokens")
+            if caching not in best or seconds < best[caching][0]:
+                best[caching] = (seconds, tokens, per_wave, hit, query)
     same = best[True][1] == best[False][1]
     generated = a.waves * a.per_wave * a.output_len
     for caching in (True, False):
@@ -184,7 +201,63 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.write_docs:
         replace_doc_section(SECTION, body)
         print("updated docs/benchmarks.md")
-    return 0 if same else 1
+    return same
+
+
+def live(a: argparse.Namespace, argv: list[str], model_dir: Path, vocab: int, tmp: Path) -> None:
+    prompts = prefixlive.plan(a, vocab)
+    results = []
+    for routing in (True, False):
+        print(f"live stack, prefix routing {'on' if routing else 'off'} ...", flush=True)
+        results.append(prefixlive.run_one(routing, a, model_dir, tmp, prompts))
+        r = results[-1]
+        print(f"  {r.seconds:.1f} s, hits {r.hit}, served {r.served}", flush=True)
+    table = markdown_table(
+        [
+            "placement",
+            "wall s",
+            "TTFT p50 ms",
+            "prompt tokens reused",
+            "requests per worker",
+        ],
+        prefixlive.live_rows(results),
+    )
+    body = "\n".join(
+        [
+            f"Command: `{' '.join(['python bench/prefix.py', *argv])}`",
+            f"({today()}; {machine_line()}).",
+            "",
+            f"`loraplex up` with two colocated workers (`--prefill-workers 0 --decode-workers 2`), "
+            f"{a.live_kv_blocks} KV blocks of 16 tokens per worker, prefix caching on in both; "
+            f"{a.live_requests} requests drawn at random from {a.live_prefixes} system prompts of "
+            f"{a.live_prefix_len} tokens (+16 unique tokens, {a.output_len} output tokens), "
+            f"{a.live_concurrency} in flight, streamed through the `openai` client; random Llama "
+            f"(hidden {a.hidden}, {a.layers} layers), fp32, CPU. The peer is the same stack with "
+            "`--no-prefix-routing` (placement by adapter residency and load only). Reuse is read "
+            "from the workers' `loraplex_worker_prefix_cache_*_tokens` on `/metrics`.",
+            "",
+            table,
+        ]
+    )
+    print()
+    print(body)
+    if a.write_docs:
+        replace_doc_section(LIVE_SECTION, body)
+        print("updated docs/benchmarks.md")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = parse_args(argv)
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="loraplex-prefix-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        model_dir, paths, vocab = build(tmp, a)
+        if a.mode in ("offline", "both"):
+            ok = offline(a, argv, model_dir, paths, vocab)
+        if a.mode in ("live", "both"):
+            live(a, argv, model_dir, vocab, tmp)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

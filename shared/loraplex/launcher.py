@@ -107,6 +107,12 @@ def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     p.add_argument("--fairness", choices=["vtc", "fcfs", "lcf", "rpm"], default="vtc")
     p.add_argument(
+        "--prefix-routing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="scheduler sends a prompt prefix back to the worker that prefilled it",
+    )
+    p.add_argument(
         "--rpm-limit", type=int, default=60, help="requests per minute per tenant (--fairness rpm)"
     )
     p.add_argument("--nats-url", default=None, help="use this NATS instead of starting one")
@@ -261,6 +267,7 @@ def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]
         args.fairness,
         "--rpm-limit",
         str(args.rpm_limit),
+        *([] if args.prefix_routing else ["--no-prefix-routing"]),
         *common,
         *tenants,
     )
