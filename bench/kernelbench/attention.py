@@ -122,7 +122,31 @@ def flash_varlen_variant(
     )
 
 
-PREFILL_VARIANTS = ("twin", "no_copy", "masked", "flex", "flash")
+PREFILL_VARIANTS = ("twin", "no_copy", "masked", "paged", "flex", "flash")
+
+
+def paged_variant(
+    env: Env, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: list[int], scale: float
+) -> Callable[[], torch.Tensor]:
+    """The engine's paged prefill kernel (chunks, prefix hits) on the same prompts with no
+    prefix: K/V stored in scattered cache blocks first, then read back through block tables."""
+    bs = env.grid.block_size
+    lens = [e - s for s, e in zip(cu[:-1], cu[1:], strict=True)]
+    per_seq = [-(-n // bs) for n in lens]
+    order = torch.randperm(sum(per_seq), generator=torch.Generator().manual_seed(3)).tolist()
+    tables, slots, used = [], [], 0
+    for n, nb in zip(lens, per_seq, strict=True):
+        blocks = order[used : used + nb]
+        used += nb
+        tables.append(blocks + [0] * (max(per_seq) - nb))
+        slots += [blocks[p // bs] * bs + p % bs for p in range(n)]
+    kc = torch.zeros(sum(per_seq), bs, *k.shape[1:], dtype=k.dtype, device=k.device)
+    vc = torch.zeros_like(kc)
+    torch_ref.store_kv(k, v, kc, vc, torch.tensor(slots, device=k.device))
+    bt = torch.tensor(tables, dtype=torch.int32, device=q.device)
+    prefixes = [0] * len(lens)
+    op = env.ops.prefill_attention_paged
+    return partial(op, q, k, v, kc, vc, cu, prefixes, bt, scale)
 
 
 def prefill_variants(
@@ -136,6 +160,10 @@ def prefill_variants(
         "masked": partial(packed_masked_sdpa, q, k, v, seq_id, scale),
     }
     notes: dict[str, str] = {}
+    if env.ops.backend == "triton":
+        fns["paged"] = paged_variant(env, q, k, v, cu, scale)
+    else:
+        notes["paged"] = "Triton only"
     if env.device.type != "cuda":
         notes["flex"] = notes["flash"] = "GPU only"
         return fns, notes

@@ -179,6 +179,7 @@ def attention_section(pre: list[AttnRow], dec: list[AttnRow], env: Env) -> list[
         "twin": "per-seq SDPA (current)",
         "no_copy": "per-seq SDPA, no KV copies",
         "masked": "packed SDPA, block-diag mask",
+        "paged": "Triton paged prefill (reads the cache)",
         "flex": "FlexAttention (compiled)",
         "flash": "flash-attn varlen",
     }
@@ -220,6 +221,8 @@ def attention_section(pre: list[AttnRow], dec: list[AttnRow], env: Env) -> list[
         f"{cfg.num_kv_heads} KV heads of {cfg.head_dim}, causal. *current* = "
         "`torch_ref.prefill_attention` (SDPA per sequence, K/V copied by `repeat_interleave`); "
         "*packed* = one SDPA over all tokens with a block-diagonal causal mask (built per call); "
+        "*Triton paged* = the kernel chunked prefill and prefix-cache hits use, reading K/V "
+        "back from scattered cache blocks; "
         "FlexAttention with a document mask (block mask prebuilt, compile not timed). TFLOP/s of "
         "the best, counting causal FLOPs only; max err against *current*.",
         "",
