@@ -110,3 +110,21 @@ def test_paged_prefill_compiles_for_sm90(sm90_compile) -> None:
             P.prefill_attention_paged(q, kv, kv, kc, kc, [0, 8, 40], [16, 0], tables, 0.08, window)
         """
     )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dname", ["fp16", "bf16"])
+@pytest.mark.parametrize("window", [None, 512])
+def test_real_shapes_gpu(dname: str, window) -> None:
+    """Llama-3-8B heads (32 query / 8 KV of 128): 512-token chunks after prefixes up to 1.5k
+    tokens, a fresh 2k prompt and a 1-token chunk, block size 16."""
+    dtype = DTYPES[dname]
+    seqs = [(0, 2048), (1000, 512), (1536, 512), (37, 1)]
+    q, k, v, kc, vc, cu, prefixes, tables = _batch(seqs, 16, 8, 32, 128, dtype, seed=7)
+    out = tri.prefill_attention_paged(q, k, v, kc, vc, cu, prefixes, tables, 128**-0.5, window)
+    expect = ref.prefill_attention_paged(
+        q, k, v, kc.nan_to_num(0), vc.nan_to_num(0), cu, prefixes, tables, 128**-0.5, window
+    )
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(out, expect, atol=atol, rtol=rtol)
