@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,19 +26,33 @@ from tests.hf_reference import HFReference
 
 def test_block_keys_chain_and_namespace() -> None:
     toks = list(range(10))
-    keys = block_keys(toks, 4, None)
+    keys = block_keys(toks, 4, "")
     assert len(keys) == 2  # the 2 trailing tokens are not a full block
-    assert block_keys(toks[:8], 4, None) == keys
-    assert block_keys(toks, 4, ("a", 0)) != keys  # another adapter: other K/V
+    assert block_keys(toks[:8], 4, "") == keys
+    assert block_keys(toks, 4, "a#0") != keys  # another adapter: other K/V
+    assert block_keys(toks, 4, "a#0")[0] != block_keys(toks, 4, "a#1")[0]  # re-registered
     # Same second block after a different first block: different key (keys chain).
-    assert block_keys([9, 9, 9, 9] + toks[4:8], 4, None)[1] != keys[1]
+    assert block_keys([9, 9, 9, 9] + toks[4:8], 4, "")[1] != keys[1]
     # Continuing from a parent key gives the same keys as hashing from the start.
-    assert block_keys(toks, 4, None, parent=keys[0], start=4) == keys[1:]
+    assert block_keys(toks, 4, "", parent=keys[0], start=4) == keys[1:]
+    # Stable across processes (a decode worker recomputes a prefill worker's keys), whatever
+    # their string-hash seeds.
+    code = (
+        "from loraplex.kvcache.prefix_cache import block_keys as b; print(b(%r, 4, 'a#0')[1].hex())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code % toks],
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == block_keys(toks, 4, "a#0")[1].hex()
 
 
 def test_freed_registered_blocks_stay_findable_until_evicted() -> None:
     alloc = CachingBlockAllocator(4, block_size=2)
-    keys = block_keys([1, 2, 3, 4, 5, 6], 2, None)
+    keys = block_keys([1, 2, 3, 4, 5, 6], 2, "")
     blocks = alloc.allocate(3)
     for b, k in zip(blocks, keys, strict=True):
         alloc.register(b, k)

@@ -6,33 +6,25 @@ cannot see workers' caches; like SGLang's cache-aware router it keeps an approxi
 block keys of every prompt it placed, per worker, in a bounded LRU.  Stale entries (the worker
 evicted the blocks) only cost a less useful placement, never a wrong answer.
 
-Keys chain a stable hash (blake2b, the same in every process) of the previous key, the adapter
-and the block's token ids; like the worker, a prompt's last token's block is never counted.
-Pure Python.
+Keys are the workers' own block keys (``kvcache.prefix_cache.block_keys``: a stable hash chain of
+the adapter and the token ids), over the adapter's name; like the worker, a prompt's last token's
+block is never counted.  Pure Python.
 """
 
 from __future__ import annotations
 
-import hashlib
-import struct
 from collections import OrderedDict
 from collections.abc import Sequence
+
+from loraplex.kvcache.prefix_cache import block_keys
 
 PrefixKey = bytes
 
 
 def prefix_keys(adapter: str | None, tokens: Sequence[int], block_size: int) -> list[PrefixKey]:
-    """Keys of the full blocks a worker could reuse for this prompt."""
-    keys: list[PrefixKey] = []
-    parent = hashlib.blake2b((adapter or "").encode(), digest_size=16).digest()
+    """Keys of the full blocks a worker could reuse for this prompt (not the last token's)."""
     reusable = (len(tokens) - 1) // block_size
-    for i in range(reusable):
-        block = tokens[i * block_size : (i + 1) * block_size]
-        parent = hashlib.blake2b(
-            parent + struct.pack(f"<{block_size}q", *block), digest_size=16
-        ).digest()
-        keys.append(parent)
-    return keys
+    return block_keys(tokens[: reusable * block_size], block_size, adapter or "")
 
 
 class PrefixAffinity:

@@ -5,7 +5,6 @@ The offline ``LLM`` API and the prefill/decode workers all wrap this class.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,8 +92,7 @@ class LLMEngine:
                 capture=True,
             )
         self.adapters: dict[str, LoraAdapter] = {}
-        self._adapter_generation: dict[str, int] = {}
-        self._generations = itertools.count()
+        self._adapter_generation: dict[str, int] = {}  # registrations of a name, minus one
         self._generators: dict[str, torch.Generator] = {}
         self._detok: dict[str, IncrementalDetokenizer] = {}
         self._reservations: dict[str, list[int]] = {}
@@ -140,7 +138,7 @@ class LLMEngine:
             self.remove_lora(adapter.name)
         self.adapters[adapter.name] = adapter
         # A new generation per registration: K/V cached under a replaced copy are never reused.
-        self._adapter_generation[adapter.name] = next(self._generations)
+        self._adapter_generation[adapter.name] = self._adapter_generation.get(adapter.name, -1) + 1
         return adapter
 
     def remove_lora(self, name: str) -> None:
@@ -184,9 +182,11 @@ class LLMEngine:
         self._track(seq)
         self.scheduler.add(seq)
 
-    def _cache_namespace(self, lora: str | None) -> tuple[str, int] | None:
-        """What a prefix's K/V depend on besides its tokens: the adapter and its registration."""
-        return None if lora is None else (lora, self._adapter_generation[lora])
+    def _cache_namespace(self, lora: str | None) -> str:
+        """What a prefix's K/V depend on besides its tokens: the adapter and how many times its
+        name was registered here (workers key adapters ``name@version``, registered once, so
+        their namespaces agree across processes)."""
+        return "" if lora is None else f"{lora}#{self._adapter_generation[lora]}"
 
     def _track(self, seq: Sequence) -> None:
         params, request_id = seq.params, seq.request_id

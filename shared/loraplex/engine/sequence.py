@@ -33,7 +33,7 @@ class Sequence:
     # Prefix caching: what the K/V depend on besides the tokens (the adapter and its version),
     # and the keys of the full blocks computed so far (they depend on tokens only: kept across
     # preemption).
-    cache_namespace: object = None
+    cache_namespace: str = ""
     block_keys: list[int] = field(default_factory=list)
     registered_blocks: int = 0  # leading blocks of block_table already offered to the cache
 

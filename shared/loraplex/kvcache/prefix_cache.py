@@ -12,26 +12,32 @@ reused, least recently freed first, when the free list is empty.  Pure Python, n
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 
 from loraplex.kvcache.block_allocator import BlockAllocator
 
-BlockKey = int
+BlockKey = bytes
 
 
 def block_keys(
     token_ids: Sequence[int],
     block_size: int,
-    namespace: Hashable,
+    namespace: str,
     parent: BlockKey | None = None,
     start: int = 0,
 ) -> list[BlockKey]:
     """Keys of the full blocks of ``token_ids[start:]``; ``parent`` is the key of the block
-    before ``start`` (None at the beginning of a sequence)."""
+    before ``start`` (None at the beginning of a sequence).  A stable hash (blake2b), the same in
+    every process, so a decode worker can tell which blocks of a hand-over it already holds."""
+    if parent is None:
+        parent = hashlib.blake2b(namespace.encode(), digest_size=16).digest()
     keys = []
     for i in range(start, len(token_ids) - block_size + 1, block_size):
-        parent = hash((parent, namespace, tuple(token_ids[i : i + block_size])))
+        block = struct.pack(f"<{block_size}q", *token_ids[i : i + block_size])
+        parent = hashlib.blake2b(parent + block, digest_size=16).digest()
         keys.append(parent)
     return keys
 
