@@ -29,8 +29,8 @@ def test_block_keys_chain_and_namespace() -> None:
     keys = block_keys(toks, 4, "")
     assert len(keys) == 2  # the 2 trailing tokens are not a full block
     assert block_keys(toks[:8], 4, "") == keys
-    assert block_keys(toks, 4, "a#0") != keys  # another adapter: other K/V
-    assert block_keys(toks, 4, "a#0")[0] != block_keys(toks, 4, "a#1")[0]  # re-registered
+    assert block_keys(toks, 4, "a") != keys  # another adapter: other K/V
+    assert block_keys(toks, 4, "a")[0] != block_keys(toks, 4, "b")[0]
     # Same second block after a different first block: different key (keys chain).
     assert block_keys([9, 9, 9, 9] + toks[4:8], 4, "")[1] != keys[1]
     # Continuing from a parent key gives the same keys as hashing from the start.
@@ -38,7 +38,7 @@ def test_block_keys_chain_and_namespace() -> None:
     # Stable across processes (a decode worker recomputes a prefill worker's keys), whatever
     # their string-hash seeds.
     code = (
-        "from loraplex.kvcache.prefix_cache import block_keys as b; print(b(%r, 4, 'a#0')[1].hex())"
+        "from loraplex.kvcache.prefix_cache import block_keys as b; print(b(%r, 4, 'a')[1].hex())"
     )
     out = subprocess.run(
         [sys.executable, "-c", code % toks],
@@ -47,7 +47,7 @@ def test_block_keys_chain_and_namespace() -> None:
         text=True,
         check=True,
     )
-    assert out.stdout.strip() == block_keys(toks, 4, "a#0")[1].hex()
+    assert out.stdout.strip() == block_keys(toks, 4, "a")[1].hex()
 
 
 def test_freed_registered_blocks_stay_findable_until_evicted() -> None:
@@ -98,6 +98,21 @@ def test_shared_block_counts_references() -> None:
         alloc.register(blk, 6)  # not allocated
     alloc.reset()
     assert alloc.lookup([5]) == [] and alloc.num_free == 2
+
+
+def test_forget_namespace_drops_only_that_adapters_blocks() -> None:
+    alloc = CachingBlockAllocator(4, block_size=1)
+    a, b, c = alloc.allocate(3)
+    alloc.register(a, b"ka", "lora-x")
+    alloc.register(b, b"kb", "lora-y")
+    alloc.register(c, b"kc", "lora-x")
+    alloc.free([a, b])  # a, b evictable; c still in use
+    assert alloc.forget_namespace("lora-x") == 2
+    assert alloc.lookup([b"ka"]) == [] and alloc.lookup([b"kc"]) == []
+    assert alloc.lookup([b"kb"]) == [b]
+    assert alloc.num_free == 3  # a went back to the free list, b stays evictable
+    alloc.free([c])  # no longer registered: straight to the free list
+    assert alloc.num_free == 4 and alloc.num_cached == 1
 
 
 # --------------------------------------------------------------------------------- engine

@@ -92,7 +92,6 @@ class LLMEngine:
                 capture=True,
             )
         self.adapters: dict[str, LoraAdapter] = {}
-        self._adapter_generation: dict[str, int] = {}  # registrations of a name, minus one
         self._generators: dict[str, torch.Generator] = {}
         self._detok: dict[str, IncrementalDetokenizer] = {}
         self._reservations: dict[str, list[int]] = {}
@@ -137,8 +136,6 @@ class LLMEngine:
         if adapter.name in self.adapters:
             self.remove_lora(adapter.name)
         self.adapters[adapter.name] = adapter
-        # A new generation per registration: K/V cached under a replaced copy are never reused.
-        self._adapter_generation[adapter.name] = self._adapter_generation.get(adapter.name, -1) + 1
         return adapter
 
     def remove_lora(self, name: str) -> None:
@@ -151,6 +148,8 @@ class LLMEngine:
         slot = self.slots.evict(name)
         if slot is not None:
             self.lora_weights.clear(slot)
+        if isinstance(self.allocator, CachingBlockAllocator):
+            self.allocator.forget_namespace(self._cache_namespace(name))
         self.adapters.pop(name, None)
 
     # ---- requests -------------------------------------------------------------------------
@@ -182,11 +181,12 @@ class LLMEngine:
         self._track(seq)
         self.scheduler.add(seq)
 
-    def _cache_namespace(self, lora: str | None) -> str:
-        """What a prefix's K/V depend on besides its tokens: the adapter and how many times its
-        name was registered here (workers key adapters ``name@version``, registered once, so
-        their namespaces agree across processes)."""
-        return "" if lora is None else f"{lora}#{self._adapter_generation[lora]}"
+    @staticmethod
+    def _cache_namespace(lora: str | None) -> str:
+        """What a prefix's K/V depend on besides its tokens: the adapter's name.  Removing or
+        replacing an adapter drops its cached blocks, so a name always means one set of weights
+        (and workers, which key adapters ``name@version``, agree on it across processes)."""
+        return lora or ""
 
     def _track(self, seq: Sequence) -> None:
         params, request_id = seq.params, seq.request_id

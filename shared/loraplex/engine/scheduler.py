@@ -162,7 +162,7 @@ class Scheduler:
             return
         self.extend_block_keys(seq, computed)
         for i in range(seq.registered_blocks, full):
-            self.allocator.register(seq.block_table[i], seq.block_keys[i])
+            self.allocator.register(seq.block_table[i], seq.block_keys[i], seq.cache_namespace)
         seq.registered_blocks = full
 
     def _schedule_decode(self) -> ScheduledBatch:

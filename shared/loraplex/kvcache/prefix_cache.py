@@ -49,6 +49,7 @@ class CachingBlockAllocator(BlockAllocator):
         super().__init__(num_blocks, block_size)
         self._by_key: dict[BlockKey, int] = {}
         self._key_of: dict[int, BlockKey] = {}
+        self._namespace_of: dict[int, str] = {}
         self._evictable: OrderedDict[int, None] = OrderedDict()  # ref 0, content kept; LRU first
         self.hit_blocks = 0
         self.queried_blocks = 0
@@ -78,6 +79,7 @@ class CachingBlockAllocator(BlockAllocator):
             else:  # reuse the least recently freed cached block: forget what it held
                 b, _ = self._evictable.popitem(last=False)
                 del self._by_key[self._key_of.pop(b)]
+                del self._namespace_of[b]
             self._refs[b] = 1
             out.append(b)
         return out
@@ -119,15 +121,29 @@ class CachingBlockAllocator(BlockAllocator):
                 del self._evictable[b]
             self._refs[b] += 1
 
-    def register(self, block: int, key: BlockKey) -> None:
-        """Record that ``block`` (allocated, full) holds the tokens that ``key`` names.  When
-        another block already holds them, the first one stays the cached copy."""
+    def register(self, block: int, key: BlockKey, namespace: str = "") -> None:
+        """Record that ``block`` (allocated, full) holds the tokens that ``key`` names, computed
+        under ``namespace`` (the adapter).  When another block already holds them, the first one
+        stays the cached copy."""
         if self._refs[block] == 0:
             raise ValueError(f"block {block} is not allocated")
         if key in self._by_key or block in self._key_of:
             return
         self._by_key[key] = block
         self._key_of[block] = key
+        self._namespace_of[block] = namespace
+
+    def forget_namespace(self, namespace: str) -> int:
+        """Drop every cached prefix computed under ``namespace`` (an adapter that was removed or
+        replaced: its K/V must never be reused); returns how many blocks were dropped."""
+        blocks = [b for b, ns in self._namespace_of.items() if ns == namespace]
+        for b in blocks:
+            del self._by_key[self._key_of.pop(b)]
+            del self._namespace_of[b]
+            if b in self._evictable:
+                del self._evictable[b]
+                self._free.append(b)
+        return len(blocks)
 
     def reset(self) -> None:
         """Forget every cached prefix (evictable blocks return to the free list)."""
@@ -136,3 +152,4 @@ class CachingBlockAllocator(BlockAllocator):
         self._evictable.clear()
         self._by_key.clear()
         self._key_of.clear()
+        self._namespace_of.clear()
