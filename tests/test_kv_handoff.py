@@ -15,6 +15,10 @@ def demo(tmp_path_factory):
 
 
 def _engine(demo, **kw) -> LLMEngine:
+    return _llm(demo, **kw).engine
+
+
+def _llm(demo, **kw) -> LLM:
     llm = LLM(
         demo.model_dir,
         dtype="float32",
@@ -26,7 +30,7 @@ def _engine(demo, **kw) -> LLMEngine:
     )
     for a in demo.adapters:
         llm.add_lora(a.name, a.path)
-    return llm.engine
+    return llm
 
 
 def test_handoff_matches_colocated(demo):
@@ -77,3 +81,34 @@ def test_reservation_refused_when_full_and_released(demo):
     engine.release_reservation("a")
     assert engine.allocator.num_free == 8
     assert engine.reserve_blocks("b", 4 * 3)
+
+
+def test_handoff_skips_blocks_the_decode_engine_already_caches(demo):
+    """The second request sharing a 12-token prefix (3 blocks) only ships its last block; the
+    tokens equal a colocated run.  Another adapter shares nothing."""
+    lora = demo.adapters[0].name
+    shared = [(i * 13 + 4) % 500 for i in range(12)]
+    prompts = [shared + [1, 2], shared + [3], shared + [3]]
+    loras = [lora, lora, demo.adapters[1].name]
+    params = SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True)
+    colocated = _llm(demo, enable_prefix_caching=False)
+    expected = [o.token_ids for o in colocated.generate(prompts, params, lora=loras)]
+    prefill, decode = _engine(demo), _engine(demo, num_kv_blocks=64)
+    got, shipped = [], []
+    for i, (p, lo) in enumerate(zip(prompts, loras, strict=True)):
+        rid = f"r{i}"
+        prefill.add_request(rid, p, params, lo, prefill_only=True)
+        (out,) = prefill.step()
+        cached = decode.reserve_for_prompt(rid, p, lo)
+        assert cached is not None
+        payload = out.handoff.payload[:, :, cached:]  # what the sender ships
+        shipped.append(payload.shape[2])
+        tokens = decode.inject(rid, p, params, lo, out.handoff.first_token, payload, cached)
+        tokens = list(tokens.new_token_ids)
+        while decode.has_unfinished():
+            for o in decode.step():
+                tokens += o.new_token_ids
+        got.append(tokens)
+    assert shipped == [4, 1, 4]  # 14 tokens -> 4 blocks; then 3 of 4 were cached
+    assert got == expected
+    assert decode.allocator.num_used == 0

@@ -88,7 +88,9 @@ def _settings(demo, nats_url: str, role: str, **kw) -> WorkerSettings:
     )  # fmt: skip
 
 
-async def _run(demo, nats_url: str, prompts: list[list[int]], kv_timeout_s: float = 10.0):
+async def _run(
+    demo, nats_url: str, prompts: list[list[int]], kv_timeout_s: float = 10.0, one_by_one=False
+):
     workers = [Worker(s, make_engine(s), None) for s in (
         _settings(demo, nats_url, "prefill", kv_timeout_s=kv_timeout_s),
         _settings(demo, nats_url, "decode", kv_timeout_s=kv_timeout_s),
@@ -120,6 +122,8 @@ async def _run(demo, nats_url: str, prompts: list[list[int]], kv_timeout_s: floa
             f"r{i}", "t", "gw", p, SamplingSpec(max_tokens=5, temperature=0.0, ignore_eos=True)
         )
         await bus.publish(Subjects.worker("prefill-kv"), PrefillAssign(sub, "decode-kv"))
+        while one_by_one and f"r{i}" not in done:
+            await asyncio.sleep(0.01)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(finished.wait(), 60)
     for w in workers:
@@ -144,6 +148,39 @@ def test_many_chunk_handoff_matches_offline(demo, tmp_path):
     assert [tokens.get(f"r{i}") for i in range(len(prompts))] == [e.token_ids for e in expected]
     assert {p.event for p in progress} >= {"handoff", "finished"}
     assert decode.engine.allocator.num_used == 0 and prefill.engine.allocator.num_used == 0
+
+
+def test_handoff_skips_the_prefix_the_decode_worker_caches(demo, tmp_path):
+    """Two prompts sharing 100 tokens, one after the other: the second hand-over ships only the
+    block the decode worker does not hold yet, and both answers match offline generation."""
+    nats = start_nats(tmp_path / "nats", max_payload=MAX_PAYLOAD)
+    shipped: dict[str, int] = {}
+
+    async def run():  # type: ignore[no-untyped-def]
+        spy = await Bus.connect(nats.url, "spy")
+
+        async def on_kv(m: KVBegin | KVChunk) -> None:
+            if isinstance(m, KVChunk):
+                shipped[m.request_id] = shipped.get(m.request_id, 0) + len(m.data)
+
+        await spy.subscribe(Subjects.kv("decode-kv"), on_kv, (KVBegin, KVChunk))
+        await spy.flush()
+        shared = list(range(3, 103))
+        prompts = [shared + [1], shared + [2, 3]]
+        result = await _run(demo, nats.url, prompts, one_by_one=True)
+        await spy.close()
+        return prompts, result
+
+    try:
+        prompts, (tokens, _, (_, decode_w)) = asyncio.run(run())
+    finally:
+        nats.stop()
+    block = 2 * 4 * 4 * 2 * 32 * 4  # (k,v) x layers x block_size x kv_heads x head_dim x fp32
+    assert shipped == {"r0": 26 * block, "r1": 1 * block}  # 25 of r1's 26 blocks were cached
+    assert decode_w.engine.scheduler.prefix_hit_tokens == 25 * 4
+    llm = LLM(demo.model_dir, dtype="float32", device="cpu", max_loras=1, max_lora_rank=8)
+    expected = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=5, ignore_eos=True))
+    assert [tokens.get(f"r{i}") for i in range(2)] == [e.token_ids for e in expected]
 
 
 async def _decode_worker(demo, nats_url: str, kv_timeout_s: float) -> tuple[Worker, Bus]:

@@ -204,10 +204,10 @@ class SchedulerService:
         job.placement, job.prefill_done = placement, False
         job.workers = {placement.prefill} | ({placement.decode} if placement.decode else set())
         self.inflight[rid] = job
-        prefill_worker = self.registry.workers.get(placement.prefill)
-        if self.s.prefix_routing and prefill_worker is not None:
-            keys = self._prefix_keys(sub, prefill_worker.hb.block_size)
-            self.affinity.record(placement.prefill, keys)
+        for wid in job.workers if self.s.prefix_routing else ():
+            worker = self.registry.workers.get(wid)
+            if worker is not None:
+                self.affinity.record(wid, self._prefix_keys(sub, worker.hb.block_size))
         self.registry.commit(
             placement.prefill, rid, total if not placement.decode else len(sub.prompt_token_ids)
         )

@@ -95,8 +95,8 @@ class WorkerRegistry:
         total_tokens: int,
         cached_blocks: Callable[[WorkerState], int] | None = None,
     ) -> Placement | None:
-        """Choose workers with room, preferring for the prefill the one that probably holds most
-        of the prompt's prefix (``cached_blocks``, within ``prefix_balance`` of the least load),
+        """Choose workers with room, preferring the ones that probably hold most of the prompt's
+        prefix (``cached_blocks``, within ``prefix_balance`` of the least load),
         then those that hold the adapter, then the least loaded.
 
         Preferences only order workers that have room, so a request never waits for a particular
@@ -125,7 +125,8 @@ class WorkerRegistry:
             )
 
         prefill = best(self._alive(("prefill",)), prompt_tokens, True)
-        decode = best(self._alive(("decode",)), total_tokens, False) if prefill else None
+        # Decode workers cache the prompts handed to them too, and skip receiving those blocks.
+        decode = best(self._alive(("decode",)), total_tokens, True) if prefill else None
         colocated = best(self._alive(("both",)), total_tokens, True)
         if (
             prefill

@@ -354,6 +354,9 @@ class KVBegin(Message):
     shape: list[int]  # of the exported payload [layers, 2, blocks, block_size, kv_heads, head_dim]
     prefill_worker: str = ""
     chunk_size: int = 0  # bytes of every chunk but the last
+    # The sender can skip leading blocks the decode worker already caches (KVReply.cached_blocks);
+    # num_chunks then counts the chunks of the full payload, and the receiver recounts.
+    accepts_prefix: bool = False
 
 
 @dataclass(frozen=True)
@@ -362,6 +365,7 @@ class KVReply(Message):
     request_id: str
     accepted: bool
     reason: str = ""
+    cached_blocks: int = 0  # leading payload blocks the decode worker already has: not sent
 
 
 @dataclass(frozen=True)

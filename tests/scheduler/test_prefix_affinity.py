@@ -70,6 +70,16 @@ def test_placement_prefers_the_worker_with_the_prefix() -> None:
     assert reg.place(None, 50, 60, lambda w: cached[w.hb.worker_id]).prefill == "w1"
 
 
+def test_disaggregated_placement_uses_affinity_for_both_roles() -> None:
+    reg = WorkerRegistry(3.0)
+    for wid, role in (("p0", "prefill"), ("p1", "prefill"), ("d0", "decode"), ("d1", "decode")):
+        reg.heartbeat(WorkerHeartbeat(wid, role, 100, 100, 16, 0, 0, 8), now=0.0)
+    cached = {"p0": 0, "p1": 2, "d0": 0, "d1": 3}
+    got = reg.place(None, 50, 60, lambda w: cached[w.hb.worker_id])
+    assert (got.prefill, got.decode) == ("p1", "d1")
+    assert (reg.place(None, 50, 60).prefill, reg.place(None, 50, 60).decode) == ("p0", "d0")
+
+
 def test_affinity_yields_to_load_beyond_the_balance() -> None:
     reg = _registry(balance=0.25)
     cached = lambda w: {"w0": 0, "w1": 3}[w.hb.worker_id]  # noqa: E731

@@ -19,7 +19,7 @@ from loraplex.engine.sequence import Sequence
 from loraplex.errors import AdapterError, AdapterNotFoundError, CapacityError, InvalidRequestError
 from loraplex.kvcache.block_allocator import BlockAllocator, blocks_for
 from loraplex.kvcache.paged_cache import PagedKVCache
-from loraplex.kvcache.prefix_cache import CachingBlockAllocator
+from loraplex.kvcache.prefix_cache import CachingBlockAllocator, block_keys
 from loraplex.lora.adapter import LoraAdapter, load_adapter_dir
 from loraplex.lora.slot_table import SlotTable
 from loraplex.lora.weights import LoraWeights
@@ -210,6 +210,32 @@ class LLMEngine:
         self._reservations[request_id] = self.allocator.allocate(need)
         return True
 
+    def reserve_for_prompt(
+        self, request_id: str, prompt_token_ids: list[int], lora: str | None
+    ) -> int | None:
+        """``reserve_blocks`` for a prompt's K/V that reuses the leading blocks this engine
+        already caches for the same adapter.  Returns how many leading blocks are already here
+        (the sender may skip them), or None when the rest does not fit."""
+        if request_id in self._reservations:
+            return None
+        bs = self.config.block_size
+        hit: list[int] = []
+        caching = isinstance(self.allocator, CachingBlockAllocator)
+        if caching and (lora is None or lora in self.adapters):
+            reusable = (len(prompt_token_ids) - 1) // bs
+            keys = block_keys(prompt_token_ids[: reusable * bs], bs, self._cache_namespace(lora))
+            hit = self.allocator.lookup(keys)  # type: ignore[union-attr]
+        need = blocks_for(len(prompt_token_ids), bs) - len(hit)
+        revive = self.allocator.revive_cost(hit) if hit else 0  # type: ignore[union-attr]
+        if not self.allocator.can_allocate(need + revive):
+            return None
+        if hit:
+            self.allocator.acquire(hit)  # type: ignore[union-attr]
+        self._reservations[request_id] = hit + self.allocator.allocate(need)
+        self.scheduler.prefix_hit_tokens += len(hit) * bs
+        self.scheduler.prefix_query_tokens += len(prompt_token_ids)
+        return len(hit)
+
     def release_reservation(self, request_id: str) -> None:
         blocks = self._reservations.pop(request_id, None)
         if blocks:
@@ -223,13 +249,21 @@ class LLMEngine:
         lora: str | None,
         first_token: int,
         payload: torch.Tensor,
+        cached_blocks: int = 0,
     ) -> StepOutput:
-        """Join a request prefilled elsewhere to the decode batch; returns its first token's output."""
+        """Join a request prefilled elsewhere to the decode batch; returns its first token's
+        output.  ``payload`` holds the K/V of the reserved blocks after the first
+        ``cached_blocks`` (which ``reserve_for_prompt`` found already cached here)."""
         blocks = self._reservations.pop(request_id)
         if lora is not None and lora not in self.adapters:
             self.allocator.free(blocks)
             raise AdapterNotFoundError(f"adapter {lora!r} is not registered")
-        self.kv_cache.import_blocks(blocks, payload)
+        if payload.shape[2] != len(blocks) - cached_blocks:
+            self.allocator.free(blocks)
+            raise InvalidRequestError(
+                f"K/V payload has {payload.shape[2]} blocks, expected {len(blocks) - cached_blocks}"
+            )
+        self.kv_cache.import_blocks(blocks[cached_blocks:], payload)
         seq = Sequence(request_id, list(prompt_token_ids), params, lora)
         seq.cache_namespace = self._cache_namespace(lora)
         seq.block_table = blocks

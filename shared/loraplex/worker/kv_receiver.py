@@ -15,7 +15,12 @@ from nats.aio.msg import Msg
 
 from loraplex.errors import LoraplexError
 from loraplex.protocol import KVBegin, KVChunk, KVReply, ProtocolError, Subjects, decode, encode
-from loraplex.worker.kv_transfer import PendingTransfer, bytes_to_tensor, payload_nbytes
+from loraplex.worker.kv_transfer import (
+    PendingTransfer,
+    bytes_to_tensor,
+    num_chunks,
+    payload_nbytes,
+)
 
 if TYPE_CHECKING:
     from loraplex.worker.runtime import Worker
@@ -26,7 +31,7 @@ log = logging.getLogger(__name__)
 class KVReceiver:
     def __init__(self, worker: Worker) -> None:
         self.w = worker
-        self.pending: dict[str, tuple[KVBegin, PendingTransfer]] = {}
+        self.pending: dict[str, tuple[KVBegin, PendingTransfer, int]] = {}  # + cached blocks
         self._watchdog: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -65,9 +70,17 @@ class KVReceiver:
         if r is False:
             return KVReply(rid, False, "adapter unavailable")
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        cached = 0
 
         def reserve() -> None:
-            ok = self.w.engine.reserve_blocks(rid, begin.num_tokens)
+            nonlocal cached
+            engine = self.w.engine
+            if begin.accepts_prefix:
+                lora = r.key if r is not None else None  # type: ignore[union-attr]
+                got = engine.reserve_for_prompt(rid, begin.request.prompt_token_ids, lora)
+                ok, cached = got is not None, got or 0
+            else:
+                ok = engine.reserve_blocks(rid, begin.num_tokens)
             if ok:
                 try:
                     self.w.attach_adapter(req, r)  # type: ignore[arg-type]
@@ -76,23 +89,24 @@ class KVReceiver:
                     ok = False
             if ok:
                 self.w.active[rid] = req
-                size = payload_nbytes(begin.dtype, begin.shape)
-                self.pending[rid] = (
-                    begin,
-                    PendingTransfer(begin.num_chunks, size, self.w.s.kv_timeout_s),
-                )
+                shape = list(begin.shape)
+                shape[2] -= cached  # [layers, 2, blocks, ...]: only the uncached blocks come
+                size = payload_nbytes(begin.dtype, shape)
+                chunks = num_chunks(size, begin.chunk_size) if cached else begin.num_chunks
+                transfer = PendingTransfer(chunks, size, self.w.s.kv_timeout_s)
+                self.pending[rid] = (begin, transfer, cached)
             done.set_result(ok)
 
         self.w.submit(reserve)
         ok = await done
-        return KVReply(rid, ok, "" if ok else "no free KV blocks")
+        return KVReply(rid, ok, "" if ok else "no free KV blocks", cached_blocks=cached)
 
     def _chunk(self, chunk: KVChunk) -> None:
         entry = self.pending.get(chunk.request_id)
         if entry is None:
             log.debug("K/V chunk for unknown or expired request %s", chunk.request_id)
             return
-        begin, transfer = entry
+        begin, transfer, cached = entry
         try:
             complete = transfer.add(chunk.index, chunk.data, begin.chunk_size or len(chunk.data))
         except ValueError as e:
@@ -100,15 +114,17 @@ class KVReceiver:
             return
         if complete:
             del self.pending[chunk.request_id]
-            self.w.submit(lambda: self._inject(begin, transfer))
+            self.w.submit(lambda: self._inject(begin, transfer, cached))
 
-    def _inject(self, begin: KVBegin, transfer: PendingTransfer) -> None:
+    def _inject(self, begin: KVBegin, transfer: PendingTransfer, cached: int) -> None:
         sub = begin.request
         req = self.w.active.get(sub.request_id)
         if req is None:  # cancelled meanwhile
             self.w.engine.release_reservation(sub.request_id)
             return
-        payload = bytes_to_tensor(transfer.buffer, begin.dtype, begin.shape)
+        shape = list(begin.shape)
+        shape[2] -= cached
+        payload = bytes_to_tensor(transfer.buffer, begin.dtype, shape)
         try:
             out = self.w.engine.inject(
                 sub.request_id,
@@ -117,6 +133,7 @@ class KVReceiver:
                 req.adapter_key,
                 begin.first_token,
                 payload,
+                cached,
             )
         except LoraplexError as e:
             self.w.engine.release_reservation(sub.request_id)
@@ -134,7 +151,7 @@ class KVReceiver:
         while True:
             await asyncio.sleep(0.25)
             now = time.monotonic()
-            for rid, (_, transfer) in list(self.pending.items()):
+            for rid, (_, transfer, _) in list(self.pending.items()):
                 if transfer.expired(now):
                     self.pending.pop(rid, None)
                     req = self.w.active.get(rid)

@@ -10,7 +10,13 @@ import nats.errors
 
 from loraplex.engine.llm_engine import KVHandoff
 from loraplex.protocol import KVBegin, KVChunk, KVReply, ProtocolError, Subjects, decode, encode
-from loraplex.worker.kv_transfer import chunk_size_for, dtype_name, split, tensor_to_bytes
+from loraplex.worker.kv_transfer import (
+    chunk_size_for,
+    dtype_name,
+    num_chunks,
+    split,
+    tensor_to_bytes,
+)
 
 if TYPE_CHECKING:
     from loraplex.worker.runtime import Active, Worker
@@ -25,18 +31,19 @@ async def ship_kv(worker: Worker, req: Active, handoff: KVHandoff) -> None:
     sub = req.submit
     subject = Subjects.kv(req.decode_worker)
     try:
-        data = await asyncio.to_thread(tensor_to_bytes, handoff.payload)
+        payload = handoff.payload
         size = chunk_size_for(bus.max_payload)
-        chunks = split(data, size)
+        nbytes = payload.numel() * payload.element_size()
         begin = KVBegin(
             request=sub,
             first_token=handoff.first_token,
             num_tokens=handoff.num_tokens,
-            num_chunks=len(chunks),
-            dtype=dtype_name(handoff.payload.dtype),
-            shape=list(handoff.payload.shape),
+            num_chunks=num_chunks(nbytes, size),
+            dtype=dtype_name(payload.dtype),
+            shape=list(payload.shape),
             prefill_worker=worker.id,
             chunk_size=size,
+            accepts_prefix=True,
         )
         raw = await bus.nc.request(subject, encode(begin), timeout=worker.s.kv_timeout_s)
         reply = decode(raw.data, KVReply)
@@ -45,6 +52,11 @@ async def ship_kv(worker: Worker, req: Active, handoff: KVHandoff) -> None:
                 req, 503, f"decode worker refused the K/V: {reply.reason}", retryable=True
             )
             return
+        if not 0 <= reply.cached_blocks < payload.shape[2]:
+            raise ProtocolError(f"decode worker claims {reply.cached_blocks} cached blocks")
+        # Blocks the decode worker already caches (a shared prompt prefix) stay here.
+        data = await asyncio.to_thread(tensor_to_bytes, payload[:, :, reply.cached_blocks :])
+        chunks = split(data, size)
         for i, chunk in enumerate(chunks):
             await bus.publish(subject, KVChunk(sub.request_id, i, chunk))
         await bus.flush()

@@ -36,6 +36,11 @@ def chunk_size_for(max_payload: int) -> int:
     return max_payload - ENVELOPE_ROOM
 
 
+def num_chunks(nbytes: int, chunk: int) -> int:
+    """How many messages ``split`` makes of ``nbytes`` bytes (an empty payload is one)."""
+    return max(1, -(-nbytes // chunk))
+
+
 def split(data: bytes | memoryview, chunk: int) -> list[memoryview]:
     """Chunk views of ``data`` (no copies: msgpack packs each straight from the payload)."""
     view = memoryview(data)
