@@ -169,6 +169,9 @@ async def kv_vs_raw(
                 num_kv_blocks=blocks_for(max_len, 16) + 1,
                 max_loras=1,
                 max_lora_rank=8,
+                # Every rep sends the same prompt: a decode-side prefix cache would skip blocks
+                # and inflate MB/s.  This measures the full payload's trip.
+                enable_prefix_caching=False,
             )
             engines = [LLMEngine(model_dir, cfg, dtype=dtype, device=device) for _ in range(2)]
             workers = []
