@@ -51,8 +51,6 @@ class CachingBlockAllocator(BlockAllocator):
         self._key_of: dict[int, BlockKey] = {}
         self._namespace_of: dict[int, str] = {}
         self._evictable: OrderedDict[int, None] = OrderedDict()  # ref 0, content kept; LRU first
-        self.hit_blocks = 0
-        self.queried_blocks = 0
 
     @property
     def num_free(self) -> int:
@@ -104,8 +102,6 @@ class CachingBlockAllocator(BlockAllocator):
             if b is None:
                 break
             hit.append(b)
-        self.queried_blocks += len(keys)
-        self.hit_blocks += len(hit)
         return hit
 
     def revive_cost(self, blocks: Sequence[int]) -> int:
