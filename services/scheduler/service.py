@@ -45,6 +45,14 @@ class InFlight:
     prefill_done: bool = False
     completion_tokens: int = 0
     workers: set[str] = field(default_factory=set)
+    assigned_at: float = 0.0  # monotonic
+    missing_since: float | None = None  # its worker's heartbeats stopped listing it
+
+    @property
+    def holder(self) -> str:
+        """The worker that must be holding the request now."""
+        p = self.placement
+        return p.decode if p.decode and self.prefill_done else p.prefill
 
 
 class SchedulerService:
@@ -202,6 +210,7 @@ class SchedulerService:
         rid = sub.request_id
         total = len(sub.prompt_token_ids) + sub.sampling.max_tokens
         job.placement, job.prefill_done = placement, False
+        job.assigned_at, job.missing_since = time.monotonic(), None
         job.workers = {placement.prefill} | ({placement.decode} if placement.decode else set())
         self.inflight[rid] = job
         for wid in job.workers if self.s.prefix_routing else ():
@@ -222,7 +231,10 @@ class SchedulerService:
 
     # ---- workers -> scheduler ----------------------------------------------------------------
     async def _on_heartbeat(self, hb: WorkerHeartbeat) -> None:
-        if self.registry.heartbeat(hb, time.monotonic()):
+        now = time.monotonic()
+        if hb.active is not None:
+            await self._check_held(hb, now)
+        if self.registry.heartbeat(hb, now):
             self.affinity.forget(hb.worker_id)  # a new (or restarted) worker starts cold
             log.info("worker %s (%s) joined: %d KV blocks", hb.worker_id, hb.role, hb.total_blocks)
         self._kick.set()
@@ -248,6 +260,20 @@ class SchedulerService:
         elif p.event == "failed":
             await self._recover(job, p.message or f"worker {p.worker_id} failed")
         self._kick.set()
+
+    async def _check_held(self, hb: WorkerHeartbeat, now: float) -> None:
+        """Recover requests their worker does not hold: an assignment published while the worker
+        was resubscribing after a NATS restart is lost, and nothing else would ever notice."""
+        active, grace = set(hb.active or ()), self.s.lost_request_grace_s
+        for job in list(self.inflight.values()):
+            if job.holder != hb.worker_id or now - job.assigned_at < grace:
+                continue
+            if job.submit.request_id in active:
+                job.missing_since = None
+            elif job.missing_since is None:
+                job.missing_since = now  # a finish report may still be on its way
+            elif now - job.missing_since >= grace:
+                await self._recover(job, f"worker {hb.worker_id} does not hold the request")
 
     def _prefill_released(self, job: InFlight, worker_id: str) -> None:
         # A disaggregated prefill worker is done with the request once the K/V left it.

@@ -25,6 +25,7 @@ class SchedulerSettings:
     rpm_window_s: float = 60.0
     redis_prefix: str = "loraplex"
     prefix_routing: bool = True
+    lost_request_grace_s: float = 2.0
     prefix_balance: float = 0.25
 
     def policy_options(self) -> dict[str, Any]:
@@ -76,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="prefix of the scheduler's Redis keys",
     )
     p.add_argument(
+        "--lost-request-grace",
+        type=float,
+        default=2.0,
+        help="seconds a worker may not list a request it was given before it is re-dispatched",
+    )
+    p.add_argument(
         "--prefix-routing",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -106,5 +113,6 @@ def settings_from_args(a: argparse.Namespace) -> SchedulerSettings:
         rpm_window_s=a.rpm_window,
         redis_prefix=a.redis_prefix,
         prefix_routing=a.prefix_routing,
+        lost_request_grace_s=a.lost_request_grace,
         prefix_balance=a.prefix_balance,
     )

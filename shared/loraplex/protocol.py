@@ -308,6 +308,9 @@ class WorkerHeartbeat(Message):
     adapter_slots_total: int = 0
     prefix_cache_hit_tokens: int = 0  # since start: prompt tokens whose K/V were reused
     prefix_cache_query_tokens: int = 0  # since start: prompt tokens admitted
+    # Request ids the worker holds (None: not reported).  The scheduler re-dispatches a request
+    # its worker stopped listing without finishing it (an assignment lost in a NATS restart).
+    active: list[str] | None = None
 
 
 @dataclass(frozen=True)

@@ -134,3 +134,75 @@ def test_failures_before_a_token_are_redispatched_and_dead_workers_recovered(nat
         await service.stop()
 
     asyncio.run(run())
+
+
+class ListingWorker(FakeWorker):
+    """Heart-beats the request ids it holds, as real workers do; ``drop`` loses assignments."""
+
+    def __init__(self, bus: Bus, worker_id: str, drop: bool) -> None:
+        super().__init__(bus, worker_id)
+        self.drop = drop
+        self.held: set[str] = set()
+
+    async def start(self) -> None:
+        async def on_assign(m: PrefillAssign) -> None:
+            self.assigned.append(m)
+            if not self.drop:
+                self.held.add(m.request.request_id)
+
+        await self.bus.subscribe(Subjects.worker(self.id), on_assign, PrefillAssign)
+        self._task = asyncio.create_task(self._beat())
+
+    async def _beat(self) -> None:
+        while True:
+            hb = WorkerHeartbeat(
+                self.id, "both", 100, 100, 16, 0, 0, 8, ts=time.time(), active=sorted(self.held)
+            )
+            await self.bus.publish(Subjects.HEARTBEAT, hb)
+            await asyncio.sleep(0.1)
+
+
+def test_lost_assignment_is_redispatched_and_held_ones_are_not(nats_url):
+    """w-a receives its assignment but never holds it (as if it had been published while w-a
+    was resubscribing): the scheduler re-dispatches it after the grace.  A request its worker
+    keeps listing stays put, however long it runs."""
+
+    async def run() -> None:
+        service = SchedulerService(SchedulerSettings(nats_url, lost_request_grace_s=0.3), {})
+        await service.start()
+        bus = await Bus.connect(nats_url, "test")
+        lossy, steady = ListingWorker(bus, "w-a", drop=True), ListingWorker(bus, "w-b", drop=False)
+        for w in (lossy, steady):
+            await w.start()
+        await bus.flush()
+        await _until(lambda: len(service.registry.workers) == 2)
+
+        async def submit(rid: str) -> None:
+            sub = SubmitRequest(rid, "t", "gw", [1, 2, 3], SamplingSpec(max_tokens=4))
+            raw = await bus.nc.request(Subjects.SUBMIT, encode(sub), timeout=5)
+            assert decode(raw.data, SubmitReply).accepted
+
+        def attempts(rid: str) -> list[tuple[str, int]]:
+            return [
+                (w.id, a.attempt)
+                for w in (lossy, steady)
+                for a in w.assigned
+                if a.request.request_id == rid
+            ]
+
+        await submit("lost")  # both idle: w-a wins the tie-break, and drops it
+        await _until(lambda: len(attempts("lost")) == 1)
+        assert attempts("lost") == [("w-a", 0)]
+        lossy.drop = False  # the next delivery (to either worker) arrives
+        await _until(lambda: len(attempts("lost")) == 2)
+        assert attempts("lost")[1][1] == 1
+        await submit("held")
+        await asyncio.sleep(1.5)  # five graces: listed requests are never moved
+        assert len(attempts("lost")) == 2 and len(attempts("held")) == 1
+        assert "lost" in service.inflight and "held" in service.inflight
+        for w in (lossy, steady):
+            w.stop()
+        await service.stop()
+        await bus.close()
+
+    asyncio.run(run())

@@ -314,5 +314,6 @@ class Worker:
                 adapter_slots_total=e.slots.num_slots,
                 prefix_cache_hit_tokens=e.scheduler.prefix_hit_tokens,
                 prefix_cache_query_tokens=e.scheduler.prefix_query_tokens,
+                active=list(self.active),
             ),
         )
