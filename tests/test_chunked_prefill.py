@@ -155,3 +155,37 @@ def test_prefill_attention_paged_matches_full_causal(window: int | None) -> None
             q_full[i], k_full[i], v_full[i], [0, lens[i]], d**-0.5, window
         )
         torch.testing.assert_close(out[cu[i] : cu[i + 1]], full[s], atol=1e-5, rtol=1e-5)
+
+
+def test_mixed_steps_match_hf_peft(setup) -> None:
+    """Requests already decoding ride along in the steps that prefill a late long prompt
+    (mixed prefill + decode steps); everyone's tokens still equal HF + PEFT."""
+    model, paths = setup
+    ref = HFReference(model, paths)
+    llm = _llm(setup, budget=6)
+    eng = llm.engine
+    shapes = []
+    schedule = eng.scheduler.schedule
+
+    def recording():  # type: ignore[no-untyped-def]
+        batch = schedule()
+        if batch is not None:
+            shapes.append((batch.num_prefill_seqs, len(batch.seqs)))
+        return batch
+
+    eng.scheduler.schedule = recording  # type: ignore[method-assign]
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    got: dict[str, list[int]] = {}
+    early = [(0, "all-r8"), (5, None)]  # a 3-token and an 11-token prompt start first
+    for i, lora in early:
+        eng.add_request(f"r{i}", PROMPTS[i], params, lora)
+    for _ in range(3):
+        for out in eng.step():
+            got.setdefault(out.request_id, []).extend(out.new_token_ids)
+    eng.add_request("r4", PROMPTS[4], params, "qv-r4")  # 29 tokens: five chunks
+    while eng.has_unfinished():
+        for out in eng.step():
+            got.setdefault(out.request_id, []).extend(out.new_token_ids)
+    assert any(0 < p < n for p, n in shapes), shapes  # some steps really were mixed
+    for i, lora in [*early, (4, "qv-r4")]:
+        assert got[f"r{i}"] == ref.greedy(PROMPTS[i], lora, MAX_TOKENS)[0], i

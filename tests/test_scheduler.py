@@ -104,9 +104,9 @@ def test_prefill_respects_token_budget():
     assert first.num_new_tokens == [4, 4, 2]
     assert not sched.waiting
     second = run_step(sched)
-    assert second.is_prefill  # an unfinished prefill goes before running sequences decode
-    assert ids(second.seqs) == ["c"]
-    assert second.num_new_tokens == [2]
+    assert second.is_prefill  # c's last chunk, with a and b decoding in the same step
+    assert ids(second.seqs) == ["c", "a", "b"] and second.num_prefill_seqs == 1
+    assert second.num_new_tokens == [2, 1, 1]
     third = run_step(sched)
     assert not third.is_prefill
     assert ids(third.seqs) == ["a", "b", "c"]
@@ -133,7 +133,8 @@ def test_prefill_respects_max_num_seqs():
     sched.finish(sched.running[0], "length")
     third = run_step(sched)
     assert third.is_prefill
-    assert ids(third.seqs) == ["c"]
+    assert ids(third.seqs) == ["c", "b"]  # c's prefill; b keeps decoding in the same step
+    assert third.num_prefill_seqs == 1 and third.num_new_tokens == [2, 1]
     assert len(sched.running) == 2
 
 
@@ -249,7 +250,7 @@ def test_preempted_sequence_is_prefilled_again_with_all_its_tokens():
     assert sched.allocator.num_free == 2
     batch = run_step(sched)
     assert batch.is_prefill
-    assert batch.seqs == [c]
+    assert batch.seqs[: batch.num_prefill_seqs] == [c]
     assert c.status is SequenceStatus.RUNNING
     assert c.num_tokens == 6  # 4 prompt + the token from before preemption + the new one
     assert len(c.block_table) == blocks_for(5, 4)
@@ -454,6 +455,36 @@ def test_unfinished_prefill_goes_before_new_prompts():
     ]
     assert not steps[3].is_prefill and ids(steps[3].seqs) == ["a", "b"]
     check_block_accounting(sched)
+
+
+def test_running_sequences_decode_while_a_long_prompt_is_chunked():
+    """A mixed step: b keeps decoding every step while a's 20-token prompt is prefilled in
+    chunks of what is left of the budget after b's decode row."""
+    sched = make(max_num_batched_tokens=8)
+    b = seq("b", 3)
+    sched.add(b)
+    run_step(sched)  # b prefilled
+    sched.add(seq("a", 20))
+    steps = [run_step(sched) for _ in range(4)]
+    assert [(ids(s.seqs), s.num_new_tokens, s.num_prefill_seqs) for s in steps] == [
+        (["a", "b"], [7, 1], 1),
+        (["a", "b"], [7, 1], 1),
+        (["a", "b"], [6, 1], 1),  # a's last chunk: a samples its first token
+        (["b", "a"], [1, 1], 0),
+    ]
+    assert not steps[3].is_prefill
+    assert len(b.output_token_ids) == 5
+    check_block_accounting(sched)
+
+
+def test_prefill_gets_a_block_even_when_decode_rows_fill_the_budget():
+    sched = make(max_num_batched_tokens=4, block_size=4, max_num_seqs=8)
+    for rid in "abcd":
+        sched.add(seq(rid, 1))
+    run_step(sched)  # four 1-token prompts
+    sched.add(seq("e", 9))
+    batch = run_step(sched)
+    assert batch.num_prefill_seqs == 1 and batch.num_new_tokens == [4, 1, 1, 1, 1]
 
 
 def test_decode_keeps_sequences_that_are_mid_prefill():

@@ -45,14 +45,17 @@ def build_prefill(
     block_size: int,
     device: torch.device,
     num_new_tokens: list[int] | None = None,
+    decode_seqs: list[Sequence] | None = None,
 ) -> ModelInput:
-    """Pack each sequence's next ``num_new_tokens`` uncached tokens (default: all of them); rows
-    with the same adapter slot become one segment.  Sequences whose chunk reaches their last
-    token get logits; the others are returned in ``partial``."""
+    """Pack each sequence's next ``num_new_tokens`` uncached tokens (default: all of them), then
+    one row per ``decode_seqs`` sequence (a mixed step).  Within each part rows are sorted by
+    adapter slot, so rows with the same slot form SGMV segments.  Sequences whose chunk reaches
+    their last token, and every decode row, get logits; the rest are returned in ``partial``."""
     counts = num_new_tokens or [s.num_uncached for s in seqs]
     order = sorted(range(len(seqs)), key=lambda i: seqs[i].lora_slot)  # stable: arrival order
     seqs = [seqs[i] for i in order]
     counts = [counts[i] for i in order]
+    decode = sorted(decode_seqs or [], key=lambda s: s.lora_slot)
     ids: list[int] = []
     pos: list[int] = []
     slots: list[int] = []
@@ -66,19 +69,22 @@ def build_prefill(
         slots.extend(_slot_map(seq, start, start + n, block_size))
         cu.append(len(ids))
         prefixes.append(start)
-    seg_starts, seg_slots, longest = _segments(seqs, counts)
+    num_prefill = len(ids)
+    for seq in decode:
+        ids.append(seq.last_token_id)
+        pos.append(seq.num_tokens - 1)
+        slots.extend(_slot_map(seq, seq.num_tokens - 1, seq.num_tokens, block_size))
+    seg_starts, seg_slots, longest = _segments([*seqs, *decode], [*counts, *([1] * len(decode))])
     as_t = lambda x, dt=torch.int32: torch.tensor(x, dtype=dt, device=device)  # noqa: E731
-    tables = None
-    if any(prefixes):
-        width = max(len(s.block_table) for s in seqs)
-        tables = as_t([s.block_table + [0] * (width - len(s.block_table)) for s in seqs])
     attn = AttentionMeta(
         is_prefill=True,
         slot_mapping=as_t(slots, torch.int64),
         cu_seqlens=cu,
-        block_tables=tables,
-        context_lens=None,
+        block_tables=_tables(decode, as_t) if decode else None,
+        context_lens=as_t([s.num_tokens for s in decode]) if decode else None,
         prefix_lens=prefixes if any(prefixes) else None,
+        prefill_block_tables=_tables(seqs, as_t) if any(prefixes) else None,
+        num_prefill_tokens=num_prefill,
     )
     lora = LoraMeta(
         active=any(s >= 0 for s in seg_slots),
@@ -89,14 +95,21 @@ def build_prefill(
         max_seg_len=longest,
     )
     done = [i for i, (s, n) in enumerate(zip(seqs, counts, strict=True)) if n == s.num_uncached]
+    rows = [cu[i + 1] - 1 for i in done] + list(range(num_prefill, num_prefill + len(decode)))
     return ModelInput(
-        seqs=[seqs[i] for i in done],
+        seqs=[seqs[i] for i in done] + decode,
         input_ids=as_t(ids, torch.int64),
         positions=as_t(pos, torch.int64),
-        logits_index=as_t([cu[i + 1] - 1 for i in done], torch.int64),
+        logits_index=as_t(rows, torch.int64),
         ctx=ForwardContext(attn, lora),
         partial=[(s, n) for s, n in zip(seqs, counts, strict=True) if n < s.num_uncached],
     )
+
+
+def _tables(seqs: list[Sequence], as_t) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """Block tables [N, widest] int32, short rows padded with block 0 (never read)."""
+    width = max(len(s.block_table) for s in seqs)
+    return as_t([s.block_table + [0] * (width - len(s.block_table)) for s in seqs])
 
 
 def build_decode(seqs: list[Sequence], block_size: int, device: torch.device) -> ModelInput:
@@ -110,15 +123,13 @@ def build_decode(seqs: list[Sequence], block_size: int, device: torch.device) ->
     ids = [s.last_token_id for s in seqs]
     pos = [s.num_tokens - 1 for s in seqs]
     slots = [_slot_map(s, s.num_tokens - 1, s.num_tokens, block_size)[0] for s in seqs]
-    width = max(len(s.block_table) for s in seqs)
-    tables = [s.block_table + [0] * (width - len(s.block_table)) for s in seqs]
     as_t = lambda x, dt=torch.int32: torch.tensor(x, dtype=dt, device=device)  # noqa: E731
     lora_slots = [s.lora_slot for s in seqs]
     attn = AttentionMeta(
         is_prefill=False,
         slot_mapping=as_t(slots, torch.int64),
         cu_seqlens=[],
-        block_tables=as_t(tables),
+        block_tables=_tables(seqs, as_t),
         context_lens=as_t([s.num_tokens for s in seqs]),
     )
     lora = LoraMeta(

@@ -292,7 +292,9 @@ class LLMEngine:
             return []
         for name, slot in batch.adapter_loads:
             self.lora_weights.load(slot, self.adapters[name])
-        inp = self.runner.prepare(batch.seqs, batch.is_prefill, batch.num_new_tokens)
+        inp = self.runner.prepare(
+            batch.seqs, batch.is_prefill, batch.num_new_tokens, batch.num_prefill_seqs
+        )
         logits = self.runner.execute(inp)
         for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
             self.scheduler.register_computed(seq, seq.num_cached + n)

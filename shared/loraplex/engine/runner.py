@@ -44,11 +44,20 @@ class ModelRunner:
         return self.decode_graphs.capture()
 
     def prepare(
-        self, seqs: list[Sequence], is_prefill: bool, num_new_tokens: list[int] | None = None
+        self,
+        seqs: list[Sequence],
+        is_prefill: bool,
+        num_new_tokens: list[int] | None = None,
+        num_prefill_seqs: int | None = None,
     ) -> ModelInput:
-        if is_prefill:
-            return build_prefill(seqs, self.kv_cache.block_size, self.device, num_new_tokens)
-        return build_decode(seqs, self.kv_cache.block_size, self.device)
+        """``seqs[:num_prefill_seqs]`` (default: all of a prefill step) are prefill rows with
+        ``num_new_tokens`` each; the rest decode one token (a mixed step)."""
+        bs = self.kv_cache.block_size
+        if not is_prefill:
+            return build_decode(seqs, bs, self.device)
+        n = len(seqs) if num_prefill_seqs is None else num_prefill_seqs
+        counts = num_new_tokens[:n] if num_new_tokens is not None else None
+        return build_prefill(seqs[:n], bs, self.device, counts, seqs[n:])
 
     @torch.inference_mode()
     def execute(self, inp: ModelInput) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """Continuous-batching step scheduler: prefill under a token budget, else decode; preempt on OOM.
 
-Prompts longer than the budget are prefilled in chunks over several steps (chunked prefill): a
-sequence keeps its place in the running batch with part of its prompt cached, and the next
-prefill step continues it before admitting anyone new.  Only the step that reaches the end of
-the prompt samples a token.
+Every step first decodes the running sequences (one token each), then spends the rest of the
+token budget on prefill: continuing prompts that are part-way through (chunked prefill, a chunk
+per step, before anyone new) and admitting waiting ones.  So a long prompt never stalls the
+running requests for more than one step's worth of chunk, and only the step that reaches the end
+of a prompt samples its first token.
 
 Pure Python: works on Sequence objects, block ids and adapter slots, never on tensors.
 """
@@ -28,9 +29,10 @@ class SchedulerConfig:
 
 @dataclass
 class ScheduledBatch:
-    is_prefill: bool
-    seqs: list[Sequence]
+    is_prefill: bool  # has prefill rows (decode rows may ride along: a mixed step)
+    seqs: list[Sequence]  # prefill sequences first, then decode sequences
     num_new_tokens: list[int] = field(default_factory=list)  # per seq: tokens computed this step
+    num_prefill_seqs: int = 0  # seqs[:num_prefill_seqs] are prefill rows, the rest decode rows
     adapter_loads: list[tuple[str, int]] = field(default_factory=list)  # (adapter, slot) to fill
     preempted: list[Sequence] = field(default_factory=list)
 
@@ -66,9 +68,17 @@ class Scheduler:
     def schedule(self) -> ScheduledBatch | None:
         """Pick the next step's sequences; None when there is nothing to run."""
         loads = self._admit_ready()
-        batch = self._schedule_prefill()
-        if not batch.seqs:
-            batch = self._schedule_decode()
+        decode = self._schedule_decode()
+        # Decode rows take their tokens first; prefill always gets at least one block's worth,
+        # so a batch as large as the budget cannot starve the prompts behind it.
+        budget = max(self.cfg.max_num_batched_tokens - len(decode.seqs), self.cfg.block_size)
+        # After a preemption, do not admit new prompts into the blocks just freed.
+        batch = self._schedule_prefill(budget, admit=not decode.preempted)
+        batch.num_prefill_seqs = len(batch.seqs)
+        batch.is_prefill = bool(batch.seqs)
+        batch.seqs += decode.seqs
+        batch.num_new_tokens += decode.num_new_tokens
+        batch.preempted = decode.preempted
         batch.adapter_loads[:0] = loads
         return batch if batch.seqs or batch.preempted else None
 
@@ -88,9 +98,8 @@ class Scheduler:
             self.running.append(seq)
         return loads
 
-    def _schedule_prefill(self) -> ScheduledBatch:
+    def _schedule_prefill(self, budget: int, admit: bool = True) -> ScheduledBatch:
         batch = ScheduledBatch(is_prefill=True, seqs=[])
-        budget = self.cfg.max_num_batched_tokens
         tokens = 0
         # Sequences part-way through a chunked prefill go first: they already hold their blocks.
         for seq in sorted(self.running, key=lambda s: s.arrival):
@@ -101,7 +110,8 @@ class Scheduler:
                 tokens += n
         admitted: list[Sequence] = []
         while (
-            self.waiting
+            admit
+            and self.waiting
             and tokens < budget
             and len(self.running) + len(admitted) < self.cfg.max_num_seqs
         ):

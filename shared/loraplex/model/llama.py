@@ -79,34 +79,7 @@ class DecoderLayer(nn.Module):
         v = v.view(-1, cfg.num_kv_heads, cfg.head_dim)
         q, k = rope(positions, q, k)
         ops.store_kv(k, v, kv[0], kv[1], ctx.attn.slot_mapping)
-        if ctx.attn.is_prefill and ctx.attn.prefix_lens is not None:
-            # Chunked prefill: later chunks also attend to their earlier chunks' cached K/V.
-            attn = ops.prefill_attention_paged(
-                q,
-                k,
-                v,
-                kv[0],
-                kv[1],
-                ctx.attn.cu_seqlens,
-                ctx.attn.prefix_lens,
-                ctx.attn.block_tables,
-                self.scale,
-                cfg.sliding_window,
-            )
-        elif ctx.attn.is_prefill:
-            attn = ops.prefill_attention(
-                q, k, v, ctx.attn.cu_seqlens, self.scale, cfg.sliding_window
-            )
-        else:
-            attn = ops.paged_decode_attention(
-                q,
-                kv[0],
-                kv[1],
-                ctx.attn.block_tables,
-                ctx.attn.context_lens,
-                self.scale,
-                cfg.sliding_window,
-            )
+        attn = self._attention(q, k, v, ctx, kv, ops)
         attn = attn.reshape(-1, cfg.q_size)
         o = F.linear(attn, self.o_weight, self.o_bias)
         if lora is not None:
@@ -122,6 +95,41 @@ class DecoderLayer(nn.Module):
         if lora is not None:
             add_lora(down, act, i, (("down_proj", 0),), lora, ctx.lora, ops)
         return x + down
+
+    def _attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        ctx: ForwardContext,
+        kv: tuple[torch.Tensor, torch.Tensor],
+        ops: ModuleType,
+    ) -> torch.Tensor:
+        """q: [T, H, D]; k, v: [T, KVH, D] (already stored) -> [T, H, D].  Prefill rows [0, P)
+        attend causally (over their cached prefix too); decode rows [P, T) through the paged
+        cache."""
+        meta, window = ctx.attn, self.cfg.sliding_window
+        p = meta.prefill_rows(q.shape[0])
+        parts = []
+        if p and meta.prefix_lens is not None:
+            # Chunked prefill / prefix-cache hits: also attend to the cached earlier tokens.
+            parts.append(
+                ops.prefill_attention_paged(
+                    q[:p], k[:p], v[:p], kv[0], kv[1], meta.cu_seqlens, meta.prefix_lens,
+                    meta.prefill_block_tables, self.scale, window,
+                )
+            )  # fmt: skip
+        elif p:
+            parts.append(
+                ops.prefill_attention(q[:p], k[:p], v[:p], meta.cu_seqlens, self.scale, window)
+            )
+        if p < q.shape[0]:
+            parts.append(
+                ops.paged_decode_attention(
+                    q[p:], kv[0], kv[1], meta.block_tables, meta.context_lens, self.scale, window
+                )
+            )
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 class LlamaForCausalLM(nn.Module):
