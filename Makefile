@@ -35,6 +35,7 @@ format: setup
 bench: setup
 	$(PY) bench/engine.py --write-docs
 	$(PY) bench/prefix.py --write-docs
+	$(PY) bench/chunked.py --write-docs
 	$(PY) bench/fairness.py --mode sim --write-docs
 
 clean:
