@@ -21,7 +21,16 @@ from loraplex.sampling_params import SamplingParams
 from loraplex.text.tokenizer import Tokenizer
 
 CHAT_END_TOKEN = "<|im_end|>"
-_SAMPLING_PARAMS = ("max_tokens", "temperature", "top_p", "top_k", "stop")
+_SAMPLING_PARAMS = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+)
 
 
 @dataclass(frozen=True)
@@ -152,6 +161,9 @@ def _sampling(
             stop=tuple(req.stop_list()),
             stop_token_ids=stop_ids,
             ignore_eos=req.ignore_eos,
+            presence_penalty=req.presence_penalty or 0.0,
+            frequency_penalty=req.frequency_penalty or 0.0,
+            repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
         )
     except InvalidRequestError as e:
         first = str(e).split(" ", 1)[0]

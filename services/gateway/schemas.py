@@ -43,6 +43,7 @@ class GenerateRequest(BaseModel):
     ignore_eos: bool = False
     presence_penalty: Float | None = None
     frequency_penalty: Float | None = None
+    repetition_penalty: Float | None = None  # vLLM extension
     user: str | None = None
 
     @property
@@ -58,9 +59,6 @@ class GenerateRequest(BaseModel):
         """Refuse (400) what the gateway cannot honour instead of silently ignoring it."""
         if self.n != 1:
             raise InvalidParamError("only n=1 is supported", "n")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name):
-                raise InvalidParamError(f"{name} is not supported", name)
 
 
 class CompletionRequest(GenerateRequest):

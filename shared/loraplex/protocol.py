@@ -84,6 +84,9 @@ class SamplingSpec(Message):
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
 
     @classmethod
     def from_params(cls, p: SamplingParams) -> SamplingSpec:
@@ -96,6 +99,9 @@ class SamplingSpec(Message):
             stop=list(p.stop),
             stop_token_ids=list(p.stop_token_ids),
             ignore_eos=p.ignore_eos,
+            presence_penalty=p.presence_penalty,
+            frequency_penalty=p.frequency_penalty,
+            repetition_penalty=p.repetition_penalty,
         )
 
     def to_params(self) -> SamplingParams:
@@ -109,6 +115,9 @@ class SamplingSpec(Message):
             stop=tuple(self.stop),
             stop_token_ids=tuple(self.stop_token_ids),
             ignore_eos=self.ignore_eos,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty,
         )
 
 

@@ -14,7 +14,9 @@ class SamplingParams:
 
     temperature == 0 means greedy.  ``seed`` makes a request's sampling reproducible whatever else
     shares its batch.  ``stop`` strings are cut from the returned text; ``stop_token_ids`` and the
-    model's EOS end generation (EOS is ignored when ``ignore_eos``).
+    model's EOS end generation (EOS is ignored when ``ignore_eos``).  ``presence_penalty`` and
+    ``frequency_penalty`` (OpenAI, over generated tokens) and ``repetition_penalty`` (vLLM/HF,
+    over prompt and generated tokens; 1 = off) reshape the logits before sampling.
     """
 
     max_tokens: int = 16
@@ -26,6 +28,9 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     skip_special_tokens: bool = True
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -41,6 +46,13 @@ class SamplingParams:
             raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k == 0 or self.top_k < -1:
             raise InvalidRequestError(f"top_k must be -1 (off) or >= 1, got {self.top_k}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and -2 <= value <= 2):
+                raise InvalidRequestError(f"{name} must be in [-2, 2], got {value}")
+        rp = self.repetition_penalty
+        if not (math.isfinite(rp) and rp > 0):
+            raise InvalidRequestError(f"repetition_penalty must be > 0, got {rp}")
         if any(s == "" for s in self.stop):
             raise InvalidRequestError("stop strings must not be empty")
 

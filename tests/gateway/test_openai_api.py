@@ -173,7 +173,9 @@ async def test_sampling_fields_and_stop_strings(
         temperature=0.7,
         top_p=0.9,
         stop=[" lazy"],
-        extra_body={"top_k": 5, "ignore_eos": True},
+        presence_penalty=0.5,
+        frequency_penalty=-0.25,
+        extra_body={"top_k": 5, "ignore_eos": True, "repetition_penalty": 1.2},
     )
     assert out.choices[0].text == " The quick brown fox jumps over the"
     assert out.choices[0].finish_reason == "stop"
@@ -181,6 +183,7 @@ async def test_sampling_fields_and_stop_strings(
     assert sub.prompt_token_ids == [1, 2, 3, 400]
     s = sub.sampling
     assert (s.temperature, s.top_p, s.top_k, s.ignore_eos, s.stop) == (0.7, 0.9, 5, True, [" lazy"])
+    assert (s.presence_penalty, s.frequency_penalty, s.repetition_penalty) == (0.5, -0.25, 1.2)
     # the gateway cut the text at the stop string and told the scheduler to stop the request
     assert (await scheduler.wait_cancel(sub.request_id)).reason == "stop string matched"
     assert out.usage.completion_tokens < len(reply_ids)

@@ -65,6 +65,33 @@ def test_greedy_matches_offline_llm(client, disagg_stack, model_id, loras):
         assert resp.choices[0].text == exp.text
         assert resp.usage.prompt_tokens == len(prompt)
         assert resp.usage.completion_tokens == 12
+    # Penalties travel through the gateway and the scheduler to the workers: a prompt whose
+    # answer they change must come back exactly as the offline engine penalizes it.
+    penalized = SamplingParams(
+        temperature=0,
+        max_tokens=12,
+        ignore_eos=True,
+        presence_penalty=2.0,
+        frequency_penalty=1.0,
+        repetition_penalty=3.0,
+    )
+    plain = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    candidates = [[7] * 6, [5, 6, 7, 5, 6, 7], [100, 101] * 4, *PROMPTS]
+    prompt = next(
+        p
+        for p in candidates
+        if llm.generate(p, penalized)[0].token_ids != llm.generate(p, plain)[0].token_ids
+    )
+    resp = client.completions.create(
+        model=model_id,
+        prompt=prompt,
+        max_tokens=12,
+        temperature=0,
+        presence_penalty=2.0,
+        frequency_penalty=1.0,
+        extra_body={"ignore_eos": True, "repetition_penalty": 3.0},
+    )
+    assert resp.choices[0].text == llm.generate(prompt, penalized)[0].text
 
 
 def test_streaming_equals_non_streaming(client, model_id, loras):

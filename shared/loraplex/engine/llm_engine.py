@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from loraplex.config import EngineConfig, resolve_device, resolve_dtype
+from loraplex.engine.penalties import apply_penalties
 from loraplex.engine.runner import ModelRunner
 from loraplex.engine.sampler import sample
 from loraplex.engine.scheduler import Scheduler, SchedulerConfig
@@ -303,7 +304,7 @@ class LLMEngine:
         if not inp.seqs:
             return []
         gens = [self._generators.get(s.request_id, self._shared_gen) for s in inp.seqs]
-        tokens = sample(logits, [s.params for s in inp.seqs], gens)
+        tokens = sample(apply_penalties(logits, inp.seqs), [s.params for s in inp.seqs], gens)
         self.last_logits = {
             s.request_id: row for s, row in zip(inp.seqs, logits, strict=False)
         }  # for tests/debug

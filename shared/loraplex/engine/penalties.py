@@ -1,0 +1,42 @@
+"""Presence, frequency and repetition penalties on a step's logits (OpenAI and vLLM semantics).
+
+* presence / frequency (OpenAI): ``logit[t] -= presence * (count[t] > 0) + frequency * count[t]``,
+  with ``count`` over the tokens generated so far;
+* repetition (HF / vLLM): every token seen in the prompt or the output has its logit divided by
+  the penalty when positive, multiplied by it when negative.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from loraplex.engine.sequence import Sequence
+
+
+def has_penalties(seq: Sequence) -> bool:
+    p = seq.params
+    return p.presence_penalty != 0 or p.frequency_penalty != 0 or p.repetition_penalty != 1
+
+
+def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    """logits: [N, V] fp32, row i for ``seqs[i]`` -> penalized logits (a new tensor; rows of
+    sequences without penalties are unchanged)."""
+    rows = [i for i, s in enumerate(seqs) if has_penalties(s)]
+    if not rows:
+        return logits
+    out = logits.clone()
+    vocab, dev = logits.shape[-1], logits.device
+    for i in rows:
+        seq, p = seqs[i], seqs[i].params
+        row = out[i]
+        if p.repetition_penalty != 1:
+            seen = torch.zeros(vocab, dtype=torch.bool, device=dev)
+            seen[torch.tensor(seq.all_token_ids, device=dev)] = True
+            rp = p.repetition_penalty
+            row[seen] = torch.where(row[seen] > 0, row[seen] / rp, row[seen] * rp)
+        if (p.presence_penalty != 0 or p.frequency_penalty != 0) and seq.output_token_ids:
+            counts = torch.bincount(
+                torch.tensor(seq.output_token_ids, device=dev), minlength=vocab
+            ).to(row.dtype)
+            row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(row.dtype)
+    return out
