@@ -11,6 +11,7 @@ import torch
 
 from loraplex.config import EngineConfig
 from loraplex.engine.llm_engine import LLMEngine
+from loraplex.engine.logprobs import TokenLogprobs
 from loraplex.lora.adapter import LoraAdapter
 from loraplex.sampling_params import SamplingParams
 
@@ -24,6 +25,7 @@ class RequestOutput:
     text: str = ""
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    logprobs: list[TokenLogprobs] | None = None  # per token, with SamplingParams(logprobs=k)
 
 
 class LLM:
@@ -81,6 +83,8 @@ class LLM:
                     o = outputs[out.request_id]
                     o.token_ids.extend(out.new_token_ids)
                     o.text += out.new_text
+                    if out.logprobs is not None:
+                        o.logprobs = (o.logprobs or []) + out.logprobs
                     if out.finished:
                         o.finish_reason, o.stop_reason = out.finish_reason, out.stop_reason
         except BaseException:

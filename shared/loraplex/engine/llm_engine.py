@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from loraplex.config import EngineConfig, resolve_device, resolve_dtype
+from loraplex.engine.logprobs import TokenLogprobs, compute_logprobs
 from loraplex.engine.penalties import apply_penalties
 from loraplex.engine.runner import ModelRunner
 from loraplex.engine.sampler import sample
@@ -44,6 +45,7 @@ class StepOutput:
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     handoff: KVHandoff | None = None  # prefill-only request whose K/V are ready to ship
+    logprobs: list[TokenLogprobs] | None = None  # one per new token, when the request asked
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class KVHandoff:
     payload: torch.Tensor  # [layers, 2, blocks, block_size, kv_heads, head_dim]
     first_token: int
     num_tokens: int  # tokens whose K/V the payload holds
+    first_logprobs: TokenLogprobs | None = None
 
 
 class LLMEngine:
@@ -251,6 +254,7 @@ class LLMEngine:
         first_token: int,
         payload: torch.Tensor,
         cached_blocks: int = 0,
+        first_logprobs: TokenLogprobs | None = None,
     ) -> StepOutput:
         """Join a request prefilled elsewhere to the decode batch; returns its first token's
         output.  ``payload`` holds the K/V of the reserved blocks after the first
@@ -271,7 +275,7 @@ class LLMEngine:
         seq.num_cached = len(prompt_token_ids)
         self.scheduler.register_computed(seq, seq.num_cached)  # imported K/V serve later prompts
         self._track(seq)
-        out = self._append(seq, first_token, cached=False)
+        out = self._append(seq, first_token, first_logprobs, cached=False)
         if not out.finished:
             self.scheduler.add_prefilled(seq)
         return out
@@ -305,12 +309,18 @@ class LLMEngine:
             return []
         gens = [self._generators.get(s.request_id, self._shared_gen) for s in inp.seqs]
         tokens = sample(apply_penalties(logits, inp.seqs), [s.params for s in inp.seqs], gens)
+        logprobs = compute_logprobs(logits, inp.seqs, tokens)
         self.last_logits = {
             s.request_id: row for s, row in zip(inp.seqs, logits, strict=False)
         }  # for tests/debug
-        return [self._append(seq, tok) for seq, tok in zip(inp.seqs, tokens, strict=False)]
+        return [
+            self._append(seq, tok, lp)
+            for seq, tok, lp in zip(inp.seqs, tokens, logprobs, strict=True)
+        ]
 
-    def _append(self, seq: Sequence, token: int, cached: bool = True) -> StepOutput:
+    def _append(
+        self, seq: Sequence, token: int, logprobs: TokenLogprobs | None = None, cached: bool = True
+    ) -> StepOutput:
         if cached:
             seq.num_cached = seq.num_tokens
         seq.output_token_ids.append(token)
@@ -334,12 +344,21 @@ class LLMEngine:
             self._forget(seq.request_id)
         elif seq.prefill_only:
             # The decode worker re-detokenizes from the first token; only the K/V travel.
-            handoff = KVHandoff(self.kv_cache.export_blocks(seq.block_table), token, seq.num_cached)
+            handoff = KVHandoff(
+                self.kv_cache.export_blocks(seq.block_table), token, seq.num_cached, logprobs
+            )
             self.scheduler.finish(seq, "handoff")
             self._forget(seq.request_id)
             text = ""
         return StepOutput(
-            seq.request_id, [token], text, reason is not None, reason, stop_reason, handoff
+            seq.request_id,
+            [token],
+            text,
+            reason is not None,
+            reason,
+            stop_reason,
+            handoff,
+            [logprobs] if logprobs is not None else None,
         )
 
     def _forget(self, request_id: str) -> None:
