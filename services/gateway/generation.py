@@ -17,14 +17,24 @@ import anyio
 from loraplex.gateway.errors import RequestFailedError, RequestTimeoutError
 from loraplex.gateway.metrics import GatewayMetrics
 from loraplex.gateway.streams import StreamMessage
-from loraplex.protocol import RequestError, TokenDelta
+from loraplex.protocol import RequestError, TokenDelta, TokenLogprob
 from loraplex.text.detokenizer import IncrementalDetokenizer
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """One generated token for OpenAI ``logprobs``: its text, logprob and top alternatives."""
+
+    token: str
+    logprob: float
+    top: list[tuple[str, float]]
 
 
 @dataclass(frozen=True)
 class TextDelta:
     text: str
     finish_reason: str | None = None  # set on the last delta of a generation
+    logprobs: list[TokenInfo] | None = None  # tokens shown since the previous delta (if asked)
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,8 @@ class Generation:
         self._last_token_at: float | None = None
         self._done = False
         self._closed = False
+        self.logprobs: list[TokenInfo] | None = None  # every shown token's, when asked for
+        self._pending: list[TokenInfo] = []  # tokens whose text has not been shown yet
 
     @property
     def usage(self) -> Usage:
@@ -132,13 +144,16 @@ class Generation:
         first_index = msg.completion_tokens - len(msg.token_ids)
         skip = max(0, self.completion_tokens - first_index) if msg.completion_tokens else 0
         token_ids = msg.token_ids[skip:]
+        logprobs = msg.logprobs[skip:] if msg.logprobs is not None else None
         self._observe_latency(len(token_ids))
         pieces: list[str] = []
-        for token_id in token_ids:
+        for i, token_id in enumerate(token_ids):
             if self._detok.stopped is not None:
                 break
             self.completion_tokens += 1
             pieces.append(self._detok.append(token_id))
+            if logprobs is not None and i < len(logprobs):
+                self._pending.append(self._token_info(logprobs[i]))
         if msg.finish_reason is not None:
             self._done = self.upstream_done = True
             if self._detok.stopped is None:
@@ -150,9 +165,21 @@ class Generation:
             self.finish_reason = "stop"
         if self.finish_reason is not None:
             self.outcome = self.finish_reason
-            return TextDelta("".join(pieces), self.finish_reason)
+            return TextDelta("".join(pieces), self.finish_reason, self._take_logprobs())
         text = "".join(pieces)
-        return TextDelta(text) if text else None
+        return TextDelta(text, None, self._take_logprobs()) if text else None
+
+    def _token_info(self, lp: TokenLogprob) -> TokenInfo:
+        decode = self._detok.tok.decode
+        top = [(decode([t], False), v) for t, v in zip(lp.top_ids, lp.top_logprobs, strict=False)]
+        return TokenInfo(decode([lp.token_id], False), lp.logprob, top)
+
+    def _take_logprobs(self) -> list[TokenInfo] | None:
+        if not self._pending:
+            return None
+        taken, self._pending = self._pending, []
+        self.logprobs = (self.logprobs or []) + taken
+        return taken
 
     def _observe_latency(self, num_tokens: int) -> None:
         if not num_tokens:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from loraplex.gateway.generation import Usage
+from loraplex.gateway.generation import TokenInfo, Usage
 from loraplex.gateway.prepare import Prepared
 
 DONE = "data: [DONE]\n\n"
@@ -27,20 +27,58 @@ class CompletionFormat:
             "created": p.created,
             "model": p.model,
         }
+        self._offset = 0  # text_offset of the next token (legacy completions logprobs)
 
-    def response(self, text: str, finish_reason: str | None, usage: Usage) -> dict[str, Any]:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    def logprobs(self, infos: list[TokenInfo] | None) -> dict[str, Any] | None:
+        """The legacy completions shape: parallel lists, alternatives as token -> logprob."""
+        if infos is None:
+            return None
+        offsets = []
+        for info in infos:
+            offsets.append(self._offset)
+            self._offset += len(info.token)
+        return {
+            "tokens": [i.token for i in infos],
+            "token_logprobs": [i.logprob for i in infos],
+            "top_logprobs": [dict(i.top) for i in infos],
+            "text_offset": offsets,
+        }
+
+    def response(
+        self,
+        text: str,
+        finish_reason: str | None,
+        usage: Usage,
+        logprobs: list[TokenInfo] | None = None,
+    ) -> dict[str, Any]:
+        choice = {
+            "index": 0,
+            "text": text,
+            "logprobs": self.logprobs(logprobs),
+            "finish_reason": finish_reason,
+        }
         return {**self.head, "choices": [choice], "usage": usage.to_json()}
 
     def first_chunks(self) -> list[dict[str, Any]]:
         return []
 
-    def chunk(self, text: str, finish_reason: str | None) -> dict[str, Any]:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    def chunk(
+        self, text: str, finish_reason: str | None, logprobs: list[TokenInfo] | None = None
+    ) -> dict[str, Any]:
+        choice = {
+            "index": 0,
+            "text": text,
+            "logprobs": self.logprobs(logprobs),
+            "finish_reason": finish_reason,
+        }
         return {**self.head, "choices": [choice]}
 
     def usage_chunk(self, usage: Usage) -> dict[str, Any]:
         return {**self.head, "choices": [], "usage": usage.to_json()}
+
+
+def _chat_token(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
 
 
 class ChatFormat(CompletionFormat):
@@ -52,18 +90,45 @@ class ChatFormat(CompletionFormat):
         super().__init__(p)
         self.chunk_head = {**self.head, "object": "chat.completion.chunk"}
 
-    def response(self, text: str, finish_reason: str | None, usage: Usage) -> dict[str, Any]:
+    def logprobs(self, infos: list[TokenInfo] | None) -> dict[str, Any] | None:
+        if infos is None:
+            return None
+        content = [
+            {**_chat_token(i.token, i.logprob), "top_logprobs": [_chat_token(*t) for t in i.top]}
+            for i in infos
+        ]
+        return {"content": content}
+
+    def response(
+        self,
+        text: str,
+        finish_reason: str | None,
+        usage: Usage,
+        logprobs: list[TokenInfo] | None = None,
+    ) -> dict[str, Any]:
         message = {"role": "assistant", "content": text}
-        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+        choice = {
+            "index": 0,
+            "message": message,
+            "logprobs": self.logprobs(logprobs),
+            "finish_reason": finish_reason,
+        }
         return {**self.head, "choices": [choice], "usage": usage.to_json()}
 
     def first_chunks(self) -> list[dict[str, Any]]:
         role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None}
         return [{**self.chunk_head, "choices": [{**role, "finish_reason": None}]}]
 
-    def chunk(self, text: str, finish_reason: str | None) -> dict[str, Any]:
+    def chunk(
+        self, text: str, finish_reason: str | None, logprobs: list[TokenInfo] | None = None
+    ) -> dict[str, Any]:
         delta = {"content": text} if text else {}
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        choice = {
+            "index": 0,
+            "delta": delta,
+            "logprobs": self.logprobs(logprobs),
+            "finish_reason": finish_reason,
+        }
         return {**self.chunk_head, "choices": [choice]}
 
     def usage_chunk(self, usage: Usage) -> dict[str, Any]:

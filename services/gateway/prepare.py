@@ -30,6 +30,7 @@ _SAMPLING_PARAMS = (
     "presence_penalty",
     "frequency_penalty",
     "repetition_penalty",
+    "logprobs",
 )
 
 
@@ -164,6 +165,7 @@ def _sampling(
             presence_penalty=req.presence_penalty or 0.0,
             frequency_penalty=req.frequency_penalty or 0.0,
             repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+            logprobs=req.logprobs_count(),
         )
     except InvalidRequestError as e:
         first = str(e).split(" ", 1)[0]

@@ -84,7 +84,7 @@ async def respond(
         if not stream:
             text = await until_disconnected(request.receive, gen.collect(first))
             await gen.aclose()
-            return JSONResponse(fmt.response(text, gen.finish_reason, gen.usage))
+            return JSONResponse(fmt.response(text, gen.finish_reason, gen.usage, gen.logprobs))
     except BaseException:
         await gen.aclose()
         raise
@@ -99,8 +99,8 @@ async def _events(
     delta = first
     try:
         while delta is not None:
-            if delta.text:
-                yield sse(fmt.chunk(delta.text, None))
+            if delta.text or delta.logprobs:
+                yield sse(fmt.chunk(delta.text, None, delta.logprobs))
             if delta.finish_reason is not None:
                 yield sse(fmt.chunk("", delta.finish_reason))
             delta = await gen.next()

@@ -60,6 +60,10 @@ class GenerateRequest(BaseModel):
         if self.n != 1:
             raise InvalidParamError("only n=1 is supported", "n")
 
+    def logprobs_count(self) -> int | None:
+        """How many alternatives to report per token; None: no logprobs."""
+        return None
+
 
 class CompletionRequest(GenerateRequest):
     prompt: Prompt
@@ -73,12 +77,13 @@ class CompletionRequest(GenerateRequest):
         super().check_supported()
         if self.echo:
             raise InvalidParamError("echo is not supported", "echo")
-        if self.logprobs:
-            raise InvalidParamError("logprobs are not supported", "logprobs")
         if self.best_of not in (None, 1):
             raise InvalidParamError("best_of is not supported (only 1)", "best_of")
         if self.suffix:
             raise InvalidParamError("suffix is not supported", "suffix")
+
+    def logprobs_count(self) -> int | None:
+        return self.logprobs
 
     def single_prompt(self) -> str | list[int]:
         """The one prompt of this request (see the module docstring)."""
@@ -127,13 +132,18 @@ class ChatCompletionRequest(GenerateRequest):
 
     def check_supported(self) -> None:
         super().check_supported()
-        if self.logprobs or self.top_logprobs:
-            raise InvalidParamError("logprobs are not supported", "logprobs")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidParamError("top_logprobs needs logprobs=true", "top_logprobs")
+        if self.top_logprobs is not None and not 0 <= self.top_logprobs <= 20:
+            raise InvalidParamError("top_logprobs must be in [0, 20]", "top_logprobs")
         if self.tools and self.tool_choice != "none":
             raise InvalidParamError("tools are not supported", "tools")
         kind = (self.response_format or {}).get("type", "text")
         if kind != "text":
             raise InvalidParamError(f"response_format {kind!r} is not supported", "response_format")
+
+    def logprobs_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def max_new_tokens(self) -> int | None:
         """``max_completion_tokens`` (newer name) wins over ``max_tokens``; None: fill the context."""

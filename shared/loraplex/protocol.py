@@ -87,6 +87,7 @@ class SamplingSpec(Message):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
+    logprobs: int | None = None
 
     @classmethod
     def from_params(cls, p: SamplingParams) -> SamplingSpec:
@@ -102,6 +103,7 @@ class SamplingSpec(Message):
             presence_penalty=p.presence_penalty,
             frequency_penalty=p.frequency_penalty,
             repetition_penalty=p.repetition_penalty,
+            logprobs=p.logprobs,
         )
 
     def to_params(self) -> SamplingParams:
@@ -118,6 +120,7 @@ class SamplingSpec(Message):
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             repetition_penalty=self.repetition_penalty,
+            logprobs=self.logprobs,
         )
 
 
@@ -152,6 +155,17 @@ class CancelRequest(Message):
 
 
 @dataclass(frozen=True)
+class TokenLogprob(Message):
+    """A generated token's logprob and the most likely alternatives (OpenAI ``logprobs``)."""
+
+    TAG: ClassVar[str] = ""  # only inside TokenDelta / KVBegin
+    token_id: int
+    logprob: float
+    top_ids: list[int] = field(default_factory=list)
+    top_logprobs: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class TokenDelta(Message):
     """Newly generated tokens of one request; ``finish_reason`` set on the last delta."""
 
@@ -162,6 +176,7 @@ class TokenDelta(Message):
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None  # one per token id, when asked for
 
 
 @dataclass(frozen=True)
@@ -240,11 +255,18 @@ def _from_fields(cls: type[M], data: Any, where: str) -> M:
 
 
 def _to_fields(msg: Message) -> dict[str, Any]:
-    out = {}
-    for f in dataclasses.fields(msg):
-        v = getattr(msg, f.name)
-        out[f.name] = _to_fields(v) if isinstance(v, Message) else v
-    return out
+    return {f.name: _to_wire(getattr(msg, f.name)) for f in dataclasses.fields(msg)}
+
+
+def _to_wire(v: Any) -> Any:
+    """Nested messages (also inside lists and maps) become maps of their fields."""
+    if isinstance(v, Message):
+        return _to_fields(v)
+    if isinstance(v, list):
+        return [_to_wire(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _to_wire(x) for k, x in v.items()}
+    return v
 
 
 def encode(msg: Message) -> bytes:
@@ -369,6 +391,7 @@ class KVBegin(Message):
     # The sender can skip leading blocks the decode worker already caches (KVReply.cached_blocks);
     # num_chunks then counts the chunks of the full payload, and the receiver recounts.
     accepts_prefix: bool = False
+    first_logprobs: TokenLogprob | None = None
 
 
 @dataclass(frozen=True)

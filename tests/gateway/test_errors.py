@@ -88,7 +88,7 @@ async def test_unknown_model_and_routes(gateway: str, scheduler: FakeScheduler) 
         (COMPLETIONS, completion(frequency_penalty=-2.5), "frequency_penalty", "[-2, 2]"),
         (COMPLETIONS, completion(repetition_penalty=0), "repetition_penalty", "> 0"),
         (COMPLETIONS, completion(echo=True), "echo", ""),
-        (COMPLETIONS, completion(logprobs=2), "logprobs", ""),
+        (COMPLETIONS, completion(logprobs=21), "logprobs", "[0, 20]"),
         (COMPLETIONS, completion(stop=["x", ""]), "stop", "must not be empty"),
         (COMPLETIONS, completion(temperature="hot"), "temperature", ""),
         (COMPLETIONS, {"prompt": "no model"}, "model", "Field required"),
@@ -119,6 +119,23 @@ async def test_unknown_model_and_routes(gateway: str, scheduler: FakeScheduler) 
             {"model": MODEL_ID, "messages": [{"role": "user", "content": "x"}], "n": 3},
             "n",
             "",
+        ),
+        (
+            CHAT,
+            {"model": MODEL_ID, "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2},
+            "top_logprobs",
+            "logprobs=true",
+        ),
+        (
+            CHAT,
+            {
+                "model": MODEL_ID,
+                "messages": [{"role": "user", "content": "x"}],
+                "logprobs": True,
+                "top_logprobs": 30,
+            },
+            "top_logprobs",
+            "[0, 20]",
         ),
     ],
 )

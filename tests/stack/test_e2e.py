@@ -219,3 +219,45 @@ def test_metrics_show_latency_queue_kv_and_slots(client, disagg_stack, model_id)
         "loraplex_tenant_service",
     ):
         assert name in text, name
+
+
+def test_logprobs_through_the_stack(client, disagg_stack, model_id, loras):
+    """Completions (streamed and not) and chat report the offline engine's logprobs; the
+    first token's travel with the K/V from the prefill worker."""
+    llm = LLM(Path(disagg_stack.urls["model_dir"]), dtype="float32", device="cpu", max_loras=8)
+    for a in disagg_stack.adapters:
+        llm.add_lora(a.name, a.path)
+    prompt, lora = PROMPTS[0], loras[0]
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, logprobs=2)
+    want = llm.generate(prompt, params, lora=lora)[0].logprobs
+    resp = client.completions.create(
+        model=lora, prompt=prompt, max_tokens=6, temperature=0, logprobs=2,
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    lp = resp.choices[0].logprobs
+    assert lp.token_logprobs == pytest.approx([w.logprob for w in want], abs=1e-4)
+    assert "".join(lp.tokens) == resp.choices[0].text
+    assert all(len(top) == 2 for top in lp.top_logprobs)
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+    streamed = []
+    for chunk in client.completions.create(
+        model=lora, prompt=prompt, max_tokens=6, temperature=0, logprobs=2, stream=True,
+        extra_body={"ignore_eos": True},
+    ):  # fmt: skip
+        if chunk.choices and chunk.choices[0].logprobs:
+            streamed += chunk.choices[0].logprobs.token_logprobs
+    assert streamed == pytest.approx(lp.token_logprobs, abs=1e-6)
+    chat = client.chat.completions.create(
+        model=lora,
+        messages=[{"role": "user", "content": "hello"}],
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens
+    assert all(len(c.top_logprobs) == 3 and c.logprob <= 0 for c in content)
+    assert content[0].top_logprobs[0].token == content[0].token  # greedy picks the top token
+    plain = client.completions.create(model=lora, prompt=prompt, max_tokens=2)
+    assert plain.choices[0].logprobs is None

@@ -21,6 +21,7 @@ from loraplex.worker.kv_transfer import (
     num_chunks,
     payload_nbytes,
 )
+from loraplex.worker.logprobs_wire import from_wire
 
 if TYPE_CHECKING:
     from loraplex.worker.runtime import Worker
@@ -134,6 +135,7 @@ class KVReceiver:
                 begin.first_token,
                 payload,
                 cached,
+                from_wire(begin.first_logprobs) if begin.first_logprobs else None,
             )
         except LoraplexError as e:
             self.w.engine.release_reservation(sub.request_id)

@@ -10,8 +10,9 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from loraplex.bus import Bus
 from loraplex.engine.llm_engine import LLMEngine, StepOutput
@@ -29,6 +30,7 @@ from loraplex.protocol import (
     WorkerHeartbeat,
 )
 from loraplex.worker.adapter_pager import AdapterPager, Fetch, Resolved
+from loraplex.worker.logprobs_wire import list_to_wire
 from loraplex.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -77,7 +79,7 @@ class Worker:
             self.kv = KVReceiver(self)
             await self.kv.start()
         self._tasks = [
-            asyncio.create_task(self._engine_loop()),
+            asyncio.create_task(self._fatal_on_error(self._engine_loop(), "engine loop")),
             asyncio.create_task(self._heartbeat_loop()),
         ]
         await self.bus.flush()
@@ -108,6 +110,19 @@ class Worker:
         task = asyncio.create_task(coro)
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
+
+    async def _fatal_on_error(self, loop: Coroutine[Any, Any, None], what: str) -> None:
+        """Run a loop the worker cannot live without.  If it raises, exit: a worker whose loop
+        died would keep heart-beating (and listing its requests) while serving nothing, so its
+        requests would hang; once it is gone the scheduler recovers them and a supervisor
+        restarts it."""
+        try:
+            await loop
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            log.exception("worker %s: %s failed; exiting", self.id, what)
+            os._exit(1)
 
     # ---- engine loop -------------------------------------------------------------------------
     async def _engine_loop(self) -> None:
@@ -155,6 +170,7 @@ class Worker:
                     out.finish_reason,
                     prompt_tokens=len(sub.prompt_token_ids),
                     completion_tokens=req.generated,
+                    logprobs=list_to_wire(out.logprobs),
                 ),
             )
             await self.progress(
