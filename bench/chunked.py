@@ -26,9 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_line, markdown_table, replace_doc_section, today  # noqa: E402
+from enginebench.workload import model_spec  # noqa: E402
 
 from loraplex import LLM, SamplingParams  # noqa: E402
-from loraplex.demo import TinyModelSpec, write_demo_tokenizer, write_random_model  # noqa: E402
+from loraplex.demo import write_demo_tokenizer, write_random_model  # noqa: E402
 
 SECTION = "Chunked prefill and mixed steps (bench/chunked.py)"
 
@@ -48,19 +49,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def build(root: Path, a: argparse.Namespace) -> Path:
     vocab = write_demo_tokenizer(root, 2048)
-    heads = a.hidden // 64
-    spec = TinyModelSpec(
-        arch="llama",
-        hidden_size=a.hidden,
-        intermediate_size=round(a.hidden * 8 / 3 / 64) * 64,
-        num_layers=a.layers,
-        num_heads=heads,
-        num_kv_heads=max(1, heads // 2),
-        head_dim=64,
-        vocab_size=vocab,
-        max_position_embeddings=a.long_prompt + 256,
-        seed=0,
-    )
+    spec = model_spec(a.hidden, a.layers, vocab, max_positions=a.long_prompt + 256)
     write_random_model(root, spec)
     return root
 

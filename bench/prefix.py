@@ -32,11 +32,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import prefixlive  # noqa: E402
 from common import machine_line, markdown_table, replace_doc_section, today  # noqa: E402
+from enginebench.workload import model_spec  # noqa: E402
 
 from loraplex import LLM, SamplingParams  # noqa: E402
 from loraplex.demo import (  # noqa: E402
     ALL_MODULES,
-    TinyModelSpec,
     write_demo_tokenizer,
     write_random_adapter,
     write_random_model,
@@ -77,19 +77,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def build(root: Path, a: argparse.Namespace) -> tuple[Path, dict[str, Path], int]:
     model_dir = root / "model"
     vocab = write_demo_tokenizer(model_dir, 2048)
-    heads = a.hidden // 64
-    spec = TinyModelSpec(
-        arch="llama",
-        hidden_size=a.hidden,
-        intermediate_size=round(a.hidden * 8 / 3 / 64) * 64,
-        num_layers=a.layers,
-        num_heads=heads,
-        num_kv_heads=max(1, heads // 2),
-        head_dim=64,
-        vocab_size=vocab,
-        max_position_embeddings=2048,
-        seed=0,
-    )
+    spec = model_spec(a.hidden, a.layers, vocab, max_positions=2048)
     write_random_model(model_dir, spec)
     paths = {}
     for i in range(a.adapters):
