@@ -112,3 +112,29 @@ def test_handoff_skips_blocks_the_decode_engine_already_caches(demo):
     assert shipped == [4, 1, 4]  # 14 tokens -> 4 blocks; then 3 of 4 were cached
     assert got == expected
     assert decode.allocator.num_used == 0
+
+
+def test_seeded_sampling_is_the_same_disaggregated(demo):
+    """The prefill engine draws the first token, the decode engine the rest: with a seed the
+    tokens equal a colocated run (each token's draw depends on the seed and its position)."""
+    params = [
+        SamplingParams(temperature=1.0, top_p=0.95, seed=100 + i, max_tokens=8, ignore_eos=True)
+        for i in range(3)
+    ]
+    prompts = [[5, 6, 7, 8, 9], [100, 200, 300], [42] * 9]
+    expected = [o.token_ids for o in _llm(demo).generate(prompts, params)]
+    prefill, decode = _engine(demo), _engine(demo)
+    got = []
+    for i, (p, sp) in enumerate(zip(prompts, params, strict=True)):
+        rid = f"s{i}"
+        prefill.add_request(rid, p, sp, prefill_only=True)
+        (out,) = prefill.step()
+        assert decode.reserve_blocks(rid, out.handoff.num_tokens)
+        first = decode.inject(rid, p, sp, None, out.handoff.first_token, out.handoff.payload)
+        tokens = list(first.new_token_ids)
+        while decode.has_unfinished():
+            for o in decode.step():
+                tokens += o.new_token_ids
+        got.append(tokens)
+    assert got == expected
+    assert len({tuple(t) for t in got}) == 3

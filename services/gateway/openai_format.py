@@ -10,6 +10,8 @@ from loraplex.gateway.prepare import Prepared
 
 DONE = "data: [DONE]\n\n"
 
+Answer = tuple[str, str | None, list[TokenInfo] | None]  # one choice: text, finish, logprobs
+
 
 def sse(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, separators=(',', ':'), ensure_ascii=False)}\n\n"
@@ -27,16 +29,16 @@ class CompletionFormat:
             "created": p.created,
             "model": p.model,
         }
-        self._offset = 0  # text_offset of the next token (legacy completions logprobs)
+        self._offsets: dict[int, int] = {}  # per choice: text_offset of its next token
 
-    def logprobs(self, infos: list[TokenInfo] | None) -> dict[str, Any] | None:
+    def logprobs(self, infos: list[TokenInfo] | None, index: int = 0) -> dict[str, Any] | None:
         """The legacy completions shape: parallel lists, alternatives as token -> logprob."""
         if infos is None:
             return None
         offsets = []
         for info in infos:
-            offsets.append(self._offset)
-            self._offset += len(info.token)
+            offsets.append(self._offsets.get(index, 0))
+            self._offsets[index] = offsets[-1] + len(info.token)
         return {
             "tokens": [i.token for i in infos],
             "token_logprobs": [i.logprob for i in infos],
@@ -44,34 +46,30 @@ class CompletionFormat:
             "text_offset": offsets,
         }
 
-    def response(
-        self,
-        text: str,
-        finish_reason: str | None,
-        usage: Usage,
-        logprobs: list[TokenInfo] | None = None,
-    ) -> dict[str, Any]:
-        choice = {
-            "index": 0,
+    def choice(self, index: int, answer: Answer) -> dict[str, Any]:
+        text, finish_reason, logprobs = answer
+        return {
+            "index": index,
             "text": text,
-            "logprobs": self.logprobs(logprobs),
+            "logprobs": self.logprobs(logprobs, index),
             "finish_reason": finish_reason,
         }
-        return {**self.head, "choices": [choice], "usage": usage.to_json()}
 
-    def first_chunks(self) -> list[dict[str, Any]]:
+    def response(self, answers: list[Answer], usage: Usage) -> dict[str, Any]:
+        choices = [self.choice(i, a) for i, a in enumerate(answers)]
+        return {**self.head, "choices": choices, "usage": usage.to_json()}
+
+    def first_chunks(self, n: int = 1) -> list[dict[str, Any]]:
         return []
 
     def chunk(
-        self, text: str, finish_reason: str | None, logprobs: list[TokenInfo] | None = None
+        self,
+        text: str,
+        finish_reason: str | None,
+        logprobs: list[TokenInfo] | None = None,
+        index: int = 0,
     ) -> dict[str, Any]:
-        choice = {
-            "index": 0,
-            "text": text,
-            "logprobs": self.logprobs(logprobs),
-            "finish_reason": finish_reason,
-        }
-        return {**self.head, "choices": [choice]}
+        return {**self.head, "choices": [self.choice(index, (text, finish_reason, logprobs))]}
 
     def usage_chunk(self, usage: Usage) -> dict[str, Any]:
         return {**self.head, "choices": [], "usage": usage.to_json()}
@@ -90,7 +88,7 @@ class ChatFormat(CompletionFormat):
         super().__init__(p)
         self.chunk_head = {**self.head, "object": "chat.completion.chunk"}
 
-    def logprobs(self, infos: list[TokenInfo] | None) -> dict[str, Any] | None:
+    def logprobs(self, infos: list[TokenInfo] | None, index: int = 0) -> dict[str, Any] | None:
         if infos is None:
             return None
         content = [
@@ -99,34 +97,34 @@ class ChatFormat(CompletionFormat):
         ]
         return {"content": content}
 
-    def response(
+    def choice(self, index: int, answer: Answer) -> dict[str, Any]:
+        text, finish_reason, logprobs = answer
+        return {
+            "index": index,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": self.logprobs(logprobs, index),
+            "finish_reason": finish_reason,
+        }
+
+    def first_chunks(self, n: int = 1) -> list[dict[str, Any]]:
+        roles = [
+            {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None}
+            for i in range(n)
+        ]
+        return [{**self.chunk_head, "choices": [{**r, "finish_reason": None}]} for r in roles]
+
+    def chunk(
         self,
         text: str,
         finish_reason: str | None,
-        usage: Usage,
         logprobs: list[TokenInfo] | None = None,
-    ) -> dict[str, Any]:
-        message = {"role": "assistant", "content": text}
-        choice = {
-            "index": 0,
-            "message": message,
-            "logprobs": self.logprobs(logprobs),
-            "finish_reason": finish_reason,
-        }
-        return {**self.head, "choices": [choice], "usage": usage.to_json()}
-
-    def first_chunks(self) -> list[dict[str, Any]]:
-        role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None}
-        return [{**self.chunk_head, "choices": [{**role, "finish_reason": None}]}]
-
-    def chunk(
-        self, text: str, finish_reason: str | None, logprobs: list[TokenInfo] | None = None
+        index: int = 0,
     ) -> dict[str, Any]:
         delta = {"content": text} if text else {}
         choice = {
-            "index": 0,
+            "index": index,
             "delta": delta,
-            "logprobs": self.logprobs(logprobs),
+            "logprobs": self.logprobs(logprobs, index),
             "finish_reason": finish_reason,
         }
         return {**self.chunk_head, "choices": [choice]}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from loraplex.errors import InvalidRequestError
 from loraplex.gateway.errors import InvalidParamError
@@ -49,6 +49,15 @@ class Prepared:
 
     def sampling_spec(self) -> SamplingSpec:
         return SamplingSpec.from_params(self.sampling)
+
+    def choice(self, index: int) -> Prepared:
+        """The request behind choice ``index`` of an ``n`` > 1 request: its own id and, when a
+        seed was given, seed + index, so the choices differ but each is reproducible."""
+        if index == 0:
+            return self
+        seed = self.sampling.seed
+        sampling = replace(self.sampling, seed=None if seed is None else seed + index)
+        return replace(self, request_id=f"{self.request_id}-{index}", sampling=sampling)
 
 
 def special_token_id(tokenizer: Tokenizer, token: str) -> int | None:

@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from loraplex.errors import LoraplexError
 from loraplex.gateway.errors import ClientDisconnectedError, classify
-from loraplex.gateway.generation import Generation, TextDelta
+from loraplex.gateway.generation import Generation, TextDelta, Usage
 from loraplex.gateway.openai_format import DONE, CompletionFormat, sse
 
 T = TypeVar("T")
@@ -75,39 +75,94 @@ class SSEResponse(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def respond(
-    request: Request, gen: Generation, fmt: CompletionFormat, stream: bool, include_usage: bool
-) -> Response:
-    """The answer for a started generation; ``gen`` is always closed once the answer is done."""
+async def _all(works: list[Awaitable[T]]) -> list[T]:
+    """Await every one; when one fails, cancel the others before raising."""
+    tasks = [asyncio.ensure_future(w) for w in works]
     try:
-        first = await until_disconnected(request.receive, gen.next())
-        if not stream:
-            text = await until_disconnected(request.receive, gen.collect(first))
-            await gen.aclose()
-            return JSONResponse(fmt.response(text, gen.finish_reason, gen.usage, gen.logprobs))
+        return list(await asyncio.gather(*tasks))
     except BaseException:
-        await gen.aclose()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         raise
-    return SSEResponse(_events(gen, fmt, first, include_usage), gen.aclose)
+
+
+def _usage(gens: list[Generation]) -> Usage:
+    """The prompt counts once; the choices' completions add up (as OpenAI reports ``n``)."""
+    return Usage(gens[0].prompt_tokens, sum(g.completion_tokens for g in gens))
+
+
+async def respond(
+    request: Request,
+    gens: list[Generation],
+    fmt: CompletionFormat,
+    stream: bool,
+    include_usage: bool,
+) -> Response:
+    """The answer for started generations, one per choice; they are always closed once the
+    answer is done."""
+
+    async def close() -> None:
+        for g in gens:
+            await g.aclose()
+
+    try:
+        firsts = await until_disconnected(request.receive, _all([g.next() for g in gens]))
+        if not stream:
+            collected = [g.collect(f) for g, f in zip(gens, firsts, strict=True)]
+            texts = await until_disconnected(request.receive, _all(collected))
+            await close()
+            answers = [(t, g.finish_reason, g.logprobs) for t, g in zip(texts, gens, strict=True)]
+            return JSONResponse(fmt.response(answers, _usage(gens)))
+    except BaseException:
+        await close()
+        raise
+    return SSEResponse(_events(gens, fmt, firsts, include_usage), close)
 
 
 async def _events(
-    gen: Generation, fmt: CompletionFormat, first: TextDelta | None, include_usage: bool
+    gens: list[Generation],
+    fmt: CompletionFormat,
+    firsts: list[TextDelta | None],
+    include_usage: bool,
 ) -> AsyncIterator[str]:
-    for chunk in fmt.first_chunks():
+    for chunk in fmt.first_chunks(len(gens)):
         yield sse(chunk)
-    delta = first
+    # One reader per choice; chunks go out in the order they arrive, tagged with their index.
+    queue: asyncio.Queue[tuple[int, TextDelta | LoraplexError | None]] = asyncio.Queue()
+
+    async def read(index: int, gen: Generation, delta: TextDelta | None) -> None:
+        try:
+            while delta is not None:
+                await queue.put((index, delta))
+                delta = await gen.next()
+            await queue.put((index, None))
+        except LoraplexError as e:
+            await queue.put((index, e))
+
+    readers = [
+        asyncio.ensure_future(read(i, g, f))
+        for i, (g, f) in enumerate(zip(gens, firsts, strict=True))
+    ]
     try:
-        while delta is not None:
-            if delta.text or delta.logprobs:
-                yield sse(fmt.chunk(delta.text, None, delta.logprobs))
-            if delta.finish_reason is not None:
-                yield sse(fmt.chunk("", delta.finish_reason))
-            delta = await gen.next()
-    except LoraplexError as e:
-        yield sse(classify(e)[1])
-        yield DONE
-        return
+        live = len(readers)
+        while live:
+            index, item = await queue.get()
+            if item is None:
+                live -= 1
+            elif isinstance(item, LoraplexError):
+                yield sse(classify(item)[1])
+                yield DONE
+                return
+            else:
+                if item.text or item.logprobs:
+                    yield sse(fmt.chunk(item.text, None, item.logprobs, index))
+                if item.finish_reason is not None:
+                    yield sse(fmt.chunk("", item.finish_reason, None, index))
+    finally:
+        for r in readers:
+            r.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
     if include_usage:
-        yield sse(fmt.usage_chunk(gen.usage))
+        yield sse(fmt.usage_chunk(_usage(gens)))
     yield DONE

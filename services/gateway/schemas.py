@@ -39,7 +39,7 @@ class GenerateRequest(BaseModel):
     stop_token_ids: list[TokenId] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = 1
+    n: Annotated[int, Field(ge=1, le=16)] = 1  # choices, each generated as its own request
     ignore_eos: bool = False
     presence_penalty: Float | None = None
     frequency_penalty: Float | None = None
@@ -57,8 +57,6 @@ class GenerateRequest(BaseModel):
 
     def check_supported(self) -> None:
         """Refuse (400) what the gateway cannot honour instead of silently ignoring it."""
-        if self.n != 1:
-            raise InvalidParamError("only n=1 is supported", "n")
 
     def logprobs_count(self) -> int | None:
         """How many alternatives to report per token; None: no logprobs."""

@@ -162,6 +162,18 @@ class GatewayService:
             arrival=p.arrival,
         )
 
+    async def start_choices(self, p: Prepared, n: int) -> list[Generation]:
+        """``n`` generations for one request's choices (``n`` > 1: one scheduler request each)."""
+        gens: list[Generation] = []
+        try:
+            for i in range(n):
+                gens.append(await self.start(p.choice(i)))
+        except BaseException:
+            for g in gens:
+                await g.aclose()
+            raise
+        return gens
+
     async def _submit(self, msg: SubmitRequest) -> SubmitReply:
         timeout = self.settings.submit_timeout_s
         try:

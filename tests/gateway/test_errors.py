@@ -83,7 +83,8 @@ async def test_unknown_model_and_routes(gateway: str, scheduler: FakeScheduler) 
         (COMPLETIONS, completion(prompt=[]), "prompt", "must not be empty"),
         (COMPLETIONS, completion(prompt=["a", "b"]), "prompt", "batch prompts not supported"),
         (COMPLETIONS, completion(prompt=[5, 99999]), "prompt", "outside the vocabulary"),
-        (COMPLETIONS, completion(n=2), "n", "n=1"),
+        (COMPLETIONS, completion(n=17), "n", "16"),
+        (COMPLETIONS, completion(n=0), "n", ""),
         (COMPLETIONS, completion(presence_penalty=3), "presence_penalty", "[-2, 2]"),
         (COMPLETIONS, completion(frequency_penalty=-2.5), "frequency_penalty", "[-2, 2]"),
         (COMPLETIONS, completion(repetition_penalty=0), "repetition_penalty", "> 0"),
@@ -116,7 +117,7 @@ async def test_unknown_model_and_routes(gateway: str, scheduler: FakeScheduler) 
         ),
         (
             CHAT,
-            {"model": MODEL_ID, "messages": [{"role": "user", "content": "x"}], "n": 3},
+            {"model": MODEL_ID, "messages": [{"role": "user", "content": "x"}], "n": 20},
             "n",
             "",
         ),

@@ -245,3 +245,56 @@ async def test_tokens_repeated_by_a_redispatched_worker_are_shown_once(
     full = await oai.completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=len(reply_ids))
     assert full.choices[0].text == REPLY_TEXT
     assert full.usage.completion_tokens == len(reply_ids)
+
+
+async def test_n_choices_are_separate_requests_merged_into_one_answer(
+    gateway: str,
+    client: Callable[..., AsyncOpenAI],
+    scheduler: FakeScheduler,
+    reply_ids: list[int],
+) -> None:
+    """n=3 with a seed: three scheduler requests (seeds 7, 8, 9), one answer with three
+    choices; streamed, every chunk carries its choice's index and each choice finishes."""
+    lengths = {}
+
+    def plan(req):  # type: ignore[no-untyped-def]
+        n = 3 + len(lengths)  # a different answer length per choice
+        lengths[req.request_id] = n
+        return Plan(tokens=reply_ids[:n], chunk=1, delay_s=0.005)
+
+    scheduler.plan = plan
+    oai = client()
+    out = await oai.completions.create(
+        model=MODEL_ID, prompt=[1, 2, 3], max_tokens=10, n=3, seed=7, temperature=0.8
+    )
+    subs = scheduler.submits[-3:]
+    assert [s.sampling.seed for s in subs] == [7, 8, 9]
+    assert len({s.request_id for s in subs}) == 3
+    assert [c.index for c in out.choices] == [0, 1, 2]
+    assert out.usage.prompt_tokens == 3
+    assert out.usage.completion_tokens == sum(lengths[s.request_id] for s in subs)
+    texts = {c.index: c.text for c in out.choices}
+    assert len(set(texts.values())) == 3  # lengths 3, 4, 5
+    lengths.clear()
+    stream = await oai.chat.completions.create(
+        model=MODEL_ID,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=10,
+        n=2,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    got: dict[int, str] = {0: "", 1: ""}
+    finished, roles, usage = set(), set(), None
+    async for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for c in chunk.choices:
+            if c.delta.role:
+                roles.add(c.index)
+            got[c.index] += c.delta.content or ""
+            if c.finish_reason:
+                finished.add(c.index)
+    assert roles == finished == {0, 1}
+    assert got[0] != got[1] and all(got.values())
+    assert usage.completion_tokens == sum(lengths.values())

@@ -261,3 +261,18 @@ def test_logprobs_through_the_stack(client, disagg_stack, model_id, loras):
     assert content[0].top_logprobs[0].token == content[0].token  # greedy picks the top token
     plain = client.completions.create(model=lora, prompt=prompt, max_tokens=2)
     assert plain.choices[0].logprobs is None
+
+
+def test_n_choices_match_offline_seeds(client, disagg_stack, model_id):
+    """n=3 with seed 11 gives the offline engine's samples for seeds 11, 12 and 13."""
+    llm = LLM(Path(disagg_stack.urls["model_dir"]), dtype="float32", device="cpu")
+    prompt = PROMPTS[1]
+    want = [
+        llm.generate(prompt, SamplingParams(temperature=0.9, seed=11 + i, max_tokens=8))[0].text
+        for i in range(3)
+    ]
+    resp = client.completions.create(
+        model=model_id, prompt=prompt, max_tokens=8, temperature=0.9, seed=11, n=3
+    )
+    assert [c.text for c in sorted(resp.choices, key=lambda c: c.index)] == want
+    assert len(set(want)) > 1  # the seeds really differ

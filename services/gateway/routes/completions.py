@@ -18,8 +18,8 @@ async def create_completion(
     body: CompletionRequest, tenant: TenantDep, service: ServiceDep, request: Request
 ) -> Response:
     prepared = await service.prepare_completion(body, tenant.name)
-    gen = await service.start(prepared)
-    return await respond(request, gen, CompletionFormat(prepared), body.stream, body.include_usage)
+    gens = await service.start_choices(prepared, body.n)
+    return await respond(request, gens, CompletionFormat(prepared), body.stream, body.include_usage)
 
 
 @router.post("/chat/completions", summary="Create a chat completion (OpenAI)")
@@ -27,5 +27,5 @@ async def create_chat_completion(
     body: ChatCompletionRequest, tenant: TenantDep, service: ServiceDep, request: Request
 ) -> Response:
     prepared = await service.prepare_chat(body, tenant.name)
-    gen = await service.start(prepared)
-    return await respond(request, gen, ChatFormat(prepared), body.stream, body.include_usage)
+    gens = await service.start_choices(prepared, body.n)
+    return await respond(request, gens, ChatFormat(prepared), body.stream, body.include_usage)

@@ -34,6 +34,14 @@ from loraplex.text.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 
+def position_seed(seed: int, index: int) -> int:
+    """The generator seed for token ``index`` of a request seeded with ``seed`` (a 64-bit mix,
+    so neighbouring seeds and positions do not give related streams)."""
+    x = (seed * 0x9E3779B97F4A7C15 + index * 0xBF58476D1CE4E5B9 + 1) % 2**64
+    x = ((x ^ (x >> 31)) * 0x94D049BB133111EB) % 2**64
+    return (x ^ (x >> 29)) % 2**63
+
+
 @dataclass(frozen=True)
 class StepOutput:
     """What one step produced for one request."""
@@ -307,7 +315,7 @@ class LLMEngine:
             seq.num_cached += n
         if not inp.seqs:
             return []
-        gens = [self._generators.get(s.request_id, self._shared_gen) for s in inp.seqs]
+        gens = [self._generator_for(s) for s in inp.seqs]
         tokens = sample(apply_penalties(logits, inp.seqs), [s.params for s in inp.seqs], gens)
         logprobs = compute_logprobs(logits, inp.seqs, tokens)
         self.last_logits = {
@@ -317,6 +325,15 @@ class LLMEngine:
             self._append(seq, tok, lp)
             for seq, tok, lp in zip(inp.seqs, tokens, logprobs, strict=True)
         ]
+
+    def _generator_for(self, seq: Sequence) -> torch.Generator:
+        """A seeded request draws its n-th token from a generator seeded by (seed, n): the
+        same tokens whatever its batch-mates, and whichever worker draws which token (a
+        prefill worker samples the first, a decode worker the rest)."""
+        gen = self._generators.get(seq.request_id)
+        if gen is None or seq.params.seed is None:
+            return self._shared_gen
+        return gen.manual_seed(position_seed(seq.params.seed, len(seq.output_token_ids)))
 
     def _append(
         self, seq: Sequence, token: int, logprobs: TokenLogprobs | None = None, cached: bool = True
