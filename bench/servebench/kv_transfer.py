@@ -104,7 +104,8 @@ async def kv_vs_raw(
 
     from loraplex.bus import Bus
     from loraplex.config import EngineConfig
-    from loraplex.engine.llm_engine import KVHandoff, LLMEngine
+    from loraplex.engine.llm_engine import LLMEngine
+    from loraplex.engine.outputs import KVHandoff
     from loraplex.kvcache.block_allocator import blocks_for
     from loraplex.protocol import RequestProgress, SamplingSpec, Subjects, SubmitRequest, TokenDelta
     from loraplex.worker.kv_sender import ship_kv

@@ -6,22 +6,23 @@ The offline ``LLM`` API and the prefill/decode workers all wrap this class.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from loraplex.config import EngineConfig, resolve_device, resolve_dtype
+from loraplex.engine.handover import KVHandoverMixin
 from loraplex.engine.logprobs import TokenLogprobs, compute_logprobs
+from loraplex.engine.outputs import KVHandoff, StepOutput
 from loraplex.engine.penalties import apply_penalties
 from loraplex.engine.runner import ModelRunner
-from loraplex.engine.sampler import sample
+from loraplex.engine.sampler import position_seed, sample
 from loraplex.engine.scheduler import Scheduler, SchedulerConfig
 from loraplex.engine.sequence import Sequence
 from loraplex.errors import AdapterError, AdapterNotFoundError, CapacityError, InvalidRequestError
 from loraplex.kvcache.block_allocator import BlockAllocator, blocks_for
 from loraplex.kvcache.paged_cache import PagedKVCache
-from loraplex.kvcache.prefix_cache import CachingBlockAllocator, block_keys
+from loraplex.kvcache.prefix_cache import CachingBlockAllocator
 from loraplex.lora.adapter import LoraAdapter, load_adapter_dir
 from loraplex.lora.slot_table import SlotTable
 from loraplex.lora.weights import LoraWeights
@@ -34,39 +35,7 @@ from loraplex.text.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 
-def position_seed(seed: int, index: int) -> int:
-    """The generator seed for token ``index`` of a request seeded with ``seed`` (a 64-bit mix,
-    so neighbouring seeds and positions do not give related streams)."""
-    x = (seed * 0x9E3779B97F4A7C15 + index * 0xBF58476D1CE4E5B9 + 1) % 2**64
-    x = ((x ^ (x >> 31)) * 0x94D049BB133111EB) % 2**64
-    return (x ^ (x >> 29)) % 2**63
-
-
-@dataclass(frozen=True)
-class StepOutput:
-    """What one step produced for one request."""
-
-    request_id: str
-    new_token_ids: list[int]
-    new_text: str
-    finished: bool
-    finish_reason: str | None = None
-    stop_reason: int | str | None = None
-    handoff: KVHandoff | None = None  # prefill-only request whose K/V are ready to ship
-    logprobs: list[TokenLogprobs] | None = None  # one per new token, when the request asked
-
-
-@dataclass(frozen=True)
-class KVHandoff:
-    """The exported prompt K/V of a prefill-only request and the first token sampled after it."""
-
-    payload: torch.Tensor  # [layers, 2, blocks, block_size, kv_heads, head_dim]
-    first_token: int
-    num_tokens: int  # tokens whose K/V the payload holds
-    first_logprobs: TokenLogprobs | None = None
-
-
-class LLMEngine:
+class LLMEngine(KVHandoverMixin):
     def __init__(
         self,
         model_dir: str | Path,
@@ -212,81 +181,6 @@ class LLMEngine:
             params.skip_special_tokens,
             context_ids=seq.prompt_token_ids,
         )
-
-    # ---- disaggregation: K/V hand-over -----------------------------------------------------
-    def reserve_blocks(self, request_id: str, num_tokens: int) -> bool:
-        """Set aside blocks for a request whose K/V are about to arrive; False when they don't fit."""
-        need = blocks_for(num_tokens, self.config.block_size)
-        if request_id in self._reservations or not self.allocator.can_allocate(need):
-            return False
-        self._reservations[request_id] = self.allocator.allocate(need)
-        return True
-
-    def reserve_for_prompt(
-        self, request_id: str, prompt_token_ids: list[int], lora: str | None
-    ) -> int | None:
-        """``reserve_blocks`` for a prompt's K/V that reuses the leading blocks this engine
-        already caches for the same adapter.  Returns how many leading blocks are already here
-        (the sender may skip them), or None when the rest does not fit."""
-        if request_id in self._reservations:
-            return None
-        bs = self.config.block_size
-        hit: list[int] = []
-        caching = isinstance(self.allocator, CachingBlockAllocator)
-        if caching and (lora is None or lora in self.adapters):
-            reusable = (len(prompt_token_ids) - 1) // bs
-            keys = block_keys(prompt_token_ids[: reusable * bs], bs, self._cache_namespace(lora))
-            hit = self.allocator.lookup(keys)  # type: ignore[union-attr]
-        need = blocks_for(len(prompt_token_ids), bs) - len(hit)
-        revive = self.allocator.revive_cost(hit) if hit else 0  # type: ignore[union-attr]
-        if not self.allocator.can_allocate(need + revive):
-            return None
-        if hit:
-            self.allocator.acquire(hit)  # type: ignore[union-attr]
-        self._reservations[request_id] = hit + self.allocator.allocate(need)
-        self.scheduler.prefix_hit_tokens += len(hit) * bs
-        self.scheduler.prefix_query_tokens += len(prompt_token_ids)
-        return len(hit)
-
-    def release_reservation(self, request_id: str) -> None:
-        blocks = self._reservations.pop(request_id, None)
-        if blocks:
-            self.allocator.free(blocks)
-
-    def inject(
-        self,
-        request_id: str,
-        prompt_token_ids: list[int],
-        params: SamplingParams,
-        lora: str | None,
-        first_token: int,
-        payload: torch.Tensor,
-        cached_blocks: int = 0,
-        first_logprobs: TokenLogprobs | None = None,
-    ) -> StepOutput:
-        """Join a request prefilled elsewhere to the decode batch; returns its first token's
-        output.  ``payload`` holds the K/V of the reserved blocks after the first
-        ``cached_blocks`` (which ``reserve_for_prompt`` found already cached here)."""
-        blocks = self._reservations.pop(request_id)
-        if lora is not None and lora not in self.adapters:
-            self.allocator.free(blocks)
-            raise AdapterNotFoundError(f"adapter {lora!r} is not registered")
-        if payload.shape[2] != len(blocks) - cached_blocks:
-            self.allocator.free(blocks)
-            raise InvalidRequestError(
-                f"K/V payload has {payload.shape[2]} blocks, expected {len(blocks) - cached_blocks}"
-            )
-        self.kv_cache.import_blocks(blocks[cached_blocks:], payload)
-        seq = Sequence(request_id, list(prompt_token_ids), params, lora)
-        seq.cache_namespace = self._cache_namespace(lora)
-        seq.block_table = blocks
-        seq.num_cached = len(prompt_token_ids)
-        self.scheduler.register_computed(seq, seq.num_cached)  # imported K/V serve later prompts
-        self._track(seq)
-        out = self._append(seq, first_token, first_logprobs, cached=False)
-        if not out.finished:
-            self.scheduler.add_prefilled(seq)
-        return out
 
     def abort(self, request_id: str) -> bool:
         seq = self.scheduler.find(request_id)

@@ -50,3 +50,11 @@ def sample(
     for j, i in enumerate(rows):
         out[i] = int(torch.multinomial(probs[j], 1, generator=generators[i]).item())
     return out
+
+
+def position_seed(seed: int, index: int) -> int:
+    """The generator seed for token ``index`` of a request seeded with ``seed`` (a 64-bit mix,
+    so neighbouring seeds and positions do not give related streams)."""
+    x = (seed * 0x9E3779B97F4A7C15 + index * 0xBF58476D1CE4E5B9 + 1) % 2**64
+    x = ((x ^ (x >> 31)) * 0x94D049BB133111EB) % 2**64
+    return (x ^ (x >> 29)) % 2**63

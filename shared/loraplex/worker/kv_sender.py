@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import nats.errors
 
-from loraplex.engine.llm_engine import KVHandoff
+from loraplex.engine.outputs import KVHandoff
 from loraplex.protocol import KVBegin, KVChunk, KVReply, ProtocolError, Subjects, decode, encode
 from loraplex.worker.kv_transfer import (
     chunk_size_for,

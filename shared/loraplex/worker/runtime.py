@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from loraplex.bus import Bus
-from loraplex.engine.llm_engine import LLMEngine, StepOutput
+from loraplex.engine.llm_engine import LLMEngine
+from loraplex.engine.outputs import StepOutput
 from loraplex.errors import AdapterNotFoundError, LoraplexError
 from loraplex.protocol import (
     AdapterEvent,

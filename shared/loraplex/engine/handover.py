@@ -1,0 +1,103 @@
+"""The decode side of a prefill -> decode K/V hand-over, as methods of ``LLMEngine``.
+
+A decode worker reserves blocks for a request whose prompt K/V are on their way (reusing the
+leading blocks its prefix cache already holds), then ``inject``s the received payload and the
+first token sampled by the prefill worker, which joins the request to the decode batch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from loraplex.engine.logprobs import TokenLogprobs
+from loraplex.engine.outputs import StepOutput
+from loraplex.engine.sequence import Sequence
+from loraplex.errors import AdapterNotFoundError, InvalidRequestError
+from loraplex.kvcache.block_allocator import blocks_for
+from loraplex.kvcache.prefix_cache import CachingBlockAllocator, block_keys
+from loraplex.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from loraplex.engine.llm_engine import LLMEngine
+
+
+class KVHandoverMixin:
+    """Reservation and injection of handed-over K/V (mixed into ``LLMEngine``)."""
+
+    _reservations: dict[str, list[int]]
+
+    def reserve_blocks(self: LLMEngine, request_id: str, num_tokens: int) -> bool:
+        """Set aside blocks for a request whose K/V are about to arrive; False when they don't fit."""
+        need = blocks_for(num_tokens, self.config.block_size)
+        if request_id in self._reservations or not self.allocator.can_allocate(need):
+            return False
+        self._reservations[request_id] = self.allocator.allocate(need)
+        return True
+
+    def reserve_for_prompt(
+        self: LLMEngine, request_id: str, prompt_token_ids: list[int], lora: str | None
+    ) -> int | None:
+        """``reserve_blocks`` for a prompt's K/V that reuses the leading blocks this engine
+        already caches for the same adapter.  Returns how many leading blocks are already here
+        (the sender may skip them), or None when the rest does not fit."""
+        if request_id in self._reservations:
+            return None
+        bs = self.config.block_size
+        hit: list[int] = []
+        caching = isinstance(self.allocator, CachingBlockAllocator)
+        if caching and (lora is None or lora in self.adapters):
+            reusable = (len(prompt_token_ids) - 1) // bs
+            keys = block_keys(prompt_token_ids[: reusable * bs], bs, self._cache_namespace(lora))
+            hit = self.allocator.lookup(keys)  # type: ignore[union-attr]
+        need = blocks_for(len(prompt_token_ids), bs) - len(hit)
+        revive = self.allocator.revive_cost(hit) if hit else 0  # type: ignore[union-attr]
+        if not self.allocator.can_allocate(need + revive):
+            return None
+        if hit:
+            self.allocator.acquire(hit)  # type: ignore[union-attr]
+        self._reservations[request_id] = hit + self.allocator.allocate(need)
+        self.scheduler.prefix_hit_tokens += len(hit) * bs
+        self.scheduler.prefix_query_tokens += len(prompt_token_ids)
+        return len(hit)
+
+    def release_reservation(self: LLMEngine, request_id: str) -> None:
+        blocks = self._reservations.pop(request_id, None)
+        if blocks:
+            self.allocator.free(blocks)
+
+    def inject(
+        self: LLMEngine,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        lora: str | None,
+        first_token: int,
+        payload: torch.Tensor,
+        cached_blocks: int = 0,
+        first_logprobs: TokenLogprobs | None = None,
+    ) -> StepOutput:
+        """Join a request prefilled elsewhere to the decode batch; returns its first token's
+        output.  ``payload`` holds the K/V of the reserved blocks after the first
+        ``cached_blocks`` (which ``reserve_for_prompt`` found already cached here)."""
+        blocks = self._reservations.pop(request_id)
+        if lora is not None and lora not in self.adapters:
+            self.allocator.free(blocks)
+            raise AdapterNotFoundError(f"adapter {lora!r} is not registered")
+        if payload.shape[2] != len(blocks) - cached_blocks:
+            self.allocator.free(blocks)
+            raise InvalidRequestError(
+                f"K/V payload has {payload.shape[2]} blocks, expected {len(blocks) - cached_blocks}"
+            )
+        self.kv_cache.import_blocks(blocks[cached_blocks:], payload)
+        seq = Sequence(request_id, list(prompt_token_ids), params, lora)
+        seq.cache_namespace = self._cache_namespace(lora)
+        seq.block_table = blocks
+        seq.num_cached = len(prompt_token_ids)
+        self.scheduler.register_computed(seq, seq.num_cached)  # imported K/V serve later prompts
+        self._track(seq)
+        out = self._append(seq, first_token, first_logprobs, cached=False)
+        if not out.finished:
+            self.scheduler.add_prefilled(seq)
+        return out

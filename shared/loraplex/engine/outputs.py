@@ -1,0 +1,33 @@
+"""What an engine step hands back: per-request outputs, and K/V ready for a hand-over."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from loraplex.engine.logprobs import TokenLogprobs
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What one step produced for one request."""
+
+    request_id: str
+    new_token_ids: list[int]
+    new_text: str
+    finished: bool
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    handoff: KVHandoff | None = None  # prefill-only request whose K/V are ready to ship
+    logprobs: list[TokenLogprobs] | None = None  # one per new token, when the request asked
+
+
+@dataclass(frozen=True)
+class KVHandoff:
+    """The exported prompt K/V of a prefill-only request and the first token sampled after it."""
+
+    payload: torch.Tensor  # [layers, 2, blocks, block_size, kv_heads, head_dim]
+    first_token: int
+    num_tokens: int  # tokens whose K/V the payload holds
+    first_logprobs: TokenLogprobs | None = None
