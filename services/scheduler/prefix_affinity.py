@@ -16,15 +16,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from loraplex.kvcache.prefix_cache import block_keys
+from loraplex.kvcache.prefix_cache import prefix_block_keys
 
 PrefixKey = bytes
 
 
 def prefix_keys(adapter: str | None, tokens: Sequence[int], block_size: int) -> list[PrefixKey]:
     """Keys of the full blocks a worker could reuse for this prompt (not the last token's)."""
-    reusable = (len(tokens) - 1) // block_size
-    return block_keys(tokens[: reusable * block_size], block_size, adapter or "")
+    return prefix_block_keys(tokens, block_size, adapter or "")
 
 
 class PrefixAffinity:

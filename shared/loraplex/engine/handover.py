@@ -16,7 +16,7 @@ from loraplex.engine.outputs import StepOutput
 from loraplex.engine.sequence import Sequence
 from loraplex.errors import AdapterNotFoundError, InvalidRequestError
 from loraplex.kvcache.block_allocator import blocks_for
-from loraplex.kvcache.prefix_cache import CachingBlockAllocator, block_keys
+from loraplex.kvcache.prefix_cache import prefix_block_keys
 from loraplex.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -44,20 +44,15 @@ class KVHandoverMixin:
         (the sender may skip them), or None when the rest does not fit."""
         if request_id in self._reservations:
             return None
-        bs = self.config.block_size
+        bs, alloc = self.config.block_size, self.allocator
         hit: list[int] = []
-        caching = isinstance(self.allocator, CachingBlockAllocator)
-        if caching and (lora is None or lora in self.adapters):
-            reusable = (len(prompt_token_ids) - 1) // bs
-            keys = block_keys(prompt_token_ids[: reusable * bs], bs, self._cache_namespace(lora))
-            hit = self.allocator.lookup(keys)  # type: ignore[union-attr]
+        if alloc.caches_prefixes and (lora is None or lora in self.adapters):
+            keys = prefix_block_keys(prompt_token_ids, bs, self._cache_namespace(lora))
+            hit = alloc.lookup(keys)
         need = blocks_for(len(prompt_token_ids), bs) - len(hit)
-        revive = self.allocator.revive_cost(hit) if hit else 0  # type: ignore[union-attr]
-        if not self.allocator.can_allocate(need + revive):
+        if not alloc.can_allocate_after(hit, need):
             return None
-        if hit:
-            self.allocator.acquire(hit)  # type: ignore[union-attr]
-        self._reservations[request_id] = hit + self.allocator.allocate(need)
+        self._reservations[request_id] = alloc.allocate_after(hit, need)
         self.scheduler.prefix_hit_tokens += len(hit) * bs
         self.scheduler.prefix_query_tokens += len(prompt_token_ids)
         return len(hit)

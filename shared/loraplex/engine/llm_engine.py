@@ -129,8 +129,7 @@ class LLMEngine(KVHandoverMixin):
         slot = self.slots.evict(name)
         if slot is not None:
             self.lora_weights.clear(slot)
-        if isinstance(self.allocator, CachingBlockAllocator):
-            self.allocator.forget_namespace(self._cache_namespace(name))
+        self.allocator.forget_namespace(self._cache_namespace(name))
         self.adapters.pop(name, None)
 
     # ---- requests -------------------------------------------------------------------------

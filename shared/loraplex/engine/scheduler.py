@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from loraplex.engine.sequence import Sequence, SequenceStatus
 from loraplex.kvcache.block_allocator import BlockAllocator, blocks_for
-from loraplex.kvcache.prefix_cache import CachingBlockAllocator, block_keys
+from loraplex.kvcache.prefix_cache import block_keys
 from loraplex.lora.slot_table import SlotTable
 
 
@@ -118,8 +118,7 @@ class Scheduler:
             seq = self.waiting[0]
             hit = self._cached_prefix(seq)
             need = blocks_for(seq.num_tokens, self.cfg.block_size) - len(hit)
-            revive = self.allocator.revive_cost(hit) if hit else 0  # type: ignore[attr-defined]
-            if not self.allocator.can_allocate(need + revive):
+            if not self.allocator.can_allocate_after(hit, need):
                 break
             if seq.lora is not None:
                 grant = self.slots.acquire(seq.lora)
@@ -128,9 +127,7 @@ class Scheduler:
                 seq.lora_slot = grant.slot
                 if grant.needs_load:
                     batch.adapter_loads.append((seq.lora, grant.slot))
-            if hit:
-                self.allocator.acquire(hit)  # type: ignore[attr-defined]
-            seq.block_table = hit + self.allocator.allocate(need)
+            seq.block_table = self.allocator.allocate_after(hit, need)
             seq.num_cached = len(hit) * self.cfg.block_size
             self.prefix_hit_tokens += seq.num_cached
             self.prefix_query_tokens += seq.num_tokens
@@ -147,7 +144,7 @@ class Scheduler:
     def _cached_prefix(self, seq: Sequence) -> list[int]:
         """Cached blocks holding the start of ``seq`` (never its last token, which must run to
         give logits, so the block it lands in is always the sequence's own)."""
-        if not isinstance(self.allocator, CachingBlockAllocator):
+        if not self.allocator.caches_prefixes:
             return []
         bs = self.cfg.block_size
         reusable = (seq.num_tokens - 1) // bs
@@ -165,7 +162,7 @@ class Scheduler:
     def register_computed(self, seq: Sequence, computed: int) -> None:
         """After a step: offer the full blocks among the first ``computed`` tokens (whose K/V are
         now in the cache) for reuse by later sequences."""
-        if not isinstance(self.allocator, CachingBlockAllocator):
+        if not self.allocator.caches_prefixes:
             return
         full = computed // self.cfg.block_size
         if full <= seq.registered_blocks:

@@ -42,8 +42,17 @@ def block_keys(
     return keys
 
 
+def prefix_block_keys(token_ids: Sequence[int], block_size: int, namespace: str) -> list[BlockKey]:
+    """Keys of the blocks a new sequence may reuse: its full blocks before its last token (that
+    token must run to give logits, so the block it lands in is always the sequence's own)."""
+    reusable = (len(token_ids) - 1) // block_size
+    return block_keys(token_ids[: reusable * block_size], block_size, namespace)
+
+
 class CachingBlockAllocator(BlockAllocator):
     """A ``BlockAllocator`` whose freed, registered blocks stay findable until evicted."""
+
+    caches_prefixes = True
 
     def __init__(self, num_blocks: int, block_size: int) -> None:
         super().__init__(num_blocks, block_size)
@@ -57,41 +66,23 @@ class CachingBlockAllocator(BlockAllocator):
         return len(self._free) + len(self._evictable)
 
     @property
-    def num_used(self) -> int:
-        return self.num_blocks - self.num_free
-
-    @property
     def num_cached(self) -> int:
         return len(self._by_key)
 
-    def can_allocate(self, n: int) -> bool:
-        return n <= self.num_free
+    def _take_free(self) -> int:
+        if self._free:
+            return self._free.pop()
+        # Reuse the least recently freed cached block: forget what it held.
+        b, _ = self._evictable.popitem(last=False)
+        del self._by_key[self._key_of.pop(b)]
+        del self._namespace_of[b]
+        return b
 
-    def allocate(self, n: int) -> list[int]:
-        if n > self.num_free:
-            raise MemoryError(f"need {n} KV blocks, {self.num_free} free")
-        out = []
-        for _ in range(n):
-            if self._free:
-                b = self._free.pop()
-            else:  # reuse the least recently freed cached block: forget what it held
-                b, _ = self._evictable.popitem(last=False)
-                del self._by_key[self._key_of.pop(b)]
-                del self._namespace_of[b]
-            self._refs[b] = 1
-            out.append(b)
-        return out
-
-    def free(self, blocks: list[int]) -> None:
-        for b in blocks:
-            if self._refs[b] == 0:
-                raise ValueError(f"double free of block {b}")
-            self._refs[b] -= 1
-            if self._refs[b] == 0:
-                if b in self._key_of:
-                    self._evictable[b] = None
-                else:
-                    self._free.append(b)
+    def _released(self, block: int) -> None:
+        if block in self._key_of:
+            self._evictable[block] = None
+        else:
+            self._free.append(block)
 
     # ---- prefix reuse ---------------------------------------------------------------------
     def lookup(self, keys: Sequence[BlockKey]) -> list[int]:
