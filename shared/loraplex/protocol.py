@@ -89,39 +89,15 @@ class SamplingSpec(Message):
     repetition_penalty: float = 1.0
     logprobs: int | None = None
 
+    # Every field mirrors the SamplingParams field of the same name (tuples travel as lists).
     @classmethod
     def from_params(cls, p: SamplingParams) -> SamplingSpec:
-        return cls(
-            max_tokens=p.max_tokens,
-            temperature=p.temperature,
-            top_p=p.top_p,
-            top_k=p.top_k,
-            seed=p.seed,
-            stop=list(p.stop),
-            stop_token_ids=list(p.stop_token_ids),
-            ignore_eos=p.ignore_eos,
-            presence_penalty=p.presence_penalty,
-            frequency_penalty=p.frequency_penalty,
-            repetition_penalty=p.repetition_penalty,
-            logprobs=p.logprobs,
-        )
+        values = {f.name: getattr(p, f.name) for f in dataclasses.fields(cls)}
+        return cls(**{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()})
 
     def to_params(self) -> SamplingParams:
         """Validated SamplingParams (raises InvalidRequestError on bad values)."""
-        return SamplingParams(
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            seed=self.seed,
-            stop=tuple(self.stop),
-            stop_token_ids=tuple(self.stop_token_ids),
-            ignore_eos=self.ignore_eos,
-            presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty,
-            repetition_penalty=self.repetition_penalty,
-            logprobs=self.logprobs,
-        )
+        return SamplingParams(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
 
 
 @dataclass(frozen=True)

@@ -171,9 +171,8 @@ class LLMEngine(KVHandoverMixin):
     def _track(self, seq: Sequence) -> None:
         params, request_id = seq.params, seq.request_id
         if params.seed is not None:
-            self._generators[request_id] = torch.Generator(device=self.device).manual_seed(
-                params.seed
-            )
+            # Seeded per token in _generator_for; created once so steps do not allocate it.
+            self._generators[request_id] = torch.Generator(device=self.device)
         self._detok[request_id] = IncrementalDetokenizer(
             self.tokenizer,
             params.stop,

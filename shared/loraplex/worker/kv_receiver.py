@@ -29,6 +29,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _arriving_shape(begin: KVBegin, cached: int) -> list[int]:
+    """The payload that actually comes: [layers, 2, blocks, ...] less the blocks cached here."""
+    shape = list(begin.shape)
+    shape[2] -= cached
+    return shape
+
+
 class KVReceiver:
     def __init__(self, worker: Worker) -> None:
         self.w = worker
@@ -90,9 +97,7 @@ class KVReceiver:
                     ok = False
             if ok:
                 self.w.active[rid] = req
-                shape = list(begin.shape)
-                shape[2] -= cached  # [layers, 2, blocks, ...]: only the uncached blocks come
-                size = payload_nbytes(begin.dtype, shape)
+                size = payload_nbytes(begin.dtype, _arriving_shape(begin, cached))
                 chunks = num_chunks(size, begin.chunk_size) if cached else begin.num_chunks
                 transfer = PendingTransfer(chunks, size, self.w.s.kv_timeout_s)
                 self.pending[rid] = (begin, transfer, cached)
@@ -123,9 +128,7 @@ class KVReceiver:
         if req is None:  # cancelled meanwhile
             self.w.engine.release_reservation(sub.request_id)
             return
-        shape = list(begin.shape)
-        shape[2] -= cached
-        payload = bytes_to_tensor(transfer.buffer, begin.dtype, shape)
+        payload = bytes_to_tensor(transfer.buffer, begin.dtype, _arriving_shape(begin, cached))
         try:
             out = self.w.engine.inject(
                 sub.request_id,
