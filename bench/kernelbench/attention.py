@@ -182,6 +182,23 @@ def prefill_variants(
     return fns, notes
 
 
+def measure_variants(
+    env: Env, row: AttnRow, fns: dict[str, Callable[[], torch.Tensor]], kind: str
+) -> None:
+    """Check every variant against the twin, then time it; a failing one gets a note."""
+    ref = fns["twin"]().float()
+    for name, fn in fns.items():
+        try:
+            row.errors[name] = rel_err(fn().float(), ref)
+            row.times[name] = env.timer.time(fn).seconds
+        except Exception as e:  # noqa: BLE001
+            row.notes[name] = f"{type(e).__name__}: {str(e)[:100]}"
+            log(f"    {kind} {name} failed: {row.notes[name]}")
+    log(
+        f"  {kind} attn {row.label}: " + ", ".join(f"{k} {fmt_us(x)}" for k, x in row.times.items())
+    )
+
+
 def bench_prefill_attention(env: Env) -> list[AttnRow]:
     cfg, rows = env.cfg, []
     h, kvh, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -198,18 +215,7 @@ def bench_prefill_attention(env: Env) -> list[AttnRow]:
         flops = sum(4.0 * h * d * n * (n + 1) / 2 for n in lens)
         row = AttnRow(label, t, flops, env.elem * t * d * (2 * h + 2 * kvh))
         fns, row.notes = prefill_variants(env, q, k, v, cu, scale)
-        ref = fns["twin"]().float()
-        for name, fn in fns.items():
-            try:
-                row.errors[name] = rel_err(fn().float(), ref)
-                row.times[name] = env.timer.time(fn).seconds
-            except Exception as e:  # noqa: BLE001
-                row.notes[name] = f"{type(e).__name__}: {str(e)[:100]}"
-                log(f"    prefill {name} failed: {row.notes[name]}")
-        log(
-            f"  prefill attn {label}: "
-            + ", ".join(f"{k} {fmt_us(x)}" for k, x in row.times.items())
-        )
+        measure_variants(env, row, fns, "prefill")
         rows.append(row)
     return rows
 
@@ -277,16 +283,6 @@ def bench_decode_attention(env: Env) -> list[AttnRow]:
             fns["dense"] = partial(dense_decode_sdpa, q, kd, vd, scale)
         else:
             row.notes["dense"] = "mixed lengths"
-        ref = fns["twin"]().float()
-        for name, fn in fns.items():
-            try:
-                row.errors[name] = rel_err(fn().float(), ref)
-                row.times[name] = env.timer.time(fn).seconds
-            except Exception as e:  # noqa: BLE001
-                row.notes[name] = f"{type(e).__name__}: {str(e)[:100]}"
-                log(f"    decode attn {name} failed: {row.notes[name]}")
-        log(
-            f"  decode attn {label}: " + ", ".join(f"{k} {fmt_us(x)}" for k, x in row.times.items())
-        )
+        measure_variants(env, row, fns, "decode")
         rows.append(row)
     return rows
