@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from loraplex.bus import Bus
 from loraplex.protocol import (
     CancelRequest,
     PrefetchAdapter,
     PrefillAssign,
-    RequestError,
     RequestProgress,
     SchedulerStats,
     Subjects,
@@ -26,36 +23,18 @@ from loraplex.protocol import (
     decode,
     encode,
 )
+from loraplex.scheduler.counters import CounterStore
 from loraplex.scheduler.policies.base import QueuedRequest
 from loraplex.scheduler.policies.registry import make_policy
 from loraplex.scheduler.prefix_affinity import PrefixAffinity, PrefixKey, prefix_keys
+from loraplex.scheduler.recovery import InFlight, RecoveryMixin
 from loraplex.scheduler.settings import SchedulerSettings
 from loraplex.scheduler.workers import Placement, WorkerRegistry, WorkerState
 
 log = logging.getLogger(__name__)
-COUNTERS_SUFFIX = ":scheduler:counters"
 
 
-@dataclass
-class InFlight:
-    submit: SubmitRequest
-    placement: Placement
-    attempt: int = 0
-    tokens_sent: bool = False  # a token reached (or may have reached) the client: no silent retry
-    prefill_done: bool = False
-    completion_tokens: int = 0
-    workers: set[str] = field(default_factory=set)
-    assigned_at: float = 0.0  # monotonic
-    missing_since: float | None = None  # its worker's heartbeats stopped listing it
-
-    @property
-    def holder(self) -> str:
-        """The worker that must be holding the request now."""
-        p = self.placement
-        return p.decode if p.decode and self.prefill_done else p.prefill
-
-
-class SchedulerService:
+class SchedulerService(RecoveryMixin):
     def __init__(self, settings: SchedulerSettings, weights: dict[str, float]) -> None:
         self.s = settings
         self.policy = make_policy(settings.fairness, weights, **settings.policy_options())
@@ -65,7 +44,7 @@ class SchedulerService:
         self.inflight: dict[str, InFlight] = {}
         self.retry: list[InFlight] = []  # admitted requests to re-place first (worker failed early)
         self.bus: Bus | None = None
-        self.redis = None
+        self.counter_store: CounterStore | None = None
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._counters_dirty = False
@@ -78,7 +57,8 @@ class SchedulerService:
         await self.bus.subscribe(Subjects.HEARTBEAT, self._on_heartbeat, WorkerHeartbeat)
         await self.bus.subscribe(Subjects.USAGE, self._on_progress, RequestProgress)
         if self.s.redis_url:
-            await self._restore_counters()
+            self.counter_store = CounterStore(self.s.redis_url, self.s.redis_prefix)
+            await self.counter_store.restore(self.policy)
         self._tasks = [
             asyncio.create_task(self._dispatch_loop()),
             asyncio.create_task(self._liveness_loop()),
@@ -93,8 +73,8 @@ class SchedulerService:
         await self._save_counters()
         if self.bus is not None:
             await self.bus.close()
-        if self.redis is not None:
-            await self.redis.aclose()
+        if self.counter_store is not None:
+            await self.counter_store.close()
 
     # ---- gateway -> scheduler ----------------------------------------------------------------
     async def _on_submit_raw(self, raw) -> None:  # type: ignore[no-untyped-def]
@@ -261,73 +241,12 @@ class SchedulerService:
             await self._recover(job, p.message or f"worker {p.worker_id} failed")
         self._kick.set()
 
-    async def _check_held(self, hb: WorkerHeartbeat, now: float) -> None:
-        """Recover requests their worker does not hold: an assignment published while the worker
-        was resubscribing after a NATS restart is lost, and nothing else would ever notice."""
-        active, grace = set(hb.active or ()), self.s.lost_request_grace_s
-        for job in list(self.inflight.values()):
-            if job.holder != hb.worker_id or now - job.assigned_at < grace:
-                continue
-            if job.submit.request_id in active:
-                job.missing_since = None
-            elif job.missing_since is None:
-                job.missing_since = now  # a finish report may still be on its way
-            elif now - job.missing_since >= grace:
-                await self._recover(job, f"worker {hb.worker_id} does not hold the request")
-
     def _prefill_released(self, job: InFlight, worker_id: str) -> None:
         # A disaggregated prefill worker is done with the request once the K/V left it.
         if job.placement.decode and worker_id == job.placement.prefill and not job.prefill_done:
             job.prefill_done = True
             self.registry.release(worker_id, job.submit.request_id)
             job.workers.discard(worker_id)
-
-    async def _recover(self, job: InFlight, reason: str) -> None:
-        """Re-place a request that no token of has reached the client; otherwise fail it clearly."""
-        rid = job.submit.request_id
-        for wid in job.workers:
-            self.registry.release(wid, rid)
-        if not job.tokens_sent and job.attempt + 1 < self.s.max_attempts:
-            job.attempt += 1
-            log.info("re-dispatching %s (attempt %d): %s", rid, job.attempt + 1, reason)
-            self.inflight.pop(rid, None)
-            self.retry.append(job)
-            return
-        self.inflight.pop(rid, None)
-        self.policy.on_finish(rid, job.completion_tokens)
-        self._counters_dirty = True
-        message = f"request failed after {job.attempt + 1} attempt(s): {reason}"
-        await self._bus().publish(
-            Subjects.stream(job.submit.gateway_id), RequestError(rid, 503, message)
-        )
-
-    async def _liveness_loop(self) -> None:
-        while True:
-            await asyncio.sleep(min(0.25, self.s.heartbeat_timeout_s / 4))
-            try:
-                for dead in self.registry.expire(time.monotonic()):
-                    await self._worker_died(dead)
-                if self._counters_dirty:
-                    await self._save_counters()
-            except Exception:
-                log.exception("liveness check failed")
-
-    async def _worker_died(self, dead: WorkerState) -> None:
-        wid = dead.hb.worker_id
-        self.affinity.forget(wid)
-        log.warning(
-            "worker %s stopped heart-beating; recovering its %d requests", wid, len(dead.requests)
-        )
-        for rid in list(dead.requests):
-            job = self.inflight.get(rid)
-            if job is not None and wid in job.workers:
-                job.workers.discard(wid)
-                await self._recover(job, f"worker {wid} stopped responding")
-        self._kick.set()
-
-    @property
-    def counters_key(self) -> str:
-        return self.s.redis_prefix + COUNTERS_SUFFIX
 
     def stats(self) -> SchedulerStats:
         queued = {t: self.policy.queue_len(t) for t in self.policy.counters()}
@@ -355,35 +274,10 @@ class SchedulerService:
             except Exception as e:  # NATS reconnecting
                 log.debug("stats not published: %s", e)
 
-    # ---- counters in Redis (survive a scheduler restart) -------------------------------------
-    async def _restore_counters(self) -> None:
-        import redis.asyncio as aioredis
-
-        self.redis = aioredis.Redis.from_url(self.s.redis_url, socket_connect_timeout=2.0)
-        try:
-            raw = await self.redis.get(self.counters_key)
-        except Exception as e:
-            log.warning("cannot read counters from Redis: %s", e)
-            return
-        if raw:
-            state = json.loads(raw)
-            if state.get("policy") == self.policy.name:
-                state["queues"], state["running"] = {}, {}  # requests do not survive; counters do
-                # Times are monotonic-clock readings of the old process: meaningless here.
-                state["clock"] = 0.0
-                if self.policy.name == "rpm":
-                    state["extra"] = {}
-                self.policy.restore(state)
-                log.info("restored fairness counters: %s", self.policy.counters())
-
+    # ---- counters in Redis (survive a scheduler restart: counters.py) -----------------------
     async def _save_counters(self) -> None:
-        if self.redis is None:
-            return
-        try:
-            await self.redis.set(self.counters_key, json.dumps(self.policy.snapshot()))
+        if self.counter_store is not None and await self.counter_store.save(self.policy):
             self._counters_dirty = False
-        except Exception as e:
-            log.warning("cannot save counters to Redis: %s", e)
 
     def _bus(self) -> Bus:
         assert self.bus is not None
