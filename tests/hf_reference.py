@@ -27,15 +27,19 @@ class HFReference:
             self.peft.eval()
 
     @torch.no_grad()
-    def _logits(self, ids: list[int], adapter: str | None) -> torch.Tensor:
+    def all_logits(self, ids: list[int], adapter: str | None) -> torch.Tensor:
+        """Logits [len(ids), vocab] of every position (row i predicts token i + 1)."""
         x = torch.tensor([ids])
         if self.peft is None:
-            return self.model(x).logits[0, -1].float()
+            return self.model(x).logits[0].float()
         if adapter is None:
             with self.peft.disable_adapter():
-                return self.peft(x).logits[0, -1].float()
+                return self.peft(x).logits[0].float()
         self.peft.set_adapter(adapter)
-        return self.peft(x).logits[0, -1].float()
+        return self.peft(x).logits[0].float()
+
+    def _logits(self, ids: list[int], adapter: str | None) -> torch.Tensor:
+        return self.all_logits(ids, adapter)[-1]
 
     def greedy(
         self, ids: list[int], adapter: str | None, max_tokens: int

@@ -16,6 +16,7 @@ import anyio
 
 from loraplex.gateway.errors import RequestFailedError, RequestTimeoutError
 from loraplex.gateway.metrics import GatewayMetrics
+from loraplex.gateway.prepare import Echo
 from loraplex.gateway.streams import StreamMessage
 from loraplex.protocol import RequestError, TokenDelta, TokenLogprob
 from loraplex.text.detokenizer import IncrementalDetokenizer
@@ -23,11 +24,12 @@ from loraplex.text.detokenizer import IncrementalDetokenizer
 
 @dataclass(frozen=True)
 class TokenInfo:
-    """One generated token for OpenAI ``logprobs``: its text, logprob and top alternatives."""
+    """One token for OpenAI ``logprobs``: its text, logprob and top alternatives.  An echoed
+    prompt's first token has neither (nothing before it scores it)."""
 
     token: str
-    logprob: float
-    top: list[tuple[str, float]]
+    logprob: float | None
+    top: list[tuple[str, float]] | None
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class Generation:
         metrics: GatewayMetrics,
         on_close: Callable[[Generation], Awaitable[None]],
         arrival: float,
+        echo: Echo | None = None,
     ) -> None:
         self.request_id = request_id
         self.tenant = tenant
@@ -86,6 +89,9 @@ class Generation:
         self._closed = False
         self.logprobs: list[TokenInfo] | None = None  # every shown token's, when asked for
         self._pending: list[TokenInfo] = []  # tokens whose text has not been shown yet
+        self._echo = echo  # shown before the first generated text, then None
+        self._prompt_ids = prompt_ids
+        self._prompt_only = echo is not None and echo.prompt_only
 
     @property
     def usage(self) -> Usage:
@@ -139,6 +145,12 @@ class Generation:
             ) from None
 
     def _apply(self, msg: TokenDelta) -> TextDelta | None:
+        echoed = self._take_echo(msg)
+        if self._prompt_only:  # echo with max_tokens 0: the prompt and its logprobs, no token
+            self._done = True
+            self.upstream_done = msg.finish_reason is not None
+            self.finish_reason = self.outcome = "length"
+            return TextDelta(echoed, "length", self._take_logprobs())
         # ``completion_tokens`` counts the worker's tokens up to and including this delta.  After a
         # re-dispatch the new worker starts again from the first token: skip what was already shown.
         first_index = msg.completion_tokens - len(msg.token_ids)
@@ -146,7 +158,7 @@ class Generation:
         token_ids = msg.token_ids[skip:]
         logprobs = msg.logprobs[skip:] if msg.logprobs is not None else None
         self._observe_latency(len(token_ids))
-        pieces: list[str] = []
+        pieces: list[str] = [echoed]
         for i, token_id in enumerate(token_ids):
             if self._detok.stopped is not None:
                 break
@@ -168,6 +180,25 @@ class Generation:
             return TextDelta("".join(pieces), self.finish_reason, self._take_logprobs())
         text = "".join(pieces)
         return TextDelta(text, None, self._take_logprobs()) if text else None
+
+    def _take_echo(self, msg: TokenDelta) -> str:
+        """The prompt's text (and its tokens' logprobs, queued) on the first delta of an echo."""
+        echo, self._echo = self._echo, None
+        if echo is None:
+            return ""
+        if msg.prompt_logprobs is not None:
+            decode = self._detok.tok.decode
+            first = TokenInfo(decode(self._prompt_ids[:1], False), None, None)
+            self._pending = [first, *map(self._prompt_info, msg.prompt_logprobs), *self._pending]
+        return echo.text
+
+    def _prompt_info(self, lp: TokenLogprob) -> TokenInfo:
+        """A prompt token's alternatives include the token itself, as vLLM reports them."""
+        info = self._token_info(lp)
+        assert info.top is not None
+        if all(t != lp.token_id for t in lp.top_ids):
+            info = TokenInfo(info.token, info.logprob, [(info.token, lp.logprob), *info.top])
+        return info
 
     def _token_info(self, lp: TokenLogprob) -> TokenInfo:
         decode = self._detok.tok.decode

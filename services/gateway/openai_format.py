@@ -42,7 +42,7 @@ class CompletionFormat:
         return {
             "tokens": [i.token for i in infos],
             "token_logprobs": [i.logprob for i in infos],
-            "top_logprobs": [dict(i.top) for i in infos],
+            "top_logprobs": [None if i.top is None else dict(i.top) for i in infos],
             "text_offset": offsets,
         }
 

@@ -31,7 +31,17 @@ _SAMPLING_PARAMS = (
     "frequency_penalty",
     "repetition_penalty",
     "logprobs",
+    "prompt_logprobs",
 )
+
+
+@dataclass(frozen=True)
+class Echo:
+    """A completion that starts with its prompt (``echo``): the prompt's text, and whether the
+    generated tokens are left out (``max_tokens`` 0: only the prompt, scored)."""
+
+    text: str
+    prompt_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,7 @@ class Prepared:
     sampling: SamplingParams
     created: int
     arrival: float
+    echo: Echo | None = None
 
     def sampling_spec(self) -> SamplingSpec:
         return SamplingSpec.from_params(self.sampling)
@@ -92,7 +103,14 @@ class RequestBuilder:
                 )
         if not ids:
             raise InvalidParamError("prompt must not be empty", "prompt")
-        return self._prepared("cmpl", req, tenant, adapter, ids, req.max_tokens, "prompt", ())
+        max_tokens, echo = req.max_tokens, None
+        if req.echo:
+            text = prompt if isinstance(prompt, str) else self.tokenizer.decode(ids)
+            echo = Echo(text, prompt_only=max_tokens == 0)
+            if echo.prompt_only:  # one token is generated (the prompt's logits need a step), unseen
+                max_tokens = 1
+        p = self._prepared("cmpl", req, tenant, adapter, ids, max_tokens, "prompt", ())
+        return replace(p, echo=echo)
 
     async def chat(self, req: ChatCompletionRequest, tenant: str, adapter: str | None) -> Prepared:
         messages = req.template_messages()
@@ -143,7 +161,7 @@ class RequestBuilder:
             return limit - prompt_tokens
         if max_tokens < 1:
             raise InvalidParamError(
-                f"max_tokens must be at least 1, got {max_tokens}", "max_tokens"
+                f"max_tokens must be at least 1 (0 only with echo), got {max_tokens}", "max_tokens"
             )
         if prompt_tokens + max_tokens > limit:
             raise InvalidParamError(
@@ -175,6 +193,7 @@ def _sampling(
             frequency_penalty=req.frequency_penalty or 0.0,
             repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
             logprobs=req.logprobs_count(),
+            prompt_logprobs=req.prompt_logprobs_count(),
         )
     except InvalidRequestError as e:
         first = str(e).split(" ", 1)[0]

@@ -2,8 +2,9 @@
 
 ``prompt`` accepts one prompt: a string, a list of token ids, or a one-element list of either;
 several prompts in one request are refused with 400 ("batch prompts not supported": send one
-request per prompt, they are batched on the workers anyway).  ``n`` must be 1.
-Beyond OpenAI, the vLLM extensions ``top_k`` and ``ignore_eos`` are accepted.
+request per prompt, they are batched on the workers anyway).  ``n`` is at most 16.
+Beyond OpenAI, the vLLM extensions ``top_k``, ``ignore_eos``, ``repetition_penalty`` and
+``stop_token_ids`` are accepted.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ class GenerateRequest(BaseModel):
         """How many alternatives to report per token; None: no logprobs."""
         return None
 
+    def prompt_logprobs_count(self) -> int | None:
+        """How many alternatives to report per prompt token; None: no prompt logprobs."""
+        return None
+
 
 class CompletionRequest(GenerateRequest):
     prompt: Prompt
@@ -73,8 +78,6 @@ class CompletionRequest(GenerateRequest):
 
     def check_supported(self) -> None:
         super().check_supported()
-        if self.echo:
-            raise InvalidParamError("echo is not supported", "echo")
         if self.best_of not in (None, 1):
             raise InvalidParamError("best_of is not supported (only 1)", "best_of")
         if self.suffix:
@@ -82,6 +85,10 @@ class CompletionRequest(GenerateRequest):
 
     def logprobs_count(self) -> int | None:
         return self.logprobs
+
+    def prompt_logprobs_count(self) -> int | None:
+        """With ``echo``, the echoed prompt tokens get logprobs too (the first one null)."""
+        return self.logprobs if self.echo else None
 
     def single_prompt(self) -> str | list[int]:
         """The one prompt of this request (see the module docstring)."""

@@ -160,6 +160,7 @@ class GatewayService:
             metrics=self.metrics,
             on_close=self._closed,
             arrival=p.arrival,
+            echo=p.echo,
         )
 
     async def start_choices(self, p: Prepared, n: int) -> list[Generation]:

@@ -26,6 +26,8 @@ class RequestOutput:
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     logprobs: list[TokenLogprobs] | None = None  # per token, with SamplingParams(logprobs=k)
+    # Per prompt token, with SamplingParams(prompt_logprobs=k); the first token's is None.
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
 
 
 class LLM:
@@ -85,6 +87,8 @@ class LLM:
                     o.text += out.new_text
                     if out.logprobs is not None:
                         o.logprobs = (o.logprobs or []) + out.logprobs
+                    if out.prompt_logprobs is not None:
+                        o.prompt_logprobs = [None, *out.prompt_logprobs]
                     if out.finished:
                         o.finish_reason, o.stop_reason = out.finish_reason, out.stop_reason
         except BaseException:

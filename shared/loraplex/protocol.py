@@ -88,6 +88,7 @@ class SamplingSpec(Message):
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
 
     # Every field mirrors the SamplingParams field of the same name (tuples travel as lists).
     @classmethod
@@ -153,6 +154,8 @@ class TokenDelta(Message):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     logprobs: list[TokenLogprob] | None = None  # one per token id, when asked for
+    # Prompt tokens 1.. (the first has none), on the first delta, when asked for.
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass(frozen=True)
@@ -368,6 +371,7 @@ class KVBegin(Message):
     # num_chunks then counts the chunks of the full payload, and the receiver recounts.
     accepts_prefix: bool = False
     first_logprobs: TokenLogprob | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None  # prompt tokens 1.., when asked for
 
 
 @dataclass(frozen=True)

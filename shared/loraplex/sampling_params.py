@@ -32,6 +32,8 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     logprobs: int | None = None  # report each token's logprob and this many alternatives
+    # Report each prompt token's logprob (given the tokens before it) and this many alternatives.
+    prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -54,8 +56,10 @@ class SamplingParams:
         rp = self.repetition_penalty
         if not (math.isfinite(rp) and rp > 0):
             raise InvalidRequestError(f"repetition_penalty must be > 0, got {rp}")
-        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
-            raise InvalidRequestError(f"logprobs must be in [0, 20], got {self.logprobs}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 20:
+                raise InvalidRequestError(f"{name} must be in [0, 20], got {value}")
         if any(s == "" for s in self.stop):
             raise InvalidRequestError("stop strings must not be empty")
 

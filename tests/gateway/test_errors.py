@@ -88,7 +88,7 @@ async def test_unknown_model_and_routes(gateway: str, scheduler: FakeScheduler) 
         (COMPLETIONS, completion(presence_penalty=3), "presence_penalty", "[-2, 2]"),
         (COMPLETIONS, completion(frequency_penalty=-2.5), "frequency_penalty", "[-2, 2]"),
         (COMPLETIONS, completion(repetition_penalty=0), "repetition_penalty", "> 0"),
-        (COMPLETIONS, completion(echo=True), "echo", ""),
+        (COMPLETIONS, completion(echo=True, max_tokens=-1), "max_tokens", "0 only with echo"),
         (COMPLETIONS, completion(logprobs=21), "logprobs", "[0, 20]"),
         (COMPLETIONS, completion(stop=["x", ""]), "stop", "must not be empty"),
         (COMPLETIONS, completion(temperature="hot"), "temperature", ""),

@@ -276,3 +276,57 @@ def test_n_choices_match_offline_seeds(client, disagg_stack, model_id):
     )
     assert [c.text for c in sorted(resp.choices, key=lambda c: c.index)] == want
     assert len(set(want)) > 1  # the seeds really differ
+
+
+def test_echo_scores_the_prompt(client, disagg_stack, model_id, loras):
+    """``echo`` + ``logprobs``: the prompt's tokens come first, scored by the prefill worker as
+    the offline engine scores them (the first has none); ``max_tokens`` 0 gives only those."""
+    llm = LLM(Path(disagg_stack.urls["model_dir"]), dtype="float32", device="cpu", max_loras=8)
+    for a in disagg_stack.adapters:
+        llm.add_lora(a.name, a.path)
+    prompt, lora = PROMPTS[4], loras[0]
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, prompt_logprobs=2)
+    offline = llm.generate(prompt, params, lora=lora)[0]
+    want = [None] + [p.logprob for p in offline.prompt_logprobs[1:]]
+    prompt_text = llm.tokenizer.decode(prompt)
+
+    only = client.completions.create(
+        model=lora, prompt=prompt, max_tokens=0, echo=True, logprobs=2, temperature=0
+    )
+    choice = only.choices[0]
+    assert choice.text == prompt_text and choice.finish_reason == "length"
+    assert (only.usage.prompt_tokens, only.usage.completion_tokens) == (len(prompt), 0)
+    lp = choice.logprobs
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert lp.token_logprobs[1:] == pytest.approx(want[1:], abs=1e-4)
+    assert "".join(lp.tokens) == prompt_text and len(lp.tokens) == len(prompt)
+    for token, top in zip(lp.tokens[1:], lp.top_logprobs[1:], strict=True):
+        assert token in top and 2 <= len(top) <= 3  # the token itself joins its alternatives
+
+    full = client.completions.create(
+        model=lora, prompt=prompt, max_tokens=4, echo=True, logprobs=1, temperature=0,
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    choice = full.choices[0]
+    assert choice.text == prompt_text + offline.text
+    assert len(choice.logprobs.tokens) == len(prompt) + 4 == len(choice.logprobs.text_offset)
+    assert choice.logprobs.token_logprobs[1 : len(prompt)] == pytest.approx(want[1:], abs=1e-4)
+    assert full.usage.completion_tokens == 4
+
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model=lora,
+            prompt=prompt,
+            max_tokens=4,
+            echo=True,
+            temperature=0,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )  # fmt: skip
+        if c.choices
+    )
+    assert streamed == prompt_text + offline.text
+    text = "Once upon"
+    plain = client.completions.create(model=model_id, prompt=text, max_tokens=3, echo=True)
+    assert plain.choices[0].text.startswith(text) and plain.choices[0].logprobs is None

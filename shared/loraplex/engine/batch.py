@@ -19,6 +19,35 @@ class ModelInput:
     ctx: ForwardContext
     # Prefill chunks that stop short of the sequence's end: (seq, tokens computed), no logits.
     partial: list[tuple[Sequence, int]] = field(default_factory=list)
+    # Rows whose logits score the next prompt token (requests with prompt_logprobs).
+    prompt_rows: list[PromptRows] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PromptRows:
+    """Rows ``row .. row + count - 1`` of a step hold prompt positions ``first_target - 1 ..``
+    of ``seq``; each one's logits score the prompt token after it (from ``first_target`` on)."""
+
+    seq: Sequence
+    row: int
+    count: int
+    first_target: int
+
+    @property
+    def targets(self) -> list[int]:
+        return self.seq.prompt_token_ids[self.first_target : self.first_target + self.count]
+
+
+def _prompt_rows(seq: Sequence, row: int, start: int, n: int) -> PromptRows | None:
+    """The rows of a chunk (positions ``start .. start + n - 1`` at ``row``) that score prompt
+    tokens not scored yet; None when there are none."""
+    if not seq.wants_prompt_logprobs:
+        return None
+    first = max(start, len(seq.prompt_logprobs))  # position whose logits score token first + 1
+    last = min(start + n, len(seq.prompt_token_ids) - 1)
+    if last <= first:
+        return None
+    return PromptRows(seq, row + first - start, last - first, first + 1)
 
 
 def _segments(seqs: list[Sequence], rows_per_seq: list[int]) -> tuple[list[int], list[int], int]:
@@ -61,9 +90,12 @@ def build_prefill(
     slots: list[int] = []
     cu = [0]
     prefixes = []
+    prompt_rows = []
     for seq, n in zip(seqs, counts, strict=True):
         tokens = seq.all_token_ids
         start = seq.num_cached
+        if (rows := _prompt_rows(seq, len(ids), start, n)) is not None:
+            prompt_rows.append(rows)
         ids.extend(tokens[start : start + n])
         pos.extend(range(start, start + n))
         slots.extend(_slot_map(seq, start, start + n, block_size))
@@ -103,6 +135,7 @@ def build_prefill(
         logits_index=as_t(rows, torch.int64),
         ctx=ForwardContext(attn, lora),
         partial=[(s, n) for s, n in zip(seqs, counts, strict=True) if n < s.num_uncached],
+        prompt_rows=prompt_rows,
     )
 
 

@@ -72,9 +72,10 @@ class KVHandoverMixin:
         payload: torch.Tensor,
         cached_blocks: int = 0,
         first_logprobs: TokenLogprobs | None = None,
+        prompt_logprobs: list[TokenLogprobs] | None = None,
     ) -> StepOutput:
         """Join a request prefilled elsewhere to the decode batch; returns its first token's
-        output.  ``payload`` holds the K/V of the reserved blocks after the first
+        output (which carries ``prompt_logprobs``, when given).  ``payload`` holds the K/V of the reserved blocks after the first
         ``cached_blocks`` (which ``reserve_for_prompt`` found already cached here)."""
         blocks = self._reservations.pop(request_id)
         if lora is not None and lora not in self.adapters:
@@ -90,6 +91,7 @@ class KVHandoverMixin:
         seq.cache_namespace = self._cache_namespace(lora)
         seq.block_table = blocks
         seq.num_cached = len(prompt_token_ids)
+        seq.prompt_logprobs = list(prompt_logprobs or [])
         self.scheduler.register_computed(seq, seq.num_cached)  # imported K/V serve later prompts
         self._track(seq)
         out = self._append(seq, first_token, first_logprobs, cached=False)

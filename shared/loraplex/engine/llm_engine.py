@@ -200,7 +200,9 @@ class LLMEngine(KVHandoverMixin):
         inp = self.runner.prepare(
             batch.seqs, batch.is_prefill, batch.num_new_tokens, batch.num_prefill_seqs
         )
-        logits = self.runner.execute(inp)
+        logits, prompt_scores = self.runner.execute(inp)
+        for seq, scored in prompt_scores:
+            seq.prompt_logprobs += scored
         for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
             self.scheduler.register_computed(seq, seq.num_cached + n)
         for seq, n in inp.partial:  # a chunk short of the prompt's end: nothing to sample yet
@@ -246,6 +248,9 @@ class LLMEngine(KVHandoverMixin):
         elif len(seq.output_token_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
             reason = "length"
         handoff = None
+        prompt_lps = None
+        if p.prompt_logprobs is not None and len(seq.output_token_ids) == 1:
+            prompt_lps = list(seq.prompt_logprobs)
         if reason is not None:
             text += detok.flush()
             self.scheduler.finish(seq, reason)
@@ -254,7 +259,11 @@ class LLMEngine(KVHandoverMixin):
         elif seq.prefill_only:
             # The decode worker re-detokenizes from the first token; only the K/V travel.
             handoff = KVHandoff(
-                self.kv_cache.export_blocks(seq.block_table), token, seq.num_cached, logprobs
+                self.kv_cache.export_blocks(seq.block_table),
+                token,
+                seq.num_cached,
+                logprobs,
+                prompt_lps,
             )
             self.scheduler.finish(seq, "handoff")
             self._forget(seq.request_id)
@@ -268,6 +277,7 @@ class LLMEngine(KVHandoverMixin):
             stop_reason,
             handoff,
             [logprobs] if logprobs is not None else None,
+            prompt_lps,
         )
 
     def _forget(self, request_id: str) -> None:

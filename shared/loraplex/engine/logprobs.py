@@ -6,13 +6,19 @@ before penalties, temperature or top-k/top-p.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 
 from loraplex.engine.sequence import Sequence
 
+if TYPE_CHECKING:
+    from loraplex.engine.batch import PromptRows
+
 MAX_LOGPROBS = 20  # OpenAI's limit on alternatives per token
+PROMPT_LOGITS_ROWS = 1024  # prompt rows turned into [rows, vocab] logits at a time
 
 
 @dataclass(frozen=True)
@@ -33,12 +39,42 @@ def compute_logprobs(
         return out
     idx = torch.tensor(rows, device=logits.device)
     lp = logits.index_select(0, idx).float().log_softmax(dim=-1)  # [R, V]
-    chosen = lp.gather(1, torch.tensor([[tokens[i]] for i in rows], device=logits.device))
     k = max(seqs[i].params.logprobs or 0 for i in rows)
+    scored = _score(lp, [tokens[i] for i in rows], k)
+    for i, s in zip(rows, scored, strict=True):
+        out[i] = replace(s, top=s.top[: seqs[i].params.logprobs or 0])
+    return out
+
+
+def _score(lp: torch.Tensor, targets: list[int], k: int) -> list[TokenLogprobs]:
+    """lp: [R, V] log-probabilities; row i scores ``targets[i]`` with ``k`` alternatives."""
+    idx = torch.tensor(targets, device=lp.device).unsqueeze(1)
+    chosen = lp.gather(1, idx)[:, 0].tolist()
     top_lp, top_ids = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long())
-    chosen_l, top_lp_l, top_ids_l = chosen[:, 0].tolist(), top_lp.tolist(), top_ids.tolist()
-    for j, i in enumerate(rows):
-        n = seqs[i].params.logprobs or 0
-        top = tuple(zip(top_ids_l[j][:n], top_lp_l[j][:n], strict=True))
-        out[i] = TokenLogprobs(tokens[i], chosen_l[j], top)
+    top_lp_l, top_ids_l = top_lp.tolist(), top_ids.tolist()
+    return [
+        TokenLogprobs(t, c, tuple(zip(ids, lps, strict=True)))
+        for t, c, ids, lps in zip(targets, chosen, top_ids_l, top_lp_l, strict=True)
+    ]
+
+
+def compute_prompt_logprobs(
+    compute_logits: Callable[[torch.Tensor], torch.Tensor],
+    hidden: torch.Tensor,
+    prompt_rows: list[PromptRows],
+) -> list[tuple[Sequence, list[TokenLogprobs]]]:
+    """hidden: [T, hidden] final hidden states of a step; ``compute_logits`` maps [R, hidden] to
+    fp32 [R, vocab].  Each ``PromptRows`` gets the logprob of the prompt token after each of its
+    rows, with ``prompt_logprobs`` alternatives, computed a slice of rows at a time so a long
+    prompt never holds [prompt, vocab] logits at once."""
+    out = []
+    for pr in prompt_rows:
+        k = pr.seq.params.prompt_logprobs or 0
+        targets = pr.targets
+        scored: list[TokenLogprobs] = []
+        for lo in range(0, pr.count, PROMPT_LOGITS_ROWS):
+            hi = min(pr.count, lo + PROMPT_LOGITS_ROWS)
+            rows = hidden[pr.row + lo : pr.row + hi]
+            scored += _score(compute_logits(rows).log_softmax(dim=-1), targets[lo:hi], k)
+        out.append((pr.seq, scored))
     return out

@@ -21,6 +21,8 @@ class StepOutput:
     stop_reason: int | str | None = None
     handoff: KVHandoff | None = None  # prefill-only request whose K/V are ready to ship
     logprobs: list[TokenLogprobs] | None = None  # one per new token, when the request asked
+    # With the first token, when asked: prompt tokens 1.. (token 0 has no logprob).
+    prompt_logprobs: list[TokenLogprobs] | None = None
 
 
 @dataclass(frozen=True)
@@ -31,3 +33,4 @@ class KVHandoff:
     first_token: int
     num_tokens: int  # tokens whose K/V the payload holds
     first_logprobs: TokenLogprobs | None = None
+    prompt_logprobs: list[TokenLogprobs] | None = None

@@ -6,11 +6,14 @@ import torch
 
 from loraplex.engine.batch import ModelInput, build_decode, build_prefill
 from loraplex.engine.cuda_graphs import DecodeGraphRunner
+from loraplex.engine.logprobs import TokenLogprobs, compute_prompt_logprobs
 from loraplex.engine.sequence import Sequence
 from loraplex.kernels import get_ops
 from loraplex.kvcache.paged_cache import PagedKVCache
 from loraplex.lora.weights import LoraWeights
 from loraplex.model.llama import LlamaForCausalLM
+
+PromptScores = list[tuple[Sequence, list[TokenLogprobs]]]
 
 
 class ModelRunner:
@@ -60,13 +63,19 @@ class ModelRunner:
         return build_prefill(seqs[:n], bs, self.device, counts, seqs[n:])
 
     @torch.inference_mode()
-    def execute(self, inp: ModelInput) -> torch.Tensor:
-        """Run the model; returns fp32 logits [N, vocab] in the order of ``inp.seqs``."""
+    def execute(self, inp: ModelInput) -> tuple[torch.Tensor, PromptScores]:
+        """Run the model; returns fp32 logits [N, vocab] in the order of ``inp.seqs``, and the
+        logprobs of the prompt tokens that ``inp.prompt_rows`` score (empty without any)."""
         graphs = self.decode_graphs
         if graphs is not None and graphs.can_run(inp):
             # Decode rows are their own logits rows (logits_index is 0..n-1).
-            return self.model.compute_logits(graphs.run(inp))
+            return self.model.compute_logits(graphs.run(inp)), []
         hidden = self.model(
             inp.input_ids, inp.positions, inp.ctx, self.kv_cache.layers, self.lora, self.ops
         )
-        return self.model.compute_logits(hidden[inp.logits_index])
+        prompt = (
+            compute_prompt_logprobs(self.model.compute_logits, hidden, inp.prompt_rows)
+            if inp.prompt_rows
+            else []
+        )
+        return self.model.compute_logits(hidden[inp.logits_index]), prompt

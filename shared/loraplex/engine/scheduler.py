@@ -144,8 +144,8 @@ class Scheduler:
     def _cached_prefix(self, seq: Sequence) -> list[int]:
         """Cached blocks holding the start of ``seq`` (never its last token, which must run to
         give logits, so the block it lands in is always the sequence's own)."""
-        if not self.allocator.caches_prefixes:
-            return []
+        if not self.allocator.caches_prefixes or seq.wants_prompt_logprobs:
+            return []  # prompt logprobs need every prompt row's logits: compute them all
         bs = self.cfg.block_size
         reusable = (seq.num_tokens - 1) // bs
         self.extend_block_keys(seq, reusable * bs)

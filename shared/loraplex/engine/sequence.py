@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from loraplex.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from loraplex.engine.logprobs import TokenLogprobs
 
 
 class SequenceStatus(enum.Enum):
@@ -36,6 +40,16 @@ class Sequence:
     cache_namespace: str = ""
     block_keys: list[int] = field(default_factory=list)
     registered_blocks: int = 0  # leading blocks of block_table already offered to the cache
+    # With params.prompt_logprobs: entry i is prompt token i + 1's logprob (token 0 has none).
+    prompt_logprobs: list[TokenLogprobs] = field(default_factory=list)
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        """Prompt positions still lack logprobs (they need the logits of every prompt row)."""
+        return (
+            self.params.prompt_logprobs is not None
+            and len(self.prompt_logprobs) < len(self.prompt_token_ids) - 1
+        )
 
     @property
     def num_tokens(self) -> int:

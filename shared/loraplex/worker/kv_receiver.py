@@ -21,7 +21,7 @@ from loraplex.worker.kv_transfer import (
     num_chunks,
     payload_nbytes,
 )
-from loraplex.worker.logprobs_wire import from_wire
+from loraplex.worker.logprobs_wire import from_wire, list_from_wire
 
 if TYPE_CHECKING:
     from loraplex.worker.runtime import Worker
@@ -139,6 +139,7 @@ class KVReceiver:
                 payload,
                 cached,
                 from_wire(begin.first_logprobs) if begin.first_logprobs else None,
+                list_from_wire(begin.prompt_logprobs),
             )
         except LoraplexError as e:
             self.w.engine.release_reservation(sub.request_id)

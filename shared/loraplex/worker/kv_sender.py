@@ -17,7 +17,7 @@ from loraplex.worker.kv_transfer import (
     split,
     tensor_to_bytes,
 )
-from loraplex.worker.logprobs_wire import to_wire
+from loraplex.worker.logprobs_wire import list_to_wire, to_wire
 
 if TYPE_CHECKING:
     from loraplex.worker.runtime import Active, Worker
@@ -46,6 +46,7 @@ async def ship_kv(worker: Worker, req: Active, handoff: KVHandoff) -> None:
             chunk_size=size,
             accepts_prefix=True,
             first_logprobs=to_wire(handoff.first_logprobs) if handoff.first_logprobs else None,
+            prompt_logprobs=list_to_wire(handoff.prompt_logprobs),
         )
         raw = await bus.nc.request(subject, encode(begin), timeout=worker.s.kv_timeout_s)
         reply = decode(raw.data, KVReply)

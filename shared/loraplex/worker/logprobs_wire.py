@@ -18,3 +18,7 @@ def from_wire(lp: TokenLogprob) -> TokenLogprobs:
 
 def list_to_wire(lps: list[TokenLogprobs] | None) -> list[TokenLogprob] | None:
     return None if lps is None else [to_wire(lp) for lp in lps]
+
+
+def list_from_wire(lps: list[TokenLogprob] | None) -> list[TokenLogprobs] | None:
+    return None if lps is None else [from_wire(lp) for lp in lps]

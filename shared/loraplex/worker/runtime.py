@@ -172,6 +172,7 @@ class Worker:
                     prompt_tokens=len(sub.prompt_token_ids),
                     completion_tokens=req.generated,
                     logprobs=list_to_wire(out.logprobs),
+                    prompt_logprobs=list_to_wire(out.prompt_logprobs),
                 ),
             )
             await self.progress(
