@@ -95,10 +95,21 @@ async def read_path_registration(request: Request, root: Path | None, limit: int
     name = check_name(data.get("name"))
     visibility = check_visibility(data.get("visibility"))
     replace = parse_bool(data.get("replace", False), "replace")
-    directory = resolve_under_root(root, data.get("path"))
-    config, weights = await asyncio.to_thread(
-        read_adapter_dir, root, directory, data["path"], limit
-    )  # type: ignore[arg-type]
+    return await upload_from_dir(root, name, data.get("path"), limit, visibility, replace)
+
+
+async def upload_from_dir(
+    root: Path | None,
+    name: str,
+    given: object,
+    limit: int,
+    visibility: str | None = None,
+    replace: bool = False,
+) -> AdapterUpload:
+    """The upload of adapter ``name`` from directory ``given`` under ``root`` (read in a thread);
+    ``name`` must already be checked (``check_name``)."""
+    directory = resolve_under_root(root, given)
+    config, weights = await asyncio.to_thread(read_adapter_dir, root, directory, given, limit)  # type: ignore[arg-type]
     return AdapterUpload(name, config, weights, visibility, replace)
 
 

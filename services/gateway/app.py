@@ -18,7 +18,7 @@ from loraplex.bus import Bus
 from loraplex.gateway.errors import install_error_handlers
 from loraplex.gateway.limits import BodyLimitMiddleware
 from loraplex.gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
-from loraplex.gateway.routes import completions, health, models
+from loraplex.gateway.routes import completions, health, models, tokenize, vllm_adapters
 from loraplex.gateway.routes.adapters import adapter_router
 from loraplex.gateway.service import GatewayService
 from loraplex.gateway.settings import GatewaySettings
@@ -92,6 +92,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(completions.router)
     app.include_router(models.router)
     app.include_router(adapter_router(store_app is not None))
+    app.include_router(vllm_adapters.router)
+    app.include_router(tokenize.router)
     app.include_router(health.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
