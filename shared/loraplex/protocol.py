@@ -17,6 +17,7 @@ from typing import Any, ClassVar, TypeVar, Union
 import msgpack
 
 from loraplex.sampling_params import SamplingParams
+from loraplex.structured_outputs import StructuredOutputsParams
 
 PROTOCOL_VERSION = 1
 
@@ -72,6 +73,15 @@ class Message:
 
 
 @dataclass(frozen=True)
+class StructuredSpec(Message):
+    """StructuredOutputsParams on the wire: its kind and its constraint as text."""
+
+    TAG: ClassVar[str] = ""  # only inside SamplingSpec
+    kind: str
+    spec: str = ""
+
+
+@dataclass(frozen=True)
 class SamplingSpec(Message):
     """SamplingParams on the wire (see loraplex.sampling_params)."""
 
@@ -89,16 +99,24 @@ class SamplingSpec(Message):
     repetition_penalty: float = 1.0
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    structured_outputs: StructuredSpec | None = None
 
     # Every field mirrors the SamplingParams field of the same name (tuples travel as lists).
     @classmethod
     def from_params(cls, p: SamplingParams) -> SamplingSpec:
         values = {f.name: getattr(p, f.name) for f in dataclasses.fields(cls)}
+        so = p.structured_outputs
+        values["structured_outputs"] = None if so is None else StructuredSpec(so.kind, so.spec)
         return cls(**{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()})
 
     def to_params(self) -> SamplingParams:
         """Validated SamplingParams (raises InvalidRequestError on bad values)."""
-        return SamplingParams(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        so = self.structured_outputs
+        values["structured_outputs"] = (
+            None if so is None else StructuredOutputsParams.from_spec(so.kind, so.spec)
+        )
+        return SamplingParams(**values)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from loraplex.errors import InvalidRequestError
+from loraplex.structured_outputs import StructuredOutputsParams
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class SamplingParams:
     logprobs: int | None = None  # report each token's logprob and this many alternatives
     # Report each prompt token's logprob (given the tokens before it) and this many alternatives.
     prompt_logprobs: int | None = None
+    # Constrain the output to a JSON schema, regex, choice or grammar (see structured_outputs).
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

@@ -14,7 +14,7 @@ import torch
 from loraplex.engine.logprobs import TokenLogprobs
 from loraplex.engine.outputs import StepOutput
 from loraplex.engine.sequence import Sequence
-from loraplex.errors import AdapterNotFoundError, InvalidRequestError
+from loraplex.errors import AdapterNotFoundError, InvalidRequestError, LoraplexError
 from loraplex.kvcache.block_allocator import blocks_for
 from loraplex.kvcache.prefix_cache import prefix_block_keys
 from loraplex.sampling_params import SamplingParams
@@ -78,22 +78,26 @@ class KVHandoverMixin:
         output (which carries ``prompt_logprobs``, when given).  ``payload`` holds the K/V of the reserved blocks after the first
         ``cached_blocks`` (which ``reserve_for_prompt`` found already cached here)."""
         blocks = self._reservations.pop(request_id)
-        if lora is not None and lora not in self.adapters:
-            self.allocator.free(blocks)
-            raise AdapterNotFoundError(f"adapter {lora!r} is not registered")
-        if payload.shape[2] != len(blocks) - cached_blocks:
-            self.allocator.free(blocks)
-            raise InvalidRequestError(
-                f"K/V payload has {payload.shape[2]} blocks, expected {len(blocks) - cached_blocks}"
-            )
-        self.kv_cache.import_blocks(blocks[cached_blocks:], payload)
         seq = Sequence(request_id, list(prompt_token_ids), params, lora)
+        try:
+            if lora is not None and lora not in self.adapters:
+                raise AdapterNotFoundError(f"adapter {lora!r} is not registered")
+            if payload.shape[2] != len(blocks) - cached_blocks:
+                raise InvalidRequestError(
+                    f"K/V payload has {payload.shape[2]} blocks, expected "
+                    f"{len(blocks) - cached_blocks}"
+                )
+            self._track(seq)
+        except LoraplexError:
+            self.allocator.free(blocks)
+            self._forget(request_id)
+            raise
+        self.kv_cache.import_blocks(blocks[cached_blocks:], payload)
         seq.cache_namespace = self._cache_namespace(lora)
         seq.block_table = blocks
         seq.num_cached = len(prompt_token_ids)
         seq.prompt_logprobs = list(prompt_logprobs or [])
         self.scheduler.register_computed(seq, seq.num_cached)  # imported K/V serve later prompts
-        self._track(seq)
         out = self._append(seq, first_token, first_logprobs, cached=False)
         if not out.finished:
             self.scheduler.add_prefilled(seq)

@@ -19,6 +19,7 @@ from loraplex.engine.runner import ModelRunner
 from loraplex.engine.sampler import position_seed, sample
 from loraplex.engine.scheduler import Scheduler, SchedulerConfig
 from loraplex.engine.sequence import Sequence
+from loraplex.engine.structured import GrammarConstraints
 from loraplex.errors import AdapterError, AdapterNotFoundError, CapacityError, InvalidRequestError
 from loraplex.kvcache.block_allocator import BlockAllocator, blocks_for
 from loraplex.kvcache.paged_cache import PagedKVCache
@@ -81,6 +82,7 @@ class LLMEngine(KVHandoverMixin):
         self.eos_ids = set(mc.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:
             self.eos_ids.add(self.tokenizer.eos_token_id)
+        self.grammars = GrammarConstraints(model_dir, mc.vocab_size, self.eos_ids)
 
     def _use_cuda_graphs(self) -> bool:
         # The torch twins read segment bounds on the host, which a graph cannot replay.
@@ -170,6 +172,7 @@ class LLMEngine(KVHandoverMixin):
 
     def _track(self, seq: Sequence) -> None:
         params, request_id = seq.params, seq.request_id
+        self.grammars.track(request_id, params.structured_outputs)  # first: it may refuse
         if params.seed is not None:
             # Seeded per token in _generator_for; created once so steps do not allocate it.
             self._generators[request_id] = torch.Generator(device=self.device)
@@ -210,7 +213,8 @@ class LLMEngine(KVHandoverMixin):
         if not inp.seqs:
             return []
         gens = [self._generator_for(s) for s in inp.seqs]
-        tokens = sample(apply_penalties(logits, inp.seqs), [s.params for s in inp.seqs], gens)
+        shaped = self.grammars.mask(apply_penalties(logits, inp.seqs), inp.seqs)
+        tokens = sample(shaped, [s.params for s in inp.seqs], gens)
         logprobs = compute_logprobs(logits, inp.seqs, tokens)
         self.last_logits = {
             s.request_id: row for s, row in zip(inp.seqs, logits, strict=False)
@@ -238,10 +242,11 @@ class LLMEngine(KVHandoverMixin):
         p = seq.params
         detok = self._detok[seq.request_id]
         text = detok.append(token)
+        complete = self.grammars.accept(seq.request_id, token)
         reason, stop_reason = None, None
         if token in p.stop_token_ids:
             reason, stop_reason = "stop", token
-        elif token in self.eos_ids and not p.ignore_eos:
+        elif (token in self.eos_ids and not p.ignore_eos) or complete:
             reason = "stop"
         elif detok.stopped is not None:
             reason, stop_reason = "stop", detok.stopped
@@ -281,5 +286,6 @@ class LLMEngine(KVHandoverMixin):
         )
 
     def _forget(self, request_id: str) -> None:
+        self.grammars.forget(request_id)
         self._generators.pop(request_id, None)
         self._detok.pop(request_id, None)
