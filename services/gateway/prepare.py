@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from loraplex.errors import InvalidRequestError
 from loraplex.gateway.errors import InvalidParamError
 from loraplex.gateway.schemas import ChatCompletionRequest, CompletionRequest, GenerateRequest
+from loraplex.gateway.structured import structured_outputs
 from loraplex.protocol import SamplingSpec
 from loraplex.sampling_params import SamplingParams
 from loraplex.text.tokenizer import Tokenizer
@@ -179,6 +180,7 @@ def _sampling(
 ) -> SamplingParams:
     top_k = -1 if req.top_k in (None, 0) else req.top_k
     stop_ids = tuple(dict.fromkeys([*(req.stop_token_ids or []), *extra_stop_ids]))
+    constraint = structured_outputs(req)  # its errors name their own field
     try:
         return SamplingParams(
             max_tokens=max_tokens,
@@ -194,6 +196,7 @@ def _sampling(
             repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
             logprobs=req.logprobs_count(),
             prompt_logprobs=req.prompt_logprobs_count(),
+            structured_outputs=constraint,
         )
     except InvalidRequestError as e:
         first = str(e).split(" ", 1)[0]

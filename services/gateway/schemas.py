@@ -3,8 +3,8 @@
 ``prompt`` accepts one prompt: a string, a list of token ids, or a one-element list of either;
 several prompts in one request are refused with 400 ("batch prompts not supported": send one
 request per prompt, they are batched on the workers anyway).  ``n`` is at most 16.
-Beyond OpenAI, the vLLM extensions ``top_k``, ``ignore_eos``, ``repetition_penalty`` and
-``stop_token_ids`` are accepted.
+Beyond OpenAI, the vLLM extensions ``top_k``, ``ignore_eos``, ``repetition_penalty``,
+``stop_token_ids``, ``structured_outputs`` and ``guided_*`` are accepted (see ``structured.py``).
 """
 
 from __future__ import annotations
@@ -46,6 +46,13 @@ class GenerateRequest(BaseModel):
     frequency_penalty: Float | None = None
     repetition_penalty: Float | None = None  # vLLM extension
     user: str | None = None
+    # Structured outputs: OpenAI's response_format, vLLM's structured_outputs and guided_* fields.
+    response_format: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -133,7 +140,6 @@ class ChatCompletionRequest(GenerateRequest):
     top_logprobs: int | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    response_format: dict[str, Any] | None = None
 
     def check_supported(self) -> None:
         super().check_supported()
@@ -143,9 +149,6 @@ class ChatCompletionRequest(GenerateRequest):
             raise InvalidParamError("top_logprobs must be in [0, 20]", "top_logprobs")
         if self.tools and self.tool_choice != "none":
             raise InvalidParamError("tools are not supported", "tools")
-        kind = (self.response_format or {}).get("type", "text")
-        if kind != "text":
-            raise InvalidParamError(f"response_format {kind!r} is not supported", "response_format")
 
     def logprobs_count(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None

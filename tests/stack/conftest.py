@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import openai
 import pytest
 
 from loraplex.launcher import Stack, parse_up_args, start_stack
@@ -39,3 +40,22 @@ def disagg_stack(tmp_path_factory):
     stack = launch(tmp_path_factory, "disagg", ["--prefill-workers", "1", "--decode-workers", "2"])
     yield stack
     stack.stop()
+
+
+@pytest.fixture(scope="module")
+def client(disagg_stack):
+    return openai.OpenAI(
+        base_url=disagg_stack.urls["gateway"] + "/v1", api_key="unused", max_retries=0
+    )
+
+
+@pytest.fixture(scope="module")
+def model_id(client) -> str:
+    ids = [m.id for m in client.models.list().data]
+    return ids[0]
+
+
+@pytest.fixture(scope="module")
+def loras(disagg_stack, model_id):
+    names = [a.name for a in disagg_stack.adapters]
+    return [names[0], None, names[2], names[1], None, names[3]]

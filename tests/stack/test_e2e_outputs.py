@@ -1,0 +1,155 @@
+"""End to end on the disaggregated stack: what a completion carries beyond its text (logprobs,
+echo, several choices) and constrained (structured) outputs, against the offline engine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loraplex import SamplingParams
+from loraplex.structured_outputs import StructuredOutputsParams
+from tests.stack.e2e_common import PROMPTS, offline_llm
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"pick": {"enum": ["red", "green"]}, "count": {"type": "integer", "maximum": 9}},
+    "required": ["pick", "count"],
+    "additionalProperties": False,
+}
+
+
+def test_logprobs_through_the_stack(client, disagg_stack, model_id, loras):
+    """Completions (streamed and not) and chat report the offline engine's logprobs; the
+    first token's travel with the K/V from the prefill worker."""
+    llm = offline_llm(disagg_stack)
+    prompt, lora = PROMPTS[0], loras[0]
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, logprobs=2)
+    want = llm.generate(prompt, params, lora=lora)[0].logprobs
+    resp = client.completions.create(
+        model=lora, prompt=prompt, max_tokens=6, temperature=0, logprobs=2,
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    lp = resp.choices[0].logprobs
+    assert lp.token_logprobs == pytest.approx([w.logprob for w in want], abs=1e-4)
+    assert "".join(lp.tokens) == resp.choices[0].text
+    assert all(len(top) == 2 for top in lp.top_logprobs)
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+    streamed = []
+    for chunk in client.completions.create(
+        model=lora, prompt=prompt, max_tokens=6, temperature=0, logprobs=2, stream=True,
+        extra_body={"ignore_eos": True},
+    ):  # fmt: skip
+        if chunk.choices and chunk.choices[0].logprobs:
+            streamed += chunk.choices[0].logprobs.token_logprobs
+    assert streamed == pytest.approx(lp.token_logprobs, abs=1e-6)
+    chat = client.chat.completions.create(
+        model=lora,
+        messages=[{"role": "user", "content": "hello"}],
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens
+    assert all(len(c.top_logprobs) == 3 and c.logprob <= 0 for c in content)
+    assert content[0].top_logprobs[0].token == content[0].token  # greedy picks the top token
+    plain = client.completions.create(model=lora, prompt=prompt, max_tokens=2)
+    assert plain.choices[0].logprobs is None
+
+
+def test_n_choices_match_offline_seeds(client, disagg_stack, model_id):
+    """n=3 with seed 11 gives the offline engine's samples for seeds 11, 12 and 13."""
+    llm = offline_llm(disagg_stack)
+    prompt = PROMPTS[1]
+    want = [
+        llm.generate(prompt, SamplingParams(temperature=0.9, seed=11 + i, max_tokens=8))[0].text
+        for i in range(3)
+    ]
+    resp = client.completions.create(
+        model=model_id, prompt=prompt, max_tokens=8, temperature=0.9, seed=11, n=3
+    )
+    assert [c.text for c in sorted(resp.choices, key=lambda c: c.index)] == want
+    assert len(set(want)) > 1  # the seeds really differ
+
+
+def test_echo_scores_the_prompt(client, disagg_stack, model_id, loras):
+    """``echo`` + ``logprobs``: the prompt's tokens come first, scored by the prefill worker as
+    the offline engine scores them (the first has none); ``max_tokens`` 0 gives only those."""
+    llm = offline_llm(disagg_stack)
+    prompt, lora = PROMPTS[4], loras[0]
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, prompt_logprobs=2)
+    offline = llm.generate(prompt, params, lora=lora)[0]
+    want = [None] + [p.logprob for p in offline.prompt_logprobs[1:]]
+    prompt_text = llm.tokenizer.decode(prompt)
+
+    only = client.completions.create(
+        model=lora, prompt=prompt, max_tokens=0, echo=True, logprobs=2, temperature=0
+    )
+    choice = only.choices[0]
+    assert choice.text == prompt_text and choice.finish_reason == "length"
+    assert (only.usage.prompt_tokens, only.usage.completion_tokens) == (len(prompt), 0)
+    lp = choice.logprobs
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert lp.token_logprobs[1:] == pytest.approx(want[1:], abs=1e-4)
+    assert "".join(lp.tokens) == prompt_text and len(lp.tokens) == len(prompt)
+    for token, top in zip(lp.tokens[1:], lp.top_logprobs[1:], strict=True):
+        assert token in top and 2 <= len(top) <= 3  # the token itself joins its alternatives
+
+    full = client.completions.create(
+        model=lora, prompt=prompt, max_tokens=4, echo=True, logprobs=1, temperature=0,
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    choice = full.choices[0]
+    assert choice.text == prompt_text + offline.text
+    assert len(choice.logprobs.tokens) == len(prompt) + 4 == len(choice.logprobs.text_offset)
+    assert choice.logprobs.token_logprobs[1 : len(prompt)] == pytest.approx(want[1:], abs=1e-4)
+    assert full.usage.completion_tokens == 4
+
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model=lora,
+            prompt=prompt,
+            max_tokens=4,
+            echo=True,
+            temperature=0,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )  # fmt: skip
+        if c.choices
+    )
+    assert streamed == prompt_text + offline.text
+    text = "Once upon"
+    plain = client.completions.create(model=model_id, prompt=text, max_tokens=3, echo=True)
+    assert plain.choices[0].text.startswith(text) and plain.choices[0].logprobs is None
+
+
+def test_structured_outputs_through_the_stack(client, disagg_stack, model_id, loras):
+    """A JSON schema (chat ``response_format``) and a choice (vLLM ``guided_choice``) hold on the
+    disaggregated path (the prefill worker samples the first token, a decode worker the rest),
+    token for token as the offline engine generates them."""
+    llm = offline_llm(disagg_stack)
+    messages = [{"role": "user", "content": "pick one"}]
+    fmt = {"type": "json_schema", "json_schema": {"name": "pick", "schema": SCHEMA}}
+    chat = client.chat.completions.create(
+        model=loras[0], messages=messages, max_tokens=40, temperature=0, response_format=fmt
+    )
+    value = json.loads(chat.choices[0].message.content)
+    assert value["pick"] in ("red", "green") and 0 <= value["count"] <= 9
+    assert chat.choices[0].finish_reason == "stop"
+
+    choices = ["alpha", "beta gamma", 'quote "q"']
+    prompt = PROMPTS[2]
+    for seed in range(3):
+        resp = client.completions.create(
+            model=model_id, prompt=prompt, max_tokens=16, temperature=1.0, seed=seed,
+            extra_body={"guided_choice": choices},
+        )  # fmt: skip
+        params = SamplingParams(
+            temperature=1.0, seed=seed, max_tokens=16,
+            structured_outputs=StructuredOutputsParams(choice=tuple(choices)),
+        )  # fmt: skip
+        assert resp.choices[0].text == llm.generate(prompt, params)[0].text
+        assert resp.choices[0].text in choices
