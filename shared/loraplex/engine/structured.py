@@ -11,6 +11,7 @@ xgrammar is imported on first use: engines that never see a constrained request 
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +30,25 @@ class GrammarConstraints:
         self.vocab_size = vocab_size  # the model's logits width (may exceed the tokenizer's)
         self.stop_ids = sorted(stop_ids)
         self._compiler: Any = None
+        self._lock = threading.Lock()
         self._matchers: dict[str, Any] = {}
 
     def _xgr_compiler(self) -> Any:
-        if self._compiler is None:
-            import xgrammar as xgr
-            from transformers import AutoTokenizer
+        with self._lock:  # built once, on first use: importing transformers takes seconds
+            if self._compiler is None:
+                import xgrammar as xgr
+                from transformers import AutoTokenizer
 
-            tok = AutoTokenizer.from_pretrained(self.model_dir)
-            info = xgr.TokenizerInfo.from_huggingface(
-                tok, vocab_size=self.vocab_size, stop_token_ids=self.stop_ids
-            )
-            self._compiler = xgr.GrammarCompiler(info, max_threads=1)
-        return self._compiler
+                tok = AutoTokenizer.from_pretrained(self.model_dir)
+                info = xgr.TokenizerInfo.from_huggingface(
+                    tok, vocab_size=self.vocab_size, stop_token_ids=self.stop_ids
+                )
+                self._compiler = xgr.GrammarCompiler(info, max_threads=1)
+            return self._compiler
 
-    def _compile(self, so: StructuredOutputsParams) -> Any:
+    def compile(self, so: StructuredOutputsParams) -> Any:
+        """The compiled grammar (InvalidRequestError if it won't compile).  Thread-safe and
+        cached: workers call it off the engine loop first, so ``track`` finds it ready."""
         compiler = self._xgr_compiler()
         try:
             if so.kind == "json":
@@ -62,7 +67,7 @@ class GrammarConstraints:
             return
         import xgrammar as xgr
 
-        self._matchers[request_id] = xgr.GrammarMatcher(self._compile(so))
+        self._matchers[request_id] = xgr.GrammarMatcher(self.compile(so))
 
     def forget(self, request_id: str) -> None:
         self._matchers.pop(request_id, None)

@@ -77,6 +77,8 @@ class KVReceiver:
         r = await self.w.resolve_adapter(req)
         if r is False:
             return KVReply(rid, False, "adapter unavailable")
+        if not await self.w.compile_grammar(req, report=False):
+            return KVReply(rid, False, "structured output does not compile here")
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         cached = 0
 

@@ -30,6 +30,7 @@ from loraplex.protocol import (
     TokenDelta,
     WorkerHeartbeat,
 )
+from loraplex.structured_outputs import StructuredOutputsParams
 from loraplex.worker.adapter_pager import AdapterPager, Fetch, Resolved
 from loraplex.worker.logprobs_wire import list_to_wire
 from loraplex.worker.settings import WorkerSettings
@@ -251,6 +252,22 @@ class Worker:
             await self.fail(req, 400, str(e), retryable=False)
         return False
 
+    async def compile_grammar(self, req: Active, report: bool = True) -> bool:
+        """Compile the request's output constraint in a thread, beside the engine loop (the first
+        one also loads the tokenizer into xgrammar), so the engine only finds it in the cache.
+        False (after reporting a 400 when ``report``) if it does not compile."""
+        so = req.submit.sampling.structured_outputs
+        if so is None:
+            return True
+        try:
+            params = StructuredOutputsParams.from_spec(so.kind, so.spec)
+            await asyncio.to_thread(self.engine.grammars.compile, params)
+        except LoraplexError as e:
+            if report:
+                await self.fail(req, 400, str(e), retryable=False)
+            return False
+        return True
+
     def attach_adapter(self, req: Active, r: Resolved | None) -> None:
         """Engine loop: make the adapter resident and pin it for this request."""
         if r is not None:
@@ -268,6 +285,9 @@ class Worker:
         self.active[rid] = req  # from here a cancel finds it, even while its adapter pages in
         r = await self.resolve_adapter(req)
         if r is False:
+            self.active.pop(rid, None)
+            return
+        if not await self.compile_grammar(req):
             self.active.pop(rid, None)
             return
         prefill_only = self.s.role == "prefill" or bool(msg.decode_worker)
