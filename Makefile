@@ -36,6 +36,7 @@ bench: setup
 	$(PY) bench/engine.py --write-docs
 	$(PY) bench/prefix.py --write-docs
 	$(PY) bench/chunked.py --write-docs
+	$(PY) bench/structured.py --write-docs
 	$(PY) bench/fairness.py --mode sim --write-docs
 
 clean:

@@ -7,7 +7,7 @@ Each run generates ``--tokens`` tokens for every one of ``batch`` requests (32-t
 prompts, one ``LLM.generate`` call, sampling at temperature 1 with a seed).  The peer is the same
 batch with no constraint (``ignore_eos``).  The constraints are chosen so that every request also
 runs to ``--tokens`` tokens on a random model: a regex (``[a-z ]{400}``), and a JSON schema whose
-one string field the model keeps writing.  So each row generates the same number of tokens, and
+string field must be at least 1000 characters long.  So each row generates the same number of tokens, and
 the tokens/s ratio is the cost of the masks (bitmask fill per row on the host, the masked copy of
 the logits and the matcher's advance).  Grammar compile time is measured apart: the first request
 with a new schema pays it, later ones hit xgrammar's cache.  Engine-level, CPU, fp32.
@@ -35,7 +35,7 @@ from loraplex.structured_outputs import StructuredOutputsParams  # noqa: E402
 SECTION = "Structured outputs (bench/structured.py)"
 SCHEMA = {
     "type": "object",
-    "properties": {"story": {"type": "string"}, "done": {"type": "boolean"}},
+    "properties": {"story": {"type": "string", "minLength": 1000}, "done": {"type": "boolean"}},
     "required": ["story", "done"],
 }
 BIG_SCHEMA = {  # for the compile time: nested objects, arrays, enums and bounds
