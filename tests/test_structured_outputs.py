@@ -180,3 +180,16 @@ def test_constraints_cross_the_wire(so) -> None:
     sub = SubmitRequest("r", "t", "g", [1, 2], SamplingSpec.from_params(params))
     back = decode(encode(sub), SubmitRequest).sampling.to_params()
     assert back == params
+
+
+def test_a_token_outside_the_grammar_ends_the_output_not_the_step(llm) -> None:
+    """A token the grammar rejects (impossible with the mask) ends that output; it does not
+    raise inside the step, which would fail every request of the batch."""
+    grammars = llm.engine.grammars
+    grammars.track("g", SO(choice=("abc",)))
+    allowed = llm.tokenizer.encode("a", add_special_tokens=False)[0]
+    forbidden = llm.tokenizer.encode("z", add_special_tokens=False)[0]
+    assert grammars.accept("g", allowed) is False  # a valid prefix: not complete yet
+    assert grammars.accept("g", forbidden) is True
+    grammars.forget("g")
+    assert grammars.accept("g", forbidden) is False  # unconstrained requests are never ended

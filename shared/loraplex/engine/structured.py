@@ -11,6 +11,7 @@ xgrammar is imported on first use: engines that never see a constrained request 
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ from typing import Any
 import torch
 
 from loraplex.engine.sequence import Sequence
-from loraplex.errors import InvalidRequestError
 from loraplex.structured_outputs import StructuredOutputsParams
+
+log = logging.getLogger(__name__)
 
 
 class GrammarConstraints:
@@ -97,5 +99,8 @@ class GrammarConstraints:
         if matcher is None:
             return False
         if not matcher.accept_token(token):
-            raise InvalidRequestError(f"token {token} does not continue the structured output")
+            # Cannot happen with the mask applied; end this output rather than fail the step
+            # (and with it every request of the batch).
+            log.warning("request %s: token %d breaks its grammar; ending it", request_id, token)
+            return True
         return bool(matcher.is_terminated())
