@@ -17,22 +17,18 @@ from typing import Any
 from loraplex.bus import Bus
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.outputs import StepOutput
-from loraplex.errors import AdapterNotFoundError, LoraplexError
 from loraplex.protocol import (
     AdapterEvent,
     CancelRequest,
     PrefetchAdapter,
     PrefillAssign,
-    RequestError,
-    RequestProgress,
     Subjects,
     SubmitRequest,
-    TokenDelta,
     WorkerHeartbeat,
 )
-from loraplex.structured_outputs import StructuredOutputsParams
-from loraplex.worker.adapter_pager import AdapterPager, Fetch, Resolved
-from loraplex.worker.logprobs_wire import list_to_wire
+from loraplex.worker.adapter_pager import AdapterPager, Fetch
+from loraplex.worker.control import ControlMixin
+from loraplex.worker.publish import PublishMixin
 from loraplex.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -48,7 +44,9 @@ class Active:
     generated: int = 0
 
 
-class Worker:
+class Worker(ControlMixin, PublishMixin):
+    """One engine behind NATS; control handlers in ``control.py``, publishing in ``publish.py``."""
+
     def __init__(self, settings: WorkerSettings, engine: LLMEngine, fetch: Fetch | None) -> None:
         self.s = settings
         self.id = settings.worker_id
@@ -152,175 +150,11 @@ class Worker:
                 os._exit(1)
             await self.publish_outputs(outputs)
 
-    async def publish_outputs(self, outputs: list[StepOutput]) -> None:
-        assert self.bus is not None
-        for out in outputs:
-            req = self.active.get(out.request_id)
-            if req is None:
-                continue
-            if out.handoff is not None:
-                self.spawn(self._ship_kv(self, req, out.handoff))
-                continue
-            req.generated += len(out.new_token_ids)
-            sub = req.submit
-            await self.bus.publish(
-                Subjects.stream(sub.gateway_id),
-                TokenDelta(
-                    sub.request_id,
-                    out.new_token_ids,
-                    out.new_text,
-                    out.finish_reason,
-                    prompt_tokens=len(sub.prompt_token_ids),
-                    completion_tokens=req.generated,
-                    logprobs=list_to_wire(out.logprobs),
-                    prompt_logprobs=list_to_wire(out.prompt_logprobs),
-                ),
-            )
-            await self.progress(
-                req, "finished" if out.finished else "tokens", new_tokens=len(out.new_token_ids)
-            )
-            if out.finished:
-                self.release(out.request_id)
-
-    async def progress(
-        self, req: Active, event: str, new_tokens: int = 0, message: str = ""
-    ) -> None:
-        assert self.bus is not None
-        sub = req.submit
-        await self.bus.publish(
-            Subjects.USAGE,
-            RequestProgress(
-                sub.request_id,
-                sub.tenant,
-                self.id,
-                event,
-                new_tokens=new_tokens,
-                prompt_tokens=len(sub.prompt_token_ids),
-                completion_tokens=req.generated,
-                decode_worker=req.decode_worker,
-                message=message,
-            ),
-        )
-
-    async def fail(self, req: Active, code: int, message: str, retryable: bool) -> None:
-        """Report a request we cannot serve: retryable failures go back to the scheduler only."""
-        assert self.bus is not None
-        if not retryable:
-            sub = req.submit
-            await self.bus.publish(
-                Subjects.stream(sub.gateway_id), RequestError(sub.request_id, code, message)
-            )
-        await self.progress(req, "failed" if retryable else "error", message=message)
-
     def release(self, request_id: str) -> None:
         """Forget a request (engine loop only): unpin its adapter."""
         req = self.active.pop(request_id, None)
         if req is not None and req.adapter_key is not None:
             self.pager.unpin(req.adapter_key)
-
-    # ---- control messages --------------------------------------------------------------------
-    async def _on_control(self, msg: PrefillAssign | CancelRequest | PrefetchAdapter) -> None:
-        if isinstance(msg, PrefillAssign):
-            # Not awaited: paging one request's adapter must not hold up the next message.
-            self.spawn(self._on_assign(msg))
-        elif isinstance(msg, CancelRequest):
-            self.submit(lambda: self._cancel(msg.request_id))
-        elif isinstance(msg, PrefetchAdapter):
-            self.spawn(self._prefetch(msg.adapter))
-
-    async def _prefetch(self, name: str) -> None:
-        try:
-            r = await self.pager.prepare(name)
-        except LoraplexError as e:
-            log.info("prefetch of %s failed: %s", name, e)
-            return
-        self.submit(lambda: self.pager.install(r))
-
-    async def resolve_adapter(self, req: Active) -> Resolved | None | bool:
-        """Page in the request's adapter beside the engine loop.
-
-        Returns the resolution, None for a base-model request, or False after reporting an error.
-        """
-        name = req.submit.adapter
-        if name is None:
-            return None
-        try:
-            return await self.pager.prepare(name)
-        except AdapterNotFoundError as e:
-            await self.fail(req, 404, str(e), retryable=False)
-        except LoraplexError as e:
-            await self.fail(req, 400, str(e), retryable=False)
-        return False
-
-    async def compile_grammar(self, req: Active, report: bool = True) -> bool:
-        """Compile the request's output constraint in a thread, beside the engine loop (the first
-        one also loads the tokenizer into xgrammar), so the engine only finds it in the cache.
-        False (after reporting a 400 when ``report``) if it does not compile."""
-        so = req.submit.sampling.structured_outputs
-        if so is None:
-            return True
-        try:
-            params = StructuredOutputsParams.from_spec(so.kind, so.spec)
-            await asyncio.to_thread(self.engine.grammars.compile, params)
-        except LoraplexError as e:
-            if report:
-                await self.fail(req, 400, str(e), retryable=False)
-            return False
-        return True
-
-    def attach_adapter(self, req: Active, r: Resolved | None) -> None:
-        """Engine loop: make the adapter resident and pin it for this request."""
-        if r is not None:
-            self.pager.install(r)
-            self.pager.pin(r.key)
-            req.adapter_key = r.key
-
-    async def _on_assign(self, msg: PrefillAssign) -> None:
-        sub = msg.request
-        rid = sub.request_id
-        req = Active(sub, None, decode_worker=msg.decode_worker)
-        if self.draining:
-            await self.fail(req, 503, f"worker {self.id} is draining", retryable=True)
-            return
-        self.active[rid] = req  # from here a cancel finds it, even while its adapter pages in
-        r = await self.resolve_adapter(req)
-        if r is False:
-            self.active.pop(rid, None)
-            return
-        if not await self.compile_grammar(req):
-            self.active.pop(rid, None)
-            return
-        prefill_only = self.s.role == "prefill" or bool(msg.decode_worker)
-
-        def add() -> None:
-            if self.active.get(rid) is not req:
-                return  # cancelled while the adapter paged in
-            try:
-                self.attach_adapter(req, r)  # type: ignore[arg-type]
-                self.engine.add_request(
-                    rid,
-                    sub.prompt_token_ids,
-                    sub.sampling.to_params(),
-                    req.adapter_key,
-                    prefill_only,
-                )
-            except LoraplexError as e:
-                self.release(rid)
-                self.spawn(self.fail(req, 400, str(e), retryable=False))
-
-        self.submit(add)
-
-    def _cancel(self, request_id: str) -> None:
-        self.engine.abort(request_id)
-        if self.kv is not None:
-            self.kv.cancel(request_id)
-        self.release(request_id)
-
-    async def _on_adapter_event(self, event: AdapterEvent) -> None:
-        if event.kind in ("replaced", "deleted"):
-            old = self.pager.invalidate(event.name)  # at once: new requests must not resolve to it
-            if old is not None:
-                self.submit(lambda: self.pager.retire(old))
 
     # ---- heartbeats --------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
