@@ -8,7 +8,6 @@ import torch
 
 from loraplex import LLM, SamplingParams
 from loraplex.demo import write_demo_model
-from loraplex.engine.scheduler import Scheduler
 from loraplex.kvcache.block_allocator import blocks_for
 
 BLOCK_SIZE = 4
@@ -73,20 +72,6 @@ def greedy_outputs(roomy):
 @pytest.fixture(scope="module")
 def greedy_ref(greedy_outputs) -> list[list[int]]:
     return _tokens(greedy_outputs)
-
-
-@pytest.fixture
-def preemptions(monkeypatch):
-    """Record every Scheduler._preempt call (request id) on any engine during the test."""
-    calls: list[str] = []
-    original = Scheduler._preempt
-
-    def spy(self, seq):
-        calls.append(seq.request_id)
-        return original(self, seq)
-
-    monkeypatch.setattr(Scheduler, "_preempt", spy)
-    return calls
 
 
 def _tokens(outputs) -> list[list[int]]:

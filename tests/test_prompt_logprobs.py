@@ -19,7 +19,6 @@ from loraplex.demo import (
     write_random_model,
 )
 from loraplex.engine.logprobs import TokenLogprobs
-from loraplex.engine.scheduler import Scheduler
 from loraplex.errors import InvalidRequestError
 from tests.hf_reference import HFReference
 
@@ -103,20 +102,12 @@ def test_cached_prefixes_are_recomputed_for_prompt_logprobs(setup, want) -> None
     assert first.prompt_logprobs is None and again.prompt_logprobs is None
 
 
-def test_preempted_requests_report_prompt_logprobs_once(setup, want, monkeypatch) -> None:
-    preempted: list[str] = []
-    original = Scheduler._preempt
-
-    def spy(self, seq):
-        preempted.append(seq.request_id)
-        return original(self, seq)
-
-    monkeypatch.setattr(Scheduler, "_preempt", spy)
+def test_preempted_requests_report_prompt_logprobs_once(setup, want, preemptions) -> None:
     # 12 blocks of 4 tokens: the three prompts growing by 20 tokens each cannot all stay resident.
     llm = _llm(setup, num_kv_blocks=12, max_model_len=44, enable_prefix_caching=False)
     params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, prompt_logprobs=K)
     outs = llm.generate(PROMPTS, params, lora=LORAS)
-    assert preempted, "the small cache should force a preemption"
+    assert preemptions, "the small cache should force a preemption"
     for out, prompt, lp in zip(outs, PROMPTS, want, strict=True):
         _assert_matches(out.prompt_logprobs, prompt, lp)
 
