@@ -15,10 +15,15 @@ from tests.stack.conftest import launch
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
     root = tmp_path_factory.mktemp("lifecycle-servers")
-    nats, redis = start_nats(root / "nats"), start_redis(root / "redis")
-    yield {"nats": nats, "redis": redis, "root": root}
-    nats.stop()
-    redis.stop()
+    servers = {
+        "nats": start_nats(root / "nats"),
+        "redis": start_redis(root / "redis"),
+        "root": root,
+    }
+    yield servers
+    # The restart tests replace the processes in this dict: stop the ones there now.
+    servers["nats"].stop()
+    servers["redis"].stop()
 
 
 @pytest.fixture(scope="module")
