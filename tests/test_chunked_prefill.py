@@ -12,12 +12,10 @@ from loraplex import LLM, SamplingParams
 from loraplex.demo import (
     ALL_MODULES,
     TinyModelSpec,
-    write_demo_tokenizer,
-    write_random_adapter,
-    write_random_model,
 )
 from loraplex.kernels import torch_ref
 from tests.hf_reference import HFReference
+from tests.tiny_models import llm_with_adapters, ranked, write_model_and_adapters
 
 MAX_TOKENS = 6
 ADAPTERS = {"all-r8": (8, ALL_MODULES), "qv-r4": (4, ("q_proj", "v_proj"))}
@@ -37,19 +35,14 @@ SPECS = {
 def setup(request, tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     spec = SPECS[request.param]
     root = tmp_path_factory.mktemp(f"chunked-{request.param}")
-    write_random_model(root / "model", spec)
-    write_demo_tokenizer(root / "model", spec.vocab_size)
-    paths = {}
-    for i, (name, (rank, targets)) in enumerate(ADAPTERS.items()):
-        paths[name] = root / name
-        write_random_adapter(paths[name], spec, rank=rank, alpha=2 * rank, targets=targets, seed=i)
-    return root / "model", paths
+    return write_model_and_adapters(root, spec, ranked(ADAPTERS))
 
 
 def _llm(setup, budget: int) -> LLM:
     model, paths = setup
-    llm = LLM(
+    return llm_with_adapters(
         model,
+        paths,
         dtype="float32",
         device="cpu",
         max_loras=2,
@@ -57,9 +50,6 @@ def _llm(setup, budget: int) -> LLM:
         block_size=4,
         max_num_batched_tokens=budget,
     )
-    for name, path in paths.items():
-        llm.add_lora(name, path)
-    return llm
 
 
 def test_chunked_prefill_matches_hf_peft(setup) -> None:

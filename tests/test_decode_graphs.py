@@ -19,13 +19,11 @@ from loraplex.config import EngineConfig
 from loraplex.demo import (
     ALL_MODULES,
     TinyModelSpec,
-    write_demo_tokenizer,
-    write_random_adapter,
-    write_random_model,
 )
 from loraplex.engine.cuda_graphs import StaticDecodeInputs, capture_sizes, padded_size
 from loraplex.errors import InvalidRequestError
 from loraplex.kvcache.block_allocator import blocks_for
+from tests.tiny_models import llm_with_adapters, ranked, write_model_and_adapters
 
 SPEC = TinyModelSpec(seed=3, hidden_size=32, intermediate_size=64, num_heads=4, num_kv_heads=2)
 ADAPTERS = {"a": (8, ALL_MODULES), "b": (4, ("q_proj", "v_proj")), "c": (2, ("down_proj",))}
@@ -64,22 +62,15 @@ def test_engine_config_rejects_bad_graph_size() -> None:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
-    root = tmp_path_factory.mktemp("graphs")
-    write_random_model(root / "model", SPEC)
-    write_demo_tokenizer(root / "model", SPEC.vocab_size)
-    paths = {}
-    for i, (name, (rank, targets)) in enumerate(ADAPTERS.items()):
-        paths[name] = root / name
-        write_random_adapter(paths[name], SPEC, rank=rank, alpha=2 * rank, targets=targets, seed=i)
-    return root / "model", paths
+    return write_model_and_adapters(tmp_path_factory.mktemp("graphs"), SPEC, ranked(ADAPTERS))
 
 
 def _llm(model_dir: tuple[Path, dict[str, Path]], graphs: int | None) -> LLM:
     model, paths = model_dir
     # Two device slots for three adapters: slots are refilled between steps.
-    llm = LLM(model, dtype="float32", device="cpu", max_loras=2, max_lora_rank=8, block_size=4)
-    for name, path in paths.items():
-        llm.add_lora(name, path)
+    llm = llm_with_adapters(
+        model, paths, dtype="float32", device="cpu", max_loras=2, max_lora_rank=8, block_size=4
+    )
     if graphs is not None:
         eng = llm.engine
         width = blocks_for(eng.max_model_len, eng.config.block_size)

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from loraplex import LLM, SamplingParams
+from loraplex import SamplingParams
 from loraplex.demo import (
     ALL_MODULES,
     TinyModelSpec,
-    write_demo_tokenizer,
-    write_random_adapter,
-    write_random_model,
 )
 from tests.hf_reference import HFReference
+from tests.tiny_models import llm_with_adapters, write_model_and_adapters
 
 MAX_TOKENS = 8
 # (name, rank, alpha, targets, rslora)
@@ -62,21 +58,18 @@ SPECS = {
 @pytest.fixture(scope="module", params=list(SPECS))
 def setup(request, tmp_path_factory):
     spec = SPECS[request.param]
-    root = tmp_path_factory.mktemp(request.param)
-    model_dir = root / "model"
-    write_random_model(model_dir, spec)
-    write_demo_tokenizer(model_dir, spec.vocab_size)
-    paths: dict[str, Path] = {}
-    for i, (name, rank, alpha, targets, rs) in enumerate(ADAPTERS):
-        paths[name] = root / name
-        write_random_adapter(
-            paths[name], spec, rank=rank, alpha=alpha, targets=targets, use_rslora=rs, seed=10 + i
-        )
+    adapters = {
+        name: {"rank": rank, "alpha": alpha, "targets": targets, "use_rslora": rs, "seed": 10 + i}
+        for i, (name, rank, alpha, targets, rs) in enumerate(ADAPTERS)
+    }
+    model_dir, paths = write_model_and_adapters(
+        tmp_path_factory.mktemp(request.param), spec, adapters
+    )
     ref = HFReference(model_dir, paths)
     expected = [ref.greedy(p, lora, MAX_TOKENS) for p, lora in zip(PROMPTS, LORAS, strict=False)]
-    llm = LLM(model_dir, dtype="float32", device="cpu", max_loras=4, max_lora_rank=32, block_size=4)
-    for name, path in paths.items():
-        llm.add_lora(name, path)
+    llm = llm_with_adapters(
+        model_dir, paths, dtype="float32", device="cpu", max_loras=4, max_lora_rank=32, block_size=4
+    )
     return llm, expected
 
 

@@ -8,12 +8,10 @@ from loraplex import LLM, SamplingParams
 from loraplex.demo import (
     ALL_MODULES,
     TinyModelSpec,
-    write_demo_tokenizer,
-    write_random_adapter,
-    write_random_model,
 )
 from loraplex.errors import InvalidRequestError
 from tests.hf_reference import HFReference
+from tests.tiny_models import write_model_and_adapters
 
 SPEC = TinyModelSpec(arch="qwen2", seed=51, num_kv_heads=1)
 PROMPTS = [[5, 17, 300, 42, 7], [900, 12, 13, 14, 15, 16, 17, 18, 19]]
@@ -22,11 +20,8 @@ LORAS = ["a", None]
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("logprobs")
-    write_random_model(root / "model", SPEC)
-    write_demo_tokenizer(root / "model", SPEC.vocab_size)
-    write_random_adapter(root / "a", SPEC, rank=8, alpha=16, targets=ALL_MODULES, seed=1)
-    return root / "model", {"a": root / "a"}
+    adapter = {"rank": 8, "alpha": 16, "targets": ALL_MODULES, "seed": 1}
+    return write_model_and_adapters(tmp_path_factory.mktemp("logprobs"), SPEC, {"a": adapter})
 
 
 def test_greedy_logprobs_match_hf_log_softmax(setup) -> None:

@@ -14,12 +14,11 @@ from loraplex import LLM, SamplingParams
 from loraplex.demo import (
     ALL_MODULES,
     TinyModelSpec,
-    write_demo_tokenizer,
     write_random_adapter,
-    write_random_model,
 )
 from loraplex.kvcache.prefix_cache import CachingBlockAllocator, block_keys
 from tests.hf_reference import HFReference
+from tests.tiny_models import llm_with_adapters, ranked, write_model_and_adapters
 
 # ------------------------------------------------------------------------- pure bookkeeping
 
@@ -124,20 +123,15 @@ PROMPTS = [SYSTEM + [5, 6, 7], SYSTEM + [900], SYSTEM[:8], SYSTEM + [5, 6, 7, 8,
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
-    root = tmp_path_factory.mktemp("prefix")
-    write_random_model(root / "model", SPEC)
-    write_demo_tokenizer(root / "model", SPEC.vocab_size)
-    paths = {}
-    for i, name in enumerate(("a", "b")):
-        paths[name] = root / name
-        write_random_adapter(paths[name], SPEC, rank=4, alpha=8, targets=ALL_MODULES, seed=i)
-    return root / "model", paths
+    adapters = {"a": (4, ALL_MODULES), "b": (4, ALL_MODULES)}  # alpha 8, seeds 0 and 1
+    return write_model_and_adapters(tmp_path_factory.mktemp("prefix"), SPEC, ranked(adapters))
 
 
 def _llm(model_dir, caching: bool = True, **kw) -> LLM:
     model, paths = model_dir
-    llm = LLM(
+    return llm_with_adapters(
         model,
+        paths,
         dtype="float32",
         device="cpu",
         max_loras=2,
@@ -146,9 +140,6 @@ def _llm(model_dir, caching: bool = True, **kw) -> LLM:
         enable_prefix_caching=caching,
         **kw,
     )
-    for name, path in paths.items():
-        llm.add_lora(name, path)
-    return llm
 
 
 GREEDY = SamplingParams(temperature=0, max_tokens=5, ignore_eos=True)

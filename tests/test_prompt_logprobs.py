@@ -14,13 +14,11 @@ from loraplex import LLM, SamplingParams
 from loraplex.demo import (
     ALL_MODULES,
     TinyModelSpec,
-    write_demo_tokenizer,
-    write_random_adapter,
-    write_random_model,
 )
 from loraplex.engine.logprobs import TokenLogprobs
 from loraplex.errors import InvalidRequestError
 from tests.hf_reference import HFReference
+from tests.tiny_models import llm_with_adapters, write_model_and_adapters
 
 SPEC = TinyModelSpec(arch="llama", seed=61, num_kv_heads=2)
 PROMPTS = [
@@ -34,11 +32,10 @@ K = 3
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("prompt_logprobs")
-    write_random_model(root / "model", SPEC)
-    write_demo_tokenizer(root / "model", SPEC.vocab_size)
-    write_random_adapter(root / "a", SPEC, rank=8, alpha=16, targets=ALL_MODULES, seed=2)
-    return root / "model", {"a": root / "a"}
+    adapter = {"rank": 8, "alpha": 16, "targets": ALL_MODULES, "seed": 2}
+    return write_model_and_adapters(
+        tmp_path_factory.mktemp("prompt_logprobs"), SPEC, {"a": adapter}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +48,9 @@ def want(setup) -> list[torch.Tensor]:
 
 def _llm(setup, **kw) -> LLM:
     model, paths = setup
-    llm = LLM(model, dtype="float32", device="cpu", max_lora_rank=8, block_size=4, **kw)
-    llm.add_lora("a", paths["a"])
-    return llm
+    return llm_with_adapters(
+        model, paths, dtype="float32", device="cpu", max_lora_rank=8, block_size=4, **kw
+    )
 
 
 def _assert_matches(got: list[TokenLogprobs | None], prompt: list[int], lp: torch.Tensor) -> None:

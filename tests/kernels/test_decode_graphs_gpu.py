@@ -12,12 +12,10 @@ from loraplex import LLM, SamplingParams
 from loraplex.demo import (
     ALL_MODULES,
     TinyModelSpec,
-    write_demo_tokenizer,
-    write_random_adapter,
-    write_random_model,
 )
 from loraplex.engine.cuda_graphs import capture_sizes
 from tests.hf_reference import HFReference
+from tests.tiny_models import llm_with_adapters, ranked, write_model_and_adapters
 
 pytestmark = [
     pytest.mark.gpu,
@@ -41,20 +39,15 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory):
         num_kv_heads=2,
         num_layers=3,
     )
-    write_random_model(root / "model", spec)
-    write_demo_tokenizer(root / "model", spec.vocab_size)
-    paths = {}
-    for i, (name, (rank, targets)) in enumerate(ADAPTERS.items()):
-        paths[name] = root / name
-        write_random_adapter(paths[name], spec, rank=rank, alpha=2 * rank, targets=targets, seed=i)
-    return root / "model", paths
+    return write_model_and_adapters(root, spec, ranked(ADAPTERS))
 
 
 def _llm(model_dir, dtype: str, enforce_eager: bool) -> LLM:
     model, paths = model_dir
     # Two slots for three adapters: adapters are loaded into slots after the capture.
-    llm = LLM(
+    return llm_with_adapters(
         model,
+        paths,
         dtype=dtype,
         device="cuda",
         max_loras=2,
@@ -62,9 +55,6 @@ def _llm(model_dir, dtype: str, enforce_eager: bool) -> LLM:
         max_num_seqs=12,
         enforce_eager=enforce_eager,
     )
-    for name, path in paths.items():
-        llm.add_lora(name, path)
-    return llm
 
 
 def test_graphs_are_captured_for_every_size(model_dir) -> None:

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from loraplex import LLM, SamplingParams
-from loraplex.demo import (
-    ALL_MODULES,
-    TinyModelSpec,
-    write_demo_tokenizer,
-    write_random_adapter,
-    write_random_model,
-)
+from loraplex import SamplingParams
+from loraplex.demo import ALL_MODULES, TinyModelSpec
 from tests.hf_reference import HFReference
+from tests.tiny_models import llm_with_adapters, write_model_and_adapters
 
-ADAPTERS = [("all-r8", 8, 16, ALL_MODULES, False), ("qv-r4-rs", 4, 8, ("q_proj", "v_proj"), True)]
+ADAPTERS = {
+    "all-r8": {"rank": 8, "alpha": 16, "targets": ALL_MODULES, "seed": 0},
+    "qv-r4-rs": {
+        "rank": 4,
+        "alpha": 8,
+        "targets": ("q_proj", "v_proj"),
+        "use_rslora": True,
+        "seed": 1,
+    },
+}
 PROMPTS = [[5, 17, 300, 42, 7], [900, 12], [3, 3, 3, 40]]
 LORAS = ["all-r8", None, "qv-r4-rs"]
 
@@ -29,27 +33,13 @@ def test_triton_path_matches_hf_peft(tmp_path, triton_on_cpu):
     spec = TinyModelSpec(
         arch="qwen2", seed=7, hidden_size=32, intermediate_size=64, num_heads=4, num_kv_heads=2
     )
-    write_random_model(tmp_path / "model", spec)
-    write_demo_tokenizer(tmp_path / "model", spec.vocab_size)
-    paths = {}
-    for i, (name, rank, alpha, targets, rs) in enumerate(ADAPTERS):
-        paths[name] = tmp_path / name
-        write_random_adapter(
-            paths[name], spec, rank=rank, alpha=alpha, targets=targets, use_rslora=rs, seed=i
-        )
-    ref = HFReference(tmp_path / "model", paths)
+    model, paths = write_model_and_adapters(tmp_path, spec, ADAPTERS)
+    ref = HFReference(model, paths)
     expected = [ref.greedy(p, lo, 4)[0] for p, lo in zip(PROMPTS, LORAS, strict=False)]
-    llm = LLM(
-        tmp_path / "model",
-        dtype="float32",
-        device="cpu",
-        max_loras=2,
-        max_lora_rank=8,
-        block_size=4,
+    llm = llm_with_adapters(
+        model, paths, dtype="float32", device="cpu", max_loras=2, max_lora_rank=8, block_size=4
     )
     assert llm.engine.runner.ops.backend == "triton"
-    for name, path in paths.items():
-        llm.add_lora(name, path)
     outs = llm.generate(
         PROMPTS, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True), lora=LORAS
     )
@@ -63,19 +53,14 @@ def test_static_decode_path_through_triton_kernels(tmp_path, triton_on_cpu):
     from loraplex.kvcache.block_allocator import blocks_for
 
     spec = TinyModelSpec(seed=5, hidden_size=32, intermediate_size=64, num_heads=4, num_kv_heads=2)
-    write_random_model(tmp_path / "model", spec)
-    write_demo_tokenizer(tmp_path / "model", spec.vocab_size)
-    for i, (name, rank, alpha, targets, rs) in enumerate(ADAPTERS):
-        write_random_adapter(
-            tmp_path / name, spec, rank=rank, alpha=alpha, targets=targets, use_rslora=rs, seed=i
-        )
+    model, paths = write_model_and_adapters(tmp_path, spec, ADAPTERS)
     params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
     results = []
     for graphs in (False, True):
-        llm = LLM(tmp_path / "model", dtype="float32", device="cpu", max_loras=2, max_lora_rank=8)
+        llm = llm_with_adapters(
+            model, paths, dtype="float32", device="cpu", max_loras=2, max_lora_rank=8
+        )
         assert llm.engine.runner.ops.backend == "triton"
-        for name, *_ in ADAPTERS:
-            llm.add_lora(name, tmp_path / name)
         if graphs:
             eng = llm.engine
             width = blocks_for(eng.max_model_len, eng.config.block_size)
@@ -90,20 +75,14 @@ def test_chunked_and_prefix_cached_prefill_through_triton(tmp_path, triton_on_cp
     of rows whose positions do not start at 0; through the interpreted kernels they still
     match HF + PEFT."""
     spec = TinyModelSpec(seed=9, hidden_size=32, intermediate_size=64, num_heads=4, num_kv_heads=2)
-    write_random_model(tmp_path / "model", spec)
-    write_demo_tokenizer(tmp_path / "model", spec.vocab_size)
-    paths = {}
-    for i, (name, rank, alpha, targets, rs) in enumerate(ADAPTERS):
-        paths[name] = tmp_path / name
-        write_random_adapter(
-            paths[name], spec, rank=rank, alpha=alpha, targets=targets, use_rslora=rs, seed=i
-        )
+    model, paths = write_model_and_adapters(tmp_path, spec, ADAPTERS)
     shared = [(i * 41 + 3) % 900 for i in range(11)]
     prompts = [shared + [1, 2], shared + [7], shared[:9] + [5, 5, 5, 5]]
     loras = ["all-r8", "all-r8", None]
-    ref = HFReference(tmp_path / "model", paths)
-    llm = LLM(
-        tmp_path / "model",
+    ref = HFReference(model, paths)
+    llm = llm_with_adapters(
+        model,
+        paths,
         dtype="float32",
         device="cpu",
         max_loras=2,
@@ -112,8 +91,6 @@ def test_chunked_and_prefix_cached_prefill_through_triton(tmp_path, triton_on_cp
         max_num_batched_tokens=6,
     )
     assert llm.engine.runner.ops.backend == "triton"
-    for name, path in paths.items():
-        llm.add_lora(name, path)
     params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
     for p, lo in zip(prompts, loras, strict=True):
         assert llm.generate([p], params, lora=lo)[0].token_ids == ref.greedy(p, lo, 3)[0]
