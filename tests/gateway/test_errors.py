@@ -143,6 +143,13 @@ async def test_unknown_model_and_routes(gateway: str, scheduler: FakeScheduler) 
 async def test_bad_params_are_400(
     gateway: str, scheduler: FakeScheduler, path: str, body: dict, param: str, says: str
 ) -> None:
+    await assert_refused(gateway, scheduler, path, body, param, says)
+
+
+async def assert_refused(
+    gateway: str, scheduler: FakeScheduler, path: str, body: dict, param: str, says: str
+) -> None:
+    """A 400 ``invalid_request_error`` naming ``param`` and saying ``says``; nothing queued."""
     async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
         err = assert_error(await http.post(path, json=body), 400, param=param, says=says)
     assert err["type"] == "invalid_request_error"

@@ -10,15 +10,9 @@ import httpx
 import pytest
 
 from tests.gateway.conftest import ALICE, MODEL_ID, FakeScheduler
-from tests.gateway.test_errors import assert_error
+from tests.gateway.test_errors import CHAT, COMPLETIONS, assert_refused, completion
 
-COMPLETIONS = "/v1/completions"
-CHAT = "/v1/chat/completions"
 SCHEMA = {"type": "object", "properties": {"b": {"type": "boolean"}, "a": {"type": "integer"}}}
-
-
-def completion(**kw: Any) -> dict[str, Any]:
-    return {"model": MODEL_ID, "prompt": "Hello there", "max_tokens": 8, **kw}
 
 
 def chat(**kw: Any) -> dict[str, Any]:
@@ -87,7 +81,4 @@ async def test_plain_requests_carry_no_constraint(gateway: str, scheduler: FakeS
 async def test_bad_constraints_are_400(
     gateway: str, scheduler: FakeScheduler, path: str, body: dict, param: str, says: str
 ) -> None:
-    async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
-        err = assert_error(await http.post(path, json=body), 400, param=param, says=says)
-    assert err["type"] == "invalid_request_error"
-    assert scheduler.submits == []
+    await assert_refused(gateway, scheduler, path, body, param, says)
