@@ -18,7 +18,12 @@ from loraplex.gateway.errors import InvalidParamError
 from loraplex.gateway.schemas import GenerateRequest
 from loraplex.structured_outputs import KINDS, StructuredOutputsParams
 
-_GUIDED = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice"}
+_GUIDED = {
+    "guided_json": "json",
+    "guided_regex": "regex",
+    "guided_choice": "choice",
+    "guided_grammar": "grammar",
+}
 
 
 def _from_response_format(rf: dict[str, Any]) -> dict[str, Any] | None:
@@ -56,8 +61,6 @@ def _stated(req: GenerateRequest) -> list[tuple[str, dict[str, Any]]]:
     for name, kind in _GUIDED.items():
         if getattr(req, name) is not None:
             out.append((name, {kind: getattr(req, name)}))
-    if req.guided_grammar is not None:
-        out.append(("guided_grammar", {"grammar": req.guided_grammar}))
     return out
 
 
