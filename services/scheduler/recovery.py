@@ -13,13 +13,22 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from loraplex.protocol import RequestError, Subjects, SubmitRequest, WorkerHeartbeat
+from loraplex.protocol import (
+    CancelRequest,
+    RequestError,
+    RequestProgress,
+    Subjects,
+    SubmitRequest,
+    WorkerHeartbeat,
+)
 from loraplex.scheduler.workers import Placement, WorkerState
 
 if TYPE_CHECKING:
     from loraplex.scheduler.service import SchedulerService
 
 log = logging.getLogger(__name__)
+
+CANCELLED_MEMORY_S = 60.0  # how long a cancelled request id is remembered
 
 
 @dataclass
@@ -53,6 +62,8 @@ class RecoveryMixin:
         for job in list(self.inflight.values()):
             if job.holder != hb.worker_id or now - job.assigned_at < grace:
                 continue
+            if self._held_by_decode(job):
+                continue
             if job.submit.request_id in active:
                 job.missing_since = None
             elif job.missing_since is None:
@@ -74,17 +85,19 @@ class RecoveryMixin:
         self.inflight.pop(rid, None)
         self.policy.on_finish(rid, job.completion_tokens)
         self._counters_dirty = True
-        message = f"request failed after {job.attempt + 1} attempt(s): {reason}"
-        await self._bus().publish(
-            Subjects.stream(job.submit.gateway_id), RequestError(rid, 503, message)
+        await self._publish_error(
+            job.submit, f"request failed after {job.attempt + 1} attempt(s): {reason}"
         )
 
     async def _liveness_loop(self: SchedulerService) -> None:
         while True:
             await asyncio.sleep(min(0.25, self.s.heartbeat_timeout_s / 4))
             try:
-                for dead in self.registry.expire(time.monotonic()):
+                now = time.monotonic()
+                for dead in self.registry.expire(now):
                     await self._worker_died(dead)
+                await self._fail_waiting(now)
+                self._forget_cancelled(now)
                 if self._counters_dirty:
                     await self._save_counters()
             except Exception:
@@ -98,7 +111,71 @@ class RecoveryMixin:
         )
         for rid in list(dead.requests):
             job = self.inflight.get(rid)
-            if job is not None and wid in job.workers:
-                job.workers.discard(wid)
-                await self._recover(job, f"worker {wid} stopped responding")
+            if job is None or wid not in job.workers:
+                continue
+            if wid == job.placement.prefill and self._held_by_decode(job):
+                continue  # the K/V got across; only the hand-off report was lost
+            job.workers.discard(wid)
+            await self._recover(job, f"worker {wid} stopped responding")
         self._kick.set()
+
+    def _held_by_decode(self: SchedulerService, job: InFlight) -> bool:
+        """A disaggregated request its decode worker already lists as held: the prefill side is
+        done even if its hand-off report never arrived (so the prefill is released)."""
+        decode = job.placement.decode
+        if not decode or job.prefill_done:
+            return False
+        if not self.registry.holds(decode, job.submit.request_id):
+            return False
+        self._prefill_released(job, job.placement.prefill)
+        return True
+
+    def _take_retry(self: SchedulerService, request_id: str) -> InFlight | None:
+        """Remove and return a request waiting to be re-placed."""
+        for i, job in enumerate(self.retry):
+            if job.submit.request_id == request_id:
+                return self.retry.pop(i)
+        return None
+
+    async def _cancel_again(self: SchedulerService, p: RequestProgress) -> None:
+        """A worker reports work on a request that was cancelled (the cancel crossed its K/V
+        hand-over, or reached a worker before the request did): tell it again."""
+        if p.request_id not in self.cancelled or p.event not in ("tokens", "handoff"):
+            return
+        targets = {p.worker_id} | ({p.decode_worker} if p.decode_worker else set())
+        for wid in targets:
+            await self._bus().publish(Subjects.worker(wid), CancelRequest(p.request_id))
+
+    async def _fail_waiting(self: SchedulerService, now: float) -> None:
+        """Fail queued and to-be-re-placed requests once no worker set could serve them for
+        ``unavailable_timeout_s`` (a dead worker's supervisor may still be restarting it)."""
+        if self.registry.can_serve():
+            self._unservable_since = None
+            return
+        if self._unservable_since is None:
+            self._unservable_since = now
+            return
+        if now - self._unservable_since < self.s.unavailable_timeout_s:
+            return
+        message = (
+            f"no worker could serve the request for {self.s.unavailable_timeout_s:g}s; "
+            "try again later"
+        )
+        for rid, sub in list(self.submits.items()):
+            self.policy.cancel(rid)
+            del self.submits[rid]
+            await self._publish_error(sub, message)
+        for job in self.retry:
+            self.policy.on_finish(job.submit.request_id, job.completion_tokens)
+            await self._publish_error(job.submit, message)
+        self.retry = []
+        self._counters_dirty = True
+
+    async def _publish_error(self: SchedulerService, sub: SubmitRequest, message: str) -> None:
+        err = RequestError(sub.request_id, 503, message)
+        await self._bus().publish(Subjects.stream(sub.gateway_id), err)
+
+    def _forget_cancelled(self: SchedulerService, now: float) -> None:
+        old = [rid for rid, t in self.cancelled.items() if now - t > CANCELLED_MEMORY_S]
+        for rid in old:
+            del self.cancelled[rid]

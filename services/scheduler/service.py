@@ -45,6 +45,10 @@ class SchedulerService(RecoveryMixin):
         self.retry: list[InFlight] = []  # admitted requests to re-place first (worker failed early)
         self.bus: Bus | None = None
         self.counter_store: CounterStore | None = None
+        # Request id -> when it was cancelled: a worker that still reports tokens for one (the
+        # cancel crossed a K/V hand-over) is told again, so nothing generates for nobody.
+        self.cancelled: dict[str, float] = {}
+        self._unservable_since: float | None = None
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._counters_dirty = False
@@ -123,10 +127,10 @@ class SchedulerService(RecoveryMixin):
             self.policy.cancel(rid)
             del self.submits[rid]
             return
-        job = self.inflight.pop(rid, None)
+        job = self.inflight.pop(rid, None) or self._take_retry(rid)
         if job is None:
             return
-        self.retry = [j for j in self.retry if j.submit.request_id != rid]
+        self.cancelled[rid] = time.monotonic()
         self.policy.cancel(rid)
         self._counters_dirty = True
         for wid in job.workers:
@@ -222,8 +226,11 @@ class SchedulerService(RecoveryMixin):
     async def _on_progress(self, p: RequestProgress) -> None:
         job = self.inflight.get(p.request_id)
         if job is None:
+            await self._cancel_again(p)
             return
         if p.event == "tokens":
+            if p.worker_id == job.placement.decode:  # the decode worker has it, whatever the
+                self._prefill_released(job, job.placement.prefill)  # hand-off report says
             job.tokens_sent = True
             job.completion_tokens = p.completion_tokens
             self.policy.on_output_tokens(job.submit.tenant, p.request_id, p.new_tokens)
@@ -238,6 +245,8 @@ class SchedulerService(RecoveryMixin):
             for wid in job.workers:
                 self.registry.release(wid, p.request_id)
         elif p.event == "failed":
+            if p.suspect:
+                self.registry.suspect(p.suspect)
             await self._recover(job, p.message or f"worker {p.worker_id} failed")
         self._kick.set()
 

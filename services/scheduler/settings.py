@@ -27,6 +27,9 @@ class SchedulerSettings:
     prefix_routing: bool = True
     lost_request_grace_s: float = 2.0
     prefix_balance: float = 0.25
+    # Waiting requests fail (503) once no worker set could serve them for this long, instead of
+    # waiting for the gateway's request timeout while a dead worker is being restarted.
+    unavailable_timeout_s: float = 5.0
 
     def policy_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {"w_p": self.w_p, "w_q": self.w_q}
@@ -94,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.25,
         help="how much busier (share of its batch) a prefix-matching worker may be",
     )
+    p.add_argument(
+        "--unavailable-timeout",
+        type=float,
+        default=5.0,
+        help="seconds waiting requests wait for a live worker set before they fail with 503",
+    )
     return p
 
 
@@ -115,4 +124,5 @@ def settings_from_args(a: argparse.Namespace) -> SchedulerSettings:
         prefix_routing=a.prefix_routing,
         lost_request_grace_s=a.lost_request_grace,
         prefix_balance=a.prefix_balance,
+        unavailable_timeout_s=a.unavailable_timeout,
     )

@@ -19,6 +19,9 @@ class WorkerState:
     hb: WorkerHeartbeat
     last_seen: float
     requests: dict[str, int] = field(default_factory=dict)  # request_id -> committed KV blocks
+    # A peer reported it unreachable (no responders, K/V refused): nothing is placed on it until
+    # its next heartbeat, so a retry cannot go straight back to a worker that just died.
+    suspect: bool = False
 
     @property
     def committed_blocks(self) -> int:
@@ -57,8 +60,19 @@ class WorkerRegistry:
         if state is None:
             self.workers[hb.worker_id] = WorkerState(hb, now)
             return True
-        state.hb, state.last_seen = hb, now
+        state.hb, state.last_seen, state.suspect = hb, now, False
         return False
+
+    def suspect(self, worker_id: str) -> None:
+        """Place nothing on ``worker_id`` until it proves alive with a heartbeat."""
+        w = self.workers.get(worker_id)
+        if w is not None:
+            w.suspect = True
+
+    def holds(self, worker_id: str, request_id: str) -> bool:
+        """Whether ``worker_id``'s latest heartbeat lists ``request_id`` as held."""
+        w = self.workers.get(worker_id)
+        return w is not None and request_id in (w.hb.active or ())
 
     def expire(self, now: float) -> list[WorkerState]:
         """Remove and return workers whose heartbeats stopped."""
@@ -69,6 +83,9 @@ class WorkerRegistry:
 
     def _alive(self, roles: tuple[str, ...]) -> list[WorkerState]:
         return [w for w in self.workers.values() if w.hb.role in roles and not w.hb.draining]
+
+    def _placeable(self, roles: tuple[str, ...]) -> list[WorkerState]:
+        return [w for w in self._alive(roles) if not w.suspect]
 
     def can_serve(self) -> bool:
         """Some live worker set can run a request end to end (colocated, or prefill + decode)."""
@@ -124,10 +141,10 @@ class WorkerRegistry:
                 ),
             )
 
-        prefill = best(self._alive(("prefill",)), prompt_tokens, True)
+        prefill = best(self._placeable(("prefill",)), prompt_tokens, True)
         # Decode workers cache the prompts handed to them too, and skip receiving those blocks.
-        decode = best(self._alive(("decode",)), total_tokens, True) if prefill else None
-        colocated = best(self._alive(("both",)), total_tokens, True)
+        decode = best(self._placeable(("decode",)), total_tokens, True) if prefill else None
+        colocated = best(self._placeable(("both",)), total_tokens, True)
         if (
             prefill
             and decode

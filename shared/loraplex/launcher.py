@@ -12,57 +12,14 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from loraplex.servers import ServerProcess, free_port, start_nats, start_redis
+from loraplex.servers import free_port, start_nats, start_redis
+from loraplex.stack import Stack
 
-
-@dataclass
-class Stack:
-    run_dir: Path
-    servers: list[ServerProcess] = field(default_factory=list)
-    procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
-    urls: dict[str, str] = field(default_factory=dict)
-
-    def proc(self, name: str) -> subprocess.Popen:
-        return next(p for n, p in self.procs if n == name)
-
-    def spawn(self, name: str, module: str, *args: str) -> subprocess.Popen:
-        with open(
-            self.run_dir / f"{name}.log", "ab"
-        ) as log:  # the child keeps its own copy of the fd
-            proc = subprocess.Popen(
-                [sys.executable, "-m", module, *args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.procs.append((name, proc))
-        return proc
-
-    def check_alive(self) -> None:
-        for name, proc in self.procs:
-            if proc.poll() is not None:
-                tail = (self.run_dir / f"{name}.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"{name} exited with code {proc.returncode}:\n{tail}")
-
-    def stop(self, timeout: float = 15.0) -> None:
-        for _, proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for _, proc in self.procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        for server in reversed(self.servers):
-            server.stop()
+__all__ = ["Stack", "build_parser", "parse_up_args", "start_stack", "up"]
 
 
 def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -123,6 +80,12 @@ def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--run-dir", default=None, help="logs and server data (default: ./.loraplex/run)"
     )
     p.add_argument("--adapter-store-port", type=int, default=None, help="default: a free port")
+    p.add_argument(
+        "--restart",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="restart a service that exits (with backoff) instead of leaving it down",
+    )
     return p
 
 
@@ -208,9 +171,8 @@ def up(args: argparse.Namespace) -> int:
     try:
         base, model, demo_adapters = start_stack(args, stack)
         _print_banner(base, model, demo_adapters, args, stack.run_dir)
-        while True:
-            stack.check_alive()
-            time.sleep(0.5)
+        while True:  # the supervisor thread restarts what exits; only a signal ends this
+            time.sleep(3600)
     except KeyboardInterrupt:
         print("\nstopping loraplex ...", flush=True)
         return 0
@@ -297,6 +259,8 @@ def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]
     stack.urls.update(
         gateway=base, adapter_store=f"http://127.0.0.1:{store_port}", nats=nats_url, redis=redis_url
     )
+    if args.restart:
+        stack.supervise()
     return base, model, demo_adapters
 
 

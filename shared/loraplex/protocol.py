@@ -58,6 +58,15 @@ class StructuredSpec(Message):
 
 
 @dataclass(frozen=True)
+class TokenBias(Message):
+    """One ``logit_bias`` entry on the wire (msgpack map keys must be strings, ids are ints)."""
+
+    TAG: ClassVar[str] = ""  # only inside SamplingSpec
+    token_id: int
+    bias: float
+
+
+@dataclass(frozen=True)
 class SamplingSpec(Message):
     """SamplingParams on the wire (see loraplex.sampling_params)."""
 
@@ -66,6 +75,7 @@ class SamplingSpec(Message):
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
+    min_p: float = 0.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
@@ -73,16 +83,19 @@ class SamplingSpec(Message):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
+    logit_bias: list[TokenBias] = field(default_factory=list)
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     structured_outputs: StructuredSpec | None = None
 
-    # Every field mirrors the SamplingParams field of the same name (tuples travel as lists).
+    # Every field mirrors the SamplingParams field of the same name (tuples travel as lists;
+    # the logit_bias map and the constraint as their nested messages).
     @classmethod
     def from_params(cls, p: SamplingParams) -> SamplingSpec:
         values = {f.name: getattr(p, f.name) for f in dataclasses.fields(cls)}
         so = p.structured_outputs
         values["structured_outputs"] = None if so is None else StructuredSpec(so.kind, so.spec)
+        values["logit_bias"] = [TokenBias(t, b) for t, b in (p.logit_bias or {}).items()]
         return cls(**{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()})
 
     def to_params(self) -> SamplingParams:
@@ -92,6 +105,7 @@ class SamplingSpec(Message):
         values["structured_outputs"] = (
             None if so is None else StructuredOutputsParams.from_spec(so.kind, so.spec)
         )
+        values["logit_bias"] = {b.token_id: b.bias for b in self.logit_bias} or None
         return SamplingParams(**values)
 
 
@@ -234,7 +248,7 @@ class RequestProgress(Message):
     """worker -> scheduler: a request moved on (tokens produced, handed over, finished, failed).
 
     ``event``: "handoff" (prefill done, KV sent to ``decode_worker``), "tokens" (``new_tokens``
-    generated since the last report), "finished", "failed".
+    generated since the last report), "finished", "failed" (retryable), "error" (terminal).
     """
 
     TAG: ClassVar[str] = "progress"
@@ -247,6 +261,9 @@ class RequestProgress(Message):
     completion_tokens: int = 0
     decode_worker: str = ""
     message: str = ""
+    # With "failed": a worker the reporter found unreachable or refusing (its decode peer), which
+    # the scheduler then avoids until that worker's next heartbeat.
+    suspect: str = ""
 
 
 # ---- prefill -> decode: KV hand-over ---------------------------------------------------------

@@ -16,7 +16,12 @@ BOUND_S = HEARTBEAT_TIMEOUT_S + 10.0
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    stack = launch(tmp_path_factory, "failure", ["--prefill-workers", "1", "--decode-workers", "2"])
+    # Without restarts: this checks what happens while no decode worker is left.
+    stack = launch(
+        tmp_path_factory,
+        "failure",
+        ["--prefill-workers", "1", "--decode-workers", "2", "--no-restart"],
+    )
     yield stack
     stack.stop()
 

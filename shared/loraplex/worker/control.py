@@ -11,6 +11,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from loraplex.adapters.keys import adapter_id
 from loraplex.errors import AdapterNotFoundError, LoraplexError
 from loraplex.protocol import AdapterEvent, CancelRequest, PrefetchAdapter, PrefillAssign
 from loraplex.structured_outputs import StructuredOutputsParams
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from loraplex.worker.runtime import Active, Worker
 
 log = logging.getLogger(__name__)
+
+MAX_REMEMBERED_CANCELS = 4096
 
 
 class ControlMixin:
@@ -89,6 +92,8 @@ class ControlMixin:
         sub = msg.request
         rid = sub.request_id
         req = Active(sub, None, decode_worker=msg.decode_worker)
+        if rid in self.cancelled:
+            return  # its cancel overtook it
         if self.draining:
             await self.fail(req, 503, f"worker {self.id} is draining", retryable=True)
             return
@@ -121,6 +126,9 @@ class ControlMixin:
         self.submit(add)
 
     def _cancel(self: Worker, request_id: str) -> None:
+        self.cancelled[request_id] = None
+        while len(self.cancelled) > MAX_REMEMBERED_CANCELS:
+            self.cancelled.popitem(last=False)
         self.engine.abort(request_id)
         if self.kv is not None:
             self.kv.cancel(request_id)
@@ -128,6 +136,7 @@ class ControlMixin:
 
     async def _on_adapter_event(self: Worker, event: AdapterEvent) -> None:
         if event.kind in ("replaced", "deleted"):
-            old = self.pager.invalidate(event.name)  # at once: new requests must not resolve to it
+            # at once: new requests must not resolve to it
+            old = self.pager.invalidate(adapter_id(event.owner, event.name))
             if old is not None:
                 self.submit(lambda: self.pager.retire(old))

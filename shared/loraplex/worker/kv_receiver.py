@@ -73,6 +73,8 @@ class KVReceiver:
         rid = begin.request.request_id
         if self.w.draining:
             return KVReply(rid, False, "draining")
+        if rid in self.w.cancelled:
+            return KVReply(rid, False, "cancelled")
         req = Active(begin.request, None)
         r = await self.w.resolve_adapter(req)
         if r is False:

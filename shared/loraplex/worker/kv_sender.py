@@ -52,7 +52,11 @@ async def ship_kv(worker: Worker, req: Active, handoff: KVHandoff) -> None:
         reply = decode(raw.data, KVReply)
         if not reply.accepted:
             await worker.fail(
-                req, 503, f"decode worker refused the K/V: {reply.reason}", retryable=True
+                req,
+                503,
+                f"decode worker refused the K/V: {reply.reason}",
+                retryable=True,
+                suspect=req.decode_worker,
             )
             return
         if not 0 <= reply.cached_blocks < payload.shape[2]:
@@ -71,6 +75,7 @@ async def ship_kv(worker: Worker, req: Active, handoff: KVHandoff) -> None:
             503,
             f"K/V hand-over to decode worker {req.decode_worker} failed: {e!r}",
             retryable=True,
+            suspect=req.decode_worker,
         )
     except Exception as e:
         log.exception("K/V hand-over of %s failed", sub.request_id)

@@ -48,7 +48,12 @@ class PublishMixin:
                 self.release(out.request_id)
 
     async def progress(
-        self: Worker, req: Active, event: str, new_tokens: int = 0, message: str = ""
+        self: Worker,
+        req: Active,
+        event: str,
+        new_tokens: int = 0,
+        message: str = "",
+        suspect: str = "",
     ) -> None:
         assert self.bus is not None
         sub = req.submit
@@ -64,15 +69,20 @@ class PublishMixin:
                 completion_tokens=req.generated,
                 decode_worker=req.decode_worker,
                 message=message,
+                suspect=suspect,
             ),
         )
 
-    async def fail(self: Worker, req: Active, code: int, message: str, retryable: bool) -> None:
-        """Report a request we cannot serve: retryable failures go back to the scheduler only."""
+    async def fail(
+        self: Worker, req: Active, code: int, message: str, retryable: bool, suspect: str = ""
+    ) -> None:
+        """Report a request we cannot serve: retryable failures go back to the scheduler only
+        (``suspect``: the peer worker to blame, which the scheduler avoids for the retry)."""
         assert self.bus is not None
         if not retryable:
             sub = req.submit
             await self.bus.publish(
                 Subjects.stream(sub.gateway_id), RequestError(sub.request_id, code, message)
             )
-        await self.progress(req, "failed" if retryable else "error", message=message)
+        event = "failed" if retryable else "error"
+        await self.progress(req, event, message=message, suspect=suspect)

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,9 @@ class Worker(ControlMixin, PublishMixin):
         self.outbox: list[StepOutput] = []  # outputs produced by inbox commands (K/V injection)
         self.wake = asyncio.Event()
         self.active: dict[str, Active] = {}
+        # Recently cancelled request ids: an assignment or K/V hand-over that arrives after its
+        # cancel (they cross on different subjects) is refused instead of generating for nobody.
+        self.cancelled: OrderedDict[str, None] = OrderedDict()
         self.draining = False
         self.bus: Bus | None = None
         self._tasks: list[asyncio.Task] = []

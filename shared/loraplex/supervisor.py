@@ -1,0 +1,130 @@
+"""Child services that heal: a process that exits is started again, with backoff and a log line.
+
+``loraplex up`` runs every service as a child ``Service``; a ``Supervisor`` thread polls them and
+restarts the ones that exited (a crash, an OOM kill, a worker that left on a fatal CUDA error),
+so one dead process never takes the stack down.  Only the launcher's own Ctrl-C or SIGTERM stops
+everything.  Backoff doubles for a service that keeps dying soon after its start and resets once a
+run lasted ``stable_after_s``, as systemd's and Kubernetes' restart policies do.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    stable_after_s: float = 30.0  # a run at least this long resets the backoff
+
+    def delay(self, quick_failures: int) -> float:
+        """Seconds to wait before restart number ``quick_failures`` (1-based) in a row."""
+        return min(self.max_backoff_s, self.initial_backoff_s * 2 ** max(0, quick_failures - 1))
+
+
+@dataclass
+class Service:
+    """One child process of the stack and its restart bookkeeping."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    started_at: float = 0.0  # monotonic
+    restarts: int = 0
+    quick_failures: int = 0  # exits in a row that came before ``stable_after_s``
+    restart_at: float | None = None  # monotonic time of the pending restart
+    history: list[int] = field(default_factory=list)  # pids, oldest first
+
+    def start(self) -> subprocess.Popen:
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the fd
+            self.proc = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.started_at = time.monotonic()
+        self.restart_at = None
+        self.history.append(self.proc.pid)
+        return self.proc
+
+    @property
+    def exited(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def log_tail(self, chars: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+class Supervisor:
+    """Restarts exited services; ``poll`` is one pass (tests call it), ``start`` runs a thread."""
+
+    def __init__(
+        self,
+        services: list[Service],
+        policy: RestartPolicy | None = None,
+        say: Callable[[str], None] | None = None,
+        interval_s: float = 0.2,
+    ) -> None:
+        self.services = services
+        self.policy = policy or RestartPolicy()
+        self.say = say or (lambda line: print(line, flush=True))
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # one pass at a time; stop() waits for the pass
+        self._thread: threading.Thread | None = None
+
+    def poll(self, now: float | None = None) -> None:
+        with self._lock:
+            if self._stop.is_set():
+                return
+            now = time.monotonic() if now is None else now
+            for svc in self.services:
+                self._check(svc, now)
+
+    def _check(self, svc: Service, now: float) -> None:
+        if svc.restart_at is not None:
+            if now >= svc.restart_at:
+                svc.restarts += 1
+                svc.start()
+                self.say(f"loraplex: restarted {svc.name} (pid {svc.proc.pid})")  # type: ignore[union-attr]
+            return
+        if not svc.exited:
+            return
+        ran = now - svc.started_at
+        svc.quick_failures = 1 if ran >= self.policy.stable_after_s else svc.quick_failures + 1
+        delay = self.policy.delay(svc.quick_failures)
+        svc.restart_at = now + delay
+        code = svc.proc.returncode  # type: ignore[union-attr]
+        self.say(
+            f"loraplex: {svc.name} exited with code {code} after {ran:.1f}s; "
+            f"restarting in {delay:.1f}s (log: {svc.log_path})"
+        )
+
+    def start(self) -> None:
+        def loop() -> None:
+            while not self._stop.wait(self.interval_s):
+                self.poll()
+
+        self._thread = threading.Thread(target=loop, name="loraplex-supervisor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """No restart after this returns (the caller then stops the services)."""
+        self._stop.set()
+        with self._lock:
+            pass
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
