@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -16,6 +18,7 @@ from loraplex.adapter_store.http_errors import install_error_handlers
 from loraplex.adapter_store.registrar import Registrar
 from loraplex.adapter_store.routes import health, router
 from loraplex.adapter_store.settings import Settings
+from loraplex.adapters.migrate import migrate_in_background
 from loraplex.adapters.store import AdapterStore
 from loraplex.model.config import ModelConfig
 from loraplex.tenants import load_tenants
@@ -47,12 +50,16 @@ def create_app(settings: Settings) -> FastAPI:
         events = EventPublisher(settings.nats_url)
         events.start()
         registrar = Registrar(store, model, settings.max_lora_rank, events)
+        migration = asyncio.create_task(migrate_in_background(store), name="adapter-migration")
         app.state.loraplex = AppState(settings, tenants, store, events, registrar, root)
         mode = "open mode" if tenants.open_mode else f"{len(tenants.tenants)} tenants"
         log.info("adapter-store ready on %s:%d (%s)", settings.host, settings.port, mode)
         try:
             yield
         finally:
+            migration.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await migration
             await events.close()
             await store.close()
 

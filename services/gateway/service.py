@@ -70,13 +70,13 @@ class GatewayService:
 
     # ---- 1. prepare ------------------------------------------------------------------------
     async def resolve_adapter(self, tenant: str, model: str) -> str | None:
-        """None for the base model, the adapter's name for an adapter ``tenant`` may use."""
+        """None for the base model, else the id (``owner/name``) of the adapter ``model`` names
+        for ``tenant``: its own adapter of that name, else the public one (``adapters.keys``)."""
         if model == self.settings.model_id:
             return None
         if self.adapters is not None:
             try:
-                await self.adapters.get_for(tenant, model)
-                return model
+                return (await self.adapters.get_for(tenant, model)).id
             except AdapterNotFoundError:
                 pass
         raise ModelNotFoundError(

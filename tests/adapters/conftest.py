@@ -172,7 +172,7 @@ async def h(
     finally:
         for key in ADAPTERS:  # leave the shared Redis as we found it
             if await store.get(harness.name(key)) is not None:
-                await store.delete_for(TENANT.name, harness.name(key))
+                await store.delete_for(TENANT.name, harness.store_name(key))
         await bus.close()
         await events.close()
         await store.close()

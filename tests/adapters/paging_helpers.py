@@ -24,6 +24,7 @@ from pathlib import Path
 from loraplex import LLM, SamplingParams
 from loraplex.adapter_store.registrar import Registrar
 from loraplex.adapter_store.uploads import AdapterUpload
+from loraplex.adapters.keys import adapter_id
 from loraplex.bus import Bus
 from loraplex.demo import ALL_MODULES, ATTN_MODULES, MLP_MODULES, DemoModelInfo
 from loraplex.lora.names import CONFIG_FILE, WEIGHTS_FILE
@@ -192,15 +193,19 @@ class Harness:
     gateway: Gateway
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
-    def name(self, key: str) -> str:
-        """The store name of local adapter ``key`` in this test (unique in the shared Redis)."""
+    def store_name(self, key: str) -> str:
+        """The name ``TENANT`` registers local adapter ``key`` under (unique in the shared Redis)."""
         return f"pg-{self.tag}-{key}"
+
+    def name(self, key: str) -> str:
+        """The adapter's id (``owner/name``): what the scheduler sends and the worker keys by."""
+        return adapter_id(TENANT.name, self.store_name(key))
 
     async def register(self, key: str, as_key: str | None = None, replace: bool = False) -> int:
         """Register local adapter ``key`` under the store name of ``as_key``; returns its version."""
         path = self.adapter_dirs[key]
         upload = AdapterUpload(
-            self.name(as_key or key),
+            self.store_name(as_key or key),
             (path / CONFIG_FILE).read_bytes(),
             (path / WEIGHTS_FILE).read_bytes(),
             replace=replace,
@@ -208,7 +213,7 @@ class Harness:
         return (await self.registrar.register(TENANT, upload)).info.version
 
     async def delete(self, key: str) -> None:
-        await self.registrar.delete(TENANT, self.name(key))
+        await self.registrar.delete(TENANT, self.store_name(key))
 
     @asynccontextmanager
     async def worker(

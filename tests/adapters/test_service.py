@@ -64,14 +64,14 @@ async def test_roundtrip(service, make_adapter, store: AdapterStore) -> None:
         listed = (await http.get("/v1/adapters", headers=ALICE)).json()
         assert listed["object"] == "list" and [a["name"] for a in listed["data"]] == ["rt"]
         # workers read straight from Redis, sha-verified
-        assert await store.fetch_weights("rt") == (
+        assert await store.fetch_weights("alice/rt") == (
             (path / CFG).read_bytes(),
             (path / WTS).read_bytes(),
         )
         r = await http.delete("/v1/adapters/rt", headers=ALICE)
         assert r.json() == {"id": "rt", "object": "adapter.deleted", "deleted": True}
         assert_error(await http.get("/v1/adapters/rt", headers=ALICE), 404, "not found")
-        assert await keys_with(store) <= {store.keys.version_counter}
+        assert await keys_with(store) <= {store.keys.version_counter("alice")}
 
 
 async def test_health_and_ready(service) -> None:
@@ -156,7 +156,7 @@ async def test_validation_failures(service, make_adapter, store: AdapterStore) -
         assert_error(bad_json, 400, "body is not valid JSON")
         assert_error(await http.post("/v1/adapters", headers=ALICE, json={"name": "x", "path": "a", "extra": 1}), 400, "unknown field(s) extra")  # fmt: skip
         assert (await http.get("/v1/adapters", headers=ALICE)).json()["data"] == []
-    assert await keys_with(store) <= {store.keys.version_counter}  # nothing stored
+    assert await keys_with(store) <= {store.keys.version_counter("alice")}  # nothing stored
 
 
 async def test_tenancy(service, make_adapter) -> None:
@@ -171,9 +171,14 @@ async def test_tenancy(service, make_adapter) -> None:
         }  # fmt: skip
         assert (await http.get("/v1/adapters", headers=BOB)).json()["data"] == []
         assert_error(await http.delete("/v1/adapters/alices", headers=BOB), 404, "not found")
-        # names are global: bob cannot take alice's name, even with replace
-        assert_error(await upload(http, "alices", path, headers=BOB), 409, "already taken")
-        assert_error(await upload(http, "alices", path, headers=BOB, replace="true"), 409, "already taken")  # fmt: skip
+        # names are scoped to their owner: bob gets his own "alices", as for an unused name
+        unused = await upload(http, "unused", path, headers=BOB)
+        mine = await upload(http, "alices", path, headers=BOB)
+        assert mine.status_code == unused.status_code == 201
+        assert mine.json() == {**unused.json(), "id": "alices", "name": "alices", "created": mine.json()["created"], "version": mine.json()["version"]}  # fmt: skip
+        assert (await http.get("/v1/adapters/alices", headers=ALICE)).json()["owner"] == "alice"
+        for name in ("alices", "unused"):
+            assert (await http.delete(f"/v1/adapters/{name}", headers=BOB)).status_code == 200
         # made public: visible to bob, still not his to delete
         r = await upload(http, "alices", path, visibility="public", replace="true")
         assert r.status_code == 200 and r.json()["visibility"] == "public"
@@ -198,7 +203,7 @@ async def test_conflict_replace_and_events(service, make_adapter, nats_url: str,
             second = r.json()
             assert second["rank"] == 8 and second["targets"] == ["o_proj"]
             assert second["version"] > first["version"] and second["sha256"] != first["sha256"]
-            assert not await store.redis.exists(store.keys.blob("ev", first["version"]))
+            assert not await store.redis.exists(store.keys.blob("alice/ev", first["version"]))
             assert (await http.delete("/v1/adapters/ev", headers=ALICE)).status_code == 200
             got = [await asyncio.wait_for(events.get(), 5) for _ in range(3)]
     finally:

@@ -42,24 +42,24 @@ async def test_register_list_get_fetch_delete(store: AdapterStore) -> None:
 
     assert await store.get_for("alice", "one") == info
     assert [i.name for i in await store.list_for("alice")] == ["one"]
-    assert await store.fetch_weights("one") == (CONFIG, weights)
+    assert await store.fetch_weights("alice/one") == (CONFIG, weights)
 
     deleted = await store.delete_for("alice", "one")
     assert deleted.version == info.version
-    assert await store.get("one") is None
+    assert await store.get("alice/one") is None
     assert await store.list_for("alice") == []
     with pytest.raises(AdapterNotFoundError):
-        await store.fetch_weights("one")
+        await store.fetch_weights("alice/one")
 
 
 async def test_blob_larger_than_a_chunk_is_chunked(store: AdapterStore) -> None:
     weights = os.urandom(2 * CHUNK_SIZE + 12345)
     info = (await store.register("big", "alice", CONFIG, weights, **META)).info
     assert info.chunks == 3 and info.chunk_size == CHUNK_SIZE
-    blob = store.keys.blob("big", info.version)
+    blob = store.keys.blob("alice/big", info.version)
     assert await store.redis.hlen(blob) == 1 + 3  # config + 3 chunks
     assert len(await store.redis.hget(blob, "2")) == 12345
-    assert await store.fetch_weights("big") == (CONFIG, weights)
+    assert await store.fetch_weights("alice/big") == (CONFIG, weights)
 
 
 async def test_many_small_chunks_roundtrip(redis_url: str, prefix: str) -> None:
@@ -68,7 +68,7 @@ async def test_many_small_chunks_roundtrip(redis_url: str, prefix: str) -> None:
         weights = os.urandom(50_500)  # 51 chunks: more than one HMGET round trip
         info = (await store.register("many", "alice", CONFIG, weights, **META)).info
         assert info.chunks == 51
-        assert (await store.fetch("many")).weights_bytes == weights
+        assert (await store.fetch("alice/many")).weights_bytes == weights
     finally:
         await store.close()
 
@@ -77,19 +77,19 @@ async def test_many_small_chunks_roundtrip(redis_url: str, prefix: str) -> None:
 async def test_corruption_is_detected_on_read(store: AdapterStore, field: str) -> None:
     weights = os.urandom(CHUNK_SIZE + 10)
     info = (await store.register("c", "alice", CONFIG, weights, **META)).info
-    blob = store.keys.blob("c", info.version)
+    blob = store.keys.blob("alice/c", info.version)
     data = bytearray(await store.redis.hget(blob, field))
     data[0] ^= 0xFF
     await store.redis.hset(blob, field, bytes(data))
     with pytest.raises(AdapterIntegrityError, match="sha256"):
-        await store.fetch_weights("c")
+        await store.fetch_weights("alice/c")
 
 
 async def test_missing_chunk_is_an_integrity_error(store: AdapterStore) -> None:
     info = (await store.register("m", "alice", CONFIG, os.urandom(CHUNK_SIZE + 1), **META)).info
-    await store.redis.hdel(store.keys.blob("m", info.version), "1")
+    await store.redis.hdel(store.keys.blob("alice/m", info.version), "1")
     with pytest.raises(AdapterIntegrityError, match="missing"):
-        await store.fetch("m")
+        await store.fetch("alice/m")
 
 
 async def test_failure_after_chunks_are_written_leaves_nothing(
@@ -100,16 +100,16 @@ async def test_failure_after_chunks_are_written_leaves_nothing(
     async def boom(info, blob, *args):  # noqa: ANN001 - same signature as _commit
         staged["hlen"] = await store.redis.hlen(blob)
         staged["ttl"] = await store.redis.ttl(blob)
-        assert await store.get("half") is None  # not visible while staged
+        assert await store.get("alice/half") is None  # not visible while staged
         raise RuntimeError("crash between staging and commit")
 
     monkeypatch.setattr(store, "_commit", boom)
     with pytest.raises(RuntimeError, match="crash"):
         await store.register("half", "alice", CONFIG, os.urandom(3 * CHUNK_SIZE), **META)
     assert staged["hlen"] == 4 and staged["ttl"] > 0  # chunks were there, with a staging TTL
-    assert await store.get("half") is None
+    assert await store.get("alice/half") is None
     assert await store.list_for("alice") == []
-    assert await keys_with(store) == {store.keys.version_counter}
+    assert await keys_with(store) == {store.keys.version_counter("alice")}
 
 
 async def test_failure_during_replace_keeps_old_version(
@@ -124,13 +124,13 @@ async def test_failure_during_replace_keeps_old_version(
     monkeypatch.setattr(store, "_commit", boom)
     with pytest.raises(ConnectionResetError):
         await store.register("r", "alice", CONFIG, os.urandom(5000), **META, replace=True)
-    assert await store.get("r") == v1
-    assert await store.fetch_weights("r") == (CONFIG, old)
+    assert await store.get("alice/r") == v1
+    assert await store.fetch_weights("alice/r") == (CONFIG, old)
     assert await keys_with(store) == {
-        store.keys.version_counter,
+        store.keys.version_counter("alice"),
         store.keys.index,
-        store.keys.meta("r"),
-        store.keys.blob("r", v1.version),
+        store.keys.meta("alice/r"),
+        store.keys.blob("alice/r", v1.version),
     }
 
 
@@ -147,27 +147,29 @@ async def test_cancel_after_exec_keeps_the_committed_adapter(
     weights = os.urandom(CHUNK_SIZE + 1)
     with pytest.raises(asyncio.CancelledError):
         await store.register("kept", "alice", CONFIG, weights, **META)
-    assert await store.fetch_weights("kept") == (CONFIG, weights)
+    assert await store.fetch_weights("alice/kept") == (CONFIG, weights)
 
 
 async def test_exists_and_replace(store: AdapterStore) -> None:
     v1 = (await store.register("x", "alice", CONFIG, b"one", **META)).info
     with pytest.raises(AdapterExistsError, match="replace=true"):
         await store.register("x", "alice", CONFIG, b"two", **META)
-    with pytest.raises(AdapterExistsError, match="already taken"):
-        await store.register("x", "bob", CONFIG, b"two", **META, replace=True)
+    # names are scoped to their owner: bob's "x" is another adapter
+    bobs = (await store.register("x", "bob", CONFIG, b"bob", **META, replace=True)).info
+    assert bobs.id == "bob/x" and bobs.version == v1.version == 1  # versions count per owner
     reg = await store.register("x", "alice", CONFIG, b"two", **META, replace=True)
     assert reg.replaced == v1 and reg.info.version > v1.version
-    assert await store.fetch_weights("x") == (CONFIG, b"two")
+    assert await store.fetch_weights("alice/x") == (CONFIG, b"two")
+    assert await store.fetch_weights("bob/x") == (CONFIG, b"bob")
     assert reg.info.visibility == "private"
     # the old version's blob is gone right after the switch
-    assert not await store.redis.exists(store.keys.blob("x", v1.version))
+    assert not await store.redis.exists(store.keys.blob("alice/x", v1.version))
 
 
 async def test_replace_keeps_visibility_unless_given(store: AdapterStore) -> None:
     await store.register("vis", "alice", CONFIG, b"1", **META, visibility="public")
     kept = (await store.register("vis", "alice", CONFIG, b"2", **META, replace=True)).info
-    assert kept.visibility == "public" and (await store.get("vis")).visibility == "public"
+    assert kept.visibility == "public" and (await store.get("alice/vis")).visibility == "public"
     changed = await store.register(
         "vis", "alice", CONFIG, b"3", **META, replace=True, visibility="private"
     )
@@ -178,11 +180,12 @@ async def test_delete_removes_every_key(store: AdapterStore) -> None:
     for i, owner in enumerate(("alice", "alice", "bob")):
         await store.register(f"d{i}", owner, CONFIG, os.urandom(CHUNK_SIZE * 2 + 1), **META)
     await store.register("d0", "alice", CONFIG, os.urandom(100), **META, replace=True)
-    assert len(await keys_with(store)) == 1 + 1 + 3 * 2  # counter, index, meta+blob each
+    assert len(await keys_with(store)) == 2 + 1 + 3 * 2  # 2 owner counters, index, meta+blob each
     await store.delete_for("alice", "d0")
     await store.delete_for("alice", "d1")
     await store.delete_for("bob", "d2")
-    assert await keys_with(store) == {store.keys.version_counter}  # deployment-wide counter only
+    # only the owners' version counters are left
+    assert await keys_with(store) == {store.keys.version_counter(o) for o in ("alice", "bob")}
 
 
 async def test_tenancy_hides_private_adapters(store: AdapterStore) -> None:
@@ -204,9 +207,11 @@ async def test_tenancy_hides_private_adapters(store: AdapterStore) -> None:
         await store.delete_for("bob", "secret")
     with pytest.raises(AdapterForbiddenError):
         await store.delete_for("bob", "shared")
-    assert await store.get("secret") is not None and await store.get("shared") is not None
+    assert (
+        await store.get("alice/secret") is not None and await store.get("alice/shared") is not None
+    )
     # workers are trusted: fetch ignores tenancy
-    assert await store.fetch_weights("secret") == (CONFIG, b"w")
+    assert await store.fetch_weights("alice/secret") == (CONFIG, b"w")
 
 
 async def test_limits_and_names(redis_url: str, prefix: str) -> None:
@@ -231,7 +236,7 @@ async def test_unreachable_redis_is_a_typed_error() -> None:
     store = AdapterStore(client)
     try:
         with pytest.raises(StoreUnavailableError, match="Redis is unavailable"):
-            await store.get("x")
+            await store.get("alice/x")
         assert await store.ping() is False
     finally:
         await store.close()
@@ -247,7 +252,7 @@ async def test_survives_redis_restart_with_aof(tmp_path: Path) -> None:
         server.stop()  # SIGTERM: redis fsyncs the AOF on shutdown
         server = start_redis(data_dir, port=server.port)
         # the same client reconnects on its own (retry with backoff)
-        got = await store.fetch("durable")
+        got = await store.fetch("alice/durable")
         assert got.info == info and got.weights_bytes == weights and got.config_bytes == CONFIG
         assert await store.get_for("alice", "durable") == info
     finally:

@@ -216,11 +216,13 @@ async def test_models_and_adapters_per_tenant(
 
     out = await alice.completions.create(model="alice-private", prompt=PROMPT, max_tokens=20)
     assert out.model == "alice-private" and out.choices[0].text == REPLY_TEXT
-    assert scheduler.submits[-1].adapter == "alice-private"
+    assert scheduler.submits[-1].adapter == "alice/alice-private"  # the id: owner/name
     await bob.chat.completions.create(
         model="shared-lora", messages=[{"role": "user", "content": "hi"}], max_tokens=20
     )
-    assert scheduler.submits[-1].adapter == "shared-lora" and scheduler.submits[-1].tenant == "bob"
+    assert (
+        scheduler.submits[-1].adapter == "bob/shared-lora" and scheduler.submits[-1].tenant == "bob"
+    )
     with pytest.raises(NotFoundError) as e:
         await bob.completions.create(model="alice-private", prompt=PROMPT, max_tokens=5)
     assert e.value.code == "model_not_found"

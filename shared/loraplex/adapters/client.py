@@ -2,13 +2,16 @@
 
 * ``AdapterStoreClient``: async HTTP client of the adapter-store routes (operators, and the gateway
   when it proxies them).  Error responses come back as the typed exceptions the server raised.
-* Workers read weights straight from Redis: ``AdapterStore.from_url(url).fetch(name)`` (sha256
-  verified on every read); ``load_adapter`` adds PEFT validation against the base model.
+* Workers read weights straight from Redis by adapter id: ``AdapterStore.from_url(url).fetch(
+  "owner/name")`` (sha256 verified on every read); ``load_adapter`` adds PEFT validation against
+  the base model.  Tenants (and this HTTP client) only use bare names: a name resolves to the
+  caller's own adapter, else to the public one (``adapters.keys``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -153,15 +156,17 @@ class AdapterStoreClient:
 
 
 async def load_adapter(
-    store: AdapterStore, name: str, model: ModelConfig, max_rank: int
+    store: AdapterStore, aid: str, model: ModelConfig, max_rank: int
 ) -> LoraAdapter:
-    """Fetch (sha-verified) and validate an adapter for a worker, off the event loop."""
+    """Fetch (sha-verified) and validate adapter id ``aid`` for a worker, off the event loop."""
     from loraplex.lora.adapter import parse_adapter
 
-    config_bytes, weights_bytes = await store.fetch_weights(name)
-    return await asyncio.to_thread(
+    config_bytes, weights_bytes = await store.fetch_weights(aid)
+    name = aid.partition("/")[2]
+    adapter = await asyncio.to_thread(
         parse_adapter, name, config_bytes, weights_bytes, model, max_rank
     )
+    return dataclasses.replace(adapter, name=aid)
 
 
 def _path(name: str) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from loraplex.adapters.keys import adapter_id
 from loraplex.errors import AdapterError
 
 VISIBILITIES = ("private", "public")
@@ -21,7 +22,8 @@ def check_visibility(value: str) -> str:
 @dataclass(frozen=True)
 class AdapterInfo:
     """One registered adapter version.  ``sha256`` is of adapter_model.safetensors, whose size is
-    ``size_bytes``; ``created`` is when this version was registered (unix seconds)."""
+    ``size_bytes``; ``created`` is when this version was registered (unix seconds).  ``name`` is
+    what its tenants see; ``id`` (``owner/name``) is what the store and the workers key it by."""
 
     name: str
     owner: str
@@ -38,8 +40,16 @@ class AdapterInfo:
     chunk_size: int = 0
     chunks: int = 0
 
+    @property
+    def id(self) -> str:
+        return adapter_id(self.owner, self.name)
+
+    @property
+    def public(self) -> bool:
+        return self.visibility == "public"
+
     def visible_to(self, tenant: str) -> bool:
-        return self.visibility == "public" or self.owner == tenant
+        return self.public or self.owner == tenant
 
     def to_redis(self) -> dict[str, str]:
         return {
@@ -78,7 +88,7 @@ class AdapterInfo:
         )
 
     def to_json(self) -> dict[str, Any]:
-        """The HTTP view (``GET /v1/adapters/{name}``)."""
+        """The HTTP view (``GET /v1/adapters/{name}``): the bare name, never the internal id."""
         return {
             "id": self.name,
             "object": "adapter",

@@ -3,8 +3,12 @@
 Registration is atomic: the blob is staged under a fresh version key (with a TTL), then one
 MULTI/EXEC, guarded by WATCH on the metadata key, makes it permanent, writes the metadata that
 points at it and (on replace) unlinks the previous version.  Readers never see a half-written
-adapter.  Every fetch verifies sha256.  Tenancy: an adapter a tenant may not see does not exist
-for it (same error as a missing one); ``fetch`` is for trusted workers and skips tenancy.
+adapter.  Every fetch verifies sha256.
+
+Tenancy: names are scoped to their owner (ids ``owner/name``, see ``adapters.keys``).  A tenant
+resolves a name to its own adapter, else to the public adapter of that name; nothing it is told
+depends on other tenants' private adapters.  ``get`` and ``fetch`` take ids and are for trusted
+callers (workers); ``get_for``, ``list_for`` and ``delete_for`` take the tenant's bare names.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from loraplex.adapters.errors import (
     StoreUnavailableError,
 )
 from loraplex.adapters.info import AdapterInfo, FetchedAdapter, Registered, check_visibility
-from loraplex.adapters.keys import DEFAULT_PREFIX, StoreKeys
+from loraplex.adapters.keys import DEFAULT_PREFIX, ID_PATTERN, StoreKeys, adapter_id
 from loraplex.adapters.redis_conn import connect_redis, unavailable_as_typed
 from loraplex.errors import AdapterNotFoundError
 from loraplex.lora.names import NAME_PATTERN, validate_name
@@ -77,40 +81,57 @@ class AdapterStore:
 
     # ---- reads ---------------------------------------------------------------------------
     @unavailable_as_typed
-    async def get(self, name: str) -> AdapterInfo | None:
-        """Metadata of ``name`` regardless of tenancy (trusted callers), or None."""
-        if not NAME_PATTERN.match(name or ""):
+    async def get(self, aid: str) -> AdapterInfo | None:
+        """Metadata of the adapter with id ``aid`` (``owner/name``), regardless of tenancy
+        (trusted callers), or None."""
+        if not ID_PATTERN.match(aid or ""):
             return None
-        raw = await self.redis.hgetall(self.keys.meta(name))
+        raw = await self.redis.hgetall(self.keys.meta(aid))
         return AdapterInfo.from_redis(raw) if raw else None
 
+    @unavailable_as_typed
     async def get_for(self, tenant: str, name: str) -> AdapterInfo:
-        info = await self.get(name)
-        if info is None or not info.visible_to(tenant):
-            raise AdapterNotFoundError(f"adapter {name!r} not found")
-        return info
+        """``name`` as ``tenant`` resolves it: its own adapter, else the public one of that name."""
+        if NAME_PATTERN.match(name or ""):
+            info = await self.get(adapter_id(tenant, name))
+            if info is not None:
+                return info
+            aid = await self._public_holder(self.redis, name)
+            info = await self.get(aid) if aid is not None else None
+            if info is not None and info.public and info.name == name:
+                return info
+        raise AdapterNotFoundError(f"adapter {name!r} not found")
 
     @unavailable_as_typed
     async def list_for(self, tenant: str) -> list[AdapterInfo]:
-        """Adapters ``tenant`` may see (its own and public ones), sorted by name."""
-        names = sorted(n.decode() for n in await self.redis.smembers(self.keys.index))
+        """What ``tenant`` resolves (its own adapters, then public ones whose name it does not
+        use itself), sorted by name."""
+        own = adapter_id(tenant, "")
+        ids = [i.decode() for i in await self.redis.smembers(self.keys.index)]
+        mine = [i for i in ids if i.startswith(own)]
+        names = {i[len(own) :] for i in mine}
+        public = await self.redis.hgetall(self.keys.public)
+        ids = mine + [aid.decode() for n, aid in public.items() if n.decode() not in names]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for n in names:
-                pipe.hgetall(self.keys.meta(n))
+            for aid in ids:
+                pipe.hgetall(self.keys.meta(aid))
             rows = await pipe.execute()
         infos = (AdapterInfo.from_redis(raw) for raw in rows if raw)
-        return [i for i in infos if i.visible_to(tenant)]
+        visible = [i for i in infos if i.owner == tenant or (i.public and i.name not in names)]
+        return sorted(visible, key=lambda i: i.name)
 
-    async def fetch_weights(self, name: str) -> tuple[bytes, bytes]:
+    async def fetch_weights(self, aid: str) -> tuple[bytes, bytes]:
         """(adapter_config.json, adapter_model.safetensors) of the live version, sha-verified."""
-        got = await self.fetch(name)
+        got = await self.fetch(aid)
         return got.config_bytes, got.weights_bytes
 
     @unavailable_as_typed
-    async def fetch(self, name: str) -> FetchedAdapter:
-        """The live version with its metadata; raises AdapterIntegrityError on a sha mismatch."""
+    async def fetch(self, aid: str) -> FetchedAdapter:
+        """The live version of adapter id ``aid`` with its metadata; raises AdapterIntegrityError
+        on a sha mismatch."""
+        name = aid.partition("/")[2] or aid  # errors reach the tenant: its name, not the id
         for _ in range(3):  # a concurrent replace unlinks the version being read: read again
-            info = await self.get(name)
+            info = await self.get(aid)
             if info is None:
                 raise AdapterNotFoundError(f"adapter {name!r} not found")
             values = await self._read_blob(info)
@@ -129,7 +150,7 @@ class AdapterStore:
         raise AdapterIntegrityError(f"adapter {name!r}: chunks of the live version are missing")
 
     async def _read_blob(self, info: AdapterInfo) -> tuple[bytes, bytes] | None:
-        blob = self.keys.blob(info.name, info.version)
+        blob = self.keys.blob(info.id, info.version)
         config = await self.redis.hget(blob, "config")
         if config is None:
             return None
@@ -144,9 +165,19 @@ class AdapterStore:
 
     # ---- writes --------------------------------------------------------------------------
     @unavailable_as_typed
-    async def check_can_register(self, owner: str, name: str, replace: bool) -> None:
-        """Cheap pre-check (before validation work): raises AdapterExistsError if taken."""
-        _check_takeover(await self.get(validate_name(name)), owner, name, replace)
+    async def check_can_register(
+        self, owner: str, name: str, replace: bool, visibility: str | None = None
+    ) -> None:
+        """Cheap pre-check (before validation work): raises AdapterExistsError if ``owner``
+        already has ``name`` (without ``replace``) or it would clash with a public name."""
+        aid = adapter_id(owner, validate_name(name))
+        old = await self.get(aid)
+        _check_takeover(old, aid, replace, visibility, await self._public_holder(self.redis, name))
+
+    async def _public_holder(self, redis: aioredis.Redis, name: str) -> str | None:
+        """The id of the public adapter named ``name`` (``redis`` may be a watching pipeline)."""
+        aid = await redis.hget(self.keys.public, name)
+        return aid.decode() if aid is not None else None
 
     @unavailable_as_typed
     async def register(
@@ -172,8 +203,10 @@ class AdapterStore:
             raise AdapterTooLargeError(
                 f"adapter {name!r} is {size} bytes; the limit is {self.max_bytes} bytes"
             )
-        _check_takeover(await self.get(name), owner, name, replace)
-        version = int(await self.redis.incr(self.keys.version_counter))
+        aid = adapter_id(owner, name)
+        holder = await self._public_holder(self.redis, name)
+        _check_takeover(await self.get(aid), aid, replace, visibility, holder)
+        version = int(await self.redis.incr(self.keys.version_counter(owner)))
         info = AdapterInfo(
             name=name,
             owner=owner,
@@ -189,12 +222,12 @@ class AdapterStore:
             chunk_size=self.chunk_size,
             chunks=-(-len(weights_bytes) // self.chunk_size),
         )
-        blob = self.keys.blob(name, version)
+        blob = self.keys.blob(aid, version)
         try:
             await self._stage(blob, config_bytes, weights_bytes)
             info, replaced = await self._commit(info, blob, replace, visibility is None)
         except BaseException:
-            await asyncio.shield(self._discard(name, version))
+            await asyncio.shield(self._discard(aid, version))
             raise
         return Registered(info, replaced)
 
@@ -211,16 +244,18 @@ class AdapterStore:
     async def _commit(
         self, info: AdapterInfo, blob: str, replace: bool, keep_visibility: bool
     ) -> tuple[AdapterInfo, AdapterInfo | None]:
-        meta = self.keys.meta(info.name)
+        meta = self.keys.meta(info.id)
         async with self.redis.pipeline(transaction=True) as pipe:
             for _ in range(_WATCH_RETRIES):
                 try:
-                    await pipe.watch(meta, blob)
+                    await pipe.watch(meta, blob, self.keys.public)
                     raw = await pipe.hgetall(meta)
                     old = AdapterInfo.from_redis(raw) if raw else None
                     if old is not None and old.version == info.version:
                         return old, None  # our EXEC went through before a connection drop
-                    _check_takeover(old, info.owner, info.name, replace)
+                    holder = await self._public_holder(pipe, info.name)
+                    wanted = None if keep_visibility else info.visibility
+                    _check_takeover(old, info.id, replace, wanted, holder)
                     if not await pipe.exists(blob):
                         raise AdapterIntegrityError(
                             f"adapter {info.name!r}: staged upload expired before commit"
@@ -231,44 +266,53 @@ class AdapterStore:
                     pipe.persist(blob)
                     pipe.delete(meta)
                     pipe.hset(meta, mapping=info.to_redis())
-                    pipe.sadd(self.keys.index, info.name)
+                    pipe.sadd(self.keys.index, info.id)
+                    if info.public:
+                        pipe.hset(self.keys.public, info.name, info.id)
+                    elif holder == info.id:  # made private
+                        pipe.hdel(self.keys.public, info.name)
                     if old is not None and old.version != info.version:
-                        pipe.unlink(self.keys.blob(old.name, old.version))
+                        pipe.unlink(self.keys.blob(old.id, old.version))
                     await pipe.execute()
                     return info, old
                 except WatchError:
                     continue
         raise StoreUnavailableError(f"adapter {info.name!r}: too much contention, try again")
 
-    async def _discard(self, name: str, version: int) -> None:
+    async def _discard(self, aid: str, version: int) -> None:
         """Drop a staged blob after a failure, unless the commit went through after all (e.g.
         cancelled while EXEC's reply was on its way).  Best effort: the staging TTL is the net."""
         with contextlib.suppress(Exception):
-            live = await self.redis.hget(self.keys.meta(name), "version")
+            live = await self.redis.hget(self.keys.meta(aid), "version")
             if live is None or int(live) != version:
-                await self.redis.unlink(self.keys.blob(name, version))
+                await self.redis.unlink(self.keys.blob(aid, version))
 
     @unavailable_as_typed
     async def delete_for(self, tenant: str, name: str) -> AdapterInfo:
-        """Delete every key of ``name``; only its owner may.  Returns the deleted metadata."""
+        """Delete every key of ``tenant``'s adapter ``name``.  A public adapter of that name owned
+        by someone else is 403; anything else is 404.  Returns the deleted metadata."""
         if not NAME_PATTERN.match(name or ""):
             raise AdapterNotFoundError(f"adapter {name!r} not found")
-        meta = self.keys.meta(name)
+        aid = adapter_id(tenant, name)
+        meta = self.keys.meta(aid)
         async with self.redis.pipeline(transaction=True) as pipe:
             for _ in range(_WATCH_RETRIES):
                 try:
-                    await pipe.watch(meta)
+                    await pipe.watch(meta, self.keys.public)
                     raw = await pipe.hgetall(meta)
-                    info = AdapterInfo.from_redis(raw) if raw else None
-                    if info is None or not info.visible_to(tenant):
+                    holder = await self._public_holder(pipe, name)
+                    if not raw:
+                        if holder is not None:  # visible to the caller, but not its own
+                            raise AdapterForbiddenError(
+                                f"adapter {name!r} belongs to another tenant; only its owner can delete it"
+                            )
                         raise AdapterNotFoundError(f"adapter {name!r} not found")
-                    if info.owner != tenant:
-                        raise AdapterForbiddenError(
-                            f"adapter {name!r} belongs to another tenant; only its owner can delete it"
-                        )
+                    info = AdapterInfo.from_redis(raw)
                     pipe.multi()
-                    pipe.unlink(meta, self.keys.blob(name, info.version))
-                    pipe.srem(self.keys.index, name)
+                    pipe.unlink(meta, self.keys.blob(aid, info.version))
+                    pipe.srem(self.keys.index, aid)
+                    if holder == aid:
+                        pipe.hdel(self.keys.public, name)
                     await pipe.execute()
                     return info
                 except WatchError:
@@ -276,12 +320,20 @@ class AdapterStore:
         raise StoreUnavailableError(f"adapter {name!r}: too much contention, try again")
 
 
-def _check_takeover(old: AdapterInfo | None, owner: str, name: str, replace: bool) -> None:
-    if old is None:
-        return
-    if old.owner != owner:
-        raise AdapterExistsError(f"adapter name {name!r} is already taken; choose another name")
-    if not replace:
+def _check_takeover(
+    old: AdapterInfo | None, aid: str, replace: bool, visibility: str | None, holder: str | None
+) -> None:
+    """Whether the owner of ``aid`` may store it: ``old`` is its own live version, ``holder`` the
+    id of the public adapter of that name.  Only the caller's own adapters and public names are
+    consulted, so the answer never depends on another tenant's private adapters."""
+    name = aid.partition("/")[2]
+    if old is not None and not replace:
         raise AdapterExistsError(
             f"adapter {name!r} already exists; pass replace=true to replace it"
+        )
+    public = (visibility or (old.visibility if old is not None else "private")) == "public"
+    if public and holder not in (None, aid):
+        raise AdapterExistsError(
+            f"a public adapter named {name!r} already exists; public names are unique: "
+            "choose another name, or keep yours private"
         )

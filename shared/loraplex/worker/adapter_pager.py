@@ -3,7 +3,9 @@
 Fetching and parsing run off the engine loop, so the running batch keeps decoding while an
 adapter loads; the engine only sees an adapter once it is fully parsed (``install``).
 
-Inside the engine an adapter is keyed ``name@version``: when an adapter is replaced upstream,
+Adapters are named here by their id ``owner/name`` (``adapters.keys``: what the scheduler sends,
+what heartbeats list), so two tenants' adapters of the same name never meet.  Inside the engine an
+adapter is keyed ``owner/name@version``: when an adapter is replaced upstream,
 requests already running keep the old copy and new requests page in the new one.  Resolution
 (``prepare``, ``invalidate``) happens on the event loop; everything that touches the engine
 (``install``, ``pin``, ``unpin``, ``retire``) happens on the engine loop between steps.
@@ -23,7 +25,7 @@ from loraplex.lora.adapter import LoraAdapter, parse_adapter
 from loraplex.lora.host_cache import HostAdapterCache
 
 log = logging.getLogger(__name__)
-# name -> (adapter_config.json bytes, adapter_model.safetensors bytes, version)
+# adapter id -> (adapter_config.json bytes, adapter_model.safetensors bytes, version)
 Fetch = Callable[[str], Awaitable[tuple[bytes, bytes, str]]]
 
 
@@ -31,8 +33,8 @@ Fetch = Callable[[str], Awaitable[tuple[bytes, bytes, str]]]
 class Resolved:
     """What a request needs to install and pin its adapter on the engine loop."""
 
-    name: str
-    key: str  # engine key name@version
+    name: str  # the adapter id, owner/name
+    key: str  # engine key owner/name@version
     adapter: LoraAdapter  # kept so the install can re-add it if it was evicted meanwhile
     generation: int  # the name's generation when resolved; stale ones never become current
 
@@ -79,8 +81,9 @@ class AdapterPager:
         config_bytes, weight_bytes, version = await self.fetch(name)
         self.loads += 1
         cfg, max_rank = self.engine.model_config, self.engine.config.max_lora_rank
+        bare = name.partition("/")[2] or name  # parse errors reach the tenant: its own name
         adapter = await asyncio.to_thread(
-            parse_adapter, name, config_bytes, weight_bytes, cfg, max_rank
+            parse_adapter, bare, config_bytes, weight_bytes, cfg, max_rank
         )
         return dataclasses.replace(adapter, name=f"{name}@{version}")
 
