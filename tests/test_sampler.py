@@ -219,3 +219,82 @@ def test_extreme_logits_do_not_produce_masked_tokens():
     logits[0, 2] = -0.5
     tokens = draw(logits[0], SamplingParams(temperature=1.0, top_k=3), 500, seed=3)
     assert set(tokens) <= {7, 2}
+
+
+def test_min_p_drops_tokens_below_a_fraction_of_the_top_probability():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    # floor = 0.35 * 0.5 = 0.175: {0, 1} stay, renormalised to .625 / .375
+    tokens = draw(probs.log(), SamplingParams(temperature=1.0, min_p=0.35), 3000, seed=15)
+    assert set(tokens) == {0, 1}
+    assert chi_square(counts(tokens, 4)[:2], [0.625, 0.375]) < CHI2_999[1]
+    # floor = 0.25 * 0.5 = 0.125: token 2 (0.15) stays too
+    tokens = draw(probs.log(), SamplingParams(temperature=1.0, min_p=0.25), 3000, seed=16)
+    assert set(tokens) == {0, 1, 2}
+    assert set(draw(probs.log(), SamplingParams(min_p=1.0), 300, seed=17)) == {0}
+
+
+def test_min_p_applies_after_temperature():
+    # at temperature 4 the distribution flattens (0.30, 0.26, 0.23, 0.21): min_p 0.5 keeps all
+    probs = torch.tensor([0.6, 0.25, 0.1, 0.05])
+    assert set(draw(probs.log(), SamplingParams(min_p=0.5), 500, seed=18)) == {0}
+    assert set(draw(probs.log(), SamplingParams(temperature=4.0, min_p=0.5), 3000, seed=19)) == {
+        0,
+        1,
+        2,
+        3,
+    }
+
+
+# ---- no accepted parameter combination crashes the sampler --------------------------------
+F32_MAX = torch.finfo(torch.float32).max
+VOCAB = 12
+
+
+def _extreme_rows() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(20)
+    rows = [
+        torch.randn(VOCAB, generator=g) * 3,
+        torch.zeros(VOCAB),
+        torch.randn(VOCAB, generator=g) * 1e30,
+        torch.tensor([F32_MAX, -F32_MAX] * (VOCAB // 2)),
+        torch.full((VOCAB,), -F32_MAX),
+    ]
+    masked = torch.full((VOCAB,), float("-inf"))  # a grammar mask leaving two tokens
+    masked[[3, 8]] = torch.tensor([-1e4, 1e4])
+    rows.append(masked)
+    holes = torch.randn(VOCAB, generator=g)
+    holes[[0, 5]] = float("nan")
+    holes[[2]] = float("inf")
+    rows.append(holes)
+    rows.append(torch.full((VOCAB,), float("-inf")))  # nothing left: keeps its argmax
+    return rows
+
+
+GRID = [
+    SamplingParams(temperature=t, top_p=p, top_k=k, min_p=m)
+    for t in (0.0, 1e-300, 0.01, 1.0, 1e300)
+    for p in (1e-300, 0.5, 1.0)
+    for k in (-1, 1, 2, 2**31)
+    for m in (0.0, 1e-300, 0.5, 1.0)
+]
+
+
+def test_every_accepted_combination_draws_a_token_in_range():
+    rows = _extreme_rows()
+    logits = torch.stack([r for r in rows for _ in GRID])
+    params = [p for _ in rows for p in GRID]
+    out = sample(logits, params, [gen(i) for i in range(len(params))])
+    assert len(out) == len(params) and all(isinstance(t, int) and 0 <= t < VOCAB for t in out)
+    for n, (row, tok) in enumerate(zip(logits, out, strict=True)):
+        alive = row > float("-inf")
+        if alive.any():  # never a masked or NaN token while another one is left
+            assert alive[tok], (n, params[n], row.tolist(), tok)
+
+
+def test_overflowing_temperatures_follow_the_limits():
+    # 1e-300 is raised to 0.01: on well separated logits that is the argmax, never a crash
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.5]])
+    assert sample(logits, [SamplingParams(temperature=1e-300)], [gen(0)]) == [1]
+    # 1e300 is (nearly) uniform, even with +-F32_MAX logits
+    row = torch.tensor([F32_MAX, -F32_MAX, 0.0, 1e30])
+    assert set(draw(row, SamplingParams(temperature=1e300), 400, seed=21)) == {0, 1, 2, 3}

@@ -1,8 +1,9 @@
 """From a validated OpenAI body to what is submitted: prompt token ids + sampling parameters.
 
 Checks, in order: unsupported features, prompt (non-empty, token ids inside the vocabulary),
-sampling values (``loraplex.sampling_params`` rules), context length
-(``prompt_tokens + max_tokens <= max_model_len``).  Every failure is an ``InvalidParamError``.
+context length (``prompt_tokens + max_tokens <= max_model_len``), sampling values (vLLM's ranges,
+``loraplex.sampling_params``; ``logit_bias`` ids inside the vocabulary).  Every failure is an
+``InvalidParamError`` whose ``param`` names the field.
 Tokenization and chat templates run in a worker thread so long prompts do not stall the loop.
 """
 
@@ -27,10 +28,13 @@ _SAMPLING_PARAMS = (
     "temperature",
     "top_p",
     "top_k",
+    "min_p",
+    "seed",
     "stop",
     "presence_penalty",
     "frequency_penalty",
     "repetition_penalty",
+    "logit_bias",
     "logprobs",
     "prompt_logprobs",
 )
@@ -52,7 +56,7 @@ class Prepared:
     request_id: str
     tenant: str
     model: str
-    adapter: str | None
+    adapter: str | None  # the adapter's id (owner/name), None for the base model
     prompt_ids: list[int]
     sampling: SamplingParams
     created: int
@@ -136,7 +140,7 @@ class RequestBuilder:
         extra_stop_ids: tuple[int, ...],
     ) -> Prepared:
         budget = self._budget(len(ids), max_tokens, prompt_param)
-        sampling = _sampling(req, budget, extra_stop_ids)
+        sampling = _sampling(req, budget, extra_stop_ids, self.tokenizer.vocab_size)
         return Prepared(
             request_id=f"{kind}-{uuid.uuid4().hex}",
             tenant=tenant,
@@ -175,8 +179,25 @@ class RequestBuilder:
         return max_tokens
 
 
+def _logit_bias(raw: dict[str, float] | None, vocab: int) -> dict[int, float] | None:
+    """OpenAI's ``logit_bias`` (token id as a decimal string -> bias) with ids in the vocabulary;
+    the bias range and the entry count are SamplingParams' checks."""
+    if not raw:
+        return None
+    out: dict[int, float] = {}
+    for key, bias in raw.items():
+        token = int(key) if key.isascii() and key.isdigit() and len(key) <= 10 else -1
+        if not 0 <= token < vocab:
+            raise InvalidParamError(
+                f"logit_bias key {key!r} is not a token id in the vocabulary (0 to {vocab - 1})",
+                "logit_bias",
+            )
+        out[token] = bias
+    return out
+
+
 def _sampling(
-    req: GenerateRequest, max_tokens: int, extra_stop_ids: tuple[int, ...]
+    req: GenerateRequest, max_tokens: int, extra_stop_ids: tuple[int, ...], vocab: int
 ) -> SamplingParams:
     top_k = -1 if req.top_k in (None, 0) else req.top_k
     stop_ids = tuple(dict.fromkeys([*(req.stop_token_ids or []), *extra_stop_ids]))
@@ -187,6 +208,7 @@ def _sampling(
             temperature=1.0 if req.temperature is None else req.temperature,
             top_p=1.0 if req.top_p is None else req.top_p,
             top_k=top_k,
+            min_p=req.min_p or 0.0,
             seed=req.seed,
             stop=tuple(req.stop_list()),
             stop_token_ids=stop_ids,
@@ -194,6 +216,7 @@ def _sampling(
             presence_penalty=req.presence_penalty or 0.0,
             frequency_penalty=req.frequency_penalty or 0.0,
             repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+            logit_bias=_logit_bias(req.logit_bias, vocab),
             logprobs=req.logprobs_count(),
             prompt_logprobs=req.prompt_logprobs_count(),
             structured_outputs=constraint,

@@ -3,8 +3,10 @@
 ``prompt`` accepts one prompt: a string, a list of token ids, or a one-element list of either;
 several prompts in one request are refused with 400 ("batch prompts not supported": send one
 request per prompt, they are batched on the workers anyway).  ``n`` is at most 16.
-Beyond OpenAI, the vLLM extensions ``top_k``, ``ignore_eos``, ``repetition_penalty``,
+Beyond OpenAI, the vLLM extensions ``top_k``, ``min_p``, ``ignore_eos``, ``repetition_penalty``,
 ``stop_token_ids``, ``structured_outputs`` and ``guided_*`` are accepted (see ``structured.py``).
+Types are checked here; ranges (vLLM's) in ``loraplex.sampling_params`` via ``prepare.py``.
+Strings holding lone surrogates or misplaced NUL never get here (``body_check.py``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class GenerateRequest(BaseModel):
     temperature: Float | None = None
     top_p: Float | None = None
     top_k: Annotated[int, Field(ge=-1, le=2**31)] | None = None
+    min_p: Float | None = None  # vLLM extension
     seed: Seed | None = None
     stop: str | list[str] | None = None
     stop_token_ids: list[TokenId] | None = None
@@ -45,6 +48,7 @@ class GenerateRequest(BaseModel):
     presence_penalty: Float | None = None
     frequency_penalty: Float | None = None
     repetition_penalty: Float | None = None  # vLLM extension
+    logit_bias: dict[str, Float] | None = None  # token id (as a string) -> bias in [-100, 100]
     user: str | None = None
     # Structured outputs: OpenAI's response_format, vLLM's structured_outputs and guided_* fields.
     response_format: dict[str, Any] | None = None

@@ -76,8 +76,19 @@ def test_duplicate_request_id(llm):
         ({"temperature": float("nan")}, "temperature"),
         ({"top_p": 0.0}, "top_p"),
         ({"top_p": 1.5}, "top_p"),
-        ({"top_k": 0}, "top_k"),
+        ({"temperature": float("inf")}, "temperature"),
         ({"top_k": -2}, "top_k"),
+        ({"min_p": -0.01}, "min_p"),
+        ({"min_p": 1.5}, "min_p"),
+        ({"min_p": float("nan")}, "min_p"),
+        ({"repetition_penalty": float("inf")}, "repetition_penalty"),
+        ({"seed": 2**64}, "seed"),
+        ({"seed": -(2**63) - 1}, "seed"),
+        ({"logit_bias": {5: 100.5}}, "logit_bias"),
+        ({"logit_bias": {5: float("-inf")}}, "logit_bias"),
+        ({"logit_bias": {-1: 1.0}}, "logit_bias"),
+        ({"logit_bias": {"5": 1.0}}, "logit_bias"),
+        ({"logit_bias": dict.fromkeys(range(301), 1.0)}, "logit_bias"),
         ({"stop": [""]}, "stop"),
         ({"stop": ("ok", "")}, "stop"),
     ],
@@ -86,6 +97,18 @@ def test_duplicate_request_id(llm):
 def test_invalid_sampling_params(kwargs, word):
     with pytest.raises(InvalidRequestError, match=word):
         SamplingParams(**kwargs)
+
+
+def test_vllm_normalisations():
+    # vLLM: top_k 0 is off like -1; a positive temperature below 0.01 is raised to 0.01 (dividing
+    # logits by 1e-300 overflows), 0 stays greedy; an empty logit_bias is none.
+    assert SamplingParams(top_k=0).top_k == -1
+    assert SamplingParams(temperature=1e-300).temperature == 0.01
+    assert not SamplingParams(temperature=1e-300).greedy
+    assert SamplingParams(temperature=0.0).greedy
+    assert SamplingParams(logit_bias={}).logit_bias is None
+    assert SamplingParams(logit_bias={3: -100}).logit_bias == {3: -100.0}
+    assert SamplingParams(seed=2**64 - 1).seed == 2**64 - 1
 
 
 def test_stop_given_as_a_single_string_is_one_stop_string():
