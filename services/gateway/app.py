@@ -15,9 +15,11 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 
 from loraplex.bus import Bus
+from loraplex.gateway.body_check import BodyCheckMiddleware
 from loraplex.gateway.errors import install_error_handlers
 from loraplex.gateway.limits import BodyLimitMiddleware
 from loraplex.gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
+from loraplex.gateway.metrics_server import metrics_listener
 from loraplex.gateway.routes import completions, health, models, tokenize, vllm_adapters
 from loraplex.gateway.routes.adapters import adapter_router
 from loraplex.gateway.service import GatewayService
@@ -61,6 +63,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            if settings.metrics_port:
+                await stack.enter_async_context(
+                    metrics_listener(metrics, settings.metrics_host, settings.metrics_port)
+                )
             bus = await Bus.connect(settings.nats_url, name=f"gateway-{settings.gateway_id}")
             stack.push_async_callback(bus.close)
             await bus.subscribe(
@@ -95,6 +101,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(vllm_adapters.router)
     app.include_router(tokenize.router)
     app.include_router(health.router)
+    # inside the body limit: reads bodies the limit already bounded
+    app.add_middleware(BodyCheckMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app
