@@ -33,7 +33,7 @@ async def refused_then_served(
     body: bytes,
     param: str | None,
     says: str = "",
-    code: str = "invalid_value",
+    code: str | None = "invalid_value",
 ) -> None:
     """``body`` is a 400 naming ``param``; nothing is queued; the same connection then serves
     a normal completion."""
@@ -97,7 +97,7 @@ async def test_sampling_values_outside_vllm_ranges_are_400(
     path = CHAT if isinstance(body, dict) and "messages" in body else COMPLETIONS
     data = body if isinstance(body, bytes) else raw(body)
     code = "context_length_exceeded" if "context" in says else None
-    await refused_then_served(gateway, scheduler, path, data, param, says, code=code)  # type: ignore[arg-type]
+    await refused_then_served(gateway, scheduler, path, data, param, says, code=code)
 
 
 async def test_extreme_accepted_values_reach_the_wire_as_vllm_would_run_them(
@@ -221,4 +221,4 @@ async def test_deeply_nested_json_is_400(gateway: str, scheduler: FakeScheduler)
     # too deep for Python's json (RecursionError): the scan gives up, the route answers 400
     deep = b"[" * 50_000 + b'"\\ud800"' + b"]" * 50_000
     body = b'{"model": "demo-base", "prompt": "x", "a": ' + deep + b"}"
-    await refused_then_served(gateway, scheduler, COMPLETIONS, body, None, code=None)  # type: ignore[arg-type]
+    await refused_then_served(gateway, scheduler, COMPLETIONS, body, None, code=None)
