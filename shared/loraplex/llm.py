@@ -28,6 +28,9 @@ class RequestOutput:
     logprobs: list[TokenLogprobs] | None = None  # per token, with SamplingParams(logprobs=k)
     # Per prompt token, with SamplingParams(prompt_logprobs=k); the first token's is None.
     prompt_logprobs: list[TokenLogprobs | None] | None = None
+    # With finish_reason "error": why the request ended early (e.g. its adapter produced
+    # non-finite logits); the other prompts of the batch are not affected.
+    error: str | None = None
 
 
 class LLM:
@@ -59,7 +62,8 @@ class LLM:
         sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
         lora: str | None | Seq[str | None] = None,
     ) -> list[RequestOutput]:
-        """Run every prompt to completion; outputs come back in prompt order.
+        """Run every prompt to completion; outputs come back in prompt order.  A prompt the
+        engine could not serve ends with ``finish_reason`` "error" and ``error`` set.
 
         ``prompts`` are strings (tokenized with the model's tokenizer) or token-id lists;
         ``sampling_params`` and ``lora`` are one value for all prompts or one per prompt.
@@ -91,6 +95,7 @@ class LLM:
                         o.prompt_logprobs = [None, *out.prompt_logprobs]
                     if out.finished:
                         o.finish_reason, o.stop_reason = out.finish_reason, out.stop_reason
+                        o.error = out.error
         except BaseException:
             for rid in order:
                 self.engine.abort(rid)

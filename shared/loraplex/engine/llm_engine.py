@@ -11,13 +11,14 @@ from pathlib import Path
 import torch
 
 from loraplex.config import EngineConfig, resolve_device, resolve_dtype
+from loraplex.engine.failures import FailureMixin, is_fatal, nonfinite_requests
 from loraplex.engine.handover import KVHandoverMixin
 from loraplex.engine.logprobs import TokenLogprobs, compute_logprobs
 from loraplex.engine.outputs import KVHandoff, StepOutput
 from loraplex.engine.penalties import apply_penalties
 from loraplex.engine.runner import ModelRunner
 from loraplex.engine.sampler import position_seed, sample
-from loraplex.engine.scheduler import Scheduler, SchedulerConfig
+from loraplex.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from loraplex.engine.sequence import Sequence
 from loraplex.engine.structured import GrammarConstraints
 from loraplex.errors import AdapterError, AdapterNotFoundError, CapacityError, InvalidRequestError
@@ -36,7 +37,7 @@ from loraplex.text.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 
-class LLMEngine(KVHandoverMixin):
+class LLMEngine(KVHandoverMixin, FailureMixin):
     def __init__(
         self,
         model_dir: str | Path,
@@ -79,6 +80,7 @@ class LLMEngine(KVHandoverMixin):
         self._reservations: dict[str, list[int]] = {}
         self._shared_gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.last_logits: dict[str, torch.Tensor] = {}
+        self.failed_steps_in_a_row = 0  # steps that raised since the last one that did not
         self.eos_ids = set(mc.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:
             self.eos_ids.add(self.tokenizer.eos_token_id)
@@ -195,33 +197,55 @@ class LLMEngine(KVHandoverMixin):
         return self.scheduler.has_unfinished()
 
     def step(self) -> list[StepOutput]:
+        """Run one step.  A row whose logits are not finite ends its request alone with an
+        error; a step that raises ends exactly its requests with one (``failures.py``), unless
+        the error is fatal (CUDA, out of memory), which propagates."""
         batch = self.scheduler.schedule()
         if batch is None or not batch.seqs:
             return []
+        try:
+            outputs = self._run(batch)
+        except Exception as e:
+            if is_fatal(e):
+                raise
+            return self.fail_step(batch, e)
+        self.failed_steps_in_a_row = 0
+        return outputs
+
+    def _run(self, batch: ScheduledBatch) -> list[StepOutput]:
         for name, slot in batch.adapter_loads:
             self.lora_weights.load(slot, self.adapters[name])
         inp = self.runner.prepare(
             batch.seqs, batch.is_prefill, batch.num_new_tokens, batch.num_prefill_seqs
         )
         logits, prompt_scores = self.runner.execute(inp)
+        bad = nonfinite_requests(inp.seqs, logits, prompt_scores)
         for seq, scored in prompt_scores:
-            seq.prompt_logprobs += scored
+            if seq not in bad:
+                seq.prompt_logprobs += scored
         for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
-            self.scheduler.register_computed(seq, seq.num_cached + n)
+            if seq not in bad:
+                self.scheduler.register_computed(seq, seq.num_cached + n)
         for seq, n in inp.partial:  # a chunk short of the prompt's end: nothing to sample yet
-            seq.num_cached += n
-        if not inp.seqs:
-            return []
-        gens = [self._generator_for(s) for s in inp.seqs]
-        shaped = self.grammars.mask(apply_penalties(logits, inp.seqs), inp.seqs)
-        tokens = sample(shaped, [s.params for s in inp.seqs], gens)
-        logprobs = compute_logprobs(logits, inp.seqs, tokens)
+            if seq not in bad:
+                seq.num_cached += n
+        outputs = [self.fail_nonfinite(seq) for seq in batch.seqs if seq in bad]
+        seqs = inp.seqs
+        if bad:  # sample the healthy rows alone: each row's draw depends on its row only
+            rows = [i for i, s in enumerate(seqs) if s not in bad]
+            seqs = [seqs[i] for i in rows]
+            logits = logits[torch.tensor(rows, dtype=torch.long, device=logits.device)]
+        if not seqs:
+            return outputs
+        gens = [self._generator_for(s) for s in seqs]
+        shaped = self.grammars.mask(apply_penalties(logits, seqs), seqs)
+        tokens = sample(shaped, [s.params for s in seqs], gens)
+        logprobs = compute_logprobs(logits, seqs, tokens)
         self.last_logits = {
-            s.request_id: row for s, row in zip(inp.seqs, logits, strict=False)
+            s.request_id: row for s, row in zip(seqs, logits, strict=False)
         }  # for tests/debug
-        return [
-            self._append(seq, tok, lp)
-            for seq, tok, lp in zip(inp.seqs, tokens, logprobs, strict=True)
+        return outputs + [
+            self._append(seq, tok, lp) for seq, tok, lp in zip(seqs, tokens, logprobs, strict=True)
         ]
 
     def _generator_for(self, seq: Sequence) -> torch.Generator:

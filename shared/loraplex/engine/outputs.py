@@ -23,6 +23,9 @@ class StepOutput:
     logprobs: list[TokenLogprobs] | None = None  # one per new token, when the request asked
     # With the first token, when asked: prompt tokens 1.. (token 0 has no logprob).
     prompt_logprobs: list[TokenLogprobs] | None = None
+    # Why the request ended early (finish_reason "error"): its logits were not finite, or the
+    # step serving it failed.  Nothing else in the batch is affected.
+    error: str | None = None
 
 
 @dataclass(frozen=True)

@@ -336,6 +336,10 @@ def paged_decode_attention(
     pos = torch.arange(k.shape[2], device=q.device)
     q_pos = (context_lens - 1).to(pos.dtype)
     mask = pos[None, :] < context_lens[:, None]
+    # Masked positions (padding, another request's blocks) read as zeros, as in the Triton
+    # kernel: a weight of 0 on a NaN left there by a poisoned request would still give NaN.
+    beyond = ~mask[:, None, :, None]
+    k, v = k.masked_fill(beyond, 0.0), v.masked_fill(beyond, 0.0)
     if sliding_window is not None:
         mask &= pos[None, :] > q_pos[:, None] - sliding_window
     o = F.scaled_dot_product_attention(

@@ -23,6 +23,10 @@ class PublishMixin:
             req = self.active.get(out.request_id)
             if req is None:
                 continue
+            if out.error is not None:  # the engine ended this request alone; the rest go on
+                await self.fail(req, 500, out.error, retryable=False)
+                self.release(out.request_id)
+                continue
             if out.handoff is not None:
                 self.spawn(self._ship_kv(self, req, out.handoff))
                 continue

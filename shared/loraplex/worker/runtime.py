@@ -13,9 +13,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from loraplex.bus import Bus
+from loraplex.engine.failures import is_fatal
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.outputs import StepOutput
 from loraplex.protocol import (
@@ -33,6 +34,9 @@ from loraplex.worker.publish import PublishMixin
 from loraplex.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
+# Recovery fails each failed step's requests; when steps keep failing with no good step between,
+# the engine itself is broken (not one request), and a restart is the way out.
+MAX_FAILED_STEPS_IN_A_ROW = 3
 
 
 @dataclass
@@ -135,7 +139,9 @@ class Worker(ControlMixin, PublishMixin):
             for fn in inbox:
                 try:
                     fn()
-                except Exception:
+                except Exception as e:
+                    if is_fatal(e):
+                        self._exit(f"inbox command failed fatally: {e!r}")
                     log.exception("worker %s: inbox command failed", self.id)
             if self.outbox:
                 outputs, self.outbox = self.outbox, []
@@ -146,13 +152,21 @@ class Worker(ControlMixin, PublishMixin):
                     await self.wake.wait()
                 continue
             try:
+                # A step that raises fails its own requests inside the engine (error outputs);
+                # only a fatal error (CUDA, out of memory) or a failed recovery gets out here.
                 outputs = await asyncio.to_thread(self.engine.step)
-            except Exception:
-                # A broken engine cannot be trusted with more work: exit so the supervisor restarts
-                # us; the scheduler re-dispatches or fails our requests when heartbeats stop.
-                log.exception("worker %s: engine step failed; exiting", self.id)
-                os._exit(1)
+            except Exception as e:
+                log.exception("worker %s: engine step failed and could not recover", self.id)
+                self._exit(f"engine step failed: {e!r}")
             await self.publish_outputs(outputs)
+            if self.engine.failed_steps_in_a_row >= MAX_FAILED_STEPS_IN_A_ROW:
+                self._exit(f"{MAX_FAILED_STEPS_IN_A_ROW} engine steps in a row failed")
+
+    def _exit(self, why: str) -> NoReturn:
+        """Leave now: the engine cannot be trusted with more work.  The supervisor restarts the
+        worker; the scheduler re-dispatches or fails its requests when heartbeats stop."""
+        log.critical("worker %s: %s; exiting", self.id, why)
+        os._exit(1)
 
     def release(self, request_id: str) -> None:
         """Forget a request (engine loop only): unpin its adapter."""
