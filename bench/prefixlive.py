@@ -46,8 +46,8 @@ def plan(a: argparse.Namespace, vocab: int) -> list[list[int]]:
     return [systems[i] + torch.randint(4, vocab, (16,), generator=gen).tolist() for i in order]
 
 
-def _counters(base: str) -> tuple[dict[str, float], dict[str, float]]:
-    text = httpx.get(base + "/metrics", timeout=10).text
+def _counters(metrics: str) -> tuple[dict[str, float], dict[str, float]]:
+    text = httpx.get(metrics, timeout=10).text
     hit: dict[str, float] = {}
     query: dict[str, float] = {}
     for kind, worker, value in HIT.findall(text):
@@ -55,11 +55,11 @@ def _counters(base: str) -> tuple[dict[str, float], dict[str, float]]:
     return hit, query
 
 
-def _settled_counters(base: str, expect_query: float) -> tuple[dict, dict]:
+def _settled_counters(metrics: str, expect_query: float) -> tuple[dict, dict]:
     """Counters once every worker's heartbeat has reported the run (stats lag ~1 s)."""
     deadline = time.monotonic() + 15
     while True:
-        hit, query = _counters(base)
+        hit, query = _counters(metrics)
         if sum(query.values()) >= expect_query or time.monotonic() > deadline:
             return hit, query
         time.sleep(0.5)
@@ -101,10 +101,10 @@ def run_one(routing: bool, a, model_dir: Path, tmp: Path, prompts: list[list[int
     try:
         base, _, _ = start_stack(parse_up_args(flags), stack)
         model = httpx.get(base + "/v1/models", timeout=30).json()["data"][0]["id"]
-        hit0, query0 = _counters(base)
+        hit0, query0 = _counters(stack.urls["metrics"])
         seconds, ttft = asyncio.run(_drive(base, model, prompts, a))
         expect = sum(query0.values()) + sum(len(p) for p in prompts)
-        hit1, query1 = _settled_counters(base, expect)
+        hit1, query1 = _settled_counters(stack.urls["metrics"], expect)
         stack.check_alive()
     finally:
         stack.stop()

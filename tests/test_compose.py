@@ -179,6 +179,16 @@ def test_gateway_listens_publicly_only_with_tenants(services: dict) -> None:
     assert any(str(p).endswith(":8000") for p in services["gateway"]["ports"])
 
 
+def test_gateway_metrics_only_on_the_hosts_loopback(services: dict) -> None:
+    """/metrics names tenants: its own port, never published on a public host address."""
+    _, args = _module_and_args(services["gateway"])
+    metrics_port = _flag(args, "--metrics-port")
+    assert metrics_port and metrics_port != _flag(args, "--port")
+    published = [_expand(str(p)) for p in services["gateway"]["ports"]]
+    to_metrics = [p for p in published if p.endswith(f":{metrics_port}")]
+    assert to_metrics and all(p.startswith("127.0.0.1:") for p in to_metrics), published
+
+
 def test_example_tenants_are_placeholders() -> None:
     tenants = load_tenants(ROOT / "deploy" / "tenants.example.yaml")
     assert len(tenants.tenants) == 2 and not tenants.open_mode

@@ -89,25 +89,27 @@ async def stream_one(
         log.outcome(tenant, "error")
 
 
-async def gateway_in_flight(base: str) -> float:
+async def gateway_in_flight(metrics: str) -> float:
+    """From the gateway's /metrics listener (its own port: the series name tenants)."""
     async with httpx.AsyncClient(timeout=10) as http:
-        text = (await http.get(base + "/metrics")).text
+        text = (await http.get(metrics)).text
     line = next(
         x for x in text.splitlines() if x.startswith("loraplex_gateway_requests_in_flight ")
     )
     return float(line.split()[1])
 
 
-async def drain(base: str, timeout: float = 60.0) -> None:
+async def drain(metrics: str, timeout: float = 60.0) -> None:
     """Wait until the gateway has nothing in flight (cancelled requests left the system)."""
     deadline = time.monotonic() + timeout
-    while await gateway_in_flight(base) > 0 and time.monotonic() < deadline:
+    while await gateway_in_flight(metrics) > 0 and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
     await asyncio.sleep(1.0)  # cancellations reach the scheduler and workers
 
 
 async def drive(
     base: str,
+    metrics: str,
     arrivals: list[QueuedRequest],
     duration_s: float,
     seed: int,
@@ -134,7 +136,7 @@ async def drive(
     await asyncio.gather(*tasks, return_exceptions=True)
     for c in clients.values():
         await c.close()
-    await drain(base)
+    await drain(metrics)
     return log
 
 

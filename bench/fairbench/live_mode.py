@@ -28,8 +28,11 @@ from .workloads import CALIBRATION_TENANT, live_workload, tenant_name, write_ten
 
 
 @contextlib.contextmanager
-def live_stack(policy: str, tenants_file: Path, args: argparse.Namespace) -> Iterator[str]:
-    """``loraplex up`` for one policy; yields the gateway URL, stops everything on exit."""
+def live_stack(
+    policy: str, tenants_file: Path, args: argparse.Namespace
+) -> Iterator[tuple[str, str]]:
+    """``loraplex up`` for one policy; yields the gateway URL and its /metrics URL, stops
+    everything on exit."""
     run_dir = args.run_dir / policy
     flags = [
         "--port", str(free_port()), "--run-dir", str(run_dir), "--tenants", str(tenants_file),
@@ -42,18 +45,18 @@ def live_stack(policy: str, tenants_file: Path, args: argparse.Namespace) -> Ite
     stack = Stack(run_dir)
     try:
         base, _, _ = start_stack(parse_up_args(flags), stack)
-        yield base
+        yield base, stack.urls["metrics"]
     finally:
         stack.stop()
 
 
-def calibrate(base: str, args: argparse.Namespace) -> float:
+def calibrate(base: str, metrics: str, args: argparse.Namespace) -> float:
     """Requests/s this stack serves of the workloads' request size, with the bench's own client."""
     n_in = n_out = max(1, round(256 * args.length_scale))
     slots = args.max_num_seqs * args.decode_workers
     burst = [QueuedRequest(f"cal{i}", "c1", n_in, n_out, 0.0) for i in range(20 * slots)]
     warm, total = 2.0, 2.0 + args.calibration_s
-    log = asyncio.run(drive(base, burst, total, args.seed, lambda _: CALIBRATION_TENANT))
+    log = asyncio.run(drive(base, metrics, burst, total, args.seed, lambda _: CALIBRATION_TENANT))
     tokens = sum(e[3] for e in log.events if warm < e[0] <= total)
     return tokens / (total - warm) / (n_in + n_out)
 
@@ -66,26 +69,26 @@ def run_live(args: argparse.Namespace) -> tuple[list[LiveRow], float]:
     rpm_limit = build_scheduler_parser().get_default("rpm_limit")
     for policy in args.policies:
         label = f"RPM {rpm_limit}" if policy == "rpm" else policy.upper()
-        with live_stack(policy, tenants_file, args) as base:
+        with live_stack(policy, tenants_file, args) as (base, metrics):
             if capacity is None:
-                capacity = calibrate(base, args)
+                capacity = calibrate(base, metrics, args)
                 print(f"capacity: {capacity:.2f} requests/s", flush=True)
             for name in args.workloads:
-                rows.append(live_run(base, name, label, args, capacity))
+                rows.append(live_run(base, metrics, name, label, args, capacity))
                 print(live_table(rows[-1:]).splitlines()[-1], flush=True)
     assert capacity is not None
     return rows, capacity
 
 
 def live_run(
-    base: str, name: str, label: str, args: argparse.Namespace, capacity: float
+    base: str, metrics: str, name: str, label: str, args: argparse.Namespace, capacity: float
 ) -> LiveRow:
     """One workload against a running stack: replay, measure, summarize."""
     wl = live_workload(name, args, capacity)
     arrivals = generate_arrivals(wl, args.seed)
     t0 = time.perf_counter()
     log = asyncio.run(
-        drive(base, arrivals, wl.duration_s, args.seed, lambda c: tenant_name(name, c))
+        drive(base, metrics, arrivals, wl.duration_s, args.seed, lambda c: tenant_name(name, c))
     )
     res = live_result(log, arrivals, wl.duration_s)
     stats = {**summarize(res, time_scale=args.time_scale), "avg_acc_diff": mean_acc_diff(res)}

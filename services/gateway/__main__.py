@@ -22,6 +22,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="listen address (default 127.0.0.1; a non-loopback address needs --tenants)",
     )
     p.add_argument("--port", type=int, default=8000, help="listen port (default 8000)")
+    p.add_argument(
+        "--metrics-host",
+        default=None,
+        help=f"address of the Prometheus /metrics listener [{env.GATEWAY_METRICS_HOST.name}]",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="port of the /metrics listener; per-tenant series are served only there, not on "
+        f"--port; 0: none (default 8002) [{env.GATEWAY_METRICS_PORT.name}]",
+    )
     p.add_argument("--nats-url", default=None, help=f"NATS URL [{env.NATS_URL.name}]")
     p.add_argument(
         "--redis-url", default=None, help=f"Redis of the adapter store [{env.REDIS_URL.name}]"
@@ -78,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = GatewaySettings.from_env(
             host=args.host,
             port=args.port,
+            metrics_host=args.metrics_host,
+            metrics_port=args.metrics_port,
             nats_url=args.nats_url,
             redis_url=args.redis_url,
             model_dir=args.model,

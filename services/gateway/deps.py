@@ -7,11 +7,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from loraplex.gateway.auth import TenantDep
-from loraplex.gateway.metrics import GatewayMetrics
 from loraplex.gateway.service import GatewayService
 from loraplex.gateway.settings import GatewaySettings
 
-__all__ = ["MetricsDep", "ServiceDep", "SettingsDep", "TenantDep"]
+__all__ = ["ServiceDep", "SettingsDep", "TenantDep"]
 
 
 def get_service(request: Request) -> GatewayService:
@@ -22,10 +21,5 @@ def get_settings(request: Request) -> GatewaySettings:
     return request.app.state.settings
 
 
-def get_metrics(request: Request) -> GatewayMetrics:
-    return request.app.state.metrics
-
-
 ServiceDep = Annotated[GatewayService, Depends(get_service)]
 SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
-MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]

@@ -1,4 +1,5 @@
-"""Prometheus metrics of one gateway (own CollectorRegistry, so several apps can coexist).
+"""Prometheus metrics of one gateway (own CollectorRegistry, so several apps can coexist), served
+on their own listener (``metrics_server.py``), not on the API port: they name tenants.
 
 What the gateway itself observes: requests by route and status, time to first token, inter-token
 latency, end-to-end latency, tokens per tenant, requests in flight, stray stream messages.
@@ -30,7 +31,6 @@ _ROUTES = (
     "/detokenize",
     "/health",
     "/ready",
-    "/metrics",
 )
 
 

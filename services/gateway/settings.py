@@ -48,6 +48,9 @@ class GatewaySettings:
     max_adapter_mb: float = 512.0
     max_lora_rank: int = 64
     adapters_root: str | None = None  # server-side path registrations only below it; None: off
+    # /metrics on its own listener (it names tenants); 0: none.  Its env default is 8002.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
     gateway_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
     def __post_init__(self) -> None:
@@ -63,6 +66,8 @@ class GatewaySettings:
             raise ValueError("the body size limit must be at least 1 KiB")
         if not 0 <= self.port < 65536:
             raise ValueError(f"invalid port {self.port}")
+        if not 0 <= self.metrics_port < 65536:
+            raise ValueError(f"invalid metrics port {self.metrics_port}")
         if self.tenants_file is None and not is_loopback(self.host):
             raise ValueError(
                 f"refusing to listen on {self.host!r} without --tenants: open single-tenant mode "
@@ -90,6 +95,8 @@ class GatewaySettings:
             "max_adapter_mb": env.MAX_ADAPTER_MB.get(),
             "max_lora_rank": env.MAX_LORA_RANK.get(),
             "adapters_root": env.ADAPTERS_ROOT.get(),
+            "metrics_host": env.GATEWAY_METRICS_HOST.get(),
+            "metrics_port": env.GATEWAY_METRICS_PORT.get(),
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
         for optional in ("tenants_file", "adapters_root"):

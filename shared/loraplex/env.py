@@ -76,6 +76,14 @@ GATEWAY_SUBMIT_TIMEOUT_S = EnvVar(
     5.0,
     "gateway: wait for the scheduler's SUBMIT reply (then 503)",
 )
+GATEWAY_METRICS_HOST = EnvVar(
+    "LORAPLEX_GATEWAY_METRICS_HOST", "127.0.0.1", "gateway: address of the /metrics listener"
+)
+GATEWAY_METRICS_PORT = EnvVar(
+    "LORAPLEX_GATEWAY_METRICS_PORT",
+    8002,
+    "gateway: port of the /metrics listener (per-tenant series; not on the API port); 0: none",
+)
 GATEWAY_MAX_BODY_MB = EnvVar(
     "LORAPLEX_GATEWAY_MAX_BODY_MB", 4.0, "gateway: JSON request body limit in MiB (then 413)"
 )
@@ -100,6 +108,8 @@ REGISTRY: tuple[EnvVar, ...] = (
     GATEWAY_REQUEST_TIMEOUT_S,
     GATEWAY_SUBMIT_TIMEOUT_S,
     GATEWAY_MAX_BODY_MB,
+    GATEWAY_METRICS_HOST,
+    GATEWAY_METRICS_PORT,
 )
 
 

@@ -81,6 +81,12 @@ def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     p.add_argument("--adapter-store-port", type=int, default=None, help="default: a free port")
     p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="gateway's Prometheus /metrics listener on 127.0.0.1 (default: a free port)",
+    )
+    p.add_argument(
         "--restart",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -170,7 +176,7 @@ def up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         base, model, demo_adapters = start_stack(args, stack)
-        _print_banner(base, model, demo_adapters, args, stack.run_dir)
+        _print_banner(base, model, demo_adapters, args, stack.run_dir, stack.urls["metrics"])
         while True:  # the supervisor thread restarts what exits; only a signal ends this
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -217,6 +223,8 @@ def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]
             owner = load_tenants(args.tenants).tenants[0].name
         asyncio.run(_register_demo_adapters(redis_url, demo_adapters, owner))
     store_port = args.adapter_store_port or free_port()
+    metrics_port = args.metrics_port or free_port()  # /metrics names tenants: not on --port
+    metrics = f"http://127.0.0.1:{metrics_port}/metrics"
     common = ["--nats-url", nats_url, "--redis-url", redis_url]
     stack.spawn(
         "adapter-store", "loraplex.adapter_store", "--port", str(store_port), "--model", model,
@@ -251,21 +259,23 @@ def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]
         "gateway", "loraplex.gateway", "--host", args.host, "--port", str(args.port), "--model", model,
         "--max-lora-rank", str(args.max_lora_rank), *common, *tenants,
         *(["--max-model-len", str(args.max_model_len)] if args.max_model_len else []),
+        "--metrics-port", str(metrics_port),
     )  # fmt: skip
     base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
     _wait_http(f"{base}/ready", stack, timeout=300)
     _wait_http(f"http://127.0.0.1:{store_port}/ready", stack, timeout=60)
-    _wait_workers(f"{base}/metrics", args.prefill_workers + args.decode_workers, stack, timeout=600)
+    _wait_workers(metrics, args.prefill_workers + args.decode_workers, stack, timeout=600)
     stack.urls.update(
-        gateway=base, adapter_store=f"http://127.0.0.1:{store_port}", nats=nats_url, redis=redis_url
-    )
+        gateway=base, adapter_store=f"http://127.0.0.1:{store_port}", nats=nats_url, redis=redis_url,
+        metrics=metrics,
+    )  # fmt: skip
     if args.restart:
         stack.supervise()
     return base, model, demo_adapters
 
 
 def _print_banner(
-    base: str, model: str, adapters: list, args: argparse.Namespace, run_dir: Path
+    base: str, model: str, adapters: list, args: argparse.Namespace, run_dir: Path, metrics: str
 ) -> None:  # type: ignore[type-arg]
     model_id = os.path.basename(os.path.normpath(model))
     example = adapters[0].name if adapters else model_id
@@ -275,6 +285,7 @@ def _print_banner(
         f"\nloraplex is up: {base}/v1  (logs in {run_dir})\n"
         f"  models:     curl {base}/v1/models{auth}\n"
         f"  completion: curl {base}/v1/completions{auth} -H 'Content-Type: application/json' -d '{body}'\n"
+        f"  metrics:    curl {metrics}  (Prometheus; loopback only)\n"
         f"Press Ctrl-C to stop every process it started.\n",
         flush=True,
     )

@@ -167,14 +167,17 @@ async def test_load_and_unload_lora_adapter_round_trip(
 
     # already loaded: vLLM's 400 (the adapter routes say 409), same message and code
     assert_error(await http.post(LOAD, json=load), 400, code="adapter_exists", param="lora_name")
+    # bob's "vl" is his own adapter: names are scoped to their owner
     r = await http.post(LOAD, json={**load, "lora_path": second.path.name}, headers=BOB)
-    assert_error(r, 400, code="adapter_exists", param="lora_name")
+    assert r.status_code == 200, r.text
     r = await http.post(LOAD, json={**load, "lora_path": second.path.name, "load_inplace": True})
     assert r.status_code == 200, r.text
     info = (await http.get("/v1/adapters/vl")).json()
     assert (info["rank"], info["version"]) == (second.rank, 2)
 
+    assert (await http.post(UNLOAD, json={"lora_name": "vl"}, headers=BOB)).status_code == 200
     assert_error(await http.post(UNLOAD, json={"lora_name": "vl"}, headers=BOB), 404)
+    assert (await http.get("/v1/adapters/vl")).json()["owner"] == "alice"
     r = await http.post(UNLOAD, json={"lora_name": "vl"})
     assert r.status_code == 200, r.text
     assert r.text == "Success: LoRA adapter 'vl' removed successfully."

@@ -171,7 +171,7 @@ def test_repeated_prompt_hits_the_prefix_cache(client, disagg_stack, model_id):
     )
     deadline = time.monotonic() + 10
     while True:  # stats travel heartbeat -> scheduler -> gateway about once a second
-        text = httpx.get(disagg_stack.urls["gateway"] + "/metrics", timeout=10).text
+        text = httpx.get(disagg_stack.urls["metrics"], timeout=10).text
         hits = [float(v) for _, v in pattern.findall(text)]
         if (hits and max(hits) >= 32) or time.monotonic() > deadline:
             break
@@ -186,7 +186,7 @@ def test_metrics_show_latency_queue_kv_and_slots(client, disagg_stack, model_id)
     client.completions.create(model=model_id, prompt=[1, 2, 3], max_tokens=4)
     deadline = time.monotonic() + 10
     while True:  # the scheduler broadcasts stats every second
-        text = httpx.get(disagg_stack.urls["gateway"] + "/metrics", timeout=10).text
+        text = httpx.get(disagg_stack.urls["metrics"], timeout=10).text
         if "loraplex_worker_kv_blocks_total" in text or time.monotonic() > deadline:
             break
         time.sleep(0.5)

@@ -1,0 +1,91 @@
+"""``/metrics`` is served only on the gateway's own metrics listener (it names tenants): the
+public port answers 404 and shows no tenant, the listener shows the gateway's series and the
+scheduler's per-tenant stats.  Real uvicorn, NATS and Redis; the fake scheduler answers."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+
+import httpx
+import nats
+import pytest
+
+from loraplex.demo import DemoModelInfo
+from loraplex.gateway.metrics import GatewayMetrics
+from loraplex.gateway.metrics_server import MetricsListenError, metrics_listener
+from loraplex.protocol import SchedulerStats, Subjects, encode
+from loraplex.servers import free_port
+from loraplex.text.tokenizer import Tokenizer
+from tests.gateway.conftest import ALICE, MODEL_ID, REPLY_TEXT, FakeScheduler, GatewayFactory, Plan
+
+COMPLETIONS = "/v1/completions"
+
+
+def _body(**kw: object) -> dict:
+    return {"model": MODEL_ID, "prompt": "Hello", "max_tokens": 16, **kw}
+
+
+async def _scrape_until(url: str, needle: str) -> str:
+    """The scheduler's stats arrive over NATS: scrape until they show (bounded)."""
+    async with httpx.AsyncClient() as http:
+        for _ in range(200):
+            text = (await http.get(url)).text
+            if needle in text:
+                return text
+            await asyncio.sleep(0.025)
+    raise AssertionError(f"{needle!r} never showed on {url}:\n{text}")
+
+
+async def test_metrics_only_on_the_metrics_listener(
+    gateway_factory: GatewayFactory, scheduler: FakeScheduler, tokenizer: Tokenizer, nats_url: str
+) -> None:
+    ids = tokenizer.encode(REPLY_TEXT, add_special_tokens=False)
+    scheduler.plan = lambda _: Plan(tokens=ids, chunk=2)
+    port = free_port()
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
+    async with (
+        gateway_factory(metrics_port=port) as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        assert (await http.post(COMPLETIONS, json=_body(), headers=ALICE)).status_code == 200
+        await http.post(COMPLETIONS, json=_body(temperature=-1), headers=ALICE)
+        nc = await nats.connect(nats_url)
+        stats = SchedulerStats(queued={"alice": 3}, counters={"alice": 42.0}, workers={})
+        await nc.publish(Subjects.STATS, encode(stats))
+        await nc.close()
+        text = await _scrape_until(metrics_url, 'loraplex_queue_depth{tenant="alice"} 3.0')
+        # the API port: no metrics, for anyone, and nothing that names a tenant
+        for headers in ({}, ALICE):
+            public = await http.get("/metrics", headers=headers)
+            assert public.status_code == 404 and "alice" not in public.text
+            assert public.json()["error"]["message"] == "Not Found"
+    assert 'loraplex_gateway_requests_total{route="/v1/completions",status="200"} 1.0' in text
+    assert 'loraplex_gateway_requests_total{route="/v1/completions",status="400"} 1.0' in text
+    tokens = f'loraplex_gateway_tokens_total{{kind="completion",tenant="alice"}} {float(len(ids))}'
+    assert tokens in text
+    assert 'loraplex_tenant_service{tenant="alice"} 42.0' in text
+    assert "loraplex_gateway_time_to_first_token_seconds_count 1.0" in text
+    assert "loraplex_gateway_requests_in_flight 0.0" in text
+    assert 'loraplex_gateway_generations_finished_total{reason="stop"} 1.0' in text
+    with pytest.raises(httpx.ConnectError):  # the listener stops with the gateway
+        httpx.get(metrics_url, timeout=2)
+
+
+async def test_a_taken_metrics_port_fails_the_start(demo: DemoModelInfo) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(MetricsListenError, match=f"cannot serve /metrics on 127.0.0.1:{port}"):
+            async with metrics_listener(GatewayMetrics(), "127.0.0.1", port):
+                pass
+        # the gateway process exits at start-up, before it needs NATS
+        argv = [sys.executable, "-m", "loraplex.gateway", "--model", str(demo.model_dir)]
+        argv += ["--port", str(free_port()), "--metrics-port", str(port)]
+        argv += ["--nats-url", "nats://127.0.0.1:1"]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert f"cannot serve /metrics on 127.0.0.1:{port}" in done.stderr
