@@ -33,6 +33,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-adapter-mb", type=float, default=None, help="upload size limit, MiB (default 512)"
     )
     p.add_argument(
+        "--max-adapter-weight",
+        type=float,
+        default=None,
+        help="largest |w| of an adapter's A and scaled B, refused beyond it (default 1000; "
+        f"docs/architecture.md, Adapters) [{env.ADAPTER_MAX_ABS_WEIGHT.name}]",
+    )
+    p.add_argument(
+        "--uploads-per-tenant",
+        type=int,
+        default=None,
+        help=f"concurrent uploads per tenant, 429 beyond (default 2) [{env.UPLOADS_PER_TENANT.name}]",
+    )
+    p.add_argument(
+        "--upload-dir",
+        default=None,
+        help=f"where uploads are spooled (default: the system temp dir) [{env.UPLOAD_DIR.name}]",
+    )
+    p.add_argument(
         "--tenants", default=None, help=f"tenants file, JSON/YAML [{env.TENANTS_FILE.name}]"
     )
     p.add_argument("--redis-prefix", default=None, help="prefix of Redis keys (default loraplex)")
@@ -57,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             adapters_root=args.adapters_root,
             max_lora_rank=args.max_lora_rank,
             max_adapter_mb=args.max_adapter_mb,
+            max_adapter_weight=args.max_adapter_weight,
+            uploads_per_tenant=args.uploads_per_tenant,
+            upload_dir=args.upload_dir,
             tenants_file=args.tenants,
             redis_prefix=args.redis_prefix,
         )

@@ -41,6 +41,8 @@ def create_app(settings: Settings) -> FastAPI:
     model = ModelConfig.from_dir(settings.model_dir)
     tenants = load_tenants(settings.tenants_file)
     root = _adapters_root(settings.adapters_root)
+    if settings.upload_dir is not None and not os.path.isdir(settings.upload_dir):
+        raise ValueError(f"--upload-dir {settings.upload_dir!r} is not a directory")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,7 +51,14 @@ def create_app(settings: Settings) -> FastAPI:
         )
         events = EventPublisher(settings.nats_url)
         events.start()
-        registrar = Registrar(store, model, settings.max_lora_rank, events)
+        registrar = Registrar(
+            store,
+            model,
+            settings.max_lora_rank,
+            events,
+            max_abs_weight=settings.max_adapter_weight,
+            uploads_per_tenant=settings.uploads_per_tenant,
+        )
         migration = asyncio.create_task(migrate_in_background(store), name="adapter-migration")
         app.state.loraplex = AppState(settings, tenants, store, events, registrar, root)
         mode = "open mode" if tenants.open_mode else f"{len(tenants.tenants)} tenants"

@@ -17,6 +17,7 @@ from loraplex.adapters.errors import (
     AdapterPathError,
     AdapterTooLargeError,
     StoreUnavailableError,
+    UploadLimitError,
 )
 from loraplex.errors import AdapterError, AdapterNotFoundError, InvalidRequestError, LoraplexError
 from loraplex.tenants import AuthenticationError
@@ -29,6 +30,7 @@ _TABLE: tuple[tuple[type[Exception], int, str, str], ...] = (
     (AdapterNotFoundError, 404, "invalid_request_error", "adapter_not_found"),
     (AdapterExistsError, 409, "invalid_request_error", "adapter_exists"),
     (AdapterTooLargeError, 413, "invalid_request_error", "adapter_too_large"),
+    (UploadLimitError, 429, "rate_limit_error", "rate_limit_exceeded"),
     (AdapterForbiddenError, 403, "permission_error", "adapter_forbidden"),
     (AdapterPathError, 403, "permission_error", "path_not_allowed"),
     (AdapterError, 400, "invalid_request_error", "invalid_adapter"),

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from loraplex.adapter_store.adapter_paths import read_path_registration
 from loraplex.adapter_store.deps import CurrentTenant, State
-from loraplex.adapter_store.uploads import AdapterUpload, invalid, read_multipart
+from loraplex.adapter_store.uploads import AdapterUpload, check_text, invalid, read_multipart
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 health = APIRouter(tags=["health"])
@@ -15,11 +15,11 @@ health = APIRouter(tags=["health"])
 
 async def _read_upload(request: Request, state: State) -> AdapterUpload:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    limit = state.settings.max_adapter_bytes
+    limit, spool_dir = state.settings.max_adapter_bytes, state.settings.upload_dir
     if ctype == "multipart/form-data":
-        return await read_multipart(request, limit)
+        return await read_multipart(request, limit, spool_dir)
     if ctype == "application/json":
-        return await read_path_registration(request, state.adapters_root, limit)
+        return await read_path_registration(request, state.adapters_root, limit, spool_dir)
     raise invalid(
         "send multipart/form-data (name + files adapter_config.json, adapter_model.safetensors) "
         f"or application/json (name + path under the adapters root), not {ctype or 'no body'!r}"
@@ -28,8 +28,9 @@ async def _read_upload(request: Request, state: State) -> AdapterUpload:
 
 @router.post("", status_code=201, summary="Register (or replace) an adapter")
 async def register_adapter(request: Request, tenant: CurrentTenant, state: State) -> JSONResponse:
-    upload = await _read_upload(request, state)
-    reg = await state.registrar.register(tenant, upload)
+    async with state.registrar.upload_slot(tenant):  # 429 before reading the body
+        upload = await _read_upload(request, state)
+        reg = await state.registrar.register(tenant, upload)  # deletes the upload's spool
     return JSONResponse(reg.info.to_json(), status_code=200 if reg.replaced else 201)
 
 
@@ -41,11 +42,13 @@ async def list_adapters(tenant: CurrentTenant, state: State) -> dict:
 
 @router.get("/{name}", summary="One adapter's metadata")
 async def get_adapter(name: str, tenant: CurrentTenant, state: State) -> dict:
+    check_text(name, "name")
     return (await state.store.get_for(tenant.name, name)).to_json()
 
 
 @router.delete("/{name}", summary="Delete an adapter (owner only)")
 async def delete_adapter(name: str, tenant: CurrentTenant, state: State) -> dict:
+    check_text(name, "name")
     info = await state.registrar.delete(tenant, name)
     return {"id": info.name, "object": "adapter.deleted", "deleted": True}
 

@@ -17,6 +17,9 @@ class Settings:
     adapters_root: str | None = None  # JSON path registrations only below it; None: disabled
     max_lora_rank: int = 64
     max_adapter_mb: float = 512.0
+    max_adapter_weight: float = 1000.0  # largest |w| of A and scaled B (docs/architecture.md)
+    uploads_per_tenant: int = 2  # concurrent uploads per tenant in this process; then 429
+    upload_dir: str | None = None  # where uploads are spooled; None: the system temp dir
     tenants_file: str | None = None  # None: open mode (one tenant, no API keys)
     redis_prefix: str = "loraplex"
 
@@ -29,6 +32,10 @@ class Settings:
             raise ValueError("--max-lora-rank must be positive")
         if not self.max_adapter_mb > 0:
             raise ValueError("--max-adapter-mb must be positive")
+        if not self.max_adapter_weight > 0:
+            raise ValueError("--max-adapter-weight must be positive")
+        if self.uploads_per_tenant < 1:
+            raise ValueError("--uploads-per-tenant must be at least 1")
         if not 0 <= self.port < 65536:
             raise ValueError(f"invalid port {self.port}")
 
@@ -46,11 +53,14 @@ class Settings:
             "adapters_root": env.ADAPTERS_ROOT.get() or None,
             "max_lora_rank": env.MAX_LORA_RANK.get(),
             "max_adapter_mb": env.MAX_ADAPTER_MB.get(),
+            "max_adapter_weight": env.ADAPTER_MAX_ABS_WEIGHT.get(),
+            "uploads_per_tenant": env.UPLOADS_PER_TENANT.get(),
+            "upload_dir": env.UPLOAD_DIR.get() or None,
             "tenants_file": env.TENANTS_FILE.get() or None,
             "redis_prefix": env.REDIS_PREFIX.get(),
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
-        for optional in ("adapters_root", "tenants_file"):
+        for optional in ("adapters_root", "tenants_file", "upload_dir"):
             base[optional] = base[optional] or None
         return cls(**base)  # type: ignore[arg-type]
 

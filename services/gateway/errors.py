@@ -22,6 +22,7 @@ from loraplex.adapters.errors import (
     AdapterPathError,
     AdapterTooLargeError,
     StoreUnavailableError,
+    UploadLimitError,
 )
 from loraplex.errors import (
     AdapterError,
@@ -93,6 +94,7 @@ ERROR_MAP: tuple[tuple[type[LoraplexError], int, str | None], ...] = (
     (AdapterNotFoundError, 404, "adapter_not_found"),
     (PayloadTooLargeError, 413, "request_too_large"),
     (AdapterTooLargeError, 413, "adapter_too_large"),
+    (UploadLimitError, 429, "rate_limit_exceeded"),
     (AdapterForbiddenError, 403, "adapter_forbidden"),
     (AdapterPathError, 403, "path_not_allowed"),
     (AdapterExistsError, 409, "adapter_exists"),

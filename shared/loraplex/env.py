@@ -56,6 +56,17 @@ ADAPTERS_ROOT = EnvVar(
 )
 MAX_LORA_RANK = EnvVar("LORAPLEX_MAX_LORA_RANK", 64, "largest LoRA rank accepted and served")
 MAX_ADAPTER_MB = EnvVar("LORAPLEX_MAX_ADAPTER_MB", 512.0, "adapter-store: upload size limit (MiB)")
+ADAPTER_MAX_ABS_WEIGHT = EnvVar(
+    "LORAPLEX_ADAPTER_MAX_ABS_WEIGHT",
+    1000.0,
+    "largest |w| of an adapter's A and scaled B accepted (store, gateway, workers); inf: no bound",
+)
+UPLOADS_PER_TENANT = EnvVar(
+    "LORAPLEX_UPLOADS_PER_TENANT", 2, "adapter-store: concurrent uploads per tenant (then 429)"
+)
+UPLOAD_DIR = EnvVar(
+    "LORAPLEX_UPLOAD_DIR", "", "adapter-store: where uploads are spooled (empty: system temp dir)"
+)
 REDIS_PREFIX = EnvVar("LORAPLEX_REDIS_PREFIX", "loraplex", "prefix of every Redis key")
 ADAPTER_STORE_URL = EnvVar(
     "LORAPLEX_ADAPTER_STORE_URL", "http://127.0.0.1:8100", "adapter-store HTTP base URL"
@@ -101,6 +112,9 @@ REGISTRY: tuple[EnvVar, ...] = (
     ADAPTERS_ROOT,
     MAX_LORA_RANK,
     MAX_ADAPTER_MB,
+    ADAPTER_MAX_ABS_WEIGHT,
+    UPLOADS_PER_TENANT,
+    UPLOAD_DIR,
     REDIS_PREFIX,
     ADAPTER_STORE_URL,
     MODEL_ID,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from loraplex import LLM, SamplingParams
 from loraplex.adapter_store.registrar import Registrar
+from loraplex.adapter_store.spool import Spool
 from loraplex.adapter_store.uploads import AdapterUpload
 from loraplex.adapters.keys import adapter_id
 from loraplex.bus import Bus
@@ -207,7 +208,7 @@ class Harness:
         upload = AdapterUpload(
             self.store_name(as_key or key),
             (path / CONFIG_FILE).read_bytes(),
-            (path / WEIGHTS_FILE).read_bytes(),
+            Spool.of_bytes((path / WEIGHTS_FILE).read_bytes()),
             replace=replace,
         )
         return (await self.registrar.register(TENANT, upload)).info.version

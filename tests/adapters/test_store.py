@@ -229,6 +229,41 @@ async def test_limits_and_names(redis_url: str, prefix: str) -> None:
         await store.close()
 
 
+async def test_weights_stream_from_a_file_or_chunks(store: AdapterStore, tmp_path: Path) -> None:
+    """A file, an iterable and an async iterable of odd-sized pieces are staged chunk by chunk:
+    the same blob, chunks and sha256 as the bytes."""
+    weights = os.urandom(3 * CHUNK_SIZE + 777)
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(weights)
+    pieces = [weights[i : i + 100_003] for i in range(0, len(weights), 100_003)]
+
+    async def async_pieces():  # type: ignore[no-untyped-def]
+        for p in pieces:
+            yield p
+
+    with open(path, "rb") as f:
+        sources = {"file": f, "iterable": iter(pieces), "async": async_pieces()}
+        for name, source in sources.items():
+            info = (await store.register(name, "alice", CONFIG, source, **META)).info
+            assert (info.size_bytes, info.chunks) == (len(weights), 4)
+            assert info.sha256 == hashlib.sha256(weights).hexdigest()
+            assert (await store.fetch(f"alice/{name}")).weights_bytes == weights
+            blob = store.keys.blob(f"alice/{name}", info.version)
+            assert len(await store.redis.hget(blob, "3")) == 777
+
+
+async def test_size_limit_while_streaming(redis_url: str, prefix: str) -> None:
+    """Without a size known up front, the limit is enforced as chunks arrive; nothing is left."""
+    store = AdapterStore.from_url(redis_url, prefix=prefix, max_bytes=2 * CHUNK_SIZE)
+    try:
+        endless = (b"\0" * CHUNK_SIZE for _ in range(100))
+        with pytest.raises(AdapterTooLargeError, match="the limit is"):
+            await store.register("big", "alice", CONFIG, endless, **META)
+        assert await keys_with(store) == {store.keys.version_counter("alice")}
+    finally:
+        await store.close()
+
+
 async def test_unreachable_redis_is_a_typed_error() -> None:
     client = aioredis.Redis.from_url(
         f"redis://127.0.0.1:{free_port()}/0", retry=Retry(NoBackoff(), 0), socket_connect_timeout=1

@@ -5,6 +5,7 @@ types, NaN weights, bad names; a failed replacement keeps the registered adapter
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,39 @@ def test_failed_replacement_keeps_the_registered_adapter(llm, adapter_src, tmp_p
     out = llm.generate([[5, 6, 7]], SamplingParams(temperature=0.0, max_tokens=2), lora="keep-me")
     assert len(out[0].token_ids) == 2
     llm.remove_lora("keep-me")
+
+
+def test_weights_beyond_the_bound(llm, adapter_src, tmp_path, monkeypatch):
+    """All 1e30: finite, right shapes, and a crash at first use; refused, naming the tensor."""
+    d = clone(adapter_src, tmp_path / "a")
+    edit_tensors(d / "adapter_model.safetensors", lambda t: t.update({k: torch.full_like(v, 1e30) for k, v in t.items()}))  # fmt: skip
+    msg = _adapter_error(llm, "huge", d)
+    assert A_KEY in msg and "bound of 1000" in msg
+    monkeypatch.setenv("LORAPLEX_ADAPTER_MAX_ABS_WEIGHT", "1e31")  # workers read the same bound
+    assert llm.add_lora("huge", d).rank == 4
+    llm.remove_lora("huge")
+
+
+def test_rank_zero_tensors_without_r(llm, adapter_src, tmp_path):
+    d = clone(adapter_src, tmp_path / "a")
+
+    def rank_zero(t):
+        for k in list(t):
+            t[k] = torch.zeros(0, 64) if "lora_A" in k else torch.zeros(t[k].shape[0], 0)
+
+    edit_tensors(d / "adapter_model.safetensors", rank_zero)
+    cfg = json.loads((d / "adapter_config.json").read_text())
+    del cfg["r"]
+    (d / "adapter_config.json").write_text(json.dumps(cfg))
+    assert "rank 0" in _adapter_error(llm, "rank0", d)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("lora_alpha", "abc"), ("lora_alpha", None), ("rank_pattern", {"(": 4}), ("rank_pattern", {"q_proj": 0}), ("alpha_pattern", {"q_proj": None}), ("target_modules", ["q_proj", "v_proj", "nonexistent"])],
+)  # fmt: skip
+def test_bad_config_fields_name_the_field(llm, adapter_src, tmp_path, field, value):
+    d = clone(adapter_src, tmp_path / "a")
+    edit_json(d / "adapter_config.json", **{field: value})
+    msg = _adapter_error(llm, "bad-field", d)
+    assert field in msg and "adapter_config.json" in msg

@@ -81,11 +81,14 @@ async def load_lora_adapter(
 ) -> PlainTextResponse:
     name = check_name(body.lora_name)
     limit = state.settings.max_adapter_bytes
+    spool_dir = state.settings.upload_dir
     try:
-        upload = await upload_from_dir(
-            state.adapters_root, name, body.lora_path, limit, replace=body.load_inplace
-        )
-        await state.registrar.register(tenant, upload)
+        async with state.registrar.upload_slot(tenant):  # 429 as on /v1/adapters
+            upload = await upload_from_dir(
+                state.adapters_root, name, body.lora_path, limit, replace=body.load_inplace,
+                spool_dir=spool_dir,
+            )  # fmt: skip
+            await state.registrar.register(tenant, upload)
     except tuple(_AS_400) as e:
         raise _as_vllm_error(e) from e
     return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")

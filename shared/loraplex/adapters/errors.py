@@ -16,6 +16,7 @@ __all__ = [
     "AdapterPathError",
     "AdapterTooLargeError",
     "StoreUnavailableError",
+    "UploadLimitError",
 ]
 
 
@@ -41,3 +42,7 @@ class AdapterIntegrityError(LoraplexError):
 
 class StoreUnavailableError(LoraplexError):
     """Redis cannot be reached (503); the client retries, the caller may retry later."""
+
+
+class UploadLimitError(LoraplexError):
+    """The tenant already has as many uploads in progress as the server allows (429)."""

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
+from loraplex.adapters.chunks import Weights, batches, known_size
 from loraplex.adapters.errors import (
     AdapterExistsError,
     AdapterForbiddenError,
@@ -39,11 +40,18 @@ from loraplex.lora.names import NAME_PATTERN, validate_name
 CHUNK_SIZE = 512 * 1024
 STAGING_TTL_S = 3600  # a staged blob whose upload died disappears after this
 _CHUNKS_PER_ROUNDTRIP = 16
+# staging holds about two of these in memory (asyncio joins the buffers of one write)
+_STAGE_BYTES_PER_ROUNDTRIP = 2 * 1024 * 1024
 _WATCH_RETRIES = 16
 
 
 def _sha256(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _hash_into(sha: hashlib._Hash, chunks: list[memoryview]) -> None:
+    for chunk in chunks:
+        sha.update(chunk)
 
 
 class AdapterStore:
@@ -185,7 +193,7 @@ class AdapterStore:
         name: str,
         owner: str,
         config_bytes: bytes,
-        weights_bytes: bytes,
+        weights: Weights,
         *,
         rank: int,
         alpha: float,
@@ -194,15 +202,15 @@ class AdapterStore:
         replace: bool = False,
     ) -> Registered:
         """Store a (validated) adapter; on ``replace`` the owner's previous version is removed.
-        ``visibility=None``: private for a new adapter, the previous version's on replace."""
+        ``visibility=None``: private for a new adapter, the previous version's on replace.
+        ``weights``: bytes, a binary file or an iterable of byte strings, staged into Redis a
+        batch of chunks at a time (sha256 and size computed on the way)."""
         validate_name(name)
         if visibility is not None:
             check_visibility(visibility)
-        size = len(config_bytes) + len(weights_bytes)
-        if self.max_bytes is not None and size > self.max_bytes:
-            raise AdapterTooLargeError(
-                f"adapter {name!r} is {size} bytes; the limit is {self.max_bytes} bytes"
-            )
+        size = known_size(weights)
+        if size is not None:
+            self._check_size(name, len(config_bytes) + size)
         aid = adapter_id(owner, name)
         holder = await self._public_holder(self.redis, name)
         _check_takeover(await self.get(aid), aid, replace, visibility, holder)
@@ -214,32 +222,45 @@ class AdapterStore:
             rank=int(rank),
             alpha=float(alpha),
             targets=tuple(targets),
-            size_bytes=len(weights_bytes),
-            sha256=await asyncio.to_thread(_sha256, weights_bytes),
+            size_bytes=0,  # size, sha256 and chunks: once staged
+            sha256="",
             created=time.time(),
             version=version,
             config_sha256=_sha256(config_bytes),
             chunk_size=self.chunk_size,
-            chunks=-(-len(weights_bytes) // self.chunk_size),
+            chunks=0,
         )
         blob = self.keys.blob(aid, version)
         try:
-            await self._stage(blob, config_bytes, weights_bytes)
+            info = await self._stage(info, blob, config_bytes, weights)
             info, replaced = await self._commit(info, blob, replace, visibility is None)
         except BaseException:
             await asyncio.shield(self._discard(aid, version))
             raise
         return Registered(info, replaced)
 
-    async def _stage(self, blob: str, config: bytes, weights: bytes) -> None:
-        view = memoryview(weights)
-        cs, step = self.chunk_size, self.chunk_size * _CHUNKS_PER_ROUNDTRIP
+    async def _stage(
+        self, info: AdapterInfo, blob: str, config: bytes, weights: Weights
+    ) -> AdapterInfo:
+        """Write the blob (config, then the weights a batch of chunks per round trip); returns
+        ``info`` with the weights' size, sha256 and chunk count."""
         await self.redis.hset(blob, "config", config)
         await self.redis.expire(blob, self.staging_ttl_s)
-        for start in range(0, len(view), step):
-            end = min(start + step, len(view))
-            chunks = {str(i // cs): view[i : min(i + cs, end)] for i in range(start, end, cs)}
-            await self.redis.hset(blob, mapping=chunks)  # type: ignore[arg-type]
+        sha, size, index = hashlib.sha256(), 0, 0
+        async for batch in batches(weights, self.chunk_size, _STAGE_BYTES_PER_ROUNDTRIP):
+            size += sum(len(c) for c in batch)
+            self._check_size(info.name, len(config) + size)
+            await asyncio.to_thread(_hash_into, sha, batch)
+            fields = {str(index + i): c for i, c in enumerate(batch)}
+            await self.redis.hset(blob, mapping=fields)  # type: ignore[arg-type]
+            index += len(batch)
+        return dataclasses.replace(info, size_bytes=size, sha256=sha.hexdigest(), chunks=index)
+
+    def _check_size(self, name: str, size: int) -> None:
+        if self.max_bytes is not None and size > self.max_bytes:
+            raise AdapterTooLargeError(
+                f"adapter {name!r} is at least {size} bytes; the limit is {self.max_bytes} bytes"
+            )
 
     async def _commit(
         self, info: AdapterInfo, blob: str, replace: bool, keep_visibility: bool
