@@ -43,7 +43,6 @@ except (ImportError, AttributeError) as exc:
     print(exc)
     sys.exit(77)
 from loraplex.kernels import triton_attention, triton_lora, triton_lora_kernels
-from loraplex.kernels import triton_prefill_attention
 
 TARGET = GPUTarget("cuda", 90, 32)
 BACKEND = make_backend(TARGET)
@@ -55,7 +54,7 @@ class _Recorder:
     def __getitem__(self, grid):
         return lambda *args, **kw: LAUNCHES.append((self.fn, args, kw))
 
-for _mod in (triton_lora_kernels, triton_attention, triton_prefill_attention):
+for _mod in (triton_lora_kernels, triton_attention):
     for _name, _obj in list(vars(_mod).items()):
         if isinstance(_obj, JITFunction) and _name.endswith("_kernel"):
             setattr(_mod, _name, _Recorder(_obj))

@@ -231,6 +231,34 @@ def _window_mask(
     return mask
 
 
+def _sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention of one sequence: q [L, H, D], k/v [S, KVH, D] -> [L, H, D]; causal without
+    ``mask``.  Runs on 4-D [1, heads, L, D] views: no fused CUDA backend of SDPA (flash,
+    efficient, cuDNN) takes 3-D inputs, so those would run its slow math path."""
+    gqa = q.shape[1] != k.shape[1]
+    if gqa and mask is not None and q.is_cuda:
+        # A fused backend that takes the mask may not take enable_gqa: copy the KV heads instead.
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+        gqa = False
+    o = F.scaled_dot_product_attention(
+        q.transpose(0, 1)[None],
+        k.transpose(0, 1)[None],
+        v.transpose(0, 1)[None],
+        attn_mask=mask,
+        is_causal=mask is None,
+        scale=scale,
+        enable_gqa=gqa,
+    )
+    return o[0].transpose(0, 1)
+
+
 def prefill_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -239,28 +267,19 @@ def prefill_attention(
     scale: float,
     sliding_window: int | None = None,
 ) -> torch.Tensor:
-    """Causal self-attention over variable-length prompts packed in one tensor.
+    """Causal self-attention over variable-length prompts packed in one tensor, one SDPA per
+    prompt (the CPU path and the oracle of the one-launch CUDA path, ``flex_prefill``).
 
     q: [T, H, D]; k, v: [T, KVH, D] (grouped-query: H % KVH == 0); cu_seqlens: [N+1] prefix sums
     of the prompt lengths; returns [T, H, D].
     """
     out = torch.empty_like(q)
-    gqa = q.shape[1] != k.shape[1]  # SDPA broadcasts KV heads itself: no repeat_interleave copies
     for s, e in zip(cu_seqlens[:-1], cu_seqlens[1:], strict=True):
-        qs = q[s:e].transpose(0, 1)  # [H, L, D]
-        ks = k[s:e].transpose(0, 1)  # [KVH, L, D]
-        vs = v[s:e].transpose(0, 1)
-        if sliding_window is None or sliding_window >= e - s:
-            o = F.scaled_dot_product_attention(
-                qs, ks, vs, is_causal=True, scale=scale, enable_gqa=gqa
-            )
-        else:
+        mask = None
+        if sliding_window is not None and sliding_window < e - s:
             pos = torch.arange(e - s, device=q.device)
             mask = _window_mask(pos, pos, sliding_window)
-            o = F.scaled_dot_product_attention(
-                qs, ks, vs, attn_mask=mask, scale=scale, enable_gqa=gqa
-            )
-        out[s:e] = o.transpose(0, 1)
+        out[s:e] = _sdpa(q[s:e], k[s:e], v[s:e], scale, mask)
     return out
 
 
@@ -286,7 +305,6 @@ def prefill_attention_paged(
     """
     out = torch.empty_like(q)
     block_size = k_cache.shape[1]
-    gqa = q.shape[1] != k.shape[1]
     for i, (s, e) in enumerate(zip(cu_seqlens[:-1], cu_seqlens[1:], strict=True)):
         prefix = prefix_lens[i]
         if prefix == 0:
@@ -298,15 +316,7 @@ def prefill_attention_paged(
         vs = v_cache.index_select(0, blocks).flatten(0, 1)[:n_ctx].to(q.dtype)
         k_pos = torch.arange(n_ctx, device=q.device)
         mask = _window_mask(k_pos[prefix:], k_pos, sliding_window)  # [L, n_ctx]
-        o = F.scaled_dot_product_attention(
-            q[s:e].transpose(0, 1),
-            ks.transpose(0, 1),
-            vs.transpose(0, 1),
-            attn_mask=mask,
-            scale=scale,
-            enable_gqa=gqa,
-        )
-        out[s:e] = o.transpose(0, 1)
+        out[s:e] = _sdpa(q[s:e], ks, vs, scale, mask)
     return out
 
 
