@@ -38,6 +38,11 @@ BLOCK_SIZE = EnvVar("LORAPLEX_BLOCK_SIZE", 16, "tokens per KV-cache block")
 KV_CACHE_MEMORY = EnvVar(
     "LORAPLEX_KV_CACHE_MEMORY_MB", 0, "KV-cache size in MiB (0: derive from --num-kv-blocks)"
 )
+WARMUP = EnvVar(
+    "LORAPLEX_WARMUP",
+    "full",
+    "workers on CUDA compile every batch shape at start-up: full, light (fewer shapes), off",
+)
 
 NATS_URL = EnvVar(
     "LORAPLEX_NATS_URL", "nats://127.0.0.1:4222", "NATS server every service connects to"
@@ -105,6 +110,7 @@ REGISTRY: tuple[EnvVar, ...] = (
     LOG_LEVEL,
     BLOCK_SIZE,
     KV_CACHE_MEMORY,
+    WARMUP,
     NATS_URL,
     REDIS_URL,
     TENANTS_FILE,

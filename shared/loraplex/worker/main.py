@@ -10,6 +10,7 @@ import sys
 from loraplex import env
 from loraplex.config import EngineConfig
 from loraplex.engine.llm_engine import LLMEngine
+from loraplex.engine.warmup_run import warm_up
 from loraplex.worker.adapter_pager import Fetch
 from loraplex.worker.settings import WorkerSettings, build_parser, settings_from_args
 
@@ -30,7 +31,10 @@ def make_engine(s: WorkerSettings) -> LLMEngine:
         enable_prefix_caching=s.enable_prefix_caching,
         kv_cache_memory_mb=env.KV_CACHE_MEMORY.get(),
     )
-    return LLMEngine(s.model, config, dtype=s.dtype, device=s.device)
+    engine = LLMEngine(s.model, config, dtype=s.dtype, device=s.device)
+    # Compile every batch shape now (CUDA; LORAPLEX_WARMUP): never inside a serving step.
+    warm_up(engine)
+    return engine
 
 
 def make_fetch(redis_url: str | None) -> tuple[Fetch | None, object]:
