@@ -1,12 +1,18 @@
-"""The engine driven through the Triton kernels (interpreted on CPU) still matches HF + PEFT."""
+"""The engine driven through the Triton kernels (interpreted on CPU) still matches HF + PEFT.
+
+Each test forces the interpreter (``interpreted.run_interpreted``), so it holds on a CUDA host
+too, where the kernels would otherwise be compiled for the GPU and ``device="cpu"`` would get the
+torch twins.
+"""
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
 from loraplex import SamplingParams
 from loraplex.demo import ALL_MODULES, TinyModelSpec
 from tests.hf_reference import HFReference
+from tests.kernels.interpreted import run_interpreted
 from tests.tiny_models import llm_with_adapters, write_model_and_adapters
 
 ADAPTERS = {
@@ -23,13 +29,11 @@ PROMPTS = [[5, 17, 300, 42, 7], [900, 12], [3, 3, 3, 40]]
 LORAS = ["all-r8", None, "qv-r4-rs"]
 
 
-@pytest.fixture
-def triton_on_cpu(monkeypatch):
-    monkeypatch.setenv("LORAPLEX_TRITON_ON_CPU", "1")  # TRITON_INTERPRET=1 comes from conftest
-    monkeypatch.delenv("LORAPLEX_DISABLE_TRITON", raising=False)
+def test_triton_path_matches_hf_peft(tmp_path, monkeypatch):
+    run_interpreted(_triton_path_matches_hf_peft, tmp_path, monkeypatch)
 
 
-def test_triton_path_matches_hf_peft(tmp_path, triton_on_cpu):
+def _triton_path_matches_hf_peft(tmp_path: Path) -> None:
     spec = TinyModelSpec(
         arch="qwen2", seed=7, hidden_size=32, intermediate_size=64, num_heads=4, num_kv_heads=2
     )
@@ -46,7 +50,11 @@ def test_triton_path_matches_hf_peft(tmp_path, triton_on_cpu):
     assert [o.token_ids for o in outs] == expected
 
 
-def test_static_decode_path_through_triton_kernels(tmp_path, triton_on_cpu):
+def test_static_decode_path_through_triton_kernels(tmp_path, monkeypatch):
+    run_interpreted(_static_decode_path_through_triton_kernels, tmp_path, monkeypatch)
+
+
+def _static_decode_path_through_triton_kernels(tmp_path: Path) -> None:
     """The CUDA-graph decode path (static buffers, rows padded to the next captured size with
     slot -1, context 0 and adapter -1, per-row BGMV) run eagerly through the interpreted Triton
     kernels gives the same tokens as the plain eager path."""
@@ -70,7 +78,11 @@ def test_static_decode_path_through_triton_kernels(tmp_path, triton_on_cpu):
     assert results[1] == results[0]
 
 
-def test_chunked_and_prefix_cached_prefill_through_triton(tmp_path, triton_on_cpu):
+def test_chunked_and_prefix_cached_prefill_through_triton(tmp_path, monkeypatch):
+    run_interpreted(_chunked_and_prefix_cached_prefill_through_triton, tmp_path, monkeypatch)
+
+
+def _chunked_and_prefix_cached_prefill_through_triton(tmp_path: Path) -> None:
     """Chunks after the first, and prompts starting from cached blocks, run SGMV over segments
     of rows whose positions do not start at 0; through the interpreted kernels they still
     match HF + PEFT."""
@@ -95,3 +107,20 @@ def test_chunked_and_prefix_cached_prefill_through_triton(tmp_path, triton_on_cp
     for p, lo in zip(prompts, loras, strict=True):
         assert llm.generate([p], params, lora=lo)[0].token_ids == ref.greedy(p, lo, 3)[0]
     assert llm.engine.scheduler.prefix_hit_tokens == 8
+
+
+def test_a_fresh_process_runs_the_body_where_kernels_are_compiled(tmp_path, monkeypatch):
+    """The CUDA-host branch: the body runs in a new process with the interpreter forced (here
+    it would run in-process too; forcing the branch checks the subprocess wiring)."""
+    run_interpreted(_backend_is_triton_on_cpu, tmp_path, monkeypatch, in_process=False)
+    assert (tmp_path / "backend").read_text() == "triton True"
+
+
+def _backend_is_triton_on_cpu(tmp_path: Path) -> None:
+    import torch
+
+    from loraplex.kernels import get_ops
+    from tests.kernels.interpreted import kernels_interpreted
+
+    assert not torch.cuda.is_available()
+    (tmp_path / "backend").write_text(f"{get_ops('cpu').backend} {kernels_interpreted()}")
