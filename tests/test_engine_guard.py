@@ -236,3 +236,15 @@ def test_decode_attention_never_reads_what_it_masks() -> None:
         cache[1, 3] = float("inf")  # past row 0's context
     got = torch_ref.paged_decode_attention(q, k_cache, v_cache, tables, lens, 0.3)
     torch.testing.assert_close(got, want)
+
+
+def test_nonfinite_message_names_the_adapter_as_the_client_knows_it() -> None:
+    from loraplex.engine.failures import nonfinite_message
+    from loraplex.engine.sequence import Sequence
+
+    def msg(lora: str | None) -> str:
+        return nonfinite_message(Sequence("r", [1], GREEDY, lora))
+
+    assert msg("alice/bad@3").endswith("(adapter 'bad')")
+    assert msg("bad").endswith("(adapter 'bad')")
+    assert msg(None).endswith("(no adapter)")

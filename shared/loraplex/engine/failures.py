@@ -66,8 +66,10 @@ def nonfinite_requests(
 
 
 def nonfinite_message(seq: Sequence) -> str:
-    # Workers key adapters name@version (names cannot hold "@"); the client knows the name.
-    who = f"adapter {seq.lora.partition('@')[0]!r}" if seq.lora else "no adapter"
+    # Workers key adapters <owner>/<name>@<version> (names hold neither "/" nor "@"): the
+    # client knows the bare name, and the owner of a public adapter is not its business.
+    name = seq.lora.partition("@")[0].rpartition("/")[2] if seq.lora else None
+    who = f"adapter {name!r}" if name else "no adapter"
     return f"the model produced non-finite logits for this request ({who})"
 
 

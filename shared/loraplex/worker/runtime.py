@@ -7,6 +7,7 @@ in a thread; they queue closures in ``inbox`` that the loop applies between step
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 # Recovery fails each failed step's requests; when steps keep failing with no good step between,
 # the engine itself is broken (not one request), and a restart is the way out.
 MAX_FAILED_STEPS_IN_A_ROW = 3
+EXIT_FLUSH_TIMEOUT_S = 1.0
 
 
 @dataclass
@@ -141,7 +143,7 @@ class Worker(ControlMixin, PublishMixin):
                     fn()
                 except Exception as e:
                     if is_fatal(e):
-                        self._exit(f"inbox command failed fatally: {e!r}")
+                        await self._exit(f"inbox command failed fatally: {e!r}")
                     log.exception("worker %s: inbox command failed", self.id)
             if self.outbox:
                 outputs, self.outbox = self.outbox, []
@@ -157,15 +159,19 @@ class Worker(ControlMixin, PublishMixin):
                 outputs = await asyncio.to_thread(self.engine.step)
             except Exception as e:
                 log.exception("worker %s: engine step failed and could not recover", self.id)
-                self._exit(f"engine step failed: {e!r}")
+                await self._exit(f"engine step failed: {e!r}")
             await self.publish_outputs(outputs)
             if self.engine.failed_steps_in_a_row >= MAX_FAILED_STEPS_IN_A_ROW:
-                self._exit(f"{MAX_FAILED_STEPS_IN_A_ROW} engine steps in a row failed")
+                await self._exit(f"{MAX_FAILED_STEPS_IN_A_ROW} engine steps in a row failed")
 
-    def _exit(self, why: str) -> NoReturn:
+    async def _exit(self, why: str) -> NoReturn:
         """Leave now: the engine cannot be trusted with more work.  The supervisor restarts the
-        worker; the scheduler re-dispatches or fails its requests when heartbeats stop."""
+        worker; the scheduler re-dispatches or fails its requests when heartbeats stop.  What
+        was published (the errors of the failed steps) is flushed first: os._exit drops it."""
         log.critical("worker %s: %s; exiting", self.id, why)
+        if self.bus is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.bus.flush(), EXIT_FLUSH_TIMEOUT_S)
         os._exit(1)
 
     def release(self, request_id: str) -> None:
