@@ -55,6 +55,13 @@ def compiled_flex() -> Callable[..., torch.Tensor]:
     first recompile, which the start-up warm-up (``engine/warmup.py``) triggers."""
     fn = _flex_attention()
     assert fn is not None
+    # Each dtype, GQA setting and fresh/paged layout is its own graph.  Past dynamo's limit (8)
+    # it would silently run flex eagerly, materializing every score: leave room.
+    import torch._dynamo.config as dynamo_config
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), 64))
     return torch.compile(fn)
 
 
