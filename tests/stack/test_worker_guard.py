@@ -172,7 +172,7 @@ async def test_poisoned_adapter_request_errors_while_the_worker_serves_on(
         await client.outcome([bad, base, good], exits)
         assert exits == []
         err = client.errors[bad]
-        assert err.code == 500
+        assert err.code == 400  # the tenant's adapter is at fault
         assert (
             err.message == "the model produced non-finite logits for this request (adapter 'bad')"
         )

@@ -83,13 +83,13 @@ class FailureMixin:
 
     failed_steps_in_a_row: int
 
-    def fail_request(self: LLMEngine, seq: Sequence, message: str) -> StepOutput:
+    def fail_request(self: LLMEngine, seq: Sequence, message: str, code: int = 500) -> StepOutput:
         """End ``seq`` with an error (abort-like: blocks, adapter pin and slot freed)."""
         if not seq.finished:  # a step may fail after it finished the request
             self.scheduler.finish(seq, "error")
             self._forget(seq.request_id)
         seq.finish_reason = "error"
-        return StepOutput(seq.request_id, [], "", True, "error", error=message)
+        return StepOutput(seq.request_id, [], "", True, "error", error=message, error_code=code)
 
     def fail_nonfinite(self: LLMEngine, seq: Sequence) -> StepOutput:
         """End a request whose logits were not finite.  Its K/V may not be finite either: its
@@ -102,7 +102,9 @@ class FailureMixin:
         if own:
             index = torch.tensor(own, device=self.kv_cache.data.device)
             self.kv_cache.data.index_fill_(2, index, 0.0)
-        return self.fail_request(seq, nonfinite_message(seq))
+        # An adapter that passed the upload checks can still blow up on some prompt: that is
+        # the adapter's (its tenant's) fault, a 400; the base model alone doing so is ours.
+        return self.fail_request(seq, nonfinite_message(seq), 400 if seq.lora else 500)
 
     def fail_step(self: LLMEngine, batch: ScheduledBatch, exc: Exception) -> list[StepOutput]:
         """Recover from a step that raised: fail exactly its requests, and empty the adapter

@@ -26,6 +26,9 @@ class StepOutput:
     # Why the request ended early (finish_reason "error"): its logits were not finite, or the
     # step serving it failed.  Nothing else in the batch is affected.
     error: str | None = None
+    # The HTTP-like status of that error: 400 when the request's own adapter produced the
+    # non-finite logits (the tenant's input is at fault), 500 for a failed step or base model.
+    error_code: int = 500
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ class PublishMixin:
             if req is None:
                 continue
             if out.error is not None:  # the engine ended this request alone; the rest go on
-                await self.fail(req, 500, out.error, retryable=False)
+                await self.fail(req, out.error_code, out.error, retryable=False)
                 self.release(out.request_id)
                 continue
             if out.handoff is not None:
