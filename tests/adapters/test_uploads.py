@@ -1,6 +1,7 @@
 """Uploads to the adapter-store on a real uvicorn server over a real redis-server: a folder as
 PEFT's ``save_pretrained`` writes it uploads unchanged (multipart and by path); an upload's
-Python memory is a few chunks, not the file (tracemalloc); spool files live under
+Python memory is a few chunks, not the file (tracemalloc), and validating it does not keep the
+file resident (peak RSS); spool files live under
 ``--upload-dir`` and are deleted; a tenant's concurrent uploads are limited (429, body unread);
 NUL bytes and lone surrogates in any field are 400s."""
 
@@ -19,6 +20,8 @@ import torch
 
 from loraplex.adapters.store import AdapterStore
 from loraplex.demo import ALL_MODULES, TinyModelSpec, model_config, write_random_adapter
+from loraplex.lora.adapter import check_adapter_file
+from loraplex.model.config import ModelConfig
 
 from .conftest import ALICE, BOB, keys_with
 from .paging_helpers import until
@@ -118,6 +121,27 @@ async def test_upload_memory_is_a_few_chunks_not_the_file(
         assert list(spool.iterdir()) == []  # spools deleted
     got = await store.fetch("alice/multipart")
     assert got.weights_bytes == (adapter / WTS).read_bytes()
+
+
+def _status_mib(field: str) -> int:
+    return next(int(line.split()[1]) // 1024 for line in open("/proc/self/status") if line.startswith(field))  # fmt: skip
+
+
+def test_validation_rss_is_a_pair_not_the_file(big_model: tuple[Path, Path]) -> None:
+    """Checking a 64 MiB file raises the peak RSS (VmHWM, reset through clear_refs) by about one
+    A/B pair: tensors are not read through one mapping of the whole file that stays resident."""
+    model_dir, adapter = big_model
+    clear_refs = Path("/proc/self/clear_refs")
+    if not clear_refs.exists():
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak RSS")
+    model = ModelConfig.from_dir(model_dir)
+    config = (adapter / CFG).read_bytes()
+    check_adapter_file("warm", config, adapter / WTS, model, 64)  # first-use allocations
+    clear_refs.write_text("5")  # VmHWM := VmRSS
+    before = _status_mib("VmRSS")
+    summary = check_adapter_file("big", config, adapter / WTS, model, 64)
+    assert summary.rank == 64 and len(summary.targets) == 7
+    assert _status_mib("VmHWM") - before < 32  # the whole file would be 64+
 
 
 def _multipart(boundary: str, name: str, adapter: Path, readme: int) -> tuple[bytes, bytes]:

@@ -52,10 +52,14 @@ class TensorDict:
 
 
 class TensorFile:
-    """A safetensors file read lazily: the header now, each tensor when asked."""
+    """A safetensors file read lazily: the header now, each tensor when asked.  safe_open maps
+    the file, and the pages read through a mapping count in the process's RSS while it lives, so
+    each tensor is read through a mapping of its own, gone with the tensor: RSS stays flat (a
+    400 MiB upload: +20-30 MiB instead of +400)."""
 
-    def __init__(self, handle: object) -> None:
+    def __init__(self, handle: object, path: str) -> None:
         self.f = handle
+        self.path = path
 
     def keys(self) -> list[str]:
         return list(self.f.keys())  # type: ignore[attr-defined]
@@ -68,7 +72,8 @@ class TensorFile:
         return dtype.startswith(("F", "BF"))  # F64/F32/F16/BF16/F8_*; not I*, U*, BOOL
 
     def tensor(self, key: str) -> torch.Tensor:
-        return self.f.get_tensor(key)  # type: ignore[attr-defined]
+        with safe_open(self.path, framework="pt") as f:
+            return f.get_tensor(key)
 
 
 @contextmanager
@@ -78,7 +83,7 @@ def open_weights_file(name: str, path: str | Path) -> Iterator[TensorFile]:
     except Exception as e:
         raise not_safetensors(name, e) from e
     with handle:
-        yield TensorFile(handle)
+        yield TensorFile(handle, str(path))
 
 
 def not_safetensors(name: str, e: Exception) -> AdapterError:
