@@ -33,6 +33,14 @@ DISABLE_TRITON = EnvVar("LORAPLEX_DISABLE_TRITON", False, "use the torch twins e
 TRITON_ON_CPU = EnvVar(
     "LORAPLEX_TRITON_ON_CPU", False, "run Triton kernels on CPU (needs TRITON_INTERPRET=1; tests)"
 )
+LORA_KERNEL = EnvVar(
+    "LORAPLEX_LORA_KERNEL",
+    "v1",
+    "Triton multi-LoRA kernels: v1 (per-row BGMV) or v2 (rows grouped by adapter, split-K)",
+)
+LORA_AUTOTUNE = EnvVar(
+    "LORAPLEX_LORA_AUTOTUNE", True, "v2 LoRA kernels: time block sizes per shape at warm-up (CUDA)"
+)
 LOG_LEVEL = EnvVar("LORAPLEX_LOG_LEVEL", "INFO", "logging level of every service")
 BLOCK_SIZE = EnvVar("LORAPLEX_BLOCK_SIZE", 16, "tokens per KV-cache block")
 KV_CACHE_MEMORY = EnvVar(
@@ -107,6 +115,8 @@ GATEWAY_MAX_BODY_MB = EnvVar(
 REGISTRY: tuple[EnvVar, ...] = (
     DISABLE_TRITON,
     TRITON_ON_CPU,
+    LORA_KERNEL,
+    LORA_AUTOTUNE,
     LOG_LEVEL,
     BLOCK_SIZE,
     KV_CACHE_MEMORY,

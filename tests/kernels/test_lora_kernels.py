@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -22,130 +21,17 @@ pytest.importorskip("triton")
 
 from loraplex.kernels import torch_ref as ref  # noqa: E402
 from loraplex.kernels import triton_lora as tri  # noqa: E402
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-TOL = {torch.float32: (1e-4, 1e-4), torch.float16: (1e-2, 1e-2), torch.bfloat16: (6e-2, 2e-2)}
-RANKS = (1, 8, 16, 64, 128, "mixed")
-MIXED_RANKS = (1, 8, 16, 64, 128)
-N_ADAPTERS = (1, 4, 32)
-POPULARITY = ("distinct", "uniform", "zipf1.5", "identical")
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@dataclass(frozen=True)
-class Case:
-    dtype: str
-    rank: int | str
-    n_adapters: int
-    popularity: str
-    base_rows: bool
-
-    @property
-    def id(self) -> str:
-        base = "base" if self.base_rows else "nobase"
-        return f"{self.dtype}-r{self.rank}-a{self.n_adapters}-{self.popularity}-{base}"
-
-    @property
-    def seed(self) -> int:
-        return sum(ord(c) * (i + 1) for i, c in enumerate(self.id))
-
-
-def _cases() -> list[Case]:
-    """Full dtype x rank product (secondary axes rotated through all 24 of their combinations),
-    then the full adapters x popularity x base-rows product (dtype and rank sampled)."""
-    rng = random.Random(1234)
-    secondary = list(itertools.product(N_ADAPTERS, POPULARITY, (False, True)))
-    rng.shuffle(secondary)
-    cases = {}
-    for i, (d, r) in enumerate(itertools.product(DTYPES, RANKS)):
-        c = Case(d, r, *secondary[i % len(secondary)])
-        cases[c.id] = c
-    for a, p, b in itertools.product(N_ADAPTERS, POPULARITY, (False, True)):
-        c = Case(rng.choice(list(DTYPES)), rng.choice(RANKS), a, p, b)
-        cases[c.id] = c
-    return list(cases.values())
-
-
-CASES = _cases()
-
-
-# ------------------------------------------------------------------------------------- builders
-
-
-def _layout(case: Case) -> tuple[list[int], int, list[int], int]:
-    """Per-slot ranks (one spare rank-0 slot), storage rank R, adapter->slot map, spare slot."""
-    rng = random.Random(case.seed)
-    n = case.n_adapters
-    if case.rank == "mixed":
-        adapter_ranks = [MIXED_RANKS[(i + rng.randrange(5)) % 5] for i in range(n)]
-    else:
-        adapter_ranks = [int(case.rank)] * n
-    perm = list(range(n + 1))
-    rng.shuffle(perm)
-    ranks = [0] * (n + 1)
-    for j, slot in enumerate(perm[:n]):
-        ranks[slot] = adapter_ranks[j]
-    # Storage padded past the largest real rank half of the time.
-    storage = 128 if rng.random() < 0.5 else max(max(ranks), 1)
-    return ranks, storage, perm[:n], perm[n]
-
-
-def _request_slots(case: Case, n_req: int, rng: random.Random) -> list[int]:
-    _, _, slot_of, spare = _layout(case)
-    n = case.n_adapters
-    if case.popularity == "distinct":
-        ids = [i % n for i in range(n_req)]
-        rng.shuffle(ids)
-    elif case.popularity == "uniform":
-        ids = [rng.randrange(n) for _ in range(n_req)]
-    elif case.popularity == "zipf1.5":
-        ids = rng.choices(range(n), weights=[(k + 1) ** -1.5 for k in range(n)], k=n_req)
-    else:
-        ids = [rng.randrange(n)] * n_req
-    slots = [slot_of[i] for i in ids]
-    if case.base_rows:  # a third of the requests on the base model, one on a rank-0 slot
-        picks = rng.sample(range(n_req), max(2, n_req // 3))
-        for p in picks[1:]:
-            slots[p] = -1
-        slots[picks[0]] = spare
-    return slots
-
-
-def _weights(case: Case, h_in: int, h_out: int, gen: torch.Generator):
-    ranks, storage, _, _ = _layout(case)
-    dtype = DTYPES[case.dtype]
-    s = len(ranks)
-    a = torch.randn(s, storage, h_in, generator=gen) * 0.1
-    b = torch.randn(s, h_out, storage, generator=gen) * 0.1
-    for slot, r in enumerate(ranks):  # padding past the real rank must never be read
-        a[slot, r:] = float("nan")
-        b[slot, :, r:] = float("nan")
-    rk = torch.tensor(ranks, dtype=torch.int32 if case.seed % 2 else torch.int64)
-    return a.to(DEV, dtype), b.to(DEV, dtype), rk.to(DEV), storage
-
-
-def _check_shrink(v_tri: torch.Tensor, v_ref: torch.Tensor, expect_writes: bool) -> None:
-    atol, rtol = TOL[v_ref.dtype]
-    written = ~v_ref.isnan()
-    assert torch.equal(v_tri.isnan(), v_ref.isnan()), "written region differs (or non-finite)"
-    assert bool(written.any()) == expect_writes
-    torch.testing.assert_close(v_tri[written], v_ref[written], atol=atol, rtol=rtol)
-
-
-def _check_expand(
-    y_tri: torch.Tensor, y_ref: torch.Tensor, y0: torch.Tensor, row_slots: list[int],
-    ranks: list[int], cols: slice,
-) -> None:  # fmt: skip
-    atol, rtol = TOL[y_ref.dtype]
-    assert bool(y_tri.isfinite().all())
-    torch.testing.assert_close(y_tri, y_ref, atol=atol, rtol=rtol)
-    # Base rows, rank-0 rows and columns outside the slice must be left bit-identical.
-    untouched = torch.ones_like(y0, dtype=torch.bool)
-    for row, slot in enumerate(row_slots):
-        if slot >= 0 and ranks[slot] > 0:
-            untouched[row, cols] = False
-    assert torch.equal(y_tri[untouched], y0[untouched])
-
+from tests.kernels.lora_twin_cases import (  # noqa: E402
+    CASES,
+    DEV,
+    DTYPES,
+    TOL,
+    Case,
+    check_expand,
+    check_shrink,
+    make_weights,
+    request_slots,
+)
 
 # ---------------------------------------------------------------------------------------- tests
 
@@ -154,8 +40,8 @@ def _check_expand(
 def test_sgmv_matches_twin(case: Case) -> None:
     rng, gen = random.Random(case.seed), torch.Generator().manual_seed(case.seed)
     h_in, h_out = rng.choice((32, 48, 80)), rng.choice((48, 80, 96))
-    a, b, ranks, storage = _weights(case, h_in, h_out, gen)
-    slots = _request_slots(case, 8, rng)
+    a, b, ranks, storage = make_weights(case, h_in, h_out, gen)
+    slots = request_slots(case, 8, rng)
     lens = [rng.randint(1, 12) for _ in slots]
     if case.seed % 3 == 0:
         lens[rng.randrange(len(lens))] = 37  # several row tiles in one segment
@@ -174,7 +60,7 @@ def test_sgmv_matches_twin(case: Case) -> None:
     v_tri = v_ref.clone()
     ref.sgmv_shrink(x, a, seg_starts, seg_slots, ranks, v_ref)
     tri.sgmv_shrink(x, a, seg_starts, seg_slots, ranks, v_tri, max_seg_len=max_seg_len)
-    _check_shrink(v_tri, v_ref, expect)
+    check_shrink(v_tri, v_ref, expect)
 
     off = rng.choice((0, 16))
     y0 = torch.randn(t, off + h_out + 8, generator=gen).to(DEV, dtype)
@@ -182,15 +68,15 @@ def test_sgmv_matches_twin(case: Case) -> None:
     ref.sgmv_expand(v_ref, b, seg_starts, seg_slots, ranks, y_ref, off)
     tri.sgmv_expand(v_ref, b, seg_starts, seg_slots, ranks, y_tri, off, max_seg_len=max_seg_len)
     row_slots = [s for s, n in zip(slots, lens, strict=True) for _ in range(n)]
-    _check_expand(y_tri, y_ref, y0, row_slots, rank_of, slice(off, off + h_out))
+    check_expand(y_tri, y_ref, y0, row_slots, rank_of, slice(off, off + h_out))
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_bgmv_matches_twin(case: Case) -> None:
     rng, gen = random.Random(case.seed + 1), torch.Generator().manual_seed(case.seed + 1)
     h_in, h_out = rng.choice((32, 48, 64)), rng.choice((48, 80, 96))
-    a, b, ranks, storage = _weights(case, h_in, h_out, gen)
-    slots = _request_slots(case, 16, rng)  # decode: one row per request, unsorted
+    a, b, ranks, storage = make_weights(case, h_in, h_out, gen)
+    slots = request_slots(case, 16, rng)  # decode: one row per request, unsorted
     indices = torch.tensor(slots, device=DEV)
     dtype = DTYPES[case.dtype]
     x = torch.randn(len(slots), h_in, generator=gen).to(DEV, dtype)
@@ -201,14 +87,14 @@ def test_bgmv_matches_twin(case: Case) -> None:
     v_tri = v_ref.clone()
     ref.bgmv_shrink(x, a, indices, ranks, v_ref)
     tri.bgmv_shrink(x, a, indices, ranks, v_tri)
-    _check_shrink(v_tri, v_ref, expect)
+    check_shrink(v_tri, v_ref, expect)
 
     off = rng.choice((0, 16))
     y0 = torch.randn(len(slots), off + h_out + 8, generator=gen).to(DEV, dtype)
     y_ref, y_tri = y0.clone(), y0.clone()
     ref.bgmv_expand(v_ref, b, indices, ranks, y_ref, off)
     tri.bgmv_expand(v_ref, b, indices, ranks, y_tri, off)
-    _check_expand(y_tri, y_ref, y0, slots, rank_of, slice(off, off + h_out))
+    check_expand(y_tri, y_ref, y0, slots, rank_of, slice(off, off + h_out))
 
 
 # ------------------------------------------------------------------------------ fused variants
@@ -260,7 +146,7 @@ def test_fused_matches_per_slice_twins(dname: str, kind: str, n_slices: int) -> 
         shrink_ref(x, a, *meta, rk, v)
     shrink_tri(x, lora_as, *meta, ranks_list, vs_tri)
     for v_tri, v_ref in zip(vs_tri, vs_ref, strict=True):
-        _check_shrink(v_tri, v_ref, expect_writes=True)
+        check_shrink(v_tri, v_ref, expect_writes=True)
 
     widths = [h for _, h in specs]
     # Default offsets pack the slices back to back; custom ones here put them in reverse order.

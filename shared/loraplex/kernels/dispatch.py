@@ -12,6 +12,9 @@ Environment:
 * ``LORAPLEX_DISABLE_TRITON=1``: always use the torch twins.
 * ``TRITON_INTERPRET=1`` and ``LORAPLEX_TRITON_ON_CPU=1``: use Triton (interpreted) on CPU too, so
   tests can drive the engine through the Triton path without a GPU.
+* ``LORAPLEX_LORA_KERNEL=v1|v2``: which Triton multi-LoRA kernels (``lora_ops``; v1 default
+  until both are measured).  Every namespace also has ``sgmv_lora``/``bgmv_lora`` (shrink +
+  expand of one projection group, what ``add_lora`` calls) and ``bgmv_plan``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from types import SimpleNamespace
 
 import torch
 
-from loraplex.kernels import torch_ref
+from loraplex.kernels import lora_ops, torch_ref
 
 _OP_NAMES = ("sgmv_shrink", "sgmv_expand", "bgmv_shrink", "bgmv_expand")
 _FUSED_NAMES = tuple(f"{n}_fused" for n in _OP_NAMES)
@@ -109,6 +112,9 @@ def _torch_ops() -> SimpleNamespace:
         bgmv_shrink_fused=_bgmv_shrink_fused,
         sgmv_expand_fused=_sgmv_expand_fused,
         bgmv_expand_fused=_bgmv_expand_fused,
+        sgmv_lora=lora_ops.combined(_sgmv_shrink_fused, _sgmv_expand_fused, "sgmv"),
+        bgmv_lora=lora_ops.combined(_bgmv_shrink_fused, _bgmv_expand_fused, "bgmv"),
+        bgmv_plan=lora_ops.no_plan,
         store_kv=torch_ref.store_kv,
         paged_decode_attention=torch_ref.paged_decode_attention,
         prefill_attention=torch_ref.prefill_attention,
@@ -131,6 +137,17 @@ def _triton_ops() -> SimpleNamespace:
     )
 
 
-def get_ops(device: torch.device | str) -> SimpleNamespace:
-    """Kernel namespace for ``device`` (``.backend`` is "triton" or "torch")."""
-    return _triton_ops() if use_triton(device) else _torch_ops()
+@cache
+def _triton_ops_with(kernel: str) -> SimpleNamespace:
+    """The Triton namespace with the LoRA names of ``kernel`` (v1 or v2)."""
+    ns = SimpleNamespace(**vars(_triton_ops()))
+    vars(ns).update(lora_ops.triton_lora_names(kernel), lora_kernel=kernel)
+    return ns
+
+
+def get_ops(device: torch.device | str, lora_kernel: str | None = None) -> SimpleNamespace:
+    """Kernel namespace for ``device`` (``.backend`` is "triton" or "torch"); on Triton,
+    ``lora_kernel`` (default ``LORAPLEX_LORA_KERNEL``) picks the LoRA kernels' generation."""
+    if not use_triton(device):
+        return _torch_ops()
+    return _triton_ops_with(lora_ops.lora_kernel(lora_kernel))

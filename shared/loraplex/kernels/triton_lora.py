@@ -20,113 +20,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import triton
 from torch import Tensor
 
 from loraplex.kernels import triton_lora_kernels as K
+from loraplex.kernels.triton_lora_common import (
+    check_device,
+    check_int,
+    chunks,
+    default_offsets,
+    dot_opts,
+    pad3,
+    validate_expand,
+    validate_shrink,
+)
 
-_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
-_INTS = (torch.int32, torch.int64)
-_MAX_SLICES_PER_LAUNCH = 3  # kernels take up to three slices as separate arguments
 _RANK_TILE = 16  # small rank tiles: a rank-8 adapter never pays for rank-64 compute
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
-
-
-def _check_float(name: str, t: Tensor, ndim: int) -> None:
-    _check(isinstance(t, torch.Tensor), f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    _check(t.dtype in _FLOATS, f"{name} must be float32/float16/bfloat16, got {t.dtype}")
-    _check(t.dim() == ndim, f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
-    # Kernels index the innermost dim with unit stride; outer strides are passed through.
-    _check(t.numel() == 0 or t.stride(-1) == 1, f"{name} must be contiguous in its last dim")
-
-
-def _check_int(name: str, t: Tensor, length: int | None = None) -> None:
-    _check(isinstance(t, torch.Tensor), f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    _check(t.dtype in _INTS, f"{name} must be int32/int64, got {t.dtype}")
-    _check(t.dim() == 1, f"{name} must be 1-D, got shape {tuple(t.shape)}")
-    _check(t.is_contiguous(), f"{name} must be contiguous")
-    if length is not None:
-        _check(t.shape[0] == length, f"{name} must have {length} entries, got {t.shape[0]}")
-
-
-def _check_device(*tensors: Tensor) -> None:
-    devs = {t.device for t in tensors}
-    _check(len(devs) == 1, f"all tensors must be on one device, got {sorted(map(str, devs))}")
-
-
-def _check_slices(ws: Sequence[Tensor], n_r: int, n_v: int) -> None:
-    n = len(ws)
-    _check(n > 0, "need at least one slice")
-    _check(n == n_r == n_v, f"slice lists differ in length: {n} weights, {n_r} ranks, {n_v} outs")
-    # One launch shares its dot settings across slices.
-    _check(len({w.dtype for w in ws}) == 1, "all slices' LoRA weights must share one dtype")
-
-
-def _dot_opts(dtype: torch.dtype) -> dict:
-    # fp32 weights: exact products like the torch twin (no silent tf32).
-    prec = "ieee" if dtype == torch.float32 else "tf32"
-    # The CPU interpreter's tl.dot is wrong for bf16 (see triton_lora_kernels._dot).
-    upcast = dtype == torch.bfloat16 and K.INTERPRETED
-    return {"DOT_PREC": prec, "UPCAST": upcast}
-
-
-def _validate_shrink(x, lora_as, ranks_list, vs) -> None:
-    _check_slices(lora_as, len(ranks_list), len(vs))
-    _check_float("x", x, 2)
-    for i, (a, rk, v) in enumerate(zip(lora_as, ranks_list, vs, strict=True)):
-        _check_float(f"lora_a[{i}]", a, 3)
-        _check_float(f"v[{i}]", v, 2)
-        _check_int(f"ranks[{i}]", rk, a.shape[0])
-        _check(a.dtype == x.dtype, f"lora_a[{i}] dtype {a.dtype} != x dtype {x.dtype}")
-        _check(a.shape[2] == x.shape[1], f"lora_a[{i}] H_in {a.shape[2]} != x H_in {x.shape[1]}")
-        _check(
-            tuple(v.shape) == (x.shape[0], a.shape[1]),
-            f"v[{i}] must be [T, R] = {(x.shape[0], a.shape[1])}, got {tuple(v.shape)}",
-        )
-        _check_device(x, a, rk, v)
-
-
-def _validate_expand(vs, lora_bs, ranks_list, y, offsets) -> None:
-    _check_slices(lora_bs, len(ranks_list), len(vs))
-    _check_float("y", y, 2)
-    _check(len(offsets) == len(lora_bs), f"need {len(lora_bs)} y_offsets, got {len(offsets)}")
-    for i, (v, b, rk, off) in enumerate(zip(vs, lora_bs, ranks_list, offsets, strict=True)):
-        _check_float(f"lora_b[{i}]", b, 3)
-        _check_float(f"v[{i}]", v, 2)
-        _check_int(f"ranks[{i}]", rk, b.shape[0])
-        _check(
-            tuple(v.shape) == (y.shape[0], b.shape[2]),
-            f"v[{i}] must be [T, R] = {(y.shape[0], b.shape[2])}, got {tuple(v.shape)}",
-        )
-        _check(
-            off >= 0 and off + b.shape[1] <= y.shape[1],
-            f"slice {i}: y[:, {off}:{off + b.shape[1]}] out of range for y width {y.shape[1]}",
-        )
-        _check_device(y, v, b, rk)
-
-
-def _default_offsets(lora_bs: Sequence[Tensor]) -> list[int]:
-    offs, acc = [], 0
-    for b in lora_bs:
-        offs.append(acc)
-        acc += b.shape[1]
-    return offs
-
-
-def _chunks(n: int) -> list[range]:
-    step = _MAX_SLICES_PER_LAUNCH
-    return [range(i, min(i + step, n)) for i in range(0, n, step)]
-
-
-def _pad3(args: list[tuple]) -> list:
-    """Flatten per-slice argument tuples, repeating the first slice as a dummy up to three."""
-    full = args + [args[0]] * (_MAX_SLICES_PER_LAUNCH - len(args))
-    return [a for tup in full for a in tup]
 
 
 def _block_m(max_len: int) -> int:
@@ -135,7 +44,7 @@ def _block_m(max_len: int) -> int:
 
 
 def _shrink_args(lora_as, ranks_list, vs, chunk: range) -> list:
-    return _pad3(
+    return pad3(
         [(lora_as[i], ranks_list[i], vs[i], lora_as[i].stride(0), lora_as[i].stride(1),
           vs[i].stride(0)) for i in chunk]
     )  # fmt: skip
@@ -164,24 +73,24 @@ def sgmv_shrink_fused(
     ranks_list[i]: [S]; vs[i]: [T, R_i]; max_seg_len: a Python int >= the longest segment
     (rows past it are skipped), default T.
     """
-    _validate_shrink(x, lora_as, ranks_list, vs)
-    _check_int("seg_starts", seg_starts)
-    _check_int("seg_slots", seg_slots, seg_starts.shape[0] - 1)
-    _check_device(x, seg_starts, seg_slots)
+    validate_shrink(x, lora_as, ranks_list, vs)
+    check_int("seg_starts", seg_starts)
+    check_int("seg_slots", seg_slots, seg_starts.shape[0] - 1)
+    check_device(x, seg_starts, seg_slots)
     n_seg, t = seg_slots.shape[0], x.shape[0]
     max_len = t if max_seg_len is None else min(int(max_seg_len), t)
     if n_seg == 0 or max_len <= 0 or x.shape[1] == 0:
         return
     block_m = _block_m(max_len)
     m_tiles = triton.cdiv(max_len, block_m)
-    for chunk in _chunks(len(lora_as)):
+    for chunk in chunks(len(lora_as)):
         r_tiles = _rank_tiles([lora_as[i] for i in chunk], 1)
         grid = (n_seg * m_tiles, len(chunk) * r_tiles)
         K.sgmv_shrink_kernel[grid](
             x, seg_starts, seg_slots, x.stride(0), x.shape[1], m_tiles, r_tiles,
             *_shrink_args(lora_as, ranks_list, vs, chunk),
             NUM_SLICES=len(chunk), BLOCK_M=block_m, BLOCK_R=_RANK_TILE, BLOCK_K=64,
-            **_dot_opts(x.dtype),
+            **dot_opts(x.dtype),
         )  # fmt: skip
 
 
@@ -196,12 +105,12 @@ def bgmv_shrink_fused(
 
     x: [T, H_in]; lora_as[i]: [S, R_i, H_in]; indices: [T]; ranks_list[i]: [S]; vs[i]: [T, R_i].
     """
-    _validate_shrink(x, lora_as, ranks_list, vs)
-    _check_int("indices", indices, x.shape[0])
-    _check_device(x, indices)
+    validate_shrink(x, lora_as, ranks_list, vs)
+    check_int("indices", indices, x.shape[0])
+    check_device(x, indices)
     if x.shape[0] == 0 or x.shape[1] == 0:
         return
-    for chunk in _chunks(len(lora_as)):
+    for chunk in chunks(len(lora_as)):
         r_tiles = _rank_tiles([lora_as[i] for i in chunk], 1)
         grid = (x.shape[0], len(chunk) * r_tiles)
         K.bgmv_shrink_kernel[grid](
@@ -234,7 +143,7 @@ def bgmv_shrink(x: Tensor, lora_a: Tensor, indices: Tensor, ranks: Tensor, v: Te
 
 
 def _expand_args(vs, lora_bs, ranks_list, offsets, chunk) -> list:
-    return _pad3(
+    return pad3(
         [
             (vs[i], lora_bs[i], ranks_list[i], vs[i].stride(0), lora_bs[i].stride(0),
              lora_bs[i].stride(1), lora_bs[i].shape[1], int(offsets[i]))
@@ -260,25 +169,25 @@ def sgmv_expand_fused(
     ranks_list[i]: [S]; y: [T, H_total]; y_offsets: column offset per slice (default: the slices
     packed back to back from column 0, e.g. q|k|v); max_seg_len: as in ``sgmv_shrink_fused``.
     """
-    offsets = _default_offsets(lora_bs) if y_offsets is None else list(y_offsets)
-    _validate_expand(vs, lora_bs, ranks_list, y, offsets)
-    _check_int("seg_starts", seg_starts)
-    _check_int("seg_slots", seg_slots, seg_starts.shape[0] - 1)
-    _check_device(y, seg_starts, seg_slots)
+    offsets = default_offsets(lora_bs) if y_offsets is None else list(y_offsets)
+    validate_expand(vs, lora_bs, ranks_list, y, offsets)
+    check_int("seg_starts", seg_starts)
+    check_int("seg_slots", seg_slots, seg_starts.shape[0] - 1)
+    check_device(y, seg_starts, seg_slots)
     n_seg, t = seg_slots.shape[0], y.shape[0]
     max_len = t if max_seg_len is None else min(int(max_seg_len), t)
     if n_seg == 0 or max_len <= 0:
         return
     block_m = _block_m(max_len)
     m_tiles = triton.cdiv(max_len, block_m)
-    for chunk in _chunks(len(lora_bs)):
+    for chunk in chunks(len(lora_bs)):
         n_tiles = triton.cdiv(max(lora_bs[i].shape[1] for i in chunk), 64)
         grid = (n_seg * m_tiles, len(chunk) * n_tiles)
         K.sgmv_expand_kernel[grid](
             y, seg_starts, seg_slots, y.stride(0), m_tiles, n_tiles,
             *_expand_args(vs, lora_bs, ranks_list, offsets, chunk),
             NUM_SLICES=len(chunk), BLOCK_M=block_m, BLOCK_N=64, BLOCK_K=_RANK_TILE,
-            **_dot_opts(lora_bs[chunk[0]].dtype),
+            **dot_opts(lora_bs[chunk[0]].dtype),
         )  # fmt: skip
 
 
@@ -295,13 +204,13 @@ def bgmv_expand_fused(
     vs[i]: [T, R_i]; lora_bs[i]: [S, H_out_i, R_i]; indices: [T]; ranks_list[i]: [S];
     y: [T, H_total]; y_offsets: column offset per slice (default: packed back to back from 0).
     """
-    offsets = _default_offsets(lora_bs) if y_offsets is None else list(y_offsets)
-    _validate_expand(vs, lora_bs, ranks_list, y, offsets)
-    _check_int("indices", indices, y.shape[0])
-    _check_device(y, indices)
+    offsets = default_offsets(lora_bs) if y_offsets is None else list(y_offsets)
+    validate_expand(vs, lora_bs, ranks_list, y, offsets)
+    check_int("indices", indices, y.shape[0])
+    check_device(y, indices)
     if y.shape[0] == 0:
         return
-    for chunk in _chunks(len(lora_bs)):
+    for chunk in chunks(len(lora_bs)):
         n_tiles = triton.cdiv(max(lora_bs[i].shape[1] for i in chunk), 128)
         grid = (y.shape[0], len(chunk) * n_tiles)
         K.bgmv_expand_kernel[grid](

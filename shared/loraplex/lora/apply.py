@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -33,19 +34,35 @@ def add_lora(
     layer_b = [weights.b[t][layer] for t, _ in slices]
     ranks = [weights.ranks[t][layer] for t, _ in slices]
     offsets = [off for _, off in slices]
-    # fp32 intermediate: the rank-r activations are small and accumulate better in full precision.
-    vs = [
-        torch.empty(x.shape[0], weights.max_rank, dtype=torch.float32, device=x.device)
-        for _ in slices
-    ]
-    # The Triton BGMV kernel handles unsorted per-row slots in one launch; on the torch path a
-    # matmul per adapter segment beats per-row gathers, so decode uses the segments there too.
+    # Shrink + expand in one call (the intermediate stays fp32).  The Triton BGMV kernels take
+    # unsorted per-row slots; on the torch path a matmul per adapter segment beats per-row
+    # gathers, so decode uses the segments there too.
     if meta.is_prefill or (
         getattr(ops, "backend", "torch") == "torch" and meta.seg_starts is not None
     ):
         segs = (meta.seg_starts, meta.seg_slots)
-        ops.sgmv_shrink_fused(x, layer_a, *segs, ranks, vs, max_seg_len=meta.max_seg_len)
-        ops.sgmv_expand_fused(vs, layer_b, *segs, ranks, y, offsets, max_seg_len=meta.max_seg_len)
+        ops.sgmv_lora(x, layer_a, layer_b, *segs, ranks, y, offsets, max_seg_len=meta.max_seg_len)
     else:
-        ops.bgmv_shrink_fused(x, layer_a, meta.indices, ranks, vs)
-        ops.bgmv_expand_fused(vs, layer_b, meta.indices, ranks, y, offsets)
+        plan = decode_plan(meta, ops, weights.max_loras)
+        ops.bgmv_lora(x, layer_a, layer_b, meta.indices, ranks, y, offsets, plan=plan)
+
+
+# One decode step calls add_lora for every layer and projection group with the same LoraMeta:
+# the kernels' grouping of its rows (v2: a device sort, no sync) is made once per step.  Keyed by
+# the meta object (held, so its id is not reused) and by whether a CUDA graph is being captured:
+# a capture must record the grouping ops itself, not read one computed before it.
+_PLANS: dict[tuple[int, int, bool], tuple[LoraMeta, Any]] = {}
+_PLANS_KEPT = 4
+
+
+def decode_plan(meta: LoraMeta, ops: ModuleType, num_slots: int) -> Any:
+    capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+    key = (id(meta), id(ops), capturing)
+    hit = _PLANS.get(key)
+    if hit is not None and hit[0] is meta:
+        return hit[1]
+    while len(_PLANS) >= _PLANS_KEPT:
+        del _PLANS[next(iter(_PLANS))]
+    plan = ops.bgmv_plan(meta.indices, num_slots)
+    _PLANS[key] = (meta, plan)
+    return plan
