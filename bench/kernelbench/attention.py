@@ -4,6 +4,7 @@ attention (kernel vs torch twin vs dense SDPA)."""
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache, partial
@@ -49,10 +50,11 @@ def prefill_cases(grid: Grid, seed: int) -> list[tuple[str, tuple[int, ...]]]:
     return cases
 
 
-def per_seq_sdpa(
+def per_seq_sdpa_3d(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: list[int], scale: float
 ) -> torch.Tensor:
-    """Per-sequence SDPA without the twin's repeat_interleave copies (``enable_gqa`` instead)."""
+    """The engine's prefill before FlexAttention: one SDPA per prompt on 3-D [H, L, D] views,
+    which no fused CUDA backend accepts (SDPA runs its math path)."""
     out = torch.empty_like(q)
     gqa = q.shape[1] != k.shape[1]
     for s, e in zip(cu[:-1], cu[1:], strict=True):
@@ -95,7 +97,8 @@ def compiled_flex() -> Callable[..., torch.Tensor]:
 def flex_variant(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_id: torch.Tensor, scale: float
 ) -> Callable[[], torch.Tensor]:
-    """FlexAttention (compiled) with a document-causal block mask, built outside the timing."""
+    """FlexAttention (compiled) with a document-causal block mask from ``create_block_mask``,
+    built outside the timing: the reference the engine's path is held to."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     def doc_causal(b: Any, h: Any, qi: torch.Tensor, ki: torch.Tensor) -> torch.Tensor:
@@ -106,6 +109,29 @@ def flex_variant(
     qq, kk, vv = (x.transpose(0, 1)[None] for x in (q, k, v))
     flex, gqa = compiled_flex(), q.shape[1] != k.shape[1]
     return lambda: flex(qq, kk, vv, block_mask=mask, scale=scale, enable_gqa=gqa)[0].transpose(0, 1)
+
+
+def varlen_variant(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: list[int], scale: float
+) -> Callable[[], torch.Tensor] | str:
+    """torch's own varlen entry (``torch.nn.attention.varlen.varlen_attn``), causal; without
+    ``enable_gqa`` (torch 2.11) K/V heads are repeated first, outside the timing."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return f"not in torch {torch.__version__}"
+    gqa = q.shape[1] != k.shape[1]
+    kwargs: dict[str, Any] = {}
+    if gqa and "enable_gqa" in inspect.signature(varlen_attn).parameters:
+        kwargs["enable_gqa"] = True
+    elif gqa:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    cu_t = torch.tensor(cu, dtype=torch.int32, device=q.device)
+    lmax = max(e - s for s, e in zip(cu[:-1], cu[1:], strict=True))
+    return lambda: varlen_attn(
+        q, k, v, cu_t, cu_t, lmax, lmax, scale=scale, window_size=(-1, 0), **kwargs
+    )
 
 
 def flash_varlen_variant(
@@ -122,31 +148,7 @@ def flash_varlen_variant(
     )
 
 
-PREFILL_VARIANTS = ("twin", "no_copy", "masked", "paged", "flex", "flash")
-
-
-def paged_variant(
-    env: Env, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: list[int], scale: float
-) -> Callable[[], torch.Tensor]:
-    """The engine's paged prefill kernel (chunks, prefix hits) on the same prompts with no
-    prefix: K/V stored in scattered cache blocks first, then read back through block tables."""
-    bs = env.grid.block_size
-    lens = [e - s for s, e in zip(cu[:-1], cu[1:], strict=True)]
-    per_seq = [-(-n // bs) for n in lens]
-    order = torch.randperm(sum(per_seq), generator=torch.Generator().manual_seed(3)).tolist()
-    tables, slots, used = [], [], 0
-    for n, nb in zip(lens, per_seq, strict=True):
-        blocks = order[used : used + nb]
-        used += nb
-        tables.append(blocks + [0] * (max(per_seq) - nb))
-        slots += [blocks[p // bs] * bs + p % bs for p in range(n)]
-    kc = torch.zeros(sum(per_seq), bs, *k.shape[1:], dtype=k.dtype, device=k.device)
-    vc = torch.zeros_like(kc)
-    torch_ref.store_kv(k, v, kc, vc, torch.tensor(slots, device=k.device))
-    bt = torch.tensor(tables, dtype=torch.int32, device=q.device)
-    prefixes = [0] * len(lens)
-    op = env.ops.prefill_attention_paged
-    return partial(op, q, k, v, kc, vc, cu, prefixes, bt, scale)
+PREFILL_VARIANTS = ("seq3d", "twin", "masked", "engine", "flex", "varlen", "flash")
 
 
 def prefill_variants(
@@ -156,16 +158,13 @@ def prefill_variants(
     seq_id = torch.repeat_interleave(torch.arange(len(lens), device=q.device), lens)
     fns: dict[str, Callable[[], torch.Tensor]] = {
         "twin": partial(torch_ref.prefill_attention, q, k, v, cu, scale),
-        "no_copy": partial(per_seq_sdpa, q, k, v, cu, scale),
+        "seq3d": partial(per_seq_sdpa_3d, q, k, v, cu, scale),
         "masked": partial(packed_masked_sdpa, q, k, v, seq_id, scale),
+        "engine": partial(env.ops.prefill_attention, q, k, v, cu, scale),
     }
     notes: dict[str, str] = {}
-    if env.ops.backend == "triton":
-        fns["paged"] = paged_variant(env, q, k, v, cu, scale)
-    else:
-        notes["paged"] = "Triton only"
     if env.device.type != "cuda":
-        notes["flex"] = notes["flash"] = "GPU only"
+        notes["flex"] = notes["varlen"] = notes["flash"] = "GPU only"
         return fns, notes
     if env.args.flex:
         try:
@@ -174,6 +173,11 @@ def prefill_variants(
             notes["flex"] = f"{type(e).__name__}: {str(e)[:100]}"
     else:
         notes["flex"] = "--no-flex"
+    varlen = varlen_variant(q, k, v, cu, scale)
+    if isinstance(varlen, str):
+        notes["varlen"] = varlen
+    else:
+        fns["varlen"] = varlen
     flash = flash_varlen_variant(q, k, v, cu, scale)
     if flash is None:
         notes["flash"] = "flash_attn not installed"
@@ -199,16 +203,21 @@ def measure_variants(
     )
 
 
+def _qkv(env: Env, t: int, gen: torch.Generator) -> list[torch.Tensor]:
+    cfg = env.cfg
+    return [
+        torch.randn(t, n, cfg.head_dim, generator=gen, device=env.device).to(env.dtype)
+        for n in (cfg.num_heads, cfg.num_kv_heads, cfg.num_kv_heads)
+    ]
+
+
 def bench_prefill_attention(env: Env) -> list[AttnRow]:
     cfg, rows = env.cfg, []
     h, kvh, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     scale = d**-0.5
     for label, lens in prefill_cases(env.grid, env.args.seed):
-        gen, t = env.gen(21), sum(lens)
-        q, k, v = (
-            torch.randn(t, n, d, generator=gen, device=env.device).to(env.dtype)
-            for n in (h, kvh, kvh)
-        )
+        t = sum(lens)
+        q, k, v = _qkv(env, t, env.gen(21))
         cu = [0]
         for n in lens:
             cu.append(cu[-1] + n)
@@ -217,7 +226,38 @@ def bench_prefill_attention(env: Env) -> list[AttnRow]:
         fns, row.notes = prefill_variants(env, q, k, v, cu, scale)
         measure_variants(env, row, fns, "prefill")
         rows.append(row)
+    rows += [paged_row(env, *case) for case in env.grid.prefill_paged]
     return rows
+
+
+def paged_row(env: Env, n: int, prefix: int, new: int) -> AttnRow:
+    """Chunked prefill / prefix-cache hits: ``n`` prompts of ``new`` tokens after ``prefix``
+    cached ones, every context token stored at scattered cache blocks.  *twin* = one SDPA per
+    prompt over its gathered context; *engine* = the engine's path (CUDA: FlexAttention)."""
+    cfg, bs = env.cfg, env.grid.block_size
+    h, kvh, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    ctx, gen = prefix + new, env.gen(41)
+    per_seq = -(-ctx // bs)
+    order = torch.randperm(n * per_seq, generator=torch.Generator().manual_seed(5))
+    tables = order.view(n, per_seq).to(torch.int32)
+    kc = torch.randn(n * per_seq, bs, kvh, d, generator=gen, device=env.device).to(env.dtype)
+    vc = torch.randn(n * per_seq, bs, kvh, d, generator=gen, device=env.device).to(env.dtype)
+    q = _qkv(env, n * new, gen)[0]
+    pos = torch.arange(prefix, ctx)
+    slots = (tables.long()[:, pos // bs] * bs + pos % bs).flatten().to(env.device)
+    k, v = (c.view(-1, kvh, d)[slots] for c in (kc, vc))
+    cu, prefixes, bt = [i * new for i in range(n + 1)], [prefix] * n, tables.to(env.device)
+    args = (q, k, v, kc, vc, cu, prefixes, bt, d**-0.5)
+    flops = 4.0 * h * d * n * sum(prefix + j + 1 for j in range(new))
+    nbytes = env.elem * d * (2 * n * new * h + 2 * n * ctx * kvh)
+    row = AttnRow(f"{n} x {new} new after {prefix} cached", n * new, flops, nbytes)
+    fns = {
+        "twin": partial(torch_ref.prefill_attention_paged, *args),
+        "engine": partial(env.ops.prefill_attention_paged, *args),
+    }
+    row.notes = {v: "fresh prompts only" for v in PREFILL_VARIANTS if v not in fns}
+    measure_variants(env, row, fns, "prefill (paged)")
+    return row
 
 
 def decode_attn_case(env: Env, batch: int, ctx: int) -> tuple[str, list[int]]:

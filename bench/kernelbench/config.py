@@ -62,6 +62,8 @@ class Grid:
     decode_attn: tuple[tuple[int, int], ...]  # (batch, context); context 0 = mixed up to max
     decode_attn_max_ctx: int
     block_size: int
+    # Chunked prefill / prefix-cache hits: (prompts, cached tokens each, new tokens each).
+    prefill_paged: tuple[tuple[int, int, int], ...] = ()
 
 
 FULL_GRID = Grid(
@@ -90,6 +92,7 @@ FULL_GRID = Grid(
     ),
     decode_attn_max_ctx=2048,
     block_size=16,
+    prefill_paged=((8, 384, 128), (1, 3584, 512), (16, 1000, 1)),
 )
 QUICK_GRID = dataclasses.replace(
     FULL_GRID,
@@ -99,6 +102,7 @@ QUICK_GRID = dataclasses.replace(
     sgmv_shapes=((16, 128), (16, 512)),
     prefill_equal=(512,),
     decode_attn=((32, 512), (64, 2048), (32, 0)),
+    prefill_paged=((8, 384, 128), (1, 3584, 512)),
 )
 SMOKE_GRID = Grid(
     max_rank=8,
@@ -116,4 +120,5 @@ SMOKE_GRID = Grid(
     decode_attn=((1, 8), (4, 24), (4, 0)),
     decode_attn_max_ctx=24,
     block_size=8,
+    prefill_paged=((2, 5, 3),),
 )
