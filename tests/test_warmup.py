@@ -198,3 +198,25 @@ def test_table_width_class_fits_a_context(tiny) -> None:
     widest = blocks_for(eng.max_model_len - 1, eng.config.block_size)
     widths = {p.table_width for p in warmup_patterns(warmup_run.spec_of(eng))}
     assert max(widths) <= widest
+
+
+def test_the_lora_kernels_warm_up_first_over_every_decode_size(tiny, monkeypatch) -> None:
+    """The LoRA kernels' own warm-up (v2: block-size tuning) runs before the patterns, over the
+    graph sizes and every eager size beyond them, and its summary reaches the log line."""
+    from loraplex.kernels import lora_warmup
+
+    eng = _llm(tiny, max_num_seqs=6).engine
+    calls, order = [], []
+
+    def fake(cfg, slots, rank, dtype, device, sizes, tokens):  # type: ignore[no-untyped-def]
+        calls.append((slots, rank, list(sizes), tokens))
+        order.append("lora")
+        return lora_warmup.LoraWarmup("v2", 1.5, 12, ("k",))
+
+    monkeypatch.setattr(lora_warmup, "warm_up_lora_kernels", fake)
+    monkeypatch.setattr(warmup_run, "run_pattern", lambda e, p: order.append("pattern"))
+    monkeypatch.setattr(warmup_run, "spec_of", lambda e: WarmupSpec(6, 32, 3, 8, 40, 4, (1, 2, 4)))
+    report = warmup_run.warm_up(eng, "light", force=True)
+    assert calls == [(3, 8, [1, 2, 4, 5, 6], 32)]
+    assert order[0] == "lora" and order.count("pattern") == report.patterns
+    assert "LoRA kernels v2: 12 launches, 1 shapes tuned in 1.5 s" in report.line()

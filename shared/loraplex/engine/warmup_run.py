@@ -7,8 +7,10 @@ scheduler, allocator or prefix-cache entry; the made-up K/V land in cache blocks
 holds yet.  Adapter patterns give their slots the pattern's rank for the duration of the run
 (the slot weights are still zero at start-up, so the deltas are zero), then clear them.
 
-``EXTRA_STEPS`` is where kernel modules add their own warm-up (e.g. autotuning the LoRA
-kernels for given ranks and segment counts); each is called once with the engine and the spec.
+Before the patterns, ``kernels.lora_warmup`` launches (and for the v2 kernels on CUDA, tunes) every
+LoRA kernel shape of the model, so the patterns then compile the block sizes it chose.
+``EXTRA_STEPS`` is where other kernel modules add their own warm-up; each is called once with the
+engine and the spec, after the patterns.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class WarmupReport:
     seconds: float
     triton_compiles: int | None  # Triton kernels compiled (or loaded from disk) during warm-up
     graphs_compiled: int | None  # torch.compile graphs (FlexAttention) compiled during warm-up
+    lora: str = ""  # what the LoRA kernels' own warm-up did
 
     def line(self) -> str:
         counts = [
@@ -55,7 +58,8 @@ class WarmupReport:
             )
             if n is not None
         ]
-        extra = f" ({', '.join(counts)})" if counts else ""
+        counts += [self.lora] if self.lora else []
+        extra = f" ({'; '.join(counts)})" if counts else ""
         return (
             f"warm-up ({self.level}): {self.patterns} batch patterns in {self.seconds:.1f} s{extra}"
         )
@@ -88,6 +92,7 @@ def warm_up(engine: LLMEngine, level: Level | None = None, force: bool = False) 
         patterns = [p for p in patterns if not p.adapters]
     with count_compiles() as compiled:
         start = time.perf_counter()
+        lora = _lora_kernels(engine, spec)
         for p in patterns:
             run_pattern(engine, p)
         for step in EXTRA_STEPS:
@@ -96,9 +101,31 @@ def warm_up(engine: LLMEngine, level: Level | None = None, force: bool = False) 
             torch.cuda.synchronize(engine.device)
         seconds = time.perf_counter() - start
     n_triton = None if compiled.triton is None else len(compiled.triton)
-    report = WarmupReport(level, len(patterns), seconds, n_triton, compiled.dynamo)
+    report = WarmupReport(level, len(patterns), seconds, n_triton, compiled.dynamo, lora)
     log.info(report.line())
     return report
+
+
+def _lora_kernels(engine: LLMEngine, spec: WarmupSpec) -> str:
+    """The LoRA kernels' own warm-up (and tuning) over every decode size an eager step or a
+    graph can have and the prefill tilings; returns a summary ("" when nothing ran)."""
+    from loraplex.kernels.lora_warmup import warm_up_lora_kernels
+
+    top = max(spec.graph_sizes, default=0)
+    sizes = [*spec.graph_sizes, *range(top + 1, spec.max_num_seqs + 1)]
+    done = warm_up_lora_kernels(
+        engine.model_config,
+        spec.max_loras,
+        spec.max_lora_rank,
+        engine.dtype,
+        engine.device,
+        sizes,
+        spec.max_num_batched_tokens,
+    )
+    if not done.launches:
+        return ""
+    tuned = f", {len(done.tuned)} shapes tuned" if done.tuned else ""
+    return f"LoRA kernels {done.kernel}: {done.launches} launches{tuned} in {done.seconds:.1f} s"
 
 
 def _env_level() -> Level:
