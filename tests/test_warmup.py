@@ -19,6 +19,7 @@ from loraplex.engine.warmup import (
     token_buckets,
     warmup_patterns,
 )
+from loraplex.kernels.flex_plan import padded
 from loraplex.kvcache.block_allocator import blocks_for
 from tests.tiny_models import llm_with_adapters, ranked, write_model_and_adapters
 
@@ -61,8 +62,14 @@ def test_patterns_cover_every_shape_class() -> None:
     assert Pattern(32, 256, adapters=1, rank=64) in ps
     assert Pattern(32, 256, adapters=32, rank=64) in ps
     assert {p.rank for p in ps if p.adapters} == {8, 16, 32, 64}
-    paged = {p.seqs * p.tokens for p in ps if p.prefix}
-    assert paged == sizes  # chunked / prefix-cached prompts at every bucket
+    # Chunked / prefix-cached prompts: every (query, gathered context) shape bucket of the
+    # prefill attention, up to 64 prompts x 8191 tokens capped at one launch's 65536.
+    paged = {(padded(p.seqs * p.tokens), padded(p.seqs * (p.prefix + p.tokens))) for p in ps}
+    for q in (128, 256, 512, 1024, 2048, 4096, 8192):
+        top = min(65536, padded(-(-q // 256) * 8191))
+        wanted = {(q, kv) for kv in (128 * 2**i for i in range(10)) if 2 * q <= kv <= top}
+        assert wanted <= paged, sorted(wanted - paged)
+    assert (128, 128) in paged and (128, 8192) in paged
     widths = {p.table_width for p in ps if p.kind == "mixed"}
     assert widths == {1, 2, 16}
     assert {p.adapters > 0 for p in ps if p.kind == "mixed"} == {True, False}

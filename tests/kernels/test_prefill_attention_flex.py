@@ -209,3 +209,11 @@ def test_cpu_tensors_take_the_twin_silently(caplog) -> None:
         out = flex_prefill.prefill_attention(q, k, v, cu, 0.25)
     assert torch.equal(out, torch_ref.prefill_attention(q, k, v, cu, 0.25))
     assert not caplog.records
+
+
+def test_shapes_are_bucketed_to_powers_of_two() -> None:
+    """Few distinct shapes for torch.compile: the next power of two, at least one block."""
+    assert [flex_plan.padded(n) for n in (1, 128, 129, 4096, 4097)] == [128, 128, 256, 4096, 8192]
+    assert flex_plan.padded(5, 4) == 8 and flex_plan.padded(0, 16) == 16
+    b = flex_plan.row_bounds([0, 100, 300], [0, 200], None)
+    assert (b.lo.shape[0], b.kv_pad) == (512, 512)  # 300 rows; 100 + 400 context tokens

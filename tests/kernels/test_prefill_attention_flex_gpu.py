@@ -11,7 +11,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from loraplex.kernels import flex_prefill, get_ops, torch_ref
-from tests.kernels.test_prefill_attention_flex import _cu, _fresh, _paged
+from tests.kernels.test_prefill_attention_flex import _fresh, _paged
 
 pytestmark = [
     pytest.mark.gpu,
@@ -93,24 +93,27 @@ def test_a_prompts_nan_values_stay_its_own() -> None:
     torch.testing.assert_close(out[100:], clean[100:])
 
 
-def test_new_lengths_do_not_recompile() -> None:
-    """After two shapes (the second makes torch.compile go dynamic) and one paged call, new
-    lengths compile nothing: what the start-up warm-up relies on."""
+def test_new_lengths_in_seen_buckets_do_not_recompile() -> None:
+    """Once a shape bucket (``flex_plan.padded``) has run, other lengths in it compile nothing:
+    what the start-up warm-up, which runs every bucket, relies on."""
     from loraplex.engine.warmup_run import count_compiles
 
     ops = get_ops("cuda")
-    for lens in ((128,), (256, 300)):
-        q, k, v, cu = _cuda(*_fresh(list(lens), 8, 8, 128, torch.bfloat16, seed=1))
+
+    def fresh(lens, seed):  # type: ignore[no-untyped-def]
+        q, k, v, cu = _cuda(*_fresh(list(lens), 8, 8, 128, torch.bfloat16, seed=seed))
         ops.prefill_attention(q, k, v, cu, 0.1)
-    paged = _cuda(*_paged([(20, 30), (0, 40)], 16, 8, 8, 128, torch.bfloat16, seed=2))
-    ops.prefill_attention_paged(*paged, 0.1)
+
+    def paged(seqs, seed):  # type: ignore[no-untyped-def]
+        ops.prefill_attention_paged(*_cuda(*_paged(seqs, 16, 8, 8, 128, torch.bfloat16, seed)), 0.1)
+
+    for lens in ((100,), (1500, 200), (4000,)):  # query buckets 128, 2048, 4096
+        fresh(lens, 1)
+    paged([(200, 30), (0, 40), (100, 5)], 2)  # 75 queries over 375 context tokens
     with count_compiles() as compiled:
         for lens in ((77,), (1000, 5, 900), (4096,)):
-            q, k, v, cu = _cuda(*_fresh(list(lens), 8, 8, 128, torch.bfloat16, seed=5))
-            ops.prefill_attention(q, k, v, cu, 0.1)
-        paged = _cuda(*_paged([(300, 7), (0, 90), (5, 1)], 16, 8, 8, 128, torch.bfloat16, 6))
-        ops.prefill_attention_paged(*paged, 0.1)
+            fresh(lens, 5)
+        paged([(300, 7), (0, 90), (5, 1)], 6)  # 98 queries over 403 context tokens
         torch.cuda.synchronize()
     assert compiled.dynamo == 0
     assert not flex_prefill._failed, flex_prefill._failed
-    assert _cu([1, 2]) == [0, 1, 3]

@@ -11,8 +11,9 @@ shape class; ``engine/warmup_run.py`` runs each once at start-up.  Classes cover
 
 * prefill token buckets 16, 32, 64, ... up to ``max_num_batched_tokens``, each as base-only
   rows, one adapter (one segment), ``min(max_loras, prompts)`` distinct adapters (many
-  segments) and half base / half adapter, plus prompts over a cached prefix (chunked prefill,
-  prefix-cache hits);
+  segments) and half base / half adapter;
+* prompts over a cached prefix (chunked prefill, prefix-cache hits), once per pair of query and
+  gathered-context shape buckets of the prefill attention;
 * every rank up to ``max_lora_rank`` (powers of two, then the maximum);
 * decode batch sizes that the CUDA graphs do not cover (the graphs are compiled at capture),
   base and with adapters;
@@ -27,6 +28,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from loraplex.engine.cuda_graphs import capture_sizes
+from loraplex.kernels.flex_plan import padded
+from loraplex.kernels.flex_prefill import MAX_GATHER_TOKENS
 from loraplex.kvcache.block_allocator import blocks_for
 
 Level = Literal["full", "light", "off"]
@@ -117,11 +120,26 @@ def _prefill(spec: WarmupSpec, bucket: int, rank: int) -> list[Pattern]:
         out.append(Pattern(n, per, adapters=min(spec.max_loras, n), rank=rank))
     if n > 1:
         out.append(Pattern(n, per, adapters=1, base_rows=True, rank=rank))
-    half = (spec.max_model_len - 1) // 2
-    if half >= 1:
-        n, per = _prompts(spec, bucket, half)
-        out.append(Pattern(n, per, prefix=per))
     return out
+
+
+def _paged(spec: WarmupSpec, bucket: int, light: bool) -> list[Pattern]:
+    """About ``bucket`` new tokens over cached prefixes, once per shape bucket the gathered
+    context (``flex_plan.padded``) can fall in: twice the new tokens up to what one launch
+    gathers (``light``: the smallest and the largest)."""
+    longest = spec.max_model_len - 1
+    if longest < 2:
+        return []
+    n, per = _prompts(spec, bucket, longest // 2)
+    most = min(MAX_GATHER_TOKENS, n * longest)
+    out, kv = [], 2 * n * per
+    while True:
+        prefix = max(1, min(longest - per, (min(kv, most) - n * per) // n))
+        out.append(Pattern(n, per, prefix=prefix))
+        if kv >= most:
+            break
+        kv *= 2
+    return [out[0], out[-1]] if light else out
 
 
 def _decode_sizes(spec: WarmupSpec, light: bool) -> list[int]:
@@ -135,8 +153,12 @@ def warmup_patterns(spec: WarmupSpec, level: Level = "full") -> list[Pattern]:
         return []
     light, top = level == "light", spec.max_lora_rank
     out: list[Pattern] = []
+    paged: dict[tuple[int, int], Pattern] = {}
     for bucket in token_buckets(spec.max_num_batched_tokens, light):
         out += _prefill(spec, bucket, top)
+        for p in _paged(spec, bucket, light):  # one per (query, context) shape bucket
+            paged.setdefault((padded(p.seqs * p.tokens), padded(p.seqs * (p.prefix + p.tokens))), p)
+    out += paged.values()
     small = min(MIN_BUCKET, spec.max_num_batched_tokens, spec.max_model_len - 1)
     out += [Pattern(1, small, adapters=1, rank=r) for r in lora_ranks(top, light)[:-1]]
     widest = blocks_for(spec.max_model_len - 1, spec.block_size)

@@ -14,7 +14,7 @@ only.  Laid out as FlexAttention sees them, the keys a query row may read form o
 128-row query block bound every row of it.  That classifies each (query block, key block) pair
 exactly enough for FlexAttention: *full* (every row may read every key: no mask evaluated),
 *partial* (the mask decides per element) or skipped.  Rows and key columns are padded to a
-multiple of the block size; padded query rows read nothing (``lo > hi``) and are dropped.
+power of two (``padded``); padded query rows read nothing (``lo > hi``) and are dropped.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ BLOCK = 128  # FlexAttention's default sparse block size (query and key)
 
 
 def padded(n: int, block: int = BLOCK) -> int:
-    """``n`` rounded up to a whole number of blocks (at least one)."""
-    return max(block, -(-n // block) * block)
+    """The shape bucket of ``n`` rows: the next power of two, at least one block.  Few distinct
+    shapes keep ``torch.compile`` from specializing on many (the start-up warm-up runs each);
+    padded query rows cost a copy, and their blocks read no key."""
+    return max(block, 1 << max(n - 1, 0).bit_length())
 
 
 @dataclass(frozen=True)
