@@ -38,6 +38,7 @@ bench: setup
 	$(PY) bench/chunked.py --write-docs
 	$(PY) bench/structured.py --write-docs
 	$(PY) bench/fairness.py --mode sim --write-docs
+	$(PY) bench/reliability.py --write-docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
