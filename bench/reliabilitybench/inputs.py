@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 from loraplex.stack import Stack
 from tests.hostile.adapter_files import AdapterFiles
-from tests.hostile.cases import ALL_CASES, CaseContext, run_case
+from tests.hostile.case_table import ALL_CASES
+from tests.hostile.cases import CaseContext, run_case
 from tests.hostile.fuzz import run_fuzz
 from tests.hostile.harness import ALPHA, BETA, HostileStack, StackBroken
 from tests.hostile.poison import POISONS, poisoned_requests, store_unchecked

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.hostile.cases import SAMPLING_CASES, UNICODE_CASES, Case, run_case
+from tests.hostile.case_table import SAMPLING_CASES, UNICODE_CASES
+from tests.hostile.cases import Case, run_case
 
 
 @pytest.mark.parametrize("case", SAMPLING_CASES + UNICODE_CASES, ids=lambda c: c.id)
