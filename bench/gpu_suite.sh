@@ -8,7 +8,8 @@
 # Steps, each under its own time budget (seconds, overridable: BUDGET_PYTEST_GPU, BUDGET_ENGINE,
 # BUDGET_KERNELS, BUDGET_GRID), in this order:
 #   1. pytest -m gpu tests/kernels         -> pytest-gpu.txt
-#   2. bench/engine_gpu.py (the workload of the H200 baseline; HF at 32 output tokens)
+#   2. bench/engine_gpu.py (the workload of the H200 baseline, cold compile caches so its full
+#      warm-up costs what a fresh worker's does; HF at 32 output tokens)
 #                                          -> engine.md, engine.json
 #   3. bench/kernels.py --quick            -> kernels.md, kernels.json
 #   4. the kernel test grid on the GPU (pytest -m "not gpu" tests/kernels, xdist if present)
@@ -16,7 +17,9 @@
 # plus suite.md (device, date, versions, each step's exit code and time) and log.txt (the
 # benches' output): 8 files, what the device tool returns at most.  Nothing is installed: the
 # checkout runs from PYTHONPATH with the machine's python3 (torch, triton, transformers, peft).
-# Then, here: .venv/bin/python bench/merge_gpu_suite.py <that folder>
+# Budgets total 530 s (570 s with every step's 10-s kill grace): on the device tool,
+#   run(command="bash bench/gpu_suite.sh $OUT", timeout_s=600)
+# then, here: .venv/bin/python bench/merge_gpu_suite.py <the reply's files_at>
 set -u -o pipefail
 
 MODE=gpu DRY=0
@@ -40,11 +43,11 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && [ "$MODE" != gpu ] && PY=${PYTHON:-.venv/bin/python}
 
 if [ "$MODE" = gpu ]; then
-  ENGINE_ARGS=(--device cuda --dtype bfloat16 --layers 8 --hf-output-len 32)
+  ENGINE_ARGS=(--device cuda --dtype bfloat16 --layers 8 --repeats 1 --hf-output-len 32)
   KERNEL_ARGS=(--quick --only attn,lora,decode)  # attention first: the smallest part
   GRID=(tests/kernels)
-  B_PYTEST=${BUDGET_PYTEST_GPU:-180} B_ENGINE=${BUDGET_ENGINE:-200}
-  B_KERNELS=${BUDGET_KERNELS:-120} B_GRID=${BUDGET_GRID:-40}
+  B_PYTEST=${BUDGET_PYTEST_GPU:-170} B_ENGINE=${BUDGET_ENGINE:-230}
+  B_KERNELS=${BUDGET_KERNELS:-100} B_GRID=${BUDGET_GRID:-30}
 else
   ENGINE_ARGS=(--device cpu --dtype float32 --shape tiny --layers 2 --requests 8 --prompt-len 16
                --output-len 4 --adapters 4 --warmup light)
@@ -94,7 +97,7 @@ step() {  # step NAME BUDGET OUTPUT-FILE COMMAND...
   fi
   echo "== $name (budget ${budget}s): $*" | tee -a "$OUT_DIR/log.txt"
   start=$(date +%s)
-  timeout --signal=INT --kill-after=20 "$budget" "$@" >> "$file" 2>&1
+  timeout --signal=INT --kill-after=10 "$budget" "$@" >> "$file" 2>&1
   rc=$?
   echo "| $name | $rc$([ $rc -eq 124 ] && echo ' (time-out)') | $(( $(date +%s) - start )) | $budget |" >> "$SUITE"
   echo "== $name: exit $rc after $(( $(date +%s) - start ))s" | tee -a "$OUT_DIR/log.txt"
