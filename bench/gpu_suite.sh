@@ -7,7 +7,8 @@
 #
 # Steps, each under its own time budget (seconds, overridable: BUDGET_PYTEST_GPU, BUDGET_ENGINE,
 # BUDGET_KERNELS, BUDGET_GRID), in this order:
-#   1. pytest -m gpu tests/kernels         -> pytest-gpu.txt
+#   1. pytest -m gpu tests/kernels: the warm-up test alone (it times first vs tenth runs),
+#      then the rest on 4 xdist workers (compiles run in parallel) -> pytest-gpu.txt
 #   2. bench/engine_gpu.py (the workload of the H200 baseline, cold compile caches so its full
 #      warm-up costs what a fresh worker's does; HF at 32 output tokens)
 #                                          -> engine.md, engine.json
@@ -17,7 +18,7 @@
 # plus suite.md (device, date, versions, each step's exit code and time) and log.txt (the
 # benches' output): 8 files, what the device tool returns at most.  Nothing is installed: the
 # checkout runs from PYTHONPATH with the machine's python3 (torch, triton, transformers, peft).
-# Budgets total 530 s (570 s with every step's 10-s kill grace): on the device tool,
+# Budgets total 530 s (580 s with every step's 10-s kill grace): on the device tool,
 #   run(command="bash bench/gpu_suite.sh $OUT", timeout_s=600)
 # then, here: .venv/bin/python bench/merge_gpu_suite.py <the reply's files_at>
 set -u -o pipefail
@@ -46,18 +47,21 @@ if [ "$MODE" = gpu ]; then
   ENGINE_ARGS=(--device cuda --dtype bfloat16 --layers 8 --repeats 1 --hf-output-len 32)
   KERNEL_ARGS=(--quick --only attn,lora,decode)  # attention first: the smallest part
   GRID=(tests/kernels)
-  B_PYTEST=${BUDGET_PYTEST_GPU:-170} B_ENGINE=${BUDGET_ENGINE:-230}
-  B_KERNELS=${BUDGET_KERNELS:-100} B_GRID=${BUDGET_GRID:-30}
+  B_WARMUP=${BUDGET_PYTEST_WARMUP:-90} B_PYTEST=${BUDGET_PYTEST_GPU:-90}
+  B_ENGINE=${BUDGET_ENGINE:-230} B_KERNELS=${BUDGET_KERNELS:-90} B_GRID=${BUDGET_GRID:-30}
 else
   ENGINE_ARGS=(--device cpu --dtype float32 --shape tiny --layers 2 --requests 8 --prompt-len 16
                --output-len 4 --adapters 4 --warmup light)
   KERNEL_ARGS=(--smoke)
   GRID=(tests/kernels/test_prefill_attention_flex.py)
-  B_PYTEST=120 B_ENGINE=120 B_KERNELS=120 B_GRID=120
+  B_WARMUP=120 B_PYTEST=120 B_ENGINE=120 B_KERNELS=120 B_GRID=120
 fi
 COLD=${TMPDIR:-/tmp}/loraplex-suite-cold-$$
-XDIST=()
-if [ "$MODE" = gpu ] && "$PY" -c "import xdist" 2>/dev/null; then XDIST=(-n 8); fi
+XDIST=() XDIST_GPU=()
+if [ "$MODE" = gpu ] && "$PY" -c "import xdist" 2>/dev/null; then
+  XDIST=(-n 8) XDIST_GPU=(-n 4 --dist loadfile)
+fi
+WARMUP_TEST=tests/kernels/test_warmup_gpu.py
 
 SUITE="$OUT_DIR/suite.md"
 {
@@ -103,8 +107,11 @@ step() {  # step NAME BUDGET OUTPUT-FILE COMMAND...
   echo "== $name: exit $rc after $(( $(date +%s) - start ))s" | tee -a "$OUT_DIR/log.txt"
 }
 
-step "pytest -m gpu" "$B_PYTEST" "$OUT_DIR/pytest-gpu.txt" \
-  "$PY" -m pytest -o addopts="" -p no:cacheprovider -q -rfE -m gpu tests/kernels
+step "pytest -m gpu, warm-up" "$B_WARMUP" "$OUT_DIR/pytest-gpu.txt" \
+  "$PY" -m pytest -o addopts="" -p no:cacheprovider -q -rfE -m gpu "$WARMUP_TEST"
+step "pytest -m gpu, the rest" "$B_PYTEST" "$OUT_DIR/pytest-gpu.txt" \
+  "$PY" -m pytest -o addopts="" -p no:cacheprovider -q -rfE -m gpu "${XDIST_GPU[@]}" \
+  --deselect "$WARMUP_TEST" tests/kernels
 # Cold compile caches, so the warm-up cost it reports is a fresh worker's.
 step "engine bench" "$B_ENGINE" "$OUT_DIR/log.txt" \
   env TRITON_CACHE_DIR="$COLD/triton" TORCHINDUCTOR_CACHE_DIR="$COLD/inductor" \

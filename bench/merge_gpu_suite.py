@@ -35,14 +35,12 @@ class MergeError(Exception):
 
 
 def pytest_summary(text: str) -> tuple[str, list[str]]:
-    """(the final "N passed, ..." line, the FAILED/ERROR lines) of a pytest output."""
+    """(the "N passed, ..." line of each pytest run in ``text``, joined; the FAILED/ERROR
+    lines) of a pytest output."""
     lines = text.splitlines()
-    summary = next(
-        (m.group(1) for ln in reversed(lines) if (m := SUMMARY.match(ln.strip()))),
-        "no summary line (cut off?)",
-    )
+    found = [m.group(1) for ln in lines if (m := SUMMARY.match(ln.strip()))]
     failed = [ln.strip() for ln in lines if ln.startswith(("FAILED ", "ERROR "))]
-    return summary, failed
+    return " + ".join(found) or "no summary line (cut off?)", failed
 
 
 def section_body(text: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,21 +19,24 @@ def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
 
 
-def test_dry_run_lists_the_four_gpu_steps(tmp_path: Path) -> None:
+def test_dry_run_lists_the_gpu_steps(tmp_path: Path) -> None:
     proc = _run("bash", "bench/gpu_suite.sh", "--dry-run", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     steps = proc.stdout.splitlines()
-    assert [s.split(",")[0] for s in steps] == [
-        "[pytest -m gpu",
-        "[engine bench",
-        "[kernels --quick",
-        "[kernel test grid",
+    parsed = [re.match(r"\[(.+), (\d+)s -> ", s) for s in steps]
+    assert [m.group(1) for m in parsed if m] == [
+        "pytest -m gpu, warm-up",
+        "pytest -m gpu, the rest",
+        "engine bench",
+        "kernels --quick",
+        "kernel test grid",
     ]
-    assert "-m gpu tests/kernels" in steps[0]
-    assert "bench/engine_gpu.py --device cuda --dtype bfloat16" in steps[1]
-    assert "bench/kernels.py --quick" in steps[2] and "--md" in steps[2]
+    assert "-m gpu tests/kernels/test_warmup_gpu.py" in steps[0]
+    assert "-m gpu" in steps[1] and steps[1].endswith("tests/kernels")
+    assert "bench/engine_gpu.py --device cuda --dtype bfloat16" in steps[2]
+    assert "bench/kernels.py --quick" in steps[3] and "--md" in steps[3]
     assert all(str(tmp_path) in s for s in steps)
-    budgets = sum(int(s.split(", ")[1].split("s ")[0]) for s in steps)
+    budgets = sum(int(m.group(2)) for m in parsed if m)
     assert budgets <= 9 * 60  # one device call of at most ~9 minutes
     assert "- Mode: gpu (dry run)" in (tmp_path / "suite.md").read_text()
 
@@ -62,7 +66,9 @@ SUITE = """# GPU suite (gpu)
 """
 PYTEST_GPU = """..F.
 FAILED tests/kernels/test_warmup_gpu.py::test_x - assert 3 <= 1
-=========== 1 failed, 44 passed, 343 deselected in 139.20s (0:02:19) ===========
+=========== 1 failed, 9 passed, 378 deselected in 39.20s ===========
+.....
+=========== 35 passed, 353 deselected in 100.00s (0:01:40) ===========
 """
 
 
@@ -89,7 +95,10 @@ def test_merge_puts_every_table_into_the_docs_with_device_and_date(tmp_path: Pat
     assert "## Kept section\n\nkept" in text
     assert "- Device: NVIDIA H200, 143771 MiB" in text and "- Date: 2031-02-03" in text
     assert "| engine bench | 124 (time-out) | 200 | 200 |" in text
-    assert "- `pytest -m gpu`: 1 failed, 44 passed, 343 deselected in 139.20s" in text
+    assert (
+        "- `pytest -m gpu`: 1 failed, 9 passed, 378 deselected in 39.20s + 35 passed, 353 "
+        "deselected in 100.00s (0:01:40)" in text
+    )
     assert "`FAILED tests/kernels/test_warmup_gpu.py::test_x - assert 3 <= 1`" in text
     assert "- kernel test grid: no summary line (cut off?)" in text
     assert "## Engine on the GPU (bench/engine_gpu.py)\n\n| run | 1 |" in text
