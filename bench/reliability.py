@@ -81,7 +81,7 @@ def render(argv, a, tallies, kills, minutes: float) -> str:  # type: ignore[no-u
         f"Command: `{' '.join(['python bench/reliability.py', *argv])}` "
         f"({today()}; {machine_line()}; {minutes:.1f} min).",
         "Hostile inputs against one fresh `loraplex up` stack (two tenants, one prefill and one "
-        "decode worker, CPU): every case of `tests/hostile/cases.py`, three adapters poisoned "
+        "decode worker, CPU): every case of `tests/hostile/case_table.py`, three adapters poisoned "
         "straight into Redis, and the derandomized fuzz run of `tests/hostile/fuzz.py`. *As "
         "expected*: the answer the case allows (a 4xx with an OpenAI error body, or tokens) and "
         "the other tenant served afterwards by the same processes; *crashes*: service processes "

@@ -40,7 +40,7 @@ def heal(hs: HostileStack) -> None:
 
 
 def run_table(hs: HostileStack, template: AdapterFiles) -> Tally:
-    tally = Tally("hostile cases (tests/hostile/cases.py)")
+    tally = Tally("hostile cases (tests/hostile/case_table.py)")
     ctx = CaseContext(hs.model_id, hs.adapters_root, template)
     for case in ALL_CASES:
         heal(hs)
