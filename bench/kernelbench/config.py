@@ -62,6 +62,9 @@ class Grid:
     decode_attn: tuple[tuple[int, int], ...]  # (batch, context); context 0 = mixed up to max
     decode_attn_max_ctx: int
     block_size: int
+    # LoRA scale sweep: BGMV, one layer, this many rows, with 1 .. n distinct adapters.
+    scale_rows: int = 64
+    scale_adapters: tuple[int, ...] = (1, 8, 32, 128)
     # Chunked prefill / prefix-cache hits: (prompts, cached tokens each, new tokens each).
     prefill_paged: tuple[tuple[int, int, int], ...] = ()
 

@@ -49,7 +49,7 @@ def group_specs(cfg: ModelConfig) -> dict[str, GroupSpec]:
 
 @dataclass(frozen=True)
 class LoraCase:
-    sweep: str  # "rank" or "load"
+    sweep: str  # "rank", "load" or "scale" (adapters grow at a fixed batch: Punica's claim)
     mode: str  # "bgmv" (decode rows) or "sgmv" (prefill segments)
     group: str  # qkv | o | gate_up | down | layer (all four, one decoder layer)
     requests: int  # decode rows, or prefill requests
@@ -82,6 +82,10 @@ def lora_cases(grid: Grid) -> list[LoraCase]:
     for mode, req, tok in shapes:
         for n, pop in load_combos(req, grid.adapters):
             cases.append(LoraCase("load", mode, "layer", req, tok, n, pop, grid.load_ranks))
+    # Distinct adapters at one batch: 1 (every row the same adapter) up to more slots than rows.
+    for n in grid.scale_adapters:
+        rows = grid.scale_rows
+        cases.append(LoraCase("scale", "bgmv", "layer", rows, 1, n, "distinct", grid.load_ranks))
     return cases
 
 

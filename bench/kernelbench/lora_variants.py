@@ -1,5 +1,6 @@
-"""LoRA variants (engine at real rank, padded, gather-bmm, per-adapter loop), their check
-against the torch twins, the floor, and the LoRA part of the benchmark."""
+"""LoRA variants (engine at real rank with the v1 and the v2 kernels, padded, gather-bmm,
+per-adapter loop), their check against the torch twins, the floor, and the LoRA part of the
+benchmark."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from types import SimpleNamespace
 import torch
 
 from loraplex.kernels import torch_ref
+from loraplex.kernels.dispatch import get_ops
 from loraplex.lora.apply import add_lora
 from loraplex.lora.weights import LoraWeights
 
@@ -23,10 +25,14 @@ from .lora_cases import LoraCase, LoraSetup, build_setup, lora_cases
 # The variants.  Each adds the LoRA delta of every group into ``ys`` in place.
 
 
-def run_engine(s: LoraSetup, weights: LoraWeights, ops: SimpleNamespace) -> None:
-    """The engine's path: ``add_lora`` with fused SGMV/BGMV (real ranks unless ``weights`` is padded)."""
+def run_engine(
+    s: LoraSetup, weights: LoraWeights, ops: SimpleNamespace, plan: object = None
+) -> None:
+    """The engine's path: ``add_lora`` with fused SGMV/BGMV (real ranks unless ``weights`` is
+    padded).  ``plan``: the decode rows' grouping, made once per step by the engine for all
+    layers, so made once here too, outside the timed call (its own time: ``plan_v2``)."""
     for g, x, y in zip(s.groups, s.xs, s.ys, strict=True):
-        add_lora(y, x, 0, g.slices, weights, s.meta, ops)  # type: ignore[arg-type]
+        add_lora(y, x, 0, g.slices, weights, s.meta, ops, plan)  # type: ignore[arg-type]
 
 
 def run_loop(s: LoraSetup) -> None:
@@ -79,13 +85,24 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     return float((got.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
 
 
-def check_variant(s: LoraSetup, fn: Callable[[], None], ref: list[torch.Tensor]) -> float:
-    """Largest relative error of the delta ``fn`` adds, against ``ref``; ``ys`` are restored."""
-    saved = [y.clone() for y in s.ys]
-    fn()
-    err = max(rel_err(y.float() - y0.float(), r) for y, y0, r in zip(s.ys, saved, ref, strict=True))
-    for y, y0 in zip(s.ys, saved, strict=True):
+def restore(s: LoraSetup, pristine: list[torch.Tensor]) -> None:
+    for y, y0 in zip(s.ys, pristine, strict=True):
         y.copy_(y0)
+
+
+def check_variant(
+    s: LoraSetup, fn: Callable[[], None], ref: list[torch.Tensor], pristine: list[torch.Tensor]
+) -> float:
+    """Largest relative error of the delta ``fn`` adds to the setup's original ``ys`` (restored
+    first: timing runs add their deltas up, and a delta read off a y grown tens of times larger
+    loses its low bits to rounding, which showed as max err 2e-01 for every variant timed after
+    the first), against ``ref``; ``ys`` are restored after."""
+    restore(s, pristine)
+    fn()
+    err = max(
+        rel_err(y.float() - y0.float(), r) for y, y0, r in zip(s.ys, pristine, ref, strict=True)
+    )
+    restore(s, pristine)
     return err if math.isfinite(err) else float("inf")
 
 
@@ -104,7 +121,7 @@ def lora_traffic(s: LoraSetup, elem: int) -> tuple[int, int]:
     return nbytes, flops
 
 
-VARIANTS = ("real", "padded", "gather", "loop")
+VARIANTS = ("real", "v2", "padded", "padded_v2", "gather", "loop")  # "real": the v1 kernels
 
 
 @dataclass
@@ -124,16 +141,31 @@ class LoraRow:
 
     @property
     def x_floor(self) -> float:
-        return self.times.get("real", math.nan) / self.floor_s
+        return self.x_floor_of("real")
+
+    def x_floor_of(self, variant: str) -> float:
+        return self.times.get(variant, math.nan) / self.floor_s
 
 
 def variant_fns(s: LoraSetup, env: Env) -> dict[str, Callable[[], None]]:
+    v1, v2 = get_ops(env.device, "v1"), get_ops(env.device, "v2")
+    plan = None if s.meta.is_prefill else v2.bgmv_plan(s.meta.indices, s.weights.max_loras)
     return {
-        "real": partial(run_engine, s, s.weights, env.ops),
-        "padded": partial(run_engine, s, s.padded, env.ops),
+        "real": partial(run_engine, s, s.weights, v1),
+        "v2": partial(run_engine, s, s.weights, v2, plan),
+        "padded": partial(run_engine, s, s.padded, v1),
+        "padded_v2": partial(run_engine, s, s.padded, v2, plan),
         "gather": partial(run_gather_bmm, s),
         "loop": partial(run_loop, s),
     }
+
+
+def time_plan(s: LoraSetup, env: Env) -> float:
+    """Seconds of v2's decode plan (sort + group of the rows; once per step in the engine)."""
+    v2 = get_ops(env.device, "v2")
+    if s.meta.is_prefill or getattr(v2, "lora_kernel", "") != "v2":
+        return math.nan
+    return env.timer.time(lambda: v2.bgmv_plan(s.meta.indices, s.weights.max_loras)).seconds
 
 
 def bench_lora_case(case: LoraCase, env: Env, salt: int) -> LoraRow:
@@ -152,17 +184,23 @@ def bench_lora_case(case: LoraCase, env: Env, salt: int) -> LoraRow:
         bound,
     )
     ref = reference_deltas(s)
+    pristine = [y.clone() for y in s.ys]
     for name, fn in variant_fns(s, env).items():
         try:
-            row.errors[name] = check_variant(s, fn, ref)
+            row.errors[name] = check_variant(s, fn, ref, pristine)
             t = env.timer.time(fn)
             row.times[name], row.how[name] = t.seconds, t.how
+            restore(s, pristine)
         except Exception as e:  # noqa: BLE001 - one failed variant must not end the run
             log(f"    {name} failed: {type(e).__name__}: {str(e)[:200]}")
             row.errors.setdefault(name, math.nan)
             row.times[name] = math.nan
             if env.device.type == "cuda":
                 torch.cuda.synchronize()
+    try:
+        row.times["plan_v2"] = time_plan(s, env)
+    except Exception as e:  # noqa: BLE001 - report, keep the row
+        log(f"    plan_v2 failed: {type(e).__name__}: {str(e)[:200]}")
     del s, ref
     if env.device.type == "cuda":
         torch.cuda.empty_cache()

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,48 +16,26 @@ from common import today
 import loraplex
 
 from .attention import AttnRow
-from .config import BIG_FLOOR_S, SECTION, TARGET_FLOOR_X, TARGET_OVERHEAD
+from .config import SECTION
 from .decode_step import StepResult
 from .env import Env, device_line, versions
 from .fmt import fmt_rate
+from .lora_tables import decode_section, lora_section, lora_target_lines, step_target_lines
 from .lora_variants import LoraRow
-from .sections import attention_section, decode_section, lora_section, shape_label
+from .sections import attention_section
 
 
 def target_lines(
-    lora: list[LoraRow] | None, step: StepResult | None, failures: Sequence[str] = ()
+    lora: list[LoraRow] | None,
+    step: StepResult | None,
+    failures: Sequence[str] = (),
+    env: Env | None = None,
 ) -> list[str]:
     lines = ["### Targets", ""]
-    if step is not None:
-        for label, base, lo in (
-            ("eager", step.eager_base, step.eager_lora),
-            ("CUDA graph", step.graph_base, step.graph_lora),
-            ("engine graphs", step.engine_base, step.engine_lora),
-        ):
-            if math.isfinite(base) and math.isfinite(lo):
-                ov = lo / base - 1
-                verdict = "met" if ov < TARGET_OVERHEAD else "MISSED"
-                lines.append(
-                    f"- decode step with {step.adapters} distinct rank-{step.rank} adapters vs "
-                    f"none, {label}: {ov * 100:+.1f}% (target < {TARGET_OVERHEAD:.0%}): {verdict}"
-                )
+    if step is not None and env is not None:
+        lines += step_target_lines(step, env)
     if lora:
-        for mode in ("bgmv", "sgmv"):
-            sel = [r for r in lora if r.case.mode == mode and math.isfinite(r.x_floor)]
-            if not sel:
-                continue
-            ok = sum(r.x_floor <= TARGET_FLOOR_X for r in sel)
-            big = [r for r in sel if r.floor_s >= BIG_FLOOR_S]
-            ok_big = sum(r.x_floor <= TARGET_FLOOR_X for r in big)
-            worst = max(sel, key=lambda r: r.x_floor)
-            c = worst.case
-            lines.append(
-                f"- {mode.upper()} within {TARGET_FLOOR_X:g}x of the floor: {ok}/{len(sel)} rows "
-                f"({ok_big}/{len(big)} of those with a floor >= {BIG_FLOOR_S * 1e6:.0f} µs, where "
-                f"launch latency matters less); median {statistics.median(r.x_floor for r in sel):.2f}x, "
-                f"worst {worst.x_floor:.2f}x ({c.group}, {shape_label(c)}, {c.adapters} adapters "
-                f"{c.popularity}, ranks {c.rank_label})"
-            )
+        lines += lora_target_lines(lora)
     lines += [f"- {f}" for f in failures]
     return lines
 
@@ -112,7 +88,7 @@ def render(res: Results, env: Env, argv: Sequence[str]) -> str:
             *head,
         ]
     parts = [*head, ""]
-    parts += target_lines(res.lora, res.step, res.failures) + [""]
+    parts += target_lines(res.lora, res.step, res.failures, env) + [""]
     if res.lora is not None:
         parts += lora_section(res.lora, env) + [""]
     if res.step is not None:

@@ -22,11 +22,14 @@ def add_lora(
     weights: LoraWeights,
     meta: LoraMeta,
     ops: ModuleType,
+    plan: Any = None,
 ) -> None:
     """y[:, off:off+out_t] += LoRA_t(x) for each (t, off) in ``slices``, per row's adapter.
 
     x: [T, H_in]; y: [T, sum(out_t)] (updated in place).  Prefill rows are grouped into adapter
     segments (SGMV); decode rows carry one slot index each (BGMV) and, sorted, segments too.
+    ``plan``: the decode rows' grouping (``ops.bgmv_plan``) when the caller made it; by default it
+    is made once per ``meta``.
     """
     if not meta.active:
         return
@@ -43,7 +46,8 @@ def add_lora(
         segs = (meta.seg_starts, meta.seg_slots)
         ops.sgmv_lora(x, layer_a, layer_b, *segs, ranks, y, offsets, max_seg_len=meta.max_seg_len)
     else:
-        plan = decode_plan(meta, ops, weights.max_loras)
+        if plan is None:
+            plan = decode_plan(meta, ops, weights.max_loras)
         ops.bgmv_lora(x, layer_a, layer_b, meta.indices, ranks, y, offsets, plan=plan)
 
 
