@@ -97,7 +97,9 @@ def check_targets(adapter: str, cfg: LoraConfig, num_layers: int, budget: MatchB
         known = {s for m in others for s in _suffixes(m)}
         for entry in sorted(cfg.target_list):
             if entry not in ok:
-                raise _field_error(adapter, "target_modules", _unsupported(entry, entry in known))
+                raise _field_error(
+                    adapter, "target_modules", f"names {_unsupported(entry, entry in known)}"
+                )
     elif cfg.target_regex is not None:
         hit = next((m for m in others if budget.fullmatch(cfg.target_regex, m)), None)
         if hit is not None:
@@ -109,7 +111,7 @@ def check_targets(adapter: str, cfg: LoraConfig, num_layers: int, budget: MatchB
 def _unsupported(entry: str, known: bool) -> str:
     if known:
         return f"{entry!r}, which LoRA cannot adapt here (only {', '.join(LORA_TARGETS)})"
-    return f"names {entry!r}, which is not a module of the base model"
+    return f"{entry!r}, which is not a module of the base model"
 
 
 def _suffixes(module: str) -> list[str]:
