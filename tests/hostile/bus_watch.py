@@ -20,6 +20,7 @@ from loraplex.protocol import CancelRequest, Subjects, TokenDelta, WorkerHeartbe
 class BusWatch:
     tokens: dict[str, int] = field(default_factory=dict)  # request id -> completion tokens so far
     finished: dict[str, str] = field(default_factory=dict)  # request id -> finish reason
+    asked_to_cancel: set[str] = field(default_factory=set)  # cancels gateways sent the scheduler
     # request id -> its tokens when the first cancel for it reached a worker's subject
     tokens_at_cancel: dict[str, int] = field(default_factory=dict)
     heartbeats: dict[str, tuple[float, WorkerHeartbeat]] = field(default_factory=dict)
@@ -34,6 +35,7 @@ class BusWatch:
             await nc.subscribe(Subjects.stream("*"), cb=watch._on_stream)
             await nc.subscribe(Subjects.HEARTBEAT, cb=watch._on_heartbeat)
             await nc.subscribe(Subjects.worker("*"), cb=watch._on_worker)
+            await nc.subscribe(Subjects.CANCEL, cb=watch._on_cancel)
             await nc.flush()
             yield watch
         finally:
@@ -58,6 +60,12 @@ class BusWatch:
         if isinstance(m, CancelRequest) and m.request_id not in self.tokens_at_cancel:
             self.tokens_at_cancel[m.request_id] = self.tokens.get(m.request_id, 0)
 
+    async def _on_cancel(self, msg) -> None:  # type: ignore[no-untyped-def]
+        try:
+            self.asked_to_cancel.add(decode(msg.data, CancelRequest).request_id)
+        except Exception:
+            return
+
     async def _on_heartbeat(self, msg) -> None:  # type: ignore[no-untyped-def]
         try:
             hb = decode(msg.data, WorkerHeartbeat)
@@ -65,11 +73,18 @@ class BusWatch:
             return
         self.heartbeats[hb.worker_id] = (time.monotonic(), hb)
 
-    async def wait_for(self, cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    async def wait_for(
+        self,
+        cond: Callable[[], bool],
+        what: str,
+        timeout: float = 30.0,
+        details: Callable[[], str] | None = None,
+    ) -> None:
         deadline = time.monotonic() + timeout
         while not cond():
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+                more = f"; {details()}" if details else ""
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}{more}")
             await asyncio.sleep(0.05)
 
     async def quiet(self, for_s: float = 1.0, timeout: float = 30.0) -> None:

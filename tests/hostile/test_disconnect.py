@@ -2,7 +2,7 @@
 
 Counted on the bus, from what the workers actually stream to the gateway, not from what the client
 read.  Each closed stream must produce a cancel that reaches its worker, and the worker may stream
-at most the step in progress after that cancel.
+little more than the step in progress after that cancel.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from tests.hostile.harness import BETA, HostileStack, other
 STREAMS = 4
 MAX_TOKENS = 1500  # far more than the client waits for: only a cancel ends these requests early
 READ_CHUNKS = 3
-# After the cancel reached the worker's subject: the step in progress, and one more if the cancel
-# arrived just after the worker drained its inbox for the next step.
-AFTER_CANCEL = 2
+# After the cancel reached the worker's subject (as this watcher saw it): the step in progress,
+# at most 2 tokens on a quiet box.  On a box shared with other jobs, the watcher's and the worker's
+# event loops are starved in turn and the count drifts by a few steps (3-9 seen with two CPU
+# burners beside the stack), hence the slack; the bug it guards against is hundreds of tokens.
+AFTER_CANCEL = 16
 # After the client closed, whatever the cancel's trip through the gateway and scheduler costs on a
 # loaded box.  Only a sanity bound: the bug it guards against let requests run on for thousands
 # of tokens.
@@ -52,7 +54,12 @@ async def test_disconnected_streams_stop_generating(hs: HostileStack):
         closed_at = time.monotonic()
         ours = set(at_close)
         await bus.wait_for(
-            lambda: ours <= set(bus.tokens_at_cancel), "a cancel for every closed stream"
+            lambda: ours <= set(bus.tokens_at_cancel),
+            f"a cancel for every closed stream (at close: {at_close})",
+            details=lambda: (
+                f"gateway cancels: {sorted(bus.asked_to_cancel)}, cancels to workers: "
+                f"{bus.tokens_at_cancel}, tokens: {bus.tokens}, finished: {bus.finished}"
+            ),
         )
         await bus.quiet(for_s=1.0)
         await bus.wait_for(lambda: bus.idle_since(closed_at + 1.0), "every worker to be idle")
