@@ -154,7 +154,12 @@ async def placement_run(stack: Stack) -> None:
     names = [a.name for a in stack.adapters]  # type: ignore[attr-defined]
     async with watch_bus(stack.urls["nats"]) as bus, client_for(stack, "A") as client:
         await bus.wait_idle(workers=2)
-        resident = {a for hb in bus.heartbeats.values() for a in hb.adapters}
+
+        def held(worker: str) -> set[str]:
+            """Bare names of the adapters a worker reports (heartbeats carry owner/name ids)."""
+            return {a.rpartition("/")[2] for a in bus.heartbeats[worker].adapters}
+
+        resident = set().union(*(held(w) for w in bus.heartbeats))
         x, y = [n for n in names if n not in resident][:2]
 
         async def where(request: Awaitable[object]) -> tuple[str, object]:
@@ -169,7 +174,7 @@ async def placement_run(stack: Stack) -> None:
         assert w_x != w_y, "Y should go to the idle worker while X runs"
         await x_stream.close()
         await bus.wait_for(
-            lambda: x in bus.heartbeats[w_x].adapters and y in bus.heartbeats[w_y].adapters,
+            lambda: x in held(w_x) and y in held(w_y),
             "heartbeats reporting the adapters resident",
         )
         await bus.wait_idle(workers=2)
@@ -179,7 +184,7 @@ async def placement_run(stack: Stack) -> None:
         for adapter, expected in [(x, w_x), (y, w_y), (y, w_y), (x, w_x)]:
             worker, _ = await where(completion(client, adapter))
             assert worker == expected, f"{adapter} went to {worker}, not to {expected} holding it"
-        assert y not in bus.heartbeats[w_x].adapters, "Y was never placed on W_x"
+        assert y not in held(w_x), "Y was never placed on W_x"
 
         # W_y full (2 running Y requests): the next Y request goes to W_x rather than wait.
         running = [await where(long_stream(client, y)) for _ in range(2)]
