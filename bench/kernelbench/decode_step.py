@@ -13,7 +13,7 @@ import torch
 
 from loraplex.engine.batch import ModelInput
 from loraplex.engine.cuda_graphs import DecodeGraphRunner
-from loraplex.engine.forward_context import AttentionMeta, ForwardContext, LoraMeta
+from loraplex.forward_context import AttentionMeta, ForwardContext, LoraMeta
 from loraplex.kernels.dispatch import get_ops
 from loraplex.kvcache.paged_cache import PagedKVCache
 from loraplex.lora.adapter import LORA_TARGETS

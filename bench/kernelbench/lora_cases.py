@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from loraplex.engine.forward_context import LoraMeta
+from loraplex.forward_context import LoraMeta
 from loraplex.lora.adapter import LORA_TARGETS
 from loraplex.lora.weights import LoraWeights
 from loraplex.model.config import ModelConfig

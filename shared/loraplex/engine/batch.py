@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from loraplex.engine.forward_context import AttentionMeta, ForwardContext, LoraMeta
 from loraplex.engine.sequence import Sequence
+from loraplex.forward_context import AttentionMeta, ForwardContext, LoraMeta
 
 
 @dataclass(frozen=True)

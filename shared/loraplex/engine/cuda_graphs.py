@@ -24,7 +24,7 @@ from types import ModuleType
 import torch
 
 from loraplex.engine.batch import ModelInput
-from loraplex.engine.forward_context import AttentionMeta, ForwardContext, LoraMeta
+from loraplex.forward_context import AttentionMeta, ForwardContext, LoraMeta
 from loraplex.kvcache.paged_cache import PagedKVCache
 from loraplex.lora.weights import LoraWeights
 from loraplex.model.llama import LlamaForCausalLM

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import torch
 
 from loraplex.engine.outputs import StepOutput
 from loraplex.engine.runner import PromptScores
-from loraplex.engine.scheduler import ScheduledBatch
+from loraplex.engine.scheduler import ScheduledBatch, Scheduler
 from loraplex.engine.sequence import Sequence
-
-if TYPE_CHECKING:
-    from loraplex.engine.llm_engine import LLMEngine
+from loraplex.kvcache.block_allocator import BlockAllocator
+from loraplex.kvcache.paged_cache import PagedKVCache
+from loraplex.lora.slot_table import SlotTable
+from loraplex.lora.weights import LoraWeights
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,35 @@ def step_failure_message(exc: BaseException) -> str:
     return f"internal error: the engine step serving this request failed ({type(exc).__name__})"
 
 
-class FailureMixin:
-    """Ending requests with an error, as methods of ``LLMEngine``."""
+class RequestFailer:
+    """Ends requests with an error and recovers from steps that raised.
 
-    failed_steps_in_a_row: int
+    It owns the count of steps that raised in a row (``failed_steps_in_a_row``); it frees a
+    failed request's blocks and slot through the engine's scheduler, allocator, K/V cache and
+    adapter slots, and its per-request state through ``forget``.
+    """
 
-    def fail_request(self: LLMEngine, seq: Sequence, message: str, code: int = 500) -> StepOutput:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        allocator: BlockAllocator,
+        kv_cache: PagedKVCache,
+        slots: SlotTable,
+        lora_weights: LoraWeights,
+        forget: Callable[[str], None],
+    ) -> None:
+        self.scheduler = scheduler
+        self.allocator = allocator
+        self.kv_cache = kv_cache
+        self.slots = slots
+        self.lora_weights = lora_weights
+        self._forget = forget
+        self.failed_steps_in_a_row = 0  # steps that raised since the last one that did not
+
+    def step_succeeded(self) -> None:
+        self.failed_steps_in_a_row = 0
+
+    def fail_request(self, seq: Sequence, message: str, code: int = 500) -> StepOutput:
         """End ``seq`` with an error (abort-like: blocks, adapter pin and slot freed)."""
         if not seq.finished:  # a step may fail after it finished the request
             self.scheduler.finish(seq, "error")
@@ -91,7 +115,7 @@ class FailureMixin:
         seq.finish_reason = "error"
         return StepOutput(seq.request_id, [], "", True, "error", error=message, error_code=code)
 
-    def fail_nonfinite(self: LLMEngine, seq: Sequence) -> StepOutput:
+    def fail_nonfinite(self, seq: Sequence) -> StepOutput:
         """End a request whose logits were not finite.  Its K/V may not be finite either: its
         own blocks are zeroed before they go back to the free list, and the prefix cache
         forgets what was computed under its adapter."""
@@ -106,7 +130,7 @@ class FailureMixin:
         # the adapter's (its tenant's) fault, a 400; the base model alone doing so is ours.
         return self.fail_request(seq, nonfinite_message(seq), 400 if seq.lora else 500)
 
-    def fail_step(self: LLMEngine, batch: ScheduledBatch, exc: Exception) -> list[StepOutput]:
+    def fail_step(self, batch: ScheduledBatch, exc: Exception) -> list[StepOutput]:
         """Recover from a step that raised: fail exactly its requests, and empty the adapter
         slots it was loading (their weights may be half-copied).  Raises if that fails too."""
         self.failed_steps_in_a_row += 1

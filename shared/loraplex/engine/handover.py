@@ -1,4 +1,4 @@
-"""The decode side of a prefill -> decode K/V hand-over, as methods of ``LLMEngine``.
+"""The decode side of a prefill -> decode K/V hand-over.
 
 A decode worker reserves blocks for a request whose prompt K/V are on their way (reusing the
 leading blocks its prefix cache already holds), then ``inject``s the received payload and the
@@ -7,63 +7,90 @@ first token sampled by the prefill worker, which joins the request to the decode
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Container
 
 import torch
 
 from loraplex.engine.logprobs import TokenLogprobs
 from loraplex.engine.outputs import StepOutput
-from loraplex.engine.sequence import Sequence
+from loraplex.engine.scheduler import Scheduler
+from loraplex.engine.sequence import Sequence, cache_namespace
 from loraplex.errors import AdapterNotFoundError, InvalidRequestError, LoraplexError
-from loraplex.kvcache.block_allocator import blocks_for
+from loraplex.kvcache.block_allocator import BlockAllocator, blocks_for
+from loraplex.kvcache.paged_cache import PagedKVCache
 from loraplex.kvcache.prefix_cache import prefix_block_keys
 from loraplex.sampling_params import SamplingParams
 
-if TYPE_CHECKING:
-    from loraplex.engine.llm_engine import LLMEngine
+# (seq, first token, its logprobs, cached) -> the token's output; the engine's ``_append``.
+AppendToken = Callable[[Sequence, int, TokenLogprobs | None, bool], StepOutput]
 
 
-class KVHandoverMixin:
-    """Reservation and injection of handed-over K/V (mixed into ``LLMEngine``)."""
+class Handover:
+    """Owns the blocks reserved for requests whose K/V are on their way (by request id), and
+    joins a request to the decode batch once its K/V arrive.
 
-    _reservations: dict[str, list[int]]
+    It reads the engine's allocator, scheduler, K/V cache and registered adapter names; the
+    per-request state (grammar, generator, detokenizer) stays the engine's, reached through
+    ``track`` (may refuse), ``forget`` and ``append``.
+    """
 
-    def reserve_blocks(self: LLMEngine, request_id: str, num_tokens: int) -> bool:
+    def __init__(
+        self,
+        block_size: int,
+        allocator: BlockAllocator,
+        scheduler: Scheduler,
+        kv_cache: PagedKVCache,
+        adapters: Container[str],
+        track: Callable[[Sequence], None],
+        forget: Callable[[str], None],
+        append: AppendToken,
+    ) -> None:
+        self.block_size = block_size
+        self.allocator = allocator
+        self.scheduler = scheduler
+        self.kv_cache = kv_cache
+        self.adapters = adapters
+        self._track = track
+        self._forget = forget
+        self._append = append
+        self.reservations: dict[str, list[int]] = {}
+
+    def reserve_blocks(self, request_id: str, num_tokens: int) -> bool:
         """Set aside blocks for a request whose K/V are about to arrive; False when they don't fit."""
-        need = blocks_for(num_tokens, self.config.block_size)
-        if request_id in self._reservations or not self.allocator.can_allocate(need):
+        need = blocks_for(num_tokens, self.block_size)
+        if request_id in self.reservations or not self.allocator.can_allocate(need):
             return False
-        self._reservations[request_id] = self.allocator.allocate(need)
+        self.reservations[request_id] = self.allocator.allocate(need)
         return True
 
     def reserve_for_prompt(
-        self: LLMEngine, request_id: str, prompt_token_ids: list[int], lora: str | None
+        self, request_id: str, prompt_token_ids: list[int], lora: str | None
     ) -> int | None:
         """``reserve_blocks`` for a prompt's K/V that reuses the leading blocks this engine
         already caches for the same adapter.  Returns how many leading blocks are already here
         (the sender may skip them), or None when the rest does not fit."""
-        if request_id in self._reservations:
+        if request_id in self.reservations:
             return None
-        bs, alloc = self.config.block_size, self.allocator
+        bs, alloc = self.block_size, self.allocator
         hit: list[int] = []
         if alloc.caches_prefixes and (lora is None or lora in self.adapters):
-            keys = prefix_block_keys(prompt_token_ids, bs, self._cache_namespace(lora))
+            keys = prefix_block_keys(prompt_token_ids, bs, cache_namespace(lora))
             hit = alloc.lookup(keys)
         need = blocks_for(len(prompt_token_ids), bs) - len(hit)
         if not alloc.can_allocate_after(hit, need):
             return None
-        self._reservations[request_id] = alloc.allocate_after(hit, need)
+        self.reservations[request_id] = alloc.allocate_after(hit, need)
         self.scheduler.prefix_hit_tokens += len(hit) * bs
         self.scheduler.prefix_query_tokens += len(prompt_token_ids)
         return len(hit)
 
-    def release_reservation(self: LLMEngine, request_id: str) -> None:
-        blocks = self._reservations.pop(request_id, None)
+    def release_reservation(self, request_id: str) -> None:
+        blocks = self.reservations.pop(request_id, None)
         if blocks:
             self.allocator.free(blocks)
 
     def inject(
-        self: LLMEngine,
+        self,
         request_id: str,
         prompt_token_ids: list[int],
         params: SamplingParams,
@@ -75,9 +102,10 @@ class KVHandoverMixin:
         prompt_logprobs: list[TokenLogprobs] | None = None,
     ) -> StepOutput:
         """Join a request prefilled elsewhere to the decode batch; returns its first token's
-        output (which carries ``prompt_logprobs``, when given).  ``payload`` holds the K/V of the reserved blocks after the first
-        ``cached_blocks`` (which ``reserve_for_prompt`` found already cached here)."""
-        blocks = self._reservations.pop(request_id)
+        output (which carries ``prompt_logprobs``, when given).  ``payload`` holds the K/V of
+        the reserved blocks after the first ``cached_blocks`` (which ``reserve_for_prompt``
+        found already cached here)."""
+        blocks = self.reservations.pop(request_id)
         seq = Sequence(request_id, list(prompt_token_ids), params, lora)
         try:
             if lora is not None and lora not in self.adapters:
@@ -93,12 +121,12 @@ class KVHandoverMixin:
             self._forget(request_id)
             raise
         self.kv_cache.import_blocks(blocks[cached_blocks:], payload)
-        seq.cache_namespace = self._cache_namespace(lora)
+        seq.cache_namespace = cache_namespace(lora)
         seq.block_table = blocks
         seq.num_cached = len(prompt_token_ids)
         seq.prompt_logprobs = list(prompt_logprobs or [])
         self.scheduler.register_computed(seq, seq.num_cached)  # imported K/V serve later prompts
-        out = self._append(seq, first_token, first_logprobs, cached=False)
+        out = self._append(seq, first_token, first_logprobs, False)
         if not out.finished:
             self.scheduler.add_prefilled(seq)
         return out

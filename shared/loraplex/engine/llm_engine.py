@@ -11,15 +11,15 @@ from pathlib import Path
 import torch
 
 from loraplex.config import EngineConfig, resolve_device, resolve_dtype
-from loraplex.engine.failures import FailureMixin, is_fatal, nonfinite_requests
-from loraplex.engine.handover import KVHandoverMixin
+from loraplex.engine.failures import RequestFailer, is_fatal, nonfinite_requests
+from loraplex.engine.handover import Handover
 from loraplex.engine.logprobs import TokenLogprobs, compute_logprobs
 from loraplex.engine.outputs import KVHandoff, StepOutput
 from loraplex.engine.penalties import apply_penalties
 from loraplex.engine.runner import ModelRunner
 from loraplex.engine.sampler import position_seed, sample
 from loraplex.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
-from loraplex.engine.sequence import Sequence
+from loraplex.engine.sequence import Sequence, cache_namespace
 from loraplex.engine.structured import GrammarConstraints
 from loraplex.errors import AdapterError, AdapterNotFoundError, CapacityError, InvalidRequestError
 from loraplex.kvcache.block_allocator import BlockAllocator, blocks_for
@@ -37,7 +37,12 @@ from loraplex.text.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 
-class LLMEngine(KVHandoverMixin, FailureMixin):
+class LLMEngine:
+    """One model with its K/V cache, adapter slots and step scheduler; owns the per-request
+    state (generators, detokenizers, grammars) and the sampling of each step.  The decode side
+    of a K/V hand-over is its ``handover`` (``handover.py``), ending requests with an error its
+    ``failures`` (``failures.py``)."""
+
     def __init__(
         self,
         model_dir: str | Path,
@@ -77,14 +82,40 @@ class LLMEngine(KVHandoverMixin, FailureMixin):
         self.adapters: dict[str, LoraAdapter] = {}
         self._generators: dict[str, torch.Generator] = {}
         self._detok: dict[str, IncrementalDetokenizer] = {}
-        self._reservations: dict[str, list[int]] = {}
         self._shared_gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.last_logits: dict[str, torch.Tensor] = {}
-        self.failed_steps_in_a_row = 0  # steps that raised since the last one that did not
         self.eos_ids = set(mc.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:
             self.eos_ids.add(self.tokenizer.eos_token_id)
         self.grammars = GrammarConstraints(model_dir, mc.vocab_size, self.eos_ids)
+        self.handover = Handover(
+            cfg.block_size,
+            self.allocator,
+            self.scheduler,
+            self.kv_cache,
+            self.adapters,
+            self._track,
+            self._forget,
+            self._append,
+        )
+        self.failures = RequestFailer(
+            self.scheduler,
+            self.allocator,
+            self.kv_cache,
+            self.slots,
+            self.lora_weights,
+            self._forget,
+        )
+        # The hand-over's entry points, as the workers and tests call them.
+        self.reserve_blocks = self.handover.reserve_blocks
+        self.reserve_for_prompt = self.handover.reserve_for_prompt
+        self.release_reservation = self.handover.release_reservation
+        self.inject = self.handover.inject
+
+    @property
+    def failed_steps_in_a_row(self) -> int:
+        """Steps that raised since the last one that did not."""
+        return self.failures.failed_steps_in_a_row
 
     def _use_cuda_graphs(self) -> bool:
         # The torch twins read segment bounds on the host, which a graph cannot replay.
@@ -133,7 +164,7 @@ class LLMEngine(KVHandoverMixin, FailureMixin):
         slot = self.slots.evict(name)
         if slot is not None:
             self.lora_weights.clear(slot)
-        self.allocator.forget_namespace(self._cache_namespace(name))
+        self.allocator.forget_namespace(cache_namespace(name))
         self.adapters.pop(name, None)
 
     # ---- requests -------------------------------------------------------------------------
@@ -161,16 +192,9 @@ class LLMEngine(KVHandoverMixin, FailureMixin):
         if self.scheduler.find(request_id) is not None:
             raise InvalidRequestError(f"request id {request_id!r} is already running")
         seq = Sequence(request_id, list(prompt_token_ids), params, lora, prefill_only=prefill_only)
-        seq.cache_namespace = self._cache_namespace(lora)
+        seq.cache_namespace = cache_namespace(lora)
         self._track(seq)
         self.scheduler.add(seq)
-
-    @staticmethod
-    def _cache_namespace(lora: str | None) -> str:
-        """What a prefix's K/V depend on besides its tokens: the adapter's name.  Removing or
-        replacing an adapter drops its cached blocks, so a name always means one set of weights
-        (and workers, which key adapters ``name@version``, agree on it across processes)."""
-        return lora or ""
 
     def _track(self, seq: Sequence) -> None:
         params, request_id = seq.params, seq.request_id
@@ -208,8 +232,8 @@ class LLMEngine(KVHandoverMixin, FailureMixin):
         except Exception as e:
             if is_fatal(e):
                 raise
-            return self.fail_step(batch, e)
-        self.failed_steps_in_a_row = 0
+            return self.failures.fail_step(batch, e)
+        self.failures.step_succeeded()
         return outputs
 
     def _run(self, batch: ScheduledBatch) -> list[StepOutput]:
@@ -229,7 +253,7 @@ class LLMEngine(KVHandoverMixin, FailureMixin):
         for seq, n in inp.partial:  # a chunk short of the prompt's end: nothing to sample yet
             if seq not in bad:
                 seq.num_cached += n
-        outputs = [self.fail_nonfinite(seq) for seq in batch.seqs if seq in bad]
+        outputs = [self.failures.fail_nonfinite(seq) for seq in batch.seqs if seq in bad]
         seqs = inp.seqs
         if bad:  # sample the healthy rows alone: each row's draw depends on its row only
             rows = [i for i, s in enumerate(seqs) if s not in bad]

@@ -12,6 +12,13 @@ if TYPE_CHECKING:
     from loraplex.engine.logprobs import TokenLogprobs
 
 
+def cache_namespace(lora: str | None) -> str:
+    """What a prefix's K/V depend on besides its tokens: the adapter's name.  Removing or
+    replacing an adapter drops its cached blocks, so a name always means one set of weights
+    (and workers, which key adapters ``name@version``, agree on it across processes)."""
+    return lora or ""
+
+
 class SequenceStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"

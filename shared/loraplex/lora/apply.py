@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from loraplex.engine.forward_context import LoraMeta
+from loraplex.forward_context import LoraMeta
 from loraplex.lora.weights import LoraWeights
 
 # Projections that share an input, with their column offsets in the fused base output.

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loraplex.engine.forward_context import ForwardContext
+from loraplex.forward_context import ForwardContext
 from loraplex.lora.apply import add_lora
 from loraplex.lora.weights import LoraWeights
 from loraplex.model.config import ModelConfig
