@@ -14,9 +14,10 @@ block is never counted.  Pure Python.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from loraplex.kvcache.prefix_cache import prefix_block_keys
+from loraplex.scheduler.workers import WorkerState
 
 PrefixKey = bytes
 
@@ -44,6 +45,21 @@ class PrefixAffinity:
                 break
             n += 1
         return n
+
+    def cached_blocks(
+        self, adapter: str | None, tokens: Sequence[int]
+    ) -> Callable[[WorkerState], int]:
+        """For placement: how many leading blocks of this prompt a worker probably holds (the keys
+        are computed once per block size: workers may differ)."""
+        keys: dict[int, list[PrefixKey]] = {}
+
+        def cached(w: WorkerState) -> int:
+            bs = w.hb.block_size
+            if bs not in keys:
+                keys[bs] = prefix_keys(adapter, tokens, bs)
+            return self.matched_blocks(w.hb.worker_id, keys[bs])
+
+        return cached
 
     def record(self, worker_id: str, keys: Sequence[PrefixKey]) -> None:
         seen = self._workers.setdefault(worker_id, OrderedDict())

@@ -1,4 +1,4 @@
-"""Admitted requests in flight, and their recovery, as methods of ``SchedulerService``.
+"""Admitted requests in flight (``InFlight``), and ``Recovery``, which re-places or fails them.
 
 A request whose worker died (its heartbeats stopped), failed it (``RequestProgress(failed)``) or
 does not hold it (an assignment lost while the worker resubscribed after a NATS restart) is
@@ -7,28 +7,28 @@ re-placed first if no token of it has reached the client yet; otherwise it fails
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from loraplex.protocol import (
     CancelRequest,
+    Message,
     RequestError,
     RequestProgress,
     Subjects,
     SubmitRequest,
     WorkerHeartbeat,
 )
-from loraplex.scheduler.workers import Placement, WorkerState
-
-if TYPE_CHECKING:
-    from loraplex.scheduler.service import SchedulerService
+from loraplex.scheduler.policies.base import FairnessPolicy
+from loraplex.scheduler.settings import SchedulerSettings
+from loraplex.scheduler.workers import Placement, WorkerRegistry, WorkerState
 
 log = logging.getLogger(__name__)
 
 CANCELLED_MEMORY_S = 60.0  # how long a cancelled request id is remembered
+
+Publish = Callable[[str, Message], Awaitable[None]]
 
 
 @dataclass
@@ -51,11 +51,52 @@ class InFlight:
         p = self.placement
         return p.decode if p.decode and self.prefill_done else p.prefill
 
+    def release_prefill(self, registry: WorkerRegistry, worker_id: str) -> None:
+        """A disaggregated prefill worker is done with the request once the K/V left it."""
+        p = self.placement
+        if p.decode and worker_id == p.prefill and not self.prefill_done:
+            self.prefill_done = True
+            registry.release(worker_id, self.submit.request_id)
+            self.workers.discard(worker_id)
 
-class RecoveryMixin:
-    """Re-placing or failing requests their worker lost (mixed into ``SchedulerService``)."""
 
-    async def _check_held(self: SchedulerService, hb: WorkerHeartbeat, now: float) -> None:
+class Recovery:
+    """Re-places or fails the requests their worker lost; fails waiting requests once no worker set
+    could serve them for a while; re-sends cancels to workers still working on a cancelled request.
+
+    It owns only the start of the current outage (no worker set can serve).  The tables it works on
+    belong to the scheduler service and are shared by reference: ``queued`` (request id -> submit,
+    not yet admitted), ``inflight`` (request id -> admitted request), ``retry`` (admitted requests
+    to re-place first; emptied in place) and ``cancelled`` (request id -> when it was cancelled).
+    ``publish`` sends a message on the bus; ``counters_changed`` is called whenever it settles a
+    tenant's charge in ``policy``.
+    """
+
+    def __init__(
+        self,
+        settings: SchedulerSettings,
+        registry: WorkerRegistry,
+        policy: FairnessPolicy,
+        *,
+        queued: dict[str, SubmitRequest],
+        inflight: dict[str, InFlight],
+        retry: list[InFlight],
+        cancelled: dict[str, float],
+        publish: Publish,
+        counters_changed: Callable[[], None],
+    ) -> None:
+        self.s = settings
+        self.registry = registry
+        self.policy = policy
+        self.queued = queued
+        self.inflight = inflight
+        self.retry = retry
+        self.cancelled = cancelled
+        self.publish = publish
+        self.counters_changed = counters_changed
+        self.unservable_since: float | None = None
+
+    async def check_held(self, hb: WorkerHeartbeat, now: float) -> None:
         """Recover requests their worker does not hold: an assignment published while the worker
         was resubscribing after a NATS restart is lost, and nothing else would ever notice."""
         active, grace = set(hb.active or ()), self.s.lost_request_grace_s
@@ -69,9 +110,9 @@ class RecoveryMixin:
             elif job.missing_since is None:
                 job.missing_since = now  # a finish report may still be on its way
             elif now - job.missing_since >= grace:
-                await self._recover(job, f"worker {hb.worker_id} does not hold the request")
+                await self.recover(job, f"worker {hb.worker_id} does not hold the request")
 
-    async def _recover(self: SchedulerService, job: InFlight, reason: str) -> None:
+    async def recover(self, job: InFlight, reason: str) -> None:
         """Re-place a request that no token of has reached the client; otherwise fail it clearly."""
         rid = job.submit.request_id
         for wid in job.workers:
@@ -84,28 +125,14 @@ class RecoveryMixin:
             return
         self.inflight.pop(rid, None)
         self.policy.on_finish(rid, job.completion_tokens)
-        self._counters_dirty = True
+        self.counters_changed()
         await self._publish_error(
             job.submit, f"request failed after {job.attempt + 1} attempt(s): {reason}"
         )
 
-    async def _liveness_loop(self: SchedulerService) -> None:
-        while True:
-            await asyncio.sleep(min(0.25, self.s.heartbeat_timeout_s / 4))
-            try:
-                now = time.monotonic()
-                for dead in self.registry.expire(now):
-                    await self._worker_died(dead)
-                await self._fail_waiting(now)
-                self._forget_cancelled(now)
-                if self._counters_dirty:
-                    await self._save_counters()
-            except Exception:
-                log.exception("liveness check failed")
-
-    async def _worker_died(self: SchedulerService, dead: WorkerState) -> None:
+    async def worker_died(self, dead: WorkerState) -> None:
+        """Recover the requests of a worker whose heartbeats stopped."""
         wid = dead.hb.worker_id
-        self.affinity.forget(wid)
         log.warning(
             "worker %s stopped heart-beating; recovering its %d requests", wid, len(dead.requests)
         )
@@ -116,10 +143,9 @@ class RecoveryMixin:
             if wid == job.placement.prefill and self._held_by_decode(job):
                 continue  # the K/V got across; only the hand-off report was lost
             job.workers.discard(wid)
-            await self._recover(job, f"worker {wid} stopped responding")
-        self._kick.set()
+            await self.recover(job, f"worker {wid} stopped responding")
 
-    def _held_by_decode(self: SchedulerService, job: InFlight) -> bool:
+    def _held_by_decode(self, job: InFlight) -> bool:
         """A disaggregated request its decode worker already lists as held: the prefill side is
         done even if its hand-off report never arrived (so the prefill is released)."""
         decode = job.placement.decode
@@ -127,55 +153,56 @@ class RecoveryMixin:
             return False
         if not self.registry.holds(decode, job.submit.request_id):
             return False
-        self._prefill_released(job, job.placement.prefill)
+        job.release_prefill(self.registry, job.placement.prefill)
         return True
 
-    def _take_retry(self: SchedulerService, request_id: str) -> InFlight | None:
+    def take_retry(self, request_id: str) -> InFlight | None:
         """Remove and return a request waiting to be re-placed."""
         for i, job in enumerate(self.retry):
             if job.submit.request_id == request_id:
                 return self.retry.pop(i)
         return None
 
-    async def _cancel_again(self: SchedulerService, p: RequestProgress) -> None:
+    async def cancel_again(self, p: RequestProgress) -> None:
         """A worker reports work on a request that was cancelled (the cancel crossed its K/V
         hand-over, or reached a worker before the request did): tell it again."""
         if p.request_id not in self.cancelled or p.event not in ("tokens", "handoff"):
             return
         targets = {p.worker_id} | ({p.decode_worker} if p.decode_worker else set())
         for wid in targets:
-            await self._bus().publish(Subjects.worker(wid), CancelRequest(p.request_id))
+            await self.publish(Subjects.worker(wid), CancelRequest(p.request_id))
 
-    async def _fail_waiting(self: SchedulerService, now: float) -> None:
+    async def fail_waiting(self, now: float) -> None:
         """Fail queued and to-be-re-placed requests once no worker set could serve them for
         ``unavailable_timeout_s`` (a dead worker's supervisor may still be restarting it)."""
         if self.registry.can_serve():
-            self._unservable_since = None
+            self.unservable_since = None
             return
-        if self._unservable_since is None:
-            self._unservable_since = now
+        if self.unservable_since is None:
+            self.unservable_since = now
             return
-        if now - self._unservable_since < self.s.unavailable_timeout_s:
+        if now - self.unservable_since < self.s.unavailable_timeout_s:
             return
         message = (
             f"no worker could serve the request for {self.s.unavailable_timeout_s:g}s; "
             "try again later"
         )
-        for rid, sub in list(self.submits.items()):
+        for rid, sub in list(self.queued.items()):
             self.policy.cancel(rid)
-            del self.submits[rid]
+            del self.queued[rid]
             await self._publish_error(sub, message)
         for job in self.retry:
             self.policy.on_finish(job.submit.request_id, job.completion_tokens)
             await self._publish_error(job.submit, message)
-        self.retry = []
-        self._counters_dirty = True
+        self.retry.clear()
+        self.counters_changed()
 
-    async def _publish_error(self: SchedulerService, sub: SubmitRequest, message: str) -> None:
+    async def _publish_error(self, sub: SubmitRequest, message: str) -> None:
         err = RequestError(sub.request_id, 503, message)
-        await self._bus().publish(Subjects.stream(sub.gateway_id), err)
+        await self.publish(Subjects.stream(sub.gateway_id), err)
 
-    def _forget_cancelled(self: SchedulerService, now: float) -> None:
+    def forget_cancelled(self, now: float) -> None:
+        """Forget request ids cancelled more than ``CANCELLED_MEMORY_S`` ago."""
         old = [rid for rid, t in self.cancelled.items() if now - t > CANCELLED_MEMORY_S]
         for rid in old:
             del self.cancelled[rid]

@@ -7,11 +7,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 
 from loraplex.bus import Bus
 from loraplex.protocol import (
     CancelRequest,
+    Message,
     PrefetchAdapter,
     PrefillAssign,
     RequestProgress,
@@ -26,15 +26,20 @@ from loraplex.protocol import (
 from loraplex.scheduler.counters import CounterStore
 from loraplex.scheduler.policies.base import QueuedRequest
 from loraplex.scheduler.policies.registry import make_policy
-from loraplex.scheduler.prefix_affinity import PrefixAffinity, PrefixKey, prefix_keys
-from loraplex.scheduler.recovery import InFlight, RecoveryMixin
+from loraplex.scheduler.prefix_affinity import PrefixAffinity, prefix_keys
+from loraplex.scheduler.recovery import InFlight, Recovery
 from loraplex.scheduler.settings import SchedulerSettings
-from loraplex.scheduler.workers import Placement, WorkerRegistry, WorkerState
+from loraplex.scheduler.workers import Placement, WorkerRegistry
 
 log = logging.getLogger(__name__)
 
 
-class SchedulerService(RecoveryMixin):
+class SchedulerService:
+    """Owns the bus connection, the fairness policy, the worker registry, the prefix affinity and
+    the request tables (``submits``: queued; ``inflight``: admitted and placed; ``retry``: admitted,
+    to re-place first; ``cancelled``: recently cancelled ids).  ``recovery`` (a ``Recovery``) works
+    on those tables when a worker dies, fails or loses a request."""
+
     def __init__(self, settings: SchedulerSettings, weights: dict[str, float]) -> None:
         self.s = settings
         self.policy = make_policy(settings.fairness, weights, **settings.policy_options())
@@ -48,7 +53,17 @@ class SchedulerService(RecoveryMixin):
         # Request id -> when it was cancelled: a worker that still reports tokens for one (the
         # cancel crossed a K/V hand-over) is told again, so nothing generates for nobody.
         self.cancelled: dict[str, float] = {}
-        self._unservable_since: float | None = None
+        self.recovery = Recovery(
+            settings,
+            self.registry,
+            self.policy,
+            queued=self.submits,
+            inflight=self.inflight,
+            retry=self.retry,
+            cancelled=self.cancelled,
+            publish=self._publish,
+            counters_changed=self._counters_changed,
+        )
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._counters_dirty = False
@@ -127,7 +142,7 @@ class SchedulerService(RecoveryMixin):
             self.policy.cancel(rid)
             del self.submits[rid]
             return
-        job = self.inflight.pop(rid, None) or self._take_retry(rid)
+        job = self.inflight.pop(rid, None) or self.recovery.take_retry(rid)
         if job is None:
             return
         self.cancelled[rid] = time.monotonic()
@@ -135,7 +150,7 @@ class SchedulerService(RecoveryMixin):
         self._counters_dirty = True
         for wid in job.workers:
             self.registry.release(wid, rid)
-            await self._bus().publish(Subjects.worker(wid), msg)
+            await self._publish(Subjects.worker(wid), msg)
         self._kick.set()
 
     # ---- dispatch ----------------------------------------------------------------------------
@@ -172,22 +187,10 @@ class SchedulerService(RecoveryMixin):
 
     def _place(self, sub: SubmitRequest) -> Placement | None:
         total = len(sub.prompt_token_ids) + sub.sampling.max_tokens
-        cached = self._cached_blocks(sub) if self.s.prefix_routing else None
+        cached = None
+        if self.s.prefix_routing:
+            cached = self.affinity.cached_blocks(sub.adapter, sub.prompt_token_ids)
         return self.registry.place(sub.adapter, len(sub.prompt_token_ids), total, cached)
-
-    def _prefix_keys(self, sub: SubmitRequest, block_size: int) -> list[PrefixKey]:
-        return prefix_keys(sub.adapter, sub.prompt_token_ids, block_size)
-
-    def _cached_blocks(self, sub: SubmitRequest) -> Callable[[WorkerState], int]:
-        keys: dict[int, list[PrefixKey]] = {}  # by block size: workers may differ
-
-        def cached(w: WorkerState) -> int:
-            bs = w.hb.block_size
-            if bs not in keys:
-                keys[bs] = self._prefix_keys(sub, bs)
-            return self.affinity.matched_blocks(w.hb.worker_id, keys[bs])
-
-        return cached
 
     async def _assign(self, job: InFlight, placement: Placement) -> None:
         sub = job.submit
@@ -200,16 +203,16 @@ class SchedulerService(RecoveryMixin):
         for wid in job.workers if self.s.prefix_routing else ():
             worker = self.registry.workers.get(wid)
             if worker is not None:
-                self.affinity.record(wid, self._prefix_keys(sub, worker.hb.block_size))
+                keys = prefix_keys(sub.adapter, sub.prompt_token_ids, worker.hb.block_size)
+                self.affinity.record(wid, keys)
         self.registry.commit(
             placement.prefill, rid, total if not placement.decode else len(sub.prompt_token_ids)
         )
-        bus = self._bus()
         if placement.decode:
             self.registry.commit(placement.decode, rid, total)
             if sub.adapter:  # let the decode worker page the adapter in while prefill runs
-                await bus.publish(Subjects.worker(placement.decode), PrefetchAdapter(sub.adapter))
-        await bus.publish(
+                await self._publish(Subjects.worker(placement.decode), PrefetchAdapter(sub.adapter))
+        await self._publish(
             Subjects.worker(placement.prefill), PrefillAssign(sub, placement.decode, job.attempt)
         )
 
@@ -217,7 +220,7 @@ class SchedulerService(RecoveryMixin):
     async def _on_heartbeat(self, hb: WorkerHeartbeat) -> None:
         now = time.monotonic()
         if hb.active is not None:
-            await self._check_held(hb, now)
+            await self.recovery.check_held(hb, now)
         if self.registry.heartbeat(hb, now):
             self.affinity.forget(hb.worker_id)  # a new (or restarted) worker starts cold
             log.info("worker %s (%s) joined: %d KV blocks", hb.worker_id, hb.role, hb.total_blocks)
@@ -226,18 +229,18 @@ class SchedulerService(RecoveryMixin):
     async def _on_progress(self, p: RequestProgress) -> None:
         job = self.inflight.get(p.request_id)
         if job is None:
-            await self._cancel_again(p)
+            await self.recovery.cancel_again(p)
             return
         if p.event == "tokens":
             if p.worker_id == job.placement.decode:  # the decode worker has it, whatever the
-                self._prefill_released(job, job.placement.prefill)  # hand-off report says
+                job.release_prefill(self.registry, job.placement.prefill)  # hand-off report says
             job.tokens_sent = True
             job.completion_tokens = p.completion_tokens
             self.policy.on_output_tokens(job.submit.tenant, p.request_id, p.new_tokens)
             self._counters_dirty = True
-            self._prefill_released(job, p.worker_id)
+            job.release_prefill(self.registry, p.worker_id)
         elif p.event == "handoff":
-            self._prefill_released(job, p.worker_id)
+            job.release_prefill(self.registry, p.worker_id)
         elif p.event in ("finished", "error"):
             self.inflight.pop(p.request_id, None)
             self.policy.on_finish(p.request_id, p.completion_tokens)
@@ -247,15 +250,8 @@ class SchedulerService(RecoveryMixin):
         elif p.event == "failed":
             if p.suspect:
                 self.registry.suspect(p.suspect)
-            await self._recover(job, p.message or f"worker {p.worker_id} failed")
+            await self.recovery.recover(job, p.message or f"worker {p.worker_id} failed")
         self._kick.set()
-
-    def _prefill_released(self, job: InFlight, worker_id: str) -> None:
-        # A disaggregated prefill worker is done with the request once the K/V left it.
-        if job.placement.decode and worker_id == job.placement.prefill and not job.prefill_done:
-            job.prefill_done = True
-            self.registry.release(worker_id, job.submit.request_id)
-            job.workers.discard(worker_id)
 
     def stats(self) -> SchedulerStats:
         queued = {t: self.policy.queue_len(t) for t in self.policy.counters()}
@@ -275,11 +271,27 @@ class SchedulerService(RecoveryMixin):
         }
         return SchedulerStats(queued, self.policy.counters(), workers)
 
+    async def _liveness_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(0.25, self.s.heartbeat_timeout_s / 4))
+            try:
+                now = time.monotonic()
+                for dead in self.registry.expire(now):
+                    self.affinity.forget(dead.hb.worker_id)
+                    await self.recovery.worker_died(dead)
+                    self._kick.set()
+                await self.recovery.fail_waiting(now)
+                self.recovery.forget_cancelled(now)
+                if self._counters_dirty:
+                    await self._save_counters()
+            except Exception:
+                log.exception("liveness check failed")
+
     async def _stats_loop(self) -> None:
         while True:
             await asyncio.sleep(1.0)
             try:
-                await self._bus().publish(Subjects.STATS, self.stats())
+                await self._publish(Subjects.STATS, self.stats())
             except Exception as e:  # NATS reconnecting
                 log.debug("stats not published: %s", e)
 
@@ -288,6 +300,9 @@ class SchedulerService(RecoveryMixin):
         if self.counter_store is not None and await self.counter_store.save(self.policy):
             self._counters_dirty = False
 
-    def _bus(self) -> Bus:
+    def _counters_changed(self) -> None:
+        self._counters_dirty = True
+
+    async def _publish(self, subject: str, msg: Message) -> None:
         assert self.bus is not None
-        return self.bus
+        await self.bus.publish(subject, msg)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loraplex import env
+from loraplex.scheduler.policies.registry import POLICIES
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=env.REDIS_URL.get() or None,
         help="keeps fairness counters across restarts",
     )
-    p.add_argument("--fairness", choices=["vtc", "fcfs", "lcf", "rpm"], default="vtc")
+    p.add_argument("--fairness", choices=list(POLICIES), default="vtc")
     p.add_argument("--tenants", default=None, help="tenants file (weights are read from it)")
     p.add_argument(
         "--max-queue-per-tenant",

@@ -16,6 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from loraplex.scheduler.policies.registry import POLICIES
 from loraplex.servers import free_port, start_nats, start_redis
 from loraplex.stack import Stack
 
@@ -62,7 +63,7 @@ def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=True,
         help="workers reuse K/V of shared prompt prefixes",
     )
-    p.add_argument("--fairness", choices=["vtc", "fcfs", "lcf", "rpm"], default="vtc")
+    p.add_argument("--fairness", choices=list(POLICIES), default="vtc")
     p.add_argument(
         "--prefix-routing",
         action=argparse.BooleanOptionalAction,
