@@ -31,8 +31,8 @@ favour one configuration.  ``--adapter NAME=DIR`` uploads more adapters through 
 
 K/V hand-over.  With both stacks stopped, one nats-server started by the bench, and in this one
 process: a prefill ``Worker`` and a decode ``Worker`` (the real ``loraplex.worker.runtime.Worker``
-over real engines of the served model) and the real hand-over code, ``ship_kv`` on one side and
-``KVReceiver`` on the other: export the prompt's blocks, tensor -> bytes, KVBegin request/reply
+over real engines of the served model) and the real hand-over code, ``KVSender.ship`` on one side
+and ``KVReceiver`` on the other: export the prompt's blocks, tensor -> bytes, KVBegin request/reply
 (the decode worker reserves blocks), KVChunk messages below the server's max_payload, reassembly,
 bytes -> tensor, import into the decode worker's paged cache, first TokenDelta out.  Timed from
 the export to that TokenDelta, so model compute is the only thing missing.  The same is done for

@@ -1,4 +1,4 @@
-"""K/V hand-over (real ``ship_kv`` / ``KVReceiver`` over real engines) against raw NATS publish."""
+"""K/V hand-over (real ``KVSender``/``KVReceiver`` over real engines) against raw NATS publish."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ class KVRow:
     bytes: int
     chunks: int
     kv_s: list[float] = field(default_factory=list)  # export -> first TokenDelta from the decoder
-    send_s: list[float] = field(default_factory=list)  # export -> ship_kv returned (sender side)
+    send_s: list[float] = field(default_factory=list)  # export -> ship() returned (sender side)
     export_s: list[float] = field(default_factory=list)  # export_blocks alone
     raw_s: list[float] = field(default_factory=list)  # same bytes as bare NATS messages
 
@@ -108,9 +108,9 @@ async def kv_vs_raw(
     from loraplex.engine.outputs import KVHandoff
     from loraplex.kvcache.block_allocator import blocks_for
     from loraplex.protocol import RequestProgress, SamplingSpec, Subjects, SubmitRequest, TokenDelta
-    from loraplex.worker.kv_sender import ship_kv
+    from loraplex.worker.active import Active
     from loraplex.worker.kv_transfer import chunk_size_for
-    from loraplex.worker.runtime import Active, Worker
+    from loraplex.worker.runtime import Worker
     from loraplex.worker.settings import WorkerSettings
 
     logging.getLogger("loraplex.bus").setLevel(logging.ERROR)  # workers stopping say "disconnected"
@@ -209,7 +209,8 @@ async def kv_vs_raw(
                         t0 = time.perf_counter()
                         payload = prefill.engine.kv_cache.export_blocks(blocks)
                         t_export = time.perf_counter() - t0
-                        await ship_kv(prefill, req, KVHandoff(payload, 17, n_tok))
+                        assert prefill.kv_sender is not None
+                        await prefill.kv_sender.ship(req, KVHandoff(payload, 17, n_tok))
                         t_send = time.perf_counter() - t0
                         try:
                             await asyncio.wait_for(arrived[rid], timeout=120)

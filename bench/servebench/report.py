@@ -109,12 +109,12 @@ def docs_body(
             "K/V hand-over against raw NATS publish, same run, one nats-server started by the bench "
             f"(max_payload {max_payload} bytes, so K/V chunks and raw messages of {chunk} bytes), "
             "sender and receiver in this one process on separate connections.  Hand-over: the real "
-            "`ship_kv` (prefill `Worker`) and `KVReceiver` (decode `Worker`) over real engines: export "
-            "blocks, tensor -> bytes, KVBegin request/reply (reserve), KVChunk messages, reassembly, "
-            "bytes -> tensor, import into the paged cache, first TokenDelta out; everything but the "
-            "model's prefill.  *Export*: `export_blocks` alone (in the servers it runs inside the "
-            "prefill step).  *Sender-side*: export until `ship_kv` returned (serialized, published, "
-            "flushed).  Raw: the payload's bytes as bare messages of the same size, until the "
+            "`KVSender.ship` (prefill `Worker`) and `KVReceiver` (decode `Worker`) over real "
+            "engines: export blocks, tensor -> bytes, KVBegin request/reply (reserve), KVChunk "
+            "messages, reassembly, bytes -> tensor, import into the paged cache, first TokenDelta "
+            "out; everything but the model's prefill.  *Export*: `export_blocks` alone (in the "
+            "servers it runs inside the prefill step).  *Sender-side*: export until "
+            "`KVSender.ship` returned (serialized, published, flushed).  Raw: the payload's bytes as bare messages of the same size, until the "
             f"subscriber has them all.  Medians of {args.kv_reps} after a warm-up.  MB = 10^6 bytes.",
             "",
             kv_table(rows),

@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
 
+from loraplex.bus import Bus
+from loraplex.engine.llm_engine import LLMEngine
 from loraplex.errors import LoraplexError
 from loraplex.protocol import KVBegin, KVChunk, KVReply, ProtocolError, Subjects, decode, encode
+from loraplex.worker.active import Active, ActiveTable
+from loraplex.worker.inbox import Background, Inbox
 from loraplex.worker.kv_transfer import (
     PendingTransfer,
     bytes_to_tensor,
@@ -22,9 +25,8 @@ from loraplex.worker.kv_transfer import (
     payload_nbytes,
 )
 from loraplex.worker.logprobs_wire import from_wire, list_from_wire
-
-if TYPE_CHECKING:
-    from loraplex.worker.runtime import Worker
+from loraplex.worker.prepare import Preparation
+from loraplex.worker.publish import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +39,39 @@ def _arriving_shape(begin: KVBegin, cached: int) -> list[int]:
 
 
 class KVReceiver:
-    def __init__(self, worker: Worker) -> None:
-        self.w = worker
+    """Owns this worker's K/V subject (``Subjects.kv``) and the transfers in progress: reserves
+    blocks in the engine through the inbox, adds the request to the active table, and injects
+    the payload once complete (its outputs go to the inbox's ``outputs`` for publishing)."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        worker_id: str,
+        timeout_s: float,
+        engine: LLMEngine,
+        table: ActiveTable,
+        inbox: Inbox,
+        background: Background,
+        prep: Preparation,
+        publisher: Publisher,
+    ) -> None:
+        self._bus = bus
+        self._id = worker_id
+        self._timeout_s = timeout_s
+        self._engine = engine
+        self._table = table
+        self._inbox = inbox
+        self._bg = background
+        self._prep = prep
+        self._publisher = publisher
         self.pending: dict[str, tuple[KVBegin, PendingTransfer, int]] = {}  # + cached blocks
         self._watchdog: asyncio.Task | None = None
 
     async def start(self) -> None:
-        assert self.w.bus is not None
         # K/V payloads can be large: allow more pending bytes than nats-py's default before the
         # subscription counts as a slow consumer.
-        await self.w.bus.nc.subscribe(
-            Subjects.kv(self.w.id), cb=self._on_msg, pending_bytes_limit=1 << 30
+        await self._bus.nc.subscribe(
+            Subjects.kv(self._id), cb=self._on_msg, pending_bytes_limit=1 << 30
         )
         self._watchdog = asyncio.create_task(self._expire_loop())
 
@@ -68,25 +92,23 @@ class KVReceiver:
             self._chunk(msg)
 
     async def _begin(self, begin: KVBegin) -> KVReply:
-        from loraplex.worker.runtime import Active
-
         rid = begin.request.request_id
-        if self.w.draining:
+        if self._table.draining:
             return KVReply(rid, False, "draining")
-        if rid in self.w.cancelled:
+        if rid in self._table.cancelled:
             return KVReply(rid, False, "cancelled")
         req = Active(begin.request, None)
-        r = await self.w.resolve_adapter(req)
+        r = await self._prep.resolve_adapter(req)
         if r is False:
             return KVReply(rid, False, "adapter unavailable")
-        if not await self.w.compile_grammar(req, report=False):
+        if not await self._prep.compile_grammar(req, report=False):
             return KVReply(rid, False, "structured output does not compile here")
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         cached = 0
 
         def reserve() -> None:
             nonlocal cached
-            engine = self.w.engine
+            engine = self._engine
             if begin.accepts_prefix:
                 lora = r.key if r is not None else None  # type: ignore[union-attr]
                 got = engine.reserve_for_prompt(rid, begin.request.prompt_token_ids, lora)
@@ -95,19 +117,19 @@ class KVReceiver:
                 ok = engine.reserve_blocks(rid, begin.num_tokens)
             if ok:
                 try:
-                    self.w.attach_adapter(req, r)  # type: ignore[arg-type]
+                    self._prep.attach_adapter(req, r)  # type: ignore[arg-type]
                 except LoraplexError:
-                    self.w.engine.release_reservation(rid)
+                    self._engine.release_reservation(rid)
                     ok = False
             if ok:
-                self.w.active[rid] = req
+                self._table.active[rid] = req
                 size = payload_nbytes(begin.dtype, _arriving_shape(begin, cached))
                 chunks = num_chunks(size, begin.chunk_size) if cached else begin.num_chunks
-                transfer = PendingTransfer(chunks, size, self.w.s.kv_timeout_s)
+                transfer = PendingTransfer(chunks, size, self._timeout_s)
                 self.pending[rid] = (begin, transfer, cached)
             done.set_result(ok)
 
-        self.w.submit(reserve)
+        self._inbox.submit(reserve)
         ok = await done
         return KVReply(rid, ok, "" if ok else "no free KV blocks", cached_blocks=cached)
 
@@ -124,17 +146,17 @@ class KVReceiver:
             return
         if complete:
             del self.pending[chunk.request_id]
-            self.w.submit(lambda: self._inject(begin, transfer, cached))
+            self._inbox.submit(lambda: self._inject(begin, transfer, cached))
 
     def _inject(self, begin: KVBegin, transfer: PendingTransfer, cached: int) -> None:
         sub = begin.request
-        req = self.w.active.get(sub.request_id)
+        req = self._table.active.get(sub.request_id)
         if req is None:  # cancelled meanwhile
-            self.w.engine.release_reservation(sub.request_id)
+            self._engine.release_reservation(sub.request_id)
             return
         payload = bytes_to_tensor(transfer.buffer, begin.dtype, _arriving_shape(begin, cached))
         try:
-            out = self.w.engine.inject(
+            out = self._engine.inject(
                 sub.request_id,
                 sub.prompt_token_ids,
                 sub.sampling.to_params(),
@@ -146,16 +168,16 @@ class KVReceiver:
                 list_from_wire(begin.prompt_logprobs),
             )
         except LoraplexError as e:
-            self.w.engine.release_reservation(sub.request_id)
-            self.w.release(sub.request_id)
-            self.w.spawn(self.w.fail(req, 400, str(e), retryable=False))
+            self._engine.release_reservation(sub.request_id)
+            self._table.release(sub.request_id)
+            self._bg.spawn(self._publisher.fail(req, 400, str(e), retryable=False))
             return
-        self.w.outbox.append(out)
+        self._inbox.outputs.append(out)
 
     def cancel(self, request_id: str) -> None:
         """Engine loop only: drop a transfer in progress and its reservation."""
         self.pending.pop(request_id, None)
-        self.w.engine.release_reservation(request_id)
+        self._engine.release_reservation(request_id)
 
     async def _expire_loop(self) -> None:
         while True:
@@ -164,12 +186,14 @@ class KVReceiver:
             for rid, (_, transfer, _) in list(self.pending.items()):
                 if transfer.expired(now):
                     self.pending.pop(rid, None)
-                    req = self.w.active.get(rid)
-                    self.w.submit(
+                    req = self._table.active.get(rid)
+                    self._inbox.submit(
                         lambda rid=rid: (
-                            self.w.engine.release_reservation(rid),
-                            self.w.release(rid),
+                            self._engine.release_reservation(rid),
+                            self._table.release(rid),
                         )
                     )
                     if req is not None:
-                        await self.w.fail(req, 503, "K/V transfer timed out", retryable=True)
+                        await self._publisher.fail(
+                            req, 503, "K/V transfer timed out", retryable=True
+                        )

@@ -12,6 +12,7 @@ from loraplex.config import EngineConfig
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.warmup_run import warm_up
 from loraplex.worker.adapter_pager import Fetch
+from loraplex.worker.runtime import Worker
 from loraplex.worker.settings import WorkerSettings, build_parser, settings_from_args
 
 log = logging.getLogger("loraplex.worker")
@@ -52,8 +53,6 @@ def make_fetch(redis_url: str | None) -> tuple[Fetch | None, object]:
 
 
 async def serve(s: WorkerSettings) -> None:
-    from loraplex.worker.runtime import Worker
-
     engine = await asyncio.to_thread(make_engine, s)
     fetch, store = make_fetch(s.redis_url)
     worker = Worker(s, engine, fetch)

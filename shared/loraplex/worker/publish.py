@@ -1,72 +1,60 @@
-"""What a worker reports about its requests, as methods of ``Worker``: token deltas to the
-gateway's stream, progress to the scheduler's usage subject, and errors.
-"""
+"""``Publisher``: what a worker reports about its requests on the bus: token deltas to the
+gateway's stream, progress to the scheduler's usage subject, and errors."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from loraplex.bus import Bus
 from loraplex.engine.outputs import StepOutput
 from loraplex.protocol import RequestError, RequestProgress, Subjects, TokenDelta
+from loraplex.worker.active import Active
 from loraplex.worker.logprobs_wire import list_to_wire
 
-if TYPE_CHECKING:
-    from loraplex.worker.runtime import Active, Worker
 
+class Publisher:
+    """Owns the subjects a worker reports requests on: ``Subjects.stream(gateway)`` for tokens
+    and errors, ``Subjects.USAGE`` for progress (signed with ``worker_id``)."""
 
-class PublishMixin:
-    """Publishing of engine outputs, progress and failures (mixed into ``Worker``)."""
+    def __init__(self, bus: Bus, worker_id: str) -> None:
+        self._bus = bus
+        self._id = worker_id
 
-    async def publish_outputs(self: Worker, outputs: list[StepOutput]) -> None:
-        assert self.bus is not None
-        for out in outputs:
-            req = self.active.get(out.request_id)
-            if req is None:
-                continue
-            if out.error is not None:  # the engine ended this request alone; the rest go on
-                await self.fail(req, out.error_code, out.error, retryable=False)
-                self.release(out.request_id)
-                continue
-            if out.handoff is not None:
-                self.spawn(self._ship_kv(self, req, out.handoff))
-                continue
-            req.generated += len(out.new_token_ids)
-            sub = req.submit
-            await self.bus.publish(
-                Subjects.stream(sub.gateway_id),
-                TokenDelta(
-                    sub.request_id,
-                    out.new_token_ids,
-                    out.new_text,
-                    out.finish_reason,
-                    prompt_tokens=len(sub.prompt_token_ids),
-                    completion_tokens=req.generated,
-                    logprobs=list_to_wire(out.logprobs),
-                    prompt_logprobs=list_to_wire(out.prompt_logprobs),
-                ),
-            )
-            await self.progress(
-                req, "finished" if out.finished else "tokens", new_tokens=len(out.new_token_ids)
-            )
-            if out.finished:
-                self.release(out.request_id)
+    async def tokens(self, req: Active, out: StepOutput) -> None:
+        """One step's new tokens of ``req`` to its gateway, counted into ``req.generated``, and
+        the matching progress to the scheduler."""
+        req.generated += len(out.new_token_ids)
+        sub = req.submit
+        await self._bus.publish(
+            Subjects.stream(sub.gateway_id),
+            TokenDelta(
+                sub.request_id,
+                out.new_token_ids,
+                out.new_text,
+                out.finish_reason,
+                prompt_tokens=len(sub.prompt_token_ids),
+                completion_tokens=req.generated,
+                logprobs=list_to_wire(out.logprobs),
+                prompt_logprobs=list_to_wire(out.prompt_logprobs),
+            ),
+        )
+        await self.progress(
+            req, "finished" if out.finished else "tokens", new_tokens=len(out.new_token_ids)
+        )
 
     async def progress(
-        self: Worker,
+        self,
         req: Active,
         event: str,
         new_tokens: int = 0,
         message: str = "",
         suspect: str = "",
     ) -> None:
-        assert self.bus is not None
         sub = req.submit
-        await self.bus.publish(
+        await self._bus.publish(
             Subjects.USAGE,
             RequestProgress(
                 sub.request_id,
                 sub.tenant,
-                self.id,
+                self._id,
                 event,
                 new_tokens=new_tokens,
                 prompt_tokens=len(sub.prompt_token_ids),
@@ -78,14 +66,13 @@ class PublishMixin:
         )
 
     async def fail(
-        self: Worker, req: Active, code: int, message: str, retryable: bool, suspect: str = ""
+        self, req: Active, code: int, message: str, retryable: bool, suspect: str = ""
     ) -> None:
         """Report a request we cannot serve: retryable failures go back to the scheduler only
         (``suspect``: the peer worker to blame, which the scheduler avoids for the retry)."""
-        assert self.bus is not None
         if not retryable:
             sub = req.submit
-            await self.bus.publish(
+            await self._bus.publish(
                 Subjects.stream(sub.gateway_id), RequestError(sub.request_id, code, message)
             )
         event = "failed" if retryable else "error"

@@ -1,7 +1,7 @@
 """The worker process: one engine behind NATS, as prefill, decode, or both (colocated).
 
 Only the engine loop touches the engine.  NATS handlers run on the event loop while a step runs
-in a thread; they queue closures in ``inbox`` that the loop applies between steps.
+in a thread; they queue closures in the ``Inbox`` that the loop applies between steps.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Coroutine
 from typing import Any, NoReturn
 
 from loraplex.bus import Bus
@@ -26,12 +25,16 @@ from loraplex.protocol import (
     PrefetchAdapter,
     PrefillAssign,
     Subjects,
-    SubmitRequest,
     WorkerHeartbeat,
 )
+from loraplex.worker.active import Active, ActiveTable
 from loraplex.worker.adapter_pager import AdapterPager, Fetch
-from loraplex.worker.control import ControlMixin
-from loraplex.worker.publish import PublishMixin
+from loraplex.worker.control import Control
+from loraplex.worker.inbox import Background, Inbox
+from loraplex.worker.kv_receiver import KVReceiver
+from loraplex.worker.kv_sender import KVSender
+from loraplex.worker.prepare import Preparation
+from loraplex.worker.publish import Publisher
 from loraplex.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -41,63 +44,82 @@ MAX_FAILED_STEPS_IN_A_ROW = 3
 EXIT_FLUSH_TIMEOUT_S = 1.0
 
 
-@dataclass
-class Active:
-    """A request this worker is serving."""
-
-    submit: SubmitRequest
-    adapter_key: str | None
-    decode_worker: str = ""
-    generated: int = 0
-
-
-class Worker(ControlMixin, PublishMixin):
-    """One engine behind NATS; control handlers in ``control.py``, publishing in ``publish.py``."""
+class Worker:
+    """Owns the engine, its loop and heartbeats, and wires the parts around them: the adapter
+    ``pager``, the ``inbox`` the loop drains, the table of requests (``active``, ``cancelled``,
+    ``draining``) and, once started, the bus with its ``Publisher``, ``Control``, ``KVSender``
+    and (decode roles) ``KVReceiver``."""
 
     def __init__(self, settings: WorkerSettings, engine: LLMEngine, fetch: Fetch | None) -> None:
         self.s = settings
         self.id = settings.worker_id
         self.engine = engine
         self.pager = AdapterPager(engine, fetch, settings.host_cache_mb * 2**20)
-        self.inbox: list[Callable[[], None]] = []
-        self.outbox: list[StepOutput] = []  # outputs produced by inbox commands (K/V injection)
-        self.wake = asyncio.Event()
-        self.active: dict[str, Active] = {}
-        # Recently cancelled request ids: an assignment or K/V hand-over that arrives after its
-        # cancel (they cross on different subjects) is refused instead of generating for nobody.
-        self.cancelled: OrderedDict[str, None] = OrderedDict()
-        self.draining = False
+        self.inbox = Inbox()
+        self.table = ActiveTable(self.pager)
+        self.active: dict[str, Active] = self.table.active
+        self.cancelled: OrderedDict[str, None] = self.table.cancelled
+        self.background = Background()
         self.bus: Bus | None = None
+        self.publisher: Publisher | None = None
+        self.kv: KVReceiver | None = None  # decode side of the K/V hand-over
+        self.kv_sender: KVSender | None = None
+        self.control: Control | None = None
         self._tasks: list[asyncio.Task] = []
-        self._bg: set[asyncio.Task] = set()
-        self.kv = None  # decode side of the K/V hand-over (worker.kv_receiver.KVReceiver)
+
+    @property
+    def draining(self) -> bool:
+        return self.table.draining
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        from loraplex.worker.kv_receiver import KVReceiver
-        from loraplex.worker.kv_sender import ship_kv
-
-        self._ship_kv = ship_kv
-        self.bus = await Bus.connect(self.s.nats_url, f"worker-{self.id}")
-        await self.bus.subscribe(
+        s = self.s
+        self.bus = bus = await Bus.connect(s.nats_url, f"worker-{self.id}")
+        self.publisher = publisher = Publisher(bus, self.id)
+        prep = Preparation(self.pager, self.engine, publisher)
+        if s.role in ("decode", "both"):
+            self.kv = KVReceiver(
+                bus,
+                self.id,
+                s.kv_timeout_s,
+                self.engine,
+                self.table,
+                self.inbox,
+                self.background,
+                prep,
+                publisher,
+            )
+        self.kv_sender = KVSender(bus, self.id, s.kv_timeout_s, publisher, self.inbox, self.table)
+        self.control = control = Control(
+            self.id,
+            s.role == "prefill",
+            self.engine,
+            self.pager,
+            self.table,
+            self.inbox,
+            self.background,
+            prep,
+            publisher,
+            self.kv,
+        )
+        await bus.subscribe(
             Subjects.worker(self.id),
-            self._on_control,
+            control.on_control,
             (PrefillAssign, CancelRequest, PrefetchAdapter),
         )
-        await self.bus.subscribe(Subjects.ADAPTER_EVENTS, self._on_adapter_event, AdapterEvent)
-        if self.s.role in ("decode", "both"):
-            self.kv = KVReceiver(self)
+        await bus.subscribe(Subjects.ADAPTER_EVENTS, control.on_adapter_event, AdapterEvent)
+        if self.kv is not None:
             await self.kv.start()
         self._tasks = [
             asyncio.create_task(self._fatal_on_error(self._engine_loop(), "engine loop")),
             asyncio.create_task(self._heartbeat_loop()),
         ]
-        await self.bus.flush()
-        log.info("worker %s (%s) ready", self.id, self.s.role)
+        await bus.flush()
+        log.info("worker %s (%s) ready", self.id, s.role)
 
     async def drain_and_stop(self, timeout: float = 120.0) -> None:
         """SIGTERM: stop taking work (the heartbeat says so), finish what runs, then leave."""
-        self.draining = True
+        self.table.draining = True
         await self._send_heartbeat()
         deadline = time.monotonic() + timeout
         while (self.active or self.engine.has_unfinished()) and time.monotonic() < deadline:
@@ -111,15 +133,6 @@ class Worker(ControlMixin, PublishMixin):
             self.kv.stop()
         if self.bus is not None:
             await self.bus.close()
-
-    def submit(self, fn: Callable[[], None]) -> None:
-        self.inbox.append(fn)
-        self.wake.set()
-
-    def spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
-        task = asyncio.create_task(coro)
-        self._bg.add(task)
-        task.add_done_callback(self._bg.discard)
 
     async def _fatal_on_error(self, loop: Coroutine[Any, Any, None], what: str) -> None:
         """Run a loop the worker cannot live without.  If it raises, exit: a worker whose loop
@@ -137,21 +150,17 @@ class Worker(ControlMixin, PublishMixin):
     # ---- engine loop -------------------------------------------------------------------------
     async def _engine_loop(self) -> None:
         while True:
-            inbox, self.inbox = self.inbox, []
-            for fn in inbox:
+            for fn in self.inbox.take():
                 try:
                     fn()
                 except Exception as e:
                     if is_fatal(e):
                         await self._exit(f"inbox command failed fatally: {e!r}")
                     log.exception("worker %s: inbox command failed", self.id)
-            if self.outbox:
-                outputs, self.outbox = self.outbox, []
-                await self.publish_outputs(outputs)
+            if self.inbox.outputs:
+                await self.publish_outputs(self.inbox.take_outputs())
             if not self.engine.has_unfinished():
-                self.wake.clear()
-                if not self.inbox:
-                    await self.wake.wait()
+                await self.inbox.wait()
                 continue
             try:
                 # A step that raises fails its own requests inside the engine (error outputs);
@@ -164,6 +173,26 @@ class Worker(ControlMixin, PublishMixin):
             if self.engine.failed_steps_in_a_row >= MAX_FAILED_STEPS_IN_A_ROW:
                 await self._exit(f"{MAX_FAILED_STEPS_IN_A_ROW} engine steps in a row failed")
 
+    async def publish_outputs(self, outputs: list[StepOutput]) -> None:
+        """Route one step's outputs: errors and tokens to the publisher, hand-overs to the K/V
+        sender; finished and failed requests leave the table."""
+        publisher, sender = self.publisher, self.kv_sender
+        assert publisher is not None and sender is not None
+        for out in outputs:
+            req = self.active.get(out.request_id)
+            if req is None:
+                continue
+            if out.error is not None:  # the engine ended this request alone; the rest go on
+                await publisher.fail(req, out.error_code, out.error, retryable=False)
+                self.table.release(out.request_id)
+                continue
+            if out.handoff is not None:
+                self.background.spawn(sender.ship(req, out.handoff))
+                continue
+            await publisher.tokens(req, out)
+            if out.finished:
+                self.table.release(out.request_id)
+
     async def _exit(self, why: str) -> NoReturn:
         """Leave now: the engine cannot be trusted with more work.  The supervisor restarts the
         worker; the scheduler re-dispatches or fails its requests when heartbeats stop.  What
@@ -173,12 +202,6 @@ class Worker(ControlMixin, PublishMixin):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.bus.flush(), EXIT_FLUSH_TIMEOUT_S)
         os._exit(1)
-
-    def release(self, request_id: str) -> None:
-        """Forget a request (engine loop only): unpin its adapter."""
-        req = self.active.pop(request_id, None)
-        if req is not None and req.adapter_key is not None:
-            self.pager.unpin(req.adapter_key)
 
     # ---- heartbeats --------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:

@@ -1,0 +1,62 @@
+"""``Preparation``: what a request needs before it joins the engine, done beside the engine loop
+(its adapter paged in, its output constraint compiled) and then, on the loop, attached."""
+
+from __future__ import annotations
+
+import asyncio
+
+from loraplex.engine.llm_engine import LLMEngine
+from loraplex.errors import AdapterNotFoundError, LoraplexError
+from loraplex.structured_outputs import StructuredOutputsParams
+from loraplex.worker.active import Active
+from loraplex.worker.adapter_pager import AdapterPager, Resolved
+from loraplex.worker.publish import Publisher
+
+
+class Preparation:
+    """Pages a request's adapter in through the pager and compiles its grammar into the engine's
+    cache; reports what fails through the publisher.  Shared by assignments and K/V hand-overs."""
+
+    def __init__(self, pager: AdapterPager, engine: LLMEngine, publisher: Publisher) -> None:
+        self._pager = pager
+        self._engine = engine
+        self._publisher = publisher
+
+    async def resolve_adapter(self, req: Active) -> Resolved | None | bool:
+        """Page in the request's adapter beside the engine loop.
+
+        Returns the resolution, None for a base-model request, or False after reporting an error.
+        """
+        name = req.submit.adapter
+        if name is None:
+            return None
+        try:
+            return await self._pager.prepare(name)
+        except AdapterNotFoundError as e:
+            await self._publisher.fail(req, 404, str(e), retryable=False)
+        except LoraplexError as e:
+            await self._publisher.fail(req, 400, str(e), retryable=False)
+        return False
+
+    async def compile_grammar(self, req: Active, report: bool = True) -> bool:
+        """Compile the request's output constraint in a thread, beside the engine loop (the first
+        one also loads the tokenizer into xgrammar), so the engine only finds it in the cache.
+        False (after reporting a 400 when ``report``) if it does not compile."""
+        so = req.submit.sampling.structured_outputs
+        if so is None:
+            return True
+        try:
+            params = StructuredOutputsParams.from_spec(so.kind, so.spec)
+            await asyncio.to_thread(self._engine.grammars.compile, params)
+        except LoraplexError as e:
+            if report:
+                await self._publisher.fail(req, 400, str(e), retryable=False)
+            return False
+        return True
+
+    def attach_adapter(self, req: Active, r: Resolved | None) -> None:
+        """Engine loop: make the adapter resident and pin it for this request."""
+        if r is not None:
+            self._pager.install(r)
+            self._pager.pin(r.key)
+            req.adapter_key = r.key
