@@ -21,7 +21,7 @@ from loraplex.kvcache.paged_cache import PagedKVCache
 from loraplex.kvcache.prefix_cache import prefix_block_keys
 from loraplex.sampling_params import SamplingParams
 
-# (seq, first token, its logprobs, cached) -> the token's output; the engine's ``_append``.
+# (seq, first token, its logprobs, cached) -> the token's output; ``RequestTracker.append``.
 AppendToken = Callable[[Sequence, int, TokenLogprobs | None, bool], StepOutput]
 
 
@@ -30,8 +30,8 @@ class Handover:
     joins a request to the decode batch once its K/V arrive.
 
     It reads the engine's allocator, scheduler, K/V cache and registered adapter names; the
-    per-request state (grammar, generator, detokenizer) stays the engine's, reached through
-    ``track`` (may refuse), ``forget`` and ``append``.
+    per-request state (grammar, generator, detokenizer) is the engine's ``RequestTracker``'s
+    (``request_tracker.py``), reached through ``track`` (may refuse), ``forget`` and ``append``.
     """
 
     def __init__(

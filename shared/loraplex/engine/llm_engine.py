@@ -13,11 +13,12 @@ import torch
 from loraplex.config import EngineConfig, resolve_device, resolve_dtype
 from loraplex.engine.failures import RequestFailer, is_fatal, nonfinite_requests
 from loraplex.engine.handover import Handover
-from loraplex.engine.logprobs import TokenLogprobs, compute_logprobs
-from loraplex.engine.outputs import KVHandoff, StepOutput
+from loraplex.engine.logprobs import compute_logprobs
+from loraplex.engine.outputs import StepOutput
 from loraplex.engine.penalties import apply_penalties
+from loraplex.engine.request_tracker import RequestTracker
 from loraplex.engine.runner import ModelRunner
-from loraplex.engine.sampler import position_seed, sample
+from loraplex.engine.sampler import sample
 from loraplex.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from loraplex.engine.sequence import Sequence, cache_namespace
 from loraplex.engine.structured import GrammarConstraints
@@ -31,16 +32,16 @@ from loraplex.lora.weights import LoraWeights
 from loraplex.model.config import ModelConfig
 from loraplex.model.loader import load_model
 from loraplex.sampling_params import SamplingParams
-from loraplex.text.detokenizer import IncrementalDetokenizer
 from loraplex.text.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 
 class LLMEngine:
-    """One model with its K/V cache, adapter slots and step scheduler; owns the per-request
-    state (generators, detokenizers, grammars) and the sampling of each step.  The decode side
-    of a K/V hand-over is its ``handover`` (``handover.py``), ending requests with an error its
+    """One model with its K/V cache, adapter slots and step scheduler; owns the sampling of
+    each step.  The per-request state (generators, detokenizers, grammars) and what each
+    sampled token does are its ``requests`` (``request_tracker.py``), the decode side of a K/V
+    hand-over its ``handover`` (``handover.py``), ending requests with an error its
     ``failures`` (``failures.py``)."""
 
     def __init__(
@@ -80,23 +81,30 @@ class LLMEngine:
                 capture=True,
             )
         self.adapters: dict[str, LoraAdapter] = {}
-        self._generators: dict[str, torch.Generator] = {}
-        self._detok: dict[str, IncrementalDetokenizer] = {}
-        self._shared_gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.last_logits: dict[str, torch.Tensor] = {}
         self.eos_ids = set(mc.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:
             self.eos_ids.add(self.tokenizer.eos_token_id)
         self.grammars = GrammarConstraints(model_dir, mc.vocab_size, self.eos_ids)
+        self.requests = RequestTracker(
+            self.tokenizer,
+            self.grammars,
+            self.eos_ids,
+            self.scheduler,
+            self.kv_cache,
+            self.max_model_len,
+            self.device,
+            cfg.seed,
+        )
         self.handover = Handover(
             cfg.block_size,
             self.allocator,
             self.scheduler,
             self.kv_cache,
             self.adapters,
-            self._track,
-            self._forget,
-            self._append,
+            self.requests.track,
+            self.requests.forget,
+            self.requests.append,
         )
         self.failures = RequestFailer(
             self.scheduler,
@@ -104,7 +112,7 @@ class LLMEngine:
             self.kv_cache,
             self.slots,
             self.lora_weights,
-            self._forget,
+            self.requests.forget,
         )
         # The hand-over's entry points, as the workers and tests call them.
         self.reserve_blocks = self.handover.reserve_blocks
@@ -193,28 +201,15 @@ class LLMEngine:
             raise InvalidRequestError(f"request id {request_id!r} is already running")
         seq = Sequence(request_id, list(prompt_token_ids), params, lora, prefill_only=prefill_only)
         seq.cache_namespace = cache_namespace(lora)
-        self._track(seq)
+        self.requests.track(seq)
         self.scheduler.add(seq)
-
-    def _track(self, seq: Sequence) -> None:
-        params, request_id = seq.params, seq.request_id
-        self.grammars.track(request_id, params.structured_outputs)  # first: it may refuse
-        if params.seed is not None:
-            # Seeded per token in _generator_for; created once so steps do not allocate it.
-            self._generators[request_id] = torch.Generator(device=self.device)
-        self._detok[request_id] = IncrementalDetokenizer(
-            self.tokenizer,
-            params.stop,
-            params.skip_special_tokens,
-            context_ids=seq.prompt_token_ids,
-        )
 
     def abort(self, request_id: str) -> bool:
         seq = self.scheduler.find(request_id)
         if seq is None:
             return False
         self.scheduler.finish(seq, "abort")
-        self._forget(request_id)
+        self.requests.forget(request_id)
         return True
 
     def has_unfinished(self) -> bool:
@@ -261,7 +256,7 @@ class LLMEngine:
             logits = logits[torch.tensor(rows, dtype=torch.long, device=logits.device)]
         if not seqs:
             return outputs
-        gens = [self._generator_for(s) for s in seqs]
+        gens = [self.requests.generator_for(s) for s in seqs]
         shaped = self.grammars.mask(apply_penalties(logits, seqs), seqs)
         tokens = sample(shaped, [s.params for s in seqs], gens)
         logprobs = compute_logprobs(logits, seqs, tokens)
@@ -269,71 +264,6 @@ class LLMEngine:
             s.request_id: row for s, row in zip(seqs, logits, strict=False)
         }  # for tests/debug
         return outputs + [
-            self._append(seq, tok, lp) for seq, tok, lp in zip(seqs, tokens, logprobs, strict=True)
+            self.requests.append(seq, tok, lp)
+            for seq, tok, lp in zip(seqs, tokens, logprobs, strict=True)
         ]
-
-    def _generator_for(self, seq: Sequence) -> torch.Generator:
-        """A seeded request draws its n-th token from a generator seeded by (seed, n): the
-        same tokens whatever its batch-mates, and whichever worker draws which token (a
-        prefill worker samples the first, a decode worker the rest)."""
-        gen = self._generators.get(seq.request_id)
-        if gen is None or seq.params.seed is None:
-            return self._shared_gen
-        return gen.manual_seed(position_seed(seq.params.seed, len(seq.output_token_ids)))
-
-    def _append(
-        self, seq: Sequence, token: int, logprobs: TokenLogprobs | None = None, cached: bool = True
-    ) -> StepOutput:
-        if cached:
-            seq.num_cached = seq.num_tokens
-        seq.output_token_ids.append(token)
-        p = seq.params
-        detok = self._detok[seq.request_id]
-        text = detok.append(token)
-        complete = self.grammars.accept(seq.request_id, token)
-        reason, stop_reason = None, None
-        if token in p.stop_token_ids:
-            reason, stop_reason = "stop", token
-        elif (token in self.eos_ids and not p.ignore_eos) or complete:
-            reason = "stop"
-        elif detok.stopped is not None:
-            reason, stop_reason = "stop", detok.stopped
-        elif len(seq.output_token_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
-            reason = "length"
-        handoff = None
-        prompt_lps = None
-        if p.prompt_logprobs is not None and len(seq.output_token_ids) == 1:
-            prompt_lps = list(seq.prompt_logprobs)
-        if reason is not None:
-            text += detok.flush()
-            self.scheduler.finish(seq, reason)
-            seq.stop_reason = stop_reason
-            self._forget(seq.request_id)
-        elif seq.prefill_only:
-            # The decode worker re-detokenizes from the first token; only the K/V travel.
-            handoff = KVHandoff(
-                self.kv_cache.export_blocks(seq.block_table),
-                token,
-                seq.num_cached,
-                logprobs,
-                prompt_lps,
-            )
-            self.scheduler.finish(seq, "handoff")
-            self._forget(seq.request_id)
-            text = ""
-        return StepOutput(
-            seq.request_id,
-            [token],
-            text,
-            reason is not None,
-            reason,
-            stop_reason,
-            handoff,
-            [logprobs] if logprobs is not None else None,
-            prompt_lps,
-        )
-
-    def _forget(self, request_id: str) -> None:
-        self.grammars.forget(request_id)
-        self._generators.pop(request_id, None)
-        self._detok.pop(request_id, None)

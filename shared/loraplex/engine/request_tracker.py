@@ -1,0 +1,135 @@
+"""The engine's per-request state, from ``track`` to ``forget``, and what each sampled token does.
+
+A request is tracked when it is added (or its K/V arrive from a prefill worker): its grammar
+matcher, its generator when seeded, its incremental detokenizer.  Each sampled token goes
+through ``append``, which checks the stop conditions and finishes the request, or ends a
+prefill-only request with its K/V exported for the hand-over.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from loraplex.engine.logprobs import TokenLogprobs
+from loraplex.engine.outputs import KVHandoff, StepOutput
+from loraplex.engine.sampler import position_seed
+from loraplex.engine.scheduler import Scheduler
+from loraplex.engine.sequence import Sequence
+from loraplex.engine.structured import GrammarConstraints
+from loraplex.kvcache.paged_cache import PagedKVCache
+from loraplex.text.detokenizer import IncrementalDetokenizer
+from loraplex.text.tokenizer import Tokenizer
+
+
+class RequestTracker:
+    """Owns the state of each live request, by request id: the generator of a seeded request
+    and the incremental detokenizer, plus the shared generator of unseeded ones; the grammar
+    matchers are the ``grammars``' (tracked and forgotten here).
+
+    It finishes requests in the engine's ``scheduler`` and exports hand-over K/V from its
+    ``kv_cache``; it frees nothing else (blocks go back through the scheduler).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        grammars: GrammarConstraints,
+        eos_ids: set[int],
+        scheduler: Scheduler,
+        kv_cache: PagedKVCache,
+        max_model_len: int,
+        device: torch.device,
+        seed: int,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.grammars = grammars
+        self.eos_ids = eos_ids
+        self.scheduler = scheduler
+        self.kv_cache = kv_cache
+        self.max_model_len = max_model_len
+        self.device = device
+        self._generators: dict[str, torch.Generator] = {}
+        self._detok: dict[str, IncrementalDetokenizer] = {}
+        self._shared_gen = torch.Generator(device=device).manual_seed(seed)
+
+    def track(self, seq: Sequence) -> None:
+        """Set up ``seq``'s state; its grammar may refuse it (nothing is kept then)."""
+        params, request_id = seq.params, seq.request_id
+        self.grammars.track(request_id, params.structured_outputs)  # first: it may refuse
+        if params.seed is not None:
+            # Seeded per token in generator_for; created once so steps do not allocate it.
+            self._generators[request_id] = torch.Generator(device=self.device)
+        self._detok[request_id] = IncrementalDetokenizer(
+            self.tokenizer,
+            params.stop,
+            params.skip_special_tokens,
+            context_ids=seq.prompt_token_ids,
+        )
+
+    def forget(self, request_id: str) -> None:
+        self.grammars.forget(request_id)
+        self._generators.pop(request_id, None)
+        self._detok.pop(request_id, None)
+
+    def generator_for(self, seq: Sequence) -> torch.Generator:
+        """A seeded request draws its n-th token from a generator seeded by (seed, n): the
+        same tokens whatever its batch-mates, and whichever worker draws which token (a
+        prefill worker samples the first, a decode worker the rest)."""
+        gen = self._generators.get(seq.request_id)
+        if gen is None or seq.params.seed is None:
+            return self._shared_gen
+        return gen.manual_seed(position_seed(seq.params.seed, len(seq.output_token_ids)))
+
+    def append(
+        self, seq: Sequence, token: int, logprobs: TokenLogprobs | None = None, cached: bool = True
+    ) -> StepOutput:
+        """Add a sampled token to ``seq`` and say what it produced; a stop condition finishes
+        the request, and a prefill-only request ends with its K/V ready to ship."""
+        if cached:
+            seq.num_cached = seq.num_tokens
+        seq.output_token_ids.append(token)
+        p = seq.params
+        detok = self._detok[seq.request_id]
+        text = detok.append(token)
+        complete = self.grammars.accept(seq.request_id, token)
+        reason, stop_reason = None, None
+        if token in p.stop_token_ids:
+            reason, stop_reason = "stop", token
+        elif (token in self.eos_ids and not p.ignore_eos) or complete:
+            reason = "stop"
+        elif detok.stopped is not None:
+            reason, stop_reason = "stop", detok.stopped
+        elif len(seq.output_token_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+            reason = "length"
+        handoff = None
+        prompt_lps = None
+        if p.prompt_logprobs is not None and len(seq.output_token_ids) == 1:
+            prompt_lps = list(seq.prompt_logprobs)
+        if reason is not None:
+            text += detok.flush()
+            self.scheduler.finish(seq, reason)
+            seq.stop_reason = stop_reason
+            self.forget(seq.request_id)
+        elif seq.prefill_only:
+            # The decode worker re-detokenizes from the first token; only the K/V travel.
+            handoff = KVHandoff(
+                self.kv_cache.export_blocks(seq.block_table),
+                token,
+                seq.num_cached,
+                logprobs,
+                prompt_lps,
+            )
+            self.scheduler.finish(seq, "handoff")
+            self.forget(seq.request_id)
+            text = ""
+        return StepOutput(
+            seq.request_id,
+            [token],
+            text,
+            reason is not None,
+            reason,
+            stop_reason,
+            handoff,
+            [logprobs] if logprobs is not None else None,
+            prompt_lps,
+        )
