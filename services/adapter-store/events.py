@@ -29,7 +29,7 @@ class EventPublisher:
 
     @property
     def connected(self) -> bool:
-        return self._bus is not None and self._bus.nc.is_connected
+        return self._bus is not None and self._bus.is_connected
 
     def start(self) -> None:
         if self.enabled and self._task is None:

@@ -18,10 +18,8 @@ import logging
 import time
 from typing import Any
 
-import nats.errors
-
 from loraplex.adapters.store import AdapterStore
-from loraplex.bus import Bus
+from loraplex.bus import Bus, BusError, BusTimeoutError, NoRespondersError
 from loraplex.errors import AdapterNotFoundError
 from loraplex.gateway.errors import (
     ModelNotFoundError,
@@ -40,8 +38,6 @@ from loraplex.protocol import (
     Subjects,
     SubmitReply,
     SubmitRequest,
-    decode,
-    encode,
 )
 from loraplex.text.detokenizer import IncrementalDetokenizer
 from loraplex.text.tokenizer import Tokenizer
@@ -178,20 +174,18 @@ class GatewayService:
     async def _submit(self, msg: SubmitRequest) -> SubmitReply:
         timeout = self.settings.submit_timeout_s
         try:
-            raw = await self.bus.nc.request(Subjects.SUBMIT, encode(msg), timeout=timeout)
-        except nats.errors.NoRespondersError:
+            return await self.bus.request(Subjects.SUBMIT, msg, SubmitReply, timeout)
+        except NoRespondersError:
             raise SchedulerUnavailableError(
                 "no scheduler is running: the request cannot be queued, try again later"
             ) from None
-        except nats.errors.TimeoutError:
+        except BusTimeoutError:
             await self.cancel(msg.request_id, "submit timed out")  # it may have been queued
             raise SchedulerUnavailableError(
                 f"the scheduler did not answer within {timeout:g}s, try again later"
             ) from None
-        except nats.errors.Error as e:
+        except BusError as e:
             raise SchedulerUnavailableError(f"the message bus is unavailable ({e})") from e
-        try:
-            return decode(raw.data, SubmitReply)
         except ProtocolError as e:
             raise SchedulerUnavailableError(f"unreadable answer from the scheduler: {e}") from e
 

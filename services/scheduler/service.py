@@ -20,8 +20,6 @@ from loraplex.protocol import (
     SubmitReply,
     SubmitRequest,
     WorkerHeartbeat,
-    decode,
-    encode,
 )
 from loraplex.scheduler.counters import CounterStore
 from loraplex.scheduler.policies.base import QueuedRequest
@@ -71,7 +69,7 @@ class SchedulerService:
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self.bus = await Bus.connect(self.s.nats_url, "scheduler")
-        await self.bus.nc.subscribe(Subjects.SUBMIT, cb=self._on_submit_raw)
+        await self.bus.serve(Subjects.SUBMIT, self._on_submit, SubmitRequest)
         await self.bus.subscribe(Subjects.CANCEL, self._on_cancel, CancelRequest)
         await self.bus.subscribe(Subjects.HEARTBEAT, self._on_heartbeat, WorkerHeartbeat)
         await self.bus.subscribe(Subjects.USAGE, self._on_progress, RequestProgress)
@@ -96,14 +94,8 @@ class SchedulerService:
             await self.counter_store.close()
 
     # ---- gateway -> scheduler ----------------------------------------------------------------
-    async def _on_submit_raw(self, raw) -> None:  # type: ignore[no-untyped-def]
-        try:
-            sub = decode(raw.data, SubmitRequest)
-        except Exception as e:
-            log.warning("dropped malformed submit: %s", e)
-            return
-        reply = self.submit(sub, time.monotonic())
-        await raw.respond(encode(reply))
+    async def _on_submit(self, sub: SubmitRequest) -> SubmitReply:
+        return self.submit(sub, time.monotonic())
 
     def submit(self, sub: SubmitRequest, now: float) -> SubmitReply:
         rid, tenant = sub.request_id, sub.tenant

@@ -1,13 +1,20 @@
-"""A thin typed wrapper over nats-py: publish/subscribe messages of ``loraplex.protocol``."""
+"""A thin typed wrapper over nats-py: the one transport every service talks through.
+
+``Bus`` owns one NATS connection. It publishes and subscribes ``loraplex.protocol`` messages,
+does typed request/reply (``request``/``serve``), and hands raw payloads to ``subscribe_raw``
+handlers (the K/V chunks, which are big and must not be copied). Nothing outside this module
+touches the nats-py client; ``loraplex.bus_memory.MemoryBus`` is its in-process twin.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import nats
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -15,10 +22,39 @@ from loraplex.protocol import Message, ProtocolError, decode, encode
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
+R = TypeVar("R", bound=Message)
 Handler = Callable[[Message], Awaitable[None]]
 
 
+class BusError(Exception):
+    """The message bus failed a request (connection lost, closed, ...)."""
+
+
+class NoRespondersError(BusError):
+    """Nobody subscribes to the subject a request was sent on."""
+
+
+class BusTimeoutError(BusError):
+    """A request got no reply within its timeout."""
+
+
+class RawMessage(Protocol):
+    """One message as it came off the wire: its bytes are not copied or decoded."""
+
+    subject: str
+    reply: str
+    data: bytes
+    headers: dict[str, str] | None
+
+    async def respond(self, data: bytes) -> None: ...
+
+
+RawHandler = Callable[[RawMessage], Awaitable[None]]
+
+
 class Bus:
+    """Owns one nats-py connection; ``name`` labels its logs, ``dropped`` counts bad messages."""
+
     def __init__(self, nc: Client, name: str) -> None:
         self.nc = nc
         self.name = name
@@ -52,6 +88,10 @@ class Bus:
         """The server's advertised limit for one message (never assume 1 MiB)."""
         return int(self.nc.max_payload)
 
+    @property
+    def is_connected(self) -> bool:
+        return bool(self.nc.is_connected)
+
     async def publish(self, subject: str, msg: Message) -> None:
         await self.nc.publish(subject, encode(msg))
 
@@ -59,6 +99,22 @@ class Bus:
         self, subject: str, data: bytes, headers: dict[str, str] | None = None
     ) -> None:
         await self.nc.publish(subject, data, headers=headers)
+
+    async def request_raw(self, subject: str, data: bytes, timeout: float) -> bytes:
+        """Send ``data`` and return the reply's bytes; bus failures raise ``BusError``s."""
+        try:
+            raw = await self.nc.request(subject, data, timeout=timeout)
+        except nats.errors.NoRespondersError:
+            raise NoRespondersError(f"no responders on {subject}") from None
+        except nats.errors.TimeoutError:
+            raise BusTimeoutError(f"no reply on {subject} within {timeout:g}s") from None
+        except nats.errors.Error as e:
+            raise BusError(str(e)) from e
+        return raw.data
+
+    async def request(self, subject: str, msg: Message, reply_type: type[R], timeout: float) -> R:
+        """Send ``msg`` and decode the reply as ``reply_type`` (``ProtocolError`` if it is not)."""
+        return decode(await self.request_raw(subject, encode(msg), timeout), reply_type)
 
     async def subscribe(
         self,
@@ -69,21 +125,66 @@ class Bus:
     ) -> object:
         """Decode each message and call ``handler``; bad messages are logged and dropped."""
 
-        async def on_msg(raw: Msg) -> None:
-            try:
-                msg = decode(raw.data, expect)
-            except ProtocolError as e:
-                self.dropped += 1
-                log.warning("%s: dropped message on %s: %s", self.name, raw.subject, e)
-                return
-            try:
-                await handler(msg)  # type: ignore[arg-type]
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("%s: handler for %s failed", self.name, raw.subject)
+        async def on_msg(raw: RawMessage) -> None:
+            msg = self._decode(raw, expect)
+            if msg is not None:
+                await self._call(raw.subject, handler, msg)
 
-        return await self.nc.subscribe(subject, queue=queue, cb=on_msg)
+        return await self.subscribe_raw(subject, on_msg, queue=queue)
+
+    async def serve(
+        self,
+        subject: str,
+        handler: Callable[[M], Awaitable[Message]],
+        expect: type[M] | tuple[type[Message], ...] | None = None,
+        queue: str = "",
+    ) -> object:
+        """Answer each request on ``subject`` with what ``handler`` returns (the reply side of
+        ``request``); bad requests are logged and dropped unanswered."""
+
+        async def on_msg(raw: RawMessage) -> None:
+            msg = self._decode(raw, expect)
+            if msg is None:
+                return
+            reply = await self._call(raw.subject, handler, msg)
+            if reply is not None and raw.reply:
+                await raw.respond(encode(reply))
+
+        return await self.subscribe_raw(subject, on_msg, queue=queue)
+
+    async def subscribe_raw(
+        self,
+        subject: str,
+        handler: RawHandler,
+        queue: str = "",
+        pending_bytes_limit: int | None = None,
+    ) -> object:
+        """Call ``handler`` with each message undecoded (``RawMessage``; ``respond`` replies)."""
+        kwargs = {} if pending_bytes_limit is None else {"pending_bytes_limit": pending_bytes_limit}
+
+        async def on_msg(raw: Msg) -> None:
+            await handler(raw)  # type: ignore[arg-type]
+
+        return await self.nc.subscribe(subject, queue=queue, cb=on_msg, **kwargs)
+
+    def _decode(
+        self, raw: RawMessage, expect: type[Message] | tuple[type[Message], ...] | None
+    ) -> Message | None:
+        try:
+            return decode(raw.data, expect)
+        except ProtocolError as e:
+            self.dropped += 1
+            log.warning("%s: dropped message on %s: %s", self.name, raw.subject, e)
+            return None
+
+    async def _call(self, subject: str, handler: Callable, msg: Message) -> Message | None:
+        try:
+            return await handler(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: handler for %s failed", self.name, subject)
+            return None
 
     async def flush(self) -> None:
         # nats-py may write the PING of a flush ahead of SUBs still queued; the second round trip

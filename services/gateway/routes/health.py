@@ -19,7 +19,7 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready", summary="Readiness: connected to NATS")
 async def ready(service: ServiceDep) -> JSONResponse:
-    if service.bus.nc.is_connected:
+    if service.bus.is_connected:
         return JSONResponse({"status": "ready", "nats": True})
     body = error_body(503, "not connected to NATS", None, "nats_unavailable")
     return JSONResponse({**body, "status": "unavailable", "nats": False}, status_code=503)

@@ -10,9 +10,7 @@ import asyncio
 import logging
 import time
 
-from nats.aio.msg import Msg
-
-from loraplex.bus import Bus
+from loraplex.bus import Bus, RawMessage
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.errors import LoraplexError
 from loraplex.protocol import KVBegin, KVChunk, KVReply, ProtocolError, Subjects, decode, encode
@@ -70,8 +68,8 @@ class KVReceiver:
     async def start(self) -> None:
         # K/V payloads can be large: allow more pending bytes than nats-py's default before the
         # subscription counts as a slow consumer.
-        await self._bus.nc.subscribe(
-            Subjects.kv(self._id), cb=self._on_msg, pending_bytes_limit=1 << 30
+        await self._bus.subscribe_raw(
+            Subjects.kv(self._id), self._on_msg, pending_bytes_limit=1 << 30
         )
         self._watchdog = asyncio.create_task(self._expire_loop())
 
@@ -79,7 +77,7 @@ class KVReceiver:
         if self._watchdog is not None:
             self._watchdog.cancel()
 
-    async def _on_msg(self, raw: Msg) -> None:
+    async def _on_msg(self, raw: RawMessage) -> None:
         try:
             msg = decode(raw.data, (KVBegin, KVChunk))
         except ProtocolError as e:

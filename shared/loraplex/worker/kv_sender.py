@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import nats.errors
-
-from loraplex.bus import Bus
+from loraplex.bus import Bus, BusTimeoutError, NoRespondersError
 from loraplex.engine.outputs import KVHandoff
-from loraplex.protocol import KVBegin, KVChunk, KVReply, ProtocolError, Subjects, decode, encode
+from loraplex.protocol import KVBegin, KVChunk, KVReply, ProtocolError, Subjects
 from loraplex.worker.active import Active, ActiveTable
 from loraplex.worker.inbox import Inbox
 from loraplex.worker.kv_transfer import (
@@ -67,8 +65,7 @@ class KVSender:
                 first_logprobs=to_wire(handoff.first_logprobs) if handoff.first_logprobs else None,
                 prompt_logprobs=list_to_wire(handoff.prompt_logprobs),
             )
-            raw = await bus.nc.request(subject, encode(begin), timeout=self._timeout_s)
-            reply = decode(raw.data, KVReply)
+            reply = await bus.request(subject, begin, KVReply, self._timeout_s)
             if not reply.accepted:
                 await self._publisher.fail(
                     req,
@@ -88,7 +85,7 @@ class KVSender:
             await bus.flush()
             req.generated = 1
             await self._publisher.progress(req, "handoff", new_tokens=0)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, ProtocolError) as e:
+        except (BusTimeoutError, NoRespondersError, ProtocolError) as e:
             await self._publisher.fail(
                 req,
                 503,
