@@ -52,65 +52,34 @@ class RawMessage(Protocol):
 RawHandler = Callable[[RawMessage], Awaitable[None]]
 
 
-class Bus:
-    """Owns one nats-py connection; ``name`` labels its logs, ``dropped`` counts bad messages."""
+class TypedBus:
+    """Typed messages over raw bytes: what ``Bus`` and its in-memory twin share.  Subclasses
+    provide ``publish_raw``, ``request_raw`` and ``subscribe_raw``; ``name`` labels the logs and
+    ``dropped`` counts bad messages."""
 
-    def __init__(self, nc: Client, name: str) -> None:
-        self.nc = nc
+    def __init__(self, name: str) -> None:
         self.name = name
         self.dropped = 0  # malformed or unexpected messages seen (logged and dropped)
-
-    @classmethod
-    async def connect(cls, url: str, name: str, connect_timeout: float = 5.0) -> Bus:
-        async def on_error(e: Exception) -> None:
-            log.warning("%s: NATS error: %s", name, e)
-
-        async def on_disconnect() -> None:
-            log.warning("%s: disconnected from NATS, reconnecting", name)
-
-        async def on_reconnect() -> None:
-            log.info("%s: reconnected to NATS", name)
-
-        nc = await nats.connect(
-            url,
-            name=name,
-            connect_timeout=connect_timeout,
-            max_reconnect_attempts=-1,  # survive NATS restarts: retry forever
-            reconnect_time_wait=0.5,
-            error_cb=on_error,
-            disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnect,
-        )
-        return cls(nc, name)
-
-    @property
-    def max_payload(self) -> int:
-        """The server's advertised limit for one message (never assume 1 MiB)."""
-        return int(self.nc.max_payload)
-
-    @property
-    def is_connected(self) -> bool:
-        return bool(self.nc.is_connected)
-
-    async def publish(self, subject: str, msg: Message) -> None:
-        await self.nc.publish(subject, encode(msg))
 
     async def publish_raw(
         self, subject: str, data: bytes, headers: dict[str, str] | None = None
     ) -> None:
-        await self.nc.publish(subject, data, headers=headers)
+        raise NotImplementedError
 
     async def request_raw(self, subject: str, data: bytes, timeout: float) -> bytes:
-        """Send ``data`` and return the reply's bytes; bus failures raise ``BusError``s."""
-        try:
-            raw = await self.nc.request(subject, data, timeout=timeout)
-        except nats.errors.NoRespondersError:
-            raise NoRespondersError(f"no responders on {subject}") from None
-        except nats.errors.TimeoutError:
-            raise BusTimeoutError(f"no reply on {subject} within {timeout:g}s") from None
-        except nats.errors.Error as e:
-            raise BusError(str(e)) from e
-        return raw.data
+        raise NotImplementedError
+
+    async def subscribe_raw(
+        self,
+        subject: str,
+        handler: RawHandler,
+        queue: str = "",
+        pending_bytes_limit: int | None = None,
+    ) -> object:
+        raise NotImplementedError
+
+    async def publish(self, subject: str, msg: Message) -> None:
+        await self.publish_raw(subject, encode(msg))
 
     async def request(self, subject: str, msg: Message, reply_type: type[R], timeout: float) -> R:
         """Send ``msg`` and decode the reply as ``reply_type`` (``ProtocolError`` if it is not)."""
@@ -152,21 +121,6 @@ class Bus:
 
         return await self.subscribe_raw(subject, on_msg, queue=queue)
 
-    async def subscribe_raw(
-        self,
-        subject: str,
-        handler: RawHandler,
-        queue: str = "",
-        pending_bytes_limit: int | None = None,
-    ) -> object:
-        """Call ``handler`` with each message undecoded (``RawMessage``; ``respond`` replies)."""
-        kwargs = {} if pending_bytes_limit is None else {"pending_bytes_limit": pending_bytes_limit}
-
-        async def on_msg(raw: Msg) -> None:
-            await handler(raw)  # type: ignore[arg-type]
-
-        return await self.nc.subscribe(subject, queue=queue, cb=on_msg, **kwargs)
-
     def _decode(
         self, raw: RawMessage, expect: type[Message] | tuple[type[Message], ...] | None
     ) -> Message | None:
@@ -185,6 +139,78 @@ class Bus:
         except Exception:
             log.exception("%s: handler for %s failed", self.name, subject)
             return None
+
+
+class Bus(TypedBus):
+    """Owns one nats-py connection; ``name`` labels its logs, ``dropped`` counts bad messages."""
+
+    def __init__(self, nc: Client, name: str) -> None:
+        super().__init__(name)
+        self.nc = nc
+
+    @classmethod
+    async def connect(cls, url: str, name: str, connect_timeout: float = 5.0) -> Bus:
+        async def on_error(e: Exception) -> None:
+            log.warning("%s: NATS error: %s", name, e)
+
+        async def on_disconnect() -> None:
+            log.warning("%s: disconnected from NATS, reconnecting", name)
+
+        async def on_reconnect() -> None:
+            log.info("%s: reconnected to NATS", name)
+
+        nc = await nats.connect(
+            url,
+            name=name,
+            connect_timeout=connect_timeout,
+            max_reconnect_attempts=-1,  # survive NATS restarts: retry forever
+            reconnect_time_wait=0.5,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+        )
+        return cls(nc, name)
+
+    @property
+    def max_payload(self) -> int:
+        """The server's advertised limit for one message (never assume 1 MiB)."""
+        return int(self.nc.max_payload)
+
+    @property
+    def is_connected(self) -> bool:
+        return bool(self.nc.is_connected)
+
+    async def publish_raw(
+        self, subject: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> None:
+        await self.nc.publish(subject, data, headers=headers)
+
+    async def request_raw(self, subject: str, data: bytes, timeout: float) -> bytes:
+        """Send ``data`` and return the reply's bytes; bus failures raise ``BusError``s."""
+        try:
+            raw = await self.nc.request(subject, data, timeout=timeout)
+        except nats.errors.NoRespondersError:
+            raise NoRespondersError(f"no responders on {subject}") from None
+        except nats.errors.TimeoutError:
+            raise BusTimeoutError(f"no reply on {subject} within {timeout:g}s") from None
+        except nats.errors.Error as e:
+            raise BusError(str(e)) from e
+        return raw.data
+
+    async def subscribe_raw(
+        self,
+        subject: str,
+        handler: RawHandler,
+        queue: str = "",
+        pending_bytes_limit: int | None = None,
+    ) -> object:
+        """Call ``handler`` with each message undecoded (``RawMessage``; ``respond`` replies)."""
+        kwargs = {} if pending_bytes_limit is None else {"pending_bytes_limit": pending_bytes_limit}
+
+        async def on_msg(raw: Msg) -> None:
+            await handler(raw)  # type: ignore[arg-type]
+
+        return await self.nc.subscribe(subject, queue=queue, cb=on_msg, **kwargs)
 
     async def flush(self) -> None:
         # nats-py may write the PING of a flush ahead of SUBs still queued; the second round trip

@@ -14,7 +14,6 @@ import contextlib
 import itertools
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -23,9 +22,9 @@ from loraplex.bus import (
     BusTimeoutError,
     NoRespondersError,
     RawHandler,
-    RawMessage,
+    TypedBus,
 )
-from loraplex.protocol import Message, ProtocolError, decode, encode
+from loraplex.protocol import Message
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
@@ -134,13 +133,12 @@ class MemoryHub:
             pick.put(MemoryMsg(subject, reply, data, headers, self))
 
 
-class MemoryBus:
+class MemoryBus(TypedBus):
     """One client of a ``MemoryHub``: the twin of ``Bus`` (same methods, same errors)."""
 
     def __init__(self, hub: MemoryHub, name: str) -> None:
+        super().__init__(name)
         self.hub = hub
-        self.name = name
-        self.dropped = 0  # malformed or unexpected messages seen (logged and dropped)
         self._subs: list[MemorySubscription] = []
         self._closed = False
 
@@ -160,9 +158,6 @@ class MemoryBus:
     def _check_open(self) -> None:
         if self._closed:
             raise BusError(f"{self.name}: connection closed")
-
-    async def publish(self, subject: str, msg: Message) -> None:
-        await self.publish_raw(subject, encode(msg))
 
     async def publish_raw(
         self, subject: str, data: bytes, headers: dict[str, str] | None = None
@@ -186,45 +181,6 @@ class MemoryBus:
         finally:
             self.hub.replies.pop(inbox, None)
 
-    async def request(self, subject: str, msg: Message, reply_type: type[R], timeout: float) -> R:
-        """Send ``msg`` and decode the reply as ``reply_type`` (``ProtocolError`` if it is not)."""
-        return decode(await self.request_raw(subject, encode(msg), timeout), reply_type)
-
-    async def subscribe(
-        self,
-        subject: str,
-        handler: Callable[[M], Awaitable[None]],
-        expect: type[M] | tuple[type[Message], ...] | None = None,
-        queue: str = "",
-    ) -> object:
-        """Decode each message and call ``handler``; bad messages are logged and dropped."""
-
-        async def on_msg(raw: RawMessage) -> None:
-            msg = self._decode(raw, expect)
-            if msg is not None:
-                await self._call(raw.subject, handler, msg)
-
-        return await self.subscribe_raw(subject, on_msg, queue=queue)
-
-    async def serve(
-        self,
-        subject: str,
-        handler: Callable[[M], Awaitable[Message]],
-        expect: type[M] | tuple[type[Message], ...] | None = None,
-        queue: str = "",
-    ) -> object:
-        """Answer each request on ``subject`` with what ``handler`` returns."""
-
-        async def on_msg(raw: RawMessage) -> None:
-            msg = self._decode(raw, expect)
-            if msg is None:
-                return
-            reply = await self._call(raw.subject, handler, msg)
-            if reply is not None and raw.reply:
-                await raw.respond(encode(reply))
-
-        return await self.subscribe_raw(subject, on_msg, queue=queue)
-
     async def subscribe_raw(
         self,
         subject: str,
@@ -238,25 +194,6 @@ class MemoryBus:
         self.hub.subs.add(sub)
         self._subs.append(sub)
         return sub
-
-    def _decode(
-        self, raw: RawMessage, expect: type[Message] | tuple[type[Message], ...] | None
-    ) -> Message | None:
-        try:
-            return decode(raw.data, expect)
-        except ProtocolError as e:
-            self.dropped += 1
-            log.warning("%s: dropped message on %s: %s", self.name, raw.subject, e)
-            return None
-
-    async def _call(self, subject: str, handler: Callable, msg: Message) -> Message | None:
-        try:
-            return await handler(msg)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("%s: handler for %s failed", self.name, subject)
-            return None
 
     async def flush(self) -> None:
         """Subscriptions register at once; this only lets queued deliveries start."""
