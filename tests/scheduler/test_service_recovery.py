@@ -21,6 +21,7 @@ from loraplex.protocol import (
 )
 from loraplex.scheduler.service import SchedulerService
 from loraplex.scheduler.settings import SchedulerSettings
+from tests.scheduler.waiting import until as _until
 
 
 class FakeWorker:
@@ -52,13 +53,6 @@ class FakeWorker:
     def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-
-
-async def _until(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 def test_failures_before_a_token_are_redispatched_and_dead_workers_recovered(nats_url):
