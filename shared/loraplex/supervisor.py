@@ -97,8 +97,8 @@ class Supervisor:
     def _check(self, svc: Service, now: float) -> None:
         if svc.restart_at is not None:
             if now >= svc.restart_at:
-                svc.restarts += 1
                 svc.start()
+                svc.restarts += 1  # after start: a reader that sees the count sees the new proc
                 self.say(f"loraplex: restarted {svc.name} (pid {svc.proc.pid})")  # type: ignore[union-attr]
             return
         if not svc.exited:
