@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from loraplex.demo.model_writer import (
+from loraplex.tooling.demo.model_writer import (
     ALL_MODULES,
     ATTN_MODULES,
     MLP_MODULES,
@@ -14,7 +14,7 @@ from loraplex.demo.model_writer import (
     write_random_adapter,
     write_random_model,
 )
-from loraplex.demo.tokenizer_builder import BOS_TOKEN_ID, EOS_TOKEN_ID, write_demo_tokenizer
+from loraplex.tooling.demo.tokenizer_builder import BOS_TOKEN_ID, EOS_TOKEN_ID, write_demo_tokenizer
 
 MANIFEST_NAME = "loraplex_demo.json"
 DEMO_VOCAB_SIZE = 1024

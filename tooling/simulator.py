@@ -38,7 +38,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from .policies.base import FairnessPolicy, QueuedRequest
+from loraplex.scheduler.policies.base import FairnessPolicy, QueuedRequest
 
 Length = int | tuple[int, int]  # fixed, or uniform integer range [lo, hi]
 

@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loraplex.servers import ServerProcess
-from loraplex.supervisor import RestartPolicy, Service, Supervisor, python_module
+from loraplex.tooling.servers import ServerProcess
+from loraplex.tooling.supervisor import RestartPolicy, Service, Supervisor, python_module
 
 
 @dataclass

@@ -17,8 +17,8 @@ import urllib.request
 from pathlib import Path
 
 from loraplex.scheduler.policies.registry import POLICIES
-from loraplex.servers import free_port, start_nats, start_redis
-from loraplex.stack import Stack
+from loraplex.tooling.servers import free_port, start_nats, start_redis
+from loraplex.tooling.stack import Stack
 
 __all__ = ["Stack", "build_parser", "parse_up_args", "start_stack", "up"]
 
@@ -203,7 +203,7 @@ def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]
     demo_adapters = []
     model = args.model
     if model is None:
-        from loraplex.demo import write_demo_model
+        from loraplex.tooling.demo import write_demo_model
 
         info = write_demo_model(run_dir / "demo-model", num_adapters=4)
         model, demo_adapters = str(info.model_dir), list(info.adapters)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _demo_model(args: argparse.Namespace) -> int:
-    from loraplex.demo import write_demo_model
+    from loraplex.tooling.demo import write_demo_model
 
     info = write_demo_model(Path(args.dir), num_adapters=args.adapters, seed=args.seed)
     print(f"wrote demo model to {info.model_dir}")
@@ -92,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-lora-rank", type=int, default=64)
     p.set_defaults(func=_generate)
 
-    from loraplex.launcher import build_parser as up_parser
-    from loraplex.launcher import up
+    from loraplex.tooling.launcher import build_parser as up_parser
+    from loraplex.tooling.launcher import up
 
     p = sub.add_parser("up", help="run the whole stack on this machine (NATS, Redis, services)")
     up_parser(p)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from loraplex.demo.demo_model import (
+from loraplex.tooling.demo.demo_model import (
     MANIFEST_NAME,
     DemoAdapterInfo,
     DemoModelInfo,
     demo_model_spec,
     write_demo_model,
 )
-from loraplex.demo.model_writer import (
+from loraplex.tooling.demo.model_writer import (
     ALL_MODULES,
     ATTN_MODULES,
     MLP_MODULES,
@@ -20,7 +20,7 @@ from loraplex.demo.model_writer import (
     write_random_adapter,
     write_random_model,
 )
-from loraplex.demo.tokenizer_builder import (
+from loraplex.tooling.demo.tokenizer_builder import (
     BOS_TOKEN,
     BOS_TOKEN_ID,
     CHAT_TEMPLATE,
