@@ -62,7 +62,7 @@ from adapterbench.tables import cold_tables, zipf_table  # noqa: E402
 from adapterbench.zipf_run import ZipfRow, zipf  # noqa: E402
 from common import replace_doc_section  # noqa: E402
 
-from loraplex.servers import start_nats, start_redis  # noqa: E402
+from loraplex.tooling.servers import start_nats, start_redis  # noqa: E402
 
 
 async def amain(args: Args, argv: Sequence[str]) -> int:

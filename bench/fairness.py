@@ -4,7 +4,7 @@
                              [--time-scale 1] [--length-scale 1] [--rpm-limit 30] [--write-docs]
 
 Every policy (VTC, VTC with length prediction, FCFS, LCF, RPM) is driven by the same seeded
-arrivals through ``loraplex.scheduler.simulator`` (a continuously batched server with
+arrivals through ``loraplex.tooling.simulator`` (a continuously batched server with
 M = 10,000 batch tokens, ~900 tokens/s: the paper's A10G + Llama-2-7B setting, no model).  For each
 run it reports the paper's quantitative service difference (max / avg over 19 windows of 60 s),
 the largest absolute difference in accumulated service, throughput (input + output tokens/s),

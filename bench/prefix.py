@@ -35,7 +35,7 @@ from common import machine_line, markdown_table, replace_doc_section, today  # n
 from enginebench.workload import model_spec  # noqa: E402
 
 from loraplex import LLM, SamplingParams  # noqa: E402
-from loraplex.demo import (  # noqa: E402
+from loraplex.tooling.demo import (  # noqa: E402
     ALL_MODULES,
     write_demo_tokenizer,
     write_random_adapter,

@@ -20,8 +20,8 @@ import httpx
 import torch
 from openai import AsyncOpenAI
 
-from loraplex.launcher import Stack, parse_up_args, start_stack
-from loraplex.servers import free_port
+from loraplex.tooling.launcher import Stack, parse_up_args, start_stack
+from loraplex.tooling.servers import free_port
 
 HIT = re.compile(r'loraplex_worker_prefix_cache_(hit|query)_tokens\{worker="([^"]+)"\} (\S+)')
 

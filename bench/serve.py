@@ -7,7 +7,7 @@ and K/V hand-over MB/s beside raw NATS publish MB/s, all in one run.
                           [--kv-lengths 128,512,2048] [--kv-reps 5] [--raw-mb 256] [--write-docs]
 
 Serving.  For each configuration and offered rate the bench starts a fresh stack with
-``loraplex.launcher``
+``loraplex.tooling.launcher``
 (its own nats-server and redis-server, the adapter store, the scheduler, the workers and the
 gateway; the demo model and its 4 adapters unless ``--model``), with a tenants file of
 ``--tenants`` tenants (one API key each) that it writes itself:
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("\n== K/V hand-over vs raw NATS publish", flush=True)
             model_dir = shared.get("model_dir") or args.model
             if model_dir is None:  # no serving run: write the demo model here
-                from loraplex.demo import write_demo_model
+                from loraplex.tooling.demo import write_demo_model
 
                 model_dir = str(write_demo_model(tmp / "demo-model", num_adapters=0).model_dir)
             kv = asyncio.run(kv_vs_raw(args, model_dir, tmp))

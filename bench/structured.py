@@ -29,8 +29,8 @@ from common import machine_line, markdown_table, replace_doc_section, today  # n
 from enginebench.workload import model_spec  # noqa: E402
 
 from loraplex import LLM, SamplingParams  # noqa: E402
-from loraplex.demo import write_demo_tokenizer, write_random_model  # noqa: E402
 from loraplex.structured_outputs import StructuredOutputsParams  # noqa: E402
+from loraplex.tooling.demo import write_demo_tokenizer, write_random_model  # noqa: E402
 
 SECTION = "Structured outputs (bench/structured.py)"
 SCHEMA = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from loraplex.engine.scheduler import Scheduler
-from loraplex.servers import ServerProcess, start_nats, start_redis
+from loraplex.tooling.servers import ServerProcess, start_nats, start_redis
 
 
 @pytest.fixture(scope="session")

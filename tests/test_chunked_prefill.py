@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from loraplex import LLM, SamplingParams
-from loraplex.demo import (
+from loraplex.kernels import torch_ref
+from loraplex.tooling.demo import (
     ALL_MODULES,
     TinyModelSpec,
 )
-from loraplex.kernels import torch_ref
 from tests.hf_reference import HFReference
 from tests.tiny_models import llm_with_adapters, ranked, write_model_and_adapters
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loraplex.servers import NATS_MAX_PAYLOAD
 from loraplex.tenants import load_tenants
+from loraplex.tooling.servers import NATS_MAX_PAYLOAD
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"

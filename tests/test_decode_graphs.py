@@ -16,13 +16,13 @@ import torch
 
 from loraplex import LLM, SamplingParams
 from loraplex.config import EngineConfig
-from loraplex.demo import (
-    ALL_MODULES,
-    TinyModelSpec,
-)
 from loraplex.engine.cuda_graphs import StaticDecodeInputs, capture_sizes, padded_size
 from loraplex.errors import InvalidRequestError
 from loraplex.kvcache.block_allocator import blocks_for
+from loraplex.tooling.demo import (
+    ALL_MODULES,
+    TinyModelSpec,
+)
 from tests.tiny_models import llm_with_adapters, ranked, write_model_and_adapters
 
 SPEC = TinyModelSpec(seed=3, hidden_size=32, intermediate_size=64, num_heads=4, num_kv_heads=2)

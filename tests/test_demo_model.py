@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from loraplex.demo import (
+from loraplex.tooling.demo import (
     MANIFEST_NAME,
     TinyModelSpec,
     lora_scaling,
@@ -85,7 +85,7 @@ def test_byte_identical_across_processes(demo, tmp_path: Path) -> None:
     # that runtime code never pulls in transformers or peft.
     code = (
         "import sys; sys.path.insert(0, sys.argv[2]);"
-        "from loraplex.demo import write_demo_model;"
+        "from loraplex.tooling.demo import write_demo_model;"
         "write_demo_model(sys.argv[1], num_adapters=5, seed=0);"
         "bad = [m for m in ('transformers', 'peft') if m in sys.modules];"
         "assert not bad, bad"

@@ -25,8 +25,8 @@ def _flags(parser: argparse.ArgumentParser) -> list[str]:
 def _parsers() -> dict[str, argparse.ArgumentParser]:
     from loraplex.adapter_store.__main__ import build_parser as store_parser
     from loraplex.gateway.__main__ import build_parser as gateway_parser
-    from loraplex.launcher import build_parser as up_parser
     from loraplex.scheduler.settings import build_parser as scheduler_parser
+    from loraplex.tooling.launcher import build_parser as up_parser
     from loraplex.worker.settings import build_parser as worker_parser
 
     return {

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from loraplex import LLM, SamplingParams
-from loraplex.demo import ALL_MODULES, TinyModelSpec
 from loraplex.engine.failures import is_fatal
 from loraplex.kvcache.block_allocator import blocks_for
+from loraplex.tooling.demo import ALL_MODULES, TinyModelSpec
 from tests.tiny_models import llm_with_adapters, ranked, write_model_and_adapters
 
 SPEC = TinyModelSpec(seed=5, hidden_size=32, intermediate_size=64, num_heads=4, num_kv_heads=2)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from loraplex import LLM, SamplingParams
-from loraplex.demo import write_demo_model
 from loraplex.kvcache.block_allocator import blocks_for
+from loraplex.tooling.demo import write_demo_model
 
 BLOCK_SIZE = 4
 MAX_MODEL_LEN = 32  # 8 blocks per full-length sequence

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from loraplex import SamplingParams
-from loraplex.demo import (
+from loraplex.tooling.demo import (
     ALL_MODULES,
     TinyModelSpec,
 )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from loraplex import LLM, SamplingParams
-from loraplex.demo import write_demo_model
 from loraplex.engine.llm_engine import LLMEngine
+from loraplex.tooling.demo import write_demo_model
 
 
 @pytest.fixture(scope="module")

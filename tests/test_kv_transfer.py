@@ -12,7 +12,6 @@ import torch
 from loraplex import LLM, SamplingParams
 from loraplex.bus import Bus
 from loraplex.config import DTYPES
-from loraplex.demo import write_demo_model
 from loraplex.protocol import (
     CancelRequest,
     KVBegin,
@@ -28,7 +27,8 @@ from loraplex.protocol import (
     decode,
     encode,
 )
-from loraplex.servers import start_nats
+from loraplex.tooling.demo import write_demo_model
+from loraplex.tooling.servers import start_nats
 from loraplex.worker.kv_transfer import (
     PendingTransfer,
     bytes_to_tensor,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from loraplex import LLM, SamplingParams
-from loraplex.demo import (
+from loraplex.errors import InvalidRequestError
+from loraplex.tooling.demo import (
     ALL_MODULES,
     TinyModelSpec,
 )
-from loraplex.errors import InvalidRequestError
 from tests.hf_reference import HFReference
 from tests.tiny_models import write_model_and_adapters
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from loraplex import LLM, SamplingParams
-from loraplex.demo import TinyModelSpec, write_demo_tokenizer, write_random_model
 from loraplex.engine.penalties import apply_penalties
 from loraplex.engine.sampler import sample
 from loraplex.engine.sequence import Sequence
 from loraplex.errors import InvalidRequestError
+from loraplex.tooling.demo import TinyModelSpec, write_demo_tokenizer, write_random_model
 
 SPEC = TinyModelSpec(arch="llama", seed=41)
 PROMPTS = [[5, 17, 300, 42, 7, 5, 5], [900, 12], [3, 3, 3, 40]]

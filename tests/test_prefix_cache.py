@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from loraplex import LLM, SamplingParams
-from loraplex.demo import (
+from loraplex.kvcache.prefix_cache import CachingBlockAllocator, block_keys
+from loraplex.tooling.demo import (
     ALL_MODULES,
     TinyModelSpec,
     write_random_adapter,
 )
-from loraplex.kvcache.prefix_cache import CachingBlockAllocator, block_keys
 from tests.hf_reference import HFReference
 from tests.tiny_models import llm_with_adapters, ranked, write_model_and_adapters
 

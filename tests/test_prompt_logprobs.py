@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from loraplex import LLM, SamplingParams
-from loraplex.demo import (
+from loraplex.engine.logprobs import TokenLogprobs
+from loraplex.errors import InvalidRequestError
+from loraplex.tooling.demo import (
     ALL_MODULES,
     TinyModelSpec,
 )
-from loraplex.engine.logprobs import TokenLogprobs
-from loraplex.errors import InvalidRequestError
 from tests.hf_reference import HFReference
 from tests.tiny_models import llm_with_adapters, write_model_and_adapters
 

@@ -8,8 +8,8 @@ import random
 import pytest
 
 from loraplex import LLM, SamplingParams
-from loraplex.demo import EOS_TOKEN_ID, write_demo_model
 from loraplex.text import IncrementalDetokenizer, Tokenizer
+from loraplex.tooling.demo import EOS_TOKEN_ID, write_demo_model
 
 PROMPT = "The quick brown fox jumps over"
 N = 24

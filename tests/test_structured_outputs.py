@@ -12,10 +12,10 @@ import re
 import pytest
 
 from loraplex import LLM, SamplingParams
-from loraplex.demo import write_demo_model
 from loraplex.errors import InvalidRequestError
 from loraplex.protocol import SamplingSpec, SubmitRequest, decode, encode
 from loraplex.structured_outputs import StructuredOutputsParams as SO
+from loraplex.tooling.demo import write_demo_model
 
 SCHEMA = {
     "type": "object",

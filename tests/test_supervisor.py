@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import time
 
-from loraplex.supervisor import RestartPolicy, Service, Supervisor
+from loraplex.tooling.supervisor import RestartPolicy, Service, Supervisor
 
 POLICY = RestartPolicy(initial_backoff_s=1.0, max_backoff_s=4.0, stable_after_s=10.0)
 

@@ -9,7 +9,6 @@ import logging
 import pytest
 
 from loraplex import SamplingParams
-from loraplex.demo import ALL_MODULES, TinyModelSpec
 from loraplex.engine import warmup_run
 from loraplex.engine.cuda_graphs import capture_sizes
 from loraplex.engine.warmup import (
@@ -21,6 +20,7 @@ from loraplex.engine.warmup import (
 )
 from loraplex.kernels.flex_plan import padded
 from loraplex.kvcache.block_allocator import blocks_for
+from loraplex.tooling.demo import ALL_MODULES, TinyModelSpec
 from tests.tiny_models import llm_with_adapters, ranked, write_model_and_adapters
 
 # The H200 engine run: 64 requests, 8192-token steps, 32 adapter slots of rank 64, graphs <= 64.

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from loraplex import LLM
-from loraplex.demo import (
+from loraplex.tooling.demo import (
     TinyModelSpec,
     write_demo_tokenizer,
     write_random_adapter,

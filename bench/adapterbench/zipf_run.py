@@ -12,10 +12,10 @@ import numpy as np
 
 from loraplex.adapters.store import AdapterStore
 from loraplex.bus import Bus
-from loraplex.demo import write_demo_model
 from loraplex.lora.host_cache import HostAdapterCache
 from loraplex.lora.names import CONFIG_FILE, WEIGHTS_FILE
 from loraplex.model.config import ModelConfig
+from loraplex.tooling.demo import write_demo_model
 from loraplex.worker.main import make_engine, make_fetch
 from loraplex.worker.runtime import Worker
 from loraplex.worker.settings import WorkerSettings

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from loraplex.demo import (
+from loraplex.tooling.demo import (
     ALL_MODULES,
     TinyModelSpec,
     model_config,

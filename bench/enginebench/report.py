@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from common import machine_line, today
 
-from loraplex.demo import TinyModelSpec
+from loraplex.tooling.demo import TinyModelSpec
 
 from .tables import agreement_table, results_table, runs_table, target_lines
 from .workload import ALPHA, RANK

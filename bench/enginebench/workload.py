@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from loraplex.demo import (
+from loraplex.tooling.demo import (
     ALL_MODULES,
     TinyModelSpec,
     write_demo_tokenizer,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from loraplex.scheduler.policies.base import QueuedRequest
-from loraplex.scheduler.simulator import SimResult
+from loraplex.tooling.simulator import SimResult
 
 from .workloads import PROMPT_VOCAB, api_key
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from common import replace_doc_section
 
-from loraplex.launcher import Stack, parse_up_args, start_stack
 from loraplex.scheduler.policies.base import QueuedRequest
 from loraplex.scheduler.settings import build_parser as build_scheduler_parser
-from loraplex.scheduler.simulator import generate_arrivals, summarize
-from loraplex.servers import free_port
+from loraplex.tooling.launcher import Stack, parse_up_args, start_stack
+from loraplex.tooling.servers import free_port
+from loraplex.tooling.simulator import generate_arrivals, summarize
 
 from .live_client import drive, live_result
 from .plots import plot

@@ -45,7 +45,7 @@ def docs_body(args: argparse.Namespace, rows: list[Row], images: list[Path]) -> 
     return f"""\
 Command: `{cmd}` ({today()}; simulated, so machine-independent; seed {args.seed}).
 
-Simulated server (`loraplex.scheduler.simulator`): continuous batching, M = 10,000 tokens reserved
+Simulated server (`loraplex.tooling.simulator`): continuous batching, M = 10,000 tokens reserved
 (input + max output) per running batch, 40 ms per step + 0.1 ms per prefilled token, one token per
 running request per step (~900 tokens/s, the paper's A10G + Llama-2-7B scale); deterministic
 (uniform with random phase) or Poisson arrivals as in the paper's `exp_suite`.  Cost = input +

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from common import markdown_table
 
-from loraplex.scheduler.simulator import SimResult, accumulated_difference
+from loraplex.tooling.simulator import SimResult, accumulated_difference
 
 
 @dataclass

@@ -8,7 +8,7 @@ import time
 from common import replace_doc_section
 
 from loraplex.scheduler.policies.registry import make_policy
-from loraplex.scheduler.simulator import (
+from loraplex.tooling.simulator import (
     ServerConfig,
     generate_arrivals,
     paper_workload,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from common import REPO_ROOT
 
-from loraplex.scheduler.simulator import Workload, paper_workload
+from loraplex.tooling.simulator import Workload, paper_workload
 
 WORKLOADS = [
     "overload",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from loraplex.stack import Stack
+from loraplex.tooling.stack import Stack
 from tests.hostile.adapter_files import AdapterFiles
 from tests.hostile.case_table import ALL_CASES
 from tests.hostile.cases import CaseContext, run_case

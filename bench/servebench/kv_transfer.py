@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from loraplex.servers import start_nats
+from loraplex.tooling.servers import start_nats
 
 RAW_SUBJECT = "loraplex.bench.raw"
 RAW_REPS = 3  # raw stream repetitions (median)
@@ -37,7 +37,7 @@ class KVRow:
 
 def write_standin_model(out: Path) -> Path:
     """A random model with Llama-3-8B's K/V geometry (tiny everywhere else: only its K/V is used)."""
-    from loraplex.demo import TinyModelSpec, write_demo_tokenizer, write_random_model
+    from loraplex.tooling.demo import TinyModelSpec, write_demo_tokenizer, write_random_model
 
     vocab = write_demo_tokenizer(out, 1024, model_max_length=8192)
     spec = TinyModelSpec(

@@ -1,4 +1,4 @@
-"""Starting the two configurations with ``loraplex.launcher``, tenants file, one run per stack."""
+"""Starting the two configurations with ``loraplex.tooling.launcher``, tenants file, one run per stack."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from loraplex.launcher import Stack, parse_up_args, start_stack
-from loraplex.servers import free_port
+from loraplex.tooling.launcher import Stack, parse_up_args, start_stack
+from loraplex.tooling.servers import free_port
 
 from .load import TENANT_NAMES, ServeResult, TenantKey, plan_requests, replay, token_range
 from .machine import load_average

@@ -21,7 +21,8 @@ from loraplex.adapter_store.registrar import Registrar
 from loraplex.adapter_store.settings import Settings
 from loraplex.adapters.store import AdapterStore
 from loraplex.bus import Bus
-from loraplex.demo import (
+from loraplex.model.config import ModelConfig
+from loraplex.tooling.demo import (
     DemoModelInfo,
     TinyModelSpec,
     demo_model_spec,
@@ -29,8 +30,7 @@ from loraplex.demo import (
     write_demo_model,
     write_random_adapter,
 )
-from loraplex.model.config import ModelConfig
-from loraplex.servers import free_port
+from loraplex.tooling.servers import free_port
 from tests.adapters.paging_helpers import ADAPTERS, TENANT, Gateway, Harness, Reference, until
 from tests.uvicorn_server import serve_app
 

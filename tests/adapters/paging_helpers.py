@@ -27,7 +27,6 @@ from loraplex.adapter_store.spool import Spool
 from loraplex.adapter_store.uploads import AdapterUpload
 from loraplex.adapters.keys import adapter_id
 from loraplex.bus import Bus
-from loraplex.demo import ALL_MODULES, ATTN_MODULES, MLP_MODULES, DemoModelInfo
 from loraplex.lora.names import CONFIG_FILE, WEIGHTS_FILE
 from loraplex.protocol import (
     CancelRequest,
@@ -39,6 +38,7 @@ from loraplex.protocol import (
     TokenDelta,
 )
 from loraplex.tenants import Tenant
+from loraplex.tooling.demo import ALL_MODULES, ATTN_MODULES, MLP_MODULES, DemoModelInfo
 from loraplex.worker.main import make_engine, make_fetch
 from loraplex.worker.runtime import Worker
 from loraplex.worker.settings import WorkerSettings

@@ -17,10 +17,10 @@ from loraplex.adapters.client import AdapterStoreClient
 from loraplex.adapters.errors import AdapterExistsError, AdapterForbiddenError
 from loraplex.adapters.store import AdapterStore
 from loraplex.bus import Bus
-from loraplex.demo import TinyModelSpec
 from loraplex.errors import AdapterNotFoundError
 from loraplex.protocol import AdapterEvent, Subjects
 from loraplex.tenants import AuthenticationError
+from loraplex.tooling.demo import TinyModelSpec
 
 from .conftest import ALICE, BOB, keys_with
 

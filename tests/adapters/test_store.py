@@ -22,7 +22,7 @@ from loraplex.adapters.errors import (
 )
 from loraplex.adapters.store import CHUNK_SIZE, AdapterStore
 from loraplex.errors import AdapterError, AdapterNotFoundError
-from loraplex.servers import free_port, start_redis
+from loraplex.tooling.servers import free_port, start_redis
 
 from .conftest import keys_with
 

@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from loraplex.adapters.store import AdapterStore
-from loraplex.demo import ALL_MODULES, TinyModelSpec, model_config, write_random_adapter
 from loraplex.lora.adapter import check_adapter_file
 from loraplex.model.config import ModelConfig
+from loraplex.tooling.demo import ALL_MODULES, TinyModelSpec, model_config, write_random_adapter
 
 from .conftest import ALICE, BOB, keys_with
 from .paging_helpers import until

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from loraplex import LLM
-from loraplex.demo import write_demo_tokenizer, write_random_adapter, write_random_model
+from loraplex.tooling.demo import write_demo_tokenizer, write_random_adapter, write_random_model
 from tests.bad_inputs.helpers import OPTS, SPEC
 
 

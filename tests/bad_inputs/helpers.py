@@ -10,7 +10,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from loraplex.demo import TinyModelSpec
+from loraplex.tooling.demo import TinyModelSpec
 
 SPEC = TinyModelSpec(seed=7)  # hidden 64, 2 layers, 4 heads / 2 kv heads of 16, vocab 1024
 MAX_RANK = 8

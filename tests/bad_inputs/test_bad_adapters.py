@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from loraplex import SamplingParams
-from loraplex.demo import write_random_adapter
 from loraplex.errors import AdapterError
+from loraplex.tooling.demo import write_random_adapter
 from tests.bad_inputs.helpers import A_KEY, B_KEY, MAX_RANK, SPEC, clone, edit_json, edit_tensors
 
 

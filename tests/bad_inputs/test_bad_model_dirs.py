@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from loraplex import LLM
-from loraplex.demo import TinyModelSpec, write_demo_tokenizer, write_random_model
 from loraplex.errors import ModelLoadError, UnsupportedModelError
+from loraplex.tooling.demo import TinyModelSpec, write_demo_tokenizer, write_random_model
 from tests.bad_inputs.helpers import (
     _DELETE,
     K_PROJ,

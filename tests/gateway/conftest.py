@@ -19,7 +19,6 @@ from pathlib import Path
 import nats
 import pytest
 
-from loraplex.demo import DemoModelInfo, write_demo_model
 from loraplex.gateway.app import create_app
 from loraplex.gateway.settings import GatewaySettings
 from loraplex.protocol import (
@@ -32,8 +31,9 @@ from loraplex.protocol import (
     decode,
     encode,
 )
-from loraplex.servers import free_port
 from loraplex.text.tokenizer import Tokenizer
+from loraplex.tooling.demo import DemoModelInfo, write_demo_model
+from loraplex.tooling.servers import free_port
 from tests.uvicorn_server import serve_app
 
 TENANTS = {

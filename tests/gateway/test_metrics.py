@@ -13,12 +13,12 @@ import httpx
 import nats
 import pytest
 
-from loraplex.demo import DemoModelInfo
 from loraplex.gateway.metrics import GatewayMetrics
 from loraplex.gateway.metrics_server import MetricsListenError, metrics_listener
 from loraplex.protocol import SchedulerStats, Subjects, encode
-from loraplex.servers import free_port
 from loraplex.text.tokenizer import Tokenizer
+from loraplex.tooling.demo import DemoModelInfo
+from loraplex.tooling.servers import free_port
 from tests.gateway.conftest import ALICE, MODEL_ID, REPLY_TEXT, FakeScheduler, GatewayFactory, Plan
 
 COMPLETIONS = "/v1/completions"

@@ -9,8 +9,8 @@ import httpx
 import pytest
 from openai import AsyncOpenAI, NotFoundError
 
-from loraplex.demo import IM_END_ID, DemoModelInfo
 from loraplex.text.tokenizer import Tokenizer
+from loraplex.tooling.demo import IM_END_ID, DemoModelInfo
 from tests.gateway.conftest import (
     ALICE,
     ALICE_KEY,

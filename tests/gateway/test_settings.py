@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from loraplex.demo import DemoModelInfo
 from loraplex.gateway.__main__ import main
 from loraplex.gateway.settings import GatewaySettings, is_loopback
+from loraplex.tooling.demo import DemoModelInfo
 
 
 def test_defaults_from_model_dir(demo: DemoModelInfo, monkeypatch: pytest.MonkeyPatch) -> None:

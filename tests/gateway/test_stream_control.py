@@ -115,7 +115,7 @@ async def test_health_ready(gateway: str) -> None:
 
 
 async def test_nats_down_is_503_not_a_hang(gateway_factory: GatewayFactory, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from loraplex.servers import start_nats
+    from loraplex.tooling.servers import start_nats
 
     server = start_nats(tmp_path / "own-nats")
     try:

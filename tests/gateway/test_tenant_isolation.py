@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from loraplex.demo import DemoModelInfo
+from loraplex.tooling.demo import DemoModelInfo
 from tests.gateway.conftest import (
     ALICE,
     BOB,

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from loraplex.demo import DemoModelInfo
 from loraplex.text.tokenizer import Tokenizer
+from loraplex.tooling.demo import DemoModelInfo
 from tests.gateway.conftest import (
     ALICE,
     BOB,

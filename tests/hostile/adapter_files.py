@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
-from loraplex.demo.demo_model import demo_model_spec
-from loraplex.demo.model_writer import write_random_adapter
+from loraplex.tooling.demo.demo_model import demo_model_spec
+from loraplex.tooling.demo.model_writer import write_random_adapter
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"

@@ -21,8 +21,8 @@ from pathlib import Path
 import httpx
 import openai
 
-from loraplex.launcher import Stack, parse_up_args, start_stack
-from loraplex.servers import free_port
+from loraplex.tooling.launcher import Stack, parse_up_args, start_stack
+from loraplex.tooling.servers import free_port
 
 ALPHA, BETA = "tenant-alpha", "tenant-beta"  # the demo adapters (public) belong to ALPHA
 KEYS = {ALPHA: "sk-hostile-alpha-5c0e19d2", BETA: "sk-hostile-beta-a81f44b7"}

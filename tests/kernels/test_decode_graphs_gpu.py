@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from loraplex import LLM, SamplingParams
-from loraplex.demo import (
+from loraplex.engine.cuda_graphs import capture_sizes
+from loraplex.tooling.demo import (
     ALL_MODULES,
     TinyModelSpec,
 )
-from loraplex.engine.cuda_graphs import capture_sizes
 from tests.hf_reference import HFReference
 from tests.tiny_models import llm_with_adapters, ranked, write_model_and_adapters
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loraplex import SamplingParams
-from loraplex.demo import ALL_MODULES, TinyModelSpec
+from loraplex.tooling.demo import ALL_MODULES, TinyModelSpec
 from tests.hf_reference import HFReference
 from tests.kernels.interpreted import run_interpreted
 from tests.tiny_models import llm_with_adapters, write_model_and_adapters

@@ -9,10 +9,10 @@ import torch
 pytest.importorskip("triton")
 
 from loraplex import SamplingParams  # noqa: E402
-from loraplex.demo import ALL_MODULES, TinyModelSpec  # noqa: E402
 from loraplex.forward_context import LoraMeta  # noqa: E402
 from loraplex.kernels import dispatch, triton_lora, triton_lora_v2  # noqa: E402
 from loraplex.lora import apply  # noqa: E402
+from loraplex.tooling.demo import ALL_MODULES, TinyModelSpec  # noqa: E402
 from tests.tiny_models import llm_with_adapters, write_model_and_adapters  # noqa: E402
 
 NAMES = (

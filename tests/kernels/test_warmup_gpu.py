@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from loraplex import SamplingParams
-from loraplex.demo import ALL_MODULES, TinyModelSpec
 from loraplex.engine.warmup import Pattern
 from loraplex.engine.warmup_run import count_compiles, run_pattern, warm_up
+from loraplex.tooling.demo import ALL_MODULES, TinyModelSpec
 from tests.tiny_models import llm_with_adapters, ranked, write_model_and_adapters
 
 pytestmark = [

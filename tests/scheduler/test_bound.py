@@ -18,7 +18,7 @@ import random
 import pytest
 
 from loraplex.scheduler.policies.registry import make_policy
-from loraplex.scheduler.simulator import Client, ServerConfig, Workload, generate_arrivals, simulate
+from loraplex.tooling.simulator import Client, ServerConfig, Workload, generate_arrivals, simulate
 
 STEP_S = 0.01
 

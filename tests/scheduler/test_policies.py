@@ -8,7 +8,7 @@ from loraplex.scheduler.policies.base import QueuedRequest
 from loraplex.scheduler.policies.fcfs import FCFSPolicy
 from loraplex.scheduler.policies.registry import POLICIES, make_policy
 from loraplex.scheduler.policies.rpm import RPMPolicy
-from loraplex.scheduler.simulator import Client, ServerConfig, Workload, generate_arrivals, simulate
+from loraplex.tooling.simulator import Client, ServerConfig, Workload, generate_arrivals, simulate
 
 
 def rq(rid: str, tenant: str, t: float = 0.0, inp: int = 10, out: int = 10) -> QueuedRequest:

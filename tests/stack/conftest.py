@@ -5,8 +5,8 @@ from __future__ import annotations
 import openai
 import pytest
 
-from loraplex.launcher import Stack, parse_up_args, start_stack
-from loraplex.servers import free_port
+from loraplex.tooling.launcher import Stack, parse_up_args, start_stack
+from loraplex.tooling.servers import free_port
 
 STACK_FLAGS = [
     "--dtype",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loraplex import LLM
-from loraplex.launcher import Stack
+from loraplex.tooling.launcher import Stack
 
 PROMPTS = [[5, 6, 7, 8, 9, 10], [100, 200, 300], [42] * 11, [7, 8], [300, 301, 302, 303], [9] * 5]
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import nats
 import openai
 
-from loraplex.launcher import Stack
 from loraplex.protocol import PrefillAssign, Subjects, WorkerHeartbeat, decode
+from loraplex.tooling.launcher import Stack
 
 KEYS = {"A": "sk-fairness-test-tenant-a-4f1c", "B": "sk-fairness-test-tenant-b-9e27"}
 

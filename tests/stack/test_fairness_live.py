@@ -22,7 +22,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from loraplex.launcher import Stack
+from loraplex.tooling.launcher import Stack
 from tests.stack.conftest import launch
 from tests.stack.fairness_live_helpers import KEYS, base_model, client_for, watch_bus
 

@@ -8,7 +8,7 @@ import time
 import openai
 import pytest
 
-from loraplex.servers import start_nats, start_redis
+from loraplex.tooling.servers import start_nats, start_redis
 from tests.stack.conftest import launch
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from loraplex.servers import free_port
+from loraplex.tooling.servers import free_port
 
 
 def _processes_mentioning(text: str) -> list[int]:
@@ -56,7 +56,7 @@ def test_up_serves_and_ctrl_c_stops_everything(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "loraplex.cli",
+        "loraplex.tooling.cli",
         "up",
         "--port",
         str(port),

@@ -21,7 +21,6 @@ import torch
 
 from loraplex import LLM, SamplingParams
 from loraplex.bus import Bus
-from loraplex.demo import write_demo_model
 from loraplex.lora.names import CONFIG_FILE, WEIGHTS_FILE
 from loraplex.protocol import (
     PrefillAssign,
@@ -32,6 +31,7 @@ from loraplex.protocol import (
     SubmitRequest,
     TokenDelta,
 )
+from loraplex.tooling.demo import write_demo_model
 from loraplex.worker.main import make_engine
 from loraplex.worker.runtime import MAX_FAILED_STEPS_IN_A_ROW, Worker
 from loraplex.worker.settings import WorkerSettings
