@@ -27,14 +27,16 @@ from types import SimpleNamespace
 
 import torch
 
+from loraplex import env
 from loraplex.kernels import lora_ops, torch_ref
 
 _OP_NAMES = ("sgmv_shrink", "sgmv_expand", "bgmv_shrink", "bgmv_expand")
 _FUSED_NAMES = tuple(f"{n}_fused" for n in _OP_NAMES)
 
 
-def _env_on(name: str) -> bool:
-    return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
+def _triton_interpreting() -> bool:
+    # Triton's own variable, not a LORAPLEX_* one, so it is read here and not in the registry.
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 @cache
@@ -44,12 +46,12 @@ def _triton_importable() -> bool:
 
 def use_triton(device: torch.device | str) -> bool:
     """Whether kernels for ``device`` should run through Triton (env is read on every call)."""
-    if _env_on("LORAPLEX_DISABLE_TRITON") or not _triton_importable():
+    if env.DISABLE_TRITON.get() or not _triton_importable():
         return False
     dev = torch.device(device)
     if dev.type == "cuda":
         return True
-    return dev.type == "cpu" and _env_on("TRITON_INTERPRET") and _env_on("LORAPLEX_TRITON_ON_CPU")
+    return dev.type == "cpu" and _triton_interpreting() and env.TRITON_ON_CPU.get()
 
 
 # Torch fallbacks for the fused ops: one twin call per slice, same semantics as the Triton ones.
