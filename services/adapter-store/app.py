@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from loraplex.adapter_store.deps import AppState
 from loraplex.adapter_store.events import EventPublisher
-from loraplex.adapter_store.http_errors import install_error_handlers
+from loraplex.http_errors import install_error_handlers
 from loraplex.adapter_store.registrar import Registrar
 from loraplex.adapter_store.routes import health, router
 from loraplex.adapter_store.settings import Settings
