@@ -14,12 +14,13 @@ from fastapi import FastAPI
 
 from loraplex.adapter_store.deps import AppState
 from loraplex.adapter_store.events import EventPublisher
-from loraplex.http_errors import install_error_handlers
 from loraplex.adapter_store.registrar import Registrar
 from loraplex.adapter_store.routes import health, router
 from loraplex.adapter_store.settings import Settings
+from loraplex.adapter_store.spool import sweep_orphans
 from loraplex.adapters.migrate import migrate_in_background
 from loraplex.adapters.store import AdapterStore
+from loraplex.http_errors import install_error_handlers
 from loraplex.model.config import ModelConfig
 from loraplex.tenants import load_tenants
 
@@ -43,6 +44,8 @@ def create_app(settings: Settings) -> FastAPI:
     root = _adapters_root(settings.adapters_root)
     if settings.upload_dir is not None and not os.path.isdir(settings.upload_dir):
         raise ValueError(f"--upload-dir {settings.upload_dir!r} is not a directory")
+    if swept := sweep_orphans(settings.upload_dir):
+        log.info("removed %d upload file(s) left by stopped processes", swept)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -3,7 +3,8 @@ validation nor its staging into Redis holds the file in memory.
 
 The file is created 0600 under ``--upload-dir`` (``LORAPLEX_UPLOAD_DIR``; default the system's
 temp dir) and removed by ``delete()``, or when the ``Spool`` is garbage-collected or the process
-exits, whichever comes first.
+exits, whichever comes first.  A process killed with SIGKILL removes nothing, so the file name
+carries the owner's pid and ``sweep_orphans`` (run at start) removes the files of dead owners.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from typing import BinaryIO
 from loraplex.adapters.errors import AdapterTooLargeError
 
 COPY_BLOCK = 1024 * 1024
+PREFIX = "loraplex-upload-"
+SUFFIX = ".safetensors"
 
 
 class Spool:
     def __init__(self, directory: str | None = None) -> None:
-        fd, path = tempfile.mkstemp(prefix="loraplex-upload-", suffix=".safetensors", dir=directory)
+        fd, path = tempfile.mkstemp(prefix=f"{PREFIX}{os.getpid()}-", suffix=SUFFIX, dir=directory)
         self.path = Path(path)
         self.size = 0
         self._file: BinaryIO = os.fdopen(fd, "wb")
@@ -71,3 +74,28 @@ def _remove(file: BinaryIO, path: str) -> None:
     file.close()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def sweep_orphans(directory: str | None = None) -> int:
+    """Remove spool files whose owning process is gone (a store killed mid-upload); returns how
+    many.  Files of live processes (another store or gateway sharing the directory) are kept."""
+    removed = 0
+    folder = Path(directory or tempfile.gettempdir())
+    for path in folder.glob(f"{PREFIX}*{SUFFIX}"):
+        owner = path.name[len(PREFIX) :].split("-", 1)[0]
+        if not owner.isdigit() or _alive(int(owner)):
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
