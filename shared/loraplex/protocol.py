@@ -30,6 +30,8 @@ class Subjects:
     STATS = (
         "loraplex.sched.stats"  # scheduler -> gateways (for /metrics), every second: SchedulerStats
     )
+    # the leading scheduler -> gateways and workers, at takeover and every second: LeaderAnnounce
+    LEADER = "loraplex.sched.leader"
 
     @staticmethod
     def worker(worker_id: str) -> str:
@@ -119,6 +121,11 @@ class SubmitRequest(Message):
     sampling: SamplingSpec
     adapter: str | None = None
     arrival_ts: float = 0.0
+    # A gateway sends its unfinished requests again (same id) when a new scheduler leads: the
+    # scheduler adopts or re-queues them, never runs one twice.  ``tokens_received``: how many
+    # tokens of it the gateway has already streamed.
+    resubmit: bool = False
+    tokens_received: int = 0
 
 
 @dataclass(frozen=True)
@@ -198,6 +205,19 @@ class PrefillAssign(Message):
     request: SubmitRequest
     decode_worker: str = ""
     attempt: int = 0
+    # The lease epoch of the scheduler that sent it (fencing token): a worker ignores an
+    # assignment from an older epoch than one it has seen (a deposed leader's late message).
+    epoch: int = 0
+
+
+@dataclass(frozen=True)
+class LeaderAnnounce(Message):
+    """the leading scheduler -> gateways, workers and standby schedulers: who leads, with which
+    lease epoch.  A gateway that sees a new epoch resubmits its unfinished requests."""
+
+    TAG: ClassVar[str] = "sched_leader"
+    scheduler_id: str
+    epoch: int
 
 
 @dataclass(frozen=True)
