@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Installs what the Python side cannot: nats-server, redis-server and Python's venv module, from
+# Installs what the Python side cannot: nats-server, redis-server, promtool (Debian's prometheus
+# package; the tests check every service's /metrics with it) and Python's venv module, from
 # Debian/Ubuntu packages, only when missing.
 set -euo pipefail
 missing=()
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=(python3-venv)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
