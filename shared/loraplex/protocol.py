@@ -28,7 +28,7 @@ class Subjects:
     USAGE = "loraplex.sched.usage"  # workers -> scheduler: RequestProgress
     ADAPTER_EVENTS = "loraplex.adapters.events"  # adapter-store -> all: AdapterEvent
     STATS = (
-        "loraplex.sched.stats"  # scheduler -> gateways (for /metrics), every second: SchedulerStats
+        "loraplex.sched.stats"  # scheduler -> gateways (for /ready), every second: SchedulerStats
     )
     # the leading scheduler -> gateways and workers, at takeover and every second: LeaderAnnounce
     LEADER = "loraplex.sched.leader"
@@ -255,12 +255,15 @@ class WorkerHeartbeat(Message):
 
 @dataclass(frozen=True)
 class SchedulerStats(Message):
-    """scheduler -> gateways: what /metrics shows about queues, fairness counters and workers."""
+    """scheduler -> gateways, every second: queues, fairness counters, workers, and the serving
+    capacity (``pools``) that a gateway's ``/ready`` reads."""
 
     TAG: ClassVar[str] = "sched_stats"
     queued: dict[str, int]  # tenant -> requests waiting in the scheduler
     counters: dict[str, float]  # tenant -> fairness counter (weighted service)
     workers: dict[str, dict[str, float]]  # worker id -> kv_used, kv_total, running, slots_used, ...
+    # Role ("prefill", "decode", "both") -> live, non-draining workers: the gateways' /ready.
+    pools: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
