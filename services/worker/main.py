@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
+
+import torch
 
 from loraplex import env
 from loraplex.config import EngineConfig
 from loraplex.engine.llm_engine import LLMEngine
+from loraplex.engine.memory_budget import MemoryBudgetError
 from loraplex.engine.warmup_run import warm_up
 from loraplex.worker.adapter_pager import Fetch
+from loraplex.worker.gpu_lease import DeviceConfigError, GpuLease, place_worker
 from loraplex.worker.runtime import Worker
 from loraplex.worker.settings import WorkerSettings, build_parser, settings_from_args
 
 log = logging.getLogger("loraplex.worker")
 
 
-def make_engine(s: WorkerSettings) -> LLMEngine:
+def make_engine(s: WorkerSettings, device: str | None = None) -> LLMEngine:
+    """The engine on ``device`` (placed by ``place``), else on ``s.device``."""
     config = EngineConfig(
         max_num_seqs=s.max_num_seqs,
         max_num_batched_tokens=s.max_num_batched_tokens,
@@ -31,8 +37,9 @@ def make_engine(s: WorkerSettings) -> LLMEngine:
         max_cuda_graph_batch_size=s.max_cuda_graph_batch_size,
         enable_prefix_caching=s.enable_prefix_caching,
         kv_cache_memory_mb=env.KV_CACHE_MEMORY.get(),
+        gpu_memory_utilization=s.gpu_memory_utilization,
     )
-    engine = LLMEngine(s.model, config, dtype=s.dtype, device=s.device)
+    engine = LLMEngine(s.model, config, dtype=s.dtype, device=device or s.device)
     # Compile every batch shape now (CUDA; LORAPLEX_WARMUP): never inside a serving step.
     warm_up(engine)
     return engine
@@ -52,8 +59,21 @@ def make_fetch(redis_url: str | None) -> tuple[Fetch | None, object]:
     return fetch, store
 
 
+def place(s: WorkerSettings) -> tuple[str | None, GpuLease | None]:
+    """The engine's device; the lease (``--device auto``) lives as long as the process."""
+    # device_count() creates no CUDA context: nothing lands on GPU 0 before the lease.
+    return place_worker(
+        s.device,
+        torch.cuda.device_count(),
+        s.gpu_lease_dir,
+        os.environ.get("CUDA_VISIBLE_DEVICES"),
+        holder=s.worker_id,
+    )
+
+
 async def serve(s: WorkerSettings) -> None:
-    engine = await asyncio.to_thread(make_engine, s)
+    device, lease = place(s)
+    engine = await asyncio.to_thread(make_engine, s, device)
     fetch, store = make_fetch(s.redis_url)
     worker = Worker(s, engine, fetch)
     await worker.start()
@@ -67,12 +87,19 @@ async def serve(s: WorkerSettings) -> None:
     await worker.drain_and_stop()
     if store is not None:
         await store.close()  # type: ignore[attr-defined]
+    if lease is not None:
+        lease.release()
 
 
 def main(default_role: str, argv: list[str] | None = None) -> int:
     args = build_parser(default_role).parse_args(argv)
     env.configure_logging()
-    asyncio.run(serve(settings_from_args(args)))
+    try:
+        asyncio.run(serve(settings_from_args(args)))
+    except (DeviceConfigError, MemoryBudgetError) as e:
+        # Bad --device / --gpu-memory-utilization: one line naming the flag, no traceback.
+        print(f"loraplex {args.role} worker: error: {e}", file=sys.stderr, flush=True)
+        return 2
     return 0
 
 

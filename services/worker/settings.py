@@ -21,6 +21,8 @@ class WorkerSettings:
     worker_id: str
     dtype: str = "auto"
     device: str | None = None
+    gpu_memory_utilization: float = 0.9
+    gpu_lease_dir: str = ""
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 4096
     max_model_len: int | None = None
@@ -38,6 +40,18 @@ class WorkerSettings:
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError("--gpu-memory-utilization must be in (0, 1]")
+
+
+def _fraction(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{raw} is not in (0, 1]: a fraction of the total")
+    return value
 
 
 def build_parser(default_role: str) -> argparse.ArgumentParser:
@@ -60,7 +74,23 @@ def build_parser(default_role: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)"
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:N, or auto: lease a GPU no other worker on this host holds "
+        "(default: cuda when available)",
+    )
+    p.add_argument(
+        "--gpu-memory-utilization",
+        type=_fraction,
+        default=0.9,
+        help="fraction of the GPU's total memory for weights + activations + K/V cache, as in "
+        "vLLM (default: %(default)s; give workers that share a GPU shares that add up to <= 1)",
+    )
+    p.add_argument(
+        "--gpu-lease-dir",
+        default=env.GPU_LEASE_DIR.get(),
+        help="where --device auto keeps one lock file per GPU; share it between the workers of "
+        "a host (default: %(default)s)",
     )
     p.add_argument("--max-num-seqs", type=int, default=64, help="requests in the running batch")
     p.add_argument(
@@ -112,6 +142,8 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         worker_id=worker_id,
         dtype=args.dtype,
         device=args.device,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        gpu_lease_dir=args.gpu_lease_dir,
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_model_len=args.max_model_len,

@@ -47,6 +47,9 @@ class EngineConfig:
     # Reuse the K/V of full blocks shared with earlier prompts (same adapter), as vLLM/SGLang do.
     enable_prefix_caching: bool = True
     max_cuda_graph_batch_size: int = 256
+    # Fraction of the GPU's TOTAL memory for weights + activations + K/V (vLLM's meaning); the
+    # K/V cache gets what is left (engine/memory_budget.py).  Ignored on the CPU.
+    gpu_memory_utilization: float = 0.9
 
     def __post_init__(self) -> None:
         for name in (
@@ -59,6 +62,8 @@ class EngineConfig:
         ):
             if getattr(self, name) < 1:
                 raise InvalidRequestError(f"{name} must be positive")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise InvalidRequestError("gpu_memory_utilization must be in (0, 1]")
         if self.max_lora_rank > 512:
             raise InvalidRequestError("max_lora_rank above 512 is not supported")
 

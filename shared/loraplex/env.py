@@ -46,6 +46,11 @@ BLOCK_SIZE = EnvVar("LORAPLEX_BLOCK_SIZE", 16, "tokens per KV-cache block")
 KV_CACHE_MEMORY = EnvVar(
     "LORAPLEX_KV_CACHE_MEMORY_MB", 0, "KV-cache size in MiB (0: derive from --num-kv-blocks)"
 )
+GPU_LEASE_DIR = EnvVar(
+    "LORAPLEX_GPU_LEASE_DIR",
+    "/tmp/loraplex-gpu-leases",
+    "workers' --device auto: one flock'd file per GPU (share it between a host's workers)",
+)
 WARMUP = EnvVar(
     "LORAPLEX_WARMUP",
     "full",
@@ -120,6 +125,7 @@ REGISTRY: tuple[EnvVar, ...] = (
     LOG_LEVEL,
     BLOCK_SIZE,
     KV_CACHE_MEMORY,
+    GPU_LEASE_DIR,
     WARMUP,
     NATS_URL,
     REDIS_URL,

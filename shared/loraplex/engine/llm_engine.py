@@ -14,9 +14,11 @@ from loraplex.config import EngineConfig, resolve_device, resolve_dtype
 from loraplex.engine.failures import RequestFailer, is_fatal, nonfinite_requests
 from loraplex.engine.handover import Handover
 from loraplex.engine.logprobs import compute_logprobs
+from loraplex.engine.memory_budget import DeviceMemory, activation_bytes, kv_cache_bytes
 from loraplex.engine.outputs import StepOutput
 from loraplex.engine.penalties import apply_penalties
 from loraplex.engine.request_tracker import RequestTracker
+from loraplex.engine.resume import resumed_params
 from loraplex.engine.runner import ModelRunner
 from loraplex.engine.sampler import sample
 from loraplex.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
@@ -60,11 +62,12 @@ class LLMEngine:
         # Prompts longer than max_num_batched_tokens are prefilled in chunks.
         self.max_model_len = cfg.max_model_len or min(mc.max_position_embeddings, 8192)
         self.model = load_model(model_dir, mc, self.dtype, self.device, self.max_model_len)
-        num_blocks = self._num_kv_blocks()
-        self.kv_cache = PagedKVCache(mc, num_blocks, cfg.block_size, self.dtype, self.device)
+        # Adapter slots before the K/V cache: the cache is sized from what is left.
         self.lora_weights = LoraWeights(
             mc, cfg.max_loras, cfg.max_lora_rank, self.dtype, self.device
         )
+        num_blocks = self._num_kv_blocks()
+        self.kv_cache = PagedKVCache(mc, num_blocks, cfg.block_size, self.dtype, self.device)
         self.slots = SlotTable(cfg.max_loras)
         allocator_cls = CachingBlockAllocator if cfg.enable_prefix_caching else BlockAllocator
         self.allocator = allocator_cls(num_blocks, cfg.block_size)
@@ -140,11 +143,37 @@ class LLMEngine:
         per_block = PagedKVCache.bytes_per_block(mc, cfg.block_size, self.dtype)
         if cfg.kv_cache_memory_mb:
             return max(1, cfg.kv_cache_memory_mb * 2**20 // per_block)
-        wanted = cfg.max_num_seqs * blocks_for(self.max_model_len, cfg.block_size)
+        one_seq = blocks_for(self.max_model_len, cfg.block_size)
+        wanted = cfg.max_num_seqs * one_seq
         if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            wanted = min(wanted, int(free * 0.8) // per_block)
-        return max(wanted, blocks_for(self.max_model_len, cfg.block_size))
+            wanted = min(wanted, self._kv_bytes_on_gpu(one_seq * per_block) // per_block)
+        return max(wanted, one_seq)
+
+    def _kv_bytes_on_gpu(self, min_kv_bytes: int) -> int:
+        """What ``gpu_memory_utilization`` leaves for K/V (MemoryBudgetError when nothing)."""
+        cfg, mc = self.config, self.model_config
+        free, total = torch.cuda.mem_get_info(self.device)
+        held = torch.cuda.memory_reserved(self.device)
+        activations = activation_bytes(
+            cfg.max_num_batched_tokens,
+            cfg.max_num_seqs,
+            mc.hidden_size,
+            mc.intermediate_size,
+            mc.vocab_size,
+            torch.empty((), dtype=self.dtype).element_size(),
+        )
+        mem = DeviceMemory(total=total, free=free, held=held)
+        budget = kv_cache_bytes(
+            mem, cfg.gpu_memory_utilization, activations, min_kv_bytes, str(self.device)
+        )
+        log.info(
+            "K/V cache: %.2f GiB (gpu_memory_utilization %.2f of %.1f GiB; held %.2f GiB)",
+            budget / 2**30,
+            cfg.gpu_memory_utilization,
+            total / 2**30,
+            held / 2**30,
+        )
+        return budget
 
     # ---- adapters -------------------------------------------------------------------------
     def add_lora(self, name: str, path: str | Path) -> LoraAdapter:
@@ -183,16 +212,22 @@ class LLMEngine:
         params: SamplingParams,
         lora: str | None = None,
         prefill_only: bool = False,
+        generated: list[int] | None = None,
     ) -> None:
+        """Queue a request.  ``generated``: the tokens it already produced on a worker that died
+        (a migrated request); they are prefilled with the prompt and count as its outputs."""
         if not prompt_token_ids:
             raise InvalidRequestError("prompt must contain at least one token")
-        if len(prompt_token_ids) >= self.max_model_len:
+        generated = list(generated or [])
+        if len(prompt_token_ids) + len(generated) >= self.max_model_len:
             raise InvalidRequestError(
                 f"prompt has {len(prompt_token_ids)} tokens; this model's context is {self.max_model_len}"
             )
         vocab = self.model_config.vocab_size
         if min(prompt_token_ids) < 0 or max(prompt_token_ids) >= vocab:
             raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})")
+        if generated:
+            params = resumed_params(params, generated, vocab)
         if lora is not None and lora not in self.adapters:
             raise AdapterNotFoundError(f"adapter {lora!r} is not registered")
         if blocks_for(self.max_model_len, self.config.block_size) > self.allocator.num_blocks:
@@ -200,6 +235,7 @@ class LLMEngine:
         if self.scheduler.find(request_id) is not None:
             raise InvalidRequestError(f"request id {request_id!r} is already running")
         seq = Sequence(request_id, list(prompt_token_ids), params, lora, prefill_only=prefill_only)
+        seq.output_token_ids = generated
         seq.cache_namespace = cache_namespace(lora)
         self.requests.track(seq)
         self.scheduler.add(seq)
