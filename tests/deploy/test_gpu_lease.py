@@ -6,6 +6,7 @@ test exercises the cross-process locks that several containers sharing the lease
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -157,3 +158,19 @@ def test_bad_fraction_names_the_flag_on_stderr(capsys) -> None:
     with pytest.raises(SystemExit):
         build_parser("decode").parse_args(["--model", "m", "--gpu-memory-utilization", "1.5"])
     assert "--gpu-memory-utilization" in capsys.readouterr().err
+
+
+def test_the_worker_exits_naming_the_flag(tmp_path) -> None:
+    """The real entry point: a GPU this (CPU-only) host does not have is one stderr line and
+    exit 2, before any model load or NATS connection."""
+    out = subprocess.run(
+        [sys.executable, "-m", "loraplex.decode", "--model", str(tmp_path / "none"),
+         "--nats-url", "nats://127.0.0.1:1", "--device", "cuda:3",
+         "--gpu-lease-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        "loraplex decode worker: error: --device cuda:3: this process sees 0 CUDA device(s) (none)"
+    )
+    assert "Traceback" not in out.stderr
