@@ -100,13 +100,17 @@ class Handover:
         cached_blocks: int = 0,
         first_logprobs: TokenLogprobs | None = None,
         prompt_logprobs: list[TokenLogprobs] | None = None,
+        generated: list[int] | None = None,
     ) -> StepOutput:
         """Join a request prefilled elsewhere to the decode batch; returns its first token's
         output (which carries ``prompt_logprobs``, when given).  ``payload`` holds the K/V of
         the reserved blocks after the first ``cached_blocks`` (which ``reserve_for_prompt``
-        found already cached here)."""
+        found already cached here).  ``generated``: a migrated request's tokens from before its
+        worker died, prefilled with the prompt (the payload covers both); ``first_token``
+        follows them."""
         blocks = self.reservations.pop(request_id)
         seq = Sequence(request_id, list(prompt_token_ids), params, lora)
+        seq.output_token_ids = list(generated or [])
         try:
             if lora is not None and lora not in self.adapters:
                 raise AdapterNotFoundError(f"adapter {lora!r} is not registered")
@@ -123,7 +127,7 @@ class Handover:
         self.kv_cache.import_blocks(blocks[cached_blocks:], payload)
         seq.cache_namespace = cache_namespace(lora)
         seq.block_table = blocks
-        seq.num_cached = len(prompt_token_ids)
+        seq.num_cached = seq.num_tokens
         seq.prompt_logprobs = list(prompt_logprobs or [])
         self.scheduler.register_computed(seq, seq.num_cached)  # imported K/V serve later prompts
         out = self._append(seq, first_token, first_logprobs, False)

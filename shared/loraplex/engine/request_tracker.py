@@ -1,7 +1,10 @@
 """The engine's per-request state, from ``track`` to ``forget``, and what each sampled token does.
 
 A request is tracked when it is added (or its K/V arrive from a prefill worker): its grammar
-matcher, its generator when seeded, its incremental detokenizer.  Each sampled token goes
+matcher, its generator when seeded, its incremental detokenizer.  A request resumed after its
+worker died arrives with the tokens it had generated as its first outputs: the matcher and the
+detokenizer are advanced over them, and its generator is seeded by (seed, token index), so it
+draws what it would have drawn.  Each sampled token goes
 through ``append``, which checks the stop conditions and finishes the request, or ends a
 prefill-only request with its K/V exported for the hand-over.
 """
@@ -55,16 +58,20 @@ class RequestTracker:
     def track(self, seq: Sequence) -> None:
         """Set up ``seq``'s state; its grammar may refuse it (nothing is kept then)."""
         params, request_id = seq.params, seq.request_id
-        self.grammars.track(request_id, params.structured_outputs)  # first: it may refuse
+        generated = seq.output_token_ids  # non-empty for a request resumed after a migration
+        self.grammars.track(request_id, params.structured_outputs, generated)  # may refuse
         if params.seed is not None:
             # Seeded per token in generator_for; created once so steps do not allocate it.
             self._generators[request_id] = torch.Generator(device=self.device)
-        self._detok[request_id] = IncrementalDetokenizer(
+        detok = IncrementalDetokenizer(
             self.tokenizer,
             params.stop,
             params.skip_special_tokens,
             context_ids=seq.prompt_token_ids,
         )
+        for token in generated:  # replayed so stop strings across the resume point still match
+            detok.append(token)
+        self._detok[request_id] = detok
 
     def forget(self, request_id: str) -> None:
         self.grammars.forget(request_id)

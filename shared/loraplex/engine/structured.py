@@ -2,8 +2,9 @@
 
 Before sampling, each constrained row's logits are masked to the tokens its grammar allows
 (``-inf`` elsewhere); after sampling, the matcher advances by the chosen token.  The matcher only
-depends on the tokens generated so far, so it survives preemption (outputs are kept), and a decode
-worker rebuilds it from the first token a prefill worker sampled.  Logprobs stay those of the
+depends on the tokens generated so far, so it survives preemption (outputs are kept), a decode
+worker rebuilds it from the first token a prefill worker sampled, and a request migrated to another
+worker rebuilds it from every token generated before (``track(..., generated)``).  Logprobs stay those of the
 raw distribution (the mask is applied to a copy), as vLLM reports them by default.
 
 xgrammar is imported on first use: engines that never see a constrained request do not need it.
@@ -13,12 +14,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence as Sequence_
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from loraplex.engine.sequence import Sequence
+from loraplex.errors import InvalidRequestError
 from loraplex.structured_outputs import StructuredOutputsParams
 
 log = logging.getLogger(__name__)
@@ -63,13 +66,26 @@ class GrammarConstraints:
         except (RuntimeError, ValueError) as e:
             raise so.error(e) from e
 
-    def track(self, request_id: str, so: StructuredOutputsParams | None) -> None:
-        """Start a matcher for a constrained request (InvalidRequestError if it won't compile)."""
+    def track(
+        self,
+        request_id: str,
+        so: StructuredOutputsParams | None,
+        generated: Sequence_[int] = (),
+    ) -> None:
+        """Start a matcher for a constrained request (InvalidRequestError if it won't compile),
+        advanced over the tokens it already ``generated`` (a request resumed on another worker:
+        the matcher depends only on them)."""
         if so is None:
             return
         import xgrammar as xgr
 
-        self._matchers[request_id] = xgr.GrammarMatcher(self.compile(so))
+        matcher = xgr.GrammarMatcher(self.compile(so))
+        for token in generated:
+            if not matcher.accept_token(token):
+                raise InvalidRequestError(
+                    f"request {request_id}: generated token {token} breaks its output constraint"
+                )
+        self._matchers[request_id] = matcher
 
     def forget(self, request_id: str) -> None:
         self._matchers.pop(request_id, None)
