@@ -113,6 +113,26 @@ GATEWAY_METRICS_PORT = EnvVar(
     8002,
     "gateway: port of the /metrics listener (per-tenant series; not on the API port); 0: none",
 )
+SCHEDULER_METRICS_HOST = EnvVar(
+    "LORAPLEX_SCHEDULER_METRICS_HOST",
+    "127.0.0.1",
+    "scheduler: address of its /health, /ready, /metrics listener",
+)
+SCHEDULER_METRICS_PORT = EnvVar(
+    "LORAPLEX_SCHEDULER_METRICS_PORT",
+    8003,
+    "scheduler: port of its /health, /ready, /metrics listener (per-tenant series); 0: none",
+)
+WORKER_METRICS_HOST = EnvVar(
+    "LORAPLEX_WORKER_METRICS_HOST",
+    "127.0.0.1",
+    "prefill/decode workers: address of the /health, /ready, /metrics listener",
+)
+WORKER_METRICS_PORT = EnvVar(
+    "LORAPLEX_WORKER_METRICS_PORT",
+    8004,
+    "prefill/decode workers: port of the /health, /ready, /metrics listener; 0: none",
+)
 GATEWAY_MAX_BODY_MB = EnvVar(
     "LORAPLEX_GATEWAY_MAX_BODY_MB", 4.0, "gateway: JSON request body limit in MiB (then 413)"
 )
@@ -146,6 +166,10 @@ REGISTRY: tuple[EnvVar, ...] = (
     GATEWAY_MAX_BODY_MB,
     GATEWAY_METRICS_HOST,
     GATEWAY_METRICS_PORT,
+    SCHEDULER_METRICS_HOST,
+    SCHEDULER_METRICS_PORT,
+    WORKER_METRICS_HOST,
+    WORKER_METRICS_PORT,
 )
 
 
