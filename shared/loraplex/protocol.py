@@ -159,7 +159,12 @@ class TokenLogprob(Message):
 
 @dataclass(frozen=True)
 class TokenDelta(Message):
-    """Newly generated tokens of one request; ``finish_reason`` set on the last delta."""
+    """Newly generated tokens of one request; ``finish_reason`` set on the last delta.
+
+    ``completion_tokens`` counts the completion's tokens up to and including these, so the first
+    of ``token_ids`` is token ``completion_tokens - len(token_ids)`` of the completion: a gateway
+    drops the ones it already has (a migrated request's worker first replays every token so far).
+    """
 
     TAG: ClassVar[str] = "delta"
     request_id: str
@@ -208,6 +213,9 @@ class PrefillAssign(Message):
     # The lease epoch of the scheduler that sent it (fencing token): a worker ignores an
     # assignment from an older epoch than one it has seen (a deposed leader's late message).
     epoch: int = 0
+    # A migrated request (its worker died mid-stream): the tokens it already generated, which
+    # are prefilled with the prompt and count as its first outputs.
+    generated: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -287,6 +295,11 @@ class RequestProgress(Message):
     # With "failed": a worker the reporter found unreachable or refusing (its decode peer), which
     # the scheduler then avoids until that worker's next heartbeat.
     suspect: str = ""
+    # With "tokens" / "finished": the ids of the ``new_tokens``, which are the completion's tokens
+    # ``completion_tokens - len(token_ids)`` ..; the scheduler keeps them to migrate the request
+    # if its worker dies (published before the matching TokenDelta, so the scheduler always
+    # knows at least what the gateway has).
+    token_ids: list[int] = field(default_factory=list)
 
 
 # ---- prefill -> decode: KV hand-over ---------------------------------------------------------
@@ -308,6 +321,9 @@ class KVBegin(Message):
     accepts_prefix: bool = False
     first_logprobs: TokenLogprob | None = None
     prompt_logprobs: list[TokenLogprob] | None = None  # prompt tokens 1.., when asked for
+    # A migrated request's tokens from before (PrefillAssign.generated): the K/V cover the prompt
+    # and them (``num_tokens``), and ``first_token`` follows them.
+    generated: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
