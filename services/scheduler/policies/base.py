@@ -136,6 +136,8 @@ class FairnessPolicy(ABC):
         self._queues.setdefault(req.tenant, deque()).append((self._seq, req))
         self._seq += 1
         self._queued[req.request_id] = req
+        if was_empty:
+            self._head_changed(req.tenant)
 
     @abstractmethod
     def pick(self, now: float) -> QueuedRequest | None:
@@ -251,6 +253,7 @@ class FairnessPolicy(ABC):
                 self._counters.setdefault(tenant, 0.0)
         self._running = {rid: _Running(**r) for rid, r in state.get("running", {}).items()}
         self._load_extra_state(state.get("extra", {}))
+        self._reindex()
 
     # -- hooks and helpers -----------------------------------------------------------------------
     def _on_enqueue(self, req: QueuedRequest, now: float, was_empty: bool) -> None:
@@ -269,6 +272,19 @@ class FairnessPolicy(ABC):
         """A request of ``tenant`` finished with ``output_tokens`` (feeds a length predictor)."""
         return None
 
+    def _head_changed(self, tenant: str) -> None:
+        """``tenant``'s head request changed, or its queue became empty or non-empty (an index of
+        backlogged tenants, as VTC's and FCFS's heaps, hears of it here)."""
+        return None
+
+    def _counter_changed(self, tenant: str) -> None:
+        """``tenant``'s counter changed (it may or may not be backlogged)."""
+        return None
+
+    def _reindex(self) -> None:
+        """The queues and counters were replaced wholesale (``restore``): rebuild any index."""
+        return None
+
     def _extra_state(self) -> dict[str, Any]:
         return {}
 
@@ -278,6 +294,7 @@ class FairnessPolicy(ABC):
     def _charge(self, tenant: str, cost: float) -> float:
         inc = cost / self.weight(tenant)
         self._counters[tenant] = self._counters.get(tenant, 0.0) + inc
+        self._counter_changed(tenant)
         return inc
 
     def _tick(self, now: float) -> None:
@@ -285,7 +302,8 @@ class FairnessPolicy(ABC):
 
     def _remove_queued(self, req: QueuedRequest) -> None:
         q = self._queues[req.tenant]
-        if q[0][1].request_id == req.request_id:
+        head = q[0][1].request_id == req.request_id
+        if head:
             q.popleft()
         else:
             q.remove(next(e for e in q if e[1].request_id == req.request_id))
@@ -293,3 +311,5 @@ class FairnessPolicy(ABC):
         if not q:
             del self._queues[req.tenant]
             self._last_left = req.tenant
+        if head:
+            self._head_changed(req.tenant)

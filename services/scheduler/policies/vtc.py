@@ -28,6 +28,12 @@ by charging only the tokens *beyond* it: after ``k`` reported tokens the request
 is a refund when the request ended below its prediction.  Net charge per request is exactly
 ``w_p*in + w_q*actual`` in every mode; prediction only moves *when* it is charged.  Prediction
 tightens the average discrepancy, not the worst-case bound.
+
+Cost: backlogged tenants sit in a lazy min-heap keyed by ``(counter, head's enqueue seq)``
+(``backlog_heap.py``); ``pick`` and the lift's minimum read its top, so a decision costs
+O(log n) in the backlogged tenants instead of a scan.  The decisions are exactly the scan's
+(``linear.py`` keeps the scan as the reference; ``tests/scheduler/test_heap_equivalence.py``
+replays random workloads through both).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .backlog_heap import BacklogHeap, Key
 from .base import FairnessPolicy, QueuedRequest
 
 
@@ -61,6 +68,7 @@ class VTCPolicy(FairnessPolicy):
         self.ema_alpha = ema_alpha
         self.initial_prediction = initial_prediction
         self._ema: dict[str, float] = {}  # tenant -> predicted output length
+        self._backlog = BacklogHeap(self._key, lambda: self._queues)
 
     def options(self) -> dict[str, Any]:
         return {
@@ -72,14 +80,8 @@ class VTCPolicy(FairnessPolicy):
 
     def pick(self, now: float) -> QueuedRequest | None:
         self._tick(now)
-        best: tuple[float, int] | None = None
-        best_req: QueuedRequest | None = None
-        for tenant, q in self._queues.items():
-            seq, req = q[0]
-            key = (self._counters[tenant], seq)
-            if best is None or key < best:
-                best, best_req = key, req
-        return best_req
+        tenant = self._backlog.top()
+        return None if tenant is None else self._queues[tenant][0][1]
 
     def prediction(self, tenant: str) -> float | None:
         """The tenant's current predicted output length (``None`` before its first finish)."""
@@ -89,11 +91,25 @@ class VTCPolicy(FairnessPolicy):
         if not (self.lift and was_empty):
             return
         u = req.tenant
-        others = [self._counters[k] for k in self._queues if k != u]
-        if others:
-            self._counters[u] = max(self._counters[u], min(others))
+        lowest = self._backlog.top()  # u is not backlogged yet: the others' lowest counter
+        if lowest is not None:
+            self._counters[u] = max(self._counters[u], self._counters[lowest])
         elif self._last_left is not None:
             self._counters[u] = max(self._counters[u], self._counters[self._last_left])
+
+    # -- the backlog heap ------------------------------------------------------------------------
+    def _key(self, tenant: str) -> Key | None:
+        q = self._queues.get(tenant)
+        return None if q is None else (self._counters[tenant], q[0][0])
+
+    def _head_changed(self, tenant: str) -> None:
+        self._backlog.touch(tenant)
+
+    def _counter_changed(self, tenant: str) -> None:
+        self._backlog.touch(tenant)
+
+    def _reindex(self) -> None:
+        self._backlog.rebuild()
 
     def _predict(self, req: QueuedRequest) -> float:
         if not self.predict_output:
