@@ -82,6 +82,12 @@ def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     p.add_argument("--adapter-store-port", type=int, default=None, help="default: a free port")
     p.add_argument(
+        "--adapters-root",
+        default=None,
+        help="allow path registrations (POST /v1/adapters {name, path}, vLLM's "
+        "/v1/load_lora_adapter lora_path) of directories below it (default: off)",
+    )
+    p.add_argument(
         "--metrics-port",
         type=int,
         default=None,
@@ -216,6 +222,10 @@ def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]
         stack.servers.append(start_redis(run_dir / "redis"))
         redis_url = stack.servers[-1].url
     tenants = ["--tenants", args.tenants] if args.tenants else []
+    # path registrations run in both: the adapter store's routes and the gateway's copy of them
+    root = (
+        ["--adapters-root", str(Path(args.adapters_root).resolve())] if args.adapters_root else []
+    )
     if demo_adapters:
         owner = "default"
         if args.tenants:
@@ -229,7 +239,7 @@ def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]
     common = ["--nats-url", nats_url, "--redis-url", redis_url]
     stack.spawn(
         "adapter-store", "loraplex.adapter_store", "--port", str(store_port), "--model", model,
-        "--max-lora-rank", str(args.max_lora_rank), *common, *tenants,
+        "--max-lora-rank", str(args.max_lora_rank), *common, *tenants, *root,
     )  # fmt: skip
     stack.spawn(
         "scheduler",
@@ -258,7 +268,7 @@ def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]
         )
     stack.spawn(
         "gateway", "loraplex.gateway", "--host", args.host, "--port", str(args.port), "--model", model,
-        "--max-lora-rank", str(args.max_lora_rank), *common, *tenants,
+        "--max-lora-rank", str(args.max_lora_rank), *common, *tenants, *root,
         *(["--max-model-len", str(args.max_model_len)] if args.max_model_len else []),
         "--metrics-port", str(metrics_port),
     )  # fmt: skip
