@@ -1,8 +1,11 @@
 # The two commands of the README:   make up   (install + run the stack)   make test   (install + tests)
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# A CPU build of torch installs quickly; set TORCH_SPEC= (empty) to keep an existing CUDA torch.
+# scripts/install-torch.sh: the CPU build of torch on hosts without an NVIDIA GPU (from PyTorch's CPU
+# index when it answers), a CUDA build with one. TORCH_SPEC= (empty) keeps the torch you have;
+# TORCH_INDEX=URL installs from that wheel index (e.g. .../whl/cu128) whatever the host has.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 STAMP := $(VENV)/.loraplex-installed
 PYTEST_ARGS ?=
 
@@ -12,7 +15,7 @@ $(STAMP): pyproject.toml
 	./scripts/install-system-deps.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	@if [ -n "$(TORCH_SPEC)" ]; then $(PY) -m pip install -q "$(TORCH_SPEC)"; fi
+	PY=$(PY) TORCH_SPEC="$(TORCH_SPEC)" TORCH_INDEX="$(TORCH_INDEX)" ./scripts/install-torch.sh
 	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $(STAMP)
 
