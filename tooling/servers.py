@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,3 +105,291 @@ def start_redis(data_dir: Path, port: int | None = None, appendonly: bool = True
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     _wait_port(port, proc, "redis-server")
     return ServerProcess("redis", port, f"redis://127.0.0.1:{port}/0", proc, data_dir)
+
+
+# --- Several machines' worth of servers on loopback: a NATS cluster, Redis with Sentinel -------
+
+
+def _http_json(url: str) -> dict:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=1.0) as r:
+        return json.loads(r.read())
+
+
+def _until(check: Callable[[], bool], what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except Exception:  # not up yet: refused, reset, an empty answer
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} within {timeout:g}s")
+        time.sleep(0.1)
+
+
+@dataclass
+class NatsCluster:
+    """``n`` nats-servers routed to each other; a client given ``url`` (all of them) fails over."""
+
+    nodes: list[ServerProcess]
+    monitor_ports: list[int]
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """All nodes, comma-separated: what ``--nats-url`` takes."""
+        return ",".join(self.urls)
+
+    def kill(self, i: int) -> None:
+        """SIGKILL node ``i`` (a crash, not a clean shutdown)."""
+        self.nodes[i].proc.kill()
+        self.nodes[i].proc.wait()
+
+    def restart(self, i: int, timeout: float = 15.0) -> None:
+        """Start node ``i`` again from its own config, and wait until it has rejoined the routes."""
+        node = self.nodes[i]
+        if node.proc.poll() is None:
+            self.kill(i)
+        node.proc = _spawn_nats(node.data_dir / "nats.conf", node.data_dir)
+        _wait_port(node.port, node.proc, f"nats-server {i}")
+        self.wait_routes(timeout)
+
+    def wait_routes(self, timeout: float = 15.0) -> None:
+        """Every live node routes to every other live node."""
+        alive = [
+            p for p, n in zip(self.monitor_ports, self.nodes, strict=True) if n.proc.poll() is None
+        ]
+        for port in alive:
+            _until(
+                lambda port=port: (
+                    _http_json(f"http://127.0.0.1:{port}/routez")["num_routes"] >= len(alive) - 1
+                ),
+                f"nats node on monitor port {port} did not route to {len(alive) - 1} peers",
+                timeout,
+            )
+
+    def wait_jetstream(self, timeout: float = 30.0) -> None:
+        """JetStream's meta group has a leader (needed before creating replicated streams)."""
+        port = next(
+            p for p, n in zip(self.monitor_ports, self.nodes, strict=True) if n.proc.poll() is None
+        )
+        _until(
+            lambda: bool(
+                _http_json(f"http://127.0.0.1:{port}/jsz").get("meta_cluster", {}).get("leader")
+            ),
+            "JetStream elected no meta leader",
+            timeout,
+        )
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def _spawn_nats(conf: Path, data_dir: Path) -> subprocess.Popen:
+    with open(data_dir / "nats.log", "ab") as log:
+        return subprocess.Popen(
+            [_find("nats-server"), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+def start_nats_cluster(
+    data_dir: Path, n: int = 3, max_payload: int = NATS_MAX_PAYLOAD, name: str = "loraplex"
+) -> NatsCluster:
+    """``n`` nats-servers on loopback, each routed to the others, with clustered JetStream
+    (cluster ``name``); returns once every node routes to every other."""
+    data_dir = data_dir.resolve()
+    ports, cports, mports = ([free_port() for _ in range(n)] for _ in range(3))
+    routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in cports)
+    nodes: list[ServerProcess] = []
+    try:
+        for i in range(n):
+            d = data_dir / f"nats-{i}"
+            d.mkdir(parents=True, exist_ok=True)
+            conf = d / "nats.conf"
+            conf.write_text(
+                f'server_name: "{name}-{i}"\nlisten: "127.0.0.1:{ports[i]}"\n'
+                f'http: "127.0.0.1:{mports[i]}"\nmax_payload: {max_payload}\n'
+                f'jetstream {{\n  store_dir: "{d / "jetstream"}"\n}}\n'
+                f'cluster {{\n  name: "{name}"\n  listen: "127.0.0.1:{cports[i]}"\n'
+                f"  routes: [{routes}]\n}}\n"
+            )
+            proc = _spawn_nats(conf, d)
+            nodes.append(
+                ServerProcess(f"nats-{i}", ports[i], f"nats://127.0.0.1:{ports[i]}", proc, d)
+            )
+            _wait_port(ports[i], proc, f"nats-server {i}")
+        cluster = NatsCluster(nodes, mports)
+        cluster.wait_routes()
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+    return cluster
+
+
+def _redis_call(port: int, *args: str) -> object:
+    import redis
+
+    with redis.Redis(host="127.0.0.1", port=port, socket_timeout=1.0, decode_responses=True) as r:
+        return r.execute_command(*args)
+
+
+def _replication(port: int) -> dict:
+    import redis
+
+    with redis.Redis(host="127.0.0.1", port=port, socket_timeout=1.0, decode_responses=True) as r:
+        return r.info("replication")
+
+
+@dataclass
+class SentinelSet:
+    """A Redis primary, its replica and three Sentinels that watch them (quorum 2)."""
+
+    redis_nodes: list[ServerProcess]  # [first primary, first replica]
+    sentinels: list[ServerProcess]
+    master_name: str = "loraplex"
+
+    @property
+    def url(self) -> str:
+        """``redis+sentinel://`` URL naming every Sentinel: what ``--redis-url`` takes."""
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.master_name}/0"
+
+    def primary_port(self) -> int:
+        """The port the Sentinels name as primary now."""
+        port = self.sentinels[0].port
+        _, p = _redis_call(port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)  # type: ignore[misc]
+        return int(p)
+
+    def primary(self) -> ServerProcess:
+        port = self.primary_port()
+        return next(n for n in self.redis_nodes if n.port == port)
+
+    def kill_primary(self) -> int:
+        """SIGKILL the current primary; returns its port."""
+        node = self.primary()
+        node.proc.kill()
+        node.proc.wait()
+        return node.port
+
+    def wait_failover(self, old_port: int, timeout: float = 20.0) -> int:
+        """Wait until the Sentinels name a primary other than ``old_port`` and it answers as a
+        master; returns the new primary's port."""
+        _until(
+            lambda: (
+                self.primary_port() != old_port
+                and _replication(self.primary_port())["role"] == "master"
+            ),
+            f"sentinels promoted no replica of {self.master_name}",
+            timeout,
+        )
+        return self.primary_port()
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Every Sentinel knows the replica and the two other Sentinels, and the replica is in
+        sync: a failover can happen from here on."""
+        for s in self.sentinels:
+
+            def known(port: int = s.port) -> bool:
+                import redis
+
+                with redis.Redis(host="127.0.0.1", port=port, socket_timeout=1.0) as r:
+                    info = r.sentinel_master(self.master_name)
+                return int(info["num-slaves"]) >= 1 and int(info["num-other-sentinels"]) >= 2
+
+            _until(known, f"sentinel {s.port} did not see its replica and peers", timeout)
+        for node in self.redis_nodes:
+            if node.proc.poll() is None and node.port != self.primary_port():
+                _until(
+                    lambda port=node.port: _replication(port).get("master_link_status") == "up",
+                    f"replica {node.port} did not sync",
+                    timeout,
+                )
+
+    def stop(self) -> None:
+        for node in [*self.sentinels, *self.redis_nodes]:
+            node.stop()
+
+
+def _sentinel_cmd() -> list[str]:
+    try:
+        return [_find("redis-sentinel")]  # Debian's redis-sentinel package
+    except FileNotFoundError:
+        return [_find("redis-server"), "--sentinel"]  # the same binary, run in sentinel mode
+
+
+def start_redis_sentinel(
+    data_dir: Path,
+    down_after_ms: int = 500,
+    failover_timeout_ms: int = 2000,
+    master_name: str = "loraplex",
+) -> SentinelSet:
+    """A Redis primary (AOF on) with one replica and three Sentinels, all on loopback; returns
+    once a failover could happen.  The low timeouts make failover quick enough for tests."""
+    data_dir = data_dir.resolve()
+    nodes: list[ServerProcess] = []
+    sentinels: list[ServerProcess] = []
+    try:
+        primary = start_redis(data_dir / "redis-0")
+        nodes.append(primary)
+        # Redis waits 5 s by default for more replicas before a full sync; there is only one.
+        _redis_call(primary.port, "CONFIG", "SET", "repl-diskless-sync-delay", "0")
+        replica_port = free_port()
+        d = data_dir / "redis-1"
+        d.mkdir(parents=True, exist_ok=True)
+        args = [
+            _find("redis-server"),
+            "--port", str(replica_port), "--bind", "127.0.0.1", "--dir", str(d),
+            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+            "--replicaof", "127.0.0.1", str(primary.port), "--repl-diskless-sync-delay", "0",
+            "--logfile", str(d / "redis.log"),
+        ]  # fmt: skip
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        nodes.append(
+            ServerProcess("redis-1", replica_port, f"redis://127.0.0.1:{replica_port}/0", proc, d)
+        )
+        _wait_port(replica_port, proc, "redis replica")
+        # Each Sentinel is told its peers and the replica up front, so that it need not wait for
+        # the hello and INFO rounds (seconds) before it could fail over.
+        ports = [free_port() for _ in range(3)]
+        ids = [os.urandom(20).hex() for _ in range(3)]
+        for i, port in enumerate(ports):
+            d = data_dir / f"sentinel-{i}"
+            d.mkdir(parents=True, exist_ok=True)
+            conf = d / "sentinel.conf"  # Sentinel rewrites it with what it learns
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {d}\nlogfile {d / 'sentinel.log'}\n"
+                f"sentinel monitor {master_name} 127.0.0.1 {primary.port} 2\n"
+                f"sentinel down-after-milliseconds {master_name} {down_after_ms}\n"
+                f"sentinel failover-timeout {master_name} {failover_timeout_ms}\n"
+                f"sentinel parallel-syncs {master_name} 1\n"
+                f"sentinel myid {ids[i]}\n"
+                f"sentinel known-replica {master_name} 127.0.0.1 {replica_port}\n"
+                + "".join(
+                    f"sentinel known-sentinel {master_name} 127.0.0.1 {ports[j]} {ids[j]}\n"
+                    for j in range(3)
+                    if j != i
+                )
+            )
+            proc = subprocess.Popen(
+                [*_sentinel_cmd(), str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+            )
+            sentinels.append(
+                ServerProcess(f"sentinel-{i}", port, f"redis://127.0.0.1:{port}", proc, d)
+            )
+            _wait_port(port, proc, "redis-sentinel")
+        s = SentinelSet(nodes, sentinels, master_name)
+        s.wait_ready()
+    except BaseException:
+        for node in [*sentinels, *nodes]:
+            node.stop()
+        raise
+    return s
