@@ -12,7 +12,7 @@ from loraplex.scheduler.settings import SchedulerSettings, build_parser, setting
 from loraplex.tenants import load_tenants
 
 
-async def serve(settings: SchedulerSettings) -> None:
+async def serve(settings: SchedulerSettings) -> int:
     tenants = load_tenants(settings.tenants_file)
     weights = {t.name: t.weight for t in tenants.tenants}
     service = SchedulerService(settings, weights)
@@ -22,15 +22,19 @@ async def serve(settings: SchedulerSettings) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     print(f"loraplex scheduler ready (fairness={settings.fairness})", flush=True)
-    await stop.wait()
+    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(service.deposed.wait())]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for w in waits:
+        w.cancel()
     await service.stop()
+    # A deposed leader's tables are stale: exit, and come back (supervisor, compose) as a standby.
+    return 3 if service.deposed.is_set() else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     env.configure_logging()
-    asyncio.run(serve(settings_from_args(args)))
-    return 0
+    return asyncio.run(serve(settings_from_args(args)))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
+import uuid
 
 from loraplex.bus import Bus
 from loraplex.protocol import (
@@ -14,6 +17,7 @@ from loraplex.protocol import (
     Message,
     PrefetchAdapter,
     PrefillAssign,
+    RequestError,
     RequestProgress,
     SchedulerStats,
     Subjects,
@@ -21,12 +25,16 @@ from loraplex.protocol import (
     SubmitRequest,
     WorkerHeartbeat,
 )
-from loraplex.scheduler.counters import CounterStore
+from loraplex.scheduler.leader import LeaseLost
+from loraplex.scheduler.ledger import LedgerEntry
+from loraplex.scheduler.metrics import SchedulerMetrics, pool_counts
 from loraplex.scheduler.policies.base import QueuedRequest
 from loraplex.scheduler.policies.registry import make_policy
 from loraplex.scheduler.prefix_affinity import PrefixAffinity, prefix_keys
 from loraplex.scheduler.recovery import InFlight, Recovery
+from loraplex.scheduler.replica import Replica
 from loraplex.scheduler.settings import SchedulerSettings
+from loraplex.scheduler.takeover import Takeover
 from loraplex.scheduler.workers import Placement, WorkerRegistry
 
 log = logging.getLogger(__name__)
@@ -47,7 +55,17 @@ class SchedulerService:
         self.inflight: dict[str, InFlight] = {}
         self.retry: list[InFlight] = []  # admitted requests to re-place first (worker failed early)
         self.bus: Bus | None = None
-        self.counter_store: CounterStore | None = None
+        # Replicas (docs/architecture.md, Scheduler replicas): with Redis, only the holder of the
+        # lease leads (serves SUBMIT, dispatches); ``epoch`` fences its assignments.
+        self.scheduler_id = settings.scheduler_id or (
+            f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
+        self.replica: Replica | None = None
+        self.leading = False
+        self.epoch = 0
+        self.deposed = asyncio.Event()  # set when this replica stepped down: the process exits
+        self.takeover = Takeover(self.registry, self.policy, settings.takeover_claim_s)
+        self._submit_sub: object | None = None
         # Request id -> when it was cancelled: a worker that still reports tokens for one (the
         # cancel crossed a K/V hand-over) is told again, so nothing generates for nobody.
         self.cancelled: dict[str, float] = {}
@@ -65,40 +83,122 @@ class SchedulerService:
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._counters_dirty = False
+        self.started = False  # subscribed (the /ready of http_status.py)
+        # The request at the head of the queue that found no room at the last dispatch (None:
+        # nothing waits for room): the pools without room for it have a queue (metrics.py).
+        self.stalled: SubmitRequest | None = None
+        self.metrics = SchedulerMetrics(self)
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self.bus = await Bus.connect(self.s.nats_url, "scheduler")
-        await self.bus.serve(Subjects.SUBMIT, self._on_submit, SubmitRequest)
+        # Standbys listen too: a warm worker registry and the cancels of the failover gap.
         await self.bus.subscribe(Subjects.CANCEL, self._on_cancel, CancelRequest)
         await self.bus.subscribe(Subjects.HEARTBEAT, self._on_heartbeat, WorkerHeartbeat)
         await self.bus.subscribe(Subjects.USAGE, self._on_progress, RequestProgress)
-        if self.s.redis_url:
-            self.counter_store = CounterStore(self.s.redis_url, self.s.redis_prefix)
-            await self.counter_store.restore(self.policy)
         self._tasks = [
             asyncio.create_task(self._dispatch_loop()),
             asyncio.create_task(self._liveness_loop()),
             asyncio.create_task(self._stats_loop()),
         ]
+        if self.s.redis_url:
+            self.replica = Replica(
+                self.bus, self.s.redis_url, self.s.redis_prefix, self.scheduler_id,
+                self.s.leader_lease_s, self._lead, self._step_down,
+            )  # fmt: skip
+            await self.replica.start()
+        else:
+            await self._lead(0)
         await self.bus.flush()
-        log.info("scheduler ready (fairness=%s)", self.s.fairness)
+        self.started = True
+        log.info(
+            "scheduler ready (fairness=%s, %s)",
+            self.s.fairness,
+            f"leading, epoch {self.epoch}" if self.leading else "standby",
+        )
 
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
-        await self._save_counters()
+        if self.leading:
+            await self._save_counters()
+        if self.replica is not None:
+            await self.replica.stop()
         if self.bus is not None:
             await self.bus.close()
-        if self.counter_store is not None:
-            await self.counter_store.close()
+
+    async def _lead(self, epoch: int) -> None:
+        """This replica leads from now on: take over the predecessor's state, serve SUBMIT."""
+        assert self.bus is not None
+        if self.replica is not None:
+            running = await self.replica.counters.restore(self.policy)
+            entries = await self.replica.ledger.load()
+            self.replica.ledger.adopt(entries)
+            self.takeover.begin(entries, running, time.monotonic())
+        self.epoch, self.leading = epoch, True
+        self._submit_sub = await self.bus.serve(Subjects.SUBMIT, self._counted_submit, SubmitRequest)
+        self._kick.set()
+
+    async def _step_down(self, why: str) -> None:
+        self.leading = False
+        unsubscribe = getattr(self._submit_sub, "unsubscribe", None)
+        if unsubscribe is not None:
+            with contextlib.suppress(Exception):
+                await unsubscribe()
+        self.deposed.set()
 
     # ---- gateway -> scheduler ----------------------------------------------------------------
+    async def _counted_submit(self, sub: SubmitRequest) -> SubmitReply:
+        reply = await self._on_submit(sub)
+        self.metrics.submitted(reply)
+        return reply
+
     async def _on_submit(self, sub: SubmitRequest) -> SubmitReply:
-        return self.submit(sub, time.monotonic())
+        now = time.monotonic()
+        if sub.resubmit and not self._known(sub.request_id):
+            reply = await self._resubmitted(sub, now)
+            if reply is not None:
+                return reply
+        return self.submit(sub, now)
+
+    def _known(self, rid: str) -> SubmitRequest | None:
+        """The request of that id this scheduler queues or runs (a SUBMIT sent again)."""
+        if rid in self.submits:
+            return self.submits[rid]
+        job = self.inflight.get(rid) or next(
+            (j for j in self.retry if j.submit.request_id == rid), None
+        )
+        return job.submit if job is not None else None
+
+    async def _resubmitted(self, sub: SubmitRequest, now: float) -> SubmitReply | None:
+        """A gateway's unfinished request after a leader change: adopt it where the ledger placed
+        it, or fail it if its tokens were streamed and it is no longer placed; None: queue it."""
+        rid = sub.request_id
+        job = self.takeover.claim(sub, now)
+        if job is not None:
+            self.inflight[rid] = job
+            decode = job.placement.decode
+            if decode and self.registry.holds(decode, rid):
+                job.release_prefill(self.registry, job.placement.prefill)
+            if any(w not in self.registry.workers for w in job.workers):
+                await self.recovery.recover(job, "its worker stopped during a scheduler failover")
+            self._counters_dirty = True
+            self._kick.set()
+            return SubmitReply(rid, True)
+        self.takeover.settle(rid)
+        if sub.tokens_received > 0:  # streamed, and no longer placed: it finished or was lost
+            msg = "the request was lost in a scheduler failover; try again"
+            await self._publish(Subjects.stream(sub.gateway_id), RequestError(rid, 503, msg))
+            return SubmitReply(rid, True)
+        return None
 
     def submit(self, sub: SubmitRequest, now: float) -> SubmitReply:
         rid, tenant = sub.request_id, sub.tenant
+        known = self._known(rid)
+        if known is not None:  # the same SUBMIT again (a retry, a resubmission): idempotent
+            if known.gateway_id == sub.gateway_id and known.tenant == tenant:
+                return SubmitReply(rid, True)
+            return SubmitReply(rid, False, 400, f"duplicate request id {rid!r}")
         total = len(sub.prompt_token_ids) + sub.sampling.max_tokens
         if not self.registry.can_serve():
             return SubmitReply(rid, False, 503, "no worker is available to serve requests")
@@ -118,8 +218,6 @@ class SchedulerService:
             )
         if len(self.submits) >= self.s.max_queue:
             return SubmitReply(rid, False, 429, "the server's queue is full")
-        if rid in self.submits or rid in self.inflight:
-            return SubmitReply(rid, False, 400, f"duplicate request id {rid!r}")
         q = QueuedRequest(
             rid, tenant, len(sub.prompt_token_ids), sub.sampling.max_tokens, now, sub.adapter
         )
@@ -130,6 +228,11 @@ class SchedulerService:
 
     async def _on_cancel(self, msg: CancelRequest) -> None:
         rid = msg.request_id
+        if not self.leading:  # a standby remembers it, in case it takes over
+            self.cancelled[rid] = time.monotonic()
+            return
+        for wid in self.takeover.cancel(rid):
+            await self._publish(Subjects.worker(wid), msg)
         if rid in self.submits:
             self.policy.cancel(rid)
             del self.submits[rid]
@@ -157,22 +260,28 @@ class SchedulerService:
                 log.exception("dispatch failed")
 
     async def dispatch(self, now: float) -> None:
+        if not self.leading:
+            return
         while self.retry:  # already admitted and charged: they go first
             job = self.retry[0]
             placement = self._place(job.submit)
             if placement is None:
+                self.stalled = job.submit
                 return
             self.retry.pop(0)
             await self._assign(job, placement)
         while True:
             q = self.policy.pick(now)
             if q is None:
+                self.stalled = None
                 return
             sub = self.submits[q.request_id]
             placement = self._place(sub)
             if placement is None:
+                self.stalled = sub
                 return  # strict policy order: wait for capacity rather than skip ahead
             self.policy.admit(q, now)
+            self.metrics.admitted(q, now)
             self._counters_dirty = True
             del self.submits[q.request_id]
             await self._assign(InFlight(sub, placement), placement)
@@ -192,6 +301,8 @@ class SchedulerService:
         job.assigned_at, job.missing_since = time.monotonic(), None
         job.workers = {placement.prefill} | ({placement.decode} if placement.decode else set())
         self.inflight[rid] = job
+        if not await self._record(job, total):
+            return
         for wid in job.workers if self.s.prefix_routing else ():
             worker = self.registry.workers.get(wid)
             if worker is not None:
@@ -205,8 +316,26 @@ class SchedulerService:
             if sub.adapter:  # let the decode worker page the adapter in while prefill runs
                 await self._publish(Subjects.worker(placement.decode), PrefetchAdapter(sub.adapter))
         await self._publish(
-            Subjects.worker(placement.prefill), PrefillAssign(sub, placement.decode, job.attempt)
+            Subjects.worker(placement.prefill),
+            PrefillAssign(sub, placement.decode, job.attempt, self.epoch),
         )
+
+    async def _record(self, job: InFlight, total: int) -> bool:
+        """Write-ahead: the placement reaches the ledger before the assignment leaves, so a
+        successor knows who runs it.  False: this replica no longer leads (publish nothing)."""
+        if self.replica is None:
+            return True
+        sub, p = job.submit, job.placement
+        entry = LedgerEntry(
+            sub.request_id, sub.tenant, p.prefill, p.decode, job.attempt,
+            len(sub.prompt_token_ids), total,
+        )  # fmt: skip
+        try:
+            await self.replica.ledger.record(entry)
+        except LeaseLost as e:
+            await self.replica.deposed(str(e))
+            return False
+        return self.leading
 
     # ---- workers -> scheduler ----------------------------------------------------------------
     async def _on_heartbeat(self, hb: WorkerHeartbeat) -> None:
@@ -219,9 +348,14 @@ class SchedulerService:
         self._kick.set()
 
     async def _on_progress(self, p: RequestProgress) -> None:
+        if not self.leading:
+            return
         job = self.inflight.get(p.request_id)
         if job is None:
-            await self.recovery.cancel_again(p)
+            if self.takeover.on_progress(p):
+                self._counters_dirty = True
+            else:
+                await self.recovery.cancel_again(p)
             return
         if p.event == "tokens":
             if p.worker_id == job.placement.decode:  # the decode worker has it, whatever the
@@ -261,7 +395,7 @@ class SchedulerService:
             }
             for wid, w in self.registry.workers.items()
         }
-        return SchedulerStats(queued, self.policy.counters(), workers)
+        return SchedulerStats(queued, self.policy.counters(), workers, pool_counts(self.registry))
 
     async def _liveness_loop(self) -> None:
         while True:
@@ -274,14 +408,22 @@ class SchedulerService:
                     self._kick.set()
                 await self.recovery.fail_waiting(now)
                 self.recovery.forget_cancelled(now)
-                if self._counters_dirty:
+                for wid, cancel in self.takeover.expire(now):
+                    await self._publish(Subjects.worker(wid), cancel)
+                if self._counters_dirty and self.leading:
                     await self._save_counters()
+                if self.replica is not None and self.leading:
+                    live = set(self.inflight) | set(self.takeover.pending)
+                    live |= {j.submit.request_id for j in self.retry}
+                    await self.replica.ledger.sync(live)
             except Exception:
                 log.exception("liveness check failed")
 
     async def _stats_loop(self) -> None:
         while True:
             await asyncio.sleep(1.0)
+            if not self.leading:
+                continue
             try:
                 await self._publish(Subjects.STATS, self.stats())
             except Exception as e:  # NATS reconnecting
@@ -289,8 +431,13 @@ class SchedulerService:
 
     # ---- counters in Redis (survive a scheduler restart: counters.py) -----------------------
     async def _save_counters(self) -> None:
-        if self.counter_store is not None and await self.counter_store.save(self.policy):
-            self._counters_dirty = False
+        if self.replica is None:
+            return
+        try:
+            if await self.replica.counters.save(self.policy):
+                self._counters_dirty = False
+        except LeaseLost as e:
+            await self.replica.deposed(str(e))
 
     def _counters_changed(self) -> None:
         self._counters_dirty = True

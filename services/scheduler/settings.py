@@ -31,6 +31,12 @@ class SchedulerSettings:
     # Waiting requests fail (503) once no worker set could serve them for this long, instead of
     # waiting for the gateway's request timeout while a dead worker is being restarted.
     unavailable_timeout_s: float = 5.0
+    # Replicas (with Redis): the leader's lease lives this long unrenewed, so a killed leader is
+    # replaced within it (plus a standby's poll); a resubmitted request may claim its ledger
+    # entry for ``takeover_claim_s`` after a takeover.  "" = hostname-pid-random.
+    scheduler_id: str = ""
+    leader_lease_s: float = 2.0
+    takeover_claim_s: float = 2.0
 
     def policy_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {"w_p": self.w_p, "w_q": self.w_q}
@@ -104,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         help="seconds waiting requests wait for a live worker set before they fail with 503",
     )
+    p.add_argument(
+        "--leader-lease",
+        type=float,
+        default=2.0,
+        help="seconds a leader's lease in Redis lives unrenewed (replicas: a standby takes over "
+        "a killed leader within it)",
+    )
+    p.add_argument(
+        "--scheduler-id", default="", help="this replica's name (default: hostname-pid-random)"
+    )
     return p
 
 
@@ -126,4 +142,6 @@ def settings_from_args(a: argparse.Namespace) -> SchedulerSettings:
         lost_request_grace_s=a.lost_request_grace,
         prefix_balance=a.prefix_balance,
         unavailable_timeout_s=a.unavailable_timeout,
+        scheduler_id=a.scheduler_id,
+        leader_lease_s=a.leader_lease,
     )
