@@ -136,6 +136,11 @@ WORKER_METRICS_PORT = EnvVar(
 GATEWAY_MAX_BODY_MB = EnvVar(
     "LORAPLEX_GATEWAY_MAX_BODY_MB", 4.0, "gateway: JSON request body limit in MiB (then 413)"
 )
+GATEWAY_MAX_BATCH_CHOICES = EnvVar(
+    "LORAPLEX_GATEWAY_MAX_BATCH_CHOICES",
+    256,
+    "gateway: prompts x n of one /v1/completions request, each its own scheduled request (400 beyond)",
+)
 
 REGISTRY: tuple[EnvVar, ...] = (
     DISABLE_TRITON,
@@ -164,6 +169,7 @@ REGISTRY: tuple[EnvVar, ...] = (
     GATEWAY_REQUEST_TIMEOUT_S,
     GATEWAY_SUBMIT_TIMEOUT_S,
     GATEWAY_MAX_BODY_MB,
+    GATEWAY_MAX_BATCH_CHOICES,
     GATEWAY_METRICS_HOST,
     GATEWAY_METRICS_PORT,
     SCHEDULER_METRICS_HOST,
