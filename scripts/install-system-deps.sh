@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the Python side cannot: nats-server, redis-server, promtool (Debian's prometheus
+# Installs what the Python side cannot: nats-server, redis-server, redis-sentinel (the replicated
+# Redis tests), promtool (Debian's prometheus
 # package; the tests check every service's /metrics with it) and Python's venv module, from
 # Debian/Ubuntu packages, only when missing.
 set -euo pipefail
