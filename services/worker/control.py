@@ -51,9 +51,19 @@ class Control:
         self._prep = prep
         self._publisher = publisher
         self._kv = kv
+        # The newest scheduler lease epoch seen in an assignment: an older one comes from a
+        # deposed leader (scheduler replicas) and is ignored, so no request runs twice.
+        self.epoch = 0
 
     async def on_control(self, msg: PrefillAssign | CancelRequest | PrefetchAdapter) -> None:
         if isinstance(msg, PrefillAssign):
+            if msg.epoch < self.epoch:
+                log.warning("ignored %s from a deposed scheduler (epoch %d < %d)",
+                            msg.request.request_id, msg.epoch, self.epoch)  # fmt: skip
+                return
+            self.epoch = msg.epoch
+            if msg.request.request_id in self._table.active:
+                return  # already held: the same assignment again must not run it twice
             # Not awaited: paging one request's adapter must not hold up the next message.
             self._bg.spawn(self._on_assign(msg))
         elif isinstance(msg, CancelRequest):
