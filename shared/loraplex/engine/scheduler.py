@@ -50,6 +50,7 @@ class Scheduler:
         self._arrivals = 0
         self.prefix_hit_tokens = 0  # prompt tokens whose K/V came from the prefix cache
         self.prefix_query_tokens = 0
+        self.preemptions = 0  # since start (a worker's /metrics)
 
     def add(self, seq: Sequence) -> None:
         seq.arrival = self._arrivals
@@ -199,6 +200,7 @@ class Scheduler:
         self._release(seq)
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
+        self.preemptions += 1
         # Keep arrival order in the waiting queue so the earliest request resumes first.
         idx = next(
             (i for i, s in enumerate(self.waiting) if s.arrival > seq.arrival), len(self.waiting)
