@@ -4,7 +4,7 @@ ids recently cancelled, and whether the worker still takes new work)."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from loraplex.protocol import SubmitRequest
 from loraplex.worker.adapter_pager import AdapterPager
@@ -20,6 +20,11 @@ class Active:
     adapter_key: str | None
     decode_worker: str = ""
     generated: int = 0
+    # A migrated request: the tokens it generated on a worker that died.  They are replayed to
+    # the gateway before this worker's first token (it drops what it already has), so a token
+    # the dead worker reported to the scheduler but never delivered is not lost.
+    resumed: list[int] = field(default_factory=list)
+    replayed: bool = False
 
 
 class ActiveTable:

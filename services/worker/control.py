@@ -82,7 +82,8 @@ class Control:
     async def _on_assign(self, msg: PrefillAssign) -> None:
         sub = msg.request
         rid = sub.request_id
-        req = Active(sub, None, decode_worker=msg.decode_worker)
+        resumed = list(msg.generated)  # a migrated request's tokens so far
+        req = Active(sub, None, msg.decode_worker, len(resumed), resumed)
         table = self._table
         if rid in table.cancelled:
             return  # its cancel overtook it
@@ -110,6 +111,7 @@ class Control:
                     sub.sampling.to_params(),
                     req.adapter_key,
                     prefill_only,
+                    resumed,
                 )
             except LoraplexError as e:
                 table.release(rid)

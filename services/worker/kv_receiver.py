@@ -12,6 +12,7 @@ import time
 
 from loraplex.bus import Bus, RawMessage
 from loraplex.engine.llm_engine import LLMEngine
+from loraplex.engine.resume import resumed_params
 from loraplex.errors import LoraplexError
 from loraplex.protocol import KVBegin, KVChunk, KVReply, ProtocolError, Subjects, decode, encode
 from loraplex.worker.active import Active, ActiveTable
@@ -95,7 +96,7 @@ class KVReceiver:
             return KVReply(rid, False, "draining")
         if rid in self._table.cancelled:
             return KVReply(rid, False, "cancelled")
-        req = Active(begin.request, None)
+        req = Active(begin.request, None, "", len(begin.generated), list(begin.generated))
         r = await self._prep.resolve_adapter(req)
         if r is False:
             return KVReply(rid, False, "adapter unavailable")
@@ -109,7 +110,8 @@ class KVReceiver:
             engine = self._engine
             if begin.accepts_prefix:
                 lora = r.key if r is not None else None  # type: ignore[union-attr]
-                got = engine.reserve_for_prompt(rid, begin.request.prompt_token_ids, lora)
+                tokens = begin.request.prompt_token_ids + begin.generated  # K/V cover both
+                got = engine.reserve_for_prompt(rid, tokens, lora)
                 ok, cached = got is not None, got or 0
             else:
                 ok = engine.reserve_blocks(rid, begin.num_tokens)
@@ -154,16 +156,21 @@ class KVReceiver:
             return
         payload = bytes_to_tensor(transfer.buffer, begin.dtype, _arriving_shape(begin, cached))
         try:
+            params = sub.sampling.to_params()
+            if begin.generated:  # a migrated request: its earlier tokens are outputs
+                vocab = self._engine.model_config.vocab_size
+                params = resumed_params(params, begin.generated, vocab)
             out = self._engine.inject(
                 sub.request_id,
                 sub.prompt_token_ids,
-                sub.sampling.to_params(),
+                params,
                 req.adapter_key,
                 begin.first_token,
                 payload,
                 cached,
                 from_wire(begin.first_logprobs) if begin.first_logprobs else None,
                 list_from_wire(begin.prompt_logprobs),
+                begin.generated,
             )
         except LoraplexError as e:
             self._engine.release_reservation(sub.request_id)

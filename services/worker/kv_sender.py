@@ -64,6 +64,7 @@ class KVSender:
                 accepts_prefix=True,
                 first_logprobs=to_wire(handoff.first_logprobs) if handoff.first_logprobs else None,
                 prompt_logprobs=list_to_wire(handoff.prompt_logprobs),
+                generated=list(req.resumed),
             )
             reply = await bus.request(subject, begin, KVReply, self._timeout_s)
             if not reply.accepted:
@@ -83,7 +84,7 @@ class KVSender:
             for i, chunk in enumerate(chunks):
                 await bus.publish(subject, KVChunk(sub.request_id, i, chunk))
             await bus.flush()
-            req.generated = 1
+            req.generated = len(req.resumed) + 1
             await self._publisher.progress(req, "handoff", new_tokens=0)
         except (BusTimeoutError, NoRespondersError, ProtocolError) as e:
             await self._publisher.fail(

@@ -20,9 +20,29 @@ class Publisher:
 
     async def tokens(self, req: Active, out: StepOutput) -> None:
         """One step's new tokens of ``req`` to its gateway, counted into ``req.generated``, and
-        the matching progress to the scheduler."""
+        the matching progress (with their ids) to the scheduler.  The progress goes first: the
+        bus keeps one connection's order, so the scheduler knows every token the gateway can
+        have, and a migrated request's replay (``Active.resumed``) fills what the gateway
+        lacks."""
         req.generated += len(out.new_token_ids)
         sub = req.submit
+        await self.progress(
+            req,
+            "finished" if out.finished else "tokens",
+            new_tokens=len(out.new_token_ids),
+            token_ids=list(out.new_token_ids),
+        )
+        if req.resumed and not req.replayed:
+            req.replayed = True
+            await self._bus.publish(
+                Subjects.stream(sub.gateway_id),
+                TokenDelta(
+                    sub.request_id,
+                    list(req.resumed),
+                    prompt_tokens=len(sub.prompt_token_ids),
+                    completion_tokens=len(req.resumed),
+                ),
+            )
         await self._bus.publish(
             Subjects.stream(sub.gateway_id),
             TokenDelta(
@@ -36,9 +56,6 @@ class Publisher:
                 prompt_logprobs=list_to_wire(out.prompt_logprobs),
             ),
         )
-        await self.progress(
-            req, "finished" if out.finished else "tokens", new_tokens=len(out.new_token_ids)
-        )
 
     async def progress(
         self,
@@ -47,6 +64,7 @@ class Publisher:
         new_tokens: int = 0,
         message: str = "",
         suspect: str = "",
+        token_ids: list[int] | None = None,
     ) -> None:
         sub = req.submit
         await self._bus.publish(
@@ -62,6 +80,7 @@ class Publisher:
                 decode_worker=req.decode_worker,
                 message=message,
                 suspect=suspect,
+                token_ids=token_ids or [],
             ),
         )
 
