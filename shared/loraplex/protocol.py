@@ -176,6 +176,9 @@ class TokenDelta(Message):
     logprobs: list[TokenLogprob] | None = None  # one per token id, when asked for
     # Prompt tokens 1.. (the first has none), on the first delta, when asked for.
     prompt_logprobs: list[TokenLogprob] | None = None
+    # Prompt tokens whose K/V the prefill took from its prefix cache (OpenAI's
+    # usage.prompt_tokens_details.cached_tokens); on every delta, 0 when none or unknown.
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -191,7 +194,9 @@ class AdapterEvent(Message):
     """Published by the adapter store when an adapter is created, replaced or deleted."""
 
     TAG: ClassVar[str] = "adapter_event"
-    kind: str  # "created" | "replaced" | "deleted"
+    # "created" | "replaced" | "deleted" | "unloaded" (vLLM's unload: not served, weights kept;
+    # workers drop it as for "deleted") | "loaded" (served again)
+    kind: str
     name: str
     owner: str
     sha256: str = ""
@@ -324,6 +329,7 @@ class KVBegin(Message):
     # A migrated request's tokens from before (PrefillAssign.generated): the K/V cover the prompt
     # and them (``num_tokens``), and ``first_token`` follows them.
     generated: list[int] = field(default_factory=list)
+    cached_tokens: int = 0  # prompt tokens the prefill took from its prefix cache (TokenDelta's)
 
 
 @dataclass(frozen=True)
