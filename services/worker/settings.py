@@ -75,14 +75,14 @@ def build_parser(default_role: str) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument(
         "--device",
-        default=None,
+        default=env.DEVICE.get() or None,
         help="cpu, cuda, cuda:N, or auto: lease a GPU no other worker on this host holds "
         "(default: cuda when available)",
     )
     p.add_argument(
         "--gpu-memory-utilization",
         type=_fraction,
-        default=0.9,
+        default=env.GPU_MEMORY_UTILIZATION.get(),
         help="fraction of the GPU's total memory for weights + activations + K/V cache, as in "
         "vLLM (default: %(default)s; give workers that share a GPU shares that add up to <= 1)",
     )

@@ -46,6 +46,14 @@ BLOCK_SIZE = EnvVar("LORAPLEX_BLOCK_SIZE", 16, "tokens per KV-cache block")
 KV_CACHE_MEMORY = EnvVar(
     "LORAPLEX_KV_CACHE_MEMORY_MB", 0, "KV-cache size in MiB (0: derive from --num-kv-blocks)"
 )
+DEVICE = EnvVar(
+    "LORAPLEX_DEVICE", "", "workers' --device: cpu, cuda, cuda:N, auto (empty: cuda when available)"
+)
+GPU_MEMORY_UTILIZATION = EnvVar(
+    "LORAPLEX_GPU_MEMORY_UTILIZATION",
+    0.9,
+    "workers' --gpu-memory-utilization: share of the GPU's total memory (weights + K/V)",
+)
 GPU_LEASE_DIR = EnvVar(
     "LORAPLEX_GPU_LEASE_DIR",
     "/tmp/loraplex-gpu-leases",
@@ -150,6 +158,8 @@ REGISTRY: tuple[EnvVar, ...] = (
     LOG_LEVEL,
     BLOCK_SIZE,
     KV_CACHE_MEMORY,
+    DEVICE,
+    GPU_MEMORY_UTILIZATION,
     GPU_LEASE_DIR,
     WARMUP,
     NATS_URL,

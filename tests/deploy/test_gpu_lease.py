@@ -174,3 +174,11 @@ def test_the_worker_exits_naming_the_flag(tmp_path) -> None:
         "loraplex decode worker: error: --device cuda:3: this process sees 0 CUDA device(s) (none)"
     )
     assert "Traceback" not in out.stderr
+
+
+def test_env_defaults_for_compose_overrides(monkeypatch) -> None:
+    """deploy/compose.multi-gpu.yml sets these in the workers' environment instead of flags."""
+    monkeypatch.setenv("LORAPLEX_DEVICE", "auto")
+    monkeypatch.setenv("LORAPLEX_GPU_MEMORY_UTILIZATION", "0.45")
+    s = settings_from_args(build_parser("decode").parse_args(["--model", "m"]))
+    assert (s.device, s.gpu_memory_utilization) == ("auto", 0.45)
