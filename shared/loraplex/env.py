@@ -66,10 +66,19 @@ WARMUP = EnvVar(
 )
 
 NATS_URL = EnvVar(
-    "LORAPLEX_NATS_URL", "nats://127.0.0.1:4222", "NATS server every service connects to"
+    "LORAPLEX_NATS_URL",
+    "nats://127.0.0.1:4222",
+    "NATS server(s) every service connects to: one URL, or a cluster's URLs comma-separated",
 )
 REDIS_URL = EnvVar(
-    "LORAPLEX_REDIS_URL", "", "Redis of the adapter store (empty: no adapter paging)"
+    "LORAPLEX_REDIS_URL",
+    "",
+    "Redis: redis://host:port/db or redis+sentinel://host:port,host:port/master[/db] (empty: none)",
+)
+REDIS_RETRY_S = EnvVar(
+    "LORAPLEX_REDIS_RETRY_S",
+    5.0,
+    "how long a Redis command retries a lost connection (a failover, a restart) before failing",
 )
 
 # adapter store (also read by the gateway and workers where they share a setting)
@@ -164,6 +173,7 @@ REGISTRY: tuple[EnvVar, ...] = (
     WARMUP,
     NATS_URL,
     REDIS_URL,
+    REDIS_RETRY_S,
     TENANTS_FILE,
     MODEL_DIR,
     ADAPTERS_ROOT,
