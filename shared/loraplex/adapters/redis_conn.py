@@ -1,5 +1,5 @@
-"""How the adapter registry talks to Redis: a retrying client, and connection failures turned
-into the typed ``StoreUnavailableError`` once those retries are spent."""
+"""How the adapter registry talks to Redis: the library's retrying client (plain or Sentinel), and
+connection failures turned into the typed ``StoreUnavailableError`` once those retries are spent."""
 
 from __future__ import annotations
 
@@ -8,27 +8,20 @@ from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from loraplex.adapters.errors import StoreUnavailableError
+from loraplex.redis_connect import connect_redis as _connect
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
 def connect_redis(url: str) -> aioredis.Redis:
-    """A lazy client that reconnects with backoff (rides out a ~3 s Redis restart per call)."""
-    return aioredis.Redis.from_url(
-        url,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=8),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        socket_connect_timeout=2.0,
-        socket_timeout=30.0,
-        health_check_interval=15,
-    )
+    """A lazy client that reconnects with backoff for ``LORAPLEX_REDIS_RETRY_S`` per command: it
+    rides out a Redis restart or a Sentinel failover (``redis+sentinel://`` URLs)."""
+    return _connect(url)
 
 
 def unavailable_as_typed(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
