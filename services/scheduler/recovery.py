@@ -2,7 +2,9 @@
 
 A request whose worker died (its heartbeats stopped), failed it (``RequestProgress(failed)``) or
 does not hold it (an assignment lost while the worker resubscribed after a NATS restart) is
-re-placed first if no token of it has reached the client yet; otherwise it fails with a clear error.
+re-placed, up to ``--max-attempts`` placements in all.  One that already streamed tokens is
+migrated: placed again with its tokens so far (``migration.py``), which the new worker prefills
+with the prompt before decoding on.  After the last attempt it fails with a 503 naming the cause.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from loraplex.protocol import (
     SubmitRequest,
     WorkerHeartbeat,
 )
+from loraplex.scheduler.migration import TokenLog
 from loraplex.scheduler.policies.base import FairnessPolicy
 from loraplex.scheduler.settings import SchedulerSettings
 from loraplex.scheduler.workers import Placement, WorkerRegistry, WorkerState
@@ -38,9 +41,11 @@ class InFlight:
     submit: SubmitRequest
     placement: Placement
     attempt: int = 0
-    tokens_sent: bool = False  # a token reached (or may have reached) the client: no silent retry
+    tokens_sent: bool = False  # a token reached (or may have reached) the client
     prefill_done: bool = False
     completion_tokens: int = 0
+    tokens: TokenLog = field(default_factory=TokenLog)  # to resume it on another worker
+    last_failure: str = ""  # why it was last re-placed: named if it finally fails
     workers: set[str] = field(default_factory=set)
     assigned_at: float = 0.0  # monotonic
     missing_since: float | None = None  # its worker's heartbeats stopped listing it
@@ -50,6 +55,17 @@ class InFlight:
         """The worker that must be holding the request now."""
         p = self.placement
         return p.decode if p.decode and self.prefill_done else p.prefill
+
+    @property
+    def generated(self) -> list[int]:
+        """The tokens a new placement resumes from (none before the first token)."""
+        return list(self.tokens.ids) if self.tokens_sent else []
+
+    def record_tokens(self, p: RequestProgress) -> None:
+        """A worker's ``tokens`` / ``finished`` report."""
+        self.tokens_sent = True
+        self.completion_tokens = p.completion_tokens
+        self.tokens.record(p.token_ids, p.new_tokens, p.completion_tokens)
 
     def release_prefill(self, registry: WorkerRegistry, worker_id: str) -> None:
         """A disaggregated prefill worker is done with the request once the K/V left it."""
@@ -95,6 +111,7 @@ class Recovery:
         self.publish = publish
         self.counters_changed = counters_changed
         self.unservable_since: float | None = None
+        self.migrated = 0  # requests placed again after tokens had streamed
 
     async def check_held(self, hb: WorkerHeartbeat, now: float) -> None:
         """Recover requests their worker does not hold: an assignment published while the worker
@@ -113,21 +130,34 @@ class Recovery:
                 await self.recover(job, f"worker {hb.worker_id} does not hold the request")
 
     async def recover(self, job: InFlight, reason: str) -> None:
-        """Re-place a request that no token of has reached the client; otherwise fail it clearly."""
+        """Place the request again (from its tokens so far, when some streamed) while it has
+        attempts left; otherwise fail it with a 503 naming ``reason``."""
         rid = job.submit.request_id
         for wid in job.workers:
             self.registry.release(wid, rid)
-        if not job.tokens_sent and job.attempt + 1 < self.s.max_attempts:
+        self.inflight.pop(rid, None)
+        resumable = not job.tokens_sent or job.tokens.resumable(job.submit.sampling.max_tokens)
+        if resumable and job.attempt + 1 < self.s.max_attempts:
             job.attempt += 1
-            log.info("re-dispatching %s (attempt %d): %s", rid, job.attempt + 1, reason)
-            self.inflight.pop(rid, None)
+            job.last_failure = reason
+            if job.tokens_sent:
+                self.migrated += 1
+                log.info(
+                    "migrating %s after %d tokens (attempt %d): %s",
+                    rid,
+                    len(job.tokens.ids),
+                    job.attempt + 1,
+                    reason,
+                )
+            else:
+                log.info("re-dispatching %s (attempt %d): %s", rid, job.attempt + 1, reason)
             self.retry.append(job)
             return
-        self.inflight.pop(rid, None)
         self.policy.on_finish(rid, job.completion_tokens)
         self.counters_changed()
+        why = reason if resumable else f"{reason}; its tokens so far are not known"
         await self._publish_error(
-            job.submit, f"request failed after {job.attempt + 1} attempt(s): {reason}"
+            job.submit, f"request failed after {job.attempt + 1} attempt(s): {why}"
         )
 
     async def worker_died(self, dead: WorkerState) -> None:
@@ -163,10 +193,28 @@ class Recovery:
                 return self.retry.pop(i)
         return None
 
+    async def stale_report(self, job: InFlight, p: RequestProgress) -> bool:
+        """Tokens from a worker the request is no longer placed on (declared dead, yet still
+        running it): ignored, and that worker is told to stop, so two copies never stream."""
+        if p.event not in ("tokens", "finished") or p.worker_id in job.workers:
+            return False
+        log.info(
+            "ignoring tokens of %s from %s, no longer its worker",
+            job.submit.request_id,
+            p.worker_id,
+        )
+        await self.publish(Subjects.worker(p.worker_id), CancelRequest(p.request_id))
+        return True
+
     async def cancel_again(self, p: RequestProgress) -> None:
         """A worker reports work on a request that was cancelled (the cancel crossed its K/V
-        hand-over, or reached a worker before the request did): tell it again."""
-        if p.request_id not in self.cancelled or p.event not in ("tokens", "handoff"):
+        hand-over, or reached a worker before the request did), or one waiting to be placed
+        again (its worker was declared dead, yet runs it): tell it to stop."""
+        waiting = any(j.submit.request_id == p.request_id for j in self.retry)
+        if (p.request_id not in self.cancelled and not waiting) or p.event not in (
+            "tokens",
+            "handoff",
+        ):
             return
         targets = {p.worker_id} | ({p.decode_worker} if p.decode_worker else set())
         for wid in targets:
@@ -193,7 +241,8 @@ class Recovery:
             await self._publish_error(sub, message)
         for job in self.retry:
             self.policy.on_finish(job.submit.request_id, job.completion_tokens)
-            await self._publish_error(job.submit, message)
+            cause = f" (re-placing it after: {job.last_failure})" if job.last_failure else ""
+            await self._publish_error(job.submit, f"request failed: {message}{cause}")
         self.retry.clear()
         self.counters_changed()
 

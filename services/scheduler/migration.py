@@ -1,0 +1,38 @@
+"""What the scheduler keeps to migrate a request whose worker died mid-stream: its tokens so far.
+
+Workers report each step's token ids on ``loraplex.sched.usage`` (``RequestProgress.token_ids``)
+*before* the matching ``TokenDelta``; one connection's messages keep their order, so the scheduler
+knows every token the gateway can have.  A migrated request is placed again with those tokens
+(``PrefillAssign.generated``): the new worker prefills prompt + tokens, replays the tokens to the
+gateway (which drops those it has, by index) and decodes on.  Pure Python bookkeeping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TokenLog:
+    """A request's completion tokens as its workers reported them, placed by index (a report's
+    first token is token ``completion_tokens - len(token_ids)``).  A report that skips tokens, or
+    counts tokens without their ids (a worker from before migration), breaks the log: such a
+    request cannot be resumed."""
+
+    ids: list[int] = field(default_factory=list)
+    broken: bool = False
+
+    def record(self, token_ids: list[int], new_tokens: int, completion_tokens: int) -> None:
+        if len(token_ids) != new_tokens:
+            self.broken = True
+            return
+        start = completion_tokens - len(token_ids)
+        if start < 0 or start > len(self.ids):
+            self.broken = True  # a gap: some report never arrived
+            return
+        # A report overlapping what is known (a replay) rewrites it in place, never truncates.
+        self.ids[start : start + len(token_ids)] = token_ids
+
+    def resumable(self, max_tokens: int) -> bool:
+        """Whether the request can continue from these tokens on another worker."""
+        return not self.broken and len(self.ids) < max_tokens

@@ -1,0 +1,189 @@
+"""Request migration in the scheduler: the token log it keeps from workers' progress reports
+(unit), and, on a real NATS server with scripted workers, a request whose worker dies after
+streaming is placed again with its tokens so far, until ``--max-attempts`` placements, after
+which it fails with a 503 naming the cause."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from loraplex.bus import Bus
+from loraplex.protocol import (
+    CancelRequest,
+    PrefillAssign,
+    RequestError,
+    RequestProgress,
+    SamplingSpec,
+    Subjects,
+    SubmitReply,
+    SubmitRequest,
+    WorkerHeartbeat,
+)
+from loraplex.scheduler.migration import TokenLog
+from loraplex.scheduler.service import SchedulerService
+from loraplex.scheduler.settings import SchedulerSettings
+from tests.scheduler.waiting import until
+
+
+# ---- the token log (pure) ----------------------------------------------------------------------
+def test_token_log_places_reports_by_index():
+    log = TokenLog()
+    log.record([11], 1, 1)
+    log.record([12, 13], 2, 3)
+    assert log.ids == [11, 12, 13] and log.resumable(max_tokens=4)
+    log.record([11, 12, 13], 3, 3)  # a resumed worker's replay: the same tokens, nothing changes
+    log.record([14], 1, 4)
+    assert log.ids == [11, 12, 13, 14]
+    log.record([12], 1, 2)  # a late duplicate rewrites its own index, never truncates
+    assert log.ids == [11, 12, 13, 14]
+    assert not log.resumable(max_tokens=4)  # nothing left to generate
+
+
+def test_token_log_breaks_on_a_gap_or_counts_without_ids():
+    gap = TokenLog()
+    gap.record([1], 1, 1)
+    gap.record([3], 1, 3)  # token 2's report never came
+    assert gap.broken and not gap.resumable(100)
+    old = TokenLog()
+    old.record([], 2, 2)  # a worker that reports counts only (before migration)
+    assert old.broken and not old.resumable(100)
+
+
+# ---- the service on real NATS ------------------------------------------------------------------
+class Worker:
+    """A colocated worker that heart-beats while ``beating`` and records its assignments."""
+
+    def __init__(self, bus: Bus, worker_id: str) -> None:
+        self.bus, self.id = bus, worker_id
+        self.assigned: list[PrefillAssign] = []
+        self.cancels: list[str] = []
+        self.beating = True
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        async def on_control(m: PrefillAssign | CancelRequest) -> None:
+            if isinstance(m, PrefillAssign):
+                self.assigned.append(m)
+            else:
+                self.cancels.append(m.request_id)
+
+        await self.bus.subscribe(
+            Subjects.worker(self.id), on_control, (PrefillAssign, CancelRequest)
+        )
+        self._task = asyncio.create_task(self._beat())
+
+    async def _beat(self) -> None:
+        while True:
+            if self.beating:
+                hb = WorkerHeartbeat(self.id, "both", 100, 100, 16, 0, 0, 8, ts=time.time())
+                await self.bus.publish(Subjects.HEARTBEAT, hb)
+            await asyncio.sleep(0.1)
+
+    async def tokens(self, rid: str, ids: list[int], done: int) -> None:
+        p = RequestProgress(
+            rid, "t", self.id, "tokens", len(ids), 3, done + len(ids), token_ids=ids
+        )
+        await self.bus.publish(Subjects.USAGE, p)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+async def _setup(nats_url: str, n: int, max_attempts: int):  # type: ignore[no-untyped-def]
+    settings = SchedulerSettings(nats_url, heartbeat_timeout_s=0.6, max_attempts=max_attempts)
+    service = SchedulerService(settings, {})
+    await service.start()
+    bus = await Bus.connect(nats_url, "test")
+    workers = [Worker(bus, f"w-{i}") for i in range(n)]
+    for w in workers:
+        await w.start()
+    errors: list[RequestError] = []
+
+    async def on_error(m: RequestError) -> None:
+        errors.append(m)
+
+    await bus.subscribe(Subjects.stream("gw"), on_error, RequestError)
+    await bus.flush()
+    await until(lambda: len(service.registry.workers) == n)
+    return service, bus, workers, errors
+
+
+async def _submit(bus: Bus, rid: str, max_tokens: int = 32) -> None:
+    sub = SubmitRequest(rid, "t", "gw", [1, 2, 3], SamplingSpec(max_tokens=max_tokens))
+    assert (await bus.request(Subjects.SUBMIT, sub, SubmitReply, 5)).accepted
+
+
+def _holder(workers: list[Worker], rid: str) -> tuple[Worker, PrefillAssign]:
+    """The worker given the request's latest assignment, and that assignment."""
+    latest = [(a.attempt, w, a) for w in workers for a in w.assigned if a.request.request_id == rid]
+    _, w, a = max(latest, key=lambda t: t[0])
+    return w, a
+
+
+def test_a_request_whose_worker_dies_mid_stream_migrates_until_max_attempts(nats_url):
+    async def run() -> None:
+        service, bus, workers, errors = await _setup(nats_url, 3, max_attempts=3)
+        await _submit(bus, "m")
+        await until(lambda: any(w.assigned for w in workers))
+        first, a0 = _holder(workers, "m")
+        assert a0.attempt == 0 and a0.generated == []
+        await first.tokens("m", [40, 41], 0)
+        await first.tokens("m", [42], 2)
+        await until(lambda: service.inflight["m"].tokens.ids == [40, 41, 42])
+        first.beating = False  # dies after streaming three tokens: migrated, not failed
+
+        await until(lambda: _holder(workers, "m")[1].attempt == 1)
+        second, a1 = _holder(workers, "m")
+        assert second is not first and a1.generated == [40, 41, 42]
+        assert service.recovery.migrated == 1 and not errors
+        # The resumed worker replays nothing to the scheduler: it reports from index 3 on.
+        await second.tokens("m", [43], 3)
+        await until(lambda: service.inflight["m"].tokens.ids == [40, 41, 42, 43])
+        # The first worker was not dead after all: its late tokens are ignored and it is told
+        # to stop, so two copies never stream.
+        await first.tokens("m", [99], 3)
+        await until(lambda: "m" in first.cancels)
+        assert service.inflight["m"].tokens.ids == [40, 41, 42, 43]
+        second.beating = False
+
+        await until(lambda: _holder(workers, "m")[1].attempt == 2)
+        third, a2 = _holder(workers, "m")
+        assert third not in (first, second) and a2.generated == [40, 41, 42, 43]
+        third.beating = False  # the third placement dies too: --max-attempts 3 is spent
+        await until(lambda: any(e.request_id == "m" for e in errors))
+        (err,) = [e for e in errors if e.request_id == "m"]
+        assert err.code == 503
+        assert "3 attempt(s)" in err.message and f"worker {third.id} stopped responding" in (
+            err.message
+        )
+        assert "m" not in service.inflight and not service.retry
+        for w in workers:
+            w.stop()
+        await bus.close()
+        await service.stop()
+
+    asyncio.run(run())
+
+
+def test_a_request_whose_tokens_are_not_known_fails_instead_of_migrating(nats_url):
+    async def run() -> None:
+        service, bus, workers, errors = await _setup(nats_url, 2, max_attempts=3)
+        await _submit(bus, "old")
+        await until(lambda: any(w.assigned for w in workers))
+        holder, _ = _holder(workers, "old")
+        # Counts without ids (a worker from before migration): resuming would lose tokens.
+        p = RequestProgress("old", "t", holder.id, "tokens", 2, 3, 2)
+        await bus.publish(Subjects.USAGE, p)
+        await until(lambda: service.inflight["old"].tokens_sent)
+        holder.beating = False
+        await until(lambda: any(e.request_id == "old" for e in errors))
+        assert "not known" in errors[0].message and errors[0].code == 503
+        assert sum(len(w.assigned) for w in workers) == 1
+        for w in workers:
+            w.stop()
+        await bus.close()
+        await service.stop()
+
+    asyncio.run(run())
