@@ -27,7 +27,6 @@ from loraplex.protocol import (
 )
 from loraplex.scheduler.leader import LeaseLost
 from loraplex.scheduler.ledger import LedgerEntry
-from loraplex.scheduler.metrics import SchedulerMetrics, pool_counts
 from loraplex.scheduler.policies.base import QueuedRequest
 from loraplex.scheduler.policies.registry import make_policy
 from loraplex.scheduler.prefix_affinity import PrefixAffinity, prefix_keys
@@ -83,11 +82,6 @@ class SchedulerService:
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._counters_dirty = False
-        self.started = False  # subscribed (the /ready of http_status.py)
-        # The request at the head of the queue that found no room at the last dispatch (None:
-        # nothing waits for room): the pools without room for it have a queue (metrics.py).
-        self.stalled: SubmitRequest | None = None
-        self.metrics = SchedulerMetrics(self)
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -110,7 +104,6 @@ class SchedulerService:
         else:
             await self._lead(0)
         await self.bus.flush()
-        self.started = True
         log.info(
             "scheduler ready (fairness=%s, %s)",
             self.s.fairness,
@@ -136,7 +129,7 @@ class SchedulerService:
             self.replica.ledger.adopt(entries)
             self.takeover.begin(entries, running, time.monotonic())
         self.epoch, self.leading = epoch, True
-        self._submit_sub = await self.bus.serve(Subjects.SUBMIT, self._counted_submit, SubmitRequest)
+        self._submit_sub = await self.bus.serve(Subjects.SUBMIT, self._on_submit, SubmitRequest)
         self._kick.set()
 
     async def _step_down(self, why: str) -> None:
@@ -148,11 +141,6 @@ class SchedulerService:
         self.deposed.set()
 
     # ---- gateway -> scheduler ----------------------------------------------------------------
-    async def _counted_submit(self, sub: SubmitRequest) -> SubmitReply:
-        reply = await self._on_submit(sub)
-        self.metrics.submitted(reply)
-        return reply
-
     async def _on_submit(self, sub: SubmitRequest) -> SubmitReply:
         now = time.monotonic()
         if sub.resubmit and not self._known(sub.request_id):
@@ -264,36 +252,30 @@ class SchedulerService:
             return
         while self.retry:  # already admitted and charged: they go first
             job = self.retry[0]
-            placement = self._place(job.submit, len(job.generated))
+            placement = self._place(job.submit)
             if placement is None:
-                self.stalled = job.submit
                 return
             self.retry.pop(0)
             await self._assign(job, placement)
         while True:
             q = self.policy.pick(now)
             if q is None:
-                self.stalled = None
                 return
             sub = self.submits[q.request_id]
             placement = self._place(sub)
             if placement is None:
-                self.stalled = sub
                 return  # strict policy order: wait for capacity rather than skip ahead
             self.policy.admit(q, now)
-            self.metrics.admitted(q, now)
             self._counters_dirty = True
             del self.submits[q.request_id]
             await self._assign(InFlight(sub, placement), placement)
 
-    def _place(self, sub: SubmitRequest, resumed: int = 0) -> Placement | None:
-        """``resumed``: a migrated request's tokens so far, prefilled with its prompt."""
+    def _place(self, sub: SubmitRequest) -> Placement | None:
         total = len(sub.prompt_token_ids) + sub.sampling.max_tokens
         cached = None
         if self.s.prefix_routing:
             cached = self.affinity.cached_blocks(sub.adapter, sub.prompt_token_ids)
-        prefill = len(sub.prompt_token_ids) + resumed
-        return self.registry.place(sub.adapter, prefill, total, cached)
+        return self.registry.place(sub.adapter, len(sub.prompt_token_ids), total, cached)
 
     async def _assign(self, job: InFlight, placement: Placement) -> None:
         sub = job.submit
@@ -310,15 +292,16 @@ class SchedulerService:
             if worker is not None:
                 keys = prefix_keys(sub.adapter, sub.prompt_token_ids, worker.hb.block_size)
                 self.affinity.record(wid, keys)
-        prefill = len(sub.prompt_token_ids) + len(job.generated)  # + a migrated one's tokens
-        self.registry.commit(placement.prefill, rid, total if not placement.decode else prefill)
+        self.registry.commit(
+            placement.prefill, rid, total if not placement.decode else len(sub.prompt_token_ids)
+        )
         if placement.decode:
             self.registry.commit(placement.decode, rid, total)
             if sub.adapter:  # let the decode worker page the adapter in while prefill runs
                 await self._publish(Subjects.worker(placement.decode), PrefetchAdapter(sub.adapter))
         await self._publish(
             Subjects.worker(placement.prefill),
-            PrefillAssign(sub, placement.decode, job.attempt, self.epoch, job.generated),
+            PrefillAssign(sub, placement.decode, job.attempt, self.epoch),
         )
 
     async def _record(self, job: InFlight, total: int) -> bool:
@@ -358,12 +341,11 @@ class SchedulerService:
             else:
                 await self.recovery.cancel_again(p)
             return
-        if await self.recovery.stale_report(job, p):
-            return
         if p.event == "tokens":
             if p.worker_id == job.placement.decode:  # the decode worker has it, whatever the
                 job.release_prefill(self.registry, job.placement.prefill)  # hand-off report says
-            job.record_tokens(p)  # their ids too: a migration resumes from them
+            job.tokens_sent = True
+            job.completion_tokens = p.completion_tokens
             self.policy.on_output_tokens(job.submit.tenant, p.request_id, p.new_tokens)
             self._counters_dirty = True
             job.release_prefill(self.registry, p.worker_id)
@@ -397,7 +379,7 @@ class SchedulerService:
             }
             for wid, w in self.registry.workers.items()
         }
-        return SchedulerStats(queued, self.policy.counters(), workers, pool_counts(self.registry))
+        return SchedulerStats(queued, self.policy.counters(), workers)
 
     async def _liveness_loop(self) -> None:
         while True:
