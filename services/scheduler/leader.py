@@ -21,6 +21,8 @@ import logging
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from loraplex.redis_connect import connect_redis
+
 log = logging.getLogger(__name__)
 
 LEASE_SUFFIX = ":scheduler:lease"
@@ -55,8 +57,11 @@ return 0
 
 def scheduler_redis(url: str, timeout_s: float = 0.5) -> aioredis.Redis:
     """The scheduler's Redis client: short timeouts, since a lease call must finish well within
-    the lease's life (a slow Redis is treated as an unreachable one)."""
-    return aioredis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    the lease's life (a slow Redis is treated as an unreachable one), and lost connections are
+    retried for ``timeout_s`` only.  ``url`` may name Sentinels (``redis+sentinel://``)."""
+    return connect_redis(
+        url, retry_s=timeout_s, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
+    )
 
 
 class LeaseLost(Exception):
