@@ -252,7 +252,7 @@ class SchedulerService:
             return
         while self.retry:  # already admitted and charged: they go first
             job = self.retry[0]
-            placement = self._place(job.submit)
+            placement = self._place(job.submit, len(job.generated))
             if placement is None:
                 return
             self.retry.pop(0)
@@ -270,12 +270,14 @@ class SchedulerService:
             del self.submits[q.request_id]
             await self._assign(InFlight(sub, placement), placement)
 
-    def _place(self, sub: SubmitRequest) -> Placement | None:
+    def _place(self, sub: SubmitRequest, resumed: int = 0) -> Placement | None:
+        """``resumed``: a migrated request's tokens so far, prefilled with its prompt."""
         total = len(sub.prompt_token_ids) + sub.sampling.max_tokens
         cached = None
         if self.s.prefix_routing:
             cached = self.affinity.cached_blocks(sub.adapter, sub.prompt_token_ids)
-        return self.registry.place(sub.adapter, len(sub.prompt_token_ids), total, cached)
+        prefill = len(sub.prompt_token_ids) + resumed
+        return self.registry.place(sub.adapter, prefill, total, cached)
 
     async def _assign(self, job: InFlight, placement: Placement) -> None:
         sub = job.submit
@@ -292,16 +294,15 @@ class SchedulerService:
             if worker is not None:
                 keys = prefix_keys(sub.adapter, sub.prompt_token_ids, worker.hb.block_size)
                 self.affinity.record(wid, keys)
-        self.registry.commit(
-            placement.prefill, rid, total if not placement.decode else len(sub.prompt_token_ids)
-        )
+        prefill = len(sub.prompt_token_ids) + len(job.generated)  # + a migrated one's tokens
+        self.registry.commit(placement.prefill, rid, total if not placement.decode else prefill)
         if placement.decode:
             self.registry.commit(placement.decode, rid, total)
             if sub.adapter:  # let the decode worker page the adapter in while prefill runs
                 await self._publish(Subjects.worker(placement.decode), PrefetchAdapter(sub.adapter))
         await self._publish(
             Subjects.worker(placement.prefill),
-            PrefillAssign(sub, placement.decode, job.attempt, self.epoch),
+            PrefillAssign(sub, placement.decode, job.attempt, self.epoch, job.generated),
         )
 
     async def _record(self, job: InFlight, total: int) -> bool:
@@ -341,11 +342,12 @@ class SchedulerService:
             else:
                 await self.recovery.cancel_again(p)
             return
+        if await self.recovery.stale_report(job, p):
+            return
         if p.event == "tokens":
             if p.worker_id == job.placement.decode:  # the decode worker has it, whatever the
                 job.release_prefill(self.registry, job.placement.prefill)  # hand-off report says
-            job.tokens_sent = True
-            job.completion_tokens = p.completion_tokens
+            job.record_tokens(p)  # their ids too: a migration resumes from them
             self.policy.on_output_tokens(job.submit.tenant, p.request_id, p.new_tokens)
             self._counters_dirty = True
             job.release_prefill(self.registry, p.worker_id)
