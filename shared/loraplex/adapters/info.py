@@ -39,6 +39,12 @@ class AdapterInfo:
     config_sha256: str = ""
     chunk_size: int = 0
     chunks: int = 0
+    # False after vLLM's unload: kept, but not served (no model card, 404 for requests) until
+    # loaded again; registering a version serves it
+    served: bool = True
+    # the path a path registration was read from, as its owner gave it (empty for multipart);
+    # shown only to the owner (``/v1/models`` root), never to other tenants
+    source: str = ""
 
     @property
     def id(self) -> str:
@@ -66,6 +72,8 @@ class AdapterInfo:
             "config_sha256": self.config_sha256,
             "chunk_size": str(self.chunk_size),
             "chunks": str(self.chunks),
+            "served": "1" if self.served else "0",
+            "source": self.source,
         }
 
     @classmethod
@@ -85,6 +93,8 @@ class AdapterInfo:
             config_sha256=d.get("config_sha256", ""),
             chunk_size=int(d.get("chunk_size", 0)),
             chunks=int(d.get("chunks", 0)),
+            served=d.get("served", "1") != "0",
+            source=d.get("source", ""),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -102,6 +112,7 @@ class AdapterInfo:
             "sha256": self.sha256,
             "created": int(self.created),
             "version": self.version,
+            "served": self.served,
         }
 
     @classmethod
@@ -117,6 +128,7 @@ class AdapterInfo:
             sha256=d["sha256"],
             created=float(d["created"]),
             version=int(d["version"]),
+            served=bool(d.get("served", True)),
         )
 
 

@@ -200,8 +200,11 @@ class AdapterStore:
         targets: Sequence[str],
         visibility: str | None = None,
         replace: bool = False,
+        source: str = "",
     ) -> Registered:
         """Store a (validated) adapter; on ``replace`` the owner's previous version is removed.
+        The new version is served (even if the previous one was unloaded); ``source``: the path
+        it was read from, as the owner gave it (``AdapterInfo.source``).
         ``visibility=None``: private for a new adapter, the previous version's on replace.
         ``weights``: bytes, a binary file or an iterable of byte strings, staged into Redis a
         batch of chunks at a time (sha256 and size computed on the way)."""
@@ -229,6 +232,7 @@ class AdapterStore:
             config_sha256=_sha256(config_bytes),
             chunk_size=self.chunk_size,
             chunks=0,
+            source=source,
         )
         blob = self.keys.blob(aid, version)
         try:
@@ -307,6 +311,27 @@ class AdapterStore:
             live = await self.redis.hget(self.keys.meta(aid), "version")
             if live is None or int(live) != version:
                 await self.redis.unlink(self.keys.blob(aid, version))
+
+    @unavailable_as_typed
+    async def set_served(self, aid: str, served: bool) -> AdapterInfo | None:
+        """Serve adapter id ``aid`` or stop serving it (vLLM's load / unload: the weights stay).
+        Returns its metadata before the change, None if there is no such adapter (trusted
+        callers: ids; ``Registrar`` checks ownership)."""
+        meta = self.keys.meta(aid)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for _ in range(_WATCH_RETRIES):
+                try:
+                    await pipe.watch(meta)
+                    raw = await pipe.hgetall(meta)
+                    if not raw:
+                        return None
+                    pipe.multi()
+                    pipe.hset(meta, "served", "1" if served else "0")
+                    await pipe.execute()
+                    return AdapterInfo.from_redis(raw)
+                except WatchError:
+                    continue
+        raise StoreUnavailableError(f"adapter {aid!r}: too much contention, try again")
 
     @unavailable_as_typed
     async def delete_for(self, tenant: str, name: str) -> AdapterInfo:
