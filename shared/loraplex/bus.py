@@ -52,6 +52,18 @@ class RawMessage(Protocol):
 RawHandler = Callable[[RawMessage], Awaitable[None]]
 
 
+PING_INTERVAL_S = 2.0
+
+
+def parse_nats_urls(url: str | list[str]) -> list[str]:
+    """``nats://a:4222,nats://b:4222`` (or a list) as the list of servers; ValueError if none."""
+    parts = url if isinstance(url, list) else url.split(",")
+    servers = [u.strip() for u in parts if u.strip()]
+    if not servers:
+        raise ValueError(f"no NATS server in {url!r}")
+    return servers
+
+
 class TypedBus:
     """Typed messages over raw bytes: what ``Bus`` and its in-memory twin share.  Subclasses
     provide ``publish_raw``, ``request_raw`` and ``subscribe_raw``; ``name`` labels the logs and
@@ -149,7 +161,10 @@ class Bus(TypedBus):
         self.nc = nc
 
     @classmethod
-    async def connect(cls, url: str, name: str, connect_timeout: float = 5.0) -> Bus:
+    async def connect(cls, url: str | list[str], name: str, connect_timeout: float = 5.0) -> Bus:
+        """Connect to ``url``: one server, or a cluster's servers (a list, or comma-separated).
+        A lost server is replaced by another at once; a silent one is found by pings."""
+
         async def on_error(e: Exception) -> None:
             log.warning("%s: NATS error: %s", name, e)
 
@@ -157,14 +172,22 @@ class Bus(TypedBus):
             log.warning("%s: disconnected from NATS, reconnecting", name)
 
         async def on_reconnect() -> None:
-            log.info("%s: reconnected to NATS", name)
+            log.info(
+                "%s: reconnected to NATS at %s", name, getattr(nc.connected_url, "netloc", "?")
+            )
 
+        servers = parse_nats_urls(url)
         nc = await nats.connect(
-            url,
+            servers=servers,
             name=name,
             connect_timeout=connect_timeout,
             max_reconnect_attempts=-1,  # survive NATS restarts: retry forever
+            # nats-py waits this long only before a server it tried moments ago: with a cluster,
+            # the next node is tried at once
             reconnect_time_wait=0.5,
+            # a node that hangs without closing the socket is given up after ~2 missed pings
+            ping_interval=PING_INTERVAL_S,
+            max_outstanding_pings=2,
             error_cb=on_error,
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
