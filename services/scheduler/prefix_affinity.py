@@ -9,17 +9,24 @@ evicted the blocks) only cost a less useful placement, never a wrong answer.
 Keys are the workers' own block keys (``kvcache.prefix_cache.block_keys``: a stable hash chain of
 the adapter and the token ids), over the adapter's name; like the worker, a prompt's last token's
 block is never counted.  Pure Python.
+
+So that placement need not ask every worker, a reverse index remembers, per block key, the
+``HOLDERS`` workers it was most recently placed on; ``cached_blocks(...).holders(block_size)``
+names the holders of the prompt's first block, the only workers that can match any of it.  A
+prefix held by more workers is looked for on its ``HOLDERS`` most recent ones (a bounded sample:
+affinity then still concentrates the prefix there, within the load balance).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from loraplex.kvcache.prefix_cache import prefix_block_keys
 from loraplex.scheduler.workers import WorkerState
 
 PrefixKey = bytes
+HOLDERS = 8  # workers remembered per block key (most recent placements)
 
 
 def prefix_keys(adapter: str | None, tokens: Sequence[int], block_size: int) -> list[PrefixKey]:
@@ -33,6 +40,8 @@ class PrefixAffinity:
     def __init__(self, capacity_per_worker: int = 100_000) -> None:
         self.capacity = capacity_per_worker
         self._workers: dict[str, OrderedDict[PrefixKey, None]] = {}
+        # block key -> the last HOLDERS workers it was placed on (insertion order = recency)
+        self._holders: dict[PrefixKey, dict[str, None]] = {}
 
     def matched_blocks(self, worker_id: str, keys: Sequence[PrefixKey]) -> int:
         """How many leading blocks of a prompt the worker probably still holds."""
@@ -46,32 +55,71 @@ class PrefixAffinity:
             n += 1
         return n
 
-    def cached_blocks(
-        self, adapter: str | None, tokens: Sequence[int]
-    ) -> Callable[[WorkerState], int]:
-        """For placement: how many leading blocks of this prompt a worker probably holds (the keys
-        are computed once per block size: workers may differ)."""
-        keys: dict[int, list[PrefixKey]] = {}
+    def cached_blocks(self, adapter: str | None, tokens: Sequence[int]) -> CachedBlocks:
+        """For placement: how many leading blocks of this prompt a worker probably holds, and
+        which workers may hold any (the keys are computed once per block size: workers may
+        differ)."""
+        return CachedBlocks(self, adapter, tokens)
 
-        def cached(w: WorkerState) -> int:
-            bs = w.hb.block_size
-            if bs not in keys:
-                keys[bs] = prefix_keys(adapter, tokens, bs)
-            return self.matched_blocks(w.hb.worker_id, keys[bs])
-
-        return cached
+    def holders(self, key: PrefixKey) -> list[str]:
+        """The last ``HOLDERS`` workers ``key`` was placed on (that still hold it)."""
+        h = self._holders.get(key)
+        return list(h) if h else []
 
     def record(self, worker_id: str, keys: Sequence[PrefixKey]) -> None:
         seen = self._workers.setdefault(worker_id, OrderedDict())
+        holders = self._holders
         for k in keys:
             seen[k] = None
             seen.move_to_end(k)
+            h = holders.get(k)
+            if h is None:
+                holders[k] = {worker_id: None}
+            else:
+                h.pop(worker_id, None)
+                h[worker_id] = None
+                if len(h) > HOLDERS:
+                    del h[next(iter(h))]
         while len(seen) > self.capacity:
-            seen.popitem(last=False)
+            self._unhold(seen.popitem(last=False)[0], worker_id)
 
     def forget(self, worker_id: str) -> None:
         """The worker left (or restarted): its cache is gone."""
-        self._workers.pop(worker_id, None)
+        for k in self._workers.pop(worker_id, ()):
+            self._unhold(k, worker_id)
+
+    def _unhold(self, key: PrefixKey, worker_id: str) -> None:
+        h = self._holders.get(key)
+        if h is not None:
+            h.pop(worker_id, None)
+            if not h:
+                del self._holders[key]
 
     def __len__(self) -> int:
         return sum(len(s) for s in self._workers.values())
+
+
+class CachedBlocks:
+    """One prompt's view of the affinity: ``cached(w)`` is how many of its leading blocks ``w``
+    probably holds; ``holders(block_size)`` the workers worth asking."""
+
+    __slots__ = ("_affinity", "_adapter", "_tokens", "_keys")
+
+    def __init__(self, affinity: PrefixAffinity, adapter: str | None, tokens: Sequence[int]):
+        self._affinity = affinity
+        self._adapter = adapter
+        self._tokens = tokens
+        self._keys: dict[int, list[PrefixKey]] = {}
+
+    def keys(self, block_size: int) -> list[PrefixKey]:
+        keys = self._keys.get(block_size)
+        if keys is None:
+            keys = self._keys[block_size] = prefix_keys(self._adapter, self._tokens, block_size)
+        return keys
+
+    def __call__(self, w: WorkerState) -> int:
+        return self._affinity.matched_blocks(w.hb.worker_id, self.keys(w.hb.block_size))
+
+    def holders(self, block_size: int) -> list[str]:
+        keys = self.keys(block_size)
+        return self._affinity.holders(keys[0]) if keys else []

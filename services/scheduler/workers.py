@@ -3,15 +3,30 @@
 Pure Python bookkeeping.  Capacity is *committed* here, not guessed from heartbeats alone: every
 request placed on a worker holds a batch slot and the KV blocks its full length may need until the
 worker reports it done, so work never queues inside a worker and the policy's order is what runs.
+
+Placement cost does not grow with the number of workers (``worker_index.py`` holds the indexes):
+per role it walks at most ``SCAN`` workers in load order (a lazy heap), looks at the holders of
+the prompt's first prefix block (at most ``prefix_affinity.HOLDERS``) and at the workers holding
+the adapter (all of them up to ``ADAPTER_EXACT``, else a power-of-two-choices sample of
+``ADAPTER_SAMPLE``).  So a decision is O(log W + SCAN + prompt blocks x HOLDERS).  Below those
+bounds it chooses exactly as the scan it replaced (``placement_scan.py``).
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from heapq import heappop, heappush
 
 from loraplex.kvcache.block_allocator import blocks_for
 from loraplex.protocol import WorkerHeartbeat
+from loraplex.scheduler.worker_index import RoleIndex, SampleSet
+
+SCAN = 16  # workers of a role walked in load order per decision
+ADAPTER_EXACT = 16  # up to this many holders of an adapter (per role), all are candidates
+ADAPTER_SAMPLE = 2  # beyond: power-of-two choices among them
+ROLES = ("prefill", "decode", "both")
 
 
 @dataclass
@@ -22,22 +37,27 @@ class WorkerState:
     # A peer reported it unreachable (no responders, K/V refused): nothing is placed on it until
     # its next heartbeat, so a retry cannot go straight back to a worker that just died.
     suspect: bool = False
+    committed: int = 0  # sum(requests.values()), kept by the registry's commit/release
 
     @property
     def committed_blocks(self) -> int:
-        return sum(self.requests.values())
+        return self.committed
 
     def has_room(self, blocks: int) -> bool:
         hb = self.hb
         return (
             not hb.draining
             and len(self.requests) < hb.max_num_seqs
-            and self.committed_blocks + blocks <= hb.total_blocks
+            and self.committed + blocks <= hb.total_blocks
         )
 
     @property
     def load(self) -> float:
         return len(self.requests) / max(1, self.hb.max_num_seqs)
+
+    @property
+    def placeable(self) -> bool:
+        return not self.hb.draining and not self.suspect
 
 
 @dataclass(frozen=True)
@@ -46,28 +66,80 @@ class Placement:
     decode: str  # "" when the prefill worker is colocated (role "both") and decodes itself
 
 
+def _shape(hb: WorkerHeartbeat) -> tuple:
+    """What ``can_serve``/``could_ever_fit`` and the role index depend on."""
+    return (hb.role, hb.draining, hb.total_blocks, hb.block_size, hb.max_num_seqs)
+
+
 class WorkerRegistry:
-    def __init__(self, heartbeat_timeout_s: float = 3.0, prefix_balance: float = 0.25) -> None:
+    def __init__(
+        self, heartbeat_timeout_s: float = 3.0, prefix_balance: float = 0.25, *, seed: int = 0
+    ) -> None:
         self.timeout = heartbeat_timeout_s
         # Prefix affinity may pick a worker at most this much busier (share of its batch) than
         # the least loaded one that has room, so one hot system prompt cannot pile onto a worker.
         self.prefix_balance = prefix_balance
         self.workers: dict[str, WorkerState] = {}
+        self._roles: dict[str, RoleIndex] = {r: RoleIndex() for r in ROLES}
+        self._holders: dict[tuple[str, str], SampleSet] = {}  # (role, adapter) -> worker ids
+        self._dirty: set[str] = set()  # workers to push into their role's heaps
+        # role -> (most tokens one alive worker can hold, block sizes); None: recompute
+        self._capacity: dict[str, tuple[int, frozenset[int]]] | None = None
+        self._rng = random.Random(seed)  # power-of-two choices, reproducible
 
+    # ---- membership ----------------------------------------------------------------------------
     def heartbeat(self, hb: WorkerHeartbeat, now: float) -> bool:
         """Record a heartbeat; True when the worker is new."""
         state = self.workers.get(hb.worker_id)
         if state is None:
             self.workers[hb.worker_id] = WorkerState(hb, now)
+            self._join(hb)
             return True
-        state.hb, state.last_seen, state.suspect = hb, now, False
+        old = state.hb
+        state.hb, state.last_seen = hb, now
+        if _shape(old) != _shape(hb):
+            self._leave(old)
+            self._join(hb)
+        elif old.adapters != hb.adapters:
+            self._move_adapters(old, hb)
+        if state.suspect:
+            self._dirty.add(hb.worker_id)
+        state.suspect = False
         return False
+
+    def _join(self, hb: WorkerHeartbeat) -> None:
+        self._roles.setdefault(hb.role, RoleIndex()).members.add(hb.worker_id)
+        for a in hb.adapters:
+            self._holders.setdefault((hb.role, a), SampleSet()).add(hb.worker_id)
+        self._dirty.add(hb.worker_id)
+        self._capacity = None
+
+    def _leave(self, hb: WorkerHeartbeat) -> None:
+        self._roles[hb.role].members.discard(hb.worker_id)
+        for a in hb.adapters:
+            holders = self._holders.get((hb.role, a))
+            if holders is not None:
+                holders.discard(hb.worker_id)
+                if not holders:
+                    del self._holders[(hb.role, a)]
+        self._capacity = None  # heap entries go stale on their own
+
+    def _move_adapters(self, old: WorkerHeartbeat, hb: WorkerHeartbeat) -> None:
+        before, after = set(old.adapters), set(hb.adapters)
+        for a in before - after:
+            holders = self._holders.get((hb.role, a))
+            if holders is not None:
+                holders.discard(hb.worker_id)
+                if not holders:
+                    del self._holders[(hb.role, a)]
+        for a in after - before:
+            self._holders.setdefault((hb.role, a), SampleSet()).add(hb.worker_id)
 
     def suspect(self, worker_id: str) -> None:
         """Place nothing on ``worker_id`` until it proves alive with a heartbeat."""
         w = self.workers.get(worker_id)
         if w is not None:
-            w.suspect = True
+            w.suspect = True  # its heap entries fail the placeable check from now on
 
     def holds(self, worker_id: str, request_id: str) -> bool:
         """Whether ``worker_id``'s latest heartbeat lists ``request_id`` as held."""
@@ -75,36 +147,46 @@ class WorkerRegistry:
         return w is not None and request_id in (w.hb.active or ())
 
     def expire(self, now: float) -> list[WorkerState]:
-        """Remove and return workers whose heartbeats stopped."""
+        """Remove and return workers whose heartbeats stopped (a liveness tick, not a decision)."""
         dead = [w for w in self.workers.values() if now - w.last_seen > self.timeout]
         for w in dead:
             del self.workers[w.hb.worker_id]
+            self._leave(w.hb)
         return dead
 
-    def _alive(self, roles: tuple[str, ...]) -> list[WorkerState]:
-        return [w for w in self.workers.values() if w.hb.role in roles and not w.hb.draining]
-
-    def _placeable(self, roles: tuple[str, ...]) -> list[WorkerState]:
-        return [w for w in self._alive(roles) if not w.suspect]
+    # ---- what could run at all -----------------------------------------------------------------
+    def _role_capacity(self) -> dict[str, tuple[int, frozenset[int]]]:
+        """Per role, over alive (not draining) workers: the most tokens one can hold (-1: none),
+        and their block sizes.  Recomputed only after a worker joined, left or changed shape."""
+        if self._capacity is None:
+            cap: dict[str, tuple[int, frozenset[int]]] = {}
+            for w in self.workers.values():
+                if w.hb.draining:
+                    continue
+                most, sizes = cap.get(w.hb.role, (-1, frozenset()))
+                tokens = w.hb.total_blocks * w.hb.block_size
+                cap[w.hb.role] = (max(most, tokens), sizes | {w.hb.block_size})
+            self._capacity = cap
+        return self._capacity
 
     def can_serve(self) -> bool:
         """Some live worker set can run a request end to end (colocated, or prefill + decode)."""
-        if self._alive(("both",)):
-            return True
-        return bool(self._alive(("prefill",))) and bool(self._alive(("decode",)))
+        cap = self._role_capacity()
+        return "both" in cap or ("prefill" in cap and "decode" in cap)
 
     def could_ever_fit(self, prompt_tokens: int, total_tokens: int) -> bool:
         """Whether an idle set of live workers could hold the request at all."""
+        cap = self._role_capacity()
 
-        def fits(roles: tuple[str, ...], tokens: int) -> bool:
-            return any(
-                blocks_for(tokens, w.hb.block_size) <= w.hb.total_blocks for w in self._alive(roles)
-            )
+        def fits(role: str, tokens: int) -> bool:
+            # blocks_for(tokens, bs) <= total  <=>  tokens <= total * bs
+            return cap.get(role, (-1, frozenset()))[0] >= tokens
 
-        if fits(("both",), total_tokens):
-            return True
-        return fits(("prefill",), prompt_tokens) and fits(("decode",), total_tokens)
+        return fits("both", total_tokens) or (
+            fits("prefill", prompt_tokens) and fits("decode", total_tokens)
+        )
 
+    # ---- placement -----------------------------------------------------------------------------
     def place(
         self,
         adapter: str | None,
@@ -117,34 +199,16 @@ class WorkerRegistry:
         then those that hold the adapter, then the least loaded.
 
         Preferences only order workers that have room, so a request never waits for a particular
-        worker while another could take it (no starvation by affinity).
+        worker while another could take it (no starvation by affinity).  ``cached_blocks`` may have
+        a ``holders(block_size)`` method (``PrefixAffinity.cached_blocks`` does): then only those
+        workers are asked; a plain callable is asked for the workers within the balance among the
+        ``SCAN`` least loaded.
         """
-
-        def best(candidates: list[WorkerState], blocks_of: int, prefix: bool) -> WorkerState | None:
-            fits = [w for w in candidates if w.has_room(blocks_for(blocks_of, w.hb.block_size))]
-            if not fits:
-                return None
-            least = min(w.load for w in fits)
-
-            def cached(w: WorkerState) -> int:
-                if not prefix or cached_blocks is None or w.load > least + self.prefix_balance:
-                    return 0
-                return cached_blocks(w)
-
-            return min(
-                fits,
-                key=lambda w: (
-                    -cached(w),
-                    adapter not in w.hb.adapters if adapter else False,
-                    w.load,
-                    w.hb.worker_id,
-                ),
-            )
-
-        prefill = best(self._placeable(("prefill",)), prompt_tokens, True)
+        self._flush()
+        prefill = self._best("prefill", adapter, prompt_tokens, cached_blocks)
         # Decode workers cache the prompts handed to them too, and skip receiving those blocks.
-        decode = best(self._placeable(("decode",)), total_tokens, True) if prefill else None
-        colocated = best(self._placeable(("both",)), total_tokens, True)
+        decode = self._best("decode", adapter, total_tokens, cached_blocks) if prefill else None
+        colocated = self._best("both", adapter, total_tokens, cached_blocks)
         if (
             prefill
             and decode
@@ -155,15 +219,130 @@ class WorkerRegistry:
             return Placement(colocated.hb.worker_id, "")
         return None
 
+    def _best(
+        self,
+        role: str,
+        adapter: str | None,
+        tokens: int,
+        cached_blocks: Callable[[WorkerState], int] | None,
+    ) -> WorkerState | None:
+        idx = self._roles.get(role)
+        if idx is None or not idx.members:
+            return None
+        holders_of = getattr(cached_blocks, "holders", None)
+        fits = self._walk(role, idx, tokens, window=cached_blocks is not None and not holders_of)
+        extra: list[str] = []
+        if holders_of is not None:
+            for bs in self._role_capacity().get(role, (-1, frozenset()))[1]:
+                extra.extend(holders_of(bs))
+        if adapter:
+            holders = self._holders.get((role, adapter))
+            if holders is not None:
+                if len(holders) <= ADAPTER_EXACT:
+                    extra.extend(holders)
+                else:
+                    extra.extend(holders.sample(self._rng, ADAPTER_SAMPLE))
+        seen = {w.hb.worker_id for w in fits}
+        for wid in extra:
+            w = self.workers.get(wid)
+            if wid in seen or w is None or w.hb.role != role or not w.placeable:
+                continue
+            seen.add(wid)
+            if w.has_room(blocks_for(tokens, w.hb.block_size)):
+                fits.append(w)
+        if not fits:
+            return None
+        least = min(w.load for w in fits)
+        limit = least + self.prefix_balance
+
+        def key(w: WorkerState) -> tuple:
+            c = cached_blocks(w) if cached_blocks is not None and w.load <= limit else 0
+            return (
+                -c,
+                adapter not in w.hb.adapters if adapter else False,
+                w.load,
+                w.hb.worker_id,
+            )
+
+        return min(fits, key=key)
+
+    def _walk(self, role: str, idx: RoleIndex, tokens: int, window: bool) -> list[WorkerState]:
+        """The least loaded worker of ``role`` with room among the ``SCAN`` least loaded (with
+        ``window``: every one with room within the prefix balance of it, still among ``SCAN``);
+        when none of those has room, the one with the most free KV blocks if it has."""
+        heap, workers = idx.by_load, self.workers
+        got: list[WorkerState] = []
+        kept: list[tuple[float, str]] = []
+        seen: set[str] = set()
+        least: float | None = None
+        while heap and len(kept) < SCAN:
+            entry = heappop(heap)
+            w = workers.get(entry[1])
+            if w is None or w.hb.role != role or not w.placeable or w.load != entry[0]:
+                continue  # stale: dropped
+            if entry[1] in seen:
+                continue  # a duplicate (the load went back to an earlier value): dropped
+            seen.add(entry[1])
+            kept.append(entry)
+            if w.load >= 1.0 or (least is not None and w.load > least + self.prefix_balance):
+                break  # sorted by load: nobody further has a batch slot / is in the window
+            if w.has_room(blocks_for(tokens, w.hb.block_size)):
+                if least is None:
+                    least = w.load
+                got.append(w)
+                if not window:
+                    break
+        for entry in kept:
+            heappush(heap, entry)
+        if got:
+            return got
+        free = idx.by_free
+        while free:
+            debt, wid = free[0]
+            w = workers.get(wid)
+            stale = w is None or w.hb.role != role or not w.placeable
+            if stale or w.committed - w.hb.total_blocks != debt:
+                heappop(free)
+            else:
+                return [w] if w.has_room(blocks_for(tokens, w.hb.block_size)) else []
+        return []
+
+    def _flush(self) -> None:
+        """Push the workers whose load or capacity changed since the last decision."""
+        for wid in self._dirty:
+            w = self.workers.get(wid)
+            if w is None or not w.placeable:
+                continue
+            idx = self._roles[w.hb.role]
+            heappush(idx.by_load, (w.load, wid))
+            heappush(idx.by_free, (w.committed - w.hb.total_blocks, wid))
+        self._dirty.clear()
+        for role, idx in self._roles.items():
+            if idx.needs_compaction():
+                self._rebuild(role, idx)
+
+    def _rebuild(self, role: str, idx: RoleIndex) -> None:
+        live = [self.workers[wid] for wid in idx.members]
+        live = [w for w in live if w.placeable]
+        idx.rebuild(
+            [(w.load, w.hb.worker_id) for w in live],
+            [(w.committed - w.hb.total_blocks, w.hb.worker_id) for w in live],
+        )
+
+    # ---- committed capacity --------------------------------------------------------------------
     def commit(self, worker_id: str, request_id: str, tokens: int) -> None:
         w = self.workers.get(worker_id)
         if w is not None:
-            w.requests[request_id] = blocks_for(tokens, w.hb.block_size)
+            blocks = blocks_for(tokens, w.hb.block_size)
+            w.committed += blocks - w.requests.get(request_id, 0)
+            w.requests[request_id] = blocks
+            self._dirty.add(worker_id)
 
     def release(self, worker_id: str, request_id: str) -> None:
         w = self.workers.get(worker_id)
-        if w is not None:
-            w.requests.pop(request_id, None)
+        if w is not None and request_id in w.requests:
+            w.committed -= w.requests.pop(request_id)
+            self._dirty.add(worker_id)
 
     def summary(self) -> dict[str, dict[str, float]]:
         return {

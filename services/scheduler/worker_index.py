@@ -1,0 +1,76 @@
+"""Indexes the worker registry keeps so placement never scans every worker.
+
+* ``RoleIndex``: per role, the workers in two lazy min-heaps, by load ``(load, worker id)`` and by
+  free KV blocks ``(committed - total, worker id)``.  The registry pushes a worker again whenever
+  its load, capacity or placeability changed; an entry that no longer matches its worker is
+  dropped when it reaches the top.  Stale entries are compacted away once they outnumber the live
+  ones (amortised O(1) per push).
+* ``SampleSet``: a set with O(1) add, discard and uniform random sample (the workers holding an
+  adapter, for power-of-two choices).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from heapq import heapify
+
+COMPACT_MIN = 64
+
+
+class RoleIndex:
+    """The workers of one role: ``members`` (every live one) and the two lazy heaps."""
+
+    __slots__ = ("members", "by_load", "by_free")
+
+    def __init__(self) -> None:
+        self.members: set[str] = set()
+        self.by_load: list[tuple[float, str]] = []
+        self.by_free: list[tuple[int, str]] = []
+
+    def needs_compaction(self) -> bool:
+        return len(self.by_load) > COMPACT_MIN and len(self.by_load) > 2 * len(self.members)
+
+    def rebuild(self, by_load: list[tuple[float, str]], by_free: list[tuple[int, str]]) -> None:
+        heapify(by_load)
+        heapify(by_free)
+        self.by_load, self.by_free = by_load, by_free
+
+
+class SampleSet:
+    """Worker ids; ``sample`` draws uniformly without scanning."""
+
+    __slots__ = ("_items", "_pos")
+
+    def __init__(self) -> None:
+        self._items: list[str] = []
+        self._pos: dict[str, int] = {}
+
+    def add(self, item: str) -> None:
+        if item not in self._pos:
+            self._pos[item] = len(self._items)
+            self._items.append(item)
+
+    def discard(self, item: str) -> None:
+        i = self._pos.pop(item, None)
+        if i is None:
+            return
+        last = self._items.pop()
+        if i < len(self._items):  # move the last item into the hole
+            self._items[i] = last
+            self._pos[last] = i
+
+    def sample(self, rng: random.Random, k: int) -> list[str]:
+        """Up to ``k`` distinct items, uniformly."""
+        if k >= len(self._items):
+            return list(self._items)
+        return rng.sample(self._items, k)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._pos
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
