@@ -7,10 +7,11 @@ in that service's ``--help``: a flag renamed in the code fails here, not in a co
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ import yaml
 
 from loraplex.tenants import load_tenants
 from loraplex.tooling.servers import NATS_MAX_PAYLOAD
+from tests.deploy.service_flags import ParseError, parse_command
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -197,38 +199,155 @@ def test_example_tenants_are_placeholders() -> None:
 
 @pytest.mark.parametrize("name", LORAPLEX_SERVICES)
 def test_command_matches_the_service_flags(services: dict, name: str) -> None:
-    """The compose command parses (flags, choices, types) and uses only flags of --help."""
+    """The compose command parses with the service's own parser (flags spelled out, choices,
+    types), so a flag renamed in the code fails here, not in a container."""
     module, args = _module_and_args(services[name])
-    out = subprocess.run(
-        [sys.executable, "-m", module, *args, "--help"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
-    assert out.returncode == 0, f"{module} {' '.join(args)} --help:\n{out.stdout}{out.stderr}"
-    for flag in (a.split("=", 1)[0] for a in args if a.startswith("--")):
-        assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", out.stdout), (
-            f"{name}: {flag} is not a flag of {module} (see its --help)"
-        )
+    parse_command(module, args)
 
 
-def test_dockerfile() -> None:
-    text = DOCKERFILE.read_text()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+def test_a_misspelled_flag_is_caught() -> None:
+    with pytest.raises(ParseError, match="--max-num is not a flag"):
+        parse_command("loraplex.decode", ["--model", "m", "--max-num", "4"])  # an abbreviation
+    with pytest.raises(ParseError):
+        parse_command("loraplex.gateway", ["--port", "eighty"])
+
+
+def _dockerfile_lines() -> list[str]:
+    """Instructions with continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
+    return [
+        ln.strip() for ln in joined.splitlines() if ln.strip() and not ln.lstrip().startswith("#")
+    ]
+
+
+def _dockerfile_args(lines: list[str]) -> dict[str, str]:
+    args = {}
+    for ln in lines:
+        if ln.startswith("ARG ") and "=" in ln:
+            name, value = ln[4:].split("=", 1)
+            args[name] = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], value)
+    return args
+
+
+def test_dockerfile_pins_torch_and_triton_to_a_tested_cuda_build() -> None:
+    lines = _dockerfile_lines()
     assert lines[0].startswith("FROM python:3.11-slim")
-    arg = next(ln for ln in lines if ln.startswith("ARG TORCH_INDEX_URL="))
-    assert "download.pytorch.org/whl/cu12" in arg
-    torch_at = next(
-        i for i, ln in enumerate(lines) if "TORCH_INDEX_URL}" in ln and "pip install" in ln
-    )
+    args = _dockerfile_args(lines)
+    assert args["TORCH_VERSION"] == "2.13.0", "the torch the test suite runs (Makefile TORCH_SPEC)"
+    assert "torch==2.13.0" in (ROOT / "Makefile").read_text()
+    assert re.fullmatch(r"cu12\d", args["TORCH_VARIANT"]), "a CUDA 12.x wheel index"
+    assert args["TORCH_INDEX_URL"] == f"https://download.pytorch.org/whl/{args['TORCH_VARIANT']}"
+    torch_at = next(i for i, ln in enumerate(lines) if '"torch==${TORCH_VERSION}"' in ln)
+    assert '--index-url "${TORCH_INDEX_URL}"' in lines[torch_at]
+    # the exact torch + triton are frozen into a constraints file every later pip obeys
+    assert "grep -iE '^(torch|triton)=='" in lines[torch_at]
+    constraint_at = next(i for i, ln in enumerate(lines) if ln.startswith("ENV PIP_CONSTRAINT="))
+    constraints = lines[constraint_at].split("=", 1)[1]
+    assert f"> {constraints}" in lines[torch_at]
     project_at = next(
         i for i, ln in enumerate(lines) if re.search(r"pip install \S*\.\[triton\]", ln)
     )
-    assert torch_at < project_at, "install torch (from its index) before the project"
+    assert torch_at < constraint_at < project_at, "torch first, then its pins, then the project"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", args["TRITON_CPU_VERSION"]), "CPU image: triton pinned"
+
+
+def test_dockerfile_runs_as_non_root_without_weights() -> None:
+    text = DOCKERFILE.read_text()
+    lines = _dockerfile_lines()
     users = [ln.split()[1] for ln in lines if ln.startswith("USER ")]
-    assert users and users[-1] not in ("root", "0", "0:0"), "the image must run as non-root"
+    assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must run as non-root"
+    assert re.search(rf"useradd .*--uid {users[-1].split(':')[0]}\b", text)
     assert not re.search(r"\.safetensors|huggingface-cli|snapshot_download", text), "no weights"
     ignored = (ROOT / ".dockerignore").read_text().split()
     for pattern in (".venv", ".git", ".loraplex", "models", ".pytest_cache"):
         assert pattern in ignored
+    # the lease directory of --device auto exists and belongs to the runtime user
+    env = dict(ln[4:].split("=", 1) for ln in lines if ln.startswith("ENV ") and " " not in ln[4:])
+    lease_dir = env["LORAPLEX_GPU_LEASE_DIR"]
+    assert re.search(rf"chown \S+ {re.escape(lease_dir)}", " ".join(lines))
+
+
+def test_dockerfile_cmd_parses() -> None:
+    cmd = next(ln for ln in _dockerfile_lines() if ln.startswith("CMD "))
+    argv = json.loads(cmd[4:])
+    assert argv[0] == "loraplex"
+    assert re.search(
+        r'^loraplex = "loraplex\.tooling\.cli:main"', (ROOT / "pyproject.toml").read_text(), re.M
+    )
+    with pytest.raises(ParseError, match="SystemExit|0"):  # --help exits 0 after printing
+        parse_command("loraplex", argv[1:])
+
+
+def test_cpu_image_build_arg_is_documented() -> None:
+    """The README / docs show the CPU-only image build with the build arg the Dockerfile has."""
+    args = _dockerfile_args(_dockerfile_lines())
+    docs = (ROOT / "README.md").read_text() + (ROOT / "docs" / "deploy.md").read_text()
+    assert "TORCH_VARIANT" in args
+    assert "--build-arg TORCH_VARIANT=cpu" in docs
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """Compose's merge tags (!override replaces, !reset removes) as plain values."""
+
+
+_ComposeLoader.add_constructor("!override", lambda loader, node: (
+    loader.construct_mapping(node, deep=True) if isinstance(node, yaml.MappingNode)
+    else loader.construct_sequence(node, deep=True)
+))  # fmt: skip
+_ComposeLoader.add_constructor("!reset", lambda loader, node: None)
+
+
+def _merge(base: dict, override: dict) -> dict:
+    """Compose's override rules for the keys the override file uses: maps merge key by key,
+    volumes merge by target, !override values replace."""
+    out = dict(base)
+    for key, value in override.items():
+        if key == "volumes" and isinstance(value, list):
+            by_target = {str(v).split(":")[1]: v for v in base.get(key, []) if isinstance(v, str)}
+            by_target.update({str(v).split(":")[1]: v for v in value})
+            dicts = [v for v in base.get(key, []) if isinstance(v, dict)]
+            out[key] = dicts + list(by_target.values())
+        elif isinstance(value, dict) and isinstance(base.get(key), dict) and key != "deploy":
+            out[key] = _merge(base[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def test_multi_gpu_override_places_one_worker_per_gpu(compose: dict) -> None:
+    """deploy/compose.multi-gpu.yml: every worker sees all GPUs and runs --device auto with one
+    lease directory shared by all worker containers; the default file's count: 1 is replaced."""
+    override = yaml.load((ROOT / "deploy" / "compose.multi-gpu.yml").read_text(), _ComposeLoader)
+    assert set(override["services"]) == set(WORKERS)
+    assert "gpu-leases" in override["volumes"]
+    lease_dirs = set()
+    for name in WORKERS:
+        svc = _merge(compose["services"][name], override["services"][name])
+        devices = svc["deploy"]["resources"]["reservations"]["devices"]
+        assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+        env = {k: _expand(str(v)) for k, v in svc["environment"].items()}
+        assert env["LORAPLEX_DEVICE"] == "auto"
+        mounts = {
+            str(v).split(":")[1]: str(v).split(":")[0] for v in svc["volumes"] if isinstance(v, str)
+        }
+        assert mounts[env["LORAPLEX_GPU_LEASE_DIR"]] == "gpu-leases"  # a named volume: shared
+        lease_dirs.add(env["LORAPLEX_GPU_LEASE_DIR"])
+        # the worker's parser reads these variables as its flag defaults
+        module, args = _module_and_args(svc)
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            parsed = parse_command(module, args)
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        assert parsed.device == "auto" and parsed.gpu_memory_utilization == 0.9
+        assert parsed.gpu_lease_dir == env["LORAPLEX_GPU_LEASE_DIR"]
+    assert len(lease_dirs) == 1
+
+
+def test_default_workers_share_gpu0_within_its_memory(compose: dict) -> None:
+    """Without the override, count: 1 puts prefill and decode on GPU 0: their default shares
+    of its memory must add up to at most 1."""
+    share = float(_expand(compose["x-loraplex"]["environment"]["LORAPLEX_GPU_MEMORY_UTILIZATION"]))
+    assert share * len(WORKERS) <= 1.0
