@@ -7,6 +7,7 @@ import signal
 import sys
 
 from loraplex import env
+from loraplex.scheduler.http_status import start_scheduler_status
 from loraplex.scheduler.service import SchedulerService
 from loraplex.scheduler.settings import SchedulerSettings, build_parser, settings_from_args
 from loraplex.tenants import load_tenants
@@ -16,6 +17,8 @@ async def serve(settings: SchedulerSettings) -> int:
     tenants = load_tenants(settings.tenants_file)
     weights = {t.name: t.weight for t in tenants.tenants}
     service = SchedulerService(settings, weights)
+    # Before the bus: /health answers (and /ready says no) while NATS is still being reached.
+    status = await start_scheduler_status(service, settings.metrics_host, settings.metrics_port)
     await service.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -27,6 +30,8 @@ async def serve(settings: SchedulerSettings) -> int:
     for w in waits:
         w.cancel()
     await service.stop()
+    if status is not None:
+        await status.stop()
     # A deposed leader's tables are stale: exit, and come back (supervisor, compose) as a standby.
     return 3 if service.deposed.is_set() else 0
 

@@ -27,6 +27,7 @@ from loraplex.protocol import (
 )
 from loraplex.scheduler.leader import LeaseLost
 from loraplex.scheduler.ledger import LedgerEntry
+from loraplex.scheduler.metrics import SchedulerMetrics, pool_counts
 from loraplex.scheduler.policies.base import QueuedRequest
 from loraplex.scheduler.policies.registry import make_policy
 from loraplex.scheduler.prefix_affinity import PrefixAffinity, prefix_keys
@@ -82,6 +83,11 @@ class SchedulerService:
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._counters_dirty = False
+        self.started = False  # subscribed (the /ready of http_status.py)
+        # The request at the head of the queue that found no room at the last dispatch (None:
+        # nothing waits for room): the pools without room for it have a queue (metrics.py).
+        self.stalled: SubmitRequest | None = None
+        self.metrics = SchedulerMetrics(self)
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -104,6 +110,7 @@ class SchedulerService:
         else:
             await self._lead(0)
         await self.bus.flush()
+        self.started = True
         log.info(
             "scheduler ready (fairness=%s, %s)",
             self.s.fairness,
@@ -129,7 +136,7 @@ class SchedulerService:
             self.replica.ledger.adopt(entries)
             self.takeover.begin(entries, running, time.monotonic())
         self.epoch, self.leading = epoch, True
-        self._submit_sub = await self.bus.serve(Subjects.SUBMIT, self._on_submit, SubmitRequest)
+        self._submit_sub = await self.bus.serve(Subjects.SUBMIT, self._serve_submit, SubmitRequest)
         self._kick.set()
 
     async def _step_down(self, why: str) -> None:
@@ -141,6 +148,11 @@ class SchedulerService:
         self.deposed.set()
 
     # ---- gateway -> scheduler ----------------------------------------------------------------
+    async def _serve_submit(self, sub: SubmitRequest) -> SubmitReply:
+        reply = await self._on_submit(sub)
+        self.metrics.submitted(reply)
+        return reply
+
     async def _on_submit(self, sub: SubmitRequest) -> SubmitReply:
         now = time.monotonic()
         if sub.resubmit and not self._known(sub.request_id):
@@ -254,18 +266,22 @@ class SchedulerService:
             job = self.retry[0]
             placement = self._place(job.submit, len(job.generated))
             if placement is None:
+                self.stalled = job.submit
                 return
             self.retry.pop(0)
             await self._assign(job, placement)
         while True:
             q = self.policy.pick(now)
             if q is None:
+                self.stalled = None
                 return
             sub = self.submits[q.request_id]
             placement = self._place(sub)
             if placement is None:
+                self.stalled = sub
                 return  # strict policy order: wait for capacity rather than skip ahead
             self.policy.admit(q, now)
+            self.metrics.admitted(q, now)
             self._counters_dirty = True
             del self.submits[q.request_id]
             await self._assign(InFlight(sub, placement), placement)
@@ -381,7 +397,7 @@ class SchedulerService:
             }
             for wid, w in self.registry.workers.items()
         }
-        return SchedulerStats(queued, self.policy.counters(), workers)
+        return SchedulerStats(queued, self.policy.counters(), workers, pool_counts(self.registry))
 
     async def _liveness_loop(self) -> None:
         while True:

@@ -31,6 +31,9 @@ class SchedulerSettings:
     # Waiting requests fail (503) once no worker set could serve them for this long, instead of
     # waiting for the gateway's request timeout while a dead worker is being restarted.
     unavailable_timeout_s: float = 5.0
+    # /health, /ready, /metrics (http_status.py); the series name tenants: loopback by default.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0  # 0: none (the flag's default is 8003)
     # Replicas (with Redis): the leader's lease lives this long unrenewed, so a killed leader is
     # replaced within it (plus a standby's poll); a resubmitted request may claim its ledger
     # entry for ``takeover_claim_s`` after a takeover.  "" = hostname-pid-random.
@@ -111,6 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds waiting requests wait for a live worker set before they fail with 503",
     )
     p.add_argument(
+        "--metrics-host",
+        default=env.SCHEDULER_METRICS_HOST.get(),
+        help="address of the /health, /ready and /metrics listener (its series name tenants) "
+        f"(default: %(default)s) [{env.SCHEDULER_METRICS_HOST.name}]",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=env.SCHEDULER_METRICS_PORT.get(),
+        help="port of that listener; 0: none (default: %(default)s) "
+        f"[{env.SCHEDULER_METRICS_PORT.name}]",
+    )
+    p.add_argument(
         "--leader-lease",
         type=float,
         default=2.0,
@@ -142,6 +158,8 @@ def settings_from_args(a: argparse.Namespace) -> SchedulerSettings:
         lost_request_grace_s=a.lost_request_grace,
         prefix_balance=a.prefix_balance,
         unavailable_timeout_s=a.unavailable_timeout,
+        metrics_host=a.metrics_host,
+        metrics_port=a.metrics_port,
         scheduler_id=a.scheduler_id,
         leader_lease_s=a.leader_lease,
     )

@@ -1,0 +1,141 @@
+"""The scheduler's Prometheus series, served on its own listener (``http_status.py``).
+
+Exported once, here, not relayed through the gateways: queue depth per tenant and per pool, the
+fairness counters, queue time, SUBMIT answers, and the pools' workers and committed requests.
+
+**Queue depth per pool** is the autoscaling signal (HPA / KEDA): the requests waiting in the
+scheduler while the pool has no room for the request at the head of the queue (or no worker at
+all).  When the head cannot be placed because the decode pool is full, every waiting request
+counts for ``pool="decode"``; a pool with room counts 0.  A request needs a prefill and a decode
+worker, or one colocated (``both``) worker, so a stalled queue always counts for ``both`` and for
+the disaggregated pool(s) that lack room.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from loraplex import prom
+from loraplex.kvcache.block_allocator import blocks_for
+from loraplex.protocol import SubmitReply, SubmitRequest
+from loraplex.scheduler.policies.base import QueuedRequest
+from loraplex.scheduler.workers import WorkerRegistry, WorkerState
+
+if TYPE_CHECKING:
+    from loraplex.scheduler.service import SchedulerService
+
+POOLS = ("prefill", "decode", "both")
+_QUEUE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+def _serving(registry: WorkerRegistry, pool: str) -> list[WorkerState]:
+    return [w for w in registry.workers.values() if w.hb.role == pool and not w.hb.draining]
+
+
+def pool_counts(registry: WorkerRegistry) -> dict[str, int]:
+    """Live, non-draining workers per role (``SchedulerStats.pools``, the gateways' /ready)."""
+    return {pool: len(_serving(registry, pool)) for pool in POOLS}
+
+
+def blocked_pools(registry: WorkerRegistry, sub: SubmitRequest) -> set[str]:
+    """The pools where no placeable worker has room for ``sub`` (as ``WorkerRegistry.place``
+    sees room: a batch slot and the committed KV blocks of its tokens)."""
+    prompt = len(sub.prompt_token_ids)
+    need = {"prefill": prompt, "decode": prompt + sub.sampling.max_tokens}
+    need["both"] = need["decode"]
+    return {
+        pool
+        for pool in POOLS
+        if not any(
+            not w.suspect and w.has_room(blocks_for(need[pool], w.hb.block_size))
+            for w in _serving(registry, pool)
+        )
+    }
+
+
+class SchedulerMetrics:
+    def __init__(self, service: SchedulerService) -> None:
+        self.service = service
+        r = self.registry = CollectorRegistry()
+        self.queue_time = Histogram(
+            "loraplex_scheduler_queue_time_seconds",
+            "submit to first placement, per tenant",
+            ["tenant"],
+            buckets=_QUEUE_BUCKETS,
+            registry=r,
+        )
+        self.submits = Counter(
+            "loraplex_scheduler_submits",
+            "SUBMIT answers by status (200 accepted; 400, 429, 503 refused)",
+            ["code"],
+            registry=r,
+        )
+        for code in ("200", "400", "429", "503"):
+            self.submits.labels(code)  # present (at 0) before the first request
+        prom.register(r, self._collect)
+
+    def submitted(self, reply: SubmitReply) -> None:
+        self.submits.labels(str(reply.code if not reply.accepted else 200)).inc()
+
+    def admitted(self, q: QueuedRequest, now: float) -> None:
+        self.queue_time.labels(q.tenant).observe(max(0.0, now - q.arrival))
+
+    def _collect(self) -> Iterable[prom.Family]:
+        s = self.service
+        policy, registry = s.policy, s.registry
+        counters = policy.counters()
+        tenants = {(t,): float(policy.queue_len(t)) for t in counters}
+        waiting = len(s.submits) + len(s.retry)
+        blocked = blocked_pools(registry, s.stalled) if s.stalled is not None and waiting else set()
+        by_pool = {pool: _serving(registry, pool) for pool in POOLS}
+        yield prom.gauge(
+            "loraplex_scheduler_queue_depth",
+            "requests waiting while this pool has no room for the head of the queue (autoscaling)",
+            {(p,): float(waiting if p in blocked else 0) for p in POOLS},
+            ["pool"],
+        )
+        yield prom.gauge(
+            "loraplex_scheduler_queued_requests",
+            "requests waiting in the scheduler (queued, and admitted ones to re-place)",
+            {(): float(waiting)},
+            [],
+        )
+        yield prom.gauge(
+            "loraplex_scheduler_inflight_requests",
+            "requests placed on workers and not finished",
+            {(): float(len(s.inflight))},
+            [],
+        )
+        yield prom.gauge(
+            "loraplex_scheduler_tenant_queue_depth",
+            "requests waiting per tenant",
+            tenants,
+            ["tenant"],
+        )
+        yield prom.gauge(
+            "loraplex_scheduler_tenant_service",
+            "fairness counter per tenant (weighted tokens served)",
+            {(t,): float(c) for t, c in counters.items()},
+            ["tenant"],
+        )
+        yield prom.gauge(
+            "loraplex_scheduler_pool_workers",
+            "live, non-draining workers per pool",
+            {(p,): float(len(ws)) for p, ws in by_pool.items()},
+            ["pool"],
+        )
+        yield prom.gauge(
+            "loraplex_scheduler_pool_requests",
+            "requests committed to the pool's workers",
+            {(p,): float(sum(len(w.requests) for w in ws)) for p, ws in by_pool.items()},
+            ["pool"],
+        )
+        yield prom.gauge(
+            "loraplex_scheduler_pool_request_slots",
+            "batch slots of the pool's workers (sum of max_num_seqs)",
+            {(p,): float(sum(w.hb.max_num_seqs for w in ws)) for p, ws in by_pool.items()},
+            ["pool"],
+        )
