@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from loraplex.engine.llm_engine import LLMEngine
 from loraplex.errors import AdapterNotFoundError
 from loraplex.lora.adapter import LoraAdapter, parse_adapter
 from loraplex.lora.host_cache import HostAdapterCache
+from loraplex.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 # adapter id -> (adapter_config.json bytes, adapter_model.safetensors bytes, version)
@@ -40,9 +42,16 @@ class Resolved:
 
 
 class AdapterPager:
-    def __init__(self, engine: LLMEngine, fetch: Fetch | None, budget_bytes: int) -> None:
+    def __init__(
+        self,
+        engine: LLMEngine,
+        fetch: Fetch | None,
+        budget_bytes: int,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self.engine = engine
         self.fetch = fetch
+        self.metrics = metrics  # page-ins and their latency (fetch + parse)
         self.cache: HostAdapterCache[LoraAdapter] = HostAdapterCache(budget_bytes)
         self.current: dict[str, str] = {}  # adapter name -> engine key of its newest copy here
         self._generation: dict[str, int] = {}  # bumped by every upstream change of the name
@@ -74,6 +83,20 @@ class AdapterPager:
         return Resolved(name, adapter.name, adapter, generation)
 
     async def _load(self, name: str) -> LoraAdapter:
+        t0 = time.perf_counter()
+        try:
+            adapter = await self._fetch_and_parse(name)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if self.metrics is not None:
+                self.metrics.page_in(time.perf_counter() - t0, ok=False)
+            raise
+        if self.metrics is not None:
+            self.metrics.page_in(time.perf_counter() - t0, ok=True)
+        return adapter
+
+    async def _fetch_and_parse(self, name: str) -> LoraAdapter:
         if self.fetch is None:
             raise AdapterNotFoundError(
                 f"adapter {name!r} is not available on this worker (no adapter store)"

@@ -24,6 +24,7 @@ from loraplex.worker.kv_transfer import (
     payload_nbytes,
 )
 from loraplex.worker.logprobs_wire import from_wire, list_from_wire
+from loraplex.worker.metrics import WorkerMetrics
 from loraplex.worker.prepare import Preparation
 from loraplex.worker.publish import Publisher
 
@@ -53,8 +54,10 @@ class KVReceiver:
         background: Background,
         prep: Preparation,
         publisher: Publisher,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._bus = bus
+        self._metrics = metrics
         self._id = worker_id
         self._timeout_s = timeout_s
         self._engine = engine
@@ -144,6 +147,8 @@ class KVReceiver:
         except ValueError as e:
             log.warning("bad K/V chunk for %s: %s", chunk.request_id, e)
             return
+        if self._metrics is not None:
+            self._metrics.handover_received(len(chunk.data))
         if complete:
             del self.pending[chunk.request_id]
             self._inbox.submit(lambda: self._inject(begin, transfer, cached))

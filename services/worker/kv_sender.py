@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from loraplex.bus import Bus, BusTimeoutError, NoRespondersError
 from loraplex.engine.outputs import KVHandoff
@@ -18,6 +19,7 @@ from loraplex.worker.kv_transfer import (
     tensor_to_bytes,
 )
 from loraplex.worker.logprobs_wire import list_to_wire, to_wire
+from loraplex.worker.metrics import WorkerMetrics
 from loraplex.worker.publish import Publisher
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ class KVSender:
         publisher: Publisher,
         inbox: Inbox,
         table: ActiveTable,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._bus = bus
         self._id = worker_id
@@ -42,12 +45,14 @@ class KVSender:
         self._publisher = publisher
         self._inbox = inbox
         self._table = table
+        self._metrics = metrics
 
     async def ship(self, req: Active, handoff: KVHandoff) -> None:
         """Send one request's prompt K/V to its decode worker; failures go back to the scheduler."""
         bus = self._bus
         sub = req.submit
         subject = Subjects.kv(req.decode_worker)
+        t0, sent = time.perf_counter(), False
         try:
             payload = handoff.payload
             size = chunk_size_for(bus.max_payload)
@@ -84,6 +89,9 @@ class KVSender:
             for i, chunk in enumerate(chunks):
                 await bus.publish(subject, KVChunk(sub.request_id, i, chunk))
             await bus.flush()
+            sent = True
+            if self._metrics is not None:
+                self._metrics.handover_sent(len(data), time.perf_counter() - t0)
             req.generated = len(req.resumed) + 1
             await self._publisher.progress(req, "handoff", new_tokens=0)
         except (BusTimeoutError, NoRespondersError, ProtocolError) as e:
@@ -98,4 +106,6 @@ class KVSender:
             log.exception("K/V hand-over of %s failed", sub.request_id)
             await self._publisher.fail(req, 503, f"K/V hand-over failed: {e!r}", retryable=True)
         finally:
+            if not sent and self._metrics is not None:
+                self._metrics.handover_failed()
             self._inbox.submit(lambda: self._table.release(sub.request_id))

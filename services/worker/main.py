@@ -17,6 +17,8 @@ from loraplex.engine.memory_budget import MemoryBudgetError
 from loraplex.engine.warmup_run import warm_up
 from loraplex.worker.adapter_pager import Fetch
 from loraplex.worker.gpu_lease import DeviceConfigError, GpuLease, place_worker
+from loraplex.worker.http_status import WorkerStatus, start_worker_status
+from loraplex.worker.metrics import WorkerMetrics
 from loraplex.worker.runtime import Worker
 from loraplex.worker.settings import WorkerSettings, build_parser, settings_from_args
 
@@ -72,11 +74,15 @@ def place(s: WorkerSettings) -> tuple[str | None, GpuLease | None]:
 
 
 async def serve(s: WorkerSettings) -> None:
+    status = WorkerStatus(WorkerMetrics(s.worker_id, s.role))
+    # Before the model loads: /health answers through a long load and warm-up, /ready says no.
+    http = await start_worker_status(status, s.metrics_host, s.metrics_port)
     device, lease = place(s)
     engine = await asyncio.to_thread(make_engine, s, device)
     fetch, store = make_fetch(s.redis_url)
-    worker = Worker(s, engine, fetch)
+    worker = Worker(s, engine, fetch, status.metrics)
     await worker.start()
+    status.attach(worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -85,6 +91,8 @@ async def serve(s: WorkerSettings) -> None:
     await stop.wait()
     log.info("draining worker %s", s.worker_id)
     await worker.drain_and_stop()
+    if http is not None:
+        await http.stop()
     if store is not None:
         await store.close()  # type: ignore[attr-defined]
     if lease is not None:

@@ -33,6 +33,7 @@ from loraplex.worker.control import Control
 from loraplex.worker.inbox import Background, Inbox
 from loraplex.worker.kv_receiver import KVReceiver
 from loraplex.worker.kv_sender import KVSender
+from loraplex.worker.metrics import WorkerMetrics
 from loraplex.worker.prepare import Preparation
 from loraplex.worker.publish import Publisher
 from loraplex.worker.settings import WorkerSettings
@@ -50,11 +51,19 @@ class Worker:
     ``draining``) and, once started, the bus with its ``Publisher``, ``Control``, ``KVSender``
     and (decode roles) ``KVReceiver``."""
 
-    def __init__(self, settings: WorkerSettings, engine: LLMEngine, fetch: Fetch | None) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        engine: LLMEngine,
+        fetch: Fetch | None,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self.s = settings
         self.id = settings.worker_id
         self.engine = engine
-        self.pager = AdapterPager(engine, fetch, settings.host_cache_mb * 2**20)
+        self.metrics = metrics or WorkerMetrics(self.id, settings.role)
+        self.metrics.bind(engine)
+        self.pager = AdapterPager(engine, fetch, settings.host_cache_mb * 2**20, self.metrics)
         self.inbox = Inbox()
         self.table = ActiveTable(self.pager)
         self.active: dict[str, Active] = self.table.active
@@ -88,8 +97,11 @@ class Worker:
                 self.background,
                 prep,
                 publisher,
+                self.metrics,
             )
-        self.kv_sender = KVSender(bus, self.id, s.kv_timeout_s, publisher, self.inbox, self.table)
+        self.kv_sender = KVSender(
+            bus, self.id, s.kv_timeout_s, publisher, self.inbox, self.table, self.metrics
+        )
         self.control = control = Control(
             self.id,
             s.role == "prefill",
@@ -165,7 +177,9 @@ class Worker:
             try:
                 # A step that raises fails its own requests inside the engine (error outputs);
                 # only a fatal error (CUDA, out of memory) or a failed recovery gets out here.
+                t0 = time.perf_counter()
                 outputs = await asyncio.to_thread(self.engine.step)
+                self.metrics.step(time.perf_counter() - t0)
             except Exception as e:
                 log.exception("worker %s: engine step failed and could not recover", self.id)
                 await self._exit(f"engine step failed: {e!r}")

@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass
 
 from loraplex import env
+from loraplex.cli_help import DefaultsHelpFormatter
 
 ROLES = ("prefill", "decode", "both")
 
@@ -36,6 +37,9 @@ class WorkerSettings:
     host_cache_mb: int = 1024
     heartbeat_interval_s: float = 0.5
     kv_timeout_s: float = 10.0
+    # /health, /ready, /metrics (http_status.py); 0: none (the flag's default is 8004).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -58,6 +62,7 @@ def build_parser(default_role: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=f"python -m loraplex.{default_role if default_role != 'both' else 'decode'}",
         description=f"loraplex {default_role} worker: wraps the engine and serves requests over NATS.",
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument(
         "--role", choices=ROLES, default=default_role, help="prefill, decode, or both (colocated)"
@@ -127,6 +132,19 @@ def build_parser(default_role: str) -> argparse.ArgumentParser:
         "--heartbeat-interval", type=float, default=0.5, help="seconds between heartbeats"
     )
     p.add_argument("--kv-timeout", type=float, default=10.0, help="seconds a K/V transfer may take")
+    p.add_argument(
+        "--metrics-host",
+        default=env.WORKER_METRICS_HOST.get(),
+        help="address of the /health, /ready and /metrics listener (default: %(default)s) "
+        f"[{env.WORKER_METRICS_HOST.name}]",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=env.WORKER_METRICS_PORT.get(),
+        help="port of that listener, one per worker process; 0: none (default: %(default)s) "
+        f"[{env.WORKER_METRICS_PORT.name}]",
+    )
     return p
 
 
@@ -157,4 +175,6 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         host_cache_mb=args.host_cache_mb,
         heartbeat_interval_s=args.heartbeat_interval,
         kv_timeout_s=args.kv_timeout,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
     )
