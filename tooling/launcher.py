@@ -16,6 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from loraplex.cli_help import DefaultsHelpFormatter
 from loraplex.scheduler.policies.registry import POLICIES
 from loraplex.tooling.servers import free_port, start_nats, start_redis
 from loraplex.tooling.stack import Stack
@@ -24,6 +25,7 @@ __all__ = ["Stack", "build_parser", "parse_up_args", "start_stack", "up"]
 
 
 def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.formatter_class = DefaultsHelpFormatter  # every flag's --help shows its default
     p.add_argument(
         "--model", default=None, help="Hugging Face model directory (default: a tiny demo model)"
     )
@@ -32,7 +34,7 @@ def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     p.add_argument("--port", type=int, default=8000, help="gateway port")
     p.add_argument(
-        "--tenants", default=None, help="tenants file (JSON/YAML); without it: one open tenant"
+        "--tenants", default=None, help="tenants file (JSON/YAML) (default: none, one open tenant)"
     )
     p.add_argument(
         "--prefill-workers",
@@ -54,7 +56,7 @@ def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--max-num-batched-tokens",
         type=int,
         default=None,
-        help="tokens per prefill step; longer prompts are chunked",
+        help="tokens per prefill step; longer prompts are chunked (default: the worker's, 4096)",
     )
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs in the workers")
     p.add_argument(
@@ -73,8 +75,8 @@ def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument(
         "--rpm-limit", type=int, default=60, help="requests per minute per tenant (--fairness rpm)"
     )
-    p.add_argument("--nats-url", default=None, help="use this NATS instead of starting one")
-    p.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
+    p.add_argument("--nats-url", default=None, help="use this NATS (default: start a nats-server)")
+    p.add_argument("--redis-url", default=None, help="use this Redis (default: start a redis-server)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument("--device", default=None, help="worker device (default: cuda when available)")
     p.add_argument(

@@ -6,12 +6,14 @@ import argparse
 import sys
 
 from loraplex import env
+from loraplex.cli_help import DefaultsHelpFormatter
 from loraplex.errors import LoraplexError
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m loraplex.adapter_store",
+        formatter_class=DefaultsHelpFormatter,
         description="Register, validate, list and delete PEFT LoRA adapters (metadata and "
         "weights in Redis); publishes change events on NATS. Unset flags fall back to LORAPLEX_* "
         "environment variables (see `loraplex env`).",

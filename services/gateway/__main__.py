@@ -6,12 +6,14 @@ import argparse
 import sys
 
 from loraplex import env
+from loraplex.cli_help import DefaultsHelpFormatter
 from loraplex.errors import LoraplexError
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m loraplex.gateway",
+        formatter_class=DefaultsHelpFormatter,
         description="OpenAI-compatible REST gateway: /v1/completions, /v1/chat/completions (SSE "
         "streaming), /v1/models, /v1/adapters; submits requests to the scheduler over NATS. "
         "Unset flags fall back to LORAPLEX_* environment variables (see `loraplex env`).",

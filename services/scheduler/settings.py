@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loraplex import env
+from loraplex.cli_help import DefaultsHelpFormatter
 from loraplex.scheduler.policies.registry import POLICIES
 
 
@@ -51,16 +52,18 @@ class SchedulerSettings:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m loraplex.scheduler", description="loraplex scheduler: the only queue."
+        prog="python -m loraplex.scheduler",
+        description="loraplex scheduler: the only queue.",
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--nats-url", default=env.NATS_URL.get())
     p.add_argument(
         "--redis-url",
         default=env.REDIS_URL.get() or None,
-        help="keeps fairness counters across restarts",
+        help=f"keeps fairness counters across restarts [{env.REDIS_URL.name}]",
     )
     p.add_argument("--fairness", choices=list(POLICIES), default="vtc")
-    p.add_argument("--tenants", default=None, help="tenants file (weights are read from it)")
+    p.add_argument("--tenants", default=None, help="tenants file (weights are read from it; default: one open tenant)")
     p.add_argument(
         "--max-queue-per-tenant",
         type=int,

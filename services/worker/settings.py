@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from loraplex import env
 from loraplex.cli_help import DefaultsHelpFormatter
+from loraplex.cli_help import DefaultsHelpFormatter
 
 ROLES = ("prefill", "decode", "both")
 
@@ -63,6 +64,7 @@ def build_parser(default_role: str) -> argparse.ArgumentParser:
         prog=f"python -m loraplex.{default_role if default_role != 'both' else 'decode'}",
         description=f"loraplex {default_role} worker: wraps the engine and serves requests over NATS.",
         formatter_class=DefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument(
         "--role", choices=ROLES, default=default_role, help="prefill, decode, or both (colocated)"
@@ -72,7 +74,7 @@ def build_parser(default_role: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--redis-url",
         default=env.REDIS_URL.get() or None,
-        help="adapter store (for paging adapters)",
+        help=f"adapter store (for paging adapters) [{env.REDIS_URL.name}]",
     )
     p.add_argument(
         "--worker-id", default=None, help="unique id (default: role-hostname-pid-random)"
@@ -101,7 +103,12 @@ def build_parser(default_role: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--max-num-batched-tokens", type=int, default=4096, help="token budget of a prefill step"
     )
-    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument(
+        "--max-model-len",
+        type=int,
+        default=None,
+        help="context per request (default: the model's max_position_embeddings, at most 8192)",
+    )
     p.add_argument(
         "--num-kv-blocks", type=int, default=None, help="KV-cache size in blocks (default: derived)"
     )
