@@ -76,7 +76,9 @@ def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--rpm-limit", type=int, default=60, help="requests per minute per tenant (--fairness rpm)"
     )
     p.add_argument("--nats-url", default=None, help="use this NATS (default: start a nats-server)")
-    p.add_argument("--redis-url", default=None, help="use this Redis (default: start a redis-server)")
+    p.add_argument(
+        "--redis-url", default=None, help="use this Redis (default: start a redis-server)"
+    )
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument("--device", default=None, help="worker device (default: cuda when available)")
     p.add_argument(

@@ -63,7 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"keeps fairness counters across restarts [{env.REDIS_URL.name}]",
     )
     p.add_argument("--fairness", choices=list(POLICIES), default="vtc")
-    p.add_argument("--tenants", default=None, help="tenants file (weights are read from it; default: one open tenant)")
+    p.add_argument(
+        "--tenants",
+        default=None,
+        help="tenants file (weights are read from it; default: one open tenant)",
+    )
     p.add_argument(
         "--max-queue-per-tenant",
         type=int,
