@@ -40,6 +40,10 @@ def _adapter_store_app(settings: GatewaySettings) -> FastAPI | None:
 
     return create_store_app(
         StoreSettings.from_env(
+            # the embedded store's routes are served on the gateway's own listener: its
+            # "adapter-store ready on" line names that, not the adapter-store's default port
+            host=settings.host,
+            port=settings.port,
             model_dir=settings.model_dir,
             redis_url=settings.redis_url,
             nats_url=settings.nats_url,
