@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 
@@ -43,13 +44,25 @@ class TextDelta:
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose K/V came from a worker's prefix cache
 
-    def to_json(self) -> dict[str, int]:
+    @classmethod
+    def total(cls, prompts: list[Generation], choices: list[Generation]) -> Usage:
+        """``prompts``: one generation per prompt (its prompt and cached tokens count once);
+        ``choices``: every generation (their completion tokens add up)."""
+        return cls(
+            sum(g.prompt_tokens for g in prompts),
+            sum(g.completion_tokens for g in choices),
+            sum(g.cached_tokens for g in prompts),
+        )
+
+    def to_json(self) -> dict[str, Any]:
         total = self.prompt_tokens + self.completion_tokens
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": total,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
         }
 
 
@@ -74,6 +87,7 @@ class Generation:
         self.tenant = tenant
         self.prompt_tokens = len(prompt_ids)
         self.completion_tokens = 0
+        self.cached_tokens = 0  # as the serving worker reports it (TokenDelta.cached_tokens)
         self.finish_reason: str | None = None
         self.outcome = "cancelled"  # for metrics: a finish reason, "error", "timeout", "cancelled"
         self.upstream_done = False  # the workers sent their last message for it
@@ -145,6 +159,8 @@ class Generation:
             ) from None
 
     def _apply(self, msg: TokenDelta) -> TextDelta | None:
+        if msg.cached_tokens:  # the prefill's prefix-cache hits (a re-dispatch may change it)
+            self.cached_tokens = min(msg.cached_tokens, self.prompt_tokens)
         echoed = self._take_echo(msg)
         if self._prompt_only:  # echo with max_tokens 0: the prompt and its logprobs, no token
             self._done = True

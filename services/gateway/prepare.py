@@ -14,9 +14,15 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 
+from loraplex import env
 from loraplex.errors import InvalidRequestError
 from loraplex.gateway.errors import InvalidParamError
-from loraplex.gateway.schemas import ChatCompletionRequest, CompletionRequest, GenerateRequest
+from loraplex.gateway.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    GenerateRequest,
+    OnePrompt,
+)
 from loraplex.gateway.structured import structured_outputs
 from loraplex.protocol import SamplingSpec
 from loraplex.sampling_params import SamplingParams
@@ -91,11 +97,36 @@ class RequestBuilder:
         end = special_token_id(tokenizer, CHAT_END_TOKEN)
         # The chat template ends turns with <|im_end|>; generation_config may stop only on </s>.
         self.chat_stop_ids: tuple[int, ...] = (end,) if end is not None else ()
+        self.max_batch_choices = env.GATEWAY_MAX_BATCH_CHOICES.get()
+
+    async def completions(
+        self, req: CompletionRequest, tenant: str, adapter: str | None
+    ) -> list[Prepared]:
+        """One request per prompt (a batch ``prompt`` is several), in order; each is later
+        submitted once per choice (``Prepared.choice``), so a batch is prompts × n requests."""
+        prompts = req.prompt_list()
+        total = len(prompts) * req.n
+        if total > self.max_batch_choices:
+            raise InvalidParamError(
+                f"{len(prompts)} prompts x n={req.n} is {total} requests; at most "
+                f"{self.max_batch_choices} per request (LORAPLEX_GATEWAY_MAX_BATCH_CHOICES)",
+                "prompt",
+            )
+        out: list[Prepared] = []
+        for i, prompt in enumerate(prompts):
+            try:
+                p = await self.completion(req, tenant, adapter, prompt)
+            except InvalidParamError as e:
+                if not req.is_batch or e.param != "prompt":
+                    raise
+                raise InvalidParamError(f"prompt[{i}]: {e}", f"prompt[{i}]", e.code) from e
+            # prompt i of a batch: its own id, so its choices (``-1``, ...) stay unique too
+            out.append(p if i == 0 else replace(p, request_id=f"{out[0].request_id}-p{i}"))
+        return out
 
     async def completion(
-        self, req: CompletionRequest, tenant: str, adapter: str | None
+        self, req: CompletionRequest, tenant: str, adapter: str | None, prompt: OnePrompt
     ) -> Prepared:
-        prompt = req.single_prompt()
         if isinstance(prompt, str):
             ids = await asyncio.to_thread(self.tokenizer.encode, prompt)
         else:

@@ -87,9 +87,10 @@ async def _all(works: list[Awaitable[T]]) -> list[T]:
         raise
 
 
-def _usage(gens: list[Generation]) -> Usage:
-    """The prompt counts once; the choices' completions add up (as OpenAI reports ``n``)."""
-    return Usage(gens[0].prompt_tokens, sum(g.completion_tokens for g in gens))
+def _usage(gens: list[Generation], n: int) -> Usage:
+    """Each prompt counts once (its ``n`` choices are ``gens[i * n : (i + 1) * n]``); every
+    choice's completion adds up (as OpenAI and vLLM report ``n`` and batch prompts)."""
+    return Usage.total(gens[::n], gens)
 
 
 async def respond(
@@ -98,9 +99,10 @@ async def respond(
     fmt: CompletionFormat,
     stream: bool,
     include_usage: bool,
+    n: int = 1,
 ) -> Response:
-    """The answer for started generations, one per choice; they are always closed once the
-    answer is done."""
+    """The answer for started generations, one per choice (``n`` per prompt, prompt-major);
+    they are always closed once the answer is done."""
 
     async def close() -> None:
         for g in gens:
@@ -113,11 +115,11 @@ async def respond(
             texts = await until_disconnected(request.receive, _all(collected))
             await close()
             answers = [(t, g.finish_reason, g.logprobs) for t, g in zip(texts, gens, strict=True)]
-            return JSONResponse(fmt.response(answers, _usage(gens)))
+            return JSONResponse(fmt.response(answers, _usage(gens, n)))
     except BaseException:
         await close()
         raise
-    return SSEResponse(_events(gens, fmt, firsts, include_usage), close)
+    return SSEResponse(_events(gens, fmt, firsts, include_usage, n), close)
 
 
 async def _events(
@@ -125,6 +127,7 @@ async def _events(
     fmt: CompletionFormat,
     firsts: list[TextDelta | None],
     include_usage: bool,
+    n: int,
 ) -> AsyncIterator[str]:
     for chunk in fmt.first_chunks(len(gens)):
         yield sse(chunk)
@@ -164,5 +167,5 @@ async def _events(
             r.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
     if include_usage:
-        yield sse(fmt.usage_chunk(_usage(gens)))
+        yield sse(fmt.usage_chunk(_usage(gens, n)))
     yield DONE

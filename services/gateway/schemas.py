@@ -1,8 +1,8 @@
 """OpenAI request bodies (pydantic).  Unknown fields are ignored, as OpenAI clients send many.
 
-``prompt`` accepts one prompt: a string, a list of token ids, or a one-element list of either;
-several prompts in one request are refused with 400 ("batch prompts not supported": send one
-request per prompt, they are batched on the workers anyway).  ``n`` is at most 16.
+``prompt`` is one prompt (a string or a list of token ids) or, as in vLLM, a batch: a list of
+strings or a list of token-id lists, each prompt its own request (``prepare.py``).  ``n`` is at
+most 16.
 Beyond OpenAI, the vLLM extensions ``top_k``, ``min_p``, ``ignore_eos``, ``repetition_penalty``,
 ``stop_token_ids``, ``structured_outputs`` and ``guided_*`` are accepted (see ``structured.py``).
 Types are checked here; ranges (vLLM's) in ``loraplex.sampling_params`` via ``prepare.py``.
@@ -21,6 +21,7 @@ Float = Annotated[float, Field(allow_inf_nan=False)]
 Seed = Annotated[int, Field(ge=-(2**63), lt=2**64)]
 TokenId = Annotated[int, Field(ge=0, lt=2**32)]
 Prompt = str | list[TokenId] | list[str] | list[list[TokenId]]
+OnePrompt = str | list[int]
 
 
 class StreamOptions(BaseModel):
@@ -101,18 +102,23 @@ class CompletionRequest(GenerateRequest):
         """With ``echo``, the echoed prompt tokens get logprobs too (the first one null)."""
         return self.logprobs if self.echo else None
 
-    def single_prompt(self) -> str | list[int]:
-        """The one prompt of this request (see the module docstring)."""
+    @property
+    def is_batch(self) -> bool:
+        """``prompt`` is a list of prompts (strings or token-id lists), not one prompt."""
         p = self.prompt
-        if isinstance(p, list) and p and isinstance(p[0], (str, list)):
-            if len(p) != 1:
-                raise InvalidParamError(
-                    "batch prompts not supported: send one prompt per request", "prompt"
-                )
-            p = p[0]
-        if not p or (isinstance(p, str) and not p.strip()):
-            raise InvalidParamError("prompt must not be empty", "prompt")
-        return p  # type: ignore[return-value]
+        return isinstance(p, list) and bool(p) and isinstance(p[0], (str, list))
+
+    def prompt_list(self) -> list[OnePrompt]:
+        """The prompts of this request, in order.  An empty one is a 400; in a batch the error
+        names its index (``prompt[3]: ...``)."""
+        batch = self.is_batch
+        prompts: list[OnePrompt] = list(self.prompt) if batch else [self.prompt]  # type: ignore[list-item]
+        for i, p in enumerate(prompts):
+            if not p or (isinstance(p, str) and not p.strip()):
+                where = f"prompt[{i}]" if batch else "prompt"
+                message = "prompt must not be empty"
+                raise InvalidParamError(f"{where}: {message}" if batch else message, where)
+        return prompts
 
 
 class ChatMessage(BaseModel):

@@ -29,6 +29,7 @@ from loraplex.gateway.errors import (
 from loraplex.gateway.generation import Generation
 from loraplex.gateway.metrics import GatewayMetrics
 from loraplex.gateway.prepare import Prepared, RequestBuilder
+from loraplex.gateway.resubmit import Resubmitter
 from loraplex.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from loraplex.gateway.settings import GatewaySettings
 from loraplex.gateway.streams import StreamRouter
@@ -62,6 +63,8 @@ class GatewayService:
         self.adapters = adapters
         self.metrics = metrics
         self.builder = RequestBuilder(tokenizer, settings.max_model_len)
+        # Open requests, sent again to a new scheduler leader (scheduler replicas).
+        self.resubmitter = Resubmitter(bus, router, settings.submit_timeout_s)
         self.started = int(time.time())
 
     # ---- 1. prepare ------------------------------------------------------------------------
@@ -72,16 +75,21 @@ class GatewayService:
             return None
         if self.adapters is not None:
             try:
-                return (await self.adapters.get_for(tenant, model)).id
+                info = await self.adapters.get_for(tenant, model)
             except AdapterNotFoundError:
-                pass
+                info = None
+            if info is not None and info.served:  # an unloaded adapter is not a model (vLLM)
+                return info.id
         raise ModelNotFoundError(
             f"The model {model!r} does not exist or you do not have access to it "
             f"(served: {self.settings.model_id!r} and the adapters listed by GET /v1/models)."
         )
 
     async def list_models(self, tenant: str) -> list[dict[str, Any]]:
-        """OpenAI model cards: the base model, then the adapters ``tenant`` may use."""
+        """OpenAI model cards: the base model, then the adapters ``tenant`` may use and that are
+        served.  ``root`` and ``parent`` as in vLLM: a LoRA's root is the path it was loaded
+        from (only for its owner: other tenants see its name, never a host path), its parent
+        the base model; the base model's root is its id (not the server's model path)."""
         model_id = self.settings.model_id
         base = {
             "id": model_id,
@@ -99,17 +107,19 @@ class GatewayService:
                 "object": "model",
                 "created": int(info.created),
                 "owned_by": info.owner,
-                "root": info.name,
+                "root": info.source if info.source and info.owner == tenant else info.name,
                 "parent": model_id,
             }
             for info in infos
+            if info.served
         ]
         return [base, *cards]
 
-    async def prepare_completion(self, req: CompletionRequest, tenant: str) -> Prepared:
+    async def prepare_completion(self, req: CompletionRequest, tenant: str) -> list[Prepared]:
+        """One ``Prepared`` per prompt (several for a batch ``prompt``)."""
         req.check_supported()
         adapter = await self.resolve_adapter(tenant, req.model)
-        return await self.builder.completion(req, tenant, adapter)
+        return await self.builder.completions(req, tenant, adapter)
 
     async def prepare_chat(self, req: ChatCompletionRequest, tenant: str) -> Prepared:
         req.check_supported()
@@ -128,25 +138,28 @@ class GatewayService:
             adapter=p.adapter,
             arrival_ts=time.time(),
         )
+        await self.resubmitter.ensure_subscribed()
+        self.resubmitter.track(msg)
         try:
             reply = await self._submit(msg)
         except BaseException:
+            self.resubmitter.forget(p.request_id)
             self.router.close(p.request_id)
             raise
         if not reply.accepted:
+            self.resubmitter.forget(p.request_id)
             self.router.close(p.request_id)
             raise SchedulerRejectedError(
                 reply.code, reply.message or f"the scheduler refused the request ({reply.code})"
             )
-        self.metrics.in_flight.inc()
-        self.metrics.tokens.labels(p.tenant, "prompt").inc(len(p.prompt_ids))
+        self.metrics.started(p.tenant, p.adapter, len(p.prompt_ids))
         detok = IncrementalDetokenizer(
             self.tokenizer,
             stop=p.sampling.stop,
             skip_special_tokens=p.sampling.skip_special_tokens,
             context_ids=p.prompt_ids,
         )
-        return Generation(
+        gen = Generation(
             request_id=p.request_id,
             tenant=p.tenant,
             prompt_ids=p.prompt_ids,
@@ -154,17 +167,22 @@ class GatewayService:
             detokenizer=detok,
             timeout_s=self.settings.request_timeout_s,
             metrics=self.metrics,
-            on_close=self._closed,
+            on_close=lambda g: self._closed(g, p.adapter),
             arrival=p.arrival,
             echo=p.echo,
         )
+        self.resubmitter.attach(p.request_id, lambda: gen.completion_tokens)
+        return gen
 
-    async def start_choices(self, p: Prepared, n: int) -> list[Generation]:
-        """``n`` generations for one request's choices (``n`` > 1: one scheduler request each)."""
+    async def start_choices(self, prompts: list[Prepared], n: int) -> list[Generation]:
+        """``n`` generations per prompt, each its own scheduler request (so the scheduler's
+        fairness sees every one), in the order of their OpenAI ``index``: prompt i's choice j
+        is ``i * n + j``, as in vLLM.  If one is refused, those already started are cancelled."""
         gens: list[Generation] = []
         try:
-            for i in range(n):
-                gens.append(await self.start(p.choice(i)))
+            for p in prompts:
+                for i in range(n):
+                    gens.append(await self.start(p.choice(i)))
         except BaseException:
             for g in gens:
                 await g.aclose()
@@ -174,7 +192,7 @@ class GatewayService:
     async def _submit(self, msg: SubmitRequest) -> SubmitReply:
         timeout = self.settings.submit_timeout_s
         try:
-            return await self.bus.request(Subjects.SUBMIT, msg, SubmitReply, timeout)
+            return await self.resubmitter.submit(msg)
         except NoRespondersError:
             raise SchedulerUnavailableError(
                 "no scheduler is running: the request cannot be queued, try again later"
@@ -196,12 +214,10 @@ class GatewayService:
         except Exception as e:  # the scheduler also times requests out; never fail the caller
             log.warning("could not publish cancel for %s: %s", request_id, e)
 
-    async def _closed(self, gen: Generation) -> None:
+    async def _closed(self, gen: Generation, adapter: str | None = None) -> None:
+        self.resubmitter.forget(gen.request_id)
         self.router.close(gen.request_id)
-        self.metrics.in_flight.dec()
-        self.metrics.tokens.labels(gen.tenant, "completion").inc(gen.completion_tokens)
-        self.metrics.finished.labels(gen.outcome).inc()
-        if gen.finish_reason is not None:
-            self.metrics.e2e.observe(gen.duration_s)
+        done_s = gen.duration_s if gen.finish_reason is not None else None
+        self.metrics.closed(gen.tenant, adapter, gen.outcome, gen.completion_tokens, done_s)
         if not gen.upstream_done:
             await self.cancel(gen.request_id, gen.cancel_reason)

@@ -24,6 +24,7 @@ from loraplex.gateway.settings import GatewaySettings
 from loraplex.protocol import (
     CancelRequest,
     RequestError,
+    SchedulerStats,
     Subjects,
     SubmitReply,
     SubmitRequest,
@@ -73,6 +74,7 @@ class Plan:
     replay_after: int = (
         0  # > 0: send that many tokens, then start over from the first (re-dispatch)
     )
+    cached_tokens: int = 0  # prefix-cache hits the "worker" reports on each delta
 
 
 class FakeScheduler:
@@ -89,6 +91,15 @@ class FakeScheduler:
         await self.nc.subscribe(Subjects.SUBMIT, cb=self._on_submit)
         await self.nc.subscribe(Subjects.CANCEL, cb=self._on_cancel)
         await self.nc.flush()
+        self._tasks.add(asyncio.create_task(self._broadcast()))
+
+    async def _broadcast(self) -> None:
+        """What a scheduler with one colocated worker says every second (the gateway's /ready)."""
+        assert self.nc is not None
+        stats = SchedulerStats({}, {}, {}, {"prefill": 0, "decode": 0, "both": 1})
+        while True:
+            await self.nc.publish(Subjects.STATS, encode(stats))
+            await asyncio.sleep(0.2)
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -138,8 +149,9 @@ class FakeScheduler:
             finish = plan.finish_reason if last and plan.error is None else None
             if ids or finish is not None:
                 delta = TokenDelta(
-                    req.request_id, ids, "", finish, len(req.prompt_token_ids), start + len(ids)
-                )
+                    req.request_id, ids, "", finish, len(req.prompt_token_ids), start + len(ids),
+                    cached_tokens=plan.cached_tokens,
+                )  # fmt: skip
                 await self.nc.publish(subject, encode(delta))
             if plan.delay_s:
                 await asyncio.sleep(plan.delay_s)

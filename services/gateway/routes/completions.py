@@ -17,9 +17,10 @@ router = APIRouter(prefix="/v1", tags=["generation"])
 async def create_completion(
     body: CompletionRequest, tenant: TenantDep, service: ServiceDep, request: Request
 ) -> Response:
-    prepared = await service.prepare_completion(body, tenant.name)
-    gens = await service.start_choices(prepared, body.n)
-    return await respond(request, gens, CompletionFormat(prepared), body.stream, body.include_usage)
+    prompts = await service.prepare_completion(body, tenant.name)  # one per prompt of a batch
+    gens = await service.start_choices(prompts, body.n)
+    fmt = CompletionFormat(prompts[0])
+    return await respond(request, gens, fmt, body.stream, body.include_usage, body.n)
 
 
 @router.post("/chat/completions", summary="Create a chat completion (OpenAI)")
@@ -27,5 +28,6 @@ async def create_chat_completion(
     body: ChatCompletionRequest, tenant: TenantDep, service: ServiceDep, request: Request
 ) -> Response:
     prepared = await service.prepare_chat(body, tenant.name)
-    gens = await service.start_choices(prepared, body.n)
-    return await respond(request, gens, ChatFormat(prepared), body.stream, body.include_usage)
+    gens = await service.start_choices([prepared], body.n)
+    fmt = ChatFormat(prepared)
+    return await respond(request, gens, fmt, body.stream, body.include_usage, body.n)
