@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -131,6 +131,22 @@ class DeadlineRetry(Retry):
                 _deadline.reset(token)
 
 
+class FailoverConnection(SentinelManagedConnection):
+    """A Sentinel-managed connection that asks the Sentinels for the primary on every reconnect.
+    redis-py's own reconnects a dropped connection inside a command to the address it had (the
+    dead primary) until the retries run out; this one follows the promotion."""
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if self.is_connected:
+            return
+        if self.connection_pool.is_master:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        # the command's retry loop retries (and asks the Sentinels again); not the socket alone
+        await super().connect_check_health(check_health, retry_socket_connect=False)
+
+
 def connect_redis(url: str, retry_s: float | None = None, **kwargs: Any) -> aioredis.Redis:
     """A lazy client for ``url`` (``redis://`` or ``redis+sentinel://``) whose commands retry
     connection failures for ``retry_s`` (default ``LORAPLEX_REDIS_RETRY_S``); ``kwargs`` go to
@@ -158,5 +174,6 @@ def connect_redis(url: str, retry_s: float | None = None, **kwargs: Any) -> aior
         db=target.db,
         username=target.username,
         password=target.password,
+        connection_class=FailoverConnection,
         **opts,
     )
