@@ -23,7 +23,9 @@ from openai import AsyncOpenAI
 from loraplex.tooling.launcher import Stack, parse_up_args, start_stack
 from loraplex.tooling.servers import free_port
 
-HIT = re.compile(r'loraplex_worker_prefix_cache_(hit|query)_tokens\{worker="([^"]+)"\} (\S+)')
+HIT = re.compile(
+    r'loraplex_worker_prefix_cache_(hit|query)_tokens_total\{role="[^"]*",worker="([^"]+)"\} (\S+)'
+)
 
 
 @dataclass
@@ -46,8 +48,9 @@ def plan(a: argparse.Namespace, vocab: int) -> list[list[int]]:
     return [systems[i] + torch.randint(4, vocab, (16,), generator=gen).tolist() for i in order]
 
 
-def _counters(metrics: str) -> tuple[dict[str, float], dict[str, float]]:
-    text = httpx.get(metrics, timeout=10).text
+def _counters(metrics: list[str]) -> tuple[dict[str, float], dict[str, float]]:
+    """Prefix-cache counters from each worker's own /metrics."""
+    text = "".join(httpx.get(url, timeout=10).text for url in metrics)
     hit: dict[str, float] = {}
     query: dict[str, float] = {}
     for kind, worker, value in HIT.findall(text):
@@ -55,7 +58,7 @@ def _counters(metrics: str) -> tuple[dict[str, float], dict[str, float]]:
     return hit, query
 
 
-def _settled_counters(metrics: str, expect_query: float) -> tuple[dict, dict]:
+def _settled_counters(metrics: list[str], expect_query: float) -> tuple[dict, dict]:
     """Counters once every worker's heartbeat has reported the run (stats lag ~1 s)."""
     deadline = time.monotonic() + 15
     while True:
@@ -101,10 +104,11 @@ def run_one(routing: bool, a, model_dir: Path, tmp: Path, prompts: list[list[int
     try:
         base, _, _ = start_stack(parse_up_args(flags), stack)
         model = httpx.get(base + "/v1/models", timeout=30).json()["data"][0]["id"]
-        hit0, query0 = _counters(stack.urls["metrics"])
+        scrape = [url + "/metrics" for name, url in stack.status.items() if name != "scheduler"]
+        hit0, query0 = _counters(scrape)
         seconds, ttft = asyncio.run(_drive(base, model, prompts, a))
         expect = sum(query0.values()) + sum(len(p) for p in prompts)
-        hit1, query1 = _settled_counters(stack.urls["metrics"], expect)
+        hit1, query1 = _settled_counters(scrape, expect)
         stack.check_alive()
     finally:
         stack.stop()

@@ -142,16 +142,31 @@ def _wait_http(url: str, stack: Stack, timeout: float) -> None:
     raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
+def _workers_joined(scheduler_metrics: str) -> int:
+    """Live workers the scheduler counts in its pools (``loraplex_scheduler_pool_workers``)."""
+    lines = scheduler_metrics.splitlines()
+    return int(
+        sum(float(x.split()[-1]) for x in lines if x.startswith("loraplex_scheduler_pool_workers{"))
+    )
+
+
+def _status_port(stack: Stack, name: str) -> list[str]:
+    """A free port for ``name``'s /health, /ready, /metrics listener (recorded in the stack)."""
+    port = free_port()
+    stack.status[name] = f"http://127.0.0.1:{port}"
+    return ["--metrics-port", str(port)]
+
+
 def _wait_workers(metrics_url: str, expected: int, stack: Stack, timeout: float) -> None:
-    """Wait until the scheduler has heard every worker (its stats reach the gateway's /metrics),
-    so the first request after the banner does not meet a 503 while models still load."""
+    """Wait until the scheduler has heard every worker (its /metrics counts them), so the first
+    request after the banner does not meet a 503 while models still load."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         stack.check_alive()
         try:
             with urllib.request.urlopen(metrics_url, timeout=2.0) as r:
                 body = r.read().decode()
-            if body.count("loraplex_worker_kv_blocks_total{") >= expected:
+            if _workers_joined(body) >= expected:
                 return
         except OSError:
             pass
@@ -188,6 +203,8 @@ def up(args: argparse.Namespace) -> int:
     try:
         base, model, demo_adapters = start_stack(args, stack)
         _print_banner(base, model, demo_adapters, args, stack.run_dir, stack.urls["metrics"])
+        for name, url in stack.status.items():
+            print(f"  {name}: {url}/metrics, /health, /ready", flush=True)
         while True:  # the supervisor thread restarts what exits; only a signal ends this
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -255,10 +272,14 @@ def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]
         *([] if args.prefix_routing else ["--no-prefix-routing"]),
         *common,
         *tenants,
+        *_status_port(stack, "scheduler"),
     )
     worker_args = worker_argv(args, model, common)
     for i in range(args.prefill_workers):
-        stack.spawn(f"prefill-{i}", "loraplex.prefill", "--worker-id", f"prefill-{i}", *worker_args)
+        name = f"prefill-{i}"
+        stack.spawn(
+            name, "loraplex.prefill", "--worker-id", name, *worker_args, *_status_port(stack, name)
+        )
     decode_role = "decode" if args.prefill_workers else "both"
     for i in range(args.decode_workers):
         stack.spawn(
@@ -269,6 +290,7 @@ def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]
             "--worker-id",
             f"decode-{i}",
             *worker_args,
+            *_status_port(stack, f"decode-{i}"),
         )
     stack.spawn(
         "gateway", "loraplex.gateway", "--host", args.host, "--port", str(args.port), "--model", model,
@@ -277,9 +299,11 @@ def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]
         "--metrics-port", str(metrics_port),
     )  # fmt: skip
     base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
-    _wait_http(f"{base}/ready", stack, timeout=300)
     _wait_http(f"http://127.0.0.1:{store_port}/ready", stack, timeout=60)
-    _wait_workers(metrics, args.prefill_workers + args.decode_workers, stack, timeout=600)
+    workers = args.prefill_workers + args.decode_workers
+    _wait_workers(stack.status["scheduler"] + "/metrics", workers, stack, timeout=600)
+    # The gateway is ready once the scheduler's broadcast shows a worker set that can serve.
+    _wait_http(f"{base}/ready", stack, timeout=120)
     stack.urls.update(
         gateway=base, adapter_store=f"http://127.0.0.1:{store_port}", nats=nats_url, redis=redis_url,
         metrics=metrics,

@@ -19,6 +19,8 @@ class Stack:
     servers: list[ServerProcess] = field(default_factory=list)
     services: list[Service] = field(default_factory=list)
     urls: dict[str, str] = field(default_factory=dict)
+    # service name -> base URL of its /health, /ready, /metrics listener (scheduler, workers)
+    status: dict[str, str] = field(default_factory=dict)
     supervisor: Supervisor | None = None
 
     @property

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from loraplex.bus import Bus
 from loraplex.gateway.body_check import BodyCheckMiddleware
+from loraplex.gateway.capacity import SchedulerView
 from loraplex.gateway.errors import install_error_handlers
 from loraplex.gateway.limits import BodyLimitMiddleware
 from loraplex.gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
@@ -61,6 +62,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     tokenizer = Tokenizer(settings.model_dir)
     metrics = GatewayMetrics()
     streams = StreamRouter()
+    capacity = SchedulerView()
     metrics.bind_orphans(lambda: streams.orphans)
     store_app = _adapter_store_app(settings)
 
@@ -76,7 +78,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             await bus.subscribe(
                 Subjects.stream(settings.gateway_id), streams.dispatch, (TokenDelta, RequestError)
             )
-            await bus.subscribe(Subjects.STATS, metrics.on_scheduler_stats, SchedulerStats)
+            # The scheduler's broadcast says whether any worker set can serve: /ready.
+            await bus.subscribe(Subjects.STATS, capacity.on_stats, SchedulerStats)
             store = None
             if store_app is not None:
                 await stack.enter_async_context(store_app.router.lifespan_context(store_app))
@@ -98,6 +101,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.tenants = tenants
     app.state.metrics = metrics
     app.state.streams = streams
+    app.state.capacity = capacity
     install_error_handlers(app)
     app.include_router(completions.router)
     app.include_router(models.router)

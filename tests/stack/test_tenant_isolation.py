@@ -88,4 +88,4 @@ def test_metrics_only_on_the_metrics_listener(stack) -> None:
     r = httpx.get(base + "/metrics", headers=_auth("alice"), timeout=10)
     assert r.status_code == 404 and "alice" not in r.text
     text = httpx.get(stack.urls["metrics"], timeout=10).text
-    assert "loraplex_worker_kv_blocks_total" in text
+    assert "loraplex_gateway_requests_total" in text
