@@ -346,6 +346,8 @@ class SchedulerService:
         if self.registry.heartbeat(hb, now):
             self.affinity.forget(hb.worker_id)  # a new (or restarted) worker starts cold
             log.info("worker %s (%s) joined: %d KV blocks", hb.worker_id, hb.role, hb.total_blocks)
+        if self.leading:
+            self.takeover.on_heartbeat(hb)
         self._kick.set()
 
     async def _on_progress(self, p: RequestProgress) -> None:

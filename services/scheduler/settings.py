@@ -39,7 +39,7 @@ class SchedulerSettings:
     # replaced within it (plus a standby's poll); a resubmitted request may claim its ledger
     # entry for ``takeover_claim_s`` after a takeover.  "" = hostname-pid-random.
     scheduler_id: str = ""
-    leader_lease_s: float = 2.0
+    leader_lease_s: float = 1.5
     takeover_claim_s: float = 2.0
 
     def policy_options(self) -> dict[str, Any]:
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--leader-lease",
         type=float,
-        default=2.0,
+        default=1.5,
         help="seconds a leader's lease in Redis lives unrenewed (replicas: a standby takes over "
         "a killed leader within it)",
     )

@@ -11,14 +11,16 @@ the gateways: each resubmits its unfinished requests with the same id when it he
 * one without an entry was never placed: it is queued again (by the service), unless tokens of it
   already reached its client, which means it finished (or was lost) under the old leader;
 * entries nobody claims within ``claim_s`` belong to requests whose gateway is gone (or that
-  finished): their workers are told to cancel them, and their charges are settled.
+  finished): their workers are told to cancel them, and their charges are settled.  Before that,
+  a worker's heartbeat that no longer lists an entry's request frees its capacity (it finished in
+  the failover gap), so the gap does not last the whole claim window.
 """
 
 from __future__ import annotations
 
 import logging
 
-from loraplex.protocol import CancelRequest, RequestProgress, SubmitRequest
+from loraplex.protocol import CancelRequest, RequestProgress, SubmitRequest, WorkerHeartbeat
 from loraplex.scheduler.ledger import LedgerEntry
 from loraplex.scheduler.policies.base import FairnessPolicy, QueuedRequest
 from loraplex.scheduler.recovery import InFlight
@@ -103,6 +105,16 @@ class Takeover:
                 self.policy.on_finish(p.request_id, p.completion_tokens)
         return True
 
+    def on_heartbeat(self, hb: WorkerHeartbeat) -> None:
+        """Free the capacity of unclaimed entries the worker no longer holds (they finished in the
+        failover gap, whose reports nobody read); the entry stays, for a late claim."""
+        if not self.pending or hb.active is None:
+            return
+        held = set(hb.active)
+        for e in self.pending.values():
+            if hb.worker_id in (e.prefill, e.decode) and e.request_id not in held:
+                self.registry.release(hb.worker_id, e.request_id)
+
     def cancel(self, request_id: str) -> list[str]:
         """A cancel for an unclaimed request: the workers to forward it to."""
         e = self.pending.pop(request_id, None)
@@ -124,7 +136,7 @@ class Takeover:
         for rid in list(self.unsettled):
             self.settle(rid)
         if cancels:
-            log.info("takeover: %d placed requests were not claimed; cancelled", len(cancels) // 1)
+            log.info("takeover: placed requests not claimed; %d cancels sent", len(cancels))
         return cancels
 
     def _commit(self, e: LedgerEntry) -> None:

@@ -1,0 +1,128 @@
+"""The gateway's side of scheduler failover: SUBMIT that rides out a leader change, and the
+resubmission of unfinished requests to a new leader.
+
+Schedulers run as replicas (docs/architecture.md, Scheduler replicas); the leader announces its
+lease epoch on ``loraplex.sched.leader``.  A new epoch means a new leader, which knows nothing of
+the requests queued in the old one: the gateway sends every request it has open (accepted or still
+being submitted, no final token yet) again, with the same id, ``resubmit=True`` and the number of
+tokens it already streamed.  The scheduler dedupes by id, so sending one twice is harmless.
+
+``submit`` retries a SUBMIT that got no answer (the leader died holding it) and, while a leader
+was heard recently, one that found no scheduler (the failover gap), until ``timeout_s`` in all;
+with no leader ever heard it fails at once, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+from loraplex.bus import Bus, BusTimeoutError, NoRespondersError
+from loraplex.gateway.streams import StreamRouter
+from loraplex.protocol import LeaderAnnounce, RequestError, Subjects, SubmitReply, SubmitRequest
+
+log = logging.getLogger(__name__)
+ATTEMPT_S = 1.0  # one SUBMIT attempt; a dead leader's is retried after this
+RETRY_GAP_S = 0.1  # between attempts while no scheduler answers
+PARALLEL = 32  # resubmissions in flight at once
+
+
+class Resubmitter:
+    """Open requests (id -> SubmitRequest, and how many tokens the client got) and the newest
+    leader epoch heard."""
+
+    def __init__(self, bus: Bus, router: StreamRouter, timeout_s: float) -> None:
+        self.bus = bus
+        self.router = router
+        self.timeout_s = timeout_s
+        self.open: dict[str, tuple[SubmitRequest, Callable[[], int]]] = {}
+        self.epoch = 0
+        self.leader_heard_at: float | None = None  # monotonic
+        self.resubmitted = 0  # requests sent again (metrics, tests)
+        self._subscribed = False
+        self._tasks: set[asyncio.Task] = set()
+
+    async def ensure_subscribed(self) -> None:
+        """Listen to leader announcements (from the first request on)."""
+        if self._subscribed:
+            return
+        self._subscribed = True
+        try:
+            await self.bus.subscribe(Subjects.LEADER, self._on_leader, LeaderAnnounce)
+        except Exception as e:  # NATS down: the SUBMIT fails clearly; subscribe next time
+            self._subscribed = False
+            log.warning("cannot listen to scheduler leader announcements: %s", e)
+
+    def track(self, sub: SubmitRequest) -> None:
+        self.open[sub.request_id] = (sub, lambda: 0)
+
+    def attach(self, request_id: str, tokens: Callable[[], int]) -> None:
+        """Once accepted: how to read the tokens streamed so far."""
+        entry = self.open.get(request_id)
+        if entry is not None:
+            self.open[request_id] = (entry[0], tokens)
+
+    def forget(self, request_id: str) -> None:
+        self.open.pop(request_id, None)
+
+    def _leader_recent(self) -> bool:
+        t = self.leader_heard_at
+        return t is not None and time.monotonic() - t < self.timeout_s
+
+    async def submit(self, msg: SubmitRequest) -> SubmitReply:
+        """SUBMIT ``msg`` until a scheduler answers.  Raises ``NoRespondersError`` (no leader,
+        none heard lately) or ``BusTimeoutError`` (none answered within ``timeout_s``)."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BusTimeoutError(f"no reply on {Subjects.SUBMIT} within {self.timeout_s:g}s")
+            try:
+                return await self.bus.request(
+                    Subjects.SUBMIT, msg, SubmitReply, min(ATTEMPT_S, left)
+                )
+            except NoRespondersError:
+                if not self._leader_recent():
+                    raise
+                await asyncio.sleep(min(RETRY_GAP_S, max(0.0, deadline - time.monotonic())))
+            except BusTimeoutError:
+                continue  # the same id again: the scheduler dedupes it
+
+    async def _on_leader(self, a: LeaderAnnounce) -> None:
+        self.leader_heard_at = time.monotonic()
+        if a.epoch <= self.epoch:
+            return
+        self.epoch = a.epoch
+        if self.open:
+            log.info("scheduler leader %s (epoch %d): resubmitting %d requests",
+                     a.scheduler_id, a.epoch, len(self.open))  # fmt: skip
+            task = asyncio.create_task(self._resubmit_all(list(self.open)))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _resubmit_all(self, request_ids: list[str]) -> None:
+        gate = asyncio.Semaphore(PARALLEL)
+
+        async def one(rid: str) -> None:
+            async with gate:
+                await self._resubmit(rid)
+
+        await asyncio.gather(*(one(rid) for rid in request_ids))
+
+    async def _resubmit(self, request_id: str) -> None:
+        entry = self.open.get(request_id)
+        if entry is None:
+            return  # finished meanwhile
+        sub, tokens = entry
+        msg = dataclasses.replace(sub, resubmit=True, tokens_received=tokens())
+        try:
+            reply = await self.submit(msg)
+        except Exception as e:  # no leader answered: the next announcement tries again
+            log.warning("resubmission of %s failed: %s", request_id, e)
+            return
+        self.resubmitted += 1
+        if not reply.accepted and request_id in self.open:
+            await self.router.dispatch(RequestError(request_id, reply.code, reply.message))
