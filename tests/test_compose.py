@@ -140,6 +140,17 @@ def test_workers_reserve_a_gpu_and_scale(services: dict, name: str) -> None:
     assert _flag(args, "--worker-id") is None, "replicas need the default (unique) worker id"
 
 
+def test_scheduler_scales_as_replicas(services: dict) -> None:
+    """`docker compose up --scale scheduler=2`: replicas elect a leader through Redis."""
+    svc = services["scheduler"]
+    assert "container_name" not in svc, "container_name breaks `docker compose up --scale`"
+    assert "ports" not in svc, "a published host port breaks `--scale`"
+    assert svc.get("restart") in ("unless-stopped", "always"), "a deposed leader exits (3)"
+    _, args = _module_and_args(svc)
+    assert _flag(args, "--redis-url") == REDIS_URL, "the lease and the ledger live in Redis"
+    assert _flag(args, "--scheduler-id") is None, "replicas need the default (unique) id"
+
+
 @pytest.mark.parametrize("name", LORAPLEX_SERVICES)
 def test_loraplex_service_wiring(services: dict, name: str) -> None:
     svc = services[name]

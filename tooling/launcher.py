@@ -43,6 +43,12 @@ def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="0 runs the decode workers colocated (role both)",
     )
     p.add_argument("--decode-workers", type=int, default=1)
+    p.add_argument(
+        "--schedulers",
+        type=int,
+        default=1,
+        help="scheduler replicas: one leads (a lease in Redis), the others take over if it dies",
+    )
     p.add_argument("--max-num-seqs", type=int, default=32, help="running batch size per worker")
     p.add_argument("--max-loras", type=int, default=8, help="adapter slots per worker")
     p.add_argument("--max-lora-rank", type=int, default=64)
@@ -262,18 +268,22 @@ def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]
         "adapter-store", "loraplex.adapter_store", "--port", str(store_port), "--model", model,
         "--max-lora-rank", str(args.max_lora_rank), *common, *tenants, *root,
     )  # fmt: skip
-    stack.spawn(
-        "scheduler",
-        "loraplex.scheduler",
-        "--fairness",
-        args.fairness,
-        "--rpm-limit",
-        str(args.rpm_limit),
-        *([] if args.prefix_routing else ["--no-prefix-routing"]),
-        *common,
-        *tenants,
-        *_status_port(stack, "scheduler"),
-    )
+    for i in range(max(1, args.schedulers)):  # replicas: the first to take the lease leads
+        name = "scheduler" if i == 0 else f"scheduler-{i}"
+        stack.spawn(
+            name,
+            "loraplex.scheduler",
+            "--scheduler-id",
+            name,
+            "--fairness",
+            args.fairness,
+            "--rpm-limit",
+            str(args.rpm_limit),
+            *([] if args.prefix_routing else ["--no-prefix-routing"]),
+            *common,
+            *tenants,
+            *_status_port(stack, name),
+        )
     worker_args = worker_argv(args, model, common)
     for i in range(args.prefill_workers):
         name = f"prefill-{i}"
