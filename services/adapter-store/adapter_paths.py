@@ -151,7 +151,7 @@ async def upload_from_dir(
         limit,
         spool_dir,
     )
-    return AdapterUpload(name, config, weights, visibility, replace)
+    return AdapterUpload(name, config, weights, visibility, replace, source=given)  # type: ignore[arg-type]
 
 
 def _is_dir(path: Path) -> bool:

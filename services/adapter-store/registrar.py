@@ -10,10 +10,13 @@ from contextlib import asynccontextmanager
 
 from loraplex.adapter_store.events import EventPublisher
 from loraplex.adapter_store.uploads import AdapterUpload
-from loraplex.adapters.errors import UploadLimitError
+from loraplex.adapters.errors import AdapterForbiddenError, UploadLimitError
 from loraplex.adapters.info import AdapterInfo, Registered
+from loraplex.adapters.keys import adapter_id
 from loraplex.adapters.store import AdapterStore
+from loraplex.errors import AdapterNotFoundError
 from loraplex.lora.adapter import check_adapter_file
+from loraplex.lora.names import NAME_PATTERN
 from loraplex.model.config import ModelConfig
 from loraplex.protocol import AdapterEvent
 from loraplex.tenants import Tenant
@@ -84,6 +87,7 @@ class Registrar:
                     targets=summary.targets,
                     visibility=upload.visibility,
                     replace=upload.replace,
+                    source=upload.source,
                 )
         finally:
             upload.discard()
@@ -94,6 +98,47 @@ class Registrar:
         )  # fmt: skip
         await self.events.publish(_event(kind, reg.info))
         return reg
+
+    async def own(self, tenant: Tenant, name: str) -> AdapterInfo:
+        """``tenant``'s own adapter ``name``; another tenant's public one of that name is 403,
+        anything else 404 (as ``delete_for``: the answer never depends on private adapters)."""
+        info = await self.store.get(adapter_id(tenant.name, name)) if _named(name) else None
+        if info is not None:
+            return info
+        await self.store.get_for(tenant.name, name)  # 404 unless a public one has that name
+        raise AdapterForbiddenError(
+            f"adapter {name!r} belongs to another tenant; only its owner can load or unload it"
+        )
+
+    async def unload(self, tenant: Tenant, name: str) -> AdapterInfo:
+        """vLLM's unload: stop serving ``tenant``'s adapter (workers drop it and free its slots),
+        keeping its weights; 404 when it is not being served."""
+        info = await self.own(tenant, name)
+        before = await self.store.set_served(info.id, False)
+        if before is None or not before.served:
+            raise AdapterNotFoundError(
+                f"adapter {name!r} is not loaded (it is stored: load it again by name, "
+                f"or delete it with DELETE /v1/adapters/{name})"
+                if before is not None
+                else f"adapter {name!r} not found"
+            )
+        log.info("adapter %s unloaded by tenant %s (v%d kept)", name, tenant.name, info.version)
+        await self.events.publish(_event("unloaded", before))
+        return before
+
+    async def serve_again(self, tenant: Tenant, info: AdapterInfo) -> bool:
+        """Serve ``tenant``'s unloaded adapter ``info`` again, from its stored weights; False
+        when it was already served (vLLM: already loaded)."""
+        before = await self.store.set_served(info.id, True)
+        if before is None:
+            raise AdapterNotFoundError(f"adapter {info.name!r} not found")
+        if before.served:
+            return False
+        log.info(
+            "adapter %s loaded again by tenant %s (v%d)", info.name, tenant.name, before.version
+        )
+        await self.events.publish(_event("loaded", before))
+        return True
 
     async def delete(self, tenant: Tenant, name: str) -> AdapterInfo:
         info = await self.store.delete_for(tenant.name, name)
@@ -106,3 +151,7 @@ def _event(kind: str, info: AdapterInfo) -> AdapterEvent:
     return AdapterEvent(
         kind=kind, name=info.name, owner=info.owner, sha256=info.sha256, version=info.version
     )
+
+
+def _named(name: str) -> bool:
+    return bool(NAME_PATTERN.match(name or ""))

@@ -42,6 +42,7 @@ class AdapterUpload:
     weights: Spool
     visibility: str | None = None  # None: private when new, unchanged on replace
     replace: bool = False
+    source: str = ""  # a path registration's path as given (AdapterInfo.source)
 
     def discard(self) -> None:
         self.weights.delete()

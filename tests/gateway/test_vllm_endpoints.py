@@ -7,8 +7,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import httpx
+import nats
 import pytest
 
+from loraplex.protocol import AdapterEvent, Subjects, decode
 from loraplex.text.tokenizer import Tokenizer
 from loraplex.tooling.demo import DemoModelInfo
 from tests.gateway.conftest import (
@@ -176,15 +178,92 @@ async def test_load_and_unload_lora_adapter_round_trip(
     assert (info["rank"], info["version"]) == (second.rank, 2)
 
     assert (await http.post(UNLOAD, json={"lora_name": "vl"}, headers=BOB)).status_code == 200
-    assert_error(await http.post(UNLOAD, json={"lora_name": "vl"}, headers=BOB), 404)
+    r = await http.post(UNLOAD, json={"lora_name": "vl"}, headers=BOB)
+    assert_error(r, 404, code="adapter_not_found", says="is not loaded")
     assert (await http.get("/v1/adapters/vl")).json()["owner"] == "alice"
     r = await http.post(UNLOAD, json={"lora_name": "vl"})
     assert r.status_code == 200, r.text
     assert r.text == "Success: LoRA adapter 'vl' removed successfully."
-    assert_error(await http.get("/v1/adapters/vl"), 404, code="adapter_not_found")
+    # unload only stops serving it: the weights stay (DELETE /v1/adapters/{name} deletes)
+    kept = (await http.get("/v1/adapters/vl")).json()
+    assert kept["served"] is False and (kept["version"], kept["sha256"]) == (2, info["sha256"])
     assert "vl" not in {m["id"] for m in (await http.get("/v1/models")).json()["data"]}
+    r = await http.post("/tokenize", json={"model": "vl", "prompt": PROMPT})
+    assert_error(r, 404, code="model_not_found")
+    assert_error(await http.get("/v1/models/vl"), 404, code="model_not_found")
     r = await http.post(UNLOAD, json={"lora_name": "vl"})
     assert_error(r, 404, code="adapter_not_found", says="vl")
+
+    # load by name serves the stored weights again; a second load is vLLM's "already loaded"
+    r = await http.post(LOAD, json={"lora_name": "vl"})
+    assert r.status_code == 200, r.text
+    again = (await http.get("/v1/adapters/vl")).json()
+    assert again["served"] is True and (again["version"], again["sha256"]) == (2, info["sha256"])
+    assert (await http.post("/tokenize", json={"model": "vl", "prompt": PROMPT})).status_code == 200
+    r = await http.post(LOAD, json={"lora_name": "vl"})
+    assert_error(r, 400, code="adapter_exists", param="lora_name", says="already loaded")
+    # an unloaded adapter loaded from a path gets that path's weights as its new version
+    await http.post(UNLOAD, json={"lora_name": "vl"})
+    assert (await http.post(LOAD, json=load)).status_code == 200
+    info = (await http.get("/v1/adapters/vl")).json()
+    assert (info["rank"], info["version"], info["served"]) == (first.rank, 3, True)
+
+    assert (await http.delete("/v1/adapters/vl")).status_code == 200
+    assert_error(await http.get("/v1/adapters/vl"), 404, code="adapter_not_found")
+    assert_error(await http.post(LOAD, json={"lora_name": "vl"}), 400, param="lora_path")
+    assert_error(await http.post(UNLOAD, json={"lora_name": "vl"}), 404, code="adapter_not_found")
+
+
+async def test_unload_keeps_an_uploaded_adapter_and_tells_the_workers(
+    adapter_gateway: httpx.AsyncClient, demo: DemoModelInfo, nats_url: str
+) -> None:
+    http = adapter_gateway
+    events: list[AdapterEvent] = []
+    nc = await nats.connect(nats_url)
+    try:
+        sub = await nc.subscribe(Subjects.ADAPTER_EVENTS)
+        await nc.flush()
+        r = await register_adapter(http, demo.adapters[1].path, "mp", ALICE)
+        assert r.status_code == 201, r.text
+        sha = r.json()["sha256"]
+        assert (await http.post(UNLOAD, json={"lora_name": "mp"})).status_code == 200
+        assert (await http.post(LOAD, json={"lora_name": "mp"})).status_code == 200
+        while len(events) < 3:
+            events.append(decode((await sub.next_msg(timeout=5)).data, AdapterEvent))
+    finally:
+        await nc.close()
+    assert [(e.kind, e.owner, e.name) for e in events] == [
+        ("created", "alice", "mp"), ("unloaded", "alice", "mp"), ("loaded", "alice", "mp"),
+    ]  # fmt: skip
+    info = (await http.get("/v1/adapters/mp")).json()
+    assert info["sha256"] == sha and info["served"] is True
+    cards = {m["id"]: m for m in (await http.get("/v1/models")).json()["data"]}
+    assert (cards["mp"]["root"], cards["mp"]["parent"]) == ("mp", MODEL_ID)  # no path: its name
+    assert (cards[MODEL_ID]["root"], cards[MODEL_ID]["parent"]) == (MODEL_ID, None)
+
+
+async def test_model_cards_show_a_path_only_to_its_owner(
+    adapter_gateway: httpx.AsyncClient, demo: DemoModelInfo
+) -> None:
+    http = adapter_gateway
+    path = demo.adapters[0].path.name
+    body = {"name": "shared", "path": path, "visibility": "public"}
+    assert (await http.post("/v1/adapters", json=body)).status_code == 201
+    r = await http.post(LOAD, json={"lora_name": "mine", "lora_path": path}, headers=BOB)
+    assert r.status_code == 200, r.text
+
+    alice = {m["id"]: m for m in (await http.get("/v1/models")).json()["data"]}
+    bob = {m["id"]: m for m in (await http.get("/v1/models", headers=BOB)).json()["data"]}
+    assert (alice["shared"]["root"], alice["shared"]["parent"]) == (path, MODEL_ID)
+    assert (bob["shared"]["root"], bob["shared"]["parent"]) == ("shared", MODEL_ID)
+    assert bob["mine"]["root"] == path and "mine" not in alice
+    assert (await http.get("/v1/models/shared", headers=BOB)).json()["root"] == "shared"
+    # only the owner may unload it (vLLM's 400 for the adapter routes' 403), and nobody else's
+    # load by name serves anything
+    r = await http.post(UNLOAD, json={"lora_name": "shared"}, headers=BOB)
+    assert_error(r, 400, code="adapter_forbidden", param="lora_name")
+    assert_error(await http.post(LOAD, json={"lora_name": "shared"}, headers=BOB), 400)
+    assert "shared" in {m["id"] for m in (await http.get("/v1/models", headers=BOB)).json()["data"]}
 
 
 async def test_load_lora_adapter_refusals(

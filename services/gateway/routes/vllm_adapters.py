@@ -1,11 +1,15 @@
-"""``POST /v1/load_lora_adapter`` and ``POST /v1/unload_lora_adapter``: vLLM's runtime LoRA routes
-as aliases of the adapter routes.
+"""``POST /v1/load_lora_adapter`` and ``POST /v1/unload_lora_adapter``: vLLM's runtime LoRA routes.
 
-Load is ``POST /v1/adapters {"name", "path"}`` (a directory under ``--adapters-root``; vLLM's
-``load_inplace`` is ``replace``); unload is ``DELETE /v1/adapters/{name}``.  Same tenant, same
-validation, same error messages and codes, but vLLM's statuses: 200 with vLLM's plain-text
-message on success, 400 for every refusal (already loaded, path not allowed, too large, not the
-owner), 404 for an unknown adapter.  Without an adapter store they answer 503.
+As in vLLM, unload only stops serving an adapter: it leaves ``/v1/models``, requests naming it get
+404, workers drop it and free its slots, but its weights stay in the store (an adapter uploaded by
+multipart exists nowhere else).  Load serves it again: by name alone for an unloaded adapter,
+or from ``lora_path`` (a directory under ``--adapters-root``, registered as
+``POST /v1/adapters {"name", "path"}``; for an unloaded adapter it becomes its new version;
+vLLM's ``load_inplace`` is ``replace``).  Deleting is ``DELETE /v1/adapters/{name}``.
+Same tenant, validation, error messages and codes as the adapter routes, but vLLM's statuses:
+200 with vLLM's plain-text message on success, 400 for every refusal (already loaded, path not
+allowed, too large, not the owner), 404 for an adapter that is unknown or not loaded.  Without
+an adapter store they answer 503.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ from loraplex.adapters.errors import (
     AdapterTooLargeError,
     StoreUnavailableError,
 )
+from loraplex.adapters.keys import adapter_id
 from loraplex.gateway.deps import TenantDep
 from loraplex.gateway.errors import InvalidParamError, classify
+from loraplex.tenants import Tenant
 
 router = APIRouter(prefix="/v1", tags=["adapters"])
 
@@ -44,7 +50,7 @@ class LoadLoraAdapterRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     lora_name: str = Field(min_length=1)
-    lora_path: str = Field(min_length=1)
+    lora_path: str | None = Field(default=None, min_length=1)  # None: serve an unloaded one again
     load_inplace: bool = False  # replace an adapter of that name
 
 
@@ -75,31 +81,50 @@ def _as_vllm_error(exc: Exception) -> InvalidParamError:
     return InvalidParamError(str(exc), param, body["error"]["code"])
 
 
-@router.post("/load_lora_adapter", summary="Register an adapter from a server path (vLLM)")
+@router.post(
+    "/load_lora_adapter", summary="Serve an adapter: unloaded, or from a server path (vLLM)"
+)
 async def load_lora_adapter(
     body: LoadLoraAdapterRequest, tenant: TenantDep, state: StoreDep
 ) -> PlainTextResponse:
     name = check_name(body.lora_name)
-    limit = state.settings.max_adapter_bytes
-    spool_dir = state.settings.upload_dir
+    own = await state.store.get(adapter_id(tenant.name, name))
     try:
-        async with state.registrar.upload_slot(tenant):  # 429 as on /v1/adapters
-            upload = await upload_from_dir(
-                state.adapters_root, name, body.lora_path, limit, replace=body.load_inplace,
-                spool_dir=spool_dir,
-            )  # fmt: skip
-            await state.registrar.register(tenant, upload)
+        if body.lora_path is None:
+            if own is None:
+                raise InvalidParamError(
+                    f"lora_path is required: {name!r} is not an adapter of yours to load again",
+                    "lora_path",
+                )
+            if not await state.registrar.serve_again(tenant, own):
+                raise AdapterExistsError(f"adapter {name!r} is already loaded")
+        else:
+            # an unloaded adapter of that name gets the path's weights as its new version
+            replace = body.load_inplace or (own is not None and not own.served)
+            await _register_path(state, tenant, name, body.lora_path, replace)
     except tuple(_AS_400) as e:
         raise _as_vllm_error(e) from e
     return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
 
 
-@router.post("/unload_lora_adapter", summary="Delete an adapter (vLLM)")
+async def _register_path(
+    state: AppState, tenant: Tenant, name: str, path: str, replace: bool
+) -> None:
+    limit = state.settings.max_adapter_bytes
+    async with state.registrar.upload_slot(tenant):  # 429 as on /v1/adapters
+        upload = await upload_from_dir(
+            state.adapters_root, name, path, limit, replace=replace,
+            spool_dir=state.settings.upload_dir,
+        )  # fmt: skip
+        await state.registrar.register(tenant, upload)
+
+
+@router.post("/unload_lora_adapter", summary="Stop serving an adapter, keeping it (vLLM)")
 async def unload_lora_adapter(
     body: UnloadLoraAdapterRequest, tenant: TenantDep, state: StoreDep
 ) -> PlainTextResponse:
     try:
-        await state.registrar.delete(tenant, body.lora_name)
+        await state.registrar.unload(tenant, body.lora_name)
     except tuple(_AS_400) as e:
         raise _as_vllm_error(e) from e
     return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
