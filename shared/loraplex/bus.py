@@ -169,6 +169,8 @@ class Bus(TypedBus):
             log.warning("%s: NATS error: %s", name, e)
 
         async def on_disconnect() -> None:
+            if nc.is_closed:  # our own close() (a clean stop): nothing was lost, no reconnect
+                return
             log.warning("%s: disconnected from NATS, reconnecting", name)
 
         async def on_reconnect() -> None:
