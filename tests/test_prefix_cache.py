@@ -219,3 +219,16 @@ def test_first_token_logits_match_with_a_cached_prefix(model_dir) -> None:
     torch.testing.assert_close(
         cached.engine.last_logits["x"], plain.engine.last_logits["x"], atol=1e-5, rtol=1e-5
     )
+
+
+def test_step_outputs_carry_each_prompts_prefix_cache_hits(model_dir) -> None:
+    """``StepOutput.num_cached_tokens`` (what a worker reports as OpenAI's cached_tokens): the
+    prompt tokens found in the cache when the request was admitted, on every output."""
+    engine = _llm(model_dir).engine
+    seen: dict[str, set[int | None]] = {}
+    for rid, prompt in (("r0", PROMPTS[0]), ("r1", PROMPTS[1]), ("r3", PROMPTS[3])):
+        engine.add_request(rid, prompt, GREEDY)
+        while engine.has_unfinished():
+            for out in engine.step():
+                seen.setdefault(out.request_id, set()).add(out.num_cached_tokens)
+    assert seen == {"r0": {0}, "r1": {12}, "r3": {16}}

@@ -29,6 +29,9 @@ class StepOutput:
     # The HTTP-like status of that error: 400 when the request's own adapter produced the
     # non-finite logits (the tenant's input is at fault), 500 for a failed step or base model.
     error_code: int = 500
+    # Prompt tokens its prefill took from the prefix cache (Sequence.num_cached_tokens); None
+    # when this engine did not prefill it (its K/V were handed over)
+    num_cached_tokens: int | None = None
 
 
 @dataclass(frozen=True)

@@ -139,4 +139,5 @@ class RequestTracker:
             handoff,
             [logprobs] if logprobs is not None else None,
             prompt_lps,
+            num_cached_tokens=seq.num_cached_tokens if seq.num_cached_tokens >= 0 else None,
         )

@@ -131,6 +131,8 @@ class Scheduler:
             seq.block_table = self.allocator.allocate_after(hit, need)
             seq.num_cached = len(hit) * self.cfg.block_size
             self.prefix_hit_tokens += seq.num_cached
+            if seq.num_cached_tokens < 0:  # a preempted request keeps its first count
+                seq.num_cached_tokens = min(seq.num_cached, len(seq.prompt_token_ids))
             self.prefix_query_tokens += seq.num_tokens
             seq.status = SequenceStatus.RUNNING
             self.waiting.popleft()

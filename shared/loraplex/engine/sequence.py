@@ -37,6 +37,9 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     lora_slot: int = -1  # device slot while running with an adapter pinned
     num_cached: int = 0  # tokens whose K/V are in the cache
+    # prompt tokens found in the prefix cache at its first admission (vLLM's num_cached_tokens;
+    # OpenAI's usage.prompt_tokens_details.cached_tokens); -1 until admitted
+    num_cached_tokens: int = -1
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     stop_reason: int | str | None = None
     num_preemptions: int = 0
