@@ -25,6 +25,8 @@ class Active:
     # the dead worker reported to the scheduler but never delivered is not lost.
     resumed: list[int] = field(default_factory=list)
     replayed: bool = False
+    # prompt tokens its prefill took from a prefix cache (this engine's, or KVBegin's)
+    cached_tokens: int = 0
 
 
 class ActiveTable:

@@ -128,7 +128,7 @@ class Control:
         self._table.release(request_id)
 
     async def on_adapter_event(self, event: AdapterEvent) -> None:
-        if event.kind in ("replaced", "deleted"):
+        if event.kind in ("replaced", "deleted", "unloaded"):
             # at once: new requests must not resolve to it
             old = self._pager.invalidate(adapter_id(event.owner, event.name))
             if old is not None:

@@ -100,6 +100,7 @@ class KVReceiver:
         if rid in self._table.cancelled:
             return KVReply(rid, False, "cancelled")
         req = Active(begin.request, None, "", len(begin.generated), list(begin.generated))
+        req.cached_tokens = begin.cached_tokens  # the prefill worker's hits, for the gateway
         r = await self._prep.resolve_adapter(req)
         if r is False:
             return KVReply(rid, False, "adapter unavailable")

@@ -70,6 +70,7 @@ class KVSender:
                 first_logprobs=to_wire(handoff.first_logprobs) if handoff.first_logprobs else None,
                 prompt_logprobs=list_to_wire(handoff.prompt_logprobs),
                 generated=list(req.resumed),
+                cached_tokens=req.cached_tokens,
             )
             reply = await bus.request(subject, begin, KVReply, self._timeout_s)
             if not reply.accepted:

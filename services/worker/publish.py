@@ -54,6 +54,7 @@ class Publisher:
                 completion_tokens=req.generated,
                 logprobs=list_to_wire(out.logprobs),
                 prompt_logprobs=list_to_wire(out.prompt_logprobs),
+                cached_tokens=req.cached_tokens,
             ),
         )
 

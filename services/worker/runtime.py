@@ -196,6 +196,8 @@ class Worker:
             req = self.active.get(out.request_id)
             if req is None:
                 continue
+            if out.num_cached_tokens is not None:  # this engine ran the prefill
+                req.cached_tokens = out.num_cached_tokens
             if out.error is not None:  # the engine ended this request alone; the rest go on
                 await publisher.fail(req, out.error_code, out.error, retryable=False)
                 self.table.release(out.request_id)
