@@ -104,7 +104,11 @@ def run_one(routing: bool, a, model_dir: Path, tmp: Path, prompts: list[list[int
     try:
         base, _, _ = start_stack(parse_up_args(flags), stack)
         model = httpx.get(base + "/v1/models", timeout=30).json()["data"][0]["id"]
-        scrape = [url + "/metrics" for name, url in stack.status.items() if name != "scheduler"]
+        scrape = [
+            url + "/metrics"
+            for name, url in stack.status.items()
+            if not name.startswith("scheduler")
+        ]
         hit0, query0 = _counters(scrape)
         seconds, ttft = asyncio.run(_drive(base, model, prompts, a))
         expect = sum(query0.values()) + sum(len(p) for p in prompts)
