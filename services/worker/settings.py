@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 from loraplex import env
 from loraplex.cli_help import DefaultsHelpFormatter
-from loraplex.cli_help import DefaultsHelpFormatter
 
 ROLES = ("prefill", "decode", "both")
 
@@ -63,7 +62,6 @@ def build_parser(default_role: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=f"python -m loraplex.{default_role if default_role != 'both' else 'decode'}",
         description=f"loraplex {default_role} worker: wraps the engine and serves requests over NATS.",
-        formatter_class=DefaultsHelpFormatter,
         formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument(
