@@ -6,9 +6,12 @@ cannot see workers' caches; like SGLang's cache-aware router it keeps an approxi
 block keys of every prompt it placed, per worker, in a bounded LRU.  Stale entries (the worker
 evicted the blocks) only cost a less useful placement, never a wrong answer.
 
-Keys are the workers' own block keys (``kvcache.prefix_cache.block_keys``: a stable hash chain of
-the adapter and the token ids), over the adapter's name; like the worker, a prompt's last token's
-block is never counted.  Pure Python.
+Keys chain the adapter's name and each full block's token ids, as the workers' own block keys
+(``kvcache.prefix_cache.block_keys``) do, and like the worker a prompt's last token's block is
+never counted.  They are the scheduler's own, though: a 64-bit chained hash of int tuples (the same
+in every process: ints and tuples of ints are not salted), about ten times cheaper than the
+workers' blake2b, since the scheduler only ever compares them with keys it computed itself.  A
+collision costs at most a less useful placement.  Pure Python.
 
 So that placement need not ask every worker, a reverse index remembers, per block key, the
 ``HOLDERS`` workers it was most recently placed on; ``cached_blocks(...).holders(block_size)``
@@ -19,19 +22,31 @@ affinity then still concentrates the prefix there, within the load balance).
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
+from functools import lru_cache
 
-from loraplex.kvcache.prefix_cache import prefix_block_keys
 from loraplex.scheduler.workers import WorkerState
 
-PrefixKey = bytes
+PrefixKey = int
 HOLDERS = 8  # workers remembered per block key (most recent placements)
+
+
+@lru_cache(maxsize=4096)
+def _namespace(adapter: str) -> int:
+    return int.from_bytes(hashlib.blake2b(adapter.encode(), digest_size=8).digest(), "little")
 
 
 def prefix_keys(adapter: str | None, tokens: Sequence[int], block_size: int) -> list[PrefixKey]:
     """Keys of the full blocks a worker could reuse for this prompt (not the last token's)."""
-    return prefix_block_keys(tokens, block_size, adapter or "")
+    reusable = (len(tokens) - 1) // block_size * block_size
+    h = _namespace(adapter or "")
+    keys = []
+    for i in range(0, reusable, block_size):
+        h = hash((h, tuple(tokens[i : i + block_size])))
+        keys.append(h)
+    return keys
 
 
 class PrefixAffinity:

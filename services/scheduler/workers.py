@@ -24,7 +24,7 @@ from loraplex.protocol import WorkerHeartbeat
 from loraplex.scheduler.worker_index import RoleIndex, SampleSet
 
 SCAN = 16  # workers of a role walked in load order per decision
-ADAPTER_EXACT = 16  # up to this many holders of an adapter (per role), all are candidates
+ADAPTER_EXACT = 8  # up to this many holders of an adapter (per role), all are candidates
 ADAPTER_SAMPLE = 2  # beyond: power-of-two choices among them
 ROLES = ("prefill", "decode", "both")
 
@@ -231,17 +231,17 @@ class WorkerRegistry:
             return None
         holders_of = getattr(cached_blocks, "holders", None)
         fits = self._walk(role, idx, tokens, window=cached_blocks is not None and not holders_of)
-        extra: list[str] = []
+        prefix: set[str] = set()  # the only workers that may hold the prompt's first block
         if holders_of is not None:
             for bs in self._role_capacity().get(role, (-1, frozenset()))[1]:
-                extra.extend(holders_of(bs))
-        if adapter:
-            holders = self._holders.get((role, adapter))
-            if holders is not None:
-                if len(holders) <= ADAPTER_EXACT:
-                    extra.extend(holders)
-                else:
-                    extra.extend(holders.sample(self._rng, ADAPTER_SAMPLE))
+                prefix.update(holders_of(bs))
+        extra = list(prefix)
+        resident = self._holders.get((role, adapter)) if adapter else None
+        if resident is not None:
+            if len(resident) <= ADAPTER_EXACT:
+                extra.extend(resident)
+            else:
+                extra.extend(resident.sample(self._rng, ADAPTER_SAMPLE))
         seen = {w.hb.worker_id for w in fits}
         for wid in extra:
             w = self.workers.get(wid)
@@ -252,19 +252,20 @@ class WorkerRegistry:
                 fits.append(w)
         if not fits:
             return None
-        least = min(w.load for w in fits)
-        limit = least + self.prefix_balance
-
-        def key(w: WorkerState) -> tuple:
-            c = cached_blocks(w) if cached_blocks is not None and w.load <= limit else 0
-            return (
-                -c,
-                adapter not in w.hb.adapters if adapter else False,
-                w.load,
-                w.hb.worker_id,
-            )
-
-        return min(fits, key=key)
+        limit = min(w.load for w in fits) + self.prefix_balance
+        best: WorkerState | None = None
+        best_key: tuple = ()
+        for w in fits:  # key: most cached blocks (within the balance), resident, load, id
+            wid, load = w.hb.worker_id, w.load
+            cached = 0
+            if cached_blocks is not None and load <= limit:
+                if holders_of is None or wid in prefix:
+                    cached = cached_blocks(w)
+            absent = (resident is None or wid not in resident) if adapter else False
+            key = (-cached, absent, load, wid)
+            if best is None or key < best_key:
+                best, best_key = w, key
+        return best
 
     def _walk(self, role: str, idx: RoleIndex, tokens: int, window: bool) -> list[WorkerState]:
         """The least loaded worker of ``role`` with room among the ``SCAN`` least loaded (with

@@ -1,0 +1,194 @@
+"""The scheduler's own decision code on a simulated cluster: no NATS, no workers, no model.
+
+One *decision* is what the scheduler service does for a request between its SUBMIT and its
+assignment, and back when it ends: ``enqueue``; then ``pick`` -> ``place`` (with prefix affinity:
+the prompt's block keys and their holders) -> ``admit`` -> ``commit`` + ``record`` (the
+decision's latency, timed on its own); later one usage report and ``on_finish`` + ``release``.
+
+The cluster: ``workers`` colocated workers (``max_num_seqs`` 32, enough KV blocks), each with 16
+resident adapters drawn Zipf(1.0) over ``adapters`` (so popular adapters are resident on many
+workers).  Traffic: every tenant keeps ``depth`` requests queued (closed loop: an admitted
+tenant sends its next one), so all ``tenants`` stay backlogged; each request's adapter is drawn
+Zipf(1.0) over the adapters; its prompt is the adapter's 64-token system prompt plus 64 tokens of
+its own.  Running requests are held at 90 % of the cluster's batch slots: each cycle finishes
+one at random, then makes one decision.  ``fast`` uses the registry's indexed placement and the
+heap policy; ``linear`` the scans they replaced (``placement_scan``, ``linear.py``) on the same
+state.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import random
+import time
+from dataclasses import dataclass
+
+from loraplex.protocol import WorkerHeartbeat
+from loraplex.scheduler.placement_scan import place_by_scan
+from loraplex.scheduler.policies.base import FairnessPolicy, QueuedRequest
+from loraplex.scheduler.policies.registry import make_policy, make_reference_policy
+from loraplex.scheduler.prefix_affinity import PrefixAffinity
+from loraplex.scheduler.workers import WorkerRegistry
+
+MAX_NUM_SEQS = 32
+ADAPTER_SLOTS = 16
+SYSTEM_TOKENS = 64
+OWN_TOKENS = 64
+MAX_TOKENS = 128
+BLOCK = 16
+
+
+@dataclass(frozen=True)
+class Config:
+    workers: int
+    tenants: int
+    adapters: int = 1000
+    depth: int = 2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Result:
+    impl: str  # "fast" | "linear"
+    decisions: int
+    seconds: float  # the whole cycle: enqueue + decision + report + finish
+    p50_us: float
+    p99_us: float  # of the decision alone (pick, place, admit, commit, record)
+
+    @property
+    def per_s(self) -> float:
+        return self.decisions / self.seconds if self.seconds > 0 else 0.0
+
+
+class Zipf:
+    """Ranks 0..n-1 with P(k) proportional to 1 / (k + 1) ** s (inverse CDF by bisection)."""
+
+    def __init__(self, n: int, s: float, rng: random.Random) -> None:
+        acc, self.cdf = 0.0, []
+        for k in range(n):
+            acc += 1.0 / (k + 1) ** s
+            self.cdf.append(acc)
+        self.rng = rng
+
+    def draw(self) -> int:
+        return bisect.bisect_left(self.cdf, self.rng.random() * self.cdf[-1])
+
+
+class Cluster:
+    """Policy-independent state (registry, affinity, running requests, random streams) that the
+    fast and linear runs start from alike (``copy.deepcopy``)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.rng = random.Random(cfg.seed)
+        self.zipf = Zipf(cfg.adapters, 1.0, self.rng)
+        self.registry = WorkerRegistry(3.0, 0.25, seed=cfg.seed)
+        for i in range(cfg.workers):
+            resident: set[str] = set()
+            while len(resident) < ADAPTER_SLOTS:
+                resident.add(f"ad{self.zipf.draw()}")
+            hb = WorkerHeartbeat(
+                f"w{i:05d}", "both", 4096, 4096, BLOCK, 0, 0, MAX_NUM_SEQS, sorted(resident)
+            )
+            self.registry.heartbeat(hb, 0.0)
+        self.affinity = PrefixAffinity(capacity_per_worker=20_000)
+        self.next_id = 0
+        self.running: list[tuple[str, str, str]] = []  # (request id, tenant, worker)
+        self.slots = int(0.9 * cfg.workers * MAX_NUM_SEQS)
+
+    def request(self, tenant: str, now: float) -> QueuedRequest:
+        rid = f"r{self.next_id}"
+        self.next_id += 1
+        adapter = f"ad{self.zipf.draw()}"
+        return QueuedRequest(rid, tenant, SYSTEM_TOKENS + OWN_TOKENS, MAX_TOKENS, now, adapter)
+
+    def fill(self, policy: FairnessPolicy) -> None:
+        for t in range(self.cfg.tenants):
+            for _ in range(self.cfg.depth):
+                policy.enqueue(self.request(f"t{t}", 0.0), 0.0)
+
+
+def prompt_of(q: QueuedRequest) -> list[int]:
+    """The adapter's system prompt, then the request's own tokens (what its SUBMIT carried)."""
+    a = int((q.adapter or "ad0")[2:])
+    k = int(q.request_id[1:])
+    system = list(range(100_000 + 100 * a, 100_000 + 100 * a + SYSTEM_TOKENS))
+    return system + [(k * 7919 + i * 104_729) % 32_000 for i in range(OWN_TOKENS)]
+
+
+def _run(
+    cluster: Cluster, policy: FairnessPolicy, linear: bool, budget_s: float, max_decisions: int
+) -> tuple[Result, list[str]]:
+    """Cycles until ``budget_s`` or ``max_decisions``: finish one running request (at 90 % of the
+    slots), make one decision, enqueue the admitted tenant's next request.  Returns the result
+    and the ids decided, in order."""
+    reg, aff, rng, running = cluster.registry, cluster.affinity, cluster.rng, cluster.running
+    place = (lambda *a: place_by_scan(reg, *a)) if linear else reg.place
+    lat: list[int] = []
+    order: list[str] = []
+    clock = time.perf_counter_ns
+    now = 1.0
+    start = time.perf_counter()
+    deadline = start + budget_s
+    while len(order) < max_decisions and (len(order) & 15 or time.perf_counter() < deadline):
+        now += 1e-4
+        if len(running) >= cluster.slots:  # a request ends: one usage report, then finished
+            i = rng.randrange(len(running))
+            rid, tenant, wid = running[i]
+            running[i] = running[-1]
+            running.pop()
+            policy.on_output_tokens(tenant, rid, MAX_TOKENS // 2)
+            policy.on_finish(rid, MAX_TOKENS // 2)
+            reg.release(wid, rid)
+        q = policy.peek()
+        prompt = prompt_of(q) if q is not None else []  # the service has it in the SUBMIT
+        t0 = clock()
+        q = policy.pick(now)
+        if q is None:
+            break
+        cached = aff.cached_blocks(q.adapter, prompt)
+        placement = place(q.adapter, len(prompt), len(prompt) + q.max_tokens, cached)
+        if placement is None:
+            raise RuntimeError("the simulated cluster is full: it keeps 10 % of its slots free")
+        policy.admit(q, now)
+        wid = placement.prefill
+        reg.commit(wid, q.request_id, len(prompt) + q.max_tokens)
+        aff.record(wid, cached.keys(BLOCK))  # the service computes them once more (_assign)
+        lat.append(clock() - t0)
+        order.append(q.request_id)
+        running.append((q.request_id, q.tenant, wid))
+        policy.enqueue(cluster.request(q.tenant, now), now)  # closed loop: stays backlogged
+    seconds = time.perf_counter() - start
+    lat.sort()
+
+    def pct(p: float) -> float:
+        return lat[min(len(lat) - 1, int(p * len(lat)))] / 1000 if lat else 0.0
+
+    impl = "linear" if linear else "fast"
+    return Result(impl, len(order), seconds, pct(0.5), pct(0.99)), order
+
+
+def measure(
+    cfg: Config, fast_s: float, linear_s: float, max_decisions: int = 200_000
+) -> tuple[Result, Result, float]:
+    """Both implementations from the same warmed-up state: the cluster deep-copied, the linear
+    policy restored from the fast one's snapshot (enqueueing 100,000 tenants through its O(n)
+    lift would itself take minutes).  The linear run's decisions must be the fast run's first
+    ones (same policy decisions; placement does not feed back into the policy).
+    Returns (fast, linear, seconds spent building the state)."""
+    t0 = time.perf_counter()
+    cluster = Cluster(cfg)
+    fast_policy = make_policy("vtc", predict_output=True)
+    cluster.fill(fast_policy)
+    _run(cluster, fast_policy, False, 1e9, cluster.slots)  # warm-up: the cluster at 90 %
+    snap = fast_policy.snapshot()
+    twin = copy.deepcopy(cluster)
+    build = time.perf_counter() - t0
+    fast, fast_order = _run(cluster, fast_policy, False, fast_s, max_decisions)
+    linear_policy = make_reference_policy("vtc", predict_output=True)
+    linear_policy.restore(snap)
+    linear, linear_order = _run(twin, linear_policy, True, linear_s, len(fast_order))
+    if fast_order[: len(linear_order)] != linear_order:
+        raise AssertionError("the heap policy and the linear scan decided differently")
+    return fast, linear, build

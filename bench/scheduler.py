@@ -1,0 +1,225 @@
+"""The scheduler at cluster scale: its own decision code, the live path, fairness, Redis.
+
+    python bench/scheduler.py [--workers 100,1000] [--tenants 100,10000,100000]
+                              [--fast-seconds 3] [--linear-seconds 2] [--live-seconds 8]
+                              [--no-live] [--no-fairness] [--no-redis] [--quick] [--write-docs]
+
+1. **Decisions** (``schedbench/cluster.py``): the scheduler's policy (VTC with length prediction)
+   and placement (``WorkerRegistry.place`` with prefix affinity) on a simulated cluster, no NATS:
+   every worker/tenant pair of the grid, Zipf traffic over 1,000 adapters.  Side by side in the
+   same run, from the same state: the linear scans they replaced (``policies/linear.py``,
+   ``placement_scan.py``), given at most ``--linear-seconds`` each so the run ends in minutes.
+   decisions/s counts whole cycles (enqueue, decision, a usage report, the finish); p50/p99 are
+   of the decision alone (pick, place, admit, commit, prefix record).
+2. **Live path** (``schedbench/live.py``): real nats-server, scheduler and gateway processes, fake
+   workers that answer at once; submits/s with and without the gateway, and with the scheduler
+   as a replica on Redis (lease + ledger).
+3. **Fairness at scale** (``schedbench/fairness_scale.py``): VTC's 2U bound (Thm 4.4, sampled
+   pairs) and counter spread (Lemma 4.3, all tenants) at 10,000 backlogged tenants.
+4. **Redis counter writes** (``schedbench/redis_rate.py``): HINCRBYFLOAT / EVALSHA rates on a
+   real redis-server: the figure behind "beyond one scheduler".
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    cpu_pressure_avg10,
+    load_average,
+    machine_line,
+    replace_doc_section,
+    today,
+)
+from schedbench.cluster import Config, measure  # noqa: E402
+from schedbench.report import (  # noqa: E402
+    SECTION,
+    TARGET_P99_US,
+    TARGET_PER_S,
+    beyond_text,
+    fairness_table,
+    live_table,
+    redis_table,
+    sim_table,
+)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def python_speed_us() -> float:
+    """Microseconds for ``sum(range(1000))`` now: ~8 on an idle modern core; a loaded box's
+    figures scale with it."""
+    best = float("inf")
+    for _ in range(20):
+        t0 = time.perf_counter()
+        for _ in range(100):
+            sum(range(1000))
+        best = min(best, (time.perf_counter() - t0) / 100 * 1e6)
+    return best
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--workers", type=_ints, default=[100, 1000])
+    p.add_argument("--tenants", type=_ints, default=[100, 10_000, 100_000])
+    p.add_argument("--fast-seconds", type=float, default=3.0)
+    p.add_argument("--linear-seconds", type=float, default=2.0)
+    p.add_argument("--live-seconds", type=float, default=8.0)
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--no-live", action="store_true")
+    p.add_argument("--no-fairness", action="store_true")
+    p.add_argument("--no-redis", action="store_true")
+    p.add_argument("--quick", action="store_true", help="small grid, short runs (a smoke test)")
+    p.add_argument("--write-docs", action="store_true")
+    args = p.parse_args()
+    if args.quick:
+        args.workers, args.tenants = [100], [100, 1000]
+        args.fast_seconds = args.linear_seconds = 0.5
+        args.live_seconds = 2.0
+    os.environ.setdefault("LORAPLEX_LOG_LEVEL", "WARNING")
+    speed_before, pressure = python_speed_us(), cpu_pressure_avg10()
+
+    sim = []
+    for workers in args.workers:
+        for tenants in args.tenants:
+            cfg = Config(workers, tenants)
+            fast, linear, build = measure(cfg, args.fast_seconds, args.linear_seconds)
+            sim.append((cfg, fast, linear))
+            print(
+                f"{workers:>5} workers {tenants:>7} tenants: {fast.per_s:>9,.0f}/s "
+                f"p50 {fast.p50_us:.0f} µs p99 {fast.p99_us:.0f} µs | linear "
+                f"{linear.per_s:>7,.0f}/s p99 {linear.p99_us:,.0f} µs (state built in {build:.0f} s)",
+                flush=True,
+            )
+            gc.collect()
+    speed_after = python_speed_us()
+
+    live = []
+    if not args.no_live:
+        from schedbench.live import run_live
+
+        live += run_live(args.concurrency, args.live_seconds, http=True)
+        live += run_live(args.concurrency, args.live_seconds, http=False, redis=True)
+        for r in live:
+            print(f"live {r.path}: {r.per_s:,.0f} submits/s ({r.errors} errors) cpu {r.cpu}")
+
+    fairness = []
+    if not args.no_fairness:
+        from schedbench.fairness_scale import check
+
+        fairness.append(
+            check(tenants=1000, steps=300) if args.quick else check(tenants=10_000, steps=600)
+        )
+        print(fairness[-1])
+
+    redis = []
+    if not args.no_redis:
+        from schedbench.redis_rate import run_redis
+
+        redis = run_redis(seconds=1.0 if args.quick else 2.0)
+        for r in redis:
+            print(f"redis {r.what}: {r.per_s:,.0f}/s")
+
+    target = [f for c, f, _ in sim if c.workers == 1000 and c.tenants == 10_000]
+    if target:
+        f = target[0]
+        print(
+            f"target (1,000 workers, 10,000 tenants): {f.per_s:,.0f}/s "
+            f"({'met' if f.per_s >= TARGET_PER_S else 'not met'}), p99 {f.p99_us:.0f} µs "
+            f"({'met' if f.p99_us < TARGET_P99_US else 'not met'})"
+        )
+    if args.write_docs:
+        body = docs_body(args, sim, live, fairness, redis, speed_before, speed_after, pressure)
+        replace_doc_section(SECTION, body)
+        print(f"wrote '{SECTION}' to docs/benchmarks.md")
+    return 0
+
+
+def docs_body(args, sim, live, fairness, redis, speed_before, speed_after, pressure) -> str:  # type: ignore[no-untyped-def]
+    cmd = "python bench/scheduler.py --write-docs" + (" --quick" if args.quick else "")
+    parts = [
+        f"`{cmd}` ({today()}; {machine_line()}; load average {load_average()}, CPU pressure "
+        f"{pressure if pressure is not None else 'n/a'} % before the run). This box is shared: "
+        f"`sum(range(1000))` took {speed_before:.0f} µs before the decision runs and "
+        f"{speed_after:.0f} µs after (about 8 µs on an idle modern core), so the absolute "
+        "figures below are that many times slower than on a core of its own; the ratios "
+        "between columns, measured in the same run, are not.",
+        "",
+        "**Decisions** on a simulated cluster (the scheduler's own code, no NATS): colocated "
+        "workers with 32 batch slots and 16 resident adapters each (Zipf over 1,000 adapters), "
+        "held at 90 % of their slots; every tenant backlogged (2 requests queued, closed loop); "
+        "each request's adapter Zipf-drawn, its prompt the adapter's 64-token system prompt + 64 "
+        "tokens of its own, 128 output tokens. decisions/s: whole cycles (enqueue, pick, place, "
+        "admit, commit, prefix record, a usage report, the finish); p50/p99: the decision alone "
+        "(pick → prefix record). Linear: the scans this replaced (`policies/linear.py`, "
+        "`placement_scan.py`), from the same state, stopped after "
+        f"{args.linear_seconds:g} s; they decided the same requests in the same order "
+        "(checked by the bench).",
+        "",
+        sim_table(sim),
+        "",
+        f"Targets at 1,000 workers and 10,000 tenants: ≥ {TARGET_PER_S:,} decisions/s and p99 < "
+        f"{TARGET_P99_US:.0f} µs. " + _target_line(sim, speed_before, speed_after),
+    ]
+    if live:
+        parts += [
+            "",
+            f"**Live path**, {args.live_seconds:g} s each with {args.concurrency} requests in "
+            "flight: real `nats-server`, `python -m loraplex.scheduler` and "
+            "`python -m loraplex.gateway` (demo tokenizer, base model, open mode); 4 fake "
+            "workers in their own process answer every assignment at once with one token. "
+            "Last column: CPU seconds each process used per second, and seconds it spent "
+            "runnable but waiting for a CPU (the box's other load).",
+            "",
+            live_table(live),
+        ]
+    if fairness:
+        parts += [
+            "",
+            "**Fairness at scale** in the simulator (`tooling/simulator.py`, heap VTC; M = 50,000 "
+            "batch tokens, inputs and outputs 1-32 tokens, every tenant sending 3x its fair share "
+            "after 3 queued at t = 0): Thm 4.4's |W_f - W_g| ≤ 2U over every both-backlogged "
+            "interval of 2,000 random tenant pairs, and Lemma 4.3's counter spread over *all* "
+            "backlogged tenants, after every step.",
+            "",
+            fairness_table(fairness),
+        ]
+    if redis:
+        parts += [
+            "",
+            "**Redis counter writes** (real `redis-server`, loopback, no persistence):",
+            "",
+        ]
+        parts += [redis_table(redis)]
+    parts += ["", beyond_text(sim, live, redis)]
+    return "\n".join(parts)
+
+
+def _target_line(sim, speed_before: float, speed_after: float) -> str:  # type: ignore[no-untyped-def]
+    target = [f for c, f, _ in sim if c.workers == 1000 and c.tenants == 10_000]
+    if not target:
+        return "(not in this run's grid)"
+    f = target[0]
+    slow = max(1.0, min(speed_before, speed_after) / 8.0)
+    return (
+        f"Measured here: {f.per_s:,.0f}/s and p99 {f.p99_us:.0f} µs "
+        f"({'met' if f.per_s >= TARGET_PER_S else 'not met'} / "
+        f"{'met' if f.p99_us < TARGET_P99_US else 'not met'} on this box); scaled by the box's "
+        f"slowdown (×{slow:.1f}) to an idle core: ≈ {f.per_s * slow:,.0f}/s, p50 "
+        f"≈ {f.p50_us / slow:.0f} µs (an estimate, not a measurement; p99 on a shared box is "
+        "dominated by preemption and the garbage collector)."
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
