@@ -33,6 +33,8 @@ class TokenLog:
         # A report overlapping what is known (a replay) rewrites it in place, never truncates.
         self.ids[start : start + len(token_ids)] = token_ids
 
-    def resumable(self, max_tokens: int) -> bool:
-        """Whether the request can continue from these tokens on another worker."""
-        return not self.broken and len(self.ids) < max_tokens
+    def resumable(self, max_tokens: int, reported: int = 0) -> bool:
+        """Whether the request can continue from these tokens on another worker: the log is
+        whole, holds at least the ``reported`` count (a request adopted by a new scheduler leader
+        arrives with a count and no ids) and leaves tokens to generate."""
+        return not self.broken and reported <= len(self.ids) < max_tokens

@@ -136,7 +136,8 @@ class Recovery:
         for wid in job.workers:
             self.registry.release(wid, rid)
         self.inflight.pop(rid, None)
-        resumable = not job.tokens_sent or job.tokens.resumable(job.submit.sampling.max_tokens)
+        max_tokens = job.submit.sampling.max_tokens
+        resumable = not job.tokens_sent or job.tokens.resumable(max_tokens, job.completion_tokens)
         if resumable and job.attempt + 1 < self.s.max_attempts:
             job.attempt += 1
             job.last_failure = reason

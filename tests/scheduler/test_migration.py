@@ -48,6 +48,8 @@ def test_token_log_breaks_on_a_gap_or_counts_without_ids():
     old = TokenLog()
     old.record([], 2, 2)  # a worker that reports counts only (before migration)
     assert old.broken and not old.resumable(100)
+    adopted = TokenLog()  # a new scheduler leader adopted it with a count of 5, no ids
+    assert not adopted.resumable(100, reported=5) and adopted.resumable(100, reported=0)
 
 
 # ---- the service on real NATS ------------------------------------------------------------------
