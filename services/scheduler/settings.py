@@ -81,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--heartbeat-timeout", type=float, default=3.0, help="seconds without heartbeat = dead"
     )
     p.add_argument(
-        "--max-attempts", type=int, default=3, help="dispatch attempts before a request fails"
+        "--max-attempts",
+        type=int,
+        default=3,
+        help="placements of a request (re-dispatches and migrations after its worker died) "
+        "before it fails with a 503 naming the cause",
     )
     p.add_argument("--w-p", type=float, default=1.0, help="VTC weight of an input token")
     p.add_argument("--w-q", type=float, default=2.0, help="VTC weight of an output token")
