@@ -62,9 +62,15 @@ class SampleSet:
 
     def sample(self, rng: random.Random, k: int) -> list[str]:
         """Up to ``k`` distinct items, uniformly."""
-        if k >= len(self._items):
-            return list(self._items)
-        return rng.sample(self._items, k)
+        items = self._items
+        n = len(items)
+        if k >= n:
+            return list(items)
+        if k == 2:  # the common case (power of two choices), without random.sample's set-up
+            i = int(rng.random() * n)
+            j = int(rng.random() * (n - 1))
+            return [items[i], items[j + 1 if j >= i else j]]
+        return rng.sample(items, k)
 
     def __contains__(self, item: object) -> bool:
         return item in self._pos

@@ -258,9 +258,9 @@ class WorkerRegistry:
         for w in fits:  # key: most cached blocks (within the balance), resident, load, id
             wid, load = w.hb.worker_id, w.load
             cached = 0
-            if cached_blocks is not None and load <= limit:
-                if holders_of is None or wid in prefix:
-                    cached = cached_blocks(w)
+            asked = holders_of is None or wid in prefix  # others hold none of the prompt
+            if cached_blocks is not None and load <= limit and asked:
+                cached = cached_blocks(w)
             absent = (resident is None or wid not in resident) if adapter else False
             key = (-cached, absent, load, wid)
             if best is None or key < best_key:
@@ -278,18 +278,19 @@ class WorkerRegistry:
         least: float | None = None
         while heap and len(kept) < SCAN:
             entry = heappop(heap)
-            w = workers.get(entry[1])
-            if w is None or w.hb.role != role or not w.placeable or w.load != entry[0]:
+            load, wid = entry
+            w = workers.get(wid)
+            if w is None or w.hb.role != role or not w.placeable or w.load != load:
                 continue  # stale: dropped
-            if entry[1] in seen:
+            if wid in seen:
                 continue  # a duplicate (the load went back to an earlier value): dropped
-            seen.add(entry[1])
+            seen.add(wid)
             kept.append(entry)
-            if w.load >= 1.0 or (least is not None and w.load > least + self.prefix_balance):
+            if load >= 1.0 or (least is not None and load > least + self.prefix_balance):
                 break  # sorted by load: nobody further has a batch slot / is in the window
             if w.has_room(blocks_for(tokens, w.hb.block_size)):
                 if least is None:
-                    least = w.load
+                    least = load
                 got.append(w)
                 if not window:
                     break
@@ -310,15 +311,21 @@ class WorkerRegistry:
 
     def _flush(self) -> None:
         """Push the workers whose load or capacity changed since the last decision."""
+        if not self._dirty:
+            return
+        touched: set[str] = set()
         for wid in self._dirty:
             w = self.workers.get(wid)
             if w is None or not w.placeable:
                 continue
-            idx = self._roles[w.hb.role]
+            role = w.hb.role
+            idx = self._roles[role]
             heappush(idx.by_load, (w.load, wid))
             heappush(idx.by_free, (w.committed - w.hb.total_blocks, wid))
+            touched.add(role)
         self._dirty.clear()
-        for role, idx in self._roles.items():
+        for role in touched:
+            idx = self._roles[role]
             if idx.needs_compaction():
                 self._rebuild(role, idx)
 

@@ -148,7 +148,9 @@ def test_many_holders_of_an_adapter_are_sampled_and_still_preferred() -> None:
         seen.add(got.prefill)
     loads = sorted(len(reg.workers[f"w{i:04d}"].requests) for i in range(500))
     assert len(seen) > 400
-    assert loads[-1] - loads[0] <= 4  # two choices keep the spread small (d = ADAPTER_SAMPLE)
+    # 2000 requests on 500 holders, 4 each on average: two choices keep the busiest near it
+    # (one random choice would give about 11 on some holder)
+    assert loads[-1] <= 8
     assert ADAPTER_SAMPLE == 2
 
 
