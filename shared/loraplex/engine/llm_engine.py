@@ -14,7 +14,7 @@ from loraplex.config import EngineConfig, resolve_device, resolve_dtype
 from loraplex.engine.failures import RequestFailer, is_fatal, nonfinite_requests
 from loraplex.engine.handover import Handover
 from loraplex.engine.logprobs import compute_logprobs
-from loraplex.engine.memory_budget import DeviceMemory, activation_bytes, kv_cache_bytes
+from loraplex.engine.memory_budget import DeviceMemory, engine_kv_bytes
 from loraplex.engine.outputs import StepOutput
 from loraplex.engine.penalties import apply_penalties
 from loraplex.engine.request_tracker import RequestTracker
@@ -146,34 +146,20 @@ class LLMEngine:
         one_seq = blocks_for(self.max_model_len, cfg.block_size)
         wanted = cfg.max_num_seqs * one_seq
         if self.device.type == "cuda":
-            wanted = min(wanted, self._kv_bytes_on_gpu(one_seq * per_block) // per_block)
+            wanted = self._kv_bytes_on_gpu(one_seq * per_block, wanted * per_block) // per_block
         return max(wanted, one_seq)
 
-    def _kv_bytes_on_gpu(self, min_kv_bytes: int) -> int:
-        """What ``gpu_memory_utilization`` leaves for K/V (MemoryBudgetError when nothing)."""
-        cfg, mc = self.config, self.model_config
+    def _kv_bytes_on_gpu(self, min_kv_bytes: int, wanted_kv_bytes: int) -> int:
+        """What ``gpu_memory_utilization`` leaves for K/V, capped at what the engine wants
+        (MemoryBudgetError when not even one sequence fits)."""
         free, total = torch.cuda.mem_get_info(self.device)
-        held = torch.cuda.memory_reserved(self.device)
-        activations = activation_bytes(
-            cfg.max_num_batched_tokens,
-            cfg.max_num_seqs,
-            mc.hidden_size,
-            mc.intermediate_size,
-            mc.vocab_size,
-            torch.empty((), dtype=self.dtype).element_size(),
-        )
-        mem = DeviceMemory(total=total, free=free, held=held)
-        budget = kv_cache_bytes(
-            mem, cfg.gpu_memory_utilization, activations, min_kv_bytes, str(self.device)
-        )
-        log.info(
-            "K/V cache: %.2f GiB (gpu_memory_utilization %.2f of %.1f GiB; held %.2f GiB)",
-            budget / 2**30,
-            cfg.gpu_memory_utilization,
-            total / 2**30,
-            held / 2**30,
-        )
-        return budget
+        held = torch.cuda.memory_allocated(self.device)
+        mem = DeviceMemory(total, free, held, torch.cuda.memory_reserved(self.device) - held)
+        dtype_bytes = torch.empty((), dtype=self.dtype).element_size()
+        return engine_kv_bytes(
+            mem, self.config, self.model_config, dtype_bytes, min_kv_bytes, wanted_kv_bytes,
+            str(self.device),
+        )  # fmt: skip
 
     # ---- adapters -------------------------------------------------------------------------
     def add_lora(self, name: str, path: str | Path) -> LoraAdapter:

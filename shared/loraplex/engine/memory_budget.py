@@ -12,9 +12,17 @@ Pure arithmetic on byte counts (no torch): the engine passes ``torch.cuda.mem_ge
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from loraplex.errors import LoraplexError
+
+if TYPE_CHECKING:
+    from loraplex.config import EngineConfig
+    from loraplex.model.config import ModelConfig
+
+log = logging.getLogger(__name__)
 
 GiB = 2**30
 FLAG = "--gpu-memory-utilization"
@@ -30,7 +38,8 @@ class MemoryBudgetError(LoraplexError):
 class DeviceMemory:
     total: int  # bytes the device has
     free: int  # bytes free on the device now (every process counted)
-    held: int  # bytes this process holds now (weights, adapter slots)
+    held: int  # bytes of live tensors this process holds now (weights, adapter slots)
+    cached: int = 0  # bytes this process's allocator keeps but does not use (reusable)
 
 
 def check_utilization(fraction: float) -> float:
@@ -60,11 +69,13 @@ def kv_cache_bytes(
     fraction: float,
     activations: int,
     min_kv_bytes: int,
+    wanted_kv_bytes: int,
     device: str = "the GPU",
 ) -> int:
-    """Bytes for the K/V cache under ``fraction`` of ``mem.total``; MemoryBudgetError, naming the
-    flag and the numbers, when the fraction cannot hold the weights plus one sequence of K/V, or
-    asks for more than is free."""
+    """Bytes for the K/V cache: what ``fraction`` of ``mem.total`` leaves after the weights and
+    activations, at most ``wanted_kv_bytes`` (the engine's own cap).  MemoryBudgetError, naming
+    the flag and the numbers, when that cannot hold one sequence (``min_kv_bytes``), or when the
+    cache does not fit in the memory that is free (other processes hold the rest)."""
     check_utilization(fraction)
     budget = int(mem.total * fraction)
     kv = budget - mem.held - activations
@@ -82,15 +93,44 @@ def kv_cache_bytes(
             )
             + ", or lower --max-model-len, --max-num-batched-tokens or --max-loras"
         )
-    still_to_take = budget - mem.held
-    if still_to_take > mem.free:
-        others = max(0, mem.total - mem.free - mem.held)
+    take = min(kv, max(wanted_kv_bytes, min_kv_bytes))
+    available = mem.free + mem.cached
+    if take + activations > available:
+        others = max(0, mem.total - mem.free - mem.held - mem.cached)
         raise MemoryBudgetError(
-            f"{FLAG} {fraction:g} asks for {budget / GiB:.1f} GiB of {device}'s "
-            f"{mem.total / GiB:.1f} GiB, but only {mem.free / GiB:.1f} GiB are free (other "
+            f"{FLAG} {fraction:g} leaves {take / GiB:.1f} GiB of K/V cache on {device} "
+            f"({mem.total / GiB:.1f} GiB), but only {available / GiB:.1f} GiB are free (other "
             f"processes hold {others / GiB:.1f} GiB): lower it to at most "
-            f"{_floor_fraction(mem.free + mem.held, mem.total)}, or give each worker its own GPU"
+            f"{_floor_fraction(available + mem.held, mem.total)}, or give each worker its own GPU"
         )
+    return take
+
+
+def engine_kv_bytes(
+    mem: DeviceMemory,
+    cfg: EngineConfig,
+    mc: ModelConfig,
+    dtype_bytes: int,
+    min_kv_bytes: int,
+    wanted_kv_bytes: int,
+    device: str,
+) -> int:
+    """``kv_cache_bytes`` for an engine's config and model, logged."""
+    activations = activation_bytes(
+        cfg.max_num_batched_tokens,
+        cfg.max_num_seqs,
+        mc.hidden_size,
+        mc.intermediate_size,
+        mc.vocab_size,
+        dtype_bytes,
+    )
+    fraction = cfg.gpu_memory_utilization
+    kv = kv_cache_bytes(mem, fraction, activations, min_kv_bytes, wanted_kv_bytes, device)
+    log.info(
+        "K/V cache on %s: %.2f GiB (gpu_memory_utilization %g of %.1f GiB; weights and adapter "
+        "slots %.2f GiB, activations ~%.2f GiB)",
+        device, kv / GiB, fraction, mem.total / GiB, mem.held / GiB, activations / GiB,
+    )  # fmt: skip
     return kv
 
 
