@@ -14,6 +14,7 @@ import os
 import signal
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from loraplex.cli_help import DefaultsHelpFormatter
@@ -196,16 +197,27 @@ async def _register_demo_adapters(redis_url: str, adapters: list, owner: str) ->
         await store.close()
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def _on_stop_signals(handler: Callable[[int, object], None]) -> None:
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
 
 
 def up(args: argparse.Namespace) -> int:
     stack = Stack(Path(args.run_dir or Path.cwd() / ".loraplex" / "run").resolve())
-    # Ctrl-C and SIGTERM (docker stop, systemd) both stop every process started here, even when
-    # the shell that launched us ignores SIGINT for background jobs.
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+
+    def again(signum: int, frame: object) -> None:
+        print("loraplex: stopping now", flush=True)
+        stack.hurry()
+
+    def first(signum: int, frame: object) -> None:
+        _on_stop_signals(again)  # from here on, a second signal only hurries the drain
+        raise KeyboardInterrupt
+
+    # Ctrl-C and SIGTERM (docker stop, systemd) both drain and stop every process started here,
+    # even when the shell that launched us ignores SIGINT for background jobs.  The servers and
+    # services run in their own sessions, so the terminal's Ctrl-C reaches only this process,
+    # which stops them in order (Stack.stop).
+    _on_stop_signals(first)
     try:
         base, model, demo_adapters = start_stack(args, stack)
         _print_banner(base, model, demo_adapters, args, stack.run_dir, stack.urls["metrics"])
@@ -214,9 +226,13 @@ def up(args: argparse.Namespace) -> int:
         while True:  # the supervisor thread restarts what exits; only a signal ends this
             time.sleep(3600)
     except KeyboardInterrupt:
-        print("\nstopping loraplex ...", flush=True)
+        print(
+            "\nstopping loraplex: requests in flight finish first (Ctrl-C again to stop now) ...",
+            flush=True,
+        )
         return 0
     finally:
+        _on_stop_signals(again)
         stack.stop()
 
 

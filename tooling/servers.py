@@ -1,4 +1,9 @@
-"""Start ``nats-server`` and ``redis-server`` as child processes (for ``loraplex up`` and tests)."""
+"""Start ``nats-server`` and ``redis-server`` as child processes (for ``loraplex up`` and tests).
+
+``start_nats`` and ``start_redis`` run them in their own session, as the services run, so a
+terminal's Ctrl-C (SIGINT to the whole foreground process group) does not kill them before the
+services that need them have drained: ``loraplex up`` stops them last (``Stack.stop``).
+"""
 
 from __future__ import annotations
 
@@ -80,7 +85,10 @@ def start_nats(
     )
     with open(data_dir / "nats.log", "ab") as log:  # the child keeps its own copy of the fd
         proc = subprocess.Popen(
-            [_find("nats-server"), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
+            [_find("nats-server"), "-c", str(conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C must not reach it (module doc)
         )
     _wait_port(port, proc, "nats-server")
     return ServerProcess("nats", port, f"nats://127.0.0.1:{port}", proc, data_dir)
@@ -102,7 +110,9 @@ def start_redis(data_dir: Path, port: int | None = None, appendonly: bool = True
         "--protected-mode", "yes",
         "--logfile", str(data_dir / "redis.log"),
     ]  # fmt: skip
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+    )  # own session: Ctrl-C must not reach it (module doc)
     _wait_port(port, proc, "redis-server")
     return ServerProcess("redis", port, f"redis://127.0.0.1:{port}/0", proc, data_dir)
 

@@ -1,16 +1,29 @@
 """The processes of one stack that ``loraplex up`` (and tests, benchmarks) started: the servers
-(nats-server, redis-server) and the services, which a ``Supervisor`` restarts when they exit."""
+(nats-server, redis-server) and the services, which a ``Supervisor`` restarts when they exit.
+
+``stop`` drains in order: the gateway and the workers first (SIGTERM: the gateway stops taking
+requests, workers finish what runs, so streams in flight end with ``[DONE]``), then the scheduler
+and the adapter store, and the servers every service talks through last, so no service loses
+NATS or Redis while it drains.
+"""
 
 from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from loraplex.tooling.servers import ServerProcess
 from loraplex.tooling.supervisor import RestartPolicy, Service, Supervisor, python_module
+
+# Seconds each stop phase waits before SIGKILL: the gateway's own graceful shutdown lets
+# responses in flight run for 30 s (``timeout_graceful_shutdown``), plus time to close.
+DRAIN_S = 40.0
+# Services that requests in flight still need while the others drain; they stop second.
+STOP_LATE = ("scheduler", "adapter-store")
 
 
 @dataclass
@@ -22,6 +35,7 @@ class Stack:
     # service name -> base URL of its /health, /ready, /metrics listener (scheduler, workers)
     status: dict[str, str] = field(default_factory=dict)
     supervisor: Supervisor | None = None
+    _hurry: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
     def procs(self) -> list[tuple[str, subprocess.Popen]]:
@@ -53,18 +67,31 @@ class Stack:
         self.supervisor.start()
         return self.supervisor
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float = DRAIN_S) -> None:
+        """Drain and stop everything (see the module doc); each phase waits at most ``timeout``
+        seconds, or less once ``hurry`` was called, before it kills what is left."""
         if self.supervisor is not None:
             self.supervisor.stop()
-        procs = [p for _, p in self.procs]
-        for proc in reversed(procs):
+        first = [p for n, p in self.procs if not n.startswith(STOP_LATE)]
+        late = [p for n, p in self.procs if n.startswith(STOP_LATE)]
+        for phase in (first, late):
+            self._terminate(phase, timeout)
+        for server in reversed(self.servers):
+            server.stop()
+
+    def hurry(self) -> None:
+        """Cut a running ``stop`` short (a second Ctrl-C): kill instead of waiting."""
+        self._hurry.set()
+
+    def _terminate(self, procs: list[subprocess.Popen], timeout: float) -> None:
+        for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            if self._hurry.wait(0.1):
+                break
         for proc in procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            if proc.poll() is None:
                 proc.kill()
-        for server in reversed(self.servers):
-            server.stop()
+            proc.wait()
