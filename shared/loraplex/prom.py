@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from prometheus_client.samples import Sample
 
 Family = CounterMetricFamily | GaugeMetricFamily
 
@@ -48,14 +47,6 @@ def counter(name: str, doc: str, values: dict[tuple[str, ...], float], labels: l
     for key, value in values.items():
         fam.add_metric(list(key), value)
     return fam
-
-
-def sample_names(families: Iterable[Family]) -> list[str]:
-    """The sample names a family list exposes (for tests)."""
-    out: list[str] = []
-    for fam in families:
-        out.extend(s.name for s in fam.samples if isinstance(s, Sample))
-    return out
 
 
 class BoundedLabels:
