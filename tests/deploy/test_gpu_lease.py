@@ -166,7 +166,7 @@ def test_the_worker_exits_naming_the_flag(tmp_path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "loraplex.decode", "--model", str(tmp_path / "none"),
          "--nats-url", "nats://127.0.0.1:1", "--device", "cuda:3",
-         "--gpu-lease-dir", str(tmp_path)],
+         "--gpu-lease-dir", str(tmp_path), "--metrics-port", "0"],
         capture_output=True, text=True, timeout=120, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
     )  # fmt: skip
     assert out.returncode == 2, out.stderr
