@@ -90,11 +90,17 @@ def acquire_free_gpu(
 ) -> GpuLease:
     """Lease the first GPU no other worker holds (exclusively); DeviceConfigError if none."""
     lease_dir = Path(lease_dir)
-    lease_dir.mkdir(parents=True, exist_ok=True)
     ids = physical_ids(device_count, cuda_visible_devices)
     for index, gpu_id in enumerate(ids):
         path = _lease_path(lease_dir, gpu_id)
-        fd = _lock(path, exclusive=True)
+        try:
+            lease_dir.mkdir(parents=True, exist_ok=True)
+            fd = _lock(path, exclusive=True)
+        except OSError as e:
+            raise DeviceConfigError(
+                f"--device auto: cannot write the lease file {path} ({e.strerror}); "
+                "give --gpu-lease-dir a writable directory shared by this host's workers"
+            ) from e
         if fd is not None:
             _note_holder(fd, holder)
             return GpuLease(index, gpu_id, path, True, fd)
@@ -114,10 +120,14 @@ def lease_explicit_gpu(
     """Mark ``cuda:index`` as used (shared lock) so ``auto`` workers avoid it; None (and a
     warning) when an ``auto`` worker already holds it: the user asked for it, so we share."""
     lease_dir = Path(lease_dir)
-    lease_dir.mkdir(parents=True, exist_ok=True)
     gpu_id = physical_ids(device_count, cuda_visible_devices)[index]
     path = _lease_path(lease_dir, gpu_id)
-    fd = _lock(path, exclusive=False)
+    try:
+        lease_dir.mkdir(parents=True, exist_ok=True)
+        fd = _lock(path, exclusive=False)
+    except OSError as e:  # advisory only for an explicit device: run without it
+        log.warning("no GPU lease for cuda:%d (%s: %s)", index, path, e.strerror)
+        return None
     if fd is None:
         log.warning("cuda:%d is leased by an --device auto worker; sharing it as asked", index)
         return None

@@ -182,3 +182,14 @@ def test_env_defaults_for_compose_overrides(monkeypatch) -> None:
     monkeypatch.setenv("LORAPLEX_GPU_MEMORY_UTILIZATION", "0.45")
     s = settings_from_args(build_parser("decode").parse_args(["--model", "m"]))
     assert (s.device, s.gpu_memory_utilization) == ("auto", 0.45)
+
+
+def test_an_unwritable_lease_dir(tmp_path) -> None:
+    """auto needs the lease: a clear error naming --gpu-lease-dir; an explicit device runs
+    without one (a read-only root filesystem in a pod, say)."""
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    with pytest.raises(DeviceConfigError, match="give --gpu-lease-dir a writable directory"):
+        place_worker("auto", 2, blocked / "leases")
+    assert place_worker("cuda:1", 2, blocked / "leases") == ("cuda:1", None)
+    assert place_worker("cuda", 1, blocked / "leases") == ("cuda", None)

@@ -170,6 +170,8 @@ def test_workers_get_one_gpu_each_and_the_model_read_only(docs, pool: str) -> No
     assert 0 < args.gpu_memory_utilization <= 1
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     assert mounts[args.model]["readOnly"] is True
+    writable = [p for p, m in mounts.items() if not m.get("readOnly")]
+    assert any(args.gpu_lease_dir.startswith(p + "/") for p in writable), args.gpu_lease_dir
     model_volume = next(v for v in d["spec"]["template"]["spec"]["volumes"] if v["name"] == "model")
     assert model_volume["persistentVolumeClaim"]["readOnly"] is True
 
