@@ -75,11 +75,22 @@ def _deployment(docs: list[dict[str, Any]], component: str) -> dict[str, Any]:
     return d
 
 
+def _image_env() -> dict[str, str]:
+    """The Dockerfile's ENV settings: what every container starts with."""
+    text = re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            env.update(kv.split("=", 1) for kv in line[4:].split() if "=" in kv)
+    return env
+
+
 def _parse(container: dict[str, Any]):
-    """The container's command as its service parses it, with the container's env."""
+    """The container's command as its service parses it, with the image's and container's env."""
     cmd = container["command"]
     assert cmd[:2] == ["python", "-m"], cmd
-    env = {e["name"]: e.get("value", "from-secret") for e in container.get("env", [])}
+    env = _image_env()
+    env.update({e["name"]: e.get("value", "from-secret") for e in container.get("env", [])})
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
