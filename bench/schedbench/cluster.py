@@ -55,10 +55,18 @@ class Result:
     seconds: float  # the whole cycle: enqueue + decision + report + finish
     p50_us: float
     p99_us: float  # of the decision alone (pick, place, admit, commit, record)
+    # mean µs per decision in each part: "policy" (pick, admit, enqueue with its lift, the usage
+    # report, the finish), "placement" (place, commit, release), "prefix" (keys, record)
+    parts: dict[str, float]
 
     @property
     def per_s(self) -> float:
         return self.decisions / self.seconds if self.seconds > 0 else 0.0
+
+    def rate_of(self, *parts: str) -> float:
+        """Decisions/s the named parts alone would allow (1 / their mean time per decision)."""
+        us = sum(self.parts[p] for p in parts)
+        return 1e6 / us if us > 0 else 0.0
 
 
 class Zipf:
@@ -128,6 +136,7 @@ def _run(
     lat: list[int] = []
     order: list[str] = []
     clock = time.perf_counter_ns
+    spent = {"policy": 0, "placement": 0, "prefix": 0}  # ns per part, summed over the run
     now = 1.0
     start = time.perf_counter()
     deadline = start + budget_s
@@ -138,35 +147,52 @@ def _run(
             rid, tenant, wid = running[i]
             running[i] = running[-1]
             running.pop()
+            t = clock()
             policy.on_output_tokens(tenant, rid, MAX_TOKENS // 2)
             policy.on_finish(rid, MAX_TOKENS // 2)
+            t1 = clock()
             reg.release(wid, rid)
+            spent["policy"] += t1 - t
+            spent["placement"] += clock() - t1
         q = policy.peek()
         prompt = prompt_of(q) if q is not None else []  # the service has it in the SUBMIT
         t0 = clock()
         q = policy.pick(now)
         if q is None:
             break
+        t1 = clock()
         cached = aff.cached_blocks(q.adapter, prompt)
+        cached.keys(BLOCK)
+        t2 = clock()
         placement = place(q.adapter, len(prompt), len(prompt) + q.max_tokens, cached)
         if placement is None:
             raise RuntimeError("the simulated cluster is full: it keeps 10 % of its slots free")
+        t3 = clock()
         policy.admit(q, now)
+        t4 = clock()
         wid = placement.prefill
         reg.commit(wid, q.request_id, len(prompt) + q.max_tokens)
+        t5 = clock()
         aff.record(wid, cached.keys(BLOCK))  # the service computes them once more (_assign)
-        lat.append(clock() - t0)
+        t6 = clock()
+        lat.append(t6 - t0)
         order.append(q.request_id)
         running.append((q.request_id, q.tenant, wid))
         policy.enqueue(cluster.request(q.tenant, now), now)  # closed loop: stays backlogged
+        t7 = clock()
+        spent["policy"] += (t1 - t0) + (t4 - t3) + (t7 - t6)
+        spent["placement"] += (t3 - t2) + (t5 - t4)
+        spent["prefix"] += (t2 - t1) + (t6 - t5)
     seconds = time.perf_counter() - start
     lat.sort()
 
     def pct(p: float) -> float:
         return lat[min(len(lat) - 1, int(p * len(lat)))] / 1000 if lat else 0.0
 
+    n = max(1, len(order))
+    parts = {k: v / n / 1000 for k, v in spent.items()}
     impl = "linear" if linear else "fast"
-    return Result(impl, len(order), seconds, pct(0.5), pct(0.99)), order
+    return Result(impl, len(order), seconds, pct(0.5), pct(0.99), parts), order
 
 
 def measure(

@@ -38,6 +38,9 @@ class WorkerState:
     # its next heartbeat, so a retry cannot go straight back to a worker that just died.
     suspect: bool = False
     committed: int = 0  # sum(requests.values()), kept by the registry's commit/release
+    # share of its batch slots in use: len(requests) / max_num_seqs, kept by the registry (read
+    # several times per decision, so stored rather than computed)
+    load: float = 0.0
 
     @property
     def committed_blocks(self) -> int:
@@ -51,9 +54,8 @@ class WorkerState:
             and self.committed + blocks <= hb.total_blocks
         )
 
-    @property
-    def load(self) -> float:
-        return len(self.requests) / max(1, self.hb.max_num_seqs)
+    def update_load(self) -> None:
+        self.load = len(self.requests) / max(1, self.hb.max_num_seqs)
 
     @property
     def placeable(self) -> bool:
@@ -98,6 +100,7 @@ class WorkerRegistry:
         old = state.hb
         state.hb, state.last_seen = hb, now
         if _shape(old) != _shape(hb):
+            state.update_load()
             self._leave(old)
             self._join(hb)
         elif old.adapters != hb.adapters:
@@ -344,12 +347,14 @@ class WorkerRegistry:
             blocks = blocks_for(tokens, w.hb.block_size)
             w.committed += blocks - w.requests.get(request_id, 0)
             w.requests[request_id] = blocks
+            w.update_load()
             self._dirty.add(worker_id)
 
     def release(self, worker_id: str, request_id: str) -> None:
         w = self.workers.get(worker_id)
         if w is not None and request_id in w.requests:
             w.committed -= w.requests.pop(request_id)
+            w.update_load()
             self._dirty.add(worker_id)
 
     def summary(self) -> dict[str, dict[str, float]]:
