@@ -42,6 +42,7 @@ bench: setup
 	$(PY) bench/structured.py --write-docs
 	$(PY) bench/fairness.py --mode sim --write-docs
 	$(PY) bench/reliability.py --write-docs
+	$(PY) bench/scheduler.py --write-docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
