@@ -85,7 +85,10 @@ class FairnessPolicy(ABC):
     """Base class: per-tenant FIFO queues, running-request accounting, counters, snapshots.
 
     Subclasses implement ``pick``; they may override the ``_on_enqueue``/``_on_admit`` hooks,
-    ``_predict``/``_observe`` (length prediction) and ``_extra_state``/``_load_extra_state``.
+    ``_predict``/``_observe`` (length prediction) and ``_extra_state``/``_load_extra_state``.  A
+    policy that indexes its backlogged tenants (VTC/LCF/FCFS: ``backlog_heap.py``) hears of every
+    change through ``_head_changed``/``_counter_changed`` and rebuilds on ``_reindex``, so its
+    ``pick`` need not scan (keep ``pick`` O(log n): it runs once per decision).
 
     ``counters()`` are the policy's virtual counters: for VTC/LCF the scheduling state; for FCFS and
     RPM they are the weighted service charged so far (observability only, never used to order).
