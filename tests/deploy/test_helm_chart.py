@@ -328,3 +328,41 @@ def test_the_autoscaling_metric_is_one_the_scheduler_exports() -> None:
 def test_unknown_autoscaling_backend_is_refused() -> None:
     with pytest.raises(TemplateError, match="keda or hpa"):
         render({**TENANTS, "autoscaling": {"enabled": True, "backend": "custom"}})
+
+
+def _schema_errors(overrides: dict[str, Any]) -> list[str]:
+    """What `helm install` would refuse: the merged values against values.schema.json."""
+    import json
+
+    import jsonschema
+
+    from tests.deploy.helm_render import deep_merge, default_values
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    values = deep_merge(default_values(), overrides)
+    return [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(values)]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_the_values_of_every_variant_pass_the_schema(variant: str) -> None:
+    from tests.deploy.helm_render import deep_merge
+
+    assert _schema_errors(deep_merge(TENANTS, VARIANTS[variant])) == []
+
+
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        ({"workers": {"gpuMemoryUtilization": 1.5}}, "1.5 is greater than the maximum of 1"),
+        ({"workers": {"gpuMemoryUtilization": 0}}, "0 is less than or equal to the minimum of 0"),
+        ({"decode": {"resources": {"limits": {"nvidia.com/gpu": 2}}}}, "1 was expected"),
+        ({"autoscaling": {"backend": "custom"}}, "'custom' is not one of ['keda', 'hpa']"),
+        ({"scheduler": {"fairness": "lottery"}}, "'lottery' is not one of"),
+        ({"gateway": {"port": 0}}, "0 is less than the minimum of 1"),
+        ({"tenants": {"tenants": [{"name": "a", "api_key": "short"}]}}, "'short' is too short"),
+    ],
+)
+def test_bad_values_are_refused_by_the_schema(bad: dict[str, Any], says: str) -> None:
+    errors = _schema_errors(bad)
+    assert any(says in e for e in errors), errors
