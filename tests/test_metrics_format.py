@@ -217,3 +217,25 @@ async def test_gateway_ready_only_with_a_serving_worker_set() -> None:
     assert view.ready() == (False, {"scheduler": False, "pools": {"both": 1}})
     assert can_serve({"both": 1}) and can_serve({"prefill": 1, "decode": 1})
     assert not can_serve({"prefill": 2}) and not can_serve({})
+
+
+def test_a_real_preemption_reaches_the_worker_counter() -> None:
+    """``Scheduler.preemptions`` (what the worker exports) counts each preempted sequence."""
+    from tests.scheduler_helpers import make, run_step, seq
+
+    sched = make(num_blocks=6, block_size=2, max_num_seqs=8)
+    for i in range(6):
+        sched.add(seq(f"s{i}", 2))
+    run_step(sched)  # six prefilled, one block each: the pool is exhausted
+    assert sched.preemptions == 0
+    run_step(sched)  # each needs a second block: three are preempted
+    assert sched.preemptions == 3
+    engine = types.SimpleNamespace(
+        allocator=sched.allocator,
+        scheduler=sched,
+        slots=types.SimpleNamespace(resident=lambda: [], num_slots=1),
+    )
+    m = WorkerMetrics("w", "both")
+    m.bind(engine)  # type: ignore[arg-type]
+    text = generate_latest(m.registry).decode()
+    assert value(text, 'loraplex_worker_preemptions_total{role="both",worker="w"}') == 3
