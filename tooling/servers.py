@@ -186,17 +186,24 @@ class NatsCluster:
             )
 
     def wait_jetstream(self, timeout: float = 30.0) -> None:
-        """JetStream's meta group has a leader (needed before creating replicated streams)."""
-        port = next(
-            p for p, n in zip(self.monitor_ports, self.nodes, strict=True) if n.proc.poll() is None
-        )
-        _until(
-            lambda: bool(
-                _http_json(f"http://127.0.0.1:{port}/jsz").get("meta_cluster", {}).get("leader")
-            ),
-            "JetStream elected no meta leader",
-            timeout,
-        )
+        """JetStream's meta group has a leader that every live node follows and that sees every
+        other live node current (before that, a replicated stream finds no peers for placement)."""
+        live = [(p, i) for i, (p, n) in enumerate(zip(self.monitor_ports, self.nodes, strict=True))
+                if n.proc.poll() is None]  # fmt: skip
+
+        def ready() -> bool:
+            metas = [_http_json(f"http://127.0.0.1:{p}/jsz")["meta_cluster"] for p, _ in live]
+            leader = metas[0].get("leader")
+            if not leader or any(m.get("leader") != leader for m in metas):
+                return False
+            # server names end in -<index> (start_nats_cluster); only the leader lists replicas
+            lead = int(leader.rsplit("-", 1)[1])
+            replicas = next(m for m, (_, i) in zip(metas, live, strict=True) if i == lead).get(
+                "replicas", []
+            )
+            return sum(1 for r in replicas if r.get("current")) >= len(live) - 1
+
+        _until(ready, "JetStream's meta group did not settle", timeout)
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -206,7 +213,10 @@ class NatsCluster:
 def _spawn_nats(conf: Path, data_dir: Path) -> subprocess.Popen:
     with open(data_dir / "nats.log", "ab") as log:
         return subprocess.Popen(
-            [_find("nats-server"), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
+            [_find("nats-server"), "-c", str(conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C must not reach it (module doc)
         )
 
 
@@ -362,7 +372,9 @@ def start_redis_sentinel(
             "--replicaof", "127.0.0.1", str(primary.port), "--repl-diskless-sync-delay", "0",
             "--logfile", str(d / "redis.log"),
         ]  # fmt: skip
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+        )
         nodes.append(
             ServerProcess("redis-1", replica_port, f"redis://127.0.0.1:{replica_port}/0", proc, d)
         )
@@ -390,7 +402,10 @@ def start_redis_sentinel(
                 )
             )
             proc = subprocess.Popen(
-                [*_sentinel_cmd(), str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+                [*_sentinel_cmd(), str(conf)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
             sentinels.append(
                 ServerProcess(f"sentinel-{i}", port, f"redis://127.0.0.1:{port}", proc, d)
