@@ -15,7 +15,7 @@ bounds it chooses exactly as the scan it replaced (``placement_scan.py``).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from heapq import heappop, heappush
 
@@ -233,47 +233,83 @@ class WorkerRegistry:
         if idx is None or not idx.members:
             return None
         holders_of = getattr(cached_blocks, "holders", None)
-        fits = self._walk(role, idx, tokens, window=cached_blocks is not None and not holders_of)
+        fits, exact = self._walk(
+            role, idx, tokens, window=cached_blocks is not None and not holders_of
+        )
+        seen = {w.hb.worker_id for w in fits}
         prefix: set[str] = set()  # the only workers that may hold the prompt's first block
         if holders_of is not None:
             for bs in self._role_capacity().get(role, (-1, frozenset()))[1]:
                 prefix.update(holders_of(bs))
-        extra = list(prefix)
         resident = self._holders.get((role, adapter)) if adapter else None
+        holders = self._fitting(prefix, role, tokens, seen)
+        if exact and prefix:
+            # The walk found the least loaded worker with room, so the balance limit is known;
+            # a holder of some of the prompt within it beats every worker that holds none:
+            # the adapter's holders need not be looked at.
+            limit = fits[0].load + self.prefix_balance
+            asked = holders + [w for w in fits if w.hb.worker_id in prefix]
+            best, key = self._choose(asked, adapter, resident, cached_blocks, prefix, limit)
+            if best is not None and key[0] < 0:
+                return best
+        fits += holders
         if resident is not None:
             if len(resident) <= ADAPTER_EXACT:
-                extra.extend(resident)
+                fits += self._fitting(resident, role, tokens, seen)
             else:
-                extra.extend(resident.sample(self._rng, ADAPTER_SAMPLE))
-        seen = {w.hb.worker_id for w in fits}
-        for wid in extra:
+                sample = resident.sample(self._rng, ADAPTER_SAMPLE)
+                fits += self._fitting(sample, role, tokens, seen)
+        if not fits:
+            return None
+        limit = min(w.load for w in fits) + self.prefix_balance
+        return self._choose(fits, adapter, resident, cached_blocks, prefix, limit)[0]
+
+    def _fitting(
+        self, wids: Iterable[str], role: str, tokens: int, seen: set[str]
+    ) -> list[WorkerState]:
+        """The workers of ``wids`` not in ``seen`` that can take the request (added to ``seen``)."""
+        out = []
+        for wid in wids:
             w = self.workers.get(wid)
             if wid in seen or w is None or w.hb.role != role or not w.placeable:
                 continue
             seen.add(wid)
             if w.has_room(blocks_for(tokens, w.hb.block_size)):
-                fits.append(w)
-        if not fits:
-            return None
-        limit = min(w.load for w in fits) + self.prefix_balance
+                out.append(w)
+        return out
+
+    @staticmethod
+    def _choose(
+        fits: list[WorkerState],
+        adapter: str | None,
+        resident: SampleSet | None,
+        cached_blocks: Callable[[WorkerState], int] | None,
+        prefix: set[str],
+        limit: float,
+    ) -> tuple[WorkerState | None, tuple]:
+        """The best of ``fits`` and its key: most cached blocks (within the balance ``limit``;
+        with a prefix index only its holders are asked), adapter resident, load, id."""
+        ask_all = not hasattr(cached_blocks, "holders")
         best: WorkerState | None = None
         best_key: tuple = ()
-        for w in fits:  # key: most cached blocks (within the balance), resident, load, id
+        for w in fits:
             wid, load = w.hb.worker_id, w.load
             cached = 0
-            asked = holders_of is None or wid in prefix  # others hold none of the prompt
-            if cached_blocks is not None and load <= limit and asked:
+            if cached_blocks is not None and load <= limit and (ask_all or wid in prefix):
                 cached = cached_blocks(w)
             absent = (resident is None or wid not in resident) if adapter else False
             key = (-cached, absent, load, wid)
             if best is None or key < best_key:
                 best, best_key = w, key
-        return best
+        return best, best_key
 
-    def _walk(self, role: str, idx: RoleIndex, tokens: int, window: bool) -> list[WorkerState]:
+    def _walk(
+        self, role: str, idx: RoleIndex, tokens: int, window: bool
+    ) -> tuple[list[WorkerState], bool]:
         """The least loaded worker of ``role`` with room among the ``SCAN`` least loaded (with
-        ``window``: every one with room within the prefix balance of it, still among ``SCAN``);
-        when none of those has room, the one with the most free KV blocks if it has."""
+        ``window``: every one with room within the prefix balance of it, still among ``SCAN``),
+        and True: it is the least loaded worker with room of all.  When none of those has room,
+        the one with the most free KV blocks if it has, and False."""
         heap, workers = idx.by_load, self.workers
         got: list[WorkerState] = []
         kept: list[tuple[float, str]] = []
@@ -300,7 +336,7 @@ class WorkerRegistry:
         for entry in kept:
             heappush(heap, entry)
         if got:
-            return got
+            return got, True
         free = idx.by_free
         while free:
             debt, wid = free[0]
@@ -309,8 +345,8 @@ class WorkerRegistry:
             if stale or w.committed - w.hb.total_blocks != debt:
                 heappop(free)
             else:
-                return [w] if w.has_room(blocks_for(tokens, w.hb.block_size)) else []
-        return []
+                return ([w] if w.has_room(blocks_for(tokens, w.hb.block_size)) else []), False
+        return [], False
 
     def _flush(self) -> None:
         """Push the workers whose load or capacity changed since the last decision."""
