@@ -6,8 +6,9 @@
    expected, other answers, 5xx, dropped connections, crashes (process exits).
 2. Worker kills: on a stack with one prefill and two decode workers, ``--trials`` times each,
    start ``--streams`` concurrent streams and SIGKILL a decode worker (alternating), then
-   separately the prefill worker, mid-stream; each stream ends completed, failed cleanly,
-   truncated or hung (no end within ``--hang-s``).  The supervisor restarts the worker; the next
+   separately the prefill worker, mid-stream; each stream ends completed (the uninterrupted
+   greedy run's text), completed with a different text, failed cleanly, truncated or hung (no end
+   within ``--hang-s``); migrations counted from the scheduler's log.  The supervisor restarts the worker; the next
    trial waits for its heartbeat.
 
     python bench/reliability.py [--trials 6] [--streams 8] [--write-docs]
@@ -93,12 +94,17 @@ def render(argv, a, tallies, kills, minutes: float) -> str:  # type: ignore[no-u
             f"Worker kills on a stack with one prefill and two decode workers: each trial starts "
             f"{a.streams} concurrent streams of {a.max_tokens} tokens (the two tenants "
             "alternating), then SIGKILLs a decode worker (alternating between the two) once "
-            "every stream has a token, or the prefill worker once the first one has. *Failed "
+            "every stream has a token, or the prefill worker once the first one has. "
+            "*Completed*: `[DONE]` after the same text as the uninterrupted greedy run of its "
+            "prompt (*text differs*: a repeated or missing token); *migrated*: requests the "
+            "scheduler placed again with their tokens so far after their worker died. *Failed "
             "cleanly*: an error status with an OpenAI error body, or an SSE error event followed "
             f"by `[DONE]`; *truncated*: the body stopped without either; *hung*: no end within "
             f"{a.hang_s:.0f} s of the kill. *Back after*: kill to the restarted worker's first "
             "heartbeat (the supervisor's backoff doubles for a worker that dies within 30 s of "
-            "its start).",
+            "its start). A request that has not streamed yet (a prefill kill's) waits for a live "
+            "worker for the scheduler's `--unavailable-timeout` (5 s), then fails cleanly, so "
+            "that count follows how fast the killed worker is back.",
             kills_table(kills, a.streams),
         ]
     notes = failures(tallies, kills)

@@ -3,9 +3,11 @@
 Each trial starts ``streams`` concurrent streaming completions (the two tenants alternating), waits
 until they are under way (all have a token for a decode kill; the first one for a prefill kill, so
 the rest are queued or in prefill), then SIGKILLs the worker.  A stream ends *completed* (its
-tokens, then ``[DONE]``), *failed cleanly* (an error status with an OpenAI error body, or an SSE
+tokens, then ``[DONE]``, the same text as the uninterrupted greedy run of its prompt), *completed,
+text differs* (a repeated or missing token), *failed cleanly* (an error status with an OpenAI error body, or an SSE
 error event then ``[DONE]``), *truncated* (the body stopped without either) or *hung* (no end
-within ``hang_s`` of the kill).  Before the next trial the supervisor must have restarted the worker
+within ``hang_s`` of the kill).  *Migrated* counts the requests the scheduler placed again after
+tokens had streamed (its "migrating" log lines).  Before the next trial the supervisor must have restarted the worker
 and its heartbeat must be back; the time from the kill to that heartbeat is recorded.
 """
 
@@ -24,7 +26,7 @@ import httpx
 from tests.hostile.bus_watch import BusWatch
 from tests.hostile.harness import ALPHA, BETA, HostileStack, auth
 
-OUTCOMES = ("completed", "failed cleanly", "truncated", "hung")
+OUTCOMES = ("completed", "completed, text differs", "failed cleanly", "truncated", "hung")
 
 
 @dataclass
@@ -33,6 +35,7 @@ class KillTally:
     trials: int = 0
     streams: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     back_s: list[float] = field(default_factory=list)  # kill -> the new worker's first heartbeat
+    migrated: int = 0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -43,8 +46,10 @@ class KillTally:
 @dataclass
 class StreamRun:
     tenant: str
+    expected: str = ""  # the uninterrupted run's text
     first_token: asyncio.Event = field(default_factory=asyncio.Event)
     outcome: str = "hung"
+    text: list[str] = field(default_factory=list)
 
 
 async def _stream(client: httpx.AsyncClient, run: StreamRun, body: dict) -> None:  # type: ignore[type-arg]
@@ -66,12 +71,34 @@ async def _stream(client: httpx.AsyncClient, run: StreamRun, body: dict) -> None
                 elif '"error"' in data:
                     error = True
                 else:
+                    run.text.append(json.loads(data)["choices"][0]["text"])
                     run.first_token.set()
-            run.outcome = ("failed cleanly" if error else "completed") if done else "truncated"
+            if done and not error and "".join(run.text) != run.expected:
+                run.outcome = "completed, text differs"
+            else:
+                run.outcome = ("failed cleanly" if error else "completed") if done else "truncated"
     except httpx.TransportError:
         run.outcome = "truncated"
     finally:
         run.first_token.set()  # never wait on a stream that ended
+
+
+def _body(hs: HostileStack, max_tokens: int) -> dict:  # type: ignore[type-arg]
+    return {"model": hs.model_id, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
+
+
+async def _uninterrupted(client: httpx.AsyncClient, body: dict, i: int) -> str:  # type: ignore[type-arg]
+    """The text of trial prompt ``i`` with no kill (greedy: the text every stream must show)."""
+    r = await client.post(
+        "/v1/completions", json={**body, "prompt": f"trial {i} says"}, headers=auth(ALPHA)
+    )
+    r.raise_for_status()
+    return r.json()["choices"][0]["text"]
+
+
+def _migrations(hs: HostileStack) -> int:
+    log = hs.stack.run_dir / "scheduler.log"
+    return log.read_text(errors="replace").count("migrating ") if log.exists() else 0
 
 
 def _is_error_body(text: bytes) -> bool:
@@ -86,9 +113,11 @@ async def one_trial(
     hs: HostileStack, bus: BusWatch, worker: str, streams: int, max_tokens: int, hang_s: float
 ) -> tuple[list[str], float | None]:
     """Outcomes of the trial's streams, and seconds until the killed worker's heartbeat is back."""
-    runs = [StreamRun(ALPHA if i % 2 else BETA) for i in range(streams)]
-    body = {"model": hs.model_id, "max_tokens": max_tokens, "temperature": 0, "stream": True}
-    body["ignore_eos"] = True
+    body = _body(hs, max_tokens)
+    async with httpx.AsyncClient(base_url=hs.base, timeout=None) as client:
+        expected = await asyncio.gather(*(_uninterrupted(client, body, i) for i in range(streams)))
+    runs = [StreamRun(ALPHA if i % 2 else BETA, expected[i]) for i in range(streams)]
+    body["stream"] = True
     async with httpx.AsyncClient(base_url=hs.base, timeout=None) as client:
         tasks = [
             asyncio.create_task(_stream(client, r, {**body, "prompt": f"trial {i} says"}))
@@ -135,7 +164,9 @@ async def run_kills(
     async with BusWatch.connect(hs.stack.urls["nats"]) as bus:
         for i in range(trials):
             worker = workers[i % len(workers)]
+            before = _migrations(hs)
             outcomes, back = await one_trial(hs, bus, worker, streams, max_tokens, hang_s)
+            tally.migrated += _migrations(hs) - before
             tally.trials += 1
             for outcome in outcomes:
                 tally.streams[outcome] += 1

@@ -18,12 +18,14 @@ def inputs_table(tallies: list[Tally]) -> str:
 
 
 def kills_table(tallies: list[KillTally], streams: int) -> str:
-    headers = ["worker killed", "trials", "streams", *OUTCOMES, "back after (median s)"]
+    headers = ["worker killed", "trials", "streams", *OUTCOMES, "migrated"]
+    headers.append("back after (median s)")
     rows = []
     for t in tallies:
         back = f"{t.back_median_s:.1f}" if t.back_median_s is not None else "never"
         total = sum(t.streams.values())
-        rows.append([t.role, t.trials, total, *(t.streams[o] for o in OUTCOMES), back])
+        outcomes = [t.streams[o] for o in OUTCOMES]
+        rows.append([t.role, t.trials, total, *outcomes, t.migrated, back])
     return markdown_table(headers, rows)
 
 
