@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from loraplex.gateway.app import create_app
+    from loraplex.gateway.peer import GatewayH11Protocol
     from loraplex.gateway.settings import GatewaySettings
 
     try:
@@ -109,7 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, LoraplexError) as e:
         print(f"gateway: {e}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=30)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        timeout_graceful_shutdown=30,
+        http=GatewayH11Protocol,  # reports clients that left at once (gateway/peer.py)
+    )
     return 0
 
 

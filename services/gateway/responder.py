@@ -2,7 +2,9 @@
 
 The first delta is awaited *before* the answer starts, so an error or a timeout that happens
 before any token still gets its own HTTP status.  While waiting, the client's disconnect is
-watched; when the client goes away the generation is closed, which publishes ``CancelRequest``.
+watched, both as uvicorn's ``http.disconnect`` and by probing the connection's socket
+(``peer.PeerProbe``: uvicorn can report a client that left many seconds late); when the client
+goes away the generation is closed, which publishes ``CancelRequest``.
 Errors after the stream started are sent as an SSE ``{"error": {...}}`` event, then ``[DONE]``.
 """
 
@@ -21,6 +23,7 @@ from loraplex.errors import LoraplexError
 from loraplex.gateway.errors import ClientDisconnectedError, classify
 from loraplex.gateway.generation import Generation, TextDelta, Usage
 from loraplex.gateway.openai_format import DONE, CompletionFormat, sse
+from loraplex.gateway.peer import PeerProbe
 
 T = TypeVar("T")
 
@@ -30,16 +33,21 @@ async def _wait_disconnect(receive: Receive) -> None:
         pass
 
 
-async def until_disconnected(receive: Receive, work: Awaitable[T]) -> T:
-    """``await work``, unless the client disconnects first (then ClientDisconnectedError)."""
+async def until_disconnected(
+    receive: Receive, work: Awaitable[T], probe: PeerProbe | None = None
+) -> T:
+    """``await work``, unless the client disconnects first (then ClientDisconnectedError):
+    ``http.disconnect`` arrives, or the probe finds the connection's socket closed."""
     task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(_wait_disconnect(receive))
+    watches = [asyncio.ensure_future(_wait_disconnect(receive))]
+    if probe is not None:
+        watches.append(asyncio.ensure_future(probe.wait_gone()))
     try:
-        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, *watches}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for t in (task, watch):
+        for t in (task, *watches):
             t.cancel()
-        await asyncio.gather(task, watch, return_exceptions=True)
+        await asyncio.gather(task, *watches, return_exceptions=True)
     if task.cancelled():
         raise ClientDisconnectedError("client disconnected before the answer was ready")
     return task.result()
@@ -60,17 +68,20 @@ class SSEResponse(Response):
         self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        probe = PeerProbe.from_scope(scope)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            await until_disconnected(receive, self._pump(send))
+            await until_disconnected(receive, self._pump(send, probe), probe)
         except (ClientDisconnectedError, OSError):
             pass  # nobody to answer; on_close cancels the request upstream
         finally:
             await self.events.aclose()
             await self.on_close()
 
-    async def _pump(self, send: Send) -> None:
+    async def _pump(self, send: Send, probe: PeerProbe | None) -> None:
         async for event in self.events:
+            if probe is not None and probe.gone():  # checked each token: stop within a step
+                raise ClientDisconnectedError("client disconnected during the stream")
             await send({"type": "http.response.body", "body": event.encode(), "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -109,10 +120,11 @@ async def respond(
             await g.aclose()
 
     try:
-        firsts = await until_disconnected(request.receive, _all([g.next() for g in gens]))
+        probe = PeerProbe.from_scope(request.scope)
+        firsts = await until_disconnected(request.receive, _all([g.next() for g in gens]), probe)
         if not stream:
             collected = [g.collect(f) for g, f in zip(gens, firsts, strict=True)]
-            texts = await until_disconnected(request.receive, _all(collected))
+            texts = await until_disconnected(request.receive, _all(collected), probe)
             await close()
             answers = [(t, g.finish_reason, g.logprobs) for t, g in zip(texts, gens, strict=True)]
             return JSONResponse(fmt.response(answers, _usage(gens, n)))

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from tests.hostile.bus_watch import BusWatch
 from tests.hostile.harness import BETA, HostileStack, other
 
@@ -28,15 +26,12 @@ AFTER_CANCEL = 16
 AFTER_CLOSE = 256
 
 
-# A known, open bug: in about one run of the whole hostile suite in three (never when this test
-# runs alone, 16 tries), the gateway sends the cancel for the first closed stream only, and the
-# other three run to max_tokens.  The cause is not found yet (uvicorn's h11 disconnect detection
-# or responder.py); until it is, a failure here is reported as XFAIL instead of failing CI, and
-# an XPASS shows the runs where it held.
-@pytest.mark.xfail(
-    reason="intermittent: the gateway misses some client disconnects (open bug, see the note)",
-    strict=False,
-)
+# This test was an xfail: in about one full hostile-suite run in three, three of the four closed
+# streams were noticed only when their 1500 tokens were done.  uvicorn's http.disconnect can come
+# that late (on a FIN its h11 protocol waits for the write buffer to drain before
+# connection_lost; a reset is seen only through a registered reader or writer), so the gateway
+# now reports EOF at once and probes each stream's socket (services/gateway/peer.py,
+# tests/gateway/test_disconnect_probe.py builds the late case).  Strict again.
 async def test_disconnected_streams_stop_generating(hs: HostileStack):
     async with BusWatch.connect(hs.stack.urls["nats"]) as bus:
         client = hs.async_openai(BETA)
