@@ -1,7 +1,7 @@
 """Request migration on a live stack: the decode worker serving a stream is SIGKILLed mid-stream,
 the scheduler places the request again (prompt + tokens so far prefilled on a live worker), and the
 client's stream, through the official ``openai`` client, equals the uninterrupted run token for
-token, greedy and seeded."""
+token, greedy and seeded; the same for a colocated worker (``--role both``)."""
 
 from __future__ import annotations
 
@@ -114,10 +114,7 @@ def _stream(client, model: str, kill=None, **sampling) -> tuple[str, int]:  # ty
     return "".join(text), usage.completion_tokens
 
 
-@pytest.mark.parametrize(
-    "sampling", [{"temperature": 0}, {"temperature": 1.0, "seed": 1234}], ids=["greedy", "seeded"]
-)
-def test_a_stream_survives_its_decode_worker_being_killed(stack, watch, client, sampling):
+def _survives_a_kill(stack, watch, client, sampling: dict) -> None:  # type: ignore[no-untyped-def]
     model = client.models.list().data[0].id
     expected, n = _stream(client, model, **sampling)
     assert n == MAX_TOKENS
@@ -133,3 +130,25 @@ def test_a_stream_survives_its_decode_worker_being_killed(stack, watch, client, 
     assert killed
     assert (got, m) == (expected, n)
     assert _migrations(stack) == before + 1  # it did move: the killed worker held it
+
+
+@pytest.mark.parametrize(
+    "sampling", [{"temperature": 0}, {"temperature": 1.0, "seed": 1234}], ids=["greedy", "seeded"]
+)
+def test_a_stream_survives_its_decode_worker_being_killed(stack, watch, client, sampling):
+    _survives_a_kill(stack, watch, client, sampling)
+
+
+def test_a_stream_survives_its_colocated_worker_being_killed(tmp_path_factory):
+    stack = launch(
+        tmp_path_factory, "migration-colocated", ["--prefill-workers", "0", "--decode-workers", "2"]
+    )
+    watch = HeartbeatWatch(stack.urls["nats"])
+    try:
+        client = openai.OpenAI(
+            base_url=stack.urls["gateway"] + "/v1", api_key="x", max_retries=0, timeout=120
+        )
+        _survives_a_kill(stack, watch, client, {"temperature": 1.0, "seed": 99})
+    finally:
+        watch.close()
+        stack.stop()
