@@ -38,11 +38,6 @@ class BusTimeoutError(BusError):
     """A request got no reply within its timeout."""
 
 
-class BusConnectionLostError(BusTimeoutError):
-    """The connection to NATS dropped while a request waited: its reply is lost with it, so the
-    request ends now rather than at its timeout (callers retry as after a timeout)."""
-
-
 class RawMessage(Protocol):
     """One message as it came off the wire: its bytes are not copied or decoded."""
 
@@ -164,13 +159,6 @@ class Bus(TypedBus):
     def __init__(self, nc: Client, name: str) -> None:
         super().__init__(name)
         self.nc = nc
-        # resolved when the connection drops, then replaced: what in-flight requests wait on
-        self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def _connection_lost(self) -> None:
-        if not self._lost.done():
-            self._lost.set_result(None)
-        self._lost = asyncio.get_running_loop().create_future()
 
     @classmethod
     async def connect(cls, url: str | list[str], name: str, connect_timeout: float = 5.0) -> Bus:
@@ -184,8 +172,6 @@ class Bus(TypedBus):
             if nc.is_closed:  # our own close() (a clean stop): nothing was lost, no reconnect
                 return
             log.warning("%s: disconnected from NATS, reconnecting", name)
-            if bus:
-                bus[0]._connection_lost()
 
         async def on_reconnect() -> None:
             log.info(
@@ -193,7 +179,6 @@ class Bus(TypedBus):
             )
 
         servers = parse_nats_urls(url)
-        bus: list[Bus] = []  # filled once connected (the callbacks are made first)
         nc = await nats.connect(
             servers=servers,
             name=name,
@@ -209,8 +194,7 @@ class Bus(TypedBus):
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
         )
-        bus.append(cls(nc, name))
-        return bus[0]
+        return cls(nc, name)
 
     @property
     def max_payload(self) -> int:
@@ -228,17 +212,8 @@ class Bus(TypedBus):
 
     async def request_raw(self, subject: str, data: bytes, timeout: float) -> bytes:
         """Send ``data`` and return the reply's bytes; bus failures raise ``BusError``s."""
-        lost = self._lost
-        request = asyncio.ensure_future(self.nc.request(subject, data, timeout=timeout))
         try:
-            done, _ = await asyncio.wait({request, lost}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not request.done():  # the connection dropped, or our caller was cancelled
-                request.cancel()
-        if request not in done:
-            raise BusConnectionLostError(f"connection to NATS lost awaiting a reply on {subject}")
-        try:
-            raw = request.result()
+            raw = await self.nc.request(subject, data, timeout=timeout)
         except nats.errors.NoRespondersError:
             raise NoRespondersError(f"no responders on {subject}") from None
         except nats.errors.TimeoutError:
