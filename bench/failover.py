@@ -22,6 +22,8 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import openai
@@ -50,7 +52,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rate-a", type=float, default=2.0, help="tenant A's requests per second")
     p.add_argument("--rate-b", type=float, default=0.5, help="tenant B's requests per second")
-    p.add_argument("--max-tokens", type=int, default=48, help="tokens per request")
+    p.add_argument("--max-tokens", type=int, default=96, help="tokens per request")
     p.add_argument("--phase-s", type=float, default=20.0, help="seconds between kills")
     p.add_argument("--max-num-seqs", type=int, default=8, help="batch slots per worker")
     p.add_argument("--skip-nats", action="store_true", help="no NATS node kill")
@@ -65,6 +67,30 @@ def leader(redis_url: str) -> str:
         raw = r.get("loraplex" + LEASE_SUFFIX)
     assert raw, "no scheduler leads"
     return raw.decode().rsplit(":", 1)[0]
+
+
+def running(stack: Stack, name: str) -> float:
+    """Requests in the worker's batch (its own /metrics); 0 when it cannot be read."""
+    try:
+        with urllib.request.urlopen(stack.status[name] + "/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except (KeyError, OSError):
+        return 0.0
+    lines = [x for x in text.splitlines() if x.startswith("loraplex_worker_requests_running")]
+    return sum(float(x.split()[-1]) for x in lines)
+
+
+async def busiest_decode(stack: Stack, workers: int) -> str:
+    """The decode worker with the most requests running (waiting up to 5 s for one with 2), so
+    the kill has requests to migrate."""
+    names = [f"decode-{i}" for i in range(workers)]
+    deadline = time.monotonic() + 5
+    while True:
+        counts = {n: await asyncio.to_thread(running, stack, n) for n in names}
+        best = max(names, key=lambda n: counts[n])
+        if counts[best] >= 2 or time.monotonic() > deadline:
+            return best
+        await asyncio.sleep(0.2)
 
 
 async def run(a: argparse.Namespace, tmp: Path) -> tuple[list, list[Event], Path, str]:
@@ -92,19 +118,25 @@ async def run(a: argparse.Namespace, tmp: Path) -> tuple[list, list[Event], Path
         load = Load(clients, {"A": a.rate_a, "B": a.rate_b}, model, a.max_tokens)
         stop = asyncio.Event()
         runner = asyncio.create_task(load.run(stop))
-        kills = [("scheduler (leader)", lambda: stack.proc(leader(rds.url)).kill())]
-        kills.append(("decode worker", lambda: stack.proc("decode-0").kill()))
+        kills: list[tuple[str, Callable[[], Awaitable[str]]]] = [
+            ("scheduler (leader)", lambda: asyncio.sleep(0, leader(rds.url))),
+            ("decode worker", lambda: busiest_decode(stack, 2)),
+        ]
         if not a.skip_nats:
-            kills.append(("NATS node", lambda: cluster.kill(0)))
+            kills.append(("NATS node", lambda: asyncio.sleep(0, "nats-0")))
         await asyncio.sleep(a.phase_s / 3)  # warm-up, then a window with no kill (the baseline)
         t0 = time.monotonic()
         await asyncio.sleep(a.phase_s)
         events.append(Event("none (baseline)", t0, time.monotonic()))
-        for name, kill in kills:
+        for name, victim in kills:
+            target = await victim()
+            print(f"{time.strftime('%H:%M:%S')} killing the {name}: {target}", flush=True)
             at = time.monotonic()
-            print(f"{time.strftime('%H:%M:%S')} killing the {name}", flush=True)
-            kill()
-            events.append(Event(name, at, at + a.phase_s))
+            if target == "nats-0":
+                cluster.kill(0)
+            else:
+                stack.proc(target).kill()
+            events.append(Event(f"{name} ({target})", at, at + a.phase_s))
             await asyncio.sleep(a.phase_s)
         stop.set()
         await asyncio.wait_for(runner, 180)
@@ -120,20 +152,29 @@ def render(argv: list[str], a: argparse.Namespace, records, events, run_dir: Pat
     rows = [event_row(records, e, a.phase_s, migrated) for e in events]
     notes = failure_notes(records, events)
     left = "" if not a.skip_nats else " The NATS node kill was skipped (`--skip-nats`)."
+    shown = [x for i, x in enumerate(argv) if x != "--keep" and argv[i - 1 : i] != ["--keep"]]
+    kills = [r for r, e in zip(rows, events, strict=True) if not e.name.startswith("none")]
+    failed = sum(int(r[4]) for r in kills)
+    worst = max((float(g) for r in kills[:2] for g in r[5:7]), default=0.0)
+    verdict = (
+        f"Failed requests over all kills: {failed}; longest gap after the scheduler and worker "
+        f"kills: {worst:.2f} s (targets: 0 and 3 s)."
+    )
     parts = [
-        f"Command: `{' '.join(['python bench/failover.py', *argv])}` ({today()}; {machine}).",
+        f"Command: `{' '.join(['python bench/failover.py', *shown])}` ({today()}; {machine}).",
         f"`loraplex up --schedulers 2` with one prefill and two decode workers ({a.max_num_seqs} "
         f"slots each, the demo model on CPU) on a 3-node NATS cluster and one Redis. Open-loop "
         f"streaming load: tenant A {a.rate_a:g} and tenant B {a.rate_b:g} requests/s (Poisson), "
         f"{a.max_tokens} tokens each (greedy). Every {a.phase_s:g} s one process is SIGKILLed: the "
-        "leading scheduler, then decode-0, then NATS node 0 (the supervisor restarts the services, "
+        "leading scheduler, then the decode worker running the most requests, then NATS node 0 (the supervisor restarts the services, "
         f"not the NATS node).{left} The first row is a window without a kill, for comparison. *Requests*: in flight at the kill or started before the next "
-        "one; *migrated*: placed again after tokens had streamed (the scheduler's log); *longest "
+        "one (one in flight across two kills counts in both rows); *migrated*: placed again after tokens had streamed (the scheduler's log); *longest "
         "gap*: the longest time, from 1 s before the kill to the next kill, without a token for "
         f"that tenant while one of its requests was in flight; *A:B tokens*: tokens served in the "
         f"{a.phase_s:g} s before and after the kill. Targets: 0 failed for a scheduler or worker "
         "kill, gaps of 3 s or less.",
         markdown_table(HEADERS, rows),
+        verdict,
     ]
     if notes:
         parts += ["Failed requests:", "\n".join(f"- {n}" for n in notes[:20])]
