@@ -20,13 +20,13 @@ from loraplex.protocol import (
     PrefillAssign,
     RequestError,
     RequestProgress,
-    SamplingSpec,
     Subjects,
     SubmitRequest,
     TokenDelta,
     decode,
     encode,
 )
+from loraplex.sampling_params import SamplingParams
 from loraplex.tooling.demo import write_demo_model
 from loraplex.tooling.servers import start_nats
 from loraplex.worker.kv_transfer import (
@@ -119,7 +119,7 @@ async def _run(
     await bus.subscribe(Subjects.USAGE, on_progress, RequestProgress)
     for i, p in enumerate(prompts):
         sub = SubmitRequest(
-            f"r{i}", "t", "gw", p, SamplingSpec(max_tokens=5, temperature=0.0, ignore_eos=True)
+            f"r{i}", "t", "gw", p, SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True)
         )
         await bus.publish(Subjects.worker("prefill-kv"), PrefillAssign(sub, "decode-kv"))
         while one_by_one and f"r{i}" not in done:
@@ -203,7 +203,7 @@ def test_stalled_transfer_frees_its_reservation(demo, nats_url):
 
         await bus.subscribe(Subjects.USAGE, on_progress, RequestProgress)
         await bus.flush()
-        sub = SubmitRequest("stalled", "t", "gw", list(range(3, 43)), SamplingSpec(max_tokens=4))
+        sub = SubmitRequest("stalled", "t", "gw", list(range(3, 43)), SamplingParams(max_tokens=4))
         begin = KVBegin(
             sub,
             first_token=7,
@@ -243,7 +243,7 @@ def test_cancel_frees_blocks_of_a_running_request(demo, nats_url):
         await bus.subscribe(Subjects.stream("gw-c"), on_delta, TokenDelta)
         await bus.flush()
         sub = SubmitRequest(
-            "long", "t", "gw-c", [5, 6, 7], SamplingSpec(max_tokens=200, ignore_eos=True)
+            "long", "t", "gw-c", [5, 6, 7], SamplingParams(max_tokens=200, ignore_eos=True)
         )
         await bus.publish(Subjects.worker(worker.id), PrefillAssign(sub))
         await asyncio.wait_for(first.wait(), 30)

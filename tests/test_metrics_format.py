@@ -16,7 +16,8 @@ from prometheus_client import generate_latest
 from loraplex.gateway.capacity import SchedulerView, can_serve
 from loraplex.gateway.metrics import BASE_ADAPTER, GatewayMetrics
 from loraplex.prom import BoundedLabels
-from loraplex.protocol import SamplingSpec, SchedulerStats, SubmitRequest, WorkerHeartbeat
+from loraplex.protocol import SchedulerStats, SubmitRequest, WorkerHeartbeat
+from loraplex.sampling_params import SamplingParams
 from loraplex.scheduler.metrics import blocked_pools, pool_counts
 from loraplex.scheduler.service import SchedulerService
 from loraplex.scheduler.settings import SchedulerSettings
@@ -151,7 +152,7 @@ def _submit(
     rid: str, tenant: str = "alice", prompt: int = 20, max_tokens: int = 20
 ) -> SubmitRequest:
     return SubmitRequest(
-        rid, tenant, "gw", list(range(prompt)), SamplingSpec(max_tokens=max_tokens)
+        rid, tenant, "gw", list(range(prompt)), SamplingParams(max_tokens=max_tokens)
     )
 
 

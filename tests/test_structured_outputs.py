@@ -13,7 +13,7 @@ import pytest
 
 from loraplex import LLM, SamplingParams
 from loraplex.errors import InvalidRequestError
-from loraplex.protocol import SamplingSpec, SubmitRequest, decode, encode
+from loraplex.protocol import SubmitRequest, decode, encode
 from loraplex.structured_outputs import StructuredOutputsParams as SO
 from loraplex.tooling.demo import write_demo_model
 
@@ -177,8 +177,8 @@ def test_exactly_one_constraint() -> None:
 @pytest.mark.parametrize("so", [*(so for so, _ in CHECKS.values()), SO(json_object=True)])
 def test_constraints_cross_the_wire(so) -> None:
     params = _params(so)
-    sub = SubmitRequest("r", "t", "g", [1, 2], SamplingSpec.from_params(params))
-    back = decode(encode(sub), SubmitRequest).sampling.to_params()
+    sub = SubmitRequest("r", "t", "g", [1, 2], params)
+    back = decode(encode(sub), SubmitRequest).sampling
     assert back == params
 
 

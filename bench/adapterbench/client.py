@@ -13,11 +13,11 @@ from loraplex.protocol import (
     CancelRequest,
     PrefillAssign,
     RequestError,
-    SamplingSpec,
     Subjects,
     SubmitRequest,
     TokenDelta,
 )
+from loraplex.sampling_params import SamplingParams
 
 from .config import OWNER
 
@@ -49,7 +49,7 @@ class Client:
 
     async def run(self, worker_id: str, prompt: list[int], adapter: str, max_tokens: int) -> str:
         rid = f"b-{uuid.uuid4().hex[:12]}"
-        sampling = SamplingSpec(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+        sampling = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
         sub = SubmitRequest(rid, OWNER, self.id, prompt, sampling, adapter, arrival_ts=time.time())
         done = self.done[rid]
         await self.bus.publish(Subjects.worker(worker_id), PrefillAssign(sub))

@@ -30,13 +30,13 @@ from loraplex.bus import Bus
 from loraplex.protocol import (
     PrefillAssign,
     RequestProgress,
-    SamplingSpec,
     Subjects,
     SubmitReply,
     SubmitRequest,
     TokenDelta,
     WorkerHeartbeat,
 )
+from loraplex.sampling_params import SamplingParams
 from loraplex.tooling.servers import free_port, start_nats, start_redis
 
 READY_TIMEOUT_S = 60.0
@@ -205,7 +205,7 @@ async def _nats_path(
             rid = f"b{next(counter)}"
             fut = asyncio.get_running_loop().create_future()
             waiting[rid] = fut
-            sub = SubmitRequest(rid, f"t{k}", gw, prompt, SamplingSpec(max_tokens=1))
+            sub = SubmitRequest(rid, f"t{k}", gw, prompt, SamplingParams(max_tokens=1))
             try:
                 reply = await bus.request(Subjects.SUBMIT, sub, SubmitReply, timeout=10)
                 if not reply.accepted:

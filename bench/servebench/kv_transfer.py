@@ -107,7 +107,8 @@ async def kv_vs_raw(
     from loraplex.engine.llm_engine import LLMEngine
     from loraplex.engine.outputs import KVHandoff
     from loraplex.kvcache.block_allocator import blocks_for
-    from loraplex.protocol import RequestProgress, SamplingSpec, Subjects, SubmitRequest, TokenDelta
+    from loraplex.protocol import RequestProgress, Subjects, SubmitRequest, TokenDelta
+    from loraplex.sampling_params import SamplingParams
     from loraplex.worker.active import Active
     from loraplex.worker.kv_transfer import chunk_size_for
     from loraplex.worker.runtime import Worker
@@ -198,7 +199,7 @@ async def kv_vs_raw(
                             "bench",
                             "kvbench",
                             prompt,
-                            SamplingSpec(max_tokens=1, ignore_eos=True),
+                            SamplingParams(max_tokens=1, ignore_eos=True),
                         )
                         req = Active(sub, None, decode_worker=decode.id)
                         blocks = prefill.engine.allocator.allocate(

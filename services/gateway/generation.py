@@ -19,8 +19,9 @@ from loraplex.gateway.errors import RequestFailedError, RequestTimeoutError
 from loraplex.gateway.metrics import GatewayMetrics
 from loraplex.gateway.prepare import Echo
 from loraplex.gateway.streams import StreamMessage
-from loraplex.protocol import RequestError, TokenDelta, TokenLogprob
+from loraplex.protocol import RequestError, TokenDelta
 from loraplex.text.detokenizer import IncrementalDetokenizer
+from loraplex.token_logprobs import TokenLogprobs
 
 
 @dataclass(frozen=True)
@@ -208,17 +209,17 @@ class Generation:
             self._pending = [first, *map(self._prompt_info, msg.prompt_logprobs), *self._pending]
         return echo.text
 
-    def _prompt_info(self, lp: TokenLogprob) -> TokenInfo:
+    def _prompt_info(self, lp: TokenLogprobs) -> TokenInfo:
         """A prompt token's alternatives include the token itself, as vLLM reports them."""
         info = self._token_info(lp)
         assert info.top is not None
-        if all(t != lp.token_id for t in lp.top_ids):
+        if all(t != lp.token_id for t, _ in lp.top):
             info = TokenInfo(info.token, info.logprob, [(info.token, lp.logprob), *info.top])
         return info
 
-    def _token_info(self, lp: TokenLogprob) -> TokenInfo:
+    def _token_info(self, lp: TokenLogprobs) -> TokenInfo:
         decode = self._detok.tok.decode
-        top = [(decode([t], False), v) for t, v in zip(lp.top_ids, lp.top_logprobs, strict=False)]
+        top = [(decode([t], False), v) for t, v in lp.top]
         return TokenInfo(decode([lp.token_id], False), lp.logprob, top)
 
     def _take_logprobs(self) -> list[TokenInfo] | None:

@@ -24,7 +24,6 @@ from loraplex.gateway.schemas import (
     OnePrompt,
 )
 from loraplex.gateway.structured import structured_outputs
-from loraplex.protocol import SamplingSpec
 from loraplex.sampling_params import SamplingParams
 from loraplex.text.tokenizer import Tokenizer
 
@@ -68,9 +67,6 @@ class Prepared:
     created: int
     arrival: float
     echo: Echo | None = None
-
-    def sampling_spec(self) -> SamplingSpec:
-        return SamplingSpec.from_params(self.sampling)
 
     def choice(self, index: int) -> Prepared:
         """The request behind choice ``index`` of an ``n`` > 1 request: its own id and, when a

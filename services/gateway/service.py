@@ -134,7 +134,7 @@ class GatewayService:
             tenant=p.tenant,
             gateway_id=self.settings.gateway_id,
             prompt_token_ids=p.prompt_ids,
-            sampling=p.sampling_spec(),
+            sampling=p.sampling,
             adapter=p.adapter,
             arrival_ts=time.time(),
         )

@@ -108,7 +108,7 @@ class Control:
                 self._engine.add_request(
                     rid,
                     sub.prompt_token_ids,
-                    sub.sampling.to_params(),
+                    sub.sampling,
                     req.adapter_key,
                     prefill_only,
                     resumed,

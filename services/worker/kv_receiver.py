@@ -23,7 +23,6 @@ from loraplex.worker.kv_transfer import (
     num_chunks,
     payload_nbytes,
 )
-from loraplex.worker.logprobs_wire import from_wire, list_from_wire
 from loraplex.worker.metrics import WorkerMetrics
 from loraplex.worker.prepare import Preparation
 from loraplex.worker.publish import Publisher
@@ -162,7 +161,7 @@ class KVReceiver:
             return
         payload = bytes_to_tensor(transfer.buffer, begin.dtype, _arriving_shape(begin, cached))
         try:
-            params = sub.sampling.to_params()
+            params = sub.sampling
             if begin.generated:  # a migrated request: its earlier tokens are outputs
                 vocab = self._engine.model_config.vocab_size
                 params = resumed_params(params, begin.generated, vocab)
@@ -174,8 +173,8 @@ class KVReceiver:
                 begin.first_token,
                 payload,
                 cached,
-                from_wire(begin.first_logprobs) if begin.first_logprobs else None,
-                list_from_wire(begin.prompt_logprobs),
+                begin.first_logprobs,
+                begin.prompt_logprobs,
                 begin.generated,
             )
         except LoraplexError as e:

@@ -18,7 +18,6 @@ from loraplex.worker.kv_transfer import (
     split,
     tensor_to_bytes,
 )
-from loraplex.worker.logprobs_wire import list_to_wire, to_wire
 from loraplex.worker.metrics import WorkerMetrics
 from loraplex.worker.publish import Publisher
 
@@ -67,8 +66,8 @@ class KVSender:
                 prefill_worker=self._id,
                 chunk_size=size,
                 accepts_prefix=True,
-                first_logprobs=to_wire(handoff.first_logprobs) if handoff.first_logprobs else None,
-                prompt_logprobs=list_to_wire(handoff.prompt_logprobs),
+                first_logprobs=handoff.first_logprobs,
+                prompt_logprobs=handoff.prompt_logprobs,
                 generated=list(req.resumed),
                 cached_tokens=req.cached_tokens,
             )

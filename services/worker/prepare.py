@@ -7,7 +7,6 @@ import asyncio
 
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.errors import AdapterNotFoundError, LoraplexError
-from loraplex.structured_outputs import StructuredOutputsParams
 from loraplex.worker.active import Active
 from loraplex.worker.adapter_pager import AdapterPager, Resolved
 from loraplex.worker.publish import Publisher
@@ -42,12 +41,11 @@ class Preparation:
         """Compile the request's output constraint in a thread, beside the engine loop (the first
         one also loads the tokenizer into xgrammar), so the engine only finds it in the cache.
         False (after reporting a 400 when ``report``) if it does not compile."""
-        so = req.submit.sampling.structured_outputs
+        so = req.submit.sampling.structured_outputs  # as the gateway parsed it (no reparse)
         if so is None:
             return True
         try:
-            params = StructuredOutputsParams.from_spec(so.kind, so.spec)
-            await asyncio.to_thread(self._engine.grammars.compile, params)
+            await asyncio.to_thread(self._engine.grammars.compile, so)
         except LoraplexError as e:
             if report:
                 await self._publisher.fail(req, 400, str(e), retryable=False)

@@ -7,7 +7,6 @@ from loraplex.bus import Bus
 from loraplex.engine.outputs import StepOutput
 from loraplex.protocol import RequestError, RequestProgress, Subjects, TokenDelta
 from loraplex.worker.active import Active
-from loraplex.worker.logprobs_wire import list_to_wire
 
 
 class Publisher:
@@ -52,8 +51,8 @@ class Publisher:
                 out.finish_reason,
                 prompt_tokens=len(sub.prompt_token_ids),
                 completion_tokens=req.generated,
-                logprobs=list_to_wire(out.logprobs),
-                prompt_logprobs=list_to_wire(out.prompt_logprobs),
+                logprobs=out.logprobs,
+                prompt_logprobs=out.prompt_logprobs,
                 cached_tokens=req.cached_tokens,
             ),
         )

@@ -4,6 +4,12 @@ A message on the wire is ``{"v": PROTOCOL_VERSION, "t": <type tag>, "d": {field:
 ``decode`` checks the version, the tag and every field's type and raises ``ProtocolError`` on
 anything else; subscribers log and drop such messages instead of crashing.  The messages
 themselves, and every subject, are in ``loraplex.protocol``.
+
+Domain types travel inside messages as they are, with no mirror class: ``wire_type`` registers a
+frozen dataclass (``SamplingParams``, ``TokenLogprobs``, ...), which then packs as a map of its
+fields and is rebuilt, through its own ``__init__`` checks, on decode.  Tuples travel as lists, and
+maps with non-string keys (``logit_bias``: token id -> bias) as lists of ``[key, value]`` pairs,
+since msgpack map keys must be strings here.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any, ClassVar, TypeVar, Union
 
 import msgpack
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: domain types on the wire (SamplingParams, TokenLogprobs)
 
 
 class ProtocolError(ValueError):
@@ -26,6 +32,17 @@ class ProtocolError(ValueError):
 
 M = TypeVar("M", bound="Message")
 _REGISTRY: dict[str, type[Message]] = {}
+_WIRE_TYPES: set[type] = set()  # plain frozen dataclasses that may nest in messages
+
+T = TypeVar("T")
+
+
+def wire_type(cls: type[T]) -> type[T]:
+    """Let a frozen dataclass (a domain type, not a message) nest in messages by its fields."""
+    if not (dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen):  # type: ignore[attr-defined]
+        raise TypeError(f"{cls.__name__} is not a frozen dataclass")
+    _WIRE_TYPES.add(cls)
+    return cls
 
 
 @dataclass(frozen=True)
@@ -59,14 +76,22 @@ def _check(value: Any, hint: Any, where: str) -> Any:
             raise ProtocolError(f"{where}: expected a list")
         (item,) = typing.get_args(hint) or (Any,)
         return [_check(v, item, f"{where}[]") for v in value]
+    if origin is tuple:
+        return _check_tuple(value, typing.get_args(hint), where)
     if origin is dict:
+        key, item = typing.get_args(hint) or (Any, Any)
+        if isinstance(value, list) and key is not str:  # non-string keys travel as pairs
+            pairs = [_check_tuple(kv, (key, item), f"{where}[]") for kv in value]
+            return dict(pairs)
         if not isinstance(value, dict):
             raise ProtocolError(f"{where}: expected a map")
-        _, item = typing.get_args(hint) or (Any, Any)
-        return {k: _check(v, item, f"{where}.{k}") for k, v in value.items()}
+        return {
+            _check(k, key, f"{where} key"): _check(v, item, f"{where}.{k}")
+            for k, v in value.items()
+        }
     if hint is Any:
         return value
-    if isinstance(hint, type) and issubclass(hint, Message):
+    if isinstance(hint, type) and (issubclass(hint, Message) or hint in _WIRE_TYPES):
         return _from_fields(hint, value, where)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -77,8 +102,21 @@ def _check(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+def _check_tuple(value: Any, args: tuple[Any, ...], where: str) -> tuple[Any, ...]:
+    """``tuple[X, ...]`` or ``tuple[X, Y]`` from a list."""
+    if not isinstance(value, list):
+        raise ProtocolError(f"{where}: expected a list")
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_check(v, args[0], f"{where}[]") for v in value)
+    if len(value) != len(args):
+        raise ProtocolError(f"{where}: expected {len(args)} items, got {len(value)}")
+    return tuple(
+        _check(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+    )
+
+
 @functools.cache
-def _hints(cls: type[Message]) -> dict[str, Any]:
+def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
@@ -88,25 +126,33 @@ def _from_fields(cls: type[M], data: Any, where: str) -> M:
     hints = _hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
         if f.name in data:
             kwargs[f.name] = _check(data[f.name], hints[f.name], f"{where}.{f.name}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ProtocolError(f"{where}: missing field {f.name!r}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except Exception as e:  # a domain type's own checks (InvalidRequestError, overflow, ...)
+        raise ProtocolError(f"{where}: {e}") from e
 
 
-def _to_fields(msg: Message) -> dict[str, Any]:
-    return {f.name: _to_wire(getattr(msg, f.name)) for f in dataclasses.fields(msg)}
+def _to_fields(msg: Any) -> dict[str, Any]:
+    return {f.name: _to_wire(getattr(msg, f.name)) for f in dataclasses.fields(msg) if f.init}
 
 
 def _to_wire(v: Any) -> Any:
-    """Nested messages (also inside lists and maps) become maps of their fields."""
-    if isinstance(v, Message):
+    """Nested messages and wire types (also inside lists and maps) become maps of their fields;
+    tuples become lists, and maps with non-string keys lists of ``[key, value]`` pairs."""
+    if isinstance(v, Message) or type(v) in _WIRE_TYPES:
         return _to_fields(v)
-    if isinstance(v, list):
+    if isinstance(v, (list, tuple)):
         return [_to_wire(x) for x in v]
     if isinstance(v, dict):
-        return {k: _to_wire(x) for k, x in v.items()}
+        if all(isinstance(k, str) for k in v):
+            return {k: _to_wire(x) for k, x in v.items()}
+        return [[k, _to_wire(x)] for k, x in v.items()]
     return v
 
 

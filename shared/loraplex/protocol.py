@@ -2,11 +2,12 @@
 
 Messages are frozen dataclasses with a wire tag; ``loraplex.codec`` packs and checks them, and
 its ``encode``, ``decode`` and ``ProtocolError`` are re-exported here, so one import serves.
+Domain types (``SamplingParams`` with its ``StructuredOutputsParams``, ``TokenLogprobs``) are
+fields of messages as they are: registered below as wire types, with no mirror class.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -14,8 +15,14 @@ from loraplex.codec import Message as Message
 from loraplex.codec import ProtocolError as ProtocolError
 from loraplex.codec import decode as decode
 from loraplex.codec import encode as encode
+from loraplex.codec import wire_type
 from loraplex.sampling_params import SamplingParams
 from loraplex.structured_outputs import StructuredOutputsParams
+from loraplex.token_logprobs import TokenLogprobs
+
+# Domain types that travel inside messages as they are (checked by their own __init__ on decode).
+for _domain in (SamplingParams, StructuredOutputsParams, TokenLogprobs):
+    wire_type(_domain)
 
 
 # ---- subjects ------------------------------------------------------------------------------
@@ -51,74 +58,13 @@ class Subjects:
 
 # ---- messages ------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class StructuredSpec(Message):
-    """StructuredOutputsParams on the wire: its kind and its constraint as text."""
-
-    TAG: ClassVar[str] = ""  # only inside SamplingSpec
-    kind: str
-    spec: str = ""
-
-
-@dataclass(frozen=True)
-class TokenBias(Message):
-    """One ``logit_bias`` entry on the wire (msgpack map keys must be strings, ids are ints)."""
-
-    TAG: ClassVar[str] = ""  # only inside SamplingSpec
-    token_id: int
-    bias: float
-
-
-@dataclass(frozen=True)
-class SamplingSpec(Message):
-    """SamplingParams on the wire (see loraplex.sampling_params)."""
-
-    TAG: ClassVar[str] = "sampling"
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    min_p: float = 0.0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    stop_token_ids: list[int] = field(default_factory=list)
-    ignore_eos: bool = False
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-    logit_bias: list[TokenBias] = field(default_factory=list)
-    logprobs: int | None = None
-    prompt_logprobs: int | None = None
-    structured_outputs: StructuredSpec | None = None
-
-    # Every field mirrors the SamplingParams field of the same name (tuples travel as lists;
-    # the logit_bias map and the constraint as their nested messages).
-    @classmethod
-    def from_params(cls, p: SamplingParams) -> SamplingSpec:
-        values = {f.name: getattr(p, f.name) for f in dataclasses.fields(cls)}
-        so = p.structured_outputs
-        values["structured_outputs"] = None if so is None else StructuredSpec(so.kind, so.spec)
-        values["logit_bias"] = [TokenBias(t, b) for t, b in (p.logit_bias or {}).items()]
-        return cls(**{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()})
-
-    def to_params(self) -> SamplingParams:
-        """Validated SamplingParams (raises InvalidRequestError on bad values)."""
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        so = self.structured_outputs
-        values["structured_outputs"] = (
-            None if so is None else StructuredOutputsParams.from_spec(so.kind, so.spec)
-        )
-        values["logit_bias"] = {b.token_id: b.bias for b in self.logit_bias} or None
-        return SamplingParams(**values)
-
-
-@dataclass(frozen=True)
 class SubmitRequest(Message):
     TAG: ClassVar[str] = "submit"
     request_id: str
     tenant: str
     gateway_id: str
     prompt_token_ids: list[int]
-    sampling: SamplingSpec
+    sampling: SamplingParams  # validated again on decode (a bad value is a ProtocolError)
     adapter: str | None = None
     arrival_ts: float = 0.0
     # A gateway sends its unfinished requests again (same id) when a new scheduler leads: the
@@ -147,17 +93,6 @@ class CancelRequest(Message):
 
 
 @dataclass(frozen=True)
-class TokenLogprob(Message):
-    """A generated token's logprob and the most likely alternatives (OpenAI ``logprobs``)."""
-
-    TAG: ClassVar[str] = ""  # only inside TokenDelta / KVBegin
-    token_id: int
-    logprob: float
-    top_ids: list[int] = field(default_factory=list)
-    top_logprobs: list[float] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
 class TokenDelta(Message):
     """Newly generated tokens of one request; ``finish_reason`` set on the last delta.
 
@@ -173,9 +108,9 @@ class TokenDelta(Message):
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    logprobs: list[TokenLogprob] | None = None  # one per token id, when asked for
+    logprobs: list[TokenLogprobs] | None = None  # one per token id, when asked for
     # Prompt tokens 1.. (the first has none), on the first delta, when asked for.
-    prompt_logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprobs] | None = None
     # Prompt tokens whose K/V the prefill took from its prefix cache (OpenAI's
     # usage.prompt_tokens_details.cached_tokens); on every delta, 0 when none or unknown.
     cached_tokens: int = 0
@@ -324,8 +259,8 @@ class KVBegin(Message):
     # The sender can skip leading blocks the decode worker already caches (KVReply.cached_blocks);
     # num_chunks then counts the chunks of the full payload, and the receiver recounts.
     accepts_prefix: bool = False
-    first_logprobs: TokenLogprob | None = None
-    prompt_logprobs: list[TokenLogprob] | None = None  # prompt tokens 1.., when asked for
+    first_logprobs: TokenLogprobs | None = None
+    prompt_logprobs: list[TokenLogprobs] | None = None  # prompt tokens 1.., when asked for
     # A migrated request's tokens from before (PrefillAssign.generated): the K/V cover the prompt
     # and them (``num_tokens``), and ``first_token`` follows them.
     generated: list[int] = field(default_factory=list)

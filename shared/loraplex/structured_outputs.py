@@ -57,17 +57,6 @@ class StructuredOutputsParams:
             return json.dumps(list(value))
         return "" if value is True else str(value)
 
-    @classmethod
-    def from_spec(cls, kind: str, spec: str) -> StructuredOutputsParams:
-        """The inverse of (``kind``, ``spec``): how the constraint travels on the wire."""
-        if kind not in KINDS:
-            raise InvalidRequestError(f"unknown structured output kind {kind!r}")
-        if kind == "json_object":
-            return cls(json_object=True)
-        if kind == "choice":
-            return cls(choice=tuple(json.loads(spec)))
-        return cls(**{kind: spec})
-
     def ebnf(self) -> str | None:
         """``choice`` as an EBNF grammar (literals escaped as JSON strings); None otherwise."""
         if self.choice is None:

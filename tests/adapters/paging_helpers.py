@@ -32,11 +32,11 @@ from loraplex.protocol import (
     CancelRequest,
     PrefillAssign,
     RequestError,
-    SamplingSpec,
     Subjects,
     SubmitRequest,
     TokenDelta,
 )
+from loraplex.sampling_params import SamplingParams
 from loraplex.tenants import Tenant
 from loraplex.tooling.demo import ALL_MODULES, ATTN_MODULES, MLP_MODULES, DemoModelInfo
 from loraplex.worker.main import make_engine, make_fetch
@@ -113,7 +113,7 @@ class Gateway:
     ) -> str:
         rid = f"r-{uuid.uuid4().hex[:10]}"
         self.done[rid]  # noqa: B018  (create the event before any reply can arrive)
-        sampling = SamplingSpec(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+        sampling = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
         sub = SubmitRequest(
             rid, TENANT.name, self.id, list(prompt), sampling, adapter, arrival_ts=time.time()
         )

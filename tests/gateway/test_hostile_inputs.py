@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import pytest
 
-from loraplex.protocol import TokenBias
 from tests.gateway.conftest import ALICE, MODEL_ID, FakeScheduler, Plan
 from tests.gateway.test_errors import CHAT, COMPLETIONS, assert_error, completion
 
@@ -117,11 +116,10 @@ async def test_extreme_accepted_values_reach_the_wire_as_vllm_would_run_them(
         assert (await http.post(CHAT, json=chat(temperature=0, min_p=0.1))).status_code == 200
     s = scheduler.submits[0].sampling
     assert (s.temperature, s.repetition_penalty, s.top_k, s.min_p) == (0.01, 1e-300, -1, 1.0)
-    assert s.logit_bias == [TokenBias(5, -100.0), TokenBias(7, 100.0), TokenBias(0, 0.5)]
+    assert s.logit_bias == {5: -100.0, 7: 100.0, 0: 0.5}  # token ids as ints, on the wire too
     assert s.seed == 2**64 - 1
-    assert s.to_params().logit_bias == {5: -100.0, 7: 100.0, 0: 0.5}
     c = scheduler.submits[1].sampling
-    assert (c.temperature, c.min_p, c.logit_bias) == (0.0, 0.1, [])
+    assert (c.temperature, c.min_p, c.logit_bias) == (0.0, 0.1, None)
 
 
 # ---- bytes and Unicode -----------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Output constraints at the gateway: every way of stating one reaches the scheduler as the same
-``StructuredSpec``; bad or conflicting ones are a 400 naming their field, and nothing is queued."""
+``StructuredOutputsParams``; bad or conflicting ones are a 400 naming their field, and nothing is queued."""
 
 from __future__ import annotations
 

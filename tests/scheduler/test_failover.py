@@ -16,7 +16,6 @@ from loraplex.protocol import (
     PrefillAssign,
     RequestError,
     RequestProgress,
-    SamplingSpec,
     Subjects,
     SubmitReply,
     SubmitRequest,
@@ -24,6 +23,7 @@ from loraplex.protocol import (
     decode,
     encode,
 )
+from loraplex.sampling_params import SamplingParams
 from loraplex.scheduler.service import SchedulerService
 from loraplex.scheduler.settings import SchedulerSettings
 from tests.scheduler.waiting import until as _until
@@ -117,7 +117,7 @@ class Harness:
         return w
 
     async def submit(self, rid: str) -> SubmitReply:
-        sub = SubmitRequest(rid, "t", "gw", [1, 2, 3], SamplingSpec(max_tokens=4))
+        sub = SubmitRequest(rid, "t", "gw", [1, 2, 3], SamplingParams(max_tokens=4))
         raw = await self.bus.nc.request(Subjects.SUBMIT, encode(sub), timeout=5)
         return decode(raw.data, SubmitReply)
 

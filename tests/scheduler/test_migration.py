@@ -14,12 +14,12 @@ from loraplex.protocol import (
     PrefillAssign,
     RequestError,
     RequestProgress,
-    SamplingSpec,
     Subjects,
     SubmitReply,
     SubmitRequest,
     WorkerHeartbeat,
 )
+from loraplex.sampling_params import SamplingParams
 from loraplex.scheduler.migration import TokenLog
 from loraplex.scheduler.service import SchedulerService
 from loraplex.scheduler.settings import SchedulerSettings
@@ -113,7 +113,7 @@ async def _setup(nats_url: str, n: int, max_attempts: int):  # type: ignore[no-u
 
 
 async def _submit(bus: Bus, rid: str, max_tokens: int = 32) -> None:
-    sub = SubmitRequest(rid, "t", "gw", [1, 2, 3], SamplingSpec(max_tokens=max_tokens))
+    sub = SubmitRequest(rid, "t", "gw", [1, 2, 3], SamplingParams(max_tokens=max_tokens))
     assert (await bus.request(Subjects.SUBMIT, sub, SubmitReply, 5)).accepted
 
 

@@ -8,7 +8,6 @@ import pytest
 
 from loraplex.bus import Bus
 from loraplex.protocol import (
-    SamplingSpec,
     Subjects,
     SubmitReply,
     SubmitRequest,
@@ -16,6 +15,7 @@ from loraplex.protocol import (
     decode,
     encode,
 )
+from loraplex.sampling_params import SamplingParams
 from loraplex.scheduler.prefix_affinity import PrefixAffinity, prefix_keys
 from loraplex.scheduler.service import SchedulerService
 from loraplex.scheduler.settings import SchedulerSettings
@@ -116,7 +116,7 @@ def test_service_sends_a_prefix_back_to_its_worker(nats_url, routing: bool) -> N
         await _until(lambda: len(service.registry.workers) == 2)
 
         async def submit(rid: str, prompt: list[int]) -> str:
-            sub = SubmitRequest(rid, "t", "gw", prompt, SamplingSpec(max_tokens=4))
+            sub = SubmitRequest(rid, "t", "gw", prompt, SamplingParams(max_tokens=4))
             raw = await bus.nc.request(Subjects.SUBMIT, encode(sub), timeout=5)
             assert decode(raw.data, SubmitReply).accepted
 

@@ -11,7 +11,6 @@ from loraplex.protocol import (
     PrefillAssign,
     RequestError,
     RequestProgress,
-    SamplingSpec,
     Subjects,
     SubmitReply,
     SubmitRequest,
@@ -19,6 +18,7 @@ from loraplex.protocol import (
     decode,
     encode,
 )
+from loraplex.sampling_params import SamplingParams
 from loraplex.scheduler.service import SchedulerService
 from loraplex.scheduler.settings import SchedulerSettings
 from tests.scheduler.waiting import until as _until
@@ -75,7 +75,7 @@ def test_failures_before_a_token_are_redispatched_and_dead_workers_recovered(nat
         await _until(lambda: service.registry.can_serve())
 
         async def submit(rid: str) -> SubmitReply:
-            sub = SubmitRequest(rid, "t", "gw", [1, 2, 3], SamplingSpec(max_tokens=4))
+            sub = SubmitRequest(rid, "t", "gw", [1, 2, 3], SamplingParams(max_tokens=4))
             raw = await bus.nc.request(Subjects.SUBMIT, encode(sub), timeout=5)
             return decode(raw.data, SubmitReply)
 
@@ -172,7 +172,7 @@ def test_lost_assignment_is_redispatched_and_held_ones_are_not(nats_url):
         await _until(lambda: len(service.registry.workers) == 2)
 
         async def submit(rid: str) -> None:
-            sub = SubmitRequest(rid, "t", "gw", [1, 2, 3], SamplingSpec(max_tokens=4))
+            sub = SubmitRequest(rid, "t", "gw", [1, 2, 3], SamplingParams(max_tokens=4))
             raw = await bus.nc.request(Subjects.SUBMIT, encode(sub), timeout=5)
             assert decode(raw.data, SubmitReply).accepted
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from loraplex.protocol import RequestProgress, SamplingSpec, SubmitRequest, WorkerHeartbeat
+from loraplex.protocol import RequestProgress, SubmitRequest, WorkerHeartbeat
+from loraplex.sampling_params import SamplingParams
 from loraplex.scheduler.ledger import LedgerEntry
 from loraplex.scheduler.policies.base import QueuedRequest
 from loraplex.scheduler.policies.vtc import VTCPolicy
@@ -19,7 +20,7 @@ def heartbeat(worker: str, active: list[str]) -> WorkerHeartbeat:
 
 def submit(rid: str, tenant: str = "A", tokens_received: int = 0) -> SubmitRequest:
     return SubmitRequest(
-        rid, tenant, "gw", list(range(10)), SamplingSpec(max_tokens=6), resubmit=True,
+        rid, tenant, "gw", list(range(10)), SamplingParams(max_tokens=6), resubmit=True,
         tokens_received=tokens_received,
     )  # fmt: skip
 

@@ -26,13 +26,13 @@ from loraplex.protocol import (
     PrefillAssign,
     RequestError,
     RequestProgress,
-    SamplingSpec,
     SchedulerStats,
     Subjects,
     SubmitRequest,
     TokenDelta,
     WorkerHeartbeat,
 )
+from loraplex.sampling_params import SamplingParams
 from loraplex.scheduler.settings import build_parser
 
 
@@ -134,7 +134,7 @@ class FakeGateway:
 
     async def submit(self, rid: str, tenant: str, prompt: int, tokens: int) -> None:
         sub = SubmitRequest(
-            rid, tenant, self.id, list(range(prompt)), SamplingSpec(max_tokens=tokens)
+            rid, tenant, self.id, list(range(prompt)), SamplingParams(max_tokens=tokens)
         )
         queue = self.router.open(rid)
         self.resubmitter.track(sub)

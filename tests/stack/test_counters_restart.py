@@ -22,7 +22,6 @@ import redis
 from loraplex.protocol import (
     PrefillAssign,
     RequestProgress,
-    SamplingSpec,
     Subjects,
     SubmitReply,
     SubmitRequest,
@@ -30,6 +29,7 @@ from loraplex.protocol import (
     decode,
     encode,
 )
+from loraplex.sampling_params import SamplingParams
 from loraplex.scheduler.counters import COUNTERS_SUFFIX
 from loraplex.scheduler.service import SchedulerService
 from loraplex.scheduler.settings import SchedulerSettings
@@ -88,7 +88,7 @@ class FakeWorker:
 async def submit(nc: nats.aio.client.Client, rid: str, tenant: str, prompt_len: int) -> None:
     """Submit as a gateway would; retried while the scheduler has not yet heard a heartbeat (503)."""
     sub = SubmitRequest(
-        rid, tenant, "gw-test", list(range(prompt_len)), SamplingSpec(max_tokens=64)
+        rid, tenant, "gw-test", list(range(prompt_len)), SamplingParams(max_tokens=64)
     )
     deadline = time.monotonic() + 10
     while True:

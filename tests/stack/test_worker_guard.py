@@ -26,11 +26,11 @@ from loraplex.protocol import (
     PrefillAssign,
     RequestError,
     RequestProgress,
-    SamplingSpec,
     Subjects,
     SubmitRequest,
     TokenDelta,
 )
+from loraplex.sampling_params import SamplingParams
 from loraplex.tooling.demo import write_demo_model
 from loraplex.worker.main import make_engine
 from loraplex.worker.runtime import MAX_FAILED_STEPS_IN_A_ROW, Worker
@@ -104,7 +104,7 @@ class Client:
 
     async def submit(self, adapter: str | None) -> str:
         rid = f"r-{uuid.uuid4().hex[:8]}"
-        spec = SamplingSpec(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
+        spec = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
         sub = SubmitRequest(rid, "t", self.gateway, PROMPT, spec, adapter)
         await self.bus.publish(Subjects.worker(self.worker.id), PrefillAssign(sub))
         await self.bus.flush()

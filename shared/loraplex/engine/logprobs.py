@@ -7,25 +7,19 @@ before penalties, temperature or top-k/top-p.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
 
 from loraplex.engine.sequence import Sequence
+from loraplex.token_logprobs import TokenLogprobs
 
 if TYPE_CHECKING:
     from loraplex.engine.batch import PromptRows
 
 MAX_LOGPROBS = 20  # OpenAI's limit on alternatives per token
 PROMPT_LOGITS_ROWS = 1024  # prompt rows turned into [rows, vocab] logits at a time
-
-
-@dataclass(frozen=True)
-class TokenLogprobs:
-    token_id: int
-    logprob: float
-    top: tuple[tuple[int, float], ...] = ()  # (token id, logprob), most likely first
 
 
 def compute_logprobs(

@@ -1,0 +1,16 @@
+"""``TokenLogprobs``: one token's logprob and its most likely alternatives (OpenAI ``logprobs``).
+
+Torch-free, so it travels on the wire as it is (``loraplex.protocol`` registers it with the codec)
+and the gateway reads it without importing the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token id, logprob), most likely first
