@@ -15,7 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+T = TypeVar("T")
 NATS_MAX_PAYLOAD = (
     8 * 1024 * 1024
 )  # raised from the 1 MiB default so KV chunks travel in fewer messages
@@ -128,9 +130,18 @@ def _http_json(url: str) -> dict:
         return json.loads(r.read())
 
 
-def _until(check: Callable[[], bool], what: str, timeout: float) -> None:
+class _Exited(RuntimeError):
+    """A server process died while it was being waited for (often: its port was taken)."""
+
+
+def _until(
+    check: Callable[[], bool], what: str, timeout: float, procs: tuple[ServerProcess, ...] = ()
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
+        for p in procs:
+            if p.proc.poll() is not None:
+                raise _Exited(f"{p.name} exited with code {p.proc.returncode} (see {p.data_dir})")
         try:
             if check():
                 return
@@ -139,6 +150,45 @@ def _until(check: Callable[[], bool], what: str, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} within {timeout:g}s")
         time.sleep(0.1)
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (held open together, so none is handed out twice)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _wait_listening(node: ServerProcess, timeout: float = 15.0) -> None:
+    def listening() -> bool:
+        with socket.create_connection(("127.0.0.1", node.port), timeout=0.2):
+            return True
+
+    _until(listening, f"{node.name} did not listen on port {node.port}", timeout, (node,))
+
+
+def _fresh_dir(d: Path) -> Path:
+    """An empty directory (a failed earlier attempt may have left a store or a config)."""
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    return d
+
+
+def _retry_ports(start: Callable[[], T], attempts: int = 3) -> T:
+    """Start a set of servers on fresh free ports again when one died at start-up: another
+    process may take a port between our probe and the server's bind."""
+    for attempt in range(attempts):
+        try:
+            return start()
+        except _Exited:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 @dataclass
@@ -173,9 +223,8 @@ class NatsCluster:
 
     def wait_routes(self, timeout: float = 15.0) -> None:
         """Every live node routes to every other live node."""
-        alive = [
-            p for p, n in zip(self.monitor_ports, self.nodes, strict=True) if n.proc.poll() is None
-        ]
+        live = tuple(n for n in self.nodes if n.proc.poll() is None)
+        alive = [p for p, n in zip(self.monitor_ports, self.nodes, strict=True) if n in live]
         for port in alive:
             _until(
                 lambda port=port: (
@@ -183,6 +232,7 @@ class NatsCluster:
                 ),
                 f"nats node on monitor port {port} did not route to {len(alive) - 1} peers",
                 timeout,
+                live,  # a node that died (its port was taken) raises _Exited at once
             )
 
     def wait_jetstream(self, timeout: float = 30.0) -> None:
@@ -225,14 +275,17 @@ def start_nats_cluster(
 ) -> NatsCluster:
     """``n`` nats-servers on loopback, each routed to the others, with clustered JetStream
     (cluster ``name``); returns once every node routes to every other."""
-    data_dir = data_dir.resolve()
-    ports, cports, mports = ([free_port() for _ in range(n)] for _ in range(3))
+    return _retry_ports(lambda: _start_nats_cluster(data_dir.resolve(), n, max_payload, name))
+
+
+def _start_nats_cluster(data_dir: Path, n: int, max_payload: int, name: str) -> NatsCluster:
+    free = _free_ports(3 * n)
+    ports, cports, mports = free[:n], free[n : 2 * n], free[2 * n :]
     routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in cports)
     nodes: list[ServerProcess] = []
     try:
         for i in range(n):
-            d = data_dir / f"nats-{i}"
-            d.mkdir(parents=True, exist_ok=True)
+            d = _fresh_dir(data_dir / f"nats-{i}")
             conf = d / "nats.conf"
             conf.write_text(
                 f'server_name: "{name}-{i}"\nlisten: "127.0.0.1:{ports[i]}"\n'
@@ -245,7 +298,7 @@ def start_nats_cluster(
             nodes.append(
                 ServerProcess(f"nats-{i}", ports[i], f"nats://127.0.0.1:{ports[i]}", proc, d)
             )
-            _wait_port(ports[i], proc, f"nats-server {i}")
+            _wait_listening(nodes[-1])
         cluster = NatsCluster(nodes, mports)
         cluster.wait_routes()
     except BaseException:
@@ -316,6 +369,7 @@ class SentinelSet:
     def wait_ready(self, timeout: float = 20.0) -> None:
         """Every Sentinel knows the replica and the two other Sentinels, and the replica is in
         sync: a failover can happen from here on."""
+        live = tuple(n for n in [*self.sentinels, *self.redis_nodes] if n.proc.poll() is None)
         for s in self.sentinels:
 
             def known(port: int = s.port) -> bool:
@@ -325,13 +379,14 @@ class SentinelSet:
                     info = r.sentinel_master(self.master_name)
                 return int(info["num-slaves"]) >= 1 and int(info["num-other-sentinels"]) >= 2
 
-            _until(known, f"sentinel {s.port} did not see its replica and peers", timeout)
+            _until(known, f"sentinel {s.port} did not see its replica and peers", timeout, live)
         for node in self.redis_nodes:
             if node.proc.poll() is None and node.port != self.primary_port():
                 _until(
                     lambda port=node.port: _replication(port).get("master_link_status") == "up",
                     f"replica {node.port} did not sync",
                     timeout,
+                    live,
                 )
 
     def stop(self) -> None:
@@ -354,17 +409,28 @@ def start_redis_sentinel(
 ) -> SentinelSet:
     """A Redis primary (AOF on) with one replica and three Sentinels, all on loopback; returns
     once a failover could happen.  The low timeouts make failover quick enough for tests."""
-    data_dir = data_dir.resolve()
+    return _retry_ports(
+        lambda: _start_redis_sentinel(
+            data_dir.resolve(), down_after_ms, failover_timeout_ms, master_name
+        )
+    )
+
+
+def _start_redis_sentinel(
+    data_dir: Path, down_after_ms: int, failover_timeout_ms: int, master_name: str
+) -> SentinelSet:
+    primary_port, replica_port, *ports = _free_ports(5)
     nodes: list[ServerProcess] = []
     sentinels: list[ServerProcess] = []
     try:
-        primary = start_redis(data_dir / "redis-0")
+        try:
+            primary = start_redis(_fresh_dir(data_dir / "redis-0"), port=primary_port)
+        except RuntimeError as e:  # it exited: most likely its port was taken meanwhile
+            raise _Exited(str(e)) from e
         nodes.append(primary)
         # Redis waits 5 s by default for more replicas before a full sync; there is only one.
         _redis_call(primary.port, "CONFIG", "SET", "repl-diskless-sync-delay", "0")
-        replica_port = free_port()
-        d = data_dir / "redis-1"
-        d.mkdir(parents=True, exist_ok=True)
+        d = _fresh_dir(data_dir / "redis-1")
         args = [
             _find("redis-server"),
             "--port", str(replica_port), "--bind", "127.0.0.1", "--dir", str(d),
@@ -378,14 +444,12 @@ def start_redis_sentinel(
         nodes.append(
             ServerProcess("redis-1", replica_port, f"redis://127.0.0.1:{replica_port}/0", proc, d)
         )
-        _wait_port(replica_port, proc, "redis replica")
+        _wait_listening(nodes[-1])
         # Each Sentinel is told its peers and the replica up front, so that it need not wait for
         # the hello and INFO rounds (seconds) before it could fail over.
-        ports = [free_port() for _ in range(3)]
         ids = [os.urandom(20).hex() for _ in range(3)]
         for i, port in enumerate(ports):
-            d = data_dir / f"sentinel-{i}"
-            d.mkdir(parents=True, exist_ok=True)
+            d = _fresh_dir(data_dir / f"sentinel-{i}")
             conf = d / "sentinel.conf"  # Sentinel rewrites it with what it learns
             conf.write_text(
                 f"port {port}\nbind 127.0.0.1\ndir {d}\nlogfile {d / 'sentinel.log'}\n"
@@ -410,7 +474,7 @@ def start_redis_sentinel(
             sentinels.append(
                 ServerProcess(f"sentinel-{i}", port, f"redis://127.0.0.1:{port}", proc, d)
             )
-            _wait_port(port, proc, "redis-sentinel")
+            _wait_listening(sentinels[-1])
         s = SentinelSet(nodes, sentinels, master_name)
         s.wait_ready()
     except BaseException:
