@@ -130,22 +130,40 @@ class LeaderLease:
         return raw.decode() if raw else None
 
 
-# KEYS: lease, target.  ARGV: token, value.  Writes only while the lease holds ``token``.
-_FENCED_SET = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[2], ARGV[2])
-return 1
-"""
-# KEYS: lease, hash.  ARGV: token, then field, value pairs to set, then '--', then fields to drop.
-_FENCED_HASH = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local i = 2
-while i <= #ARGV and ARGV[i] ~= '--' do
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2
+# Every fenced script starts with this check.  KEYS[1], KEYS[2]: lease, epoch; ARGV[1..3]: token,
+# ttl ms, epoch.  A lease key that is gone (it expired on a replica Redis promoted during a
+# failover that outlasted the lease) is taken back, as _RENEW does, when no one has led since.
+_HOLDS = """
+local v = redis.call('GET', KEYS[1])
+if v ~= ARGV[1] then
+  if v then return 0 end
+  local e = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if e > tonumber(ARGV[3]) then return 0 end
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  redis.call('SET', KEYS[2], ARGV[3])
 end
-for j = i + 1, #ARGV do redis.call('HDEL', KEYS[2], ARGV[j]) end
+"""
+# KEYS: lease, epoch, target.  ARGV: token, ttl, epoch, value.
+_FENCED_SET = (
+    _HOLDS
+    + """
+redis.call('SET', KEYS[3], ARGV[4])
 return 1
 """
+)
+# KEYS: lease, epoch, hash.  ARGV: token, ttl, epoch, then field, value pairs to set, then '--',
+# then fields to drop.
+_FENCED_HASH = (
+    _HOLDS
+    + """
+local i = 4
+while i <= #ARGV and ARGV[i] ~= '--' do
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2
+end
+for j = i + 1, #ARGV do redis.call('HDEL', KEYS[3], ARGV[j]) end
+return 1
+"""
+)
 
 
 class Fence:
@@ -156,18 +174,24 @@ class Fence:
         self._set = lease.redis.register_script(_FENCED_SET)
         self._hash = lease.redis.register_script(_FENCED_HASH)
 
+    def _keys(self, target: str) -> list[str]:
+        return [self.lease.key, self.lease.epoch_key, target]
+
+    def _fence_args(self) -> list[str | bytes | int]:
+        return [self.lease.token, self.lease.ttl_ms, self.lease.epoch]
+
     async def set(self, key: str, value: str | bytes) -> None:
         """Raises ``LeaseLost`` when the lease is not ours, ``RedisError`` when unreachable."""
-        if not int(await self._set(keys=[self.lease.key, key], args=[self.lease.token, value])):
+        if not int(await self._set(keys=self._keys(key), args=[*self._fence_args(), value])):
             raise LeaseLost(f"fenced write to {key} refused: epoch {self.lease.epoch} is over")
 
     async def hash_update(
         self, key: str, put: dict[str, str | bytes], drop: list[str] | tuple[str, ...] = ()
     ) -> None:
         """HSET ``put`` and HDEL ``drop`` in one fenced script (same errors as ``set``)."""
-        args: list[str | bytes] = [self.lease.token]
+        args: list[str | bytes | int] = self._fence_args()
         for k, v in put.items():
             args += [k, v]
         args += ["--", *drop]
-        if not int(await self._hash(keys=[self.lease.key, key], args=args)):
+        if not int(await self._hash(keys=self._keys(key), args=args)):
             raise LeaseLost(f"fenced write to {key} refused: epoch {self.lease.epoch} is over")

@@ -55,6 +55,19 @@ async def test_lease_is_exclusive_fenced_and_epochs_grow(redis_url):
         # same epoch, since nobody led since; a newer epoch heard of is never handed out again.
         await r.delete(b.key)
         assert await b.renew() and b.epoch == a.epoch + 1
+        # ... and so does its next fenced write, when that comes before the renewal (a Redis
+        # failover that outlasted the lease: the promoted replica has no lease key).
+        await r.delete(b.key)
+        await Fence(b).set(prefix + ":x", "b after a failover")
+        assert await r.get(prefix + ":x") == b"b after a failover"
+        assert (await b.holder()) == b.token and await b.renew()
+        # but not once someone else has led since: a newer epoch refuses it.
+        await r.delete(b.key)
+        await r.set(b.epoch_key, b.epoch + 5)
+        with pytest.raises(LeaseLost):
+            await Fence(b).set(prefix + ":x", "stale")
+        await r.set(b.epoch_key, b.epoch)
+        assert await b.renew()
         await b.release()
         await r.delete(b.epoch_key)
         c = LeaderLease(r, prefix, "c", ttl_s=0.5)
