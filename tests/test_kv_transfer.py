@@ -26,7 +26,6 @@ from loraplex.protocol import (
     decode,
     encode,
 )
-from loraplex.sampling_params import SamplingParams
 from loraplex.tooling.demo import write_demo_model
 from loraplex.tooling.servers import start_nats
 from loraplex.worker.kv_transfer import (

@@ -36,7 +36,6 @@ from loraplex.protocol import (
     SubmitRequest,
     TokenDelta,
 )
-from loraplex.sampling_params import SamplingParams
 from loraplex.tenants import Tenant
 from loraplex.tooling.demo import ALL_MODULES, ATTN_MODULES, MLP_MODULES, DemoModelInfo
 from loraplex.worker.main import make_engine, make_fetch

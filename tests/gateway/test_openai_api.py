@@ -182,7 +182,13 @@ async def test_sampling_fields_and_stop_strings(
     sub = scheduler.submits[-1]
     assert sub.prompt_token_ids == [1, 2, 3, 400]
     s = sub.sampling
-    assert (s.temperature, s.top_p, s.top_k, s.ignore_eos, s.stop) == (0.7, 0.9, 5, True, (" lazy",))
+    assert (s.temperature, s.top_p, s.top_k, s.ignore_eos, s.stop) == (
+        0.7,
+        0.9,
+        5,
+        True,
+        (" lazy",),
+    )
     assert (s.presence_penalty, s.frequency_penalty, s.repetition_penalty) == (0.5, -0.25, 1.2)
     # the gateway cut the text at the stop string and told the scheduler to stop the request
     assert (await scheduler.wait_cancel(sub.request_id)).reason == "stop string matched"

@@ -30,7 +30,6 @@ from loraplex.protocol import (
     SubmitRequest,
     TokenDelta,
 )
-from loraplex.sampling_params import SamplingParams
 from loraplex.tooling.demo import write_demo_model
 from loraplex.worker.main import make_engine
 from loraplex.worker.runtime import MAX_FAILED_STEPS_IN_A_ROW, Worker
