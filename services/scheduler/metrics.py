@@ -22,7 +22,8 @@ from loraplex import prom
 from loraplex.kvcache.block_allocator import blocks_for
 from loraplex.protocol import SubmitReply, SubmitRequest
 from loraplex.scheduler.policies.base import QueuedRequest
-from loraplex.scheduler.workers import WorkerRegistry, WorkerState
+from loraplex.scheduler.worker_state import WorkerState
+from loraplex.scheduler.workers import WorkerRegistry
 
 if TYPE_CHECKING:
     from loraplex.scheduler.service import SchedulerService

@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from loraplex.kvcache.block_allocator import blocks_for
-from loraplex.scheduler.workers import Placement, WorkerRegistry, WorkerState
+from loraplex.scheduler.placement import Placement
+from loraplex.scheduler.worker_state import WorkerState
+from loraplex.scheduler.workers import WorkerRegistry
 
 
 def place_by_scan(

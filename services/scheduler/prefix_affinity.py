@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from functools import lru_cache
 
-from loraplex.scheduler.workers import WorkerState
+from loraplex.scheduler.worker_state import WorkerState
 
 PrefixKey = int
 HOLDERS = 8  # workers remembered per block key (most recent placements)
@@ -82,11 +82,16 @@ class PrefixAffinity:
         return list(h) if h else []
 
     def record(self, worker_id: str, keys: Sequence[PrefixKey]) -> None:
-        seen = self._workers.setdefault(worker_id, OrderedDict())
+        seen = self._workers.get(worker_id)
+        if seen is None:
+            seen = self._workers[worker_id] = OrderedDict()
         holders = self._holders
+        move_to_end = seen.move_to_end
         for k in keys:
-            seen[k] = None
-            seen.move_to_end(k)
+            if k in seen:
+                move_to_end(k)
+            else:
+                seen[k] = None
             h = holders.get(k)
             if h is None:
                 holders[k] = {worker_id: None}
@@ -133,7 +138,16 @@ class CachedBlocks:
         return keys
 
     def __call__(self, w: WorkerState) -> int:
-        return self._affinity.matched_blocks(w.hb.worker_id, self.keys(w.hb.block_size))
+        hb = w.hb  # matched_blocks inlined: placement asks this for every candidate
+        seen = self._affinity._workers.get(hb.worker_id)
+        if not seen:
+            return 0
+        n = 0
+        for k in self._keys.get(hb.block_size) or self.keys(hb.block_size):
+            if k not in seen:
+                break
+            n += 1
+        return n
 
     def holders(self, block_size: int) -> list[str]:
         keys = self.keys(block_size)

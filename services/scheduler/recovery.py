@@ -23,9 +23,11 @@ from loraplex.protocol import (
     WorkerHeartbeat,
 )
 from loraplex.scheduler.migration import TokenLog
+from loraplex.scheduler.placement import Placement
 from loraplex.scheduler.policies.base import FairnessPolicy
 from loraplex.scheduler.settings import SchedulerSettings
-from loraplex.scheduler.workers import Placement, WorkerRegistry, WorkerState
+from loraplex.scheduler.worker_state import WorkerState
+from loraplex.scheduler.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
 

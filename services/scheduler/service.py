@@ -28,6 +28,7 @@ from loraplex.protocol import (
 from loraplex.scheduler.leader import LeaseLost
 from loraplex.scheduler.ledger import LedgerEntry
 from loraplex.scheduler.metrics import SchedulerMetrics, pool_counts
+from loraplex.scheduler.placement import Placement
 from loraplex.scheduler.policies.base import QueuedRequest
 from loraplex.scheduler.policies.registry import make_policy
 from loraplex.scheduler.prefix_affinity import PrefixAffinity, prefix_keys
@@ -35,7 +36,7 @@ from loraplex.scheduler.recovery import InFlight, Recovery
 from loraplex.scheduler.replica import Replica
 from loraplex.scheduler.settings import SchedulerSettings
 from loraplex.scheduler.takeover import Takeover
-from loraplex.scheduler.workers import Placement, WorkerRegistry
+from loraplex.scheduler.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,10 @@ import logging
 
 from loraplex.protocol import CancelRequest, RequestProgress, SubmitRequest, WorkerHeartbeat
 from loraplex.scheduler.ledger import LedgerEntry
+from loraplex.scheduler.placement import Placement
 from loraplex.scheduler.policies.base import FairnessPolicy, QueuedRequest
 from loraplex.scheduler.recovery import InFlight
-from loraplex.scheduler.workers import Placement, WorkerRegistry
+from loraplex.scheduler.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,10 @@ import random
 import pytest
 
 from loraplex.protocol import WorkerHeartbeat
+from loraplex.scheduler.placement import ADAPTER_SAMPLE, SCAN
 from loraplex.scheduler.placement_scan import place_by_scan
 from loraplex.scheduler.prefix_affinity import PrefixAffinity, prefix_keys
-from loraplex.scheduler.workers import ADAPTER_SAMPLE, SCAN, WorkerRegistry
+from loraplex.scheduler.workers import WorkerRegistry
 
 ADAPTERS = [f"a{i}" for i in range(5)]
 PROMPTS = [[1000 * p + i for i in range(80)] for p in range(4)]  # shared leading blocks per p

@@ -1,0 +1,220 @@
+"""Placement: which workers take a request, chosen without scanning every worker.
+
+Per role it walks at most ``SCAN`` workers in load order (the registry's lazy heap,
+``worker_index.RoleIndex``), looks at the holders of the prompt's first prefix block (at most
+``prefix_affinity.HOLDERS``) and at the workers holding the adapter (all of them up to
+``ADAPTER_EXACT``, else a power-of-two-choices sample of ``ADAPTER_SAMPLE``).  So a decision is
+O(log W + SCAN + prompt blocks x HOLDERS).  Below those bounds it chooses exactly as the scan it
+replaced (``placement_scan.py``).  Pure Python; it reads the registry's indexes, never writes
+them (except popping and re-pushing heap entries while walking).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from heapq import heappop, heappush
+
+from loraplex.kvcache.block_allocator import blocks_for
+from loraplex.scheduler.worker_index import RoleIndex, SampleSet
+from loraplex.scheduler.worker_state import WorkerState
+
+SCAN = 16  # workers of a role walked in load order per decision
+ADAPTER_EXACT = 8  # up to this many holders of an adapter (per role), all are candidates
+ADAPTER_SAMPLE = 2  # beyond: power-of-two choices among them
+
+
+@dataclass(frozen=True)
+class Placement:
+    prefill: str
+    decode: str  # "" when the prefill worker is colocated (role "both") and decodes itself
+
+
+class Placer:
+    """Chooses workers from the registry's state, shared by reference: ``workers`` (id ->
+    state), ``roles`` (role -> its load/free-block heaps), ``holders`` ((role, adapter) -> the
+    workers holding it) and ``block_sizes(role)`` (the block sizes of the role's live workers)."""
+
+    def __init__(
+        self,
+        workers: dict[str, WorkerState],
+        roles: dict[str, RoleIndex],
+        holders: dict[tuple[str, str], SampleSet],
+        block_sizes: Callable[[str], frozenset[int]],
+        prefix_balance: float,
+        seed: int = 0,
+    ) -> None:
+        self.workers = workers
+        self._roles = roles
+        self._holders = holders
+        self._block_sizes = block_sizes
+        self.prefix_balance = prefix_balance
+        self._rng = random.Random(seed)  # power-of-two choices, reproducible
+
+    def place(
+        self,
+        adapter: str | None,
+        prompt_tokens: int,
+        total_tokens: int,
+        cached_blocks: Callable[[WorkerState], int] | None = None,
+    ) -> Placement | None:
+        """Choose workers with room, preferring the ones that probably hold most of the prompt's
+        prefix (``cached_blocks``, within ``prefix_balance`` of the least load),
+        then those that hold the adapter, then the least loaded.
+
+        Preferences only order workers that have room, so a request never waits for a particular
+        worker while another could take it (no starvation by affinity).  ``cached_blocks`` may have
+        a ``holders(block_size)`` method (``PrefixAffinity.cached_blocks`` does): then only those
+        workers are asked; a plain callable is asked for the workers within the balance among the
+        ``SCAN`` least loaded.
+        """
+        prefill = self._best("prefill", adapter, prompt_tokens, cached_blocks)
+        # Decode workers cache the prompts handed to them too, and skip receiving those blocks.
+        decode = self._best("decode", adapter, total_tokens, cached_blocks) if prefill else None
+        colocated = self._best("both", adapter, total_tokens, cached_blocks)
+        if (
+            prefill
+            and decode
+            and (colocated is None or max(prefill.load, decode.load) <= colocated.load)
+        ):
+            return Placement(prefill.hb.worker_id, decode.hb.worker_id)
+        if colocated:
+            return Placement(colocated.hb.worker_id, "")
+        return None
+
+    def _best(
+        self,
+        role: str,
+        adapter: str | None,
+        tokens: int,
+        cached_blocks: Callable[[WorkerState], int] | None,
+    ) -> WorkerState | None:
+        idx = self._roles.get(role)
+        if idx is None or not idx.members:
+            return None
+        holders_of = getattr(cached_blocks, "holders", None)
+        fits, exact = self._walk(
+            role, idx, tokens, window=cached_blocks is not None and not holders_of
+        )
+        seen = {w.hb.worker_id for w in fits}
+        prefix: set[str] = set()  # the only workers that may hold the prompt's first block
+        if holders_of is not None:
+            for bs in self._block_sizes(role):
+                prefix.update(holders_of(bs))
+        resident = self._holders.get((role, adapter)) if adapter else None
+        holders = self._fitting(prefix, role, tokens, seen)
+        if exact and prefix:
+            # The walk found the least loaded worker with room, so the balance limit is known;
+            # a holder of some of the prompt within it beats every worker that holds none:
+            # the adapter's holders need not be looked at.
+            limit = fits[0].load + self.prefix_balance
+            asked = holders + [w for w in fits if w.hb.worker_id in prefix]
+            best, key = self._choose(asked, adapter, resident, cached_blocks, prefix, limit)
+            if best is not None and key[0] < 0:
+                return best
+        fits += holders
+        if resident is not None:
+            if len(resident) <= ADAPTER_EXACT:
+                fits += self._fitting(resident, role, tokens, seen)
+            else:
+                sample = resident.sample(self._rng, ADAPTER_SAMPLE)
+                fits += self._fitting(sample, role, tokens, seen)
+        if not fits:
+            return None
+        limit = min(w.load for w in fits) + self.prefix_balance
+        return self._choose(fits, adapter, resident, cached_blocks, prefix, limit)[0]
+
+    def _fitting(
+        self, wids: Iterable[str], role: str, tokens: int, seen: set[str]
+    ) -> list[WorkerState]:
+        """The workers of ``wids`` not in ``seen`` that can take the request (added to ``seen``)."""
+        out = []
+        workers = self.workers
+        for wid in wids:  # has_room and placeable inlined: this runs for every candidate
+            if wid in seen:
+                continue
+            w = workers.get(wid)
+            if w is None:
+                continue
+            hb = w.hb
+            if hb.role != role or hb.draining or w.suspect:
+                continue
+            seen.add(wid)
+            # blocks_for(tokens, block_size) <= total - committed
+            if (
+                len(w.requests) < hb.max_num_seqs
+                and w.committed - (-tokens // hb.block_size) <= hb.total_blocks
+            ):
+                out.append(w)
+        return out
+
+    @staticmethod
+    def _choose(
+        fits: list[WorkerState],
+        adapter: str | None,
+        resident: SampleSet | None,
+        cached_blocks: Callable[[WorkerState], int] | None,
+        prefix: set[str],
+        limit: float,
+    ) -> tuple[WorkerState | None, tuple]:
+        """The best of ``fits`` and its key: most cached blocks (within the balance ``limit``;
+        with a prefix index only its holders are asked), adapter resident, load, id."""
+        ask_all = not hasattr(cached_blocks, "holders")
+        best: WorkerState | None = None
+        best_key: tuple = ()
+        for w in fits:
+            wid, load = w.hb.worker_id, w.load
+            cached = 0
+            if cached_blocks is not None and load <= limit and (ask_all or wid in prefix):
+                cached = cached_blocks(w)
+            absent = (resident is None or wid not in resident) if adapter else False
+            key = (-cached, absent, load, wid)
+            if best is None or key < best_key:
+                best, best_key = w, key
+        return best, best_key
+
+    def _walk(
+        self, role: str, idx: RoleIndex, tokens: int, window: bool
+    ) -> tuple[list[WorkerState], bool]:
+        """The least loaded worker of ``role`` with room among the ``SCAN`` least loaded (with
+        ``window``: every one with room within the prefix balance of it, still among ``SCAN``),
+        and True: it is the least loaded worker with room of all.  When none of those has room,
+        the one with the most free KV blocks if it has, and False."""
+        heap, workers = idx.by_load, self.workers
+        got: list[WorkerState] = []
+        kept: list[tuple[float, str]] = []
+        seen: set[str] = set()
+        least: float | None = None
+        while heap and len(kept) < SCAN:
+            entry = heappop(heap)
+            load, wid = entry
+            w = workers.get(wid)
+            if w is None or w.hb.role != role or not w.placeable or w.load != load:
+                continue  # stale: dropped
+            if wid in seen:
+                continue  # a duplicate (the load went back to an earlier value): dropped
+            seen.add(wid)
+            kept.append(entry)
+            if load >= 1.0 or (least is not None and load > least + self.prefix_balance):
+                break  # sorted by load: nobody further has a batch slot / is in the window
+            if w.has_room(blocks_for(tokens, w.hb.block_size)):
+                if least is None:
+                    least = load
+                got.append(w)
+                if not window:
+                    break
+        for entry in kept:
+            heappush(heap, entry)
+        if got:
+            return got, True
+        free = idx.by_free
+        while free:
+            debt, wid = free[0]
+            w = workers.get(wid)
+            stale = w is None or w.hb.role != role or not w.placeable
+            if stale or w.committed - w.hb.total_blocks != debt:
+                heappop(free)
+            else:
+                return ([w] if w.has_room(blocks_for(tokens, w.hb.block_size)) else []), False
+        return [], False
