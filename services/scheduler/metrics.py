@@ -13,20 +13,29 @@ the disaggregated pool(s) that lack room.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Sized
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from loraplex import prom
 from loraplex.kvcache.block_allocator import blocks_for
-from loraplex.protocol import SubmitReply, SubmitRequest
-from loraplex.scheduler.policies.base import QueuedRequest
+from loraplex.protocol import SchedulerStats, SubmitReply, SubmitRequest
+from loraplex.scheduler.policies.base import FairnessPolicy, QueuedRequest
 from loraplex.scheduler.worker_state import WorkerState
 from loraplex.scheduler.workers import WorkerRegistry
 
-if TYPE_CHECKING:
-    from loraplex.scheduler.service import SchedulerService
+
+class SchedulerView(Protocol):
+    """What the metrics read of the scheduler service (so this module need not import it)."""
+
+    policy: FairnessPolicy
+    registry: WorkerRegistry
+    submits: Sized  # queued requests
+    retry: Sized  # admitted requests to re-place
+    inflight: Sized  # placed and not finished
+    stalled: SubmitRequest | None  # the head of the queue, while no worker has room for it
+
 
 POOLS = ("prefill", "decode", "both")
 _QUEUE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -58,7 +67,7 @@ def blocked_pools(registry: WorkerRegistry, sub: SubmitRequest) -> set[str]:
 
 
 class SchedulerMetrics:
-    def __init__(self, service: SchedulerService) -> None:
+    def __init__(self, service: SchedulerView) -> None:
         self.service = service
         r = self.registry = CollectorRegistry()
         self.queue_time = Histogram(
@@ -140,3 +149,23 @@ class SchedulerMetrics:
             {(p,): float(sum(w.hb.max_num_seqs for w in ws)) for p, ws in by_pool.items()},
             ["pool"],
         )
+
+
+def scheduler_stats(policy: FairnessPolicy, registry: WorkerRegistry) -> SchedulerStats:
+    """The STATS message: queues and counters per tenant, per-worker load, pool counts."""
+    queued = {t: policy.queue_len(t) for t in policy.counters()}
+    workers = {
+        wid: {
+            "kv_blocks_used": w.hb.total_blocks - w.hb.free_blocks,
+            "kv_blocks_total": w.hb.total_blocks,
+            "kv_blocks_committed": w.committed_blocks,
+            "running": w.hb.running,
+            "waiting": w.hb.waiting,
+            "adapter_slots_used": w.hb.adapter_slots_used,
+            "adapter_slots_total": w.hb.adapter_slots_total,
+            "prefix_cache_hit_tokens": w.hb.prefix_cache_hit_tokens,
+            "prefix_cache_query_tokens": w.hb.prefix_cache_query_tokens,
+        }
+        for wid, w in registry.workers.items()
+    }
+    return SchedulerStats(queued, policy.counters(), workers, pool_counts(registry))

@@ -1,5 +1,10 @@
 """The scheduler process: the only queue.  Admits work in the fairness policy's order, only when
-workers have committed room for it; places it; tracks it until done; recovers from dead workers."""
+workers have committed room for it; places it; tracks it until done; recovers from dead workers.
+
+This is the composition root (~370 lines, past the usual 300 on purpose): it owns the bus, the
+lease and the request tables, and routes each message to the parts that do the work: admission
+checks (``admission.py``), the dispatch loop (``dispatcher.py``), placement (``workers.py``,
+``placement.py``), recovery (``recovery.py``) and failover (``takeover.py``, ``replica.py``)."""
 
 from __future__ import annotations
 
@@ -15,8 +20,6 @@ from loraplex.bus import Bus
 from loraplex.protocol import (
     CancelRequest,
     Message,
-    PrefetchAdapter,
-    PrefillAssign,
     RequestError,
     RequestProgress,
     SchedulerStats,
@@ -25,13 +28,14 @@ from loraplex.protocol import (
     SubmitRequest,
     WorkerHeartbeat,
 )
+from loraplex.scheduler.admission import refusal
+from loraplex.scheduler.dispatcher import Dispatcher
 from loraplex.scheduler.leader import LeaseLost
 from loraplex.scheduler.ledger import LedgerEntry
-from loraplex.scheduler.metrics import SchedulerMetrics, pool_counts
-from loraplex.scheduler.placement import Placement
+from loraplex.scheduler.metrics import SchedulerMetrics, scheduler_stats
 from loraplex.scheduler.policies.base import QueuedRequest
 from loraplex.scheduler.policies.registry import make_policy
-from loraplex.scheduler.prefix_affinity import PrefixAffinity, prefix_keys
+from loraplex.scheduler.prefix_affinity import PrefixAffinity
 from loraplex.scheduler.recovery import InFlight, Recovery
 from loraplex.scheduler.replica import Replica
 from loraplex.scheduler.settings import SchedulerSettings
@@ -85,10 +89,20 @@ class SchedulerService:
         self._tasks: list[asyncio.Task] = []
         self._counters_dirty = False
         self.started = False  # subscribed (the /ready of http_status.py)
-        # The request at the head of the queue that found no room at the last dispatch (None:
-        # nothing waits for room): the pools without room for it have a queue (metrics.py).
-        self.stalled: SubmitRequest | None = None
         self.metrics = SchedulerMetrics(self)
+        self.dispatcher = Dispatcher(
+            settings,
+            self.policy,
+            self.registry,
+            self.affinity,
+            queued=self.submits,
+            inflight=self.inflight,
+            retry=self.retry,
+            publish=self._publish,
+            record=self._record,
+            counters_changed=self._counters_changed,
+            on_admit=self.metrics.admitted,
+        )
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -137,6 +151,7 @@ class SchedulerService:
             self.replica.ledger.adopt(entries)
             self.takeover.begin(entries, running, time.monotonic())
         self.epoch, self.leading = epoch, True
+        self.dispatcher.epoch = epoch
         self._submit_sub = await self.bus.serve(Subjects.SUBMIT, self._serve_submit, SubmitRequest)
         self._kick.set()
 
@@ -200,25 +215,9 @@ class SchedulerService:
             if known.gateway_id == sub.gateway_id and known.tenant == tenant:
                 return SubmitReply(rid, True)
             return SubmitReply(rid, False, 400, f"duplicate request id {rid!r}")
-        total = len(sub.prompt_token_ids) + sub.sampling.max_tokens
-        if not self.registry.can_serve():
-            return SubmitReply(rid, False, 503, "no worker is available to serve requests")
-        if not self.registry.could_ever_fit(len(sub.prompt_token_ids), total):
-            return SubmitReply(
-                rid,
-                False,
-                400,
-                f"request needs {total} tokens of KV cache; no worker has that much",
-            )
-        if self.policy.queue_len(tenant) >= self.s.max_queue_per_tenant:
-            return SubmitReply(
-                rid,
-                False,
-                429,
-                f"tenant {tenant!r} has {self.s.max_queue_per_tenant} requests queued",
-            )
-        if len(self.submits) >= self.s.max_queue:
-            return SubmitReply(rid, False, 429, "the server's queue is full")
+        refused = refusal(sub, self.registry, self.policy, self.s, queued=len(self.submits))
+        if refused is not None:
+            return refused
         q = QueuedRequest(
             rid, tenant, len(sub.prompt_token_ids), sub.sampling.max_tokens, now, sub.adapter
         )
@@ -261,77 +260,18 @@ class SchedulerService:
                 log.exception("dispatch failed")
 
     async def dispatch(self, now: float) -> None:
-        if not self.leading:
-            return
-        while self.retry:  # already admitted and charged: they go first
-            job = self.retry[0]
-            placement = self._place(job.submit, len(job.generated))
-            if placement is None:
-                self.stalled = job.submit
-                return
-            self.retry.pop(0)
-            await self._assign(job, placement)
-        while True:
-            q = self.policy.pick(now)
-            if q is None:
-                self.stalled = None
-                return
-            sub = self.submits[q.request_id]
-            placement = self._place(sub)
-            if placement is None:
-                self.stalled = sub
-                return  # strict policy order: wait for capacity rather than skip ahead
-            self.policy.admit(q, now)
-            self.metrics.admitted(q, now)
-            self._counters_dirty = True
-            del self.submits[q.request_id]
-            await self._assign(InFlight(sub, placement), placement)
+        if self.leading:
+            await self.dispatcher.dispatch(now)
 
-    def _place(self, sub: SubmitRequest, resumed: int = 0) -> Placement | None:
-        """``resumed``: a migrated request's tokens so far, prefilled with its prompt."""
-        total = len(sub.prompt_token_ids) + sub.sampling.max_tokens
-        cached = None
-        if self.s.prefix_routing:
-            cached = self.affinity.cached_blocks(sub.adapter, sub.prompt_token_ids)
-        prefill = len(sub.prompt_token_ids) + resumed
-        return self.registry.place(sub.adapter, prefill, total, cached)
+    @property
+    def stalled(self) -> SubmitRequest | None:
+        return self.dispatcher.stalled
 
-    async def _assign(self, job: InFlight, placement: Placement) -> None:
-        sub = job.submit
-        rid = sub.request_id
-        total = len(sub.prompt_token_ids) + sub.sampling.max_tokens
-        job.placement, job.prefill_done = placement, False
-        job.assigned_at, job.missing_since = time.monotonic(), None
-        job.workers = {placement.prefill} | ({placement.decode} if placement.decode else set())
-        self.inflight[rid] = job
-        if not await self._record(job, total):
-            return
-        for wid in job.workers if self.s.prefix_routing else ():
-            worker = self.registry.workers.get(wid)
-            if worker is not None:
-                keys = prefix_keys(sub.adapter, sub.prompt_token_ids, worker.hb.block_size)
-                self.affinity.record(wid, keys)
-        prefill = len(sub.prompt_token_ids) + len(job.generated)  # + a migrated one's tokens
-        self.registry.commit(placement.prefill, rid, total if not placement.decode else prefill)
-        if placement.decode:
-            self.registry.commit(placement.decode, rid, total)
-            if sub.adapter:  # let the decode worker page the adapter in while prefill runs
-                await self._publish(Subjects.worker(placement.decode), PrefetchAdapter(sub.adapter))
-        await self._publish(
-            Subjects.worker(placement.prefill),
-            PrefillAssign(sub, placement.decode, job.attempt, self.epoch, job.generated),
-        )
-
-    async def _record(self, job: InFlight, total: int) -> bool:
+    async def _record(self, entry: LedgerEntry) -> bool:
         """Write-ahead: the placement reaches the ledger before the assignment leaves, so a
         successor knows who runs it.  False: this replica no longer leads (publish nothing)."""
         if self.replica is None:
             return True
-        sub, p = job.submit, job.placement
-        entry = LedgerEntry(
-            sub.request_id, sub.tenant, p.prefill, p.decode, job.attempt,
-            len(sub.prompt_token_ids), total,
-        )  # fmt: skip
         try:
             await self.replica.ledger.record(entry)
         except LeaseLost as e:
@@ -385,22 +325,7 @@ class SchedulerService:
         self._kick.set()
 
     def stats(self) -> SchedulerStats:
-        queued = {t: self.policy.queue_len(t) for t in self.policy.counters()}
-        workers = {
-            wid: {
-                "kv_blocks_used": w.hb.total_blocks - w.hb.free_blocks,
-                "kv_blocks_total": w.hb.total_blocks,
-                "kv_blocks_committed": w.committed_blocks,
-                "running": w.hb.running,
-                "waiting": w.hb.waiting,
-                "adapter_slots_used": w.hb.adapter_slots_used,
-                "adapter_slots_total": w.hb.adapter_slots_total,
-                "prefix_cache_hit_tokens": w.hb.prefix_cache_hit_tokens,
-                "prefix_cache_query_tokens": w.hb.prefix_cache_query_tokens,
-            }
-            for wid, w in self.registry.workers.items()
-        }
-        return SchedulerStats(queued, self.policy.counters(), workers, pool_counts(self.registry))
+        return scheduler_stats(self.policy, self.registry)
 
     async def _liveness_loop(self) -> None:
         while True:

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from loraplex.sampling_params import SamplingParams
-
-if TYPE_CHECKING:
-    from loraplex.engine.logprobs import TokenLogprobs
+from loraplex.token_logprobs import TokenLogprobs
 
 
 def cache_namespace(lora: str | None) -> str:

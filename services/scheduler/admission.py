@@ -1,0 +1,42 @@
+"""Whether a SUBMIT may join the queue at all: the scheduler's answers other than "accepted".
+
+Pure: it reads the worker registry (can any worker set serve it, could one ever hold it) and the
+policy's queue lengths (the per-tenant and global limits), and writes nothing.
+"""
+
+from __future__ import annotations
+
+from loraplex.protocol import SubmitReply, SubmitRequest
+from loraplex.scheduler.policies.base import FairnessPolicy
+from loraplex.scheduler.settings import SchedulerSettings
+from loraplex.scheduler.workers import WorkerRegistry
+
+
+def refusal(
+    sub: SubmitRequest,
+    registry: WorkerRegistry,
+    policy: FairnessPolicy,
+    settings: SchedulerSettings,
+    queued: int,
+) -> SubmitReply | None:
+    """The refusal for ``sub`` (503: no workers; 400: too big for any; 429: a queue is full),
+    or None when it may be queued.  ``queued``: requests in the scheduler's queue now."""
+    rid, tenant = sub.request_id, sub.tenant
+    prompt = len(sub.prompt_token_ids)
+    total = prompt + sub.sampling.max_tokens
+    if not registry.can_serve():
+        return SubmitReply(rid, False, 503, "no worker is available to serve requests")
+    if not registry.could_ever_fit(prompt, total):
+        return SubmitReply(
+            rid, False, 400, f"request needs {total} tokens of KV cache; no worker has that much"
+        )
+    if policy.queue_len(tenant) >= settings.max_queue_per_tenant:
+        return SubmitReply(
+            rid,
+            False,
+            429,
+            f"tenant {tenant!r} has {settings.max_queue_per_tenant} requests queued",
+        )
+    if queued >= settings.max_queue:
+        return SubmitReply(rid, False, 429, "the server's queue is full")
+    return None

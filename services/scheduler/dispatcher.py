@@ -1,0 +1,127 @@
+"""Dispatch: admit queued requests in the fairness policy's order, only when workers have
+committed room, and send each its assignment.
+
+Re-placements (admitted requests whose worker failed early) go first.  Then the policy's pick is
+placed (``WorkerRegistry.place``, with prefix affinity) and admitted; when it does not fit the
+dispatcher waits for capacity rather than skip ahead (strict policy order).  An assignment is
+written ahead to the replicas' ledger (``record``) before it is published.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from loraplex.protocol import Message, PrefetchAdapter, PrefillAssign, Subjects, SubmitRequest
+from loraplex.scheduler.ledger import LedgerEntry
+from loraplex.scheduler.placement import Placement
+from loraplex.scheduler.policies.base import FairnessPolicy, QueuedRequest
+from loraplex.scheduler.prefix_affinity import PrefixAffinity, prefix_keys
+from loraplex.scheduler.recovery import InFlight
+from loraplex.scheduler.settings import SchedulerSettings
+from loraplex.scheduler.workers import WorkerRegistry
+
+
+class Dispatcher:
+    """Works on the service's request tables, shared by reference: ``queued`` (request id ->
+    SUBMIT, in the policy's queue), ``inflight`` (placed), ``retry`` (admitted, to re-place)."""
+
+    def __init__(
+        self,
+        settings: SchedulerSettings,
+        policy: FairnessPolicy,
+        registry: WorkerRegistry,
+        affinity: PrefixAffinity,
+        *,
+        queued: dict[str, SubmitRequest],
+        inflight: dict[str, InFlight],
+        retry: list[InFlight],
+        publish: Callable[[str, Message], Awaitable[None]],
+        record: Callable[[LedgerEntry], Awaitable[bool]],
+        counters_changed: Callable[[], None],
+        on_admit: Callable[[QueuedRequest, float], None],
+    ) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.registry = registry
+        self.affinity = affinity
+        self.submits = queued
+        self.inflight = inflight
+        self.retry = retry
+        self._publish = publish
+        self._record = record
+        self._counters_changed = counters_changed
+        self.epoch = 0  # the leader's term, fencing its assignments (set when it leads)
+        # The request at the head of the queue that found no room at the last dispatch (None:
+        # nothing waits for room): the pools without room for it have a queue (metrics.py).
+        self.stalled: SubmitRequest | None = None
+        self._on_admit = on_admit  # queue-time metrics
+
+    async def dispatch(self, now: float) -> None:
+        """Place what can be placed now: re-placements first, then the policy's order."""
+        while self.retry:  # already admitted and charged: they go first
+            job = self.retry[0]
+            placement = self._place(job.submit, len(job.generated))
+            if placement is None:
+                self.stalled = job.submit
+                return
+            self.retry.pop(0)
+            await self._assign(job, placement)
+        while True:
+            q = self.policy.pick(now)
+            if q is None:
+                self.stalled = None
+                return
+            sub = self.submits[q.request_id]
+            placement = self._place(sub)
+            if placement is None:
+                self.stalled = sub
+                return  # strict policy order: wait for capacity rather than skip ahead
+            self.policy.admit(q, now)
+            self._on_admit(q, now)
+            self._counters_changed()
+            del self.submits[q.request_id]
+            await self._assign(InFlight(sub, placement), placement)
+
+    def _place(self, sub: SubmitRequest, resumed: int = 0) -> Placement | None:
+        """``resumed``: a migrated request's tokens so far, prefilled with its prompt."""
+        total = len(sub.prompt_token_ids) + sub.sampling.max_tokens
+        cached = None
+        if self.settings.prefix_routing:
+            cached = self.affinity.cached_blocks(sub.adapter, sub.prompt_token_ids)
+        prefill = len(sub.prompt_token_ids) + resumed
+        return self.registry.place(sub.adapter, prefill, total, cached)
+
+    async def _assign(self, job: InFlight, placement: Placement) -> None:
+        sub = job.submit
+        rid = sub.request_id
+        total = len(sub.prompt_token_ids) + sub.sampling.max_tokens
+        job.placement, job.prefill_done = placement, False
+        job.assigned_at, job.missing_since = time.monotonic(), None
+        job.workers = {placement.prefill} | ({placement.decode} if placement.decode else set())
+        self.inflight[rid] = job
+        if not await self._ledger(job, total):
+            return
+        for wid in job.workers if self.settings.prefix_routing else ():
+            worker = self.registry.workers.get(wid)
+            if worker is not None:
+                keys = prefix_keys(sub.adapter, sub.prompt_token_ids, worker.hb.block_size)
+                self.affinity.record(wid, keys)
+        prefill = len(sub.prompt_token_ids) + len(job.generated)  # + a migrated one's tokens
+        self.registry.commit(placement.prefill, rid, total if not placement.decode else prefill)
+        if placement.decode:
+            self.registry.commit(placement.decode, rid, total)
+            if sub.adapter:  # let the decode worker page the adapter in while prefill runs
+                await self._publish(Subjects.worker(placement.decode), PrefetchAdapter(sub.adapter))
+        await self._publish(
+            Subjects.worker(placement.prefill),
+            PrefillAssign(sub, placement.decode, job.attempt, self.epoch, job.generated),
+        )
+
+    async def _ledger(self, job: InFlight, total: int) -> bool:
+        sub, p = job.submit, job.placement
+        entry = LedgerEntry(
+            sub.request_id, sub.tenant, p.prefill, p.decode, job.attempt,
+            len(sub.prompt_token_ids), total,
+        )  # fmt: skip
+        return await self._record(entry)
