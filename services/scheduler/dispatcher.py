@@ -16,7 +16,7 @@ from loraplex.protocol import Message, PrefetchAdapter, PrefillAssign, Subjects,
 from loraplex.scheduler.ledger import LedgerEntry
 from loraplex.scheduler.placement import Placement
 from loraplex.scheduler.policies.base import FairnessPolicy, QueuedRequest
-from loraplex.scheduler.prefix_affinity import PrefixAffinity, prefix_keys
+from loraplex.scheduler.prefix_affinity import CachedBlocks, PrefixAffinity
 from loraplex.scheduler.recovery import InFlight
 from loraplex.scheduler.settings import SchedulerSettings
 from loraplex.scheduler.workers import WorkerRegistry
@@ -61,19 +61,19 @@ class Dispatcher:
         """Place what can be placed now: re-placements first, then the policy's order."""
         while self.retry:  # already admitted and charged: they go first
             job = self.retry[0]
-            placement = self._place(job.submit, len(job.generated))
+            placement, cached = self._place(job.submit, len(job.generated))
             if placement is None:
                 self.stalled = job.submit
                 return
             self.retry.pop(0)
-            await self._assign(job, placement)
+            await self._assign(job, placement, cached)
         while True:
             q = self.policy.pick(now)
             if q is None:
                 self.stalled = None
                 return
             sub = self.submits[q.request_id]
-            placement = self._place(sub)
+            placement, cached = self._place(sub)
             if placement is None:
                 self.stalled = sub
                 return  # strict policy order: wait for capacity rather than skip ahead
@@ -81,18 +81,24 @@ class Dispatcher:
             self._on_admit(q, now)
             self._counters_changed()
             del self.submits[q.request_id]
-            await self._assign(InFlight(sub, placement), placement)
+            await self._assign(InFlight(sub, placement), placement, cached)
 
-    def _place(self, sub: SubmitRequest, resumed: int = 0) -> Placement | None:
-        """``resumed``: a migrated request's tokens so far, prefilled with its prompt."""
+    def _place(
+        self, sub: SubmitRequest, resumed: int = 0
+    ) -> tuple[Placement | None, CachedBlocks | None]:
+        """Where ``sub`` goes (None: no room now), and its prompt's view of the prefix affinity
+        (its block keys, computed once for placement and the record).  ``resumed``: a migrated
+        request's tokens so far, prefilled with its prompt."""
         total = len(sub.prompt_token_ids) + sub.sampling.max_tokens
         cached = None
         if self.settings.prefix_routing:
             cached = self.affinity.cached_blocks(sub.adapter, sub.prompt_token_ids)
         prefill = len(sub.prompt_token_ids) + resumed
-        return self.registry.place(sub.adapter, prefill, total, cached)
+        return self.registry.place(sub.adapter, prefill, total, cached), cached
 
-    async def _assign(self, job: InFlight, placement: Placement) -> None:
+    async def _assign(
+        self, job: InFlight, placement: Placement, cached: CachedBlocks | None
+    ) -> None:
         sub = job.submit
         rid = sub.request_id
         total = len(sub.prompt_token_ids) + sub.sampling.max_tokens
@@ -102,11 +108,10 @@ class Dispatcher:
         self.inflight[rid] = job
         if not await self._ledger(job, total):
             return
-        for wid in job.workers if self.settings.prefix_routing else ():
+        for wid in job.workers if cached is not None else ():
             worker = self.registry.workers.get(wid)
             if worker is not None:
-                keys = prefix_keys(sub.adapter, sub.prompt_token_ids, worker.hb.block_size)
-                self.affinity.record(wid, keys)
+                self.affinity.record(wid, cached.keys(worker.hb.block_size))
         prefill = len(sub.prompt_token_ids) + len(job.generated)  # + a migrated one's tokens
         self.registry.commit(placement.prefill, rid, total if not placement.decode else prefill)
         if placement.decode:
