@@ -17,16 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from loraplex.tooling.ports import free_port, free_ports
+
 T = TypeVar("T")
 NATS_MAX_PAYLOAD = (
     8 * 1024 * 1024
 )  # raised from the 1 MiB default so KV chunks travel in fewer messages
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _find(binary: str) -> str:
@@ -152,18 +148,6 @@ def _until(
         time.sleep(0.1)
 
 
-def _free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports (held open together, so none is handed out twice)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _wait_listening(node: ServerProcess, timeout: float = 15.0) -> None:
     def listening() -> bool:
         with socket.create_connection(("127.0.0.1", node.port), timeout=0.2):
@@ -279,7 +263,7 @@ def start_nats_cluster(
 
 
 def _start_nats_cluster(data_dir: Path, n: int, max_payload: int, name: str) -> NatsCluster:
-    free = _free_ports(3 * n)
+    free = free_ports(3 * n)
     ports, cports, mports = free[:n], free[n : 2 * n], free[2 * n :]
     routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in cports)
     nodes: list[ServerProcess] = []
@@ -419,7 +403,7 @@ def start_redis_sentinel(
 def _start_redis_sentinel(
     data_dir: Path, down_after_ms: int, failover_timeout_ms: int, master_name: str
 ) -> SentinelSet:
-    primary_port, replica_port, *ports = _free_ports(5)
+    primary_port, replica_port, *ports = free_ports(5)
     nodes: list[ServerProcess] = []
     sentinels: list[ServerProcess] = []
     try:
