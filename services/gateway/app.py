@@ -1,9 +1,10 @@
 """``create_app(settings)``: the gateway FastAPI app.
 
-Built now (fail fast): tenants, tokenizer, metrics, and, with a Redis URL, the adapter-store app
-whose routes are reused.  Per run (lifespan): the NATS bus, the subscription to this gateway's
-stream subject (``Subjects.stream(gateway_id)`` -> ``StreamRouter.dispatch``), and the adapter
-store's state (Redis client, event publisher, registrar) from the adapter-store's own lifespan.
+Built now (fail fast): tenants, tokenizer, metrics, and, with a Redis URL, the adapter
+registration the adapter-store service also runs (``loraplex.adapters.registration``).  Per run
+(lifespan): the NATS bus, the subscription to this gateway's stream subject
+(``Subjects.stream(gateway_id)`` -> ``StreamRouter.dispatch``), and the registration's state
+(Redis client, event publisher, registrar).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
+from loraplex.adapters.registration.config import RegistrationConfig
+from loraplex.adapters.registration.lifecycle import Registration
 from loraplex.bus import Bus
 from loraplex.gateway.body_check import BodyCheckMiddleware
 from loraplex.gateway.capacity import SchedulerView
@@ -33,18 +36,13 @@ from loraplex.text.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 
-def _adapter_store_app(settings: GatewaySettings) -> FastAPI | None:
+def _registration(settings: GatewaySettings) -> Registration | None:
+    """The adapter routes' registration (the adapter-store's, run in this process), checked
+    now; None without a Redis URL.  Flags the gateway lacks come from ``LORAPLEX_*``."""
     if not settings.redis_url:
         return None
-    from loraplex.adapter_store.app import create_app as create_store_app
-    from loraplex.adapter_store.settings import Settings as StoreSettings
-
-    return create_store_app(
-        StoreSettings.from_env(
-            # the embedded store's routes are served on the gateway's own listener: its
-            # "adapter-store ready on" line names that, not the adapter-store's default port
-            host=settings.host,
-            port=settings.port,
+    return Registration.prepare(
+        RegistrationConfig.from_env(
             model_dir=settings.model_dir,
             redis_url=settings.redis_url,
             nats_url=settings.nats_url,
@@ -64,7 +62,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     streams = StreamRouter()
     capacity = SchedulerView()
     metrics.bind_orphans(lambda: streams.orphans)
-    store_app = _adapter_store_app(settings)
+    registration = _registration(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -81,10 +79,13 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             # The scheduler's broadcast says whether any worker set can serve: /ready.
             await bus.subscribe(Subjects.STATS, capacity.on_stats, SchedulerStats)
             store = None
-            if store_app is not None:
-                await stack.enter_async_context(store_app.router.lifespan_context(store_app))
-                app.state.loraplex = store_app.state.loraplex  # read by the adapter routes
-                store = app.state.loraplex.store
+            if registration is not None:
+                state = await stack.enter_async_context(registration.running())
+                app.state.loraplex = state  # read by the adapter routes
+                store = state.store
+                log.info(
+                    "adapter-store ready on %s:%d (in the gateway)", settings.host, settings.port
+                )
             app.state.service = GatewayService(settings, bus, streams, tokenizer, store, metrics)
             mode = "open mode" if tenants.open_mode else f"{len(tenants.tenants)} tenants"
             log.info(
@@ -105,7 +106,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(completions.router)
     app.include_router(models.router)
-    app.include_router(adapter_router(store_app is not None))
+    app.include_router(adapter_router(registration is not None))
     app.include_router(vllm_adapters.router)
     app.include_router(tokenize.router)
     app.include_router(health.router)

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from loraplex.adapter_store.app import create_app
-from loraplex.adapter_store.events import EventPublisher
-from loraplex.adapter_store.registrar import Registrar
 from loraplex.adapter_store.settings import Settings
+from loraplex.adapters.registration.config import RegistrationConfig
+from loraplex.adapters.registration.events import EventPublisher
+from loraplex.adapters.registration.registrar import Registrar
 from loraplex.adapters.store import AdapterStore
 from loraplex.bus import Bus
 from loraplex.model.config import ModelConfig
@@ -128,7 +129,8 @@ def service(
             "redis_prefix": prefix,
         }
         base.update(overrides)
-        return serve(Settings(**base))  # type: ignore[arg-type]
+        port = base.pop("port")
+        return serve(Settings(RegistrationConfig(**base), port=port))  # type: ignore[arg-type]
 
     return start
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loraplex import LLM, SamplingParams
-from loraplex.adapter_store.registrar import Registrar
-from loraplex.adapter_store.spool import Spool
-from loraplex.adapter_store.uploads import AdapterUpload
 from loraplex.adapters.keys import adapter_id
+from loraplex.adapters.registration.registrar import Registrar
+from loraplex.adapters.registration.spool import Spool
+from loraplex.adapters.registration.uploads import AdapterUpload
 from loraplex.bus import Bus
 from loraplex.lora.names import CONFIG_FILE, WEIGHTS_FILE
 from loraplex.protocol import (

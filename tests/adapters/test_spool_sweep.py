@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from loraplex.adapter_store.spool import Spool, sweep_orphans
+from loraplex.adapters.registration.spool import Spool, sweep_orphans
 
 
 def _dead_pid() -> int:

@@ -1,6 +1,6 @@
 """``POST/GET/DELETE /v1/adapters...`` through the gateway, with the caller's tenant.
 
-The routes are the adapter-store service's own (``loraplex.adapter_store.routes.router``): same
+The routes are the adapter-store service's own (``loraplex.adapters.registration.routes.router``): same
 validation, same dependencies (they read ``app.state.loraplex``, which the gateway's lifespan fills
 by running the adapter-store app's lifespan).  Without ``--redis-url`` they answer 503.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from loraplex.adapter_store.routes import router as store_router
 from loraplex.adapters.errors import StoreUnavailableError
+from loraplex.adapters.registration.routes import router as store_router
 from loraplex.gateway.deps import TenantDep
 
 disabled = APIRouter(prefix="/v1/adapters", tags=["adapters"])

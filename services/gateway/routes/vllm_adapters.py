@@ -20,9 +20,6 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from loraplex.adapter_store.adapter_paths import upload_from_dir
-from loraplex.adapter_store.deps import AppState
-from loraplex.adapter_store.uploads import check_name
 from loraplex.adapters.errors import (
     AdapterExistsError,
     AdapterForbiddenError,
@@ -31,6 +28,9 @@ from loraplex.adapters.errors import (
     StoreUnavailableError,
 )
 from loraplex.adapters.keys import adapter_id
+from loraplex.adapters.registration.adapter_paths import upload_from_dir
+from loraplex.adapters.registration.deps import AppState
+from loraplex.adapters.registration.uploads import check_name
 from loraplex.gateway.deps import TenantDep
 from loraplex.gateway.errors import InvalidParamError, classify
 from loraplex.tenants import Tenant
@@ -110,11 +110,11 @@ async def load_lora_adapter(
 async def _register_path(
     state: AppState, tenant: Tenant, name: str, path: str, replace: bool
 ) -> None:
-    limit = state.settings.max_adapter_bytes
+    limit = state.config.max_adapter_bytes
     async with state.registrar.upload_slot(tenant):  # 429 as on /v1/adapters
         upload = await upload_from_dir(
             state.adapters_root, name, path, limit, replace=replace,
-            spool_dir=state.settings.upload_dir,
+            spool_dir=state.config.upload_dir,
         )  # fmt: skip
         await state.registrar.register(tenant, upload)
 

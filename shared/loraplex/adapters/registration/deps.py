@@ -8,16 +8,16 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from loraplex.adapter_store.events import EventPublisher
-from loraplex.adapter_store.registrar import Registrar
-from loraplex.adapter_store.settings import Settings
+from loraplex.adapters.registration.config import RegistrationConfig
+from loraplex.adapters.registration.events import EventPublisher
+from loraplex.adapters.registration.registrar import Registrar
 from loraplex.adapters.store import AdapterStore
 from loraplex.tenants import Tenant, Tenants
 
 
 @dataclass(frozen=True)
 class AppState:
-    settings: Settings
+    config: RegistrationConfig
     tenants: Tenants
     store: AdapterStore
     events: EventPublisher

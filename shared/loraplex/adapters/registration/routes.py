@@ -5,9 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from loraplex.adapter_store.adapter_paths import read_path_registration
-from loraplex.adapter_store.deps import CurrentTenant, State
-from loraplex.adapter_store.uploads import AdapterUpload, check_text, invalid, read_multipart
+from loraplex.adapters.registration.adapter_paths import read_path_registration
+from loraplex.adapters.registration.deps import CurrentTenant, State
+from loraplex.adapters.registration.uploads import (
+    AdapterUpload,
+    check_text,
+    invalid,
+    read_multipart,
+)
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 health = APIRouter(tags=["health"])
@@ -15,7 +20,7 @@ health = APIRouter(tags=["health"])
 
 async def _read_upload(request: Request, state: State) -> AdapterUpload:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    limit, spool_dir = state.settings.max_adapter_bytes, state.settings.upload_dir
+    limit, spool_dir = state.config.max_adapter_bytes, state.config.upload_dir
     if ctype == "multipart/form-data":
         return await read_multipart(request, limit, spool_dir)
     if ctype == "application/json":

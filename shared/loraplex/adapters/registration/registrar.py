@@ -8,11 +8,11 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from loraplex.adapter_store.events import EventPublisher
-from loraplex.adapter_store.uploads import AdapterUpload
 from loraplex.adapters.errors import AdapterForbiddenError, UploadLimitError
 from loraplex.adapters.info import AdapterInfo, Registered
 from loraplex.adapters.keys import adapter_id
+from loraplex.adapters.registration.events import EventPublisher
+from loraplex.adapters.registration.uploads import AdapterUpload
 from loraplex.adapters.store import AdapterStore
 from loraplex.errors import AdapterNotFoundError
 from loraplex.lora.adapter import check_adapter_file

@@ -17,10 +17,10 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from loraplex.adapter_store.adapter_files import classify
-from loraplex.adapter_store.spool import Spool
 from loraplex.adapters.errors import AdapterTooLargeError
 from loraplex.adapters.info import VISIBILITIES
+from loraplex.adapters.registration.adapter_files import classify
+from loraplex.adapters.registration.spool import Spool
 from loraplex.errors import AdapterError, InvalidRequestError
 from loraplex.lora.names import CONFIG_FILE, WEIGHTS_FILE, validate_name
 

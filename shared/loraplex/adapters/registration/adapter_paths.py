@@ -17,9 +17,10 @@ from typing import Any
 
 from starlette.requests import Request
 
-from loraplex.adapter_store.adapter_files import classify
-from loraplex.adapter_store.spool import Spool
-from loraplex.adapter_store.uploads import (
+from loraplex.adapters.errors import AdapterPathError, AdapterTooLargeError
+from loraplex.adapters.registration.adapter_files import classify
+from loraplex.adapters.registration.spool import Spool
+from loraplex.adapters.registration.uploads import (
     MAX_CONFIG_BYTES,
     AdapterUpload,
     check_name,
@@ -29,7 +30,6 @@ from loraplex.adapter_store.uploads import (
     parse_bool,
     too_large,
 )
-from loraplex.adapters.errors import AdapterPathError, AdapterTooLargeError
 from loraplex.errors import AdapterError
 from loraplex.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
 
