@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from loraplex.adapters.store import AdapterStore
-from loraplex.lora.adapter import check_adapter_file
+from loraplex.lora.adapter_check import check_adapter_file
 from loraplex.model.config import ModelConfig
 from loraplex.tooling.demo import ALL_MODULES, TinyModelSpec, model_config, write_random_adapter
 

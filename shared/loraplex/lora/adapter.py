@@ -1,9 +1,9 @@
 """PEFT LoRA adapters: parse, validate against the base model, and hold host-side weights.
 
 The config is checked by ``config_check``, the tensors by ``tensor_check`` (the header first,
-then one A/B pair at a time).  ``check_adapter_file`` (the adapter store) keeps nothing, so it
-holds one pair in memory whatever the file's size; ``parse_adapter`` (workers, the offline
-``LLM``) keeps the scaled weights.
+then one A/B pair at a time).  ``parse_adapter`` (workers, the offline ``LLM``) keeps the scaled
+weights as torch tensors; ``adapter_check.check_adapter_file`` (adapter registration, torch-free)
+runs the same walk and keeps nothing.
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load as load_safetensors_bytes
 
 from loraplex.errors import AdapterError
 from loraplex.lora.config_check import LORA_TARGETS, parse_config
 from loraplex.lora.names import CONFIG_FILE, NAME_PATTERN, WEIGHTS_FILE, validate_name
-from loraplex.lora.tensor_check import TensorDict, not_safetensors, open_weights_file, walk
+from loraplex.lora.tensor_check import walk, weights_bytes
 from loraplex.model.config import ModelConfig
 
 __all__ = [
@@ -25,10 +24,8 @@ __all__ = [
     "LORA_TARGETS",
     "NAME_PATTERN",
     "WEIGHTS_FILE",
-    "AdapterSummary",
     "LoraAdapter",
     "LoraModule",
-    "check_adapter_file",
     "load_adapter_dir",
     "parse_adapter",
     "validate_name",
@@ -63,15 +60,6 @@ class LoraAdapter:
         return sum(m.a.nbytes + m.b.nbytes for m in self.modules.values())
 
 
-@dataclass(frozen=True)
-class AdapterSummary:
-    """What the store records of a validated adapter file."""
-
-    rank: int
-    alpha: float
-    targets: tuple[str, ...]
-
-
 def load_adapter_dir(path: str | Path, name: str, model: ModelConfig, max_rank: int) -> LoraAdapter:
     """Read ``adapter_config.json`` + ``adapter_model.safetensors`` from a directory."""
     root = Path(path)
@@ -102,13 +90,10 @@ def parse_adapter(
     why.  ``max_abs_weight``: None reads ``LORAPLEX_ADAPTER_MAX_ABS_WEIGHT``."""
     validate_name(name)
     config = parse_config(name, config_bytes)
-    try:
-        tensors = load_safetensors_bytes(weight_bytes)
-    except Exception as e:  # safetensors raises several types for corrupt input
-        raise not_safetensors(name, e) from e
+    source = weights_bytes(name, weight_bytes)
     modules = {
-        at: LoraModule(a, b)
-        for at, a, b in walk(name, config, TensorDict(tensors), model, max_rank, max_abs_weight)
+        at: LoraModule(torch.from_numpy(a), torch.from_numpy(b))
+        for at, a, b in walk(name, config, source, model, max_rank, max_abs_weight)
     }
     return LoraAdapter(
         name=name,
@@ -118,21 +103,3 @@ def parse_adapter(
         targets=tuple(t for t in LORA_TARGETS if any(t == tt for _, tt in modules)),
         modules=modules,
     )
-
-
-def check_adapter_file(
-    name: str,
-    config_bytes: bytes,
-    weights_path: str | Path,
-    model: ModelConfig,
-    max_rank: int,
-    max_abs_weight: float | None = None,
-) -> AdapterSummary:
-    """``parse_adapter``'s checks on a weights file, reading one A/B pair at a time."""
-    validate_name(name)
-    config = parse_config(name, config_bytes)
-    rank, targets = 0, set()
-    with open_weights_file(name, weights_path) as source:
-        for (_, target), a, _ in walk(name, config, source, model, max_rank, max_abs_weight):
-            rank, targets = max(rank, a.shape[0]), targets | {target}
-    return AdapterSummary(rank, config.alpha, tuple(t for t in LORA_TARGETS if t in targets))

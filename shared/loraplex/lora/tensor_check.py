@@ -1,6 +1,7 @@
 """The checks of an adapter's tensors: names and pairs, shapes, ranks and dtypes against the
 base model and the config (from the safetensors header alone), then each pair's values, read one
-pair at a time from a ``TensorSource`` (a dict of loaded tensors, or a file read lazily)."""
+pair at a time from a ``TensorSource`` (bytes in memory, or a file read lazily).  No torch: the
+adapter-store and the gateway run it on uploads, workers on what they page in."""
 
 from __future__ import annotations
 
@@ -11,14 +12,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
-import torch
-from safetensors import safe_open
+import numpy as np
 
 from loraplex import env
 from loraplex.errors import AdapterError
 from loraplex.lora.config_check import LORA_TARGETS, LoraConfig, check_targets, module_name
 from loraplex.lora.names import CONFIG_FILE, WEIGHTS_FILE
 from loraplex.lora.patterns import MatchBudget
+from loraplex.lora.safetensors_numpy import (
+    SafetensorsBytes,
+    SafetensorsError,
+    SafetensorsFile,
+    TensorInfo,
+)
 from loraplex.model.config import ModelConfig
 
 # base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight (optionally lora_A.<adapter>.weight)
@@ -28,62 +34,30 @@ _KEY = re.compile(
 
 
 class TensorSource(Protocol):
-    def keys(self) -> list[str]: ...
-    def shape(self, key: str) -> tuple[int, ...]: ...
-    def is_float(self, key: str) -> bool: ...
-    def tensor(self, key: str) -> torch.Tensor: ...
+    """A safetensors file's header (``infos``) and its tensors decoded one at a time."""
 
+    infos: dict[str, TensorInfo]
 
-class TensorDict:
-    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.tensors = tensors
-
-    def keys(self) -> list[str]:
-        return list(self.tensors)
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self.tensors[key].shape)
-
-    def is_float(self, key: str) -> bool:
-        return self.tensors[key].is_floating_point()
-
-    def tensor(self, key: str) -> torch.Tensor:
-        return self.tensors[key]
-
-
-class TensorFile:
-    """A safetensors file read lazily: the header now, each tensor when asked.  safe_open maps
-    the file, and the pages read through a mapping count in the process's RSS while it lives, so
-    each tensor is read through a mapping of its own, gone with the tensor: RSS stays flat (a
-    400 MiB upload: +20-30 MiB instead of +400)."""
-
-    def __init__(self, handle: object, path: str) -> None:
-        self.f = handle
-        self.path = path
-
-    def keys(self) -> list[str]:
-        return list(self.f.keys())  # type: ignore[attr-defined]
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self.f.get_slice(key).get_shape())  # type: ignore[attr-defined]
-
-    def is_float(self, key: str) -> bool:
-        dtype = self.f.get_slice(key).get_dtype()  # type: ignore[attr-defined]
-        return dtype.startswith(("F", "BF"))  # F64/F32/F16/BF16/F8_*; not I*, U*, BOOL
-
-    def tensor(self, key: str) -> torch.Tensor:
-        with safe_open(self.path, framework="pt") as f:
-            return f.get_tensor(key)
+    def float32(self, name: str) -> np.ndarray: ...
 
 
 @contextmanager
-def open_weights_file(name: str, path: str | Path) -> Iterator[TensorFile]:
+def open_weights_file(name: str, path: str | Path) -> Iterator[SafetensorsFile]:
+    """The file's header read and checked; tensors are read when the walk asks (one pair held
+    at a time, whatever the file's size)."""
+    with open(path, "rb") as handle:
+        try:
+            source = SafetensorsFile(handle)
+        except SafetensorsError as e:
+            raise not_safetensors(name, e) from e
+        yield source
+
+
+def weights_bytes(name: str, data: bytes) -> SafetensorsBytes:
     try:
-        handle = safe_open(str(path), framework="pt")
-    except Exception as e:
+        return SafetensorsBytes(data)
+    except SafetensorsError as e:
         raise not_safetensors(name, e) from e
-    with handle:
-        yield TensorFile(handle, str(path))
 
 
 def not_safetensors(name: str, e: Exception) -> AdapterError:
@@ -109,21 +83,21 @@ def walk(
     model: ModelConfig,
     max_rank: int,
     max_abs_weight: float | None,
-) -> Iterator[tuple[tuple[int, str], torch.Tensor, torch.Tensor]]:
-    """Check every pair against the header, then yield each pair's ``(layer, target)``, A and
-    B times its scaling (float32), values checked.  ``max_abs_weight`` None: the registry's."""
+) -> Iterator[tuple[tuple[int, str], np.ndarray, np.ndarray]]:
+    """Check every pair against the header, then yield each pair's ``(layer, target)``, A
+    ``[r, in]`` and B times its scaling ``[out, r]`` (float32, C-contiguous), values checked.
+    ``max_abs_weight`` None: the registry's."""
     bound = _max_abs_weight(max_abs_weight)
     budget = MatchBudget(name)
     check_targets(name, config, model.num_layers, budget)
-    pairs = _pairs(name, source.keys(), model)
+    pairs = _pairs(name, list(source.infos), model)
     scalings = {}
     for at, keys in pairs.items():  # every header check before reading any tensor
         scalings[at] = _check_pair(name, config, source, model, max_rank, budget, at, keys)
     for at, (a_key, b_key) in pairs.items():
-        a, b, scaling = source.tensor(a_key), source.tensor(b_key), scalings[at]
-        a32 = _checked(name, a_key, a.float(), 1.0, bound)
-        b32 = _checked(name, b_key, b.float(), scaling, bound)
-        yield at, a32.contiguous(), (b32 * scaling).contiguous()
+        a32 = _checked(name, a_key, source.float32(a_key), 1.0, bound)
+        b32 = _checked(name, b_key, source.float32(b_key), scalings[at], bound)
+        yield at, np.ascontiguousarray(a32), np.ascontiguousarray(b32 * np.float32(scalings[at]))
 
 
 def _pairs(
@@ -175,7 +149,7 @@ def _check_pair(
     """The header's checks of one pair (shapes, rank, dtype, config); returns its scaling."""
     (layer, target), (a_key, b_key) = at, keys
     where = f"layer {layer} {target}"
-    a, b = source.shape(a_key), source.shape(b_key)
+    a, b = source.infos[a_key].shape, source.infos[b_key].shape
     in_f, out_f = model.module_shape(target)
     r = a[0] if len(a) == 2 else -1
     if len(a) != 2 or len(b) != 2 or a[1] != in_f or b[0] != out_f or b[1] != r:
@@ -205,16 +179,16 @@ def _check_pair(
         raise AdapterError(
             f"adapter {name!r}: rank {r} exceeds the server's max_lora_rank {max_rank}"
         )
-    if not (source.is_float(a_key) and source.is_float(b_key)):
+    if not (source.infos[a_key].is_float and source.infos[b_key].is_float):
         raise AdapterError(f"adapter {name!r}: {where} weights must be floating point")
     alpha = config.alpha_for(module, budget)
     return alpha / (math.sqrt(r) if config.use_rslora else r)
 
 
-def _checked(name: str, key: str, w: torch.Tensor, scaling: float, bound: float) -> torch.Tensor:
-    if not bool(torch.isfinite(w).all()):
+def _checked(name: str, key: str, w: np.ndarray, scaling: float, bound: float) -> np.ndarray:
+    if not bool(np.isfinite(w).all()):
         raise AdapterError(f"adapter {name!r}: tensor {key!r} holds NaN or infinite values")
-    largest = float(w.abs().max()) * abs(scaling)  # a Python float: no overflow
+    largest = float(np.abs(w).max()) * abs(scaling)  # a Python float: no overflow
     if largest > bound:
         scaled = f" (times its scaling {scaling:.3g})" if scaling != 1.0 else ""
         raise AdapterError(

@@ -31,7 +31,7 @@ from loraplex.adapters.registration.uploads import (
     too_large,
 )
 from loraplex.errors import AdapterError
-from loraplex.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
+from loraplex.lora.names import CONFIG_FILE, WEIGHTS_FILE
 
 _MAX_JSON_BYTES = 64 * 1024
 _JSON_FIELDS = ("name", "path", "visibility", "replace")

@@ -15,7 +15,7 @@ from loraplex.adapters.registration.events import EventPublisher
 from loraplex.adapters.registration.uploads import AdapterUpload
 from loraplex.adapters.store import AdapterStore
 from loraplex.errors import AdapterNotFoundError
-from loraplex.lora.adapter import check_adapter_file
+from loraplex.lora.adapter_check import check_adapter_file
 from loraplex.lora.names import NAME_PATTERN
 from loraplex.model.config import ModelConfig
 from loraplex.protocol import AdapterEvent
