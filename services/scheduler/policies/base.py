@@ -1,5 +1,8 @@
 """The fairness-policy contract the scheduler service drives (pure Python: no I/O, no torch).
 
+Over 300 lines on purpose: the contract's long call-order documentation and the base class that
+every policy shares (per-tenant queues, charging) belong together.
+
 Who calls what (``now`` is the scheduler's clock in seconds; any monotone float works):
 
 1. ``enqueue(req, now)``      the gateway's submit arrived; ``req`` joins its tenant's FIFO queue.

@@ -9,6 +9,9 @@ Tenancy: names are scoped to their owner (ids ``owner/name``, see ``adapters.key
 resolves a name to its own adapter, else to the public adapter of that name; nothing it is told
 depends on other tenants' private adapters.  ``get`` and ``fetch`` take ids and are for trusted
 callers (workers); ``get_for``, ``list_for`` and ``delete_for`` take the tenant's bare names.
+
+Over 300 lines on purpose: every read and write of an adapter's keys is in this one class, so the
+atomicity argument above (staging, WATCH, MULTI/EXEC) can be checked in one file.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Pure-torch twins of every kernel: the oracle for the Triton kernels and the CPU path.
 
+Over 300 lines on purpose: every twin in one file, so the conventions below are stated once and
+a kernel's test finds its oracle beside the others.
+
 Conventions shared with the Triton kernels in this package:
 
 * LoRA weights of one target module at one layer are stacked over device slots and padded to
