@@ -1,7 +1,9 @@
 """Clients of the adapter registry.
 
-* ``AdapterStoreClient``: async HTTP client of the adapter-store routes (operators, and the gateway
-  when it proxies them).  Error responses come back as the typed exceptions the server raised.
+* ``AdapterStoreClient``: async HTTP client of the adapter routes (``/v1/adapters`` on the
+  adapter-store or the gateway) for Python callers: operators' scripts and the tests.  No service
+  uses it (the gateway serves the same routes in-process).  Error responses come back as the
+  typed exceptions the server raised.
 * Workers read weights straight from Redis by adapter id: ``AdapterStore.from_url(url).fetch(
   "owner/name")`` (sha256 verified on every read); ``load_adapter`` adds PEFT validation against
   the base model.  Tenants (and this HTTP client) only use bare names: a name resolves to the
