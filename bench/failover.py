@@ -41,8 +41,11 @@ from failoverbench.report import (  # noqa: E402
 )
 
 from loraplex.scheduler.leader import LEASE_SUFFIX  # noqa: E402
-from loraplex.tooling.launcher import Stack, parse_up_args, start_stack  # noqa: E402
-from loraplex.tooling.servers import free_port, start_nats_cluster, start_redis  # noqa: E402
+from loraplex.tooling.launcher import Stack, start_stack  # noqa: E402
+from loraplex.tooling.nats_cluster import start_nats_cluster  # noqa: E402
+from loraplex.tooling.ports import free_port  # noqa: E402
+from loraplex.tooling.servers import start_redis  # noqa: E402
+from loraplex.tooling.up_flags import parse_up_args  # noqa: E402
 
 SECTION = "Failover (bench/failover.py)"
 KEYS = {"A": "sk-failover-bench-a", "B": "sk-failover-bench-b"}

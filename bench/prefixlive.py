@@ -20,8 +20,9 @@ import httpx
 import torch
 from openai import AsyncOpenAI
 
-from loraplex.tooling.launcher import Stack, parse_up_args, start_stack
-from loraplex.tooling.servers import free_port
+from loraplex.tooling.launcher import Stack, start_stack
+from loraplex.tooling.ports import free_port
+from loraplex.tooling.up_flags import parse_up_args
 
 HIT = re.compile(
     r'loraplex_worker_prefix_cache_(hit|query)_tokens_total\{role="[^"]*",worker="([^"]+)"\} (\S+)'

@@ -26,7 +26,7 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     from loraplex.adapter_store.__main__ import build_parser as store_parser
     from loraplex.gateway.__main__ import build_parser as gateway_parser
     from loraplex.scheduler.settings import build_parser as scheduler_parser
-    from loraplex.tooling.launcher import build_parser as up_parser
+    from loraplex.tooling.up_flags import build_parser as up_parser
     from loraplex.worker.settings import build_parser as worker_parser
 
     return {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loraplex.tooling.launcher import parse_up_args, worker_argv
+from loraplex.tooling.up_flags import parse_up_args, worker_argv
 from loraplex.worker.settings import build_parser, settings_from_args
 
 COMMON = ["--nats-url", "nats://127.0.0.1:1", "--redis-url", "redis://127.0.0.1:2"]

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from loraplex.status_server import StatusListener, StatusListenError, status_app
-from loraplex.tooling.servers import free_port
+from loraplex.tooling.ports import free_port
 from loraplex.worker.http_status import WorkerStatus
 from loraplex.worker.metrics import WorkerMetrics
 

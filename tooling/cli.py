@@ -92,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-lora-rank", type=int, default=64)
     p.set_defaults(func=_generate)
 
-    from loraplex.tooling.launcher import build_parser as up_parser
     from loraplex.tooling.launcher import up
+    from loraplex.tooling.up_flags import build_parser as up_parser
 
     p = sub.add_parser("up", help="run the whole stack on this machine (NATS, Redis, services)")
     up_parser(p)

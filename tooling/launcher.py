@@ -17,122 +17,12 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from loraplex.cli_help import DefaultsHelpFormatter
-from loraplex.scheduler.policies.registry import POLICIES
-from loraplex.tooling.servers import free_port, start_nats, start_redis
+from loraplex.tooling.ports import free_port
+from loraplex.tooling.servers import start_nats, start_redis
 from loraplex.tooling.stack import Stack
+from loraplex.tooling.up_flags import gateway_argv, scheduler_argv, store_argv, worker_argv
 
-__all__ = ["Stack", "build_parser", "parse_up_args", "start_stack", "up"]
-
-
-def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.formatter_class = DefaultsHelpFormatter  # every flag's --help shows its default
-    p.add_argument(
-        "--model", default=None, help="Hugging Face model directory (default: a tiny demo model)"
-    )
-    p.add_argument(
-        "--host", default="127.0.0.1", help="gateway listen address (non-loopback needs --tenants)"
-    )
-    p.add_argument("--port", type=int, default=8000, help="gateway port")
-    p.add_argument(
-        "--tenants", default=None, help="tenants file (JSON/YAML) (default: none, one open tenant)"
-    )
-    p.add_argument(
-        "--prefill-workers",
-        type=int,
-        default=1,
-        help="0 runs the decode workers colocated (role both)",
-    )
-    p.add_argument("--decode-workers", type=int, default=1)
-    p.add_argument(
-        "--schedulers",
-        type=int,
-        default=1,
-        help="scheduler replicas: one leads (a lease in Redis), the others take over if it dies",
-    )
-    p.add_argument("--max-num-seqs", type=int, default=32, help="running batch size per worker")
-    p.add_argument("--max-loras", type=int, default=8, help="adapter slots per worker")
-    p.add_argument("--max-lora-rank", type=int, default=64)
-    p.add_argument(
-        "--num-kv-blocks", type=int, default=None, help="KV blocks per worker (default: derived)"
-    )
-    p.add_argument(
-        "--max-model-len", type=int, default=None, help="context per request (default: the model's)"
-    )
-    p.add_argument(
-        "--max-num-batched-tokens",
-        type=int,
-        default=None,
-        help="tokens per prefill step; longer prompts are chunked (default: the worker's, 4096)",
-    )
-    p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs in the workers")
-    p.add_argument(
-        "--enable-prefix-caching",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="workers reuse K/V of shared prompt prefixes",
-    )
-    p.add_argument("--fairness", choices=list(POLICIES), default="vtc")
-    p.add_argument(
-        "--prefix-routing",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="scheduler sends a prompt prefix back to the worker that prefilled it",
-    )
-    p.add_argument(
-        "--rpm-limit", type=int, default=60, help="requests per minute per tenant (--fairness rpm)"
-    )
-    p.add_argument("--nats-url", default=None, help="use this NATS (default: start a nats-server)")
-    p.add_argument(
-        "--redis-url", default=None, help="use this Redis (default: start a redis-server)"
-    )
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    p.add_argument("--device", default=None, help="worker device (default: cuda when available)")
-    p.add_argument(
-        "--run-dir", default=None, help="logs and server data (default: ./.loraplex/run)"
-    )
-    p.add_argument("--adapter-store-port", type=int, default=None, help="default: a free port")
-    p.add_argument(
-        "--adapters-root",
-        default=None,
-        help="allow path registrations (POST /v1/adapters {name, path}, vLLM's "
-        "/v1/load_lora_adapter lora_path) of directories below it (default: off)",
-    )
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        default=None,
-        help="gateway's Prometheus /metrics listener on 127.0.0.1 (default: a free port)",
-    )
-    p.add_argument(
-        "--restart",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="restart a service that exits (with backoff) instead of leaving it down",
-    )
-    return p
-
-
-def worker_argv(args: argparse.Namespace, model: str, common: list[str]) -> list[str]:
-    """Flags every prefill/decode worker gets from ``loraplex up``'s own flags."""
-    argv = [
-        "--model", model, "--dtype", args.dtype, "--max-num-seqs", str(args.max_num_seqs),
-        "--max-loras", str(args.max_loras), "--max-lora-rank", str(args.max_lora_rank), *common,
-    ]  # fmt: skip
-    optional = {
-        "--device": args.device,
-        "--num-kv-blocks": args.num_kv_blocks,
-        "--max-model-len": args.max_model_len,
-        "--max-num-batched-tokens": args.max_num_batched_tokens,
-    }
-    for flag, value in optional.items():
-        if value:
-            argv += [flag, str(value)]
-    if args.enforce_eager:
-        argv.append("--enforce-eager")
-    if not args.enable_prefix_caching:
-        argv.append("--no-enable-prefix-caching")
-    return argv
+__all__ = ["Stack", "start_stack", "up"]
 
 
 def _wait_http(url: str, stack: Stack, timeout: float) -> None:
@@ -236,11 +126,6 @@ def up(args: argparse.Namespace) -> int:
         stack.stop()
 
 
-def parse_up_args(argv: list[str]) -> argparse.Namespace:
-    """Flags of ``loraplex up`` as a namespace (for tests and benchmarks that start stacks)."""
-    return build_parser(argparse.ArgumentParser()).parse_args(argv)
-
-
 def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]:  # type: ignore[type-arg]
     """Start every process of the stack and wait until the gateway is ready.
 
@@ -264,11 +149,6 @@ def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]
     if redis_url is None:
         stack.servers.append(start_redis(run_dir / "redis"))
         redis_url = stack.servers[-1].url
-    tenants = ["--tenants", args.tenants] if args.tenants else []
-    # path registrations run in both: the adapter store's routes and the gateway's copy of them
-    root = (
-        ["--adapters-root", str(Path(args.adapters_root).resolve())] if args.adapters_root else []
-    )
     if demo_adapters:
         owner = "default"
         if args.tenants:
@@ -281,25 +161,12 @@ def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]
     metrics = f"http://127.0.0.1:{metrics_port}/metrics"
     common = ["--nats-url", nats_url, "--redis-url", redis_url]
     stack.spawn(
-        "adapter-store", "loraplex.adapter_store", "--port", str(store_port), "--model", model,
-        "--max-lora-rank", str(args.max_lora_rank), *common, *tenants, *root,
-    )  # fmt: skip
+        "adapter-store", "loraplex.adapter_store", *store_argv(args, model, store_port, common)
+    )
     for i in range(max(1, args.schedulers)):  # replicas: the first to take the lease leads
         name = "scheduler" if i == 0 else f"scheduler-{i}"
-        stack.spawn(
-            name,
-            "loraplex.scheduler",
-            "--scheduler-id",
-            name,
-            "--fairness",
-            args.fairness,
-            "--rpm-limit",
-            str(args.rpm_limit),
-            *([] if args.prefix_routing else ["--no-prefix-routing"]),
-            *common,
-            *tenants,
-            *_status_port(stack, name),
-        )
+        argv = scheduler_argv(args, name, common)
+        stack.spawn(name, "loraplex.scheduler", *argv, *_status_port(stack, name))
     worker_args = worker_argv(args, model, common)
     for i in range(args.prefill_workers):
         name = f"prefill-{i}"
@@ -308,22 +175,10 @@ def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]
         )
     decode_role = "decode" if args.prefill_workers else "both"
     for i in range(args.decode_workers):
-        stack.spawn(
-            f"decode-{i}",
-            "loraplex.decode",
-            "--role",
-            decode_role,
-            "--worker-id",
-            f"decode-{i}",
-            *worker_args,
-            *_status_port(stack, f"decode-{i}"),
-        )
-    stack.spawn(
-        "gateway", "loraplex.gateway", "--host", args.host, "--port", str(args.port), "--model", model,
-        "--max-lora-rank", str(args.max_lora_rank), *common, *tenants, *root,
-        *(["--max-model-len", str(args.max_model_len)] if args.max_model_len else []),
-        "--metrics-port", str(metrics_port),
-    )  # fmt: skip
+        name = f"decode-{i}"
+        argv = ["--role", decode_role, "--worker-id", name, *worker_args]
+        stack.spawn(name, "loraplex.decode", *argv, *_status_port(stack, name))
+    stack.spawn("gateway", "loraplex.gateway", *gateway_argv(args, model, common, metrics_port))
     base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
     _wait_http(f"http://127.0.0.1:{store_port}/ready", stack, timeout=60)
     workers = args.prefill_workers + args.decode_workers

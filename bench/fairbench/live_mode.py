@@ -16,9 +16,10 @@ from common import replace_doc_section
 
 from loraplex.scheduler.policies.base import QueuedRequest
 from loraplex.scheduler.settings import build_parser as build_scheduler_parser
-from loraplex.tooling.launcher import Stack, parse_up_args, start_stack
-from loraplex.tooling.servers import free_port
+from loraplex.tooling.launcher import Stack, start_stack
+from loraplex.tooling.ports import free_port
 from loraplex.tooling.simulator import generate_arrivals, summarize
+from loraplex.tooling.up_flags import parse_up_args
 
 from .live_client import drive, live_result
 from .plots import plot

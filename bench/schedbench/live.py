@@ -37,7 +37,8 @@ from loraplex.protocol import (
     WorkerHeartbeat,
 )
 from loraplex.sampling_params import SamplingParams
-from loraplex.tooling.servers import free_port, start_nats, start_redis
+from loraplex.tooling.ports import free_port
+from loraplex.tooling.servers import start_nats, start_redis
 
 READY_TIMEOUT_S = 60.0
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import httpx
 
-from loraplex.tooling.launcher import Stack, parse_up_args, start_stack
-from loraplex.tooling.servers import free_port
+from loraplex.tooling.launcher import Stack, start_stack
+from loraplex.tooling.ports import free_port
+from loraplex.tooling.up_flags import parse_up_args
 
 from .load import TENANT_NAMES, ServeResult, TenantKey, plan_requests, replay, token_range
 from .machine import load_average

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from loraplex import env
+from loraplex.cli_flags import Flag, flag
 from loraplex.model.config import ModelConfig
 
 LOOPBACK_NAMES = ("localhost",)
@@ -111,3 +112,68 @@ class GatewaySettings:
 
     def with_(self, **changes: object) -> GatewaySettings:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def flags() -> tuple[Flag, ...]:
+    """The gateway's flags (``loraplex up`` reuses some); unset ones fall back to ``from_env``."""
+    return (
+        flag(
+            "--host",
+            default="127.0.0.1",
+            help="listen address (default 127.0.0.1; a non-loopback address needs --tenants)",
+        ),
+        flag("--port", type=int, default=8000, help="listen port (default 8000)"),
+        flag(
+            "--metrics-host",
+            default=None,
+            help=f"address of the Prometheus /metrics listener [{env.GATEWAY_METRICS_HOST.name}]",
+        ),
+        flag(
+            "--metrics-port",
+            type=int,
+            default=None,
+            help="port of the /metrics listener; per-tenant series are served only there, not on "
+            f"--port; 0: none (default 8002) [{env.GATEWAY_METRICS_PORT.name}]",
+        ),
+        flag("--nats-url", default=None, help=f"NATS URL [{env.NATS_URL.name}]"),
+        flag(
+            "--redis-url", default=None, help=f"Redis of the adapter store [{env.REDIS_URL.name}]"
+        ),
+        flag("--model", default=None, help=f"base model directory [{env.MODEL_DIR.name}]"),
+        flag(
+            "--model-id",
+            default=None,
+            help=f"served model name (default: the model dir's basename) [{env.MODEL_ID.name}]",
+        ),
+        flag(
+            "--tenants",
+            default=None,
+            help=f"tenants file, JSON/YAML; without it: open mode, loopback only [{env.TENANTS_FILE.name}]",
+        ),
+        flag(
+            "--request-timeout",
+            type=float,
+            default=None,
+            help=f"seconds a request may go without any answer before 504 [{env.GATEWAY_REQUEST_TIMEOUT_S.name}]",
+        ),
+        flag(
+            "--max-model-len",
+            type=int,
+            default=None,
+            help=f"context limit (default: the model's max_position_embeddings) [{env.MAX_MODEL_LEN.name}]",
+        ),
+        flag(
+            "--redis-prefix", default=None, help=f"prefix of Redis keys [{env.REDIS_PREFIX.name}]"
+        ),
+        flag(
+            "--max-lora-rank",
+            type=int,
+            default=None,
+            help=f"largest adapter rank accepted by POST /v1/adapters [{env.MAX_LORA_RANK.name}]",
+        ),
+        flag(
+            "--adapters-root",
+            default=None,
+            help=f"allow server-side path registrations below it [{env.ADAPTERS_ROOT.name}]",
+        ),
+    )

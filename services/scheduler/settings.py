@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loraplex import env
+from loraplex.cli_flags import Flag, add_flags, flag
 from loraplex.cli_help import DefaultsHelpFormatter
 from loraplex.scheduler.policies.registry import POLICIES
 
@@ -50,104 +51,119 @@ class SchedulerSettings:
         return opts
 
 
+def flags() -> tuple[Flag, ...]:
+    """Every scheduler flag (``loraplex up`` reuses some); defaults read the environment now."""
+    return (
+        flag("--nats-url", default=env.NATS_URL.get()),
+        flag(
+            "--redis-url",
+            default=env.REDIS_URL.get() or None,
+            help=f"keeps fairness counters across restarts [{env.REDIS_URL.name}]",
+        ),
+        flag(
+            "--fairness",
+            choices=list(POLICIES),
+            default="vtc",
+            help="the policy that picks the next tenant's request (policies/registry.py)",
+        ),
+        flag(
+            "--tenants",
+            default=None,
+            help="tenants file (weights are read from it; default: one open tenant)",
+        ),
+        flag(
+            "--max-queue-per-tenant",
+            type=int,
+            default=256,
+            help="429 above this many queued per tenant",
+        ),
+        flag("--max-queue", type=int, default=4096, help="429 above this many queued in total"),
+        flag(
+            "--heartbeat-timeout", type=float, default=3.0, help="seconds without heartbeat = dead"
+        ),
+        flag(
+            "--max-attempts",
+            type=int,
+            default=3,
+            help="placements of a request (re-dispatches and migrations after its worker died) "
+            "before it fails with a 503 naming the cause",
+        ),
+        flag("--w-p", type=float, default=1.0, help="VTC weight of an input token"),
+        flag("--w-q", type=float, default=2.0, help="VTC weight of an output token"),
+        flag(
+            "--rpm-limit",
+            type=int,
+            default=60,
+            help="requests per window per tenant (--fairness rpm)",
+        ),
+        flag(
+            "--rpm-window",
+            type=float,
+            default=60.0,
+            help="seconds of the RPM window (--fairness rpm)",
+        ),
+        flag(
+            "--redis-prefix",
+            default=env.REDIS_PREFIX.get(),
+            help="prefix of the scheduler's Redis keys",
+        ),
+        flag(
+            "--lost-request-grace",
+            type=float,
+            default=2.0,
+            help="seconds a worker may not list a request it was given before it is re-dispatched",
+        ),
+        flag(
+            "--prefix-routing",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="place a prompt's prefill on the worker that last prefilled its prefix",
+        ),
+        flag(
+            "--prefix-balance",
+            type=float,
+            default=0.25,
+            help="how much busier (share of its batch) a prefix-matching worker may be",
+        ),
+        flag(
+            "--unavailable-timeout",
+            type=float,
+            default=5.0,
+            help="seconds waiting requests wait for a live worker set before they fail with 503",
+        ),
+        flag(
+            "--metrics-host",
+            default=env.SCHEDULER_METRICS_HOST.get(),
+            help="address of the /health, /ready and /metrics listener (its series name tenants) "
+            f"(default: %(default)s) [{env.SCHEDULER_METRICS_HOST.name}]",
+        ),
+        flag(
+            "--metrics-port",
+            type=int,
+            default=env.SCHEDULER_METRICS_PORT.get(),
+            help="port of that listener; 0: none (default: %(default)s) "
+            f"[{env.SCHEDULER_METRICS_PORT.name}]",
+        ),
+        flag(
+            "--leader-lease",
+            type=float,
+            default=1.5,
+            help="seconds a leader's lease in Redis lives unrenewed (replicas: a standby takes over "
+            "a killed leader within it)",
+        ),
+        flag(
+            "--scheduler-id", default="", help="this replica's name (default: hostname-pid-random)"
+        ),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m loraplex.scheduler",
         description="loraplex scheduler: the only queue.",
         formatter_class=DefaultsHelpFormatter,
     )
-    p.add_argument("--nats-url", default=env.NATS_URL.get())
-    p.add_argument(
-        "--redis-url",
-        default=env.REDIS_URL.get() or None,
-        help=f"keeps fairness counters across restarts [{env.REDIS_URL.name}]",
-    )
-    p.add_argument("--fairness", choices=list(POLICIES), default="vtc")
-    p.add_argument(
-        "--tenants",
-        default=None,
-        help="tenants file (weights are read from it; default: one open tenant)",
-    )
-    p.add_argument(
-        "--max-queue-per-tenant",
-        type=int,
-        default=256,
-        help="429 above this many queued per tenant",
-    )
-    p.add_argument(
-        "--max-queue", type=int, default=4096, help="429 above this many queued in total"
-    )
-    p.add_argument(
-        "--heartbeat-timeout", type=float, default=3.0, help="seconds without heartbeat = dead"
-    )
-    p.add_argument(
-        "--max-attempts",
-        type=int,
-        default=3,
-        help="placements of a request (re-dispatches and migrations after its worker died) "
-        "before it fails with a 503 naming the cause",
-    )
-    p.add_argument("--w-p", type=float, default=1.0, help="VTC weight of an input token")
-    p.add_argument("--w-q", type=float, default=2.0, help="VTC weight of an output token")
-    p.add_argument(
-        "--rpm-limit", type=int, default=60, help="requests per window per tenant (--fairness rpm)"
-    )
-    p.add_argument(
-        "--rpm-window", type=float, default=60.0, help="seconds of the RPM window (--fairness rpm)"
-    )
-    p.add_argument(
-        "--redis-prefix",
-        default=env.REDIS_PREFIX.get(),
-        help="prefix of the scheduler's Redis keys",
-    )
-    p.add_argument(
-        "--lost-request-grace",
-        type=float,
-        default=2.0,
-        help="seconds a worker may not list a request it was given before it is re-dispatched",
-    )
-    p.add_argument(
-        "--prefix-routing",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="place a prompt's prefill on the worker that last prefilled its prefix",
-    )
-    p.add_argument(
-        "--prefix-balance",
-        type=float,
-        default=0.25,
-        help="how much busier (share of its batch) a prefix-matching worker may be",
-    )
-    p.add_argument(
-        "--unavailable-timeout",
-        type=float,
-        default=5.0,
-        help="seconds waiting requests wait for a live worker set before they fail with 503",
-    )
-    p.add_argument(
-        "--metrics-host",
-        default=env.SCHEDULER_METRICS_HOST.get(),
-        help="address of the /health, /ready and /metrics listener (its series name tenants) "
-        f"(default: %(default)s) [{env.SCHEDULER_METRICS_HOST.name}]",
-    )
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        default=env.SCHEDULER_METRICS_PORT.get(),
-        help="port of that listener; 0: none (default: %(default)s) "
-        f"[{env.SCHEDULER_METRICS_PORT.name}]",
-    )
-    p.add_argument(
-        "--leader-lease",
-        type=float,
-        default=1.5,
-        help="seconds a leader's lease in Redis lives unrenewed (replicas: a standby takes over "
-        "a killed leader within it)",
-    )
-    p.add_argument(
-        "--scheduler-id", default="", help="this replica's name (default: hostname-pid-random)"
-    )
-    return p
+    return add_flags(p, flags())
 
 
 def settings_from_args(a: argparse.Namespace) -> SchedulerSettings:

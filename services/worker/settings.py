@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass
 
 from loraplex import env
+from loraplex.cli_flags import Flag, add_flags, flag
 from loraplex.cli_help import DefaultsHelpFormatter
 
 ROLES = ("prefill", "decode", "both")
@@ -58,99 +59,113 @@ def _fraction(raw: str) -> float:
     return value
 
 
+def flags(default_role: str = "both") -> tuple[Flag, ...]:
+    """Every worker flag (``loraplex up`` reuses some); defaults read the environment now."""
+    return (
+        flag(
+            "--role",
+            choices=ROLES,
+            default=default_role,
+            help="prefill, decode, or both (colocated)",
+        ),
+        flag("--model", required=True, help="Hugging Face model directory"),
+        flag("--nats-url", default=env.NATS_URL.get()),
+        flag(
+            "--redis-url",
+            default=env.REDIS_URL.get() or None,
+            help=f"adapter store (for paging adapters) [{env.REDIS_URL.name}]",
+        ),
+        flag("--worker-id", default=None, help="unique id (default: role-hostname-pid-random)"),
+        flag(
+            "--dtype",
+            default="auto",
+            choices=["auto", "float32", "float16", "bfloat16"],
+            help="of weights and activations; auto: bfloat16 on CUDA, float32 on CPU",
+        ),
+        flag(
+            "--device",
+            default=env.DEVICE.get() or None,
+            help="cpu, cuda, cuda:N, or auto: lease a GPU no other worker on this host holds "
+            "(default: cuda when available)",
+        ),
+        flag(
+            "--gpu-memory-utilization",
+            type=_fraction,
+            default=env.GPU_MEMORY_UTILIZATION.get(),
+            help="fraction of the GPU's total memory for weights + activations + K/V cache, as in "
+            "vLLM (default: %(default)s; give workers that share a GPU shares that add up to <= 1)",
+        ),
+        flag(
+            "--gpu-lease-dir",
+            default=env.GPU_LEASE_DIR.get(),
+            help="where --device auto keeps one lock file per GPU; share it between the workers of "
+            "a host (default: %(default)s)",
+        ),
+        flag("--max-num-seqs", type=int, default=64, help="requests in the running batch"),
+        flag(
+            "--max-num-batched-tokens",
+            type=int,
+            default=4096,
+            help="token budget of a prefill step",
+        ),
+        flag(
+            "--max-model-len",
+            type=int,
+            default=None,
+            help="context per request (default: the model's max_position_embeddings, at most 8192)",
+        ),
+        flag(
+            "--num-kv-blocks",
+            type=int,
+            default=None,
+            help="KV-cache size in blocks (default: derived)",
+        ),
+        flag("--block-size", type=int, default=env.BLOCK_SIZE.get()),
+        flag("--max-loras", type=int, default=8, help="adapter slots on the device"),
+        flag("--max-lora-rank", type=int, default=64, help="largest adapter rank a slot holds"),
+        flag(
+            "--enforce-eager",
+            action="store_true",
+            help="never capture CUDA graphs for decode steps (they are used on CUDA by default)",
+        ),
+        flag(
+            "--max-cuda-graph-batch-size",
+            type=int,
+            default=256,
+            help="largest decode batch run from a CUDA graph (capped at --max-num-seqs)",
+        ),
+        flag(
+            "--enable-prefix-caching",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="reuse the K/V of full blocks shared with earlier prompts of the same adapter",
+        ),
+        flag("--host-cache-mb", type=int, default=1024, help="host-memory adapter cache budget"),
+        flag("--heartbeat-interval", type=float, default=0.5, help="seconds between heartbeats"),
+        flag("--kv-timeout", type=float, default=10.0, help="seconds a K/V transfer may take"),
+        flag(
+            "--metrics-host",
+            default=env.WORKER_METRICS_HOST.get(),
+            help="address of the /health, /ready and /metrics listener (default: %(default)s) "
+            f"[{env.WORKER_METRICS_HOST.name}]",
+        ),
+        flag(
+            "--metrics-port",
+            type=int,
+            default=env.WORKER_METRICS_PORT.get(),
+            help="port of that listener, one per worker process; 0: none (default: %(default)s) "
+            f"[{env.WORKER_METRICS_PORT.name}]",
+        ),
+    )
+
+
 def build_parser(default_role: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=f"python -m loraplex.{default_role if default_role != 'both' else 'decode'}",
         description=f"loraplex {default_role} worker: wraps the engine and serves requests over NATS.",
         formatter_class=DefaultsHelpFormatter,
     )
-    p.add_argument(
-        "--role", choices=ROLES, default=default_role, help="prefill, decode, or both (colocated)"
-    )
-    p.add_argument("--model", required=True, help="Hugging Face model directory")
-    p.add_argument("--nats-url", default=env.NATS_URL.get())
-    p.add_argument(
-        "--redis-url",
-        default=env.REDIS_URL.get() or None,
-        help=f"adapter store (for paging adapters) [{env.REDIS_URL.name}]",
-    )
-    p.add_argument(
-        "--worker-id", default=None, help="unique id (default: role-hostname-pid-random)"
-    )
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    p.add_argument(
-        "--device",
-        default=env.DEVICE.get() or None,
-        help="cpu, cuda, cuda:N, or auto: lease a GPU no other worker on this host holds "
-        "(default: cuda when available)",
-    )
-    p.add_argument(
-        "--gpu-memory-utilization",
-        type=_fraction,
-        default=env.GPU_MEMORY_UTILIZATION.get(),
-        help="fraction of the GPU's total memory for weights + activations + K/V cache, as in "
-        "vLLM (default: %(default)s; give workers that share a GPU shares that add up to <= 1)",
-    )
-    p.add_argument(
-        "--gpu-lease-dir",
-        default=env.GPU_LEASE_DIR.get(),
-        help="where --device auto keeps one lock file per GPU; share it between the workers of "
-        "a host (default: %(default)s)",
-    )
-    p.add_argument("--max-num-seqs", type=int, default=64, help="requests in the running batch")
-    p.add_argument(
-        "--max-num-batched-tokens", type=int, default=4096, help="token budget of a prefill step"
-    )
-    p.add_argument(
-        "--max-model-len",
-        type=int,
-        default=None,
-        help="context per request (default: the model's max_position_embeddings, at most 8192)",
-    )
-    p.add_argument(
-        "--num-kv-blocks", type=int, default=None, help="KV-cache size in blocks (default: derived)"
-    )
-    p.add_argument("--block-size", type=int, default=env.BLOCK_SIZE.get())
-    p.add_argument("--max-loras", type=int, default=8, help="adapter slots on the device")
-    p.add_argument("--max-lora-rank", type=int, default=64)
-    p.add_argument(
-        "--enforce-eager",
-        action="store_true",
-        help="never capture CUDA graphs for decode steps (they are used on CUDA by default)",
-    )
-    p.add_argument(
-        "--max-cuda-graph-batch-size",
-        type=int,
-        default=256,
-        help="largest decode batch run from a CUDA graph (capped at --max-num-seqs)",
-    )
-    p.add_argument(
-        "--enable-prefix-caching",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="reuse the K/V of full blocks shared with earlier prompts of the same adapter",
-    )
-    p.add_argument(
-        "--host-cache-mb", type=int, default=1024, help="host-memory adapter cache budget"
-    )
-    p.add_argument(
-        "--heartbeat-interval", type=float, default=0.5, help="seconds between heartbeats"
-    )
-    p.add_argument("--kv-timeout", type=float, default=10.0, help="seconds a K/V transfer may take")
-    p.add_argument(
-        "--metrics-host",
-        default=env.WORKER_METRICS_HOST.get(),
-        help="address of the /health, /ready and /metrics listener (default: %(default)s) "
-        f"[{env.WORKER_METRICS_HOST.name}]",
-    )
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        default=env.WORKER_METRICS_PORT.get(),
-        help="port of that listener, one per worker process; 0: none (default: %(default)s) "
-        f"[{env.WORKER_METRICS_PORT.name}]",
-    )
-    return p
+    return add_flags(p, flags(default_role))
 
 
 def settings_from_args(args: argparse.Namespace) -> WorkerSettings:

@@ -31,7 +31,7 @@ from loraplex.tooling.demo import (
     write_demo_model,
     write_random_adapter,
 )
-from loraplex.tooling.servers import free_port
+from loraplex.tooling.ports import free_port
 from tests.adapters.paging_helpers import ADAPTERS, TENANT, Gateway, Harness, Reference, until
 from tests.uvicorn_server import serve_app
 

@@ -22,7 +22,8 @@ from loraplex.adapters.errors import (
 )
 from loraplex.adapters.store import CHUNK_SIZE, AdapterStore
 from loraplex.errors import AdapterError, AdapterNotFoundError
-from loraplex.tooling.servers import free_port, start_redis
+from loraplex.tooling.ports import free_port
+from loraplex.tooling.servers import start_redis
 
 from .conftest import keys_with
 

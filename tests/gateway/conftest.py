@@ -34,7 +34,7 @@ from loraplex.protocol import (
 )
 from loraplex.text.tokenizer import Tokenizer
 from loraplex.tooling.demo import DemoModelInfo, write_demo_model
-from loraplex.tooling.servers import free_port
+from loraplex.tooling.ports import free_port
 from tests.uvicorn_server import serve_app
 
 TENANTS = {

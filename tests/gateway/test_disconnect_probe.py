@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from loraplex.gateway.peer import TRANSPORT_KEY, GatewayH11Protocol, PeerProbe
 from loraplex.gateway.responder import SSEResponse
-from loraplex.tooling.servers import free_port
+from loraplex.tooling.ports import free_port
 
 BIG = "data: " + "x" * 16384 + "\n\n"  # a few of these fill the kernel's socket buffers
 BOUND_S = 30.0  # only so a regression fails instead of hanging; the fix answers in ms

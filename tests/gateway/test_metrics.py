@@ -17,7 +17,7 @@ from loraplex.gateway.metrics import GatewayMetrics
 from loraplex.gateway.metrics_server import MetricsListenError, metrics_listener
 from loraplex.text.tokenizer import Tokenizer
 from loraplex.tooling.demo import DemoModelInfo
-from loraplex.tooling.servers import free_port
+from loraplex.tooling.ports import free_port
 from tests.gateway.conftest import ALICE, MODEL_ID, REPLY_TEXT, FakeScheduler, GatewayFactory, Plan
 
 COMPLETIONS = "/v1/completions"

@@ -21,8 +21,9 @@ from pathlib import Path
 import httpx
 import openai
 
-from loraplex.tooling.launcher import Stack, parse_up_args, start_stack
-from loraplex.tooling.servers import free_port
+from loraplex.tooling.launcher import Stack, start_stack
+from loraplex.tooling.ports import free_port
+from loraplex.tooling.up_flags import parse_up_args
 
 ALPHA, BETA = "tenant-alpha", "tenant-beta"  # the demo adapters (public) belong to ALPHA
 KEYS = {ALPHA: "sk-hostile-alpha-5c0e19d2", BETA: "sk-hostile-beta-a81f44b7"}

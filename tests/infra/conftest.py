@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from loraplex.tooling.servers import (
-    NatsCluster,
-    SentinelSet,
-    start_nats_cluster,
-    start_redis_sentinel,
-)
+from loraplex.tooling.nats_cluster import NatsCluster, start_nats_cluster
+from loraplex.tooling.redis_sentinel import SentinelSet, start_redis_sentinel
 
 
 @pytest.fixture

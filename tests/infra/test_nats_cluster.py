@@ -13,7 +13,7 @@ import nats
 import pytest
 
 from loraplex.bus import Bus, BusError, parse_nats_urls
-from loraplex.tooling.servers import NatsCluster
+from loraplex.tooling.nats_cluster import NatsCluster
 
 T = TypeVar("T")
 

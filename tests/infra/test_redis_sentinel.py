@@ -13,7 +13,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from loraplex.adapters.errors import StoreUnavailableError
 from loraplex.adapters.store import AdapterStore
 from loraplex.redis_connect import connect_redis
-from loraplex.tooling.servers import SentinelSet, free_port
+from loraplex.tooling.ports import free_port
+from loraplex.tooling.redis_sentinel import SentinelSet
 
 CONFIG = b'{"peft_type": "LORA", "r": 4}'
 META = {"rank": 4, "alpha": 8.0, "targets": ("q_proj", "v_proj")}

@@ -16,12 +16,8 @@ import pytest
 import redis
 
 from loraplex.scheduler.counters import COUNTERS_SUFFIX
-from loraplex.tooling.servers import (
-    NatsCluster,
-    SentinelSet,
-    start_nats_cluster,
-    start_redis_sentinel,
-)
+from loraplex.tooling.nats_cluster import NatsCluster, start_nats_cluster
+from loraplex.tooling.redis_sentinel import SentinelSet, start_redis_sentinel
 from tests.infra.load import Load
 from tests.stack.conftest import launch
 

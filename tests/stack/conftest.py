@@ -5,8 +5,9 @@ from __future__ import annotations
 import openai
 import pytest
 
-from loraplex.tooling.launcher import Stack, parse_up_args, start_stack
-from loraplex.tooling.servers import free_port
+from loraplex.tooling.launcher import Stack, start_stack
+from loraplex.tooling.ports import free_port
+from loraplex.tooling.up_flags import parse_up_args
 
 STACK_FLAGS = [
     "--dtype",

@@ -18,8 +18,9 @@ import pytest
 
 from loraplex import SamplingParams
 from loraplex.protocol import Subjects, WorkerHeartbeat, decode
-from loraplex.tooling.launcher import Stack, parse_up_args, start_stack
-from loraplex.tooling.servers import free_port
+from loraplex.tooling.launcher import Stack, start_stack
+from loraplex.tooling.ports import free_port
+from loraplex.tooling.up_flags import parse_up_args
 from tests.stack.conftest import STACK_FLAGS
 from tests.stack.e2e_common import PROMPTS, offline_llm
 

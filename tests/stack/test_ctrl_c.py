@@ -18,7 +18,7 @@ from pathlib import Path
 
 import openai
 
-from loraplex.tooling.servers import free_port
+from loraplex.tooling.ports import free_port
 from tests.stack.test_up_cli import _alive, _children
 
 MAX_TOKENS = 300  # long enough to be running when the signal lands, short of the 30 s drain bound

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from loraplex.tooling.servers import free_port
+from loraplex.tooling.ports import free_port
 
 
 def _processes_mentioning(text: str) -> list[int]:

@@ -1,0 +1,58 @@
+"""A service flag as data: defined once in the service's settings module, added to the service's
+own parser and reused by ``loraplex up`` for the flags it passes on (type, choices, default and
+help then cannot drift apart), and turned back into argv for the child process."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One ``--flag``: its name and the keywords of ``ArgumentParser.add_argument``."""
+
+    name: str
+    options: Mapping[str, Any]
+
+    @property
+    def dest(self) -> str:
+        return self.name.removeprefix("--").replace("-", "_")
+
+    def add_to(
+        self, parser: argparse.ArgumentParser, *, help_prefix: str = "", **overrides: Any
+    ) -> argparse.Action:
+        """Add to ``parser``; ``overrides`` replace keywords (``loraplex up``'s own default)."""
+        options = {**self.options, **overrides}
+        if help_prefix:
+            text = options.get("help")
+            options["help"] = f"{help_prefix}: {text}" if text else help_prefix
+        return parser.add_argument(self.name, **options)
+
+    def argv(self, value: object) -> list[str]:
+        """The argv that gives a child process ``value`` for this flag (none for ``None``)."""
+        action = self.options.get("action")
+        if action == "store_true":
+            return [self.name] if value else []
+        if action is argparse.BooleanOptionalAction:
+            return [self.name if value else "--no-" + self.name.removeprefix("--")]
+        if value is None:
+            return []
+        return [self.name, str(value)]
+
+
+def flag(name: str, **options: Any) -> Flag:
+    return Flag(name, MappingProxyType(options))
+
+
+def by_name(flags: Iterable[Flag]) -> dict[str, Flag]:
+    return {f.name: f for f in flags}
+
+
+def add_flags(parser: argparse.ArgumentParser, flags: Iterable[Flag]) -> argparse.ArgumentParser:
+    for f in flags:
+        f.add_to(parser)
+    return parser
