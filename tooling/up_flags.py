@@ -20,6 +20,7 @@ from loraplex.worker.settings import flags as worker_flags
 
 __all__ = [
     "FORWARDED",
+    "PASSED_ON",
     "UP_DEFAULTS",
     "build_parser",
     "definitions",
@@ -53,6 +54,16 @@ FORWARDED: dict[str, tuple[str, ...]] = {
 }
 # One machine runs every worker of the stack: a smaller batch than a worker's own default.
 UP_DEFAULTS: dict[str, object] = {"--max-num-seqs": 32}
+# loraplex up's own flags that reach services under the same name, changed or used here first:
+# the demo model, servers it starts, the tenants it reads, a resolved root, a free port.
+PASSED_ON = (
+    "--model",
+    "--nats-url",
+    "--redis-url",
+    "--tenants",
+    "--adapters-root",
+    "--metrics-port",
+)
 
 
 def definitions() -> dict[str, Flag]:
