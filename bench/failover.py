@@ -1,7 +1,7 @@
 """Failover under load (issue 15): open-loop streaming load of two tenants (4:1) on a live stack
 while a scheduler, a decode worker and a NATS node are SIGKILLed one after another.
 
-The stack is ``loraplex up``'s (tooling/stack.py) on a 3-node NATS cluster (tooling/servers.py)
+The stack is ``loraplex up``'s (tooling/stack.py) on a 3-node NATS cluster (tooling/nats_cluster.py)
 and one Redis, with ``--schedulers 2``, one prefill and two decode workers, the demo model on CPU.
 Each event is reported over its window (the kill to the next kill, ``--phase-s``): the requests in
 flight at the kill or started in the window, how many completed, were migrated (a scheduler
