@@ -89,6 +89,7 @@ class SchedulerService:
         self._tasks: list[asyncio.Task] = []
         self._counters_dirty = False
         self.started = False  # subscribed (the /ready of http_status.py)
+        self.listening_since = time.monotonic()  # heartbeats heard since (set again by start)
         self.metrics = SchedulerMetrics(self)
         self.dispatcher = Dispatcher(
             settings,
@@ -110,6 +111,7 @@ class SchedulerService:
         # Standbys listen too: a warm worker registry and the cancels of the failover gap.
         await self.bus.subscribe(Subjects.CANCEL, self._on_cancel, CancelRequest)
         await self.bus.subscribe(Subjects.HEARTBEAT, self._on_heartbeat, WorkerHeartbeat)
+        self.listening_since = time.monotonic()
         await self.bus.subscribe(Subjects.USAGE, self._on_progress, RequestProgress)
         self._tasks = [
             asyncio.create_task(self._dispatch_loop()),
@@ -215,7 +217,9 @@ class SchedulerService:
             if known.gateway_id == sub.gateway_id and known.tenant == tenant:
                 return SubmitReply(rid, True)
             return SubmitReply(rid, False, 400, f"duplicate request id {rid!r}")
-        refused = refusal(sub, self.registry, self.policy, self.s, queued=len(self.submits))
+        refused = refusal(
+            sub, self.registry, self.policy, self.s, len(self.submits), now - self.listening_since
+        )
         if refused is not None:
             return refused
         q = QueuedRequest(

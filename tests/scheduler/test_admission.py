@@ -1,0 +1,39 @@
+"""Admission's answers from the registry: a scheduler that has heard heartbeats for a whole
+heartbeat window and knows no worker refuses with 503; one that has just started (a restarted
+leader, a fresh replica) queues instead, since its empty registry says nothing yet."""
+
+from __future__ import annotations
+
+from loraplex.protocol import SubmitRequest, WorkerHeartbeat
+from loraplex.sampling_params import SamplingParams
+from loraplex.scheduler.admission import refusal
+from loraplex.scheduler.policies.registry import make_policy
+from loraplex.scheduler.settings import SchedulerSettings
+from loraplex.scheduler.workers import WorkerRegistry
+
+SETTINGS = SchedulerSettings(nats_url="nats://unused:1", heartbeat_timeout_s=3.0)
+
+
+def _submit(prompt: int = 20, max_tokens: int = 20) -> SubmitRequest:
+    return SubmitRequest("r", "alice", "gw", list(range(prompt)), SamplingParams(max_tokens=max_tokens))  # fmt: skip
+
+
+def _answer(registry: WorkerRegistry, listening_s: float, sub: SubmitRequest | None = None):  # type: ignore[no-untyped-def]
+    return refusal(sub or _submit(), registry, make_policy("vtc"), SETTINGS, 0, listening_s)
+
+
+def test_no_worker_after_a_heartbeat_window_is_a_503() -> None:
+    reply = _answer(WorkerRegistry(), listening_s=3.0)
+    assert reply is not None and reply.code == 503
+
+
+def test_no_worker_yet_just_after_start_queues_the_request() -> None:
+    assert _answer(WorkerRegistry(), listening_s=0.02) is None  # the restarted-leader race
+
+
+def test_a_request_no_worker_could_ever_hold_is_a_400_once_workers_are_known() -> None:
+    registry = WorkerRegistry()
+    registry.heartbeat(WorkerHeartbeat("w0", "both", 4, 4, 16, 0, 0, 4), 0.0)  # 64 tokens
+    assert _answer(registry, 0.0) is None
+    reply = _answer(registry, 0.0, _submit(prompt=60, max_tokens=20))
+    assert reply is not None and reply.code == 400
