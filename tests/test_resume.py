@@ -145,3 +145,48 @@ def test_resumed_params_refuse_what_cannot_be_outputs():
         resumed_params(p, [1, 2, 3, 4], 100)
     with pytest.raises(InvalidRequestError, match="token ids"):
         resumed_params(p, [1, 100], 100)
+
+
+def _run_text(engine: LLMEngine, rid: str, **add) -> str:  # type: ignore[no-untyped-def]
+    """The completion text as the gateway builds it: a resumed request's replayed text, then each
+    output's text at its ``text_start`` (which must follow on: the engine has one detokenizer)."""
+    engine.add_request(rid, **add)
+    text: str | None = None
+    while engine.has_unfinished():
+        for out in engine.step():
+            assert out.error is None, out.error
+            if text is None:
+                text = out.resumed_text or ""
+                assert (out.resumed_text is not None) == bool(add.get("generated"))
+            else:
+                assert out.resumed_text is None
+            assert out.text_start == len(text), rid
+            text += out.new_text
+    assert text is not None
+    return text
+
+
+@pytest.mark.parametrize("cut", [1, 3, 4, 5, 9])
+def test_a_resumed_request_replays_its_text_and_goes_on_at_the_right_offset(llm, cut):
+    """The text of the resumed tokens (what the worker replays to the gateway from offset 0) and
+    the text after them make the uninterrupted text, with a stop string spanning the resume point
+    (whose start is held back at the resume) and without."""
+    engine = llm.engine
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+    full = _run(engine, f"text-full-{cut}", prompt_token_ids=PROMPT, params=params)
+    whole = _run_text(engine, f"text-a-{cut}", prompt_token_ids=PROMPT, params=params)
+    assert whole == engine.tokenizer.decode(full, True)
+    resumed = _run_text(
+        engine, f"text-b-{cut}", prompt_token_ids=PROMPT, params=params, generated=full[:cut]
+    )
+    assert resumed == whole
+    head = engine.tokenizer.decode(full[:4], True)
+    stop = whole[len(head) - 1 : len(head) + 2]  # begins in the first 4 tokens, ends after them
+    stopped = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, stop=(stop,))
+    cut_text = _run_text(engine, f"text-c-{cut}", prompt_token_ids=PROMPT, params=stopped)
+    assert cut_text == whole[: whole.index(stop)]
+    if cut < 5:  # a resumed request's tokens hold no complete stop string
+        resumed = _run_text(
+            engine, f"text-d-{cut}", prompt_token_ids=PROMPT, params=stopped, generated=full[:cut]
+        )
+        assert resumed == cut_text

@@ -1,8 +1,10 @@
 """One submitted request as a route sees it: text deltas in, a cancel out if it is abandoned.
 
-The gateway detokenizes itself: workers' ``TokenDelta.token_ids`` are the source of truth and go
-through one ``IncrementalDetokenizer`` per request (stop strings are cut here, so streaming and
-non-streaming answers are the same text).  ``TokenDelta.text`` is not used.
+The gateway does not detokenize completions: the serving worker's detokenizer is the only one
+(``TokenDelta.text``, stop strings already cut and the request finished on them, so streaming and
+non-streaming answers are the same text).  Tokens and text are placed by their offsets
+(``completion_tokens``, ``text_start``): what a migrated request's new worker replays and the
+gateway already has is dropped.  The tokenizer only names tokens for ``logprobs``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from loraplex.gateway.metrics import GatewayMetrics
 from loraplex.gateway.prepare import Echo
 from loraplex.gateway.streams import StreamMessage
 from loraplex.protocol import RequestError, TokenDelta
-from loraplex.text.detokenizer import IncrementalDetokenizer
+from loraplex.text.tokenizer import Tokenizer
 from loraplex.token_logprobs import TokenLogprobs
 
 
@@ -77,7 +79,7 @@ class Generation:
         tenant: str,
         prompt_ids: list[int],
         queue: asyncio.Queue[StreamMessage],
-        detokenizer: IncrementalDetokenizer,
+        tokenizer: Tokenizer,
         timeout_s: float,
         metrics: GatewayMetrics,
         on_close: Callable[[Generation], Awaitable[None]],
@@ -94,7 +96,8 @@ class Generation:
         self.upstream_done = False  # the workers sent their last message for it
         self.cancel_reason = "client disconnected"
         self._queue = queue
-        self._detok = detokenizer
+        self._tok = tokenizer
+        self._text_end = 0  # characters of the completion's text received (TokenDelta.text_start)
         self._timeout_s = timeout_s
         self._metrics = metrics
         self._on_close = on_close
@@ -175,28 +178,23 @@ class Generation:
         token_ids = msg.token_ids[skip:]
         logprobs = msg.logprobs[skip:] if msg.logprobs is not None else None
         self._observe_latency(len(token_ids))
-        pieces: list[str] = [echoed]
-        for i, token_id in enumerate(token_ids):
-            if self._detok.stopped is not None:
-                break
-            self.completion_tokens += 1
-            pieces.append(self._detok.append(token_id))
-            if logprobs is not None and i < len(logprobs):
-                self._pending.append(self._token_info(logprobs[i]))
-        if msg.finish_reason is not None:
+        self.completion_tokens += len(token_ids)
+        if logprobs is not None:
+            self._pending += map(self._token_info, logprobs[: len(token_ids)])
+        text = echoed + self._new_text(msg)
+        if msg.finish_reason is not None:  # the worker ended it (a stop string too: "stop")
             self._done = self.upstream_done = True
-            if self._detok.stopped is None:
-                pieces.append(self._detok.flush())
-            self.finish_reason = "stop" if self._detok.stopped is not None else msg.finish_reason
-        elif self._detok.stopped is not None:  # a stop string ended it here: workers may go on
-            self._done = True
-            self.cancel_reason = "stop string matched"
-            self.finish_reason = "stop"
-        if self.finish_reason is not None:
-            self.outcome = self.finish_reason
-            return TextDelta("".join(pieces), self.finish_reason, self._take_logprobs())
-        text = "".join(pieces)
+            self.finish_reason = self.outcome = msg.finish_reason
+            return TextDelta(text, self.finish_reason, self._take_logprobs())
         return TextDelta(text, None, self._take_logprobs()) if text else None
+
+    def _new_text(self, msg: TokenDelta) -> str:
+        """The part of ``msg.text`` past what was received: a replay (``text_start`` 0 again)
+        repeats characters the client already has."""
+        end = msg.text_start + len(msg.text)
+        new = msg.text[max(0, self._text_end - msg.text_start) :]
+        self._text_end = max(self._text_end, end)
+        return new
 
     def _take_echo(self, msg: TokenDelta) -> str:
         """The prompt's text (and its tokens' logprobs, queued) on the first delta of an echo."""
@@ -204,7 +202,7 @@ class Generation:
         if echo is None:
             return ""
         if msg.prompt_logprobs is not None:
-            decode = self._detok.tok.decode
+            decode = self._tok.decode
             first = TokenInfo(decode(self._prompt_ids[:1], False), None, None)
             self._pending = [first, *map(self._prompt_info, msg.prompt_logprobs), *self._pending]
         return echo.text
@@ -218,7 +216,7 @@ class Generation:
         return info
 
     def _token_info(self, lp: TokenLogprobs) -> TokenInfo:
-        decode = self._detok.tok.decode
+        decode = self._tok.decode
         top = [(decode([t], False), v) for t, v in lp.top]
         return TokenInfo(decode([lp.token_id], False), lp.logprob, top)
 

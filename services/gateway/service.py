@@ -9,7 +9,7 @@ Request lifecycle (as seen from the gateway):
    status (SchedulerRejectedError); no answer means SchedulerUnavailableError (503).
 3. The route reads ``Generation.next()`` until the final delta, an error or a timeout.
 4. ``Generation.aclose()`` (always) closes the queue, records metrics and publishes
-   ``CancelRequest`` when the workers have not finished it (client gone, stop string, timeout).
+   ``CancelRequest`` when the workers have not finished it (client gone, timeout).
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from loraplex.protocol import (
     SubmitReply,
     SubmitRequest,
 )
-from loraplex.text.detokenizer import IncrementalDetokenizer
 from loraplex.text.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -153,18 +152,12 @@ class GatewayService:
                 reply.code, reply.message or f"the scheduler refused the request ({reply.code})"
             )
         self.metrics.started(p.tenant, p.adapter, len(p.prompt_ids))
-        detok = IncrementalDetokenizer(
-            self.tokenizer,
-            stop=p.sampling.stop,
-            skip_special_tokens=p.sampling.skip_special_tokens,
-            context_ids=p.prompt_ids,
-        )
         gen = Generation(
             request_id=p.request_id,
             tenant=p.tenant,
             prompt_ids=p.prompt_ids,
             queue=queue,
-            detokenizer=detok,
+            tokenizer=self.tokenizer,
             timeout_s=self.settings.request_timeout_s,
             metrics=self.metrics,
             on_close=lambda g: self._closed(g, p.adapter),

@@ -21,8 +21,8 @@ class Publisher:
         """One step's new tokens of ``req`` to its gateway, counted into ``req.generated``, and
         the matching progress (with their ids) to the scheduler.  The progress goes first: the
         bus keeps one connection's order, so the scheduler knows every token the gateway can
-        have, and a migrated request's replay (``Active.resumed``) fills what the gateway
-        lacks."""
+        have, and a migrated request's replay (``Active.resumed``, with the text of those tokens
+        from offset 0) fills what the gateway lacks."""
         req.generated += len(out.new_token_ids)
         sub = req.submit
         await self.progress(
@@ -38,8 +38,10 @@ class Publisher:
                 TokenDelta(
                     sub.request_id,
                     list(req.resumed),
+                    out.resumed_text or "",
                     prompt_tokens=len(sub.prompt_token_ids),
                     completion_tokens=len(req.resumed),
+                    text_start=0,
                 ),
             )
         await self._bus.publish(
@@ -54,6 +56,7 @@ class Publisher:
                 logprobs=out.logprobs,
                 prompt_logprobs=out.prompt_logprobs,
                 cached_tokens=req.cached_tokens,
+                text_start=out.text_start,
             ),
         )
 

@@ -99,6 +99,11 @@ class TokenDelta(Message):
     ``completion_tokens`` counts the completion's tokens up to and including these, so the first
     of ``token_ids`` is token ``completion_tokens - len(token_ids)`` of the completion: a gateway
     drops the ones it already has (a migrated request's worker first replays every token so far).
+
+    ``text`` is the worker's detokenization (stop strings already cut: the only one; the gateway
+    shows it as is), starting at character ``text_start`` of the completion's text, so a gateway
+    drops the characters it already has the same way.  Text can lag its tokens (an incomplete
+    UTF-8 sequence, or a possible start of a stop string, is held back until it resolves).
     """
 
     TAG: ClassVar[str] = "delta"
@@ -114,6 +119,7 @@ class TokenDelta(Message):
     # Prompt tokens whose K/V the prefill took from its prefix cache (OpenAI's
     # usage.prompt_tokens_details.cached_tokens); on every delta, 0 when none or unknown.
     cached_tokens: int = 0
+    text_start: int = 0  # character offset of ``text`` in the completion's text
 
 
 @dataclass(frozen=True)

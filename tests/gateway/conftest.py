@@ -3,7 +3,9 @@ gateway on a real uvicorn server (in the test's event loop) over real nats-serve
 
 The fake scheduler is a test double for the scheduler + workers: it answers ``SUBMIT`` with a
 ``SubmitReply`` and then publishes ``TokenDelta`` / ``RequestError`` to the gateway's stream
-subject, following a ``Plan`` the test chooses per request; it records submits and cancels.
+subject, following a ``Plan`` the test chooses per request; it records submits and cancels.  Its
+deltas carry text as a worker's do (``WorkerText``): detokenized, cut at a stop string (which
+finishes the request with "stop"), placed by ``text_start``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from loraplex.protocol import (
     decode,
     encode,
 )
+from loraplex.text.detokenizer import IncrementalDetokenizer
 from loraplex.text.tokenizer import Tokenizer
 from loraplex.tooling.demo import DemoModelInfo, write_demo_model
 from loraplex.tooling.ports import free_port
@@ -77,9 +80,35 @@ class Plan:
     cached_tokens: int = 0  # prefix-cache hits the "worker" reports on each delta
 
 
+class WorkerText:
+    """One request's text as a worker makes it (``RequestTracker``): one detokenizer from the
+    first token, stop strings cut and ending the request, text placed by character offset."""
+
+    def __init__(self, tokenizer: Tokenizer, req: SubmitRequest) -> None:
+        s = req.sampling
+        self.detok = IncrementalDetokenizer(
+            tokenizer, s.stop, s.skip_special_tokens, context_ids=req.prompt_token_ids
+        )
+
+    def add(self, ids: list[int]) -> tuple[list[int], str, int]:
+        """The tokens taken (up to one that completes a stop string), their text, its offset."""
+        start, taken, pieces = len(self.detok.text), [], []
+        for token in ids:
+            taken.append(token)
+            pieces.append(self.detok.append(token))
+            if self.stopped:
+                break
+        return taken, "".join(pieces), start
+
+    @property
+    def stopped(self) -> bool:
+        return self.detok.stopped is not None
+
+
 class FakeScheduler:
-    def __init__(self, nats_url: str) -> None:
+    def __init__(self, nats_url: str, tokenizer: Tokenizer) -> None:
         self.nats_url = nats_url
+        self.tokenizer = tokenizer
         self.plan: Callable[[SubmitRequest], Plan] = lambda _: Plan()
         self.submits: list[SubmitRequest] = []
         self.cancels: list[CancelRequest] = []
@@ -135,24 +164,31 @@ class FakeScheduler:
         subject = Subjects.stream(req.gateway_id)
         toks = plan.tokens
         if plan.replay_after:  # a first worker's tokens; its replacement starts again at token 0
-            first = toks[: plan.replay_after]
+            first, text, _ = WorkerText(self.tokenizer, req).add(toks[: plan.replay_after])
             delta = TokenDelta(
-                req.request_id, first, "", None, len(req.prompt_token_ids), len(first)
+                req.request_id, first, text, None, len(req.prompt_token_ids), len(first)
             )
             await self.nc.publish(subject, encode(delta))
+        worker = WorkerText(self.tokenizer, req)
         starts = list(range(0, len(toks), plan.chunk)) or [0]
         for n, start in enumerate(starts):
             if any(c.request_id == req.request_id for c in self.cancels):
                 return
             last = n == len(starts) - 1
-            ids = toks[start : start + plan.chunk]
+            ids, text, text_start = worker.add(toks[start : start + plan.chunk])
             finish = plan.finish_reason if last and plan.error is None else None
+            if worker.stopped:
+                finish = "stop"
+            if finish is not None:
+                text += worker.detok.flush()
             if ids or finish is not None:
                 delta = TokenDelta(
-                    req.request_id, ids, "", finish, len(req.prompt_token_ids), start + len(ids),
-                    cached_tokens=plan.cached_tokens,
+                    req.request_id, ids, text, finish, len(req.prompt_token_ids), start + len(ids),
+                    cached_tokens=plan.cached_tokens, text_start=text_start,
                 )  # fmt: skip
                 await self.nc.publish(subject, encode(delta))
+            if worker.stopped:
+                return
             if plan.delay_s:
                 await asyncio.sleep(plan.delay_s)
         if plan.error is not None:
@@ -160,8 +196,8 @@ class FakeScheduler:
 
 
 @pytest.fixture
-async def scheduler(nats_url: str) -> AsyncIterator[FakeScheduler]:
-    fake = FakeScheduler(nats_url)
+async def scheduler(nats_url: str, tokenizer: Tokenizer) -> AsyncIterator[FakeScheduler]:
+    fake = FakeScheduler(nats_url, tokenizer)
     await fake.start()
     yield fake
     await fake.stop()

@@ -32,6 +32,11 @@ class StepOutput:
     # Prompt tokens its prefill took from the prefix cache (Sequence.num_cached_tokens); None
     # when this engine did not prefill it (its K/V were handed over)
     num_cached_tokens: int | None = None
+    # Character offset of ``new_text`` in the request's completion text (TokenDelta.text_start).
+    text_start: int = 0
+    # A resumed request's first output after the resume: the text of the tokens it had generated
+    # before (its ``generated``), which the worker replays to the gateway with them.
+    resumed_text: str | None = None
 
 
 @dataclass(frozen=True)

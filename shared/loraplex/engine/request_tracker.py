@@ -7,6 +7,10 @@ detokenizer are advanced over them, and its generator is seeded by (seed, token 
 draws what it would have drawn.  Each sampled token goes
 through ``append``, which checks the stop conditions and finishes the request, or ends a
 prefill-only request with its K/V exported for the hand-over.
+
+This detokenizer is the request's only one: its text (stop strings cut) is what the gateway shows,
+placed by character offset (``StepOutput.text_start``), and a resumed request's first output also
+carries the text of its earlier tokens (``resumed_text``) for the worker's replay to the gateway.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class RequestTracker:
         self.device = device
         self._generators: dict[str, torch.Generator] = {}
         self._detok: dict[str, IncrementalDetokenizer] = {}
+        self._resumed_text: dict[str, str] = {}  # until a resumed request's first output
         self._shared_gen = torch.Generator(device=device).manual_seed(seed)
 
     def track(self, seq: Sequence) -> None:
@@ -72,11 +77,14 @@ class RequestTracker:
         for token in generated:  # replayed so stop strings across the resume point still match
             detok.append(token)
         self._detok[request_id] = detok
+        if generated:
+            self._resumed_text[request_id] = detok.text
 
     def forget(self, request_id: str) -> None:
         self.grammars.forget(request_id)
         self._generators.pop(request_id, None)
         self._detok.pop(request_id, None)
+        self._resumed_text.pop(request_id, None)
 
     def generator_for(self, seq: Sequence) -> torch.Generator:
         """A seeded request draws its n-th token from a generator seeded by (seed, n): the
@@ -97,6 +105,8 @@ class RequestTracker:
         seq.output_token_ids.append(token)
         p = seq.params
         detok = self._detok[seq.request_id]
+        resumed_text = self._resumed_text.pop(seq.request_id, None)
+        text_start = len(detok.text)
         text = detok.append(token)
         complete = self.grammars.accept(seq.request_id, token)
         reason, stop_reason = None, None
@@ -140,4 +150,6 @@ class RequestTracker:
             [logprobs] if logprobs is not None else None,
             prompt_lps,
             num_cached_tokens=seq.num_cached_tokens if seq.num_cached_tokens >= 0 else None,
+            text_start=text_start,
+            resumed_text=resumed_text,
         )
