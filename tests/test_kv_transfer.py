@@ -98,6 +98,7 @@ async def _run(
         await w.start()
     bus = await Bus.connect(nats_url, "test-gw")
     tokens: dict[str, list[int]] = {}
+    texts: dict[str, list[tuple[int, str]]] = {}  # (text_start, text) per delta
     progress: list[RequestProgress] = []
     finished = asyncio.Event()
     done: set[str] = set()
@@ -106,6 +107,7 @@ async def _run(
         if isinstance(m, RequestError):
             raise AssertionError(f"{m.request_id}: {m.message}")
         tokens.setdefault(m.request_id, []).extend(m.token_ids)
+        texts.setdefault(m.request_id, []).append((m.text_start, m.text))
         if m.finish_reason:
             done.add(m.request_id)
             if len(done) == len(prompts):
@@ -128,14 +130,23 @@ async def _run(
     for w in workers:
         await w.stop()
     await bus.close()
-    return tokens, progress, workers
+    return tokens, progress, workers, texts
+
+
+def _text(pieces: list[tuple[int, str]]) -> str:
+    """A stream's text, each piece starting where the previous ended (no replay here)."""
+    text = ""
+    for start, piece in pieces:
+        assert start == len(text), pieces
+        text += piece
+    return text
 
 
 def test_many_chunk_handoff_matches_offline(demo, tmp_path):
     nats = start_nats(tmp_path / "nats", max_payload=MAX_PAYLOAD)
     try:
         prompts = [list(range(3, 3 + n)) for n in (100, 7, 60)]
-        tokens, progress, (prefill, decode) = asyncio.run(_run(demo, nats.url, prompts))
+        tokens, progress, (prefill, decode), texts = asyncio.run(_run(demo, nats.url, prompts))
     finally:
         nats.stop()
     payload = 100 * 2 * 4 * 2 * 32 * 4  # tokens x (k,v) x layers x kv_heads x head_dim x fp32 bytes
@@ -145,6 +156,8 @@ def test_many_chunk_handoff_matches_offline(demo, tmp_path):
     llm = LLM(demo.model_dir, dtype="float32", device="cpu", max_loras=1, max_lora_rank=8)
     expected = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=5, ignore_eos=True))
     assert [tokens.get(f"r{i}") for i in range(len(prompts))] == [e.token_ids for e in expected]
+    # the decode worker's detokenizer starts at the prefill worker's first token
+    assert [_text(texts[f"r{i}"]) for i in range(len(prompts))] == [e.text for e in expected]
     assert {p.event for p in progress} >= {"handoff", "finished"}
     assert decode.engine.allocator.num_used == 0 and prefill.engine.allocator.num_used == 0
 
@@ -171,7 +184,7 @@ def test_handoff_skips_the_prefix_the_decode_worker_caches(demo, tmp_path):
         return prompts, result
 
     try:
-        prompts, (tokens, _, (_, decode_w)) = asyncio.run(run())
+        prompts, (tokens, _, (_, decode_w), _) = asyncio.run(run())
     finally:
         nats.stop()
     block = 2 * 4 * 4 * 2 * 32 * 4  # (k,v) x layers x block_size x kv_heads x head_dim x fp32
