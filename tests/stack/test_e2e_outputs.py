@@ -153,3 +153,34 @@ def test_structured_outputs_through_the_stack(client, disagg_stack, model_id, lo
         )  # fmt: skip
         assert resp.choices[0].text == llm.generate(prompt, params)[0].text
         assert resp.choices[0].text in choices
+
+
+def test_stop_string_through_the_stack(client, disagg_stack, model_id):
+    """A stop string spanning tokens (the first of them the prefill worker's): streamed and not,
+    the text is the offline engine's, cut before it, with finish_reason "stop" and the offline
+    token count (up to the token that completed it)."""
+    llm = offline_llm(disagg_stack)
+    prompt = PROMPTS[0]
+    plain = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    full = llm.generate(prompt, plain)[0]
+    head = llm.tokenizer.decode(full.token_ids[:3], True)
+    stop = full.text[len(head) - 1 : len(head) + 2]
+    assert len(stop) == 3 and stop.strip()
+    want = llm.generate(
+        prompt, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, stop=(stop,))
+    )[0]
+    assert want.finish_reason == "stop" and len(want.token_ids) < 12
+    assert want.text == full.text[: full.text.index(stop)]
+    kwargs = {
+        "model": model_id, "prompt": prompt, "max_tokens": 12, "temperature": 0, "stop": [stop],
+        "extra_body": {"ignore_eos": True},
+    }  # fmt: skip
+    whole = client.completions.create(**kwargs)
+    assert (whole.choices[0].text, whole.choices[0].finish_reason) == (want.text, "stop")
+    assert whole.usage.completion_tokens == len(want.token_ids)
+    chunks = list(
+        client.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs)
+    )
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == want.text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.completion_tokens == len(want.token_ids)
