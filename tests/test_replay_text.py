@@ -116,3 +116,16 @@ async def test_a_replayed_request_shows_the_uninterrupted_text_once(engine, stop
     expected = (text, len(full), "stop" if stop else "length")
     assert await _shown(engine, uninterrupted) == expected
     assert await _shown(engine, dead + replay) == expected
+
+
+@pytest.mark.parametrize("lost", [1, 3, 6])
+async def test_a_delta_lost_on_the_bus_is_repaired_by_the_last_one(engine, lost):
+    """Core NATS is at-most-once: drop one of the worker's deltas on the way; the last delta's
+    full text and count give the client the uninterrupted answer anyway."""
+    sub = SubmitRequest("r", "t", "gw", PROMPT, GREEDY)
+    outs = _outputs(engine, f"lost-{lost}", GREEDY, [])
+    deltas = await _published(sub, Active(sub, None), outs)
+    assert deltas[-1].full_text == "".join(d.text for d in deltas)
+    full = [t for o in outs for t in o.new_token_ids]
+    expected = (engine.tokenizer.decode(full, True), len(full), "length")
+    assert await _shown(engine, deltas[:lost] + deltas[lost + 1 :]) == expected

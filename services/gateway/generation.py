@@ -183,6 +183,11 @@ class Generation:
             self._pending += map(self._token_info, logprobs[: len(token_ids)])
         text = echoed + self._new_text(msg)
         if msg.finish_reason is not None:  # the worker ended it (a stop string too: "stop")
+            # A delta lost on the way (core NATS is at-most-once): the last one says it all.
+            if msg.full_text is not None and len(msg.full_text) > self._text_end:
+                text += msg.full_text[self._text_end :]
+                self._text_end = len(msg.full_text)
+            self.completion_tokens = max(self.completion_tokens, msg.completion_tokens)
             self._done = self.upstream_done = True
             self.finish_reason = self.outcome = msg.finish_reason
             return TextDelta(text, self.finish_reason, self._take_logprobs())
@@ -190,7 +195,10 @@ class Generation:
 
     def _new_text(self, msg: TokenDelta) -> str:
         """The part of ``msg.text`` past what was received: a replay (``text_start`` 0 again)
-        repeats characters the client already has."""
+        repeats characters the client already has.  Text past a gap (a delta was lost) is held
+        back: the last delta's ``full_text`` fills the gap and brings it."""
+        if msg.text_start > self._text_end:
+            return ""
         end = msg.text_start + len(msg.text)
         new = msg.text[max(0, self._text_end - msg.text_start) :]
         self._text_end = max(self._text_end, end)

@@ -57,6 +57,7 @@ class Publisher:
                 prompt_logprobs=out.prompt_logprobs,
                 cached_tokens=req.cached_tokens,
                 text_start=out.text_start,
+                full_text=out.full_text,
             ),
         )
 

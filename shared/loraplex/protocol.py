@@ -104,6 +104,10 @@ class TokenDelta(Message):
     shows it as is), starting at character ``text_start`` of the completion's text, so a gateway
     drops the characters it already has the same way.  Text can lag its tokens (an incomplete
     UTF-8 sequence, or a possible start of a stop string, is held back until it resolves).
+
+    Core NATS delivers at most once, so a delta can be lost (a cluster node killed while it
+    crossed it): the last delta carries the whole completion's text (``full_text``) and its
+    ``completion_tokens`` is the total, from which a gateway repairs what it missed.
     """
 
     TAG: ClassVar[str] = "delta"
@@ -120,6 +124,7 @@ class TokenDelta(Message):
     # usage.prompt_tokens_details.cached_tokens); on every delta, 0 when none or unknown.
     cached_tokens: int = 0
     text_start: int = 0  # character offset of ``text`` in the completion's text
+    full_text: str | None = None  # on the last delta: the completion's whole text
 
 
 @dataclass(frozen=True)

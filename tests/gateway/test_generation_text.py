@@ -84,3 +84,19 @@ async def test_a_replay_from_a_worker_that_restarted_from_the_first_token(
     assert await gen.collect(first) == "abcdefghij"
     await gen.aclose()
     assert gen.completion_tokens == 5 and gen.finish_reason == "stop"
+
+
+async def test_a_lost_delta_is_repaired_from_the_last_one(tokenizer: Tokenizer) -> None:
+    """Core NATS is at-most-once: a delta lost on the way (here tokens 11-12, "lo, ") leaves a
+    gap; later text is held back, and the last delta's full text and count fill it."""
+    deltas = [
+        TokenDelta("r", [10], "Hel", completion_tokens=1),
+        TokenDelta("r", [13], "wor", completion_tokens=4, text_start=7),  # after the gap
+        TokenDelta(
+            "r", [14], "ld", "length", completion_tokens=5, text_start=10, full_text="Hello, world"
+        ),
+    ]
+    gen = _generation(tokenizer, deltas)
+    out = await _read(gen)
+    assert "".join(d.text for d in out) == "Hello, world"
+    assert gen.completion_tokens == 5 and gen.finish_reason == "length"

@@ -37,6 +37,8 @@ class StepOutput:
     # A resumed request's first output after the resume: the text of the tokens it had generated
     # before (its ``generated``), which the worker replays to the gateway with them.
     resumed_text: str | None = None
+    # On a finished request's last output: its whole completion text (TokenDelta.full_text).
+    full_text: str | None = None
 
 
 @dataclass(frozen=True)

@@ -119,11 +119,13 @@ class RequestTracker:
         elif len(seq.output_token_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
             reason = "length"
         handoff = None
+        full_text = None
         prompt_lps = None
         if p.prompt_logprobs is not None and len(seq.output_token_ids) == 1:
             prompt_lps = list(seq.prompt_logprobs)
         if reason is not None:
             text += detok.flush()
+            full_text = detok.text
             self.scheduler.finish(seq, reason)
             seq.stop_reason = stop_reason
             self.forget(seq.request_id)
@@ -152,4 +154,5 @@ class RequestTracker:
             num_cached_tokens=seq.num_cached_tokens if seq.num_cached_tokens >= 0 else None,
             text_start=text_start,
             resumed_text=resumed_text,
+            full_text=full_text,
         )
