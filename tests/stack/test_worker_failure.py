@@ -48,8 +48,12 @@ def test_killed_decode_worker_fails_stream_within_bound(stack):
         for _ in it:
             pass
     assert time.monotonic() - killed < BOUND_S
-    # No decode worker is left to migrate it to: the 503 names the cause.
-    assert "fail" in str(err.value).lower() and "stopped responding" in str(err.value).lower()
+    # No decode worker is left to migrate it to: the 503 names the cause, the one the scheduler
+    # saw last: its worker stopped responding, or (when the scheduler re-placed it before it
+    # noticed the second kill) the hand-over to the other, dead, decode worker failed.
+    message = str(err.value).lower()
+    assert "fail" in message, message
+    assert "stopped responding" in message or "hand-over to decode worker" in message, message
 
     # With every decode worker gone, new requests are refused at once instead of queueing forever.
     deadline = time.monotonic() + BOUND_S
