@@ -48,10 +48,20 @@ class BusWatch:
         if isinstance(m, PrefillAssign):
             self.assigned.append((msg.subject.rsplit(".", 1)[1], m))
 
-    async def placed(self, index: int) -> str:
-        """The worker that the ``index``-th assignment seen (counting from 0) went to."""
-        await self.wait_for(lambda: len(self.assigned) > index, f"assignment #{index}")
-        return self.assigned[index][0]
+    async def placed(self, index: int, adapter: str) -> str:
+        """The worker that the first assignment for ``adapter`` (a bare name) from the
+        ``index``-th on went to: another request's late assignment is not mistaken for it."""
+
+        def found() -> str | None:
+            for worker, m in self.assigned[index:]:
+                if (m.request.adapter or "").rpartition("/")[2] == adapter:
+                    return worker
+            return None
+
+        await self.wait_for(
+            lambda: found() is not None, f"an assignment for {adapter} from #{index}"
+        )
+        return found()  # type: ignore[return-value]
 
     async def wait_for(self, cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

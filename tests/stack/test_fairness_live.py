@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +151,14 @@ async def long_stream(client: openai.AsyncOpenAI, model: str) -> openai.AsyncStr
     return stream
 
 
+def _pool_lines(stack: Stack) -> list[str]:
+    """The scheduler's view of the pool (for a failure message)."""
+    url = next(u for name, u in stack.status.items() if name.startswith("scheduler"))
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return [line for line in text.splitlines() if line.startswith("loraplex_scheduler_pool")]
+
+
 async def placement_run(stack: Stack) -> None:
     names = [a.name for a in stack.adapters]  # type: ignore[attr-defined]
     async with watch_bus(stack.urls["nats"]) as bus, client_for(stack, "A") as client:
@@ -162,16 +171,19 @@ async def placement_run(stack: Stack) -> None:
         resident = set().union(*(held(w) for w in bus.heartbeats))
         x, y = [n for n in names if n not in resident][:2]
 
-        async def where(request: Awaitable[object]) -> tuple[str, object]:
+        async def where(adapter: str, request: Awaitable[object]) -> tuple[str, object]:
             """Send a request; return the worker the scheduler placed it on (and its result)."""
             index = len(bus.assigned)
             result = await request
-            return await bus.placed(index), result
+            return await bus.placed(index, adapter), result
 
         # X lands on some worker W_x; Y, sent while X runs there, goes to the emptier worker.
-        w_x, x_stream = await where(long_stream(client, x))
-        w_y, _ = await where(completion(client, y))
-        assert w_x != w_y, "Y should go to the idle worker while X runs"
+        w_x, x_stream = await where(x, long_stream(client, x))
+        w_y, _ = await where(y, completion(client, y))
+        assert w_x != w_y, (
+            f"Y should go to the idle worker while X runs; assignments {bus.assigned}; "
+            f"scheduler: {_pool_lines(stack)}"
+        )
         await x_stream.close()
         await bus.wait_for(
             lambda: x in held(w_x) and y in held(w_y),
@@ -182,14 +194,14 @@ async def placement_run(stack: Stack) -> None:
         # Both idle: each adapter goes back to the worker that holds it.  One of the two is not the
         # worker that load and worker id alone would pick, so residency is what decided.
         for adapter, expected in [(x, w_x), (y, w_y), (y, w_y), (x, w_x)]:
-            worker, _ = await where(completion(client, adapter))
+            worker, _ = await where(adapter, completion(client, adapter))
             assert worker == expected, f"{adapter} went to {worker}, not to {expected} holding it"
         assert y not in held(w_x), "Y was never placed on W_x"
 
         # W_y full (2 running Y requests): the next Y request goes to W_x rather than wait.
-        running = [await where(long_stream(client, y)) for _ in range(2)]
+        running = [await where(y, long_stream(client, y)) for _ in range(2)]
         assert [w for w, _ in running] == [w_y, w_y]
-        worker, _ = await where(completion(client, y))
+        worker, _ = await where(y, completion(client, y))
         assert worker == w_x, "with W_y full, Y should go to the worker with room"
         for _, stream in running:
             await stream.close()  # type: ignore[attr-defined]
