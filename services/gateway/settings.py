@@ -107,7 +107,9 @@ class GatewaySettings:
             if not base["model_id"]:
                 base["model_id"] = Path(model_dir).resolve().name
             if not base["max_model_len"]:
-                base["max_model_len"] = ModelConfig.from_dir(model_dir).max_position_embeddings
+                # the workers' default (ModelConfig.default_max_model_len): longer requests get a
+                # 400 here instead of failing at a worker
+                base["max_model_len"] = ModelConfig.from_dir(model_dir).default_max_model_len
         return cls(**base)  # type: ignore[arg-type]
 
     def with_(self, **changes: object) -> GatewaySettings:
@@ -160,7 +162,7 @@ def flags() -> tuple[Flag, ...]:
             "--max-model-len",
             type=int,
             default=None,
-            help=f"context limit (default: the model's max_position_embeddings) [{env.MAX_MODEL_LEN.name}]",
+            help=f"context limit (default: the model's max_position_embeddings, at most 8192, as workers) [{env.MAX_MODEL_LEN.name}]",
         ),
         flag(
             "--redis-prefix", default=None, help=f"prefix of Redis keys [{env.REDIS_PREFIX.name}]"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,7 @@ import pytest
 
 from loraplex.gateway.__main__ import main
 from loraplex.gateway.settings import GatewaySettings, is_loopback
+from loraplex.model.config import MAX_MODEL_LEN_CAP, ModelConfig
 from loraplex.tooling.demo import DemoModelInfo
 
 
@@ -64,3 +67,21 @@ def test_help_runs() -> None:
         "--request-timeout",
     ):
         assert flag in out.stdout
+
+
+def test_long_context_models_default_to_the_workers_cap(
+    demo: DemoModelInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 32k-context model: the gateway's default limit is the workers' (8192), so a longer
+    request is refused at the edge rather than failing at a worker."""
+    monkeypatch.delenv("LORAPLEX_MAX_MODEL_LEN", raising=False)
+    model = tmp_path / "long"
+    shutil.copytree(demo.model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    config["max_position_embeddings"] = 32768
+    (model / "config.json").write_text(json.dumps(config))
+    s = GatewaySettings.from_env(model_dir=str(model))
+    assert s.max_model_len == MAX_MODEL_LEN_CAP == ModelConfig.from_dir(model).default_max_model_len
+    assert (
+        GatewaySettings.from_env(model_dir=str(model), max_model_len=16384).max_model_len == 16384
+    )

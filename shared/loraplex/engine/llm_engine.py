@@ -60,7 +60,7 @@ class LLMEngine:
         self.tokenizer = Tokenizer(model_dir)
         mc = self.model_config
         # Prompts longer than max_num_batched_tokens are prefilled in chunks.
-        self.max_model_len = cfg.max_model_len or min(mc.max_position_embeddings, 8192)
+        self.max_model_len = cfg.max_model_len or mc.default_max_model_len
         self.model = load_model(model_dir, mc, self.dtype, self.device, self.max_model_len)
         # Adapter slots before the K/V cache: the cache is sized from what is left.
         self.lora_weights = LoraWeights(

@@ -17,6 +17,10 @@ SUPPORTED_ARCHITECTURES = {
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "dynamic")
 
 
+# Default context cap: a 128k-context model would otherwise size every request for 128k.
+MAX_MODEL_LEN_CAP = 8192
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything the decoder needs to know about a checkpoint (immutable)."""
@@ -41,6 +45,12 @@ class ModelConfig:
     bos_token_id: int | None
     eos_token_ids: tuple[int, ...]
     hidden_act: str = "silu"
+
+    @property
+    def default_max_model_len(self) -> int:
+        """Context per request when none is given: the model's, at most ``MAX_MODEL_LEN_CAP``
+        (workers size their K/V from it; the gateway refuses longer requests up front)."""
+        return min(self.max_position_embeddings, MAX_MODEL_LEN_CAP)
 
     @property
     def q_size(self) -> int:
