@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loraplex import env
-from loraplex.cli_flags import Flag, add_flags, flag
+from loraplex.cli_flags import Flag, add_flags, flag, status_listener_flags
 from loraplex.cli_help import DefaultsHelpFormatter
 from loraplex.scheduler.policies.registry import POLICIES
 
@@ -131,18 +131,10 @@ def flags() -> tuple[Flag, ...]:
             default=5.0,
             help="seconds waiting requests wait for a live worker set before they fail with 503",
         ),
-        flag(
-            "--metrics-host",
-            default=env.SCHEDULER_METRICS_HOST.get(),
-            help="address of the /health, /ready and /metrics listener (its series name tenants) "
-            f"(default: %(default)s) [{env.SCHEDULER_METRICS_HOST.name}]",
-        ),
-        flag(
-            "--metrics-port",
-            type=int,
-            default=env.SCHEDULER_METRICS_PORT.get(),
-            help="port of that listener; 0: none (default: %(default)s) "
-            f"[{env.SCHEDULER_METRICS_PORT.name}]",
+        *status_listener_flags(
+            env.SCHEDULER_METRICS_HOST,
+            env.SCHEDULER_METRICS_PORT,
+            host_note=" (its series name tenants)",
         ),
         flag(
             "--leader-lease",

@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 
 from loraplex import env
-from loraplex.cli_flags import Flag, add_flags, flag
+from loraplex.cli_flags import Flag, add_flags, flag, status_listener_flags
 from loraplex.cli_help import DefaultsHelpFormatter
 
 ROLES = ("prefill", "decode", "both")
@@ -143,18 +143,10 @@ def flags(default_role: str = "both") -> tuple[Flag, ...]:
         flag("--host-cache-mb", type=int, default=1024, help="host-memory adapter cache budget"),
         flag("--heartbeat-interval", type=float, default=0.5, help="seconds between heartbeats"),
         flag("--kv-timeout", type=float, default=10.0, help="seconds a K/V transfer may take"),
-        flag(
-            "--metrics-host",
-            default=env.WORKER_METRICS_HOST.get(),
-            help="address of the /health, /ready and /metrics listener (default: %(default)s) "
-            f"[{env.WORKER_METRICS_HOST.name}]",
-        ),
-        flag(
-            "--metrics-port",
-            type=int,
-            default=env.WORKER_METRICS_PORT.get(),
-            help="port of that listener, one per worker process; 0: none (default: %(default)s) "
-            f"[{env.WORKER_METRICS_PORT.name}]",
+        *status_listener_flags(
+            env.WORKER_METRICS_HOST,
+            env.WORKER_METRICS_PORT,
+            port_note=", one per worker process",
         ),
     )
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from loraplex.env import EnvVar
+
 
 @dataclass(frozen=True)
 class Flag:
@@ -56,3 +58,24 @@ def add_flags(parser: argparse.ArgumentParser, flags: Iterable[Flag]) -> argpars
     for f in flags:
         f.add_to(parser)
     return parser
+
+
+def status_listener_flags(
+    host: EnvVar[str], port: EnvVar[int], *, host_note: str = "", port_note: str = ""
+) -> tuple[Flag, Flag]:
+    """``--metrics-host`` and ``--metrics-port`` of the small /health, /ready, /metrics listener
+    (scheduler, workers), defaulting to the given variables."""
+    return (
+        flag(
+            "--metrics-host",
+            default=host.get(),
+            help=f"address of the /health, /ready and /metrics listener{host_note} "
+            f"(default: %(default)s) [{host.name}]",
+        ),
+        flag(
+            "--metrics-port",
+            type=int,
+            default=port.get(),
+            help=f"port of that listener{port_note}; 0: none (default: %(default)s) [{port.name}]",
+        ),
+    )
