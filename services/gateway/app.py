@@ -30,13 +30,13 @@ from loraplex.gateway.service import GatewayService
 from loraplex.gateway.settings import GatewaySettings
 from loraplex.gateway.streams import StreamRouter
 from loraplex.protocol import RequestError, SchedulerStats, Subjects, TokenDelta
-from loraplex.tenants import load_tenants
+from loraplex.tenants import Tenants, load_tenants
 from loraplex.text.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 
-def _registration(settings: GatewaySettings) -> Registration | None:
+def _registration(settings: GatewaySettings, tenants: Tenants) -> Registration | None:
     """The adapter routes' registration (the adapter-store's, run in this process), checked
     now; None without a Redis URL.  Flags the gateway lacks come from ``LORAPLEX_*``."""
     if not settings.redis_url:
@@ -51,7 +51,8 @@ def _registration(settings: GatewaySettings) -> Registration | None:
             max_adapter_mb=settings.max_adapter_mb,
             max_lora_rank=settings.max_lora_rank,
             adapters_root=settings.adapters_root,
-        )
+        ),
+        tenants,  # the gateway's own, read from the same file
     )
 
 
@@ -62,7 +63,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     streams = StreamRouter()
     capacity = SchedulerView()
     metrics.bind_orphans(lambda: streams.orphans)
-    registration = _registration(settings)
+    registration = _registration(settings, tenants)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -36,11 +36,11 @@ class Registration:
     adapters_root: Path | None  # realpath of --adapters-root
 
     @classmethod
-    def prepare(cls, config: RegistrationConfig) -> Registration:
-        """Reads the model config, tenants and adapters root now; removes spooled uploads that
-        stopped processes left behind."""
+    def prepare(cls, config: RegistrationConfig, tenants: Tenants | None = None) -> Registration:
+        """Reads the model config, tenants (unless the caller already has them) and adapters
+        root now; removes spooled uploads that stopped processes left behind."""
         model = ModelConfig.from_dir(config.model_dir)
-        tenants = load_tenants(config.tenants_file)
+        tenants = tenants if tenants is not None else load_tenants(config.tenants_file)
         root = _adapters_root(config.adapters_root)
         if config.upload_dir is not None and not os.path.isdir(config.upload_dir):
             raise ValueError(f"--upload-dir {config.upload_dir!r} is not a directory")
