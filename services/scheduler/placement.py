@@ -5,7 +5,10 @@ Per role it walks at most ``SCAN`` workers in load order (the registry's lazy he
 ``prefix_affinity.HOLDERS``) and at the workers holding the adapter (all of them up to
 ``ADAPTER_EXACT``, else a power-of-two-choices sample of ``ADAPTER_SAMPLE``).  So a decision is
 O(log W + SCAN + prompt blocks x HOLDERS).  Below those bounds it chooses exactly as the scan it
-replaced (``placement_scan.py``).  Pure Python; it reads the registry's indexes, never writes
+replaced (``placement_scan.py``).  The common case (the least loaded worker is at the top of its
+heap with room, and a holder of the prompt's first block holds some of it) is decided in one pass
+over those holders (``_prefix_holder``); it chooses as the full path does
+(``tests/scheduler/test_placement_index.py``).  Pure Python; it reads the registry's indexes, never writes
 them (except popping and re-pushing heap entries while walking).
 """
 
@@ -94,6 +97,10 @@ class Placer:
         if idx is None or not idx.members:
             return None
         holders_of = getattr(cached_blocks, "holders", None)
+        if holders_of is not None:
+            best = self._prefix_holder(role, adapter, idx, tokens, cached_blocks, holders_of)
+            if best is not None:
+                return best
         fits, exact = self._walk(
             role, idx, tokens, window=cached_blocks is not None and not holders_of
         )
@@ -124,6 +131,76 @@ class Placer:
             return None
         limit = min(w.load for w in fits) + self.prefix_balance
         return self._choose(fits, adapter, resident, cached_blocks, prefix, limit)[0]
+
+    def _prefix_holder(
+        self,
+        role: str,
+        adapter: str | None,
+        idx: RoleIndex,
+        tokens: int,
+        cached_blocks: Callable[[WorkerState], int],
+        holders_of: Callable[[int], list[str]],
+    ) -> WorkerState | None:
+        """The common case of ``_best`` with a prefix index, in one pass: when the least loaded
+        worker is at the top of the load heap with room (nothing to pop), the holder of the most
+        of the prompt within the balance of it, or None to take the full path (no holder holds
+        any, or the top has no room).  Chooses what the full path chooses: there a holder with
+        cached blocks beats every worker without, and among holders the key is the same."""
+        heap, workers = idx.by_load, self.workers
+        while heap:  # stale tops are dropped, as the walk drops them
+            load, wid = heap[0]
+            least = workers.get(wid)
+            if (
+                least is None
+                or least.load != load
+                or least.suspect
+                or least.hb.role != role
+                or least.hb.draining
+            ):
+                heappop(heap)
+                continue
+            break
+        else:
+            return None
+        hb = least.hb
+        if (
+            load >= 1.0
+            or len(least.requests) >= hb.max_num_seqs
+            or least.committed - (-tokens // hb.block_size) > hb.total_blocks
+        ):
+            return None  # the walk looks further, or falls back to free blocks
+        sizes = self._block_sizes(role)
+        if len(sizes) == 1:
+            prefix: Iterable[str] = holders_of(next(iter(sizes)))
+        else:
+            prefix = {wid for bs in sizes for wid in holders_of(bs)}
+        limit = load + self.prefix_balance
+        resident = self._holders.get((role, adapter)) if adapter else None
+        best: WorkerState | None = None
+        best_key: tuple = ()
+        for wid in prefix:
+            w = workers.get(wid)
+            if w is None:
+                continue
+            load = w.load
+            if load > limit:
+                continue  # beyond the balance: counted as holding nothing
+            hb = w.hb
+            if (
+                hb.role != role
+                or hb.draining
+                or w.suspect
+                or len(w.requests) >= hb.max_num_seqs
+                or w.committed - (-tokens // hb.block_size) > hb.total_blocks
+            ):
+                continue
+            cached = cached_blocks(w)
+            if cached:
+                absent = (resident is None or wid not in resident) if adapter else False
+                key = (-cached, absent, load, wid)
+                if best is None or key < best_key:
+                    best, best_key = w, key
+        return best
 
     def _fitting(
         self, wids: Iterable[str], role: str, tokens: int, seen: set[str]

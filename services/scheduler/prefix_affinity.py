@@ -13,8 +13,8 @@ in every process: ints and tuples of ints are not salted), about ten times cheap
 workers' blake2b, since the scheduler only ever compares them with keys it computed itself.  A
 collision costs at most a less useful placement.  Pure Python.
 
-So that placement need not ask every worker, a reverse index remembers, per block key, the
-``HOLDERS`` workers it was most recently placed on; ``cached_blocks(...).holders(block_size)``
+So that placement need not ask every worker, a reverse index remembers, per first block's key,
+the ``HOLDERS`` workers it was most recently placed on; ``cached_blocks(...).holders(block_size)``
 names the holders of the prompt's first block, the only workers that can match any of it.  A
 prefix held by more workers is looked for on its ``HOLDERS`` most recent ones (a bounded sample:
 affinity then still concentrates the prefix there, within the load balance).
@@ -41,11 +41,15 @@ def _namespace(adapter: str) -> int:
 def prefix_keys(adapter: str | None, tokens: Sequence[int], block_size: int) -> list[PrefixKey]:
     """Keys of the full blocks a worker could reuse for this prompt (not the last token's)."""
     reusable = (len(tokens) - 1) // block_size * block_size
+    if reusable <= 0:
+        return []
     h = _namespace(adapter or "")
+    t = tuple(tokens[:reusable])  # sliced as tuples below: one copy, not two per block
     keys = []
+    append = keys.append
     for i in range(0, reusable, block_size):
-        h = hash((h, tuple(tokens[i : i + block_size])))
-        keys.append(h)
+        h = hash((h, t[i : i + block_size]))
+        append(h)
     return keys
 
 
@@ -55,7 +59,8 @@ class PrefixAffinity:
     def __init__(self, capacity_per_worker: int = 100_000) -> None:
         self.capacity = capacity_per_worker
         self._workers: dict[str, OrderedDict[PrefixKey, None]] = {}
-        # block key -> the last HOLDERS workers it was placed on (insertion order = recency)
+        # first block's key -> the last HOLDERS workers it was placed on (insertion order =
+        # recency)
         self._holders: dict[PrefixKey, dict[str, None]] = {}
 
     def matched_blocks(self, worker_id: str, keys: Sequence[PrefixKey]) -> int:
@@ -82,26 +87,38 @@ class PrefixAffinity:
         return list(h) if h else []
 
     def record(self, worker_id: str, keys: Sequence[PrefixKey]) -> None:
+        """``keys`` (a prompt's, from its first block) were placed on ``worker_id``."""
+        if not keys:
+            return
         seen = self._workers.get(worker_id)
         if seen is None:
             seen = self._workers[worker_id] = OrderedDict()
-        holders = self._holders
         move_to_end = seen.move_to_end
         for k in keys:
             if k in seen:
                 move_to_end(k)
             else:
                 seen[k] = None
-            h = holders.get(k)
-            if h is None:
-                holders[k] = {worker_id: None}
-            else:
-                h.pop(worker_id, None)
-                h[worker_id] = None
-                if len(h) > HOLDERS:
-                    del h[next(iter(h))]
-        while len(seen) > self.capacity:
-            self._unhold(seen.popitem(last=False)[0], worker_id)
+        # Only first blocks are looked up by holder (a prompt's first key never appears at a
+        # later position: keys chain from the adapter), so only they are indexed.
+        first = keys[0]
+        h = self._holders.get(first)
+        if h is None:
+            self._holders[first] = {worker_id: None}
+        else:
+            h.pop(worker_id, None)
+            h[worker_id] = None
+            if len(h) > HOLDERS:
+                del h[next(iter(h))]
+        if len(seen) > self.capacity:
+            holders, popitem = self._holders, seen.popitem
+            while len(seen) > self.capacity:
+                k = popitem(last=False)[0]
+                h = holders.get(k)
+                if h is not None:  # _unhold inlined: most evicted keys are not first blocks
+                    h.pop(worker_id, None)
+                    if not h:
+                        del holders[k]
 
     def forget(self, worker_id: str) -> None:
         """The worker left (or restarted): its cache is gone."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from loraplex.protocol import WorkerHeartbeat
 
 
-@dataclass
+@dataclass(slots=True)  # read for every candidate of every decision: no __dict__
 class WorkerState:
     hb: WorkerHeartbeat
     last_seen: float

@@ -9,11 +9,12 @@ adapters and die.  Beyond the bounds the choice is a bounded sample, checked for
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
 from loraplex.protocol import WorkerHeartbeat
-from loraplex.scheduler.placement import ADAPTER_SAMPLE, SCAN
+from loraplex.scheduler.placement import ADAPTER_SAMPLE, SCAN, Placer
 from loraplex.scheduler.placement_scan import place_by_scan
 from loraplex.scheduler.prefix_affinity import PrefixAffinity, prefix_keys
 from loraplex.scheduler.workers import WorkerRegistry
@@ -176,3 +177,56 @@ def test_stale_heap_entries_are_compacted() -> None:
         reg.release(f"w{i % 10:04d}", f"r{i}")
     idx = reg._roles["both"]
     assert len(idx.by_load) <= 64 + 2 * 10 and len(idx.by_free) <= 64 + 2 * 10
+
+
+class _FullPathOnly(Placer):
+    """The placer without its one-pass prefix-holder shortcut (the reference for it)."""
+
+    def _prefix_holder(self, *args: object) -> None:
+        return None
+
+
+@pytest.mark.parametrize("seed", [3, 11, 29])
+def test_prefix_holder_shortcut_chooses_as_the_full_path(seed: int) -> None:
+    """Beyond the scan's bounds (200 workers, prefixes held by more than ``HOLDERS``): the
+    one-pass choice among a prompt's prefix holders is the one the full path makes, decision by
+    decision, while requests come and go (it must also have been taken, and returned a holder)."""
+    rng = random.Random(seed)
+    reg = WorkerRegistry(3.0, prefix_balance=rng.choice([0.0, 0.25, 0.5]), seed=seed)
+    for i in range(200):
+        adapters = rng.sample(ADAPTERS, rng.randint(0, 3))
+        hb = WorkerHeartbeat(f"w{i:04d}", "both", 0, rng.choice([60, 400]), 16, 0, 0, 8, adapters)
+        reg.heartbeat(hb, 0.0)
+    reg._flush()
+    reference = _FullPathOnly(
+        reg.workers, reg._roles, reg._holders, reg._block_sizes, reg.prefix_balance, seed
+    )
+    aff = PrefixAffinity()
+    live: list[tuple[str, str]] = []
+    shortcut = 0
+    for step in range(3000):
+        if rng.random() < 0.05:  # a worker pages adapters in and out
+            hb = reg.workers[f"w{rng.randrange(200):04d}"].hb
+            reg.heartbeat(replace(hb, adapters=rng.sample(ADAPTERS, rng.randint(0, 2))), 0.0)
+        if live and (rng.random() < 0.45 or len(live) > 1400):
+            rid, wid = live.pop(rng.randrange(len(live)))
+            reg.release(wid, rid)
+            continue
+        prompt = rng.choice(PROMPTS)[: rng.randint(17, 80)] + [step, step + 1]
+        adapter = rng.choice([None, *ADAPTERS])
+        view = aff.cached_blocks(adapter, prompt)
+        total = len(prompt) + rng.randint(1, 300)
+        got = reg.place(adapter, len(prompt), total, view)  # flushes the indexes first
+        taken = reg._placer._prefix_holder(
+            "both", adapter, reg._roles["both"], total, view, view.holders
+        )
+        want = reference.place(adapter, len(prompt), total, view)
+        assert got == want, f"step {step}: shortcut {got} != full path {want}"
+        if taken is not None:
+            shortcut += 1
+            assert got is not None and got.prefill == taken.hb.worker_id
+        if got is not None:
+            reg.commit(got.prefill, f"r{step}", total)
+            aff.record(got.prefill, view.keys(16))
+            live.append((f"r{step}", got.prefill))
+    assert shortcut > 300

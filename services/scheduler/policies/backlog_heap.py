@@ -30,7 +30,7 @@ COMPACT_MIN = 64  # never compact a heap smaller than this
 class BacklogHeap:
     """Lazy min-heap of ``(*key(tenant), tenant)`` over ``tenants()`` (the backlogged ones)."""
 
-    __slots__ = ("_key", "_tenants", "_heap", "_dirty")
+    __slots__ = ("_key", "_tenants", "_heap", "_dirty", "touch")
 
     def __init__(
         self, key: Callable[[str], Key | None], tenants: Callable[[], Collection[str]]
@@ -39,10 +39,9 @@ class BacklogHeap:
         self._tenants = tenants
         self._heap: list[Key] = []
         self._dirty: set[str] = set()
-
-    def touch(self, tenant: str) -> None:
-        """``tenant``'s key may have changed (or it joined or left the backlog)."""
-        self._dirty.add(tenant)
+        # touch(tenant): ``tenant``'s key may have changed (or it joined or left the backlog).
+        # The set's own add, bound once: it runs several times per decision.
+        self.touch: Callable[[str], None] = self._dirty.add
 
     def top(self) -> str | None:
         """The backlogged tenant with the smallest key, or ``None`` when none is backlogged."""
