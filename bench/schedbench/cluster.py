@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+import gc
 import random
 import time
 from dataclasses import dataclass
@@ -61,6 +62,11 @@ class Result:
     # median µs per decision of policy; policy + placement; all three (cumulative): free of the
     # preemptions a shared box adds to a few decisions (which dominate the means there)
     medians: dict[str, float]
+    # the garbage collector during the run: full (generation 2) collections, the longest pause of
+    # any collection (ms), and the share of the run's wall time spent collecting
+    gc_full: int = 0
+    gc_longest_ms: float = 0.0
+    gc_share: float = 0.0
 
     @property
     def per_s(self) -> float:
@@ -149,6 +155,16 @@ def _run(
     each: list[tuple[int, int, int]] = []  # ns per decision: policy, placement, prefix
     fin_policy = fin_place = 0
     now = 1.0
+    pauses: list[tuple[int, float]] = []  # (generation, seconds) of each collection
+    began: list[float] = []
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            began.append(time.perf_counter())
+        elif began:
+            pauses.append((info["generation"], time.perf_counter() - began.pop()))
+
+    gc.callbacks.append(on_gc)
     start = time.perf_counter()
     deadline = start + budget_s
     while len(order) < max_decisions and (len(order) & 15 or time.perf_counter() < deadline):
@@ -200,6 +216,7 @@ def _run(
         spent["prefix"] += pre
         each.append((pol, plc, pre))
     seconds = time.perf_counter() - start
+    gc.callbacks.remove(on_gc)
     lat.sort()
 
     def pct(p: float) -> float:
@@ -216,7 +233,13 @@ def _run(
 
     medians = {"policy": median_us(1), "placement": median_us(2), "prefix": median_us(3)}
     impl = "linear" if linear else "fast"
-    return Result(impl, len(order), seconds, pct(0.5), pct(0.99), parts, medians), order
+    gc_stats = {
+        "gc_full": sum(1 for g, _ in pauses if g == 2),
+        "gc_longest_ms": max((d for _, d in pauses), default=0.0) * 1000,
+        "gc_share": sum(d for _, d in pauses) / seconds if seconds > 0 else 0.0,
+    }
+    result = Result(impl, len(order), seconds, pct(0.5), pct(0.99), parts, medians, **gc_stats)
+    return result, order
 
 
 def measure(

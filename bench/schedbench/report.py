@@ -22,8 +22,8 @@ ALL = ("policy", "placement", "prefix")
 def sim_table(rows: Sequence[tuple[Config, Result, Result]]) -> str:
     head = [
         "workers", "tenants", "policy /s", "+ placement /s", "**decisions/s**",
-        "decisions/s (mean)", "p50 µs", "p99 µs", "linear: decisions/s", "(mean)", "p99 µs",
-        "(timed)", "speed-up",
+        "decisions/s (mean)", "p50 µs", "p99 µs", "GC: full / longest ms / time",
+        "linear: decisions/s", "(mean)", "p99 µs", "(timed)", "speed-up",
     ]  # fmt: skip
     body = []
     for cfg, f, lin in rows:
@@ -34,6 +34,7 @@ def sim_table(rows: Sequence[tuple[Config, Result, Result]]) -> str:
                 f"{cfg.workers:,}", f"{cfg.tenants:,}", f"{f.median_rate('policy'):,.0f}",
                 f"{f.median_rate('placement'):,.0f}", f"**{fast_all:,.0f}**",
                 f"{f.rate_of(*ALL):,.0f}", f"{f.p50_us:.0f}", f"{f.p99_us:,.0f}",
+                f"{f.gc_full} / {f.gc_longest_ms:,.0f} / {100 * f.gc_share:.0f} %",
                 f"{lin_all:,.0f}", f"{lin.rate_of(*ALL):,.0f}", f"{lin.p99_us:,.0f}",
                 f"{lin.decisions:,}", speed,
             ]

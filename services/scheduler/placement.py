@@ -251,6 +251,10 @@ class Placer:
                 best, best_key = w, key
         return best, best_key
 
+    def _free_entry(self, wid: str) -> tuple[int, str] | None:
+        w = self.workers.get(wid)
+        return None if w is None or not w.placeable else (w.committed - w.hb.total_blocks, wid)
+
     def _walk(
         self, role: str, idx: RoleIndex, tokens: int, window: bool
     ) -> tuple[list[WorkerState], bool]:
@@ -285,6 +289,7 @@ class Placer:
             heappush(heap, entry)
         if got:
             return got, True
+        idx.flush_free(self._free_entry)
         free = idx.by_free
         while free:
             debt, wid = free[0]

@@ -2,7 +2,7 @@
 
 * ``RoleIndex``: per role, the workers in two lazy min-heaps, by load ``(load, worker id)`` and by
   free KV blocks ``(committed - total, worker id)``.  The registry pushes a worker again whenever
-  its load, capacity or placeability changed; an entry that no longer matches its worker is
+  its load, capacity or placeability changed (into the free-blocks heap only when it is read); an entry that no longer matches its worker is
   dropped when it reaches the top.  Stale entries are compacted away once they outnumber the live
   ones (amortised O(1) per push).
 * ``SampleSet``: a set with O(1) add, discard and uniform random sample (the workers holding an
@@ -12,8 +12,8 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from heapq import heapify
+from collections.abc import Callable, Iterator
+from heapq import heapify, heappush
 
 COMPACT_MIN = 64
 
@@ -21,12 +21,25 @@ COMPACT_MIN = 64
 class RoleIndex:
     """The workers of one role: ``members`` (every live one) and the two lazy heaps."""
 
-    __slots__ = ("members", "by_load", "by_free")
+    __slots__ = ("members", "by_load", "by_free", "free_pending")
 
     def __init__(self) -> None:
         self.members: set[str] = set()
         self.by_load: list[tuple[float, str]] = []
         self.by_free: list[tuple[int, str]] = []
+        # Workers whose free blocks changed since ``by_free`` was last read: it is read only when
+        # no worker near the top of ``by_load`` has room, so it is brought up to date then
+        # (``flush_free``) rather than on every commit and release.
+        self.free_pending: set[str] = set()
+
+    def flush_free(self, entry: Callable[[str], tuple[int, str] | None]) -> None:
+        """Push the pending workers' current ``by_free`` entries (``entry``: None for a worker
+        that is gone or not placeable)."""
+        for wid in self.free_pending:
+            e = entry(wid)
+            if e is not None:
+                heappush(self.by_free, e)
+        self.free_pending.clear()
 
     def needs_compaction(self) -> bool:
         return len(self.by_load) > COMPACT_MIN and len(self.by_load) > 2 * len(self.members)
@@ -35,6 +48,7 @@ class RoleIndex:
         heapify(by_load)
         heapify(by_free)
         self.by_load, self.by_free = by_load, by_free
+        self.free_pending.clear()
 
 
 class SampleSet:

@@ -173,7 +173,7 @@ class WorkerRegistry:
             role = w.hb.role
             idx = self._roles[role]
             heappush(idx.by_load, (w.load, wid))
-            heappush(idx.by_free, (w.committed - w.hb.total_blocks, wid))
+            idx.free_pending.add(wid)
             touched.add(role)
         self._dirty.clear()
         for role in touched:
