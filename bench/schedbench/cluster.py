@@ -115,7 +115,7 @@ class Cluster:
                 f"w{i:05d}", "both", 4096, 4096, BLOCK, 0, 0, MAX_NUM_SEQS, sorted(resident)
             )
             self.registry.heartbeat(hb, 0.0)
-        self.affinity = PrefixAffinity(capacity_per_worker=20_000)
+        self.affinity = PrefixAffinity()  # the service's: each LRU capped at its worker's blocks
         self.next_id = 0
         self.running: list[tuple[str, str, str]] = []  # (request id, tenant, worker)
         self.slots = int(0.9 * cfg.workers * MAX_NUM_SEQS)
@@ -201,7 +201,8 @@ def _run(
         wid = placement.prefill
         reg.commit(wid, q.request_id, len(prompt) + q.max_tokens)
         t5 = clock()
-        aff.record(wid, cached.keys(BLOCK))  # the service computes them once more (_assign)
+        blocks = reg.workers[wid].hb.total_blocks  # the service's _assign: the keys, the LRU's cap
+        aff.record(wid, cached.keys(BLOCK), blocks)
         t6 = clock()
         lat.append(t6 - t0)
         order.append(q.request_id)

@@ -53,6 +53,44 @@ def test_affinity_matches_leading_blocks_and_forgets() -> None:
     assert len(aff) == 0
 
 
+def test_each_lru_keeps_at_most_its_workers_blocks_and_the_most_recent_keys() -> None:
+    """The LRU of a worker with 64 KV blocks never holds more than 64 keys however much is
+    placed there, and what it keeps are the most recently placed prompts (batches of an eighth
+    of the capacity leave from the front); the index of first blocks follows evictions."""
+    aff = PrefixAffinity(capacity_per_worker=1000)
+    prompts = [[10_000 * p + i for i in range(33)] for p in range(300)]  # 2 blocks each
+    for p in prompts:
+        aff.record("w", prefix_keys("a", p, 16), worker_blocks=64)
+        assert len(aff) <= 64
+    assert len(aff) >= 64 - 64 // 8
+    for p in prompts[-28:]:  # the last 56 keys placed are all still there
+        assert aff.matched_blocks("w", prefix_keys("a", p, 16)) == 2
+    assert aff.matched_blocks("w", prefix_keys("a", prompts[0], 16)) == 0
+    assert aff.holders(prefix_keys("a", prompts[0], 16)[0]) == []
+    assert aff.holders(prefix_keys("a", prompts[-1], 16)[0]) == ["w"]
+    # a key placed again becomes the most recent: it outlives keys placed after it once
+    aff.record("w", prefix_keys("a", prompts[-30], 16), worker_blocks=64)
+    for p in prompts[:20]:
+        aff.record("w", prefix_keys("a", [7] + p, 16), worker_blocks=64)
+    assert aff.matched_blocks("w", prefix_keys("a", prompts[-30], 16)) == 2
+    assert aff.matched_blocks("w", prefix_keys("a", prompts[-29], 16)) == 0
+
+
+def test_the_affinity_is_invisible_to_the_garbage_collector() -> None:
+    """Millions of block keys must not be walked by every full collection (a pause of the whole
+    scheduler): the per-worker LRUs and the first-block index hold only ints and strings."""
+    import gc
+
+    aff = PrefixAffinity()
+    for w in range(20):
+        for p in range(50):
+            aff.record(f"w{w}", prefix_keys(f"a{p % 3}", [p] * 100, 16), worker_blocks=4096)
+    gc.collect()
+    assert len(aff) == 20 * 50 * 6
+    assert not any(gc.is_tracked(lru) for lru in aff._workers.values())
+    assert not any(gc.is_tracked(h) for h in aff._holders.values())
+
+
 # ------------------------------------------------------------------------------- placement
 
 
