@@ -10,9 +10,12 @@ import uvicorn
 
 
 @asynccontextmanager
-async def serve_app(app, host: str, port: int) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
-    """Yields the base URL once the server listens; stops it on exit."""
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+async def serve_app(app, host: str, port: int, **config: object) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
+    """Yields the base URL once the server listens; stops it on exit.  ``config``: more
+    ``uvicorn.Config`` options (the gateway's ``http`` protocol)."""
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", **config)  # type: ignore[arg-type]
+    )
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import select
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import Scope
@@ -62,6 +63,14 @@ class PeerProbe:
     async def wait_gone(self) -> None:
         while not self.gone():
             await asyncio.sleep(PROBE_INTERVAL_S)
+
+
+def still_connected(scope: Scope) -> Callable[[], bool]:
+    """Whether this request's client is still connected, asked before each SUBMIT: a request
+    whose client left while it was being prepared is never queued (it would take a batch slot
+    until its cancel caught up with it).  Always True without a probe."""
+    probe = PeerProbe.from_scope(scope)
+    return (lambda: True) if probe is None else (lambda: not probe.gone())
 
 
 class GatewayH11Protocol(H11Protocol):

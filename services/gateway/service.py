@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from loraplex.adapters.store import AdapterStore
 from loraplex.bus import Bus, BusError, BusTimeoutError, NoRespondersError
 from loraplex.errors import AdapterNotFoundError
 from loraplex.gateway.errors import (
+    ClientDisconnectedError,
     ModelNotFoundError,
     SchedulerRejectedError,
     SchedulerUnavailableError,
@@ -167,14 +169,22 @@ class GatewayService:
         self.resubmitter.attach(p.request_id, lambda: gen.completion_tokens)
         return gen
 
-    async def start_choices(self, prompts: list[Prepared], n: int) -> list[Generation]:
+    async def start_choices(
+        self, prompts: list[Prepared], n: int, wanted: Callable[[], bool] = lambda: True
+    ) -> list[Generation]:
         """``n`` generations per prompt, each its own scheduler request (so the scheduler's
         fairness sees every one), in the order of their OpenAI ``index``: prompt i's choice j
-        is ``i * n + j``, as in vLLM.  If one is refused, those already started are cancelled."""
+        is ``i * n + j``, as in vLLM.  If one is refused, those already started are cancelled.
+        ``wanted()`` is asked before each SUBMIT: False (the client left) stops there with
+        ``ClientDisconnectedError``, and nothing more is queued."""
         gens: list[Generation] = []
         try:
             for p in prompts:
                 for i in range(n):
+                    if not wanted():
+                        raise ClientDisconnectedError(
+                            "the client left before its request was queued"
+                        )
                     gens.append(await self.start(p.choice(i)))
         except BaseException:
             for g in gens:

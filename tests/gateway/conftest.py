@@ -22,6 +22,7 @@ import nats
 import pytest
 
 from loraplex.gateway.app import create_app
+from loraplex.gateway.peer import GatewayH11Protocol
 from loraplex.gateway.settings import GatewaySettings
 from loraplex.protocol import (
     CancelRequest,
@@ -112,6 +113,7 @@ class FakeScheduler:
         self.plan: Callable[[SubmitRequest], Plan] = lambda _: Plan()
         self.submits: list[SubmitRequest] = []
         self.cancels: list[CancelRequest] = []
+        self.reply_delay_s = 0.0  # before answering each SUBMIT (a busy scheduler)
         self._tasks: set[asyncio.Task[None]] = set()
         self.nc: nats.NATS | None = None
 
@@ -153,6 +155,8 @@ class FakeScheduler:
         self.submits.append(req)
         plan = self.plan(req)
         accepted = plan.code == 200
+        if self.reply_delay_s:
+            await asyncio.sleep(self.reply_delay_s)
         await msg.respond(encode(SubmitReply(req.request_id, accepted, plan.code, plan.message)))
         if accepted:
             task = asyncio.create_task(self._stream(req, plan))
@@ -205,7 +209,8 @@ async def scheduler(nats_url: str, tokenizer: Tokenizer) -> AsyncIterator[FakeSc
 
 def serve(settings: GatewaySettings) -> AbstractAsyncContextManager[str]:
     """Run the gateway on a real uvicorn server in this event loop; yields its base URL."""
-    return serve_app(create_app(settings), settings.host, settings.port)
+    # with the gateway's own h11 protocol, as ``python -m loraplex.gateway`` runs it
+    return serve_app(create_app(settings), settings.host, settings.port, http=GatewayH11Protocol)
 
 
 @pytest.fixture

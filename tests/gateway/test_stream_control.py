@@ -106,6 +106,36 @@ async def test_client_disconnect_publishes_cancel(
     assert [c.request_id for c in scheduler.cancels].count(rid) == 1
 
 
+async def test_a_client_gone_before_its_choices_are_queued_gets_no_more_of_them(
+    gateway: str, scheduler: FakeScheduler
+) -> None:
+    """n=8 choices are 8 SUBMITs, one after another; the client hangs up while the first is
+    being answered.  The gateway asks whether the client is still there before each SUBMIT:
+    only the first is queued (and cancelled), never the other seven."""
+    scheduler.reply_delay_s = 0.3
+    scheduler.plan = lambda _: Plan(tokens=[], finish_reason=None)
+    payload = json.dumps(body(n=8, max_tokens=20)).encode()
+    host, port = gateway.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = (
+        f"POST {COMPLETIONS} HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: {ALICE['Authorization']}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    )
+    writer.write(head.encode() + payload)
+    await writer.drain()
+    deadline = time.monotonic() + 5.0
+    while not scheduler.submits and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert len(scheduler.submits) == 1
+    writer.close()  # while the scheduler takes 0.3 s to answer the first SUBMIT
+    await writer.wait_closed()
+    first = scheduler.submits[0].request_id
+    await scheduler.wait_cancel(first)
+    await asyncio.sleep(8 * scheduler.reply_delay_s)  # what seven more SUBMITs would take
+    assert [s.request_id for s in scheduler.submits] == [first]
+
+
 async def test_health_ready(gateway: str, scheduler: FakeScheduler) -> None:
     async with httpx.AsyncClient(base_url=gateway) as http:
         assert (await http.get("/health")).json() == {"status": "ok"}
