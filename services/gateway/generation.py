@@ -23,6 +23,7 @@ from loraplex.gateway.prepare import Echo
 from loraplex.gateway.streams import StreamMessage
 from loraplex.protocol import RequestError, TokenDelta
 from loraplex.text.tokenizer import Tokenizer
+from loraplex.timeouts import wait_for
 from loraplex.token_logprobs import TokenLogprobs
 
 
@@ -152,7 +153,7 @@ class Generation:
 
     async def _receive(self) -> StreamMessage:
         try:
-            return await asyncio.wait_for(self._queue.get(), self._timeout_s)
+            return await wait_for(self._queue.get(), self._timeout_s)
         except asyncio.TimeoutError:
             self._done = True
             self.cancel_reason = "timed out in the gateway"

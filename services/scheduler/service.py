@@ -41,6 +41,7 @@ from loraplex.scheduler.replica import Replica
 from loraplex.scheduler.settings import SchedulerSettings
 from loraplex.scheduler.takeover import Takeover
 from loraplex.scheduler.workers import WorkerRegistry
+from loraplex.timeouts import wait_for
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +257,7 @@ class SchedulerService:
     async def _dispatch_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), timeout=0.1)
+                await wait_for(self._kick.wait(), timeout=0.1)
             self._kick.clear()
             try:
                 await self.dispatch(time.monotonic())

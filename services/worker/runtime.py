@@ -27,6 +27,7 @@ from loraplex.protocol import (
     Subjects,
     WorkerHeartbeat,
 )
+from loraplex.timeouts import wait_for
 from loraplex.worker.active import Active, ActiveTable
 from loraplex.worker.adapter_pager import AdapterPager, Fetch
 from loraplex.worker.control import Control
@@ -216,7 +217,7 @@ class Worker:
         log.critical("worker %s: %s; exiting", self.id, why)
         if self.bus is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.bus.flush(), EXIT_FLUSH_TIMEOUT_S)
+                await wait_for(self.bus.flush(), EXIT_FLUSH_TIMEOUT_S)
         os._exit(1)
 
     # ---- heartbeats --------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from loraplex.bus import (
     TypedBus,
 )
 from loraplex.protocol import Message
+from loraplex.timeouts import wait_for
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
@@ -88,7 +89,7 @@ class MemorySubscription:
 
     async def drain(self, timeout: float = 5.0) -> None:
         with contextlib.suppress(TimeoutError):  # a handler stuck past ``timeout``
-            await asyncio.wait_for(self._inbox.join(), timeout)
+            await wait_for(self._inbox.join(), timeout)
         await self.unsubscribe()
 
     async def unsubscribe(self) -> None:
@@ -175,7 +176,7 @@ class MemoryBus(TypedBus):
         self.hub.replies[inbox] = waiter
         self.hub.deliver(subject, data, None, inbox)
         try:
-            return await asyncio.wait_for(waiter, timeout)
+            return await wait_for(waiter, timeout)
         except TimeoutError:
             raise BusTimeoutError(f"no reply on {subject} within {timeout:g}s") from None
         finally:

@@ -39,6 +39,7 @@ from loraplex.adapters.keys import DEFAULT_PREFIX, ID_PATTERN, StoreKeys, adapte
 from loraplex.adapters.redis_conn import connect_redis, unavailable_as_typed
 from loraplex.errors import AdapterNotFoundError
 from loraplex.lora.names import NAME_PATTERN, validate_name
+from loraplex.timeouts import wait_for
 
 CHUNK_SIZE = 512 * 1024
 STAGING_TTL_S = 3600  # a staged blob whose upload died disappears after this
@@ -86,7 +87,7 @@ class AdapterStore:
     async def ping(self, timeout_s: float = 1.0) -> bool:
         """Whether Redis answers within ``timeout_s`` (for readiness; never raises)."""
         try:
-            return bool(await asyncio.wait_for(self.redis.ping(), timeout_s))
+            return bool(await wait_for(self.redis.ping(), timeout_s))
         except Exception:
             return False
 
