@@ -85,12 +85,9 @@ def docs_body(
             "another request); *slot hit*: requests admitted without copying weights into a device slot; "
             "*tokens/s*: generated tokens / wall time of the measured requests; latency from publishing "
             "the request to its last token.  *retried / failed*: requests that got a `RequestError` and "
-            "were sent again (up to 3 times) / that never succeeded.  The worker handles the "
-            "`PrefillAssign`s on its subject one at a time and awaits each request's adapter fetch "
-            "before taking the next (see the strict-xfail "
-            "`test_requests_are_admitted_while_another_adapter_pages_in`), so misses also delay the "
-            "admission of the requests behind them; both systems pay this, the disk baseline on more "
-            "requests.",
+            "were sent again (up to 3 times) / that never succeeded.  A miss delays only its own "
+            "request: the worker admits the requests behind it whose adapters are resident while "
+            "the fetch runs (`test_requests_are_admitted_while_another_adapter_pages_in`).",
         ]
     parts += [
         "",

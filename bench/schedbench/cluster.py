@@ -120,10 +120,14 @@ class Cluster:
         self.running: list[tuple[str, str, str]] = []  # (request id, tenant, worker)
         self.slots = int(0.9 * cfg.workers * MAX_NUM_SEQS)
 
-    def request(self, tenant: str, now: float) -> QueuedRequest:
+    def draw(self) -> tuple[str, str]:
+        """The next request's id and Zipf-drawn adapter (the traffic, not the scheduler's work)."""
         rid = f"r{self.next_id}"
         self.next_id += 1
-        adapter = f"ad{self.zipf.draw()}"
+        return rid, f"ad{self.zipf.draw()}"
+
+    def request(self, tenant: str, now: float) -> QueuedRequest:
+        rid, adapter = self.draw()
         return QueuedRequest(rid, tenant, SYSTEM_TOKENS + OWN_TOKENS, MAX_TOKENS, now, adapter)
 
     def fill(self, policy: FairnessPolicy) -> None:
@@ -207,9 +211,13 @@ def _run(
         lat.append(t6 - t0)
         order.append(q.request_id)
         running.append((q.request_id, q.tenant, wid))
-        policy.enqueue(cluster.request(q.tenant, now), now)  # closed loop: stays backlogged
+        rid, adapter = cluster.draw()  # the tenant's next SUBMIT (closed loop: stays backlogged)
+        t6e = clock()
+        policy.enqueue(
+            QueuedRequest(rid, q.tenant, SYSTEM_TOKENS + OWN_TOKENS, MAX_TOKENS, now, adapter), now
+        )  # the service builds the policy's request from the SUBMIT, then enqueues it
         t7 = clock()
-        pol = (t1 - t0) + (t4 - t3) + (t7 - t6) + fin_policy
+        pol = (t1 - t0) + (t4 - t3) + (t7 - t6e) + fin_policy
         plc = (t3 - t2) + (t5 - t4) + fin_place
         pre = (t2 - t1) + (t6 - t5)
         spent["policy"] += pol
