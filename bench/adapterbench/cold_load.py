@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from loraplex.adapters.keys import adapter_id
 from loraplex.adapters.store import AdapterStore
 from loraplex.lora.adapter import LORA_TARGETS, parse_adapter
 from loraplex.lora.names import CONFIG_FILE, WEIGHTS_FILE
@@ -66,7 +67,7 @@ async def cold_load(args: Args, redis_url: str, root: Path) -> list[ColdRow]:
             for _ in range(args.repeats):
                 # Redis (+ the store's sha256 check) -> parse -> slot
                 t0 = time.perf_counter()
-                got = await store.fetch(name)
+                got = await store.fetch(adapter_id(OWNER, name))
                 t1 = time.perf_counter()
                 adapter = await asyncio.to_thread(
                     parse_adapter, name, got.config_bytes, got.weights_bytes, model, rank

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from loraplex.adapters.keys import adapter_id
 from loraplex.adapters.store import AdapterStore
 from loraplex.bus import Bus
 from loraplex.lora.host_cache import HostAdapterCache
@@ -21,7 +22,7 @@ from loraplex.worker.runtime import Worker
 from loraplex.worker.settings import WorkerSettings
 
 from .client import Client
-from .config import MB, Fetch
+from .config import MB, OWNER, Fetch
 from .options import Args
 from .peft import peft_adapter, register_all, write_peft
 
@@ -52,8 +53,8 @@ def zipf_draws(rng: np.random.Generator, n: int, catalog: int, alpha: float) -> 
 
 
 def disk_fetch(root: Path) -> Fetch:
-    def read(name: str) -> tuple[bytes, bytes, str]:
-        d = root / name
+    def read(aid: str) -> tuple[bytes, bytes, str]:
+        d = root / (aid.partition("/")[2] or aid)  # the files are named without the owner
         return (d / CONFIG_FILE).read_bytes(), (d / WEIGHTS_FILE).read_bytes(), "disk"
 
     async def fetch(name: str) -> tuple[bytes, bytes, str]:
@@ -203,7 +204,7 @@ async def zipf(args: Args, nats_url: str, redis_url: str, root: Path) -> list[Zi
         name = f"zipf-{i:04d}"
         config, weights = peft_adapter(model, args.adapter_rank, seed=10_000 + i)
         write_peft(disk_root / name, config, weights)
-        names.append(name)
+        names.append(adapter_id(OWNER, name))  # what a SUBMIT names: the owner's id
         items.append((name, config, weights, args.adapter_rank))
     await register_all(store, items)
     size = len(items[0][2])
