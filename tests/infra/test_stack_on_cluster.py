@@ -149,23 +149,16 @@ def test_no_adapter_and_no_counter_lost_when_redis_fails_over(stack, servers, mo
     assert after.get("default", 0) > counters["default"], (counters, after)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="was an open bug (fixed in leader.py: a fenced write re-takes a lease the promoted "
-    "replica lost, when no one led since); kept non-strict until it has passed many runs on a "
-    "loaded box: with one scheduler a failover longer than --leader-lease used to give 503s",
-)
+# Was an open bug, fixed in leader.py (a fenced write re-takes a lease the promoted replica lost,
+# when no one led since): with one scheduler a failover longer than --leader-lease gave 503s.
 def test_no_request_fails_during_a_redis_failover() -> None:
     assert "redis failover failures" in MEASURED  # the failover test ran
     assert MEASURED["redis failover failures"] == []
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="was an open bug (core NATS is at-most-once: a token message that crossed the killed "
-    "node was lost and the request completed one token short, once in ~10 runs); the gateway now "
-    "repairs it from the last delta's full_text and count; non-strict until many runs confirm",
-)
+# Was an open bug: core NATS is at-most-once, so a token message that crossed the killed node was
+# lost and the request completed one token short (once in ~10 runs); the gateway now repairs it
+# from the last delta's full_text and count.
 def test_no_request_is_cut_short_by_a_nats_node_kill() -> None:
     assert "nats kill cut requests" in MEASURED  # the NATS kill test ran
     assert MEASURED["nats kill cut requests"] == []
