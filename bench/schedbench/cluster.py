@@ -198,6 +198,7 @@ def _run(
         t2 = clock()
         placement = place(q.adapter, len(prompt), len(prompt) + q.max_tokens, cached)
         if placement is None:
+            gc.callbacks.remove(on_gc)
             raise RuntimeError("the simulated cluster is full: it keeps 10 % of its slots free")
         t3 = clock()
         policy.admit(q, now)
