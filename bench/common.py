@@ -6,15 +6,26 @@ import datetime as dt
 import os
 import platform
 import re
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
 BENCH_DOC = REPO_ROOT / "docs" / "benchmarks.md"
 DOC_TITLE = "# Benchmarks"
+
+
+def unshadow_packages() -> None:
+    """Take bench/ off ``sys.path``: call once a bench has imported its own modules.
+
+    bench/kernels.py would pass for the ``kernels`` package that transformers imports when it is
+    installed (Python puts a script's folder first on the path): transformers fails to import.
+    """
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
 
 
 def num_cores() -> int:

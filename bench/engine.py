@@ -32,13 +32,21 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_average, machine_line, num_cores, replace_doc_section  # noqa: E402
+from common import (  # noqa: E402
+    load_average,
+    machine_line,
+    num_cores,
+    replace_doc_section,
+    unshadow_packages,
+)
 from enginebench.measure import measure, warm_up  # noqa: E402
 from enginebench.options import parse_args  # noqa: E402
 from enginebench.report import SECTION, describe_model, docs_body  # noqa: E402
 from enginebench.systems import build_hf, build_loraplex  # noqa: E402
 from enginebench.tables import agreement_table, results_table, runs_table, target_lines  # noqa: E402
 from enginebench.workload import Workload, random_prompts, write_checkpoint  # noqa: E402
+
+unshadow_packages()  # the HF + PEFT peer imports transformers
 
 
 def main(argv: Sequence[str] | None = None) -> int:

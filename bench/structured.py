@@ -25,12 +25,20 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, markdown_table, replace_doc_section, today  # noqa: E402
+from common import (  # noqa: E402
+    machine_line,
+    markdown_table,
+    replace_doc_section,
+    today,
+    unshadow_packages,
+)
 from enginebench.workload import model_spec  # noqa: E402
 
 from loraplex import LLM, SamplingParams  # noqa: E402
 from loraplex.structured_outputs import StructuredOutputsParams  # noqa: E402
 from loraplex.tooling.demo import write_demo_tokenizer, write_random_model  # noqa: E402
+
+unshadow_packages()  # xgrammar imports transformers
 
 SECTION = "Structured outputs (bench/structured.py)"
 SCHEMA = {
