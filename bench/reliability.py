@@ -11,7 +11,8 @@
    within ``--hang-s``); migrations counted from the scheduler's log.  The supervisor restarts the worker; the next
    trial waits for its heartbeat.
 
-    python bench/reliability.py [--trials 6] [--streams 8] [--write-docs]
+    python bench/reliability.py [--trials 6] [--streams 8] [--skip-inputs | --skip-kills]
+                                [--write-docs]
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # tests.hostile
 from common import machine_line, replace_doc_section, today  # noqa: E402
-from reliabilitybench.inputs import run_fuzzing, run_poisoned, run_table  # noqa: E402
+from reliabilitybench.inputs import Tally, run_fuzzing, run_poisoned, run_table  # noqa: E402
 from reliabilitybench.kills import run_kills  # noqa: E402
 from reliabilitybench.report import failures, inputs_table, kills_table  # noqa: E402
 
@@ -43,7 +44,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=96, help="tokens each stream asks for")
     p.add_argument("--hang-s", type=float, default=30.0, help="a stream not ended by then hangs")
     p.add_argument("--fuzz-scale", type=float, default=1.0, help="x the fuzz run's ~600 cases")
-    p.add_argument("--skip-kills", action="store_true")
+    p.add_argument("--skip-inputs", action="store_true", help="no hostile inputs (part 1)")
+    p.add_argument("--skip-kills", action="store_true", help="no worker kills (part 2)")
     p.add_argument("--write-docs", action="store_true")
     return p.parse_args(argv)
 
@@ -53,12 +55,14 @@ def main(argv: list[str]) -> int:
     template = AdapterFiles.template()
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
-        hs = HostileStack.start(Path(tmp) / "inputs")
-        try:
-            tallies = [run_table(hs, template), run_poisoned(hs, template)]
-            tallies.append(run_fuzzing(hs, template, a.fuzz_scale))
-        finally:
-            hs.stop()
+        tallies: list[Tally] = []
+        if not a.skip_inputs:
+            hs = HostileStack.start(Path(tmp) / "inputs")
+            try:
+                tallies = [run_table(hs, template), run_poisoned(hs, template)]
+                tallies.append(run_fuzzing(hs, template, a.fuzz_scale))
+            finally:
+                hs.stop()
         kills = []
         if not a.skip_kills:
             topology = ["--prefill-workers", "1", "--decode-workers", "2"]
@@ -81,14 +85,17 @@ def render(argv, a, tallies, kills, minutes: float) -> str:  # type: ignore[no-u
     parts = [
         f"Command: `{' '.join(['python bench/reliability.py', *argv])}` "
         f"({today()}; {machine_line()}; {minutes:.1f} min).",
-        "Hostile inputs against one fresh `loraplex up` stack (two tenants, one prefill and one "
-        "decode worker, CPU): every case of `tests/hostile/case_table.py`, three adapters poisoned "
-        "straight into Redis, and the derandomized fuzz run of `tests/hostile/fuzz.py`. *As "
-        "expected*: the answer the case allows (a 4xx with an OpenAI error body, or tokens) and "
-        "the other tenant served afterwards by the same processes; *crashes*: service processes "
-        "that exited (the supervisor restarted them).",
-        inputs_table(tallies),
     ]
+    if tallies:
+        parts += [
+            "Hostile inputs against one fresh `loraplex up` stack (two tenants, one prefill "
+            "and one decode worker, CPU): every case of `tests/hostile/case_table.py`, three "
+            "adapters poisoned straight into Redis, and the derandomized fuzz run of "
+            "`tests/hostile/fuzz.py`. *As expected*: the answer the case allows (a 4xx with an "
+            "OpenAI error body, or tokens) and the other tenant served afterwards by the same "
+            "processes; *crashes*: service processes that exited (the supervisor restarted them).",
+            inputs_table(tallies),
+        ]
     if kills:
         parts += [
             f"Worker kills on a stack with one prefill and two decode workers: each trial starts "
