@@ -74,6 +74,10 @@ def run_live(args: argparse.Namespace) -> tuple[list[LiveRow], float]:
             if capacity is None:
                 capacity = calibrate(base, metrics, args)
                 print(f"capacity: {capacity:.2f} requests/s", flush=True)
+                if capacity <= 0:  # arrival rates scale with it: 0 would divide by zero
+                    raise SystemExit(
+                        "calibration served nothing: give --capacity or a longer --calibration-s"
+                    )
             for name in args.workloads:
                 rows.append(live_run(base, metrics, name, label, args, capacity))
                 print(live_table(rows[-1:]).splitlines()[-1], flush=True)
