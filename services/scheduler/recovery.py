@@ -163,12 +163,10 @@ class Recovery:
             job.submit, f"request failed after {job.attempt + 1} attempt(s): {why}"
         )
 
-    async def worker_died(self, dead: WorkerState) -> None:
-        """Recover the requests of a worker whose heartbeats stopped."""
+    async def worker_died(self, dead: WorkerState, how: str = "stopped responding") -> None:
+        """Recover the requests of a worker whose heartbeats stopped (or that ``restarted``)."""
         wid = dead.hb.worker_id
-        log.warning(
-            "worker %s stopped heart-beating; recovering its %d requests", wid, len(dead.requests)
-        )
+        log.warning("worker %s %s; recovering its %d requests", wid, how, len(dead.requests))
         for rid in list(dead.requests):
             job = self.inflight.get(rid)
             if job is None or wid not in job.workers:
@@ -176,7 +174,7 @@ class Recovery:
             if wid == job.placement.prefill and self._held_by_decode(job):
                 continue  # the K/V got across; only the hand-off report was lost
             job.workers.discard(wid)
-            await self.recover(job, f"worker {wid} stopped responding")
+            await self.recover(job, f"worker {wid} {how}")
 
     def _held_by_decode(self, job: InFlight) -> bool:
         """A disaggregated request its decode worker already lists as held: the prefill side is

@@ -287,6 +287,10 @@ class SchedulerService:
     # ---- workers -> scheduler ----------------------------------------------------------------
     async def _on_heartbeat(self, hb: WorkerHeartbeat) -> None:
         now = time.monotonic()
+        old = self.registry.restarted(hb)
+        if old is not None:  # it died and came back before its heartbeats were missed
+            self.affinity.forget(hb.worker_id)
+            await self.recovery.worker_died(old, "restarted")
         if hb.active is not None:
             await self.recovery.check_held(hb, now)
         if self.registry.heartbeat(hb, now):

@@ -67,6 +67,16 @@ class WorkerRegistry:
         state.suspect = False
         return False
 
+    def restarted(self, hb: WorkerHeartbeat) -> WorkerState | None:
+        """When ``hb`` comes from a new process of a registered worker (another incarnation),
+        remove the old one and return its state (its requests are lost with it), else None."""
+        state = self.workers.get(hb.worker_id)
+        if state is None or not hb.incarnation or state.hb.incarnation in ("", hb.incarnation):
+            return None
+        del self.workers[hb.worker_id]
+        self._leave(state.hb)
+        return state
+
     def _join(self, hb: WorkerHeartbeat) -> None:
         self._roles.setdefault(hb.role, RoleIndex()).members.add(hb.worker_id)
         for a in hb.adapters:

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import Any, NoReturn
@@ -61,6 +62,7 @@ class Worker:
     ) -> None:
         self.s = settings
         self.id = settings.worker_id
+        self.incarnation = uuid.uuid4().hex  # this process's, in every heartbeat
         self.engine = engine
         self.metrics = metrics or WorkerMetrics(self.id, settings.role)
         self.metrics.bind(engine)
@@ -251,5 +253,6 @@ class Worker:
                 prefix_cache_hit_tokens=e.scheduler.prefix_hit_tokens,
                 prefix_cache_query_tokens=e.scheduler.prefix_query_tokens,
                 active=list(self.active),
+                incarnation=self.incarnation,
             ),
         )

@@ -210,6 +210,10 @@ class WorkerHeartbeat(Message):
     # Request ids the worker holds (None: not reported).  The scheduler re-dispatches a request
     # its worker stopped listing without finishing it (an assignment lost in a NATS restart).
     active: list[str] | None = None
+    # A new value each time the worker process starts ("": not reported).  The same id with
+    # another incarnation is a worker that restarted (a supervisor brings it back within a
+    # heartbeat timeout): what the old process held is lost, and is recovered at once.
+    incarnation: str = ""
 
 
 @dataclass(frozen=True)

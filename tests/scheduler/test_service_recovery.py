@@ -31,6 +31,7 @@ class FakeWorker:
         self.bus, self.id = bus, worker_id
         self.assigned: list[PrefillAssign] = []
         self.beating = True
+        self.incarnation = "boot-1"  # a new one: the process restarted
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -43,7 +44,10 @@ class FakeWorker:
     async def _beat(self) -> None:
         while True:
             if self.beating:
-                hb = WorkerHeartbeat(self.id, "both", 100, 100, 16, 0, 0, 8, ts=time.time())
+                hb = WorkerHeartbeat(
+                    self.id, "both", 100, 100, 16, 0, 0, 8, ts=time.time(),
+                    incarnation=self.incarnation,
+                )  # fmt: skip
                 await self.bus.publish(Subjects.HEARTBEAT, hb)
             await asyncio.sleep(0.1)
 
@@ -124,6 +128,39 @@ def test_failures_before_a_token_are_redispatched_and_dead_workers_recovered(nat
 
         for w in workers:
             w.stop()
+        await bus.close()
+        await service.stop()
+
+    asyncio.run(run())
+
+
+def test_a_worker_restarted_within_its_heartbeat_timeout_loses_its_requests_at_once(nats_url):
+    """A supervisor restarts a worker faster than the scheduler misses its heartbeats: the same id
+    comes back with another incarnation.  What the old process held is gone, so its requests are
+    re-dispatched at the first heartbeat of the new one (the timeout here is 30 s, and the fake
+    workers list no held requests, so nothing else could recover them)."""
+
+    async def run() -> None:
+        service = SchedulerService(
+            SchedulerSettings(nats_url, heartbeat_timeout_s=30.0, max_attempts=3), {}
+        )
+        await service.start()
+        bus = await Bus.connect(nats_url, "test")
+        worker = FakeWorker(bus, "w-a")
+        await worker.start()
+        await bus.flush()
+        await _until(lambda: service.registry.can_serve())
+        sub = SubmitRequest("r1", "t", "gw", [1, 2, 3], SamplingParams(max_tokens=4))
+        raw = await bus.nc.request(Subjects.SUBMIT, encode(sub), timeout=5)
+        assert decode(raw.data, SubmitReply).accepted
+        await _until(lambda: len(worker.assigned) == 1)
+        await asyncio.sleep(0.3)  # heartbeats of the same process change nothing
+        assert len(worker.assigned) == 1
+        worker.incarnation = "boot-2"
+        await _until(lambda: len(worker.assigned) == 2, timeout=5.0)
+        assert [a.attempt for a in worker.assigned] == [0, 1]
+        assert service.inflight["r1"].last_failure == "worker w-a restarted"
+        worker.stop()
         await bus.close()
         await service.stop()
 
