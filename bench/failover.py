@@ -159,9 +159,10 @@ def render(argv: list[str], a: argparse.Namespace, records, events, run_dir: Pat
     kills = [r for r, e in zip(rows, events, strict=True) if not e.name.startswith("none")]
     failed = sum(int(r[4]) for r in kills)
     worst = max((float(g) for r in kills[:2] for g in r[5:7]), default=0.0)
+    stall = max((float(r[7]) for r in kills[:2]), default=0.0)
     verdict = (
         f"Failed requests over all kills: {failed}; longest gap after the scheduler and worker "
-        f"kills: {worst:.2f} s (targets: 0 and 3 s)."
+        f"kills: {worst:.2f} s (targets: 0 and 3 s); longest stall of one request: {stall:.2f} s."
     )
     parts = [
         f"Command: `{' '.join(['python bench/failover.py', *shown])}` ({today()}; {machine}).",
@@ -173,7 +174,9 @@ def render(argv: list[str], a: argparse.Namespace, records, events, run_dir: Pat
         f"not the NATS node).{left} The first row is a window without a kill, for comparison. *Requests*: in flight at the kill or started before the next "
         "one (one in flight across two kills counts in both rows); *migrated*: placed again after tokens had streamed (the scheduler's log); *longest "
         "gap*: the longest time, from 1 s before the kill to the next kill, without a token for "
-        f"that tenant while one of its requests was in flight; *A:B tokens*: tokens served in the "
+        "that tenant while one of its requests was in flight; *longest stall*: the longest one "
+        "request of the row waited for its next (or first) token in that window, which a tenant's "
+        "gap hides while its other requests stream on; *A:B tokens*: tokens served in the "
         f"{a.phase_s:g} s before and after the kill. Targets: 0 failed for a scheduler or worker "
         "kill, gaps of 3 s or less.",
         markdown_table(HEADERS, rows),

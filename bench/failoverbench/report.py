@@ -55,6 +55,19 @@ def longest_gap(records: list[Record], tenant: str, start: float, end: float) ->
     return gap
 
 
+def longest_stall(records: list[Record], start: float, end: float) -> float:
+    """The longest time in [start, end) one request waited for its next token (or its first, or
+    its end): a tenant's gap hides a stalled request while its other requests stream on."""
+    stall = 0.0
+    for r in records:
+        finish = r.end if r.end is not None else end
+        points = [r.start, *r.token_times, finish]
+        for a, b in zip(points, points[1:], strict=False):
+            a, b = max(a, start), min(b, end)
+            stall = max(stall, b - a)
+    return stall
+
+
 def service(records: list[Record], tenant: str, start: float, end: float) -> int:
     return sum(1 for r in records if r.tenant == tenant for t in r.token_times if start <= t < end)
 
@@ -78,6 +91,7 @@ def event_row(records: list[Record], e: Event, window: float, migrated: set[str]
         str(len(moved)),
         str(len(failed)),
         *(f"{g:.2f}" for g in gaps),
+        f"{longest_stall(group, e.at - 1.0, e.until):.2f}",
         ratio(records, tenants, e.at - window, e.at),
         ratio(records, tenants, e.at, e.at + window),
     ]
@@ -91,6 +105,7 @@ HEADERS = [
     "failed",
     "longest gap A (s)",
     "longest gap B (s)",
+    "longest stall of one request (s)",
     "A:B tokens before",
     "A:B tokens after",
 ]
