@@ -8,8 +8,8 @@ O(log W + SCAN + prompt blocks x HOLDERS).  Below those bounds it chooses exactl
 replaced (``placement_scan.py``).  The common case (the least loaded worker is at the top of its
 heap with room, and a holder of the prompt's first block holds some of it) is decided in one pass
 over those holders (``_prefix_holder``); it chooses as the full path does
-(``tests/scheduler/test_placement_index.py``).  Pure Python; it reads the registry's indexes, never writes
-them (except popping and re-pushing heap entries while walking).
+(``tests/scheduler/test_placement_index.py``).  Pure Python; it reads the registry's indexes,
+never writes them (except popping and re-pushing heap entries while walking).
 """
 
 from __future__ import annotations

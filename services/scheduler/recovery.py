@@ -163,7 +163,7 @@ class Recovery:
             job.submit, f"request failed after {job.attempt + 1} attempt(s): {why}"
         )
 
-    async def worker_died(self, dead: WorkerState, how: str = "stopped responding") -> None:
+    async def worker_died(self, dead: WorkerState, how: str) -> None:
         """Recover the requests of a worker whose heartbeats stopped (or that ``restarted``)."""
         wid = dead.hb.worker_id
         log.warning("worker %s %s; recovering its %d requests", wid, how, len(dead.requests))

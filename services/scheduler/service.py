@@ -40,6 +40,7 @@ from loraplex.scheduler.recovery import InFlight, Recovery
 from loraplex.scheduler.replica import Replica
 from loraplex.scheduler.settings import SchedulerSettings
 from loraplex.scheduler.takeover import Takeover
+from loraplex.scheduler.worker_state import WorkerState
 from loraplex.scheduler.workers import WorkerRegistry
 from loraplex.timeouts import wait_for
 
@@ -289,8 +290,7 @@ class SchedulerService:
         now = time.monotonic()
         old = self.registry.restarted(hb)
         if old is not None:  # it died and came back before its heartbeats were missed
-            self.affinity.forget(hb.worker_id)
-            await self.recovery.worker_died(old, "restarted")
+            await self._worker_gone(old, "restarted")
         if hb.active is not None:
             await self.recovery.check_held(hb, now)
         if self.registry.heartbeat(hb, now):
@@ -336,15 +336,19 @@ class SchedulerService:
     def stats(self) -> SchedulerStats:
         return scheduler_stats(self.policy, self.registry)
 
+    async def _worker_gone(self, dead: WorkerState, how: str) -> None:
+        """A worker process is gone (``how``): its cache with it, its requests to recover."""
+        self.affinity.forget(dead.hb.worker_id)
+        await self.recovery.worker_died(dead, how)
+        self._kick.set()
+
     async def _liveness_loop(self) -> None:
         while True:
             await asyncio.sleep(min(0.25, self.s.heartbeat_timeout_s / 4))
             try:
                 now = time.monotonic()
                 for dead in self.registry.expire(now):
-                    self.affinity.forget(dead.hb.worker_id)
-                    await self.recovery.worker_died(dead)
-                    self._kick.set()
+                    await self._worker_gone(dead, "stopped responding")
                 await self.recovery.fail_waiting(now)
                 self.recovery.forget_cancelled(now)
                 for wid, cancel in self.takeover.expire(now):

@@ -73,8 +73,7 @@ class WorkerRegistry:
         state = self.workers.get(hb.worker_id)
         if state is None or not hb.incarnation or state.hb.incarnation in ("", hb.incarnation):
             return None
-        del self.workers[hb.worker_id]
-        self._leave(state.hb)
+        self._remove(state)
         return state
 
     def _join(self, hb: WorkerHeartbeat) -> None:
@@ -120,9 +119,12 @@ class WorkerRegistry:
         """Remove and return workers whose heartbeats stopped (a liveness tick, not a decision)."""
         dead = [w for w in self.workers.values() if now - w.last_seen > self.timeout]
         for w in dead:
-            del self.workers[w.hb.worker_id]
-            self._leave(w.hb)
+            self._remove(w)
         return dead
+
+    def _remove(self, state: WorkerState) -> None:
+        del self.workers[state.hb.worker_id]
+        self._leave(state.hb)
 
     # ---- what could run at all -----------------------------------------------------------------
     def _role_capacity(self) -> dict[str, tuple[int, frozenset[int]]]:
