@@ -32,6 +32,7 @@ sys.path.insert(0, BENCH)
 if importlib.util.find_spec("loraplex") is None:  # e.g. the GPU machine: no install, no venv
     sys.path.insert(0, str(REPO_ROOT / "shared"))
 
+from common import unshadow_packages  # noqa: E402
 from enginebench.gpu_model import write_checkpoint  # noqa: E402
 from enginebench.gpu_options import parse_gpu_args  # noqa: E402
 from enginebench.gpu_report import body, write_files  # noqa: E402
@@ -40,9 +41,7 @@ from enginebench.workload import random_prompts  # noqa: E402
 
 from loraplex.engine.warmup_run import warm_up  # noqa: E402
 
-# bench/kernels.py would pass for the `kernels` package that transformers looks for (Python
-# also put this script's folder first on the path).
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(BENCH)]
+unshadow_packages()  # the HF + PEFT peer imports transformers
 
 
 def device_line(device: str) -> str:
