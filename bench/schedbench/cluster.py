@@ -194,7 +194,7 @@ def _run(
             break
         t1 = clock()
         cached = aff.cached_blocks(q.adapter, prompt)
-        cached.keys(BLOCK)
+        cached.keys()
         t2 = clock()
         placement = place(q.adapter, len(prompt), len(prompt) + q.max_tokens, cached)
         if placement is None:
@@ -207,7 +207,7 @@ def _run(
         reg.commit(wid, q.request_id, len(prompt) + q.max_tokens)
         t5 = clock()
         blocks = reg.workers[wid].hb.total_blocks  # the service's _assign: the keys, the LRU's cap
-        aff.record(wid, cached.keys(BLOCK), blocks)
+        aff.record(wid, cached.keys(), blocks)
         t6 = clock()
         lat.append(t6 - t0)
         order.append(q.request_id)

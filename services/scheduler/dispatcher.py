@@ -111,8 +111,7 @@ class Dispatcher:
         for wid in job.workers if cached is not None else ():
             worker = self.registry.workers.get(wid)
             if worker is not None:
-                hb = worker.hb
-                self.affinity.record(wid, cached.keys(hb.block_size), hb.total_blocks)
+                self.affinity.record(wid, cached.keys(), worker.hb.total_blocks)
         prefill = len(sub.prompt_token_ids) + len(job.generated)  # + a migrated one's tokens
         self.registry.commit(placement.prefill, rid, total if not placement.decode else prefill)
         if placement.decode:

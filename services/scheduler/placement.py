@@ -36,22 +36,20 @@ class Placement:
 
 class Placer:
     """Chooses workers from the registry's state, shared by reference: ``workers`` (id ->
-    state), ``roles`` (role -> its load/free-block heaps), ``holders`` ((role, adapter) -> the
-    workers holding it) and ``block_sizes(role)`` (the block sizes of the role's live workers)."""
+    state), ``roles`` (role -> its load/free-block heaps) and ``holders`` ((role, adapter) -> the
+    workers holding it)."""
 
     def __init__(
         self,
         workers: dict[str, WorkerState],
         roles: dict[str, RoleIndex],
         holders: dict[tuple[str, str], SampleSet],
-        block_sizes: Callable[[str], frozenset[int]],
         prefix_balance: float,
         seed: int = 0,
     ) -> None:
         self.workers = workers
         self._roles = roles
         self._holders = holders
-        self._block_sizes = block_sizes
         self.prefix_balance = prefix_balance
         self._rng = random.Random(seed)  # power-of-two choices, reproducible
 
@@ -107,8 +105,7 @@ class Placer:
         seen = {w.hb.worker_id for w in fits}
         prefix: set[str] = set()  # the only workers that may hold the prompt's first block
         if holders_of is not None:
-            for bs in self._block_sizes(role):
-                prefix.update(holders_of(bs))
+            prefix.update(holders_of())
         resident = self._holders.get((role, adapter)) if adapter else None
         holders = self._fitting(prefix, role, tokens, seen)
         if exact and prefix:
@@ -139,7 +136,7 @@ class Placer:
         idx: RoleIndex,
         tokens: int,
         cached_blocks: Callable[[WorkerState], int],
-        holders_of: Callable[[int], list[str]],
+        holders_of: Callable[[], list[str]],
     ) -> WorkerState | None:
         """The common case of ``_best`` with a prefix index, in one pass: when the least loaded
         worker is at the top of the load heap with room (nothing to pop), the holder of the most
@@ -154,52 +151,41 @@ class Placer:
                 least is None
                 or least.load != load
                 or least.suspect
-                or least.hb.role != role
-                or least.hb.draining
+                or least.role != role
+                or least.draining
             ):
                 heappop(heap)
                 continue
             break
         else:
             return None
-        hb = least.hb
-        if (
-            load >= 1.0
-            or len(least.requests) >= hb.max_num_seqs
-            or least.committed - (-tokens // hb.block_size) > hb.total_blocks
-        ):
+        if not least.has_slot or blocks_for(tokens, least.block_size) > least.free_blocks:
             return None  # the walk looks further, or falls back to free blocks
-        sizes = self._block_sizes(role)
-        if len(sizes) == 1:
-            prefix: Iterable[str] = holders_of(next(iter(sizes)))
-        else:
-            prefix = {wid for bs in sizes for wid in holders_of(bs)}
         limit = load + self.prefix_balance
         resident = self._holders.get((role, adapter)) if adapter else None
+        held = cached_blocks.held  # type: ignore[attr-defined]
         best: WorkerState | None = None
         best_key: tuple = ()
-        for wid in prefix:
+        for wid in holders_of():
             w = workers.get(wid)
             if w is None:
                 continue
             load = w.load
             if load > limit:
                 continue  # beyond the balance: counted as holding nothing
-            hb = w.hb
             if (
-                hb.role != role
-                or hb.draining
+                w.role != role
+                or w.draining
                 or w.suspect
-                or len(w.requests) >= hb.max_num_seqs
-                or w.committed - (-tokens // hb.block_size) > hb.total_blocks
+                or not w.has_slot
+                or -(-tokens // w.block_size) > w.free_blocks
             ):
                 continue
-            cached = cached_blocks(w)
-            if cached:
-                absent = (resident is None or wid not in resident) if adapter else False
-                key = (-cached, absent, load, wid)
-                if best is None or key < best_key:
-                    best, best_key = w, key
+            cached = held(wid)  # a holder: at least its first block
+            absent = (resident is None or wid not in resident) if adapter else False
+            key = (-cached, absent, load, wid)
+            if best is None or key < best_key:
+                best, best_key = w, key
         return best
 
     def _fitting(

@@ -3,54 +3,46 @@
 Workers reuse the K/V of full blocks they computed before (prefix caching), so a prompt is
 cheapest on the worker that last prefilled the same prefix with the same adapter.  The scheduler
 cannot see workers' caches; like SGLang's cache-aware router it keeps an approximate copy: the
-block keys of every prompt it placed, per worker, in a bounded LRU.  Stale entries (the worker
-evicted the blocks) only cost a less useful placement, never a wrong answer.
+prefix keys (``loraplex.prefix_keys``: one per ``PREFIX_BLOCK`` tokens, chained from the adapter)
+of every prompt it placed, per worker, in a bounded LRU.  Stale entries (the worker evicted the
+blocks) only cost a less useful placement, never a wrong answer.  Pure Python.
 
-Keys chain the adapter's name and each full block's token ids, as the workers' own block keys
-(``kvcache.prefix_cache.block_keys``) do, and like the worker a prompt's last token's block is
-never counted.  They are the scheduler's own, though: a 64-bit chained hash of int tuples (the same
-in every process: ints and tuples of ints are not salted), about ten times cheaper than the
-workers' blake2b, since the scheduler only ever compares them with keys it computed itself.  A
-collision costs at most a less useful placement.  Pure Python.
+Each LRU is *prefix-closed*: a prompt's keys are recorded deepest first, so a key is never less
+recent than any key below it in the same chain, and eviction (least recent first) takes a
+chain's deeper blocks before its shallower ones.  So the keys of a prompt that a worker holds are
+always a leading run, and how long that run is takes a binary search: O(log blocks) lookups per
+worker asked, however long the prompt (a 4,096-token prompt has 255 keys).
 
 So that placement need not ask every worker, a reverse index remembers, per first block's key,
-the ``HOLDERS`` workers it was most recently placed on; ``cached_blocks(...).holders(block_size)``
-names the holders of the prompt's first block, the only workers that can match any of it.  A
-prefix held by more workers is looked for on its ``HOLDERS`` most recent ones (a bounded sample:
+the ``HOLDERS`` workers it was most recently placed on; ``cached_blocks(...).holders()`` names
+the holders of the prompt's first block, the only workers that can match any of it.  A prefix
+held by more workers is looked for on its ``HOLDERS`` most recent ones (a bounded sample:
 affinity then still concentrates the prefix there, within the load balance).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
-from functools import lru_cache
 from itertools import islice
 
+from loraplex.prefix_keys import prefix_keys
 from loraplex.scheduler.worker_state import WorkerState
 
 PrefixKey = int
 HOLDERS = 8  # workers remembered per block key (most recent placements)
 
 
-@lru_cache(maxsize=4096)
-def _namespace(adapter: str) -> int:
-    return int.from_bytes(hashlib.blake2b(adapter.encode(), digest_size=8).digest(), "little")
-
-
-def prefix_keys(adapter: str | None, tokens: Sequence[int], block_size: int) -> list[PrefixKey]:
-    """Keys of the full blocks a worker could reuse for this prompt (not the last token's)."""
-    reusable = (len(tokens) - 1) // block_size * block_size
-    if reusable <= 0:
-        return []
-    h = _namespace(adapter or "")
-    t = tuple(tokens[:reusable])  # sliced as tuples below: one copy, not two per block
-    keys = []
-    append = keys.append
-    for i in range(0, reusable, block_size):
-        h = hash((h, t[i : i + block_size]))
-        append(h)
-    return keys
+def leading_run(seen: dict[PrefixKey, None], keys: Sequence[PrefixKey], known: int = 0) -> int:
+    """How many leading ``keys`` are in ``seen`` (a prefix-closed LRU), the first ``known`` of
+    them known to be: a binary search for the first one missing."""
+    lo, hi = known, len(keys)
+    while lo < hi:
+        mid = (lo + hi + 1) >> 1
+        if keys[mid - 1] in seen:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 class PrefixAffinity:
@@ -74,20 +66,18 @@ class PrefixAffinity:
     def matched_blocks(self, worker_id: str, keys: Sequence[PrefixKey]) -> int:
         """How many leading blocks of a prompt the worker probably still holds."""
         seen = self._workers.get(worker_id)
-        if not seen:
-            return 0
-        n = 0
-        for k in keys:
-            if k not in seen:
-                break
-            n += 1
-        return n
+        return leading_run(seen, keys) if seen else 0
 
-    def cached_blocks(self, adapter: str | None, tokens: Sequence[int]) -> CachedBlocks:
+    def cached_blocks(
+        self,
+        adapter: str | None,
+        tokens: Sequence[int],
+        keys: list[PrefixKey] | None = None,
+    ) -> CachedBlocks:
         """For placement: how many leading blocks of this prompt a worker probably holds, and
-        which workers may hold any (the keys are computed once per block size: workers may
-        differ)."""
-        return CachedBlocks(self, adapter, tokens)
+        which workers may hold any.  ``keys``: the prompt's prefix keys when the gateway sent
+        them (else computed here, once, when first asked)."""
+        return CachedBlocks(self, adapter, tokens, keys)
 
     def holders(self, key: PrefixKey) -> list[str]:
         """The last ``HOLDERS`` workers ``key`` was placed on (that still hold it)."""
@@ -104,9 +94,9 @@ class PrefixAffinity:
         seen = self._workers.get(worker_id)
         if seen is None:
             seen = self._workers[worker_id] = {}
-        for k in keys:
-            if k in seen:
-                del seen[k]  # re-inserted below: now the most recent
+        pop = seen.pop
+        for k in reversed(keys):  # deepest first: the first block ends the most recent
+            pop(k, None)  # a key held already moves to the end (measured: cheaper than a test)
             seen[k] = None
         # Only first blocks are looked up by holder (a prompt's first key never appears at a
         # later position: keys chain from the adapter), so only they are indexed.
@@ -152,34 +142,37 @@ class PrefixAffinity:
 
 class CachedBlocks:
     """One prompt's view of the affinity: ``cached(w)`` is how many of its leading blocks ``w``
-    probably holds; ``holders(block_size)`` the workers worth asking."""
+    probably holds; ``holders()`` the workers worth asking."""
 
     __slots__ = ("_affinity", "_adapter", "_tokens", "_keys")
 
-    def __init__(self, affinity: PrefixAffinity, adapter: str | None, tokens: Sequence[int]):
+    def __init__(
+        self,
+        affinity: PrefixAffinity,
+        adapter: str | None,
+        tokens: Sequence[int],
+        keys: list[PrefixKey] | None = None,
+    ):
         self._affinity = affinity
         self._adapter = adapter
         self._tokens = tokens
-        self._keys: dict[int, list[PrefixKey]] = {}
+        self._keys = keys
 
-    def keys(self, block_size: int) -> list[PrefixKey]:
-        keys = self._keys.get(block_size)
+    def keys(self) -> list[PrefixKey]:
+        keys = self._keys
         if keys is None:
-            keys = self._keys[block_size] = prefix_keys(self._adapter, self._tokens, block_size)
+            keys = self._keys = prefix_keys(self._adapter, self._tokens)
         return keys
 
     def __call__(self, w: WorkerState) -> int:
-        hb = w.hb  # matched_blocks inlined: placement asks this for every candidate
-        seen = self._affinity._workers.get(hb.worker_id)
-        if not seen:
-            return 0
-        n = 0
-        for k in self._keys.get(hb.block_size) or self.keys(hb.block_size):
-            if k not in seen:
-                break
-            n += 1
-        return n
+        seen = self._affinity._workers.get(w.hb.worker_id)
+        return leading_run(seen, self.keys()) if seen else 0
 
-    def holders(self, block_size: int) -> list[str]:
-        keys = self.keys(block_size)
+    def held(self, worker_id: str) -> int:
+        """``cached(w)`` for one of ``holders()``: its first block is known held (the holder
+        index drops a worker when its LRU does), so the search starts at the second."""
+        return leading_run(self._affinity._workers[worker_id], self.keys(), 1)
+
+    def holders(self) -> list[str]:
+        keys = self.keys()
         return self._affinity.holders(keys[0]) if keys else []

@@ -40,11 +40,9 @@ class WorkerRegistry:
         self._roles: dict[str, RoleIndex] = {r: RoleIndex() for r in ROLES}
         self._holders: dict[tuple[str, str], SampleSet] = {}  # (role, adapter) -> worker ids
         self._dirty: set[str] = set()  # workers to push into their role's heaps
-        # role -> (most tokens one alive worker can hold, block sizes); None: recompute
-        self._capacity: dict[str, tuple[int, frozenset[int]]] | None = None
-        self._placer = Placer(
-            self.workers, self._roles, self._holders, self._block_sizes, prefix_balance, seed
-        )
+        # role -> the most tokens one alive worker can hold; None: recompute
+        self._capacity: dict[str, int] | None = None
+        self._placer = Placer(self.workers, self._roles, self._holders, prefix_balance, seed)
 
     # ---- membership ----------------------------------------------------------------------------
     def heartbeat(self, hb: WorkerHeartbeat, now: float) -> bool:
@@ -55,9 +53,8 @@ class WorkerRegistry:
             self._join(hb)
             return True
         old = state.hb
-        state.hb, state.last_seen = hb, now
+        state.observe(hb, now)
         if _shape(old) != _shape(hb):
-            state.update_load()
             self._leave(old)
             self._join(hb)
         elif old.adapters != hb.adapters:
@@ -127,17 +124,15 @@ class WorkerRegistry:
         self._leave(state.hb)
 
     # ---- what could run at all -----------------------------------------------------------------
-    def _role_capacity(self) -> dict[str, tuple[int, frozenset[int]]]:
-        """Per role, over alive (not draining) workers: the most tokens one can hold (-1: none),
-        and their block sizes.  Recomputed only after a worker joined, left or changed shape."""
+    def _role_capacity(self) -> dict[str, int]:
+        """Per role, over alive (not draining) workers: the most tokens one can hold.
+        Recomputed only after a worker joined, left or changed shape."""
         if self._capacity is None:
-            cap: dict[str, tuple[int, frozenset[int]]] = {}
+            cap: dict[str, int] = {}
             for w in self.workers.values():
-                if w.hb.draining:
-                    continue
-                most, sizes = cap.get(w.hb.role, (-1, frozenset()))
-                tokens = w.hb.total_blocks * w.hb.block_size
-                cap[w.hb.role] = (max(most, tokens), sizes | {w.hb.block_size})
+                if not w.hb.draining:
+                    tokens = w.hb.total_blocks * w.hb.block_size
+                    cap[w.hb.role] = max(cap.get(w.hb.role, -1), tokens)
             self._capacity = cap
         return self._capacity
 
@@ -152,7 +147,7 @@ class WorkerRegistry:
 
         def fits(role: str, tokens: int) -> bool:
             # blocks_for(tokens, bs) <= total  <=>  tokens <= total * bs
-            return cap.get(role, (-1, frozenset()))[0] >= tokens
+            return cap.get(role, -1) >= tokens
 
         return fits("both", total_tokens) or (
             fits("prefill", prompt_tokens) and fits("decode", total_tokens)
@@ -169,9 +164,6 @@ class WorkerRegistry:
         """``Placer.place`` on the indexes brought up to date (see ``placement.py``)."""
         self._flush()
         return self._placer.place(adapter, prompt_tokens, total_tokens, cached_blocks)
-
-    def _block_sizes(self, role: str) -> frozenset[int]:
-        return self._role_capacity().get(role, (-1, frozenset()))[1]
 
     def _flush(self) -> None:
         """Push the workers whose load or capacity changed since the last decision."""

@@ -13,10 +13,11 @@ from dataclasses import replace
 
 import pytest
 
+from loraplex.prefix_keys import prefix_keys
 from loraplex.protocol import WorkerHeartbeat
 from loraplex.scheduler.placement import ADAPTER_SAMPLE, SCAN, Placer
 from loraplex.scheduler.placement_scan import place_by_scan
-from loraplex.scheduler.prefix_affinity import PrefixAffinity, prefix_keys
+from loraplex.scheduler.prefix_affinity import PrefixAffinity
 from loraplex.scheduler.workers import WorkerRegistry
 
 ADAPTERS = [f"a{i}" for i in range(5)]
@@ -75,8 +76,7 @@ def _replay(seed: int, steps: int = 400) -> int:
                 if got.decode:
                     reg.commit(got.decode, rid, total)
                 for wid in wids:
-                    bs = reg.workers[wid].hb.block_size
-                    aff.record(wid, prefix_keys(adapter, prompt, bs))
+                    aff.record(wid, prefix_keys(adapter, prompt))
                 live.append((rid, wids))
         elif r < 0.8 and live:
             rid, wids = live.pop(rng.randrange(len(live)))
@@ -198,9 +198,7 @@ def test_prefix_holder_shortcut_chooses_as_the_full_path(seed: int) -> None:
         hb = WorkerHeartbeat(f"w{i:04d}", "both", 0, rng.choice([60, 400]), 16, 0, 0, 8, adapters)
         reg.heartbeat(hb, 0.0)
     reg._flush()
-    reference = _FullPathOnly(
-        reg.workers, reg._roles, reg._holders, reg._block_sizes, reg.prefix_balance, seed
-    )
+    reference = _FullPathOnly(reg.workers, reg._roles, reg._holders, reg.prefix_balance, seed)
     aff = PrefixAffinity()
     live: list[tuple[str, str]] = []
     shortcut = 0
@@ -227,6 +225,6 @@ def test_prefix_holder_shortcut_chooses_as_the_full_path(seed: int) -> None:
             assert got is not None and got.prefill == taken.hb.worker_id
         if got is not None:
             reg.commit(got.prefill, f"r{step}", total)
-            aff.record(got.prefill, view.keys(16))
+            aff.record(got.prefill, view.keys())
             live.append((f"r{step}", got.prefill))
     assert shortcut > 300

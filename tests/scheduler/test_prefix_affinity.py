@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from loraplex.bus import Bus
+from loraplex.prefix_keys import prefix_keys
 from loraplex.protocol import (
     Subjects,
     SubmitReply,
@@ -16,7 +17,7 @@ from loraplex.protocol import (
     encode,
 )
 from loraplex.sampling_params import SamplingParams
-from loraplex.scheduler.prefix_affinity import PrefixAffinity, prefix_keys
+from loraplex.scheduler.prefix_affinity import PrefixAffinity, leading_run
 from loraplex.scheduler.service import SchedulerService
 from loraplex.scheduler.settings import SchedulerSettings
 from loraplex.scheduler.workers import WorkerRegistry
@@ -47,10 +48,43 @@ def test_affinity_matches_leading_blocks_and_forgets() -> None:
     assert aff.matched_blocks("w1", keys) == 2
     assert aff.matched_blocks("w2", keys) == 0
     other = prefix_keys("b", SYSTEM, 16)
-    aff.record("w1", other)  # 2 + 3 keys > capacity 4: the least recent goes
-    assert aff.matched_blocks("w1", keys) == 0 and aff.matched_blocks("w1", other) == 3
+    aff.record("w1", other)  # 2 + 3 keys > capacity 4: the least recent goes...
+    assert aff.matched_blocks("w1", other) == 3
+    assert aff.matched_blocks("w1", keys) == 1  # ...the deeper block first
     aff.forget("w1")
     assert len(aff) == 0
+
+
+def test_each_lru_stays_prefix_closed_and_the_binary_search_counts_as_a_walk() -> None:
+    """Whatever is recorded and evicted, a worker's LRU never holds a block without the blocks
+    before it in the same chain, so the binary search over a prompt's keys finds the same
+    leading run as a walk from the first key (prompts: random branches of a tree of prefixes,
+    up to 40 blocks; LRUs far smaller than what is placed)."""
+    import random
+
+    rng = random.Random(5)
+    stems = [[rng.randrange(50_000) for _ in range(641)] for _ in range(6)]
+    parent: dict[int, int | None] = {}
+    aff = PrefixAffinity(capacity_per_worker=rng.choice([40, 90]))
+    checked = 0
+    for step in range(1500):
+        stem = rng.choice(stems)
+        cut = rng.randint(1, 640)
+        prompt = stem[:cut] + [rng.randrange(50_000) for _ in range(rng.randint(0, 40))]
+        keys = prefix_keys(rng.choice(["a", "b"]), prompt, 16)
+        for up, k in zip([None, *keys], keys, strict=False):
+            parent[k] = up
+        wid = f"w{rng.randrange(3)}"
+        if rng.random() < 0.7:
+            aff.record(wid, keys, worker_blocks=rng.choice([30, 60, 200]))
+        lru = aff._workers.get(wid, {})
+        assert all(parent[k] is None or parent[k] in lru for k in lru), f"step {step}"
+        walk = 0
+        while walk < len(keys) and keys[walk] in lru:
+            walk += 1
+        assert leading_run(lru, keys) == aff.matched_blocks(wid, keys) == walk
+        checked += walk > 0
+    assert checked > 300
 
 
 def test_each_lru_keeps_at_most_its_workers_blocks_and_the_most_recent_keys() -> None:
