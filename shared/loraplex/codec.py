@@ -35,6 +35,10 @@ _REGISTRY: dict[str, type[Message]] = {}
 _WIRE_TYPES: set[type] = set()  # plain frozen dataclasses that may nest in messages
 
 T = TypeVar("T")
+# Item types a list may be checked by exact type alone (bool is not an int here; an int in a
+# list of floats takes the slow path, which converts it).
+_SCALARS = frozenset({int, float, str})
+_PLAIN = frozenset({int, float, str, bool, bytes, type(None)})
 
 
 def wire_type(cls: type[T]) -> type[T]:
@@ -59,9 +63,15 @@ class Message:
 
 def _check(value: Any, hint: Any, where: str) -> Any:
     """Validate (and rebuild nested messages of) one decoded value against its type hint."""
+    kind = type(value)
+    if kind is hint and kind in _PLAIN:  # most fields: a scalar of exactly its type
+        return value
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
-        for option in typing.get_args(hint):
+        options = typing.get_args(hint)
+        if kind in _PLAIN and kind in options:  # ``str | None`` and the like, without a try
+            return value
+        for option in options:
             try:
                 return _check(value, option, where)
             except ProtocolError:
@@ -75,6 +85,8 @@ def _check(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ProtocolError(f"{where}: expected a list")
         (item,) = typing.get_args(hint) or (Any,)
+        if item in _SCALARS and (not value or set(map(type, value)) == {item}):
+            return value  # token ids, block keys: checked in C, not one call per item
         return [_check(v, item, f"{where}[]") for v in value]
     if origin is tuple:
         return _check_tuple(value, typing.get_args(hint), where)
@@ -116,22 +128,29 @@ def _check_tuple(value: Any, args: tuple[Any, ...], where: str) -> tuple[Any, ..
 
 
 @functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def _fields(cls: type) -> tuple[tuple[str, Any, bool], ...]:
+    """``(name, type hint, required)`` of each ``__init__`` field, resolved once per class."""
+    hints = typing.get_type_hints(cls)
+    return tuple(
+        (
+            f.name,
+            hints[f.name],
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+        )
+        for f in dataclasses.fields(cls)
+        if f.init
+    )
 
 
 def _from_fields(cls: type[M], data: Any, where: str) -> M:
     if not isinstance(data, dict):
         raise ProtocolError(f"{where}: expected a map of fields")
-    hints = _hints(cls)
     kwargs = {}
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
-        if f.name in data:
-            kwargs[f.name] = _check(data[f.name], hints[f.name], f"{where}.{f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ProtocolError(f"{where}: missing field {f.name!r}")
+    for name, hint, required in _fields(cls):
+        if name in data:
+            kwargs[name] = _check(data[name], hint, f"{where}.{name}")
+        elif required:
+            raise ProtocolError(f"{where}: missing field {name!r}")
     try:
         return cls(**kwargs)
     except Exception as e:  # a domain type's own checks (InvalidRequestError, overflow, ...)
@@ -139,7 +158,7 @@ def _from_fields(cls: type[M], data: Any, where: str) -> M:
 
 
 def _to_fields(msg: Any) -> dict[str, Any]:
-    return {f.name: _to_wire(getattr(msg, f.name)) for f in dataclasses.fields(msg) if f.init}
+    return {name: _to_wire(getattr(msg, name)) for name, _, _ in _fields(type(msg))}
 
 
 def _to_wire(v: Any) -> Any:
@@ -148,6 +167,8 @@ def _to_wire(v: Any) -> Any:
     if isinstance(v, Message) or type(v) in _WIRE_TYPES:
         return _to_fields(v)
     if isinstance(v, (list, tuple)):
+        if set(map(type, v)) <= _PLAIN:  # token ids and the like: nothing to convert
+            return v if type(v) is list else list(v)
         return [_to_wire(x) for x in v]
     if isinstance(v, dict):
         if all(isinstance(k, str) for k in v):
