@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from loraplex.bus import Bus
+from loraplex.prefix_keys import prefix_keys
 from loraplex.protocol import (
     PrefillAssign,
     RequestProgress,
@@ -199,6 +200,7 @@ async def _nats_path(
     done = errors = 0
     stop_at = time.perf_counter() + seconds
     prompt = list(range(1, 65))
+    keys = prefix_keys(None, prompt)  # what a gateway sends with the prompt
 
     async def client(k: int) -> None:
         nonlocal done, errors
@@ -206,7 +208,9 @@ async def _nats_path(
             rid = f"b{next(counter)}"
             fut = asyncio.get_running_loop().create_future()
             waiting[rid] = fut
-            sub = SubmitRequest(rid, f"t{k}", gw, prompt, SamplingParams(max_tokens=1))
+            sub = SubmitRequest(
+                rid, f"t{k}", gw, prompt, SamplingParams(max_tokens=1), prefix_keys=keys
+            )
             try:
                 reply = await bus.request(Subjects.SUBMIT, sub, SubmitReply, timeout=10)
                 if not reply.accepted:

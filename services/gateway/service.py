@@ -35,6 +35,7 @@ from loraplex.gateway.resubmit import Resubmitter
 from loraplex.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from loraplex.gateway.settings import GatewaySettings
 from loraplex.gateway.streams import StreamRouter
+from loraplex.prefix_keys import prefix_keys
 from loraplex.protocol import (
     CancelRequest,
     ProtocolError,
@@ -138,6 +139,7 @@ class GatewayService:
             sampling=p.sampling,
             adapter=p.adapter,
             arrival_ts=time.time(),
+            prefix_keys=prefix_keys(p.adapter, p.prompt_ids),  # hashed here, not in the scheduler
         )
         await self.resubmitter.ensure_subscribed()
         self.resubmitter.track(msg)

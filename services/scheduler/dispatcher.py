@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
+from loraplex.prefix_keys import reusable_blocks
 from loraplex.protocol import Message, PrefetchAdapter, PrefillAssign, Subjects, SubmitRequest
 from loraplex.scheduler.ledger import LedgerEntry
 from loraplex.scheduler.placement import Placement
@@ -92,7 +93,10 @@ class Dispatcher:
         total = len(sub.prompt_token_ids) + sub.sampling.max_tokens
         cached = None
         if self.settings.prefix_routing:
-            cached = self.affinity.cached_blocks(sub.adapter, sub.prompt_token_ids)
+            keys = sub.prefix_keys
+            if keys is not None and len(keys) != reusable_blocks(len(sub.prompt_token_ids)):
+                keys = None  # not this prompt's: computed here
+            cached = self.affinity.cached_blocks(sub.adapter, sub.prompt_token_ids, keys)
         prefill = len(sub.prompt_token_ids) + resumed
         return self.registry.place(sub.adapter, prefill, total, cached), cached
 

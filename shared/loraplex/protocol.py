@@ -72,6 +72,10 @@ class SubmitRequest(Message):
     # tokens of it the gateway has already streamed.
     resubmit: bool = False
     tokens_received: int = 0
+    # The prompt's prefix keys (``loraplex.prefix_keys``), hashed by the gateway beside its
+    # tokenization so that the one scheduler need not; None (or a list of the wrong length):
+    # the scheduler computes them itself.
+    prefix_keys: list[int] | None = None
 
 
 @dataclass(frozen=True)

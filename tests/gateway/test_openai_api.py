@@ -10,6 +10,7 @@ import httpx
 import pytest
 from openai import AsyncOpenAI, NotFoundError
 
+from loraplex.prefix_keys import PREFIX_BLOCK, prefix_keys, reusable_blocks
 from loraplex.text.tokenizer import Tokenizer
 from loraplex.tooling.demo import IM_END_ID, DemoModelInfo
 from tests.gateway.conftest import (
@@ -310,3 +311,16 @@ async def test_n_choices_are_separate_requests_merged_into_one_answer(
     assert roles == finished == {0, 1}
     assert got[0] != got[1] and all(got.values())
     assert usage.completion_tokens == sum(lengths.values())
+
+
+async def test_the_gateway_hashes_the_prompts_prefix_keys_for_the_scheduler(
+    client: Callable[..., AsyncOpenAI], scheduler: FakeScheduler, reply_ids: list[int]
+) -> None:
+    """The SUBMIT carries the prompt's prefix keys, for the adapter it runs with, so the one
+    scheduler does not hash every prompt itself."""
+    scheduler.plan = lambda _: Plan(tokens=reply_ids)
+    await client().completions.create(model=MODEL_ID, prompt=PROMPT * 20, max_tokens=4)
+    sub = scheduler.submits[-1]
+    assert len(sub.prompt_token_ids) > 4 * PREFIX_BLOCK
+    assert sub.prefix_keys == prefix_keys(sub.adapter, sub.prompt_token_ids)
+    assert len(sub.prefix_keys) == reusable_blocks(len(sub.prompt_token_ids))

@@ -214,3 +214,52 @@ def test_service_sends_a_prefix_back_to_its_worker(nats_url, routing: bool) -> N
         await bus.close()
 
     asyncio.run(run())
+
+
+def test_the_scheduler_uses_the_prefix_keys_a_gateway_sent(nats_url) -> None:
+    """A SUBMIT's ``prefix_keys`` are what placement matches (here deliberately another
+    prompt's, to tell them apart from keys the scheduler would compute); a list of the wrong
+    length is not this prompt's and is ignored."""
+
+    async def run() -> None:
+        service = SchedulerService(SchedulerSettings(nats_url), {})
+        await service.start()
+        bus = await Bus.connect(nats_url, "test")
+        workers = {wid: FakeWorker(bus, wid) for wid in ("w-a", "w-b")}
+        for w in workers.values():
+            await w.start()
+        await bus.flush()
+        await _until(lambda: len(service.registry.workers) == 2)
+
+        async def submit(rid: str, prompt: list[int], keys: list[int] | None = None) -> str:
+            sub = SubmitRequest(
+                rid, "t", "gw", prompt, SamplingParams(max_tokens=4), prefix_keys=keys
+            )
+            raw = await bus.nc.request(Subjects.SUBMIT, encode(sub), timeout=5)
+            assert decode(raw.data, SubmitReply).accepted
+
+            def placed() -> str | None:
+                for w in workers.values():
+                    if any(a.request.request_id == rid for a in w.assigned):
+                        return w.id
+                return None
+
+            await _until(lambda: placed() is not None)
+            return placed()  # type: ignore[return-value]
+
+        p, q = SYSTEM, [x + 500 for x in SYSTEM]
+        assert await submit("p", p, prefix_keys(None, p)) == "w-a"
+        assert await submit("q", q, prefix_keys(None, q)) == "w-b"
+        for rid, wid in (("p", "w-a"), ("q", "w-b")):
+            await workers[wid].report(rid, "finished", completion_tokens=4)
+        await _until(lambda: not service.inflight)
+        # q's prompt with p's keys: placed by the keys, on p's worker
+        assert await submit("q2", q + [1, 2, 3], prefix_keys(None, p + [1, 2, 3])) == "w-a"
+        # keys of the wrong length: computed from the prompt, so q's worker
+        assert await submit("q3", q + [4, 5, 6], prefix_keys(None, p)[:2]) == "w-b"
+        for w in workers.values():
+            w.stop()
+        await service.stop()
+        await bus.close()
+
+    asyncio.run(run())
