@@ -1,12 +1,15 @@
 """The scheduler at cluster scale: its own decision code, the live path, fairness, Redis.
 
     python bench/scheduler.py [--workers 100,1000] [--tenants 100,10000,100000]
+                              [--long-prompts 1024,4096]
                               [--fast-seconds 3] [--linear-seconds 2] [--live-seconds 8]
                               [--no-live] [--no-fairness] [--no-redis] [--quick] [--write-docs]
 
 1. **Decisions** (``schedbench/cluster.py``): the scheduler's policy (VTC with length prediction)
    and placement (``WorkerRegistry.place`` with prefix affinity) on a simulated cluster, no NATS:
-   every worker/tenant pair of the grid, Zipf traffic over 1,000 adapters.  Side by side in the
+   every worker/tenant pair of the grid with 128-token prompts, then the target cell (1,000
+   workers, 10,000 tenants) with each of ``--long-prompts``; Zipf traffic over 1,000 adapters.
+   Prompts' prefix keys come in the SUBMIT, hashed by the gateway (timed apart).  Side by side in the
    same run, from the same state: the linear scans they replaced (``policies/linear.py``,
    ``placement_scan.py``), given at most ``--linear-seconds`` each so the run ends in minutes.
    decisions/s counts whole cycles (enqueue, decision, a usage report, the finish); p50/p99 are
@@ -45,6 +48,7 @@ from schedbench.report import (  # noqa: E402
     TARGET_PER_S,
     beyond_text,
     fairness_table,
+    is_target,
     live_table,
     redis_table,
     sim_table,
@@ -73,6 +77,7 @@ def main() -> int:
     )
     p.add_argument("--workers", type=_ints, default=[100, 1000])
     p.add_argument("--tenants", type=_ints, default=[100, 10_000, 100_000])
+    p.add_argument("--long-prompts", type=_ints, default=[1024, 4096])
     p.add_argument("--fast-seconds", type=float, default=3.0)
     p.add_argument("--linear-seconds", type=float, default=2.0)
     p.add_argument("--live-seconds", type=float, default=8.0)
@@ -84,7 +89,7 @@ def main() -> int:
     p.add_argument("--write-docs", action="store_true")
     args = p.parse_args()
     if args.quick:
-        args.workers, args.tenants = [100], [100, 1000]
+        args.workers, args.tenants, args.long_prompts = [100], [100, 1000], [512]
         args.fast_seconds = args.linear_seconds = 0.5
         args.live_seconds = 2.0
     os.environ.setdefault("LORAPLEX_LOG_LEVEL", "WARNING")
@@ -93,20 +98,23 @@ def main() -> int:
 
     wait0, wall0 = runqueue_seconds(os.getpid()), time.perf_counter()
     sim = []
-    for workers in args.workers:
-        for tenants in args.tenants:
-            cfg = Config(workers, tenants)
-            fast, linear, build = measure(cfg, args.fast_seconds, args.linear_seconds)
-            sim.append((cfg, fast, linear))
-            print(
-                f"{workers:>5} workers {tenants:>7} tenants: {fast.median_rate('prefix'):>9,.0f}/s"
-                f" (mean {fast.rate_of(*ALL):,.0f}/s, policy {fast.median_rate('policy'):,.0f}/s)"
-                f" p50 {fast.p50_us:.0f} µs p99 {fast.p99_us:.0f} µs | linear "
-                f"{linear.median_rate('prefix'):>7,.0f}/s p99 {linear.p99_us:,.0f} µs "
-                f"(state built in {build:.0f} s)",
-                flush=True,
-            )
-            gc.collect()
+    grid = [Config(w, t) for w in args.workers for t in args.tenants]
+    w_long, t_long = (1000, 10_000) if not args.quick else (args.workers[0], args.tenants[0])
+    grid += [Config(w_long, t_long, prompt_tokens=n) for n in args.long_prompts]
+    for cfg in grid:
+        workers, tenants = cfg.workers, cfg.tenants
+        fast, linear, build = measure(cfg, args.fast_seconds, args.linear_seconds)
+        sim.append((cfg, fast, linear))
+        print(
+            f"{workers:>5} workers {tenants:>7} tenants {cfg.prompt_tokens:>5}-token prompts: "
+            f"{fast.median_rate('prefix'):>9,.0f}/s"
+            f" (mean {fast.rate_of(*ALL):,.0f}/s, policy {fast.median_rate('policy'):,.0f}/s)"
+            f" p50 {fast.p50_us:.0f} µs p99 {fast.p99_us:.0f} µs | linear "
+            f"{linear.median_rate('prefix'):>7,.0f}/s p99 {linear.p99_us:,.0f} µs "
+            f"(state built in {build:.0f} s; gateway hashing {fast.gateway_keys_us:.1f} µs)",
+            flush=True,
+        )
+        gc.collect()
     waited = (runqueue_seconds(os.getpid()) - wait0) / (time.perf_counter() - wall0)
     speed_after = python_speed_us()
 
@@ -136,7 +144,7 @@ def main() -> int:
         for r in redis:
             print(f"redis {r.what}: {r.per_s:,.0f}/s")
 
-    target = [f for c, f, _ in sim if c.workers == 1000 and c.tenants == 10_000]
+    target = [f for c, f, _ in sim if is_target(c)]
     if target:
         f = target[0]
         rate = f.median_rate("prefix")
@@ -169,8 +177,9 @@ def docs_body(args, sim, live, fairness, redis, box) -> str:  # type: ignore[no-
         "**Decisions** on a simulated cluster (the scheduler's own code, no NATS): colocated "
         "workers with 32 batch slots and 16 resident adapters each (Zipf over 1,000 adapters), "
         "held at 90 % of their slots; every tenant backlogged (2 requests queued, closed loop); "
-        "each request's adapter Zipf-drawn, its prompt the adapter's 64-token system prompt + 64 "
-        "tokens of its own, 128 output tokens. Rates are 1 / the median time the scheduler's "
+        "each request's adapter Zipf-drawn, its prompt the adapter's system prompt (half) and "
+        "tokens of its own (half), 128 output tokens; its prefix keys hashed by the gateway and "
+        "sent in the SUBMIT (*gateway µs*: that hashing, per request, in the gateway). Rates are 1 / the median time the scheduler's "
         "code spent per request: *policy* (pick, admit, enqueue with its lift, a usage report, "
         "the finish), *+ placement* (`place`, commit, release), **decisions/s** adds prefix "
         "affinity (the prompt's block keys, their holders, the record): everything the service "
@@ -223,7 +232,7 @@ def docs_body(args, sim, live, fairness, redis, box) -> str:  # type: ignore[no-
 
 
 def _target_line(sim, speed_before: float, speed_after: float) -> str:  # type: ignore[no-untyped-def]
-    target = [f for c, f, _ in sim if c.workers == 1000 and c.tenants == 10_000]
+    target = [f for c, f, _ in sim if is_target(c)]
     if not target:
         return "(not in this run's grid)"
     f = target[0]

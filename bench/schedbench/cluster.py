@@ -2,15 +2,17 @@
 
 One *decision* is what the scheduler service does for a request between its SUBMIT and its
 assignment, and back when it ends: ``enqueue``; then ``pick`` -> ``place`` (with prefix affinity:
-the prompt's block keys and their holders) -> ``admit`` -> ``commit`` + ``record`` (the
-decision's latency, timed on its own); later one usage report and ``on_finish`` + ``release``.
+the holders of the prompt's first block and how much of it each holds) -> ``admit`` ->
+``commit`` + ``record`` (the decision's latency, timed on its own); later one usage report and
+``on_finish`` + ``release``.  The prompt's prefix keys come hashed in the SUBMIT, as the gateway
+sends them; the bench times that hashing on its own (``gateway_keys_us``).
 
 The cluster: ``workers`` colocated workers (``max_num_seqs`` 32, enough KV blocks), each with 16
 resident adapters drawn Zipf(1.0) over ``adapters`` (so popular adapters are resident on many
 workers).  Traffic: every tenant keeps ``depth`` requests queued (closed loop: an admitted
 tenant sends its next one), so all ``tenants`` stay backlogged; each request's adapter is drawn
-Zipf(1.0) over the adapters; its prompt is the adapter's 64-token system prompt plus 64 tokens of
-its own.  Running requests are held at 90 % of the cluster's batch slots: each cycle finishes
+Zipf(1.0) over the adapters; its prompt (``prompt_tokens``, 128 by default) is the adapter's
+system prompt (half) plus tokens of its own (half).  Running requests are held at 90 % of the cluster's batch slots: each cycle finishes
 one at random, then makes one decision.  ``fast`` uses the registry's indexed placement and the
 heap policy; ``linear`` the scans they replaced (``placement_scan``, ``linear.py``) on the same
 state.
@@ -25,6 +27,8 @@ import random
 import time
 from dataclasses import dataclass
 
+from loraplex.kvcache.block_allocator import blocks_for
+from loraplex.prefix_keys import prefix_keys
 from loraplex.protocol import WorkerHeartbeat
 from loraplex.scheduler.placement_scan import place_by_scan
 from loraplex.scheduler.policies.base import FairnessPolicy, QueuedRequest
@@ -34,10 +38,9 @@ from loraplex.scheduler.workers import WorkerRegistry
 
 MAX_NUM_SEQS = 32
 ADAPTER_SLOTS = 16
-SYSTEM_TOKENS = 64
-OWN_TOKENS = 64
 MAX_TOKENS = 128
 BLOCK = 16
+KV_BLOCKS = 4096  # per worker, or enough for its 32 requests at the config's prompt length
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class Config:
     adapters: int = 1000
     depth: int = 2
     seed: int = 0
+    # each prompt: the adapter's system prompt (half) + the request's own tokens (half)
+    prompt_tokens: int = 128
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ class Result:
     p50_us: float
     p99_us: float  # of the decision alone (pick, place, admit, commit, record)
     # mean µs per decision in each part: "policy" (pick, admit, enqueue with its lift, the usage
-    # report, the finish), "placement" (place, commit, release), "prefix" (keys, record)
+    # report, the finish), "placement" (place, commit, release), "prefix" (the prompt's view of the affinity, the record)
     parts: dict[str, float]
     # median µs per decision of policy; policy + placement; all three (cumulative): free of the
     # preemptions a shared box adds to a few decisions (which dominate the means there)
@@ -67,6 +72,9 @@ class Result:
     gc_full: int = 0
     gc_longest_ms: float = 0.0
     gc_share: float = 0.0
+    # median µs the gateway spent hashing a prompt's prefix keys (sent in its SUBMIT; not the
+    # scheduler's work, so in none of the parts above)
+    gateway_keys_us: float = 0.0
 
     @property
     def per_s(self) -> float:
@@ -107,12 +115,21 @@ class Cluster:
         self.rng = random.Random(cfg.seed)
         self.zipf = Zipf(cfg.adapters, 1.0, self.rng)
         self.registry = WorkerRegistry(3.0, 0.25, seed=cfg.seed)
+        kv_blocks = max(KV_BLOCKS, MAX_NUM_SEQS * blocks_for(cfg.prompt_tokens + MAX_TOKENS, BLOCK))
         for i in range(cfg.workers):
             resident: set[str] = set()
             while len(resident) < ADAPTER_SLOTS:
                 resident.add(f"ad{self.zipf.draw()}")
             hb = WorkerHeartbeat(
-                f"w{i:05d}", "both", 4096, 4096, BLOCK, 0, 0, MAX_NUM_SEQS, sorted(resident)
+                f"w{i:05d}",
+                "both",
+                kv_blocks,
+                kv_blocks,
+                BLOCK,
+                0,
+                0,
+                MAX_NUM_SEQS,
+                sorted(resident),
             )
             self.registry.heartbeat(hb, 0.0)
         self.affinity = PrefixAffinity()  # the service's: each LRU capped at its worker's blocks
@@ -128,20 +145,22 @@ class Cluster:
 
     def request(self, tenant: str, now: float) -> QueuedRequest:
         rid, adapter = self.draw()
-        return QueuedRequest(rid, tenant, SYSTEM_TOKENS + OWN_TOKENS, MAX_TOKENS, now, adapter)
+        return QueuedRequest(rid, tenant, self.cfg.prompt_tokens, MAX_TOKENS, now, adapter)
 
     def fill(self, policy: FairnessPolicy) -> None:
         for t in range(self.cfg.tenants):
             for _ in range(self.cfg.depth):
                 policy.enqueue(self.request(f"t{t}", 0.0), 0.0)
 
-
-def prompt_of(q: QueuedRequest) -> list[int]:
-    """The adapter's system prompt, then the request's own tokens (what its SUBMIT carried)."""
-    a = int((q.adapter or "ad0")[2:])
-    k = int(q.request_id[1:])
-    system = list(range(100_000 + 100 * a, 100_000 + 100 * a + SYSTEM_TOKENS))
-    return system + [(k * 7919 + i * 104_729) % 32_000 for i in range(OWN_TOKENS)]
+    def prompt(self, q: QueuedRequest) -> list[int]:
+        """The adapter's system prompt, then the request's own tokens (what its SUBMIT
+        carried)."""
+        a = int((q.adapter or "ad0")[2:])
+        k = int(q.request_id[1:])
+        system_tokens = self.cfg.prompt_tokens // 2
+        system = list(range(100_000 + 100 * a, 100_000 + 100 * a + system_tokens))
+        own = self.cfg.prompt_tokens - system_tokens
+        return system + [(k * 7919 + i * 104_729) % 32_000 for i in range(own)]
 
 
 def _run(
@@ -160,6 +179,7 @@ def _run(
     fin_policy = fin_place = 0
     now = 1.0
     pauses: list[tuple[int, float]] = []  # (generation, seconds) of each collection
+    gateway: list[int] = []  # ns hashing each prompt's keys (the gateway's work)
     began: list[float] = []
 
     def on_gc(phase: str, info: dict) -> None:
@@ -187,14 +207,16 @@ def _run(
         else:
             fin_policy = fin_place = 0
         q = policy.peek()
-        prompt = prompt_of(q) if q is not None else []  # the service has it in the SUBMIT
+        prompt = cluster.prompt(q) if q is not None else []  # the service has it in the SUBMIT
+        tk = clock()
+        keys = prefix_keys(q.adapter if q is not None else None, prompt)  # the gateway's part
+        gateway.append(clock() - tk)
         t0 = clock()
         q = policy.pick(now)
         if q is None:
             break
         t1 = clock()
-        cached = aff.cached_blocks(q.adapter, prompt)
-        cached.keys()
+        cached = aff.cached_blocks(q.adapter, prompt, keys)
         t2 = clock()
         placement = place(q.adapter, len(prompt), len(prompt) + q.max_tokens, cached)
         if placement is None:
@@ -212,10 +234,13 @@ def _run(
         lat.append(t6 - t0)
         order.append(q.request_id)
         running.append((q.request_id, q.tenant, wid))
+        # The service drops its view of the prompt here, but keeps the prompt (in the request's
+        # SUBMIT) until the request ends: freeing it is not this decision's work.
+        del cached
         rid, adapter = cluster.draw()  # the tenant's next SUBMIT (closed loop: stays backlogged)
         t6e = clock()
         policy.enqueue(
-            QueuedRequest(rid, q.tenant, SYSTEM_TOKENS + OWN_TOKENS, MAX_TOKENS, now, adapter), now
+            QueuedRequest(rid, q.tenant, cluster.cfg.prompt_tokens, MAX_TOKENS, now, adapter), now
         )  # the service builds the policy's request from the SUBMIT, then enqueues it
         t7 = clock()
         pol = (t1 - t0) + (t4 - t3) + (t7 - t6e) + fin_policy
@@ -248,6 +273,8 @@ def _run(
         "gc_longest_ms": max((d for _, d in pauses), default=0.0) * 1000,
         "gc_share": sum(d for _, d in pauses) / seconds if seconds > 0 else 0.0,
     }
+    gateway.sort()
+    gc_stats["gateway_keys_us"] = gateway[len(gateway) // 2] / 1000 if gateway else 0.0
     result = Result(impl, len(order), seconds, pct(0.5), pct(0.99), parts, medians, **gc_stats)
     return result, order
 

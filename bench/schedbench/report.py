@@ -19,11 +19,16 @@ TARGET_P99_US = 100.0
 ALL = ("policy", "placement", "prefix")
 
 
+def is_target(cfg: Config) -> bool:
+    """The issue's target cell: 1,000 workers, 10,000 tenants (at the grid's prompt length)."""
+    return cfg.workers == 1000 and cfg.tenants == 10_000 and cfg.prompt_tokens == 128
+
+
 def sim_table(rows: Sequence[tuple[Config, Result, Result]]) -> str:
     head = [
-        "workers", "tenants", "policy /s", "+ placement /s", "**decisions/s**",
+        "workers", "tenants", "prompt", "policy /s", "+ placement /s", "**decisions/s**",
         "decisions/s (mean)", "p50 µs", "p99 µs", "GC: full / longest ms / time",
-        "linear: decisions/s", "(mean)", "p99 µs", "(timed)", "speed-up",
+        "linear: decisions/s", "(mean)", "p99 µs", "(timed)", "speed-up", "gateway µs",
     ]  # fmt: skip
     body = []
     for cfg, f, lin in rows:
@@ -31,12 +36,13 @@ def sim_table(rows: Sequence[tuple[Config, Result, Result]]) -> str:
         speed = f"{fast_all / lin_all:,.0f}x" if lin_all else "n/a"
         body.append(
             [
-                f"{cfg.workers:,}", f"{cfg.tenants:,}", f"{f.median_rate('policy'):,.0f}",
+                f"{cfg.workers:,}", f"{cfg.tenants:,}", f"{cfg.prompt_tokens:,}",
+                f"{f.median_rate('policy'):,.0f}",
                 f"{f.median_rate('placement'):,.0f}", f"**{fast_all:,.0f}**",
                 f"{f.rate_of(*ALL):,.0f}", f"{f.p50_us:.0f}", f"{f.p99_us:,.0f}",
                 f"{f.gc_full} / {f.gc_longest_ms:,.0f} / {100 * f.gc_share:.0f} %",
                 f"{lin_all:,.0f}", f"{lin.rate_of(*ALL):,.0f}", f"{lin.p99_us:,.0f}",
-                f"{lin.decisions:,}", speed,
+                f"{lin.decisions:,}", speed, f"{f.gateway_keys_us:.1f}",
             ]
         )  # fmt: skip
     return markdown_table(head, body)
@@ -87,7 +93,7 @@ def beyond_text(
     redis: Sequence[RedisRow],
 ) -> str:
     """Scaling with 2 and 4 replicas and the next bottleneck, from this run's figures."""
-    at_scale = [f for c, f, _ in sim if c.workers == 1000 and c.tenants == 10_000]
+    at_scale = [f for c, f, _ in sim if is_target(c)]
     first = at_scale[0] if at_scale else (sim[0][1] if sim else None)
     per = first.median_rate("prefix") if first else 0.0
     per_cpu_us = 1e6 / per if per else 0.0
