@@ -4,12 +4,13 @@ Per role it walks at most ``SCAN`` workers in load order (the registry's lazy he
 ``worker_index.RoleIndex``), looks at the holders of the prompt's first prefix block (at most
 ``prefix_affinity.HOLDERS``) and at the workers holding the adapter (all of them up to
 ``ADAPTER_EXACT``, else a power-of-two-choices sample of ``ADAPTER_SAMPLE``).  So a decision is
-O(log W + SCAN + prompt blocks x HOLDERS).  Below those bounds it chooses exactly as the scan it
+O(log W + SCAN + HOLDERS x log(prompt blocks)) (``prefix_affinity.leading_run``).  Below those bounds it chooses exactly as the scan it
 replaced (``placement_scan.py``).  The common case (the least loaded worker is at the top of its
 heap with room, and a holder of the prompt's first block holds some of it) is decided in one pass
 over those holders (``_prefix_holder``); it chooses as the full path does
 (``tests/scheduler/test_placement_index.py``).  Pure Python; it reads the registry's indexes,
-never writes them (except popping and re-pushing heap entries while walking).
+never writes them (except popping, re-pushing and renewing heap entries while walking: see
+``worker_index.py``).
 """
 
 from __future__ import annotations
@@ -144,17 +145,16 @@ class Placer:
         any, or the top has no room).  Chooses what the full path chooses: there a holder with
         cached blocks beats every worker without, and among holders the key is the same."""
         heap, workers = idx.by_load, self.workers
-        while heap:  # stale tops are dropped, as the walk drops them
+        while heap:  # stale tops are dropped or renewed, as the walk does
             load, wid = heap[0]
             least = workers.get(wid)
-            if (
-                least is None
-                or least.load != load
-                or least.suspect
-                or least.role != role
-                or least.draining
-            ):
+            if least is None or least.suspect or least.role != role or least.draining:
                 heappop(heap)
+                continue
+            if least.load != load:
+                heappop(heap)
+                if least.load > load:  # a commit raised it since: renewed
+                    heappush(heap, (least.load, wid))
                 continue
             break
         else:
@@ -257,8 +257,12 @@ class Placer:
             entry = heappop(heap)
             load, wid = entry
             w = workers.get(wid)
-            if w is None or w.hb.role != role or not w.placeable or w.load != load:
+            if w is None or w.hb.role != role or not w.placeable:
                 continue  # stale: dropped
+            if w.load != load:
+                if w.load > load:  # a commit raised it since: renewed (met again in load order)
+                    heappush(heap, (w.load, wid))
+                continue  # else a release lowered it, and pushed the lower entry
             if wid in seen:
                 continue  # a duplicate (the load went back to an earlier value): dropped
             seen.add(wid)
@@ -280,9 +284,12 @@ class Placer:
         while free:
             debt, wid = free[0]
             w = workers.get(wid)
-            stale = w is None or w.hb.role != role or not w.placeable
-            if stale or w.committed - w.hb.total_blocks != debt:
+            if w is None or w.hb.role != role or not w.placeable:
                 heappop(free)
+            elif (now := w.committed - w.hb.total_blocks) != debt:
+                heappop(free)
+                if now > debt:  # a commit raised it since: renewed
+                    heappush(free, (now, wid))
             else:
                 return ([w] if w.has_room(blocks_for(tokens, w.hb.block_size)) else []), False
         return [], False

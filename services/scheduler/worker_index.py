@@ -2,9 +2,12 @@
 
 * ``RoleIndex``: per role, the workers in two lazy min-heaps, by load ``(load, worker id)`` and by
   free KV blocks ``(committed - total, worker id)``.  The registry pushes a worker again whenever
-  its load, capacity or placeability changed (into the free-blocks heap only when that is read);
-  an entry that no longer matches its worker is dropped when it reaches the top.  Stale entries
-  are compacted away once they outnumber the live ones (amortised O(1) per push).
+  its load or committed blocks went *down*, or its capacity or placeability changed (into the
+  free-blocks heap only when that is read).  A commit, which only raises them, pushes nothing:
+  every worker keeps an entry at or below its current key, so the top is still the minimum, and
+  placement renews an entry that is too low when it reaches the top.  An entry above its
+  worker's key (a release pushed the lower one) is dropped there.  Stale entries are compacted
+  away once they outnumber the live ones (amortised O(1) per push).
 * ``SampleSet``: a set with O(1) add, discard and uniform random sample (the workers holding an
   adapter, for power-of-two choices).
 """

@@ -198,10 +198,15 @@ class WorkerRegistry:
         w = self.workers.get(worker_id)
         if w is not None:
             blocks = blocks_for(tokens, w.hb.block_size)
-            w.committed += blocks - w.requests.get(request_id, 0)
+            before = w.requests.get(request_id, 0)
+            w.committed += blocks - before
             w.requests[request_id] = blocks
             w.update_load()
-            self._dirty.add(worker_id)
+            # A commit only raises the worker's load and committed blocks (unless it shrinks a
+            # request's share): its heap entries are then too low, and placement renews such an
+            # entry when it reaches the top, so the common case pushes nothing.
+            if blocks < before:
+                self._dirty.add(worker_id)
 
     def release(self, worker_id: str, request_id: str) -> None:
         w = self.workers.get(worker_id)
