@@ -228,3 +228,27 @@ def test_prefix_holder_shortcut_chooses_as_the_full_path(seed: int) -> None:
             aff.record(got.prefill, view.keys())
             live.append((f"r{step}", got.prefill))
     assert shortcut > 300
+
+
+def test_the_most_free_blocks_fallback_still_finds_workers_a_commit_changed() -> None:
+    """Beyond the ``SCAN`` least loaded workers (all short of KV blocks here) placement takes
+    the worker with the most free blocks.  A commit does not re-push a worker (its heap entry is
+    renewed when it surfaces), so after commits on ``x`` and ``y`` both must still be found, as
+    the scan finds them."""
+    reg = WorkerRegistry(3.0)
+    for i in range(SCAN):  # least loaded (1 of 4 slots), 1 free block each
+        reg.heartbeat(WorkerHeartbeat(f"w{i:02d}", "both", 0, 10, 16, 0, 0, 4), 0.0)
+        reg.commit(f"w{i:02d}", f"big{i}", 9 * 16)
+    for wid, each in (("x", 1), ("y", 2)):  # busier (2 of 4 slots), 8 and 6 free blocks
+        reg.heartbeat(WorkerHeartbeat(wid, "both", 0, 10, 16, 0, 0, 4), 0.0)
+        for k in range(2):
+            reg.commit(wid, f"{wid}{k}", each * 16)
+    chosen = []
+    for step in range(3):  # 3 blocks each: x (8 free), then y (6 > 5), then x (5 > 3)
+        want = place_by_scan(reg, None, 3 * 16, 3 * 16)
+        got = reg.place(None, 3 * 16, 3 * 16)
+        assert got == want, f"step {step}: {got} != scan {want}"
+        assert got is not None
+        reg.commit(got.prefill, f"r{step}", 3 * 16)
+        chosen.append(got.prefill)
+    assert chosen == ["x", "y", "x"]
