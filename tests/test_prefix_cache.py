@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from loraplex import LLM, SamplingParams
+from loraplex.engine.sequence import cache_namespace
 from loraplex.kvcache.prefix_cache import CachingBlockAllocator, block_keys
 from loraplex.tooling.demo import (
     ALL_MODULES,
@@ -232,3 +233,46 @@ def test_step_outputs_carry_each_prompts_prefix_cache_hits(model_dir) -> None:
             for out in engine.step():
                 seen.setdefault(out.request_id, set()).add(out.num_cached_tokens)
     assert seen == {"r0": {0}, "r1": {12}, "r3": {16}}
+
+
+def _run(engine, rid: str, prompt: list[int], lora: str | None, salt: str) -> int | None:
+    """One request to the end; the prompt tokens it found cached."""
+    engine.add_request(rid, prompt, GREEDY, lora, cache_salt=salt)
+    cached = None
+    while engine.has_unfinished():
+        for out in engine.step():
+            cached = out.num_cached_tokens
+    return cached
+
+
+def test_requests_reuse_only_prefixes_cached_under_their_salt(model_dir) -> None:
+    """A cache salt (the gateway's: the tenant) splits the prefix cache: another salt finds
+    nothing, the same salt finds its blocks, for the base model and for an adapter alike."""
+    engine = _llm(model_dir).engine
+    prompt = PROMPTS[0]
+    for lora in (None, "a"):
+        assert _run(engine, f"{lora}-alice", prompt, lora, "t:alice") == 0
+        assert _run(engine, f"{lora}-bob", prompt, lora, "t:bob") == 0  # alice's are not bob's
+        assert _run(engine, f"{lora}-plain", prompt, lora, "") == 0
+        assert _run(engine, f"{lora}-alice2", prompt, lora, "t:alice") == (len(prompt) - 1) // 4 * 4
+        # a K/V hand-over (a decode worker's reservation) reuses by the same rule
+        assert engine.reserve_for_prompt(f"{lora}-kv-carol", prompt, lora, "t:carol") == 0
+        assert engine.reserve_for_prompt(f"{lora}-kv-alice", prompt, lora, "t:alice") > 0
+        engine.release_reservation(f"{lora}-kv-carol")
+        engine.release_reservation(f"{lora}-kv-alice")
+
+
+def test_removing_an_adapter_forgets_its_blocks_under_every_salt(model_dir, tmp_path) -> None:
+    write_random_adapter(tmp_path / "a2", SPEC, rank=4, alpha=8, targets=ALL_MODULES, seed=99)
+    llm = _llm(model_dir)
+    engine = llm.engine
+    for salt in ("t:alice", "t:bob"):
+        _run(engine, f"first-{salt}", PROMPTS[0], "a", salt)
+    # the blocks are filed under the adapter alone, whatever their salt
+    computed = len(PROMPTS[0]) + GREEDY.max_tokens - 1  # the last sampled token never ran
+    assert engine.allocator.forget_namespace(cache_namespace("a")) == 2 * (computed // 4)
+    for salt in ("t:alice", "t:bob"):
+        _run(engine, f"second-{salt}", PROMPTS[0], "a", salt)
+    llm.add_lora("a", tmp_path / "a2")  # same name, new weights: no old K/V may serve it
+    for salt in ("t:alice", "t:bob"):
+        assert _run(engine, f"again-{salt}", PROMPTS[0], "a", salt) == 0

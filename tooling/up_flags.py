@@ -48,6 +48,7 @@ FORWARDED: dict[str, tuple[str, ...]] = {
     "--enable-prefix-caching": (WORKER,),
     "--fairness": (SCHEDULER,),
     "--prefix-routing": (SCHEDULER,),
+    "--prefix-cache-scope": (GATEWAY,),
     "--rpm-limit": (SCHEDULER,),
     "--dtype": (WORKER,),
     "--device": (WORKER,),
@@ -108,7 +109,8 @@ def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     _forward(
         p, reused, "--max-num-seqs", "--max-loras", "--max-lora-rank", "--num-kv-blocks",
         "--max-model-len", "--max-num-batched-tokens", "--enforce-eager",
-        "--enable-prefix-caching", "--fairness", "--prefix-routing", "--rpm-limit",
+        "--enable-prefix-caching", "--fairness", "--prefix-routing", "--prefix-cache-scope",
+        "--rpm-limit",
     )  # fmt: skip
     p.add_argument("--nats-url", default=None, help="use this NATS (default: start a nats-server)")
     p.add_argument(

@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             redis_prefix=args.redis_prefix,
             max_lora_rank=args.max_lora_rank,
             adapters_root=args.adapters_root,
+            prefix_cache_scope=args.prefix_cache_scope,
         )
         app = create_app(settings)
     except (ValueError, LoraplexError) as e:

@@ -67,6 +67,7 @@ class Prepared:
     created: int
     arrival: float
     echo: Echo | None = None
+    cache_salt: str = ""  # SubmitRequest.cache_salt: whose cached prefixes it may reuse
 
     def choice(self, index: int) -> Prepared:
         """The request behind choice ``index`` of an ``n`` > 1 request: its own id and, when a
@@ -87,9 +88,12 @@ def special_token_id(tokenizer: Tokenizer, token: str) -> int | None:
 
 
 class RequestBuilder:
-    def __init__(self, tokenizer: Tokenizer, max_model_len: int) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, max_model_len: int, prefix_cache_scope: str = "tenant"
+    ) -> None:
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
+        self.prefix_cache_scope = prefix_cache_scope
         end = special_token_id(tokenizer, CHAT_END_TOKEN)
         # The chat template ends turns with <|im_end|>; generation_config may stop only on </s>.
         self.chat_stop_ids: tuple[int, ...] = (end,) if end is not None else ()
@@ -177,7 +181,17 @@ class RequestBuilder:
             sampling=sampling,
             created=int(time.time()),
             arrival=time.monotonic(),
+            cache_salt=self._cache_salt(tenant, req.cache_salt),
         )
+
+    def _cache_salt(self, tenant: str, client_salt: str | None) -> str:
+        """The tenant (unless prefixes are shared across tenants), then the client's own salt;
+        neither can contain the separator (tenant names are ``[A-Za-z0-9._-]``, and the schema
+        refuses control characters in a salt)."""
+        parts = [f"t:{tenant}"] if self.prefix_cache_scope == "tenant" else []
+        if client_salt:
+            parts.append(f"c:{client_salt}")
+        return "\x1f".join(parts)
 
     def _budget(self, prompt_tokens: int, max_tokens: int | None, param: str) -> int:
         """max_tokens to submit; None means all the context the prompt leaves."""

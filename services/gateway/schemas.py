@@ -51,6 +51,12 @@ class GenerateRequest(BaseModel):
     repetition_penalty: Float | None = None  # vLLM extension
     logit_bias: dict[str, Float] | None = None  # token id (as a string) -> bias in [-100, 100]
     user: str | None = None
+    # vLLM extension: reuse cached prompt prefixes only with requests of the same salt (within
+    # the tenant's own, by default: --prefix-cache-scope).  No control characters: the salt is
+    # joined to the tenant's with one.
+    cache_salt: (
+        Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f]*$")] | None
+    ) = None
     # Structured outputs: OpenAI's response_format, vLLM's structured_outputs and guided_* fields.
     response_format: dict[str, Any] | None = None
     structured_outputs: dict[str, Any] | None = None

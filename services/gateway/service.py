@@ -64,7 +64,9 @@ class GatewayService:
         self.tokenizer = tokenizer
         self.adapters = adapters
         self.metrics = metrics
-        self.builder = RequestBuilder(tokenizer, settings.max_model_len)
+        self.builder = RequestBuilder(
+            tokenizer, settings.max_model_len, settings.prefix_cache_scope
+        )
         # Open requests, sent again to a new scheduler leader (scheduler replicas).
         self.resubmitter = Resubmitter(bus, router, settings.submit_timeout_s)
         self.started = int(time.time())
@@ -139,7 +141,9 @@ class GatewayService:
             sampling=p.sampling,
             adapter=p.adapter,
             arrival_ts=time.time(),
-            prefix_keys=prefix_keys(p.adapter, p.prompt_ids),  # hashed here, not in the scheduler
+            # hashed here, not in the one scheduler
+            prefix_keys=prefix_keys(p.adapter, p.prompt_ids, salt=p.cache_salt),
+            cache_salt=p.cache_salt,
         )
         await self.resubmitter.ensure_subscribed()
         self.resubmitter.track(msg)

@@ -12,6 +12,7 @@ from loraplex.cli_flags import Flag, flag
 from loraplex.model.config import ModelConfig
 
 LOOPBACK_NAMES = ("localhost",)
+PREFIX_CACHE_SCOPES = ("tenant", "shared")
 
 
 def is_loopback(host: str) -> bool:
@@ -52,6 +53,11 @@ class GatewaySettings:
     # /metrics on its own listener (it names tenants); 0: none.  Its env default is 8002.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0
+    # Which requests may reuse each other's cached prompt prefixes (workers' K/V, the scheduler's
+    # routing): "tenant" (the same tenant's only) or "shared" (anyone's, per adapter).  Sharing
+    # lets a tenant learn from its time to first token, or from usage's cached_tokens, whether
+    # another tenant sent a prompt: vLLM's cache_salt, set by the platform.
+    prefix_cache_scope: str = "tenant"
     gateway_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
     def __post_init__(self) -> None:
@@ -69,6 +75,11 @@ class GatewaySettings:
             raise ValueError(f"invalid port {self.port}")
         if not 0 <= self.metrics_port < 65536:
             raise ValueError(f"invalid metrics port {self.metrics_port}")
+        if self.prefix_cache_scope not in PREFIX_CACHE_SCOPES:
+            raise ValueError(
+                f"prefix cache scope must be one of {PREFIX_CACHE_SCOPES}, "
+                f"got {self.prefix_cache_scope!r}"
+            )
         if self.tenants_file is None and not is_loopback(self.host):
             raise ValueError(
                 f"refusing to listen on {self.host!r} without --tenants: open single-tenant mode "
@@ -98,6 +109,7 @@ class GatewaySettings:
             "adapters_root": env.ADAPTERS_ROOT.get(),
             "metrics_host": env.GATEWAY_METRICS_HOST.get(),
             "metrics_port": env.GATEWAY_METRICS_PORT.get(),
+            "prefix_cache_scope": env.PREFIX_CACHE_SCOPE.get(),
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
         for optional in ("tenants_file", "adapters_root"):
@@ -177,5 +189,12 @@ def flags() -> tuple[Flag, ...]:
             "--adapters-root",
             default=None,
             help=f"allow server-side path registrations below it [{env.ADAPTERS_ROOT.name}]",
+        ),
+        flag(
+            "--prefix-cache-scope",
+            default=None,
+            choices=PREFIX_CACHE_SCOPES,
+            help="whose cached prompt prefixes a request may reuse: the same tenant's (default) "
+            f"or anyone's (shared) [{env.PREFIX_CACHE_SCOPE.name}]",
         ),
     )

@@ -96,7 +96,9 @@ class Dispatcher:
             keys = sub.prefix_keys
             if keys is not None and len(keys) != reusable_blocks(len(sub.prompt_token_ids)):
                 keys = None  # not this prompt's: computed here
-            cached = self.affinity.cached_blocks(sub.adapter, sub.prompt_token_ids, keys)
+            cached = self.affinity.cached_blocks(
+                sub.adapter, sub.prompt_token_ids, keys, sub.cache_salt
+            )
         prefill = len(sub.prompt_token_ids) + resumed
         return self.registry.place(sub.adapter, prefill, total, cached), cached
 

@@ -73,11 +73,12 @@ class PrefixAffinity:
         adapter: str | None,
         tokens: Sequence[int],
         keys: list[PrefixKey] | None = None,
+        salt: str = "",
     ) -> CachedBlocks:
         """For placement: how many leading blocks of this prompt a worker probably holds, and
         which workers may hold any.  ``keys``: the prompt's prefix keys when the gateway sent
-        them (else computed here, once, when first asked)."""
-        return CachedBlocks(self, adapter, tokens, keys)
+        them (else computed here, under the request's cache ``salt``, once, when first asked)."""
+        return CachedBlocks(self, adapter, tokens, keys, salt)
 
     def holders(self, key: PrefixKey) -> list[str]:
         """The last ``HOLDERS`` workers ``key`` was placed on (that still hold it)."""
@@ -144,7 +145,7 @@ class CachedBlocks:
     """One prompt's view of the affinity: ``cached(w)`` is how many of its leading blocks ``w``
     probably holds; ``holders()`` the workers worth asking."""
 
-    __slots__ = ("_affinity", "_adapter", "_tokens", "_keys")
+    __slots__ = ("_affinity", "_adapter", "_tokens", "_keys", "_salt")
 
     def __init__(
         self,
@@ -152,8 +153,10 @@ class CachedBlocks:
         adapter: str | None,
         tokens: Sequence[int],
         keys: list[PrefixKey] | None = None,
+        salt: str = "",
     ):
         self._affinity = affinity
+        self._salt = salt
         self._adapter = adapter
         self._tokens = tokens
         self._keys = keys
@@ -161,7 +164,7 @@ class CachedBlocks:
     def keys(self) -> list[PrefixKey]:
         keys = self._keys
         if keys is None:
-            keys = self._keys = prefix_keys(self._adapter, self._tokens)
+            keys = self._keys = prefix_keys(self._adapter, self._tokens, salt=self._salt)
         return keys
 
     def __call__(self, w: WorkerState) -> int:

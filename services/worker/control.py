@@ -112,6 +112,7 @@ class Control:
                     req.adapter_key,
                     prefill_only,
                     resumed,
+                    sub.cache_salt,
                 )
             except LoraplexError as e:
                 table.release(rid)

@@ -114,7 +114,7 @@ class KVReceiver:
             if begin.accepts_prefix:
                 lora = r.key if r is not None else None  # type: ignore[union-attr]
                 tokens = begin.request.prompt_token_ids + begin.generated  # K/V cover both
-                got = engine.reserve_for_prompt(rid, tokens, lora)
+                got = engine.reserve_for_prompt(rid, tokens, lora, begin.request.cache_salt)
                 ok, cached = got is not None, got or 0
             else:
                 ok = engine.reserve_blocks(rid, begin.num_tokens)
@@ -176,6 +176,7 @@ class KVReceiver:
                 begin.first_logprobs,
                 begin.prompt_logprobs,
                 begin.generated,
+                sub.cache_salt,
             )
         except LoraplexError as e:
             self._engine.release_reservation(sub.request_id)

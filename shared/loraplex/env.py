@@ -159,6 +159,13 @@ GATEWAY_MAX_BATCH_CHOICES = EnvVar(
     "gateway: prompts x n of one /v1/completions request, each its own scheduled request (400 beyond)",
 )
 
+PREFIX_CACHE_SCOPE = EnvVar(
+    "LORAPLEX_PREFIX_CACHE_SCOPE",
+    "tenant",
+    "gateway: which requests may reuse each other's cached prompt prefixes: 'tenant' (only the "
+    "same tenant's: no tenant can time or count another's prompts) or 'shared' (any, per adapter)",
+)
+
 REGISTRY: tuple[EnvVar, ...] = (
     DISABLE_TRITON,
     TRITON_ON_CPU,
@@ -192,6 +199,7 @@ REGISTRY: tuple[EnvVar, ...] = (
     GATEWAY_MAX_BATCH_CHOICES,
     GATEWAY_METRICS_HOST,
     GATEWAY_METRICS_PORT,
+    PREFIX_CACHE_SCOPE,
     SCHEDULER_METRICS_HOST,
     SCHEDULER_METRICS_PORT,
     WORKER_METRICS_HOST,

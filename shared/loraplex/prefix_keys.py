@@ -35,13 +35,19 @@ def reusable_blocks(prompt_tokens: int) -> int:
 
 
 def prefix_keys(
-    adapter: str | None, tokens: Sequence[int], block_size: int = PREFIX_BLOCK
+    adapter: str | None,
+    tokens: Sequence[int],
+    block_size: int = PREFIX_BLOCK,
+    *,
+    salt: str = "",
 ) -> list[int]:
-    """Keys of the full blocks a worker could reuse for this prompt (not the last token's)."""
+    """Keys of the full blocks a worker could reuse for this prompt (not the last token's),
+    chained from its adapter and cache salt (``SubmitRequest.cache_salt``), as workers only
+    reuse a prefix within both."""
     reusable = (len(tokens) - 1) // block_size * block_size
     if reusable <= 0:
         return []
-    h = _namespace(adapter or "")
+    h = _namespace(f"{adapter or ''}\x1f{salt}" if salt else adapter or "")
     t = tuple(tokens[:reusable])  # sliced as tuples below: one copy, not two per block
     keys = []
     append = keys.append

@@ -76,6 +76,10 @@ class SubmitRequest(Message):
     # tokenization so that the one scheduler need not; None (or a list of the wrong length):
     # the scheduler computes them itself.
     prefix_keys: list[int] | None = None
+    # Which cached prefixes it may reuse (with its adapter's): the gateway sets its tenant, so no
+    # tenant can time or count another's cached prompts (``--prefix-cache-scope``), plus the
+    # client's own ``cache_salt`` when it sent one.  The prefix keys above are hashed under it.
+    cache_salt: str = ""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
-from openai import AsyncOpenAI, NotFoundError
+from openai import AsyncOpenAI, BadRequestError, NotFoundError
 
 from loraplex.prefix_keys import PREFIX_BLOCK, prefix_keys, reusable_blocks
 from loraplex.text.tokenizer import Tokenizer
@@ -322,5 +322,24 @@ async def test_the_gateway_hashes_the_prompts_prefix_keys_for_the_scheduler(
     await client().completions.create(model=MODEL_ID, prompt=PROMPT * 20, max_tokens=4)
     sub = scheduler.submits[-1]
     assert len(sub.prompt_token_ids) > 4 * PREFIX_BLOCK
-    assert sub.prefix_keys == prefix_keys(sub.adapter, sub.prompt_token_ids)
+    assert sub.cache_salt == "t:alice"  # the tenant's own prefixes only (--prefix-cache-scope)
+    assert sub.prefix_keys == prefix_keys(sub.adapter, sub.prompt_token_ids, salt="t:alice")
+    assert sub.prefix_keys != prefix_keys(sub.adapter, sub.prompt_token_ids)
     assert len(sub.prefix_keys) == reusable_blocks(len(sub.prompt_token_ids))
+
+
+async def test_a_clients_cache_salt_narrows_its_tenants_and_a_bad_one_is_a_400(
+    client: Callable[..., AsyncOpenAI], scheduler: FakeScheduler, reply_ids: list[int]
+) -> None:
+    """vLLM's ``cache_salt``: within the tenant's salt, never instead of it."""
+    scheduler.plan = lambda _: Plan(tokens=reply_ids)
+    alice = client()
+    await alice.completions.create(
+        model=MODEL_ID, prompt=PROMPT, max_tokens=4, extra_body={"cache_salt": "conv-7"}
+    )
+    assert scheduler.submits[-1].cache_salt == "t:alice\x1fc:conv-7"
+    for bad in ("", "a\x1fb", "x" * 257):
+        with pytest.raises(BadRequestError):
+            await alice.completions.create(
+                model=MODEL_ID, prompt=PROMPT, max_tokens=4, extra_body={"cache_salt": bad}
+            )

@@ -37,6 +37,12 @@ def test_prefix_keys_are_stable_chained_and_per_adapter() -> None:
     assert prefix_keys("a", SYSTEM[:49], 16) == keys
     assert prefix_keys("b", SYSTEM, 16)[0] != keys[0]
     assert prefix_keys(None, SYSTEM, 16)[0] != keys[0]
+    # the scheduler's own keys (no keys in the SUBMIT) are hashed under the request's salt
+    aff = PrefixAffinity()
+    assert aff.cached_blocks("a", SYSTEM, None, "t:x").keys() == prefix_keys(
+        "a", SYSTEM, salt="t:x"
+    )
+    assert prefix_keys("a", SYSTEM, salt="t:x")[0] != keys[0]
     changed = [7, *SYSTEM[1:]]
     assert all(x != y for x, y in zip(prefix_keys("a", changed, 16), keys, strict=True))
 

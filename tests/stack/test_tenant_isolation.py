@@ -89,3 +89,27 @@ def test_metrics_only_on_the_metrics_listener(stack) -> None:
     assert r.status_code == 404 and "alice" not in r.text
     text = httpx.get(stack.urls["metrics"], timeout=10).text
     assert "loraplex_gateway_requests_total" in text
+
+
+def _cached_tokens(base: str, tenant: str, prompt: list[int], **extra: object) -> int:
+    body = {"prompt": prompt, "max_tokens": 2, "temperature": 0, **extra}
+    r = httpx.post(base + "/v1/completions", json=body, headers=_auth(tenant), timeout=60)
+    assert r.status_code == 200, r.text
+    details = r.json()["usage"].get("prompt_tokens_details") or {}
+    return int(details.get("cached_tokens") or 0)
+
+
+def test_no_tenant_sees_another_tenants_cached_prompt(stack) -> None:
+    """On the base model, one tenant's prompt leaves blocks in the worker's prefix cache. The
+    same prompt from another tenant must not find them: its usage (and its time to first token)
+    would tell it what the first tenant sent. The first tenant finds its own; a client salt
+    splits its cache further."""
+    base = stack.urls["gateway"]
+    model = httpx.get(base + "/v1/models", headers=_auth("alice"), timeout=10).json()["data"][0]
+    prompt = [(i * 53 + 7) % 500 for i in range(70)]  # 4 full blocks before the last token
+    kwargs = {"model": model["id"]}
+    assert _cached_tokens(base, "alice", prompt, **kwargs) == 0
+    assert _cached_tokens(base, "bob", prompt, **kwargs) == 0
+    assert _cached_tokens(base, "alice", prompt, **kwargs) == 64
+    assert _cached_tokens(base, "alice", prompt, cache_salt="conv-2", **kwargs) == 0
+    assert _cached_tokens(base, "alice", prompt, cache_salt="conv-2", **kwargs) == 64

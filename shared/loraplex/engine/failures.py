@@ -17,7 +17,7 @@ import torch
 from loraplex.engine.outputs import StepOutput
 from loraplex.engine.runner import PromptScores
 from loraplex.engine.scheduler import ScheduledBatch, Scheduler
-from loraplex.engine.sequence import Sequence
+from loraplex.engine.sequence import Sequence, cache_namespace
 from loraplex.kvcache.block_allocator import BlockAllocator
 from loraplex.kvcache.paged_cache import PagedKVCache
 from loraplex.lora.slot_table import SlotTable
@@ -121,7 +121,7 @@ class RequestFailer:
         forgets what was computed under its adapter."""
         log.warning("request %s: non-finite logits (adapter %s)", seq.request_id, seq.lora)
         if self.allocator.caches_prefixes:
-            self.allocator.forget_namespace(seq.cache_namespace)
+            self.allocator.forget_namespace(cache_namespace(seq.lora))  # every salt's
         own = [b for b in seq.block_table if self.allocator.ref_count(b) == 1]
         if own:
             index = torch.tensor(own, device=self.kv_cache.data.device)

@@ -64,17 +64,21 @@ class Handover:
         return True
 
     def reserve_for_prompt(
-        self, request_id: str, prompt_token_ids: list[int], lora: str | None
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        lora: str | None,
+        cache_salt: str = "",
     ) -> int | None:
         """``reserve_blocks`` for a prompt's K/V that reuses the leading blocks this engine
-        already caches for the same adapter.  Returns how many leading blocks are already here
+        already caches for the same adapter and cache salt.  Returns how many leading blocks are already here
         (the sender may skip them), or None when the rest does not fit."""
         if request_id in self.reservations:
             return None
         bs, alloc = self.block_size, self.allocator
         hit: list[int] = []
         if alloc.caches_prefixes and (lora is None or lora in self.adapters):
-            keys = prefix_block_keys(prompt_token_ids, bs, cache_namespace(lora))
+            keys = prefix_block_keys(prompt_token_ids, bs, cache_namespace(lora, cache_salt))
             hit = alloc.lookup(keys)
         need = blocks_for(len(prompt_token_ids), bs) - len(hit)
         if not alloc.can_allocate_after(hit, need):
@@ -101,6 +105,7 @@ class Handover:
         first_logprobs: TokenLogprobs | None = None,
         prompt_logprobs: list[TokenLogprobs] | None = None,
         generated: list[int] | None = None,
+        cache_salt: str = "",
     ) -> StepOutput:
         """Join a request prefilled elsewhere to the decode batch; returns its first token's
         output (which carries ``prompt_logprobs``, when given).  ``payload`` holds the K/V of
@@ -125,7 +130,7 @@ class Handover:
             self._forget(request_id)
             raise
         self.kv_cache.import_blocks(blocks[cached_blocks:], payload)
-        seq.cache_namespace = cache_namespace(lora)
+        seq.cache_namespace = cache_namespace(lora, cache_salt)
         seq.block_table = blocks
         seq.num_cached = seq.num_tokens
         seq.prompt_logprobs = list(prompt_logprobs or [])

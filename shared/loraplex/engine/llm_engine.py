@@ -199,9 +199,11 @@ class LLMEngine:
         lora: str | None = None,
         prefill_only: bool = False,
         generated: list[int] | None = None,
+        cache_salt: str = "",
     ) -> None:
         """Queue a request.  ``generated``: the tokens it already produced on a worker that died
-        (a migrated request); they are prefilled with the prompt and count as its outputs."""
+        (a migrated request); they are prefilled with the prompt and count as its outputs.
+        ``cache_salt``: it reuses only prefixes cached under the same salt (``cache_namespace``)."""
         if not prompt_token_ids:
             raise InvalidRequestError("prompt must contain at least one token")
         generated = list(generated or [])
@@ -222,7 +224,7 @@ class LLMEngine:
             raise InvalidRequestError(f"request id {request_id!r} is already running")
         seq = Sequence(request_id, list(prompt_token_ids), params, lora, prefill_only=prefill_only)
         seq.output_token_ids = generated
-        seq.cache_namespace = cache_namespace(lora)
+        seq.cache_namespace = cache_namespace(lora, cache_salt)
         self.requests.track(seq)
         self.scheduler.add(seq)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from loraplex.engine.sequence import Sequence, SequenceStatus
+from loraplex.engine.sequence import Sequence, SequenceStatus, cache_namespace
 from loraplex.kvcache.block_allocator import BlockAllocator, blocks_for
 from loraplex.kvcache.prefix_cache import block_keys
 from loraplex.lora.slot_table import SlotTable
@@ -172,7 +172,10 @@ class Scheduler:
             return
         self.extend_block_keys(seq, computed)
         for i in range(seq.registered_blocks, full):
-            self.allocator.register(seq.block_table[i], seq.block_keys[i], seq.cache_namespace)
+            # grouped by adapter alone: removing one forgets its blocks under every salt
+            self.allocator.register(
+                seq.block_table[i], seq.block_keys[i], cache_namespace(seq.lora)
+            )
         seq.registered_blocks = full
 
     def _schedule_decode(self) -> ScheduledBatch:

@@ -9,11 +9,13 @@ from loraplex.sampling_params import SamplingParams
 from loraplex.token_logprobs import TokenLogprobs
 
 
-def cache_namespace(lora: str | None) -> str:
-    """What a prefix's K/V depend on besides its tokens: the adapter's name.  Removing or
-    replacing an adapter drops its cached blocks, so a name always means one set of weights
-    (and workers, which key adapters ``name@version``, agree on it across processes)."""
-    return lora or ""
+def cache_namespace(lora: str | None, salt: str = "") -> str:
+    """Which cached prefixes a request may reuse besides matching tokens: those of its adapter
+    (LoRA changes K/V; removing or replacing an adapter drops its cached blocks, so a name always
+    means one set of weights, and workers, which key adapters ``name@version``, agree on it
+    across processes), and of its cache salt (``SubmitRequest.cache_salt``: by default its
+    tenant, so that no tenant can time or count another's cached prompts)."""
+    return (lora or "") if not salt else f"{lora or ''}\x1f{salt}"
 
 
 class SequenceStatus(enum.Enum):
