@@ -300,6 +300,9 @@ class FairnessPolicy(ABC):
         return None
 
     def _charge(self, tenant: str, cost: float) -> float:
+        if not cost:  # a report within the prediction, a finish that matches it: no re-index
+            self._counters.setdefault(tenant, 0.0)
+            return 0.0
         w = self.weights.get(tenant)  # weight() inlined: three charges per request
         inc = cost if w is None else cost / w
         self._counters[tenant] = self._counters.get(tenant, 0.0) + inc
