@@ -78,6 +78,12 @@ def main() -> int:
     p.add_argument("--workers", type=_ints, default=[100, 1000])
     p.add_argument("--tenants", type=_ints, default=[100, 10_000, 100_000])
     p.add_argument("--long-prompts", type=_ints, default=[1024, 4096])
+    p.add_argument(
+        "--target-runs",
+        type=int,
+        default=3,
+        help="independent runs of the target cell (1,000 x 10,000); its row is the median one",
+    )
     p.add_argument("--fast-seconds", type=float, default=3.0)
     p.add_argument("--linear-seconds", type=float, default=2.0)
     p.add_argument("--live-seconds", type=float, default=8.0)
@@ -101,9 +107,20 @@ def main() -> int:
     grid = [Config(w, t) for w in args.workers for t in args.tenants]
     w_long, t_long = (1000, 10_000) if not args.quick else (args.workers[0], args.tenants[0])
     grid += [Config(w_long, t_long, prompt_tokens=n) for n in args.long_prompts]
+    target_rates: list[float] = []  # decisions/s of each run of the target cell
     for cfg in grid:
         workers, tenants = cfg.workers, cfg.tenants
         fast, linear, build = measure(cfg, args.fast_seconds, args.linear_seconds)
+        if is_target(cfg) and args.target_runs > 1:
+            # This box drifts by 5-10 % between runs (string-hash layouts, other load): the row
+            # is the median of several runs, each from a freshly built state.
+            runs = [(fast, linear, build)]
+            for _ in range(args.target_runs - 1):
+                gc.collect()
+                runs.append(measure(cfg, args.fast_seconds, args.linear_seconds))
+            runs.sort(key=lambda r: r[0].median_rate("prefix"))
+            target_rates = [r[0].median_rate("prefix") for r in runs]
+            fast, linear, build = runs[len(runs) // 2]
         sim.append((cfg, fast, linear))
         print(
             f"{workers:>5} workers {tenants:>7} tenants {cfg.prompt_tokens:>5}-token prompts: "
@@ -152,16 +169,17 @@ def main() -> int:
             f"target (1,000 workers, 10,000 tenants): {rate:,.0f}/s "
             f"({'met' if rate >= TARGET_PER_S else 'not met'}), p99 {f.p99_us:.0f} µs "
             f"({'met' if f.p99_us < TARGET_P99_US else 'not met'})"
+            + (f"; runs {', '.join(f'{r:,.0f}' for r in target_rates)}" if target_rates else "")
         )
     if args.write_docs:
         box = (speed_before, speed_after, pressure, waited)
-        body = docs_body(args, sim, live, fairness, redis, box)
+        body = docs_body(args, sim, live, fairness, redis, box, target_rates)
         replace_doc_section(SECTION, body)
         print(f"wrote '{SECTION}' to docs/benchmarks.md")
     return 0
 
 
-def docs_body(args, sim, live, fairness, redis, box) -> str:  # type: ignore[no-untyped-def]
+def docs_body(args, sim, live, fairness, redis, box, target_rates) -> str:  # type: ignore[no-untyped-def]
     speed_before, speed_after, pressure, waited = box
     cmd = "python bench/scheduler.py --write-docs" + (" --quick" if args.quick else "")
     parts = [
@@ -195,7 +213,15 @@ def docs_body(args, sim, live, fairness, redis, box) -> str:  # type: ignore[no-
         sim_table(sim),
         "",
         f"Targets at 1,000 workers and 10,000 tenants: ≥ {TARGET_PER_S:,} decisions/s and p99 < "
-        f"{TARGET_P99_US:.0f} µs. " + _target_line(sim, speed_before, speed_after),
+        f"{TARGET_P99_US:.0f} µs. "
+        + _target_line(sim, speed_before, speed_after)
+        + (
+            f" The row is the median of {len(target_rates)} runs, each from a fresh state: "
+            + " / ".join(f"{r:,.0f}" for r in target_rates)
+            + " decisions/s."
+            if len(target_rates) > 1
+            else ""
+        ),
     ]
     if live:
         parts += [
