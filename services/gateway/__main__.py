@@ -10,6 +10,7 @@ from loraplex.cli_flags import add_flags
 from loraplex.cli_help import DefaultsHelpFormatter
 from loraplex.errors import LoraplexError
 from loraplex.gateway.settings import GatewaySettings, flags
+from loraplex.gc_heap import freeze_startup_heap
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, LoraplexError) as e:
         print(f"gateway: {e}", file=sys.stderr)
         return 2
+    # The app, its tokenizer and the modules: out of every later full collection.  Here, not in
+    # the app's lifespan, so that a test serving the app in-process freezes nothing.
+    freeze_startup_heap()
     uvicorn.run(
         app,
         host=settings.host,

@@ -7,6 +7,7 @@ import signal
 import sys
 
 from loraplex import env
+from loraplex.gc_heap import freeze_startup_heap
 from loraplex.scheduler.http_status import start_scheduler_status
 from loraplex.scheduler.service import SchedulerService
 from loraplex.scheduler.settings import SchedulerSettings, build_parser, settings_from_args
@@ -20,6 +21,7 @@ async def serve(settings: SchedulerSettings) -> int:
     # Before the bus: /health answers (and /ready says no) while NATS is still being reached.
     status = await start_scheduler_status(service, settings.metrics_host, settings.metrics_port)
     await service.start()
+    freeze_startup_heap()  # modules and start-up state: out of every later full collection
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -15,6 +15,7 @@ from loraplex.config import EngineConfig
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.memory_budget import MemoryBudgetError
 from loraplex.engine.warmup_run import warm_up
+from loraplex.gc_heap import freeze_startup_heap
 from loraplex.worker.adapter_pager import Fetch
 from loraplex.worker.gpu_lease import DeviceConfigError, GpuLease, place_worker
 from loraplex.worker.http_status import WorkerStatus, start_worker_status
@@ -83,6 +84,9 @@ async def serve(s: WorkerSettings) -> None:
     worker = Worker(s, engine, fetch, status.metrics)
     await worker.start()
     status.attach(worker)
+    # The model, torch and the warm-up's objects: out of every later full collection's walk (a
+    # step stalls for as long as one takes).
+    freeze_startup_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
