@@ -178,6 +178,28 @@ def test_affinity_never_waits_for_a_full_worker() -> None:
 # ------------------------------------------------------------------- the service, live NATS
 
 
+async def _submit(
+    bus: Bus,
+    workers: dict[str, FakeWorker],
+    rid: str,
+    prompt: list[int],
+    keys: list[int] | None = None,
+) -> str:
+    """SUBMIT one request (with ``keys`` as its prefix keys); the worker it was placed on."""
+    sub = SubmitRequest(rid, "t", "gw", prompt, SamplingParams(max_tokens=4), prefix_keys=keys)
+    raw = await bus.nc.request(Subjects.SUBMIT, encode(sub), timeout=5)
+    assert decode(raw.data, SubmitReply).accepted
+
+    def placed() -> str | None:
+        for w in workers.values():
+            if any(a.request.request_id == rid for a in w.assigned):
+                return w.id
+        return None
+
+    await _until(lambda: placed() is not None)
+    return placed()  # type: ignore[return-value]
+
+
 @pytest.mark.parametrize("routing", [True, False])
 def test_service_sends_a_prefix_back_to_its_worker(nats_url, routing: bool) -> None:
     """P goes to w-a; Q, sent while P runs, to the idle w-b.  Once both finished, a prompt
@@ -194,18 +216,7 @@ def test_service_sends_a_prefix_back_to_its_worker(nats_url, routing: bool) -> N
         await _until(lambda: len(service.registry.workers) == 2)
 
         async def submit(rid: str, prompt: list[int]) -> str:
-            sub = SubmitRequest(rid, "t", "gw", prompt, SamplingParams(max_tokens=4))
-            raw = await bus.nc.request(Subjects.SUBMIT, encode(sub), timeout=5)
-            assert decode(raw.data, SubmitReply).accepted
-
-            def placed() -> str | None:
-                for w in workers.values():
-                    if any(a.request.request_id == rid for a in w.assigned):
-                        return w.id
-                return None
-
-            await _until(lambda: placed() is not None)
-            return placed()  # type: ignore[return-value]
+            return await _submit(bus, workers, rid, prompt)
 
         p, q = SYSTEM, [x + 500 for x in SYSTEM]
         assert await submit("p", p) == "w-a"
@@ -238,20 +249,7 @@ def test_the_scheduler_uses_the_prefix_keys_a_gateway_sent(nats_url) -> None:
         await _until(lambda: len(service.registry.workers) == 2)
 
         async def submit(rid: str, prompt: list[int], keys: list[int] | None = None) -> str:
-            sub = SubmitRequest(
-                rid, "t", "gw", prompt, SamplingParams(max_tokens=4), prefix_keys=keys
-            )
-            raw = await bus.nc.request(Subjects.SUBMIT, encode(sub), timeout=5)
-            assert decode(raw.data, SubmitReply).accepted
-
-            def placed() -> str | None:
-                for w in workers.values():
-                    if any(a.request.request_id == rid for a in w.assigned):
-                        return w.id
-                return None
-
-            await _until(lambda: placed() is not None)
-            return placed()  # type: ignore[return-value]
+            return await _submit(bus, workers, rid, prompt, keys)
 
         p, q = SYSTEM, [x + 500 for x in SYSTEM]
         assert await submit("p", p, prefix_keys(None, p)) == "w-a"
