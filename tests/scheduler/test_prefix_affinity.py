@@ -178,6 +178,21 @@ def test_affinity_never_waits_for_a_full_worker() -> None:
 # ------------------------------------------------------------------- the service, live NATS
 
 
+async def _cluster(
+    nats_url: str, routing: bool
+) -> tuple[SchedulerService, Bus, dict[str, FakeWorker]]:
+    """A scheduler and two fake workers, w-a and w-b, that it knows."""
+    service = SchedulerService(SchedulerSettings(nats_url, prefix_routing=routing), {})
+    await service.start()
+    bus = await Bus.connect(nats_url, "test")
+    workers = {wid: FakeWorker(bus, wid) for wid in ("w-a", "w-b")}
+    for w in workers.values():
+        await w.start()
+    await bus.flush()
+    await _until(lambda: len(service.registry.workers) == 2)
+    return service, bus, workers
+
+
 async def _submit(
     bus: Bus,
     workers: dict[str, FakeWorker],
@@ -206,14 +221,7 @@ def test_service_sends_a_prefix_back_to_its_worker(nats_url, routing: bool) -> N
     starting with Q goes back to w-b (without affinity: to w-a, the id tie-break)."""
 
     async def run() -> None:
-        service = SchedulerService(SchedulerSettings(nats_url, prefix_routing=routing), {})
-        await service.start()
-        bus = await Bus.connect(nats_url, "test")
-        workers = {wid: FakeWorker(bus, wid) for wid in ("w-a", "w-b")}
-        for w in workers.values():
-            await w.start()
-        await bus.flush()
-        await _until(lambda: len(service.registry.workers) == 2)
+        service, bus, workers = await _cluster(nats_url, routing)
 
         async def submit(rid: str, prompt: list[int]) -> str:
             return await _submit(bus, workers, rid, prompt)
@@ -239,14 +247,7 @@ def test_the_scheduler_uses_the_prefix_keys_a_gateway_sent(nats_url) -> None:
     length is not this prompt's and is ignored."""
 
     async def run() -> None:
-        service = SchedulerService(SchedulerSettings(nats_url), {})
-        await service.start()
-        bus = await Bus.connect(nats_url, "test")
-        workers = {wid: FakeWorker(bus, wid) for wid in ("w-a", "w-b")}
-        for w in workers.values():
-            await w.start()
-        await bus.flush()
-        await _until(lambda: len(service.registry.workers) == 2)
+        service, bus, workers = await _cluster(nats_url, True)
 
         async def submit(rid: str, prompt: list[int], keys: list[int] | None = None) -> str:
             return await _submit(bus, workers, rid, prompt, keys)
