@@ -3,8 +3,9 @@ committed room, and send each its assignment.
 
 Re-placements (admitted requests whose worker failed early) go first.  Then the policy's pick is
 placed (``WorkerRegistry.place``, with prefix affinity) and admitted; when it does not fit the
-dispatcher waits for capacity rather than skip ahead (strict policy order).  An assignment is
-written ahead to the replicas' ledger (``record``) before it is published.
+dispatcher waits for capacity rather than skip ahead (strict policy order).  Decisions come in
+rounds of up to ``ROUND``: a round's assignments are written ahead to the replicas' ledger
+(``record``, one fenced write) before any of them is published.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from loraplex.scheduler.recovery import InFlight
 from loraplex.scheduler.settings import SchedulerSettings
 from loraplex.scheduler.workers import WorkerRegistry
 
+ROUND = 64  # decisions per round: one ledger write, then the event loop runs again
+
 
 class Dispatcher:
     """Works on the service's request tables, shared by reference: ``queued`` (request id ->
@@ -38,7 +41,7 @@ class Dispatcher:
         inflight: dict[str, InFlight],
         retry: list[InFlight],
         publish: Callable[[str, Message], Awaitable[None]],
-        record: Callable[[LedgerEntry], Awaitable[bool]],
+        record: Callable[[list[LedgerEntry]], Awaitable[bool]],
         counters_changed: Callable[[], None],
         on_admit: Callable[[QueuedRequest, float], None],
     ) -> None:
@@ -59,30 +62,53 @@ class Dispatcher:
         self._on_admit = on_admit  # queue-time metrics
 
     async def dispatch(self, now: float) -> None:
-        """Place what can be placed now: re-placements first, then the policy's order."""
-        while self.retry:  # already admitted and charged: they go first
+        """Place what can be placed now: re-placements first, then the policy's order.
+
+        Rounds of at most ``ROUND`` decisions: each placement is claimed at once (capacity
+        committed, affinity recorded), so the next decision sees it; then the round's ledger
+        entries go to the replicas' ledger in one fenced write (write-ahead: one Redis round
+        trip per round, not per request), and only then are its assignments published."""
+        while True:
+            placed = self._decide(now)
+            if not placed:
+                return
+            if not await self._record([self._entry(job) for job in placed]):
+                return  # this replica no longer leads: publish nothing
+            for job in placed:
+                await self._send(job)
+            if len(placed) < ROUND:
+                return
+
+    def _decide(self, now: float) -> list[InFlight]:
+        """Up to ``ROUND`` placements, claimed; stops at the first request without room."""
+        placed: list[InFlight] = []
+        while self.retry and len(placed) < ROUND:  # already admitted and charged: first
             job = self.retry[0]
             placement, cached = self._place(job.submit, len(job.generated))
             if placement is None:
                 self.stalled = job.submit
-                return
+                return placed
             self.retry.pop(0)
-            await self._assign(job, placement, cached)
-        while True:
+            self._claim(job, placement, cached)
+            placed.append(job)
+        while len(placed) < ROUND:
             q = self.policy.pick(now)
             if q is None:
                 self.stalled = None
-                return
+                return placed
             sub = self.submits[q.request_id]
             placement, cached = self._place(sub)
             if placement is None:
                 self.stalled = sub
-                return  # strict policy order: wait for capacity rather than skip ahead
+                return placed  # strict policy order: wait for capacity rather than skip ahead
             self.policy.admit(q, now)
             self._on_admit(q, now)
             self._counters_changed()
             del self.submits[q.request_id]
-            await self._assign(InFlight(sub, placement), placement, cached)
+            job = InFlight(sub, placement)
+            self._claim(job, placement, cached)
+            placed.append(job)
+        return placed
 
     def _place(
         self, sub: SubmitRequest, resumed: int = 0
@@ -102,9 +128,9 @@ class Dispatcher:
         prefill = len(sub.prompt_token_ids) + resumed
         return self.registry.place(sub.adapter, prefill, total, cached), cached
 
-    async def _assign(
-        self, job: InFlight, placement: Placement, cached: CachedBlocks | None
-    ) -> None:
+    def _claim(self, job: InFlight, placement: Placement, cached: CachedBlocks | None) -> None:
+        """Take ``placement`` for ``job``: in flight, its capacity committed, its prompt recorded
+        in the prefix affinity (all before the round's one await)."""
         sub = job.submit
         rid = sub.request_id
         total = len(sub.prompt_token_ids) + sub.sampling.max_tokens
@@ -112,8 +138,6 @@ class Dispatcher:
         job.assigned_at, job.missing_since = time.monotonic(), None
         job.workers = {placement.prefill} | ({placement.decode} if placement.decode else set())
         self.inflight[rid] = job
-        if not await self._ledger(job, total):
-            return
         for wid in job.workers if cached is not None else ():
             worker = self.registry.workers.get(wid)
             if worker is not None:
@@ -122,17 +146,21 @@ class Dispatcher:
         self.registry.commit(placement.prefill, rid, total if not placement.decode else prefill)
         if placement.decode:
             self.registry.commit(placement.decode, rid, total)
-            if sub.adapter:  # let the decode worker page the adapter in while prefill runs
-                await self._publish(Subjects.worker(placement.decode), PrefetchAdapter(sub.adapter))
+
+    async def _send(self, job: InFlight) -> None:
+        sub, placement = job.submit, job.placement
+        if placement.decode and sub.adapter:  # the decode worker pages it in during prefill
+            await self._publish(Subjects.worker(placement.decode), PrefetchAdapter(sub.adapter))
         await self._publish(
             Subjects.worker(placement.prefill),
             PrefillAssign(sub, placement.decode, job.attempt, self.epoch, job.generated),
         )
 
-    async def _ledger(self, job: InFlight, total: int) -> bool:
+    @staticmethod
+    def _entry(job: InFlight) -> LedgerEntry:
         sub, p = job.submit, job.placement
-        entry = LedgerEntry(
+        total = len(sub.prompt_token_ids) + sub.sampling.max_tokens
+        return LedgerEntry(
             sub.request_id, sub.tenant, p.prefill, p.decode, job.attempt,
             len(sub.prompt_token_ids), total,
         )  # fmt: skip
-        return await self._record(entry)

@@ -60,15 +60,16 @@ class Ledger:
         self.key = redis_prefix + LEDGER_SUFFIX
         self._recorded: set[str] = set()  # ids this leader wrote and has not dropped yet
 
-    async def record(self, entry: LedgerEntry) -> bool:
-        """Write ``entry``; False when Redis could not be reached (the leader goes on: nobody
-        else can take the lease then either).  ``LeaseLost`` propagates: the caller stops."""
+    async def record(self, entries: list[LedgerEntry]) -> bool:
+        """Write ``entries`` (a dispatch round's) in one fenced write; False when Redis could not
+        be reached (the leader goes on: nobody else can take the lease then either).
+        ``LeaseLost`` propagates: the caller stops."""
         try:
-            await self.fence.hash_update(self.key, {entry.request_id: entry.to_json()})
+            await self.fence.hash_update(self.key, {e.request_id: e.to_json() for e in entries})
         except RedisError as e:
-            log.warning("ledger entry for %s not written (Redis: %s)", entry.request_id, e)
+            log.warning("%d ledger entries not written (Redis: %s)", len(entries), e)
             return False
-        self._recorded.add(entry.request_id)
+        self._recorded.update(e.request_id for e in entries)
         return True
 
     def adopt(self, request_ids: Iterable[str]) -> None:

@@ -273,13 +273,13 @@ class SchedulerService:
     def stalled(self) -> SubmitRequest | None:
         return self.dispatcher.stalled
 
-    async def _record(self, entry: LedgerEntry) -> bool:
-        """Write-ahead: the placement reaches the ledger before the assignment leaves, so a
-        successor knows who runs it.  False: this replica no longer leads (publish nothing)."""
+    async def _record(self, entries: list[LedgerEntry]) -> bool:
+        """Write-ahead: placements reach the ledger before their assignments leave, so a
+        successor knows who runs them.  False: this replica no longer leads (publish nothing)."""
         if self.replica is None:
             return True
         try:
-            await self.replica.ledger.record(entry)
+            await self.replica.ledger.record(entries)
         except LeaseLost as e:
             await self.replica.deposed(str(e))
             return False
