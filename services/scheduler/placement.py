@@ -4,8 +4,8 @@ Per role it walks at most ``SCAN`` workers in load order (the registry's lazy he
 ``worker_index.RoleIndex``), looks at the holders of the prompt's first prefix block (at most
 ``prefix_affinity.HOLDERS``) and at the workers holding the adapter (all of them up to
 ``ADAPTER_EXACT``, else a power-of-two-choices sample of ``ADAPTER_SAMPLE``).  So a decision is
-O(log W + SCAN + HOLDERS x log(prompt blocks)) (``prefix_affinity.leading_run``).  Below those bounds it chooses exactly as the scan it
-replaced (``placement_scan.py``).  The common case (the least loaded worker is at the top of its
+O(log W + SCAN + HOLDERS x log(prompt blocks)) (``prefix_affinity.leading_run``).  Below those
+bounds it chooses exactly as the scan it replaced (``placement_scan.py``).  The common case (the least loaded worker is at the top of its
 heap with room, and a holder of the prompt's first block holds some of it) is decided in one pass
 over those holders (``_prefix_holder``); it chooses as the full path does
 (``tests/scheduler/test_placement_index.py``).  Pure Python; it reads the registry's indexes,
