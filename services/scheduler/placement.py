@@ -257,7 +257,7 @@ class Placer:
             entry = heappop(heap)
             load, wid = entry
             w = workers.get(wid)
-            if w is None or w.hb.role != role or not w.placeable:
+            if w is None or w.role != role or not w.placeable:
                 continue  # stale: dropped
             if w.load != load:
                 if w.load > load:  # a commit raised it since: renewed (met again in load order)
@@ -269,7 +269,7 @@ class Placer:
             kept.append(entry)
             if load >= 1.0 or (least is not None and load > least + self.prefix_balance):
                 break  # sorted by load: nobody further has a batch slot / is in the window
-            if w.has_room(blocks_for(tokens, w.hb.block_size)):
+            if w.has_room(blocks_for(tokens, w.block_size)):
                 if least is None:
                     least = load
                 got.append(w)
@@ -284,12 +284,12 @@ class Placer:
         while free:
             debt, wid = free[0]
             w = workers.get(wid)
-            if w is None or w.hb.role != role or not w.placeable:
+            if w is None or w.role != role or not w.placeable:
                 heappop(free)
             elif (now := w.committed - w.hb.total_blocks) != debt:
                 heappop(free)
                 if now > debt:  # a commit raised it since: renewed
                     heappush(free, (now, wid))
             else:
-                return ([w] if w.has_room(blocks_for(tokens, w.hb.block_size)) else []), False
+                return ([w] if w.has_room(blocks_for(tokens, w.block_size)) else []), False
         return [], False
