@@ -46,9 +46,13 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['p
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# 3) the project itself (a regular, non-editable install; .dockerignore keeps the context small).
+# 3) the project itself (a regular, non-editable install; .dockerignore keeps the context small),
+#    then the scheduler's hot modules compiled with mypyc next to it (tooling/build_native.py;
+#    mypy is only needed for that, so it leaves again).
 COPY . .
-RUN pip install ".[triton]" \
+RUN pip install ".[triton,native]" \
+    && python -m loraplex.tooling.build_native --quiet \
+    && pip uninstall -y -q mypy \
     && cd / && rm -rf /src
 
 # Run as an unprivileged user (uid 10001; the chart's securityContext names the same uid); its

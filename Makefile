@@ -7,6 +7,10 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.loraplex-installed
+# The scheduler's hot modules compiled with mypyc (tooling/build_native.py), rebuilt when they
+# change; where it cannot be built (no C compiler) the scheduler runs interpreted, only slower.
+NATIVE_STAMP := shared/loraplex/_native/manifest.json
+NATIVE_SOURCES := $(wildcard services/scheduler/*.py services/scheduler/policies/*.py)
 PYTEST_ARGS ?=
 
 .PHONY: setup test up lint format bench clean
@@ -16,10 +20,14 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	PY=$(PY) TORCH_SPEC="$(TORCH_SPEC)" TORCH_INDEX="$(TORCH_INDEX)" ./scripts/install-torch.sh
-	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pip install -q -e '.[test,bench,native]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+$(NATIVE_STAMP): $(STAMP) $(NATIVE_SOURCES)
+	$(PY) -m loraplex.tooling.build_native --quiet \
+		|| echo "note: the scheduler's compiled core was not built; it runs interpreted" >&2
+
+setup: $(STAMP) $(NATIVE_STAMP)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -45,4 +53,4 @@ bench: setup
 	$(PY) bench/scheduler.py --write-docs
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info shared/loraplex/_native

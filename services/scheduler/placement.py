@@ -47,8 +47,12 @@ class Placer:
         holders: dict[tuple[str, str], SampleSet],
         prefix_balance: float,
         seed: int = 0,
+        *,
+        prefix_shortcut: bool = True,
     ) -> None:
         self.workers = workers
+        # False: always the full path (the reference the one-pass shortcut is tested against)
+        self.prefix_shortcut = prefix_shortcut
         self._roles = roles
         self._holders = holders
         self.prefix_balance = prefix_balance
@@ -96,7 +100,7 @@ class Placer:
         if idx is None or not idx.members:
             return None
         holders_of = getattr(cached_blocks, "holders", None)
-        if holders_of is not None:
+        if holders_of is not None and cached_blocks is not None and self.prefix_shortcut:
             best = self._prefix_holder(role, adapter, idx, tokens, cached_blocks, holders_of)
             if best is not None:
                 return best

@@ -166,6 +166,13 @@ PREFIX_CACHE_SCOPE = EnvVar(
     "same tenant's: no tenant can time or count another's prompts) or 'shared' (any, per adapter)",
 )
 
+NATIVE = EnvVar(
+    "LORAPLEX_NATIVE",
+    "auto",
+    "scheduler: 'auto' runs its hot modules compiled (mypyc, `python -m loraplex.tooling.build_native`)"
+    " when built for these sources, 'off' always interpreted",
+)
+
 REGISTRY: tuple[EnvVar, ...] = (
     DISABLE_TRITON,
     TRITON_ON_CPU,
@@ -204,6 +211,7 @@ REGISTRY: tuple[EnvVar, ...] = (
     SCHEDULER_METRICS_PORT,
     WORKER_METRICS_HOST,
     WORKER_METRICS_PORT,
+    NATIVE,
 )
 
 

@@ -179,13 +179,6 @@ def test_stale_heap_entries_are_compacted() -> None:
     assert len(idx.by_load) <= 64 + 2 * 10 and len(idx.by_free) <= 64 + 2 * 10
 
 
-class _FullPathOnly(Placer):
-    """The placer without its one-pass prefix-holder shortcut (the reference for it)."""
-
-    def _prefix_holder(self, *args: object) -> None:
-        return None
-
-
 @pytest.mark.parametrize("seed", [3, 11, 29])
 def test_prefix_holder_shortcut_chooses_as_the_full_path(seed: int) -> None:
     """Beyond the scan's bounds (200 workers, prefixes held by more than ``HOLDERS``): the
@@ -198,7 +191,10 @@ def test_prefix_holder_shortcut_chooses_as_the_full_path(seed: int) -> None:
         hb = WorkerHeartbeat(f"w{i:04d}", "both", 0, rng.choice([60, 400]), 16, 0, 0, 8, adapters)
         reg.heartbeat(hb, 0.0)
     reg._flush()
-    reference = _FullPathOnly(reg.workers, reg._roles, reg._holders, reg.prefix_balance, seed)
+    # the placer without its one-pass prefix-holder shortcut: the reference for it
+    reference = Placer(
+        reg.workers, reg._roles, reg._holders, reg.prefix_balance, seed, prefix_shortcut=False
+    )
     aff = PrefixAffinity()
     live: list[tuple[str, str]] = []
     shortcut = 0

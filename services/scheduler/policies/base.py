@@ -41,7 +41,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 SNAPSHOT_VERSION = 1
 
@@ -97,7 +97,7 @@ class FairnessPolicy(ABC):
     RPM they are the weighted service charged so far (observability only, never used to order).
     """
 
-    name: str = "base"
+    name: ClassVar[str] = "base"
 
     def __init__(
         self,

@@ -11,13 +11,14 @@ so ``pick`` is O(log n); ``linear.py`` keeps the scan it replaced as the referen
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import ClassVar
 
 from .backlog_heap import BacklogHeap, Key
 from .base import FairnessPolicy, QueuedRequest
 
 
 class FCFSPolicy(FairnessPolicy):
-    name = "fcfs"
+    name: ClassVar[str] = "fcfs"
 
     def __init__(
         self, weights: Mapping[str, float] | None = None, *, w_p: float = 1.0, w_q: float = 2.0

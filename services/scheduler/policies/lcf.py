@@ -9,11 +9,13 @@ its counter catches up, starving everyone else for that long.  Not fair; do not 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from .vtc import VTCPolicy
 
 
 class LCFPolicy(VTCPolicy):
     """VTC with ``lift = False``."""
 
-    name = "lcf"
-    lift = False
+    name: ClassVar[str] = "lcf"
+    lift: ClassVar[bool] = False

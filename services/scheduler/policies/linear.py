@@ -11,15 +11,17 @@ snapshots move between the two.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from .base import QueuedRequest
 from .fcfs import FCFSPolicy
 from .lcf import LCFPolicy
 from .vtc import VTCPolicy
 
 
-class _NoIndex:
-    """Turns the backlog heap's upkeep off (the scan needs none)."""
-
+class LinearVTCPolicy(VTCPolicy):
+    # The backlog heap's upkeep is off: the scan needs none.  (Written out in each class rather
+    # than mixed in: compiled classes, ``loraplex/native.py``, take one base.)
     def _head_changed(self, tenant: str) -> None:
         return None
 
@@ -29,8 +31,6 @@ class _NoIndex:
     def _reindex(self) -> None:
         return None
 
-
-class LinearVTCPolicy(_NoIndex, VTCPolicy):
     def pick(self, now: float) -> QueuedRequest | None:
         self._tick(now)
         best: tuple[float, int] | None = None
@@ -54,11 +54,22 @@ class LinearVTCPolicy(_NoIndex, VTCPolicy):
 
 
 class LinearLCFPolicy(LinearVTCPolicy):
-    name = LCFPolicy.name
-    lift = LCFPolicy.lift
+    name: ClassVar[str] = LCFPolicy.name
+    lift: ClassVar[bool] = LCFPolicy.lift
 
 
-class LinearFCFSPolicy(_NoIndex, FCFSPolicy):
+class LinearFCFSPolicy(FCFSPolicy):
+    # The backlog heap's upkeep is off: the scan needs none.  (Written out in each class rather
+    # than mixed in: compiled classes, ``loraplex/native.py``, take one base.)
+    def _head_changed(self, tenant: str) -> None:
+        return None
+
+    def _counter_changed(self, tenant: str) -> None:
+        return None
+
+    def _reindex(self) -> None:
+        return None
+
     def pick(self, now: float) -> QueuedRequest | None:
         self._tick(now)
         best: tuple[int, QueuedRequest] | None = None

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 from bisect import bisect_right, insort
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from .base import FairnessPolicy, QueuedRequest
 
 
 class RPMPolicy(FairnessPolicy):
-    name = "rpm"
+    name: ClassVar[str] = "rpm"
 
     def __init__(
         self,

@@ -39,7 +39,7 @@ replays random workloads through both).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from .backlog_heap import BacklogHeap, Key
 from .base import FairnessPolicy, QueuedRequest
@@ -48,8 +48,8 @@ from .base import FairnessPolicy, QueuedRequest
 class VTCPolicy(FairnessPolicy):
     """Weighted VTC.  ``lift=False`` gives LCF (see ``lcf.py``)."""
 
-    name = "vtc"
-    lift = True
+    name: ClassVar[str] = "vtc"
+    lift: ClassVar[bool] = True
 
     def __init__(
         self,
