@@ -27,9 +27,13 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,7 +44,7 @@ from common import (  # noqa: E402
     replace_doc_section,
     today,
 )
-from schedbench.cluster import Config, measure  # noqa: E402
+from schedbench.cluster import Config, Result, measure  # noqa: E402
 from schedbench.report import (  # noqa: E402
     ALL,
     SECTION,
@@ -91,6 +95,12 @@ def main() -> int:
     p.add_argument("--no-live", action="store_true")
     p.add_argument("--no-fairness", action="store_true")
     p.add_argument("--no-redis", action="store_true")
+    p.add_argument(
+        "--no-interpreted",
+        action="store_true",
+        help="compiled: skip re-running the target cell interpreted (LORAPLEX_NATIVE=off)",
+    )
+    p.add_argument("--json-out", help=argparse.SUPPRESS)  # the interpreted re-run's results
     p.add_argument("--quick", action="store_true", help="small grid, short runs (a smoke test)")
     p.add_argument("--write-docs", action="store_true")
     args = p.parse_args()
@@ -123,7 +133,8 @@ def main() -> int:
             fast, linear, build = runs[len(runs) // 2]
         sim.append((cfg, fast, linear))
         print(
-            f"{workers:>5} workers {tenants:>7} tenants {cfg.prompt_tokens:>5}-token prompts: "
+            f"{workers:>5} workers {tenants:>7} tenants {cfg.prompt_tokens:>5}-token prompts "
+            f"({fast.code}): "
             f"{fast.median_rate('prefix'):>9,.0f}/s"
             f" (mean {fast.rate_of(*ALL):,.0f}/s, policy {fast.median_rate('policy'):,.0f}/s)"
             f" p50 {fast.p50_us:.0f} µs p99 {fast.p99_us:.0f} µs | linear "
@@ -132,6 +143,14 @@ def main() -> int:
             flush=True,
         )
         gc.collect()
+    if args.json_out:
+        rows = [[asdict(c), asdict(f), asdict(lin)] for c, f, lin in sim]
+        Path(args.json_out).write_text(json.dumps({"sim": rows, "target_rates": target_rates}))
+        return 0
+    interpreted_rates: list[float] = []
+    if sim and sim[0][1].code == "compiled" and not args.no_interpreted:
+        rows, interpreted_rates = _interpreted(args, w_long, t_long)
+        sim += rows
     waited = (runqueue_seconds(os.getpid()) - wait0) / (time.perf_counter() - wall0)
     speed_after = python_speed_us()
 
@@ -173,13 +192,30 @@ def main() -> int:
         )
     if args.write_docs:
         box = (speed_before, speed_after, pressure, waited)
-        body = docs_body(args, sim, live, fairness, redis, box, target_rates)
+        body = docs_body(args, sim, live, fairness, redis, box, target_rates, interpreted_rates)
         replace_doc_section(SECTION, body)
         print(f"wrote '{SECTION}' to docs/benchmarks.md")
     return 0
 
 
-def docs_body(args, sim, live, fairness, redis, box, target_rates) -> str:  # type: ignore[no-untyped-def]
+def _interpreted(args, workers: int, tenants: int) -> tuple[list, list[float]]:  # type: ignore[no-untyped-def]
+    """The target cell again with the scheduler's modules interpreted (a child process with
+    ``LORAPLEX_NATIVE=off``): the compiled core's gain, side by side."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        cmd = [
+            sys.executable, __file__, "--workers", str(workers), "--tenants", str(tenants),
+            "--long-prompts", "", "--target-runs", str(args.target_runs),
+            "--fast-seconds", str(args.fast_seconds), "--linear-seconds", str(args.linear_seconds),
+            "--no-live", "--no-fairness", "--no-redis", "--json-out", str(out),
+        ]  # fmt: skip
+        subprocess.run(cmd, env={**os.environ, "LORAPLEX_NATIVE": "off"}, check=True)
+        data = json.loads(out.read_text())
+    rows = [(Config(**c), Result(**f), Result(**lin)) for c, f, lin in data["sim"]]
+    return rows, data["target_rates"]
+
+
+def docs_body(args, sim, live, fairness, redis, box, target_rates, interpreted_rates) -> str:  # type: ignore[no-untyped-def]
     speed_before, speed_after, pressure, waited = box
     cmd = "python bench/scheduler.py --write-docs" + (" --quick" if args.quick else "")
     parts = [
@@ -208,7 +244,11 @@ def docs_body(args, sim, live, fairness, redis, box, target_rates) -> str:  # ty
         "Linear: the scans this replaced (`policies/linear.py`, "
         "`placement_scan.py`), from the same state, stopped after "
         f"{args.linear_seconds:g} s; they decided the same requests in the same order "
-        "(checked by the bench).",
+        "(checked by the bench). *Code*: how the scheduler's modules ran: *compiled* is the "
+        "default wherever `make setup` could build them (the same sources compiled with mypyc: "
+        "`tooling/build_native.py`, `loraplex/native.py`; the linear scans compiled too), "
+        "*interpreted* is CPython on the sources (`LORAPLEX_NATIVE=off`, a child process of the "
+        "same run).",
         "",
         sim_table(sim),
         "",
@@ -220,6 +260,13 @@ def docs_body(args, sim, live, fairness, redis, box, target_rates) -> str:  # ty
             + " / ".join(f"{r:,.0f}" for r in target_rates)
             + " decisions/s."
             if len(target_rates) > 1
+            else ""
+        )
+        + (
+            " Interpreted, the same cell: "
+            + " / ".join(f"{r:,.0f}" for r in interpreted_rates)
+            + " decisions/s."
+            if interpreted_rates
             else ""
         ),
     ]

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import bisect
 import gc
-import pickle
 import random
 import time
 from array import array
 from dataclasses import dataclass
 
 from loraplex.kvcache.block_allocator import blocks_for
+from loraplex.native import is_compiled
 from loraplex.prefix_keys import prefix_keys
 from loraplex.protocol import WorkerHeartbeat
 from loraplex.scheduler.placement_scan import place_by_scan
@@ -76,6 +76,8 @@ class Result:
     # median µs the gateway spent hashing a prompt's prefix keys (sent in its SUBMIT; not the
     # scheduler's work, so in none of the parts above)
     gateway_keys_us: float = 0.0
+    # how the scheduler's modules ran: "compiled" (mypyc, loraplex/native.py) or "interpreted"
+    code: str = "interpreted"
 
     @property
     def per_s(self) -> float:
@@ -109,7 +111,7 @@ class Zipf:
 
 class Cluster:
     """Policy-independent state (registry, affinity, running requests, random streams) that the
-    fast and linear runs start from alike (a pickled copy)."""
+    fast and linear runs start from alike (built twice from the same seed)."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -278,33 +280,42 @@ def _run(
     }
     gateway = sorted(gateway)
     gc_stats["gateway_keys_us"] = gateway[len(gateway) // 2] / 1000 if gateway else 0.0
-    result = Result(impl, len(order), seconds, pct(0.5), pct(0.99), parts, medians, **gc_stats)
+    code = "compiled" if is_compiled("loraplex.scheduler.placement") else "interpreted"
+    result = Result(
+        impl, len(order), seconds, pct(0.5), pct(0.99), parts, medians, **gc_stats, code=code
+    )
     return result, order
+
+
+def _warmed(cfg: Config) -> tuple[Cluster, FairnessPolicy]:
+    """The cluster and its heap policy, every tenant backlogged, the cluster at 90 %."""
+    cluster = Cluster(cfg)
+    policy = make_policy("vtc", predict_output=True)
+    cluster.fill(policy)
+    _run(cluster, policy, False, 1e9, cluster.slots)  # warm-up
+    return cluster, policy
 
 
 def measure(
     cfg: Config, fast_s: float, linear_s: float, max_decisions: int = 200_000
 ) -> tuple[Result, Result, float]:
-    """Both implementations from the same warmed-up state: the cluster deep-copied, the linear
-    policy restored from the fast one's snapshot (enqueueing 100,000 tenants through its O(n)
+    """Both implementations from the same warmed-up state: the cluster built twice, the linear
+    policy restored from the warmed heap policy's snapshot (enqueueing 100,000 tenants through its O(n)
     lift would itself take minutes).  The linear run's decisions must be the fast run's first
     ones (same policy decisions; placement does not feed back into the policy).
     Returns (fast, linear, seconds spent building the state)."""
     t0 = time.perf_counter()
-    cluster = Cluster(cfg)
-    fast_policy = make_policy("vtc", predict_output=True)
-    cluster.fill(fast_policy)
-    _run(cluster, fast_policy, False, 1e9, cluster.slots)  # warm-up: the cluster at 90 %
-    # Held as bytes while the fast run runs: as objects, the copy would double what the garbage
-    # collector walks and inflate the fast run's GC pauses.
-    twin_state = pickle.dumps((fast_policy.snapshot(), cluster), pickle.HIGHEST_PROTOCOL)
+    cluster, fast_policy = _warmed(cfg)
     build = time.perf_counter() - t0
     fast, fast_order = _run(cluster, fast_policy, False, fast_s, max_decisions)
     del cluster, fast_policy
-    snap, twin = pickle.loads(twin_state)
-    del twin_state
+    # The same state again (the build is deterministic): rebuilt rather than copied, because
+    # the compiled core's classes do not pickle, and a copy held during the fast run would
+    # double what the garbage collector walks.
+    twin, warm_policy = _warmed(cfg)
     linear_policy = make_reference_policy("vtc", predict_output=True)
-    linear_policy.restore(snap)
+    linear_policy.restore(warm_policy.snapshot())
+    del warm_policy
     linear, linear_order = _run(twin, linear_policy, True, linear_s, len(fast_order))
     if fast_order[: len(linear_order)] != linear_order:
         raise AssertionError("the heap policy and the linear scan decided differently")

@@ -26,7 +26,7 @@ def is_target(cfg: Config) -> bool:
 
 def sim_table(rows: Sequence[tuple[Config, Result, Result]]) -> str:
     head = [
-        "workers", "tenants", "prompt", "policy /s", "+ placement /s", "**decisions/s**",
+        "workers", "tenants", "prompt", "code", "policy /s", "+ placement /s", "**decisions/s**",
         "decisions/s (mean)", "p50 µs", "p99 µs", "GC: full / longest ms / time",
         "linear: decisions/s", "(mean)", "p99 µs", "(timed)", "speed-up", "gateway µs",
     ]  # fmt: skip
@@ -36,7 +36,7 @@ def sim_table(rows: Sequence[tuple[Config, Result, Result]]) -> str:
         speed = f"{fast_all / lin_all:,.0f}x" if lin_all else "n/a"
         body.append(
             [
-                f"{cfg.workers:,}", f"{cfg.tenants:,}", f"{cfg.prompt_tokens:,}",
+                f"{cfg.workers:,}", f"{cfg.tenants:,}", f"{cfg.prompt_tokens:,}", f.code,
                 f"{f.median_rate('policy'):,.0f}",
                 f"{f.median_rate('placement'):,.0f}", f"**{fast_all:,.0f}**",
                 f"{f.rate_of(*ALL):,.0f}", f"{f.p50_us:.0f}", f"{f.p99_us:,.0f}",
