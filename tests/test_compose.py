@@ -256,9 +256,12 @@ def test_dockerfile_pins_torch_and_triton_to_a_tested_cuda_build() -> None:
     constraints = lines[constraint_at].split("=", 1)[1]
     assert f"> {constraints}" in lines[torch_at]
     project_at = next(
-        i for i, ln in enumerate(lines) if re.search(r"pip install \S*\.\[triton\]", ln)
+        i for i, ln in enumerate(lines) if re.search(r"pip install \S*\.\[triton[,\]]", ln)
     )
     assert torch_at < constraint_at < project_at, "torch first, then its pins, then the project"
+    # the scheduler's compiled core, built beside the installed sources (loraplex/native.py)
+    assert ".[triton,native]" in lines[project_at]
+    assert "python -m loraplex.tooling.build_native" in lines[project_at]
     assert re.fullmatch(r"\d+\.\d+\.\d+", args["TRITON_CPU_VERSION"]), "CPU image: triton pinned"
 
 

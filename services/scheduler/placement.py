@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from heapq import heappop, heappush
 
 from loraplex.kvcache.block_allocator import blocks_for
+from loraplex.scheduler.prefix_affinity import CachedBlocks
 from loraplex.scheduler.worker_index import RoleIndex, SampleSet
 from loraplex.scheduler.worker_state import WorkerState
 
@@ -100,8 +101,8 @@ class Placer:
         if idx is None or not idx.members:
             return None
         holders_of = getattr(cached_blocks, "holders", None)
-        if holders_of is not None and cached_blocks is not None and self.prefix_shortcut:
-            best = self._prefix_holder(role, adapter, idx, tokens, cached_blocks, holders_of)
+        if isinstance(cached_blocks, CachedBlocks) and self.prefix_shortcut:
+            best = self._prefix_holder(role, adapter, idx, tokens, cached_blocks)
             if best is not None:
                 return best
         fits, exact = self._walk(
@@ -140,8 +141,7 @@ class Placer:
         adapter: str | None,
         idx: RoleIndex,
         tokens: int,
-        cached_blocks: Callable[[WorkerState], int],
-        holders_of: Callable[[], list[str]],
+        cached_blocks: CachedBlocks,
     ) -> WorkerState | None:
         """The common case of ``_best`` with a prefix index, in one pass: when the least loaded
         worker is at the top of the load heap with room (nothing to pop), the holder of the most
@@ -167,10 +167,9 @@ class Placer:
             return None  # the walk looks further, or falls back to free blocks
         limit = load + self.prefix_balance
         resident = self._holders.get((role, adapter)) if adapter else None
-        held = cached_blocks.held  # type: ignore[attr-defined]
         best: WorkerState | None = None
         best_key: tuple = ()
-        for wid in holders_of():
+        for wid in cached_blocks.holders():
             w = workers.get(wid)
             if w is None:
                 continue
@@ -185,7 +184,7 @@ class Placer:
                 or -(-tokens // w.block_size) > w.free_blocks
             ):
                 continue
-            cached = held(wid)  # a holder: at least its first block
+            cached = cached_blocks.held(wid)  # a holder: at least its first block
             absent = (resident is None or wid not in resident) if adapter else False
             key = (-cached, absent, load, wid)
             if best is None or key < best_key:

@@ -211,9 +211,7 @@ def test_prefix_holder_shortcut_chooses_as_the_full_path(seed: int) -> None:
         view = aff.cached_blocks(adapter, prompt)
         total = len(prompt) + rng.randint(1, 300)
         got = reg.place(adapter, len(prompt), total, view)  # flushes the indexes first
-        taken = reg._placer._prefix_holder(
-            "both", adapter, reg._roles["both"], total, view, view.holders
-        )
+        taken = reg._placer._prefix_holder("both", adapter, reg._roles["both"], total, view)
         want = reference.place(adapter, len(prompt), total, view)
         assert got == want, f"step {step}: shortcut {got} != full path {want}"
         if taken is not None:
