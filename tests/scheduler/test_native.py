@@ -109,3 +109,23 @@ def test_compiled_decides_exactly_as_interpreted(seed: int) -> None:
         assert sum(d[0] == "wait" for d in decisions) > 50  # the cluster fills up: waits happen
         assert sum(len(d) > 2 and bool(d[2]) for d in decisions) > 20  # disaggregated too
         assert compiled[policy] == interpreted[policy], policy
+
+
+def test_compiled_per_request_records_stay_out_of_the_garbage_collector() -> None:
+    """A queued and a running request are the objects a busy scheduler holds by the hundred
+    thousand; compiled they are not tracked, so full collections do not walk them (a
+    ``deque`` entry ``(seq, request)`` then goes untracked too)."""
+    import gc
+
+    from loraplex.scheduler.policies.base import QueuedRequest, _Running
+
+    if not native.is_compiled("loraplex.scheduler.policies.base"):
+        pytest.skip(
+            "no compiled build of these sources here (python -m loraplex.tooling.build_native)"
+        )
+    queued = QueuedRequest("r1", "t1", 10, 20, 0.0, "a1")
+    entry = (1, queued)
+    gc.collect()
+    assert not gc.is_tracked(queued)
+    assert not gc.is_tracked(_Running("t1", 10, 20.0))
+    assert not gc.is_tracked(entry)

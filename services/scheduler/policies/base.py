@@ -43,10 +43,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
+from mypy_extensions import mypyc_attr
+
 SNAPSHOT_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)
+@mypyc_attr(acyclic=True)  # compiled: not tracked by the garbage collector (it holds no objects)
 class QueuedRequest:
     """One request as the policy sees it.  Set by the scheduler from the gateway's submit message.
 
@@ -72,6 +75,7 @@ class QueuedRequest:
 
 
 @dataclass(slots=True)
+@mypyc_attr(acyclic=True)  # compiled: not tracked by the garbage collector (it holds no objects)
 class _Running:
     """Charging state of an admitted request (token units, not cost units)."""
 
