@@ -76,8 +76,11 @@ def _stage(src: Path) -> tuple[list[str], dict[str, str]]:
 def build(out: Path = native.NATIVE_DIR, jobs: int | None = None, quiet: bool = False) -> dict:
     """Compile into ``out`` (replaced whole, the manifest written last); returns the manifest."""
     os.environ["LORAPLEX_NATIVE"] = "off"  # stage the sources, never an older build
-    from mypyc.build import mypycify  # imported late: only this tool needs mypy
-    from setuptools import Distribution
+    try:  # imported late: only this tool needs them
+        from mypyc.build import mypycify
+        from setuptools import Distribution
+    except ImportError as e:
+        raise SystemExit(f"cannot compile: {e} (pip install -e '.[native]')") from None
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="loraplex-native-") as tmp:
@@ -134,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(native.NATIVE_DIR, ignore_errors=True)
         print(f"removed {native.NATIVE_DIR}")
         return 0
-    manifest = build(jobs=args.jobs, quiet=args.quiet)
+    try:
+        manifest = build(jobs=args.jobs, quiet=args.quiet)
+    except Exception as e:  # a missing compiler or headers: say so in one line, keep the old build
+        print(f"the compiled core was not built: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     print(
         f"compiled {len(manifest['modules'])} scheduler modules into {native.NATIVE_DIR} "
         f"in {manifest['seconds']} s"

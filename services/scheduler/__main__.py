@@ -8,6 +8,7 @@ import sys
 
 from loraplex import env
 from loraplex.gc_heap import freeze_startup_heap
+from loraplex.native import is_compiled
 from loraplex.scheduler.http_status import start_scheduler_status
 from loraplex.scheduler.service import SchedulerService
 from loraplex.scheduler.settings import SchedulerSettings, build_parser, settings_from_args
@@ -26,7 +27,12 @@ async def serve(settings: SchedulerSettings) -> int:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    print(f"loraplex scheduler ready (fairness={settings.fairness})", flush=True)
+    # compiled or interpreted: ~1.5x in decisions/s (loraplex/native.py, docs/benchmarks.md)
+    code = "compiled" if is_compiled("loraplex.scheduler.placement") else "interpreted"
+    print(
+        f"loraplex scheduler ready (fairness={settings.fairness}, decision path {code})",
+        flush=True,
+    )
     waits = [asyncio.create_task(stop.wait()), asyncio.create_task(service.deposed.wait())]
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     for w in waits:

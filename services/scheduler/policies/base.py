@@ -258,7 +258,7 @@ class FairnessPolicy(ABC):
         self._last_left = state.get("last_left")
         self._queues, self._queued = {}, {}
         for tenant, entries in state.get("queues", {}).items():
-            q = deque((int(s), QueuedRequest.from_dict(r)) for s, r in entries)
+            q = deque([(int(s), QueuedRequest.from_dict(r)) for s, r in entries])
             if q:
                 self._queues[tenant] = q
                 self._queued.update((r.request_id, r) for _, r in q)
