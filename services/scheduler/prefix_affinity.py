@@ -72,7 +72,7 @@ class PrefixAffinity:
         self,
         adapter: str | None,
         tokens: Sequence[int],
-        keys: list[PrefixKey] | None = None,
+        keys: Sequence[PrefixKey] | None = None,
         salt: str = "",
     ) -> CachedBlocks:
         """For placement: how many leading blocks of this prompt a worker probably holds, and
@@ -152,7 +152,7 @@ class CachedBlocks:
         affinity: PrefixAffinity,
         adapter: str | None,
         tokens: Sequence[int],
-        keys: list[PrefixKey] | None = None,
+        keys: Sequence[PrefixKey] | None = None,
         salt: str = "",
     ):
         self._affinity = affinity
@@ -161,7 +161,7 @@ class CachedBlocks:
         self._tokens = tokens
         self._keys = keys
 
-    def keys(self) -> list[PrefixKey]:
+    def keys(self) -> Sequence[PrefixKey]:
         keys = self._keys
         if keys is None:
             keys = self._keys = prefix_keys(self._adapter, self._tokens, salt=self._salt)

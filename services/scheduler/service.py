@@ -30,6 +30,7 @@ from loraplex.protocol import (
 )
 from loraplex.scheduler.admission import refusal
 from loraplex.scheduler.dispatcher import Dispatcher
+from loraplex.scheduler.held_requests import held
 from loraplex.scheduler.leader import LeaseLost
 from loraplex.scheduler.ledger import LedgerEntry
 from loraplex.scheduler.metrics import SchedulerMetrics, scheduler_stats
@@ -169,7 +170,7 @@ class SchedulerService:
 
     # ---- gateway -> scheduler ----------------------------------------------------------------
     async def _serve_submit(self, sub: SubmitRequest) -> SubmitReply:
-        reply = await self._on_submit(sub)
+        reply = await self._on_submit(held(sub))  # held until it ends: its lists as tuples
         self.metrics.submitted(reply)
         return reply
 

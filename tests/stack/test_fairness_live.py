@@ -28,7 +28,10 @@ from tests.stack.conftest import launch
 from tests.stack.fairness_live_helpers import KEYS, base_model, client_for, watch_bus
 
 W_P, W_Q = 1.0, 2.0  # the scheduler's default cost weights
-IN_FLIGHT = {"A": 16, "B": 4}  # A sends 4x as many requests as B
+# A sends 4x as many requests as B; B keeps twice the cluster's 4 batch slots in flight, so it
+# stays backlogged (with 4, all of B's could run at once: B then had nothing queued while its
+# client sent the next ones, and a fast scheduler rightly gave the free slots to A)
+IN_FLIGHT = {"A": 32, "B": 8}
 PROMPT = list(range(100, 116))  # 16 prompt tokens for every request
 MAX_TOKENS = 32
 WARMUP = 8  # completions skipped before the measured window (queues filling up)
@@ -81,7 +84,7 @@ class Done:
 
 # ---- 1. fairness between two backlogged tenants ------------------------------------------------
 async def backlogged_run(stack: Stack) -> list[Done]:
-    """A keeps 16 requests in flight, B keeps 4, until WARMUP + WINDOW have completed."""
+    """A keeps 32 requests in flight, B keeps 8, until WARMUP + WINDOW have completed."""
     model = await base_model(stack)
     done: list[Done] = []
     enough = asyncio.Event()
