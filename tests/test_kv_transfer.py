@@ -26,6 +26,7 @@ from loraplex.protocol import (
     decode,
     encode,
 )
+from loraplex.terminal import serve_stream
 from loraplex.tooling.demo import write_demo_model
 from loraplex.tooling.servers import start_nats
 from loraplex.worker.kv_transfer import (
@@ -116,7 +117,7 @@ async def _run(
     async def on_progress(p: RequestProgress) -> None:
         progress.append(p)
 
-    await bus.subscribe(Subjects.stream("gw"), on_delta, (TokenDelta, RequestError))
+    await serve_stream(bus, "gw", on_delta)
     await bus.subscribe(Subjects.USAGE, on_progress, RequestProgress)
     for i, p in enumerate(prompts):
         sub = SubmitRequest(
@@ -252,7 +253,7 @@ def test_cancel_frees_blocks_of_a_running_request(demo, nats_url):
         async def on_delta(m: TokenDelta) -> None:
             first.set()
 
-        await bus.subscribe(Subjects.stream("gw-c"), on_delta, TokenDelta)
+        await serve_stream(bus, "gw-c", on_delta, TokenDelta)
         await bus.flush()
         sub = SubmitRequest(
             "long", "t", "gw-c", [5, 6, 7], SamplingParams(max_tokens=200, ignore_eos=True)

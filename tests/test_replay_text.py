@@ -17,7 +17,8 @@ from loraplex.engine.outputs import StepOutput
 from loraplex.gateway.generation import Generation
 from loraplex.gateway.metrics import GatewayMetrics
 from loraplex.gateway.streams import StreamMessage
-from loraplex.protocol import Subjects, SubmitRequest, TokenDelta
+from loraplex.protocol import SubmitRequest, TokenDelta
+from loraplex.terminal import serve_stream
 from loraplex.tooling.demo import write_demo_model
 from loraplex.worker.active import Active
 from loraplex.worker.publish import Publisher
@@ -50,7 +51,7 @@ async def _published(sub: SubmitRequest, req: Active, outs: list[StepOutput]) ->
     async def on_delta(m: TokenDelta) -> None:
         got.append(m)
 
-    await gateway.subscribe(Subjects.stream(sub.gateway_id), on_delta, TokenDelta)
+    await serve_stream(gateway, sub.gateway_id, on_delta, TokenDelta)
     publisher = Publisher(worker, "w")
     for out in outs:
         await publisher.tokens(req, out)

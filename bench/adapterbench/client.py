@@ -18,6 +18,7 @@ from loraplex.protocol import (
     TokenDelta,
 )
 from loraplex.sampling_params import SamplingParams
+from loraplex.terminal import serve_stream
 
 from .config import OWNER
 
@@ -33,7 +34,7 @@ class Client:
     errors: dict[str, RequestError] = field(default_factory=dict)
 
     async def start(self) -> None:
-        await self.bus.subscribe(Subjects.stream(self.id), self._on_msg, (TokenDelta, RequestError))
+        await serve_stream(self.bus, self.id, self._on_msg)
         # nats-py writes flush()'s PING ahead of a SUB still queued: a second PING follows the SUB
         await self.bus.flush()
         await self.bus.flush()

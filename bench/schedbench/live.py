@@ -38,6 +38,7 @@ from loraplex.protocol import (
     WorkerHeartbeat,
 )
 from loraplex.sampling_params import SamplingParams
+from loraplex.terminal import serve_stream
 from loraplex.tooling.ports import free_port
 from loraplex.tooling.servers import start_nats, start_redis
 
@@ -194,7 +195,7 @@ async def _nats_path(
         if fut is not None and not fut.done():
             fut.set_result(None)
 
-    await bus.subscribe(Subjects.stream(gw), on_delta, TokenDelta)
+    await serve_stream(bus, gw, on_delta, TokenDelta)
     await bus.flush()
     counter = iter(range(1 << 62))
     done = errors = 0

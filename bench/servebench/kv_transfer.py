@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from loraplex.terminal import serve_stream
 from loraplex.tooling.servers import start_nats
 
 RAW_SUBJECT = "loraplex.bench.raw"
@@ -154,7 +155,7 @@ async def kv_vs_raw(
                     RuntimeError(f"hand-over of {msg.request_id} failed: {msg.message}")
                 )
 
-        await listener.subscribe(Subjects.stream("kvbench"), on_delta, TokenDelta)
+        await serve_stream(listener, "kvbench", on_delta, TokenDelta)
         await listener.subscribe(Subjects.USAGE, on_progress, RequestProgress)
         await listener.flush()
 

@@ -29,8 +29,9 @@ from loraplex.gateway.routes.adapters import adapter_router
 from loraplex.gateway.service import GatewayService
 from loraplex.gateway.settings import GatewaySettings
 from loraplex.gateway.streams import StreamRouter
-from loraplex.protocol import RequestError, SchedulerStats, Subjects, TokenDelta
+from loraplex.protocol import SchedulerStats, Subjects
 from loraplex.tenants import Tenants, load_tenants
+from loraplex.terminal import serve_stream
 from loraplex.text.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 )
             bus = await Bus.connect(settings.nats_url, name=f"gateway-{settings.gateway_id}")
             stack.push_async_callback(bus.close)
-            await bus.subscribe(
-                Subjects.stream(settings.gateway_id), streams.dispatch, (TokenDelta, RequestError)
-            )
+            # A request's last message comes as a request: acknowledged (loraplex.terminal).
+            await serve_stream(bus, settings.gateway_id, streams.dispatch)
             # The scheduler's broadcast says whether any worker set can serve: /ready.
             await bus.subscribe(Subjects.STATS, capacity.on_stats, SchedulerStats)
             store = None
@@ -87,7 +87,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 log.info(
                     "adapter-store ready on %s:%d (in the gateway)", settings.host, settings.port
                 )
-            app.state.service = GatewayService(settings, bus, streams, tokenizer, store, metrics)
+            app.state.service = service = GatewayService(
+                settings, bus, streams, tokenizer, store, metrics
+            )
+            # From the start, so the leader is known before the first request.
+            await service.resubmitter.ensure_subscribed()
             mode = "open mode" if tenants.open_mode else f"{len(tenants.tenants)} tenants"
             log.info(
                 "gateway %s serving %r (%s, adapters %s)",

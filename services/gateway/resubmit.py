@@ -38,7 +38,9 @@ class Resubmitter:
         self.bus = bus
         self.router = router
         self.timeout_s = timeout_s
-        self.open: dict[str, tuple[SubmitRequest, Callable[[], int]]] = {}
+        # request id -> (its SUBMIT, tokens streamed so far, the epoch of the leader that accepted
+        # it: 0 until accepted)
+        self.open: dict[str, tuple[SubmitRequest, Callable[[], int], int]] = {}
         self.epoch = 0
         self.leader_heard_at: float | None = None  # monotonic
         self.resubmitted = 0  # requests sent again (metrics, tests)
@@ -57,13 +59,13 @@ class Resubmitter:
             log.warning("cannot listen to scheduler leader announcements: %s", e)
 
     def track(self, sub: SubmitRequest) -> None:
-        self.open[sub.request_id] = (sub, lambda: 0)
+        self.open[sub.request_id] = (sub, lambda: 0, 0)
 
-    def attach(self, request_id: str, tokens: Callable[[], int]) -> None:
-        """Once accepted: how to read the tokens streamed so far."""
+    def attach(self, request_id: str, tokens: Callable[[], int], epoch: int = 0) -> None:
+        """Once accepted (by the leader of ``epoch``): how to read the tokens streamed so far."""
         entry = self.open.get(request_id)
         if entry is not None:
-            self.open[request_id] = (entry[0], tokens)
+            self.open[request_id] = (entry[0], tokens, epoch)
 
     def forget(self, request_id: str) -> None:
         self.open.pop(request_id, None)
@@ -96,10 +98,13 @@ class Resubmitter:
         if a.epoch <= self.epoch:
             return
         self.epoch = a.epoch
-        if self.open:
+        # Not those this leader accepted itself (a gateway's first announcement comes after
+        # its first requests were accepted by the leader it announces).
+        stale = [rid for rid, (_, _, epoch) in self.open.items() if epoch < a.epoch]
+        if stale:
             log.info("scheduler leader %s (epoch %d): resubmitting %d requests",
-                     a.scheduler_id, a.epoch, len(self.open))  # fmt: skip
-            task = asyncio.create_task(self._resubmit_all(list(self.open)))
+                     a.scheduler_id, a.epoch, len(stale))  # fmt: skip
+            task = asyncio.create_task(self._resubmit_all(stale))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -116,7 +121,7 @@ class Resubmitter:
         entry = self.open.get(request_id)
         if entry is None:
             return  # finished meanwhile
-        sub, tokens = entry
+        sub, tokens, _ = entry
         msg = dataclasses.replace(sub, resubmit=True, tokens_received=tokens())
         try:
             reply = await self.submit(msg)
@@ -124,5 +129,7 @@ class Resubmitter:
             log.warning("resubmission of %s failed: %s", request_id, e)
             return
         self.resubmitted += 1
+        if reply.accepted and request_id in self.open:
+            self.open[request_id] = (sub, tokens, reply.epoch)
         if not reply.accepted and request_id in self.open:
             await self.router.dispatch(RequestError(request_id, reply.code, reply.message))

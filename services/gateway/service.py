@@ -172,7 +172,7 @@ class GatewayService:
             arrival=p.arrival,
             echo=p.echo,
         )
-        self.resubmitter.attach(p.request_id, lambda: gen.completion_tokens)
+        self.resubmitter.attach(p.request_id, lambda: gen.completion_tokens, reply.epoch)
         return gen
 
     async def start_choices(

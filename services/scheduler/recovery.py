@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 CANCELLED_MEMORY_S = 60.0  # how long a cancelled request id is remembered
 
 Publish = Callable[[str, Message], Awaitable[None]]
+Deliver = Callable[[str, RequestError], None]  # a request's last message: at least once
 
 
 @dataclass
@@ -101,6 +102,7 @@ class Recovery:
         retry: list[InFlight],
         cancelled: dict[str, float],
         publish: Publish,
+        deliver: Deliver,
         counters_changed: Callable[[], None],
     ) -> None:
         self.s = settings
@@ -111,6 +113,7 @@ class Recovery:
         self.retry = retry
         self.cancelled = cancelled
         self.publish = publish
+        self.deliver = deliver
         self.counters_changed = counters_changed
         self.unservable_since: float | None = None
         self.migrated = 0  # requests placed again after tokens had streamed
@@ -248,8 +251,7 @@ class Recovery:
         self.counters_changed()
 
     async def _publish_error(self, sub: SubmitRequest, message: str) -> None:
-        err = RequestError(sub.request_id, 503, message)
-        await self.publish(Subjects.stream(sub.gateway_id), err)
+        self.deliver(sub.gateway_id, RequestError(sub.request_id, 503, message))
 
     def forget_cancelled(self, now: float) -> None:
         """Forget request ids cancelled more than ``CANCELLED_MEMORY_S`` ago."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -43,6 +44,7 @@ from loraplex.scheduler.settings import SchedulerSettings
 from loraplex.scheduler.takeover import Takeover
 from loraplex.scheduler.worker_state import WorkerState
 from loraplex.scheduler.workers import WorkerRegistry
+from loraplex.terminal import TerminalSender
 from loraplex.timeouts import wait_for
 
 log = logging.getLogger(__name__)
@@ -86,8 +88,10 @@ class SchedulerService:
             retry=self.retry,
             cancelled=self.cancelled,
             publish=self._publish,
+            deliver=self._deliver,
             counters_changed=self._counters_changed,
         )
+        self.terminal: TerminalSender | None = None  # with the bus
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._counters_dirty = False
@@ -111,6 +115,7 @@ class SchedulerService:
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self.bus = await Bus.connect(self.s.nats_url, "scheduler")
+        self.terminal = TerminalSender(self.bus)
         # Standbys listen too: a warm worker registry and the cancels of the failover gap.
         await self.bus.subscribe(Subjects.CANCEL, self._on_cancel, CancelRequest)
         await self.bus.subscribe(Subjects.HEARTBEAT, self._on_heartbeat, WorkerHeartbeat)
@@ -144,6 +149,8 @@ class SchedulerService:
             await self._save_counters()
         if self.replica is not None:
             await self.replica.stop()
+        if self.terminal is not None:  # errors still on their way to gateways
+            await self.terminal.close(wait_s=2.0)
         if self.bus is not None:
             await self.bus.close()
 
@@ -172,6 +179,8 @@ class SchedulerService:
     async def _serve_submit(self, sub: SubmitRequest) -> SubmitReply:
         reply = await self._on_submit(held(sub))  # held until it ends: its lists as tuples
         self.metrics.submitted(reply)
+        if reply.accepted and self.epoch:
+            reply = dataclasses.replace(reply, epoch=self.epoch)
         return reply
 
     async def _on_submit(self, sub: SubmitRequest) -> SubmitReply:
@@ -209,7 +218,7 @@ class SchedulerService:
         self.takeover.settle(rid)
         if sub.tokens_received > 0:  # streamed, and no longer placed: it finished or was lost
             msg = "the request was lost in a scheduler failover; try again"
-            await self._publish(Subjects.stream(sub.gateway_id), RequestError(rid, 503, msg))
+            self._deliver(sub.gateway_id, RequestError(rid, 503, msg))
             return SubmitReply(rid, True)
         return None
 
@@ -389,3 +398,8 @@ class SchedulerService:
     async def _publish(self, subject: str, msg: Message) -> None:
         assert self.bus is not None
         await self.bus.publish(subject, msg)
+
+    def _deliver(self, gateway_id: str, msg: RequestError) -> None:
+        """A request's last message to its gateway, sent until acknowledged (``terminal``)."""
+        assert self.terminal is not None
+        self.terminal.send(gateway_id, msg)

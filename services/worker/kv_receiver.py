@@ -106,11 +106,21 @@ class KVReceiver:
         if not await self._prep.compile_grammar(req, report=False):
             return KVReply(rid, False, "structured output does not compile here")
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        cached = 0
+        cached, refusal = 0, "no free KV blocks"
 
         def reserve() -> None:
-            nonlocal cached
+            nonlocal cached, refusal
             engine = self._engine
+            if rid in self.pending:
+                # The same request again: the scheduler re-dispatched it after its hand-over
+                # failed half-way (chunks or the reply lost).  The new one replaces the old.
+                log.info("K/V hand-over of %s begins again; dropping the partial one", rid)
+                self.cancel(rid)
+                self._table.release(rid)
+            elif rid in self._table.active:
+                refusal = "the request already runs here"
+                done.set_result(False)
+                return
             if begin.accepts_prefix:
                 lora = r.key if r is not None else None  # type: ignore[union-attr]
                 tokens = begin.request.prompt_token_ids + begin.generated  # K/V cover both
@@ -134,7 +144,7 @@ class KVReceiver:
 
         self._inbox.submit(reserve)
         ok = await done
-        return KVReply(rid, ok, "" if ok else "no free KV blocks", cached_blocks=cached)
+        return KVReply(rid, ok, "" if ok else refusal, cached_blocks=cached)
 
     def _chunk(self, chunk: KVChunk) -> None:
         entry = self.pending.get(chunk.request_id)

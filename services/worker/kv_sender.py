@@ -88,7 +88,7 @@ class KVSender:
             chunks = split(data, size)
             for i, chunk in enumerate(chunks):
                 await bus.publish(subject, KVChunk(sub.request_id, i, chunk))
-            await bus.flush()
+            await self._flush(sub.request_id)
             sent = True
             if self._metrics is not None:
                 self._metrics.handover_sent(len(data), time.perf_counter() - t0)
@@ -109,3 +109,14 @@ class KVSender:
             if not sent and self._metrics is not None:
                 self._metrics.handover_failed()
             self._inbox.submit(lambda: self._table.release(sub.request_id))
+
+    async def _flush(self, request_id: str) -> None:
+        """Push the chunks out (back-pressure, and an honest hand-over time).  A flush that times
+        out is not a failed hand-over: nats-py loses a flush's PING when its connection drops
+        but sends the buffered chunks after reconnecting, so they may well arrive.  If they do
+        not, the decode worker's transfer expires and fails the request (``kv_receiver``);
+        failing it here too would re-dispatch a request that may be decoding already."""
+        try:
+            await self._bus.flush()
+        except Exception as e:
+            log.warning("K/V chunks of %s sent, unconfirmed: %r", request_id, e)

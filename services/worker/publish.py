@@ -6,16 +6,19 @@ from __future__ import annotations
 from loraplex.bus import Bus
 from loraplex.engine.outputs import StepOutput
 from loraplex.protocol import RequestError, RequestProgress, Subjects, TokenDelta
+from loraplex.terminal import TerminalSender
 from loraplex.worker.active import Active
 
 
 class Publisher:
     """Owns the subjects a worker reports requests on: ``Subjects.stream(gateway)`` for tokens
-    and errors, ``Subjects.USAGE`` for progress (signed with ``worker_id``)."""
+    and errors, ``Subjects.USAGE`` for progress (signed with ``worker_id``).  A request's last
+    message to its gateway (final delta, error) is delivered at least once (``terminal``)."""
 
     def __init__(self, bus: Bus, worker_id: str) -> None:
         self._bus = bus
         self._id = worker_id
+        self.terminal = TerminalSender(bus)
 
     async def tokens(self, req: Active, out: StepOutput) -> None:
         """One step's new tokens of ``req`` to its gateway, counted into ``req.generated``, and
@@ -44,22 +47,23 @@ class Publisher:
                     text_start=0,
                 ),
             )
-        await self._bus.publish(
-            Subjects.stream(sub.gateway_id),
-            TokenDelta(
-                sub.request_id,
-                out.new_token_ids,
-                out.new_text,
-                out.finish_reason,
-                prompt_tokens=len(sub.prompt_token_ids),
-                completion_tokens=req.generated,
-                logprobs=out.logprobs,
-                prompt_logprobs=out.prompt_logprobs,
-                cached_tokens=req.cached_tokens,
-                text_start=out.text_start,
-                full_text=out.full_text,
-            ),
+        delta = TokenDelta(
+            sub.request_id,
+            out.new_token_ids,
+            out.new_text,
+            out.finish_reason,
+            prompt_tokens=len(sub.prompt_token_ids),
+            completion_tokens=req.generated,
+            logprobs=out.logprobs,
+            prompt_logprobs=out.prompt_logprobs,
+            cached_tokens=req.cached_tokens,
+            text_start=out.text_start,
+            full_text=out.full_text,
         )
+        if out.finished:
+            self.terminal.send(sub.gateway_id, delta)
+        else:
+            await self._bus.publish(Subjects.stream(sub.gateway_id), delta)
 
     async def progress(
         self,
@@ -95,8 +99,6 @@ class Publisher:
         (``suspect``: the peer worker to blame, which the scheduler avoids for the retry)."""
         if not retryable:
             sub = req.submit
-            await self._bus.publish(
-                Subjects.stream(sub.gateway_id), RequestError(sub.request_id, code, message)
-            )
+            self.terminal.send(sub.gateway_id, RequestError(sub.request_id, code, message))
         event = "failed" if retryable else "error"
         await self.progress(req, event, message=message, suspect=suspect)

@@ -146,6 +146,8 @@ class Worker:
             t.cancel()
         if self.kv is not None:
             self.kv.stop()
+        if self.publisher is not None:  # last messages still on their way to gateways
+            await self.publisher.terminal.close(wait_s=2.0)
         if self.bus is not None:
             await self.bus.close()
 

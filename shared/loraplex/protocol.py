@@ -52,7 +52,9 @@ class Subjects:
 
     @staticmethod
     def stream(gateway_id: str) -> str:
-        """workers -> the gateway that owns a request: TokenDelta, RequestError."""
+        """workers (and the scheduler) -> the gateway that owns a request: TokenDelta,
+        RequestError.  A request's last message (its final delta, or its error) is sent as a
+        request the gateway answers with ``StreamAck``, and sent again until it is answered."""
         return f"loraplex.stream.{gateway_id}"
 
 
@@ -91,6 +93,9 @@ class SubmitReply(Message):
     accepted: bool
     code: int = 200  # 429 queue full, 503 no worker can serve
     message: str = ""
+    # The accepting leader's lease epoch (0 without replicas): a gateway resubmits a request
+    # when it hears a newer leader, not one that accepted it already.
+    epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,15 @@ class RequestError(Message):
     request_id: str
     code: int
     message: str
+
+
+@dataclass(frozen=True)
+class StreamAck(Message):
+    """gateway -> sender: the last message of ``request_id`` arrived (the reply to a final
+    ``TokenDelta`` or a ``RequestError`` sent as a request: ``loraplex.terminal``)."""
+
+    TAG: ClassVar[str] = "stream_ack"
+    request_id: str
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from loraplex.protocol import (
     TokenDelta,
 )
 from loraplex.tenants import Tenant
+from loraplex.terminal import serve_stream
 from loraplex.tooling.demo import ALL_MODULES, ATTN_MODULES, MLP_MODULES, DemoModelInfo
 from loraplex.worker.main import make_engine, make_fetch
 from loraplex.worker.runtime import Worker
@@ -95,7 +96,7 @@ class Gateway:
     done: dict[str, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
 
     async def start(self) -> None:
-        await self.bus.subscribe(Subjects.stream(self.id), self._on_msg, (TokenDelta, RequestError))
+        await serve_stream(self.bus, self.id, self._on_msg)
         await flush_subscriptions(self.bus)
 
     async def _on_msg(self, msg: TokenDelta | RequestError) -> None:

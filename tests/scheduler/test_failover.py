@@ -26,6 +26,7 @@ from loraplex.protocol import (
 from loraplex.sampling_params import SamplingParams
 from loraplex.scheduler.service import SchedulerService
 from loraplex.scheduler.settings import SchedulerSettings
+from loraplex.terminal import serve_stream
 from tests.scheduler.waiting import until as _until
 
 
@@ -99,7 +100,7 @@ class Harness:
         async def on_error(m: RequestError) -> None:
             self.errors.append(m)
 
-        await self.bus.subscribe(Subjects.stream("gw"), on_error, RequestError)
+        await serve_stream(self.bus, "gw", on_error, RequestError)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -23,6 +23,7 @@ from loraplex.sampling_params import SamplingParams
 from loraplex.scheduler.migration import TokenLog
 from loraplex.scheduler.service import SchedulerService
 from loraplex.scheduler.settings import SchedulerSettings
+from loraplex.terminal import serve_stream
 from tests.scheduler.waiting import until
 
 
@@ -106,7 +107,7 @@ async def _setup(nats_url: str, n: int, max_attempts: int):  # type: ignore[no-u
     async def on_error(m: RequestError) -> None:
         errors.append(m)
 
-    await bus.subscribe(Subjects.stream("gw"), on_error, RequestError)
+    await serve_stream(bus, "gw", on_error, RequestError)
     await bus.flush()
     await until(lambda: len(service.registry.workers) == n)
     return service, bus, workers, errors

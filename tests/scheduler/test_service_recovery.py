@@ -21,6 +21,7 @@ from loraplex.protocol import (
 from loraplex.sampling_params import SamplingParams
 from loraplex.scheduler.service import SchedulerService
 from loraplex.scheduler.settings import SchedulerSettings
+from loraplex.terminal import serve_stream
 from tests.scheduler.waiting import until as _until
 
 
@@ -74,7 +75,7 @@ def test_failures_before_a_token_are_redispatched_and_dead_workers_recovered(nat
         async def on_error(m: RequestError) -> None:
             errors.append(m)
 
-        await bus.subscribe(Subjects.stream("gw"), on_error, RequestError)
+        await serve_stream(bus, "gw", on_error, RequestError)
         await bus.flush()
         await _until(lambda: service.registry.can_serve())
 

@@ -34,6 +34,7 @@ from loraplex.protocol import (
 )
 from loraplex.sampling_params import SamplingParams
 from loraplex.scheduler.settings import build_parser
+from loraplex.terminal import serve_stream
 
 
 def token_of(request_id: str, index: int) -> int:
@@ -129,7 +130,7 @@ class FakeGateway:
         self._readers: list[asyncio.Task] = []
 
     async def start(self) -> None:
-        await self.bus.subscribe(Subjects.stream(self.id), self.router.dispatch)
+        await serve_stream(self.bus, self.id, self.router.dispatch)
         await self.resubmitter.ensure_subscribed()
 
     async def submit(self, rid: str, tenant: str, prompt: int, tokens: int) -> None:
@@ -141,7 +142,7 @@ class FakeGateway:
         reply = await self.resubmitter.submit(sub)
         assert reply.accepted, reply
         s = self.streams[rid] = Stream(tenant)
-        self.resubmitter.attach(rid, lambda: len(s.tokens))
+        self.resubmitter.attach(rid, lambda: len(s.tokens), reply.epoch)
         self._readers.append(asyncio.create_task(self._read(rid, queue, s)))
 
     async def _read(self, rid: str, queue: asyncio.Queue, s: Stream) -> None:

@@ -30,6 +30,7 @@ from loraplex.protocol import (
     SubmitRequest,
     TokenDelta,
 )
+from loraplex.terminal import serve_stream
 from loraplex.tooling.demo import write_demo_model
 from loraplex.worker.main import make_engine
 from loraplex.worker.runtime import MAX_FAILED_STEPS_IN_A_ROW, Worker
@@ -84,9 +85,7 @@ class Client:
     progress: dict[str, list[str]] = field(default_factory=dict)
 
     async def start(self) -> None:
-        await self.bus.subscribe(
-            Subjects.stream(self.gateway), self._on_stream, (TokenDelta, RequestError)
-        )
+        await serve_stream(self.bus, self.gateway, self._on_stream)
         await self.bus.subscribe(Subjects.USAGE, self._on_progress, RequestProgress)
         await flush_subscriptions(self.bus)
 

@@ -1,0 +1,101 @@
+"""A request's last message to its gateway, delivered at least once.
+
+Core NATS delivers at most once: a message crossing a cluster node that dies is lost.  A lost
+middle delta is repaired by the last one (``TokenDelta.full_text``), but a lost *last* message (the
+final delta, or a ``RequestError``) would leave the client waiting until its own timeout.  So the
+last message goes as a request on ``Subjects.stream(gateway)``, which the gateway answers with
+``StreamAck``, and is sent again until it is answered (``serve_stream`` is the gateway's side).  A
+copy that arrives twice is harmless: the gateway has closed the request and drops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from loraplex.bus import NoRespondersError, TypedBus
+from loraplex.codec import ProtocolError
+from loraplex.protocol import RequestError, StreamAck, Subjects, TokenDelta
+
+log = logging.getLogger(__name__)
+
+ATTEMPT_S = 1.0  # one try: a gateway answers in milliseconds
+DELIVER_S = 15.0  # then give up: the gateway is gone (its clients with it)
+NO_RESPONDERS_GAP_S = 0.2  # a gateway reconnecting to another node resubscribes within this
+
+Terminal = TokenDelta | RequestError
+
+
+class TerminalSender:
+    """Sends last messages in the background (the caller never waits for a gateway)."""
+
+    def __init__(
+        self, bus: TypedBus, attempt_s: float = ATTEMPT_S, deliver_s: float = DELIVER_S
+    ) -> None:
+        self._bus = bus
+        self._attempt_s = attempt_s
+        self._deliver_s = deliver_s
+        self._tasks: set[asyncio.Task[bool]] = set()
+        self.retried = 0  # sends after the first (a lost message or a lost ack)
+        self.undelivered = 0  # given up on
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def send(self, gateway_id: str, msg: Terminal) -> None:
+        task = asyncio.get_running_loop().create_task(self.deliver(gateway_id, msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def deliver(self, gateway_id: str, msg: Terminal) -> bool:
+        """Until the gateway acknowledges ``msg`` (True) or ``deliver_s`` passed (False)."""
+        subject = Subjects.stream(gateway_id)
+        deadline = time.monotonic() + self._deliver_s
+        tries = 0
+        while (left := deadline - time.monotonic()) > 0:
+            tries += 1
+            self.retried += tries > 1
+            try:
+                await self._bus.request(subject, msg, StreamAck, min(self._attempt_s, left))
+                return True
+            except ProtocolError:
+                return True  # something answered: it arrived
+            except NoRespondersError:
+                await asyncio.sleep(min(NO_RESPONDERS_GAP_S, max(0.0, left)))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a timeout, or the connection reconnecting: try again
+                log.debug("last message of %s not acknowledged yet: %r", msg.request_id, e)
+        self.undelivered += 1
+        log.warning("gave up delivering the last message of %s to gateway %s after %d tries",
+                    msg.request_id, gateway_id, tries)  # fmt: skip
+        return False
+
+    async def close(self, wait_s: float = 0.0) -> None:
+        """Give the messages on their way ``wait_s`` to be acknowledged, then stop retrying
+        (the service is shutting down)."""
+        tasks = list(self._tasks)
+        if tasks and wait_s > 0:
+            await asyncio.wait(tasks, timeout=wait_s)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def serve_stream(
+    bus: TypedBus,
+    gateway_id: str,
+    handler: Callable[[Any], Awaitable[None]],
+    expect: type[Terminal] | tuple[type[Terminal], ...] = (TokenDelta, RequestError),
+) -> object:
+    """Subscribe a gateway (or a test's stand-in) to its stream subject: each message goes to
+    ``handler``; one sent as a request (a request's last) is answered with ``StreamAck``."""
+
+    async def on_message(msg: Terminal) -> StreamAck:
+        await handler(msg)
+        return StreamAck(msg.request_id)
+
+    return await bus.serve(Subjects.stream(gateway_id), on_message, expect)

@@ -1,0 +1,56 @@
+"""Which open requests a gateway resubmits when it hears a leader (``gateway/resubmit.py``): those
+accepted by an older leader, or not accepted yet, never those the announced leader accepted itself.
+A gateway hears its first announcement after its first requests; it used to resubmit all of them
+to the leader that had just accepted them."""
+
+from __future__ import annotations
+
+import asyncio
+
+from loraplex import SamplingParams
+from loraplex.bus_memory import MemoryHub
+from loraplex.gateway.resubmit import Resubmitter
+from loraplex.gateway.streams import StreamRouter
+from loraplex.protocol import LeaderAnnounce, Subjects, SubmitReply, SubmitRequest
+
+
+def _submit(rid: str) -> SubmitRequest:
+    return SubmitRequest(rid, "t", "gw", [1, 2, 3], SamplingParams(max_tokens=4))
+
+
+def test_only_requests_an_older_leader_accepted_are_resubmitted() -> None:
+    async def run() -> tuple[list[str], list[str]]:
+        hub = MemoryHub()
+        scheduler, gateway = hub.connect("scheduler"), hub.connect("gateway")
+        resubmitted: list[str] = []
+        leader = [1]  # the epoch of the one answering SUBMIT
+
+        async def on_submit(sub: SubmitRequest) -> SubmitReply:
+            if sub.resubmit:
+                resubmitted.append(sub.request_id)
+            return SubmitReply(sub.request_id, True, epoch=leader[0])
+
+        await scheduler.serve(Subjects.SUBMIT, on_submit, SubmitRequest)
+        resubmitter = Resubmitter(gateway, StreamRouter(), timeout_s=5.0)
+        await resubmitter.ensure_subscribed()
+        for rid, epoch in (("by-1", 1), ("by-1b", 1), ("unanswered", 0)):
+            resubmitter.track(_submit(rid))
+            if epoch:
+                resubmitter.attach(rid, lambda: 0, epoch)
+
+        async def announce(epoch: int) -> list[str]:
+            before, leader[0] = len(resubmitted), epoch
+            await scheduler.publish(Subjects.LEADER, LeaderAnnounce("s", epoch))
+            for _ in range(50):
+                await asyncio.sleep(0.01)
+            return sorted(resubmitted[before:])
+
+        first = await announce(1)  # the first heard: it accepted by-1 and by-1b itself
+        resubmitter.track(_submit("unanswered-2"))
+        second = await announce(2)  # a new leader: those 1 accepted, and the unanswered one
+        third = await announce(2)  # the same leader again: nothing (all accepted by 2 now)
+        return first, second + ["|"] + third
+
+    first, rest = asyncio.run(run())
+    assert first == ["unanswered"]
+    assert rest == ["by-1", "by-1b", "unanswered", "unanswered-2", "|"]

@@ -1,0 +1,110 @@
+"""A request's last message to its gateway (``loraplex.terminal``): sent as a request, sent again
+until the gateway acknowledges it, given up on when no gateway answers for ``deliver_s``; and the
+gateway's side (``serve_stream``) acknowledges last messages and hands every message on."""
+
+from __future__ import annotations
+
+import asyncio
+
+from loraplex.bus import RawMessage
+from loraplex.bus_memory import MemoryHub
+from loraplex.protocol import (
+    RequestError,
+    StreamAck,
+    Subjects,
+    TokenDelta,
+    decode,
+    encode,
+)
+from loraplex.terminal import TerminalSender, serve_stream
+
+FINAL = TokenDelta("r1", [7], "x", "length", completion_tokens=1, full_text="x")
+
+
+def test_the_last_message_is_sent_again_until_the_gateway_acknowledges_it() -> None:
+    async def run() -> tuple[bool, int, int, list[str]]:
+        hub = MemoryHub()
+        worker, gateway = hub.connect("worker"), hub.connect("gateway")
+        seen: list[str] = []
+
+        async def lossy(raw: RawMessage) -> None:  # the first two copies are lost on the way
+            seen.append(decode(raw.data, TokenDelta).request_id)
+            if len(seen) > 2:
+                await raw.respond(encode(StreamAck("r1")))
+
+        await gateway.subscribe_raw(Subjects.stream("gw"), lossy)
+        sender = TerminalSender(worker, attempt_s=0.05, deliver_s=5.0)
+        delivered = await sender.deliver("gw", FINAL)
+        return delivered, sender.retried, sender.undelivered, seen
+
+    delivered, retried, undelivered, seen = asyncio.run(run())
+    assert delivered and seen == ["r1"] * 3
+    assert retried == 2 and undelivered == 0
+
+
+def test_a_gateway_that_is_gone_is_given_up_on() -> None:
+    async def run() -> tuple[bool, int]:
+        hub = MemoryHub()
+        sender = TerminalSender(hub.connect("worker"), attempt_s=0.05, deliver_s=0.5)
+        delivered = await sender.deliver("nobody", RequestError("r2", 503, "failed"))
+        return delivered, sender.undelivered
+
+    assert asyncio.run(run()) == (False, 1)
+
+
+def test_a_gateway_that_resubscribes_late_still_gets_it() -> None:
+    """No responders for a while (the gateway reconnecting to another node): keep trying."""
+
+    async def run() -> list[object]:
+        hub = MemoryHub()
+        worker, gateway = hub.connect("worker"), hub.connect("gateway")
+        got: list[object] = []
+
+        async def on_message(msg: object) -> None:
+            got.append(msg)
+
+        sender = TerminalSender(worker, attempt_s=0.05, deliver_s=5.0)
+        sender.send("gw", FINAL)
+        await asyncio.sleep(0.5)
+        await serve_stream(gateway, "gw", on_message)
+        for _ in range(100):
+            if not len(sender):
+                break
+            await asyncio.sleep(0.02)
+        return got
+
+    assert asyncio.run(run()) == [FINAL]
+
+
+def test_serve_stream_acknowledges_requests_and_passes_plain_messages_on() -> None:
+    async def run() -> tuple[StreamAck, list[object]]:
+        hub = MemoryHub()
+        worker, gateway = hub.connect("worker"), hub.connect("gateway")
+        got: list[object] = []
+
+        async def on_message(msg: object) -> None:
+            got.append(msg)
+
+        await serve_stream(gateway, "gw", on_message)
+        middle = TokenDelta("r1", [5], "a", completion_tokens=1)
+        await worker.publish(Subjects.stream("gw"), middle)
+        ack = await worker.request(Subjects.stream("gw"), FINAL, StreamAck, 1.0)
+        await worker.flush()
+        return ack, got
+
+    ack, got = asyncio.run(run())
+    assert ack == StreamAck("r1")
+    assert got == [TokenDelta("r1", [5], "a", completion_tokens=1), FINAL]
+
+
+def test_close_waits_a_little_then_stops_retrying() -> None:
+    async def run() -> tuple[int, int]:
+        hub = MemoryHub()
+        sender = TerminalSender(hub.connect("worker"), attempt_s=0.05, deliver_s=60.0)
+        sender.send("nobody", FINAL)
+        await asyncio.sleep(0)
+        pending = len(sender)
+        await sender.close(wait_s=0.1)
+        return pending, len(sender)
+
+    assert asyncio.run(run()) == (1, 0)
