@@ -35,3 +35,60 @@ def test_a_hand_over_that_begins_again_replaces_the_partial_one(demo, nats_url):
     replies, used = asyncio.run(run())
     assert [(r.accepted, r.reason) for r in replies] == [(True, "")] * 3
     assert used == [10, 10, 20]  # the first reservation was given back, not kept beside
+
+
+def test_a_lost_begin_is_sent_again_before_the_timeout(monkeypatch) -> None:
+    """The prefill side tries again every ``BEGIN_ATTEMPT_S`` instead of waiting out the whole
+    K/V timeout for a begin (or a reply) that a dying NATS node lost."""
+    from loraplex.bus import RawMessage
+    from loraplex.bus_memory import MemoryHub
+    from loraplex.worker import kv_sender
+
+    monkeypatch.setattr(kv_sender, "BEGIN_ATTEMPT_S", 0.05)
+
+    async def run() -> tuple[KVReply, int, float]:
+        hub = MemoryHub()
+        prefill, decode_bus = hub.connect("prefill"), hub.connect("decode")
+        seen: list[str] = []
+
+        async def lossy(raw: RawMessage) -> None:  # the first begin is lost on the way
+            seen.append(decode(raw.data, KVBegin).request.request_id)
+            if len(seen) > 1:
+                await raw.respond(encode(KVReply("lost-once", True)))
+
+        await decode_bus.subscribe_raw(Subjects.kv("decode-x"), lossy)
+        sender = kv_sender.KVSender(prefill, "prefill-x", 10.0, None, None, None)  # type: ignore[arg-type]
+        t0 = asyncio.get_running_loop().time()
+        reply = await sender._begin(Subjects.kv("decode-x"), _begin("lost-once"))
+        return reply, len(seen), asyncio.get_running_loop().time() - t0
+
+    reply, tries, took = asyncio.run(run())
+    assert reply.accepted and tries == 2
+    assert took < 5.0  # not the 10 s K/V timeout
+
+
+def test_a_begin_nobody_answers_fails_after_the_timeout(monkeypatch) -> None:
+    from loraplex.bus import BusTimeoutError, RawMessage
+    from loraplex.bus_memory import MemoryHub
+    from loraplex.worker import kv_sender
+
+    monkeypatch.setattr(kv_sender, "BEGIN_ATTEMPT_S", 0.05)
+
+    async def run() -> int:
+        hub = MemoryHub()
+        prefill, decode_bus = hub.connect("prefill"), hub.connect("decode")
+        seen: list[int] = []
+
+        async def silent(raw: RawMessage) -> None:
+            seen.append(1)
+
+        await decode_bus.subscribe_raw(Subjects.kv("decode-y"), silent)
+        sender = kv_sender.KVSender(prefill, "prefill-y", 0.3, None, None, None)  # type: ignore[arg-type]
+        try:
+            await sender._begin(Subjects.kv("decode-y"), _begin("never"))
+        except BusTimeoutError as e:
+            assert "within 0.3s" in str(e)
+            return len(seen)
+        raise AssertionError("no timeout")
+
+    assert asyncio.run(run()) >= 3

@@ -23,6 +23,8 @@ from loraplex.worker.publish import Publisher
 
 log = logging.getLogger(__name__)
 
+BEGIN_ATTEMPT_S = 2.0  # a decode worker answers a KVBegin in milliseconds (its adapter prefetched)
+
 
 class KVSender:
     """Ships prompt K/V to decode workers over the bus (``Subjects.kv``); reports the hand-over
@@ -71,7 +73,7 @@ class KVSender:
                 generated=list(req.resumed),
                 cached_tokens=req.cached_tokens,
             )
-            reply = await bus.request(subject, begin, KVReply, self._timeout_s)
+            reply = await self._begin(subject, begin)
             if not reply.accepted:
                 await self._publisher.fail(
                     req,
@@ -109,6 +111,24 @@ class KVSender:
             if not sent and self._metrics is not None:
                 self._metrics.handover_failed()
             self._inbox.submit(lambda: self._table.release(sub.request_id))
+
+    async def _begin(self, subject: str, begin: KVBegin) -> KVReply:
+        """``KVBegin`` until the decode worker answers, a new try every ``BEGIN_ATTEMPT_S`` and
+        ``timeout_s`` in all.  Core NATS loses a begin, or its reply, that crosses a node as it
+        dies: waiting out the whole timeout stalled such a request for 10 s.  The decode worker
+        takes a repeat like a first begin (a pending transfer of the same request is replaced)."""
+        deadline = time.monotonic() + self._timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return await self._bus.request(
+                    subject, begin, KVReply, max(0.001, min(BEGIN_ATTEMPT_S, left))
+                )
+            except BusTimeoutError:
+                if deadline - time.monotonic() <= 0:
+                    raise BusTimeoutError(
+                        f"no reply on {subject} within {self._timeout_s:g}s"
+                    ) from None
 
     async def _flush(self, request_id: str) -> None:
         """Push the chunks out (back-pressure, and an honest hand-over time).  A flush that times
