@@ -26,7 +26,7 @@ from loraplex.protocol import (
     decode,
     encode,
 )
-from loraplex.terminal import serve_stream
+from loraplex.terminal import serve_progress, serve_stream
 from loraplex.tooling.demo import write_demo_model
 from loraplex.tooling.servers import start_nats
 from loraplex.worker.kv_transfer import (
@@ -118,7 +118,7 @@ async def _run(
         progress.append(p)
 
     await serve_stream(bus, "gw", on_delta)
-    await bus.subscribe(Subjects.USAGE, on_progress, RequestProgress)
+    await serve_progress(bus, on_progress)
     for i, p in enumerate(prompts):
         sub = SubmitRequest(
             f"r{i}", "t", "gw", p, SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True)

@@ -34,7 +34,7 @@ def test_the_last_message_is_sent_again_until_the_gateway_acknowledges_it() -> N
 
         await gateway.subscribe_raw(Subjects.stream("gw"), lossy)
         sender = TerminalSender(worker, attempt_s=0.05, deliver_s=5.0)
-        delivered = await sender.deliver("gw", FINAL)
+        delivered = await sender.deliver(Subjects.stream("gw"), FINAL)
         return delivered, sender.retried, sender.undelivered, seen
 
     delivered, retried, undelivered, seen = asyncio.run(run())
@@ -46,7 +46,9 @@ def test_a_gateway_that_is_gone_is_given_up_on() -> None:
     async def run() -> tuple[bool, int]:
         hub = MemoryHub()
         sender = TerminalSender(hub.connect("worker"), attempt_s=0.05, deliver_s=0.5)
-        delivered = await sender.deliver("nobody", RequestError("r2", 503, "failed"))
+        delivered = await sender.deliver(
+            Subjects.stream("nobody"), RequestError("r2", 503, "failed")
+        )
         return delivered, sender.undelivered
 
     assert asyncio.run(run()) == (False, 1)
@@ -64,7 +66,7 @@ def test_a_gateway_that_resubscribes_late_still_gets_it() -> None:
             got.append(msg)
 
         sender = TerminalSender(worker, attempt_s=0.05, deliver_s=5.0)
-        sender.send("gw", FINAL)
+        sender.send(Subjects.stream("gw"), FINAL)
         await asyncio.sleep(0.5)
         await serve_stream(gateway, "gw", on_message)
         for _ in range(100):
@@ -101,10 +103,78 @@ def test_close_waits_a_little_then_stops_retrying() -> None:
     async def run() -> tuple[int, int]:
         hub = MemoryHub()
         sender = TerminalSender(hub.connect("worker"), attempt_s=0.05, deliver_s=60.0)
-        sender.send("nobody", FINAL)
+        sender.send(Subjects.stream("nobody"), FINAL)
         await asyncio.sleep(0)
         pending = len(sender)
         await sender.close(wait_s=0.1)
         return pending, len(sender)
 
     assert asyncio.run(run()) == (1, 0)
+
+
+def test_progress_is_acknowledged_only_while_leading() -> None:
+    """A standby scheduler hears every report too; it must not answer one (its leader may have
+    missed it, and the worker would stop resending)."""
+    from loraplex.bus import BusTimeoutError
+    from loraplex.protocol import RequestProgress
+    from loraplex.terminal import serve_progress
+
+    async def run() -> tuple[StreamAck, str, list[str]]:
+        hub = MemoryHub()
+        worker, scheduler = hub.connect("worker"), hub.connect("scheduler")
+        leading = [True]
+        got: list[str] = []
+
+        async def on_progress(p: RequestProgress) -> None:
+            got.append(p.event)
+
+        await serve_progress(scheduler, on_progress, lambda: leading[0])
+        done = RequestProgress("r1", "t", "w", "finished", 1, 3, 1, token_ids=[7])
+        ack = await worker.request(Subjects.USAGE, done, StreamAck, 1.0)
+        leading[0] = False
+        try:
+            await worker.request(Subjects.USAGE, done, StreamAck, 0.2)
+            standby = "answered"
+        except BusTimeoutError:
+            standby = "silent"
+        return ack, standby, got
+
+    ack, standby, got = asyncio.run(run())
+    assert ack == StreamAck("r1") and standby == "silent" and got == ["finished", "finished"]
+
+
+def test_a_worker_sends_its_last_report_until_the_scheduler_answers() -> None:
+    """``Publisher``: ``finished`` and ``error`` reports go through the terminal sender; a
+    retryable ``failed`` does not (a late copy would fail the request's next placement)."""
+    from loraplex import SamplingParams
+    from loraplex.protocol import RequestProgress, SubmitRequest
+    from loraplex.worker.active import Active
+    from loraplex.worker.publish import Publisher
+
+    async def run() -> tuple[list[str], int]:
+        hub = MemoryHub()
+        worker, scheduler = hub.connect("worker"), hub.connect("scheduler")
+        heard: list[str] = []
+
+        async def lossy(raw: RawMessage) -> None:  # every first copy of a request is lost
+            p = decode(raw.data, RequestProgress)
+            heard.append(p.event + ("?" if raw.reply else ""))
+            if raw.reply and heard.count(p.event + "?") > 1:
+                await raw.respond(encode(StreamAck(p.request_id)))
+
+        await scheduler.subscribe_raw(Subjects.USAGE, lossy)
+        publisher = Publisher(worker, "w")
+        publisher.terminal = TerminalSender(worker, attempt_s=0.05, deliver_s=5.0)
+        sub = SubmitRequest("r1", "t", "gw", [1, 2], SamplingParams(max_tokens=2))
+        req = Active(sub, None, "", 0, [])
+        await publisher.progress(req, "tokens", new_tokens=1, token_ids=[5])
+        await publisher.progress(req, "failed", message="x")
+        await publisher.progress(req, "finished", new_tokens=1, token_ids=[6])
+        for _ in range(100):
+            if not len(publisher.terminal):
+                break
+            await asyncio.sleep(0.02)
+        return heard, publisher.terminal.retried
+
+    heard, retried = asyncio.run(run())
+    assert heard == ["tokens", "failed", "finished?", "finished?"] and retried == 1

@@ -38,7 +38,7 @@ from loraplex.protocol import (
     WorkerHeartbeat,
 )
 from loraplex.sampling_params import SamplingParams
-from loraplex.terminal import serve_stream
+from loraplex.terminal import TerminalSender, serve_stream
 from loraplex.tooling.ports import free_port
 from loraplex.tooling.servers import start_nats, start_redis
 
@@ -65,6 +65,7 @@ class FakeWorker:
 
     def __init__(self, bus: Bus, worker_id: str) -> None:
         self.bus, self.id = bus, worker_id
+        self.terminal = TerminalSender(bus)
         self.done = 0
         self._task: asyncio.Task | None = None
 
@@ -81,13 +82,14 @@ class FakeWorker:
     async def _on_assign(self, m: PrefillAssign) -> None:
         sub = m.request
         n = len(sub.prompt_token_ids)
-        await self.bus.publish(
+        # As a real worker sends them: last messages acknowledged (loraplex.terminal).
+        self.terminal.send(
             Subjects.USAGE,
             RequestProgress(
                 sub.request_id, sub.tenant, self.id, "finished", 1, n, 1, token_ids=[7]
             ),
         )
-        await self.bus.publish(
+        self.terminal.send(
             Subjects.stream(sub.gateway_id),
             TokenDelta(sub.request_id, [7], "x", "length", prompt_tokens=n, completion_tokens=1),
         )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from loraplex.terminal import serve_stream
+from loraplex.terminal import serve_progress, serve_stream
 from loraplex.tooling.servers import start_nats
 
 RAW_SUBJECT = "loraplex.bench.raw"
@@ -108,7 +108,7 @@ async def kv_vs_raw(
     from loraplex.engine.llm_engine import LLMEngine
     from loraplex.engine.outputs import KVHandoff
     from loraplex.kvcache.block_allocator import blocks_for
-    from loraplex.protocol import RequestProgress, Subjects, SubmitRequest, TokenDelta
+    from loraplex.protocol import RequestProgress, SubmitRequest, TokenDelta
     from loraplex.sampling_params import SamplingParams
     from loraplex.worker.active import Active
     from loraplex.worker.kv_transfer import chunk_size_for
@@ -156,7 +156,7 @@ async def kv_vs_raw(
                 )
 
         await serve_stream(listener, "kvbench", on_delta, TokenDelta)
-        await listener.subscribe(Subjects.USAGE, on_progress, RequestProgress)
+        await serve_progress(listener, on_progress)
         await listener.flush()
 
         for label, model_dir, dtype, device in targets:

@@ -44,7 +44,7 @@ from loraplex.scheduler.settings import SchedulerSettings
 from loraplex.scheduler.takeover import Takeover
 from loraplex.scheduler.worker_state import WorkerState
 from loraplex.scheduler.workers import WorkerRegistry
-from loraplex.terminal import TerminalSender
+from loraplex.terminal import TerminalSender, serve_progress
 from loraplex.timeouts import wait_for
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,8 @@ class SchedulerService:
         await self.bus.subscribe(Subjects.CANCEL, self._on_cancel, CancelRequest)
         await self.bus.subscribe(Subjects.HEARTBEAT, self._on_heartbeat, WorkerHeartbeat)
         self.listening_since = time.monotonic()
-        await self.bus.subscribe(Subjects.USAGE, self._on_progress, RequestProgress)
+        # A worker's last report on a request comes as a request: the leader acknowledges it.
+        await serve_progress(self.bus, self._on_progress, lambda: self.leading)
         self._tasks = [
             asyncio.create_task(self._dispatch_loop()),
             asyncio.create_task(self._liveness_loop()),
@@ -402,4 +403,4 @@ class SchedulerService:
     def _deliver(self, gateway_id: str, msg: RequestError) -> None:
         """A request's last message to its gateway, sent until acknowledged (``terminal``)."""
         assert self.terminal is not None
-        self.terminal.send(gateway_id, msg)
+        self.terminal.send(Subjects.stream(gateway_id), msg)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from loraplex.bus import Bus
 from loraplex.engine.outputs import StepOutput
 from loraplex.protocol import RequestError, RequestProgress, Subjects, TokenDelta
-from loraplex.terminal import TerminalSender
+from loraplex.terminal import TERMINAL_EVENTS, TerminalSender
 from loraplex.worker.active import Active
 
 
@@ -61,7 +61,7 @@ class Publisher:
             full_text=out.full_text,
         )
         if out.finished:
-            self.terminal.send(sub.gateway_id, delta)
+            self.terminal.send(Subjects.stream(sub.gateway_id), delta)
         else:
             await self._bus.publish(Subjects.stream(sub.gateway_id), delta)
 
@@ -75,22 +75,23 @@ class Publisher:
         token_ids: list[int] | None = None,
     ) -> None:
         sub = req.submit
-        await self._bus.publish(
-            Subjects.USAGE,
-            RequestProgress(
-                sub.request_id,
-                sub.tenant,
-                self._id,
-                event,
-                new_tokens=new_tokens,
-                prompt_tokens=len(sub.prompt_token_ids),
-                completion_tokens=req.generated,
-                decode_worker=req.decode_worker,
-                message=message,
-                suspect=suspect,
-                token_ids=token_ids or [],
-            ),
+        report = RequestProgress(
+            sub.request_id,
+            sub.tenant,
+            self._id,
+            event,
+            new_tokens=new_tokens,
+            prompt_tokens=len(sub.prompt_token_ids),
+            completion_tokens=req.generated,
+            decode_worker=req.decode_worker,
+            message=message,
+            suspect=suspect,
+            token_ids=token_ids or [],
         )
+        if event in TERMINAL_EVENTS:  # the scheduler's last word on it: at least once
+            self.terminal.send(Subjects.USAGE, report)
+        else:
+            await self._bus.publish(Subjects.USAGE, report)
 
     async def fail(
         self, req: Active, code: int, message: str, retryable: bool, suspect: str = ""
@@ -99,6 +100,7 @@ class Publisher:
         (``suspect``: the peer worker to blame, which the scheduler avoids for the retry)."""
         if not retryable:
             sub = req.submit
-            self.terminal.send(sub.gateway_id, RequestError(sub.request_id, code, message))
+            error = RequestError(sub.request_id, code, message)
+            self.terminal.send(Subjects.stream(sub.gateway_id), error)
         event = "failed" if retryable else "error"
         await self.progress(req, event, message=message, suspect=suspect)

@@ -30,7 +30,7 @@ from loraplex.protocol import (
     SubmitRequest,
     TokenDelta,
 )
-from loraplex.terminal import serve_stream
+from loraplex.terminal import serve_progress, serve_stream
 from loraplex.tooling.demo import write_demo_model
 from loraplex.worker.main import make_engine
 from loraplex.worker.runtime import MAX_FAILED_STEPS_IN_A_ROW, Worker
@@ -86,7 +86,7 @@ class Client:
 
     async def start(self) -> None:
         await serve_stream(self.bus, self.gateway, self._on_stream)
-        await self.bus.subscribe(Subjects.USAGE, self._on_progress, RequestProgress)
+        await serve_progress(self.bus, self._on_progress)
         await flush_subscriptions(self.bus)
 
     async def _on_stream(self, msg: TokenDelta | RequestError) -> None:
