@@ -18,6 +18,7 @@ from loraplex.protocol import KVBegin, KVChunk, KVReply, ProtocolError, Subjects
 from loraplex.worker.active import Active, ActiveTable
 from loraplex.worker.inbox import Background, Inbox
 from loraplex.worker.kv_transfer import (
+    ALREADY_RUNS,
     PendingTransfer,
     bytes_to_tensor,
     num_chunks,
@@ -28,6 +29,8 @@ from loraplex.worker.prepare import Preparation
 from loraplex.worker.publish import Publisher
 
 log = logging.getLogger(__name__)
+
+RECONNECT_GRACE_S = 2.0  # a pending transfer's idle limit after this worker's connection dropped
 
 
 def _arriving_shape(begin: KVBegin, cached: int) -> list[int]:
@@ -118,7 +121,7 @@ class KVReceiver:
                 self.cancel(rid)
                 self._table.release(rid)
             elif rid in self._table.active:
-                refusal = "the request already runs here"
+                refusal = ALREADY_RUNS
                 done.set_result(False)
                 return
             if begin.accepts_prefix:
@@ -201,9 +204,17 @@ class KVReceiver:
         self._engine.release_reservation(request_id)
 
     async def _expire_loop(self) -> None:
+        disconnects = self._bus.disconnects
         while True:
             await asyncio.sleep(0.25)
             now = time.monotonic()
+            if self._bus.disconnects != disconnects:
+                # This connection dropped: chunks on their way through it are gone.  A sender
+                # still sending refreshes the deadline; a transfer that stalled fails in seconds
+                # (and is placed again), not after the whole idle timeout.
+                disconnects = self._bus.disconnects
+                for _, transfer, _ in self.pending.values():
+                    transfer.deadline = min(transfer.deadline, now + RECONNECT_GRACE_S)
             for rid, (_, transfer, _) in list(self.pending.items()):
                 if transfer.expired(now):
                     self.pending.pop(rid, None)

@@ -12,6 +12,7 @@ from loraplex.protocol import KVBegin, KVChunk, KVReply, ProtocolError, Subjects
 from loraplex.worker.active import Active, ActiveTable
 from loraplex.worker.inbox import Inbox
 from loraplex.worker.kv_transfer import (
+    ALREADY_RUNS,
     chunk_size_for,
     dtype_name,
     num_chunks,
@@ -24,6 +25,9 @@ from loraplex.worker.publish import Publisher
 log = logging.getLogger(__name__)
 
 BEGIN_ATTEMPT_S = 2.0  # a decode worker answers a KVBegin in milliseconds (its adapter prefetched)
+# Hand-overs begun again after a connection drop; past the last, the chunks count as sent (if
+# they were lost, the decode worker's transfer expires and the request is placed again).
+SHIP_ATTEMPTS = 3
 
 
 class KVSender:
@@ -73,24 +77,34 @@ class KVSender:
                 generated=list(req.resumed),
                 cached_tokens=req.cached_tokens,
             )
-            reply = await self._begin(subject, begin)
-            if not reply.accepted:
-                await self._publisher.fail(
-                    req,
-                    503,
-                    f"decode worker refused the K/V: {reply.reason}",
-                    retryable=True,
-                    suspect=req.decode_worker,
-                )
-                return
-            if not 0 <= reply.cached_blocks < payload.shape[2]:
-                raise ProtocolError(f"decode worker claims {reply.cached_blocks} cached blocks")
-            # Blocks the decode worker already caches (a shared prompt prefix) stay here.
-            data = await asyncio.to_thread(tensor_to_bytes, payload[:, :, reply.cached_blocks :])
-            chunks = split(data, size)
-            for i, chunk in enumerate(chunks):
-                await bus.publish(subject, KVChunk(sub.request_id, i, chunk))
-            await self._flush(sub.request_id)
+            data = b""
+            for attempt in range(1, SHIP_ATTEMPTS + 1):
+                reply = await self._begin(subject, begin)
+                if not reply.accepted and attempt > 1 and reply.reason == ALREADY_RUNS:
+                    break  # the last try's chunks did arrive: the request decodes there
+                if not reply.accepted:
+                    await self._publisher.fail(
+                        req,
+                        503,
+                        f"decode worker refused the K/V: {reply.reason}",
+                        retryable=True,
+                        suspect=req.decode_worker,
+                    )
+                    return
+                if not 0 <= reply.cached_blocks < payload.shape[2]:
+                    raise ProtocolError(f"decode worker claims {reply.cached_blocks} cached blocks")
+                # Blocks the decode worker already caches (a shared prompt prefix) stay here.
+                kept = payload[:, :, reply.cached_blocks :]
+                data = await asyncio.to_thread(tensor_to_bytes, kept)
+                for i, chunk in enumerate(split(data, size)):
+                    await bus.publish(subject, KVChunk(sub.request_id, i, chunk))
+                if await bus.flush_delivered():
+                    break
+                # The connection dropped (or the server never confirmed): chunks may be lost
+                # with it.  Begin again: the decode worker replaces the partial transfer, or
+                # answers that the request already runs there.
+                log.warning("K/V hand-over of %s unconfirmed (try %d); beginning again",
+                            sub.request_id, attempt)  # fmt: skip
             sent = True
             if self._metrics is not None:
                 self._metrics.handover_sent(len(data), time.perf_counter() - t0)
@@ -129,14 +143,3 @@ class KVSender:
                     raise BusTimeoutError(
                         f"no reply on {subject} within {self._timeout_s:g}s"
                     ) from None
-
-    async def _flush(self, request_id: str) -> None:
-        """Push the chunks out (back-pressure, and an honest hand-over time).  A flush that times
-        out is not a failed hand-over: nats-py loses a flush's PING when its connection drops
-        but sends the buffered chunks after reconnecting, so they may well arrive.  If they do
-        not, the decode worker's transfer expires and fails the request (``kv_receiver``);
-        failing it here too would re-dispatch a request that may be decoding already."""
-        try:
-            await self._bus.flush()
-        except Exception as e:
-            log.warning("K/V chunks of %s sent, unconfirmed: %r", request_id, e)

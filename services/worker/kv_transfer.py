@@ -11,6 +11,9 @@ from loraplex.config import DTYPES
 
 # Room for the message envelope and field names around each chunk's bytes.
 ENVELOPE_ROOM = 4096
+# A decode worker's refusal of a KVBegin for a request it already decodes: to a hand-over begun
+# again after a connection drop, it means the last try's chunks arrived.
+ALREADY_RUNS = "the request already runs here"
 
 
 def tensor_to_bytes(t: torch.Tensor) -> memoryview:

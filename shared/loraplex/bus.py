@@ -72,6 +72,18 @@ class TypedBus:
     def __init__(self, name: str) -> None:
         self.name = name
         self.dropped = 0  # malformed or unexpected messages seen (logged and dropped)
+        # Connections lost so far: what was published just before one may be lost with it.
+        self.disconnects = 0
+
+    async def flush_delivered(self) -> bool:
+        """Push out what was published; False if the connection dropped meanwhile (some of it
+        may be lost) or the server did not confirm it."""
+        before = self.disconnects
+        try:
+            await self.flush()
+        except Exception:
+            return False
+        return self.disconnects == before
 
     async def publish_raw(
         self, subject: str, data: bytes, headers: dict[str, str] | None = None
@@ -159,6 +171,32 @@ class Bus(TypedBus):
     def __init__(self, nc: Client, name: str) -> None:
         super().__init__(name)
         self.nc = nc
+        self._dropped_waiters: set[asyncio.Future[None]] = set()
+
+    def _lost_connection(self) -> None:
+        self.disconnects += 1
+        for waiter in self._dropped_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._dropped_waiters.clear()
+
+    async def flush_delivered(self) -> bool:
+        """One flush round trip, cut short by a disconnect: nats-py loses a flush's PING with its
+        connection (it then waits out the whole timeout), though it sends the buffered messages
+        after reconnecting, so this answers at once that delivery is not known."""
+        before = self.disconnects
+        dropped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._dropped_waiters.add(dropped)
+        flush = asyncio.ensure_future(self.nc.flush())
+        try:
+            await asyncio.wait({flush, dropped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._dropped_waiters.discard(dropped)
+        if not flush.done():
+            flush.cancel()
+            await asyncio.gather(flush, return_exceptions=True)
+            return False
+        return flush.exception() is None and self.disconnects == before
 
     @classmethod
     async def connect(cls, url: str | list[str], name: str, connect_timeout: float = 5.0) -> Bus:
@@ -172,12 +210,15 @@ class Bus(TypedBus):
             if nc.is_closed:  # our own close() (a clean stop): nothing was lost, no reconnect
                 return
             log.warning("%s: disconnected from NATS, reconnecting", name)
+            if bus is not None:
+                bus._lost_connection()
 
         async def on_reconnect() -> None:
             log.info(
                 "%s: reconnected to NATS at %s", name, getattr(nc.connected_url, "netloc", "?")
             )
 
+        bus: Bus | None = None
         servers = parse_nats_urls(url)
         nc = await nats.connect(
             servers=servers,
@@ -194,7 +235,8 @@ class Bus(TypedBus):
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
         )
-        return cls(nc, name)
+        bus = cls(nc, name)
+        return bus
 
     @property
     def max_payload(self) -> int:
