@@ -40,6 +40,12 @@ def test_scheduler_bench_decides_on_a_small_cluster() -> None:
     assert "20 workers      50 tenants" in out, out
 
 
+def test_last_messages_bench_runs_both_ways() -> None:
+    out = _run("bench/last_messages.py", "--rounds", "1", "--seconds", "1")
+    rows = [line for line in out.splitlines() if line.startswith(("| acknowledged", "| plain"))]
+    assert len(rows) == 2 and all(row.rstrip().endswith("| 0 |") for row in rows), out
+
+
 def test_engine_bench_compares_loraplex_hf_and_the_loop_on_a_tiny_model() -> None:
     out = _run(
         "bench/engine.py", "--adapters", "1,2", "--requests", "4", "--prompt-len", "8",

@@ -63,9 +63,10 @@ class LiveRow:
 class FakeWorker:
     """A colocated worker that finishes every assignment at once with one token."""
 
-    def __init__(self, bus: Bus, worker_id: str) -> None:
+    def __init__(self, bus: Bus, worker_id: str, acknowledged: bool = True) -> None:
         self.bus, self.id = bus, worker_id
         self.terminal = TerminalSender(bus)
+        self.acknowledged = acknowledged  # False: last messages as plain publishes (before)
         self.done = 0
         self._task: asyncio.Task | None = None
 
@@ -82,17 +83,16 @@ class FakeWorker:
     async def _on_assign(self, m: PrefillAssign) -> None:
         sub = m.request
         n = len(sub.prompt_token_ids)
-        # As a real worker sends them: last messages acknowledged (loraplex.terminal).
-        self.terminal.send(
-            Subjects.USAGE,
-            RequestProgress(
-                sub.request_id, sub.tenant, self.id, "finished", 1, n, 1, token_ids=[7]
-            ),
+        done = RequestProgress(
+            sub.request_id, sub.tenant, self.id, "finished", 1, n, 1, token_ids=[7]
         )
-        self.terminal.send(
-            Subjects.stream(sub.gateway_id),
-            TokenDelta(sub.request_id, [7], "x", "length", prompt_tokens=n, completion_tokens=1),
-        )
+        last = TokenDelta(sub.request_id, [7], "x", "length", prompt_tokens=n, completion_tokens=1)
+        if self.acknowledged:  # as a real worker sends them (loraplex.terminal)
+            self.terminal.send(Subjects.USAGE, done)
+            self.terminal.send(Subjects.stream(sub.gateway_id), last)
+        else:
+            await self.bus.publish(Subjects.USAGE, done)
+            await self.bus.publish(Subjects.stream(sub.gateway_id), last)
         self.done += 1
 
     def stop(self) -> None:
@@ -174,10 +174,10 @@ def _servers(workdir: Path, redis: bool) -> Iterator[tuple[str, subprocess.Popen
         nats.stop()
 
 
-async def serve_fake_workers(nats_url: str, n: int) -> None:
+async def serve_fake_workers(nats_url: str, n: int, acknowledged: bool = True) -> None:
     """Run ``n`` fake workers until killed (the bench starts this in its own process)."""
     bus = await Bus.connect(nats_url, "fake-workers")
-    workers = [FakeWorker(bus, f"fake-{i}") for i in range(n)]
+    workers = [FakeWorker(bus, f"fake-{i}", acknowledged) for i in range(n)]
     for w in workers:
         await w.start()
     await bus.flush()
@@ -279,15 +279,18 @@ def run_live(
     workers: int = 4,
     http: bool = True,
     redis: bool = False,
+    acknowledged: bool = True,
 ) -> list[LiveRow]:
     """Both paths against one scheduler; the HTTP path's gateway serves the demo tokenizer.
-    With ``redis`` the scheduler runs as a replica (rows' path gets a ``+redis`` suffix)."""
+    With ``redis`` the scheduler runs as a replica (rows' path gets a ``+redis`` suffix).
+    ``acknowledged=False``: the fake workers send their last messages as plain publishes."""
     rows: list[LiveRow] = []
     with tempfile.TemporaryDirectory(prefix="schedbench-") as tmp:
         work = Path(tmp)
         with _servers(work, redis) as (nats_url, _sched, nats_pid):
             fakes = _spawn(
-                [__file__, "--fake-workers", str(workers), "--nats-url", nats_url],
+                [__file__, "--fake-workers", str(workers), "--nats-url", nats_url]
+                + ([] if acknowledged else ["--plain-last"]),
                 work / "fakes.log",
             )
             pids = {
@@ -334,10 +337,12 @@ def run_live(
 
 
 if __name__ == "__main__":
-    # python bench/schedbench/live.py --fake-workers N --nats-url URL: the fake workers' process
+    # python bench/schedbench/live.py --fake-workers N --nats-url URL [--plain-last]: the fake
+    # workers' process
     # python bench/schedbench/live.py: a quick look at both paths
-    if len(sys.argv) == 5 and sys.argv[1] == "--fake-workers":
-        asyncio.run(serve_fake_workers(sys.argv[4], int(sys.argv[2])))
+    if len(sys.argv) in (5, 6) and sys.argv[1] == "--fake-workers":
+        plain = sys.argv[5:] == ["--plain-last"]
+        asyncio.run(serve_fake_workers(sys.argv[4], int(sys.argv[2]), acknowledged=not plain))
     else:
         for r in run_live(seconds=5.0):
             print(r, f"{r.per_s:.0f}/s")
