@@ -83,13 +83,7 @@ class KVSender:
                 if not reply.accepted and attempt > 1 and reply.reason == ALREADY_RUNS:
                     break  # the last try's chunks did arrive: the request decodes there
                 if not reply.accepted:
-                    await self._publisher.fail(
-                        req,
-                        503,
-                        f"decode worker refused the K/V: {reply.reason}",
-                        retryable=True,
-                        suspect=req.decode_worker,
-                    )
+                    await self._fail(req, f"decode worker refused the K/V: {reply.reason}")
                     return
                 if not 0 <= reply.cached_blocks < payload.shape[2]:
                     raise ProtocolError(f"decode worker claims {reply.cached_blocks} cached blocks")
@@ -111,12 +105,8 @@ class KVSender:
             req.generated = len(req.resumed) + 1
             await self._publisher.progress(req, "handoff", new_tokens=0)
         except (BusTimeoutError, NoRespondersError, ProtocolError) as e:
-            await self._publisher.fail(
-                req,
-                503,
-                f"K/V hand-over to decode worker {req.decode_worker} failed: {e!r}",
-                retryable=True,
-                suspect=req.decode_worker,
+            await self._fail(
+                req, f"K/V hand-over to decode worker {req.decode_worker} failed: {e!r}"
             )
         except Exception as e:
             log.exception("K/V hand-over of %s failed", sub.request_id)
@@ -125,6 +115,10 @@ class KVSender:
             if not sent and self._metrics is not None:
                 self._metrics.handover_failed()
             self._inbox.submit(lambda: self._table.release(sub.request_id))
+
+    async def _fail(self, req: Active, why: str) -> None:
+        """A retryable failure, blamed on the decode worker (the scheduler avoids it next)."""
+        await self._publisher.fail(req, 503, why, retryable=True, suspect=req.decode_worker)
 
     async def _begin(self, subject: str, begin: KVBegin) -> KVReply:
         """``KVBegin`` until the decode worker answers, a new try every ``BEGIN_ATTEMPT_S`` and
