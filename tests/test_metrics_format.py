@@ -143,6 +143,27 @@ def test_worker_series() -> None:
     assert value(text, f'loraplex_worker_kv_handovers_total{{outcome="failed",{ids}}}') == 1
 
 
+def test_last_messages_resent_and_undelivered() -> None:
+    """How often NATS lost a request's last message (or its answer), from the services' senders
+    (``loraplex.terminal``); present at 0 before a sender exists."""
+    from loraplex.bus_memory import MemoryHub
+    from loraplex.terminal import TerminalSender
+
+    m = WorkerMetrics("w", "both")
+    ids = 'role="both",worker="w"'
+    text = generate_latest(m.registry).decode()
+    assert value(text, f"loraplex_worker_last_messages_resent_total{{{ids}}}") == 0
+    m.terminal = TerminalSender(MemoryHub().connect("w"))
+    m.terminal.retried, m.terminal.undelivered = 3, 1
+    text = generate_latest(m.registry).decode()
+    promtool_check(text)
+    assert value(text, f"loraplex_worker_last_messages_resent_total{{{ids}}}") == 3
+    assert value(text, f"loraplex_worker_last_messages_undelivered_total{{{ids}}}") == 1
+    service = SchedulerService(SchedulerSettings(nats_url="nats://unused:1"), {"alice": 1.0})
+    text = generate_latest(service.metrics.registry).decode()
+    assert value(text, "loraplex_scheduler_last_messages_undelivered_total") == 0
+
+
 # ---- scheduler -----------------------------------------------------------------------------
 def _hb(wid: str, role: str, total: int = 64) -> WorkerHeartbeat:
     return WorkerHeartbeat(wid, role, total, total, 16, 0, 0, 4)

@@ -24,6 +24,7 @@ from loraplex.protocol import SchedulerStats, SubmitReply, SubmitRequest
 from loraplex.scheduler.policies.base import FairnessPolicy, QueuedRequest
 from loraplex.scheduler.worker_state import WorkerState
 from loraplex.scheduler.workers import WorkerRegistry
+from loraplex.terminal import TerminalSender, sender_counters
 
 
 class SchedulerView(Protocol):
@@ -35,6 +36,7 @@ class SchedulerView(Protocol):
     retry: Sized  # admitted requests to re-place
     inflight: Sized  # placed and not finished
     stalled: SubmitRequest | None  # the head of the queue, while no worker has room for it
+    terminal: TerminalSender | None  # sends requests' errors to gateways (with the bus)
 
 
 POOLS = ("prefill", "decode", "both")
@@ -149,6 +151,7 @@ class SchedulerMetrics:
             {(p,): float(sum(w.hb.max_num_seqs for w in ws)) for p, ws in by_pool.items()},
             ["pool"],
         )
+        yield from sender_counters("loraplex_scheduler", s.terminal, (), [])
 
 
 def scheduler_stats(policy: FairnessPolicy, registry: WorkerRegistry) -> SchedulerStats:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from loraplex import prom
+from loraplex.terminal import TerminalSender, sender_counters
 
 if TYPE_CHECKING:
     from loraplex.engine.llm_engine import LLMEngine
@@ -31,6 +32,7 @@ class WorkerMetrics:
     def __init__(self, worker_id: str, role: str) -> None:
         self.worker_id, self.role = worker_id, role
         self.engine: LLMEngine | None = None  # bound once built (the listener starts before)
+        self.terminal: TerminalSender | None = None  # the publisher's, once it exists
         r = self.registry = CollectorRegistry()
         ids = {"worker": worker_id, "role": role}
         self._step = self._labelled_histogram(
@@ -116,11 +118,12 @@ class WorkerMetrics:
 
     # ---- state, read at scrape time ----------------------------------------------------------
     def _collect(self) -> Iterable[prom.Family]:
+        key = (self.worker_id, self.role)
+        labels = ["worker", "role"]
+        yield from sender_counters("loraplex_worker", self.terminal, key, labels)
         e = self.engine
         if e is None:
             return
-        key = (self.worker_id, self.role)
-        labels = ["worker", "role"]
         used = e.allocator.num_blocks - e.allocator.num_free
         gauges = {
             "kv_blocks_used": ("KV-cache blocks in use", used),

@@ -88,6 +88,7 @@ class Worker:
         s = self.s
         self.bus = bus = await Bus.connect(s.nats_url, f"worker-{self.id}")
         self.publisher = publisher = Publisher(bus, self.id)
+        self.metrics.terminal = publisher.terminal
         prep = Preparation(self.pager, self.engine, publisher)
         if s.role in ("decode", "both"):
             self.kv = KVReceiver(

@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from loraplex import prom
 from loraplex.bus import NoRespondersError, TypedBus
 from loraplex.codec import ProtocolError
 from loraplex.protocol import RequestError, RequestProgress, StreamAck, Subjects, TokenDelta
@@ -92,6 +93,28 @@ class TerminalSender:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def sender_counters(
+    prefix: str, sender: TerminalSender | None, key: tuple[str, ...], labels: list[str]
+) -> list[prom.Family]:
+    """A service's ``<prefix>_last_messages_{resent,undelivered}_total`` (0 before it has a
+    sender): how often NATS lost a last message or its answer, and how many were given up on."""
+    resent, undelivered = (sender.retried, sender.undelivered) if sender is not None else (0, 0)
+    return [
+        prom.counter(
+            f"{prefix}_last_messages_resent",
+            "a request's last messages sent again (the copy or its answer was lost or late)",
+            {key: float(resent)},
+            labels,
+        ),
+        prom.counter(
+            f"{prefix}_last_messages_undelivered",
+            "a request's last messages given up on (no answer within 15 s)",
+            {key: float(undelivered)},
+            labels,
+        ),
+    ]
 
 
 async def serve_stream(
