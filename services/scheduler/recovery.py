@@ -162,9 +162,7 @@ class Recovery:
         self.policy.on_finish(rid, job.completion_tokens)
         self.counters_changed()
         why = reason if resumable else f"{reason}; its tokens so far are not known"
-        await self._publish_error(
-            job.submit, f"request failed after {job.attempt + 1} attempt(s): {why}"
-        )
+        self._send_error(job.submit, f"request failed after {job.attempt + 1} attempt(s): {why}")
 
     async def worker_died(self, dead: WorkerState, how: str) -> None:
         """Recover the requests of a worker whose heartbeats stopped (or that ``restarted``)."""
@@ -242,15 +240,15 @@ class Recovery:
         for rid, sub in list(self.queued.items()):
             self.policy.cancel(rid)
             del self.queued[rid]
-            await self._publish_error(sub, message)
+            self._send_error(sub, message)
         for job in self.retry:
             self.policy.on_finish(job.submit.request_id, job.completion_tokens)
             cause = f" (re-placing it after: {job.last_failure})" if job.last_failure else ""
-            await self._publish_error(job.submit, f"request failed: {message}{cause}")
+            self._send_error(job.submit, f"request failed: {message}{cause}")
         self.retry.clear()
         self.counters_changed()
 
-    async def _publish_error(self, sub: SubmitRequest, message: str) -> None:
+    def _send_error(self, sub: SubmitRequest, message: str) -> None:
         self.deliver(sub.gateway_id, RequestError(sub.request_id, 503, message))
 
     def forget_cancelled(self, now: float) -> None:
