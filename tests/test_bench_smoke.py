@@ -40,10 +40,10 @@ def test_scheduler_bench_decides_on_a_small_cluster() -> None:
     assert "20 workers      50 tenants" in out, out
 
 
-def test_last_messages_bench_runs_both_ways() -> None:
-    out = _run("bench/last_messages.py", "--rounds", "1", "--seconds", "1")
-    rows = [line for line in out.splitlines() if line.startswith(("| acknowledged", "| plain"))]
-    assert len(rows) == 2 and all(row.rstrip().endswith("| 0 |") for row in rows), out
+def test_acknowledged_bench_runs_all_three_ways() -> None:
+    out = _run("bench/acknowledged.py", "--rounds", "1", "--seconds", "1")
+    rows = [line for line in out.splitlines() if line.startswith(("| both", "| last messages"))]
+    assert len(rows) == 3 and all(row.rstrip().endswith("| 0 |") for row in rows), out
 
 
 def test_engine_bench_compares_loraplex_hf_and_the_loop_on_a_tiny_model() -> None:

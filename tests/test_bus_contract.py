@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from loraplex.bus import Bus, BusTimeoutError, NoRespondersError, RawMessage
+from loraplex.bus import Bus, BusTimeoutError, NoRespondersError, RawMessage, is_no_responders
 from loraplex.bus_memory import MemoryBus, MemoryHub, subject_matches
 from loraplex.protocol import CancelRequest, KVChunk, SubmitReply, encode
 
@@ -197,3 +197,30 @@ async def test_raw_subscribe_and_respond(connect: Connect) -> None:
     assert client.is_connected
     await client.close()
     assert not client.is_connected
+
+
+async def test_a_publish_with_a_reply_subject_gets_the_answer_or_no_responders(
+    connect: Connect,
+) -> None:
+    """What ``loraplex.acked`` relies on: an answer to a published message goes to its reply
+    subject (one wildcard subscription takes every answer), and with nobody subscribed to the
+    subject the server sends its no-responders status there instead."""
+    p = _prefix()
+    server, client = await connect("server"), await connect("client")
+    answers: list[tuple[str, bytes, bool]] = []
+
+    async def on_answer(raw: RawMessage) -> None:
+        answers.append((raw.subject, raw.data, is_no_responders(raw)))
+
+    async def on_request(raw: RawMessage) -> None:
+        await raw.respond(b"ack " + raw.data)
+
+    await client.subscribe_raw(f"{p}.inbox.*", on_answer)
+    await server.subscribe_raw(f"{p}.served", on_request)
+    await client.flush()
+    await server.flush()
+    await client.publish_raw(f"{p}.served", b"one", reply=f"{p}.inbox.1")
+    await client.publish_raw(f"{p}.nobody", b"two", reply=f"{p}.inbox.2")
+    await client.flush()
+    await _until(lambda: len(answers) == 2)
+    assert sorted(answers) == [(f"{p}.inbox.1", b"ack one", False), (f"{p}.inbox.2", b"", True)]

@@ -143,17 +143,17 @@ def test_worker_series() -> None:
     assert value(text, f'loraplex_worker_kv_handovers_total{{outcome="failed",{ids}}}') == 1
 
 
-def test_last_messages_resent_and_undelivered() -> None:
-    """How often NATS lost a request's last message (or its answer), from the services' senders
-    (``loraplex.terminal``); present at 0 before a sender exists."""
+def test_acknowledged_messages_resent_and_undelivered() -> None:
+    """How often NATS lost a request's last message or an assignment (or its answer), from the
+    services' senders (``loraplex.acked``); present at 0 before a sender exists."""
+    from loraplex.acked import AckedSender
     from loraplex.bus_memory import MemoryHub
-    from loraplex.terminal import TerminalSender
 
     m = WorkerMetrics("w", "both")
     ids = 'role="both",worker="w"'
     text = generate_latest(m.registry).decode()
     assert value(text, f"loraplex_worker_last_messages_resent_total{{{ids}}}") == 0
-    m.terminal = TerminalSender(MemoryHub().connect("w"))
+    m.terminal = AckedSender(MemoryHub().connect("w"))
     m.terminal.retried, m.terminal.undelivered = 3, 1
     text = generate_latest(m.registry).decode()
     promtool_check(text)
@@ -162,6 +162,14 @@ def test_last_messages_resent_and_undelivered() -> None:
     service = SchedulerService(SchedulerSettings(nats_url="nats://unused:1"), {"alice": 1.0})
     text = generate_latest(service.metrics.registry).decode()
     assert value(text, "loraplex_scheduler_last_messages_undelivered_total") == 0
+    assert value(text, "loraplex_scheduler_assignments_resent_total") == 0
+    service.outbox.connect(MemoryHub().connect("s"))  # type: ignore[arg-type]
+    assert service.outbox.assignments is not None
+    service.outbox.assignments.retried = 5
+    text = generate_latest(service.metrics.registry).decode()
+    promtool_check(text)
+    assert value(text, "loraplex_scheduler_assignments_resent_total") == 5
+    assert value(text, "loraplex_scheduler_assignments_undelivered_total") == 0
 
 
 # ---- scheduler -----------------------------------------------------------------------------

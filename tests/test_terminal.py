@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+from loraplex.acked import AckedSender
 from loraplex.bus import RawMessage
 from loraplex.bus_memory import MemoryHub
 from loraplex.protocol import (
@@ -16,7 +17,7 @@ from loraplex.protocol import (
     decode,
     encode,
 )
-from loraplex.terminal import TerminalSender, serve_stream
+from loraplex.terminal import serve_stream
 
 FINAL = TokenDelta("r1", [7], "x", "length", completion_tokens=1, full_text="x")
 
@@ -33,7 +34,7 @@ def test_the_last_message_is_sent_again_until_the_gateway_acknowledges_it() -> N
                 await raw.respond(encode(StreamAck("r1")))
 
         await gateway.subscribe_raw(Subjects.stream("gw"), lossy)
-        sender = TerminalSender(worker, attempt_s=0.05, deliver_s=5.0)
+        sender = AckedSender(worker, attempt_s=0.05, deliver_s=5.0)
         delivered = await sender.deliver(Subjects.stream("gw"), FINAL)
         return delivered, sender.retried, sender.undelivered, seen
 
@@ -45,7 +46,7 @@ def test_the_last_message_is_sent_again_until_the_gateway_acknowledges_it() -> N
 def test_a_gateway_that_is_gone_is_given_up_on() -> None:
     async def run() -> tuple[bool, int]:
         hub = MemoryHub()
-        sender = TerminalSender(hub.connect("worker"), attempt_s=0.05, deliver_s=0.5)
+        sender = AckedSender(hub.connect("worker"), attempt_s=0.05, deliver_s=0.5)
         delivered = await sender.deliver(
             Subjects.stream("nobody"), RequestError("r2", 503, "failed")
         )
@@ -65,7 +66,7 @@ def test_a_gateway_that_resubscribes_late_still_gets_it() -> None:
         async def on_message(msg: object) -> None:
             got.append(msg)
 
-        sender = TerminalSender(worker, attempt_s=0.05, deliver_s=5.0)
+        sender = AckedSender(worker, attempt_s=0.05, deliver_s=5.0)
         sender.send(Subjects.stream("gw"), FINAL)
         await asyncio.sleep(0.5)
         await serve_stream(gateway, "gw", on_message)
@@ -102,7 +103,7 @@ def test_serve_stream_acknowledges_requests_and_passes_plain_messages_on() -> No
 def test_close_waits_a_little_then_stops_retrying() -> None:
     async def run() -> tuple[int, int]:
         hub = MemoryHub()
-        sender = TerminalSender(hub.connect("worker"), attempt_s=0.05, deliver_s=60.0)
+        sender = AckedSender(hub.connect("worker"), attempt_s=0.05, deliver_s=60.0)
         sender.send(Subjects.stream("nobody"), FINAL)
         await asyncio.sleep(0)
         pending = len(sender)
@@ -164,7 +165,7 @@ def test_a_worker_sends_its_last_report_until_the_scheduler_answers() -> None:
 
         await scheduler.subscribe_raw(Subjects.USAGE, lossy)
         publisher = Publisher(worker, "w")
-        publisher.terminal = TerminalSender(worker, attempt_s=0.05, deliver_s=5.0)
+        publisher.terminal = AckedSender(worker, attempt_s=0.05, deliver_s=5.0)
         sub = SubmitRequest("r1", "t", "gw", [1, 2], SamplingParams(max_tokens=2))
         req = Active(sub, None, "", 0, [])
         await publisher.progress(req, "tokens", new_tokens=1, token_ids=[5])
@@ -178,3 +179,25 @@ def test_a_worker_sends_its_last_report_until_the_scheduler_answers() -> None:
 
     heard, retried = asyncio.run(run())
     assert heard == ["tokens", "failed", "finished?", "finished?"] and retried == 1
+
+
+def test_a_message_no_longer_wanted_is_not_sent_again() -> None:
+    """``wanted`` turns False (the scheduler placed the request elsewhere): resending stops,
+    though nobody answered."""
+
+    async def run() -> tuple[bool, int]:
+        hub = MemoryHub()
+        worker, gateway = hub.connect("worker"), hub.connect("gateway")
+        copies: list[bytes] = []
+
+        async def silent(raw: RawMessage) -> None:
+            copies.append(raw.data)
+
+        await gateway.subscribe_raw(Subjects.stream("gw"), silent)
+        sender = AckedSender(worker, attempt_s=0.05, deliver_s=5.0)
+        delivered = await sender.deliver(
+            Subjects.stream("gw"), FINAL, wanted=lambda: len(copies) < 3
+        )
+        return delivered, len(copies)
+
+    assert asyncio.run(run()) == (False, 3)

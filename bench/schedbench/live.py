@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from loraplex.acked import AckedSender
+from loraplex.assignments import serve_control
 from loraplex.bus import Bus
 from loraplex.prefix_keys import prefix_keys
 from loraplex.protocol import (
@@ -38,7 +40,7 @@ from loraplex.protocol import (
     WorkerHeartbeat,
 )
 from loraplex.sampling_params import SamplingParams
-from loraplex.terminal import TerminalSender, serve_stream
+from loraplex.terminal import serve_stream
 from loraplex.tooling.ports import free_port
 from loraplex.tooling.servers import start_nats, start_redis
 
@@ -60,23 +62,33 @@ class LiveRow:
         return self.submits / self.seconds if self.seconds > 0 else 0.0
 
 
+# How the fake workers take assignments and send last messages: "acked" as a real worker does
+# (both acknowledged: loraplex/assignments.py, loraplex/terminal.py), "plain-assign" with
+# assignments published, "plain" with both published (the protocol before either).
+ACK_MODES = ("acked", "plain-assign", "plain")
+
+
 class FakeWorker:
     """A colocated worker that finishes every assignment at once with one token."""
 
-    def __init__(self, bus: Bus, worker_id: str, acknowledged: bool = True) -> None:
+    def __init__(self, bus: Bus, worker_id: str, mode: str = "acked") -> None:
         self.bus, self.id = bus, worker_id
-        self.terminal = TerminalSender(bus)
-        self.acknowledged = acknowledged  # False: last messages as plain publishes (before)
+        self.terminal = AckedSender(bus)
+        self.acknowledged = mode != "plain"  # last messages
+        self.acks_assignments = mode == "acked"
         self.done = 0
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
-        await self.bus.subscribe(Subjects.worker(self.id), self._on_assign, PrefillAssign)
+        await serve_control(self.bus, self.id, self._on_assign, PrefillAssign)  # type: ignore[arg-type]
         self._task = asyncio.create_task(self._beat())
 
     async def _beat(self) -> None:
         while True:
-            hb = WorkerHeartbeat(self.id, "both", 1 << 20, 1 << 20, 16, 0, 0, 4096, ts=time.time())
+            hb = WorkerHeartbeat(
+                self.id, "both", 1 << 20, 1 << 20, 16, 0, 0, 4096, ts=time.time(),
+                acks_assignments=self.acks_assignments,
+            )  # fmt: skip
             await self.bus.publish(Subjects.HEARTBEAT, hb)
             await asyncio.sleep(0.25)
 
@@ -174,10 +186,10 @@ def _servers(workdir: Path, redis: bool) -> Iterator[tuple[str, subprocess.Popen
         nats.stop()
 
 
-async def serve_fake_workers(nats_url: str, n: int, acknowledged: bool = True) -> None:
+async def serve_fake_workers(nats_url: str, n: int, mode: str = "acked") -> None:
     """Run ``n`` fake workers until killed (the bench starts this in its own process)."""
     bus = await Bus.connect(nats_url, "fake-workers")
-    workers = [FakeWorker(bus, f"fake-{i}", acknowledged) for i in range(n)]
+    workers = [FakeWorker(bus, f"fake-{i}", mode) for i in range(n)]
     for w in workers:
         await w.start()
     await bus.flush()
@@ -279,18 +291,17 @@ def run_live(
     workers: int = 4,
     http: bool = True,
     redis: bool = False,
-    acknowledged: bool = True,
+    mode: str = "acked",
 ) -> list[LiveRow]:
     """Both paths against one scheduler; the HTTP path's gateway serves the demo tokenizer.
     With ``redis`` the scheduler runs as a replica (rows' path gets a ``+redis`` suffix).
-    ``acknowledged=False``: the fake workers send their last messages as plain publishes."""
+    ``mode`` (``ACK_MODES``): what the fake workers acknowledge."""
     rows: list[LiveRow] = []
     with tempfile.TemporaryDirectory(prefix="schedbench-") as tmp:
         work = Path(tmp)
         with _servers(work, redis) as (nats_url, _sched, nats_pid):
             fakes = _spawn(
-                [__file__, "--fake-workers", str(workers), "--nats-url", nats_url]
-                + ([] if acknowledged else ["--plain-last"]),
+                [__file__, "--fake-workers", str(workers), "--nats-url", nats_url, mode],
                 work / "fakes.log",
             )
             pids = {
@@ -337,12 +348,11 @@ def run_live(
 
 
 if __name__ == "__main__":
-    # python bench/schedbench/live.py --fake-workers N --nats-url URL [--plain-last]: the fake
-    # workers' process
+    # python bench/schedbench/live.py --fake-workers N --nats-url URL MODE: the fake workers'
+    # process (MODE one of ACK_MODES)
     # python bench/schedbench/live.py: a quick look at both paths
-    if len(sys.argv) in (5, 6) and sys.argv[1] == "--fake-workers":
-        plain = sys.argv[5:] == ["--plain-last"]
-        asyncio.run(serve_fake_workers(sys.argv[4], int(sys.argv[2]), acknowledged=not plain))
+    if len(sys.argv) == 6 and sys.argv[1] == "--fake-workers":
+        asyncio.run(serve_fake_workers(sys.argv[4], int(sys.argv[2]), sys.argv[5]))
     else:
         for r in run_live(seconds=5.0):
             print(r, f"{r.per_s:.0f}/s")

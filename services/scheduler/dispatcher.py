@@ -41,6 +41,7 @@ class Dispatcher:
         inflight: dict[str, InFlight],
         retry: list[InFlight],
         publish: Callable[[str, Message], Awaitable[None]],
+        assign: Callable[[str, PrefillAssign, Callable[[], bool]], None] | None = None,
         record: Callable[[list[LedgerEntry]], Awaitable[bool]],
         counters_changed: Callable[[], None],
         on_admit: Callable[[QueuedRequest, float], None],
@@ -53,6 +54,9 @@ class Dispatcher:
         self.inflight = inflight
         self.retry = retry
         self._publish = publish
+        # Sends an assignment until its worker acknowledges it (``Outbox.assign``), to workers
+        # whose heartbeats say they answer; None: assignments are published.
+        self._assign = assign
         self._record = record
         self._counters_changed = counters_changed
         self.epoch = 0  # the leader's term, fencing its assignments (set when it leads)
@@ -151,10 +155,16 @@ class Dispatcher:
         sub, placement = job.submit, job.placement
         if placement.decode and sub.adapter:  # the decode worker pages it in during prefill
             await self._publish(Subjects.worker(placement.decode), PrefetchAdapter(sub.adapter))
-        await self._publish(
-            Subjects.worker(placement.prefill),
-            PrefillAssign(sub, placement.decode, job.attempt, self.epoch, job.generated),
-        )
+        wid = placement.prefill
+        msg = PrefillAssign(sub, placement.decode, job.attempt, self.epoch, job.generated)
+        worker = self.registry.workers.get(wid)
+        if self._assign is None or worker is None or not worker.hb.acks_assignments:
+            await self._publish(Subjects.worker(wid), msg)
+            return
+        rid, attempt, inflight = sub.request_id, job.attempt, self.inflight
+        # Resent while this placement stands: not once the request was recovered (a new
+        # attempt), cancelled or finished.
+        self._assign(wid, msg, lambda: inflight.get(rid) is job and job.attempt == attempt)
 
     @staticmethod
     def _entry(job: InFlight) -> LedgerEntry:

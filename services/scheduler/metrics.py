@@ -19,12 +19,14 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from loraplex import prom
+from loraplex.acked import sender_counters
 from loraplex.kvcache.block_allocator import blocks_for
 from loraplex.protocol import SchedulerStats, SubmitReply, SubmitRequest
+from loraplex.scheduler.outbox import Outbox
 from loraplex.scheduler.policies.base import FairnessPolicy, QueuedRequest
 from loraplex.scheduler.worker_state import WorkerState
 from loraplex.scheduler.workers import WorkerRegistry
-from loraplex.terminal import TerminalSender, sender_counters
+from loraplex.terminal import LAST_MESSAGES
 
 
 class SchedulerView(Protocol):
@@ -36,7 +38,7 @@ class SchedulerView(Protocol):
     retry: Sized  # admitted requests to re-place
     inflight: Sized  # placed and not finished
     stalled: SubmitRequest | None  # the head of the queue, while no worker has room for it
-    terminal: TerminalSender | None  # sends requests' errors to gateways (with the bus)
+    outbox: Outbox  # its acknowledged senders: errors to gateways, assignments
 
 
 POOLS = ("prefill", "decode", "both")
@@ -151,7 +153,13 @@ class SchedulerMetrics:
             {(p,): float(sum(w.hb.max_num_seqs for w in ws)) for p, ws in by_pool.items()},
             ["pool"],
         )
-        yield from sender_counters("loraplex_scheduler", s.terminal, (), [])
+        out = s.outbox
+        yield from sender_counters(
+            "loraplex_scheduler", "last_messages", LAST_MESSAGES, out.terminal, (), []
+        )
+        yield from sender_counters(
+            "loraplex_scheduler", "assignments", "assignments to workers", out.assignments, (), []
+        )
 
 
 def scheduler_stats(policy: FairnessPolicy, registry: WorkerRegistry) -> SchedulerStats:

@@ -20,7 +20,6 @@ import uuid
 from loraplex.bus import Bus
 from loraplex.protocol import (
     CancelRequest,
-    Message,
     RequestError,
     RequestProgress,
     SchedulerStats,
@@ -35,6 +34,7 @@ from loraplex.scheduler.held_requests import held
 from loraplex.scheduler.leader import LeaseLost
 from loraplex.scheduler.ledger import LedgerEntry
 from loraplex.scheduler.metrics import SchedulerMetrics, scheduler_stats
+from loraplex.scheduler.outbox import Outbox
 from loraplex.scheduler.policies.base import QueuedRequest
 from loraplex.scheduler.policies.registry import make_policy
 from loraplex.scheduler.prefix_affinity import PrefixAffinity
@@ -44,7 +44,7 @@ from loraplex.scheduler.settings import SchedulerSettings
 from loraplex.scheduler.takeover import Takeover
 from loraplex.scheduler.worker_state import WorkerState
 from loraplex.scheduler.workers import WorkerRegistry
-from loraplex.terminal import TerminalSender, serve_progress
+from loraplex.terminal import serve_progress
 from loraplex.timeouts import wait_for
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class SchedulerService:
         # Request id -> when it was cancelled: a worker that still reports tokens for one (the
         # cancel crossed a K/V hand-over) is told again, so nothing generates for nobody.
         self.cancelled: dict[str, float] = {}
+        self.outbox = Outbox()  # with the bus
         self.recovery = Recovery(
             settings,
             self.registry,
@@ -87,11 +88,10 @@ class SchedulerService:
             inflight=self.inflight,
             retry=self.retry,
             cancelled=self.cancelled,
-            publish=self._publish,
-            deliver=self._deliver,
+            publish=self.outbox.publish,
+            deliver=self.outbox.deliver,
             counters_changed=self._counters_changed,
         )
-        self.terminal: TerminalSender | None = None  # with the bus
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._counters_dirty = False
@@ -106,7 +106,8 @@ class SchedulerService:
             queued=self.submits,
             inflight=self.inflight,
             retry=self.retry,
-            publish=self._publish,
+            publish=self.outbox.publish,
+            assign=self.outbox.assign,
             record=self._record,
             counters_changed=self._counters_changed,
             on_admit=self.metrics.admitted,
@@ -115,7 +116,7 @@ class SchedulerService:
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self.bus = await Bus.connect(self.s.nats_url, "scheduler")
-        self.terminal = TerminalSender(self.bus)
+        self.outbox.connect(self.bus)
         # Standbys listen too: a warm worker registry and the cancels of the failover gap.
         await self.bus.subscribe(Subjects.CANCEL, self._on_cancel, CancelRequest)
         await self.bus.subscribe(Subjects.HEARTBEAT, self._on_heartbeat, WorkerHeartbeat)
@@ -150,8 +151,7 @@ class SchedulerService:
             await self._save_counters()
         if self.replica is not None:
             await self.replica.stop()
-        if self.terminal is not None:  # errors still on their way to gateways
-            await self.terminal.close(wait_s=2.0)
+        await self.outbox.close(wait_s=2.0)  # errors still on their way to gateways
         if self.bus is not None:
             await self.bus.close()
 
@@ -219,7 +219,7 @@ class SchedulerService:
         self.takeover.settle(rid)
         if sub.tokens_received > 0:  # streamed, and no longer placed: it finished or was lost
             msg = "the request was lost in a scheduler failover; try again"
-            self._deliver(sub.gateway_id, RequestError(rid, 503, msg))
+            self.outbox.deliver(sub.gateway_id, RequestError(rid, 503, msg))
             return SubmitReply(rid, True)
         return None
 
@@ -249,7 +249,7 @@ class SchedulerService:
             self.cancelled[rid] = time.monotonic()
             return
         for wid in self.takeover.cancel(rid):
-            await self._publish(Subjects.worker(wid), msg)
+            await self.outbox.publish(Subjects.worker(wid), msg)
         if rid in self.submits:
             self.policy.cancel(rid)
             del self.submits[rid]
@@ -262,7 +262,7 @@ class SchedulerService:
         self._counters_dirty = True
         for wid in job.workers:
             self.registry.release(wid, rid)
-            await self._publish(Subjects.worker(wid), msg)
+            await self.outbox.publish(Subjects.worker(wid), msg)
         self._kick.set()
 
     # ---- dispatch ----------------------------------------------------------------------------
@@ -363,7 +363,7 @@ class SchedulerService:
                 await self.recovery.fail_waiting(now)
                 self.recovery.forget_cancelled(now)
                 for wid, cancel in self.takeover.expire(now):
-                    await self._publish(Subjects.worker(wid), cancel)
+                    await self.outbox.publish(Subjects.worker(wid), cancel)
                 if self._counters_dirty and self.leading:
                     await self._save_counters()
                 if self.replica is not None and self.leading:
@@ -379,7 +379,7 @@ class SchedulerService:
             if not self.leading:
                 continue
             try:
-                await self._publish(Subjects.STATS, self.stats())
+                await self.outbox.publish(Subjects.STATS, self.stats())
             except Exception as e:  # NATS reconnecting
                 log.debug("stats not published: %s", e)
 
@@ -395,12 +395,3 @@ class SchedulerService:
 
     def _counters_changed(self) -> None:
         self._counters_dirty = True
-
-    async def _publish(self, subject: str, msg: Message) -> None:
-        assert self.bus is not None
-        await self.bus.publish(subject, msg)
-
-    def _deliver(self, gateway_id: str, msg: RequestError) -> None:
-        """A request's last message to its gateway, sent until acknowledged (``terminal``)."""
-        assert self.terminal is not None
-        self.terminal.send(Subjects.stream(gateway_id), msg)

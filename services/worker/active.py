@@ -10,6 +10,7 @@ from loraplex.protocol import SubmitRequest
 from loraplex.worker.adapter_pager import AdapterPager
 
 MAX_REMEMBERED_CANCELS = 4096
+MAX_REMEMBERED_ASSIGNMENTS = 16384  # minutes of assignments at a busy worker's rate
 
 
 @dataclass
@@ -35,13 +36,27 @@ class ActiveTable:
 
     An assignment or K/V hand-over that arrives after its cancel (they cross on different
     subjects) finds its id in ``cancelled`` and is refused instead of generating for nobody.
+    An assignment that arrives again (the scheduler resends one whose answer was lost,
+    ``loraplex.assignments``) finds its ``(request id, epoch, attempt)`` in ``assigned`` and is
+    not run twice, even after the request finished or moved to its decode worker.
     """
 
     def __init__(self, pager: AdapterPager) -> None:
         self._pager = pager
         self.active: dict[str, Active] = {}
         self.cancelled: OrderedDict[str, None] = OrderedDict()
+        self.assigned: OrderedDict[tuple[str, int, int], None] = OrderedDict()
         self.draining = False
+
+    def first_assignment(self, request_id: str, epoch: int, attempt: int) -> bool:
+        """Remember this assignment; False if it was seen before (a resent copy)."""
+        key = (request_id, epoch, attempt)
+        if key in self.assigned:
+            return False
+        self.assigned[key] = None
+        while len(self.assigned) > MAX_REMEMBERED_ASSIGNMENTS:
+            self.assigned.popitem(last=False)
+        return True
 
     def remember_cancel(self, request_id: str) -> None:
         self.cancelled[request_id] = None

@@ -62,7 +62,10 @@ class Control:
                             msg.request.request_id, msg.epoch, self.epoch)  # fmt: skip
                 return
             self.epoch = msg.epoch
-            if msg.request.request_id in self._table.active:
+            rid = msg.request.request_id
+            if not self._table.first_assignment(rid, msg.epoch, msg.attempt):
+                return  # a resent copy (its answer was lost): taken already
+            if rid in self._table.active:
                 return  # already held: the same assignment again must not run it twice
             # Not awaited: paging one request's adapter must not hold up the next message.
             self._bg.spawn(self._on_assign(msg))

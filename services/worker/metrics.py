@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from loraplex import prom
-from loraplex.terminal import TerminalSender, sender_counters
+from loraplex.acked import AckedSender, sender_counters
+from loraplex.terminal import LAST_MESSAGES
 
 if TYPE_CHECKING:
     from loraplex.engine.llm_engine import LLMEngine
@@ -32,7 +33,7 @@ class WorkerMetrics:
     def __init__(self, worker_id: str, role: str) -> None:
         self.worker_id, self.role = worker_id, role
         self.engine: LLMEngine | None = None  # bound once built (the listener starts before)
-        self.terminal: TerminalSender | None = None  # the publisher's, once it exists
+        self.terminal: AckedSender | None = None  # the publisher's, once it exists
         r = self.registry = CollectorRegistry()
         ids = {"worker": worker_id, "role": role}
         self._step = self._labelled_histogram(
@@ -120,7 +121,9 @@ class WorkerMetrics:
     def _collect(self) -> Iterable[prom.Family]:
         key = (self.worker_id, self.role)
         labels = ["worker", "role"]
-        yield from sender_counters("loraplex_worker", self.terminal, key, labels)
+        yield from sender_counters(
+            "loraplex_worker", "last_messages", LAST_MESSAGES, self.terminal, key, labels
+        )
         e = self.engine
         if e is None:
             return

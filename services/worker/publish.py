@@ -3,10 +3,11 @@ gateway's stream, progress to the scheduler's usage subject, and errors."""
 
 from __future__ import annotations
 
+from loraplex.acked import AckedSender
 from loraplex.bus import Bus
 from loraplex.engine.outputs import StepOutput
 from loraplex.protocol import RequestError, RequestProgress, Subjects, TokenDelta
-from loraplex.terminal import TERMINAL_EVENTS, TerminalSender
+from loraplex.terminal import TERMINAL_EVENTS
 from loraplex.worker.active import Active
 
 
@@ -18,7 +19,7 @@ class Publisher:
     def __init__(self, bus: Bus, worker_id: str) -> None:
         self._bus = bus
         self._id = worker_id
-        self.terminal = TerminalSender(bus)
+        self.terminal = AckedSender(bus)
 
     async def tokens(self, req: Active, out: StepOutput) -> None:
         """One step's new tokens of ``req`` to its gateway, counted into ``req.generated``, and

@@ -16,15 +16,13 @@ from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import Any, NoReturn
 
+from loraplex.assignments import serve_control
 from loraplex.bus import Bus
 from loraplex.engine.failures import is_fatal
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.outputs import StepOutput
 from loraplex.protocol import (
     AdapterEvent,
-    CancelRequest,
-    PrefetchAdapter,
-    PrefillAssign,
     Subjects,
     WorkerHeartbeat,
 )
@@ -118,11 +116,7 @@ class Worker:
             publisher,
             self.kv,
         )
-        await bus.subscribe(
-            Subjects.worker(self.id),
-            control.on_control,
-            (PrefillAssign, CancelRequest, PrefetchAdapter),
-        )
+        await serve_control(bus, self.id, control.on_control)
         await bus.subscribe(Subjects.ADAPTER_EVENTS, control.on_adapter_event, AdapterEvent)
         if self.kv is not None:
             await self.kv.start()
@@ -257,5 +251,6 @@ class Worker:
                 prefix_cache_query_tokens=e.scheduler.prefix_query_tokens,
                 active=list(self.active),
                 incarnation=self.incarnation,
+                acks_assignments=True,
             ),
         )

@@ -51,6 +51,14 @@ class RawMessage(Protocol):
 
 RawHandler = Callable[[RawMessage], Awaitable[None]]
 
+# The headers of the status a NATS server sends to a message's reply subject when nobody
+# subscribes to its subject (nats-py hands them to a subscription as they are).
+NO_RESPONDERS = {"Status": "503"}
+
+
+def is_no_responders(raw: RawMessage) -> bool:
+    return not raw.data and bool(raw.headers) and raw.headers.get("Status") == "503"  # type: ignore[union-attr]
+
 
 PING_INTERVAL_S = 2.0
 
@@ -86,8 +94,10 @@ class TypedBus:
         return self.disconnects == before
 
     async def publish_raw(
-        self, subject: str, data: bytes, headers: dict[str, str] | None = None
+        self, subject: str, data: bytes, headers: dict[str, str] | None = None, reply: str = ""
     ) -> None:
+        """Send ``data``; with ``reply``, an answer goes there, or (nobody subscribes to
+        ``subject``) the server's no-responders status: empty data, ``NO_RESPONDERS`` headers."""
         raise NotImplementedError
 
     async def request_raw(self, subject: str, data: bytes, timeout: float) -> bytes:
@@ -248,9 +258,9 @@ class Bus(TypedBus):
         return bool(self.nc.is_connected)
 
     async def publish_raw(
-        self, subject: str, data: bytes, headers: dict[str, str] | None = None
+        self, subject: str, data: bytes, headers: dict[str, str] | None = None, reply: str = ""
     ) -> None:
-        await self.nc.publish(subject, data, headers=headers)
+        await self.nc.publish(subject, data, reply=reply, headers=headers)
 
     async def request_raw(self, subject: str, data: bytes, timeout: float) -> bytes:
         """Send ``data`` and return the reply's bytes; bus failures raise ``BusError``s."""

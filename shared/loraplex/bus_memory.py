@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from loraplex.bus import (
+    NO_RESPONDERS,
     BusError,
     BusTimeoutError,
     NoRespondersError,
@@ -161,10 +162,13 @@ class MemoryBus(TypedBus):
             raise BusError(f"{self.name}: connection closed")
 
     async def publish_raw(
-        self, subject: str, data: bytes, headers: dict[str, str] | None = None
+        self, subject: str, data: bytes, headers: dict[str, str] | None = None, reply: str = ""
     ) -> None:
         self._check_open()
-        self.hub.deliver(subject, data, headers, "")
+        if reply and not self.hub.matching(subject):  # as nats-server answers it
+            self.hub.deliver(reply, b"", dict(NO_RESPONDERS), "")
+            return
+        self.hub.deliver(subject, data, headers, reply)
 
     async def request_raw(self, subject: str, data: bytes, timeout: float) -> bytes:
         """Send ``data`` and return the reply's bytes; bus failures raise ``BusError``s."""

@@ -150,8 +150,9 @@ class RequestError(Message):
 
 @dataclass(frozen=True)
 class StreamAck(Message):
-    """gateway -> sender: the last message of ``request_id`` arrived (the reply to a final
-    ``TokenDelta`` or a ``RequestError`` sent as a request: ``loraplex.terminal``)."""
+    """receiver -> sender: a message about ``request_id`` sent as a request arrived (the reply to
+    a final ``TokenDelta`` or a ``RequestError`` from a gateway, to a last ``RequestProgress``
+    from the leading scheduler, to a ``PrefillAssign`` from its worker: ``loraplex.acked``)."""
 
     TAG: ClassVar[str] = "stream_ack"
     request_id: str
@@ -236,6 +237,9 @@ class WorkerHeartbeat(Message):
     # another incarnation is a worker that restarted (a supervisor brings it back within a
     # heartbeat timeout): what the old process held is lost, and is recovered at once.
     incarnation: str = ""
+    # The worker answers assignments sent as requests (``loraplex.assignments``): the scheduler
+    # sends them again until answered.  False (an older worker, a test's stand-in): published.
+    acks_assignments: bool = False
 
 
 @dataclass(frozen=True)
