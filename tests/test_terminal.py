@@ -201,3 +201,27 @@ def test_a_message_no_longer_wanted_is_not_sent_again() -> None:
         return delivered, len(copies)
 
     assert asyncio.run(run()) == (False, 3)
+
+
+def test_a_failing_wanted_check_drops_only_its_own_message() -> None:
+    async def run() -> tuple[bool, bool]:
+        hub = MemoryHub()
+        worker, gateway = hub.connect("worker"), hub.connect("gateway")
+        answered = 0
+
+        async def answer_from_the_second(raw: RawMessage) -> None:
+            nonlocal answered
+            answered += 1
+            if answered > 2:  # both first copies are lost
+                await raw.respond(encode(StreamAck("r")))
+
+        def broken() -> bool:
+            raise RuntimeError("a bug in the sender's check")
+
+        await gateway.subscribe_raw(Subjects.stream("gw"), answer_from_the_second)
+        sender = AckedSender(worker, attempt_s=0.05, deliver_s=5.0)
+        bad = asyncio.ensure_future(sender.deliver(Subjects.stream("gw"), FINAL, wanted=broken))
+        good = await sender.deliver(Subjects.stream("gw"), FINAL)
+        return await bad, good
+
+    assert asyncio.run(run()) == (False, True)

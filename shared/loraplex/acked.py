@@ -72,6 +72,7 @@ class AckedSender:
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
+        self._subscribed = False
         self.retried = 0
         self.undelivered = 0
 
@@ -112,12 +113,18 @@ class AckedSender:
             subject, encode(msg), label, wanted, now + self._deliver_s, now, 0, outcome
         )
         heapq.heappush(self._due, (now, n, token))
-        if self._runner is None:
+        if self._runner is None or self._runner.done():  # first use, or it failed to subscribe
             self._runner = asyncio.get_running_loop().create_task(self._run())
         self._wake.set()
 
     async def _run(self) -> None:
-        await self._bus.subscribe_raw(f"{self._inbox}.*", self._on_answer)
+        if not self._subscribed:
+            try:
+                await self._bus.subscribe_raw(f"{self._inbox}.*", self._on_answer)
+            except Exception as e:  # the connection is closed: the next send tries again
+                log.warning("cannot take answers on %s: %r", self._inbox, e)
+                return
+            self._subscribed = True
         loop = asyncio.get_running_loop()  # its clock is time.monotonic
         timer: asyncio.TimerHandle | None = None
         while True:
@@ -139,7 +146,7 @@ class AckedSender:
 
     async def _try(self, token: str, entry: _Pending, now: float) -> None:
         """Send ``entry`` (again), or drop it: given up on, or no longer wanted."""
-        if entry.tries and not entry.wanted():
+        if entry.tries and not self._wanted(entry):
             self._settle(token, entry, False)
             return
         if now >= entry.give_up or (entry.nobody and self._closing):
@@ -156,6 +163,14 @@ class AckedSender:
             await self._bus.publish_raw(entry.subject, entry.data, reply=f"{self._inbox}.{token}")
         except Exception as e:  # the connection closing or reconnecting: try again when due
             log.debug("%s not sent yet: %r", entry.label, e)
+
+    @staticmethod
+    def _wanted(entry: _Pending) -> bool:
+        try:
+            return entry.wanted()
+        except Exception:  # a sender's check must not stop the sending of everything else
+            log.exception("checking whether %s is still wanted failed", entry.label)
+            return False
 
     def _schedule(self, token: str, entry: _Pending, due: float) -> None:
         entry.due = min(due, entry.give_up)
