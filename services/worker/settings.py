@@ -142,7 +142,13 @@ def flags(default_role: str = "both") -> tuple[Flag, ...]:
         ),
         flag("--host-cache-mb", type=int, default=1024, help="host-memory adapter cache budget"),
         flag("--heartbeat-interval", type=float, default=0.5, help="seconds between heartbeats"),
-        flag("--kv-timeout", type=float, default=10.0, help="seconds a K/V transfer may take"),
+        flag(
+            "--kv-timeout",
+            type=float,
+            default=10.0,
+            help="seconds a K/V hand-over may wait: for the decode worker to take it (KVBegin, "
+            "resent every 2 s meanwhile), and between two of its chunks",
+        ),
         *status_listener_flags(
             env.WORKER_METRICS_HOST,
             env.WORKER_METRICS_PORT,
