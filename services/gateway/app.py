@@ -21,6 +21,7 @@ from loraplex.bus import Bus
 from loraplex.gateway.body_check import BodyCheckMiddleware
 from loraplex.gateway.capacity import SchedulerView
 from loraplex.gateway.errors import install_error_handlers
+from loraplex.gateway.heartbeat import beating
 from loraplex.gateway.limits import BodyLimitMiddleware
 from loraplex.gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
 from loraplex.gateway.metrics_server import metrics_listener
@@ -79,6 +80,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             await serve_stream(bus, settings.gateway_id, streams.dispatch)
             # The scheduler's broadcast says whether any worker set can serve: /ready.
             await bus.subscribe(Subjects.STATS, capacity.on_stats, SchedulerStats)
+            # So the scheduler knows this gateway lives (it cancels a gone one's requests).
+            await stack.enter_async_context(beating(bus, settings.gateway_id))
             store = None
             if registration is not None:
                 state = await stack.enter_async_context(registration.running())

@@ -22,6 +22,7 @@ from loraplex import prom
 from loraplex.acked import sender_counters
 from loraplex.kvcache.block_allocator import blocks_for
 from loraplex.protocol import SchedulerStats, SubmitReply, SubmitRequest
+from loraplex.scheduler.gateways import GatewayWatch
 from loraplex.scheduler.outbox import Outbox
 from loraplex.scheduler.policies.base import FairnessPolicy, QueuedRequest
 from loraplex.scheduler.worker_state import WorkerState
@@ -39,6 +40,7 @@ class SchedulerView(Protocol):
     inflight: Sized  # placed and not finished
     stalled: SubmitRequest | None  # the head of the queue, while no worker has room for it
     outbox: Outbox  # its acknowledged senders: errors to gateways, assignments
+    gateways: GatewayWatch  # gateways heard, and the requests of gone ones cancelled
 
 
 POOLS = ("prefill", "decode", "both")
@@ -152,6 +154,12 @@ class SchedulerMetrics:
             "batch slots of the pool's workers (sum of max_num_seqs)",
             {(p,): float(sum(w.hb.max_num_seqs for w in ws)) for p, ws in by_pool.items()},
             ["pool"],
+        )
+        yield prom.counter(
+            "loraplex_scheduler_orphaned_requests_cancelled",
+            "requests cancelled because their gateway stopped heart-beating (--gateway-timeout)",
+            {(): float(s.gateways.cancelled)},
+            [],
         )
         out = s.outbox
         yield from sender_counters(

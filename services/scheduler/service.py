@@ -1,10 +1,11 @@
 """The scheduler process: the only queue.  Admits work in the fairness policy's order, only when
 workers have committed room for it; places it; tracks it until done; recovers from dead workers.
 
-This is the composition root (~370 lines, past the usual 300 on purpose): it owns the bus, the
+This is the composition root (~400 lines, past the usual 300 on purpose): it owns the bus, the
 lease and the request tables, and routes each message to the parts that do the work: admission
-checks (``admission.py``), the dispatch loop (``dispatcher.py``), placement (``workers.py``,
-``placement.py``), recovery (``recovery.py``) and failover (``takeover.py``, ``replica.py``)."""
+checks (``admission.py``), the dispatch loop (``dispatcher.py``), sending (``outbox.py``),
+placement (``workers.py``, ``placement.py``), recovery (``recovery.py``), gone gateways
+(``gateways.py``) and failover (``takeover.py``, ``replica.py``)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import uuid
 from loraplex.bus import Bus
 from loraplex.protocol import (
     CancelRequest,
+    GatewayHeartbeat,
     RequestError,
     RequestProgress,
     SchedulerStats,
@@ -30,6 +32,7 @@ from loraplex.protocol import (
 )
 from loraplex.scheduler.admission import refusal
 from loraplex.scheduler.dispatcher import Dispatcher
+from loraplex.scheduler.gateways import GatewayWatch
 from loraplex.scheduler.held_requests import held
 from loraplex.scheduler.leader import LeaseLost
 from loraplex.scheduler.ledger import LedgerEntry
@@ -98,6 +101,10 @@ class SchedulerService:
         self.started = False  # subscribed (the /ready of http_status.py)
         self.listening_since = time.monotonic()  # heartbeats heard since (set again by start)
         self.metrics = SchedulerMetrics(self)
+        self.gateways = GatewayWatch(  # a gateway gone: cancel its requests, as its clients would
+            settings.gateway_timeout_s, self.submits, self.inflight, self.retry,
+            lambda rid: self._on_cancel(CancelRequest(rid)), lambda: self.leading,
+        )  # fmt: skip
         self.dispatcher = Dispatcher(
             settings,
             self.policy,
@@ -120,6 +127,7 @@ class SchedulerService:
         # Standbys listen too: a warm worker registry and the cancels of the failover gap.
         await self.bus.subscribe(Subjects.CANCEL, self._on_cancel, CancelRequest)
         await self.bus.subscribe(Subjects.HEARTBEAT, self._on_heartbeat, WorkerHeartbeat)
+        await self.bus.subscribe(Subjects.GATEWAYS, self.gateways.on_heartbeat, GatewayHeartbeat)
         self.listening_since = time.monotonic()
         # A worker's last report on a request comes as a request: the leader acknowledges it.
         await serve_progress(self.bus, self._on_progress, lambda: self.leading)
@@ -360,6 +368,7 @@ class SchedulerService:
                 now = time.monotonic()
                 for dead in self.registry.expire(now):
                     await self._worker_gone(dead, "stopped responding")
+                await self.gateways.check(now)
                 await self.recovery.fail_waiting(now)
                 self.recovery.forget_cancelled(now)
                 for wid, cancel in self.takeover.expire(now):

@@ -29,6 +29,8 @@ class SchedulerSettings:
     redis_prefix: str = "loraplex"
     prefix_routing: bool = True
     lost_request_grace_s: float = 2.0
+    # A gateway heard and then silent this long is gone: its requests are cancelled (0: never).
+    gateway_timeout_s: float = 10.0
     prefix_balance: float = 0.25
     # Waiting requests fail (503) once no worker set could serve them for this long, instead of
     # waiting for the gateway's request timeout while a dead worker is being restarted.
@@ -114,6 +116,13 @@ def flags() -> tuple[Flag, ...]:
             help="seconds a worker may not list a request it was given before it is re-dispatched",
         ),
         flag(
+            "--gateway-timeout",
+            type=float,
+            default=10.0,
+            help="seconds without a gateway's heartbeat before the requests it owns are "
+            "cancelled (it died with its clients' connections); 0 = never",
+        ),
+        flag(
             "--prefix-routing",
             action=argparse.BooleanOptionalAction,
             default=True,
@@ -175,6 +184,7 @@ def settings_from_args(a: argparse.Namespace) -> SchedulerSettings:
         redis_prefix=a.redis_prefix,
         prefix_routing=a.prefix_routing,
         lost_request_grace_s=a.lost_request_grace,
+        gateway_timeout_s=a.gateway_timeout,
         prefix_balance=a.prefix_balance,
         unavailable_timeout_s=a.unavailable_timeout,
         metrics_host=a.metrics_host,

@@ -39,6 +39,9 @@ class Subjects:
     )
     # the leading scheduler -> gateways and workers, at takeover and every second: LeaderAnnounce
     LEADER = "loraplex.sched.leader"
+    # gateways -> schedulers, every second: GatewayHeartbeat (a gateway that falls silent is
+    # gone, with its clients: the requests it owns are cancelled)
+    GATEWAYS = "loraplex.sched.gateways"
 
     @staticmethod
     def worker(worker_id: str) -> str:
@@ -240,6 +243,16 @@ class WorkerHeartbeat(Message):
     # The worker answers assignments sent as requests (``loraplex.assignments``): the scheduler
     # sends them again until answered.  False (an older worker, a test's stand-in): published.
     acks_assignments: bool = False
+
+
+@dataclass(frozen=True)
+class GatewayHeartbeat(Message):
+    """gateway -> schedulers, every second: this gateway (and its clients' connections) lives.
+    The scheduler cancels the requests of a gateway it heard and then stopped hearing."""
+
+    TAG: ClassVar[str] = "gateway_heartbeat"
+    gateway_id: str
+    ts: float = 0.0
 
 
 @dataclass(frozen=True)
