@@ -50,6 +50,7 @@ FORWARDED: dict[str, tuple[str, ...]] = {
     "--prefix-routing": (SCHEDULER,),
     "--prefix-cache-scope": (GATEWAY,),
     "--rpm-limit": (SCHEDULER,),
+    "--gateway-timeout": (SCHEDULER,),
     "--dtype": (WORKER,),
     "--device": (WORKER,),
 }
@@ -110,7 +111,7 @@ def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p, reused, "--max-num-seqs", "--max-loras", "--max-lora-rank", "--num-kv-blocks",
         "--max-model-len", "--max-num-batched-tokens", "--enforce-eager",
         "--enable-prefix-caching", "--fairness", "--prefix-routing", "--prefix-cache-scope",
-        "--rpm-limit",
+        "--rpm-limit", "--gateway-timeout",
     )  # fmt: skip
     p.add_argument("--nats-url", default=None, help="use this NATS (default: start a nats-server)")
     p.add_argument(

@@ -34,6 +34,7 @@ EVERYTHING_SET = [
     "--max-num-seqs", "5", "--max-loras", "3", "--max-lora-rank", "16", "--num-kv-blocks", "9",
     "--max-model-len", "512", "--max-num-batched-tokens", "256", "--enforce-eager",
     "--no-enable-prefix-caching", "--fairness", "rpm", "--no-prefix-routing", "--rpm-limit", "7",
+    "--gateway-timeout", "4",
     "--dtype", "float16", "--device", "cpu", "--adapters-root", "/srv/adapters",
 ]  # fmt: skip
 
