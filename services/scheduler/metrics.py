@@ -76,6 +76,8 @@ class SchedulerMetrics:
     def __init__(self, service: SchedulerView) -> None:
         self.service = service
         r = self.registry = CollectorRegistry()
+        self._by_code: dict[int, Counter] = {}  # the labelled children, per SUBMIT answer code
+        self._by_tenant: dict[str, Histogram] = {}  # and per tenant (queue time)
         self.queue_time = Histogram(
             "loraplex_scheduler_queue_time_seconds",
             "submit to first placement, per tenant",
@@ -94,10 +96,17 @@ class SchedulerMetrics:
         prom.register(r, self._collect)
 
     def submitted(self, reply: SubmitReply) -> None:
-        self.submits.labels(str(reply.code if not reply.accepted else 200)).inc()
+        code = 200 if reply.accepted else reply.code
+        child = self._by_code.get(code)
+        if child is None:  # ``labels`` takes a lock and builds a key each call: once per code
+            child = self._by_code[code] = self.submits.labels(str(code))
+        child.inc()
 
     def admitted(self, q: QueuedRequest, now: float) -> None:
-        self.queue_time.labels(q.tenant).observe(max(0.0, now - q.arrival))
+        child = self._by_tenant.get(q.tenant)
+        if child is None:
+            child = self._by_tenant[q.tenant] = self.queue_time.labels(q.tenant)
+        child.observe(max(0.0, now - q.arrival))
 
     def _collect(self) -> Iterable[prom.Family]:
         s = self.service

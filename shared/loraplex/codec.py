@@ -61,14 +61,21 @@ class Message:
             _REGISTRY[cls.TAG] = cls
 
 
+@functools.cache
+def _shape(hint: Any) -> tuple[Any, tuple[Any, ...]]:
+    """``typing.get_origin`` and ``get_args`` of a field's hint, once per hint: they cost a
+    microsecond or so a call, and a SUBMIT has dozens of fields."""
+    return typing.get_origin(hint), typing.get_args(hint)
+
+
 def _check(value: Any, hint: Any, where: str) -> Any:
     """Validate (and rebuild nested messages of) one decoded value against its type hint."""
     kind = type(value)
     if kind is hint and kind in _PLAIN:  # most fields: a scalar of exactly its type
         return value
-    origin = typing.get_origin(hint)
+    origin, hint_args = _shape(hint)
     if origin in (Union, types.UnionType):
-        options = typing.get_args(hint)
+        options = hint_args
         if kind in _PLAIN and kind in options:  # ``str | None`` and the like, without a try
             return value
         for option in options:
@@ -84,14 +91,14 @@ def _check(value: Any, hint: Any, where: str) -> Any:
     if origin is list:
         if not isinstance(value, list):
             raise ProtocolError(f"{where}: expected a list")
-        (item,) = typing.get_args(hint) or (Any,)
+        (item,) = hint_args or (Any,)
         if item in _SCALARS and (not value or set(map(type, value)) == {item}):
             return value  # token ids, block keys: checked in C, not one call per item
         return [_check(v, item, f"{where}[]") for v in value]
     if origin is tuple:
-        return _check_tuple(value, typing.get_args(hint), where)
+        return _check_tuple(value, hint_args, where)
     if origin is dict:
-        key, item = typing.get_args(hint) or (Any, Any)
+        key, item = hint_args or (Any, Any)
         if isinstance(value, list) and key is not str:  # non-string keys travel as pairs
             pairs = [_check_tuple(kv, (key, item), f"{where}[]") for kv in value]
             return dict(pairs)
