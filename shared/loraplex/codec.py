@@ -155,7 +155,11 @@ def _from_fields(cls: type[M], data: Any, where: str) -> M:
     kwargs = {}
     for name, hint, required in _fields(cls):
         if name in data:
-            kwargs[name] = _check(data[name], hint, f"{where}.{name}")
+            value = data[name]
+            if type(value) is hint and hint in _PLAIN:  # most fields: no call, no path string
+                kwargs[name] = value
+            else:
+                kwargs[name] = _check(value, hint, f"{where}.{name}")
         elif required:
             raise ProtocolError(f"{where}: missing field {name!r}")
     try:
@@ -171,7 +175,10 @@ def _to_fields(msg: Any) -> dict[str, Any]:
 def _to_wire(v: Any) -> Any:
     """Nested messages and wire types (also inside lists and maps) become maps of their fields;
     tuples become lists, and maps with non-string keys lists of ``[key, value]`` pairs."""
-    if isinstance(v, Message) or type(v) in _WIRE_TYPES:
+    kind = type(v)
+    if kind in _PLAIN:  # most fields: as they are
+        return v
+    if isinstance(v, Message) or kind in _WIRE_TYPES:
         return _to_fields(v)
     if isinstance(v, (list, tuple)):
         if set(map(type, v)) <= _PLAIN:  # token ids and the like: nothing to convert
