@@ -94,7 +94,7 @@ def test_a_lost_assignment_is_sent_again_until_answered_then_no_more(nats_url, m
         copies = worker.of("r1")
         assert all(as_request for _, _, as_request in copies)
         assert {(c.attempt, c.epoch) for _, c, _ in copies} == {(0, service.epoch)}
-        assert copies[-1][0] - sent < 2.0  # two lost copies cost two tries, not a grace
+        assert copies[-1][0] - sent < 5.0  # two tries (0.3 s each), not the 30-s grace
         await asyncio.sleep(1.0)
         assert len(worker.of("r1")) == 3  # answered: no more copies
         assert service.outbox.assignments is not None
