@@ -64,7 +64,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     metrics = GatewayMetrics()
     streams = StreamRouter()
     capacity = SchedulerView()
-    metrics.bind_orphans(lambda: streams.orphans)
+    metrics.bind_orphans(lambda: streams.orphans, lambda: streams.orphan_cancels)
     registration = _registration(settings, tenants)
 
     @asynccontextmanager
@@ -92,6 +92,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 )
             app.state.service = service = GatewayService(
                 settings, bus, streams, tokenizer, store, metrics
+            )
+            # A delta for a request no longer open: its cancel was lost; ask again.
+            streams.bind_orphan_cancel(
+                lambda rid: service.cancel(rid, "the gateway no longer has the request")
             )
             # From the start, so the leader is known before the first request.
             await service.resubmitter.ensure_subscribed()

@@ -116,6 +116,7 @@ class GatewayMetrics:
             "loraplex_gateway_requests_in_flight", "generations waiting or streaming", registry=r
         )
         self._orphans: Callable[[], int] = lambda: 0
+        self._orphan_cancels: Callable[[], int] = lambda: 0
         prom.register(r, self._collect)
 
     def _collect(self) -> list[prom.Family]:
@@ -125,11 +126,18 @@ class GatewayMetrics:
                 "stream messages for requests no longer open (dropped)",
                 {(): float(self._orphans())},
                 [],
-            )
+            ),
+            prom.counter(
+                "loraplex_gateway_orphan_cancels",
+                "cancels sent again for requests still generating after the gateway closed them",
+                {(): float(self._orphan_cancels())},
+                [],
+            ),
         ]
 
-    def bind_orphans(self, read: Callable[[], int]) -> None:
-        self._orphans = read
+    def bind_orphans(self, read: Callable[[], int], cancels: Callable[[], int] = lambda: 0) -> None:
+        """Read the stream router's counts: messages dropped, and cancels sent again."""
+        self._orphans, self._orphan_cancels = read, cancels
 
     def started(self, tenant: str, adapter: str | None, prompt_tokens: int) -> None:
         """A generation was accepted by the scheduler."""
