@@ -225,3 +225,40 @@ def test_a_failing_wanted_check_drops_only_its_own_message() -> None:
         return await bad, good
 
     assert asyncio.run(run()) == (False, True)
+
+
+def test_a_worker_snapshots_a_requests_token_ids_every_64_tokens() -> None:
+    """``Publisher.tokens``: every ``TOKEN_SNAPSHOT_EVERY`` tokens a ``tokens`` report carries
+    all the completion's ids so far (a migrated request's earlier ones first), so a lost report
+    cannot stop a later migration; the other reports carry none."""
+    from loraplex import SamplingParams
+    from loraplex.engine.outputs import StepOutput
+    from loraplex.protocol import TOKEN_SNAPSHOT_EVERY, RequestProgress, SubmitRequest
+    from loraplex.worker.active import Active
+    from loraplex.worker.publish import Publisher
+
+    async def run() -> list[RequestProgress]:
+        hub = MemoryHub()
+        worker, scheduler = hub.connect("worker"), hub.connect("scheduler")
+        reports: list[RequestProgress] = []
+
+        async def on_report(p: RequestProgress) -> None:
+            reports.append(p)
+
+        await scheduler.subscribe(Subjects.USAGE, on_report, RequestProgress)
+        publisher = Publisher(worker, "w")
+        sub = SubmitRequest("r1", "t", "gw", [1, 2], SamplingParams(max_tokens=500))
+        req = Active(sub, None, "", 3, [900, 901, 902])  # migrated after 3 tokens
+        for i in range(2 * TOKEN_SNAPSHOT_EVERY):
+            await publisher.tokens(req, StepOutput("r1", [i], "x", finished=False))
+        for _ in range(50):
+            await asyncio.sleep(0)
+        return reports
+
+    reports = asyncio.run(run())
+    every = TOKEN_SNAPSHOT_EVERY
+    with_snapshot = [p for p in reports if p.all_token_ids is not None]
+    assert [p.completion_tokens for p in with_snapshot] == [every, 2 * every]
+    for p in with_snapshot:
+        assert p.all_token_ids == [900, 901, 902, *range(p.completion_tokens - 3)]
+    assert len(reports) == 2 * every

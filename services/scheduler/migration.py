@@ -4,7 +4,9 @@ Workers report each step's token ids on ``loraplex.sched.usage`` (``RequestProgr
 *before* the matching ``TokenDelta``; one connection's messages keep their order, so the scheduler
 knows every token the gateway can have.  A migrated request is placed again with those tokens
 (``PrefillAssign.generated``): the new worker prefills prompt + tokens, replays the tokens to the
-gateway (which drops those it has, by index) and decodes on.  Pure Python bookkeeping.
+gateway (which drops those it has, by index) and decodes on.  Core NATS can lose a report, which
+leaves a gap; every ``TOKEN_SNAPSHOT_EVERY`` tokens a report also carries all the ids so far
+(``RequestProgress.all_token_ids``), which makes the log whole again.  Pure Python bookkeeping.
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ class TokenLog:
             return
         # A report overlapping what is known (a replay) rewrites it in place, never truncates.
         self.ids[start : start + len(token_ids)] = token_ids
+
+    def snapshot(self, token_ids: list[int], completion_tokens: int) -> None:
+        """All the tokens so far (a worker sends them now and then): the log is whole again,
+        whatever reports were lost before."""
+        if len(token_ids) == completion_tokens:
+            self.ids = list(token_ids)
+            self.broken = False
 
     def resumable(self, max_tokens: int, reported: int = 0) -> bool:
         """Whether the request can continue from these tokens on another worker: the log is

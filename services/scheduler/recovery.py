@@ -69,6 +69,8 @@ class InFlight:
         self.tokens_sent = True
         self.completion_tokens = p.completion_tokens
         self.tokens.record(p.token_ids, p.new_tokens, p.completion_tokens)
+        if p.all_token_ids is not None:
+            self.tokens.snapshot(p.all_token_ids, p.completion_tokens)
 
     def release_prefill(self, registry: WorkerRegistry, worker_id: str) -> None:
         """A disaggregated prefill worker is done with the request once the K/V left it."""

@@ -26,8 +26,14 @@ class Active:
     # the dead worker reported to the scheduler but never delivered is not lost.
     resumed: list[int] = field(default_factory=list)
     replayed: bool = False
+    # Every completion token so far (``resumed`` first), for the scheduler's snapshots.
+    token_ids: list[int] = field(default_factory=list)
     # prompt tokens its prefill took from a prefix cache (this engine's, or KVBegin's)
     cached_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.token_ids:
+            self.token_ids = list(self.resumed)
 
 
 class ActiveTable:

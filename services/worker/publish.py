@@ -6,7 +6,13 @@ from __future__ import annotations
 from loraplex.acked import AckedSender
 from loraplex.bus import Bus
 from loraplex.engine.outputs import StepOutput
-from loraplex.protocol import RequestError, RequestProgress, Subjects, TokenDelta
+from loraplex.protocol import (
+    TOKEN_SNAPSHOT_EVERY,
+    RequestError,
+    RequestProgress,
+    Subjects,
+    TokenDelta,
+)
 from loraplex.terminal import TERMINAL_EVENTS
 from loraplex.worker.active import Active
 
@@ -27,13 +33,18 @@ class Publisher:
         bus keeps one connection's order, so the scheduler knows every token the gateway can
         have, and a migrated request's replay (``Active.resumed``, with the text of those tokens
         from offset 0) fills what the gateway lacks."""
+        before = req.generated
         req.generated += len(out.new_token_ids)
+        req.token_ids.extend(out.new_token_ids)
         sub = req.submit
+        # Every TOKEN_SNAPSHOT_EVERY tokens, all of them: repairs a lost report's gap.
+        snapshot = req.generated // TOKEN_SNAPSHOT_EVERY > before // TOKEN_SNAPSHOT_EVERY
         await self.progress(
             req,
             "finished" if out.finished else "tokens",
             new_tokens=len(out.new_token_ids),
             token_ids=list(out.new_token_ids),
+            all_token_ids=list(req.token_ids) if snapshot and not out.finished else None,
         )
         if req.resumed and not req.replayed:
             req.replayed = True
@@ -74,6 +85,7 @@ class Publisher:
         message: str = "",
         suspect: str = "",
         token_ids: list[int] | None = None,
+        all_token_ids: list[int] | None = None,
     ) -> None:
         sub = req.submit
         report = RequestProgress(
@@ -88,6 +100,7 @@ class Publisher:
             message=message,
             suspect=suspect,
             token_ids=token_ids or [],
+            all_token_ids=all_token_ids,
         )
         if event in TERMINAL_EVENTS:  # the scheduler's last word on it: at least once
             self.terminal.send(Subjects.USAGE, report)

@@ -53,6 +53,22 @@ def test_token_log_breaks_on_a_gap_or_counts_without_ids():
     assert not adopted.resumable(100, reported=5) and adopted.resumable(100, reported=0)
 
 
+def test_a_snapshot_makes_a_broken_token_log_whole_again():
+    """A lost report leaves a gap; the worker's next snapshot (all ids so far) repairs it, and a
+    snapshot whose length is not the reported count is ignored."""
+    log = TokenLog()
+    log.record([1], 1, 1)
+    log.record([3], 1, 3)  # token 2's report was lost
+    assert log.broken
+    log.snapshot([1, 2, 3, 4], 5)  # not the count: ignored
+    assert log.broken and not log.resumable(100)
+    log.record([4], 1, 4)
+    log.snapshot([1, 2, 3, 4], 4)
+    assert not log.broken and log.ids == [1, 2, 3, 4] and log.resumable(100)
+    log.record([5], 1, 5)  # and it goes on from there
+    assert log.ids == [1, 2, 3, 4, 5]
+
+
 # ---- the service on real NATS ------------------------------------------------------------------
 class Worker:
     """A colocated worker that heart-beats while ``beating`` and records its assignments."""
