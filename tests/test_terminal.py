@@ -227,10 +227,10 @@ def test_a_failing_wanted_check_drops_only_its_own_message() -> None:
     assert asyncio.run(run()) == (False, True)
 
 
-def test_a_worker_snapshots_a_requests_token_ids_every_64_tokens() -> None:
-    """``Publisher.tokens``: every ``TOKEN_SNAPSHOT_EVERY`` tokens a ``tokens`` report carries
-    all the completion's ids so far (a migrated request's earlier ones first), so a lost report
-    cannot stop a later migration; the other reports carry none."""
+def test_a_worker_snapshots_a_requests_token_ids_now_and_then() -> None:
+    """``Publisher.tokens``: every ``TOKEN_SNAPSHOT_EVERY`` tokens, then every quarter of the
+    count, a ``tokens`` report carries all the completion's ids so far (a migrated request's
+    earlier ones first), so a lost report cannot stop a later migration; the others carry none."""
     from loraplex import SamplingParams
     from loraplex.engine.outputs import StepOutput
     from loraplex.protocol import TOKEN_SNAPSHOT_EVERY, RequestProgress, SubmitRequest
@@ -249,16 +249,16 @@ def test_a_worker_snapshots_a_requests_token_ids_every_64_tokens() -> None:
         publisher = Publisher(worker, "w")
         sub = SubmitRequest("r1", "t", "gw", [1, 2], SamplingParams(max_tokens=500))
         req = Active(sub, None, "", 3, [900, 901, 902])  # migrated after 3 tokens
-        for i in range(2 * TOKEN_SNAPSHOT_EVERY):
+        for i in range(400 - 3):
             await publisher.tokens(req, StepOutput("r1", [i], "x", finished=False))
         for _ in range(50):
             await asyncio.sleep(0)
         return reports
 
     reports = asyncio.run(run())
-    every = TOKEN_SNAPSHOT_EVERY
+    assert TOKEN_SNAPSHOT_EVERY == 64  # the counts below
     with_snapshot = [p for p in reports if p.all_token_ids is not None]
-    assert [p.completion_tokens for p in with_snapshot] == [every, 2 * every]
+    assert [p.completion_tokens for p in with_snapshot] == [64, 128, 192, 256, 320, 400]
     for p in with_snapshot:
         assert p.all_token_ids == [900, 901, 902, *range(p.completion_tokens - 3)]
-    assert len(reports) == 2 * every
+    assert len(reports) == 400 - 3

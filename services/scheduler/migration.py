@@ -5,8 +5,9 @@ Workers report each step's token ids on ``loraplex.sched.usage`` (``RequestProgr
 knows every token the gateway can have.  A migrated request is placed again with those tokens
 (``PrefillAssign.generated``): the new worker prefills prompt + tokens, replays the tokens to the
 gateway (which drops those it has, by index) and decodes on.  Core NATS can lose a report, which
-leaves a gap; every ``TOKEN_SNAPSHOT_EVERY`` tokens a report also carries all the ids so far
-(``RequestProgress.all_token_ids``), which makes the log whole again.  Pure Python bookkeeping.
+leaves a gap; now and then (from ``TOKEN_SNAPSHOT_EVERY`` tokens on) a report also carries all
+the ids so far (``RequestProgress.all_token_ids``), which makes the log whole again.  Pure Python
+bookkeeping.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from loraplex.protocol import SubmitRequest
+from loraplex.protocol import TOKEN_SNAPSHOT_EVERY, SubmitRequest
 from loraplex.worker.adapter_pager import AdapterPager
 
 MAX_REMEMBERED_CANCELS = 4096
@@ -26,8 +26,10 @@ class Active:
     # the dead worker reported to the scheduler but never delivered is not lost.
     resumed: list[int] = field(default_factory=list)
     replayed: bool = False
-    # Every completion token so far (``resumed`` first), for the scheduler's snapshots.
+    # Every completion token so far (``resumed`` first), for the scheduler's snapshots, and the
+    # count at which the next one goes (``Publisher.tokens``).
     token_ids: list[int] = field(default_factory=list)
+    next_snapshot: int = TOKEN_SNAPSHOT_EVERY
     # prompt tokens its prefill took from a prefix cache (this engine's, or KVBegin's)
     cached_tokens: int = 0
 

@@ -33,18 +33,20 @@ class Publisher:
         bus keeps one connection's order, so the scheduler knows every token the gateway can
         have, and a migrated request's replay (``Active.resumed``, with the text of those tokens
         from offset 0) fills what the gateway lacks."""
-        before = req.generated
         req.generated += len(out.new_token_ids)
         req.token_ids.extend(out.new_token_ids)
         sub = req.submit
-        # Every TOKEN_SNAPSHOT_EVERY tokens, all of them: repairs a lost report's gap.
-        snapshot = req.generated // TOKEN_SNAPSHOT_EVERY > before // TOKEN_SNAPSHOT_EVERY
+        # Now and then all the ids so far, which repairs the gap of a lost report: every
+        # TOKEN_SNAPSHOT_EVERY tokens, then every quarter of the count (O(n) bytes in all).
+        snapshot = req.generated >= req.next_snapshot and not out.finished
+        if snapshot:
+            req.next_snapshot = max(req.generated + TOKEN_SNAPSHOT_EVERY, req.generated * 5 // 4)
         await self.progress(
             req,
             "finished" if out.finished else "tokens",
             new_tokens=len(out.new_token_ids),
             token_ids=list(out.new_token_ids),
-            all_token_ids=list(req.token_ids) if snapshot and not out.finished else None,
+            all_token_ids=list(req.token_ids) if snapshot else None,
         )
         if req.resumed and not req.replayed:
             req.replayed = True

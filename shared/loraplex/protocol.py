@@ -294,13 +294,14 @@ class RequestProgress(Message):
     # if its worker dies (published before the matching TokenDelta, so the scheduler always
     # knows at least what the gateway has).
     token_ids: list[int] = field(default_factory=list)
-    # With "tokens", every ``TOKEN_SNAPSHOT_EVERY`` tokens: all the completion's token ids so far.
+    # With "tokens", now and then (``Publisher.tokens``): all the completion's token ids so far.
     # Core NATS can lose a report; the gap would stop a migration from resuming, and a snapshot
     # repairs it (``scheduler/migration.py``).
     all_token_ids: list[int] | None = None
 
 
-TOKEN_SNAPSHOT_EVERY = 64  # tokens between a worker's snapshots of a request's token ids
+# At least this many tokens between a worker's snapshots of a request's token ids.
+TOKEN_SNAPSHOT_EVERY = 64
 
 
 # ---- prefill -> decode: KV hand-over ---------------------------------------------------------
