@@ -17,25 +17,25 @@ from loraplex.protocol import (
     Subjects,
     SubmitReply,
     SubmitRequest,
-    WorkerHeartbeat,
     decode,
     encode,
 )
 from loraplex.sampling_params import SamplingParams
 from loraplex.scheduler.service import SchedulerService
 from loraplex.scheduler.settings import SchedulerSettings
+from tests.scheduler.test_service_recovery import FakeWorker
 from tests.scheduler.waiting import until
 
 
-class LossyWorker:
+class LossyWorker(FakeWorker):
     """Heart-beats as a colocated worker; drops the first ``lose`` copies of each assignment
     (as a dying NATS node would) and answers the rest, unless ``mute``."""
 
     def __init__(self, bus: Bus, worker_id: str, acks: bool = True, lose: int = 0) -> None:
-        self.bus, self.id, self.acks, self.lose = bus, worker_id, acks, lose
+        super().__init__(bus, worker_id)
+        self.acks_assignments, self.lose = acks, lose
         self.copies: list[tuple[float, PrefillAssign, bool]] = []  # (when, what, as a request)
-        self.beating, self.mute = True, False
-        self._task: asyncio.Task | None = None
+        self.mute = False
 
     async def start(self) -> None:
         await self.bus.subscribe_raw(Subjects.worker(self.id), self._on_raw)
@@ -48,22 +48,8 @@ class LossyWorker:
         if raw.reply and not self.mute and seen > self.lose:
             await raw.respond(encode(StreamAck(msg.request.request_id)))
 
-    async def _beat(self) -> None:
-        while True:
-            if self.beating:
-                hb = WorkerHeartbeat(
-                    self.id, "both", 100, 100, 16, 0, 0, 8, ts=time.time(),
-                    acks_assignments=self.acks,
-                )  # fmt: skip
-                await self.bus.publish(Subjects.HEARTBEAT, hb)
-            await asyncio.sleep(0.1)
-
     def of(self, rid: str) -> list[tuple[float, PrefillAssign, bool]]:
         return [c for c in self.copies if c[1].request.request_id == rid]
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
 
 
 async def _submit(bus: Bus, rid: str) -> float:

@@ -33,6 +33,7 @@ class FakeWorker:
         self.assigned: list[PrefillAssign] = []
         self.beating = True
         self.incarnation = "boot-1"  # a new one: the process restarted
+        self.acks_assignments = False  # its heartbeats offer to answer assignments
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -47,7 +48,7 @@ class FakeWorker:
             if self.beating:
                 hb = WorkerHeartbeat(
                     self.id, "both", 100, 100, 16, 0, 0, 8, ts=time.time(),
-                    incarnation=self.incarnation,
+                    incarnation=self.incarnation, acks_assignments=self.acks_assignments,
                 )  # fmt: skip
                 await self.bus.publish(Subjects.HEARTBEAT, hb)
             await asyncio.sleep(0.1)
