@@ -16,6 +16,7 @@ import asyncio
 import os
 import signal
 import time
+from pathlib import Path
 
 import torch
 
@@ -43,6 +44,14 @@ from tests.test_kv_begin_again import _begin
 from tests.test_kv_transfer import _decode_worker, demo  # noqa: F401  (the fixture)
 
 
+async def _stopped(pid: int, timeout: float = 5.0) -> None:
+    """Until the process is in the stopped state (``T`` in /proc/<pid>/stat)."""
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        assert time.monotonic() < deadline, f"process {pid} did not stop"
+        await asyncio.sleep(0.005)
+
+
 def test_a_flush_cut_by_a_dying_server_answers_at_once(tmp_path) -> None:
     server = start_nats(tmp_path / "nats")
 
@@ -51,6 +60,7 @@ def test_a_flush_cut_by_a_dying_server_answers_at_once(tmp_path) -> None:
         await bus.publish_raw("x", b"1")
         healthy = await bus.flush_delivered()
         os.kill(server.proc.pid, signal.SIGSTOP)  # the PING goes out and no PONG comes back
+        await _stopped(server.proc.pid)  # the signal is asynchronous: a busy box may answer first
         flushing = asyncio.ensure_future(bus.flush_delivered())
         await asyncio.sleep(0.3)
         t0 = time.monotonic()
