@@ -91,6 +91,9 @@ class Generation:
         self.tenant = tenant
         self.prompt_tokens = len(prompt_ids)
         self.completion_tokens = 0
+        # The completion's token ids as received, in order; None once a delta was lost (a gap):
+        # sent with a resubmission so that a new scheduler leader can migrate the request.
+        self._token_ids: list[int] | None = []
         self.cached_tokens = 0  # as the serving worker reports it (TokenDelta.cached_tokens)
         self.finish_reason: str | None = None
         self.outcome = "cancelled"  # for metrics: a finish reason, "error", "timeout", "cancelled"
@@ -115,6 +118,20 @@ class Generation:
     @property
     def usage(self) -> Usage:
         return Usage(self.prompt_tokens, self.completion_tokens)
+
+    @property
+    def received_token_ids(self) -> list[int] | None:
+        """Every completion token id received so far, or None when a delta went missing."""
+        ids = self._token_ids
+        return list(ids) if ids is not None and len(ids) == self.completion_tokens else None
+
+    def _keep_ids(self, token_ids: list[int], gap: bool) -> None:
+        if self._token_ids is None or not token_ids:
+            return
+        if gap:  # tokens past a lost delta: the ids can no longer be placed by index
+            self._token_ids = None
+        else:
+            self._token_ids += token_ids
 
     @property
     def duration_s(self) -> float:
@@ -177,6 +194,9 @@ class Generation:
         first_index = msg.completion_tokens - len(msg.token_ids)
         skip = max(0, self.completion_tokens - first_index) if msg.completion_tokens else 0
         token_ids = msg.token_ids[skip:]
+        self._keep_ids(
+            token_ids, gap=not msg.completion_tokens or first_index > self.completion_tokens
+        )
         logprobs = msg.logprobs[skip:] if msg.logprobs is not None else None
         self._observe_latency(len(token_ids))
         self.completion_tokens += len(token_ids)

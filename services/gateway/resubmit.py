@@ -4,8 +4,10 @@ resubmission of unfinished requests to a new leader.
 Schedulers run as replicas (docs/architecture.md, Scheduler replicas); the leader announces its
 lease epoch on ``loraplex.sched.leader``.  A new epoch means a new leader, which knows nothing of
 the requests queued in the old one: the gateway sends every request it has open (accepted or still
-being submitted, no final token yet) again, with the same id, ``resubmit=True`` and the number of
-tokens it already streamed.  The scheduler dedupes by id, so sending one twice is harmless.
+being submitted, no final token yet) again, with the same id, ``resubmit=True``, the number of
+tokens it already streamed and their ids (when it got them all), from which the new leader can
+migrate the request if its worker dies.  The scheduler dedupes by id, so sending one twice is
+harmless.
 
 ``submit`` retries a SUBMIT that got no answer (the leader died holding it) and, while a leader
 was heard recently, one that found no scheduler (the failover gap), until ``timeout_s`` in all;
@@ -19,6 +21,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from loraplex.bus import Bus, BusTimeoutError, NoRespondersError
 from loraplex.gateway.streams import StreamRouter
@@ -30,17 +33,30 @@ RETRY_GAP_S = 0.1  # between attempts while no scheduler answers
 PARALLEL = 32  # resubmissions in flight at once
 
 
+def _no_ids() -> list[int] | None:
+    return None
+
+
+@dataclass
+class OpenRequest:
+    """A request the gateway has not seen finish: its SUBMIT, how to read what its client got
+    so far (the count, and the ids or None when a delta went missing), and the epoch of the leader
+    that accepted it (0 until accepted)."""
+
+    submit: SubmitRequest
+    tokens: Callable[[], int] = lambda: 0
+    token_ids: Callable[[], list[int] | None] = _no_ids
+    epoch: int = 0
+
+
 class Resubmitter:
-    """Open requests (id -> SubmitRequest, and how many tokens the client got) and the newest
-    leader epoch heard."""
+    """Open requests (id -> ``OpenRequest``) and the newest leader epoch heard."""
 
     def __init__(self, bus: Bus, router: StreamRouter, timeout_s: float) -> None:
         self.bus = bus
         self.router = router
         self.timeout_s = timeout_s
-        # request id -> (its SUBMIT, tokens streamed so far, the epoch of the leader that accepted
-        # it: 0 until accepted)
-        self.open: dict[str, tuple[SubmitRequest, Callable[[], int], int]] = {}
+        self.open: dict[str, OpenRequest] = {}
         self.epoch = 0
         self.leader_heard_at: float | None = None  # monotonic
         self.resubmitted = 0  # requests sent again (metrics, tests)
@@ -59,13 +75,19 @@ class Resubmitter:
             log.warning("cannot listen to scheduler leader announcements: %s", e)
 
     def track(self, sub: SubmitRequest) -> None:
-        self.open[sub.request_id] = (sub, lambda: 0, 0)
+        self.open[sub.request_id] = OpenRequest(sub)
 
-    def attach(self, request_id: str, tokens: Callable[[], int], epoch: int = 0) -> None:
+    def attach(
+        self,
+        request_id: str,
+        tokens: Callable[[], int],
+        epoch: int = 0,
+        token_ids: Callable[[], list[int] | None] = _no_ids,
+    ) -> None:
         """Once accepted (by the leader of ``epoch``): how to read the tokens streamed so far."""
         entry = self.open.get(request_id)
         if entry is not None:
-            self.open[request_id] = (entry[0], tokens, epoch)
+            entry.tokens, entry.token_ids, entry.epoch = tokens, token_ids, epoch
 
     def forget(self, request_id: str) -> None:
         self.open.pop(request_id, None)
@@ -100,7 +122,7 @@ class Resubmitter:
         self.epoch = a.epoch
         # Not those this leader accepted itself (a gateway's first announcement comes after
         # its first requests were accepted by the leader it announces).
-        stale = [rid for rid, (_, _, epoch) in self.open.items() if epoch < a.epoch]
+        stale = [rid for rid, entry in self.open.items() if entry.epoch < a.epoch]
         if stale:
             log.info("scheduler leader %s (epoch %d): resubmitting %d requests",
                      a.scheduler_id, a.epoch, len(stale))  # fmt: skip
@@ -121,8 +143,13 @@ class Resubmitter:
         entry = self.open.get(request_id)
         if entry is None:
             return  # finished meanwhile
-        sub, tokens, _ = entry
-        msg = dataclasses.replace(sub, resubmit=True, tokens_received=tokens())
+        count, ids = entry.tokens(), entry.token_ids()
+        msg = dataclasses.replace(
+            entry.submit,
+            resubmit=True,
+            tokens_received=count,
+            received_token_ids=ids if ids is not None and len(ids) == count > 0 else None,
+        )
         try:
             reply = await self.submit(msg)
         except Exception as e:  # no leader answered: the next announcement tries again
@@ -130,6 +157,6 @@ class Resubmitter:
             return
         self.resubmitted += 1
         if reply.accepted and request_id in self.open:
-            self.open[request_id] = (sub, tokens, reply.epoch)
+            self.open[request_id].epoch = reply.epoch
         if not reply.accepted and request_id in self.open:
             await self.router.dispatch(RequestError(request_id, reply.code, reply.message))

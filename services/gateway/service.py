@@ -172,7 +172,9 @@ class GatewayService:
             arrival=p.arrival,
             echo=p.echo,
         )
-        self.resubmitter.attach(p.request_id, lambda: gen.completion_tokens, reply.epoch)
+        self.resubmitter.attach(
+            p.request_id, lambda: gen.completion_tokens, reply.epoch, lambda: gen.received_token_ids
+        )
         return gen
 
     async def start_choices(

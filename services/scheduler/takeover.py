@@ -7,7 +7,9 @@ the gateways: each resubmits its unfinished requests with the same id when it he
 
 * a resubmitted request with a ledger entry is *claimed*: it becomes in flight on the workers the
   ledger names, charged as before (or charged now, if the counters were saved before its
-  admission); liveness (``recovery.py``) takes it from there, as for any placed request;
+  admission); liveness (``recovery.py``) takes it from there, as for any placed request.  Its
+  token log (to migrate it) is the ids its gateway received, joined to the token reports heard
+  since the takeover (``TokenTail``): together they are whole unless the gateway lags;
 * one without an entry was never placed: it is queued again (by the service), unless tokens of it
   already reached its client, which means it finished (or was lost) under the old leader;
 * entries nobody claims within ``claim_s`` belong to requests whose gateway is gone (or that
@@ -18,10 +20,12 @@ the gateways: each resubmits its unfinished requests with the same id when it he
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from loraplex.protocol import CancelRequest, RequestProgress, SubmitRequest, WorkerHeartbeat
 from loraplex.scheduler.ledger import LedgerEntry
+from loraplex.scheduler.migration import TokenTail
 from loraplex.scheduler.placement import Placement
 from loraplex.scheduler.policies.base import FairnessPolicy, QueuedRequest
 from loraplex.scheduler.recovery import InFlight
@@ -39,11 +43,13 @@ class Takeover:
         self.policy = policy
         self.claim_s = claim_s
         self.pending: dict[str, LedgerEntry] = {}
+        self.tails: dict[str, TokenTail] = {}  # token reports heard for pending entries
         self.unsettled: set[str] = set()
         self.deadline: float | None = None
 
     def begin(self, entries: dict[str, LedgerEntry], running: set[str], now: float) -> None:
         self.pending = dict(entries)
+        self.tails = {}
         self.unsettled = set(running)
         self.deadline = now + self.claim_s
         for e in entries.values():
@@ -59,13 +65,20 @@ class Takeover:
         e = self.pending.pop(sub.request_id, None)
         if e is None:
             return None
+        tail = self.tails.pop(sub.request_id, TokenTail())
+        completion = max(sub.tokens_received, tail.end)
+        kept = dataclasses.replace(sub, received_token_ids=None)  # not sent on in assignments
         job = InFlight(
-            sub,
+            kept,
             Placement(e.prefill, e.decode),
             attempt=e.attempt,
-            tokens_sent=sub.tokens_received > 0,
-            completion_tokens=sub.tokens_received,
+            tokens_sent=completion > 0,
+            completion_tokens=completion,
         )
+        received = sub.received_token_ids
+        if received is not None and len(received) != sub.tokens_received:
+            received = None  # not the ids of what the gateway counts: unusable
+        job.tokens.adopt(received, tail)
         job.workers = {e.prefill} | ({e.decode} if e.decode else set())
         job.assigned_at = now
         if sub.request_id in self.unsettled:
@@ -96,10 +109,16 @@ class Takeover:
         if e is None:
             return False
         charged = p.request_id in self.unsettled
+        if p.event == "tokens":
+            tail = self.tails.setdefault(p.request_id, TokenTail())
+            tail.record(p.token_ids, p.new_tokens, p.completion_tokens)
+            if p.all_token_ids is not None:
+                tail.snapshot(p.all_token_ids, p.completion_tokens)
         if p.event == "tokens" and charged:
             self.policy.on_output_tokens(e.tenant, p.request_id, p.new_tokens)
         elif p.event in ("finished", "error"):
             del self.pending[p.request_id]
+            self.tails.pop(p.request_id, None)
             self._release(e)
             if charged:
                 self.unsettled.discard(p.request_id)
@@ -119,6 +138,7 @@ class Takeover:
     def cancel(self, request_id: str) -> list[str]:
         """A cancel for an unclaimed request: the workers to forward it to."""
         e = self.pending.pop(request_id, None)
+        self.tails.pop(request_id, None)
         if e is None:
             return []
         self._release(e)

@@ -74,9 +74,12 @@ class SubmitRequest(Message):
     arrival_ts: float = 0.0
     # A gateway sends its unfinished requests again (same id) when a new scheduler leads: the
     # scheduler adopts or re-queues them, never runs one twice.  ``tokens_received``: how many
-    # tokens of it the gateway has already streamed.
+    # tokens of it the gateway has already streamed; ``received_token_ids``: their ids, when the
+    # gateway got every one (None after a lost delta), so that the new leader can migrate the
+    # request it adopts at once if its worker dies (its own token log starts at the takeover).
     resubmit: bool = False
     tokens_received: int = 0
+    received_token_ids: list[int] | None = None
     # The prompt's prefix keys (``loraplex.prefix_keys``), hashed by the gateway beside its
     # tokenization so that the one scheduler need not; None (or a list of the wrong length):
     # the scheduler computes them itself.

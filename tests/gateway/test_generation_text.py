@@ -100,3 +100,27 @@ async def test_a_lost_delta_is_repaired_from_the_last_one(tokenizer: Tokenizer) 
     out = await _read(gen)
     assert "".join(d.text for d in out) == "Hello, world"
     assert gen.completion_tokens == 5 and gen.finish_reason == "length"
+
+
+async def test_received_token_ids_are_kept_by_index_and_dropped_after_a_lost_delta(
+    tokenizer: Tokenizer,
+) -> None:
+    """What a gateway resubmits to a new scheduler leader: the ids of every token received, a
+    replay counted once; after a lost delta (a gap) it no longer knows them all."""
+    whole = _generation(tokenizer, [
+        TokenDelta("r", [10], "a", completion_tokens=1),
+        TokenDelta("r", [11, 12], "bc", completion_tokens=3, text_start=1),
+        TokenDelta("r", [10, 11, 12, 13], "abcd", completion_tokens=4),  # a migrated replay
+    ])  # fmt: skip
+    for _ in range(3):
+        await whole.next()
+    assert whole.received_token_ids == [10, 11, 12, 13] and whole.completion_tokens == 4
+    gap = _generation(tokenizer, [
+        TokenDelta("r", [10], "a", completion_tokens=1),
+        TokenDelta("r", [12], "c", completion_tokens=3, text_start=2),  # token 2's delta lost
+        TokenDelta("r", [13], "d", "length", completion_tokens=4, text_start=3, full_text="abcd"),
+    ])  # fmt: skip
+    await gap.next()
+    assert gap.received_token_ids == [10]
+    await _read(gap)
+    assert gap.received_token_ids is None  # the ids are no longer all known

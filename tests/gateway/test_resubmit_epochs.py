@@ -54,3 +54,33 @@ def test_only_requests_an_older_leader_accepted_are_resubmitted() -> None:
     first, rest = asyncio.run(run())
     assert first == ["unanswered"]
     assert rest == ["by-1", "by-1b", "unanswered", "unanswered-2", "|"]
+
+
+def test_a_resubmission_carries_the_received_token_ids_only_when_they_match_the_count() -> None:
+    async def run() -> dict[str, tuple[int, list[int] | None]]:
+        hub = MemoryHub()
+        scheduler, gateway = hub.connect("scheduler"), hub.connect("gateway")
+        got: dict[str, tuple[int, list[int] | None]] = {}
+
+        async def on_submit(sub: SubmitRequest) -> SubmitReply:
+            if sub.resubmit:
+                got[sub.request_id] = (sub.tokens_received, sub.received_token_ids)
+            return SubmitReply(sub.request_id, True, epoch=2)
+
+        await scheduler.serve(Subjects.SUBMIT, on_submit, SubmitRequest)
+        resubmitter = Resubmitter(gateway, StreamRouter(), timeout_s=5.0)
+        await resubmitter.ensure_subscribed()
+        cases: dict[str, tuple[int, list[int] | None]] = {
+            "whole": (3, [7, 8, 9]), "gap": (3, None), "none-yet": (0, []), "short": (3, [7]),
+        }  # fmt: skip
+        for rid, (count, ids) in cases.items():
+            resubmitter.track(_submit(rid))
+            resubmitter.attach(rid, lambda c=count: c, 1, lambda i=ids: i)
+        await scheduler.publish(Subjects.LEADER, LeaderAnnounce("s", 2))
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+        return got
+
+    got = asyncio.run(run())
+    assert got == {"whole": (3, [7, 8, 9]), "gap": (3, None), "none-yet": (0, None),
+                   "short": (3, None)}  # fmt: skip

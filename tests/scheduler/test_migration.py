@@ -20,7 +20,7 @@ from loraplex.protocol import (
     WorkerHeartbeat,
 )
 from loraplex.sampling_params import SamplingParams
-from loraplex.scheduler.migration import TokenLog
+from loraplex.scheduler.migration import TokenLog, TokenTail
 from loraplex.scheduler.service import SchedulerService
 from loraplex.scheduler.settings import SchedulerSettings
 from loraplex.terminal import serve_stream
@@ -206,3 +206,40 @@ def test_a_request_whose_tokens_are_not_known_fails_instead_of_migrating(nats_ur
         await service.stop()
 
     asyncio.run(run())
+
+
+def test_an_adopted_request_s_log_joins_the_gateway_s_ids_and_the_reports_since_the_takeover():
+    """A new leader adopts a request with the ids its gateway received (0..4) and the reports it
+    heard since it took over (3..6): together they are whole.  A hole between the two, or no ids
+    from the gateway, leaves the log unusable until a snapshot."""
+    tail = TokenTail()
+    tail.record([13], 1, 4)
+    tail.record([14, 15], 2, 6)
+    tail.record([16], 1, 7)
+    assert (tail.start, tail.end) == (3, 7)
+    log = TokenLog()
+    log.adopt([10, 11, 12, 13, 14], tail)
+    assert log.ids == [10, 11, 12, 13, 14, 15, 16] and log.resumable(100, reported=5)
+    log.record([17], 1, 8)  # the reports after the claim go on from there
+    assert log.ids[-1] == 17 and not log.broken
+    hole = TokenLog()
+    hole.adopt([10, 11], tail)  # the gateway lags behind the first report heard
+    assert hole.broken and not hole.resumable(100, reported=2)
+    blind = TokenLog()
+    blind.adopt(None, tail)
+    assert blind.broken
+    nothing = TokenLog()
+    nothing.adopt([10, 11], TokenTail())  # no report since the takeover: the gateway's ids
+    assert nothing.ids == [10, 11] and nothing.resumable(100, reported=2)
+
+
+def test_a_token_tail_breaks_on_a_gap_and_a_snapshot_makes_it_whole():
+    tail = TokenTail()
+    tail.record([13], 1, 4)
+    tail.record([15], 1, 6)  # token 4's report never came
+    assert tail.broken
+    tail.snapshot([10, 11, 12, 13, 14, 15], 6)
+    assert (tail.start, tail.ids, tail.broken) == (0, [10, 11, 12, 13, 14, 15], False)
+    log = TokenLog()
+    log.adopt(None, tail)  # whole from the first token: the gateway's ids are not needed
+    assert log.resumable(100, reported=6)

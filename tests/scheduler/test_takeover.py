@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from loraplex.protocol import RequestProgress, SubmitRequest, WorkerHeartbeat
 from loraplex.sampling_params import SamplingParams
 from loraplex.scheduler.ledger import LedgerEntry
@@ -85,3 +87,22 @@ def test_a_queued_request_the_snapshot_counted_as_running_is_settled_before_requ
     t.begin({}, running={"r1"}, now=0.0)  # admitted, but the leader died before placing it
     t.settle("r1")
     policy.enqueue(QueuedRequest("r1", "A", 10, 6, 1.0), 1.0)  # no duplicate-id error
+
+
+def test_a_claimed_request_can_migrate_at_once_from_the_gateway_s_ids_and_the_reports_heard():
+    """Reports on r1 heard after the takeover (tokens 2..3) join the ids its gateway resubmits
+    with (0..2): the claimed job is resumable from all four tokens; without the gateway's ids it
+    is not (the old leader's log died with it)."""
+    t, _, _ = setup()
+    t.begin({"r1": entry("r1"), "r2": entry("r2")}, running={"r1", "r2"}, now=0.0)
+    for rid in ("r1", "r2"):
+        for i, tok in ((2, 52), (3, 53)):
+            t.on_progress(RequestProgress(rid, "A", "w0", "tokens", new_tokens=1,
+                                          completion_tokens=i + 1, token_ids=[tok]))  # fmt: skip
+    sub = submit("r1", tokens_received=3)
+    job = t.claim(dataclasses.replace(sub, received_token_ids=[50, 51, 52]), now=0.1)
+    assert job is not None and job.completion_tokens == 4
+    assert job.generated == [50, 51, 52, 53] and job.tokens.resumable(6, job.completion_tokens)
+    assert job.submit.received_token_ids is None  # its assignments do not carry them
+    blind = t.claim(submit("r2", tokens_received=3), now=0.1)
+    assert blind is not None and not blind.tokens.resumable(6, blind.completion_tokens)

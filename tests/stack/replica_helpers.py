@@ -50,6 +50,7 @@ class TokenWorker:
         self.runs: Counter[str] = Counter()  # request id -> times it started here
         self.admitted: list[tuple[float, str, int]] = []  # (time, tenant, epoch)
         self.stale = 0  # assignments ignored: older epoch
+        self.resumed: dict[str, list[int]] = {}  # request id -> the tokens it was migrated with
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -86,13 +87,21 @@ class TokenWorker:
                 return
             self.runs[rid] += 1
             self.admitted.append((time.monotonic(), msg.request.tenant, msg.epoch))
-            self.active[rid] = asyncio.create_task(self._generate(msg.request))
+            if msg.generated:
+                self.resumed[rid] = list(msg.generated)
+            self.active[rid] = asyncio.create_task(self._generate(msg.request, msg.generated))
 
-    async def _generate(self, sub: SubmitRequest) -> None:
+    async def _generate(self, sub: SubmitRequest, generated: list[int]) -> None:
+        """Tokens from ``len(generated)`` on (a migrated request's are replayed first)."""
         n, rid = sub.sampling.max_tokens, sub.request_id
         common = {"request_id": rid, "tenant": sub.tenant, "worker_id": self.id}
         try:
-            for i in range(n):
+            if generated:
+                await self.bus.publish(Subjects.stream(sub.gateway_id), TokenDelta(
+                    rid, list(generated), completion_tokens=len(generated),
+                    prompt_tokens=len(sub.prompt_token_ids),
+                ))  # fmt: skip
+            for i in range(len(generated), n):
                 await asyncio.sleep(self.step_s)
                 tok, last = token_of(rid, i), i == n - 1
                 await self.bus.publish(Subjects.USAGE, RequestProgress(
@@ -142,7 +151,7 @@ class FakeGateway:
         reply = await self.resubmitter.submit(sub)
         assert reply.accepted, reply
         s = self.streams[rid] = Stream(tenant)
-        self.resubmitter.attach(rid, lambda: len(s.tokens), reply.epoch)
+        self.resubmitter.attach(rid, lambda: len(s.tokens), reply.epoch, lambda: list(s.tokens))
         self._readers.append(asyncio.create_task(self._read(rid, queue, s)))
 
     async def _read(self, rid: str, queue: asyncio.Queue, s: Stream) -> None:
