@@ -227,7 +227,7 @@ class GatewayService:
 
     async def _closed(self, gen: Generation, adapter: str | None = None) -> None:
         self.resubmitter.forget(gen.request_id)
-        self.router.close(gen.request_id)
+        self.router.close(gen.request_id, cancelled=not gen.upstream_done)
         done_s = gen.duration_s if gen.finish_reason is not None else None
         self.metrics.closed(gen.tenant, adapter, gen.outcome, gen.completion_tokens, done_s)
         if not gen.upstream_done:

@@ -57,8 +57,12 @@ class StreamRouter:
         self._queues[request_id] = queue
         return queue
 
-    def close(self, request_id: str) -> None:
+    def close(self, request_id: str, cancelled: bool = False) -> None:
+        """Stop routing to ``request_id``; ``cancelled``: its owner is sending the cancel now, so
+        the deltas already on their way are not orphans to cancel again within the gap."""
         self._queues.pop(request_id, None)
+        if cancelled:
+            self._remember_cancel(request_id, time.monotonic())
 
     async def dispatch(self, msg: StreamMessage) -> None:
         queue = self._queues.get(msg.request_id)
@@ -79,8 +83,11 @@ class StreamRouter:
         last = self._cancelled_at.get(msg.request_id)
         if last is not None and now - last < ORPHAN_CANCEL_GAP_S:
             return False
-        self._cancelled_at[msg.request_id] = now
-        self._cancelled_at.move_to_end(msg.request_id)
+        self._remember_cancel(msg.request_id, now)
+        return True
+
+    def _remember_cancel(self, request_id: str, now: float) -> None:
+        self._cancelled_at[request_id] = now
+        self._cancelled_at.move_to_end(request_id)
         while len(self._cancelled_at) > MAX_ORPHANS_REMEMBERED:
             self._cancelled_at.popitem(last=False)
-        return True

@@ -10,6 +10,7 @@ import uuid
 
 import nats
 
+from loraplex.gateway.streams import StreamRouter
 from loraplex.protocol import CancelRequest, Subjects, TokenDelta, decode, encode
 from tests.gateway.conftest import GatewayFactory
 
@@ -53,3 +54,25 @@ async def test_deltas_for_a_request_no_longer_open_are_cancelled_again(
             assert [c.request_id for c in cancels] == ["ghost", "ghost"]
     finally:
         await nc.close()
+
+
+async def test_deltas_already_on_their_way_when_the_gateway_cancels_are_not_cancelled_twice() -> (
+    None
+):
+    """A request the gateway closes with a cancel of its own (the client hung up): the deltas
+    the worker sent before it saw that cancel are orphans, but not to cancel again within the
+    gap.  One closed after its workers were done (no cancel sent) still is."""
+    asked: list[str] = []
+
+    async def cancel(rid: str) -> None:
+        asked.append(rid)
+
+    router = StreamRouter()
+    router.bind_orphan_cancel(cancel)
+    for rid in ("hung-up", "finished"):
+        router.open(rid)
+    router.close("hung-up", cancelled=True)
+    router.close("finished")
+    for rid in ("hung-up", "hung-up", "finished"):
+        await router.dispatch(TokenDelta(rid, [7], "x"))
+    assert asked == ["finished"] and router.orphans == 3
