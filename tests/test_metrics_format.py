@@ -214,6 +214,7 @@ async def test_queue_depth_per_pool_names_the_pool_without_room() -> None:
 async def test_queue_time_and_submit_answers() -> None:
     service = SchedulerService(SchedulerSettings(nats_url="nats://unused:1"), {"alice": 1.0})
     service.listening_since = -10.0  # heard heartbeats longer than their timeout (fake clock)
+    service.recovery.unservable_since = -10.0  # and no worker set for longer than the wait
     service.metrics.submitted(service.submit(_submit("r0"), 0.0))  # no workers yet: 503
     service.registry.heartbeat(_hb("c0", "both"), 0.0)
     q = types.SimpleNamespace(tenant="alice", arrival=1.0)

@@ -19,19 +19,26 @@ def refusal(
     settings: SchedulerSettings,
     queued: int,
     listening_s: float,
+    outage_s: float = float("inf"),
 ) -> SubmitReply | None:
     """The refusal for ``sub`` (503: no workers; 400: too big for any; 429: a queue is full),
     or None when it may be queued.  ``queued``: requests in the scheduler's queue now;
-    ``listening_s``: how long this scheduler has heard worker heartbeats."""
+    ``listening_s``: how long this scheduler has heard worker heartbeats; ``outage_s``: how long
+    no worker set could serve (``Recovery.outage_s``)."""
     rid, tenant = sub.request_id, sub.tenant
     prompt = len(sub.prompt_token_ids)
     total = prompt + sub.sampling.max_tokens
     if not registry.can_serve():
-        if listening_s >= settings.heartbeat_timeout_s:
+        if (
+            listening_s >= settings.heartbeat_timeout_s
+            and outage_s >= settings.unavailable_timeout_s
+        ):
             return SubmitReply(rid, False, 503, "no worker is available to serve requests")
-        # Just started (a restarted leader, a fresh replica): no heartbeat window has passed, so
-        # an empty registry says nothing yet.  Queued, the request waits for workers up to
-        # --unavailable-timeout (recovery.fail_waiting), then fails with a 503.
+        # Just started (a restarted leader, a fresh replica: no heartbeat window has passed, so an
+        # empty registry says nothing yet), or the workers went away moments ago (a supervisor is
+        # restarting them).  Queued, the request waits for workers until the outage has lasted
+        # --unavailable-timeout (recovery.fail_waiting), then fails with a 503, as do those that
+        # were queued before the outage; from then on the answer is a 503 at once.
     elif not registry.could_ever_fit(prompt, total):
         return SubmitReply(
             rid, False, 400, f"request needs {total} tokens of KV cache; no worker has that much"

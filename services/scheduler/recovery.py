@@ -224,6 +224,12 @@ class Recovery:
         for wid in targets:
             await self.publish(Subjects.worker(wid), CancelRequest(p.request_id))
 
+    def outage_s(self, now: float) -> float:
+        """How long no worker set could serve requests (0 while one can, or before the liveness
+        tick noticed the outage)."""
+        since = self.unservable_since
+        return 0.0 if since is None or self.registry.can_serve() else now - since
+
     async def fail_waiting(self, now: float) -> None:
         """Fail queued and to-be-re-placed requests once no worker set could serve them for
         ``unavailable_timeout_s`` (a dead worker's supervisor may still be restarting it)."""

@@ -239,8 +239,9 @@ class SchedulerService:
                 return SubmitReply(rid, True)
             return SubmitReply(rid, False, 400, f"duplicate request id {rid!r}")
         refused = refusal(
-            sub, self.registry, self.policy, self.s, len(self.submits), now - self.listening_since
-        )
+            sub, self.registry, self.policy, self.s, len(self.submits),
+            now - self.listening_since, self.recovery.outage_s(now),
+        )  # fmt: skip
         if refused is not None:
             return refused
         q = QueuedRequest(

@@ -138,7 +138,8 @@ def flags() -> tuple[Flag, ...]:
             "--unavailable-timeout",
             type=float,
             default=5.0,
-            help="seconds waiting requests wait for a live worker set before they fail with 503",
+            help="seconds without a live worker set (workers restarting) during which requests "
+            "wait; then they fail with 503, and new ones are refused at once",
         ),
         *status_listener_flags(
             env.SCHEDULER_METRICS_HOST,

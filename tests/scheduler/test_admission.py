@@ -1,6 +1,7 @@
 """Admission's answers from the registry: a scheduler that has heard heartbeats for a whole
-heartbeat window and knows no worker refuses with 503; one that has just started (a restarted
-leader, a fresh replica) queues instead, since its empty registry says nothing yet."""
+heartbeat window and has known no worker set for ``--unavailable-timeout`` refuses with 503; one
+that has just started (a restarted leader, a fresh replica) queues instead, since its empty
+registry says nothing yet, and so does one whose workers went away moments ago (restarting)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ def _submit(prompt: int = 20, max_tokens: int = 20) -> SubmitRequest:
     return SubmitRequest("r", "alice", "gw", list(range(prompt)), SamplingParams(max_tokens=max_tokens))  # fmt: skip
 
 
-def _answer(registry: WorkerRegistry, listening_s: float, sub: SubmitRequest | None = None):  # type: ignore[no-untyped-def]
-    return refusal(sub or _submit(), registry, make_policy("vtc"), SETTINGS, 0, listening_s)
+def _answer(registry: WorkerRegistry, listening_s: float, sub: SubmitRequest | None = None,  # type: ignore[no-untyped-def]
+            outage_s: float = 60.0):  # fmt: skip
+    policy = make_policy("vtc")
+    return refusal(sub or _submit(), registry, policy, SETTINGS, 0, listening_s, outage_s)
 
 
 def test_no_worker_after_a_heartbeat_window_is_a_503() -> None:
@@ -29,6 +32,15 @@ def test_no_worker_after_a_heartbeat_window_is_a_503() -> None:
 
 def test_no_worker_yet_just_after_start_queues_the_request() -> None:
     assert _answer(WorkerRegistry(), listening_s=0.02) is None  # the restarted-leader race
+
+
+def test_workers_gone_moments_ago_queue_the_request_until_the_wait_has_passed() -> None:
+    """Both decode workers killed and restarting: for ``--unavailable-timeout`` (5 s) of the
+    outage a request waits with those queued before it, then the answer is a 503 at once."""
+    assert _answer(WorkerRegistry(), listening_s=30.0, outage_s=0.0) is None
+    assert _answer(WorkerRegistry(), listening_s=30.0, outage_s=4.9) is None
+    reply = _answer(WorkerRegistry(), listening_s=30.0, outage_s=5.0)
+    assert reply is not None and reply.code == 503
 
 
 def test_a_request_no_worker_could_ever_hold_is_a_400_once_workers_are_known() -> None:

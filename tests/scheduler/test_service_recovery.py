@@ -64,7 +64,10 @@ class FakeWorker:
 def test_failures_before_a_token_are_redispatched_and_dead_workers_recovered(nats_url):
     async def run() -> None:
         service = SchedulerService(
-            SchedulerSettings(nats_url, heartbeat_timeout_s=0.6, max_attempts=3), {}
+            SchedulerSettings(
+                nats_url, heartbeat_timeout_s=0.6, max_attempts=3, unavailable_timeout_s=1.0
+            ),
+            {},
         )
         await service.start()
         bus = await Bus.connect(nats_url, "test")
@@ -123,9 +126,14 @@ def test_failures_before_a_token_are_redispatched_and_dead_workers_recovered(nat
         other.beating = False
         await _until(lambda: any(e.request_id == "r2" for e in errors))
         assert len(assignments("r2")) == 2 and "stopped responding" in errors[-1].message
-        # ... and with no live worker left, new requests are refused at once.
+        # ... with no live worker left, a new request waits (they may be restarting), and fails
+        # with a 503 once the outage lasted --unavailable-timeout; from then on new requests
+        # are refused at once.
         await _until(lambda: not service.registry.can_serve())
-        reply = await submit("r3")
+        assert (await submit("r3")).accepted
+        await _until(lambda: any(e.request_id == "r3" for e in errors))
+        assert errors[-1].code == 503 and "no worker could serve" in errors[-1].message
+        reply = await submit("r4")
         assert not reply.accepted and reply.code == 503
 
         for w in workers:
