@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import sys
 import tempfile
@@ -39,13 +38,10 @@ from failoverbench.report import (  # noqa: E402
     failure_notes,
     migrated_ids,
 )
+from failoverbench.stack import replicated_stack  # noqa: E402
 
 from loraplex.scheduler.leader import LEASE_SUFFIX  # noqa: E402
 from loraplex.tooling.launcher import Stack, start_stack  # noqa: E402
-from loraplex.tooling.nats_cluster import start_nats_cluster  # noqa: E402
-from loraplex.tooling.ports import free_port  # noqa: E402
-from loraplex.tooling.servers import start_redis  # noqa: E402
-from loraplex.tooling.up_flags import parse_up_args  # noqa: E402
 
 SECTION = "Failover (bench/failover.py)"
 KEYS = {"A": "sk-failover-bench-a", "B": "sk-failover-bench-b"}
@@ -97,19 +93,7 @@ async def busiest_decode(stack: Stack, workers: int) -> str:
 
 
 async def run(a: argparse.Namespace, tmp: Path) -> tuple[list, list[Event], Path, str]:
-    cluster = start_nats_cluster(tmp / "nats", 3)
-    rds = start_redis(tmp / "redis")
-    stack = Stack(tmp / "run")
-    tenants = tmp / "tenants.json"
-    tenants.write_text(json.dumps({"tenants": [
-        {"name": t, "api_key": k, "weight": 1.0} for t, k in KEYS.items()
-    ]}))  # fmt: skip
-    args = parse_up_args([
-        "--port", str(free_port()), "--run-dir", str(stack.run_dir), "--nats-url", cluster.url,
-        "--redis-url", rds.url, "--tenants", str(tenants), "--schedulers", "2",
-        "--prefill-workers", "1", "--decode-workers", "2", "--max-num-seqs", str(a.max_num_seqs),
-        "--num-kv-blocks", "512", "--dtype", "float32", "--device", "cpu",
-    ])  # fmt: skip
+    cluster, rds, stack, args = replicated_stack(tmp, KEYS, a.max_num_seqs)
     events: list[Event] = []
     try:
         base, _, _ = await asyncio.to_thread(start_stack, args, stack)  # it runs its own loop

@@ -163,3 +163,12 @@ def test_engine_gpu_bench_runs_its_documented_cpu_smoke(tmp_path: Path) -> None:
     assert "| loraplex eager, 4 distinct |" in out, out
     assert "| HF+PEFT, 4 distinct |" in out, out
     assert md.read_text().strip() and js.read_text().strip()
+
+
+def test_chaos_bench_kills_at_random_and_the_stack_heals() -> None:
+    out = _run("bench/chaos.py", "--seconds", "20", "--gap-s", "5", "--final", "2")
+    total = next(line for line in out.splitlines() if line.startswith("| **total** |"))
+    cells = [c.strip() for c in total.strip("|").split("|")]
+    assert int(cells[1]) > 0 and cells[5:7] == ["0", "0"], out  # none truncated, none hung
+    assert "**Every check passed.**" in out, out
+    assert "| final batch (4 requests) | 4 completed with the reference text |" in out, out

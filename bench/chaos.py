@@ -1,0 +1,184 @@
+"""Chaos soak: open-loop streaming load of two tenants on a live stack while random processes are
+SIGKILLed every few seconds; then the stack must heal, serve every request right, and hold none.
+
+The stack is bench/failover.py's: ``loraplex up --schedulers 2`` with one prefill and two decode
+workers (the demo model on CPU) on a 3-node NATS cluster and one Redis; the supervisor restarts
+the services, the bench restarts the NATS nodes.  Load: tenant A ``--rate-a`` and tenant B
+``--rate-b`` requests/s (Poisson), three fixed prompts each, greedy, ``--max-tokens`` tokens
+(``ignore_eos``), streamed.  Every ``--gap-s`` (x U(0.6, 1.4)) for ``--seconds`` one fault drawn
+from chaosbench/faults.py's ``FAULTS`` (``--seed``).  Each stream ends completed (the reference
+text: the same prompt's run before any fault), completed with another text, failed cleanly,
+truncated or hung (chaosbench/load.py).  Then: faults stop, dead NATS nodes are started, every
+service must run and every worker heart-beat; ``--final`` requests per tenant must all complete
+with the reference text; the in-flight gauges of the workers and schedulers must read 0.  Exits
+1 when a stream hung or was truncated, the final batch failed or a gauge shows a leak.
+
+    python bench/chaos.py [--seconds 120] [--seed 1] [--gap-s 6] [--keep DIR] [--write-docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import openai
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from chaosbench.faults import Action, Chaos  # noqa: E402
+from chaosbench.health import Heartbeats, leaks, quiesce  # noqa: E402
+from chaosbench.load import Load, Record  # noqa: E402
+from chaosbench.report import actions_table, after_table, messages_table, outcomes_table  # noqa: E402
+from common import machine_line, replace_doc_section, today  # noqa: E402
+from failoverbench.report import migrated_ids  # noqa: E402
+from failoverbench.stack import replicated_stack  # noqa: E402
+
+from loraplex.tooling.launcher import start_stack  # noqa: E402
+
+SECTION = "Chaos soak (bench/chaos.py)"
+KEYS = {"A": "sk-chaos-bench-a", "B": "sk-chaos-bench-b"}
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=120.0, help="how long load and faults run")
+    p.add_argument("--seed", type=int, default=1, help="draws the faults and the arrivals")
+    p.add_argument("--gap-s", type=float, default=6.0, help="mean seconds between faults")
+    p.add_argument("--rate-a", type=float, default=2.0, help="tenant A's requests per second")
+    p.add_argument("--rate-b", type=float, default=0.67, help="tenant B's requests per second")
+    p.add_argument("--max-tokens", type=int, default=64, help="tokens per request")
+    p.add_argument("--hang-s", type=float, default=60.0, help="a stream silent this long hangs")
+    p.add_argument("--final", type=int, default=4, help="final batch: requests per tenant")
+    p.add_argument("--max-num-seqs", type=int, default=8, help="batch slots per worker")
+    p.add_argument("--quiesce-s", type=float, default=300.0, help="most time to heal after")
+    p.add_argument("--keep", default=None, help="copy the stack's logs to this directory")
+    p.add_argument("--write-docs", action="store_true")
+    return p.parse_args(argv)
+
+
+@dataclass
+class Soak:
+    records: list[Record] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
+    t0: float = 0.0
+    missing: list[str] = field(default_factory=list)  # what kept the stack from healing
+    quiesce_s: float = 0.0
+    final: list[Record] = field(default_factory=list)
+    leaks_before: dict[str, float | None] = field(default_factory=dict)
+    leaks_after: dict[str, float | None] = field(default_factory=dict)
+    migrated: set[str] = field(default_factory=set)
+
+
+async def soak(a: argparse.Namespace, tmp: Path) -> Soak:
+    cluster, rds, stack, args = replicated_stack(tmp, KEYS, a.max_num_seqs)
+    out = Soak()
+    try:
+        base, _, _ = await asyncio.to_thread(start_stack, args, stack)  # it runs its own loop
+        clients = {
+            t: openai.AsyncOpenAI(base_url=base + "/v1", api_key=k, max_retries=0, timeout=3600)
+            for t, k in KEYS.items()
+        }
+        model = (await clients["A"].models.list()).data[0].id
+        load = Load(clients, model, a.max_tokens, a.hang_s)
+        chaos = Chaos(stack, cluster, rds.url, a.seed)
+        async with Heartbeats.watch(cluster.urls) as beats:
+            await load.take_references()
+            out.t0 = time.monotonic()
+            rates = {"A": a.rate_a, "B": a.rate_b}
+            runner = asyncio.create_task(load.run(rates, a.seconds, random.Random(a.seed)))
+            await chaos.run(out.t0, a.seconds, a.gap_s)
+            await runner
+            print(f"{time.strftime('%H:%M:%S')} soak over; quiescing", flush=True)
+            calm = time.monotonic()
+            await chaos.restore(out.t0)
+            out.missing = await quiesce(stack, beats, chaos.lead, a.quiesce_s)
+            out.quiesce_s = time.monotonic() - calm
+            out.leaks_before = await leaks(stack)
+            out.final = await load.batch(a.final)
+            out.leaks_after = await leaks(stack)
+        out.records, out.actions = load.records, chaos.actions
+        out.migrated = migrated_ids(stack.run_dir)
+        return out
+    finally:
+        stack.stop(timeout=10)
+        rds.stop()
+        cluster.stop()
+        if a.keep:
+            shutil.copytree(stack.run_dir, a.keep, dirs_exist_ok=True)
+            for i, node in enumerate(cluster.nodes):
+                shutil.copy(node.data_dir / "nats.log", Path(a.keep) / f"nats-{i}.log")
+
+
+def render(argv: list[str], a: argparse.Namespace, s: Soak, minutes: float) -> tuple[str, bool]:
+    """The docs section, and whether every check passed."""
+    shown = [x for i, x in enumerate(argv) if x != "--keep" and argv[i - 1 : i] != ["--keep"]]
+    after, problems = after_table(s.missing, s.quiesce_s, s.final, s.leaks_before, s.leaks_after)
+    bad = {o: sum(r.outcome == o for r in s.records) for o in ("hung", "truncated")}
+    problems[:0] = [f"{n} {o}" for o, n in bad.items() if n]
+    differs = sum(r.outcome == "completed, text differs" for r in s.records)
+    failed = sum(r.outcome == "failed cleanly" for r in s.records)
+    took = sorted(r.end - r.start for r in s.records if r.end is not None and not r.failed)
+    median = f"{took[len(took) // 2]:.2f} s" if took else "n/a"
+    verdict = (
+        f"{len(s.actions)} faults in {a.seconds:g} s; {len(s.records)} requests: "
+        f"{failed} failed cleanly, {bad['truncated']} truncated, {bad['hung']} hung, "
+        f"{differs} completed with another text; a completed request took {median} (median). "
+        + ("**Every check passed.**" if not problems else f"**Failed**: {'; '.join(problems)}.")
+    )
+    parts = [
+        f"Command: `{' '.join(['python bench/chaos.py', *shown])}` ({today()}; {machine_line()}; "
+        f"{minutes:.1f} min).",
+        f"`loraplex up --schedulers 2` with one prefill and two decode workers ({a.max_num_seqs} "
+        "slots each, the demo model on CPU) on a 3-node NATS cluster and one Redis. Open-loop "
+        f"streaming load: tenant A {a.rate_a:g} and tenant B {a.rate_b:g} requests/s (Poisson), "
+        f"three fixed prompts each, {a.max_tokens} tokens (greedy, `ignore_eos`). Every "
+        f"{a.gap_s:g} s on average (x 0.6-1.4) one fault, drawn with seed {a.seed}: SIGKILL of "
+        "the leading scheduler, the standby one, a decode worker, the prefill worker, a NATS "
+        "node (the next NATS fault starts it again), or two at once (leader and a decode "
+        "worker, a decode worker and the prefill worker, both decode workers). The supervisor "
+        "restarts the services, with its backoff (doubling for a service that dies within 30 s "
+        "of its start). *Completed*: `[DONE]` after the same text as the prompt's run before "
+        "any fault (*text differs*: a duplicated or missing token across a migration); *failed "
+        "cleanly*: an error status with an OpenAI error body, or an SSE error event; "
+        "*truncated*: the body ended with neither `[DONE]` nor an error; *hung*: nothing arrived "
+        f"for {a.hang_s:g} s (the gateway itself ends a request silent for 120 s with a 504, "
+        "so in an overloaded stack a request queued that long counts as hung too); *migrated*: "
+        "placed again after tokens had streamed (the schedulers' logs). After the soak the faults stop, a dead NATS node is started again, "
+        "and the stack must heal: every service up, every worker heart-beating since its "
+        f"restart; then {a.final} requests per tenant must complete with the reference text, "
+        "and the workers' `loraplex_worker_requests_running` and the schedulers' "
+        "`loraplex_scheduler_inflight_requests` / `loraplex_scheduler_queued_requests` must "
+        "read 0 (no request held after its end).",
+        outcomes_table(s.records, s.migrated),
+        verdict,
+        "After the soak:",
+        after,
+        "Faults (time since the load started):",
+        actions_table(s.actions, s.records, s.t0),
+    ]
+    messages = messages_table(s.records)
+    if messages:
+        parts += ["Why requests did not complete (grouped by message):", messages]
+    return "\n\n".join(parts), not problems
+
+
+def main(argv: list[str]) -> int:
+    a = parse(argv)
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = asyncio.run(soak(a, Path(tmp)))
+    text, passed = render(argv, a, result, (time.monotonic() - start) / 60)
+    print(text)
+    if a.write_docs:
+        replace_doc_section(SECTION, text)
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
