@@ -13,7 +13,8 @@ service must run and every worker heart-beat; ``--final`` requests per tenant mu
 with the reference text; the in-flight gauges of the workers and schedulers must read 0.  Exits
 1 when a stream hung or was truncated, the final batch failed or a gauge shows a leak.
 
-    python bench/chaos.py [--seconds 120] [--seed 1] [--gap-s 6] [--keep DIR] [--write-docs]
+    python bench/chaos.py [--seconds 120] [--seed 1] [--gap-s 6] [--redis-faults] [--keep DIR]
+                          [--write-docs]
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--final", type=int, default=4, help="final batch: requests per tenant")
     p.add_argument("--max-num-seqs", type=int, default=8, help="batch slots per worker")
     p.add_argument("--quiesce-s", type=float, default=300.0, help="most time to heal after")
+    p.add_argument("--redis-faults", action="store_true", help="kill and restart Redis too")
     p.add_argument("--keep", default=None, help="copy the stack's logs to this directory")
     p.add_argument("--write-docs", action="store_true")
     return p.parse_args(argv)
@@ -86,7 +88,7 @@ async def soak(a: argparse.Namespace, tmp: Path) -> Soak:
         }
         model = (await clients["A"].models.list()).data[0].id
         load = Load(clients, model, a.max_tokens, a.hang_s)
-        chaos = Chaos(stack, cluster, rds.url, a.seed)
+        chaos = Chaos(stack, cluster, rds, a.seed, a.redis_faults)
         async with Heartbeats.watch(cluster.urls) as beats:
             await load.take_references()
             out.t0 = time.monotonic()
@@ -131,6 +133,7 @@ def render(argv: list[str], a: argparse.Namespace, s: Soak, minutes: float) -> t
         f"{differs} completed with another text; a completed request took {median} (median). "
         + ("**Every check passed.**" if not problems else f"**Failed**: {'; '.join(problems)}.")
     )
+    redis = ", or the one Redis (the next Redis fault starts it from its AOF)" * a.redis_faults
     parts = [
         f"Command: `{' '.join(['python bench/chaos.py', *shown])}` ({today()}; {machine_line()}; "
         f"{minutes:.1f} min).",
@@ -141,7 +144,8 @@ def render(argv: list[str], a: argparse.Namespace, s: Soak, minutes: float) -> t
         f"{a.gap_s:g} s on average (x 0.6-1.4) one fault, drawn with seed {a.seed}: SIGKILL of "
         "the leading scheduler, the standby one, a decode worker, the prefill worker, a NATS "
         "node (the next NATS fault starts it again), or two at once (leader and a decode "
-        "worker, a decode worker and the prefill worker, both decode workers). The supervisor "
+        f"worker, a decode worker and the prefill worker, both decode workers){redis}. The "
+        "supervisor "
         "restarts the services, with its backoff (doubling for a service that dies within 30 s "
         "of its start). *Completed*: `[DONE]` after the same text as the prompt's run before "
         "any fault (*text differs*: a duplicated or missing token across a migration); *failed "
@@ -149,7 +153,8 @@ def render(argv: list[str], a: argparse.Namespace, s: Soak, minutes: float) -> t
         "*truncated*: the body ended with neither `[DONE]` nor an error; *hung*: nothing arrived "
         f"for {a.hang_s:g} s (the gateway itself ends a request silent for 120 s with a 504, "
         "so in an overloaded stack a request queued that long counts as hung too); *migrated*: "
-        "placed again after tokens had streamed (the schedulers' logs). After the soak the faults stop, a dead NATS node is started again, "
+        "placed again after tokens had streamed (the schedulers' logs). After the soak the "
+        "faults stop, a dead NATS node (or Redis) is started again, "
         "and the stack must heal: every service up, every worker heart-beating since its "
         f"restart; then {a.final} requests per tenant must complete with the reference text, "
         "and the workers' `loraplex_worker_requests_running` and the schedulers' "

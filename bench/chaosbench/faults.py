@@ -5,6 +5,9 @@ Redis (bench/failover.py's ``leader``), ``follower`` the other replica, ``decode
 decode workers (drawn), ``nats`` one NATS node.  The supervisor restarts the services; nothing
 restarts a NATS node, so the next NATS fault brings the dead node back instead of killing another
 (the cluster never loses two of its three nodes), and ``restore`` does so after the soak.
+With ``redis=True`` the one Redis is a fault too (``REDIS_FAULT``): killed, then started again (same
+port and data, its AOF) by the next Redis fault or by ``restore``.  Without Redis no standby can take
+the lease, so a leader killed meanwhile leaves the stack without one until Redis is back.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import random
 import time
 from dataclasses import dataclass
 
+import redis
 from failover import leader
 
 from loraplex.tooling.nats_cluster import NatsCluster
+from loraplex.tooling.servers import ServerProcess, start_redis
 from loraplex.tooling.stack import Stack
 
 SCHEDULERS = ("scheduler", "scheduler-1")  # loraplex up's names for --schedulers 2
@@ -31,6 +36,7 @@ FAULTS: dict[str, tuple[str, ...]] = {
     "decode + prefill worker": ("decode", "prefill-0"),
     "both decode workers": DECODES,
 }
+REDIS_FAULT = "Redis"
 
 
 @dataclass
@@ -41,15 +47,20 @@ class Action:
 
 
 class Chaos:
-    def __init__(self, stack: Stack, cluster: NatsCluster, redis_url: str, seed: int) -> None:
-        self.stack, self.cluster, self.redis_url = stack, cluster, redis_url
+    def __init__(
+        self, stack: Stack, cluster: NatsCluster, redis: ServerProcess, seed: int,
+        redis_faults: bool = False,
+    ) -> None:  # fmt: skip
+        self.stack, self.cluster, self.redis = stack, cluster, redis
+        self.redis_url = redis.url
         self.rng = random.Random(seed)
         self.actions: list[Action] = []
+        self.faults = [*FAULTS, *([REDIS_FAULT] if redis_faults else [])]
 
     def lead(self) -> str | None:
         try:
             return leader(self.redis_url)
-        except AssertionError:  # no lease right now (a takeover in progress)
+        except (AssertionError, redis.RedisError):  # no lease now (a takeover), or Redis down
             return None
 
     def _resolve(self, role: str) -> str | None:
@@ -92,10 +103,29 @@ class Chaos:
             return f"nats-{i} did not come back: {type(e).__name__}: {e}"
         return f"restarted nats-{i}"
 
+    async def _redis(self) -> list[str]:
+        if self.redis.proc.poll() is None:
+            self.redis.proc.kill()
+            self.redis.proc.wait()
+            return ["killed redis"]
+        return [await self._restart_redis()]
+
+    async def _restart_redis(self) -> str:
+        r = self.redis
+        try:
+            r.proc = (await asyncio.to_thread(start_redis, r.data_dir, r.port)).proc
+        except Exception as e:  # the bench goes on: quiesce reports what is missing
+            return f"redis did not come back: {type(e).__name__}: {e}"
+        return "restarted redis"
+
     async def fire(self, fault: str, t0: float) -> Action:
         at = time.monotonic() - t0
-        roles = FAULTS[fault]
-        done = await self._nats() if roles == ("nats",) else self._kill_services(roles)
+        if fault == REDIS_FAULT:
+            done = await self._redis()
+        elif FAULTS[fault] == ("nats",):
+            done = await self._nats()
+        else:
+            done = self._kill_services(FAULTS[fault])
         action = Action(at, fault, "; ".join(done))
         self.actions.append(action)
         print(f"{time.strftime('%H:%M:%S')} +{at:6.1f}s {fault}: {action.what}", flush=True)
@@ -108,12 +138,14 @@ class Chaos:
             if time.monotonic() + wait >= t0 + seconds:
                 return
             await asyncio.sleep(wait)
-            await self.fire(self.rng.choice(list(FAULTS)), t0)
+            await self.fire(self.rng.choice(self.faults), t0)
 
     async def restore(self, t0: float) -> None:
-        """Start every dead NATS node again (the supervisor does the services)."""
-        for i, node in enumerate(self.cluster.nodes):
-            if node.proc.poll() is not None:
-                what = await self._restart_nats(i)
-                self.actions.append(Action(time.monotonic() - t0, "quiesce", what))
-                print(f"{time.strftime('%H:%M:%S')} quiesce: {what}", flush=True)
+        """Start every dead NATS node and a dead Redis again (the supervisor does the services)."""
+        done = [await self._restart_nats(i) for i, n in enumerate(self.cluster.nodes)
+                if n.proc.poll() is not None]  # fmt: skip
+        if self.redis.proc.poll() is not None:
+            done.append(await self._restart_redis())
+        for what in done:
+            self.actions.append(Action(time.monotonic() - t0, "quiesce", what))
+            print(f"{time.strftime('%H:%M:%S')} quiesce: {what}", flush=True)
