@@ -1,11 +1,12 @@
 """The scheduler process: the only queue.  Admits work in the fairness policy's order, only when
 workers have committed room for it; places it; tracks it until done; recovers from dead workers.
 
-This is the composition root (~400 lines, past the usual 300 on purpose): it owns the bus, the
-lease and the request tables, and routes each message to the parts that do the work: admission
-checks (``admission.py``), the dispatch loop (``dispatcher.py``), sending (``outbox.py``),
-placement (``workers.py``, ``placement.py``), recovery (``recovery.py``), gone gateways
-(``gateways.py``) and failover (``takeover.py``, ``replica.py``)."""
+This is the composition root: it owns the bus, the lease and the request tables, and routes each
+message to the parts that do the work: SUBMIT and CANCEL (``intake.py``, with the admission checks
+of ``admission.py``), the workers' reports (``progress.py``), the dispatch loop
+(``dispatcher.py``), sending (``outbox.py``), placement (``workers.py``, ``placement.py``),
+recovery (``recovery.py``), gone gateways (``gateways.py``) and failover (``takeover.py``,
+``replica.py``)."""
 
 from __future__ import annotations
 
@@ -22,25 +23,23 @@ from loraplex.bus import Bus
 from loraplex.protocol import (
     CancelRequest,
     GatewayHeartbeat,
-    RequestError,
-    RequestProgress,
     SchedulerStats,
     Subjects,
     SubmitReply,
     SubmitRequest,
     WorkerHeartbeat,
 )
-from loraplex.scheduler.admission import refusal
 from loraplex.scheduler.dispatcher import Dispatcher
 from loraplex.scheduler.gateways import GatewayWatch
 from loraplex.scheduler.held_requests import held
+from loraplex.scheduler.intake import Intake
 from loraplex.scheduler.leader import LeaseLost
 from loraplex.scheduler.ledger import LedgerEntry
 from loraplex.scheduler.metrics import SchedulerMetrics, scheduler_stats
 from loraplex.scheduler.outbox import Outbox
-from loraplex.scheduler.policies.base import QueuedRequest
 from loraplex.scheduler.policies.registry import make_policy
 from loraplex.scheduler.prefix_affinity import PrefixAffinity
+from loraplex.scheduler.progress import ProgressHandler
 from loraplex.scheduler.recovery import InFlight, Recovery
 from loraplex.scheduler.replica import Replica
 from loraplex.scheduler.settings import SchedulerSettings
@@ -96,6 +95,18 @@ class SchedulerService:
             counters_changed=self._counters_changed,
         )
         self._kick = asyncio.Event()
+        self.intake = Intake(  # SUBMIT and CANCEL
+            settings, self.registry, self.policy, self.takeover, self.recovery, self.outbox,
+            queued=self.submits, inflight=self.inflight, retry=self.retry,
+            cancelled=self.cancelled, leading=lambda: self.leading,
+            listening_since=lambda: self.listening_since, kick=self._kick.set,
+            counters_changed=self._counters_changed,
+        )  # fmt: skip
+        self.progress = ProgressHandler(  # the workers' reports
+            self.registry, self.policy, self.takeover, self.recovery, inflight=self.inflight,
+            leading=lambda: self.leading, kick=self._kick.set,
+            counters_changed=self._counters_changed,
+        )  # fmt: skip
         self._tasks: list[asyncio.Task] = []
         self._counters_dirty = False
         self.started = False  # subscribed (the /ready of http_status.py)
@@ -103,7 +114,7 @@ class SchedulerService:
         self.metrics = SchedulerMetrics(self)
         self.gateways = GatewayWatch(  # a gateway gone: cancel its requests, as its clients would
             settings.gateway_timeout_s, self.submits, self.inflight, self.retry,
-            lambda rid: self._on_cancel(CancelRequest(rid)), lambda: self.leading,
+            lambda rid: self.intake.on_cancel(CancelRequest(rid)), lambda: self.leading,
         )  # fmt: skip
         self.dispatcher = Dispatcher(
             settings,
@@ -125,12 +136,12 @@ class SchedulerService:
         self.bus = await Bus.connect(self.s.nats_url, "scheduler")
         self.outbox.connect(self.bus)
         # Standbys listen too: a warm worker registry and the cancels of the failover gap.
-        await self.bus.subscribe(Subjects.CANCEL, self._on_cancel, CancelRequest)
+        await self.bus.subscribe(Subjects.CANCEL, self.intake.on_cancel, CancelRequest)
         await self.bus.subscribe(Subjects.HEARTBEAT, self._on_heartbeat, WorkerHeartbeat)
         await self.bus.subscribe(Subjects.GATEWAYS, self.gateways.on_heartbeat, GatewayHeartbeat)
         self.listening_since = time.monotonic()
         # A worker's last report on a request comes as a request: the leader acknowledges it.
-        await serve_progress(self.bus, self._on_progress, lambda: self.leading)
+        await serve_progress(self.bus, self.progress.on_progress, lambda: self.leading)
         self._tasks = [
             asyncio.create_task(self._dispatch_loop()),
             asyncio.create_task(self._liveness_loop()),
@@ -186,93 +197,15 @@ class SchedulerService:
 
     # ---- gateway -> scheduler ----------------------------------------------------------------
     async def _serve_submit(self, sub: SubmitRequest) -> SubmitReply:
-        reply = await self._on_submit(held(sub))  # held until it ends: its lists as tuples
+        reply = await self.intake.on_submit(held(sub))  # held until it ends: its lists as tuples
         self.metrics.submitted(reply)
         if reply.accepted and self.epoch:
             reply = dataclasses.replace(reply, epoch=self.epoch)
         return reply
 
-    async def _on_submit(self, sub: SubmitRequest) -> SubmitReply:
-        now = time.monotonic()
-        if sub.resubmit and not self._known(sub.request_id):
-            reply = await self._resubmitted(sub, now)
-            if reply is not None:
-                return reply
-        return self.submit(sub, now)
-
-    def _known(self, rid: str) -> SubmitRequest | None:
-        """The request of that id this scheduler queues or runs (a SUBMIT sent again)."""
-        if rid in self.submits:
-            return self.submits[rid]
-        job = self.inflight.get(rid) or next(
-            (j for j in self.retry if j.submit.request_id == rid), None
-        )
-        return job.submit if job is not None else None
-
-    async def _resubmitted(self, sub: SubmitRequest, now: float) -> SubmitReply | None:
-        """A gateway's unfinished request after a leader change: adopt it where the ledger placed
-        it, or fail it if its tokens were streamed and it is no longer placed; None: queue it."""
-        rid = sub.request_id
-        job = self.takeover.claim(sub, now)
-        if job is not None:
-            self.inflight[rid] = job
-            decode = job.placement.decode
-            if decode and self.registry.holds(decode, rid):
-                job.release_prefill(self.registry, job.placement.prefill)
-            if any(w not in self.registry.workers for w in job.workers):
-                await self.recovery.recover(job, "its worker stopped during a scheduler failover")
-            self._counters_dirty = True
-            self._kick.set()
-            return SubmitReply(rid, True)
-        self.takeover.settle(rid)
-        if sub.tokens_received > 0:  # streamed, and no longer placed: it finished or was lost
-            msg = "the request was lost in a scheduler failover; try again"
-            self.outbox.deliver(sub.gateway_id, RequestError(rid, 503, msg))
-            return SubmitReply(rid, True)
-        return None
-
     def submit(self, sub: SubmitRequest, now: float) -> SubmitReply:
-        rid, tenant = sub.request_id, sub.tenant
-        known = self._known(rid)
-        if known is not None:  # the same SUBMIT again (a retry, a resubmission): idempotent
-            if known.gateway_id == sub.gateway_id and known.tenant == tenant:
-                return SubmitReply(rid, True)
-            return SubmitReply(rid, False, 400, f"duplicate request id {rid!r}")
-        refused = refusal(
-            sub, self.registry, self.policy, self.s, len(self.submits),
-            now - self.listening_since, self.recovery.outage_s(now),
-        )  # fmt: skip
-        if refused is not None:
-            return refused
-        q = QueuedRequest(
-            rid, tenant, len(sub.prompt_token_ids), sub.sampling.max_tokens, now, sub.adapter
-        )
-        self.policy.enqueue(q, now)
-        self.submits[rid] = sub
-        self._kick.set()
-        return SubmitReply(rid, True)
-
-    async def _on_cancel(self, msg: CancelRequest) -> None:
-        rid = msg.request_id
-        if not self.leading:  # a standby remembers it, in case it takes over
-            self.cancelled[rid] = time.monotonic()
-            return
-        for wid in self.takeover.cancel(rid):
-            await self.outbox.publish(Subjects.worker(wid), msg)
-        if rid in self.submits:
-            self.policy.cancel(rid)
-            del self.submits[rid]
-            return
-        job = self.inflight.pop(rid, None) or self.recovery.take_retry(rid)
-        if job is None:
-            return
-        self.cancelled[rid] = time.monotonic()
-        self.policy.cancel(rid)
-        self._counters_dirty = True
-        for wid in job.workers:
-            self.registry.release(wid, rid)
-            await self.outbox.publish(Subjects.worker(wid), msg)
-        self._kick.set()
+        """Queue (or refuse) a SUBMIT at time ``now`` (``intake.py``)."""
+        return self.intake.submit(sub, now)
 
     # ---- dispatch ----------------------------------------------------------------------------
     async def _dispatch_loop(self) -> None:
@@ -318,39 +251,6 @@ class SchedulerService:
             log.info("worker %s (%s) joined: %d KV blocks", hb.worker_id, hb.role, hb.total_blocks)
         if self.leading:
             self.takeover.on_heartbeat(hb)
-        self._kick.set()
-
-    async def _on_progress(self, p: RequestProgress) -> None:
-        if not self.leading:
-            return
-        job = self.inflight.get(p.request_id)
-        if job is None:
-            if self.takeover.on_progress(p):
-                self._counters_dirty = True
-            else:
-                await self.recovery.cancel_again(p)
-            return
-        if await self.recovery.stale_report(job, p):
-            return
-        if p.event == "tokens":
-            if p.worker_id == job.placement.decode:  # the decode worker has it, whatever the
-                job.release_prefill(self.registry, job.placement.prefill)  # hand-off report says
-            job.record_tokens(p)  # their ids too: a migration resumes from them
-            self.policy.on_output_tokens(job.submit.tenant, p.request_id, p.new_tokens)
-            self._counters_dirty = True
-            job.release_prefill(self.registry, p.worker_id)
-        elif p.event == "handoff":
-            job.release_prefill(self.registry, p.worker_id)
-        elif p.event in ("finished", "error"):
-            self.inflight.pop(p.request_id, None)
-            self.policy.on_finish(p.request_id, p.completion_tokens)
-            self._counters_dirty = True
-            for wid in job.workers:
-                self.registry.release(wid, p.request_id)
-        elif p.event == "failed":
-            if p.suspect:
-                self.registry.suspect(p.suspect)
-            await self.recovery.recover(job, p.message or f"worker {p.worker_id} failed")
         self._kick.set()
 
     def stats(self) -> SchedulerStats:
