@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import redis
 
 from loraplex.bus import Bus
 from loraplex.gateway.resubmit import Resubmitter
@@ -213,3 +216,16 @@ def service_by_epoch(admitted: list[tuple[float, str, int]]) -> dict[int, Counte
     for _, tenant, epoch in admitted:
         out[epoch][tenant] += 1
     return out
+
+
+def stop_schedulers(procs: list[subprocess.Popen], redis_url: str, prefix: str) -> None:
+    """SIGTERM the scheduler processes still running, wait for all, drop their keys in Redis."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        p.wait(15)
+    with redis.Redis.from_url(redis_url) as r:
+        keys = r.keys(prefix + ":*")
+        if keys:
+            r.delete(*keys)

@@ -17,11 +17,17 @@ import time
 import uuid
 
 import pytest
-import redis
 
 from loraplex.bus import Bus
 
-from .replica_helpers import FakeGateway, TokenWorker, start_scheduler, token_of, wait_log
+from .replica_helpers import (
+    FakeGateway,
+    TokenWorker,
+    start_scheduler,
+    stop_schedulers,
+    token_of,
+    wait_log,
+)
 
 TOKENS = 150  # per request: 7.5 s at 50 ms a token, so they stream through both failures
 STREAMS = 4
@@ -72,18 +78,10 @@ async def test_streams_migrate_when_their_worker_dies_across_a_failover(
         stopped_at = {r: len(gateway.streams[r].tokens) for r in rids}
         await gateway.wait_done(timeout=60)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait(15)
+        stop_schedulers(procs, redis_url, prefix)
         await first.stop()
         await spare.stop()
         await bus.close()
-        with redis.Redis.from_url(redis_url) as r:
-            keys = r.keys(prefix + ":*")
-            if keys:
-                r.delete(*keys)
 
     s2_log = logs["s2"].read_text()
     for rid in rids:

@@ -12,7 +12,6 @@ import time
 import uuid
 
 import pytest
-import redis
 import redis.asyncio as aioredis
 
 from loraplex.bus import Bus
@@ -25,6 +24,7 @@ from .replica_helpers import (
     TokenWorker,
     service_by_epoch,
     start_scheduler,
+    stop_schedulers,
     token_of,
     wait_log,
 )
@@ -118,17 +118,9 @@ async def test_killed_leader_loses_nothing_and_fairness_holds(nats_url, redis_ur
         by_epoch = service_by_epoch(worker.admitted)
         took_over = min(t for t, _, e in worker.admitted if e == max(by_epoch))
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait(15)
+        stop_schedulers(procs, redis_url, prefix)
         await worker.stop()
         await bus.close()
-        with redis.Redis.from_url(redis_url) as r:
-            keys = r.keys(prefix + ":*")
-            if keys:
-                r.delete(*keys)
 
     assert (
         "leading, epoch" in logs["s2"].read_text() or "leading with epoch" in logs["s2"].read_text()
