@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from loraplex.adapters.errors import StoreUnavailableError
 from loraplex.adapters.store import AdapterStore
 from loraplex.bus import Bus, BusError, BusTimeoutError, NoRespondersError
 from loraplex.errors import AdapterNotFoundError
@@ -29,6 +30,7 @@ from loraplex.gateway.errors import (
     SchedulerUnavailableError,
 )
 from loraplex.gateway.generation import Generation
+from loraplex.gateway.known_adapters import KnownAdapters
 from loraplex.gateway.metrics import GatewayMetrics
 from loraplex.gateway.prepare import Prepared, RequestBuilder
 from loraplex.gateway.resubmit import Resubmitter
@@ -69,6 +71,8 @@ class GatewayService:
         )
         # Open requests, sent again to a new scheduler leader (scheduler replicas).
         self.resubmitter = Resubmitter(bus, router, settings.submit_timeout_s)
+        # What each tenant's adapter names meant, to serve them while Redis is unreachable.
+        self.known_adapters = KnownAdapters(settings.adapter_stale_s)
         self.started = int(time.time())
 
     # ---- 1. prepare ------------------------------------------------------------------------
@@ -78,12 +82,25 @@ class GatewayService:
         if model == self.settings.model_id:
             return None
         if self.adapters is not None:
+            known = self.known_adapters.recall(tenant, model)
+            if known is not None and self.known_adapters.store_down:
+                self.known_adapters.served_stale += 1
+                return known  # the store failed moments ago: not every request waits it out
             try:
                 info = await self.adapters.get_for(tenant, model)
             except AdapterNotFoundError:
                 info = None
+            except StoreUnavailableError:
+                self.known_adapters.store_failed()
+                if known is None:
+                    raise
+                log.warning("adapter store unreachable: serving %r as last resolved", model)
+                self.known_adapters.served_stale += 1
+                return known
             if info is not None and info.served:  # an unloaded adapter is not a model (vLLM)
+                self.known_adapters.remember(tenant, model, info.id)
                 return info.id
+            self.known_adapters.forget(tenant, model)
         raise ModelNotFoundError(
             f"The model {model!r} does not exist or you do not have access to it "
             f"(served: {self.settings.model_id!r} and the adapters listed by GET /v1/models)."

@@ -45,6 +45,9 @@ class GatewaySettings:
     port: int = 8000
     request_timeout_s: float = 120.0
     submit_timeout_s: float = 5.0  # scheduler's answer to SUBMIT; past it: 503
+    # While Redis is unreachable, an adapter name a tenant resolved this recently still serves
+    # (``known_adapters.py``); 0: never.
+    adapter_stale_s: float = 600.0
     max_body_bytes: int = 4 * 1024 * 1024
     # adapter routes (the adapter-store's logic, run inside the gateway)
     max_adapter_mb: float = 512.0
@@ -69,6 +72,8 @@ class GatewaySettings:
             raise ValueError("max_model_len must be positive")
         if not self.request_timeout_s > 0 or not self.submit_timeout_s > 0:
             raise ValueError("timeouts must be positive")
+        if not self.adapter_stale_s >= 0:
+            raise ValueError("adapter_stale_s must be 0 or more")
         if self.max_body_bytes < 1024:
             raise ValueError("the body size limit must be at least 1 KiB")
         if not 0 <= self.port < 65536:
@@ -103,6 +108,7 @@ class GatewaySettings:
             "tenants_file": env.TENANTS_FILE.get(),
             "request_timeout_s": env.GATEWAY_REQUEST_TIMEOUT_S.get(),
             "submit_timeout_s": env.GATEWAY_SUBMIT_TIMEOUT_S.get(),
+            "adapter_stale_s": env.GATEWAY_ADAPTER_STALE_S.get(),
             "max_body_bytes": int(env.GATEWAY_MAX_BODY_MB.get() * 1024 * 1024),
             "max_adapter_mb": env.MAX_ADAPTER_MB.get(),
             "max_lora_rank": env.MAX_LORA_RANK.get(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from loraplex.adapters.errors import StoreUnavailableError
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.errors import AdapterNotFoundError, LoraplexError
 from loraplex.worker.active import Active
@@ -21,16 +22,24 @@ class Preparation:
         self._engine = engine
         self._publisher = publisher
 
-    async def resolve_adapter(self, req: Active) -> Resolved | None | bool:
+    async def resolve_adapter(
+        self, req: Active, report_unavailable: bool = True
+    ) -> Resolved | None | bool:
         """Page in the request's adapter beside the engine loop.
 
         Returns the resolution, None for a base-model request, or False after reporting an error.
+        An adapter store that cannot be reached is no fault of the request: that failure is
+        retryable (another worker may hold the adapter already); ``report_unavailable`` False
+        leaves its report to the caller (a K/V hand-over's refusal does it).
         """
         name = req.submit.adapter
         if name is None:
             return None
         try:
             return await self._pager.prepare(name)
+        except StoreUnavailableError as e:
+            if report_unavailable:
+                await self._publisher.fail(req, 503, str(e), retryable=True)
         except AdapterNotFoundError as e:
             await self._publisher.fail(req, 404, str(e), retryable=False)
         except LoraplexError as e:

@@ -122,6 +122,12 @@ GATEWAY_SUBMIT_TIMEOUT_S = EnvVar(
     5.0,
     "gateway: wait for the scheduler's SUBMIT reply (then 503)",
 )
+GATEWAY_ADAPTER_STALE_S = EnvVar(
+    "LORAPLEX_GATEWAY_ADAPTER_STALE_S",
+    600.0,
+    "gateway: while Redis is unreachable, keep serving an adapter name a tenant resolved within "
+    "this many seconds (0: never)",
+)
 GATEWAY_METRICS_HOST = EnvVar(
     "LORAPLEX_GATEWAY_METRICS_HOST", "127.0.0.1", "gateway: address of the /metrics listener"
 )
@@ -202,6 +208,7 @@ REGISTRY: tuple[EnvVar, ...] = (
     MAX_MODEL_LEN,
     GATEWAY_REQUEST_TIMEOUT_S,
     GATEWAY_SUBMIT_TIMEOUT_S,
+    GATEWAY_ADAPTER_STALE_S,
     GATEWAY_MAX_BODY_MB,
     GATEWAY_MAX_BATCH_CHOICES,
     GATEWAY_METRICS_HOST,
