@@ -103,8 +103,8 @@ class KVReceiver:
             return KVReply(rid, False, "cancelled")
         req = Active(begin.request, None, "", len(begin.generated), list(begin.generated))
         req.cached_tokens = begin.cached_tokens  # the prefill worker's hits, for the gateway
-        r = await self._prep.resolve_adapter(req, report_unavailable=False)
-        if r is False:  # the prefill worker reports it (retryable when the store is down)
+        r = await self._prep.resolve_adapter(req)
+        if r is False:
             return KVReply(rid, False, "adapter unavailable")
         if not await self._prep.compile_grammar(req, report=False):
             return KVReply(rid, False, "structured output does not compile here")

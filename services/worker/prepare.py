@@ -22,15 +22,13 @@ class Preparation:
         self._engine = engine
         self._publisher = publisher
 
-    async def resolve_adapter(
-        self, req: Active, report_unavailable: bool = True
-    ) -> Resolved | None | bool:
+    async def resolve_adapter(self, req: Active) -> Resolved | None | bool:
         """Page in the request's adapter beside the engine loop.
 
         Returns the resolution, None for a base-model request, or False after reporting an error.
-        An adapter store that cannot be reached is no fault of the request: that failure is
-        retryable (another worker may hold the adapter already); ``report_unavailable`` False
-        leaves its report to the caller (a K/V hand-over's refusal does it).
+        An adapter store that cannot be reached is no fault of the request: a 503, at once (placed
+        again, it would hold a slot through the store's retries once more, on each attempt: in
+        the chaos soak that queued other requests for over a minute).
         """
         name = req.submit.adapter
         if name is None:
@@ -38,8 +36,7 @@ class Preparation:
         try:
             return await self._pager.prepare(name)
         except StoreUnavailableError as e:
-            if report_unavailable:
-                await self._publisher.fail(req, 503, str(e), retryable=True)
+            await self._publisher.fail(req, 503, str(e), retryable=False)
         except AdapterNotFoundError as e:
             await self._publisher.fail(req, 404, str(e), retryable=False)
         except LoraplexError as e:
