@@ -13,8 +13,8 @@ service must run and every worker heart-beat; ``--final`` requests per tenant mu
 with the reference text; the in-flight gauges of the workers and schedulers must read 0.  Exits
 1 when a stream hung or was truncated, the final batch failed or a gauge shows a leak.
 
-    python bench/chaos.py [--seconds 120] [--seed 1] [--gap-s 6] [--redis-faults] [--keep DIR]
-                          [--write-docs]
+    python bench/chaos.py [--seconds 120] [--seed 1] [--gap-s 6] [--adapters N] [--redis-faults]
+                          [--keep DIR] [--write-docs]
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--final", type=int, default=4, help="final batch: requests per tenant")
     p.add_argument("--max-num-seqs", type=int, default=8, help="batch slots per worker")
     p.add_argument("--quiesce-s", type=float, default=300.0, help="most time to heal after")
+    p.add_argument("--adapters", type=int, default=0, help="demo adapters to use (0..4)")
     p.add_argument("--redis-faults", action="store_true", help="kill and restart Redis too")
     p.add_argument("--keep", default=None, help="copy the stack's logs to this directory")
     p.add_argument("--write-docs", action="store_true")
@@ -86,8 +87,10 @@ async def soak(a: argparse.Namespace, tmp: Path) -> Soak:
             t: openai.AsyncOpenAI(base_url=base + "/v1", api_key=k, max_retries=0, timeout=3600)
             for t, k in KEYS.items()
         }
-        model = (await clients["A"].models.list()).data[0].id
-        load = Load(clients, model, a.max_tokens, a.hang_s)
+        served = [m.id for m in (await clients["A"].models.list()).data]
+        if len(served) <= a.adapters:
+            raise SystemExit(f"--adapters {a.adapters}: the stack serves {served}")
+        load = Load(clients, served[: 1 + a.adapters], a.max_tokens, a.hang_s)
         chaos = Chaos(stack, cluster, rds, a.seed, a.redis_faults)
         async with Heartbeats.watch(cluster.urls) as beats:
             await load.take_references()
@@ -133,6 +136,11 @@ def render(argv: list[str], a: argparse.Namespace, s: Soak, minutes: float) -> t
         f"{differs} completed with another text; a completed request took {median} (median). "
         + ("**Every check passed.**" if not problems else f"**Failed**: {'; '.join(problems)}.")
     )
+    on = (
+        f" on the base model or one of {a.adapters} demo adapters (paged from Redis)"
+        if a.adapters
+        else ""
+    )
     redis = ", or the one Redis (the next Redis fault starts it from its AOF)" * a.redis_faults
     parts = [
         f"Command: `{' '.join(['python bench/chaos.py', *shown])}` ({today()}; {machine_line()}; "
@@ -140,7 +148,7 @@ def render(argv: list[str], a: argparse.Namespace, s: Soak, minutes: float) -> t
         f"`loraplex up --schedulers 2` with one prefill and two decode workers ({a.max_num_seqs} "
         "slots each, the demo model on CPU) on a 3-node NATS cluster and one Redis. Open-loop "
         f"streaming load: tenant A {a.rate_a:g} and tenant B {a.rate_b:g} requests/s (Poisson), "
-        f"three fixed prompts each, {a.max_tokens} tokens (greedy, `ignore_eos`). Every "
+        f"three fixed prompts each{on}, {a.max_tokens} tokens (greedy, `ignore_eos`). Every "
         f"{a.gap_s:g} s on average (x 0.6-1.4) one fault, drawn with seed {a.seed}: SIGKILL of "
         "the leading scheduler, the standby one, a decode worker, the prefill worker, a NATS "
         "node (the next NATS fault starts it again), or two at once (leader and a decode "

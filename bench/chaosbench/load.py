@@ -1,5 +1,6 @@
 """Open-loop streaming load for bench/chaos.py: Poisson arrivals per tenant, a few fixed prompts
-each, greedy, through the official ``openai`` client; every stream is classified.
+each, each on the base model or one of the given adapters (``models``), greedy, through the
+official ``openai`` client; every stream is classified.
 
 The SSE body is read line by line (``with_streaming_response``) rather than through the client's
 parsed stream, which hides whether ``[DONE]`` came: a stream ends *completed* (``[DONE]`` after
@@ -30,7 +31,7 @@ PROMPTS = {
 @dataclass
 class Record:
     tenant: str
-    prompt: int  # index into PROMPTS[tenant]
+    prompt: int  # index into the tenant's (prompt, model) pairs (``Load.pairs``)
     start: float  # monotonic
     end: float | None = None
     outcome: str = "hung"
@@ -55,7 +56,7 @@ def _error_message(text: str) -> str | None:
 @dataclass
 class Load:
     clients: dict[str, openai.AsyncOpenAI]
-    model: str
+    models: list[str]  # the base model, then the adapters to use
     max_tokens: int
     hang_s: float
     references: dict[tuple[str, int], str] = field(default_factory=dict)
@@ -64,7 +65,7 @@ class Load:
 
     async def take_references(self) -> None:
         """The uninterrupted greedy text of every prompt (before any fault)."""
-        keys = [(t, i) for t, prompts in PROMPTS.items() for i in range(len(prompts))]
+        keys = [(t, i) for t in PROMPTS for i in range(len(self.pairs(t)))]
         recs = await asyncio.gather(*(self.one(t, i, keep=False) for t, i in keys))
         for key, rec in zip(keys, recs, strict=True):
             if rec.outcome != "completed" or not rec.text:
@@ -82,7 +83,9 @@ class Load:
     async def batch(self, per_tenant: int) -> list[Record]:
         """``per_tenant`` concurrent requests of each tenant, cycling over its prompts."""
         works = [
-            self.one(t, i % len(PROMPTS[t]), keep=False) for t in PROMPTS for i in range(per_tenant)
+            self.one(t, i % len(self.pairs(t)), keep=False)
+            for t in PROMPTS
+            for i in range(per_tenant)
         ]
         return list(await asyncio.gather(*works))
 
@@ -90,11 +93,15 @@ class Load:
         self, tenant: str, rate: float, stop: asyncio.Event, rng: random.Random
     ) -> None:
         while not stop.is_set():
-            task = asyncio.create_task(self.one(tenant, rng.randrange(len(PROMPTS[tenant]))))
+            task = asyncio.create_task(self.one(tenant, rng.randrange(len(self.pairs(tenant)))))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), rng.expovariate(rate))
+
+    def pairs(self, tenant: str) -> list[tuple[str, str]]:
+        """The tenant's (prompt, model) pairs: every prompt on every model."""
+        return [(p, m) for p in PROMPTS[tenant] for m in self.models]
 
     async def one(self, tenant: str, prompt: int, keep: bool = True) -> Record:
         rec = Record(tenant, prompt, time.monotonic())
@@ -119,10 +126,11 @@ class Load:
         loop = asyncio.get_running_loop()
         pieces: list[str] = []
         done, error = False, None
+        prompt, model = self.pairs(rec.tenant)[rec.prompt]
         async with asyncio.timeout(self.hang_s) as watchdog:
             async with self.clients[rec.tenant].completions.with_streaming_response.create(
-                model=self.model,
-                prompt=PROMPTS[rec.tenant][rec.prompt],
+                model=model,
+                prompt=prompt,
                 max_tokens=self.max_tokens,
                 temperature=0.0,
                 stream=True,

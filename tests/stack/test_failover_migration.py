@@ -29,7 +29,7 @@ from .replica_helpers import (
     wait_log,
 )
 
-TOKENS = 150  # per request: 7.5 s at 50 ms a token, so they stream through both failures
+TOKENS = 200  # per request: 10 s at 50 ms a token, so they stream through both failures
 STREAMS = 4
 HEARTBEAT_TIMEOUT = "2"
 
