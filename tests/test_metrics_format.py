@@ -60,8 +60,10 @@ def test_gateway_series_per_adapter_and_lengths() -> None:
     m.started("bob", None, 3)
     m.closed("bob", None, "cancelled", 1, None)  # abandoned: no latency, no length
     m.bind_orphans(lambda: 7, lambda: 2)
+    m.bind_known_adapters(lambda: 3)
     text = m.render().decode()
     promtool_check(text)
+    assert value(text, "loraplex_gateway_adapter_names_from_memory_total") == 3
     base = f'adapter="{BASE_ADAPTER}"'
     assert (
         value(text, 'loraplex_gateway_adapter_requests_total{adapter="alice/sql",tenant="alice"}')

@@ -93,6 +93,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             app.state.service = service = GatewayService(
                 settings, bus, streams, tokenizer, store, metrics
             )
+            metrics.bind_known_adapters(lambda: service.known_adapters.served_stale)
             # A delta for a request no longer open: its cancel was lost; ask again.
             streams.bind_orphan_cancel(
                 lambda rid: service.cancel(rid, "the gateway no longer has the request")

@@ -117,6 +117,7 @@ class GatewayMetrics:
         )
         self._orphans: Callable[[], int] = lambda: 0
         self._orphan_cancels: Callable[[], int] = lambda: 0
+        self._stale_adapters: Callable[[], int] = lambda: 0
         prom.register(r, self._collect)
 
     def _collect(self) -> list[prom.Family]:
@@ -133,11 +134,21 @@ class GatewayMetrics:
                 {(): float(self._orphan_cancels())},
                 [],
             ),
+            prom.counter(
+                "loraplex_gateway_adapter_names_from_memory",
+                "adapter names answered from what the tenant was last told, the store unreachable",
+                {(): float(self._stale_adapters())},
+                [],
+            ),
         ]
 
     def bind_orphans(self, read: Callable[[], int], cancels: Callable[[], int] = lambda: 0) -> None:
         """Read the stream router's counts: messages dropped, and cancels sent again."""
         self._orphans, self._orphan_cancels = read, cancels
+
+    def bind_known_adapters(self, read: Callable[[], int]) -> None:
+        """Read how many adapter names were answered from memory (``known_adapters.py``)."""
+        self._stale_adapters = read
 
     def started(self, tenant: str, adapter: str | None, prompt_tokens: int) -> None:
         """A generation was accepted by the scheduler."""

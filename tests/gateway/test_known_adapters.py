@@ -8,6 +8,7 @@ from __future__ import annotations
 import httpx
 
 from loraplex.gateway.known_adapters import BREAKER_S, KnownAdapters
+from loraplex.tooling.ports import free_port
 from loraplex.tooling.servers import start_redis
 from tests.gateway.conftest import ALICE, BOB, FakeScheduler, GatewayFactory, register_adapter
 
@@ -38,9 +39,10 @@ async def test_a_resolved_adapter_serves_through_a_redis_outage(
 ) -> None:
     redis = start_redis(tmp_path / "redis")
     body = {"model": "shared", "prompt": "Hello", "max_tokens": 4}
+    metrics_port = free_port()
     try:
         async with (
-            gateway_factory(redis_url=redis.url) as url,
+            gateway_factory(redis_url=redis.url, metrics_port=metrics_port) as url,
             httpx.AsyncClient(base_url=url, timeout=30) as http,
         ):
             r = await register_adapter(http, demo.adapters[0].path, "shared", ALICE)
@@ -53,6 +55,8 @@ async def test_a_resolved_adapter_serves_through_a_redis_outage(
                 r = await http.post("/v1/completions", json=body, headers=ALICE)
                 assert r.status_code == 200, r.text
             assert scheduler.submits[-1].adapter == scheduler.submits[0].adapter
+            seen = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+            assert "loraplex_gateway_adapter_names_from_memory_total 3.0" in seen
             # bob never resolved it (it is alice's): the store's answer, a 503, as before
             r = await http.post("/v1/completions", json=body, headers=BOB)
             assert r.status_code == 503 and "Redis is unavailable" in r.json()["error"]["message"]
