@@ -68,9 +68,7 @@ class InFlight:
         """A worker's ``tokens`` / ``finished`` report."""
         self.tokens_sent = True
         self.completion_tokens = p.completion_tokens
-        self.tokens.record(p.token_ids, p.new_tokens, p.completion_tokens)
-        if p.all_token_ids is not None:
-            self.tokens.snapshot(p.all_token_ids, p.completion_tokens)
+        self.tokens.hear(p)
 
     def release_prefill(self, registry: WorkerRegistry, worker_id: str) -> None:
         """A disaggregated prefill worker is done with the request once the K/V left it."""

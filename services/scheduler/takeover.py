@@ -9,7 +9,7 @@ the gateways: each resubmits its unfinished requests with the same id when it he
   ledger names, charged as before (or charged now, if the counters were saved before its
   admission); liveness (``recovery.py``) takes it from there, as for any placed request.  Its
   token log (to migrate it) is the ids its gateway received, joined to the token reports heard
-  since the takeover (``TokenTail``): together they are whole unless the gateway lags;
+  since the takeover (``TokenLog.tail``): together they are whole unless the gateway lags;
 * one without an entry was never placed: it is queued again (by the service), unless tokens of it
   already reached its client, which means it finished (or was lost) under the old leader;
 * entries nobody claims within ``claim_s`` belong to requests whose gateway is gone (or that
@@ -25,7 +25,7 @@ import logging
 
 from loraplex.protocol import CancelRequest, RequestProgress, SubmitRequest, WorkerHeartbeat
 from loraplex.scheduler.ledger import LedgerEntry
-from loraplex.scheduler.migration import TokenTail
+from loraplex.scheduler.migration import TokenLog
 from loraplex.scheduler.placement import Placement
 from loraplex.scheduler.policies.base import FairnessPolicy, QueuedRequest
 from loraplex.scheduler.recovery import InFlight
@@ -43,7 +43,7 @@ class Takeover:
         self.policy = policy
         self.claim_s = claim_s
         self.pending: dict[str, LedgerEntry] = {}
-        self.tails: dict[str, TokenTail] = {}  # token reports heard for pending entries
+        self.tails: dict[str, TokenLog] = {}  # token reports heard for pending entries
         self.unsettled: set[str] = set()
         self.deadline: float | None = None
 
@@ -65,7 +65,7 @@ class Takeover:
         e = self.pending.pop(sub.request_id, None)
         if e is None:
             return None
-        tail = self.tails.pop(sub.request_id, TokenTail())
+        tail = self.tails.pop(sub.request_id, TokenLog.tail())
         completion = max(sub.tokens_received, tail.end)
         kept = dataclasses.replace(sub, received_token_ids=None)  # not sent on in assignments
         job = InFlight(
@@ -110,10 +110,7 @@ class Takeover:
             return False
         charged = p.request_id in self.unsettled
         if p.event == "tokens":
-            tail = self.tails.setdefault(p.request_id, TokenTail())
-            tail.record(p.token_ids, p.new_tokens, p.completion_tokens)
-            if p.all_token_ids is not None:
-                tail.snapshot(p.all_token_ids, p.completion_tokens)
+            self.tails.setdefault(p.request_id, TokenLog.tail()).hear(p)
         if p.event == "tokens" and charged:
             self.policy.on_output_tokens(e.tenant, p.request_id, p.new_tokens)
         elif p.event in ("finished", "error"):

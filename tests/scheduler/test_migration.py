@@ -20,7 +20,7 @@ from loraplex.protocol import (
     WorkerHeartbeat,
 )
 from loraplex.sampling_params import SamplingParams
-from loraplex.scheduler.migration import TokenLog, TokenTail
+from loraplex.scheduler.migration import TokenLog
 from loraplex.scheduler.service import SchedulerService
 from loraplex.scheduler.settings import SchedulerSettings
 from loraplex.terminal import serve_stream
@@ -212,7 +212,7 @@ def test_an_adopted_request_s_log_joins_the_gateway_s_ids_and_the_reports_since_
     """A new leader adopts a request with the ids its gateway received (0..4) and the reports it
     heard since it took over (3..6): together they are whole.  A hole between the two, or no ids
     from the gateway, leaves the log unusable until a snapshot."""
-    tail = TokenTail()
+    tail = TokenLog.tail()
     tail.record([13], 1, 4)
     tail.record([14, 15], 2, 6)
     tail.record([16], 1, 7)
@@ -229,12 +229,12 @@ def test_an_adopted_request_s_log_joins_the_gateway_s_ids_and_the_reports_since_
     blind.adopt(None, tail)
     assert blind.broken
     nothing = TokenLog()
-    nothing.adopt([10, 11], TokenTail())  # no report since the takeover: the gateway's ids
+    nothing.adopt([10, 11], TokenLog.tail())  # no report since the takeover: the gateway's ids
     assert nothing.ids == [10, 11] and nothing.resumable(100, reported=2)
 
 
 def test_a_token_tail_breaks_on_a_gap_and_a_snapshot_makes_it_whole():
-    tail = TokenTail()
+    tail = TokenLog.tail()
     tail.record([13], 1, 4)
     tail.record([15], 1, 6)  # token 4's report never came
     assert tail.broken
