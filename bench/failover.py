@@ -21,7 +21,6 @@ import shutil
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from failoverbench.report import (  # noqa: E402
     failure_notes,
     migrated_ids,
 )
-from failoverbench.stack import replicated_stack  # noqa: E402
+from failoverbench.stack import metric, replicated_stack  # noqa: E402
 
 from loraplex.scheduler.leader import LEASE_SUFFIX  # noqa: E402
 from loraplex.tooling.launcher import Stack, start_stack  # noqa: E402
@@ -70,13 +69,8 @@ def leader(redis_url: str) -> str:
 
 def running(stack: Stack, name: str) -> float:
     """Requests in the worker's batch (its own /metrics); 0 when it cannot be read."""
-    try:
-        with urllib.request.urlopen(stack.status[name] + "/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except (KeyError, OSError):
-        return 0.0
-    lines = [x for x in text.splitlines() if x.startswith("loraplex_worker_requests_running")]
-    return sum(float(x.split()[-1]) for x in lines)
+    url = stack.status.get(name)
+    return (metric(url, "loraplex_worker_requests_running") if url else None) or 0.0
 
 
 async def busiest_decode(stack: Stack, workers: int) -> str:

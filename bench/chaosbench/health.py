@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import nats
+from failoverbench.stack import metric
 
 from loraplex.protocol import Subjects, WorkerHeartbeat, decode
 from loraplex.tooling.stack import Stack
@@ -49,17 +50,6 @@ class Heartbeats:
             yield beats
         finally:
             await nc.close()
-
-
-def metric(url: str, name: str) -> float | None:
-    """The sum of ``name``'s series on ``url``/metrics (0 when absent); None when unreadable."""
-    try:
-        with urllib.request.urlopen(url + "/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except OSError:
-        return None
-    lines = [x for x in text.splitlines() if x.startswith((name + " ", name + "{"))]
-    return sum(float(x.split()[-1]) for x in lines)
 
 
 def _ok(url: str) -> bool:

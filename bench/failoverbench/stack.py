@@ -1,10 +1,12 @@
 """The stack the failover and chaos benches kill parts of: ``loraplex up --schedulers 2`` with one
-prefill and two decode workers (the demo model on CPU) on a 3-node NATS cluster and one Redis."""
+prefill and two decode workers (the demo model on CPU) on a 3-node NATS cluster and one Redis;
+and reading a series off one of its services' status listeners."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import urllib.request
 from pathlib import Path
 
 from loraplex.tooling.launcher import Stack
@@ -33,3 +35,14 @@ def replicated_stack(
         "--num-kv-blocks", "512", "--dtype", "float32", "--device", "cpu",
     ])  # fmt: skip
     return cluster, rds, stack, args
+
+
+def metric(url: str, name: str) -> float | None:
+    """The sum of ``name``'s series on ``url``/metrics (0 when absent); None when unreadable."""
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    lines = [x for x in text.splitlines() if x.startswith((name + " ", name + "{"))]
+    return sum(float(x.split()[-1]) for x in lines)
