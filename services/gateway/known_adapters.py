@@ -14,9 +14,14 @@ adapter unloaded or deleted meanwhile cannot be (both need Redis).  Plain Python
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+
+from loraplex.adapters.errors import StoreUnavailableError
+
+log = logging.getLogger(__name__)
 
 BREAKER_S = 10.0  # after a store failure: serve remembered names without asking for this long
 CAPACITY = 65_536  # (tenant, name) pairs remembered, least recently resolved dropped first
@@ -32,6 +37,31 @@ class KnownAdapters:
         self._known: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
         self._store_down_until = float("-inf")
         self.served_stale = 0  # answers given from memory while the store failed (logs, tests)
+
+    async def resolve(
+        self, tenant: str, model: str, ask: Callable[[str, str], Awaitable[str | None]]
+    ) -> str | None:
+        """The adapter id ``model`` names for ``tenant`` (None: none that serves), from ``ask``
+        (the store), or from memory while the store fails; raises ``StoreUnavailableError``
+        when it fails and nothing is remembered."""
+        known = self.recall(tenant, model)
+        if known is not None and self.store_down:
+            self.served_stale += 1
+            return known  # the store failed moments ago: not every request waits it out
+        try:
+            adapter = await ask(tenant, model)
+        except StoreUnavailableError:
+            self.store_failed()
+            if known is None:
+                raise
+            log.warning("adapter store unreachable: serving %r as last resolved", model)
+            self.served_stale += 1
+            return known
+        if adapter is None:
+            self.forget(tenant, model)
+        else:
+            self.remember(tenant, model, adapter)
+        return adapter
 
     def remember(self, tenant: str, model: str, adapter_id: str) -> None:
         """The store answered: ``model`` is ``adapter_id`` for ``tenant``, and it serves."""

@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from loraplex.adapters.errors import StoreUnavailableError
 from loraplex.adapters.store import AdapterStore
 from loraplex.bus import Bus, BusError, BusTimeoutError, NoRespondersError
 from loraplex.errors import AdapterNotFoundError
@@ -82,29 +81,23 @@ class GatewayService:
         if model == self.settings.model_id:
             return None
         if self.adapters is not None:
-            known = self.known_adapters.recall(tenant, model)
-            if known is not None and self.known_adapters.store_down:
-                self.known_adapters.served_stale += 1
-                return known  # the store failed moments ago: not every request waits it out
-            try:
-                info = await self.adapters.get_for(tenant, model)
-            except AdapterNotFoundError:
-                info = None
-            except StoreUnavailableError:
-                self.known_adapters.store_failed()
-                if known is None:
-                    raise
-                log.warning("adapter store unreachable: serving %r as last resolved", model)
-                self.known_adapters.served_stale += 1
-                return known
-            if info is not None and info.served:  # an unloaded adapter is not a model (vLLM)
-                self.known_adapters.remember(tenant, model, info.id)
-                return info.id
-            self.known_adapters.forget(tenant, model)
+            adapter = await self.known_adapters.resolve(tenant, model, self._ask_store)
+            if adapter is not None:
+                return adapter
         raise ModelNotFoundError(
             f"The model {model!r} does not exist or you do not have access to it "
             f"(served: {self.settings.model_id!r} and the adapters listed by GET /v1/models)."
         )
+
+    async def _ask_store(self, tenant: str, model: str) -> str | None:
+        """The store's answer: the id of the served adapter ``model`` names for ``tenant``, or
+        None (none of that name, or unloaded: an unloaded adapter is not a model, as in vLLM)."""
+        assert self.adapters is not None
+        try:
+            info = await self.adapters.get_for(tenant, model)
+        except AdapterNotFoundError:
+            return None
+        return info.id if info is not None and info.served else None
 
     async def list_models(self, tenant: str) -> list[dict[str, Any]]:
         """OpenAI model cards: the base model, then the adapters ``tenant`` may use and that are
