@@ -7,8 +7,10 @@ import time
 from collections.abc import Callable
 
 
-async def until(cond: Callable[[], object], timeout: float = 10.0) -> None:
+async def until(
+    cond: Callable[[], object], timeout: float = 10.0, what: str = "condition not met in time"
+) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
+        assert time.monotonic() < deadline, what
         await asyncio.sleep(0.02)

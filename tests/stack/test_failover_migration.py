@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 import uuid
 
 import pytest
 
 from loraplex.bus import Bus
+from tests.scheduler.waiting import until
 
 from .replica_helpers import (
     FakeGateway,
@@ -32,13 +32,6 @@ from .replica_helpers import (
 TOKENS = 200  # per request: 10 s at 50 ms a token, so they stream through both failures
 STREAMS = 4
 HEARTBEAT_TIMEOUT = "2"
-
-
-async def _until(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize("worker_dies", ["with-the-leader", "after-the-adoption"])
@@ -65,14 +58,14 @@ async def test_streams_migrate_when_their_worker_dies_across_a_failover(
         rids = [f"m-{i}" for i in range(STREAMS)]
         for rid in rids:
             await gateway.submit(rid, "A", 8, TOKENS)
-        await _until(lambda: all(len(gateway.streams[r].tokens) >= 5 for r in rids), 30, "tokens")
+        await until(lambda: all(len(gateway.streams[r].tokens) >= 5 for r in rids), 30, "tokens")
         await spare.start()  # where they can go once their worker is gone
         await asyncio.sleep(0.5)
         s1.send_signal(signal.SIGKILL)
         if worker_dies == "after-the-adoption":
-            await _until(lambda: gateway.resubmitter.resubmitted >= STREAMS, 30, "resubmitted")
+            await until(lambda: gateway.resubmitter.resubmitted >= STREAMS, 30, "resubmitted")
             at = {r: len(gateway.streams[r].tokens) for r in rids}
-            await _until(lambda: all(len(gateway.streams[r].tokens) >= at[r] + 5 for r in rids),
+            await until(lambda: all(len(gateway.streams[r].tokens) >= at[r] + 5 for r in rids),
                          30, "tokens after the adoption")  # fmt: skip
         await first.stop()  # its heartbeats and tokens stop, as a SIGKILLed worker's do
         stopped_at = {r: len(gateway.streams[r].tokens) for r in rids}
