@@ -76,3 +76,66 @@ def test_the_thread_restarts_a_killed_process(tmp_path):
     finally:
         sup.stop()
         svc.proc.kill()  # type: ignore[union-attr]
+
+
+def test_a_service_killed_after_it_came_up_restarts_without_growing_backoff(tmp_path):
+    """Readiness separates a crash loop (never ready) from a healthy service that was shot."""
+    ready = {"now": False}
+    svc = _service(tmp_path, "import time; time.sleep(30)")
+    svc.ready_url = "http://probe"
+    sup = Supervisor([svc], POLICY, say=lambda line: None, probe=lambda url: ready["now"])
+    try:
+        svc.start()
+        t0 = svc.started_at
+        svc.quick_failures = 3  # it had been dying quickly before this run
+        sup.poll(now=t0 + 0.1)  # probed: not ready yet
+        assert svc.ready_at is None
+        ready["now"] = True
+        sup.poll(now=t0 + 0.3)  # within the probe interval: not probed again
+        assert svc.ready_at is None
+        sup.poll(now=t0 + 1.0)
+        assert svc.ready_at == t0 + 1.0
+        svc.proc.kill()  # type: ignore[union-attr]
+        svc.proc.wait(10)  # type: ignore[union-attr]
+        sup.poll(now=t0 + 1.0 + POLICY.ready_stable_s)  # ready 5 s, then killed: first delay
+        assert svc.quick_failures == 1 and svc.restart_at == t0 + 6.0 + POLICY.initial_backoff_s
+        sup.poll(now=t0 + 8.0)
+        assert svc.restarts == 1 and svc.ready_at is None  # the new run must come up again
+        # Killed again before it was ever ready: that counts as a quick failure.
+        ready["now"] = False
+        t1 = svc.started_at
+        svc.proc.kill()  # type: ignore[union-attr]
+        svc.proc.wait(10)  # type: ignore[union-attr]
+        sup.poll(now=t1 + 2.0)
+        assert svc.quick_failures == 2 and svc.restart_at == t1 + 2.0 + 2.0
+    finally:
+        svc.proc.kill()  # type: ignore[union-attr]
+
+
+def test_readiness_is_probed_over_http(tmp_path):
+    """The default probe against a real child HTTP server, and a refused port."""
+    import socket
+
+    from loraplex.tooling.ports import free_port
+    from loraplex.tooling.supervisor import http_ready
+
+    port = free_port()
+    svc = _service(
+        tmp_path,
+        f"import http.server as h; h.test(h.SimpleHTTPRequestHandler, port={port}, bind='127.0.0.1')",
+    )
+    svc.ready_url = f"http://127.0.0.1:{port}/"
+    sup = Supervisor([svc], POLICY, say=lambda line: None)
+    svc.start()
+    try:
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        sup.poll()
+        assert svc.ready_at is not None
+        assert not http_ready(f"http://127.0.0.1:{free_port()}/")
+    finally:
+        svc.proc.kill()  # type: ignore[union-attr]
+        svc.proc.wait(10)  # type: ignore[union-attr]

@@ -161,25 +161,27 @@ def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]
     metrics = f"http://127.0.0.1:{metrics_port}/metrics"
     common = ["--nats-url", nats_url, "--redis-url", redis_url]
     stack.spawn(
-        "adapter-store", "loraplex.adapter_store", *store_argv(args, model, store_port, common)
-    )
+        "adapter-store", "loraplex.adapter_store", *store_argv(args, model, store_port, common),
+        ready_url=f"http://127.0.0.1:{store_port}/ready",
+    )  # fmt: skip
     for i in range(max(1, args.schedulers)):  # replicas: the first to take the lease leads
         name = "scheduler" if i == 0 else f"scheduler-{i}"
-        argv = scheduler_argv(args, name, common)
-        stack.spawn(name, "loraplex.scheduler", *argv, *_status_port(stack, name))
+        argv = [*scheduler_argv(args, name, common), *_status_port(stack, name)]
+        stack.spawn(name, "loraplex.scheduler", *argv, ready_url=stack.status[name] + "/ready")
     worker_args = worker_argv(args, model, common)
-    for i in range(args.prefill_workers):
-        name = f"prefill-{i}"
-        stack.spawn(
-            name, "loraplex.prefill", "--worker-id", name, *worker_args, *_status_port(stack, name)
-        )
     decode_role = "decode" if args.prefill_workers else "both"
-    for i in range(args.decode_workers):
-        name = f"decode-{i}"
-        argv = ["--role", decode_role, "--worker-id", name, *worker_args]
-        stack.spawn(name, "loraplex.decode", *argv, *_status_port(stack, name))
-    stack.spawn("gateway", "loraplex.gateway", *gateway_argv(args, model, common, metrics_port))
+    worker_specs = [(f"prefill-{i}", "loraplex.prefill", []) for i in range(args.prefill_workers)]
+    worker_specs += [
+        (f"decode-{i}", "loraplex.decode", ["--role", decode_role])
+        for i in range(args.decode_workers)
+    ]
+    for name, module, role in worker_specs:
+        argv = [*role, "--worker-id", name, *worker_args, *_status_port(stack, name)]
+        stack.spawn(name, module, *argv, ready_url=stack.status[name] + "/ready")
     base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+    # The gateway's /ready also needs workers that can serve; /health says it came up.
+    gateway = gateway_argv(args, model, common, metrics_port)
+    stack.spawn("gateway", "loraplex.gateway", *gateway, ready_url=f"{base}/health")
     _wait_http(f"http://127.0.0.1:{store_port}/ready", stack, timeout=60)
     workers = args.prefill_workers + args.decode_workers
     _wait_workers(stack.status["scheduler"] + "/metrics", workers, stack, timeout=600)

@@ -48,8 +48,13 @@ class Stack:
     def service(self, name: str) -> Service:
         return next(s for s in self.services if s.name == name)
 
-    def spawn(self, name: str, module: str, *args: str) -> subprocess.Popen:
+    def spawn(
+        self, name: str, module: str, *args: str, ready_url: str | None = None
+    ) -> subprocess.Popen:
+        """Start ``python -m module args``; ``ready_url`` answers 200 once it came up (the
+        supervisor's sign that a later exit is no crash loop)."""
         svc = Service(name, python_module(module, *args), self.run_dir / f"{name}.log")
+        svc.ready_url = ready_url
         self.services.append(svc)
         return svc.start()
 

@@ -5,6 +5,11 @@ restarts the ones that exited (a crash, an OOM kill, a worker that left on a fat
 so one dead process never takes the stack down.  Only the launcher's own Ctrl-C or SIGTERM stops
 everything.  Backoff doubles for a service that keeps dying soon after its start and resets once a
 run lasted ``stable_after_s``, as systemd's and Kubernetes' restart policies do.
+
+A crash loop is a service that cannot come up.  One that came up (its ``/ready`` answered 200 for
+``ready_stable_s``) and was then killed, by an operator, the OOM killer or a chaos test, is restarted
+after the first delay again: a doubled backoff there would only lengthen the outage of a healthy
+service that was shot, while its requests wait for a worker.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +29,8 @@ class RestartPolicy:
     initial_backoff_s: float = 0.5
     max_backoff_s: float = 30.0
     stable_after_s: float = 30.0  # a run at least this long resets the backoff
+    ready_stable_s: float = 5.0  # so does a run that was ready (``Service.ready_url``) this long
+    probe_interval_s: float = 0.5  # between readiness probes of a service not ready yet
 
     def delay(self, quick_failures: int) -> float:
         """Seconds to wait before restart number ``quick_failures`` (1-based) in a row."""
@@ -42,6 +50,9 @@ class Service:
     quick_failures: int = 0  # exits in a row that came before ``stable_after_s``
     restart_at: float | None = None  # monotonic time of the pending restart
     history: list[int] = field(default_factory=list)  # pids, oldest first
+    ready_url: str | None = None  # answers 200 once the service came up (None: not probed)
+    ready_at: float | None = None  # monotonic time its current run was first seen ready
+    next_probe_at: float = 0.0
 
     def start(self) -> subprocess.Popen:
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the fd
@@ -50,6 +61,8 @@ class Service:
             )
         self.started_at = time.monotonic()
         self.restart_at = None
+        self.ready_at = None
+        self.next_probe_at = self.started_at
         self.history.append(self.proc.pid)
         return self.proc
 
@@ -68,6 +81,15 @@ def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
+def http_ready(url: str) -> bool:
+    """True when ``url`` answers 200 within a short timeout (a probe must not stall the loop)."""
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 class Supervisor:
     """Restarts exited services; ``poll`` is one pass (tests call it), ``start`` runs a thread."""
 
@@ -77,10 +99,12 @@ class Supervisor:
         policy: RestartPolicy | None = None,
         say: Callable[[str], None] | None = None,
         interval_s: float = 0.2,
+        probe: Callable[[str], bool] = http_ready,
     ) -> None:
         self.services = services
         self.policy = policy or RestartPolicy()
         self.say = say or (lambda line: print(line, flush=True))
+        self.probe = probe
         self.interval_s = interval_s
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one pass at a time; stop() waits for the pass
@@ -102,9 +126,10 @@ class Supervisor:
                 self.say(f"loraplex: restarted {svc.name} (pid {svc.proc.pid})")  # type: ignore[union-attr]
             return
         if not svc.exited:
+            self._probe(svc, now)
             return
         ran = now - svc.started_at
-        svc.quick_failures = 1 if ran >= self.policy.stable_after_s else svc.quick_failures + 1
+        svc.quick_failures = 1 if self._came_up(svc, now) else svc.quick_failures + 1
         delay = self.policy.delay(svc.quick_failures)
         svc.restart_at = now + delay
         code = svc.proc.returncode  # type: ignore[union-attr]
@@ -112,6 +137,19 @@ class Supervisor:
             f"loraplex: {svc.name} exited with code {code} after {ran:.1f}s; "
             f"restarting in {delay:.1f}s (log: {svc.log_path})"
         )
+
+    def _probe(self, svc: Service, now: float) -> None:
+        if svc.ready_url is None or svc.ready_at is not None or now < svc.next_probe_at:
+            return
+        svc.next_probe_at = now + self.policy.probe_interval_s
+        if self.probe(svc.ready_url):
+            svc.ready_at = now
+
+    def _came_up(self, svc: Service, now: float) -> bool:
+        """The run that just ended was healthy for a while: its exit is no crash loop."""
+        if now - svc.started_at >= self.policy.stable_after_s:
+            return True
+        return svc.ready_at is not None and now - svc.ready_at >= self.policy.ready_stable_s
 
     def start(self) -> None:
         def loop() -> None:

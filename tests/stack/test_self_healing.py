@@ -93,6 +93,17 @@ def test_killed_decode_worker_ends_its_stream_with_an_error_event_and_comes_back
         assert text == _uninterrupted(base, model)
     _serves(base, model)
     assert svc.restarts >= 1 and len(svc.history) >= 2
+    _every_service_probed_ready(stack)
+
+
+def _every_service_probed_ready(stack) -> None:  # type: ignore[no-untyped-def]
+    """The supervisor saw each service come up (its ready URL answered), the restarted worker
+    too: a later kill of a service that came up is restarted without a crash-loop backoff."""
+    deadline = time.monotonic() + 10
+    while any(s.ready_at is None for s in stack.services) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all(s.ready_url for s in stack.services)
+    assert [s.name for s in stack.services if s.ready_at is None] == []
 
 
 def test_requests_waiting_for_a_killed_prefill_worker_end_within_the_bound(stack):
