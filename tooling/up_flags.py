@@ -51,6 +51,7 @@ FORWARDED: dict[str, tuple[str, ...]] = {
     "--prefix-cache-scope": (GATEWAY,),
     "--rpm-limit": (SCHEDULER,),
     "--gateway-timeout": (SCHEDULER,),
+    "--max-queue-wait": (SCHEDULER,),
     "--dtype": (WORKER,),
     "--device": (WORKER,),
 }

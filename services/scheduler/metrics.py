@@ -93,6 +93,12 @@ class SchedulerMetrics:
         )
         for code in ("200", "400", "429", "503"):
             self.submits.labels(code)  # present (at 0) before the first request
+        self.queue_timeouts = Counter(
+            "loraplex_scheduler_queue_timeouts",
+            "requests failed (503) after waiting --max-queue-wait in the queue, per tenant",
+            ["tenant"],
+            registry=r,
+        )
         prom.register(r, self._collect)
 
     def submitted(self, reply: SubmitReply) -> None:
@@ -101,6 +107,9 @@ class SchedulerMetrics:
         if child is None:  # ``labels`` takes a lock and builds a key each call: once per code
             child = self._by_code[code] = self.submits.labels(str(code))
         child.inc()
+
+    def queue_timed_out(self, tenant: str) -> None:
+        self.queue_timeouts.labels(tenant).inc()
 
     def admitted(self, q: QueuedRequest, now: float) -> None:
         child = self._by_tenant.get(q.tenant)

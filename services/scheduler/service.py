@@ -23,6 +23,7 @@ from loraplex.bus import Bus
 from loraplex.protocol import (
     CancelRequest,
     GatewayHeartbeat,
+    RequestError,
     SchedulerStats,
     Subjects,
     SubmitReply,
@@ -40,6 +41,7 @@ from loraplex.scheduler.outbox import Outbox
 from loraplex.scheduler.policies.registry import make_policy
 from loraplex.scheduler.prefix_affinity import PrefixAffinity
 from loraplex.scheduler.progress import ProgressHandler
+from loraplex.scheduler.queue_timeout import expire_queued, overloaded_message
 from loraplex.scheduler.recovery import InFlight, Recovery
 from loraplex.scheduler.replica import Replica
 from loraplex.scheduler.settings import SchedulerSettings
@@ -271,6 +273,7 @@ class SchedulerService:
                     await self._worker_gone(dead, "stopped responding")
                 await self.gateways.check(now)
                 await self.recovery.fail_waiting(now)
+                self._expire_queued(now)
                 self.recovery.forget_cancelled(now)
                 for wid, cancel in self.takeover.expire(now):
                     await self.outbox.publish(Subjects.worker(wid), cancel)
@@ -282,6 +285,15 @@ class SchedulerService:
                     await self.replica.ledger.sync(live)
             except Exception:
                 log.exception("liveness check failed")
+
+    def _expire_queued(self, now: float) -> None:
+        """Fail requests queued longer than ``--max-queue-wait`` (``queue_timeout.py``)."""
+        if not self.leading:
+            return
+        for sub, waited in expire_queued(self.policy, self.submits, self.s.max_queue_wait_s, now):
+            self.metrics.queue_timed_out(sub.tenant)
+            error = RequestError(sub.request_id, 503, overloaded_message(waited))
+            self.outbox.deliver(sub.gateway_id, error)
 
     async def _stats_loop(self) -> None:
         while True:

@@ -35,6 +35,9 @@ class SchedulerSettings:
     # Waiting requests fail (503) once no worker set could serve them for this long, instead of
     # waiting for the gateway's request timeout while a dead worker is being restarted.
     unavailable_timeout_s: float = 5.0
+    # A request still queued after this long fails (503, overloaded) instead of waiting for the
+    # gateway's request timeout (504): the client learns early, and may retry elsewhere (0: never).
+    max_queue_wait_s: float = 60.0
     # /health, /ready, /metrics (http_status.py); the series name tenants: loopback by default.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0  # 0: none (the flag's default is 8003)
@@ -141,6 +144,14 @@ def flags() -> tuple[Flag, ...]:
             help="seconds without a live worker set (workers restarting) during which requests "
             "wait; then they fail with 503, and new ones are refused at once",
         ),
+        flag(
+            "--max-queue-wait",
+            type=float,
+            default=60.0,
+            help="seconds a request may wait in the queue (an overloaded server) before it fails "
+            "with 503 (overloaded); under fair sharing, the tenants sending most wait longest; "
+            "0 = until the gateway's request timeout",
+        ),
         *status_listener_flags(
             env.SCHEDULER_METRICS_HOST,
             env.SCHEDULER_METRICS_PORT,
@@ -188,6 +199,7 @@ def settings_from_args(a: argparse.Namespace) -> SchedulerSettings:
         gateway_timeout_s=a.gateway_timeout,
         prefix_balance=a.prefix_balance,
         unavailable_timeout_s=a.unavailable_timeout,
+        max_queue_wait_s=a.max_queue_wait,
         metrics_host=a.metrics_host,
         metrics_port=a.metrics_port,
         scheduler_id=a.scheduler_id,
