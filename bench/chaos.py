@@ -60,6 +60,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--quiesce-s", type=float, default=300.0, help="most time to heal after")
     p.add_argument("--adapters", type=int, default=0, help="demo adapters to use (0..4)")
     p.add_argument("--redis-faults", action="store_true", help="kill and restart Redis too")
+    p.add_argument(
+        "--max-queue-wait", default=None, help="the schedulers' --max-queue-wait (their default)"
+    )
     p.add_argument("--keep", default=None, help="copy the stack's logs to this directory")
     p.add_argument("--write-docs", action="store_true")
     return p.parse_args(argv)
@@ -79,7 +82,8 @@ class Soak:
 
 
 async def soak(a: argparse.Namespace, tmp: Path) -> Soak:
-    cluster, rds, stack, args = replicated_stack(tmp, KEYS, a.max_num_seqs)
+    extra = ["--max-queue-wait", a.max_queue_wait] if a.max_queue_wait is not None else []
+    cluster, rds, stack, args = replicated_stack(tmp, KEYS, a.max_num_seqs, extra)
     out = Soak()
     try:
         base, _, _ = await asyncio.to_thread(start_stack, args, stack)  # it runs its own loop
@@ -154,8 +158,9 @@ def render(argv: list[str], a: argparse.Namespace, s: Soak, minutes: float) -> t
         "node (the next NATS fault starts it again), or two at once (leader and a decode "
         f"worker, a decode worker and the prefill worker, both decode workers){redis}. The "
         "supervisor "
-        "restarts the services, with its backoff (doubling for a service that dies within 30 s "
-        "of its start). *Completed*: `[DONE]` after the same text as the prompt's run before "
+        "restarts the services, with its backoff (doubling only for a service that dies before "
+        "it came up: within 30 s of its start and before its `/ready` answered for 5 s). "
+        f"The schedulers' `--max-queue-wait` is {a.max_queue_wait or '60'} s. *Completed*: `[DONE]` after the same text as the prompt's run before "
         "any fault (*text differs*: a duplicated or missing token across a migration); *failed "
         "cleanly*: an error status with an OpenAI error body, or an SSE error event; "
         "*truncated*: the body ended with neither `[DONE]` nor an error; *hung*: nothing arrived "

@@ -33,11 +33,10 @@ def test_adapter_bench_serves_a_small_catalogue_from_redis_and_from_disk() -> No
 
 
 def test_scheduler_bench_decides_on_a_small_cluster() -> None:
-    out = _run(
-        "bench/scheduler.py", "--workers", "20", "--tenants", "50", "--fast-seconds", "0.2",
-        "--linear-seconds", "0.2", "--no-live", "--no-redis", "--no-fairness",
-    )  # fmt: skip
-    assert "20 workers      50 tenants" in out, out
+    # --quick: the small grid and one long-prompt row (not the 1,000 x 10,000 cells).
+    out = _run("bench/scheduler.py", "--quick", "--no-live", "--no-redis", "--no-fairness")
+    assert "100 workers    1000 tenants   128-token prompts" in out, out
+    assert "100 workers     100 tenants   512-token prompts" in out, out
 
 
 def test_acknowledged_bench_runs_all_three_ways() -> None:

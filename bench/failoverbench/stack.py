@@ -17,10 +17,11 @@ from loraplex.tooling.up_flags import parse_up_args
 
 
 def replicated_stack(
-    tmp: Path, keys: dict[str, str], max_num_seqs: int
+    tmp: Path, keys: dict[str, str], max_num_seqs: int, extra: list[str] | None = None
 ) -> tuple[NatsCluster, ServerProcess, Stack, argparse.Namespace]:
     """The NATS cluster and Redis, started; the stack and its ``loraplex up`` arguments, for
-    ``start_stack`` (tenants named by ``keys``' keys, each with that API key, weight 1)."""
+    ``start_stack`` (tenants named by ``keys``' keys, each with that API key, weight 1;
+    ``extra``: more ``loraplex up`` flags)."""
     cluster = start_nats_cluster(tmp / "nats", 3)
     rds = start_redis(tmp / "redis")
     stack = Stack(tmp / "run")
@@ -32,7 +33,7 @@ def replicated_stack(
         "--port", str(free_port()), "--run-dir", str(stack.run_dir), "--nats-url", cluster.url,
         "--redis-url", rds.url, "--tenants", str(tenants), "--schedulers", "2",
         "--prefill-workers", "1", "--decode-workers", "2", "--max-num-seqs", str(max_num_seqs),
-        "--num-kv-blocks", "512", "--dtype", "float32", "--device", "cpu",
+        "--num-kv-blocks", "512", "--dtype", "float32", "--device", "cpu", *(extra or []),
     ])  # fmt: skip
     return cluster, rds, stack, args
 
