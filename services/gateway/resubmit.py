@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from loraplex.bus import Bus, BusTimeoutError, NoRespondersError
 from loraplex.gateway.streams import StreamRouter
@@ -47,6 +47,7 @@ class OpenRequest:
     tokens: Callable[[], int] = lambda: 0
     token_ids: Callable[[], list[int] | None] = _no_ids
     epoch: int = 0
+    opened_at: float = field(default_factory=time.monotonic)
 
 
 class Resubmitter:
@@ -149,6 +150,7 @@ class Resubmitter:
             resubmit=True,
             tokens_received=count,
             received_token_ids=ids if ids is not None and len(ids) == count > 0 else None,
+            waited_s=time.monotonic() - entry.opened_at,
         )
         try:
             reply = await self.submit(msg)

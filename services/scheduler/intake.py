@@ -22,6 +22,8 @@ from loraplex.scheduler.settings import SchedulerSettings
 from loraplex.scheduler.takeover import Takeover
 from loraplex.scheduler.workers import WorkerRegistry
 
+MAX_WAITED_S = 3600.0  # a resubmission's ``waited_s`` beyond this (or NaN) says nothing true
+
 
 class Intake:
     """Works on the service's request tables (shared by reference: ``queued``, ``inflight``,
@@ -106,9 +108,13 @@ class Intake:
         )  # fmt: skip
         if refused is not None:
             return refused
+        # A resubmission after a failover arrived when the gateway first sent it: its queue time
+        # (--max-queue-wait, FCFS order) goes on from there, within the gateway's own timeout.
+        waited = sub.waited_s if sub.resubmit and 0.0 <= sub.waited_s <= MAX_WAITED_S else 0.0
         q = QueuedRequest(
-            rid, tenant, len(sub.prompt_token_ids), sub.sampling.max_tokens, now, sub.adapter
-        )
+            rid, tenant, len(sub.prompt_token_ids), sub.sampling.max_tokens, now - waited,
+            sub.adapter,
+        )  # fmt: skip
         self.policy.enqueue(q, now)
         self.queued[rid] = sub
         self.kick()

@@ -6,8 +6,11 @@ minutes.  ``--max-queue-wait`` (default 60 s) ends it with a 503 instead, as a T
 policy with a timeout and ``timeout_action: REJECT`` does.  Under fair sharing the tenants that send
 the most wait the longest, so they are the ones shed; a light tenant's requests keep running.
 
-Pure bookkeeping: it reads the policy's oldest queued request and takes expired ones out of the
-policy and the queued table; the caller tells the gateways.
+A failover does not restart the clock: the gateway resubmits a request with the seconds it has
+waited (``SubmitRequest.waited_s``) and the new leader queues it with that arrival.
+
+Pure bookkeeping: it reads the policy's queued requests and takes expired ones out of the policy
+and the queued table; the caller tells the gateways.
 """
 
 from __future__ import annotations
@@ -23,11 +26,15 @@ def expire_queued(
     now: float,
 ) -> list[tuple[SubmitRequest, float]]:
     """Take out every request queued for ``max_wait_s`` or longer (``<= 0``: none); returns
-    (request, seconds it waited), oldest first."""
+    (request, seconds it waited), in queue order.  A scan of the whole queue (at most
+    ``--max-queue`` entries): a resubmission after a failover is queued with its first arrival,
+    behind younger requests."""
     expired: list[tuple[SubmitRequest, float]] = []
     if max_wait_s <= 0:
         return expired
-    while (q := policy.oldest()) is not None and now - q.arrival >= max_wait_s:
+    for q in policy.queued():
+        if now - q.arrival < max_wait_s:
+            continue
         policy.cancel(q.request_id)
         sub = queued.pop(q.request_id, None)
         if sub is not None:

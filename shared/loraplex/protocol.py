@@ -80,6 +80,9 @@ class SubmitRequest(Message):
     resubmit: bool = False
     tokens_received: int = 0
     received_token_ids: list[int] | None = None
+    # Seconds since the gateway first sent it (on a resubmission): the new leader counts them as
+    # queue time, so a failover does not restart the request's --max-queue-wait.
+    waited_s: float = 0.0
     # The prompt's prefix keys (``loraplex.prefix_keys``), hashed by the gateway beside its
     # tokenization so that the one scheduler need not; None (or a list of the wrong length):
     # the scheduler computes them itself.

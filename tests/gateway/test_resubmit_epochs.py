@@ -84,3 +84,32 @@ def test_a_resubmission_carries_the_received_token_ids_only_when_they_match_the_
     got = asyncio.run(run())
     assert got == {"whole": (3, [7, 8, 9]), "gap": (3, None), "none-yet": (0, None),
                    "short": (3, None)}  # fmt: skip
+
+
+def test_a_resubmission_carries_how_long_the_gateway_has_waited() -> None:
+    """So that a failover does not restart the request's --max-queue-wait at the new leader."""
+
+    async def run() -> dict[str, float]:
+        hub = MemoryHub()
+        scheduler, gateway = hub.connect("scheduler"), hub.connect("gateway")
+        got: dict[str, float] = {}
+
+        async def on_submit(sub: SubmitRequest) -> SubmitReply:
+            got[sub.request_id] = sub.waited_s if sub.resubmit else -1.0
+            return SubmitReply(sub.request_id, True, epoch=2)
+
+        await scheduler.serve(Subjects.SUBMIT, on_submit, SubmitRequest)
+        resubmitter = Resubmitter(gateway, StreamRouter(), timeout_s=5.0)
+        await resubmitter.ensure_subscribed()
+        resubmitter.track(_submit("old"))
+        await asyncio.sleep(0.3)
+        resubmitter.track(_submit("new"))
+        for rid in ("old", "new"):
+            resubmitter.attach(rid, lambda: 0, 1)
+        await scheduler.publish(Subjects.LEADER, LeaderAnnounce("s", 2))
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+        return got
+
+    got = asyncio.run(run())
+    assert 0.3 <= got["old"] < 5.0 and 0.0 <= got["new"] < got["old"] - 0.25, got

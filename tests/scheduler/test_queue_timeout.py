@@ -88,3 +88,41 @@ def test_requests_queued_past_the_limit_fail_overloaded_and_placed_ones_run(nats
         await service.stop()
 
     asyncio.run(run())
+
+
+def test_a_resubmission_expires_on_its_first_arrival_behind_younger_requests():
+    policy, queued = _queue([("young", "a", 10.0), ("resubmitted", "b", 1.0)])
+    out = expire_queued(policy, queued, 5.0, now=7.0)
+    assert [s.request_id for s, _ in out] == ["resubmitted"] and list(queued) == ["young"]
+
+
+def _intake_arrival(sub: SubmitRequest, now: float = 100.0) -> float:
+    """The arrival the leader queues ``sub`` with: a real Intake and registry (no worker heard
+    yet, so admission queues); a SUBMIT that is neither adopted nor refused touches neither the
+    takeover nor the outbox, and reads only the outage from recovery."""
+    from loraplex.scheduler.intake import Intake
+    from loraplex.scheduler.workers import WorkerRegistry
+
+    class NoOutage:
+        def outage_s(self, now: float) -> float:
+            return 0.0
+
+    policy = make_policy("vtc")
+    intake = Intake(
+        SchedulerSettings("nats://unused"), WorkerRegistry(), policy, None, NoOutage(), None,
+        queued={}, inflight={}, retry=[], cancelled={}, leading=lambda: True,
+        listening_since=lambda: now, kick=lambda: None, counters_changed=lambda: None,
+    )  # type: ignore[arg-type]  # fmt: skip
+    assert intake.submit(sub, now).accepted
+    return policy.queued()[0].arrival
+
+
+def test_the_leader_queues_a_resubmission_with_the_time_it_already_waited():
+    import dataclasses
+
+    sub = _sub("r", "t")
+    assert _intake_arrival(sub) == 100.0
+    assert _intake_arrival(dataclasses.replace(sub, resubmit=True, waited_s=42.0)) == 58.0
+    assert _intake_arrival(dataclasses.replace(sub, waited_s=42.0)) == 100.0  # not a resubmit
+    for bad in (float("nan"), float("inf"), -5.0, 1e9):  # a gateway's nonsense counts as none
+        assert _intake_arrival(dataclasses.replace(sub, resubmit=True, waited_s=bad)) == 100.0

@@ -210,9 +210,9 @@ class FairnessPolicy(ABC):
         self._charge(run.tenant, self.w_q * (run.reported - run.charged))
         return True
 
-    def oldest(self) -> QueuedRequest | None:
-        """The request queued longest (enqueue order is arrival order), or None."""
-        return next(iter(self._queued.values()), None)
+    def queued(self) -> list[QueuedRequest]:
+        """Every queued request, in enqueue order (a resubmission may have arrived earlier)."""
+        return list(self._queued.values())
 
     def backlogged(self) -> list[str]:
         """Tenants with at least one queued request, sorted by name."""
