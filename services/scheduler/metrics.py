@@ -93,12 +93,7 @@ class SchedulerMetrics:
         )
         for code in ("200", "400", "429", "503"):
             self.submits.labels(code)  # present (at 0) before the first request
-        self.queue_timeouts = Counter(
-            "loraplex_scheduler_queue_timeouts",
-            "requests failed (503) after waiting --max-queue-wait in the queue, per tenant",
-            ["tenant"],
-            registry=r,
-        )
+        self.queue_timeouts: dict[str, int] = {}  # tenant -> requests shed (queue_timeout.py)
         prom.register(r, self._collect)
 
     def submitted(self, reply: SubmitReply) -> None:
@@ -109,7 +104,7 @@ class SchedulerMetrics:
         child.inc()
 
     def queue_timed_out(self, tenant: str) -> None:
-        self.queue_timeouts.labels(tenant).inc()
+        self.queue_timeouts[tenant] = self.queue_timeouts.get(tenant, 0) + 1
 
     def admitted(self, q: QueuedRequest, now: float) -> None:
         child = self._by_tenant.get(q.tenant)
@@ -178,6 +173,14 @@ class SchedulerMetrics:
             "requests cancelled because their gateway stopped heart-beating (--gateway-timeout)",
             {(): float(s.gateways.cancelled)},
             [],
+        )
+        shed = {(t,): 0.0 for t in counters}  # every tenant heard of, at 0 until one is shed
+        shed.update({(t,): float(n) for t, n in self.queue_timeouts.items()})
+        yield prom.counter(
+            "loraplex_scheduler_queue_timeouts",
+            "requests failed (503 overloaded) after waiting --max-queue-wait queued, per tenant",
+            shed,
+            ["tenant"],
         )
         out = s.outbox
         yield from sender_counters(
