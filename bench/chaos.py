@@ -54,7 +54,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rate-a", type=float, default=2.0, help="tenant A's requests per second")
     p.add_argument("--rate-b", type=float, default=0.67, help="tenant B's requests per second")
     p.add_argument("--max-tokens", type=int, default=64, help="tokens per request")
-    p.add_argument("--hang-s", type=float, default=60.0, help="a stream silent this long hangs")
+    # Above the schedulers' --max-queue-wait (60 s), so that a request shed at its end fails.
+    p.add_argument("--hang-s", type=float, default=90.0, help="a stream silent this long hangs")
     p.add_argument("--final", type=int, default=4, help="final batch: requests per tenant")
     p.add_argument("--max-num-seqs", type=int, default=8, help="batch slots per worker")
     p.add_argument("--quiesce-s", type=float, default=300.0, help="most time to heal after")
@@ -164,8 +165,9 @@ def render(argv: list[str], a: argparse.Namespace, s: Soak, minutes: float) -> t
         "any fault (*text differs*: a duplicated or missing token across a migration); *failed "
         "cleanly*: an error status with an OpenAI error body, or an SSE error event; "
         "*truncated*: the body ended with neither `[DONE]` nor an error; *hung*: nothing arrived "
-        f"for {a.hang_s:g} s (the gateway itself ends a request silent for 120 s with a 504, "
-        "so in an overloaded stack a request queued that long counts as hung too); *migrated*: "
+        f"for {a.hang_s:g} s (the schedulers fail a request still queued after "
+        "`--max-queue-wait` with a 503, and the gateway ends one silent for 120 s with a 504); "
+        "*migrated*: "
         "placed again after tokens had streamed (the schedulers' logs). After the soak the "
         "faults stop, a dead NATS node (or Redis) is started again, "
         "and the stack must heal: every service up, every worker heart-beating since its "
