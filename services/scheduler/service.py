@@ -84,18 +84,11 @@ class SchedulerService:
         # cancel crossed a K/V hand-over) is told again, so nothing generates for nobody.
         self.cancelled: dict[str, float] = {}
         self.outbox = Outbox()  # with the bus
-        self.recovery = Recovery(
-            settings,
-            self.registry,
-            self.policy,
-            queued=self.submits,
-            inflight=self.inflight,
-            retry=self.retry,
-            cancelled=self.cancelled,
-            publish=self.outbox.publish,
-            deliver=self.outbox.deliver,
-            counters_changed=self._counters_changed,
-        )
+        self.recovery = Recovery(  # a worker that dies, fails or loses a request
+            settings, self.registry, self.policy, queued=self.submits, inflight=self.inflight,
+            retry=self.retry, cancelled=self.cancelled, publish=self.outbox.publish,
+            deliver=self.outbox.deliver, counters_changed=self._counters_changed,
+        )  # fmt: skip
         self._kick = asyncio.Event()
         self.intake = Intake(  # SUBMIT and CANCEL
             settings, self.registry, self.policy, self.takeover, self.recovery, self.outbox,
@@ -118,20 +111,12 @@ class SchedulerService:
             settings.gateway_timeout_s, self.submits, self.inflight, self.retry,
             lambda rid: self.intake.on_cancel(CancelRequest(rid)), lambda: self.leading,
         )  # fmt: skip
-        self.dispatcher = Dispatcher(
-            settings,
-            self.policy,
-            self.registry,
-            self.affinity,
-            queued=self.submits,
-            inflight=self.inflight,
-            retry=self.retry,
-            publish=self.outbox.publish,
-            assign=self.outbox.assign,
-            record=self._record,
-            counters_changed=self._counters_changed,
-            on_admit=self.metrics.admitted,
-        )
+        self.dispatcher = Dispatcher(  # the policy's order onto workers with room
+            settings, self.policy, self.registry, self.affinity, queued=self.submits,
+            inflight=self.inflight, retry=self.retry, publish=self.outbox.publish,
+            assign=self.outbox.assign, record=self._record,
+            counters_changed=self._counters_changed, on_admit=self.metrics.admitted,
+        )  # fmt: skip
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
