@@ -64,7 +64,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--max-queue-wait", default=None, help="the schedulers' --max-queue-wait (their default)"
     )
-    p.add_argument("--keep", default=None, help="copy the stack's logs to this directory")
+    p.add_argument(
+        "--keep",
+        default=None,
+        help="copy the stack's logs to this directory (by default only after an unexpected "
+        "outcome, to .loraplex/chaos-<time>)",
+    )
     p.add_argument("--write-docs", action="store_true")
     return p.parse_args(argv)
 
@@ -119,10 +124,28 @@ async def soak(a: argparse.Namespace, tmp: Path) -> Soak:
         stack.stop(timeout=10)
         rds.stop()
         cluster.stop()
-        if a.keep:
-            shutil.copytree(stack.run_dir, a.keep, dirs_exist_ok=True)
+        keep = a.keep or (unexpected_logs_dir() if unexpected(out) else None)
+        if keep:
+            shutil.copytree(stack.run_dir, keep, dirs_exist_ok=True)
             for i, node in enumerate(cluster.nodes):
-                shutil.copy(node.data_dir / "nats.log", Path(a.keep) / f"nats-{i}.log")
+                shutil.copy(node.data_dir / "nats.log", Path(keep) / f"nats-{i}.log")
+            print(f"{time.strftime('%H:%M:%S')} the stack's logs are in {keep}", flush=True)
+
+
+# What a soak's faults are expected to cause; anything else keeps the logs (a rare race is
+# not caught twice).
+EXPECTED_FAILURES = ("overloaded", "Redis is unavailable", "no worker", "no scheduler")
+
+
+def unexpected(s: Soak) -> bool:
+    """The soak died, or a request ended in a way its faults do not explain."""
+    return not s.records or any(
+        r.failed and not any(why in r.message for why in EXPECTED_FAILURES) for r in s.records
+    )
+
+
+def unexpected_logs_dir() -> str:
+    return str(Path(".loraplex") / f"chaos-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def render(argv: list[str], a: argparse.Namespace, s: Soak, minutes: float) -> tuple[str, bool]:
