@@ -47,7 +47,7 @@ class Service:
     proc: subprocess.Popen | None = None
     started_at: float = 0.0  # monotonic
     restarts: int = 0
-    quick_failures: int = 0  # exits in a row that came before ``stable_after_s``
+    quick_failures: int = 0  # exits in a row before the service came up (``_came_up``)
     restart_at: float | None = None  # monotonic time of the pending restart
     history: list[int] = field(default_factory=list)  # pids, oldest first
     ready_url: str | None = None  # answers 200 once the service came up (None: not probed)
