@@ -5,6 +5,7 @@ to the tenant, their ids kept for a migration), the K/V hand-over, the end, or a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from loraplex.protocol import RequestProgress
@@ -12,6 +13,8 @@ from loraplex.scheduler.policies.base import FairnessPolicy
 from loraplex.scheduler.recovery import InFlight, Recovery
 from loraplex.scheduler.takeover import Takeover
 from loraplex.scheduler.workers import WorkerRegistry
+
+log = logging.getLogger(__name__)
 
 
 class ProgressHandler:
@@ -55,7 +58,13 @@ class ProgressHandler:
             self.counters_changed()
             job.release_prefill(self.registry, p.worker_id)
         elif p.event == "handoff":
-            job.release_prefill(self.registry, p.worker_id)
+            if p.decode_worker and p.decode_worker != job.placement.decode:
+                # An earlier attempt's K/V, sent to a decode worker this one does not use: the
+                # request is not there (check_held recovers it if the prefill worker lets go).
+                log.info("ignoring hand-off of %s to %s: placed on %s now",
+                         p.request_id, p.decode_worker, job.placement.decode)  # fmt: skip
+            else:
+                job.release_prefill(self.registry, p.worker_id)
         elif p.event in ("finished", "error"):
             self.inflight.pop(p.request_id, None)
             self.policy.on_finish(p.request_id, p.completion_tokens)

@@ -32,6 +32,10 @@ class Active:
     next_snapshot: int = TOKEN_SNAPSHOT_EVERY
     # prompt tokens its prefill took from a prefix cache (this engine's, or KVBegin's)
     cached_tokens: int = 0
+    # (scheduler epoch, attempt) of the assignment it runs for, and whether its K/V hand-over to
+    # ``decode_worker`` began: until then a newer assignment may send it elsewhere.
+    assignment: tuple[int, int] = (0, 0)
+    shipping: bool = False
 
     def __post_init__(self) -> None:
         if not self.token_ids:

@@ -23,6 +23,20 @@ from loraplex.worker.publish import Publisher
 log = logging.getLogger(__name__)
 
 
+def placed_again(req: Active, msg: PrefillAssign) -> bool:
+    """A newer assignment of a request this worker still prefills: its decode worker was
+    declared dead (often only restarting) and the scheduler chose another.  The K/V goes where
+    the newer one says, if it has not left yet (True); else the scheduler sees the hand-off name
+    the old decode worker and recovers the request when the new one never holds it."""
+    newer = (msg.epoch, msg.attempt) > req.assignment
+    if not (newer and req.decode_worker and msg.decode_worker and not req.shipping):
+        return False
+    log.info("%s placed again: its K/V goes to %s, not %s",
+             msg.request.request_id, msg.decode_worker, req.decode_worker)  # fmt: skip
+    req.decode_worker, req.assignment = msg.decode_worker, (msg.epoch, msg.attempt)
+    return True
+
+
 class Control:
     """Handles the worker's control subject and adapter events: admits assignments into the
     active table and, through the inbox, the engine; cancels (engine, K/V receiver, table);
@@ -65,8 +79,9 @@ class Control:
             rid = msg.request.request_id
             if not self._table.first_assignment(rid, msg.epoch, msg.attempt):
                 return  # a resent copy (its answer was lost): taken already
-            if rid in self._table.active:
-                return  # already held: the same assignment again must not run it twice
+            if rid in self._table.active:  # the same request must not run twice here
+                placed_again(self._table.active[rid], msg)
+                return
             # Not awaited: paging one request's adapter must not hold up the next message.
             self._bg.spawn(self._on_assign(msg))
         elif isinstance(msg, CancelRequest):
@@ -87,6 +102,7 @@ class Control:
         rid = sub.request_id
         resumed = list(msg.generated)  # a migrated request's tokens so far
         req = Active(sub, None, msg.decode_worker, len(resumed), resumed)
+        req.assignment = (msg.epoch, msg.attempt)
         table = self._table
         if rid in table.cancelled:
             return  # its cancel overtook it

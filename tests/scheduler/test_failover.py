@@ -216,6 +216,35 @@ def test_decode_tokens_release_the_prefill_without_a_handoff_report(nats_url):
     asyncio.run(run())
 
 
+def test_a_handoff_to_an_earlier_attempts_decode_worker_is_not_this_attempts(nats_url):
+    """Re-placed after its decode worker was declared dead, a request's prefill worker may still
+    report the earlier attempt's hand-off (the K/V went to the old decode worker).  That report
+    must not make the new decode worker the holder: it never gets the K/V, and the request would
+    fail as "does not hold the request" (seen in the chaos soak)."""
+
+    async def run() -> None:
+        async with Harness(nats_url, heartbeat_timeout_s=5.0, max_attempts=3) as h:
+            prefill = await h.worker("p", "prefill")
+            await h.worker("d-a", "decode")
+            await h.worker("d-b", "decode")
+            assert (await h.submit("r1")).accepted
+            await _until(lambda: len(prefill.assigned) == 1)
+            first = prefill.assigned[0].decode_worker
+            await prefill.report("r1", "failed", message="no responders", suspect=first)
+            await _until(lambda: len(prefill.assigned) == 2, timeout=2)
+            second = prefill.assigned[1].decode_worker
+            assert second != first
+            await prefill.report("r1", "handoff", decode_worker=first)  # the earlier attempt's
+            await asyncio.sleep(0.3)
+            job = h.service.inflight["r1"]
+            assert not job.prefill_done and job.holder == "p"
+            await prefill.report("r1", "handoff", decode_worker=second)
+            await _until(lambda: h.service.inflight["r1"].prefill_done)
+            assert h.service.inflight["r1"].holder == second
+
+    asyncio.run(run())
+
+
 def test_cancel_reaches_requests_waiting_for_a_retry_and_late_workers(nats_url):
     """A cancel for a request waiting to be re-placed drops it (it is never dispatched again); a
     worker still reporting tokens for a cancelled request is told again."""
