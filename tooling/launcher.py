@@ -54,6 +54,14 @@ def _status_port(stack: Stack, name: str) -> list[str]:
     return ["--metrics-port", str(port)]
 
 
+def _url_host(host: str) -> str:
+    """``host`` as a URL's host that reaches the gateway from here: a wildcard bind is reached on
+    loopback, and an IPv6 literal goes in brackets."""
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def _wait_workers(metrics_url: str, expected: int, stack: Stack, timeout: float) -> None:
     """Wait until the scheduler has heard every worker (its /metrics counts them), so the first
     request after the banner does not meet a 503 while models still load."""
@@ -178,7 +186,7 @@ def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]
     for name, module, role in worker_specs:
         argv = [*role, "--worker-id", name, *worker_args, *_status_port(stack, name)]
         stack.spawn(name, module, *argv, ready_url=stack.status[name] + "/ready")
-    base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+    base = f"http://{_url_host(args.host)}:{args.port}"
     # The gateway's /ready also needs workers that can serve; /health says it came up.
     gateway = gateway_argv(args, model, common, metrics_port)
     stack.spawn("gateway", "loraplex.gateway", *gateway, ready_url=f"{base}/health")

@@ -117,3 +117,12 @@ def test_a_flag_of_loraplex_up_reaches_a_service_only_forwarded_or_declared(
         names = {up[a].option_strings[0] for a in argv if a in up}  # --no-x: --x
         by_hand = names - set(FORWARDED)
         assert by_hand <= set(PASSED_ON), f"{module} gets {sorted(by_hand - set(PASSED_ON))}"
+
+
+def test_the_gateway_url_brackets_an_ipv6_host_and_reaches_a_wildcard_on_loopback() -> None:
+    from loraplex.tooling.launcher import _url_host
+
+    assert _url_host("0.0.0.0") == "127.0.0.1" and _url_host("::") == "127.0.0.1"
+    assert _url_host("127.0.0.1") == "127.0.0.1" and _url_host("10.1.2.3") == "10.1.2.3"
+    assert _url_host("::1") == "[::1]" and _url_host("[::1]") == "[::1]"
+    assert _url_host("fe80::1") == "[fe80::1]" and _url_host("gateway.local") == "gateway.local"
