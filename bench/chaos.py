@@ -40,7 +40,10 @@ from common import machine_line, replace_doc_section, today  # noqa: E402
 from failoverbench.report import migrated_ids  # noqa: E402
 from failoverbench.stack import replicated_stack  # noqa: E402
 
+from loraplex.scheduler.settings import SchedulerSettings  # noqa: E402
 from loraplex.tooling.launcher import start_stack  # noqa: E402
+
+QUEUE_WAIT_S = SchedulerSettings.max_queue_wait_s  # the schedulers' default
 
 SECTION = "Chaos soak (bench/chaos.py)"
 KEYS = {"A": "sk-chaos-bench-a", "B": "sk-chaos-bench-b"}
@@ -184,7 +187,8 @@ def render(argv: list[str], a: argparse.Namespace, s: Soak, minutes: float) -> t
         "supervisor "
         "restarts the services, with its backoff (doubling only for a service that dies before "
         "it came up: within 30 s of its start and before its `/ready` answered for 5 s). "
-        f"The schedulers' `--max-queue-wait` is {a.max_queue_wait or '60'} s. *Completed*: `[DONE]` after the same text as the prompt's run before "
+        f"The schedulers' `--max-queue-wait` is {a.max_queue_wait or f'{QUEUE_WAIT_S:g}'} s. "
+        "*Completed*: `[DONE]` after the same text as the prompt's run before "
         "any fault (*text differs*: a duplicated or missing token across a migration); *failed "
         "cleanly*: an error status with an OpenAI error body, or an SSE error event; "
         "*truncated*: the body ended with neither `[DONE]` nor an error; *hung*: nothing arrived "

@@ -20,6 +20,7 @@ from pathlib import Path
 from loraplex.tooling.ports import free_port
 from loraplex.tooling.servers import start_nats, start_redis
 from loraplex.tooling.stack import Stack
+from loraplex.tooling.supervisor import http_ready
 from loraplex.tooling.up_flags import gateway_argv, scheduler_argv, store_argv, worker_argv
 
 __all__ = ["Stack", "start_stack", "up"]
@@ -29,12 +30,8 @@ def _wait_http(url: str, stack: Stack, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         stack.check_alive()
-        try:
-            with urllib.request.urlopen(url, timeout=1.0) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
+        if http_ready(url, timeout_s=1.0):
+            return
         time.sleep(0.2)
     raise TimeoutError(f"{url} not ready after {timeout}s")
 

@@ -53,8 +53,9 @@ class Stack:
     ) -> subprocess.Popen:
         """Start ``python -m module args``; ``ready_url`` answers 200 once it came up (the
         supervisor's sign that a later exit is no crash loop)."""
-        svc = Service(name, python_module(module, *args), self.run_dir / f"{name}.log")
-        svc.ready_url = ready_url
+        svc = Service(
+            name, python_module(module, *args), self.run_dir / f"{name}.log", ready_url=ready_url
+        )
         self.services.append(svc)
         return svc.start()
 

@@ -81,10 +81,11 @@ def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def http_ready(url: str) -> bool:
-    """True when ``url`` answers 200 within a short timeout (a probe must not stall the loop)."""
+def http_ready(url: str, timeout_s: float = 0.5) -> bool:
+    """True when ``url`` answers 200 within ``timeout_s`` (short: a probe must not stall the
+    supervisor's loop)."""
     try:
-        with urllib.request.urlopen(url, timeout=0.5) as r:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
             return r.status == 200
     except OSError:
         return False

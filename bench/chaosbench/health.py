@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from failoverbench.stack import metric
 
 from loraplex.protocol import Subjects, WorkerHeartbeat, decode
 from loraplex.tooling.stack import Stack
+from loraplex.tooling.supervisor import http_ready
 
 WORKER_GAUGES = ("loraplex_worker_requests_running",)
 SCHEDULER_GAUGES = ("loraplex_scheduler_inflight_requests", "loraplex_scheduler_queued_requests")
@@ -52,14 +52,6 @@ class Heartbeats:
             await nc.close()
 
 
-def _ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 def _workers(stack: Stack) -> list[str]:
     return [n for n in stack.status if not n.startswith("scheduler")]
 
@@ -79,7 +71,7 @@ def not_whole(stack: Stack, beats: Heartbeats, leader: Callable[[], str | None])
         pools = metric(stack.status[lead], "loraplex_scheduler_pool_workers")
         if pools is None or pools < len(_workers(stack)):
             missing.append(f"the leader ({lead}) sees {pools} workers")
-    if not _ok(stack.urls["gateway"] + "/ready"):
+    if not http_ready(stack.urls["gateway"] + "/ready", timeout_s=2.0):
         missing.append("the gateway is not ready")
     return missing
 

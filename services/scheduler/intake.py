@@ -109,7 +109,7 @@ class Intake:
         if refused is not None:
             return refused
         # A resubmission after a failover arrived when the gateway first sent it: its queue time
-        # (--max-queue-wait, FCFS order) goes on from there, within the gateway's own timeout.
+        # (--max-queue-wait, the queue-time metric) goes on from there.
         waited = sub.waited_s if sub.resubmit and 0.0 <= sub.waited_s <= MAX_WAITED_S else 0.0
         q = QueuedRequest(
             rid, tenant, len(sub.prompt_token_ids), sub.sampling.max_tokens, now - waited,

@@ -56,7 +56,7 @@ class KVSender:
         """Send one request's prompt K/V to its decode worker; failures go back to the scheduler."""
         bus = self._bus
         sub = req.submit
-        req.shipping = True  # from here the decode worker is fixed (``Control._placed_again``)
+        req.shipping = True  # from here the decode worker is fixed (``control.placed_again``)
         subject = Subjects.kv(req.decode_worker)
         t0, sent = time.perf_counter(), False
         try:
