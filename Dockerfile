@@ -56,10 +56,11 @@ RUN pip install ".[triton,native]" \
     && cd / && rm -rf /src
 
 # Run as an unprivileged user (uid 10001; the chart's securityContext names the same uid); its
-# home holds the Triton kernel cache. /models is where the model is mounted, read-only.
+# home holds the Triton kernel cache. /models is where the model is mounted, read-only;
+# /var/cache/loraplex holds each worker's adapter copies (--adapter-disk-cache).
 RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin loraplex \
-    && mkdir -p /models /var/lock/loraplex \
-    && chown loraplex:loraplex /var/lock/loraplex
+    && mkdir -p /models /var/lock/loraplex /var/cache/loraplex \
+    && chown loraplex:loraplex /var/lock/loraplex /var/cache/loraplex
 USER 10001:10001
 WORKDIR /home/loraplex
 ENV LORAPLEX_GPU_LEASE_DIR=/var/lock/loraplex

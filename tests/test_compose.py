@@ -138,6 +138,11 @@ def test_workers_reserve_a_gpu_and_scale(services: dict, name: str) -> None:
     _, args = _module_and_args(svc)
     assert _flag(args, "--role") == name
     assert _flag(args, "--worker-id") is None, "replicas need the default (unique) worker id"
+    # adapter copies in a directory of the container's own layer that its user may write
+    copies = _flag(args, "--adapter-disk-cache")
+    assert copies and copies.startswith("/var/cache/loraplex/")
+    owned = r"chown \S+ (?:\S+ )*/var/cache/loraplex(?:\s|$)"
+    assert re.search(owned, " ".join(_dockerfile_lines()))
 
 
 def test_scheduler_scales_as_replicas(services: dict) -> None:

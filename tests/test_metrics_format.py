@@ -122,8 +122,9 @@ def test_worker_series() -> None:
     assert "kv_blocks" not in generate_latest(m.registry).decode()  # nothing before the engine
     m.bind(_fake_engine())  # type: ignore[arg-type]
     m.step(0.02)
-    m.page_in(0.3, ok=True)
-    m.page_in(0.1, ok=False)
+    m.page_in(0.3, "ok")
+    m.page_in(0.1, "error")
+    m.page_in(0.2, "disk")
     m.handover_sent(4096, 0.01)
     m.handover_failed()
     m.handover_received(100)
@@ -141,7 +142,8 @@ def test_worker_series() -> None:
     assert value(text, f"loraplex_worker_preemptions_total{{{ids}}}") == 2
     assert value(text, f"loraplex_worker_step_duration_seconds_count{{{ids}}}") == 1
     assert value(text, f'loraplex_worker_adapter_page_ins_total{{outcome="error",{ids}}}') == 1
-    assert value(text, f"loraplex_worker_adapter_page_in_seconds_count{{{ids}}}") == 1
+    assert value(text, f'loraplex_worker_adapter_page_ins_total{{outcome="disk",{ids}}}') == 1
+    assert value(text, f"loraplex_worker_adapter_page_in_seconds_count{{{ids}}}") == 2
     assert value(text, f'loraplex_worker_kv_handover_bytes_total{{direction="sent",{ids}}}') == 4096
     assert value(text, f'loraplex_worker_kv_handovers_total{{outcome="failed",{ids}}}') == 1
 

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import time
 import urllib.request
@@ -180,8 +181,11 @@ def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]
         (f"decode-{i}", "loraplex.decode", ["--role", decode_role])
         for i in range(args.decode_workers)
     ]
+    # Each worker's adapter copies outlive its restarts (the supervisor's), not the stack.
+    shutil.rmtree(run_dir / "adapter-cache", ignore_errors=True)
     for name, module, role in worker_specs:
-        argv = [*role, "--worker-id", name, *worker_args, *_status_port(stack, name)]
+        disk = ["--adapter-disk-cache", str(run_dir / "adapter-cache" / name)]
+        argv = [*role, "--worker-id", name, *worker_args, *disk, *_status_port(stack, name)]
         stack.spawn(name, module, *argv, ready_url=stack.status[name] + "/ready")
     base = f"http://{_url_host(args.host)}:{args.port}"
     # The gateway's /ready also needs workers that can serve; /health says it came up.

@@ -54,6 +54,8 @@ FORWARDED: dict[str, tuple[str, ...]] = {
     "--max-queue-wait": (SCHEDULER,),
     "--dtype": (WORKER,),
     "--device": (WORKER,),
+    "--adapter-disk-cache-mb": (WORKER,),
+    "--adapter-disk-trust": (WORKER,),
 }
 # One machine runs every worker of the stack: a smaller batch than a worker's own default.
 UP_DEFAULTS: dict[str, object] = {"--max-num-seqs": 32}
@@ -118,7 +120,7 @@ def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument(
         "--redis-url", default=None, help="use this Redis (default: start a redis-server)"
     )
-    _forward(p, reused, "--dtype", "--device")
+    _forward(p, reused, "--dtype", "--device", "--adapter-disk-cache-mb", "--adapter-disk-trust")
     p.add_argument(
         "--run-dir", default=None, help="logs and server data (default: ./.loraplex/run)"
     )

@@ -1,5 +1,9 @@
 """Pages adapters into a worker: Redis -> host LRU (byte budget) -> engine device slots.
 
+With ``disk`` (``--adapter-disk-cache``), every adapter paged in is also kept on local disk, and
+when Redis cannot be reached a recently confirmed copy stands in for it (``adapters.disk_copies``):
+a worker restarted during a Redis outage still serves the adapters it held.
+
 Fetching and parsing run off the engine loop, so the running batch keeps decoding while an
 adapter loads; the engine only sees an adapter once it is fully parsed (``install``).
 
@@ -20,6 +24,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from loraplex.adapters.disk_copies import DiskCopies
+from loraplex.adapters.errors import StoreUnavailableError
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.errors import AdapterNotFoundError
 from loraplex.lora.adapter import LoraAdapter, parse_adapter
@@ -48,15 +54,18 @@ class AdapterPager:
         fetch: Fetch | None,
         budget_bytes: int,
         metrics: WorkerMetrics | None = None,
+        disk: DiskCopies | None = None,
     ) -> None:
         self.engine = engine
         self.fetch = fetch
+        self.disk = disk
         self.metrics = metrics  # page-ins and their latency (fetch + parse)
         self.cache: HostAdapterCache[LoraAdapter] = HostAdapterCache(budget_bytes)
         self.current: dict[str, str] = {}  # adapter name -> engine key of its newest copy here
         self._generation: dict[str, int] = {}  # bumped by every upstream change of the name
         self._loading: dict[str, asyncio.Task[LoraAdapter]] = {}
         self._stale: set[str] = set()  # engine keys to drop as soon as no request uses them
+        self._from_disk: set[str] = set()  # engine keys served from a disk copy, not rechecked
         self.loads = 0  # adapters fetched from the store
 
     def names(self) -> list[str]:
@@ -85,30 +94,54 @@ class AdapterPager:
     async def _load(self, name: str) -> LoraAdapter:
         t0 = time.perf_counter()
         try:
-            adapter = await self._fetch_and_parse(name)
+            adapter, outcome = await self._fetch_and_parse(name)
         except asyncio.CancelledError:
             raise
         except Exception:
             if self.metrics is not None:
-                self.metrics.page_in(time.perf_counter() - t0, ok=False)
+                self.metrics.page_in(time.perf_counter() - t0, "error")
             raise
         if self.metrics is not None:
-            self.metrics.page_in(time.perf_counter() - t0, ok=True)
+            self.metrics.page_in(time.perf_counter() - t0, outcome)
+        if outcome == "disk":
+            self._from_disk.add(adapter.name)
         return adapter
 
-    async def _fetch_and_parse(self, name: str) -> LoraAdapter:
+    async def _fetch_and_parse(self, name: str) -> tuple[LoraAdapter, str]:
+        """The parsed adapter, and where it came from: "ok" (the store) or "disk"."""
         if self.fetch is None:
             raise AdapterNotFoundError(
                 f"adapter {name!r} is not available on this worker (no adapter store)"
             )
-        config_bytes, weight_bytes, version = await self.fetch(name)
+        config_bytes, weight_bytes, version, outcome = await self._fetch_or_recall(name)
         self.loads += 1
         cfg, max_rank = self.engine.model_config, self.engine.config.max_lora_rank
         bare = name.partition("/")[2] or name  # parse errors reach the tenant: its own name
         adapter = await asyncio.to_thread(
             parse_adapter, bare, config_bytes, weight_bytes, cfg, max_rank
         )
-        return dataclasses.replace(adapter, name=f"{name}@{version}")
+        if self.disk is not None and outcome == "ok":  # only what parsed: a copy that can serve
+            try:
+                await asyncio.to_thread(self.disk.keep, name, version, config_bytes, weight_bytes)
+            except OSError as e:  # a full or read-only disk costs the copy, not the request
+                log.warning("adapter %s: no disk copy kept: %s", name, e)
+        return dataclasses.replace(adapter, name=f"{name}@{version}"), outcome
+
+    async def _fetch_or_recall(self, name: str) -> tuple[bytes, bytes, str, str]:
+        assert self.fetch is not None
+        try:
+            config_bytes, weight_bytes, version = await self.fetch(name)
+        except StoreUnavailableError:
+            copy = await asyncio.to_thread(self.disk.recall, name) if self.disk else None
+            if copy is None:
+                raise
+            log.warning("adapter store unreachable: %s v%s from its disk copy", name, copy.version)
+            return copy.config_bytes, copy.weights_bytes, copy.version, "disk"
+        except AdapterNotFoundError:
+            if self.disk is not None:  # deleted while this worker was away
+                await asyncio.to_thread(self.disk.drop, name)
+            raise
+        return config_bytes, weight_bytes, version, "ok"
 
     def invalidate(self, name: str) -> str | None:
         """The adapter was replaced or deleted upstream: from now on requests fetch it again.
@@ -117,7 +150,45 @@ class AdapterPager:
         """
         self._generation[name] = self._generation.get(name, 0) + 1
         self._loading.pop(name, None)  # a fetch in flight may carry the old version
+        if self.disk is not None:
+            self.disk.drop(name)  # a few unlinks: on the loop, so no later recall can race it
         return self.current.pop(name, None)
+
+    async def confirm_disk_copies(self) -> None:
+        """The versions this worker holds as current are still current (it hears every change
+        event): their disk copies stay trusted.  Not the ones served from disk: nobody confirmed
+        those (``recheck_disk_served``)."""
+        if self.disk is not None:
+            held = [
+                (name, key.rpartition("@")[2])
+                for name, key in self.current.items()
+                if key not in self._from_disk
+            ]
+            await asyncio.to_thread(self.disk.confirm, held)
+
+    async def recheck_disk_served(self) -> list[str]:
+        """Ask the store about each adapter served from a disk copy, until it answers: one
+        replaced or deleted while this worker was away is invalidated.  Returns the engine keys
+        to retire on the engine loop."""
+        stale: list[str] = []
+        for name, key in list(self.current.items()):
+            if key not in self._from_disk or self.fetch is None:
+                continue
+            try:
+                version: str | None = (await self.fetch(name))[2]
+            except StoreUnavailableError:
+                break  # still down: next time
+            except AdapterNotFoundError:
+                version = None
+            if self.current.get(name) != key:
+                continue  # an event changed it meanwhile
+            self._from_disk.discard(key)
+            if version != key.rpartition("@")[2]:
+                log.info("adapter %s changed while the store was away: paged in again", name)
+                old = self.invalidate(name)
+                if old is not None:
+                    stale.append(old)
+        return stale
 
     # ---- engine loop -------------------------------------------------------------------------
     def install(self, r: Resolved) -> None:
@@ -158,6 +229,7 @@ class AdapterPager:
         self._forget(key)
 
     def _forget(self, key: str) -> None:
+        self._from_disk.discard(key)
         if key in self.engine.adapters:
             self.engine.remove_lora(key)
         for name, k in list(self.current.items()):

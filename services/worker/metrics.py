@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 _STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12)
 _PAGE_IN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+PAGE_IN_OUTCOMES = ("ok", "disk", "error")
 _HANDOVER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -52,11 +53,12 @@ class WorkerMetrics:
         )
         self._page_ins = Counter(
             "loraplex_worker_adapter_page_ins",
-            "adapters paged in from the store, by outcome (ok, error)",
+            "adapters paged in, by outcome: ok (from the store), disk (from the worker's disk "
+            "copy while the store was unreachable), error",
             ["worker", "role", "outcome"],
             registry=r,
         )
-        for outcome in ("ok", "error"):
+        for outcome in PAGE_IN_OUTCOMES:
             self._page_ins.labels(worker_id, role, outcome)
         self._handover_time = self._labelled_histogram(
             "loraplex_worker_kv_handover_seconds",
@@ -101,9 +103,10 @@ class WorkerMetrics:
     def step(self, seconds: float) -> None:
         self._step.observe(seconds)
 
-    def page_in(self, seconds: float, ok: bool) -> None:
-        self._page_ins.labels(self.worker_id, self.role, "ok" if ok else "error").inc()
-        if ok:
+    def page_in(self, seconds: float, outcome: str) -> None:
+        """``outcome``: one of ``PAGE_IN_OUTCOMES``; only loads that worked are timed."""
+        self._page_ins.labels(self.worker_id, self.role, outcome).inc()
+        if outcome != "error":
             self._page_in_time.observe(seconds)
 
     def handover_sent(self, nbytes: int, seconds: float) -> None:

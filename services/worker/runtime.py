@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import Any, NoReturn
 
+from loraplex.adapters.disk_copies import DiskCopies
 from loraplex.assignments import serve_control
 from loraplex.bus import Bus
 from loraplex.engine.failures import is_fatal
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 # the engine itself is broken (not one request), and a restart is the way out.
 MAX_FAILED_STEPS_IN_A_ROW = 3
 EXIT_FLUSH_TIMEOUT_S = 1.0
+DISK_COPIES_CHECK_S = 10.0  # confirm the adapter disk copies held as current; recheck recalled ones
 
 
 class Worker:
@@ -64,7 +66,15 @@ class Worker:
         self.engine = engine
         self.metrics = metrics or WorkerMetrics(self.id, settings.role)
         self.metrics.bind(engine)
-        self.pager = AdapterPager(engine, fetch, settings.host_cache_mb * 2**20, self.metrics)
+        disk = None
+        if settings.adapter_disk_cache and fetch is not None:
+            disk = DiskCopies(
+                settings.adapter_disk_cache,
+                settings.adapter_disk_cache_mb * 2**20,
+                settings.adapter_disk_trust_s,
+            )
+        budget = settings.host_cache_mb * 2**20
+        self.pager = AdapterPager(engine, fetch, budget, self.metrics, disk)
         self.inbox = Inbox()
         self.table = ActiveTable(self.pager)
         self.active: dict[str, Active] = self.table.active
@@ -124,6 +134,8 @@ class Worker:
             asyncio.create_task(self._fatal_on_error(self._engine_loop(), "engine loop")),
             asyncio.create_task(self._heartbeat_loop()),
         ]
+        if self.pager.disk is not None:
+            self._tasks.append(asyncio.create_task(self._disk_copies_loop()))
         await bus.flush()
         log.info("worker %s (%s) ready", self.id, s.role)
 
@@ -218,6 +230,16 @@ class Worker:
             with contextlib.suppress(Exception):
                 await wait_for(self.bus.flush(), EXIT_FLUSH_TIMEOUT_S)
         os._exit(1)
+
+    async def _disk_copies_loop(self) -> None:
+        while True:
+            await asyncio.sleep(DISK_COPIES_CHECK_S)
+            try:
+                for old in await self.pager.recheck_disk_served():
+                    self.inbox.submit(lambda old=old: self.pager.retire(old))
+                await self.pager.confirm_disk_copies()
+            except Exception as e:  # a disk or store hiccup: the copies age, nothing else
+                log.warning("adapter disk copies: %s", e)
 
     # ---- heartbeats --------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:

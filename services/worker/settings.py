@@ -36,6 +36,9 @@ class WorkerSettings:
     max_cuda_graph_batch_size: int = 256
     enable_prefix_caching: bool = True
     host_cache_mb: int = 1024
+    adapter_disk_cache: str = ""  # "" keeps no disk copies (adapters.disk_copies)
+    adapter_disk_cache_mb: int = 4096
+    adapter_disk_trust_s: float = 600.0
     heartbeat_interval_s: float = 0.5
     kv_timeout_s: float = 10.0
     # /health, /ready, /metrics (http_status.py); 0: none (the flag's default is 8004).
@@ -47,6 +50,10 @@ class WorkerSettings:
             raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError("--gpu-memory-utilization must be in (0, 1]")
+        if self.adapter_disk_cache_mb < 1:
+            raise ValueError("--adapter-disk-cache-mb must be positive")
+        if not self.adapter_disk_trust_s >= 0:
+            raise ValueError("--adapter-disk-trust must be >= 0")
 
 
 def _fraction(raw: str) -> float:
@@ -56,6 +63,26 @@ def _fraction(raw: str) -> float:
         raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"{raw} is not in (0, 1]: a fraction of the total")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{raw} is not positive")
+    return value
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{raw} is not a number of seconds >= 0")
     return value
 
 
@@ -141,6 +168,28 @@ def flags(default_role: str = "both") -> tuple[Flag, ...]:
             help="reuse the K/V of full blocks shared with earlier prompts of the same adapter",
         ),
         flag("--host-cache-mb", type=int, default=1024, help="host-memory adapter cache budget"),
+        flag(
+            "--adapter-disk-cache",
+            default="",
+            metavar="DIR",
+            help="keep a copy of every adapter paged in under DIR (one directory per worker; it "
+            "must outlive the process, e.g. an emptyDir): a worker restarted while Redis is down "
+            "serves them from there (default: none)",
+        ),
+        flag(
+            "--adapter-disk-cache-mb",
+            type=_positive_int,
+            default=4096,
+            help="budget of the adapter disk copies (--adapter-disk-cache); the least recently "
+            "confirmed go first",
+        ),
+        flag(
+            "--adapter-disk-trust",
+            type=_seconds,
+            default=600.0,
+            help="seconds a disk copy may stand in for Redis after it was last confirmed current "
+            "(as LORAPLEX_GATEWAY_ADAPTER_STALE_S for the gateway's names)",
+        ),
         flag("--heartbeat-interval", type=float, default=0.5, help="seconds between heartbeats"),
         flag(
             "--kv-timeout",
@@ -191,6 +240,9 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         max_cuda_graph_batch_size=args.max_cuda_graph_batch_size,
         enable_prefix_caching=args.enable_prefix_caching,
         host_cache_mb=args.host_cache_mb,
+        adapter_disk_cache=args.adapter_disk_cache,
+        adapter_disk_cache_mb=args.adapter_disk_cache_mb,
+        adapter_disk_trust_s=args.adapter_disk_trust,
         heartbeat_interval_s=args.heartbeat_interval,
         kv_timeout_s=args.kv_timeout,
         metrics_host=args.metrics_host,

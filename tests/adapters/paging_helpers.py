@@ -223,6 +223,8 @@ class Harness:
         max_loras: int = 2,
         host_cache_mb: int = 1024,
         heartbeat_interval_s: float = 0.5,
+        adapter_disk_cache: str = "",
+        adapter_disk_trust_s: float = 600.0,
         wrap_fetch: Callable[[Callable[[str], Awaitable[tuple[bytes, bytes, str]]]], object]
         | None = None,
     ) -> AsyncIterator[Worker]:
@@ -241,6 +243,8 @@ class Harness:
             max_lora_rank=64,
             host_cache_mb=host_cache_mb,
             heartbeat_interval_s=heartbeat_interval_s,
+            adapter_disk_cache=adapter_disk_cache,
+            adapter_disk_trust_s=adapter_disk_trust_s,
         )
         engine = await asyncio.to_thread(make_engine, settings)
         fetch, store = make_fetch(self.redis_url)

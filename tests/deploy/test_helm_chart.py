@@ -41,6 +41,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "podDisruptionBudget": {"enabled": False},
         "metrics": {"annotations": False},
         "redis": {"sentinel": {"enabled": False}},
+        "workers": {"adapterDiskCache": {"enabled": False}},
     },
     "everything-set": {
         "imagePullSecrets": [{"name": "regcred"}],
@@ -185,6 +186,28 @@ def test_workers_get_one_gpu_each_and_the_model_read_only(docs, pool: str) -> No
     assert any(args.gpu_lease_dir.startswith(p + "/") for p in writable), args.gpu_lease_dir
     model_volume = next(v for v in d["spec"]["template"]["spec"]["volumes"] if v["name"] == "model")
     assert model_volume["persistentVolumeClaim"]["readOnly"] is True
+
+
+@pytest.mark.parametrize("pool", ["prefill", "decode"])
+def test_workers_keep_adapter_copies_on_a_volume_that_outlives_a_container(pool: str) -> None:
+    """The copies must survive the container restart that empties the worker's memory: an
+    emptyDir, writable under the read-only root; none when turned off."""
+    for variant, enabled in (("defaults", True), ("no-extras", False)):
+        d = _deployment(_render(variant), pool)
+        c = _containers(d)[0]
+        args = _parse(c)
+        if not enabled:
+            assert args.adapter_disk_cache == ""
+            continue
+        assert args.adapter_disk_cache and args.adapter_disk_cache_mb == 4096
+        (mount,) = [
+            m for m in c["volumeMounts"] if args.adapter_disk_cache.startswith(m["mountPath"] + "/")
+        ]
+        assert not mount.get("readOnly")
+        (volume,) = [
+            v for v in d["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]
+        ]
+        assert volume["emptyDir"]["sizeLimit"] == "5Gi" and "medium" not in volume["emptyDir"]
 
 
 def test_every_pod_runs_as_the_images_user_with_a_read_only_root(docs) -> None:
