@@ -113,6 +113,7 @@ class AdapterPager:
             raise AdapterNotFoundError(
                 f"adapter {name!r} is not available on this worker (no adapter store)"
             )
+        generation = self._generation.get(name, 0)
         config_bytes, weight_bytes, version, outcome = await self._fetch_or_recall(name)
         self.loads += 1
         cfg, max_rank = self.engine.model_config, self.engine.config.max_lora_rank
@@ -120,9 +121,16 @@ class AdapterPager:
         adapter = await asyncio.to_thread(
             parse_adapter, bare, config_bytes, weight_bytes, cfg, max_rank
         )
-        if self.disk is not None and outcome == "ok":  # only what parsed: a copy that can serve
+        # Only what parsed (a copy that can serve), and not a version an event retired meanwhile.
+        if (
+            self.disk is not None
+            and outcome == "ok"
+            and generation == self._generation.get(name, 0)
+        ):
             try:
                 await asyncio.to_thread(self.disk.keep, name, version, config_bytes, weight_bytes)
+                if generation != self._generation.get(name, 0):  # an event during the write
+                    await asyncio.to_thread(self.disk.drop, name)
             except OSError as e:  # a full or read-only disk costs the copy, not the request
                 log.warning("adapter %s: no disk copy kept: %s", name, e)
         return dataclasses.replace(adapter, name=f"{name}@{version}"), outcome

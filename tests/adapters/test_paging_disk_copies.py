@@ -8,6 +8,7 @@ without touching the session's."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import pytest
 
 from loraplex.tooling.servers import ServerProcess, start_redis
 from loraplex.worker.runtime import Worker
-from tests.adapters.paging_helpers import PROMPTS, Harness, Reference, idle
+from tests.adapters.paging_helpers import PROMPTS, Harness, Reference, held, idle
 
 
 @pytest.fixture
@@ -123,3 +124,26 @@ async def test_an_adapter_replaced_while_its_worker_was_away_is_paged_in_again(
         assert w.pager.current[name] == f"{name}@{second}"
         # the replaced version's copy is gone, the new one kept
         assert [p.name.endswith(f".v{second}.lpa") for p in Path(disk).iterdir()] == [True]
+
+
+async def test_a_version_retired_during_its_fetch_leaves_no_copy(
+    h: Harness, ref: Reference, tmp_path: Path
+) -> None:
+    """An event (replaced, deleted) that arrives while a fetch is in flight: the fetched bytes may
+    be the retired version's, so they serve the request that asked but are not kept on disk."""
+    disk = tmp_path / "copies"
+    await h.register("a")
+    name, gw = h.name("a"), h.gateway
+    fetched, release = asyncio.Event(), asyncio.Event()
+    async with h.worker(adapter_disk_cache=str(disk), wrap_fetch=held(fetched, release)) as w:
+        rid = await gw.submit(w, PROMPTS[0], name)
+        await fetched.wait()
+        w.pager.invalidate(name)  # what the worker does on the store's change event
+        release.set()
+        assert await gw.tokens(rid) == ref("a", PROMPTS[0])
+        assert list(disk.iterdir()) == []
+        # the next page-in (of the current generation) keeps its copy
+        await idle(w)
+        rid = await gw.submit(w, PROMPTS[1], name)
+        assert await gw.tokens(rid) == ref("a", PROMPTS[1])
+        assert len(list(disk.iterdir())) == 1
