@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 
 from loraplex import env
-from loraplex.cli_flags import Flag, add_flags, flag, status_listener_flags
+from loraplex.cli_flags import Flag, add_flags, checked, flag, status_listener_flags
 from loraplex.cli_help import DefaultsHelpFormatter
 
 ROLES = ("prefill", "decode", "both")
@@ -56,34 +56,9 @@ class WorkerSettings:
             raise ValueError("--adapter-disk-trust must be >= 0")
 
 
-def _fraction(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{raw} is not in (0, 1]: a fraction of the total")
-    return value
-
-
-def _positive_int(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{raw} is not positive")
-    return value
-
-
-def _seconds(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
-    if not 0.0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{raw} is not a number of seconds >= 0")
-    return value
+_fraction = checked(float, lambda v: 0.0 < v <= 1.0, "in (0, 1]: a fraction of the total")
+_positive_int = checked(int, lambda v: v >= 1, "positive")
+_seconds = checked(float, lambda v: 0.0 <= v < float("inf"), "a number of seconds >= 0")
 
 
 def flags(default_role: str = "both") -> tuple[Flag, ...]:

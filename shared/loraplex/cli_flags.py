@@ -5,7 +5,7 @@ help then cannot drift apart), and turned back into argv for the child process."
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -44,6 +44,25 @@ class Flag:
         if value is None:
             return []
         return [self.name, str(value)]
+
+
+def checked(
+    convert: Callable[[str], float], accept: Callable[[float], bool], wanted: str
+) -> Callable[[str], Any]:
+    """An argparse ``type``: ``convert`` the text, then refuse a value ``accept`` rejects with
+    "<raw> is not <wanted>" (argparse prints it with the flag's name and exits 2)."""
+
+    def parse(raw: str) -> Any:
+        try:
+            value = convert(raw)
+        except ValueError:
+            kind = "a whole number" if convert is int else "a number"
+            raise argparse.ArgumentTypeError(f"{raw!r} is not {kind}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"{raw} is not {wanted}")
+        return value
+
+    return parse
 
 
 def flag(name: str, **options: Any) -> Flag:

@@ -141,3 +141,28 @@ def test_leftovers_of_a_killed_write_are_removed_and_versions_are_checked(tmp_pa
         DiskCopies(tmp_path, 0, 600)
     with pytest.raises(ValueError):
         DiskCopies(tmp_path, 1, float("nan"))
+
+
+def test_the_worker_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    from loraplex.worker.settings import build_parser, settings_from_args
+
+    parse = build_parser("decode").parse_args
+    s = settings_from_args(parse(["--model", "m"]))
+    assert (s.adapter_disk_cache, s.adapter_disk_cache_mb, s.adapter_disk_trust_s) == (
+        "",
+        4096,
+        600,
+    )
+    argv = ["--model", "m", "--adapter-disk-cache", "/c", "--adapter-disk-cache-mb", "7"]
+    s = settings_from_args(parse([*argv, "--adapter-disk-trust", "0"]))
+    assert (s.adapter_disk_cache, s.adapter_disk_cache_mb, s.adapter_disk_trust_s) == ("/c", 7, 0)
+    for flag, bad in [
+        ("--adapter-disk-cache-mb", "0"),
+        ("--adapter-disk-cache-mb", "1.5"),
+        ("--adapter-disk-trust", "-1"),
+        ("--adapter-disk-trust", "nan"),
+        ("--adapter-disk-trust", "inf"),
+    ]:
+        with pytest.raises(SystemExit):
+            parse(["--model", "m", flag, bad])
+        assert flag in capsys.readouterr().err
