@@ -171,3 +171,12 @@ def test_chaos_bench_kills_at_random_and_the_stack_heals() -> None:
     assert int(cells[1]) > 0 and cells[5:7] == ["0", "0"], out  # none truncated, none hung
     assert "**Every check passed.**" in out, out
     assert "| final batch (4 requests) | 4 completed with the reference text |" in out, out
+
+
+def test_memory_bench_samples_every_service_under_mixed_traffic() -> None:
+    out = _run(
+        "bench/memory.py", "--seconds", "4", "--warmup-s", "2", "--sample-s", "1", "--rate", "3"
+    )
+    services = {line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")}
+    assert {"gateway", "scheduler", "prefill-0", "decode-0", "adapter-store"} <= services, out
+    assert "**Every check passed.**" in out, out  # every kind ended as it should, gauges 0

@@ -163,35 +163,36 @@ class AdapterPager:
         return self.current.pop(name, None)
 
     async def confirm_disk_copies(self) -> None:
-        """The versions this worker holds as current are still current (it hears every change
-        event): their disk copies stay trusted.  Not the ones served from disk: nobody confirmed
-        those (``recheck_disk_served``)."""
+        """The copies this process kept are still current (it hears every change event): they
+        stay trusted.  Not the ones it only read back: nobody confirmed those
+        (``recheck_disk_served``)."""
         if self.disk is not None:
-            held = [
-                (name, key.rpartition("@")[2])
-                for name, key in self.current.items()
-                if key not in self._from_disk
-            ]
-            await asyncio.to_thread(self.disk.confirm, held)
+            await asyncio.to_thread(self.disk.confirm)
 
     async def recheck_disk_served(self) -> list[str]:
         """Ask the store about each adapter served from a disk copy, until it answers: one
         replaced or deleted while this worker was away is invalidated.  Returns the engine keys
         to retire on the engine loop."""
         stale: list[str] = []
+        if self.disk is None or self.fetch is None:
+            return stale
         for name, key in list(self.current.items()):
-            if key not in self._from_disk or self.fetch is None:
+            if key not in self._from_disk:
                 continue
             try:
-                version: str | None = (await self.fetch(name))[2]
+                config_bytes, weight_bytes, version = await self.fetch(name)
             except StoreUnavailableError:
                 break  # still down: next time
             except AdapterNotFoundError:
-                version = None
+                config_bytes, weight_bytes, version = b"", b"", ""
             if self.current.get(name) != key:
                 continue  # an event changed it meanwhile
             self._from_disk.discard(key)
-            if version != key.rpartition("@")[2]:
+            if version == key.rpartition("@")[2]:  # still current: confirmed from now on
+                await asyncio.to_thread(self.disk.keep, name, version, config_bytes, weight_bytes)
+                if self.current.get(name) != key:  # an event during the write
+                    await asyncio.to_thread(self.disk.drop, name)
+            else:
                 log.info("adapter %s changed while the store was away: paged in again", name)
                 old = self.invalidate(name)
                 if old is not None:

@@ -52,14 +52,26 @@ def test_a_copy_is_trusted_only_within_the_window_since_its_last_confirmation(
     clock.now += 601
     assert disk.recall("t/a") is None  # nobody confirmed it: it may be stale
     assert len(files(tmp_path)) == 1  # aged, not damaged: kept (a fetch confirms it again)
-    disk.confirm([("t/a", "1")])
+    disk.confirm()  # this process kept it and no event dropped it: current
     assert disk.recall("t/a") is not None
-    clock.now += 300
-    disk.confirm([("t/a", "2"), ("t/zz", "1")])  # versions it does not have: nothing happens
-    clock.now += 301
+    clock.now += 601
     assert disk.recall("t/a") is None
     disk.keep("t/a", "1", CONFIG, WEIGHTS)  # the same version fetched again: confirmed
     assert disk.recall("t/a") is not None
+
+    # A new process (a restarted worker) confirms only what it kept itself: it may have missed
+    # an event while it was down.
+    later, later_clock = copies(tmp_path, trust_s=600)
+    later_clock.now = clock.now + 601
+    later.confirm()
+    assert later.recall("t/a") is None
+    later.keep("t/a", "1", CONFIG, WEIGHTS)
+    later_clock.now += 601
+    later.confirm()
+    assert later.recall("t/a") is not None
+    later.drop("t/a")  # an event: nothing left to confirm
+    later.confirm()
+    assert later.recall("t/a") is None and files(tmp_path) == []
 
 
 def test_a_new_version_replaces_the_old_and_drop_removes_every_copy(tmp_path: Path) -> None:
@@ -122,7 +134,7 @@ def test_the_budget_drops_the_least_recently_confirmed_first(tmp_path: Path) -> 
         clock.now += 1
         disk.keep(aid, "1", CONFIG, WEIGHTS + bytes([i]))
     clock.now += 1
-    disk.confirm([("t/a", "1")])  # now the most recent
+    disk.keep("t/a", "1", CONFIG, WEIGHTS + bytes([0]))  # fetched again: now the most recent
     clock.now += 1
     disk.keep("t/d", "1", CONFIG, WEIGHTS)
     kept = {aid for aid in ("t/a", "t/b", "t/c", "t/d") if disk.recall(aid) is not None}

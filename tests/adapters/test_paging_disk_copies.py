@@ -85,6 +85,14 @@ async def test_a_worker_restarted_while_redis_is_down_serves_its_disk_copies(
         rid = await gw.submit(w, PROMPTS[0], h.name("b"))
         await gw.wait(rid)
         assert gw.errors[rid].code == 503
+        # Redis back: the recheck finds the same version, and this process confirms it from now on
+        restart(redis_ctl)
+        assert await w.pager.recheck_disk_served() == []
+        assert w.pager.current[name] == f"{name}@{version}"
+        os.utime(copy, (1000, 1000))
+        await w.pager.confirm_disk_copies()
+        assert time.time() - copy.stat().st_mtime < 60
+    redis_ctl[-1].stop()
 
     # A copy confirmed longer ago than the trust window does not stand in for Redis.
     async with h.worker(adapter_disk_cache=disk, adapter_disk_trust_s=0.0) as w:

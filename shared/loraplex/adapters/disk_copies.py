@@ -8,11 +8,13 @@ adapters in a local disk cache for the same reason.
 
 A copy is only a stand-in for the store, never preferred to it: the worker reads the store first
 and falls back to a copy only when the store cannot be reached.  A copy serves then only while it is
-*trusted*: confirmed current within ``trust_s``.  Confirmed means written from a verified fetch,
-or touched while the worker held that version and listened to the store's change events
-(``confirm``); the file's mtime is the time of the last confirmation.  An adapter replaced or
-deleted while its worker was down is confirmed by nobody, so its copy ages out.  ``drop`` removes a
-copy when an event says the adapter changed.  The gateway remembers adapter names for the same
+*trusted*: confirmed current within ``trust_s``; the file's mtime is the time of the last
+confirmation.  Confirmed means written (or found identical) by ``keep`` after a verified fetch, or
+touched by ``confirm`` since: this process wrote or checked it, and ``drop`` deletes a copy when a
+change event says the adapter was replaced, deleted or unloaded, so a copy this process still has
+is current as long as it keeps hearing those events.  An adapter replaced or deleted while its
+worker was down is confirmed by nobody (a new process confirms only what it kept itself), so its
+copy ages out.  The gateway remembers adapter names for the same
 default window (``LORAPLEX_GATEWAY_ADAPTER_STALE_S``), so together they ride out the same outage.
 
 One file per adapter id, ``<sha256(id)[:32]>.v<version>.lpa``: magic, a JSON header (id, version,
@@ -33,7 +35,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +78,7 @@ class DiskCopies:
         self.trust_s = trust_s
         self.clock = clock  # wall clock: mtimes outlive the process
         self._lock = threading.Lock()  # writes, drops and eviction: one at a time
+        self._kept: dict[str, str] = {}  # adapter id -> version this process wrote or checked
         self.root.mkdir(parents=True, exist_ok=True)
         for leftover in self.root.glob("*.tmp"):  # a write cut short by a kill
             leftover.unlink(missing_ok=True)
@@ -110,6 +113,7 @@ class DiskCopies:
                 "weights_bytes": len(weights),
                 "weights_sha256": _sha256(weights),
             }
+            self._kept[adapter_id] = version
             if self._read_header(path) == fields:  # the same bytes (a store rebuilt from
                 self._touch(path)  # scratch numbers versions from 1 again: compare content)
                 return
@@ -129,15 +133,18 @@ class DiskCopies:
     def drop(self, adapter_id: str) -> None:
         """The adapter was replaced, deleted or unloaded: its copies must not serve again."""
         with self._lock:
+            self._kept.pop(adapter_id, None)
             for path in self._versions(adapter_id):
                 path.unlink(missing_ok=True)
 
-    def confirm(self, held: Iterable[tuple[str, str]]) -> None:
-        """``held``: (adapter id, version) pairs the worker holds as current while listening to
-        the store's events; their copies stay trusted."""
-        for adapter_id, version in held:
+    def confirm(self) -> None:
+        """Every copy this process kept and no event dropped is still current: keep it trusted.
+        Call it every so often, only while the store's change events reach the worker."""
+        with self._lock:
+            kept = list(self._kept.items())
+        for adapter_id, version in kept:
             # missing: evicted, or never written (larger than the budget)
-            with contextlib.suppress(FileNotFoundError, ValueError):
+            with contextlib.suppress(FileNotFoundError):
                 self._touch(self._path(adapter_id, version))
 
     def _touch(self, path: Path) -> None:
