@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 # the engine itself is broken (not one request), and a restart is the way out.
 MAX_FAILED_STEPS_IN_A_ROW = 3
 EXIT_FLUSH_TIMEOUT_S = 1.0
-DISK_COPIES_CHECK_S = 10.0  # confirm the adapter disk copies held as current; recheck recalled ones
+DISK_COPIES_CHECK_S = 10.0  # confirm the adapter disk copies kept; recheck the ones read back
 
 
 class Worker:
@@ -68,11 +68,14 @@ class Worker:
         self.metrics.bind(engine)
         disk = None
         if settings.adapter_disk_cache and fetch is not None:
-            disk = DiskCopies(
-                settings.adapter_disk_cache,
-                settings.adapter_disk_cache_mb * 2**20,
-                settings.adapter_disk_trust_s,
-            )
+            try:
+                disk = DiskCopies(
+                    settings.adapter_disk_cache,
+                    settings.adapter_disk_cache_mb * 2**20,
+                    settings.adapter_disk_trust_s,
+                )
+            except OSError as e:  # a directory it cannot write: serve, without copies
+                log.error("--adapter-disk-cache %s: %s; no adapter disk copies", e.filename, e)
         budget = settings.host_cache_mb * 2**20
         self.pager = AdapterPager(engine, fetch, budget, self.metrics, disk)
         self.inbox = Inbox()
@@ -237,7 +240,8 @@ class Worker:
             try:
                 for old in await self.pager.recheck_disk_served():
                     self.inbox.submit(lambda old=old: self.pager.retire(old))
-                await self.pager.confirm_disk_copies()
+                if self.bus is not None and self.bus.is_connected():  # it hears the events
+                    await self.pager.confirm_disk_copies()
             except Exception as e:  # a disk or store hiccup: the copies age, nothing else
                 log.warning("adapter disk copies: %s", e)
 

@@ -178,3 +178,15 @@ def test_the_worker_flags(capsys: pytest.CaptureFixture[str]) -> None:
         with pytest.raises(SystemExit):
             parse(["--model", "m", flag, bad])
         assert flag in capsys.readouterr().err
+
+
+def test_a_write_that_fails_leaves_nothing_behind(tmp_path: Path, monkeypatch) -> None:
+    disk, _ = copies(tmp_path)
+
+    def full_disk(src, dst):  # the rename of a finished write fails (ENOSPC, EROFS ...)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("loraplex.adapters.disk_copies.os.replace", full_disk)
+    with pytest.raises(OSError):
+        disk.keep("t/a", "1", CONFIG, WEIGHTS)
+    assert list(tmp_path.iterdir()) == [] and disk.recall("t/a") is None

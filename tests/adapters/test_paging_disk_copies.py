@@ -155,3 +155,15 @@ async def test_a_version_retired_during_its_fetch_leaves_no_copy(
         rid = await gw.submit(w, PROMPTS[1], name)
         assert await gw.tokens(rid) == ref("a", PROMPTS[1])
         assert len(list(disk.iterdir())) == 1
+
+
+async def test_a_directory_it_cannot_write_costs_the_copies_not_the_worker(
+    h: Harness, ref: Reference, tmp_path: Path
+) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    await h.register("a")
+    async with h.worker(adapter_disk_cache=str(blocked / "copies")) as w:
+        assert w.pager.disk is None
+        rid = await h.gateway.submit(w, PROMPTS[0], h.name("a"))
+        assert await h.gateway.tokens(rid) == ref("a", PROMPTS[0])

@@ -122,11 +122,15 @@ class DiskCopies:
             if size > self.budget:
                 return  # larger than the whole budget: the store stays its only home
             tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            with open(tmp, "wb") as f:
-                f.write(MAGIC + len(header).to_bytes(4, "big") + header)
-                f.write(config)
-                f.write(weights)
-            os.replace(tmp, path)  # readers see the whole file or none
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(MAGIC + len(header).to_bytes(4, "big") + header)
+                    f.write(config)
+                    f.write(weights)
+                os.replace(tmp, path)  # readers see the whole file or none
+            except OSError:
+                tmp.unlink(missing_ok=True)  # a full disk: no half file left behind
+                raise
             self._touch(path)
             self._evict(keep=path)
 
