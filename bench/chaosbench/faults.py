@@ -7,7 +7,8 @@ restarts a NATS node, so the next NATS fault brings the dead node back instead o
 (the cluster never loses two of its three nodes), and ``restore`` does so after the soak.
 With ``redis=True`` the one Redis is a fault too (``REDIS_FAULT``): killed, then started again (same
 port and data, its AOF) by the next Redis fault or by ``restore``.  Without Redis no standby can take
-the lease, so a leader killed meanwhile leaves the stack without one until Redis is back.
+the lease, so a leader killed meanwhile leaves the stack without one until Redis is back.  While
+Redis is down the leader is found by its ``loraplex_scheduler_leader`` gauge instead of the lease.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 import redis
 from failover import leader
+from failoverbench.stack import metric
 
 from loraplex.tooling.nats_cluster import NatsCluster
 from loraplex.tooling.servers import ServerProcess, start_redis
@@ -60,8 +62,14 @@ class Chaos:
     def lead(self) -> str | None:
         try:
             return leader(self.redis_url)
-        except (AssertionError, redis.RedisError):  # no lease now (a takeover), or Redis down
+        except AssertionError:  # no lease now: a takeover
             return None
+        except redis.RedisError:  # Redis down: the replica that says it leads (its gauge)
+            urls = [(s, self.stack.status.get(s)) for s in SCHEDULERS]
+            return next(
+                (s for s, url in urls if url and metric(url, "loraplex_scheduler_leader") == 1),
+                None,
+            )
 
     def _resolve(self, role: str) -> str | None:
         if role == "leader":
@@ -78,7 +86,7 @@ class Chaos:
         done = []
         for role, name in zip(roles, names, strict=True):
             if name is None:
-                done.append(f"no {role} to kill (no scheduler holds the lease)")
+                done.append(f"no {role} to kill (no scheduler leads)")
                 continue
             svc = self.stack.service(name)
             if svc.proc is None or svc.proc.poll() is not None:

@@ -1,7 +1,8 @@
 """The scheduler's HTTP listener (``--metrics-host``, ``--metrics-port``): ``/health``,
 ``/ready`` and ``/metrics`` (``loraplex.status_server``).
 
-``/ready``: connected to NATS and serving SUBMIT.  The body also says whether the workers it sees
+``/ready``: connected to NATS and serving SUBMIT.  The body also says whether this replica leads
+(``leader``; a standby is ready as well), whether the workers it sees
 can serve a request (``can_serve``) and how many there are per pool; that is the gateways' part of
 readiness (they read it from the stats broadcast), not the scheduler's: a scheduler with no
 workers yet is still the one that must be running when they join.  The series name tenants, so
@@ -29,6 +30,7 @@ def readiness(service: SchedulerService) -> tuple[bool, dict[str, Any]]:
     connected = bus is not None and bus.is_connected
     detail = {
         "nats": connected,
+        "leader": service.leading,  # the standby replica is ready too: it must be running
         "can_serve": service.registry.can_serve(),
         "pools": pool_counts(service.registry),
     }

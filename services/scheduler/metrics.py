@@ -41,6 +41,7 @@ class SchedulerView(Protocol):
     stalled: SubmitRequest | None  # the head of the queue, while no worker has room for it
     outbox: Outbox  # its acknowledged senders: errors to gateways, assignments
     gateways: GatewayWatch  # gateways heard, and the requests of gone ones cancelled
+    leading: bool  # this replica holds the lease (a scheduler without Redis always leads)
 
 
 POOLS = ("prefill", "decode", "both")
@@ -125,6 +126,12 @@ class SchedulerMetrics:
             "requests waiting while this pool has no room for the head of the queue (autoscaling)",
             {(p,): float(waiting if p in blocked else 0) for p in POOLS},
             ["pool"],
+        )
+        yield prom.gauge(
+            "loraplex_scheduler_leader",
+            "1 while this replica leads (holds the lease in Redis), 0 while it stands by",
+            {(): 1.0 if s.leading else 0.0},
+            [],
         )
         yield prom.gauge(
             "loraplex_scheduler_queued_requests",

@@ -61,8 +61,10 @@ def test_every_service_answers_health_and_ready(stack) -> None:
         ready = httpx.get(base + "/ready", timeout=10)
         assert ready.status_code == 200, f"{name}: {ready.text}"
     scheduler = httpx.get(stack.status["scheduler"] + "/ready", timeout=10).json()
-    assert scheduler["can_serve"] is True
+    assert scheduler["can_serve"] is True and scheduler["leader"] is True  # the only replica
     assert scheduler["pools"] == {"prefill": 1, "decode": 1, "both": 0}
+    metrics = httpx.get(stack.status["scheduler"] + "/metrics", timeout=10).text
+    assert re.search(r"^loraplex_scheduler_leader 1\.0$", metrics, re.M), metrics
 
 
 def test_every_live_metrics_passes_promtool(stack) -> None:

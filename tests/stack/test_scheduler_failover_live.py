@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import openai
 import pytest
 import redis
@@ -29,6 +30,19 @@ def replica_stack(tmp_path_factory):
     stack = launch(tmp_path_factory, "replicas", [*flags, "--max-num-seqs", "2"])
     yield stack
     stack.stop()
+
+
+def leaders(stack) -> list[str]:  # type: ignore[no-untyped-def]
+    """The schedulers whose /ready says they lead (what an operator sees, without Redis); one
+    not answering (restarting after a kill) does not lead."""
+    out = []
+    for name in ("scheduler", "scheduler-1"):
+        try:
+            if httpx.get(stack.status[name] + "/ready", timeout=10).json()["leader"]:
+                out.append(name)
+        except httpx.HTTPError:
+            pass
+    return out
 
 
 def lease_holder(stack) -> str:  # type: ignore[no-untyped-def]
@@ -64,6 +78,7 @@ async def test_leader_killed_mid_load_loses_nothing(replica_stack):
             reference[p] = r.choices[0].text
         holder = lease_holder(replica_stack)
         name = holder.rsplit(":", 1)[0]
+        assert leaders(replica_stack) == [name]
         started = asyncio.Event()
         running = [asyncio.create_task(_stream(client, model, p, started)) for p in PROMPTS]
         await asyncio.wait_for(started.wait(), 60)  # two run, four are queued in the leader
@@ -76,3 +91,4 @@ async def test_leader_killed_mid_load_loses_nothing(replica_stack):
     assert texts == [reference[p] for p in PROMPTS + PROMPTS[:2]]
     new = lease_holder(replica_stack)
     assert new != holder and int(new.rsplit(":", 1)[1]) > int(holder.rsplit(":", 1)[1])
+    assert leaders(replica_stack) == [new.rsplit(":", 1)[0]]  # the restarted one stands by
