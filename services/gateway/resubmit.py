@@ -12,6 +12,12 @@ harmless.
 ``submit`` retries a SUBMIT that got no answer (the leader died holding it) and, while a leader
 was heard recently, one that found no scheduler (the failover gap), until ``timeout_s`` in all;
 with no leader ever heard it fails at once, as before.
+
+A leader that dies when no standby can take over (Redis down: the lease lives there) leaves the
+requests it had queued waiting for nobody.  Once no leader has been heard for ``leaderless_s``
+(a failover takes about 2 s), those that have no token yet fail with a 503 instead of waiting
+for the gateway's request timeout; requests already streaming go on, since their workers need no
+scheduler.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from loraplex.bus import Bus, BusTimeoutError, NoRespondersError
 from loraplex.gateway.streams import StreamRouter
@@ -31,6 +38,9 @@ log = logging.getLogger(__name__)
 ATTEMPT_S = 1.0  # one SUBMIT attempt; a dead leader's is retried after this
 RETRY_GAP_S = 0.1  # between attempts while no scheduler answers
 PARALLEL = 32  # resubmissions in flight at once
+LEADERLESS_S = 10.0  # no leader heard this long: the requests a dead one queued fail (503)
+WATCH_S = 1.0  # how often that is checked
+LEADERLESS_MESSAGE = "no scheduler is running: the scheduler that queued the request stopped, try again later"  # fmt: skip
 
 
 def _no_ids() -> list[int] | None:
@@ -53,10 +63,13 @@ class OpenRequest:
 class Resubmitter:
     """Open requests (id -> ``OpenRequest``) and the newest leader epoch heard."""
 
-    def __init__(self, bus: Bus, router: StreamRouter, timeout_s: float) -> None:
+    def __init__(
+        self, bus: Bus, router: StreamRouter, timeout_s: float, leaderless_s: float = LEADERLESS_S
+    ) -> None:
         self.bus = bus
         self.router = router
         self.timeout_s = timeout_s
+        self.leaderless_s = leaderless_s
         self.open: dict[str, OpenRequest] = {}
         self.epoch = 0
         self.leader_heard_at: float | None = None  # monotonic
@@ -74,6 +87,8 @@ class Resubmitter:
         except Exception as e:  # NATS down: the SUBMIT fails clearly; subscribe next time
             self._subscribed = False
             log.warning("cannot listen to scheduler leader announcements: %s", e)
+            return
+        self._spawn(self._watch_leader())
 
     def track(self, sub: SubmitRequest) -> None:
         self.open[sub.request_id] = OpenRequest(sub)
@@ -127,9 +142,35 @@ class Resubmitter:
         if stale:
             log.info("scheduler leader %s (epoch %d): resubmitting %d requests",
                      a.scheduler_id, a.epoch, len(stale))  # fmt: skip
-            task = asyncio.create_task(self._resubmit_all(stale))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._resubmit_all(stale))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watch_leader(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_S)
+            try:
+                await self.fail_orphans(time.monotonic())
+            except Exception:  # never let the watch die: the next tick tries again
+                log.exception("failing the requests of a stopped scheduler")
+
+    async def fail_orphans(self, now: float) -> list[str]:
+        """With no leader heard for ``leaderless_s``: fail the requests a leader accepted that
+        have no token yet (503), and return their ids."""
+        heard = self.leader_heard_at
+        if heard is None or now - heard < self.leaderless_s:
+            return []
+        orphans = [rid for rid, e in self.open.items() if e.epoch and e.tokens() == 0]
+        if orphans:
+            log.warning("no scheduler leader for %.0f s: failing %d queued requests",
+                        now - heard, len(orphans))  # fmt: skip
+        for rid in orphans:
+            self.forget(rid)
+            await self.router.dispatch(RequestError(rid, 503, LEADERLESS_MESSAGE))
+        return orphans
 
     async def _resubmit_all(self, request_ids: list[str]) -> None:
         gate = asyncio.Semaphore(PARALLEL)

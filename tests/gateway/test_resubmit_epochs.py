@@ -9,9 +9,15 @@ import asyncio
 
 from loraplex import SamplingParams
 from loraplex.bus_memory import MemoryHub
-from loraplex.gateway.resubmit import Resubmitter
+from loraplex.gateway.resubmit import LEADERLESS_MESSAGE, Resubmitter
 from loraplex.gateway.streams import StreamRouter
-from loraplex.protocol import LeaderAnnounce, Subjects, SubmitReply, SubmitRequest
+from loraplex.protocol import (
+    LeaderAnnounce,
+    RequestError,
+    Subjects,
+    SubmitReply,
+    SubmitRequest,
+)
 
 
 def _submit(rid: str) -> SubmitRequest:
@@ -113,3 +119,39 @@ def test_a_resubmission_carries_how_long_the_gateway_has_waited() -> None:
 
     got = asyncio.run(run())
     assert 0.3 <= got["old"] < 5.0 and 0.0 <= got["new"] < got["old"] - 0.25, got
+
+
+def test_requests_a_dead_leader_queued_fail_once_no_leader_is_heard_for_a_while() -> None:
+    """A leader that dies while no standby can take over (Redis down) leaves what it had queued
+    waiting for nobody: after ``leaderless_s`` without an announcement, the requests with no token
+    yet get a 503; those already streaming and those not accepted yet are left alone."""
+
+    async def run() -> tuple[list[str], list[str], dict[str, tuple[int, str]], set[str]]:
+        hub = MemoryHub()
+        scheduler, gateway = hub.connect("scheduler"), hub.connect("gateway")
+        router = StreamRouter()
+        resubmitter = Resubmitter(gateway, router, timeout_s=5.0, leaderless_s=0.5)
+        await resubmitter.ensure_subscribed()
+        queues = {rid: router.open(rid) for rid in ("queued", "streaming", "submitting")}
+        for rid in queues:
+            resubmitter.track(_submit(rid))
+        resubmitter.attach("queued", lambda: 0, 1)
+        resubmitter.attach("streaming", lambda: 5, 1)
+        await scheduler.publish(Subjects.LEADER, LeaderAnnounce("s", 1))
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        heard = resubmitter.leader_heard_at
+        assert heard is not None
+        early = await resubmitter.fail_orphans(heard + 0.4)  # within the window: a failover gap
+        late = await resubmitter.fail_orphans(heard + 0.6)
+        errors = {
+            rid: (msg.code, msg.message)
+            for rid, q in queues.items()
+            if not q.empty() and isinstance(msg := q.get_nowait(), RequestError)
+        }
+        return early, late, errors, set(resubmitter.open)
+
+    early, late, errors, still_open = asyncio.run(run())
+    assert early == [] and late == ["queued"]
+    assert errors == {"queued": (503, LEADERLESS_MESSAGE)}
+    assert still_open == {"streaming", "submitting"}
