@@ -153,24 +153,24 @@ class Resubmitter:
         while True:
             await asyncio.sleep(WATCH_S)
             try:
-                await self.fail_orphans(time.monotonic())
+                await self.fail_leaderless(time.monotonic())
             except Exception:  # never let the watch die: the next tick tries again
                 log.exception("failing the requests of a stopped scheduler")
 
-    async def fail_orphans(self, now: float) -> list[str]:
+    async def fail_leaderless(self, now: float) -> list[str]:
         """With no leader heard for ``leaderless_s``: fail the requests a leader accepted that
         have no token yet (503), and return their ids."""
         heard = self.leader_heard_at
         if heard is None or now - heard < self.leaderless_s:
             return []
-        orphans = [rid for rid, e in self.open.items() if e.epoch and e.tokens() == 0]
-        if orphans:
+        stranded = [rid for rid, e in self.open.items() if e.epoch and e.tokens() == 0]
+        if stranded:
             log.warning("no scheduler leader for %.0f s: failing %d queued requests",
-                        now - heard, len(orphans))  # fmt: skip
-        for rid in orphans:
+                        now - heard, len(stranded))  # fmt: skip
+        for rid in stranded:
             self.forget(rid)
             await self.router.dispatch(RequestError(rid, 503, LEADERLESS_MESSAGE))
-        return orphans
+        return stranded
 
     async def _resubmit_all(self, request_ids: list[str]) -> None:
         gate = asyncio.Semaphore(PARALLEL)

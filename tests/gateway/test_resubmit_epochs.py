@@ -142,8 +142,8 @@ def test_requests_a_dead_leader_queued_fail_once_no_leader_is_heard_for_a_while(
             await asyncio.sleep(0.01)
         heard = resubmitter.leader_heard_at
         assert heard is not None
-        early = await resubmitter.fail_orphans(heard + 0.4)  # within the window: a failover gap
-        late = await resubmitter.fail_orphans(heard + 0.6)
+        early = await resubmitter.fail_leaderless(heard + 0.4)  # within the window: a failover gap
+        late = await resubmitter.fail_leaderless(heard + 0.6)
         errors = {
             rid: (msg.code, msg.message)
             for rid, q in queues.items()
