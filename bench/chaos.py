@@ -24,7 +24,6 @@ import asyncio
 import random
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ from chaosbench.faults import Action, Chaos  # noqa: E402
 from chaosbench.health import Heartbeats, leaks, quiesce  # noqa: E402
 from chaosbench.load import Load, Record  # noqa: E402
 from chaosbench.report import actions_table, after_table, messages_table, outcomes_table  # noqa: E402
-from common import machine_line, replace_doc_section, today  # noqa: E402
+from common import machine_line, run_live_bench, today  # noqa: E402
 from failoverbench.report import migrated_ids  # noqa: E402
 from failoverbench.stack import replicated_stack  # noqa: E402
 
@@ -216,15 +215,7 @@ def render(argv: list[str], a: argparse.Namespace, s: Soak, minutes: float) -> t
 
 
 def main(argv: list[str]) -> int:
-    a = parse(argv)
-    start = time.monotonic()
-    with tempfile.TemporaryDirectory() as tmp:
-        result = asyncio.run(soak(a, Path(tmp)))
-    text, passed = render(argv, a, result, (time.monotonic() - start) / 60)
-    print(text)
-    if a.write_docs:
-        replace_doc_section(SECTION, text)
-    return 0 if passed else 1
+    return run_live_bench(argv, SECTION, parse, soak, render)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import datetime as dt
 import os
 import platform
 import re
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -17,6 +21,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 BENCH_DOC = REPO_ROOT / "docs" / "benchmarks.md"
 DOC_TITLE = "# Benchmarks"
+R = TypeVar("R")
 
 
 def unshadow_packages() -> None:
@@ -124,3 +129,25 @@ def replace_doc_section(heading: str, body: str, path: Path = BENCH_DOC) -> None
         text = text.rstrip("\n") + "\n\n" + section
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text.rstrip("\n") + "\n")
+
+
+def run_live_bench(
+    argv: list[str],
+    section: str,
+    parse: Callable[[list[str]], argparse.Namespace],
+    soak: Callable[[argparse.Namespace, Path], Awaitable[R]],
+    render: Callable[[list[str], argparse.Namespace, R, float], tuple[str, bool]],
+) -> int:
+    """The ``main`` of a bench that runs a live stack: ``soak`` in a temporary directory, then
+    ``render`` (the docs section and whether every check passed, given the minutes it took),
+    printed and, with ``--write-docs``, put into ``section`` of docs/benchmarks.md.  Exit 1 when
+    a check failed."""
+    a = parse(argv)
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = asyncio.run(soak(a, Path(tmp)))
+    text, passed = render(argv, a, result, (time.monotonic() - start) / 60)
+    print(text)
+    if a.write_docs:
+        replace_doc_section(section, text)
+    return 0 if passed else 1

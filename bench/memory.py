@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from chaosbench.health import leaks  # noqa: E402
-from common import machine_line, markdown_table, replace_doc_section, today  # noqa: E402
+from common import machine_line, markdown_table, run_live_bench, today  # noqa: E402
 from failoverbench.stack import replicated_stack  # noqa: E402
 from memorybench.mix import KINDS, Mix  # noqa: E402
 from memorybench.rss import Samples  # noqa: E402
@@ -148,15 +147,7 @@ def render(
 
 
 def main(argv: list[str]) -> int:
-    a = parse(argv)
-    start = time.monotonic()
-    with tempfile.TemporaryDirectory() as tmp:
-        result = asyncio.run(soak(a, Path(tmp)))
-    text, passed = render(argv, a, result, (time.monotonic() - start) / 60)
-    print(text)
-    if a.write_docs:
-        replace_doc_section(SECTION, text)
-    return 0 if passed else 1
+    return run_live_bench(argv, SECTION, parse, soak, render)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ class AdapterPager:
         self._loading: dict[str, asyncio.Task[LoraAdapter]] = {}
         self._stale: set[str] = set()  # engine keys to drop as soon as no request uses them
         self._from_disk: set[str] = set()  # engine keys served from a disk copy, not rechecked
+        self._writes: set[asyncio.Task[None]] = set()  # disk copies being written
         self.loads = 0  # adapters fetched from the store
 
     def names(self) -> list[str]:
@@ -121,19 +122,34 @@ class AdapterPager:
         adapter = await asyncio.to_thread(
             parse_adapter, bare, config_bytes, weight_bytes, cfg, max_rank
         )
-        # Only what parsed (a copy that can serve), and not a version an event retired meanwhile.
-        if (
-            self.disk is not None
-            and outcome == "ok"
-            and generation == self._generation.get(name, 0)
-        ):
-            try:
-                await asyncio.to_thread(self.disk.keep, name, version, config_bytes, weight_bytes)
-                if generation != self._generation.get(name, 0):  # an event during the write
-                    await asyncio.to_thread(self.disk.drop, name)
-            except OSError as e:  # a full or read-only disk costs the copy, not the request
-                log.warning("adapter %s: no disk copy kept: %s", name, e)
+        if self.disk is not None and outcome == "ok":  # only what parsed: a copy that can serve
+            # Written beside the request, not before it: a large adapter's write would add to
+            # its page-in.
+            task = asyncio.create_task(
+                self._keep_copy(name, version, config_bytes, weight_bytes, generation)
+            )
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
         return dataclasses.replace(adapter, name=f"{name}@{version}"), outcome
+
+    async def _keep_copy(
+        self, name: str, version: str, config: bytes, weights: bytes, generation: int
+    ) -> None:
+        """Keep the disk copy of a fetched version, unless an event retired it meanwhile."""
+        assert self.disk is not None
+        if generation != self._generation.get(name, 0):
+            return
+        try:
+            await asyncio.to_thread(self.disk.keep, name, version, config, weights)
+            if generation != self._generation.get(name, 0):  # an event during the write
+                await asyncio.to_thread(self.disk.drop, name)
+        except OSError as e:  # a full or read-only disk costs the copy, not the request
+            log.warning("adapter %s: no disk copy kept: %s", name, e)
+
+    async def copies_written(self) -> None:
+        """Wait for the disk copies being written (tests)."""
+        if self._writes:
+            await asyncio.gather(*self._writes)
 
     async def _fetch_or_recall(self, name: str) -> tuple[bytes, bytes, str, str]:
         assert self.fetch is not None

@@ -64,6 +64,7 @@ async def test_a_worker_restarted_while_redis_is_down_serves_its_disk_copies(
         rid = await gw.submit(w, PROMPTS[0], name)
         assert await gw.tokens(rid) == ref("a", PROMPTS[0])
         assert page_ins(w, "ok") == 1
+        await w.pager.copies_written()
         (copy,) = Path(disk).iterdir()
         assert copy.name.endswith(f".v{version}.lpa")
         # held as current while it hears the store's events: its copy stays trusted
@@ -111,6 +112,7 @@ async def test_an_adapter_replaced_while_its_worker_was_away_is_paged_in_again(
     async with h.worker(adapter_disk_cache=disk) as w:
         rid = await gw.submit(w, PROMPTS[0], name)
         assert await gw.tokens(rid) == ref("a", PROMPTS[0])
+        await w.pager.copies_written()
     # While the worker is away: the adapter is replaced (it misses the event), then Redis dies.
     second = await h.register("a2", as_key="a", replace=True)
     assert second > first
@@ -130,6 +132,7 @@ async def test_an_adapter_replaced_while_its_worker_was_away_is_paged_in_again(
         rid = await gw.submit(w, PROMPTS[1], name)
         assert await gw.tokens(rid) == ref("a2", PROMPTS[1])
         assert w.pager.current[name] == f"{name}@{second}"
+        await w.pager.copies_written()
         # the replaced version's copy is gone, the new one kept
         assert [p.name.endswith(f".v{second}.lpa") for p in Path(disk).iterdir()] == [True]
 
@@ -149,11 +152,13 @@ async def test_a_version_retired_during_its_fetch_leaves_no_copy(
         w.pager.invalidate(name)  # what the worker does on the store's change event
         release.set()
         assert await gw.tokens(rid) == ref("a", PROMPTS[0])
+        await w.pager.copies_written()
         assert list(disk.iterdir()) == []
         # the next page-in (of the current generation) keeps its copy
         await idle(w)
         rid = await gw.submit(w, PROMPTS[1], name)
         assert await gw.tokens(rid) == ref("a", PROMPTS[1])
+        await w.pager.copies_written()
         assert len(list(disk.iterdir())) == 1
 
 
