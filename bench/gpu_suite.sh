@@ -17,7 +17,8 @@
 #                                          -> pytest-grid.txt
 # plus suite.md (device, date, versions, each step's exit code and time) and log.txt (the
 # benches' output): 8 files, what the device tool returns at most.  Nothing is installed: the
-# checkout runs from PYTHONPATH with the machine's python3 (torch, triton, transformers, peft).
+# checkout runs from PYTHONPATH (bench/src_tree.py) with the machine's python3 (torch, triton,
+# transformers, peft; no nats-py, redis, fastapi or openai there).
 # Budgets total 530 s (580 s with every step's 10-s kill grace): on the device tool,
 #   run(command="bash bench/gpu_suite.sh $OUT", timeout_s=600)
 # then, here: .venv/bin/python bench/merge_gpu_suite.py <the reply's files_at>
@@ -39,9 +40,12 @@ fi
 mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
 cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD/shared:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && [ "$MODE" != gpu ] && PY=${PYTHON:-.venv/bin/python}
+# The device's python has no install of the project: lay the package out as pyproject maps it
+# (loraplex.tooling is tooling/, ...); PYTHONPATH=shared alone cannot import tests/conftest.py.
+SRC=$("$PY" bench/src_tree.py "${TMPDIR:-/tmp}/loraplex-suite-src-$$") || exit 1
+export PYTHONPATH="$SRC:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
 if [ "$MODE" = gpu ]; then
   ENGINE_ARGS=(--device cuda --dtype bfloat16 --layers 8 --repeats 1 --hf-output-len 32)

@@ -52,6 +52,40 @@ def test_no_output_folder_is_an_error() -> None:
     assert proc.returncode == 2 and "usage" in proc.stderr
 
 
+def test_source_tree_imports_every_mapped_package_without_an_install(tmp_path: Path) -> None:
+    """The device's python has no install of loraplex: the suite imports it from the tree that
+    bench/src_tree.py lays out, which must hold every package pyproject maps (tests/conftest.py
+    imports loraplex.tooling, which PYTHONPATH=shared alone cannot find)."""
+    proc = _run(sys.executable, "bench/src_tree.py", str(tmp_path / "src"))
+    assert proc.returncode == 0, proc.stderr
+    tree = proc.stdout.strip()
+    assert tree == str((tmp_path / "src").resolve())
+    modules = [
+        "loraplex.tooling.servers",
+        "loraplex.worker.runtime",
+        "loraplex.gateway.app",
+        "loraplex.scheduler.service",
+        "loraplex.adapter_store.app",
+        "loraplex.kernels.dispatch",
+    ]
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    print(importlib.util.find_spec(name).origin)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=f"{tree}{os.pathsep}{ROOT}")
+    found = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert found.returncode == 0, found.stderr
+    origins = found.stdout.split()
+    assert len(origins) == len(modules)
+    assert all(origin.startswith(tree) for origin in origins), origins
+    # Rebuilding replaces the tree (a second suite run on the same machine).
+    again = _run(sys.executable, "bench/src_tree.py", tree)
+    assert again.returncode == 0, again.stderr
+
+
 SUITE = """# GPU suite (gpu)
 
 - Date: 2031-02-03 (10:00 UTC)

@@ -39,8 +39,9 @@ def run_interpreted(
         body(tmp_path)
         return
     env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
+    # The caller's path first: on the device it holds the laid-out source tree (bench/src_tree.py).
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT), str(ROOT / "shared"), env.get("PYTHONPATH", "")]
+        [p for p in (env.get("PYTHONPATH", ""), str(ROOT), str(ROOT / "shared")) if p]
     )
     call = f"import {body.__module__} as m; from pathlib import Path; m.{body.__name__}(Path({str(tmp_path)!r}))"
     proc = subprocess.run(

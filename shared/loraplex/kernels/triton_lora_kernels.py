@@ -32,6 +32,10 @@ def _dot(a, b, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr):
 
 # True when TRITON_INTERPRET=1 was set at import: the kernels then run on CPU in the interpreter.
 INTERPRETED = type(_dot).__name__ == "InterpretedFunction"
+if INTERPRETED:
+    from loraplex.kernels import triton_interpreter_compat
+
+    triton_interpreter_compat.patch()
 
 
 @triton.jit
