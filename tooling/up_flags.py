@@ -49,6 +49,7 @@ FORWARDED: dict[str, tuple[str, ...]] = {
     "--fairness": (SCHEDULER,),
     "--prefix-routing": (SCHEDULER,),
     "--prefix-cache-scope": (GATEWAY,),
+    "--tool-call-parser": (GATEWAY,),
     "--rpm-limit": (SCHEDULER,),
     "--gateway-timeout": (SCHEDULER,),
     "--max-queue-wait": (SCHEDULER,),
@@ -114,7 +115,7 @@ def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p, reused, "--max-num-seqs", "--max-loras", "--max-lora-rank", "--num-kv-blocks",
         "--max-model-len", "--max-num-batched-tokens", "--enforce-eager",
         "--enable-prefix-caching", "--fairness", "--prefix-routing", "--prefix-cache-scope",
-        "--rpm-limit", "--gateway-timeout", "--max-queue-wait",
+        "--tool-call-parser", "--rpm-limit", "--gateway-timeout", "--max-queue-wait",
     )  # fmt: skip
     p.add_argument("--nats-url", default=None, help="use this NATS (default: start a nats-server)")
     p.add_argument(

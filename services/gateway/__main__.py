@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             max_lora_rank=args.max_lora_rank,
             adapters_root=args.adapters_root,
             prefix_cache_scope=args.prefix_cache_scope,
+            tool_call_parser=args.tool_call_parser,
         )
         app = create_app(settings)
     except (ValueError, LoraplexError) as e:

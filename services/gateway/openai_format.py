@@ -7,6 +7,7 @@ from typing import Any
 
 from loraplex.gateway.generation import TokenInfo, Usage
 from loraplex.gateway.prepare import Prepared
+from loraplex.gateway.tool_calls import ToolCallStream, parse
 
 DONE = "data: [DONE]\n\n"
 
@@ -68,7 +69,8 @@ class CompletionFormat:
         finish_reason: str | None,
         logprobs: list[TokenInfo] | None = None,
         index: int = 0,
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | None:
+        """One SSE chunk; None when there is nothing to send yet (text held back)."""
         return {**self.head, "choices": [self.choice(index, (text, finish_reason, logprobs))]}
 
     def usage_chunk(self, usage: Usage) -> dict[str, Any]:
@@ -87,6 +89,8 @@ class ChatFormat(CompletionFormat):
     def __init__(self, p: Prepared) -> None:
         super().__init__(p)
         self.chunk_head = {**self.head, "object": "chat.completion.chunk"}
+        self.tool_use = p.tool_use
+        self._tool_streams: dict[int, ToolCallStream] = {}  # per choice, while streaming
 
     def logprobs(self, infos: list[TokenInfo] | None, index: int = 0) -> dict[str, Any] | None:
         if infos is None:
@@ -99,12 +103,25 @@ class ChatFormat(CompletionFormat):
 
     def choice(self, index: int, answer: Answer) -> dict[str, Any]:
         text, finish_reason, logprobs = answer
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if self.tool_use is not None:
+            parsed = parse(text, self.tool_use)
+            message["content"] = parsed.content
+            if parsed.tool_calls:
+                message["tool_calls"] = parsed.tool_calls
+                finish_reason = self._called(finish_reason)
         return {
             "index": index,
-            "message": {"role": "assistant", "content": text},
+            "message": message,
             "logprobs": self.logprobs(logprobs, index),
             "finish_reason": finish_reason,
         }
+
+    def _called(self, finish_reason: str | None) -> str | None:
+        """The finish reason of an answer that called tools: ``tool_calls`` where the model
+        chose to (OpenAI answers a named function's call with ``stop``)."""
+        named = self.tool_use is not None and self.tool_use.choice == "named"
+        return "tool_calls" if finish_reason == "stop" and not named else finish_reason
 
     def first_chunks(self, n: int = 1) -> list[dict[str, Any]]:
         roles = [
@@ -119,8 +136,12 @@ class ChatFormat(CompletionFormat):
         finish_reason: str | None,
         logprobs: list[TokenInfo] | None = None,
         index: int = 0,
-    ) -> dict[str, Any]:
-        delta = {"content": text} if text else {}
+    ) -> dict[str, Any] | None:
+        delta: dict[str, Any] = {"content": text} if text else {}
+        if self.tool_use is not None:
+            delta, finish_reason = self._tool_delta(text, finish_reason, index)
+            if not delta and logprobs is None and finish_reason is None:
+                return None
         choice = {
             "index": index,
             "delta": delta,
@@ -128,6 +149,25 @@ class ChatFormat(CompletionFormat):
             "finish_reason": finish_reason,
         }
         return {**self.chunk_head, "choices": [choice]}
+
+    def _tool_delta(
+        self, text: str, finish_reason: str | None, index: int
+    ) -> tuple[dict[str, Any], str | None]:
+        assert self.tool_use is not None
+        stream = self._tool_streams.setdefault(index, ToolCallStream(self.tool_use))
+        out = stream.feed(text)
+        if finish_reason is not None:
+            rest = stream.finish()
+            out.content += rest.content
+            out.calls += rest.calls
+            if stream.calls_made:
+                finish_reason = self._called(finish_reason)
+        delta: dict[str, Any] = {}
+        if out.content:
+            delta["content"] = out.content
+        if out.calls:
+            delta["tool_calls"] = out.calls
+        return delta, finish_reason
 
     def usage_chunk(self, usage: Usage) -> dict[str, Any]:
         return {**self.chunk_head, "choices": [], "usage": usage.to_json()}

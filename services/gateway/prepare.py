@@ -23,8 +23,10 @@ from loraplex.gateway.schemas import (
     GenerateRequest,
     OnePrompt,
 )
-from loraplex.gateway.structured import structured_outputs
+from loraplex.gateway.structured import Constraint, structured_outputs
+from loraplex.gateway.tools import ToolUse, tool_use
 from loraplex.sampling_params import SamplingParams
+from loraplex.structured_outputs import StructuredOutputsParams
 from loraplex.text.tokenizer import Tokenizer
 
 CHAT_END_TOKEN = "<|im_end|>"
@@ -68,6 +70,7 @@ class Prepared:
     arrival: float
     echo: Echo | None = None
     cache_salt: str = ""  # SubmitRequest.cache_salt: whose cached prefixes it may reuse
+    tool_use: ToolUse | None = None  # chat: the tools its answer may call (tools.py)
 
     def choice(self, index: int) -> Prepared:
         """The request behind choice ``index`` of an ``n`` > 1 request: its own id and, when a
@@ -89,11 +92,16 @@ def special_token_id(tokenizer: Tokenizer, token: str) -> int | None:
 
 class RequestBuilder:
     def __init__(
-        self, tokenizer: Tokenizer, max_model_len: int, prefix_cache_scope: str = "tenant"
+        self,
+        tokenizer: Tokenizer,
+        max_model_len: int,
+        prefix_cache_scope: str = "tenant",
+        tool_call_parser: str = "hermes",
     ) -> None:
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
         self.prefix_cache_scope = prefix_cache_scope
+        self.tool_call_parser = tool_call_parser
         end = special_token_id(tokenizer, CHAT_END_TOKEN)
         # The chat template ends turns with <|im_end|>; generation_config may stop only on </s>.
         self.chat_stop_ids: tuple[int, ...] = (end,) if end is not None else ()
@@ -145,21 +153,23 @@ class RequestBuilder:
             echo = Echo(text, prompt_only=max_tokens == 0)
             if echo.prompt_only:  # one token is generated (the prompt's logits need a step), unseen
                 max_tokens = 1
-        p = self._prepared("cmpl", req, tenant, adapter, ids, max_tokens, "prompt", ())
+        p = await self._prepared("cmpl", req, tenant, adapter, ids, max_tokens, "prompt", ())
         return replace(p, echo=echo)
 
     async def chat(self, req: ChatCompletionRequest, tenant: str, adapter: str | None) -> Prepared:
+        use = tool_use(req.tools, req.tool_choice, req.parallel_tool_calls, self.tool_call_parser)
         messages = req.template_messages()
-        ids = await asyncio.to_thread(self.tokenizer.encode_chat, messages)
+        tools = use.template_tools() if use is not None else None
+        ids = await asyncio.to_thread(self.tokenizer.encode_chat, messages, True, tools)
         if not ids:
             raise InvalidParamError("messages render to an empty prompt", "messages")
         max_tokens = req.max_new_tokens()
         param = "messages"
-        return self._prepared(
-            "chatcmpl", req, tenant, adapter, ids, max_tokens, param, self.chat_stop_ids
+        return await self._prepared(
+            "chatcmpl", req, tenant, adapter, ids, max_tokens, param, self.chat_stop_ids, use
         )
 
-    def _prepared(
+    async def _prepared(
         self,
         kind: str,
         req: GenerateRequest,
@@ -169,9 +179,12 @@ class RequestBuilder:
         max_tokens: int | None,
         prompt_param: str,
         extra_stop_ids: tuple[int, ...],
+        tools: ToolUse | None = None,
     ) -> Prepared:
         budget = self._budget(len(ids), max_tokens, prompt_param)
-        sampling = _sampling(req, budget, extra_stop_ids, self.tokenizer.vocab_size)
+        constraint = _constraint(req, tools)  # its errors name their own field
+        compiled = await constraint.compiled() if constraint is not None else None
+        sampling = _sampling(req, budget, extra_stop_ids, self.tokenizer.vocab_size, compiled)
         return Prepared(
             request_id=f"{kind}-{uuid.uuid4().hex}",
             tenant=tenant,
@@ -182,6 +195,7 @@ class RequestBuilder:
             created=int(time.time()),
             arrival=time.monotonic(),
             cache_salt=self._cache_salt(tenant, req.cache_salt),
+            tool_use=tools,
         )
 
     def _cache_salt(self, tenant: str, client_salt: str | None) -> str:
@@ -237,12 +251,31 @@ def _logit_bias(raw: dict[str, float] | None, vocab: int) -> dict[int, float] | 
     return out
 
 
+def _constraint(req: GenerateRequest, tools: ToolUse | None) -> Constraint | None:
+    """The output constraint: the request's own, or the one its tool choice sets (not both)."""
+    stated = structured_outputs(req)
+    forced_params = tools.constraint() if tools is not None else None
+    forced = None
+    if forced_params is not None:
+        forced = Constraint(forced_params, "tools", "a tool's parameters schema")
+    if stated is not None and forced is not None:
+        raise InvalidParamError(
+            f'tool_choice "{tools.choice}" constrains the output itself; it cannot be combined '  # type: ignore[union-attr]
+            "with response_format, structured_outputs or guided_*",
+            "tool_choice",
+        )
+    return forced or stated
+
+
 def _sampling(
-    req: GenerateRequest, max_tokens: int, extra_stop_ids: tuple[int, ...], vocab: int
+    req: GenerateRequest,
+    max_tokens: int,
+    extra_stop_ids: tuple[int, ...],
+    vocab: int,
+    constraint: StructuredOutputsParams | None,
 ) -> SamplingParams:
     top_k = -1 if req.top_k in (None, 0) else req.top_k
     stop_ids = tuple(dict.fromkeys([*(req.stop_token_ids or []), *extra_stop_ids]))
-    constraint = structured_outputs(req)  # its errors name their own field
     try:
         return SamplingParams(
             max_tokens=max_tokens,

@@ -170,10 +170,14 @@ async def _events(
                 yield DONE
                 return
             else:
+                chunks = []
                 if item.text or item.logprobs:
-                    yield sse(fmt.chunk(item.text, None, item.logprobs, index))
+                    chunks.append(fmt.chunk(item.text, None, item.logprobs, index))
                 if item.finish_reason is not None:
-                    yield sse(fmt.chunk("", item.finish_reason, None, index))
+                    chunks.append(fmt.chunk("", item.finish_reason, None, index))
+                for chunk in chunks:
+                    if chunk is not None:  # None: text held back (a tool call being read)
+                        yield sse(chunk)
     finally:
         for r in readers:
             r.cancel()

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from loraplex.gateway.errors import InvalidParamError
+from loraplex.gateway.tools import template_arguments
 
 Float = Annotated[float, Field(allow_inf_nan=False)]
 Seed = Annotated[int, Field(ge=-(2**63), lt=2**64)]
@@ -127,12 +128,31 @@ class CompletionRequest(GenerateRequest):
         return prompts
 
 
+class ToolCallFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    arguments: str  # JSON text, as the API gave it
+
+
+class MessageToolCall(BaseModel):
+    """A call an earlier assistant turn made (sent back in the conversation)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = None
+    type: str = "function"
+    function: ToolCallFunction
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: str = Field(min_length=1)
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_calls: list[MessageToolCall] | None = None  # an assistant turn's calls
+    tool_call_id: str | None = None  # a "tool" turn: the call it answers
 
     def text(self, index: int) -> str:
         """The message's text; content parts other than text are refused."""
@@ -154,8 +174,10 @@ class ChatCompletionRequest(GenerateRequest):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
-    tools: list[dict[str, Any]] | None = None
+    # Tool calling (tools.py checks them): function tools, "none" / "auto" / "required" / named.
+    tools: list[Any] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
     def check_supported(self) -> None:
         super().check_supported()
@@ -163,8 +185,6 @@ class ChatCompletionRequest(GenerateRequest):
             raise InvalidParamError("top_logprobs needs logprobs=true", "top_logprobs")
         if self.top_logprobs is not None and not 0 <= self.top_logprobs <= 20:
             raise InvalidParamError("top_logprobs must be in [0, 20]", "top_logprobs")
-        if self.tools and self.tool_choice != "none":
-            raise InvalidParamError("tools are not supported", "tools")
 
     def logprobs_count(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
@@ -181,5 +201,19 @@ class ChatCompletionRequest(GenerateRequest):
             msg: dict[str, Any] = {"role": m.role, "content": m.text(i)}
             if m.name:
                 msg["name"] = m.name
+            if m.tool_calls:
+                msg["tool_calls"] = [
+                    {
+                        "id": c.id,
+                        "type": "function",
+                        "function": {
+                            "name": c.function.name,
+                            "arguments": template_arguments(c.function.arguments),
+                        },
+                    }
+                    for c in m.tool_calls
+                ]
+            if m.tool_call_id is not None:
+                msg["tool_call_id"] = m.tool_call_id
             out.append(msg)
         return out

@@ -66,7 +66,10 @@ class GatewayService:
         self.adapters = adapters
         self.metrics = metrics
         self.builder = RequestBuilder(
-            tokenizer, settings.max_model_len, settings.prefix_cache_scope
+            tokenizer,
+            settings.max_model_len,
+            settings.prefix_cache_scope,
+            settings.tool_call_parser,
         )
         # Open requests, sent again to a new scheduler leader (scheduler replicas).
         self.resubmitter = Resubmitter(bus, router, settings.submit_timeout_s)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from loraplex import env
 from loraplex.cli_flags import Flag, flag
+from loraplex.gateway.tools import PARSERS as TOOL_CALL_PARSERS
 from loraplex.model.config import ModelConfig
 
 LOOPBACK_NAMES = ("localhost",)
@@ -61,6 +62,8 @@ class GatewaySettings:
     # lets a tenant learn from its time to first token, or from usage's cached_tokens, whether
     # another tenant sent a prompt: vLLM's cache_salt, set by the platform.
     prefix_cache_scope: str = "tenant"
+    # How chat answers are read for tool calls under tool_choice "auto" (tool_calls.py).
+    tool_call_parser: str = "hermes"
     gateway_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
     def __post_init__(self) -> None:
@@ -84,6 +87,11 @@ class GatewaySettings:
             raise ValueError(
                 f"prefix cache scope must be one of {PREFIX_CACHE_SCOPES}, "
                 f"got {self.prefix_cache_scope!r}"
+            )
+        if self.tool_call_parser not in TOOL_CALL_PARSERS:
+            raise ValueError(
+                f"tool call parser must be one of {TOOL_CALL_PARSERS}, "
+                f"got {self.tool_call_parser!r}"
             )
         if self.tenants_file is None and not is_loopback(self.host):
             raise ValueError(
@@ -116,6 +124,7 @@ class GatewaySettings:
             "metrics_host": env.GATEWAY_METRICS_HOST.get(),
             "metrics_port": env.GATEWAY_METRICS_PORT.get(),
             "prefix_cache_scope": env.PREFIX_CACHE_SCOPE.get(),
+            "tool_call_parser": env.TOOL_CALL_PARSER.get(),
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
         for optional in ("tenants_file", "adapters_root"):
@@ -202,5 +211,13 @@ def flags() -> tuple[Flag, ...]:
             choices=PREFIX_CACHE_SCOPES,
             help="whose cached prompt prefixes a request may reuse: the same tenant's (default) "
             f"or anyone's (shared) [{env.PREFIX_CACHE_SCOPE.name}]",
+        ),
+        flag(
+            "--tool-call-parser",
+            default=None,
+            choices=TOOL_CALL_PARSERS,
+            help="how chat answers are read for tool calls under tool_choice auto: hermes "
+            "(<tool_call> blocks, default) or none (auto is then a 400; required and named "
+            f"functions still work) [{env.TOOL_CALL_PARSER.name}]",
         ),
     )

@@ -5,12 +5,15 @@
 - vLLM ``structured_outputs``: ``{"json" | "regex" | "choice" | "grammar" | "json_object": ...}``;
 - vLLM's older ``guided_json``, ``guided_regex``, ``guided_choice``, ``guided_grammar``.
 
-The constraint is parsed here (no tokenizer needed), so a bad schema, regex or grammar is a 400
-naming its field before anything is queued; workers compile it against the vocabulary.
+The constraint is parsed and compiled here (no tokenizer needed), so a bad schema, regex or
+grammar is a 400 naming its field before anything is queued; workers compile it again against
+the vocabulary.
 """
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from loraplex.errors import InvalidRequestError
@@ -64,8 +67,28 @@ def _stated(req: GenerateRequest) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def structured_outputs(req: GenerateRequest) -> StructuredOutputsParams | None:
-    """The request's constraint, parsed; InvalidParamError names the field that is wrong."""
+@dataclass(frozen=True)
+class Constraint:
+    """A parsed output constraint and the request field that stated it (errors name it)."""
+
+    params: StructuredOutputsParams
+    param: str
+    what: str = ""  # what the constraint is, for its errors ("a tool's parameters schema")
+
+    async def compiled(self) -> StructuredOutputsParams:
+        """The constraint once xgrammar accepts it.  The compile runs in a thread (xgrammar
+        releases the GIL), so a slow one never stalls the gateway's other requests."""
+        try:
+            await asyncio.to_thread(self.params.check)
+        except InvalidRequestError as e:
+            message = f"{self.what} cannot be used: {e}" if self.what else str(e)
+            raise InvalidParamError(message, self.param) from e
+        return self.params
+
+
+def structured_outputs(req: GenerateRequest) -> Constraint | None:
+    """The request's constraint, parsed (not compiled: ``Constraint.compiled``);
+    InvalidParamError names the field that is wrong."""
     stated = _stated(req)
     if not stated:
         return None
@@ -76,8 +99,6 @@ def structured_outputs(req: GenerateRequest) -> StructuredOutputsParams | None:
     if isinstance(args.get("choice"), list):
         args["choice"] = tuple(args["choice"])
     try:
-        params = StructuredOutputsParams(**args)
-        params.check()
+        return Constraint(StructuredOutputsParams(**args), name)
     except (InvalidRequestError, TypeError) as e:
         raise InvalidParamError(str(e), name) from e
-    return params

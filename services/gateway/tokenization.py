@@ -23,14 +23,17 @@ async def tokenize_chat(
     messages: list[dict[str, Any]],
     add_generation_prompt: bool,
     add_special_tokens: bool,
+    tools: list[dict[str, Any]] | None = None,
 ) -> list[int]:
-    """The ids of ``messages`` rendered with the chat template; without ``add_special_tokens``
-    these are the ids the chat route submits."""
+    """The ids of ``messages`` (and ``tools``) rendered with the chat template; without
+    ``add_special_tokens`` these are the ids the chat route submits."""
     if not add_special_tokens:
-        return await asyncio.to_thread(tokenizer.encode_chat, messages, add_generation_prompt)
+        return await asyncio.to_thread(
+            tokenizer.encode_chat, messages, add_generation_prompt, tools
+        )
 
     def render_and_encode() -> list[int]:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt, tools)
         return tokenizer.encode(text, add_special_tokens=True)
 
     return await asyncio.to_thread(render_and_encode)

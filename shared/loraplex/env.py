@@ -172,6 +172,13 @@ PREFIX_CACHE_SCOPE = EnvVar(
     "same tenant's: no tenant can time or count another's prompts) or 'shared' (any, per adapter)",
 )
 
+TOOL_CALL_PARSER = EnvVar(
+    "LORAPLEX_TOOL_CALL_PARSER",
+    "hermes",
+    "gateway: how chat answers are read for tool calls under tool_choice 'auto': 'hermes' "
+    "(<tool_call> JSON blocks: Qwen 2.5/3, Hermes, the demo model) or 'none' ('auto' is then a 400)",
+)
+
 NATIVE = EnvVar(
     "LORAPLEX_NATIVE",
     "auto",
@@ -214,6 +221,7 @@ REGISTRY: tuple[EnvVar, ...] = (
     GATEWAY_METRICS_HOST,
     GATEWAY_METRICS_PORT,
     PREFIX_CACHE_SCOPE,
+    TOOL_CALL_PARSER,
     SCHEDULER_METRICS_HOST,
     SCHEDULER_METRICS_PORT,
     WORKER_METRICS_HOST,

@@ -82,3 +82,43 @@ async def test_bad_constraints_are_400(
     gateway: str, scheduler: FakeScheduler, path: str, body: dict, param: str, says: str
 ) -> None:
     await assert_refused(gateway, scheduler, path, body, param, says)
+
+
+def _nested_arrays(depth: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "array", "items": schema}
+    return schema
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param", "says"),
+    [
+        # xgrammar needs about 46 s for arrays nested 1,000 deep (5 s for 400): refused first
+        (CHAT, chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": _nested_arrays(400)}}), "response_format", "nests too deeply"),
+        (COMPLETIONS, completion(guided_json=json.dumps(_nested_arrays(70))), "guided_json", "nests too deeply"),
+        # deep enough that Python's own json gives up: still a 400, never a 500
+        (COMPLETIONS, completion(guided_json="[" * 100_000 + "]" * 100_000), "guided_json", "invalid json"),
+        (COMPLETIONS, completion(guided_json="[" * 140_000 + "]" * 140_000), "guided_json", "too long"),
+        (COMPLETIONS, completion(guided_regex="a" * 300_000), "guided_regex", "too long"),
+        (CHAT, chat(guided_choice=["x" * 1000] * 300), "guided_choice", "too long"),
+    ],
+)  # fmt: skip
+async def test_constraints_too_costly_to_compile_are_400(
+    gateway: str, scheduler: FakeScheduler, path: str, body: dict, param: str, says: str
+) -> None:
+    await assert_refused(gateway, scheduler, path, body, param, says)
+    # the gateway still answers at once (nothing was left compiling)
+    async with httpx.AsyncClient(base_url=gateway, headers=ALICE, timeout=5) as http:
+        assert (await http.post(CHAT, json=chat())).status_code == 200
+
+
+async def test_a_body_nested_too_deep_to_parse_is_a_400(
+    gateway: str, scheduler: FakeScheduler
+) -> None:
+    body = '{"model": "demo-base", "messages": [{"role": "user", "content": "hi"}], "response_format": '
+    body += "[" * 200_000 + "]" * 200_000 + "}"
+    async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
+        r = await http.post(CHAT, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert "error" in r.json() and scheduler.submits == []

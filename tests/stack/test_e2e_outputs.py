@@ -184,3 +184,43 @@ def test_stop_string_through_the_stack(client, disagg_stack, model_id):
     assert "".join(c.choices[0].text for c in chunks if c.choices) == want.text
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].usage.completion_tokens == len(want.token_ids)
+
+
+PAINT = {
+    "type": "function",
+    "function": {"name": "paint", "description": "Paint the wall", "parameters": SCHEMA},
+}
+
+
+def test_tool_calls_through_the_stack(client, disagg_stack, model_id, loras):
+    """``tool_choice`` "required" and a named function on the real engine: the random model's
+    output, held to the calls' schema by the grammar, always parses into valid calls; streamed,
+    the named call's arguments are the same as whole (greedy)."""
+    messages = [{"role": "user", "content": "paint the wall"}]
+    required = client.chat.completions.create(
+        model=loras[0], messages=messages, tools=[PAINT], tool_choice="required",
+        parallel_tool_calls=False, max_tokens=60, temperature=0,
+    )  # fmt: skip
+    choice = required.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    args = json.loads(call.function.arguments)
+    assert call.function.name == "paint" and call.id.startswith("call_")
+    assert args["pick"] in ("red", "green") and 0 <= args["count"] <= 9
+
+    named = {"type": "function", "function": {"name": "paint"}}
+    kwargs = {
+        "model": model_id, "messages": messages, "tools": [PAINT], "tool_choice": named,
+        "max_tokens": 40, "temperature": 0,
+    }  # fmt: skip
+    whole = client.chat.completions.create(**kwargs).choices[0]
+    assert whole.finish_reason == "stop"
+    arguments = whole.message.tool_calls[0].function.arguments
+    assert set(json.loads(arguments)) == {"pick", "count"}
+    pieces = [
+        d.function.arguments
+        for chunk in client.chat.completions.create(stream=True, **kwargs)
+        for c in chunk.choices
+        for d in c.delta.tool_calls or []
+    ]
+    assert len(pieces) > 1 and "".join(pieces) == arguments  # streamed piece by piece

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from loraplex.text.chat_template import CHATML_WITH_TOOLS
+
 BOS_TOKEN = "<s>"
 EOS_TOKEN = "</s>"
 IM_START = "<|im_start|>"
@@ -19,14 +21,9 @@ IM_START_ID = 2
 IM_END_ID = 3
 
 # Starts with bos like Llama templates: HF's apply_chat_template encodes without
-# special tokens, so the template itself must supply <s>.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+# special tokens, so the template itself must supply <s>.  ChatML, with tools in the Hermes
+# format (what the gateway's default --tool-call-parser reads).
+CHAT_TEMPLATE = "{{ bos_token }}" + CHATML_WITH_TOOLS
 
 _PARAGRAPHS = """\
 The quick brown fox jumps over the lazy dog. A small model can still say many things.

@@ -17,6 +17,7 @@ from loraplex.gateway.errors import InvalidParamError
 from loraplex.gateway.schemas import ChatCompletionRequest, ChatMessage
 from loraplex.gateway.service import GatewayService
 from loraplex.gateway.tokenization import detokenize, token_strings, tokenize_chat, tokenize_text
+from loraplex.gateway.tools import tool_use
 
 router = APIRouter(tags=["tokenization"])
 
@@ -34,6 +35,7 @@ class TokenizeRequest(BaseModel):
     return_token_strs: bool = False
     continue_final_message: bool = False
     chat_template: str | None = None
+    tools: list[Any] | None = None  # rendered with the messages, as the chat route does
 
     def check_supported(self) -> None:
         """Refuse (400) what cannot be honoured instead of ignoring it."""
@@ -73,7 +75,9 @@ async def tokenize(body: TokenizeRequest, tenant: TenantDep, service: ServiceDep
         # the chat route's own rendering of the messages (content parts joined, names kept)
         messages = ChatCompletionRequest.model_construct(messages=body.messages).template_messages()
         special = bool(body.add_special_tokens)
-        ids = await tokenize_chat(tok, messages, body.add_generation_prompt, special)
+        use = tool_use(body.tools, None, None, "hermes")  # checks them as the chat route does
+        tools = use.template_tools() if use is not None else None
+        ids = await tokenize_chat(tok, messages, body.add_generation_prompt, special, tools)
     else:
         assert body.prompt is not None
         special = body.add_special_tokens is not False

@@ -34,8 +34,11 @@ class Tokenizer:
         self.bos_token = _token_text(cfg.get("bos_token"))
         self.eos_token = _token_text(cfg.get("eos_token"))
         template = cfg.get("chat_template")
-        if isinstance(template, list):  # named templates: take "default"
-            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        # Named templates: "default", and "tool_use" for requests with tools (as transformers).
+        self.tool_chat_template: str | None = None
+        if isinstance(template, list):
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template, self.tool_chat_template = named.get("default"), named.get("tool_use")
         jinja_file = root / "chat_template.jinja"
         if template is None and jinja_file.is_file():
             template = jinja_file.read_text()
@@ -57,21 +60,29 @@ class Tokenizer:
         return self._tok.id_to_token(token_id)
 
     def apply_chat_template(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
     ) -> str:
-        """Render messages with the model's template, or ``DEFAULT_CHAT_TEMPLATE`` when it has none."""
+        """Render messages (and the ``tools`` they may call, OpenAI's function specs) with the
+        model's template, or ``DEFAULT_CHAT_TEMPLATE`` when it has none."""
+        template = (tools and self.tool_chat_template) or self.chat_template
         return render_chat(
-            self.chat_template or DEFAULT_CHAT_TEMPLATE,
+            template or DEFAULT_CHAT_TEMPLATE,
             messages,
             add_generation_prompt=add_generation_prompt,
+            tools=tools or None,
             bos_token=self.bos_token or "",
             eos_token=self.eos_token or "",
         )
 
     def encode_chat(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[int]:
         # The template already holds any BOS it wants, as in transformers' apply_chat_template.
-        return self.encode(
-            self.apply_chat_template(messages, add_generation_prompt), add_special_tokens=False
-        )
+        text = self.apply_chat_template(messages, add_generation_prompt, tools)
+        return self.encode(text, add_special_tokens=False)
