@@ -72,13 +72,34 @@ def completion_bodies(models: list[str]) -> st.SearchStrategy[dict[str, Any]]:
     return body(required, {**SAMPLING, "echo": st.booleans(), "logprobs": st.integers(0, 5)})
 
 
+# Tool calling: well-formed tools with small schemas, choices among them and hostile ones.
+TOOL_NAMES = st.sampled_from(["get_weather", "lookup", "a.b-c_1"]) | TEXT
+PARAMETERS = st.sampled_from([
+    {"type": "object", "properties": {"city": {"type": "string", "maxLength": 3}}},
+    {"type": "object", "properties": {"n": {"enum": [1, 2]}}, "required": ["n"]},
+    {"type": "object"}, {}, {"type": "array"}, {"type": 5}, {"$ref": "#/nowhere"},
+])  # fmt: skip
+TOOL = st.fixed_dictionaries(
+    {"type": st.just("function"), "function": st.fixed_dictionaries(
+        {"name": TOOL_NAMES}, optional={"parameters": PARAMETERS, "description": TEXT})},
+)  # fmt: skip
+TOOL_CHOICE = st.sampled_from(["auto", "none", "required", "any"]) | st.fixed_dictionaries(
+    {"type": st.just("function"), "function": st.fixed_dictionaries({"name": TOOL_NAMES})}
+)
+PAST_CALL = st.fixed_dictionaries(
+    {"id": TEXT, "type": st.just("function"), "function": st.fixed_dictionaries(
+        {"name": TEXT, "arguments": st.sampled_from(['{"city": "x"}', "[]", "not json", ""])})},
+)  # fmt: skip
+
+
 def chat_bodies(models: list[str]) -> st.SearchStrategy[dict[str, Any]]:
     part = st.fixed_dictionaries({"type": st.just("text"), "text": TEXT})
     message = st.fixed_dictionaries(
         {
-            "role": st.sampled_from(["user", "system", "assistant"]),
-            "content": TEXT | st.lists(part, max_size=2),
-        }
+            "role": st.sampled_from(["user", "system", "assistant", "tool"]),
+            "content": TEXT | st.lists(part, max_size=2) | st.none(),
+        },
+        optional={"tool_calls": st.lists(PAST_CALL, max_size=2), "tool_call_id": TEXT},
     )
     required = {
         "model": st.sampled_from(models),
@@ -90,6 +111,9 @@ def chat_bodies(models: list[str]) -> st.SearchStrategy[dict[str, Any]]:
         "logprobs": st.just(True),
         "top_logprobs": st.integers(0, 5),
         "max_completion_tokens": SMALL_MAX,
+        "tools": st.lists(TOOL, max_size=3),
+        "tool_choice": TOOL_CHOICE,
+        "parallel_tool_calls": st.booleans(),
     }
     return body(required, extra)  # fmt: skip
 
@@ -104,6 +128,7 @@ def tokenize_bodies(models: list[str]) -> st.SearchStrategy[dict[str, Any]]:
         "model": st.sampled_from(models),
         "add_special_tokens": st.booleans(),
         "return_token_strs": st.booleans(),
+        "tools": st.lists(TOOL, max_size=2),
     }
     return st.tuples(either, body({}, optional)).map(lambda p: {**p[0], **p[1]})  # fmt: skip
 
