@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             adapters_root=args.adapters_root,
             prefix_cache_scope=args.prefix_cache_scope,
             tool_call_parser=args.tool_call_parser,
+            reasoning_parser=args.reasoning_parser,
         )
         app = create_app(settings)
     except (ValueError, LoraplexError) as e:

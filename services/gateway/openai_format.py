@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from loraplex.gateway.chat_answer import AnswerStream, read_answer
 from loraplex.gateway.generation import TokenInfo, Usage
 from loraplex.gateway.prepare import Prepared
-from loraplex.gateway.tool_calls import ToolCallStream, parse
 
 DONE = "data: [DONE]\n\n"
 
@@ -89,8 +89,9 @@ class ChatFormat(CompletionFormat):
     def __init__(self, p: Prepared) -> None:
         super().__init__(p)
         self.chunk_head = {**self.head, "object": "chat.completion.chunk"}
-        self.tool_use = p.tool_use
-        self._tool_streams: dict[int, ToolCallStream] = {}  # per choice, while streaming
+        self.tool_use, self.reasoning_parser = p.tool_use, p.reasoning_parser
+        self.reads = p.tool_use is not None or p.reasoning_parser is not None
+        self._streams: dict[int, AnswerStream] = {}  # per choice, while streaming
 
     def logprobs(self, infos: list[TokenInfo] | None, index: int = 0) -> dict[str, Any] | None:
         if infos is None:
@@ -104,11 +105,13 @@ class ChatFormat(CompletionFormat):
     def choice(self, index: int, answer: Answer) -> dict[str, Any]:
         text, finish_reason, logprobs = answer
         message: dict[str, Any] = {"role": "assistant", "content": text}
-        if self.tool_use is not None:
-            parsed = parse(text, self.tool_use)
-            message["content"] = parsed.content
-            if parsed.tool_calls:
-                message["tool_calls"] = parsed.tool_calls
+        if self.reads:
+            answer = read_answer(text, self.reasoning_parser, self.tool_use)
+            message["content"] = answer.content
+            if answer.reasoning is not None:
+                message["reasoning"] = message["reasoning_content"] = answer.reasoning
+            if answer.tool_calls:
+                message["tool_calls"] = answer.tool_calls
                 finish_reason = self._called(finish_reason)
         return {
             "index": index,
@@ -138,8 +141,8 @@ class ChatFormat(CompletionFormat):
         index: int = 0,
     ) -> dict[str, Any] | None:
         delta: dict[str, Any] = {"content": text} if text else {}
-        if self.tool_use is not None:
-            delta, finish_reason = self._tool_delta(text, finish_reason, index)
+        if self.reads:
+            delta, finish_reason = self._read_delta(text, finish_reason, index)
             if not delta and logprobs is None and finish_reason is None:
                 return None
         choice = {
@@ -150,24 +153,19 @@ class ChatFormat(CompletionFormat):
         }
         return {**self.chunk_head, "choices": [choice]}
 
-    def _tool_delta(
+    def _read_delta(
         self, text: str, finish_reason: str | None, index: int
     ) -> tuple[dict[str, Any], str | None]:
-        assert self.tool_use is not None
-        stream = self._tool_streams.setdefault(index, ToolCallStream(self.tool_use))
-        out = stream.feed(text)
+        """Choice ``index``'s text through its reasoning and tool call reader."""
+        stream = self._streams.get(index)
+        if stream is None:
+            stream = self._streams[index] = AnswerStream(self.reasoning_parser, self.tool_use)
+        piece = stream.feed(text)
         if finish_reason is not None:
-            rest = stream.finish()
-            out.content += rest.content
-            out.calls += rest.calls
+            piece.add(stream.finish())
             if stream.calls_made:
                 finish_reason = self._called(finish_reason)
-        delta: dict[str, Any] = {}
-        if out.content:
-            delta["content"] = out.content
-        if out.calls:
-            delta["tool_calls"] = out.calls
-        return delta, finish_reason
+        return piece.delta(), finish_reason
 
     def usage_chunk(self, usage: Usage) -> dict[str, Any]:
         return {**self.chunk_head, "choices": [], "usage": usage.to_json()}

@@ -71,6 +71,7 @@ class Prepared:
     echo: Echo | None = None
     cache_salt: str = ""  # SubmitRequest.cache_salt: whose cached prefixes it may reuse
     tool_use: ToolUse | None = None  # chat: the tools its answer may call (tools.py)
+    reasoning_parser: str | None = None  # chat: how its answer's thinking is read (reasoning.py)
 
     def choice(self, index: int) -> Prepared:
         """The request behind choice ``index`` of an ``n`` > 1 request: its own id and, when a
@@ -97,11 +98,13 @@ class RequestBuilder:
         max_model_len: int,
         prefix_cache_scope: str = "tenant",
         tool_call_parser: str = "hermes",
+        reasoning_parser: str = "none",
     ) -> None:
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
         self.prefix_cache_scope = prefix_cache_scope
         self.tool_call_parser = tool_call_parser
+        self.reasoning_parser = None if reasoning_parser == "none" else reasoning_parser
         end = special_token_id(tokenizer, CHAT_END_TOKEN)
         # The chat template ends turns with <|im_end|>; generation_config may stop only on </s>.
         self.chat_stop_ids: tuple[int, ...] = (end,) if end is not None else ()
@@ -160,14 +163,18 @@ class RequestBuilder:
         use = tool_use(req.tools, req.tool_choice, req.parallel_tool_calls, self.tool_call_parser)
         messages = req.template_messages()
         tools = use.template_tools() if use is not None else None
-        ids = await asyncio.to_thread(self.tokenizer.encode_chat, messages, True, tools)
+        kwargs = req.template_kwargs()
+        ids = await asyncio.to_thread(self.tokenizer.encode_chat, messages, True, tools, kwargs)
         if not ids:
             raise InvalidParamError("messages render to an empty prompt", "messages")
         max_tokens = req.max_new_tokens()
         param = "messages"
-        return await self._prepared(
+        p = await self._prepared(
             "chatcmpl", req, tenant, adapter, ids, max_tokens, param, self.chat_stop_ids, use
         )
+        # A constrained output follows its grammar from the first token: no thinking to read.
+        thinking = self.reasoning_parser if p.sampling.structured_outputs is None else None
+        return replace(p, reasoning_parser=thinking)
 
     async def _prepared(
         self,

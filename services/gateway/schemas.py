@@ -11,6 +11,7 @@ Strings holding lone surrogates or misplaced NUL never get here (``body_check.py
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -128,6 +129,30 @@ class CompletionRequest(GenerateRequest):
         return prompts
 
 
+TEMPLATE_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+RESERVED_TEMPLATE_VARIABLES = frozenset(
+    {"messages", "tools", "add_generation_prompt", "bos_token", "eos_token", "raise_exception"}
+)
+MAX_TEMPLATE_KWARGS = 32
+
+
+def checked_template_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not kwargs:
+        return None
+    if len(kwargs) > MAX_TEMPLATE_KWARGS:
+        raise InvalidParamError(
+            f"at most {MAX_TEMPLATE_KWARGS} chat_template_kwargs", "chat_template_kwargs"
+        )
+    for name in kwargs:
+        if not TEMPLATE_VARIABLE.match(name) or name in RESERVED_TEMPLATE_VARIABLES:
+            raise InvalidParamError(
+                f"chat_template_kwargs: {name[:64]!r} is not a variable a request may set "
+                "(a name of letters, digits and '_', not one the server sets)",
+                "chat_template_kwargs",
+            )
+    return kwargs
+
+
 class ToolCallFunction(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -178,6 +203,8 @@ class ChatCompletionRequest(GenerateRequest):
     tools: list[Any] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    # vLLM extension: more variables for the chat template (``enable_thinking``: Qwen3)
+    chat_template_kwargs: dict[str, Any] | None = None
 
     def check_supported(self) -> None:
         super().check_supported()
@@ -188,6 +215,10 @@ class ChatCompletionRequest(GenerateRequest):
 
     def logprobs_count(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
+
+    def template_kwargs(self) -> dict[str, Any] | None:
+        """``chat_template_kwargs``, checked: names a template can read, none of its own."""
+        return checked_template_kwargs(self.chat_template_kwargs)
 
     def max_new_tokens(self) -> int | None:
         """``max_completion_tokens`` (newer name) wins over ``max_tokens``; None: fill the context."""

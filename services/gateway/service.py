@@ -70,6 +70,7 @@ class GatewayService:
             settings.max_model_len,
             settings.prefix_cache_scope,
             settings.tool_call_parser,
+            settings.reasoning_parser,
         )
         # Open requests, sent again to a new scheduler leader (scheduler replicas).
         self.resubmitter = Resubmitter(bus, router, settings.submit_timeout_s)

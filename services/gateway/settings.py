@@ -9,6 +9,7 @@ from pathlib import Path
 
 from loraplex import env
 from loraplex.cli_flags import Flag, flag
+from loraplex.gateway.reasoning import PARSERS as REASONING_PARSERS
 from loraplex.gateway.tools import PARSERS as TOOL_CALL_PARSERS
 from loraplex.model.config import ModelConfig
 
@@ -64,6 +65,8 @@ class GatewaySettings:
     prefix_cache_scope: str = "tenant"
     # How chat answers are read for tool calls under tool_choice "auto" (tool_calls.py).
     tool_call_parser: str = "hermes"
+    # How chat answers' thinking is read into message.reasoning (reasoning.py); "none": not read.
+    reasoning_parser: str = "none"
     gateway_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
     def __post_init__(self) -> None:
@@ -92,6 +95,11 @@ class GatewaySettings:
             raise ValueError(
                 f"tool call parser must be one of {TOOL_CALL_PARSERS}, "
                 f"got {self.tool_call_parser!r}"
+            )
+        if self.reasoning_parser not in REASONING_PARSERS:
+            raise ValueError(
+                f"reasoning parser must be one of {REASONING_PARSERS}, "
+                f"got {self.reasoning_parser!r}"
             )
         if self.tenants_file is None and not is_loopback(self.host):
             raise ValueError(
@@ -125,6 +133,7 @@ class GatewaySettings:
             "metrics_port": env.GATEWAY_METRICS_PORT.get(),
             "prefix_cache_scope": env.PREFIX_CACHE_SCOPE.get(),
             "tool_call_parser": env.TOOL_CALL_PARSER.get(),
+            "reasoning_parser": env.REASONING_PARSER.get(),
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
         for optional in ("tenants_file", "adapters_root"):
@@ -219,5 +228,13 @@ def flags() -> tuple[Flag, ...]:
             help="how chat answers are read for tool calls under tool_choice auto: hermes "
             "(<tool_call> blocks, default) or none (auto is then a 400; required and named "
             f"functions still work) [{env.TOOL_CALL_PARSER.name}]",
+        ),
+        flag(
+            "--reasoning-parser",
+            default=None,
+            choices=REASONING_PARSERS,
+            help="read chat answers' <think> part into message.reasoning: deepseek_r1 (the "
+            "answer starts thinking) or qwen3 (when it opens with <think>); default none "
+            f"[{env.REASONING_PARSER.name}]",
         ),
     )

@@ -24,16 +24,19 @@ async def tokenize_chat(
     add_generation_prompt: bool,
     add_special_tokens: bool,
     tools: list[dict[str, Any]] | None = None,
+    template_kwargs: dict[str, Any] | None = None,
 ) -> list[int]:
     """The ids of ``messages`` (and ``tools``) rendered with the chat template; without
     ``add_special_tokens`` these are the ids the chat route submits."""
     if not add_special_tokens:
         return await asyncio.to_thread(
-            tokenizer.encode_chat, messages, add_generation_prompt, tools
+            tokenizer.encode_chat, messages, add_generation_prompt, tools, template_kwargs
         )
 
     def render_and_encode() -> list[int]:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt, tools)
+        text = tokenizer.apply_chat_template(
+            messages, add_generation_prompt, tools, template_kwargs
+        )
         return tokenizer.encode(text, add_special_tokens=True)
 
     return await asyncio.to_thread(render_and_encode)

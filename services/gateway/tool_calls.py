@@ -1,8 +1,9 @@
 """Tool calls out of a chat answer's text, streamed or whole (``tools.py`` has the request side).
 
-One ``ToolCallStream`` per choice is fed the generated text as it arrives and gives back what the
-client may see now: content, and OpenAI ``tool_calls`` deltas.  A whole answer is the same stream
-fed at once (``parse``), so streamed and non-streamed answers always agree.
+One ``ToolCallStream`` per choice is fed the generated text as it arrives (after any reasoning:
+``chat_answer.py``) and gives back what the client may see now: content, and OpenAI
+``tool_calls`` deltas.  A whole answer is the same stream fed at once (``read_answer``), so
+streamed and non-streamed answers always agree.
 
 - ``named``: the text *is* the arguments (generation was constrained to the function's schema);
   its deltas stream as the arguments' pieces.
@@ -166,18 +167,3 @@ class ToolCallStream:
             return
         out.content += self._held_space + text
         self._held_space, self._spoke = "", True
-
-
-@dataclass(frozen=True)
-class ParsedAnswer:
-    content: str | None
-    tool_calls: list[dict[str, Any]]
-
-
-def parse(text: str, use: ToolUse) -> ParsedAnswer:
-    """A whole answer's content and tool calls (in a message: no ``index``)."""
-    stream = ToolCallStream(use)
-    first, last = stream.feed(text), stream.finish()
-    content = first.content + last.content
-    calls = [{k: v for k, v in c.items() if k != "index"} for c in first.calls + last.calls]
-    return ParsedAnswer(None if calls and not content.strip() else content, calls)

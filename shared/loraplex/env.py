@@ -179,6 +179,13 @@ TOOL_CALL_PARSER = EnvVar(
     "(<tool_call> JSON blocks: Qwen 2.5/3, Hermes, the demo model) or 'none' ('auto' is then a 400)",
 )
 
+REASONING_PARSER = EnvVar(
+    "LORAPLEX_REASONING_PARSER",
+    "none",
+    "gateway: how chat answers' thinking is read into message.reasoning: 'none', 'deepseek_r1' "
+    "(the answer starts thinking, until </think>) or 'qwen3' (when it opens with <think>)",
+)
+
 NATIVE = EnvVar(
     "LORAPLEX_NATIVE",
     "auto",
@@ -222,6 +229,7 @@ REGISTRY: tuple[EnvVar, ...] = (
     GATEWAY_METRICS_PORT,
     PREFIX_CACHE_SCOPE,
     TOOL_CALL_PARSER,
+    REASONING_PARSER,
     SCHEDULER_METRICS_HOST,
     SCHEDULER_METRICS_PORT,
     WORKER_METRICS_HOST,

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from loraplex.gateway.chat_answer import read_answer
 from loraplex.gateway.errors import InvalidParamError
-from loraplex.gateway.tool_calls import ToolCallStream, parse
+from loraplex.gateway.tool_calls import ToolCallStream
 from loraplex.gateway.tools import MAX_TOOLS, ToolUse, template_arguments, tool_use
 
 WEATHER = {
@@ -138,7 +139,7 @@ def streamed(text: str, u: ToolUse, cuts: list[int]) -> tuple[str, list[dict[str
 
 
 def whole(text: str, u: ToolUse) -> tuple[str | None, list[tuple[str, Any]]]:
-    got = parse(text, u)
+    got = read_answer(text, None, u)
     calls = [
         (c["function"]["name"], json.loads(c["function"]["arguments"])) for c in got.tool_calls
     ]
@@ -192,8 +193,8 @@ def test_required_reads_the_array_and_named_is_the_arguments() -> None:
     named = use({"type": "function", "function": {"name": "get_weather"}})
     assert whole('{"city": "Rome"}', named) == (None, [("get_weather", {"city": "Rome"})])
     # cut short by max_tokens: the text as content (required), the partial arguments (named)
-    assert parse('[{"name": "get_wea', use("required")).content == '[{"name": "get_wea'
-    assert parse('{"ci', named).tool_calls[0]["function"]["arguments"] == '{"ci'
+    assert read_answer('[{"name": "get_wea', None, use("required")).content == '[{"name": "get_wea'
+    assert read_answer('{"ci', None, named).tool_calls[0]["function"]["arguments"] == '{"ci'
 
 
 @pytest.mark.parametrize("seed", range(200))

@@ -114,6 +114,11 @@ def chat_bodies(models: list[str]) -> st.SearchStrategy[dict[str, Any]]:
         "tools": st.lists(TOOL, max_size=3),
         "tool_choice": TOOL_CHOICE,
         "parallel_tool_calls": st.booleans(),
+        "chat_template_kwargs": st.dictionaries(
+            st.sampled_from(["enable_thinking", "messages", "x-y", "tools"]) | TEXT,
+            HOSTILE,
+            max_size=2,
+        ),
     }
     return body(required, extra)  # fmt: skip
 

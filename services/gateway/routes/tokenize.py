@@ -14,7 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from loraplex.gateway.deps import ServiceDep, TenantDep
 from loraplex.gateway.errors import InvalidParamError
-from loraplex.gateway.schemas import ChatCompletionRequest, ChatMessage
+from loraplex.gateway.schemas import (
+    ChatCompletionRequest,
+    ChatMessage,
+    checked_template_kwargs,
+)
 from loraplex.gateway.service import GatewayService
 from loraplex.gateway.tokenization import detokenize, token_strings, tokenize_chat, tokenize_text
 from loraplex.gateway.tools import tool_use
@@ -36,6 +40,7 @@ class TokenizeRequest(BaseModel):
     continue_final_message: bool = False
     chat_template: str | None = None
     tools: list[Any] | None = None  # rendered with the messages, as the chat route does
+    chat_template_kwargs: dict[str, Any] | None = None
 
     def check_supported(self) -> None:
         """Refuse (400) what cannot be honoured instead of ignoring it."""
@@ -77,7 +82,8 @@ async def tokenize(body: TokenizeRequest, tenant: TenantDep, service: ServiceDep
         special = bool(body.add_special_tokens)
         use = tool_use(body.tools, None, None, "hermes")  # checks them as the chat route does
         tools = use.template_tools() if use is not None else None
-        ids = await tokenize_chat(tok, messages, body.add_generation_prompt, special, tools)
+        kwargs = checked_template_kwargs(body.chat_template_kwargs)
+        ids = await tokenize_chat(tok, messages, body.add_generation_prompt, special, tools, kwargs)
     else:
         assert body.prompt is not None
         special = body.add_special_tokens is not False

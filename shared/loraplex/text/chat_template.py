@@ -78,3 +78,7 @@ def render_chat(template: str, messages: list[dict[str, Any]], **variables: Any)
         return _compile(template).render(messages=messages, **variables)
     except TemplateError as e:
         raise InvalidRequestError(f"chat template rejected the messages: {e}") from e
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError) as e:
+        # A template's own expression failed on what the request sent (a value of another type
+        # in a message or a template variable): the request's fault, not the server's.
+        raise InvalidRequestError(f"chat template failed on the messages: {e}") from e

@@ -64,25 +64,29 @@ class Tokenizer:
         messages: list[dict[str, Any]],
         add_generation_prompt: bool = True,
         tools: list[dict[str, Any]] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
     ) -> str:
         """Render messages (and the ``tools`` they may call, OpenAI's function specs) with the
-        model's template, or ``DEFAULT_CHAT_TEMPLATE`` when it has none."""
+        model's template, or ``DEFAULT_CHAT_TEMPLATE`` when it has none.  ``template_kwargs``
+        are more template variables (vLLM's ``chat_template_kwargs``: ``enable_thinking``...);
+        they never replace these."""
         template = (tools and self.tool_chat_template) or self.chat_template
-        return render_chat(
-            template or DEFAULT_CHAT_TEMPLATE,
-            messages,
+        variables = {k: v for k, v in (template_kwargs or {}).items() if k != "messages"}
+        variables.update(
             add_generation_prompt=add_generation_prompt,
             tools=tools or None,
             bos_token=self.bos_token or "",
             eos_token=self.eos_token or "",
         )
+        return render_chat(template or DEFAULT_CHAT_TEMPLATE, messages, **variables)
 
     def encode_chat(
         self,
         messages: list[dict[str, Any]],
         add_generation_prompt: bool = True,
         tools: list[dict[str, Any]] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
         # The template already holds any BOS it wants, as in transformers' apply_chat_template.
-        text = self.apply_chat_template(messages, add_generation_prompt, tools)
+        text = self.apply_chat_template(messages, add_generation_prompt, tools, template_kwargs)
         return self.encode(text, add_special_tokens=False)
