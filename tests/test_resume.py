@@ -60,6 +60,10 @@ CASES = {
         max_tokens=24,
         structured_outputs=StructuredOutputsParams(regex=REGEX),
     ),
+    # EOS is every step's favourite: min_tokens holds it off, also after a resume
+    "min_tokens": SamplingParams(
+        temperature=1.0, seed=5, max_tokens=12, min_tokens=8, logit_bias={1: 8.0}
+    ),
 }
 
 
@@ -83,6 +87,8 @@ def test_resumed_request_continues_the_uninterrupted_tokens(llm, demo, case, lor
         assert full[:cut] + rest == full, cut
     if case == "grammar":
         assert re.fullmatch(REGEX, engine.tokenizer.decode(full, True))
+    if case == "min_tokens":
+        assert 1 in engine.eos_ids and 1 not in full[:8]
 
 
 def test_a_resumed_request_counts_its_tokens_as_outputs(llm):

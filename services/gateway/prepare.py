@@ -32,6 +32,7 @@ from loraplex.text.tokenizer import Tokenizer
 CHAT_END_TOKEN = "<|im_end|>"
 _SAMPLING_PARAMS = (
     "max_tokens",
+    "min_tokens",
     "temperature",
     "top_p",
     "top_k",
@@ -294,6 +295,7 @@ def _sampling(
             stop=tuple(req.stop_list()),
             stop_token_ids=stop_ids,
             ignore_eos=req.ignore_eos,
+            min_tokens=req.min_tokens or 0,
             presence_penalty=req.presence_penalty or 0.0,
             frequency_penalty=req.frequency_penalty or 0.0,
             repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,

@@ -3,8 +3,9 @@
 ``prompt`` is one prompt (a string or a list of token ids) or, as in vLLM, a batch: a list of
 strings or a list of token-id lists, each prompt its own request (``prepare.py``).  ``n`` is at
 most 16.
-Beyond OpenAI, the vLLM extensions ``top_k``, ``min_p``, ``ignore_eos``, ``repetition_penalty``,
-``stop_token_ids``, ``structured_outputs`` and ``guided_*`` are accepted (see ``structured.py``).
+Beyond OpenAI, the vLLM extensions ``top_k``, ``min_p``, ``ignore_eos``, ``min_tokens``,
+``repetition_penalty``, ``stop_token_ids``, ``structured_outputs`` and ``guided_*`` are accepted
+(see ``structured.py``).
 Types are checked here; ranges (vLLM's) in ``loraplex.sampling_params`` via ``prepare.py``.
 Strings holding lone surrogates or misplaced NUL never get here (``body_check.py``).
 """
@@ -48,6 +49,7 @@ class GenerateRequest(BaseModel):
     stream_options: StreamOptions | None = None
     n: Annotated[int, Field(ge=1, le=16)] = 1  # choices, each generated as its own request
     ignore_eos: bool = False
+    min_tokens: Annotated[int, Field(ge=0, le=2**31)] | None = None  # vLLM extension
     presence_penalty: Float | None = None
     frequency_penalty: Float | None = None
     repetition_penalty: Float | None = None  # vLLM extension

@@ -27,7 +27,9 @@ class SamplingParams:
     -> bias in [-100, 100], added to the logits (logprobs stay the raw model's).  ``seed`` makes a
     request's sampling reproducible whatever else shares its batch.  ``stop`` strings are cut
     from the returned text; ``stop_token_ids`` and the model's EOS end generation (EOS is ignored
-    when ``ignore_eos``).  ``presence_penalty`` and ``frequency_penalty`` (OpenAI, over generated
+    when ``ignore_eos``).  ``min_tokens`` (vLLM) holds off all three until that many tokens were
+    generated: EOS and stop token ids cannot be sampled before, and stop strings are not looked
+    for.  ``presence_penalty`` and ``frequency_penalty`` (OpenAI, over generated
     tokens) and ``repetition_penalty`` (vLLM/HF, over prompt and generated tokens; 1 = off)
     reshape the logits before sampling.  Every error message starts with the field's name.
     """
@@ -52,6 +54,7 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     # Constrain the output to a JSON schema, regex, choice or grammar (see structured_outputs).
     structured_outputs: StructuredOutputsParams | None = None
+    min_tokens: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -61,6 +64,10 @@ class SamplingParams:
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
         if self.max_tokens < 1:
             raise InvalidRequestError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise InvalidRequestError(
+                f"min_tokens must be in [0, max_tokens={self.max_tokens}], got {self.min_tokens}"
+            )
         t = self.temperature
         if not math.isfinite(t) or t < 0:
             raise InvalidRequestError(f"temperature must be >= 0 and finite, got {t}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import openai
 import pytest
 
 from loraplex import SamplingParams
@@ -224,3 +225,26 @@ def test_tool_calls_through_the_stack(client, disagg_stack, model_id, loras):
         for d in c.delta.tool_calls or []
     ]
     assert len(pieces) > 1 and "".join(pieces) == arguments  # streamed piece by piece
+
+
+def test_min_tokens_through_the_stack(client, disagg_stack, model_id, loras):
+    """``min_tokens`` holds EOS off on both workers of the disaggregated path (the prefill worker
+    samples the first token): EOS biased to win every step still comes only after 4 tokens, the
+    offline engine's; more than max_tokens is a 400 naming it."""
+    llm = offline_llm(disagg_stack)
+    end = min(llm.engine.eos_ids)
+    prompt = PROMPTS[3]
+    params = SamplingParams(temperature=0, max_tokens=8, logit_bias={end: 100}, min_tokens=4)
+    want = llm.generate(prompt, params, lora=loras[0])[0]
+    assert len(want.token_ids) == 5 and want.token_ids[-1] == end
+    resp = client.completions.create(
+        model=loras[0], prompt=prompt, max_tokens=8, temperature=0, logit_bias={str(end): 100},
+        extra_body={"min_tokens": 4},
+    )  # fmt: skip
+    assert resp.choices[0].text == want.text and resp.choices[0].finish_reason == "stop"
+    assert resp.usage.completion_tokens == 5
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(
+            model=model_id, prompt=prompt, max_tokens=3, extra_body={"min_tokens": 4}
+        )
+    assert e.value.body["param"] == "min_tokens"

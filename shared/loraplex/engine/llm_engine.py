@@ -281,7 +281,7 @@ class LLMEngine:
         if not seqs:
             return outputs
         gens = [self.requests.generator_for(s) for s in seqs]
-        shaped = self.grammars.mask(apply_penalties(logits, seqs), seqs)
+        shaped = self.grammars.mask(apply_penalties(logits, seqs, self.requests.eos_ids), seqs)
         tokens = sample(shaped, [s.params for s in seqs], gens)
         logprobs = compute_logprobs(logits, seqs, tokens)
         self.last_logits = {

@@ -5,7 +5,8 @@ vLLM semantics), in vLLM's order:
 * repetition (HF / vLLM): every token seen in the prompt or the output has its logit divided by
   the penalty when positive, multiplied by it when negative;
 * presence / frequency (OpenAI): ``logit[t] -= presence * (count[t] > 0) + frequency * count[t]``,
-  with ``count`` over the tokens generated so far.
+  with ``count`` over the tokens generated so far;
+* min_tokens (vLLM): until that many tokens were generated, EOS and the stop token ids get -inf.
 
 An extreme accepted penalty (1e-300 or 1e300) overflows float32, so reshaped rows are clamped to
 the finite range; NaN is left as it is (the sampler never draws it).
@@ -13,9 +14,16 @@ the finite range; NaN is left as it is (the sampler never draws it).
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 
 from loraplex.engine.sequence import Sequence
+
+
+def too_short(seq: Sequence) -> bool:
+    """``seq`` has generated fewer tokens than its ``min_tokens``: it may not stop yet."""
+    return len(seq.output_token_ids) < seq.params.min_tokens
 
 
 def has_penalties(seq: Sequence) -> bool:
@@ -25,12 +33,15 @@ def has_penalties(seq: Sequence) -> bool:
         or p.frequency_penalty != 0
         or p.repetition_penalty != 1
         or p.logit_bias is not None
+        or too_short(seq)
     )
 
 
-def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+def apply_penalties(
+    logits: torch.Tensor, seqs: list[Sequence], eos_ids: Collection[int] = ()
+) -> torch.Tensor:
     """logits: [N, V] fp32, row i for ``seqs[i]`` -> reshaped logits (a new tensor; rows of
-    sequences without bias or penalties are unchanged)."""
+    sequences without bias or penalties are unchanged).  ``eos_ids``: the model's end tokens."""
     rows = [i for i, s in enumerate(seqs) if has_penalties(s)]
     if not rows:
         return logits
@@ -57,4 +68,8 @@ def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
             ).to(row.dtype)
             row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(row.dtype)
         row.clamp_(-limit, limit)
+        if too_short(seq):
+            ends = [t for t in (*p.stop_token_ids, *(() if p.ignore_eos else eos_ids)) if t < vocab]
+            if ends:
+                row[torch.tensor(ends, device=dev)] = float("-inf")
     return out

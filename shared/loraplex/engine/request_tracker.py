@@ -24,6 +24,7 @@ from loraplex.engine.scheduler import Scheduler
 from loraplex.engine.sequence import Sequence
 from loraplex.engine.structured import GrammarConstraints
 from loraplex.kvcache.paged_cache import PagedKVCache
+from loraplex.sampling_params import SamplingParams
 from loraplex.text.detokenizer import IncrementalDetokenizer
 from loraplex.text.tokenizer import Tokenizer
 
@@ -70,11 +71,12 @@ class RequestTracker:
             self._generators[request_id] = torch.Generator(device=self.device)
         detok = IncrementalDetokenizer(
             self.tokenizer,
-            params.stop,
+            params.stop if params.min_tokens <= 1 else (),
             params.skip_special_tokens,
             context_ids=seq.prompt_token_ids,
         )
-        for token in generated:  # replayed so stop strings across the resume point still match
+        for n, token in enumerate(generated, 1):  # replayed: stops across the resume point match
+            _stop_strings_from(detok, params, n)
             detok.append(token)
         self._detok[request_id] = detok
         if generated:
@@ -107,6 +109,7 @@ class RequestTracker:
         detok = self._detok[seq.request_id]
         resumed_text = self._resumed_text.pop(seq.request_id, None)
         text_start = len(detok.text)
+        _stop_strings_from(detok, p, len(seq.output_token_ids))
         text = detok.append(token)
         complete = self.grammars.accept(seq.request_id, token)
         reason, stop_reason = None, None
@@ -156,3 +159,10 @@ class RequestTracker:
             resumed_text=resumed_text,
             full_text=full_text,
         )
+
+
+def _stop_strings_from(detok: IncrementalDetokenizer, params: SamplingParams, n: int) -> None:
+    """Stop strings are looked for from the ``min_tokens``-th generated token on (vLLM): turn
+    them on when token ``n`` (1-based) is that one."""
+    if n == params.min_tokens and params.stop:
+        detok.stop = params.stop

@@ -50,8 +50,11 @@ class IncrementalDetokenizer:
         if self.stop:
             start = max(0, len(self.text) - max(len(s) for s in self.stop))
             window = self.text[start:] + pending
+            old = len(self.text) - start
             for s in self.stop:
-                pos = window.find(s)
+                # Only a match that ends in the new text: stop strings may be turned on late
+                # (min_tokens), and text already shown is not looked at again (vLLM).
+                pos = window.find(s, max(0, old - len(s) + 1))
                 if pos >= 0:
                     cut = start + pos - len(self.text)  # index into pending where the stop begins
                     out = pending[: max(cut, 0)]
