@@ -353,3 +353,22 @@ def test_stop_string_at_the_very_start(tok):
     deltas, det = _stream(tok, ids, stop=("Hel",))
     assert det.stopped == "Hel"
     assert "".join(deltas) == ""
+
+
+def test_include_stop_str_in_output_keeps_the_stop_string(llm, greedy, tok):
+    """vLLM's ``include_stop_str_in_output``: the text runs to the end of the stop string."""
+    text = greedy.text
+    stop = _pick_stop_string(text)
+    params = SamplingParams(
+        temperature=0.0, max_tokens=N, stop=[stop], include_stop_str_in_output=True
+    )
+    out = llm.generate(PROMPT, params)[0]
+    assert (out.finish_reason, out.stop_reason) == ("stop", stop)
+    assert out.text == text[: text.find(stop) + len(stop)]
+    # one stream: spanning two tokens, and inside one token
+    ids, spanning = _boundary_stop(tok, TEXT)
+    deltas, det = _stream(tok, ids, stop=(spanning,), include_stop=True)
+    assert "".join(deltas) == TEXT[: TEXT.find(spanning) + len(spanning)]
+    hello = tok.encode("Hello, world! How are you today?", add_special_tokens=False)
+    deltas, det = _stream(tok, hello, stop=("world",), include_stop=True)
+    assert "".join(deltas) == "Hello, world"

@@ -1,9 +1,9 @@
 """From a validated OpenAI body to what is submitted: prompt token ids + sampling parameters.
 
 Checks, in order: unsupported features, prompt (non-empty, token ids inside the vocabulary),
-context length (``prompt_tokens + max_tokens <= max_model_len``), sampling values (vLLM's ranges,
-``loraplex.sampling_params``; ``logit_bias`` ids inside the vocabulary).  Every failure is an
-``InvalidParamError`` whose ``param`` names the field.
+context length (``prompt_tokens + max_tokens <= max_model_len``), then sampling values and the
+output constraint (``sampling.py``).  Every failure is an ``InvalidParamError`` whose ``param``
+names the field.
 Tokenization and chat templates run in a worker thread so long prompts do not stall the loop.
 """
 
@@ -15,37 +15,19 @@ import uuid
 from dataclasses import dataclass, replace
 
 from loraplex import env
-from loraplex.errors import InvalidRequestError
 from loraplex.gateway.errors import InvalidParamError
+from loraplex.gateway.sampling import request_constraint, sampling_params, truncated
 from loraplex.gateway.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     GenerateRequest,
     OnePrompt,
 )
-from loraplex.gateway.structured import Constraint, structured_outputs
 from loraplex.gateway.tools import ToolUse, tool_use
 from loraplex.sampling_params import SamplingParams
-from loraplex.structured_outputs import StructuredOutputsParams
 from loraplex.text.tokenizer import Tokenizer
 
 CHAT_END_TOKEN = "<|im_end|>"
-_SAMPLING_PARAMS = (
-    "max_tokens",
-    "min_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "seed",
-    "stop",
-    "presence_penalty",
-    "frequency_penalty",
-    "repetition_penalty",
-    "logit_bias",
-    "logprobs",
-    "prompt_logprobs",
-)
 
 
 @dataclass(frozen=True)
@@ -151,9 +133,12 @@ class RequestBuilder:
                 )
         if not ids:
             raise InvalidParamError("prompt must not be empty", "prompt")
+        whole = len(ids)
+        ids = truncated(ids, req.truncate_prompt_tokens)
         max_tokens, echo = req.max_tokens, None
         if req.echo:
-            text = prompt if isinstance(prompt, str) else self.tokenizer.decode(ids)
+            text = prompt if isinstance(prompt, str) and len(ids) == whole else None
+            text = text if text is not None else self.tokenizer.decode(ids)
             echo = Echo(text, prompt_only=max_tokens == 0)
             if echo.prompt_only:  # one token is generated (the prompt's logits need a step), unseen
                 max_tokens = 1
@@ -168,6 +153,7 @@ class RequestBuilder:
         ids = await asyncio.to_thread(self.tokenizer.encode_chat, messages, True, tools, kwargs)
         if not ids:
             raise InvalidParamError("messages render to an empty prompt", "messages")
+        ids = truncated(ids, req.truncate_prompt_tokens)
         max_tokens = req.max_new_tokens()
         param = "messages"
         p = await self._prepared(
@@ -190,9 +176,9 @@ class RequestBuilder:
         tools: ToolUse | None = None,
     ) -> Prepared:
         budget = self._budget(len(ids), max_tokens, prompt_param)
-        constraint = _constraint(req, tools)  # its errors name their own field
+        constraint = request_constraint(req, tools)  # its errors name their own field
         compiled = await constraint.compiled() if constraint is not None else None
-        sampling = _sampling(req, budget, extra_stop_ids, self.tokenizer.vocab_size, compiled)
+        sampling = sampling_params(req, budget, extra_stop_ids, self.tokenizer.vocab_size, compiled)
         return Prepared(
             request_id=f"{kind}-{uuid.uuid4().hex}",
             tenant=tenant,
@@ -240,70 +226,3 @@ class RequestBuilder:
                 "context_length_exceeded",
             )
         return max_tokens
-
-
-def _logit_bias(raw: dict[str, float] | None, vocab: int) -> dict[int, float] | None:
-    """OpenAI's ``logit_bias`` (token id as a decimal string -> bias) with ids in the vocabulary;
-    the bias range and the entry count are SamplingParams' checks."""
-    if not raw:
-        return None
-    out: dict[int, float] = {}
-    for key, bias in raw.items():
-        token = int(key) if key.isascii() and key.isdigit() and len(key) <= 10 else -1
-        if not 0 <= token < vocab:
-            raise InvalidParamError(
-                f"logit_bias key {key!r} is not a token id in the vocabulary (0 to {vocab - 1})",
-                "logit_bias",
-            )
-        out[token] = bias
-    return out
-
-
-def _constraint(req: GenerateRequest, tools: ToolUse | None) -> Constraint | None:
-    """The output constraint: the request's own, or the one its tool choice sets (not both)."""
-    stated = structured_outputs(req)
-    forced_params = tools.constraint() if tools is not None else None
-    forced = None
-    if forced_params is not None:
-        forced = Constraint(forced_params, "tools", "a tool's parameters schema")
-    if stated is not None and forced is not None:
-        raise InvalidParamError(
-            f'tool_choice "{tools.choice}" constrains the output itself; it cannot be combined '  # type: ignore[union-attr]
-            "with response_format, structured_outputs or guided_*",
-            "tool_choice",
-        )
-    return forced or stated
-
-
-def _sampling(
-    req: GenerateRequest,
-    max_tokens: int,
-    extra_stop_ids: tuple[int, ...],
-    vocab: int,
-    constraint: StructuredOutputsParams | None,
-) -> SamplingParams:
-    top_k = -1 if req.top_k in (None, 0) else req.top_k
-    stop_ids = tuple(dict.fromkeys([*(req.stop_token_ids or []), *extra_stop_ids]))
-    try:
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
-            top_k=top_k,
-            min_p=req.min_p or 0.0,
-            seed=req.seed,
-            stop=tuple(req.stop_list()),
-            stop_token_ids=stop_ids,
-            ignore_eos=req.ignore_eos,
-            min_tokens=req.min_tokens or 0,
-            presence_penalty=req.presence_penalty or 0.0,
-            frequency_penalty=req.frequency_penalty or 0.0,
-            repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
-            logit_bias=_logit_bias(req.logit_bias, vocab),
-            logprobs=req.logprobs_count(),
-            prompt_logprobs=req.prompt_logprobs_count(),
-            structured_outputs=constraint,
-        )
-    except InvalidRequestError as e:
-        first = str(e).split(" ", 1)[0]
-        raise InvalidParamError(str(e), first if first in _SAMPLING_PARAMS else None) from e

@@ -4,8 +4,9 @@
 strings or a list of token-id lists, each prompt its own request (``prepare.py``).  ``n`` is at
 most 16.
 Beyond OpenAI, the vLLM extensions ``top_k``, ``min_p``, ``ignore_eos``, ``min_tokens``,
-``repetition_penalty``, ``stop_token_ids``, ``structured_outputs`` and ``guided_*`` are accepted
-(see ``structured.py``).
+``repetition_penalty``, ``stop_token_ids``, ``include_stop_str_in_output``,
+``skip_special_tokens``, ``truncate_prompt_tokens``, ``structured_outputs`` and ``guided_*`` are
+accepted (see ``structured.py``).
 Types are checked here; ranges (vLLM's) in ``loraplex.sampling_params`` via ``prepare.py``.
 Strings holding lone surrogates or misplaced NUL never get here (``body_check.py``).
 """
@@ -50,6 +51,11 @@ class GenerateRequest(BaseModel):
     n: Annotated[int, Field(ge=1, le=16)] = 1  # choices, each generated as its own request
     ignore_eos: bool = False
     min_tokens: Annotated[int, Field(ge=0, le=2**31)] | None = None  # vLLM extension
+    # vLLM extensions: keep the stop string that ended the answer; keep special tokens' text;
+    # keep only the prompt's last k tokens
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    truncate_prompt_tokens: Annotated[int, Field(ge=1, le=2**31)] | None = None
     presence_penalty: Float | None = None
     frequency_penalty: Float | None = None
     repetition_penalty: Float | None = None  # vLLM extension

@@ -55,6 +55,7 @@ class SamplingParams:
     # Constrain the output to a JSON schema, regex, choice or grammar (see structured_outputs).
     structured_outputs: StructuredOutputsParams | None = None
     min_tokens: int = 0
+    include_stop_str_in_output: bool = False  # vLLM: the stop string that ended it stays in
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

@@ -10,6 +10,7 @@ import httpx
 import nats
 import pytest
 
+import loraplex
 from loraplex.protocol import AdapterEvent, Subjects, decode
 from loraplex.text.tokenizer import Tokenizer
 from loraplex.tooling.demo import DemoModelInfo
@@ -299,3 +300,41 @@ async def test_load_lora_adapter_without_adapters_root_or_store(
         assert_error(await client.post(LOAD, json=body), 503, code="store_unavailable")
         assert_error(await client.post(UNLOAD, json={"lora_name": "x"}), 503)
         assert (await client.post("/tokenize", json={"prompt": PROMPT})).status_code == 200
+
+
+async def test_vllm_sampling_extensions_reach_the_scheduler(
+    gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
+) -> None:
+    """``min_tokens``, ``include_stop_str_in_output``, ``skip_special_tokens`` travel in the
+    SUBMIT's sampling; ``truncate_prompt_tokens`` keeps the prompt's last k tokens (echo shows
+    those); ``/version`` answers."""
+    prompt = "Hello, world! How are you today?"
+    ids = tokenizer.encode(prompt)
+    body = {
+        "model": MODEL_ID, "prompt": prompt, "max_tokens": 4, "min_tokens": 2,
+        "include_stop_str_in_output": True, "skip_special_tokens": False,
+        "truncate_prompt_tokens": 3, "echo": True,
+    }  # fmt: skip
+    async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
+        r = await http.post("/v1/completions", json=body)
+        assert r.status_code == 200, r.text
+        sent = scheduler.submits[-1]
+        assert sent.prompt_token_ids == ids[-3:]
+        s = sent.sampling
+        assert (s.min_tokens, s.include_stop_str_in_output, s.skip_special_tokens) == (
+            2,
+            True,
+            False,
+        )
+        assert r.json()["choices"][0]["text"].startswith(tokenizer.decode(ids[-3:]))
+        chat = {
+            "model": MODEL_ID,
+            "messages": [{"role": "user", "content": prompt}],
+            "truncate_prompt_tokens": 2,
+        }
+        assert (await http.post("/v1/chat/completions", json=chat)).status_code == 200
+        assert len(scheduler.submits[-1].prompt_token_ids) == 2
+        bad = await http.post("/v1/completions", json={**body, "truncate_prompt_tokens": 0})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "truncate_prompt_tokens"
+        version = await http.get("/version")
+        assert version.status_code == 200 and version.json() == {"version": loraplex.__version__}

@@ -8,6 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from loraplex import __version__
 from loraplex.gateway.deps import ServiceDep
 from loraplex.gateway.errors import error_body
 
@@ -17,6 +18,11 @@ router = APIRouter(tags=["health"])
 @router.get("/health", summary="Liveness")
 async def health() -> dict[str, str]:
     return {"status": "ok"}
+
+
+@router.get("/version", summary="The server's version (vLLM)")
+async def version() -> dict[str, str]:
+    return {"version": __version__}
 
 
 @router.get("/ready", summary="Readiness: NATS connected and workers that can serve")

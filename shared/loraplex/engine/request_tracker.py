@@ -74,6 +74,7 @@ class RequestTracker:
             params.stop if params.min_tokens <= 1 else (),
             params.skip_special_tokens,
             context_ids=seq.prompt_token_ids,
+            include_stop=params.include_stop_str_in_output,
         )
         for n, token in enumerate(generated, 1):  # replayed: stops across the resume point match
             _stop_strings_from(detok, params, n)

@@ -10,7 +10,8 @@ class IncrementalDetokenizer:
 
     Decodes a short window (from ``prefix`` to the end) and emits only what extends the already
     emitted text, holding back incomplete UTF-8 sequences (shown as U+FFFD) until they complete.
-    When a stop string appears, the text is cut before it and ``stopped`` is set.
+    When a stop string appears, the text is cut before it (after it with ``include_stop``) and
+    ``stopped`` is set.
     """
 
     def __init__(
@@ -19,9 +20,11 @@ class IncrementalDetokenizer:
         stop: tuple[str, ...] = (),
         skip_special_tokens: bool = True,
         context_ids: list[int] | None = None,
+        include_stop: bool = False,
     ) -> None:
         self.tok = tokenizer
         self.stop = stop
+        self.include_stop = include_stop  # keep the stop string that matched in the text
         self.skip = skip_special_tokens
         # Start with a few prompt tokens as context so the first output token decodes with the
         # right leading space (byte-level and SentencePiece tokenizers depend on it).
@@ -57,7 +60,7 @@ class IncrementalDetokenizer:
                 pos = window.find(s, max(0, old - len(s) + 1))
                 if pos >= 0:
                     cut = start + pos - len(self.text)  # index into pending where the stop begins
-                    out = pending[: max(cut, 0)]
+                    out = pending[: cut + len(s) if self.include_stop else max(cut, 0)]
                     self.text += out
                     self._held = ""
                     self.stopped = s
