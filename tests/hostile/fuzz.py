@@ -61,6 +61,8 @@ SAMPLING: dict[str, st.SearchStrategy] = {
     "stream_options": st.just({"include_usage": True}),
     "response_format": st.sampled_from([{"type": "json_object"}, {"type": "text"}]),
     "guided_choice": st.lists(TEXT, min_size=1, max_size=3), "guided_regex": st.sampled_from(["[a-z]+", "(ab|cd)*", "\\d{1,3}"]),
+    "min_tokens": st.integers(0, 6), "include_stop_str_in_output": st.booleans(),
+    "skip_special_tokens": st.booleans(), "truncate_prompt_tokens": st.integers(1, 8),
 }  # fmt: skip
 
 
