@@ -25,7 +25,7 @@ from loraplex.gateway.heartbeat import beating
 from loraplex.gateway.limits import BodyLimitMiddleware
 from loraplex.gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
 from loraplex.gateway.metrics_server import metrics_listener
-from loraplex.gateway.routes import completions, health, models, tokenize, vllm_adapters
+from loraplex.gateway.routes import completions, health, models, tgi, tokenize, vllm_adapters
 from loraplex.gateway.routes.adapters import adapter_router
 from loraplex.gateway.service import GatewayService
 from loraplex.gateway.settings import GatewaySettings
@@ -122,6 +122,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(adapter_router(registration is not None))
     app.include_router(vllm_adapters.router)
     app.include_router(tokenize.router)
+    app.include_router(tgi.router)
     app.include_router(health.router)
     # inside the body limit: reads bodies the limit already bounded
     app.add_middleware(BodyCheckMiddleware, max_bytes=settings.max_body_bytes)

@@ -42,6 +42,7 @@ class TextDelta:
     text: str
     finish_reason: str | None = None  # set on the last delta of a generation
     logprobs: list[TokenInfo] | None = None  # tokens shown since the previous delta (if asked)
+    token_ids: tuple[int, ...] = ()  # the completion's tokens since the previous delta
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class Generation:
         self._closed = False
         self.logprobs: list[TokenInfo] | None = None  # every shown token's, when asked for
         self._pending: list[TokenInfo] = []  # tokens whose text has not been shown yet
+        self._pending_ids: list[int] = []  # ids of the tokens since the last delta given out
         self._echo = echo  # shown before the first generated text, then None
         self._prompt_ids = prompt_ids
         self._prompt_only = echo is not None and echo.prompt_only
@@ -200,6 +202,7 @@ class Generation:
         logprobs = msg.logprobs[skip:] if msg.logprobs is not None else None
         self._observe_latency(len(token_ids))
         self.completion_tokens += len(token_ids)
+        self._pending_ids += token_ids
         if logprobs is not None:
             self._pending += map(self._token_info, logprobs[: len(token_ids)])
         text = echoed + self._new_text(msg)
@@ -211,8 +214,14 @@ class Generation:
             self.completion_tokens = max(self.completion_tokens, msg.completion_tokens)
             self._done = self.upstream_done = True
             self.finish_reason = self.outcome = msg.finish_reason
-            return TextDelta(text, self.finish_reason, self._take_logprobs())
-        return TextDelta(text, None, self._take_logprobs()) if text else None
+            return TextDelta(text, self.finish_reason, self._take_logprobs(), self._take_ids())
+        if not text:
+            return None
+        return TextDelta(text, None, self._take_logprobs(), self._take_ids())
+
+    def _take_ids(self) -> tuple[int, ...]:
+        taken, self._pending_ids = tuple(self._pending_ids), []
+        return taken
 
     def _new_text(self, msg: TokenDelta) -> str:
         """The part of ``msg.text`` past what was received: a replay (``text_start`` 0 again)

@@ -125,6 +125,35 @@ def chat_bodies(models: list[str]) -> st.SearchStrategy[dict[str, Any]]:
     return body(required, extra)  # fmt: skip
 
 
+def tgi_bodies(models: list[str]) -> st.SearchStrategy[dict[str, Any]]:
+    """LoRAX / TGI ``/generate`` bodies: ``inputs`` and ``parameters``."""
+    optional = {
+        "adapter_id": st.sampled_from(models) | TEXT,
+        "adapter_source": st.sampled_from(["hub", "local", "s3"]),
+        "do_sample": st.booleans(),
+        "temperature": st.floats(0.01, 2),
+        "top_p": st.floats(0.01, 1),
+        "top_k": st.integers(-1, 50),
+        "repetition_penalty": st.floats(0.01, 2),
+        "seed": st.integers(0, 2**64 - 1),
+        "stop": st.lists(TEXT, max_size=2),
+        "truncate": st.integers(1, 8),
+        "return_full_text": st.booleans(),
+        "details": st.booleans(),
+        "best_of": st.integers(1, 2),
+        "typical_p": st.sampled_from([None, 1.0, 0.5]),
+        "grammar": st.sampled_from(
+            [
+                {"type": "json", "value": {"type": "object"}},
+                {"type": "regex", "value": "[a-z]+"},
+                {"type": "x"},
+            ]
+        ),
+    }
+    parameters = body({"max_new_tokens": SMALL_MAX}, optional)
+    return body({"inputs": TEXT.filter(str.strip), "parameters": parameters}, {"stream": st.booleans()})  # fmt: skip
+
+
 def tokenize_bodies(models: list[str]) -> st.SearchStrategy[dict[str, Any]]:
     message = st.fixed_dictionaries({"role": st.just("user"), "content": TEXT})
     either = st.one_of(
@@ -225,10 +254,23 @@ def judge(r: httpx.Response) -> str | None:
             assert isinstance(err["message"], str) and isinstance(err["type"], str)
         except Exception:
             return f"{r.status_code} without an OpenAI error body: {r.text[:200]}"
-    elif r.headers.get("content-type", "").startswith("text/event-stream") and not (
-        r.text.rstrip().endswith("data: [DONE]")
-    ):
-        return f"stream did not end with [DONE]: {r.text[-200:]}"
+    elif r.headers.get("content-type", "").startswith("text/event-stream"):
+        if r.request.url.path in ("/", "/generate", "/generate_stream"):
+            return _tgi_stream_problem(r.text)
+        if not r.text.rstrip().endswith("data: [DONE]"):
+            return f"stream did not end with [DONE]: {r.text[-200:]}"
+    return None
+
+
+def _tgi_stream_problem(text: str) -> str | None:
+    """A TGI stream ends with an event that has ``generated_text``, or with an ``error`` one."""
+    events = [e for e in text.split("\n\n") if e.strip()]
+    try:
+        last = json.loads(events[-1][len("data:") :])
+    except (IndexError, ValueError):
+        return f"TGI stream without a last event: {text[-200:]}"
+    if last.get("generated_text") is None and not last.get("error"):
+        return f"TGI stream did not end with generated_text: {text[-200:]}"
     return None
 
 
@@ -254,7 +296,7 @@ FUZZ_SETTINGS = settings(
 def route_plans(
     hs: HostileStack, template: AdapterFiles
 ) -> list[tuple[str, int, st.SearchStrategy[Probe]]]:
-    """(route, examples, strategy of probes) for every fuzzed route; about 600 probes in all."""
+    """(route, examples, strategy of probes) for every fuzzed route; about 660 probes in all."""
     models = [hs.model_id, *hs.demo_adapters[:2], "no-such-model"]
     non_finite = st.none() | st.none() | st.none() | NON_FINITE
 
@@ -304,6 +346,8 @@ def route_plans(
         ("chat", 100, as_json("chat", "/v1/chat/completions", chat_bodies(models))),
         ("tokenize", 60, as_json("tokenize", "/tokenize", tokenize_bodies(models))),
         ("detokenize", 40, as_json("detokenize", "/detokenize", detokenize_bodies(models))),
+        ("generate", 40, as_json("generate", "/generate", tgi_bodies(models))),
+        ("generate_stream", 20, as_json("generate_stream", "/generate_stream", tgi_bodies(models))),
         ("adapters path", 40, as_json("adapters path", "/v1/adapters", registration_bodies())),
         ("load_lora_adapter", 30, as_json("load_lora_adapter", "/v1/load_lora_adapter", load_lora_bodies())),
         ("adapters multipart", 100, st.builds(upload, config_edits(), NAMES | ANY_TEXT)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import openai
 import pytest
 
@@ -248,3 +249,25 @@ def test_min_tokens_through_the_stack(client, disagg_stack, model_id, loras):
             model=model_id, prompt=prompt, max_tokens=3, extra_body={"min_tokens": 4}
         )
     assert e.value.body["param"] == "min_tokens"
+
+
+def test_lorax_generate_through_the_stack(disagg_stack, loras):
+    """LoRAX's ``/generate`` (greedy unless asked to sample) with an adapter: the offline
+    engine's tokens, each with its logprob; ``/generate_stream`` gives the same text."""
+    llm = offline_llm(disagg_stack)
+    prompt_text = "The quick brown fox"
+    prompt = llm.tokenizer.encode(prompt_text)
+    want = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=6), lora=loras[0])[0]
+    base = disagg_stack.urls["gateway"]
+    params = {"adapter_id": loras[0], "max_new_tokens": 6, "details": True}
+    out = httpx.post(
+        f"{base}/generate", json={"inputs": prompt_text, "parameters": params}, timeout=30
+    ).json()
+    assert [t["id"] for t in out["details"]["tokens"]] == want.token_ids
+    assert out["generated_text"] == want.text
+    assert all(t["logprob"] <= 0 for t in out["details"]["tokens"])
+    streamed = httpx.post(
+        f"{base}/generate_stream", json={"inputs": prompt_text, "parameters": params}, timeout=30
+    )
+    lines = [json.loads(x[len("data:") :]) for x in streamed.text.split("\n\n") if x.strip()]
+    assert lines[-1]["generated_text"] == out["generated_text"]

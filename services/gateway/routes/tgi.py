@@ -1,0 +1,140 @@
+"""``POST /generate`` and ``POST /generate_stream``: LoRAX's and TGI's native API (``tgi.py``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from functools import cache
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.responses import Response
+
+from loraplex.errors import LoraplexError
+from loraplex.gateway.deps import ServiceDep, TenantDep
+from loraplex.gateway.errors import InvalidParamError, classify
+from loraplex.gateway.generation import Generation
+from loraplex.gateway.peer import PeerProbe, still_connected
+from loraplex.gateway.responder import SSEResponse, until_disconnected
+from loraplex.gateway.service import GatewayService
+from loraplex.gateway.tgi import (
+    TGIRequest,
+    finish_reason,
+    renamed,
+    stream_events,
+    to_completion,
+    tokens,
+)
+from loraplex.model.config import ModelConfig
+
+router = APIRouter(tags=["LoRAX / TGI"])
+
+
+@cache
+def _ends(model_dir: str) -> frozenset[int]:
+    return frozenset(ModelConfig.from_dir(model_dir).eos_token_ids)
+
+
+def _token_kinds(service: GatewayService) -> tuple[frozenset[int], frozenset[int]]:
+    """(EOS ids, special ids): what ended an answer, and which tokens TGI marks special."""
+    tok = service.tokenizer
+    eos = _ends(service.settings.model_dir) | {t for t in (tok.eos_token_id,) if t is not None}
+    return eos, eos | {t for t in (tok.bos_token_id,) if t is not None}
+
+
+@router.post("/", summary="Generate text, streamed when the body says so (TGI)")
+async def generate_root(
+    body: TGIRequest, tenant: TenantDep, service: ServiceDep, request: Request
+) -> Response:
+    # huggingface_hub's InferenceClient(base_url).text_generation posts here
+    return await _answer(body, tenant.name, service, request, body.stream)
+
+
+@router.post("/generate", summary="Generate text (LoRAX / TGI)")
+async def generate(
+    body: TGIRequest, tenant: TenantDep, service: ServiceDep, request: Request
+) -> Response:
+    return await _answer(body, tenant.name, service, request, body.stream)
+
+
+@router.post("/generate_stream", summary="Generate text as server-sent events (LoRAX / TGI)")
+async def generate_stream(
+    body: TGIRequest, tenant: TenantDep, service: ServiceDep, request: Request
+) -> Response:
+    return await _answer(body, tenant.name, service, request, True)
+
+
+async def _answer(
+    body: TGIRequest, tenant: str, service: GatewayService, request: Request, stream: bool
+) -> Response:
+    try:
+        completion = to_completion(body, service.settings.model_id)
+        prompts = await service.prepare_completion(completion, tenant)
+    except InvalidParamError as e:
+        raise renamed(e) from e
+    (gen,) = await service.start_choices(prompts, 1, still_connected(request.scope))
+    probe = PeerProbe.from_scope(request.scope)
+    try:
+        first = await until_disconnected(request.receive, gen.next(), probe)
+        if not stream:
+            text = await until_disconnected(request.receive, gen.collect(first), probe)
+            return JSONResponse(_whole(body, service, gen, text))
+    except BaseException:
+        await gen.aclose()
+        raise
+    return SSEResponse(_events(body, service, gen, first), gen.aclose)
+
+
+def _details(service: GatewayService, gen: Generation, ids: list[int]) -> dict[str, Any]:
+    eos, _ = _token_kinds(service)
+    reason = finish_reason(gen.finish_reason, ids[-1] if ids else None, eos)
+    return {"finish_reason": reason, "generated_tokens": gen.completion_tokens, "seed": None}
+
+
+def _whole(body: TGIRequest, service: GatewayService, gen: Generation, text: str) -> dict:
+    head = body.inputs if body.parameters.return_full_text else ""
+    out: dict[str, Any] = {"generated_text": head + text}
+    if body.parameters.details:
+        ids = gen.received_token_ids or []
+        _, special = _token_kinds(service)
+        toks = tokens(ids, "", gen.logprobs, special)
+        for t in toks:  # whole answers: each token's own text, as TGI gives it
+            t["text"] = service.tokenizer.decode([t["id"]], False)
+        out["details"] = {
+            **_details(service, gen, ids),
+            "seed": body.parameters.seed,
+            "prefill": [],
+            "tokens": toks,
+        }
+    return out
+
+
+def _sse(data: dict[str, Any]) -> str:
+    return f"data:{json.dumps(data, separators=(',', ':'), ensure_ascii=False)}\n\n"
+
+
+async def _events(
+    body: TGIRequest, service: GatewayService, gen: Generation, delta: Any
+) -> AsyncIterator[str]:
+    _, special = _token_kinds(service)
+    head = body.inputs if body.parameters.return_full_text else ""
+    text, ids, index = head, [], 0
+    try:
+        while delta is not None:
+            events = stream_events(delta, index, special)
+            index += len(events)
+            text += delta.text
+            ids += delta.token_ids
+            if delta.finish_reason is not None:
+                events[-1]["generated_text"] = text
+                events[-1]["details"] = {
+                    **_details(service, gen, ids),
+                    "seed": body.parameters.seed,
+                }
+            for event in events:
+                yield _sse(event)
+            delta = await gen.next()
+    except LoraplexError as e:
+        error = classify(e)[1]["error"]
+        yield _sse({"error": error["message"], "error_type": error["type"]})

@@ -1,0 +1,183 @@
+"""LoRAX's (and text-generation-inference's) native API: ``POST /generate`` and
+``/generate_stream``, for ``lorax-client``, ``huggingface_hub``'s ``text_generation`` and scripts
+written against LoRAX.
+
+A body ``{"inputs": ..., "parameters": {"adapter_id": ..., "max_new_tokens": ...}}`` becomes a
+completion request (``to_completion``) and goes through everything an OpenAI completion does
+(tenants, fairness, checks).  ``adapter_id`` names an adapter registered with this server (there
+is no download: ``adapter_source`` may only be omitted, ``hub`` or ``local``).  TGI samples only
+with ``do_sample`` (or a temperature, top-p or top-k); otherwise it is greedy.  Refused with a
+400 rather than ignored: ``best_of`` > 1, ``decoder_input_details``, ``watermark`` and
+``typical_p``.  Constraints: TGI's ``grammar`` (``{"type": "json" | "regex", "value": ...}``) and
+LoRAX's ``response_format`` (``{"type": "json_object", "schema": ...}``).
+Answers carry ``details`` (finish reason as TGI names it, token ids, texts and logprobs); a stream
+sends one event per token and ends with ``generated_text`` and ``details``, without
+``[DONE]``.  Plain Python over pydantic bodies.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from loraplex.gateway.errors import InvalidParamError
+from loraplex.gateway.generation import TextDelta, TokenInfo
+from loraplex.gateway.schemas import CompletionRequest, Float, Seed
+
+DEFAULT_MAX_NEW_TOKENS = 20  # LoRAX's
+SOURCES = (None, "hub", "local")
+# Completion fields -> the TGI names a client sent, for the ``param`` of errors.
+PARAM_NAMES = {"prompt": "inputs", "model": "parameters.adapter_id"} | {
+    k: f"parameters.{v}"
+    for k, v in {
+        "max_tokens": "max_new_tokens", "truncate_prompt_tokens": "truncate",
+        "guided_json": "grammar", "guided_regex": "grammar", "response_format": "response_format",
+        "temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "seed": "seed",
+        "repetition_penalty": "repetition_penalty", "frequency_penalty": "frequency_penalty",
+        "stop": "stop",
+    }.items()
+}  # fmt: skip
+
+
+class TGIParameters(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    adapter_id: str | None = None
+    adapter_source: str | None = None
+    max_new_tokens: Annotated[int, Field(ge=1, le=2**31)] | None = None
+    do_sample: bool = False
+    temperature: Float | None = None
+    top_p: Float | None = None
+    top_k: Annotated[int, Field(ge=-1, le=2**31)] | None = None
+    repetition_penalty: Float | None = None
+    frequency_penalty: Float | None = None
+    seed: Seed | None = None
+    stop: list[str] = Field(default_factory=list)
+    truncate: Annotated[int, Field(ge=1, le=2**31)] | None = None
+    return_full_text: bool = False
+    details: bool = False
+    decoder_input_details: bool = False
+    best_of: int | None = None
+    typical_p: Float | None = None
+    watermark: bool = False
+    grammar: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+
+class TGIRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: str = Field(min_length=1)
+    parameters: TGIParameters = Field(default_factory=TGIParameters)
+    stream: bool = False
+
+
+def _refuse_unsupported(p: TGIParameters) -> None:
+    if p.adapter_source not in SOURCES:
+        raise InvalidParamError(
+            f"adapter_source {p.adapter_source!r} is not supported: adapters are registered with "
+            "this server (POST /v1/adapters) and named by adapter_id",
+            "parameters.adapter_source",
+        )
+    for name, unsupported in (
+        ("best_of", p.best_of not in (None, 1)),
+        ("decoder_input_details", p.decoder_input_details),
+        ("watermark", p.watermark),
+        ("typical_p", p.typical_p not in (None, 1.0)),
+    ):
+        if unsupported:
+            raise InvalidParamError(f"{name} is not supported", f"parameters.{name}")
+
+
+def _constraint(p: TGIParameters) -> dict[str, Any]:
+    if p.grammar is not None:
+        kind, value = p.grammar.get("type"), p.grammar.get("value")
+        if kind == "json" and isinstance(value, (dict, str)):
+            return {"guided_json": value}
+        if kind == "regex" and isinstance(value, str):
+            return {"guided_regex": value}
+        raise InvalidParamError(
+            'grammar must be {"type": "json", "value": schema} or {"type": "regex", "value": ...}',
+            "parameters.grammar",
+        )
+    if p.response_format is not None:
+        schema = p.response_format.get("schema")
+        if p.response_format.get("type") != "json_object" or not isinstance(schema, dict | None):
+            raise InvalidParamError(
+                'response_format must be {"type": "json_object", "schema": {...}}',
+                "parameters.response_format",
+            )
+        if schema is None:
+            return {"response_format": {"type": "json_object"}}
+        return {"response_format": {"type": "json_schema", "json_schema": {"schema": schema}}}
+    return {}
+
+
+def to_completion(req: TGIRequest, base_model: str) -> CompletionRequest:
+    """The completion request a TGI body means (per-token logprobs always: ``details``)."""
+    p = req.parameters
+    _refuse_unsupported(p)
+    samples = p.do_sample or any(v is not None for v in (p.temperature, p.top_p, p.top_k))
+    fields: dict[str, Any] = {
+        "model": p.adapter_id or base_model,
+        "prompt": req.inputs,
+        "max_tokens": p.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+        "temperature": (1.0 if p.temperature is None else p.temperature) if samples else 0.0,
+        "top_p": p.top_p,
+        "top_k": p.top_k,
+        "seed": p.seed,
+        "stop": p.stop or None,
+        "repetition_penalty": p.repetition_penalty,
+        "frequency_penalty": p.frequency_penalty,
+        "truncate_prompt_tokens": p.truncate,
+        "logprobs": 0,
+        **_constraint(p),
+    }
+    return CompletionRequest(**fields)
+
+
+def renamed(e: InvalidParamError) -> InvalidParamError:
+    """An error about a completion field, naming the TGI field the client sent."""
+    name = PARAM_NAMES.get(e.param or "", e.param)
+    return InvalidParamError(str(e).replace(f"{e.param} ", f"{name} ", 1), name, e.code)
+
+
+def finish_reason(reason: str | None, last_token: int | None, eos_ids: frozenset[int]) -> str:
+    """TGI's names: ``length``, ``eos_token`` or ``stop_sequence``."""
+    if reason == "length":
+        return "length"
+    return "eos_token" if last_token in eos_ids else "stop_sequence"
+
+
+def tokens(
+    ids: tuple[int, ...] | list[int],
+    text: str,
+    infos: list[TokenInfo] | None,
+    special: frozenset[int],
+) -> list[dict[str, Any]]:
+    """One TGI token per id; the ids' text goes on the last (a delta's text can lag its
+    tokens, so it is not split between them)."""
+    out = []
+    for i, token_id in enumerate(ids):
+        info = infos[i] if infos is not None and i < len(infos) else None
+        out.append(
+            {
+                "id": token_id,
+                "text": text if i == len(ids) - 1 else "",
+                "logprob": info.logprob if info is not None else None,
+                "special": token_id in special,
+            }
+        )
+    return out
+
+
+def stream_events(delta: TextDelta, index: int, special: frozenset[int]) -> list[dict[str, Any]]:
+    """The events of one delta: one per token (a final delta with no token gets one, id -1)."""
+    toks = tokens(delta.token_ids, delta.text, delta.logprobs, special) or [
+        {"id": -1, "text": delta.text, "logprob": None, "special": False}
+    ]
+    return [
+        {"index": index + i, "token": t, "generated_text": None, "details": None}
+        for i, t in enumerate(toks)
+    ]

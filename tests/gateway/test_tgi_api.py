@@ -1,0 +1,164 @@
+"""LoRAX's and TGI's native API (``/generate``, ``/generate_stream``, ``/``) with real clients:
+``huggingface_hub``'s ``InferenceClient.text_generation`` and lorax-client's request shapes over
+httpx.  The fake scheduler plays the model (tests/gateway/conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+from huggingface_hub import InferenceClient
+
+from loraplex.text.tokenizer import Tokenizer
+from loraplex.tooling.demo import EOS_TOKEN_ID
+from tests.gateway.conftest import ALICE, ALICE_KEY, REPLY_TEXT, FakeScheduler, Plan
+from tests.gateway.test_errors import assert_error
+
+PROMPT = "Hello, world! How are you today?"
+
+
+def plan(scheduler: FakeScheduler, ids: list[int], finish: str = "length") -> None:
+    scheduler.plan = lambda _: Plan(tokens=ids, chunk=2, finish_reason=finish)
+
+
+def events(raw: str) -> list[dict[str, Any]]:
+    lines = [line for line in raw.split("\n\n") if line.strip()]
+    assert all(line.startswith("data:") for line in lines), raw  # and no [DONE]
+    return [json.loads(line[len("data:") :]) for line in lines]
+
+
+async def test_generate_with_details(
+    gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
+) -> None:
+    ids = tokenizer.encode(REPLY_TEXT, add_special_tokens=False)
+    plan(scheduler, ids)
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": len(ids), "details": True}}
+    async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
+        r = await http.post("/generate", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["generated_text"] == REPLY_TEXT
+    details = out["details"]
+    assert details["finish_reason"] == "length" and details["generated_tokens"] == len(ids)
+    assert [t["id"] for t in details["tokens"]] == ids
+    assert "".join(t["text"] for t in details["tokens"]) == REPLY_TEXT
+    assert not any(t["special"] for t in details["tokens"])
+    sent = scheduler.submits[-1]
+    assert sent.sampling.temperature == 0 and sent.sampling.max_tokens == len(ids)  # greedy
+    assert sent.sampling.logprobs == 0  # each token's logprob, for details
+    assert sent.adapter is None
+
+
+async def test_sampling_and_finish_reasons(
+    gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
+) -> None:
+    ids = tokenizer.encode(" Yes.", add_special_tokens=False)
+    async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
+        plan(scheduler, [*ids, EOS_TOKEN_ID], "stop")
+        params = {"do_sample": True, "temperature": 0.7, "top_k": 5, "seed": 9, "details": True,
+                  "return_full_text": True, "stop": ["zz"], "truncate": 4}  # fmt: skip
+        r = await http.post("/generate", json={"inputs": PROMPT, "parameters": params})
+        assert r.status_code == 200, r.text
+        s = scheduler.submits[-1].sampling
+        assert (s.temperature, s.top_k, s.seed, s.stop) == (0.7, 5, 9, ("zz",))
+        assert len(scheduler.submits[-1].prompt_token_ids) == 4
+        out = r.json()
+        assert out["generated_text"].startswith(PROMPT + " Yes.")
+        assert out["details"]["finish_reason"] == "eos_token" and out["details"]["seed"] == 9
+        assert out["details"]["tokens"][-1]["special"]
+        plan(scheduler, tokenizer.encode(" Stop here", add_special_tokens=False), "stop")
+        r = await http.post("/generate", json={"inputs": PROMPT, "parameters": {"details": True}})
+        assert r.json()["details"]["finish_reason"] == "stop_sequence"
+        assert "details" not in (await http.post("/generate", json={"inputs": PROMPT})).json()
+
+
+async def test_generate_stream_events_add_up(
+    gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
+) -> None:
+    ids = tokenizer.encode(REPLY_TEXT, add_special_tokens=False)
+    plan(scheduler, ids)
+    async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
+        r = await http.post(
+            "/generate_stream", json={"inputs": PROMPT, "parameters": {"max_new_tokens": 32}}
+        )
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    got = events(r.text)
+    assert [e["token"]["id"] for e in got] == ids
+    assert [e["index"] for e in got] == list(range(len(ids)))
+    assert "".join(e["token"]["text"] for e in got) == REPLY_TEXT
+    assert all(e["generated_text"] is None for e in got[:-1])
+    assert got[-1]["generated_text"] == REPLY_TEXT
+    assert got[-1]["details"]["finish_reason"] == "length"
+
+
+async def test_huggingface_hub_text_generation(
+    gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
+) -> None:
+    """The official client of TGI endpoints, streamed and not (it posts to ``/``)."""
+    ids = tokenizer.encode(REPLY_TEXT, add_special_tokens=False)
+    plan(scheduler, ids)
+    client = InferenceClient(base_url=gateway, api_key=ALICE_KEY, timeout=10)
+
+    def run() -> tuple[Any, list[Any]]:
+        whole = client.text_generation(PROMPT, max_new_tokens=32, details=True)
+        streamed = list(
+            client.text_generation(PROMPT, max_new_tokens=32, stream=True, details=True)
+        )
+        return whole, streamed
+
+    whole, streamed = await asyncio.to_thread(run)
+    assert whole.generated_text == REPLY_TEXT
+    assert whole.details.finish_reason == "length" and len(whole.details.tokens) == len(ids)
+    assert "".join(s.token.text for s in streamed) == REPLY_TEXT
+    assert streamed[-1].generated_text == REPLY_TEXT
+
+
+async def test_an_adapter_id_is_a_registered_adapter_name(
+    gateway: str, scheduler: FakeScheduler
+) -> None:
+    body = {"inputs": PROMPT, "parameters": {"adapter_id": "org/not-registered"}}
+    async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
+        assert_error(await http.post("/generate", json=body), 404)
+    assert scheduler.submits == []
+
+
+@pytest.mark.parametrize(
+    ("parameters", "param"),
+    [
+        ({"best_of": 2}, "parameters.best_of"),
+        ({"watermark": True}, "parameters.watermark"),
+        ({"decoder_input_details": True}, "parameters.decoder_input_details"),
+        ({"typical_p": 0.5}, "parameters.typical_p"),
+        ({"adapter_source": "s3"}, "parameters.adapter_source"),
+        ({"grammar": {"type": "xml", "value": "x"}}, "parameters.grammar"),
+        ({"grammar": {"type": "json", "value": {"type": "no-such"}}}, "parameters.grammar"),
+        ({"response_format": {"type": "text"}}, "parameters.response_format"),
+        ({"max_new_tokens": 0}, "parameters.max_new_tokens"),
+        ({"max_new_tokens": 10**6}, "inputs"),  # the context is too short for it
+        ({"do_sample": True, "temperature": -1}, "parameters.temperature"),
+    ],
+)
+async def test_refusals_name_the_tgi_field(
+    gateway: str, scheduler: FakeScheduler, parameters: dict, param: str
+) -> None:
+    async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
+        r = await http.post("/generate", json={"inputs": PROMPT, "parameters": parameters})
+    assert_error(r, 400, param=param)
+    assert scheduler.submits == []
+
+
+async def test_a_stream_that_fails_ends_with_a_tgi_error_event(
+    gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
+) -> None:
+    ids = tokenizer.encode(REPLY_TEXT, add_special_tokens=False)
+    scheduler.plan = lambda _: Plan(tokens=ids, chunk=2, finish_reason=None, error=(500, "boom"))
+    async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
+        r = await http.post(
+            "/generate_stream", json={"inputs": PROMPT, "parameters": {"max_new_tokens": 32}}
+        )
+    got = events(r.text)
+    assert got[-1]["error"] and got[-1]["error_type"]
+    assert "".join(e["token"]["text"] for e in got[:-1]) == REPLY_TEXT
