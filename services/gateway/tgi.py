@@ -7,8 +7,9 @@ completion request (``to_completion``) and goes through everything an OpenAI com
 (tenants, fairness, checks).  ``adapter_id`` names an adapter registered with this server (there
 is no download: ``adapter_source`` may only be omitted, ``hub`` or ``local``).  TGI samples only
 with ``do_sample`` (or a temperature, top-p or top-k); otherwise it is greedy.  Refused with a
-400 rather than ignored: ``best_of`` > 1, ``decoder_input_details``, ``watermark`` and
-``typical_p``.  Constraints: TGI's ``grammar`` (``{"type": "json" | "regex", "value": ...}``) and
+400 rather than ignored: ``best_of`` > 1, ``decoder_input_details``, ``watermark``,
+``typical_p``, and LoRAX's ``merged_adapters`` and ``return_k_alternatives``.  LoRAX's
+``ignore_eos_token`` is honoured; ``api_token`` is ignored (nothing is downloaded).  Constraints: TGI's ``grammar`` (``{"type": "json" | "regex", "value": ...}``) and
 LoRAX's ``response_format`` (``{"type": "json_object", "schema": ...}``).
 Answers carry ``details`` (finish reason as TGI names it, token ids, texts and logprobs); a stream
 sends one event per token and ends with ``generated_text`` and ``details``, without
@@ -45,6 +46,10 @@ class TGIParameters(BaseModel):
 
     adapter_id: str | None = None
     adapter_source: str | None = None
+    merged_adapters: dict[str, Any] | None = None  # LoRAX: refused (one adapter per request)
+    api_token: str | None = None  # LoRAX: for downloads, which this server does not do
+    ignore_eos_token: bool = False  # LoRAX
+    return_k_alternatives: int | None = None  # LoRAX: refused
     max_new_tokens: Annotated[int, Field(ge=1, le=2**31)] | None = None
     do_sample: bool = False
     temperature: Float | None = None
@@ -81,6 +86,8 @@ def _refuse_unsupported(p: TGIParameters) -> None:
             "parameters.adapter_source",
         )
     for name, unsupported in (
+        ("merged_adapters", p.merged_adapters is not None),
+        ("return_k_alternatives", p.return_k_alternatives not in (None, 0)),
         ("best_of", p.best_of not in (None, 1)),
         ("decoder_input_details", p.decoder_input_details),
         ("watermark", p.watermark),
@@ -131,6 +138,7 @@ def to_completion(req: TGIRequest, base_model: str) -> CompletionRequest:
         "repetition_penalty": p.repetition_penalty,
         "frequency_penalty": p.frequency_penalty,
         "truncate_prompt_tokens": p.truncate,
+        "ignore_eos": p.ignore_eos_token,
         "logprobs": 0,
         **_constraint(p),
     }

@@ -43,6 +43,7 @@ async def test_generate_with_details(
     assert out["generated_text"] == REPLY_TEXT
     details = out["details"]
     assert details["finish_reason"] == "length" and details["generated_tokens"] == len(ids)
+    assert details["prompt_tokens"] == len(tokenizer.encode(PROMPT))  # LoRAX's field
     assert [t["id"] for t in details["tokens"]] == ids
     assert "".join(t["text"] for t in details["tokens"]) == REPLY_TEXT
     assert not any(t["special"] for t in details["tokens"])
@@ -125,9 +126,29 @@ async def test_an_adapter_id_is_a_registered_adapter_name(
     assert scheduler.submits == []
 
 
+async def test_the_root_route_answers_a_list_as_tgi_does(
+    gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
+) -> None:
+    """lorax-client's ``generate`` posts to ``/`` and reads ``payload[0]``."""
+    plan(scheduler, tokenizer.encode(REPLY_TEXT, add_special_tokens=False))
+    body = {
+        "inputs": PROMPT,
+        "parameters": {"max_new_tokens": 32, "ignore_eos_token": True},
+        "stream": False,
+    }
+    async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
+        r = await http.post("/", json=body)
+        assert r.status_code == 200 and r.json()[0]["generated_text"] == REPLY_TEXT
+        assert scheduler.submits[-1].sampling.ignore_eos
+        streamed = await http.post("/", json={**body, "stream": True})
+        assert events(streamed.text)[-1]["generated_text"] == REPLY_TEXT
+
+
 @pytest.mark.parametrize(
     ("parameters", "param"),
     [
+        ({"merged_adapters": {"ids": ["a", "b"]}}, "parameters.merged_adapters"),
+        ({"return_k_alternatives": 3}, "parameters.return_k_alternatives"),
         ({"best_of": 2}, "parameters.best_of"),
         ({"watermark": True}, "parameters.watermark"),
         ({"decoder_input_details": True}, "parameters.decoder_input_details"),

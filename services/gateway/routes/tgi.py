@@ -47,8 +47,9 @@ def _token_kinds(service: GatewayService) -> tuple[frozenset[int], frozenset[int
 async def generate_root(
     body: TGIRequest, tenant: TenantDep, service: ServiceDep, request: Request
 ) -> Response:
-    # huggingface_hub's InferenceClient(base_url).text_generation posts here
-    return await _answer(body, tenant.name, service, request, body.stream)
+    # lorax-client and huggingface_hub's InferenceClient post here; not streamed, the answer is
+    # a list of one (TGI's compatibility route)
+    return await _answer(body, tenant.name, service, request, body.stream, as_list=True)
 
 
 @router.post("/generate", summary="Generate text (LoRAX / TGI)")
@@ -66,7 +67,12 @@ async def generate_stream(
 
 
 async def _answer(
-    body: TGIRequest, tenant: str, service: GatewayService, request: Request, stream: bool
+    body: TGIRequest,
+    tenant: str,
+    service: GatewayService,
+    request: Request,
+    stream: bool,
+    as_list: bool = False,
 ) -> Response:
     try:
         completion = to_completion(body, service.settings.model_id)
@@ -79,7 +85,8 @@ async def _answer(
         first = await until_disconnected(request.receive, gen.next(), probe)
         if not stream:
             text = await until_disconnected(request.receive, gen.collect(first), probe)
-            return JSONResponse(_whole(body, service, gen, text))
+            whole = _whole(body, service, gen, text)
+            return JSONResponse([whole] if as_list else whole)
     except BaseException:
         await gen.aclose()
         raise
@@ -89,7 +96,12 @@ async def _answer(
 def _details(service: GatewayService, gen: Generation, ids: list[int]) -> dict[str, Any]:
     eos, _ = _token_kinds(service)
     reason = finish_reason(gen.finish_reason, ids[-1] if ids else None, eos)
-    return {"finish_reason": reason, "generated_tokens": gen.completion_tokens, "seed": None}
+    return {
+        "finish_reason": reason,
+        "prompt_tokens": gen.prompt_tokens,
+        "generated_tokens": gen.completion_tokens,
+        "seed": None,
+    }
 
 
 def _whole(body: TGIRequest, service: GatewayService, gen: Generation, text: str) -> dict:
