@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from loraplex.text.detokenizer import tail_overlap
+
 OPEN, CLOSE = "<think>", "</think>"
 PARSERS = ("none", "deepseek_r1", "qwen3")
 
@@ -29,14 +31,6 @@ class Split:
 
     reasoning: str = ""
     content: str = ""
-
-
-def _tag_prefix(text: str, tag: str) -> int:
-    """Length of the longest end of ``text`` that is a proper start of ``tag``."""
-    for n in range(min(len(text), len(tag) - 1), 0, -1):
-        if tag.startswith(text[-n:]):
-            return n
-    return 0
 
 
 class ReasoningStream:
@@ -71,7 +65,7 @@ class ReasoningStream:
             elif self._state == "thinking":
                 at = self._text.find(CLOSE)
                 if at < 0:
-                    keep = 0 if final else _tag_prefix(self._text, CLOSE)
+                    keep = 0 if final else tail_overlap(self._text, CLOSE)
                     out.reasoning += self._text[: len(self._text) - keep]
                     self._text = self._text[len(self._text) - keep :]
                     return out

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loraplex.gateway.tools import ToolUse
+from loraplex.text.detokenizer import tail_overlap
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 
@@ -54,14 +55,6 @@ class Out:
 
     def __bool__(self) -> bool:
         return bool(self.content or self.calls)
-
-
-def _held_prefix(text: str, tag: str) -> int:
-    """Length of the longest end of ``text`` that is a proper start of ``tag``."""
-    for n in range(min(len(text), len(tag) - 1), 0, -1):
-        if tag.startswith(text[-n:]):
-            return n
-    return 0
 
 
 class ToolCallStream:
@@ -125,7 +118,7 @@ class ToolCallStream:
             if not self._inside:
                 at = self._text.find(OPEN)
                 if at < 0:
-                    keep = 0 if final else _held_prefix(self._text, OPEN)
+                    keep = 0 if final else tail_overlap(self._text, OPEN)
                     self._content(out, self._text[: len(self._text) - keep])
                     self._text = self._text[len(self._text) - keep :]
                     return out

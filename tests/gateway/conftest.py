@@ -14,12 +14,13 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
 import pytest
+from openai import AsyncOpenAI
 
 from loraplex.gateway.app import create_app
 from loraplex.gateway.peer import GatewayH11Protocol
@@ -276,3 +277,13 @@ async def register_adapter(http, path: Path, name: str, headers: dict[str, str],
     return await http.post(
         "/v1/adapters", data={"name": name, **form}, files=files, headers=headers
     )
+
+
+@asynccontextmanager
+async def openai_client(url: str) -> AsyncIterator[AsyncOpenAI]:
+    """An ``AsyncOpenAI`` client of the gateway at ``url`` as alice, closed afterwards."""
+    client = AsyncOpenAI(base_url=f"{url}/v1", api_key=ALICE_KEY, max_retries=0, timeout=10)
+    try:
+        yield client
+    finally:
+        await client.close()

@@ -12,7 +12,14 @@ import pytest
 from openai import AsyncOpenAI
 
 from loraplex.text.tokenizer import Tokenizer
-from tests.gateway.conftest import ALICE, ALICE_KEY, MODEL_ID, FakeScheduler, GatewayFactory, Plan
+from tests.gateway.conftest import (
+    ALICE,
+    MODEL_ID,
+    FakeScheduler,
+    GatewayFactory,
+    Plan,
+    openai_client,
+)
 from tests.gateway.test_errors import CHAT, assert_refused
 
 MESSAGES = [{"role": "user", "content": "Is 9.11 more than 9.8?"}]
@@ -27,9 +34,8 @@ async def gateway(gateway_factory: GatewayFactory) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def oai(gateway: str) -> AsyncIterator[AsyncOpenAI]:
-    client = AsyncOpenAI(base_url=f"{gateway}/v1", api_key=ALICE_KEY, max_retries=0, timeout=10)
-    yield client
-    await client.close()
+    async with openai_client(gateway) as client:
+        yield client
 
 
 def says(scheduler: FakeScheduler, tokenizer: Tokenizer, text: str) -> None:

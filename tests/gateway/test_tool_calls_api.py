@@ -14,21 +14,18 @@ import pytest
 from openai import AsyncOpenAI, BadRequestError
 
 from loraplex.text.tokenizer import Tokenizer
-from tests.gateway.conftest import ALICE, ALICE_KEY, MODEL_ID, FakeScheduler, GatewayFactory, Plan
+from tests.gateway.conftest import (
+    ALICE,
+    ALICE_KEY,
+    MODEL_ID,
+    FakeScheduler,
+    GatewayFactory,
+    Plan,
+    openai_client,
+)
 from tests.gateway.test_errors import CHAT, assert_refused
+from tests.gateway.test_tool_calls import WEATHER
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 MESSAGES = [{"role": "user", "content": "Weather in Paris?"}]
 ANSWER = (
     'Checking.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
@@ -43,9 +40,8 @@ async def gateway(gateway_factory: GatewayFactory) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def oai(gateway: str) -> AsyncIterator[AsyncOpenAI]:
-    client = AsyncOpenAI(base_url=f"{gateway}/v1", api_key=ALICE_KEY, max_retries=0, timeout=10)
-    yield client
-    await client.close()
+    async with openai_client(gateway) as client:
+        yield client
 
 
 def says(scheduler: FakeScheduler, tokenizer: Tokenizer, text: str, chunk: int = 1) -> None:

@@ -66,7 +66,7 @@ class IncrementalDetokenizer:
                     self.stopped = s
                     return out
             # Hold back a tail that could still grow into a stop string.
-            hold = max((_overlap(pending, s) for s in self.stop), default=0)
+            hold = max((tail_overlap(pending, s) for s in self.stop), default=0)
             out, self._held = pending[: len(pending) - hold], pending[len(pending) - hold :]
         else:
             out = pending
@@ -90,8 +90,9 @@ class IncrementalDetokenizer:
         return out
 
 
-def _overlap(text: str, stop: str) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of ``stop``."""
+def tail_overlap(text: str, stop: str) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of ``stop``: what to
+    hold back of a stream that may still grow into ``stop`` (a stop string, a tag)."""
     for n in range(min(len(text), len(stop) - 1), 0, -1):
         if stop.startswith(text[-n:]):
             return n
