@@ -82,13 +82,13 @@ class AnswerStream:
 
 
 @dataclass(frozen=True)
-class Answer:
+class ReadAnswer:
     reasoning: str | None  # None: the answer did not think (or no parser)
     content: str | None
     tool_calls: list[dict[str, Any]]
 
 
-def read_answer(text: str, reasoning_parser: str | None, tool_use: ToolUse | None) -> Answer:
+def read_answer(text: str, reasoning_parser: str | None, tool_use: ToolUse | None) -> ReadAnswer:
     """A whole answer; tool calls as a message holds them (no ``index``)."""
     stream = AnswerStream(reasoning_parser, tool_use)
     piece = stream.feed(text).add(stream.finish())
@@ -96,4 +96,4 @@ def read_answer(text: str, reasoning_parser: str | None, tool_use: ToolUse | Non
     content: str | None = piece.content
     if (calls and not piece.content.strip()) or (stream.thought and not piece.content):
         content = None
-    return Answer(piece.reasoning if stream.thought else None, content, calls)
+    return ReadAnswer(piece.reasoning if stream.thought else None, content, calls)

@@ -106,12 +106,12 @@ class ChatFormat(CompletionFormat):
         text, finish_reason, logprobs = answer
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if self.reads:
-            answer = read_answer(text, self.reasoning_parser, self.tool_use)
-            message["content"] = answer.content
-            if answer.reasoning is not None:
-                message["reasoning"] = message["reasoning_content"] = answer.reasoning
-            if answer.tool_calls:
-                message["tool_calls"] = answer.tool_calls
+            read = read_answer(text, self.reasoning_parser, self.tool_use)
+            message["content"] = read.content
+            if read.reasoning is not None:
+                message["reasoning"] = message["reasoning_content"] = read.reasoning
+            if read.tool_calls:
+                message["tool_calls"] = read.tool_calls
                 finish_reason = self._called(finish_reason)
         return {
             "index": index,

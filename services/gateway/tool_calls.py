@@ -102,7 +102,7 @@ class ToolCallStream:
             items = None
         if not isinstance(items, list) or not items:
             return Out(content=text)  # cut short (max_tokens): what there is, as content
-        calls = []
+        calls: list[dict[str, Any]] = []
         for item in items if self.use.parallel else items[:1]:
             if not isinstance(item, dict) or item.get("name") not in self.use.names:
                 return Out(content=text)
