@@ -262,3 +262,35 @@ def test_adapter_scaling_matches_merged_weights(demo, prompt_ids: torch.Tensor, 
         rtol=1e-4,
         atol=1e-4,
     )
+
+
+def test_chat_template_with_tools_renders_as_transformers_does(demo, tokenizer) -> None:
+    """The demo template's Hermes tools block, past calls and tool results: loraplex's renderer
+    (a sandbox with transformers' ``tojson``) gives transformers' text, character for character,
+    with characters jinja's own ``tojson`` would escape (<, >, &, ', non-ASCII)."""
+    from loraplex.text.tokenizer import Tokenizer
+
+    tools = [
+        {"type": "function", "function": {"name": "get_weather", "description": "Weather <now> & 'here', Zürich",
+         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+        {"type": "function", "function": {"name": "get_time"}},
+    ]  # fmt: skip
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Zürich?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Zürich"}}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny <21 C>"},
+    ]  # fmt: skip
+    ours = Tokenizer(demo.model_dir)
+    for gen_prompt in (True, False):
+        want = tokenizer.apply_chat_template(
+            messages, tools=tools, tokenize=False, add_generation_prompt=gen_prompt
+        )
+        assert ours.apply_chat_template(messages, gen_prompt, tools) == want
+        assert "<tools>" in want and "<tool_response>" in want and "Zürich" in want
+    # without tools the same template is plain ChatML
+    plain = [messages[0], messages[1]]
+    assert ours.apply_chat_template(plain, True, None) == tokenizer.apply_chat_template(
+        plain, tokenize=False, add_generation_prompt=True
+    )
