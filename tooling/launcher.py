@@ -93,6 +93,19 @@ async def _register_demo_adapters(redis_url: str, adapters: list, owner: str) ->
         await store.close()
 
 
+async def _register_lora_modules(
+    args: argparse.Namespace, model: str, redis_url: str, owner: str
+) -> list[str]:
+    from loraplex import env
+    from loraplex.adapters.registration.preload import register_lora_modules
+
+    max_rank = args.max_lora_rank or env.MAX_LORA_RANK.get()  # what the workers will take
+    return await register_lora_modules(
+        redis_url, model, args.lora_modules, owner, max_rank=max_rank,
+        max_bytes=int(env.MAX_ADAPTER_MB.get() * 1024 * 1024),
+    )  # fmt: skip
+
+
 def _on_stop_signals(handler: Callable[[int, object], None]) -> None:
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
@@ -155,13 +168,16 @@ def start_stack(args: argparse.Namespace, stack: Stack) -> tuple[str, str, list]
     if redis_url is None:
         stack.servers.append(start_redis(run_dir / "redis"))
         redis_url = stack.servers[-1].url
-    if demo_adapters:
-        owner = "default"
-        if args.tenants:
-            from loraplex.tenants import load_tenants
+    owner = "default"  # the stack's own adapters belong to the first tenant, public
+    if args.tenants:
+        from loraplex.tenants import load_tenants
 
-            owner = load_tenants(args.tenants).tenants[0].name
+        owner = load_tenants(args.tenants).tenants[0].name
+    if demo_adapters:
         asyncio.run(_register_demo_adapters(redis_url, demo_adapters, owner))
+    if args.lora_modules:
+        names = asyncio.run(_register_lora_modules(args, model, redis_url, owner))
+        print(f"--lora-modules: serving {', '.join(names)}", flush=True)
     store_port = args.adapter_store_port or free_port()
     metrics_port = args.metrics_port or free_port()  # /metrics names tenants: not on --port
     metrics = f"http://127.0.0.1:{metrics_port}/metrics"

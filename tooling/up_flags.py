@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from loraplex.adapters.registration.preload import parse_lora_module
 from loraplex.cli_flags import Flag, by_name
 from loraplex.cli_help import DefaultsHelpFormatter
 from loraplex.gateway.settings import flags as gateway_flags
@@ -138,6 +139,16 @@ def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="gateway's Prometheus /metrics listener on 127.0.0.1 (default: a free port)",
+    )
+    p.add_argument(
+        "--lora-modules",
+        nargs="+",
+        type=parse_lora_module,
+        default=[],
+        metavar="NAME=PATH",
+        help="adapters to serve from the start, as vLLM's: NAME=PATH or "
+        '{"name": ..., "path": ...}; validated like a path registration, stored public '
+        "(default: none)",
     )
     p.add_argument(
         "--restart",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from loraplex.tooling.demo import write_demo_model
 from loraplex.tooling.ports import free_port
 
 
@@ -53,6 +54,8 @@ def _alive(pid: int) -> bool:
 def test_up_serves_and_ctrl_c_stops_everything(tmp_path):
     run_dir = tmp_path / "run"
     port = free_port()
+    # vLLM's --lora-modules: an adapter of the demo model (the same one up writes), by path
+    sql = write_demo_model(tmp_path / "mine", num_adapters=1).adapters[0].path
     cmd = [
         sys.executable,
         "-m",
@@ -64,7 +67,10 @@ def test_up_serves_and_ctrl_c_stops_everything(tmp_path):
         str(run_dir),
     ]
     proc = subprocess.Popen(
-        [*cmd, "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [*cmd, "--device", "cpu", "--lora-modules", f"sql={sql}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         banner = []
@@ -77,6 +83,15 @@ def test_up_serves_and_ctrl_c_stops_everything(tmp_path):
         assert f"http://127.0.0.1:{port}/v1" in text and "curl" in text, text
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).json()
         assert any(m["id"].startswith("demo-lora-") for m in models["data"])
+        assert "--lora-modules: serving sql" in text
+        sql_card = next(m for m in models["data"] if m["id"] == "sql")
+        assert sql_card["root"] == str(sql.resolve())  # vLLM: the path it was loaded from
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/v1/completions",
+            json={"model": "sql", "prompt": "Hello", "max_tokens": 3},
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.text
         children = _children(proc.pid)
         # nats, redis, adapter store, scheduler, prefill, decode, gateway
         assert len(children) >= 7, children
