@@ -13,11 +13,13 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from loraplex.adapters.registration.preload import PreloadError
 from loraplex.tooling.ports import free_port
 from loraplex.tooling.servers import start_nats, start_redis
 from loraplex.tooling.stack import Stack
@@ -140,6 +142,9 @@ def up(args: argparse.Namespace) -> int:
             flush=True,
         )
         return 0
+    except PreloadError as e:  # a --lora-modules adapter: the operator's to fix, no traceback
+        print(f"loraplex up: {e}", file=sys.stderr, flush=True)
+        return 2
     finally:
         _on_stop_signals(again)
         stack.stop()

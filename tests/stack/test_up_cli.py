@@ -103,3 +103,15 @@ def test_up_serves_and_ctrl_c_stops_everything(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_up_stops_with_a_clear_error_for_a_bad_lora_module(tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "loraplex.tooling.cli", "up", "--port", str(free_port()),
+        "--run-dir", str(run_dir), "--device", "cpu", "--lora-modules", f"sql={tmp_path / 'nothing'}",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "loraplex up: --lora-modules sql=" in proc.stderr and "Traceback" not in proc.stderr
+    assert _processes_mentioning(str(run_dir)) == []  # nats-server and redis-server stopped
