@@ -25,7 +25,15 @@ from loraplex.gateway.heartbeat import beating
 from loraplex.gateway.limits import BodyLimitMiddleware
 from loraplex.gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
 from loraplex.gateway.metrics_server import metrics_listener
-from loraplex.gateway.routes import completions, health, models, tgi, tokenize, vllm_adapters
+from loraplex.gateway.routes import (
+    completions,
+    health,
+    models,
+    responses,
+    tgi,
+    tokenize,
+    vllm_adapters,
+)
 from loraplex.gateway.routes.adapters import adapter_router
 from loraplex.gateway.service import GatewayService
 from loraplex.gateway.settings import GatewaySettings
@@ -118,6 +126,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.capacity = capacity
     install_error_handlers(app)
     app.include_router(completions.router)
+    app.include_router(responses.router)
     app.include_router(models.router)
     app.include_router(adapter_router(registration is not None))
     app.include_router(vllm_adapters.router)

@@ -14,9 +14,9 @@ Strings holding lone surrogates or misplaced NUL never get here (``body_check.py
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from loraplex.gateway.errors import InvalidParamError
 from loraplex.gateway.tools import template_arguments
@@ -135,6 +135,20 @@ class CompletionRequest(GenerateRequest):
                 message = "prompt must not be empty"
                 raise InvalidParamError(f"{where}: {message}" if batch else message, where)
         return prompts
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validated(model: type[M], fields: dict[str, Any], param: str | None = None) -> M:
+    """``model(**fields)`` for a body built from another API's (LoRAX, Responses): a field that
+    does not validate is a 400 naming it (``param``: the client's name for all of them)."""
+    try:
+        return model(**fields)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise InvalidParamError(f"{where}: {first['msg']}", param or where) from e
 
 
 TEMPLATE_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from loraplex.gateway.errors import InvalidParamError
 from loraplex.gateway.generation import TextDelta, TokenInfo
-from loraplex.gateway.schemas import CompletionRequest, Float, Seed
+from loraplex.gateway.schemas import CompletionRequest, Float, Seed, validated
 
 DEFAULT_MAX_NEW_TOKENS = 20  # LoRAX's
 SOURCES = (None, "hub", "local")
@@ -142,7 +142,7 @@ def to_completion(req: TGIRequest, base_model: str) -> CompletionRequest:
         "logprobs": 0,
         **_constraint(p),
     }
-    return CompletionRequest(**fields)
+    return validated(CompletionRequest, fields)
 
 
 def renamed(e: InvalidParamError) -> InvalidParamError:

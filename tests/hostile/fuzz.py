@@ -154,6 +154,61 @@ def tgi_bodies(models: list[str]) -> st.SearchStrategy[dict[str, Any]]:
     return body({"inputs": TEXT.filter(str.strip), "parameters": parameters}, {"stream": st.booleans()})  # fmt: skip
 
 
+def responses_bodies(models: list[str]) -> st.SearchStrategy[dict[str, Any]]:
+    """OpenAI Responses API bodies: input as text or items, tools, text.format."""
+    part = st.fixed_dictionaries(
+        {"type": st.sampled_from(["input_text", "output_text", "input_image"]), "text": TEXT}
+    )
+    message = st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["user", "assistant", "developer", "tool"]),
+            "content": TEXT | st.lists(part, max_size=2),
+        }
+    )
+    call = st.fixed_dictionaries(
+        {
+            "type": st.just("function_call"),
+            "call_id": TEXT,
+            "name": TOOL_NAMES,
+            "arguments": st.sampled_from(['{"city": "x"}', "[]", "nope"]),
+        }
+    )
+    output = st.fixed_dictionaries(
+        {"type": st.just("function_call_output"), "call_id": TEXT, "output": TEXT}
+    )
+    items = st.lists(
+        message | call | output | st.fixed_dictionaries({"type": TEXT}), min_size=1, max_size=3
+    )
+    function = st.fixed_dictionaries(
+        {"type": st.sampled_from(["function", "web_search"]), "name": TOOL_NAMES},
+        optional={"parameters": PARAMETERS},
+    )
+    optional = {
+        "instructions": TEXT,
+        "temperature": st.floats(0, 2),
+        "top_p": st.floats(0.01, 1),
+        "stream": st.booleans(),
+        "tools": st.lists(function, max_size=2),
+        "tool_choice": st.sampled_from(["auto", "none", "required"]),
+        "text": st.sampled_from(
+            [
+                {"format": {"type": "json_object"}},
+                {"format": {"type": "json_schema", "name": "s", "schema": {"type": "object"}}},
+                {"format": {"type": "xml"}},
+            ]
+        ),
+        "previous_response_id": TEXT,
+        "store": st.booleans(),
+        "metadata": st.dictionaries(TEXT, TEXT, max_size=2),
+    }
+    required = {
+        "model": st.sampled_from(models),
+        "input": TEXT.filter(str.strip) | items,
+        "max_output_tokens": SMALL_MAX,
+    }
+    return body(required, optional)  # fmt: skip
+
+
 def tokenize_bodies(models: list[str]) -> st.SearchStrategy[dict[str, Any]]:
     message = st.fixed_dictionaries({"role": st.just("user"), "content": TEXT})
     either = st.one_of(
@@ -257,6 +312,13 @@ def judge(r: httpx.Response) -> str | None:
     elif r.headers.get("content-type", "").startswith("text/event-stream"):
         if r.request.url.path in ("/", "/generate", "/generate_stream"):
             return _tgi_stream_problem(r.text)
+        if r.request.url.path == "/v1/responses":
+            last = r.text.strip().split("\n\n")[-1]
+            if not last.startswith(
+                ("event: response.completed", "event: response.incomplete", "event: error")
+            ):
+                return f"Responses stream did not end with its last event: {r.text[-200:]}"
+            return None
         if not r.text.rstrip().endswith("data: [DONE]"):
             return f"stream did not end with [DONE]: {r.text[-200:]}"
     return None
@@ -296,7 +358,7 @@ FUZZ_SETTINGS = settings(
 def route_plans(
     hs: HostileStack, template: AdapterFiles
 ) -> list[tuple[str, int, st.SearchStrategy[Probe]]]:
-    """(route, examples, strategy of probes) for every fuzzed route; about 660 probes in all."""
+    """(route, examples, strategy of probes) for every fuzzed route; about 710 probes in all."""
     models = [hs.model_id, *hs.demo_adapters[:2], "no-such-model"]
     non_finite = st.none() | st.none() | st.none() | NON_FINITE
 
@@ -347,6 +409,7 @@ def route_plans(
         ("tokenize", 60, as_json("tokenize", "/tokenize", tokenize_bodies(models))),
         ("detokenize", 40, as_json("detokenize", "/detokenize", detokenize_bodies(models))),
         ("generate", 40, as_json("generate", "/generate", tgi_bodies(models))),
+        ("responses", 50, as_json("responses", "/v1/responses", responses_bodies(models))),
         ("generate_stream", 20, as_json("generate_stream", "/generate_stream", tgi_bodies(models))),
         ("adapters path", 40, as_json("adapters path", "/v1/adapters", registration_bodies())),
         ("load_lora_adapter", 30, as_json("load_lora_adapter", "/v1/load_lora_adapter", load_lora_bodies())),

@@ -271,3 +271,21 @@ def test_lorax_generate_through_the_stack(disagg_stack, loras):
     )
     lines = [json.loads(x[len("data:") :]) for x in streamed.text.split("\n\n") if x.strip()]
     assert lines[-1]["generated_text"] == out["generated_text"]
+
+
+def test_responses_api_through_the_stack(client, disagg_stack, model_id, loras):
+    """OpenAI's Responses API on the real engine: the chat route's greedy text, and a required
+    function call that parses (the grammar holds the random model to the schema)."""
+    chat = client.chat.completions.create(
+        model=loras[0], messages=[{"role": "user", "content": "hello"}], max_tokens=6, temperature=0
+    )
+    r = client.responses.create(model=loras[0], input="hello", max_output_tokens=6, temperature=0)
+    assert r.output_text == chat.choices[0].message.content
+    assert r.usage.output_tokens == chat.usage.completion_tokens
+    tool = {"type": "function", "name": "paint", "parameters": SCHEMA}
+    called = client.responses.create(
+        model=model_id, input="paint", tools=[tool], tool_choice="required", max_output_tokens=60,
+        temperature=0, parallel_tool_calls=False,
+    )  # fmt: skip
+    (call,) = [item for item in called.output if item.type == "function_call"]
+    assert call.name == "paint" and json.loads(call.arguments)["pick"] in ("red", "green")

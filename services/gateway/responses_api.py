@@ -1,0 +1,160 @@
+"""OpenAI's Responses API (``POST /v1/responses``), the request side: a body becomes a chat
+completion request, so it gets everything a chat request gets (tenants, fairness, tools,
+reasoning, structured outputs, every check).
+
+Served as vLLM serves it without a response store: ``input`` (a string, or message, function
+call and function call output items), ``instructions``, ``max_output_tokens``, ``temperature``,
+``top_p``, function ``tools``, ``tool_choice``, ``parallel_tool_calls``, ``text.format``
+(``text``, ``json_object``, ``json_schema``) and ``stream``.  Nothing is stored (``store`` is
+accepted and answered ``false``), so ``previous_response_id`` is a 400 that says to send the
+conversation in ``input``; so are tool types other than ``function`` and input parts other than
+text.  ``responses_output.py`` builds the answer.  Plain Python over pydantic bodies.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from loraplex.gateway.errors import InvalidParamError
+from loraplex.gateway.schemas import ChatCompletionRequest, Float, validated
+
+TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
+
+
+class ResponsesRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    max_output_tokens: Annotated[int, Field(ge=1, le=2**31)] | None = None
+    temperature: Float | None = None
+    top_p: Float | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: dict[str, Any] | None = None
+    stream: bool = False
+    store: bool | None = None
+    previous_response_id: str | None = None
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+
+
+def _text_of(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise InvalidParamError(f"{where}.content must be a string or a list of parts", where)
+    parts = []
+    for i, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") not in TEXT_PARTS:
+            raise InvalidParamError(
+                f"{where}.content.{i}: only text parts are supported", f"{where}.content.{i}"
+            )
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise InvalidParamError(f"{where}.content.{i}.text must be a string", where)
+        parts.append(text)
+    return "".join(parts)
+
+
+def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
+    """``instructions`` and ``input`` as chat messages: function calls become an assistant
+    turn's ``tool_calls``, their outputs ``tool`` turns, reasoning items are left out."""
+    out: list[dict[str, Any]] = []
+    if req.instructions:
+        out.append({"role": "system", "content": req.instructions})
+    if isinstance(req.input, str):
+        return [*out, {"role": "user", "content": req.input}]
+    for i, item in enumerate(req.input):
+        where = f"input.{i}"
+        kind = item.get("type", "message") if isinstance(item, dict) else None
+        if kind == "message":
+            role = item.get("role")
+            if role not in ("user", "assistant", "system", "developer"):
+                raise InvalidParamError(f"{where}.role {role!r} is not supported", where)
+            text = _text_of(item.get("content"), where)
+            out.append({"role": "system" if role == "developer" else role, "content": text})
+        elif kind == "function_call":
+            call = {
+                "id": item.get("call_id"),
+                "type": "function",
+                "function": {"name": item.get("name"), "arguments": item.get("arguments")},
+            }
+            if out and out[-1]["role"] == "assistant" and "tool_calls" in out[-1]:
+                out[-1]["tool_calls"].append(call)  # parallel calls: one assistant turn
+            else:
+                out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            output = item.get("output")
+            content = output if isinstance(output, str) else _text_of(output, where)
+            out.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": content})
+        elif kind != "reasoning":
+            raise InvalidParamError(
+                f"{where}: input items of type {kind!r} are not supported", where
+            )
+    return out
+
+
+def _tools(req: ResponsesRequest) -> list[dict[str, Any]] | None:
+    if req.tools is None:
+        return None
+    out = []
+    for i, tool in enumerate(req.tools):
+        if tool.get("type") != "function":
+            raise InvalidParamError(
+                f"tools.{i}: only function tools are supported, not {tool.get('type')!r}",
+                f"tools.{i}",
+            )
+        function = {k: tool[k] for k in ("name", "description", "parameters") if k in tool}
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def _tool_choice(raw: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+    if isinstance(raw, dict) and raw.get("type") == "function" and "name" in raw:
+        return {"type": "function", "function": {"name": raw["name"]}}
+    return raw
+
+
+def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
+    fmt = (text or {}).get("format")
+    if fmt is None or fmt.get("type") in (None, "text"):
+        return None
+    if fmt.get("type") == "json_schema":
+        schema = {"name": fmt.get("name", "output"), "schema": fmt.get("schema")}
+        return {"type": "json_schema", "json_schema": schema}
+    return fmt
+
+
+def to_chat(req: ResponsesRequest) -> ChatCompletionRequest:
+    """The chat completion request a Responses body means."""
+    if req.previous_response_id is not None:
+        raise InvalidParamError(
+            "previous_response_id is not supported: this server stores no responses; send the "
+            "whole conversation in input",
+            "previous_response_id",
+        )
+    fields: dict[str, Any] = {
+        "model": req.model,
+        "messages": _messages(req),
+        "max_completion_tokens": req.max_output_tokens,
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "tools": _tools(req),
+        "tool_choice": _tool_choice(req.tool_choice),
+        "parallel_tool_calls": req.parallel_tool_calls,
+        "response_format": _response_format(req.text),
+        "user": req.user,
+    }
+    if not fields["messages"]:
+        raise InvalidParamError("input must hold at least one message", "input")
+    try:
+        return validated(ChatCompletionRequest, {k: v for k, v in fields.items() if v is not None})
+    except InvalidParamError as e:
+        if e.param and e.param.startswith("messages"):  # the items of input, as chat turns
+            raise InvalidParamError(f"input: {e}", "input") from e
+        raise

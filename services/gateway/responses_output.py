@@ -1,0 +1,194 @@
+"""OpenAI's Responses API, the answer side: the ``response`` object and, streamed, its events.
+
+The generated text goes through the chat route's readers (``chat_answer.py``): thinking becomes a
+``reasoning`` item, content a ``message`` item with one ``output_text`` part, and each tool call
+a ``function_call`` item.  ``ResponseStream`` turns the pieces into the typed events the OpenAI
+SDKs read (``response.created``, ``response.output_item.added``,
+``response.output_text.delta``, ``response.function_call_arguments.delta``, ...,
+``response.completed``), each with its ``sequence_number``; the last one carries the same
+``response`` object a non-streamed request gets.  Plain Python.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+from loraplex.gateway.chat_answer import AnswerStream, Piece
+from loraplex.gateway.generation import Usage
+from loraplex.gateway.prepare import Prepared
+from loraplex.gateway.responses_api import ResponsesRequest
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(16)}"
+
+
+def response_object(
+    req: ResponsesRequest, p: Prepared, response_id: str, status: str, output: list[dict[str, Any]],
+    usage: Usage | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The ``response`` object; ``status`` is in_progress, completed or incomplete."""
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": p.created,
+        "status": status,
+        "model": p.model,
+        "output": output,
+        "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+        "error": None,
+        "instructions": req.instructions,
+        "max_output_tokens": req.max_output_tokens,
+        "temperature": p.sampling.temperature,
+        "top_p": p.sampling.top_p,
+        "tools": req.tools or [],
+        "tool_choice": req.tool_choice or ("auto" if req.tools else "none"),
+        "parallel_tool_calls": req.parallel_tool_calls is not False,
+        "text": req.text or {"format": {"type": "text"}},
+        "store": False,  # nothing is kept: previous_response_id cannot name it
+        "metadata": req.metadata or {},
+        "user": req.user,
+        "usage": None if usage is None else usage_json(usage),
+    }
+
+
+def usage_json(usage: Usage) -> dict[str, Any]:
+    return {
+        "input_tokens": usage.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "output_tokens": usage.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    }
+
+
+def status_of(finish_reason: str | None) -> str:
+    return "incomplete" if finish_reason == "length" else "completed"
+
+
+class ResponseStream:
+    """One response's events, from the pieces of its text (``AnswerStream``)."""
+
+    def __init__(self, req: ResponsesRequest, p: Prepared) -> None:
+        self.req, self.p = req, p
+        self.response_id = _id("resp")
+        self.reader = AnswerStream(p.reasoning_parser, p.tool_use)
+        self.output: list[dict[str, Any]] = []  # items done so far, and the open one
+        self._open: dict[str, Any] | None = None  # the item text is being added to
+        self._seq = 0
+
+    def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        self._seq += 1
+        return {"type": kind, "sequence_number": self._seq - 1, **fields}
+
+    def start(self) -> list[dict[str, Any]]:
+        body = response_object(self.req, self.p, self.response_id, "in_progress", [])
+        return [
+            self._event("response.created", response=body),
+            self._event("response.in_progress", response=body),
+        ]
+
+    def feed(self, text: str) -> list[dict[str, Any]]:
+        return self._piece(self.reader.feed(text))
+
+    def finish(self, finish_reason: str | None, usage: Usage) -> list[dict[str, Any]]:
+        events = self._piece(self.reader.finish())
+        events += self._close()
+        status = status_of(finish_reason)
+        body = response_object(self.req, self.p, self.response_id, status, self.output, usage)
+        kind = "response.completed" if status == "completed" else "response.incomplete"
+        return [*events, self._event(kind, response=body)]
+
+    def error(self, error: dict[str, Any]) -> dict[str, Any]:
+        """The event of a failure after the stream started (an OpenAI error body's fields)."""
+        return self._event(
+            "error", code=error.get("code"), message=error["message"], param=error.get("param")
+        )
+
+    # ---- items ------------------------------------------------------------------------------
+    def _piece(self, piece: Piece) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        if piece.reasoning:
+            events += self._text("reasoning", piece.reasoning)
+        if piece.content:
+            events += self._text("message", piece.content)
+        for call in piece.calls:
+            events += self._call(call)
+        return events
+
+    def _text(self, kind: str, text: str) -> list[dict[str, Any]]:
+        events = []
+        if self._open is None or self._open["type"] != kind:
+            events += self._close()
+            events += self._add(kind)
+        item, index = self._open, len(self.output) - 1
+        assert item is not None
+        part = item["content"][0]
+        part["text"] += text
+        delta = (
+            "response.output_text.delta" if kind == "message" else "response.reasoning_text.delta"
+        )
+        events.append(self._event(delta, item_id=item["id"], output_index=index, content_index=0, delta=text))  # fmt: skip
+        return events
+
+    def _call(self, call: dict[str, Any]) -> list[dict[str, Any]]:
+        events = []
+        function = call.get("function", {})
+        if "id" in call:  # a new call; a named function's later pieces are its arguments only
+            events += self._close()
+            events += self._add("function_call", call_id=call["id"], name=function.get("name", ""))
+        item, index = self._open, len(self.output) - 1
+        assert item is not None and item["type"] == "function_call"
+        piece = function.get("arguments", "")
+        item["arguments"] += piece
+        if piece:
+            events.append(self._event("response.function_call_arguments.delta", item_id=item["id"], output_index=index, delta=piece))  # fmt: skip
+        return events
+
+    def _add(self, kind: str, **fields: Any) -> list[dict[str, Any]]:
+        if kind == "message":
+            item = {"type": "message", "id": _id("msg"), "status": "in_progress", "role": "assistant",
+                    "content": [{"type": "output_text", "text": "", "annotations": [], "logprobs": []}]}  # fmt: skip
+        elif kind == "reasoning":
+            item = {"type": "reasoning", "id": _id("rs"), "summary": [],
+                    "content": [{"type": "reasoning_text", "text": ""}], "status": "in_progress"}  # fmt: skip
+        else:
+            item = {"type": "function_call", "id": _id("fc"), "status": "in_progress", "arguments": "", **fields}  # fmt: skip
+        self.output.append(item)
+        self._open = item
+        index = len(self.output) - 1
+        shown = {**item, "content": [{**c, "text": ""} for c in item.get("content", [])]} if "content" in item else item  # fmt: skip
+        events = [self._event("response.output_item.added", output_index=index, item=json.loads(json.dumps(shown)))]  # fmt: skip
+        if kind == "message":
+            events.append(self._event("response.content_part.added", item_id=item["id"], output_index=index, content_index=0, part=dict(item["content"][0])))  # fmt: skip
+        return events
+
+    def _close(self) -> list[dict[str, Any]]:
+        item, self._open = self._open, None
+        if item is None:
+            return []
+        index = len(self.output) - 1
+        item["status"] = "completed"
+        events = []
+        if item["type"] == "message":
+            part = item["content"][0]
+            events.append(self._event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0, text=part["text"]))  # fmt: skip
+            events.append(self._event("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=dict(part)))  # fmt: skip
+        elif item["type"] == "reasoning":
+            events.append(self._event("response.reasoning_text.done", item_id=item["id"], output_index=index, content_index=0, text=item["content"][0]["text"]))  # fmt: skip
+        else:
+            events.append(self._event("response.function_call_arguments.done", item_id=item["id"], output_index=index, arguments=item["arguments"]))  # fmt: skip
+        events.append(self._event("response.output_item.done", output_index=index, item=json.loads(json.dumps(item))))  # fmt: skip
+        return events
+
+
+def whole_response(
+    req: ResponsesRequest, p: Prepared, text: str, finish_reason: str | None, usage: Usage
+) -> dict[str, Any]:
+    """A non-streamed answer: the same items the stream would have built, fed at once."""
+    stream = ResponseStream(req, p)
+    stream.feed(text)
+    events = stream.finish(finish_reason, usage)
+    return events[-1]["response"]
