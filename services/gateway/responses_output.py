@@ -148,6 +148,7 @@ class ResponseStream:
         return events
 
     def _add(self, kind: str, **fields: Any) -> list[dict[str, Any]]:
+        item: dict[str, Any]
         if kind == "message":
             item = {"type": "message", "id": _id("msg"), "status": "in_progress", "role": "assistant",
                     "content": [{"type": "output_text", "text": "", "annotations": [], "logprobs": []}]}  # fmt: skip

@@ -128,7 +128,7 @@ class CompletionRequest(GenerateRequest):
         """The prompts of this request, in order.  An empty one is a 400; in a batch the error
         names its index (``prompt[3]: ...``)."""
         batch = self.is_batch
-        prompts: list[OnePrompt] = list(self.prompt) if batch else [self.prompt]  # type: ignore[list-item]
+        prompts: list[OnePrompt] = list(self.prompt) if batch else [self.prompt]  # type: ignore[arg-type,list-item]
         for i, p in enumerate(prompts):
             if not p or (isinstance(p, str) and not p.strip()):
                 where = f"prompt[{i}]" if batch else "prompt"
