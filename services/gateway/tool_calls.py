@@ -63,6 +63,7 @@ class ToolCallStream:
         self.calls_made = 0
         self._text = ""  # required: everything; auto: not yet given out
         self._inside = False  # auto: within <tool_call>
+        self._searched = 0  # auto, within a call: where the search for </tool_call> goes on
         self._held_space = ""  # whitespace-only content not given out yet
         self._spoke = False  # content other than whitespace was given out
 
@@ -124,9 +125,12 @@ class ToolCallStream:
                     return out
                 self._content(out, self._text[:at])
                 self._text, self._inside = self._text[at + len(OPEN) :], True
-            at = self._text.find(CLOSE)
+            at = self._text.find(CLOSE, self._searched)
             if at < 0 and not final:
+                # a long call arrives token by token: look only at what is new next time
+                self._searched = max(0, len(self._text) - len(CLOSE) + 1)
                 return out
+            self._searched = 0
             body = self._text if at < 0 else self._text[:at]
             raw = OPEN + (self._text if at < 0 else self._text[: at + len(CLOSE)])
             self._text = "" if at < 0 else self._text[at + len(CLOSE) :]
