@@ -27,8 +27,6 @@ from loraplex.gateway.tools import ToolUse, tool_use
 from loraplex.sampling_params import SamplingParams
 from loraplex.text.tokenizer import Tokenizer
 
-CHAT_END_TOKEN = "<|im_end|>"
-
 
 @dataclass(frozen=True)
 class Echo:
@@ -66,14 +64,6 @@ class Prepared:
         return replace(self, request_id=f"{self.request_id}-{index}", sampling=sampling)
 
 
-def special_token_id(tokenizer: Tokenizer, token: str) -> int | None:
-    """The id of a special token when the vocabulary has it as one token, else None."""
-    ids = tokenizer.encode(token, add_special_tokens=False)
-    if len(ids) == 1 and tokenizer.id_to_token(ids[0]) == token:
-        return ids[0]
-    return None
-
-
 class RequestBuilder:
     def __init__(
         self,
@@ -88,9 +78,8 @@ class RequestBuilder:
         self.prefix_cache_scope = prefix_cache_scope
         self.tool_call_parser = tool_call_parser
         self.reasoning_parser = None if reasoning_parser == "none" else reasoning_parser
-        end = special_token_id(tokenizer, CHAT_END_TOKEN)
         # The chat template ends turns with <|im_end|>; generation_config may stop only on </s>.
-        self.chat_stop_ids: tuple[int, ...] = (end,) if end is not None else ()
+        self.chat_stop_ids = tokenizer.chat_stop_ids()
         self.max_batch_choices = env.GATEWAY_MAX_BATCH_CHOICES.get()
 
     async def completions(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -101,6 +102,43 @@ class LLM:
                 self.engine.abort(rid)
             raise
         return [outputs[rid] for rid in order]
+
+    def chat(
+        self,
+        messages: Seq[dict[str, Any]] | Seq[Seq[dict[str, Any]]],
+        sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+        lora: str | None | Seq[str | None] = None,
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> list[RequestOutput]:
+        """vLLM's ``LLM.chat``: one conversation (a list of ``{"role", "content"}`` messages) or
+        several, rendered with the model's chat template (with ``tools`` and the template
+        variables ``chat_template_kwargs``), then generated as ``generate`` does.  Answers also
+        stop at the template's turn end (``<|im_end|>``), as the server's chat route does, so
+        the two give the same tokens."""
+        conversations = [messages] if _is_conversation(messages) else list(messages)
+        prompts = [
+            self.tokenizer.encode_chat(
+                list(c),
+                add_generation_prompt,
+                tools,
+                chat_template_kwargs,  # type: ignore[arg-type]
+            )
+            for c in conversations
+        ]
+        params = _per_prompt(sampling_params or SamplingParams(), len(prompts), "sampling_params")
+        ends = self.tokenizer.chat_stop_ids()
+        with_ends = [
+            replace(p, stop_token_ids=tuple(dict.fromkeys([*p.stop_token_ids, *ends])))
+            for p in params
+        ]
+        return self.generate(prompts, with_ends, lora)
+
+
+def _is_conversation(messages: Seq[Any]) -> bool:
+    return bool(messages) and isinstance(messages[0], dict)
 
 
 def _per_prompt(value, n: int, what: str) -> list:  # type: ignore[no-untyped-def]

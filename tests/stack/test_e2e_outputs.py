@@ -289,3 +289,29 @@ def test_responses_api_through_the_stack(client, disagg_stack, model_id, loras):
     )  # fmt: skip
     (call,) = [item for item in called.output if item.type == "function_call"]
     assert call.name == "paint" and json.loads(call.arguments)["pick"] in ("red", "green")
+
+
+def test_offline_chat_matches_the_chat_route(client, disagg_stack, loras):
+    """vLLM's ``LLM.chat`` offline gives the server's chat answer token for token (greedy), with
+    tools rendered into both prompts; several conversations come back in order."""
+    llm = offline_llm(disagg_stack)
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hello"},
+    ]
+    tools = [PAINT]
+    params = SamplingParams(temperature=0, max_tokens=8)
+    for lora, with_tools in ((loras[0], None), (None, tools)):
+        offline = llm.chat(conversation, params, lora=lora, tools=with_tools)[0]
+        served = client.chat.completions.create(
+            model=lora or client.models.list().data[0].id, messages=conversation, max_tokens=8,
+            temperature=0, **({"tools": with_tools} if with_tools else {}),
+        )  # fmt: skip
+        assert served.usage.prompt_tokens == len(offline.prompt_token_ids)
+        assert served.choices[0].message.content == offline.text
+        assert served.usage.completion_tokens == len(offline.token_ids)
+    both = llm.chat([conversation, conversation[1:]], params)
+    assert [o.prompt_token_ids for o in both] == [
+        llm.tokenizer.encode_chat(conversation),
+        llm.tokenizer.encode_chat(conversation[1:]),
+    ]

@@ -11,6 +11,8 @@ from tokenizers import Tokenizer as HFTokenizer
 from loraplex.errors import ModelLoadError
 from loraplex.text.chat_template import DEFAULT_CHAT_TEMPLATE, render_chat
 
+CHAT_END_TOKEN = "<|im_end|>"  # ChatML's turn end
+
 
 def _token_text(value: Any) -> str | None:
     # tokenizer_config.json stores special tokens as strings or as {"content": ...} objects.
@@ -58,6 +60,19 @@ class Tokenizer:
 
     def id_to_token(self, token_id: int) -> str | None:
         return self._tok.id_to_token(token_id)
+
+    def special_token_id(self, token: str) -> int | None:
+        """The id of ``token`` when the vocabulary has it as one token, else None."""
+        ids = self.encode(token, add_special_tokens=False)
+        if len(ids) == 1 and self.id_to_token(ids[0]) == token:
+            return ids[0]
+        return None
+
+    def chat_stop_ids(self) -> tuple[int, ...]:
+        """Token ids that end a chat answer besides EOS: ChatML's ``<|im_end|>`` (the default
+        template ends turns with it; a model's generation_config may stop only on ``</s>``)."""
+        end = self.special_token_id(CHAT_END_TOKEN)
+        return (end,) if end is not None else ()
 
     def apply_chat_template(
         self,
