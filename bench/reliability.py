@@ -43,7 +43,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--streams", type=int, default=8, help="concurrent streams per kill")
     p.add_argument("--max-tokens", type=int, default=96, help="tokens each stream asks for")
     p.add_argument("--hang-s", type=float, default=30.0, help="a stream not ended by then hangs")
-    p.add_argument("--fuzz-scale", type=float, default=1.0, help="x the fuzz run's ~710 cases")
+    p.add_argument("--fuzz-scale", type=float, default=1.0, help="x the fuzz run's ~750 cases")
     p.add_argument("--skip-inputs", action="store_true", help="no hostile inputs (part 1)")
     p.add_argument("--skip-kills", action="store_true", help="no worker kills (part 2)")
     p.add_argument("--write-docs", action="store_true")

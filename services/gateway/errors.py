@@ -32,6 +32,13 @@ class InvalidParamError(InvalidRequestError):
         self.code = code
 
 
+def renamed(e: InvalidParamError, names: dict[str, str]) -> InvalidParamError:
+    """An error about a completion field, naming the field another API's client sent instead
+    (``names``: completion field -> that API's name)."""
+    name = names.get(e.param or "", e.param)
+    return InvalidParamError(str(e).replace(f"{e.param} ", f"{name} ", 1), name, e.code)
+
+
 class ModelNotFoundError(LoraplexError):
     """``model`` is neither the base model nor an adapter this tenant may use (404)."""
 

@@ -145,12 +145,6 @@ def to_completion(req: TGIRequest, base_model: str) -> CompletionRequest:
     return validated(CompletionRequest, fields)
 
 
-def renamed(e: InvalidParamError) -> InvalidParamError:
-    """An error about a completion field, naming the TGI field the client sent."""
-    name = PARAM_NAMES.get(e.param or "", e.param)
-    return InvalidParamError(str(e).replace(f"{e.param} ", f"{name} ", 1), name, e.code)
-
-
 def finish_reason(reason: str | None, last_token: int | None, eos_ids: frozenset[int]) -> str:
     """TGI's names: ``length``, ``eos_token`` or ``stop_sequence``."""
     if reason == "length":

@@ -209,6 +209,41 @@ def responses_bodies(models: list[str]) -> st.SearchStrategy[dict[str, Any]]:
     return body(required, optional)  # fmt: skip
 
 
+def sglang_bodies(models: list[str]) -> st.SearchStrategy[dict[str, Any]]:
+    """SGLang ``/generate`` bodies: text or input_ids (one or a batch), sampling_params."""
+    sampling = body(
+        {"max_new_tokens": SMALL_MAX},
+        {
+            "temperature": st.floats(0, 2),
+            "top_p": st.floats(0.01, 1),
+            "top_k": st.integers(-1, 50),
+            "min_new_tokens": st.integers(0, 6),
+            "stop": TEXT | st.lists(TEXT, max_size=2),
+            "n": st.integers(1, 2),
+            "regex": st.sampled_from(["[a-z]+", "(ab"]),
+            "no_stop_trim": st.booleans(),
+            "sampling_seed": st.integers(0, 2**64 - 1),
+        },
+    )
+    prompt = st.one_of(
+        st.fixed_dictionaries(
+            {
+                "text": TEXT.filter(str.strip)
+                | st.lists(TEXT.filter(str.strip), min_size=1, max_size=2)
+            }
+        ),
+        st.fixed_dictionaries(
+            {"input_ids": TOKEN_IDS | BAD_TOKEN_IDS | st.lists(TOKEN_IDS, min_size=1, max_size=2)}
+        ),
+    )
+    optional = {
+        "lora_path": st.sampled_from(models) | st.lists(st.sampled_from(models), max_size=2),
+        "stream": st.booleans(),
+        "return_logprob": st.booleans(),
+    }
+    return st.tuples(prompt, body({"sampling_params": sampling}, optional)).map(lambda p: {**p[0], **p[1]})  # fmt: skip
+
+
 def tokenize_bodies(models: list[str]) -> st.SearchStrategy[dict[str, Any]]:
     message = st.fixed_dictionaries({"role": st.just("user"), "content": TEXT})
     either = st.one_of(
@@ -310,7 +345,9 @@ def judge(r: httpx.Response) -> str | None:
         except Exception:
             return f"{r.status_code} without an OpenAI error body: {r.text[:200]}"
     elif r.headers.get("content-type", "").startswith("text/event-stream"):
-        if r.request.url.path in ("/", "/generate", "/generate_stream"):
+        if r.request.url.path in ("/", "/generate_stream") or (
+            r.request.url.path == "/generate" and not r.text.rstrip().endswith("data: [DONE]")
+        ):  # /generate: LoRAX's events, or SGLang's, which end with [DONE]
             return _tgi_stream_problem(r.text)
         if r.request.url.path == "/v1/responses":
             last = r.text.strip().split("\n\n")[-1]
@@ -358,7 +395,7 @@ FUZZ_SETTINGS = settings(
 def route_plans(
     hs: HostileStack, template: AdapterFiles
 ) -> list[tuple[str, int, st.SearchStrategy[Probe]]]:
-    """(route, examples, strategy of probes) for every fuzzed route; about 710 probes in all."""
+    """(route, examples, strategy of probes) for every fuzzed route; about 750 probes in all."""
     models = [hs.model_id, *hs.demo_adapters[:2], "no-such-model"]
     non_finite = st.none() | st.none() | st.none() | NON_FINITE
 
@@ -410,6 +447,7 @@ def route_plans(
         ("detokenize", 40, as_json("detokenize", "/detokenize", detokenize_bodies(models))),
         ("generate", 40, as_json("generate", "/generate", tgi_bodies(models))),
         ("responses", 50, as_json("responses", "/v1/responses", responses_bodies(models))),
+        ("sglang generate", 40, as_json("sglang generate", "/generate", sglang_bodies(models))),
         ("generate_stream", 20, as_json("generate_stream", "/generate_stream", tgi_bodies(models))),
         ("adapters path", 40, as_json("adapters path", "/v1/adapters", registration_bodies())),
         ("load_lora_adapter", 30, as_json("load_lora_adapter", "/v1/load_lora_adapter", load_lora_bodies())),

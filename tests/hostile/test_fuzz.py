@@ -1,4 +1,4 @@
-"""A bounded fuzz run of the gateway (about 710 derandomized cases, see fuzz.py): no 5xx, no dropped
+"""A bounded fuzz run of the gateway (about 750 derandomized cases, see fuzz.py): no 5xx, no dropped
 connection, every error an OpenAI error body, every stream finished; the stack is intact after."""
 
 from __future__ import annotations

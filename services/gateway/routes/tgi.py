@@ -1,27 +1,31 @@
-"""``POST /generate`` and ``POST /generate_stream``: LoRAX's and TGI's native API (``tgi.py``)."""
+"""``POST /generate``, ``/generate_stream`` and ``/``: LoRAX's and TGI's native API (``tgi.py``);
+``/generate`` also takes SGLang's bodies (``routes/sglang.py``)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
 from functools import cache
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from loraplex.errors import LoraplexError
 from loraplex.gateway.deps import ServiceDep, TenantDep
-from loraplex.gateway.errors import InvalidParamError, classify
+from loraplex.gateway.errors import InvalidParamError, classify, renamed
 from loraplex.gateway.generation import Generation
 from loraplex.gateway.peer import PeerProbe, still_connected
 from loraplex.gateway.responder import SSEResponse, until_disconnected
+from loraplex.gateway.routes import sglang
+from loraplex.gateway.schemas import validated
 from loraplex.gateway.service import GatewayService
+from loraplex.gateway.sglang import is_sglang
 from loraplex.gateway.tgi import (
+    PARAM_NAMES,
     TGIRequest,
     finish_reason,
-    renamed,
     stream_events,
     to_completion,
     tokens,
@@ -52,10 +56,14 @@ async def generate_root(
     return await _answer(body, tenant.name, service, request, body.stream, as_list=True)
 
 
-@router.post("/generate", summary="Generate text (LoRAX / TGI)")
+@router.post("/generate", summary="Generate text (LoRAX / TGI, or SGLang by its body)")
 async def generate(
-    body: TGIRequest, tenant: TenantDep, service: ServiceDep, request: Request
+    raw: Annotated[dict[str, Any], Body()], tenant: TenantDep, service: ServiceDep, request: Request
 ) -> Response:
+    # One path, two APIs: SGLang's bodies hold "text" or "input_ids", LoRAX's "inputs".
+    if is_sglang(raw):
+        return await sglang.generate(raw, tenant.name, service, request, _token_kinds(service)[0])
+    body = validated(TGIRequest, raw)
     return await _answer(body, tenant.name, service, request, body.stream)
 
 
@@ -78,7 +86,7 @@ async def _answer(
         completion = to_completion(body, service.settings.model_id)
         prompts = await service.prepare_completion(completion, tenant)
     except InvalidParamError as e:
-        raise renamed(e) from e
+        raise renamed(e, PARAM_NAMES) from e
     (gen,) = await service.start_choices(prompts, 1, still_connected(request.scope))
     probe = PeerProbe.from_scope(request.scope)
     try:

@@ -1,0 +1,126 @@
+"""SGLang's native ``/generate`` (the same path as LoRAX's, told apart by the body): text or token
+ids, one prompt or a batch, sampling_params, lora_path, constraints, streams of the text so far.
+Requests are shaped as SGLang's docs send them (``requests.post(url + "/generate", json=...)``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from loraplex.text.tokenizer import Tokenizer
+from loraplex.tooling.demo import EOS_TOKEN_ID
+from tests.gateway.conftest import ALICE, REPLY_TEXT, FakeScheduler, Plan
+from tests.gateway.test_errors import assert_error
+
+PROMPT = "The capital of France is"
+
+
+def plan(scheduler: FakeScheduler, ids: list[int], finish: str = "length") -> None:
+    scheduler.plan = lambda _: Plan(tokens=ids, chunk=2, finish_reason=finish)
+
+
+async def post(gateway: str, body: dict[str, Any]) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
+        return await http.post("/generate", json=body)
+
+
+async def test_one_prompt(gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer) -> None:
+    ids = tokenizer.encode(REPLY_TEXT, add_special_tokens=False)
+    plan(scheduler, ids)
+    params = {"max_new_tokens": len(ids), "temperature": 0, "top_k": 5, "min_new_tokens": 2,
+              "stop": ["zz"], "sampling_seed": 4, "no_stop_trim": True}  # fmt: skip
+    r = await post(gateway, {"text": PROMPT, "sampling_params": params})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["text"] == REPLY_TEXT
+    meta = out["meta_info"]
+    assert meta["finish_reason"] == {"type": "length", "length": len(ids)}
+    assert (meta["prompt_tokens"], meta["completion_tokens"]) == (
+        len(tokenizer.encode(PROMPT)),
+        len(ids),
+    )
+    s = scheduler.submits[-1].sampling
+    assert (s.temperature, s.top_k, s.min_tokens, s.stop, s.seed) == (0, 5, 2, ("zz",), 4)
+    assert s.include_stop_str_in_output and s.max_tokens == len(ids)
+
+
+async def test_defaults_finish_reasons_and_token_ids(
+    gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
+) -> None:
+    ids = tokenizer.encode(" Paris.", add_special_tokens=False)
+    plan(scheduler, [*ids, EOS_TOKEN_ID], "stop")
+    r = await post(gateway, {"input_ids": tokenizer.encode(PROMPT)})
+    sent = scheduler.submits[-1]
+    assert sent.prompt_token_ids == tokenizer.encode(PROMPT)
+    assert (sent.sampling.max_tokens, sent.sampling.temperature) == (128, 1.0)  # SGLang's
+    assert r.json()["meta_info"]["finish_reason"] == {"type": "stop", "matched": EOS_TOKEN_ID}
+
+
+async def test_a_batch_with_n_answers_a_list(
+    gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
+) -> None:
+    plan(scheduler, tokenizer.encode(REPLY_TEXT, add_special_tokens=False))
+    body = {"text": [PROMPT, "Hello"], "sampling_params": {"max_new_tokens": 32, "n": 2}}
+    r = await post(gateway, body)
+    out = r.json()
+    assert isinstance(out, list) and len(out) == 4 and all(o["text"] == REPLY_TEXT for o in out)
+    assert len({o["meta_info"]["id"] for o in out}) == 4
+
+
+async def test_streams_send_the_text_so_far_then_done(
+    gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
+) -> None:
+    plan(scheduler, tokenizer.encode(REPLY_TEXT, add_special_tokens=False))
+    r = await post(
+        gateway, {"text": PROMPT, "sampling_params": {"max_new_tokens": 32}, "stream": True}
+    )
+    lines = [x for x in r.text.split("\n\n") if x.strip()]
+    assert lines[-1] == "data: [DONE]"
+    texts = [json.loads(x[len("data: ") :])["text"] for x in lines[:-1]]
+    assert len(texts) > 1 and texts[-1] == REPLY_TEXT
+    assert all(b.startswith(a) for a, b in zip(texts, texts[1:], strict=False))  # cumulative
+    # SGLang's own client loop: print(output[prev:]) with prev = len(output)
+    shown, prev = "", 0
+    for text in texts:
+        shown += text[prev:]
+        prev = len(text)
+    assert shown == REPLY_TEXT
+
+
+async def test_lora_path_and_constraints(
+    gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
+) -> None:
+    r = await post(gateway, {"text": PROMPT, "lora_path": "not-registered"})
+    assert_error(r, 404)
+    plan(scheduler, tokenizer.encode('{"a": 1}', add_special_tokens=False))
+    schema = json.dumps({"type": "object", "properties": {"a": {"type": "integer"}}})
+    r = await post(gateway, {"text": PROMPT, "sampling_params": {"json_schema": schema}})
+    assert r.status_code == 200
+    got = scheduler.submits[-1].sampling.structured_outputs
+    assert got is not None and got.kind == "json"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"text": PROMPT, "return_logprob": True}, "return_logprob"),
+        ({"text": PROMPT, "image_data": "x.png"}, "image_data"),
+        ({"text": [PROMPT, PROMPT], "lora_path": ["a", "b"]}, "lora_path"),
+        ({"text": PROMPT, "input_ids": [1, 2]}, "text"),
+        (
+            {"text": PROMPT, "sampling_params": {"max_new_tokens": 0}},
+            "sampling_params.max_new_tokens",
+        ),
+        ({"text": PROMPT, "sampling_params": {"regex": "(ab"}}, "sampling_params.regex"),
+        ({"text": PROMPT, "sampling_params": {"temperature": -1}}, "sampling_params.temperature"),
+        ({"text": PROMPT, "sampling_params": {"max_new_tokens": 10**6}}, "text"),  # the context
+    ],
+)
+async def test_refusals(gateway: str, scheduler: FakeScheduler, body: dict, param: str) -> None:
+    r = await post(gateway, body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+    assert scheduler.submits == []
