@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -118,14 +118,12 @@ class LLM:
         variables ``chat_template_kwargs``), then generated as ``generate`` does.  Answers also
         stop at the template's turn end (``<|im_end|>``), as the server's chat route does, so
         the two give the same tokens."""
-        conversations = [messages] if _is_conversation(messages) else list(messages)
+        conversations = cast(
+            "list[Seq[dict[str, Any]]]",
+            [messages] if _is_conversation(messages) else list(messages),
+        )
         prompts = [
-            self.tokenizer.encode_chat(
-                list(c),
-                add_generation_prompt,
-                tools,
-                chat_template_kwargs,  # type: ignore[arg-type]
-            )
+            self.tokenizer.encode_chat(list(c), add_generation_prompt, tools, chat_template_kwargs)
             for c in conversations
         ]
         params = _per_prompt(sampling_params or SamplingParams(), len(prompts), "sampling_params")
