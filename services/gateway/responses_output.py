@@ -26,9 +26,13 @@ def _id(prefix: str) -> str:
 
 
 def response_object(
-    req: ResponsesRequest, p: Prepared, response_id: str, status: str, output: list[dict[str, Any]],
+    req: ResponsesRequest,
+    p: Prepared,
+    response_id: str,
+    status: str,
+    output: list[dict[str, Any]],
     usage: Usage | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """The ``response`` object; ``status`` is in_progress, completed or incomplete."""
     return {
         "id": response_id,
@@ -130,7 +134,9 @@ class ResponseStream:
         delta = (
             "response.output_text.delta" if kind == "message" else "response.reasoning_text.delta"
         )
-        events.append(self._event(delta, item_id=item["id"], output_index=index, content_index=0, delta=text))  # fmt: skip
+        events.append(
+            self._event(delta, item_id=item["id"], output_index=index, content_index=0, delta=text)
+        )
         return events
 
     def _call(self, call: dict[str, Any]) -> list[dict[str, Any]]:
@@ -144,26 +150,65 @@ class ResponseStream:
         piece = function.get("arguments", "")
         item["arguments"] += piece
         if piece:
-            events.append(self._event("response.function_call_arguments.delta", item_id=item["id"], output_index=index, delta=piece))  # fmt: skip
+            events.append(
+                self._event(
+                    "response.function_call_arguments.delta",
+                    item_id=item["id"],
+                    output_index=index,
+                    delta=piece,
+                )
+            )
         return events
 
     def _add(self, kind: str, **fields: Any) -> list[dict[str, Any]]:
         item: dict[str, Any]
         if kind == "message":
-            item = {"type": "message", "id": _id("msg"), "status": "in_progress", "role": "assistant",
-                    "content": [{"type": "output_text", "text": "", "annotations": [], "logprobs": []}]}  # fmt: skip
+            item = {
+                "type": "message",
+                "id": _id("msg"),
+                "status": "in_progress",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": "", "annotations": [], "logprobs": []}],
+            }
         elif kind == "reasoning":
-            item = {"type": "reasoning", "id": _id("rs"), "summary": [],
-                    "content": [{"type": "reasoning_text", "text": ""}], "status": "in_progress"}  # fmt: skip
+            item = {
+                "type": "reasoning",
+                "id": _id("rs"),
+                "summary": [],
+                "content": [{"type": "reasoning_text", "text": ""}],
+                "status": "in_progress",
+            }
         else:
-            item = {"type": "function_call", "id": _id("fc"), "status": "in_progress", "arguments": "", **fields}  # fmt: skip
+            item = {
+                "type": "function_call",
+                "id": _id("fc"),
+                "status": "in_progress",
+                "arguments": "",
+                **fields,
+            }
         self.output.append(item)
         self._open = item
         index = len(self.output) - 1
-        shown = {**item, "content": [{**c, "text": ""} for c in item.get("content", [])]} if "content" in item else item  # fmt: skip
-        events = [self._event("response.output_item.added", output_index=index, item=json.loads(json.dumps(shown)))]  # fmt: skip
+        shown = (
+            {**item, "content": [{**c, "text": ""} for c in item.get("content", [])]}
+            if "content" in item
+            else item
+        )
+        events = [
+            self._event(
+                "response.output_item.added", output_index=index, item=json.loads(json.dumps(shown))
+            )
+        ]
         if kind == "message":
-            events.append(self._event("response.content_part.added", item_id=item["id"], output_index=index, content_index=0, part=dict(item["content"][0])))  # fmt: skip
+            events.append(
+                self._event(
+                    "response.content_part.added",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    part=dict(item["content"][0]),
+                )
+            )
         return events
 
     def _close(self) -> list[dict[str, Any]]:
@@ -175,13 +220,48 @@ class ResponseStream:
         events = []
         if item["type"] == "message":
             part = item["content"][0]
-            events.append(self._event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0, text=part["text"]))  # fmt: skip
-            events.append(self._event("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=dict(part)))  # fmt: skip
+            events.append(
+                self._event(
+                    "response.output_text.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    text=part["text"],
+                )
+            )
+            events.append(
+                self._event(
+                    "response.content_part.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    part=dict(part),
+                )
+            )
         elif item["type"] == "reasoning":
-            events.append(self._event("response.reasoning_text.done", item_id=item["id"], output_index=index, content_index=0, text=item["content"][0]["text"]))  # fmt: skip
+            events.append(
+                self._event(
+                    "response.reasoning_text.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    text=item["content"][0]["text"],
+                )
+            )
         else:
-            events.append(self._event("response.function_call_arguments.done", item_id=item["id"], output_index=index, arguments=item["arguments"]))  # fmt: skip
-        events.append(self._event("response.output_item.done", output_index=index, item=json.loads(json.dumps(item))))  # fmt: skip
+            events.append(
+                self._event(
+                    "response.function_call_arguments.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    arguments=item["arguments"],
+                )
+            )
+        events.append(
+            self._event(
+                "response.output_item.done", output_index=index, item=json.loads(json.dumps(item))
+            )
+        )
         return events
 
 

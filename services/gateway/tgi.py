@@ -4,15 +4,15 @@ written against LoRAX.
 
 A body ``{"inputs": ..., "parameters": {"adapter_id": ..., "max_new_tokens": ...}}`` becomes a
 completion request (``to_completion``) and goes through everything an OpenAI completion does
-(tenants, fairness, checks).  ``adapter_id`` names an adapter registered with this server (there
-is no download: ``adapter_source`` may only be omitted, ``hub`` or ``local``).  TGI samples only
-with ``do_sample`` (or a temperature, top-p or top-k); otherwise it is greedy.  Refused with a
-400 rather than ignored: ``best_of`` > 1, ``decoder_input_details``, ``watermark``,
-``typical_p``, and LoRAX's ``merged_adapters`` and ``return_k_alternatives``.  LoRAX's
-``ignore_eos_token`` is honoured; ``api_token`` is ignored (nothing is downloaded).  Constraints: TGI's ``grammar`` (``{"type": "json" | "regex", "value": ...}``) and
-LoRAX's ``response_format`` (``{"type": "json_object", "schema": ...}``).
-Answers carry ``details`` (finish reason as TGI names it, token ids, texts and logprobs); a stream
-sends one event per token and ends with ``generated_text`` and ``details``, without
+(tenants, fairness, checks).  ``adapter_id`` names an adapter registered with this server (there is
+no download: ``adapter_source`` may only be omitted, ``hub`` or ``local``).  TGI samples only with
+``do_sample`` (or a temperature, top-p or top-k); otherwise it is greedy.  Refused with a 400 rather
+than ignored: ``best_of`` > 1, ``decoder_input_details``, ``watermark``, ``typical_p``, and LoRAX's
+``merged_adapters`` and ``return_k_alternatives``.  LoRAX's ``ignore_eos_token`` is honoured;
+``api_token`` is ignored (nothing is downloaded).  Constraints: TGI's ``grammar`` (``{"type": "json"
+| "regex", "value": ...}``) and LoRAX's ``response_format`` (``{"type": "json_object", "schema":
+...}``). Answers carry ``details`` (finish reason as TGI names it, token ids, texts and logprobs); a
+stream sends one event per token and ends with ``generated_text`` and ``details``, without
 ``[DONE]``.  Plain Python over pydantic bodies.
 """
 

@@ -87,14 +87,14 @@ class ToolCallStream:
         self._held_space = ""
         return out
 
-    # ---- named: the text is the arguments ------------------------------------------------------
+    # ---- named: the text is the arguments -------------------------------------------------
     def _named(self, text: str) -> Out:
         if self.calls_made:
             return Out(calls=[{"index": 0, "function": {"arguments": text}}])
         self.calls_made = 1
         return Out(calls=[call_json(0, self.use.named or "", text)])
 
-    # ---- required: a JSON array of calls ----------------------------------------------------------
+    # ---- required: a JSON array of calls --------------------------------------------------
     def _required(self) -> Out:
         text, self._text = self._text, ""
         try:
@@ -112,7 +112,7 @@ class ToolCallStream:
         self.calls_made = len(calls)
         return Out(calls=calls)
 
-    # ---- auto: Hermes <tool_call> blocks ------------------------------------------------------------
+    # ---- auto: Hermes <tool_call> blocks --------------------------------------------------
     def _auto(self, final: bool) -> Out:
         out = Out()
         while True:

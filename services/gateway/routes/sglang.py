@@ -46,9 +46,8 @@ async def generate(
             request.receive, asyncio.gather(*(g.next() for g in gens)), probe
         )
         if not body.stream:
-            texts = await until_disconnected(
-                request.receive, asyncio.gather(*(g.collect(f) for g, f in zip(gens, firsts, strict=True))), probe
-            )  # fmt: skip
+            collected = (g.collect(f) for g, f in zip(gens, firsts, strict=True))
+            texts = await until_disconnected(request.receive, asyncio.gather(*collected), probe)
             outs = [_answer(g, t, ends) for g, t in zip(gens, texts, strict=True)]
             for g in gens:
                 await g.aclose()
