@@ -112,6 +112,10 @@ class ResponseStream:
         )
 
     # ---- items ------------------------------------------------------------------------------
+    # The item text is added to is always the last of ``output``; events name it by id and index.
+    def _on(self, kind: str, item: dict[str, Any], **fields: Any) -> dict[str, Any]:
+        return self._event(kind, item_id=item["id"], output_index=len(self.output) - 1, **fields)
+
     def _piece(self, piece: Piece) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
         if piece.reasoning:
@@ -125,18 +129,12 @@ class ResponseStream:
     def _text(self, kind: str, text: str) -> list[dict[str, Any]]:
         events = []
         if self._open is None or self._open["type"] != kind:
-            events += self._close()
-            events += self._add(kind)
-        item, index = self._open, len(self.output) - 1
+            events += self._close() + self._add(kind)
+        item = self._open
         assert item is not None
-        part = item["content"][0]
-        part["text"] += text
-        delta = (
-            "response.output_text.delta" if kind == "message" else "response.reasoning_text.delta"
-        )
-        events.append(
-            self._event(delta, item_id=item["id"], output_index=index, content_index=0, delta=text)
-        )
+        item["content"][0]["text"] += text
+        delta = "output_text" if kind == "message" else "reasoning_text"
+        events.append(self._on(f"response.{delta}.delta", item, content_index=0, delta=text))
         return events
 
     def _call(self, call: dict[str, Any]) -> list[dict[str, Any]]:
@@ -145,124 +143,68 @@ class ResponseStream:
         if "id" in call:  # a new call; a named function's later pieces are its arguments only
             events += self._close()
             events += self._add("function_call", call_id=call["id"], name=function.get("name", ""))
-        item, index = self._open, len(self.output) - 1
+        item = self._open
         assert item is not None and item["type"] == "function_call"
         piece = function.get("arguments", "")
         item["arguments"] += piece
         if piece:
-            events.append(
-                self._event(
-                    "response.function_call_arguments.delta",
-                    item_id=item["id"],
-                    output_index=index,
-                    delta=piece,
-                )
-            )
+            events.append(self._on("response.function_call_arguments.delta", item, delta=piece))
         return events
 
     def _add(self, kind: str, **fields: Any) -> list[dict[str, Any]]:
-        item: dict[str, Any]
+        item: dict[str, Any] = {"id": _id(ITEM_PREFIX[kind]), "type": kind, "status": "in_progress"}
         if kind == "message":
-            item = {
-                "type": "message",
-                "id": _id("msg"),
-                "status": "in_progress",
-                "role": "assistant",
-                "content": [{"type": "output_text", "text": "", "annotations": [], "logprobs": []}],
-            }
+            item["role"] = "assistant"
+            item["content"] = [
+                {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            ]
         elif kind == "reasoning":
-            item = {
-                "type": "reasoning",
-                "id": _id("rs"),
-                "summary": [],
-                "content": [{"type": "reasoning_text", "text": ""}],
-                "status": "in_progress",
-            }
+            item["summary"] = []
+            item["content"] = [{"type": "reasoning_text", "text": ""}]
         else:
-            item = {
-                "type": "function_call",
-                "id": _id("fc"),
-                "status": "in_progress",
-                "arguments": "",
-                **fields,
-            }
+            item.update(arguments="", **fields)
         self.output.append(item)
         self._open = item
-        index = len(self.output) - 1
-        shown = (
-            {**item, "content": [{**c, "text": ""} for c in item.get("content", [])]}
-            if "content" in item
-            else item
+        added = self._event(
+            "response.output_item.added", output_index=len(self.output) - 1, item=_copy(item)
         )
-        events = [
-            self._event(
-                "response.output_item.added", output_index=index, item=json.loads(json.dumps(shown))
-            )
-        ]
-        if kind == "message":
-            events.append(
-                self._event(
-                    "response.content_part.added",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    part=dict(item["content"][0]),
-                )
-            )
-        return events
+        if kind != "message":
+            return [added]
+        part = _copy(item["content"][0])
+        return [added, self._on("response.content_part.added", item, content_index=0, part=part)]
 
     def _close(self) -> list[dict[str, Any]]:
         item, self._open = self._open, None
         if item is None:
             return []
-        index = len(self.output) - 1
         item["status"] = "completed"
         events = []
-        if item["type"] == "message":
-            part = item["content"][0]
-            events.append(
-                self._event(
-                    "response.output_text.done",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    text=part["text"],
-                )
-            )
-            events.append(
-                self._event(
-                    "response.content_part.done",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    part=dict(part),
-                )
-            )
-        elif item["type"] == "reasoning":
-            events.append(
-                self._event(
-                    "response.reasoning_text.done",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    text=item["content"][0]["text"],
-                )
-            )
+        if item["type"] == "function_call":
+            args = item["arguments"]
+            events.append(self._on("response.function_call_arguments.done", item, arguments=args))
         else:
+            part = item["content"][0]
+            text = "output_text" if item["type"] == "message" else "reasoning_text"
             events.append(
-                self._event(
-                    "response.function_call_arguments.done",
-                    item_id=item["id"],
-                    output_index=index,
-                    arguments=item["arguments"],
+                self._on(f"response.{text}.done", item, content_index=0, text=part["text"])
+            )
+            if item["type"] == "message":
+                done = self._on(
+                    "response.content_part.done", item, content_index=0, part=_copy(part)
                 )
-            )
-        events.append(
-            self._event(
-                "response.output_item.done", output_index=index, item=json.loads(json.dumps(item))
-            )
+                events.append(done)
+        done_item = self._event(
+            "response.output_item.done", output_index=len(self.output) - 1, item=_copy(item)
         )
-        return events
+        return [*events, done_item]
+
+
+ITEM_PREFIX = {"message": "msg", "reasoning": "rs", "function_call": "fc"}
+
+
+def _copy(value: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot of an item that later text must not change (events are sent as they are)."""
+    return json.loads(json.dumps(value))
 
 
 def whole_response(
