@@ -35,8 +35,13 @@ class InvalidParamError(InvalidRequestError):
 def renamed(e: InvalidParamError, names: dict[str, str]) -> InvalidParamError:
     """An error about a completion field, naming the field another API's client sent instead
     (``names``: completion field -> that API's name)."""
-    name = names.get(e.param or "", e.param)
-    return InvalidParamError(str(e).replace(f"{e.param} ", f"{name} ", 1), name, e.code)
+    param = e.param or ""
+    head, bracket, tail = param.partition("[")  # a batch's item: prompt[3]
+    if head not in names:
+        return e
+    name = names[head] + bracket + tail
+    message = str(e).replace(f"{param}:", f"{name}:").replace(f"{param} ", f"{name} ", 1)
+    return InvalidParamError(message, name, e.code)
 
 
 class ModelNotFoundError(LoraplexError):

@@ -117,6 +117,8 @@ async def test_lora_path_and_constraints(
         ({"text": PROMPT, "sampling_params": {"regex": "(ab"}}, "sampling_params.regex"),
         ({"text": PROMPT, "sampling_params": {"temperature": -1}}, "sampling_params.temperature"),
         ({"text": PROMPT, "sampling_params": {"max_new_tokens": 10**6}}, "text"),  # the context
+        ({"input_ids": [[1, 2], []]}, "input_ids[1]"),
+        ({"text": ["a", " "]}, "text[1]"),
     ],
 )
 async def test_refusals(gateway: str, scheduler: FakeScheduler, body: dict, param: str) -> None:

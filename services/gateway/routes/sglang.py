@@ -36,7 +36,8 @@ async def generate(
         completion = to_completion(body, service.settings.model_id)
         prompts = await service.prepare_completion(completion, tenant)
     except InvalidParamError as e:
-        raise renamed(e, PARAM_NAMES) from e
+        given = {"prompt": "input_ids"} if body.input_ids is not None else {}
+        raise renamed(e, PARAM_NAMES | given) from e
     n = body.sampling_params.n
     gens = await service.start_choices(prompts, n, still_connected(request.scope))
     probe = PeerProbe.from_scope(request.scope)
