@@ -35,6 +35,8 @@ class TokenInfo:
     token: str
     logprob: float | None
     top: list[tuple[str, float]] | None
+    token_id: int | None = None
+    top_ids: tuple[int, ...] = ()  # the ids of ``top``, in its order
 
 
 @dataclass(frozen=True)
@@ -241,7 +243,7 @@ class Generation:
             return ""
         if msg.prompt_logprobs is not None:
             decode = self._tok.decode
-            first = TokenInfo(decode(self._prompt_ids[:1], False), None, None)
+            first = TokenInfo(decode(self._prompt_ids[:1], False), None, None, self._prompt_ids[0])
             self._pending = [first, *map(self._prompt_info, msg.prompt_logprobs), *self._pending]
         return echo.text
 
@@ -250,13 +252,17 @@ class Generation:
         info = self._token_info(lp)
         assert info.top is not None
         if all(t != lp.token_id for t, _ in lp.top):
-            info = TokenInfo(info.token, info.logprob, [(info.token, lp.logprob), *info.top])
+            top = [(info.token, lp.logprob), *info.top]
+            info = TokenInfo(
+                info.token, info.logprob, top, lp.token_id, (lp.token_id, *info.top_ids)
+            )
         return info
 
     def _token_info(self, lp: TokenLogprobs) -> TokenInfo:
         decode = self._tok.decode
         top = [(decode([t], False), v) for t, v in lp.top]
-        return TokenInfo(decode([lp.token_id], False), lp.logprob, top)
+        ids = tuple(t for t, _ in lp.top)
+        return TokenInfo(decode([lp.token_id], False), lp.logprob, top, lp.token_id, ids)
 
     def _take_logprobs(self) -> list[TokenInfo] | None:
         if not self._pending:

@@ -8,8 +8,10 @@ server (SGLang's ``--lora-paths NAME=PATH`` names them the same way; ``loraplex 
 SGLang), ``temperature`` (default 1.0), ``top_p``, ``top_k``, ``min_p``, the three penalties,
 ``stop``, ``stop_token_ids``, ``ignore_eos``, ``skip_special_tokens``, ``min_new_tokens``,
 ``no_stop_trim``, ``n`` and the constraints ``json_schema``, ``regex`` and ``ebnf``.  Refused
-with a 400 rather than ignored: ``return_logprob``, ``input_embeds``, ``image_data``, and
-different adapters per prompt of one batch.
+with a 400 rather than ignored: ``input_embeds``, ``image_data``, input logprobs
+(``logprob_start_len`` other than -1) and different adapters per prompt of one batch.
+``return_logprob`` gives ``meta_info.output_token_logprobs`` (``[logprob, token id, text or
+null]`` per token) and, with ``top_logprobs_num``, ``output_top_logprobs``.
 Answers are ``{"text", "meta_info": {"id", "finish_reason", "prompt_tokens",
 "completion_tokens", "cached_tokens"}}`` (a list for a batch); a stream sends the text so far in
 each event, as SGLang does, then ``data: [DONE]``.  Plain Python over pydantic bodies.
@@ -22,6 +24,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from loraplex.gateway.errors import InvalidParamError
+from loraplex.gateway.generation import TokenInfo
 from loraplex.gateway.schemas import CompletionRequest, Float, Seed, TokenId, validated
 
 DEFAULT_MAX_NEW_TOKENS = 128  # SGLang's
@@ -73,6 +76,9 @@ class SGLangRequest(BaseModel):
     lora_path: str | list[str | None] | None = None
     stream: bool = False
     return_logprob: bool = False
+    logprob_start_len: int = -1
+    top_logprobs_num: Annotated[int, Field(ge=0, le=20)] = 0
+    return_text_in_logprobs: bool = False
     input_embeds: Any = None
     image_data: Any = None
 
@@ -100,9 +106,14 @@ def _adapter(lora: str | list[str | None] | None) -> str | None:
 
 
 def to_completion(req: SGLangRequest, base_model: str) -> CompletionRequest:
-    for name in ("return_logprob", "input_embeds", "image_data"):
+    for name in ("input_embeds", "image_data"):
         if getattr(req, name):
             raise InvalidParamError(f"{name} is not supported", name)
+    if req.return_logprob and req.logprob_start_len != -1:
+        raise InvalidParamError(
+            "only the output's logprobs are served: logprob_start_len must be -1",
+            "logprob_start_len",
+        )
     if (req.text is None) == (req.input_ids is None):
         raise InvalidParamError("send either text or input_ids", "text")
     s = req.sampling_params
@@ -126,6 +137,7 @@ def to_completion(req: SGLangRequest, base_model: str) -> CompletionRequest:
         "include_stop_str_in_output": s.no_stop_trim,
         "n": s.n,
         "seed": s.sampling_seed,
+        "logprobs": req.top_logprobs_num if req.return_logprob else None,
         **{k: v for k, v in constraints.items() if v is not None},
     }
     return validated(CompletionRequest, fields)
@@ -141,3 +153,24 @@ def finish_reason(
     if reason == "length":
         return {"type": "length", "length": tokens}
     return {"type": "stop", "matched": last_token if last_token in eos_ids else None}
+
+
+def logprob_fields(
+    infos: list[TokenInfo] | None, top: int, with_text: bool
+) -> dict[str, list[Any]]:
+    """``meta_info``'s logprobs: ``[logprob, token id, text or None]`` per token (SGLang)."""
+
+    def entry(logprob: float | None, token_id: int | None, text: str) -> list[Any]:
+        return [logprob, token_id, text if with_text else None]
+
+    infos = infos or []
+    out: dict[str, list[Any]] = {
+        "input_token_logprobs": [],
+        "output_token_logprobs": [entry(i.logprob, i.token_id, i.token) for i in infos],
+    }
+    if top:
+        out["output_top_logprobs"] = [
+            [entry(lp, t, text) for (text, lp), t in zip(i.top or [], i.top_ids, strict=False)]
+            for i in infos
+        ]
+    return out

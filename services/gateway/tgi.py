@@ -8,7 +8,8 @@ completion request (``to_completion``) and goes through everything an OpenAI com
 no download: ``adapter_source`` may only be omitted, ``hub`` or ``local``).  TGI samples only with
 ``do_sample`` (or a temperature, top-p or top-k); otherwise it is greedy.  Refused with a 400 rather
 than ignored: ``best_of`` > 1, ``decoder_input_details``, ``watermark``, ``typical_p``, and LoRAX's
-``merged_adapters`` and ``return_k_alternatives``.  LoRAX's ``ignore_eos_token`` is honoured;
+``merged_adapters``.  LoRAX's ``ignore_eos_token`` and ``return_k_alternatives`` (each token's
+``alternative_tokens``) are honoured;
 ``api_token`` is ignored (nothing is downloaded).  Constraints: TGI's ``grammar`` (``{"type": "json"
 | "regex", "value": ...}``) and LoRAX's ``response_format`` (``{"type": "json_object", "schema":
 ...}``). Answers carry ``details`` (finish reason as TGI names it, token ids, texts and logprobs); a
@@ -49,7 +50,7 @@ class TGIParameters(BaseModel):
     merged_adapters: dict[str, Any] | None = None  # LoRAX: refused (one adapter per request)
     api_token: str | None = None  # LoRAX: for downloads, which this server does not do
     ignore_eos_token: bool = False  # LoRAX
-    return_k_alternatives: int | None = None  # LoRAX: refused
+    return_k_alternatives: Annotated[int, Field(ge=0, le=20)] | None = None  # LoRAX
     max_new_tokens: Annotated[int, Field(ge=1, le=2**31)] | None = None
     do_sample: bool = False
     temperature: Float | None = None
@@ -87,7 +88,6 @@ def _refuse_unsupported(p: TGIParameters) -> None:
         )
     for name, unsupported in (
         ("merged_adapters", p.merged_adapters is not None),
-        ("return_k_alternatives", p.return_k_alternatives not in (None, 0)),
         ("best_of", p.best_of not in (None, 1)),
         ("decoder_input_details", p.decoder_input_details),
         ("watermark", p.watermark),
@@ -139,7 +139,7 @@ def to_completion(req: TGIRequest, base_model: str) -> CompletionRequest:
         "frequency_penalty": p.frequency_penalty,
         "truncate_prompt_tokens": p.truncate,
         "ignore_eos": p.ignore_eos_token,
-        "logprobs": 0,
+        "logprobs": p.return_k_alternatives or 0,
         **_constraint(p),
     }
     return validated(CompletionRequest, fields)
@@ -171,6 +171,11 @@ def tokens(
                 "special": token_id in special,
             }
         )
+        if info is not None and info.top:  # LoRAX's return_k_alternatives
+            out[-1]["alternative_tokens"] = [
+                {"id": t, "text": text, "logprob": lp}
+                for (text, lp), t in zip(info.top, info.top_ids, strict=False)
+            ]
     return out
 
 

@@ -106,7 +106,8 @@ async def test_lora_path_and_constraints(
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"text": PROMPT, "return_logprob": True}, "return_logprob"),
+        ({"text": PROMPT, "return_logprob": True, "logprob_start_len": 0}, "logprob_start_len"),
+        ({"text": PROMPT, "return_logprob": True, "top_logprobs_num": 21}, "top_logprobs_num"),
         ({"text": PROMPT, "image_data": "x.png"}, "image_data"),
         ({"text": [PROMPT, PROMPT], "lora_path": ["a", "b"]}, "lora_path"),
         ({"text": PROMPT, "input_ids": [1, 2]}, "text"),

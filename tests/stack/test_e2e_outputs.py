@@ -337,3 +337,36 @@ def test_sglang_generate_through_the_stack(disagg_stack, loras):
         timeout=30,
     ).json()
     assert [b["text"] for b in both] == [want.text, want.text]
+
+
+def test_native_apis_logprobs_through_the_stack(disagg_stack, loras):
+    """SGLang's ``return_logprob`` (with ``top_logprobs_num``) and LoRAX's
+    ``return_k_alternatives``: the offline engine's logprobs, token ids and alternatives."""
+    llm = offline_llm(disagg_stack)
+    text = "The quick brown fox"
+    want = llm.generate(
+        text, SamplingParams(temperature=0, max_tokens=5, logprobs=2), lora=loras[0]
+    )[0]
+    base = disagg_stack.urls["gateway"]
+    body = {"text": text, "lora_path": loras[0], "return_logprob": True, "top_logprobs_num": 2,
+            "return_text_in_logprobs": True, "sampling_params": {"temperature": 0, "max_new_tokens": 5}}  # fmt: skip
+    meta = httpx.post(f"{base}/generate", json=body, timeout=30).json()["meta_info"]
+    out = meta["output_token_logprobs"]
+    assert [t for _, t, _ in out] == want.token_ids
+    assert [lp for lp, _, _ in out] == pytest.approx([w.logprob for w in want.logprobs], abs=1e-4)
+    assert [[t for _, t, _ in top] for top in meta["output_top_logprobs"]] == [
+        [t for t, _ in w.top] for w in want.logprobs
+    ]
+    assert all(isinstance(piece, str) for _, _, piece in out)
+    params = {
+        "adapter_id": loras[0],
+        "max_new_tokens": 5,
+        "details": True,
+        "return_k_alternatives": 2,
+    }
+    toks = httpx.post(
+        f"{base}/generate", json={"inputs": text, "parameters": params}, timeout=30
+    ).json()["details"]["tokens"]
+    assert [[a["id"] for a in t["alternative_tokens"]] for t in toks] == [
+        [t for t, _ in w.top] for w in want.logprobs
+    ]

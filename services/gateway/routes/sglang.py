@@ -20,7 +20,13 @@ from loraplex.gateway.peer import PeerProbe, still_connected
 from loraplex.gateway.responder import SSEResponse, until_disconnected
 from loraplex.gateway.schemas import validated
 from loraplex.gateway.service import GatewayService
-from loraplex.gateway.sglang import PARAM_NAMES, SGLangRequest, finish_reason, to_completion
+from loraplex.gateway.sglang import (
+    PARAM_NAMES,
+    SGLangRequest,
+    finish_reason,
+    logprob_fields,
+    to_completion,
+)
 
 
 async def generate(
@@ -49,7 +55,7 @@ async def generate(
         if not body.stream:
             collected = (g.collect(f) for g, f in zip(gens, firsts, strict=True))
             texts = await until_disconnected(request.receive, asyncio.gather(*collected), probe)
-            outs = [_answer(g, t, ends) for g, t in zip(gens, texts, strict=True)]
+            outs = [_answer(g, t, ends, body) for g, t in zip(gens, texts, strict=True)]
             for g in gens:
                 await g.aclose()
             return JSONResponse(outs[0] if single else outs)
@@ -62,7 +68,7 @@ async def generate(
         for g in gens:
             await g.aclose()
 
-    return SSEResponse(_events(gens, list(firsts), ends, single), close)
+    return SSEResponse(_events(gens, list(firsts), ends, single, body), close)
 
 
 def _meta(gen: Generation, ends: frozenset[int]) -> dict[str, Any]:
@@ -78,12 +84,21 @@ def _meta(gen: Generation, ends: frozenset[int]) -> dict[str, Any]:
     }
 
 
-def _answer(gen: Generation, text: str, ends: frozenset[int]) -> dict[str, Any]:
-    return {"text": text, "meta_info": _meta(gen, ends)}
+def _answer(
+    gen: Generation, text: str, ends: frozenset[int], body: SGLangRequest
+) -> dict[str, Any]:
+    meta = _meta(gen, ends)
+    if body.return_logprob:
+        meta |= logprob_fields(gen.logprobs, body.top_logprobs_num, body.return_text_in_logprobs)
+    return {"text": text, "meta_info": meta}
 
 
 async def _events(
-    gens: list[Generation], firsts: list[TextDelta | None], ends: frozenset[int], single: bool
+    gens: list[Generation],
+    firsts: list[TextDelta | None],
+    ends: frozenset[int],
+    single: bool,
+    body: SGLangRequest,
 ) -> AsyncIterator[str]:
     """Each choice's text so far, as SGLang streams it; choices in turn (``index`` when there
     are several), then ``[DONE]``."""
@@ -92,7 +107,7 @@ async def _events(
             text = ""
             while delta is not None:
                 text += delta.text
-                event = _answer(gen, text, ends)
+                event = _answer(gen, text, ends, body)
                 if not single:
                     event["index"] = index
                 yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
