@@ -139,7 +139,9 @@ class RequestBuilder:
         messages = req.template_messages()
         tools = use.template_tools() if use is not None else None
         kwargs = req.template_kwargs()
-        ids = await asyncio.to_thread(self.tokenizer.encode_chat, messages, True, tools, kwargs)
+        ids = await asyncio.to_thread(
+            self.tokenizer.encode_chat, messages, req.add_generation_prompt, tools, kwargs
+        )
         if not ids:
             raise InvalidParamError("messages render to an empty prompt", "messages")
         ids = truncated(ids, req.truncate_prompt_tokens)

@@ -227,6 +227,9 @@ class ChatCompletionRequest(GenerateRequest):
     parallel_tool_calls: bool | None = None
     # vLLM extension: more variables for the chat template (``enable_thinking``: Qwen3)
     chat_template_kwargs: dict[str, Any] | None = None
+    add_generation_prompt: bool = True  # vLLM
+    chat_template: str | None = None  # vLLM: refused (a tenant's template is not run here)
+    continue_final_message: bool = False  # vLLM: refused
 
     def check_supported(self) -> None:
         super().check_supported()
@@ -234,6 +237,14 @@ class ChatCompletionRequest(GenerateRequest):
             raise InvalidParamError("top_logprobs needs logprobs=true", "top_logprobs")
         if self.top_logprobs is not None and not 0 <= self.top_logprobs <= 20:
             raise InvalidParamError("top_logprobs must be in [0, 20]", "top_logprobs")
+        if self.chat_template is not None:
+            raise InvalidParamError(
+                "chat_template is not supported: the model's own template is used", "chat_template"
+            )
+        if self.continue_final_message:
+            raise InvalidParamError(
+                "continue_final_message is not supported", "continue_final_message"
+            )
 
     def logprobs_count(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None

@@ -338,3 +338,20 @@ async def test_vllm_sampling_extensions_reach_the_scheduler(
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "truncate_prompt_tokens"
         version = await http.get("/version")
         assert version.status_code == 200 and version.json() == {"version": loraplex.__version__}
+
+
+async def test_chat_template_fields(
+    gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
+) -> None:
+    """vLLM's ``add_generation_prompt`` is honoured on chat; ``chat_template`` and
+    ``continue_final_message`` are refused, not ignored."""
+    messages = [{"role": "user", "content": "Hi"}]
+    async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
+        body = {"model": MODEL_ID, "messages": messages, "add_generation_prompt": False}
+        assert (await http.post("/v1/chat/completions", json=body)).status_code == 200
+        assert scheduler.submits[-1].prompt_token_ids == tokenizer.encode_chat(messages, False)
+        for field, value in (("chat_template", "{{ messages }}"), ("continue_final_message", True)):
+            r = await http.post(
+                "/v1/chat/completions", json={"model": MODEL_ID, "messages": messages, field: value}
+            )
+            assert_error(r, 400, param=field)
