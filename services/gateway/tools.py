@@ -65,19 +65,34 @@ class ToolUse:
             return _compiled(tool.parameters)
         if self.choice != "required":
             return None
-        calls: list[dict[str, Any]] = [
-            {
-                "type": "object",
-                "properties": {
-                    "name": {"type": "string", "enum": [t.name]},
-                    "parameters": t.parameters,
-                },
-                "required": ["name", "parameters"],
-                "additionalProperties": False,
-            }
-            for t in self.tools
-        ]
+        calls: list[dict[str, Any]] = []
+        defs: dict[str, Any] = {}
+        for t in self.tools:
+            # The tools' own "$defs" move to the array's root, where their "#/$defs/..." refs
+            # point once the schemas are nested (pydantic's schemas use them; vLLM does this too).
+            parameters = dict(t.parameters)
+            for name, sub in (parameters.pop("$defs", None) or {}).items():
+                if defs.get(name, sub) != sub:
+                    raise InvalidParamError(
+                        f"tools define $defs {name!r} differently; give the definitions "
+                        "different names",
+                        "tools",
+                    )
+                defs[name] = sub
+            calls.append(
+                {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string", "enum": [t.name]},
+                        "parameters": parameters,
+                    },
+                    "required": ["name", "parameters"],
+                    "additionalProperties": False,
+                }
+            )
         schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": calls}}
+        if defs:
+            schema["$defs"] = defs
         if not self.parallel:
             schema["maxItems"] = 1
         return _compiled(schema)

@@ -241,3 +241,27 @@ def test_held_back_text_is_a_tag_prefix_only() -> None:
     assert not stream.finish()
     stream = ToolCallStream(use())
     assert not stream.feed("\n ") and stream.finish().content == "\n "
+
+
+def test_required_keeps_the_tools_own_definitions_reachable() -> None:
+    """Pydantic's schemas (``openai.pydantic_function_tool``) use ``$defs`` and ``#/$defs/...``
+    refs; nested in the required array they must still resolve, and two tools may share one."""
+    unit = {"enum": ["c", "f"]}
+    schema = {
+        "$defs": {"Unit": unit},
+        "type": "object",
+        "properties": {"unit": {"$ref": "#/$defs/Unit"}},
+        "required": ["unit"],
+    }
+    tools = [{"type": "function", "function": {"name": n, "parameters": schema}} for n in "ab"]
+    constraint = use("required", tools=tools).constraint()
+    assert constraint is not None
+    constraint.check()  # compiles: the refs resolve at the root
+    assert json.loads(constraint.spec)["$defs"] == {"Unit": unit}
+    named = use({"type": "function", "function": {"name": "a"}}, tools=tools).constraint()
+    assert named is not None
+    named.check()
+    clash = {**schema, "$defs": {"Unit": {"enum": ["k"]}}}
+    tools.append({"type": "function", "function": {"name": "c", "parameters": clash}})
+    with pytest.raises(InvalidParamError, match="differently"):
+        use("required", tools=tools).constraint()
