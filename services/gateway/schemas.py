@@ -61,6 +61,10 @@ class GenerateRequest(BaseModel):
     repetition_penalty: Float | None = None  # vLLM extension
     logit_bias: dict[str, Float] | None = None  # token id (as a string) -> bias in [-100, 100]
     user: str | None = None
+    # vLLM fields refused rather than ignored (check_supported)
+    prompt_logprobs: int | None = None
+    use_beam_search: bool = False
+    priority: int = 0
     # vLLM extension: reuse cached prompt prefixes only with requests of the same salt (within
     # the tenant's own, by default: --prefix-cache-scope).  No control characters: the salt is
     # joined to the tenant's with one.
@@ -86,6 +90,18 @@ class GenerateRequest(BaseModel):
 
     def check_supported(self) -> None:
         """Refuse (400) what the gateway cannot honour instead of silently ignoring it."""
+        if self.prompt_logprobs is not None:
+            raise InvalidParamError(
+                "prompt_logprobs is not supported: a completion with echo and logprobs scores "
+                "the prompt's tokens",
+                "prompt_logprobs",
+            )
+        if self.use_beam_search:
+            raise InvalidParamError("beam search is not supported", "use_beam_search")
+        if self.priority:
+            raise InvalidParamError(
+                "priority is not supported: requests are ordered by tenant fairness", "priority"
+            )
 
     def logprobs_count(self) -> int | None:
         """How many alternatives to report per token; None: no logprobs."""

@@ -355,3 +355,21 @@ async def test_chat_template_fields(
                 "/v1/chat/completions", json={"model": MODEL_ID, "messages": messages, field: value}
             )
             assert_error(r, 400, param=field)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("prompt_logprobs", 1), ("use_beam_search", True), ("priority", 5)]
+)
+async def test_vllm_fields_not_served_are_refused(
+    gateway: str, scheduler: FakeScheduler, field: str, value: object
+) -> None:
+    async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
+        for path, body in (
+            ("/v1/completions", {"model": MODEL_ID, "prompt": "Hi"}),
+            (
+                "/v1/chat/completions",
+                {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hi"}]},
+            ),
+        ):
+            assert_error(await http.post(path, json={**body, field: value}), 400, param=field)
+    assert scheduler.submits == []
