@@ -148,6 +148,23 @@ class FakeScheduler:
             await asyncio.sleep(0.02)
         raise AssertionError(f"no CancelRequest for {request_id} within {timeout}s")
 
+    def says(
+        self,
+        answer: str | list[int],
+        *,
+        chunk: int = 1,
+        finish: str | None = "stop",
+        error: tuple[int, str] | None = None,
+    ) -> None:
+        """Answer every request with ``answer`` (a text is encoded without special tokens),
+        ``chunk`` tokens a delta, ending with ``finish`` (and ``error`` after, if given)."""
+        ids = (
+            self.tokenizer.encode(answer, add_special_tokens=False)
+            if isinstance(answer, str)
+            else answer
+        )
+        self.plan = lambda _: Plan(tokens=list(ids), chunk=chunk, finish_reason=finish, error=error)
+
     async def _on_cancel(self, msg: nats.aio.msg.Msg) -> None:
         self.cancels.append(decode(msg.data, CancelRequest))
 
@@ -277,6 +294,13 @@ async def register_adapter(http, path: Path, name: str, headers: dict[str, str],
     return await http.post(
         "/v1/adapters", data={"name": name, **form}, files=files, headers=headers
     )
+
+
+@pytest.fixture
+async def oai(gateway: str) -> AsyncIterator[AsyncOpenAI]:
+    """The official client of the test's ``gateway`` (a module may override that fixture)."""
+    async with openai_client(gateway) as client:
+        yield client
 
 
 @asynccontextmanager

@@ -4,7 +4,6 @@ against the gateway, real NATS and Redis, and the fake scheduler peer."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -13,17 +12,10 @@ from openai import AsyncOpenAI
 
 from loraplex.protocol import SubmitRequest
 from loraplex.text.tokenizer import Tokenizer
-from tests.gateway.conftest import ALICE, ALICE_KEY, MODEL_ID, FakeScheduler, GatewayFactory, Plan
+from tests.gateway.conftest import ALICE, MODEL_ID, FakeScheduler, GatewayFactory, Plan
 
 PROMPTS = ["Hello there", "Once upon a time, in a land", "The end."]
 SEED = 7
-
-
-@pytest.fixture
-async def oai(gateway: str) -> AsyncIterator[AsyncOpenAI]:
-    client = AsyncOpenAI(base_url=f"{gateway}/v1", api_key=ALICE_KEY, max_retries=0, timeout=10)
-    yield client
-    await client.close()
 
 
 def reply(prompt_ids: list[int], seed: int | None) -> list[int]:

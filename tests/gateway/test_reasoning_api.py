@@ -17,8 +17,6 @@ from tests.gateway.conftest import (
     MODEL_ID,
     FakeScheduler,
     GatewayFactory,
-    Plan,
-    openai_client,
 )
 from tests.gateway.test_errors import CHAT, assert_refused
 
@@ -32,21 +30,10 @@ async def gateway(gateway_factory: GatewayFactory) -> AsyncIterator[str]:
         yield url
 
 
-@pytest.fixture
-async def oai(gateway: str) -> AsyncIterator[AsyncOpenAI]:
-    async with openai_client(gateway) as client:
-        yield client
-
-
-def says(scheduler: FakeScheduler, tokenizer: Tokenizer, text: str) -> None:
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    scheduler.plan = lambda _: Plan(tokens=ids, chunk=1, finish_reason="stop")
-
-
 async def test_thinking_comes_back_as_reasoning_whole_and_streamed(
     oai: AsyncOpenAI, scheduler: FakeScheduler, tokenizer: Tokenizer
 ) -> None:
-    says(scheduler, tokenizer, ANSWER)
+    scheduler.says(ANSWER)
     r = await oai.chat.completions.create(model=MODEL_ID, messages=MESSAGES)
     message = r.choices[0].message.model_dump()
     assert message["content"] == "No, 9.8 is more."
@@ -70,10 +57,8 @@ async def test_thinking_comes_back_as_reasoning_whole_and_streamed(
 async def test_thinking_before_a_tool_call(
     oai: AsyncOpenAI, scheduler: FakeScheduler, tokenizer: Tokenizer
 ) -> None:
-    says(
-        scheduler,
-        tokenizer,
-        '<think>use f</think><tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>',
+    scheduler.says(
+        '<think>use f</think><tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>'
     )
     tools = [{"type": "function", "function": {"name": "f"}}]
     r = await oai.chat.completions.create(model=MODEL_ID, messages=MESSAGES, tools=tools)
@@ -86,11 +71,11 @@ async def test_thinking_before_a_tool_call(
 async def test_an_answer_that_does_not_think_and_a_constrained_one_are_content(
     oai: AsyncOpenAI, scheduler: FakeScheduler, tokenizer: Tokenizer
 ) -> None:
-    says(scheduler, tokenizer, "Plain answer.")
+    scheduler.says("Plain answer.")
     r = await oai.chat.completions.create(model=MODEL_ID, messages=MESSAGES)
     assert r.choices[0].message.content == "Plain answer."
     assert "reasoning" not in r.choices[0].message.model_dump(exclude_none=True)
-    says(scheduler, tokenizer, '{"a": "<think>x</think>"}')
+    scheduler.says('{"a": "<think>x</think>"}')
     r = await oai.chat.completions.create(
         model=MODEL_ID, messages=MESSAGES, response_format={"type": "json_object"}
     )
@@ -102,7 +87,7 @@ async def test_chat_template_kwargs(
 ) -> None:
     body = {"model": MODEL_ID, "messages": MESSAGES, "chat_template_kwargs": {"messages": []}}
     await assert_refused(gateway, scheduler, CHAT, body, "chat_template_kwargs", "not a variable")
-    says(scheduler, tokenizer, "ok")
+    scheduler.says("ok")
     async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
         body["chat_template_kwargs"] = {"enable_thinking": False}
         r = await http.post(CHAT, json=body)

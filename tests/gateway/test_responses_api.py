@@ -18,8 +18,6 @@ from tests.gateway.conftest import (
     REPLY_TEXT,
     FakeScheduler,
     GatewayFactory,
-    Plan,
-    openai_client,
 )
 from tests.gateway.test_errors import assert_refused
 from tests.gateway.test_tool_calls import WEATHER
@@ -34,21 +32,10 @@ async def gateway(gateway_factory: GatewayFactory) -> AsyncIterator[str]:
         yield url
 
 
-@pytest.fixture
-async def oai(gateway: str) -> AsyncIterator[AsyncOpenAI]:
-    async with openai_client(gateway) as client:
-        yield client
-
-
-def says(scheduler: FakeScheduler, tokenizer: Tokenizer, text: str, finish: str = "stop") -> None:
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    scheduler.plan = lambda _: Plan(tokens=ids, chunk=2, finish_reason=finish)
-
-
 async def test_text_whole_and_streamed(
     oai: AsyncOpenAI, scheduler: FakeScheduler, tokenizer: Tokenizer
 ) -> None:
-    says(scheduler, tokenizer, REPLY_TEXT)
+    scheduler.says(REPLY_TEXT, chunk=2)
     r = await oai.responses.create(
         model=MODEL_ID, input="Hi", instructions="Be brief.", max_output_tokens=40
     )
@@ -76,7 +63,7 @@ async def test_text_whole_and_streamed(
 async def test_cut_short_is_incomplete(
     oai: AsyncOpenAI, scheduler: FakeScheduler, tokenizer: Tokenizer
 ) -> None:
-    says(scheduler, tokenizer, REPLY_TEXT, finish="length")
+    scheduler.says(REPLY_TEXT, chunk=2, finish="length")
     r = await oai.responses.create(model=MODEL_ID, input="Hi", max_output_tokens=64)
     assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
 
@@ -84,10 +71,9 @@ async def test_cut_short_is_incomplete(
 async def test_function_calls_and_their_outputs(
     oai: AsyncOpenAI, scheduler: FakeScheduler, tokenizer: Tokenizer
 ) -> None:
-    says(
-        scheduler,
-        tokenizer,
+    scheduler.says(
         '<think>need it</think><tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>',
+        chunk=2,
     )
     r = await oai.responses.create(model=MODEL_ID, input="Weather?", tools=[FUNCTION])
     kinds = [item.type for item in r.output]
@@ -97,7 +83,7 @@ async def test_function_calls_and_their_outputs(
     assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "Oslo"}
     assert call.call_id.startswith("call_")
     # the call and its output go back in input; the template renders them
-    says(scheduler, tokenizer, "Sunny.")
+    scheduler.says("Sunny.", chunk=2)
     follow = [
         {"role": "user", "content": "Weather?"},
         {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
@@ -109,10 +95,8 @@ async def test_function_calls_and_their_outputs(
     assert '"arguments": {"city": "Oslo"}' in prompt and "<tool_response>\nsunny, 21 C" in prompt
 
     # streamed: the call arrives as an item with its arguments, then the completed response
-    says(
-        scheduler,
-        tokenizer,
-        '<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}</tool_call>',
+    scheduler.says(
+        '<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}</tool_call>', chunk=2
     )
     events = [
         e
@@ -128,7 +112,7 @@ async def test_function_calls_and_their_outputs(
 async def test_required_and_text_format_constrain_the_output(
     oai: AsyncOpenAI, scheduler: FakeScheduler, tokenizer: Tokenizer
 ) -> None:
-    says(scheduler, tokenizer, '{"city": "Bern"}')
+    scheduler.says('{"city": "Bern"}', chunk=2)
     r = await oai.responses.create(
         model=MODEL_ID,
         input="x",
@@ -138,7 +122,7 @@ async def test_required_and_text_format_constrain_the_output(
     assert json.loads(r.output[0].arguments) == {"city": "Bern"}
     assert scheduler.submits[-1].sampling.structured_outputs is not None
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}}
-    says(scheduler, tokenizer, '{"ok": true}')
+    scheduler.says('{"ok": true}', chunk=2)
     r = await oai.responses.create(
         model=MODEL_ID,
         input="x",
@@ -170,8 +154,7 @@ async def test_what_is_refused(
 async def test_an_error_after_the_start_is_an_error_event(
     gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
 ) -> None:
-    ids = tokenizer.encode(REPLY_TEXT, add_special_tokens=False)
-    scheduler.plan = lambda _: Plan(tokens=ids, chunk=2, finish_reason=None, error=(500, "boom"))
+    scheduler.says(REPLY_TEXT, chunk=2, finish=None, error=(500, "boom"))
     async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
         r = await http.post(RESPONSES, json={"model": MODEL_ID, "input": "hi", "stream": True})
     last = r.text.strip().split("\n\n")[-1]

@@ -12,14 +12,10 @@ import pytest
 
 from loraplex.text.tokenizer import Tokenizer
 from loraplex.tooling.demo import EOS_TOKEN_ID
-from tests.gateway.conftest import ALICE, REPLY_TEXT, FakeScheduler, Plan
+from tests.gateway.conftest import ALICE, REPLY_TEXT, FakeScheduler
 from tests.gateway.test_errors import assert_error
 
 PROMPT = "The capital of France is"
-
-
-def plan(scheduler: FakeScheduler, ids: list[int], finish: str = "length") -> None:
-    scheduler.plan = lambda _: Plan(tokens=ids, chunk=2, finish_reason=finish)
 
 
 async def post(gateway: str, body: dict[str, Any]) -> httpx.Response:
@@ -29,7 +25,7 @@ async def post(gateway: str, body: dict[str, Any]) -> httpx.Response:
 
 async def test_one_prompt(gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer) -> None:
     ids = tokenizer.encode(REPLY_TEXT, add_special_tokens=False)
-    plan(scheduler, ids)
+    scheduler.says(ids, chunk=2, finish="length")
     params = {"max_new_tokens": len(ids), "temperature": 0, "top_k": 5, "min_new_tokens": 2,
               "stop": ["zz"], "sampling_seed": 4, "no_stop_trim": True}  # fmt: skip
     r = await post(gateway, {"text": PROMPT, "sampling_params": params})
@@ -51,7 +47,7 @@ async def test_defaults_finish_reasons_and_token_ids(
     gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
 ) -> None:
     ids = tokenizer.encode(" Paris.", add_special_tokens=False)
-    plan(scheduler, [*ids, EOS_TOKEN_ID], "stop")
+    scheduler.says([*ids, EOS_TOKEN_ID], chunk=2)
     r = await post(gateway, {"input_ids": tokenizer.encode(PROMPT)})
     sent = scheduler.submits[-1]
     assert sent.prompt_token_ids == tokenizer.encode(PROMPT)
@@ -62,7 +58,7 @@ async def test_defaults_finish_reasons_and_token_ids(
 async def test_a_batch_with_n_answers_a_list(
     gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
 ) -> None:
-    plan(scheduler, tokenizer.encode(REPLY_TEXT, add_special_tokens=False))
+    scheduler.says(tokenizer.encode(REPLY_TEXT, add_special_tokens=False), chunk=2, finish="length")
     body = {"text": [PROMPT, "Hello"], "sampling_params": {"max_new_tokens": 32, "n": 2}}
     r = await post(gateway, body)
     out = r.json()
@@ -73,7 +69,7 @@ async def test_a_batch_with_n_answers_a_list(
 async def test_streams_send_the_text_so_far_then_done(
     gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
 ) -> None:
-    plan(scheduler, tokenizer.encode(REPLY_TEXT, add_special_tokens=False))
+    scheduler.says(tokenizer.encode(REPLY_TEXT, add_special_tokens=False), chunk=2, finish="length")
     r = await post(
         gateway, {"text": PROMPT, "sampling_params": {"max_new_tokens": 32}, "stream": True}
     )
@@ -95,7 +91,7 @@ async def test_lora_path_and_constraints(
 ) -> None:
     r = await post(gateway, {"text": PROMPT, "lora_path": "not-registered"})
     assert_error(r, 404)
-    plan(scheduler, tokenizer.encode('{"a": 1}', add_special_tokens=False))
+    scheduler.says(tokenizer.encode('{"a": 1}', add_special_tokens=False), chunk=2, finish="length")
     schema = json.dumps({"type": "object", "properties": {"a": {"type": "integer"}}})
     r = await post(gateway, {"text": PROMPT, "sampling_params": {"json_schema": schema}})
     assert r.status_code == 200

@@ -14,14 +14,10 @@ from huggingface_hub import InferenceClient
 
 from loraplex.text.tokenizer import Tokenizer
 from loraplex.tooling.demo import EOS_TOKEN_ID
-from tests.gateway.conftest import ALICE, ALICE_KEY, REPLY_TEXT, FakeScheduler, Plan
+from tests.gateway.conftest import ALICE, ALICE_KEY, REPLY_TEXT, FakeScheduler
 from tests.gateway.test_errors import assert_error
 
 PROMPT = "Hello, world! How are you today?"
-
-
-def plan(scheduler: FakeScheduler, ids: list[int], finish: str = "length") -> None:
-    scheduler.plan = lambda _: Plan(tokens=ids, chunk=2, finish_reason=finish)
 
 
 def events(raw: str) -> list[dict[str, Any]]:
@@ -34,7 +30,7 @@ async def test_generate_with_details(
     gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
 ) -> None:
     ids = tokenizer.encode(REPLY_TEXT, add_special_tokens=False)
-    plan(scheduler, ids)
+    scheduler.says(ids, chunk=2, finish="length")
     body = {"inputs": PROMPT, "parameters": {"max_new_tokens": len(ids), "details": True}}
     async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
         r = await http.post("/generate", json=body)
@@ -58,7 +54,7 @@ async def test_sampling_and_finish_reasons(
 ) -> None:
     ids = tokenizer.encode(" Yes.", add_special_tokens=False)
     async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
-        plan(scheduler, [*ids, EOS_TOKEN_ID], "stop")
+        scheduler.says([*ids, EOS_TOKEN_ID], chunk=2)
         params = {"do_sample": True, "temperature": 0.7, "top_k": 5, "seed": 9, "details": True,
                   "return_full_text": True, "stop": ["zz"], "truncate": 4}  # fmt: skip
         r = await http.post("/generate", json={"inputs": PROMPT, "parameters": params})
@@ -70,7 +66,7 @@ async def test_sampling_and_finish_reasons(
         assert out["generated_text"].startswith(PROMPT + " Yes.")
         assert out["details"]["finish_reason"] == "eos_token" and out["details"]["seed"] == 9
         assert out["details"]["tokens"][-1]["special"]
-        plan(scheduler, tokenizer.encode(" Stop here", add_special_tokens=False), "stop")
+        scheduler.says(tokenizer.encode(" Stop here", add_special_tokens=False), chunk=2)
         r = await http.post("/generate", json={"inputs": PROMPT, "parameters": {"details": True}})
         assert r.json()["details"]["finish_reason"] == "stop_sequence"
         assert "details" not in (await http.post("/generate", json={"inputs": PROMPT})).json()
@@ -80,7 +76,7 @@ async def test_generate_stream_events_add_up(
     gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
 ) -> None:
     ids = tokenizer.encode(REPLY_TEXT, add_special_tokens=False)
-    plan(scheduler, ids)
+    scheduler.says(ids, chunk=2, finish="length")
     async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
         r = await http.post(
             "/generate_stream", json={"inputs": PROMPT, "parameters": {"max_new_tokens": 32}}
@@ -100,7 +96,7 @@ async def test_huggingface_hub_text_generation(
 ) -> None:
     """The official client of TGI endpoints, streamed and not (it posts to ``/``)."""
     ids = tokenizer.encode(REPLY_TEXT, add_special_tokens=False)
-    plan(scheduler, ids)
+    scheduler.says(ids, chunk=2, finish="length")
     client = InferenceClient(base_url=gateway, api_key=ALICE_KEY, timeout=10)
 
     def run() -> tuple[Any, list[Any]]:
@@ -130,7 +126,7 @@ async def test_the_root_route_answers_a_list_as_tgi_does(
     gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
 ) -> None:
     """lorax-client's ``generate`` posts to ``/`` and reads ``payload[0]``."""
-    plan(scheduler, tokenizer.encode(REPLY_TEXT, add_special_tokens=False))
+    scheduler.says(tokenizer.encode(REPLY_TEXT, add_special_tokens=False), chunk=2, finish="length")
     body = {
         "inputs": PROMPT,
         "parameters": {"max_new_tokens": 32, "ignore_eos_token": True},
@@ -174,8 +170,7 @@ async def test_refusals_name_the_tgi_field(
 async def test_a_stream_that_fails_ends_with_a_tgi_error_event(
     gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
 ) -> None:
-    ids = tokenizer.encode(REPLY_TEXT, add_special_tokens=False)
-    scheduler.plan = lambda _: Plan(tokens=ids, chunk=2, finish_reason=None, error=(500, "boom"))
+    scheduler.says(REPLY_TEXT, chunk=2, finish=None, error=(500, "boom"))
     async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
         r = await http.post(
             "/generate_stream", json={"inputs": PROMPT, "parameters": {"max_new_tokens": 32}}

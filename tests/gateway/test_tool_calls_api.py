@@ -20,8 +20,6 @@ from tests.gateway.conftest import (
     MODEL_ID,
     FakeScheduler,
     GatewayFactory,
-    Plan,
-    openai_client,
 )
 from tests.gateway.test_errors import CHAT, assert_refused
 from tests.gateway.test_tool_calls import WEATHER
@@ -36,17 +34,6 @@ ANSWER = (
 async def gateway(gateway_factory: GatewayFactory) -> AsyncIterator[str]:
     async with gateway_factory(max_model_len=4096) as url:  # the tools block is long
         yield url
-
-
-@pytest.fixture
-async def oai(gateway: str) -> AsyncIterator[AsyncOpenAI]:
-    async with openai_client(gateway) as client:
-        yield client
-
-
-def says(scheduler: FakeScheduler, tokenizer: Tokenizer, text: str, chunk: int = 1) -> None:
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    scheduler.plan = lambda _: Plan(tokens=ids, chunk=chunk, finish_reason="stop")
 
 
 async def merged_stream(oai: AsyncOpenAI, **kw: Any) -> tuple[str, list[dict[str, Any]], str]:
@@ -68,7 +55,7 @@ async def merged_stream(oai: AsyncOpenAI, **kw: Any) -> tuple[str, list[dict[str
 async def test_auto_calls_come_back_as_tool_calls_whole_and_streamed(
     oai: AsyncOpenAI, scheduler: FakeScheduler, tokenizer: Tokenizer
 ) -> None:
-    says(scheduler, tokenizer, ANSWER)
+    scheduler.says(ANSWER)
     r = await oai.chat.completions.create(model=MODEL_ID, messages=MESSAGES, tools=[WEATHER])
     # the tools were rendered into the prompt by the chat template
     sent = scheduler.submits[-1]
@@ -96,7 +83,7 @@ async def test_auto_calls_come_back_as_tool_calls_whole_and_streamed(
 async def test_text_that_calls_nothing_is_content(
     oai: AsyncOpenAI, scheduler: FakeScheduler, tokenizer: Tokenizer
 ) -> None:
-    says(scheduler, tokenizer, "It is <b>sunny</b> in <tool_cal")
+    scheduler.says("It is <b>sunny</b> in <tool_cal")
     r = await oai.chat.completions.create(model=MODEL_ID, messages=MESSAGES, tools=[WEATHER])
     assert r.choices[0].message.content == "It is <b>sunny</b> in <tool_cal"
     assert not r.choices[0].message.tool_calls and r.choices[0].finish_reason == "stop"
@@ -107,7 +94,7 @@ async def test_text_that_calls_nothing_is_content(
 async def test_required_and_named_constrain_the_output(
     oai: AsyncOpenAI, scheduler: FakeScheduler, tokenizer: Tokenizer
 ) -> None:
-    says(scheduler, tokenizer, '[{"name": "get_weather", "parameters": {"city": "Rome"}}]')
+    scheduler.says('[{"name": "get_weather", "parameters": {"city": "Rome"}}]')
     r = await oai.chat.completions.create(
         model=MODEL_ID, messages=MESSAGES, tools=[WEATHER], tool_choice="required"
     )
@@ -120,7 +107,7 @@ async def test_required_and_named_constrain_the_output(
     )
     assert r.choices[0].finish_reason == "tool_calls" and r.choices[0].message.content is None
 
-    says(scheduler, tokenizer, '{"city": "Oslo"}', chunk=2)
+    scheduler.says('{"city": "Oslo"}', chunk=2)
     named = {"type": "function", "function": {"name": "get_weather"}}
     content, calls, finish = await merged_stream(
         oai, model=MODEL_ID, messages=MESSAGES, tools=[WEATHER], tool_choice=named
@@ -136,7 +123,7 @@ async def test_required_and_named_constrain_the_output(
 async def test_a_conversation_with_past_calls_and_results_renders(
     oai: AsyncOpenAI, scheduler: FakeScheduler, tokenizer: Tokenizer
 ) -> None:
-    says(scheduler, tokenizer, "It is sunny in Paris.")
+    scheduler.says("It is sunny in Paris.")
     history = [
         *MESSAGES,
         {
@@ -186,7 +173,7 @@ async def test_without_a_parser_auto_is_refused_but_required_works(
         with pytest.raises(BadRequestError) as e:
             await client.chat.completions.create(model=MODEL_ID, messages=MESSAGES, tools=[WEATHER])
         assert "--tool-call-parser" in str(e.value) and scheduler.submits == []
-        says(scheduler, tokenizer, '[{"name": "get_weather", "parameters": {"city": "Rome"}}]')
+        scheduler.says('[{"name": "get_weather", "parameters": {"city": "Rome"}}]')
         r = await client.chat.completions.create(
             model=MODEL_ID, messages=MESSAGES, tools=[WEATHER], tool_choice="required"
         )
