@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
             prefix_cache_scope=args.prefix_cache_scope,
             tool_call_parser=args.tool_call_parser,
             reasoning_parser=args.reasoning_parser,
+            responses_ttl_s=args.responses_ttl,
+            responses_max_kb=args.responses_max_kb,
+            responses_per_tenant=args.responses_per_tenant,
         )
         app = create_app(settings)
     except (ValueError, LoraplexError) as e:

@@ -25,6 +25,9 @@ from loraplex.gateway.heartbeat import beating
 from loraplex.gateway.limits import BodyLimitMiddleware
 from loraplex.gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
 from loraplex.gateway.metrics_server import metrics_listener
+from loraplex.gateway.response_store import MemoryResponseStore, ResponseStore, StoreLimits
+from loraplex.gateway.response_store_redis import RedisResponseStore
+from loraplex.gateway.responses_history import ResponseHistory
 from loraplex.gateway.routes import (
     completions,
     health,
@@ -66,6 +69,19 @@ def _registration(settings: GatewaySettings, tenants: Tenants) -> Registration |
     )
 
 
+def _response_store(settings: GatewaySettings, redis: object | None) -> ResponseStore | None:
+    """Where Responses API answers are kept: the adapter store's Redis (shared by every gateway
+    replica) when there is one, else this process's memory; None with a TTL of 0."""
+    if settings.responses_ttl_s == 0:
+        return None
+    limits = StoreLimits(
+        settings.responses_ttl_s, settings.responses_max_kb * 1024, settings.responses_per_tenant
+    )
+    if redis is None:
+        return MemoryResponseStore(limits)
+    return RedisResponseStore(redis, limits, settings.redis_prefix)  # type: ignore[arg-type]
+
+
 def create_app(settings: GatewaySettings) -> FastAPI:
     tenants = load_tenants(settings.tenants_file)
     tokenizer = Tokenizer(settings.model_dir)
@@ -98,6 +114,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 log.info(
                     "adapter-store ready on %s:%d (in the gateway)", settings.host, settings.port
                 )
+            redis = store.redis if store is not None else None
+            app.state.responses = ResponseHistory(_response_store(settings, redis))
             app.state.service = service = GatewayService(
                 settings, bus, streams, tokenizer, store, metrics
             )

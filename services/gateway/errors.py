@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from loraplex.errors import InvalidRequestError, LoraplexError
+from loraplex.gateway.response_store import ResponseNotFoundError, ResponseStoreUnavailableError
 from loraplex.http_errors import LIBRARY_ERRORS, ErrorRow, classify_in, error_body, json_error
 from loraplex.http_errors import install_error_handlers as install_library_handlers
 
@@ -89,6 +90,8 @@ class ClientDisconnectedError(LoraplexError):
 # this service's rows, tried before the library's (loraplex.http_errors.LIBRARY_ERRORS)
 GATEWAY_ERRORS: tuple[ErrorRow, ...] = (
     (ModelNotFoundError, 404, "model_not_found"),
+    (ResponseNotFoundError, 404, "not_found"),
+    (ResponseStoreUnavailableError, 503, "service_unavailable"),
     (PayloadTooLargeError, 413, "request_too_large"),
     (SchedulerUnavailableError, 503, "scheduler_unavailable"),
     (RequestTimeoutError, 504, "timeout"),

@@ -2,25 +2,30 @@
 completion request, so it gets everything a chat request gets (tenants, fairness, tools,
 reasoning, structured outputs, every check).
 
-Served as vLLM serves it without a response store: ``input`` (a string, or message, function
-call and function call output items), ``instructions``, ``max_output_tokens``, ``temperature``,
-``top_p``, function ``tools``, ``tool_choice``, ``parallel_tool_calls``, ``text.format``
-(``text``, ``json_object``, ``json_schema``) and ``stream``.  Nothing is stored (``store`` is
-accepted and answered ``false``), so ``previous_response_id`` is a 400 that says to send the
-conversation in ``input``; so are tool types other than ``function`` and input parts other than
-text.  ``responses_output.py`` builds the answer.  Plain Python over pydantic bodies.
+Served as vLLM serves it: ``input`` (a string, or message, function call and function call
+output items), ``instructions``, ``max_output_tokens``, ``temperature``, ``top_p``, function
+``tools``, ``tool_choice``, ``parallel_tool_calls``, ``text.format`` (``text``, ``json_object``,
+``json_schema``), ``stream``, ``metadata``, and ``store`` with ``previous_response_id`` (the
+conversation so far comes from the response store, ``responses_history.py``).  Tool types other
+than ``function`` and input parts other than text are a 400.  ``responses_output.py`` builds the
+answer.  Plain Python over pydantic bodies.
 """
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Sequence
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from loraplex.gateway.errors import InvalidParamError
 from loraplex.gateway.schemas import ChatCompletionRequest, Float, validated
 
 TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
+ITEM_PREFIX = {"message": "msg", "reasoning": "rs", "function_call": "fc"}
+# OpenAI's bounds on metadata: it is stored with the response, so it is bounded here too
+METADATA_PAIRS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
 
 
 class ResponsesRequest(BaseModel):
@@ -42,6 +47,39 @@ class ResponsesRequest(BaseModel):
     user: str | None = None
     metadata: dict[str, str] | None = None
 
+    @field_validator("metadata")
+    @classmethod
+    def _bounded(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None and (
+            len(value) > METADATA_PAIRS
+            or any(len(k) > METADATA_KEY_CHARS for k in value)
+            or any(len(v) > METADATA_VALUE_CHARS for v in value.values())
+        ):
+            raise ValueError(
+                f"metadata holds at most {METADATA_PAIRS} pairs, keys of at most "
+                f"{METADATA_KEY_CHARS} characters and values of at most {METADATA_VALUE_CHARS}"
+            )
+        return value
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(16)}"
+
+
+def input_items(req: ResponsesRequest) -> list[dict[str, Any]]:
+    """``input`` as a list of items, each with an ``id`` (what ``input_items`` lists later):
+    a string is one user message."""
+    if isinstance(req.input, str):
+        part = {"type": "input_text", "text": req.input}
+        return [{"id": new_id("msg"), "type": "message", "role": "user", "content": [part]}]
+    items = []
+    for item in req.input:
+        if isinstance(item, dict) and not isinstance(item.get("id"), str):
+            prefix = ITEM_PREFIX.get(item.get("type", "message"), "item")
+            item = {**item, "id": new_id(prefix)}
+        items.append(item)
+    return items
+
 
 def _text_of(content: Any, where: str) -> str:
     if isinstance(content, str):
@@ -61,16 +99,15 @@ def _text_of(content: Any, where: str) -> str:
     return "".join(parts)
 
 
-def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
-    """``instructions`` and ``input`` as chat messages: function calls become an assistant
-    turn's ``tool_calls``, their outputs ``tool`` turns, reasoning items are left out."""
+def _messages(instructions: str | None, items: list[Any], first: int) -> list[dict[str, Any]]:
+    """``instructions`` and the conversation's items as chat messages: function calls become an
+    assistant turn's ``tool_calls``, their outputs ``tool`` turns, reasoning items are left out.
+    Item ``first`` is ``input.0`` (those before it come from the previous response)."""
     out: list[dict[str, Any]] = []
-    if req.instructions:
-        out.append({"role": "system", "content": req.instructions})
-    if isinstance(req.input, str):
-        return [*out, {"role": "user", "content": req.input}]
-    for i, item in enumerate(req.input):
-        where = f"input.{i}"
+    if instructions:
+        out.append({"role": "system", "content": instructions})
+    for i, item in enumerate(items):
+        where = f"input.{i - first}" if i >= first else "previous_response_id"
         kind = item.get("type", "message") if isinstance(item, dict) else None
         if kind == "message":
             role = item.get("role")
@@ -130,17 +167,15 @@ def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
     return fmt
 
 
-def to_chat(req: ResponsesRequest) -> ChatCompletionRequest:
-    """The chat completion request a Responses body means."""
-    if req.previous_response_id is not None:
-        raise InvalidParamError(
-            "previous_response_id is not supported: this server stores no responses; send the "
-            "whole conversation in input",
-            "previous_response_id",
-        )
+def to_chat(
+    req: ResponsesRequest, items: list[dict[str, Any]], history: Sequence[dict[str, Any]] = ()
+) -> ChatCompletionRequest:
+    """The chat completion request a Responses body means: ``history`` (the items of the
+    previous response's conversation and its output) then ``items`` (``input_items(req)``).
+    ``instructions`` are this request's only, as in OpenAI's API."""
     fields: dict[str, Any] = {
         "model": req.model,
-        "messages": _messages(req),
+        "messages": _messages(req.instructions, [*history, *items], len(history)),
         "max_completion_tokens": req.max_output_tokens,
         "temperature": req.temperature,
         "top_p": req.top_p,

@@ -12,17 +12,12 @@ SDKs read (``response.created``, ``response.output_item.added``,
 from __future__ import annotations
 
 import json
-import secrets
 from typing import Any
 
 from loraplex.gateway.chat_answer import AnswerStream, Piece
 from loraplex.gateway.generation import Usage
 from loraplex.gateway.prepare import Prepared
-from loraplex.gateway.responses_api import ResponsesRequest
-
-
-def _id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(16)}"
+from loraplex.gateway.responses_api import ITEM_PREFIX, ResponsesRequest, new_id
 
 
 def response_object(
@@ -32,8 +27,10 @@ def response_object(
     status: str,
     output: list[dict[str, Any]],
     usage: Usage | None = None,
+    store: bool = False,
 ) -> dict[str, Any]:
-    """The ``response`` object; ``status`` is in_progress, completed or incomplete."""
+    """The ``response`` object; ``status`` is in_progress, completed or incomplete; ``store``:
+    whether it is (to be) kept for ``previous_response_id``."""
     return {
         "id": response_id,
         "object": "response",
@@ -51,7 +48,8 @@ def response_object(
         "tool_choice": req.tool_choice or ("auto" if req.tools else "none"),
         "parallel_tool_calls": req.parallel_tool_calls is not False,
         "text": req.text or {"format": {"type": "text"}},
-        "store": False,  # nothing is kept: previous_response_id cannot name it
+        "store": store,
+        "previous_response_id": req.previous_response_id,
         "metadata": req.metadata or {},
         "user": req.user,
         "usage": None if usage is None else usage_json(usage),
@@ -75,9 +73,9 @@ def status_of(finish_reason: str | None) -> str:
 class ResponseStream:
     """One response's events, from the pieces of its text (``AnswerStream``)."""
 
-    def __init__(self, req: ResponsesRequest, p: Prepared) -> None:
-        self.req, self.p = req, p
-        self.response_id = _id("resp")
+    def __init__(self, req: ResponsesRequest, p: Prepared, store: bool = False) -> None:
+        self.req, self.p, self.store = req, p, store
+        self.response_id = new_id("resp")
         self.reader = AnswerStream(p.reasoning_parser, p.tool_use)
         self.output: list[dict[str, Any]] = []  # items done so far, and the open one
         self._open: dict[str, Any] | None = None  # the item text is being added to
@@ -88,7 +86,9 @@ class ResponseStream:
         return {"type": kind, "sequence_number": self._seq - 1, **fields}
 
     def start(self) -> list[dict[str, Any]]:
-        body = response_object(self.req, self.p, self.response_id, "in_progress", [])
+        body = response_object(
+            self.req, self.p, self.response_id, "in_progress", [], store=self.store
+        )
         return [
             self._event("response.created", response=body),
             self._event("response.in_progress", response=body),
@@ -101,7 +101,9 @@ class ResponseStream:
         events = self._piece(self.reader.finish())
         events += self._close()
         status = status_of(finish_reason)
-        body = response_object(self.req, self.p, self.response_id, status, self.output, usage)
+        body = response_object(
+            self.req, self.p, self.response_id, status, self.output, usage, self.store
+        )
         kind = "response.completed" if status == "completed" else "response.incomplete"
         return [*events, self._event(kind, response=body)]
 
@@ -152,7 +154,11 @@ class ResponseStream:
         return events
 
     def _add(self, kind: str, **fields: Any) -> list[dict[str, Any]]:
-        item: dict[str, Any] = {"id": _id(ITEM_PREFIX[kind]), "type": kind, "status": "in_progress"}
+        item: dict[str, Any] = {
+            "id": new_id(ITEM_PREFIX[kind]),
+            "type": kind,
+            "status": "in_progress",
+        }
         if kind == "message":
             item["role"] = "assistant"
             item["content"] = [
@@ -199,19 +205,15 @@ class ResponseStream:
         return [*events, done_item]
 
 
-ITEM_PREFIX = {"message": "msg", "reasoning": "rs", "function_call": "fc"}
-
-
 def _copy(value: dict[str, Any]) -> dict[str, Any]:
     """A snapshot of an item that later text must not change (events are sent as they are)."""
     return json.loads(json.dumps(value))
 
 
 def whole_response(
-    req: ResponsesRequest, p: Prepared, text: str, finish_reason: str | None, usage: Usage
+    stream: ResponseStream, text: str, finish_reason: str | None, usage: Usage
 ) -> dict[str, Any]:
     """A non-streamed answer: the same items the stream would have built, fed at once."""
-    stream = ResponseStream(req, p)
     stream.feed(text)
     events = stream.finish(finish_reason, usage)
     return events[-1]["response"]

@@ -67,6 +67,10 @@ class GatewaySettings:
     tool_call_parser: str = "hermes"
     # How chat answers' thinking is read into message.reasoning (reasoning.py); "none": not read.
     reasoning_parser: str = "none"
+    # The Responses API's kept answers (response_store.py): lifetime (0: none kept), size, count.
+    responses_ttl_s: int = 3600
+    responses_max_kb: int = 1024
+    responses_per_tenant: int = 256
     gateway_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
     def __post_init__(self) -> None:
@@ -80,6 +84,10 @@ class GatewaySettings:
             raise ValueError("timeouts must be positive")
         if not self.adapter_stale_s >= 0:
             raise ValueError("adapter_stale_s must be 0 or more")
+        if self.responses_ttl_s < 0 or self.responses_max_kb < 1 or self.responses_per_tenant < 1:
+            raise ValueError(
+                "responses: the TTL must be 0 or more, the size and count limits positive"
+            )
         if self.max_body_bytes < 1024:
             raise ValueError("the body size limit must be at least 1 KiB")
         if not 0 <= self.port < 65536:
@@ -134,6 +142,9 @@ class GatewaySettings:
             "prefix_cache_scope": env.PREFIX_CACHE_SCOPE.get(),
             "tool_call_parser": env.TOOL_CALL_PARSER.get(),
             "reasoning_parser": env.REASONING_PARSER.get(),
+            "responses_ttl_s": env.RESPONSES_TTL_S.get(),
+            "responses_max_kb": env.RESPONSES_MAX_KB.get(),
+            "responses_per_tenant": env.RESPONSES_PER_TENANT.get(),
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
         for optional in ("tenants_file", "adapters_root"):
@@ -236,5 +247,27 @@ def flags() -> tuple[Flag, ...]:
             help="read chat answers' <think> part into message.reasoning: deepseek_r1 (the "
             "answer starts thinking) or qwen3 (when it opens with <think>); default none "
             f"[{env.REASONING_PARSER.name}]",
+        ),
+        flag(
+            "--responses-ttl",
+            type=int,
+            default=None,
+            help="seconds a Responses API answer is kept for previous_response_id (in Redis with "
+            f"--redis-url, else in this gateway's memory); 0: none (default 3600) "
+            f"[{env.RESPONSES_TTL_S.name}]",
+        ),
+        flag(
+            "--responses-max-kb",
+            type=int,
+            default=None,
+            help="largest kept response with its conversation, KiB (default 1024) "
+            f"[{env.RESPONSES_MAX_KB.name}]",
+        ),
+        flag(
+            "--responses-per-tenant",
+            type=int,
+            default=None,
+            help="responses kept per tenant, its oldest dropped past it (default 256) "
+            f"[{env.RESPONSES_PER_TENANT.name}]",
         ),
     )

@@ -186,6 +186,23 @@ REASONING_PARSER = EnvVar(
     "(the answer starts thinking, until </think>) or 'qwen3' (when it opens with <think>)",
 )
 
+RESPONSES_TTL_S = EnvVar(
+    "LORAPLEX_RESPONSES_TTL_S",
+    3600,
+    "gateway: seconds a Responses API answer is kept for previous_response_id, GET and "
+    "input_items (in Redis when the gateway has one, else in its memory); 0: none are kept",
+)
+RESPONSES_MAX_KB = EnvVar(
+    "LORAPLEX_RESPONSES_MAX_KB",
+    1024,
+    "gateway: largest kept response, with its conversation, in KiB (larger: answered store false)",
+)
+RESPONSES_PER_TENANT = EnvVar(
+    "LORAPLEX_RESPONSES_PER_TENANT",
+    256,
+    "gateway: responses kept per tenant; past it the tenant's oldest is dropped",
+)
+
 NATIVE = EnvVar(
     "LORAPLEX_NATIVE",
     "auto",
@@ -230,6 +247,9 @@ REGISTRY: tuple[EnvVar, ...] = (
     PREFIX_CACHE_SCOPE,
     TOOL_CALL_PARSER,
     REASONING_PARSER,
+    RESPONSES_TTL_S,
+    RESPONSES_MAX_KB,
+    RESPONSES_PER_TENANT,
     SCHEDULER_METRICS_HOST,
     SCHEDULER_METRICS_PORT,
     WORKER_METRICS_HOST,

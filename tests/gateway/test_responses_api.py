@@ -136,7 +136,8 @@ async def test_required_and_text_format_constrain_the_output(
 @pytest.mark.parametrize(
     ("body", "param", "says_"),
     [
-        ({"previous_response_id": "resp_1"}, "previous_response_id", "whole conversation"),
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata", "at most 16"),
+        ({"metadata": {"k": "v" * 513}}, "metadata", "at most 16"),
         ({"tools": [{"type": "web_search"}]}, "tools.0", "function tools"),
         ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "input.0.content.0", "text parts"),
         ({"input": [{"type": "computer_call"}]}, "input.0", "not supported"),

@@ -1,33 +1,55 @@
-"""``POST /v1/responses``: OpenAI's Responses API over the chat path (``responses_api.py``,
-``responses_output.py``)."""
+"""OpenAI's Responses API over the chat path (``responses_api.py``, ``responses_output.py``):
+``POST /v1/responses``, and for kept responses (``responses_history.py``) ``GET`` and ``DELETE
+/v1/responses/{id}`` and ``GET /v1/responses/{id}/input_items``."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from loraplex.errors import LoraplexError
-from loraplex.gateway.deps import ServiceDep, TenantDep
+from loraplex.gateway.deps import HistoryDep, ServiceDep, TenantDep
 from loraplex.gateway.errors import classify
 from loraplex.gateway.generation import Generation, TextDelta, Usage
 from loraplex.gateway.peer import PeerProbe, still_connected
 from loraplex.gateway.responder import SSEResponse, until_disconnected
-from loraplex.gateway.responses_api import ResponsesRequest, to_chat
+from loraplex.gateway.responses_api import ResponsesRequest, input_items, to_chat
+from loraplex.gateway.responses_history import ResponseHistory, page
 from loraplex.gateway.responses_output import ResponseStream, whole_response
 
 router = APIRouter(prefix="/v1", tags=["generation"])
 
 
+class _Keeper:
+    """Keeps a finished response in the store, when the request asked for it."""
+
+    def __init__(self, history: ResponseHistory, tenant: str, items: list[dict[str, Any]]):
+        self.history, self.tenant, self.items = history, tenant, items
+
+    async def __call__(self, response: dict[str, Any]) -> dict[str, Any]:
+        if response["store"]:
+            response["store"] = await self.history.keep(self.tenant, response, self.items)
+        return response
+
+
 @router.post("/responses", summary="Create a model response (OpenAI Responses API)")
 async def create_response(
-    body: ResponsesRequest, tenant: TenantDep, service: ServiceDep, request: Request
+    body: ResponsesRequest,
+    tenant: TenantDep,
+    service: ServiceDep,
+    history: HistoryDep,
+    request: Request,
 ) -> Response:
-    prepared = await service.prepare_chat(to_chat(body), tenant.name)
+    before = await history.previous(tenant.name, body)
+    items = input_items(body)
+    prepared = await service.prepare_chat(to_chat(body, items, before), tenant.name)
+    stream = ResponseStream(body, prepared, store=history.keeps(body))
+    keeper = _Keeper(history, tenant.name, [*before, *items])
     (gen,) = await service.start_choices([prepared], 1, still_connected(request.scope))
     probe = PeerProbe.from_scope(request.scope)
     try:
@@ -36,11 +58,38 @@ async def create_response(
             text = await until_disconnected(request.receive, gen.collect(first), probe)
             await gen.aclose()
             usage = Usage.total([gen], [gen])
-            return JSONResponse(whole_response(body, prepared, text, gen.finish_reason, usage))
+            answer = whole_response(stream, text, gen.finish_reason, usage)
+            return JSONResponse(await keeper(answer))
     except BaseException:
         await gen.aclose()
         raise
-    return SSEResponse(_events(ResponseStream(body, prepared), gen, first), gen.aclose)
+    return SSEResponse(_events(stream, gen, first, keeper), gen.aclose)
+
+
+@router.get("/responses/{response_id}", summary="Retrieve a stored response")
+async def get_response(response_id: str, tenant: TenantDep, history: HistoryDep) -> Any:
+    return (await history.get(tenant.name, response_id)).response
+
+
+@router.delete("/responses/{response_id}", summary="Delete a stored response")
+async def delete_response(
+    response_id: str, tenant: TenantDep, history: HistoryDep
+) -> dict[str, Any]:
+    await history.delete(tenant.name, response_id)
+    return {"id": response_id, "object": "response.deleted", "deleted": True}
+
+
+@router.get("/responses/{response_id}/input_items", summary="List a stored response's input")
+async def list_input_items(
+    response_id: str,
+    tenant: TenantDep,
+    history: HistoryDep,
+    limit: int = 20,
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = None,
+) -> dict[str, Any]:
+    record = await history.get(tenant.name, response_id)
+    return page(record.items, limit, order, after)
 
 
 def _sse(event: dict[str, Any]) -> str:
@@ -49,7 +98,7 @@ def _sse(event: dict[str, Any]) -> str:
 
 
 async def _events(
-    stream: ResponseStream, gen: Generation, delta: TextDelta | None
+    stream: ResponseStream, gen: Generation, delta: TextDelta | None, keeper: _Keeper
 ) -> AsyncIterator[str]:
     for event in stream.start():
         yield _sse(event)
@@ -59,13 +108,10 @@ async def _events(
                 yield _sse(event)
             if delta.finish_reason is not None:
                 usage = Usage.total([gen], [gen])
-                for event in stream.finish(delta.finish_reason, usage):
+                *events, last = stream.finish(delta.finish_reason, usage)
+                await keeper(last["response"])  # kept before the client hears it is done
+                for event in [*events, last]:
                     yield _sse(event)
             delta = await gen.next()
     except LoraplexError as e:
-        error = classify(e)[1]["error"]
-        yield _sse(
-            stream._event(
-                "error", code=error.get("code"), message=error["message"], param=error.get("param")
-            )
-        )
+        yield _sse(stream.error(classify(e)[1]["error"]))
