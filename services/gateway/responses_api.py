@@ -44,6 +44,8 @@ class ResponsesRequest(BaseModel):
     stream: bool = False
     store: bool | None = None
     previous_response_id: str | None = None
+    background: bool | None = None
+    conversation: str | dict[str, Any] | None = None
     user: str | None = None
     metadata: dict[str, str] | None = None
 
@@ -173,6 +175,17 @@ def to_chat(
     """The chat completion request a Responses body means: ``history`` (the items of the
     previous response's conversation and its output) then ``items`` (``input_items(req)``).
     ``instructions`` are this request's only, as in OpenAI's API."""
+    if req.background:
+        raise InvalidParamError(
+            "background responses are not supported: the answer comes on this request "
+            "(stream: true to read it as it is made)",
+            "background",
+        )
+    if req.conversation is not None:
+        raise InvalidParamError(
+            "conversation objects are not supported: continue with previous_response_id",
+            "conversation",
+        )
     fields: dict[str, Any] = {
         "model": req.model,
         "messages": _messages(req.instructions, [*history, *items], len(history)),

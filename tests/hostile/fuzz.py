@@ -155,14 +155,24 @@ def route_plans(
             f"{name} {edits!r}"[:300],
         )
 
-    def named(method: str) -> Callable[[str], Probe]:
+    def named(
+        method: str, kind: str = "adapter", under: str = "/v1/adapters/", tail: str = ""
+    ) -> Callable[[str], Probe]:
         return lambda name: Probe(
-            f"{method} adapter",
+            f"{method} {kind}",
             method,
-            "/v1/adapters/" + quote(name.encode("utf-8", "surrogatepass"), safe=""),
+            under + quote(name.encode("utf-8", "surrogatepass"), safe="") + tail,
             {},
             repr(name),
         )
+
+    response_ids = st.just("resp_" + "0" * 32) | ANY_TEXT
+    pages = st.sampled_from(["", "?limit=0", "?limit=101", "?limit=x", "?order=up", "?after=%00"])
+    input_items = st.builds(
+        lambda rid, query: named("GET", "input_items", "/v1/responses/", "/input_items" + query)(rid),
+        response_ids,
+        pages,
+    )  # fmt: skip
 
     raw = st.builds(
         lambda path, data: Probe(
@@ -197,6 +207,9 @@ def route_plans(
         ("adapters multipart", 100, st.builds(upload, config_edits(), NAMES | ANY_TEXT)),
         ("GET adapter", 20, (NAMES | ANY_TEXT).map(named("GET"))),
         ("DELETE adapter", 20, (NAMES | ANY_TEXT).map(named("DELETE"))),
+        ("GET response", 15, response_ids.map(named("GET", "response", "/v1/responses/"))),
+        ("DELETE response", 10, response_ids.map(named("DELETE", "response", "/v1/responses/"))),
+        ("input_items", 15, input_items),
         ("raw bytes", 40, raw),
     ]  # fmt: skip
 

@@ -188,7 +188,9 @@ def responses_bodies(models: list[str]) -> st.SearchStrategy[dict[str, Any]]:
         ),
         "previous_response_id": TEXT,
         "store": st.booleans(),
-        "metadata": st.dictionaries(TEXT, TEXT, max_size=2),
+        "metadata": st.dictionaries(TEXT, TEXT, max_size=20),
+        "background": st.booleans(),
+        "conversation": TEXT,
     }
     required = {
         "model": st.sampled_from(models),
