@@ -81,9 +81,13 @@ class GatewayService:
     # ---- 1. prepare ------------------------------------------------------------------------
     async def resolve_adapter(self, tenant: str, model: str) -> str | None:
         """None for the base model, else the id (``owner/name``) of the adapter ``model`` names
-        for ``tenant``: its own adapter of that name, else the public one (``adapters.keys``)."""
+        for ``tenant`` (as ``name``, or SGLang's ``base-model:name``): its own adapter of that
+        name, else the public one (``adapters.keys``)."""
         if model == self.settings.model_id:
             return None
+        base, colon, name = model.rpartition(":")
+        if colon and base == self.settings.model_id and name:
+            model = name  # SGLang's "base:adapter" (adapter names hold no ':')
         if self.adapters is not None:
             adapter = await self.known_adapters.resolve(tenant, model, self._ask_store)
             if adapter is not None:

@@ -237,6 +237,17 @@ async def test_models_and_adapters_per_tenant(
     with pytest.raises(NotFoundError) as e:
         await bob.completions.create(model="alice-private", prompt=PROMPT, max_tokens=5)
     assert e.value.code == "model_not_found"
+    # SGLang's "base-model:adapter" names the same adapters, for the same tenants only
+    out = await alice.completions.create(
+        model=f"{MODEL_ID}:alice-private", prompt=PROMPT, max_tokens=20
+    )
+    assert out.model == f"{MODEL_ID}:alice-private"
+    assert scheduler.submits[-1].adapter == "alice/alice-private"
+    await bob.completions.create(model=f"{MODEL_ID}:shared-lora", prompt=PROMPT, max_tokens=5)
+    assert scheduler.submits[-1].adapter == "bob/shared-lora"
+    for other in (f"{MODEL_ID}:alice-private", "other-base:shared-lora", f"{MODEL_ID}:"):
+        with pytest.raises(NotFoundError):
+            await bob.completions.create(model=other, prompt=PROMPT, max_tokens=5)
 
     async with httpx.AsyncClient(base_url=gateway, timeout=30) as http:
         r = await http.delete("/v1/adapters/alice-private", headers=BOB)
