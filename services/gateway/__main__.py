@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             responses_ttl_s=args.responses_ttl,
             responses_max_kb=args.responses_max_kb,
             responses_per_tenant=args.responses_per_tenant,
+            responses_tenant_mb=args.responses_tenant_mb,
         )
         app = create_app(settings)
     except (ValueError, LoraplexError) as e:

@@ -75,7 +75,10 @@ def _response_store(settings: GatewaySettings, redis: object | None) -> Response
     if settings.responses_ttl_s == 0:
         return None
     limits = StoreLimits(
-        settings.responses_ttl_s, settings.responses_max_kb * 1024, settings.responses_per_tenant
+        ttl_s=settings.responses_ttl_s,
+        max_bytes=settings.responses_max_kb * 1024,
+        per_tenant=settings.responses_per_tenant,
+        tenant_bytes=int(settings.responses_tenant_mb * 1024 * 1024),
     )
     if redis is None:
         return MemoryResponseStore(limits)

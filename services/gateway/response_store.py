@@ -8,8 +8,8 @@ response's output items, then the new input (``responses_api.py``).
 **Tenants never meet.**  Every key is the pair (tenant, response id): another tenant's id reads as
 absent, with the same 404 as an id never issued, so ids reveal nothing.  **Bounded**: each stored
 response lives ``ttl_s`` and is refused (answered ``store: false``) when its JSON passes
-``max_bytes``; a tenant keeps at most ``per_tenant`` responses, its oldest dropped first.  So one
-tenant's worst case is ``per_tenant * max_bytes`` for ``ttl_s``, whatever it sends.
+``max_bytes``; a tenant keeps at most ``per_tenant`` responses and ``tenant_bytes`` in all, its
+oldest dropped first.  So no tenant holds more than ``tenant_bytes``, whatever it sends.
 
 Two stores behind one protocol: ``MemoryResponseStore`` (this process; a gateway without Redis)
 and ``RedisResponseStore`` (``response_store_redis.py``; shared by every gateway replica).
@@ -53,10 +53,13 @@ class StoreLimits:
     ttl_s: int = 3600
     max_bytes: int = 1024 * 1024
     per_tenant: int = 256
+    tenant_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
-        if self.ttl_s < 1 or self.max_bytes < 1 or self.per_tenant < 1:
+        if min(self.ttl_s, self.max_bytes, self.per_tenant, self.tenant_bytes) < 1:
             raise ValueError("response store limits must be positive")
+        if self.max_bytes > self.tenant_bytes:
+            raise ValueError("a kept response may not be larger than a tenant's whole budget")
 
 
 @dataclass(frozen=True)
@@ -114,9 +117,11 @@ class MemoryResponseStore:
         if len(raw) > self.limits.max_bytes:
             return False
         kept = self._live(tenant)
+        kept.pop(record.response["id"], None)
         kept[record.response["id"]] = (raw, self.clock() + self.limits.ttl_s)
-        while len(kept) > self.limits.per_tenant:
-            kept.popitem(last=False)
+        total = sum(len(raw) for raw, _ in kept.values())
+        while len(kept) > self.limits.per_tenant or total > self.limits.tenant_bytes:
+            total -= len(kept.popitem(last=False)[1][0])
         return True
 
     async def get(self, tenant: str, response_id: str) -> StoredResponse | None:

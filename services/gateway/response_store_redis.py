@@ -7,12 +7,13 @@ match ``resp_[0-9a-f]{32}``, so no key can be read as another's.
 key                                       type    holds
 ========================================  ======  ================================================
 ``{p}:response:{tenant}:{id}``            STRING  the stored response (JSON), expiring ``ttl_s``
-``{p}:responses:{tenant}``                ZSET    the tenant's response ids by time stored: the
-                                                  oldest go first past ``per_tenant``
+``{p}:responses:{tenant}``                ZSET    the tenant's response ids by time stored
+``{p}:responses:{tenant}:bytes``          HASH    id -> size of its record, for the byte budget
 ========================================  ======  ================================================
 
-The record and its index entry are written in one MULTI/EXEC; entries older than ``ttl_s`` are
-trimmed from the index on each write (their records expire on their own).
+One script writes a record and keeps the tenant within its limits, atomically: index entries
+older than ``ttl_s`` go (their records expired on their own), then the oldest responses until the
+tenant holds at most ``per_tenant`` of them and ``tenant_bytes`` in all.
 """
 
 from __future__ import annotations
@@ -31,6 +32,33 @@ from loraplex.gateway.response_store import (
     StoredResponse,
     StoreLimits,
 )
+
+# KEYS: record, index, sizes.  ARGV: id, record, now, ttl, most responses, most bytes, record
+# key prefix (the evicted ones' keys are that prefix and their id).
+_PUT = """
+local index, sizes = KEYS[2], KEYS[3]
+local now, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ttl)
+redis.call('ZADD', index, now, ARGV[1])
+redis.call('HSET', sizes, ARGV[1], string.len(ARGV[2]))
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', now - ttl)) do
+  redis.call('HDEL', sizes, id)
+end
+redis.call('ZREMRANGEBYSCORE', index, '-inf', now - ttl)
+local total = 0
+for _, size in ipairs(redis.call('HVALS', sizes)) do total = total + tonumber(size) end
+local count = redis.call('ZCARD', index)
+while count > tonumber(ARGV[5]) or total > tonumber(ARGV[6]) do
+  local id = redis.call('ZPOPMIN', index)[1]
+  total = total - tonumber(redis.call('HGET', sizes, id) or '0')
+  redis.call('HDEL', sizes, id)
+  redis.call('DEL', ARGV[7] .. id)
+  count = count - 1
+end
+redis.call('EXPIRE', index, ttl)
+redis.call('EXPIRE', sizes, ttl)
+return 1
+"""
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -63,6 +91,7 @@ class RedisResponseStore:
         self.limits = limits
         self.prefix = prefix
         self.clock = clock
+        self._put = redis.register_script(_PUT)
 
     def record_key(self, tenant: str, response_id: str) -> str:
         return f"{self.prefix}:response:{tenant}:{response_id}"
@@ -70,26 +99,26 @@ class RedisResponseStore:
     def index_key(self, tenant: str) -> str:
         return f"{self.prefix}:responses:{tenant}"
 
+    def sizes_key(self, tenant: str) -> str:
+        return f"{self.prefix}:responses:{tenant}:bytes"
+
     @_unavailable_as_typed
     async def put(self, tenant: str, record: StoredResponse) -> bool:
         raw = record.encode()
         if len(raw) > self.limits.max_bytes:
             return False
-        response_id = record.response["id"]
-        ttl, now, index = self.limits.ttl_s, self.clock(), self.index_key(tenant)
-        async with self.redis.pipeline(transaction=True) as tx:
-            tx.set(self.record_key(tenant, response_id), raw, ex=ttl)
-            tx.zadd(index, {response_id: now})
-            tx.zremrangebyscore(index, "-inf", now - ttl)
-            tx.expire(index, ttl)
-            tx.zcard(index)
-            *_, count = await tx.execute()
-        over = int(count) - self.limits.per_tenant
-        if over > 0:
-            dropped = await self.redis.zpopmin(index, over)
-            if dropped:
-                ids = [d[0].decode() if isinstance(d[0], bytes) else d[0] for d in dropped]
-                await self.redis.delete(*(self.record_key(tenant, i) for i in ids))
+        response_id, limits = record.response["id"], self.limits
+        await self._put(
+            keys=[
+                self.record_key(tenant, response_id),
+                self.index_key(tenant),
+                self.sizes_key(tenant),
+            ],
+            args=[
+                response_id, raw, self.clock(), limits.ttl_s, limits.per_tenant,
+                limits.tenant_bytes, self.record_key(tenant, ""),
+            ],
+        )  # fmt: skip
         return True
 
     @_unavailable_as_typed
@@ -102,5 +131,6 @@ class RedisResponseStore:
         async with self.redis.pipeline(transaction=True) as tx:
             tx.delete(self.record_key(tenant, response_id))
             tx.zrem(self.index_key(tenant), response_id)
-            deleted, _ = await tx.execute()
+            tx.hdel(self.sizes_key(tenant), response_id)
+            deleted, *_ = await tx.execute()
         return bool(deleted)

@@ -71,6 +71,7 @@ class GatewaySettings:
     responses_ttl_s: int = 3600
     responses_max_kb: int = 1024
     responses_per_tenant: int = 256
+    responses_tenant_mb: float = 64.0
     gateway_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
     def __post_init__(self) -> None:
@@ -88,6 +89,8 @@ class GatewaySettings:
             raise ValueError(
                 "responses: the TTL must be 0 or more, the size and count limits positive"
             )
+        if not self.responses_tenant_mb * 1024 >= self.responses_max_kb:
+            raise ValueError("responses: a tenant's budget must hold at least one kept response")
         if self.max_body_bytes < 1024:
             raise ValueError("the body size limit must be at least 1 KiB")
         if not 0 <= self.port < 65536:
@@ -145,6 +148,7 @@ class GatewaySettings:
             "responses_ttl_s": env.RESPONSES_TTL_S.get(),
             "responses_max_kb": env.RESPONSES_MAX_KB.get(),
             "responses_per_tenant": env.RESPONSES_PER_TENANT.get(),
+            "responses_tenant_mb": env.RESPONSES_TENANT_MB.get(),
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
         for optional in ("tenants_file", "adapters_root"):
@@ -269,5 +273,12 @@ def flags() -> tuple[Flag, ...]:
             default=None,
             help="responses kept per tenant, its oldest dropped past it (default 256) "
             f"[{env.RESPONSES_PER_TENANT.name}]",
+        ),
+        flag(
+            "--responses-tenant-mb",
+            type=float,
+            default=None,
+            help="MiB of kept responses per tenant, its oldest dropped past it (default 64) "
+            f"[{env.RESPONSES_TENANT_MB.name}]",
         ),
     )

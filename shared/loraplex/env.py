@@ -202,6 +202,11 @@ RESPONSES_PER_TENANT = EnvVar(
     256,
     "gateway: responses kept per tenant; past it the tenant's oldest is dropped",
 )
+RESPONSES_TENANT_MB = EnvVar(
+    "LORAPLEX_RESPONSES_TENANT_MB",
+    64.0,
+    "gateway: MiB of kept responses per tenant; past it the tenant's oldest are dropped",
+)
 
 NATIVE = EnvVar(
     "LORAPLEX_NATIVE",
@@ -250,6 +255,7 @@ REGISTRY: tuple[EnvVar, ...] = (
     RESPONSES_TTL_S,
     RESPONSES_MAX_KB,
     RESPONSES_PER_TENANT,
+    RESPONSES_TENANT_MB,
     SCHEDULER_METRICS_HOST,
     SCHEDULER_METRICS_PORT,
     WORKER_METRICS_HOST,

@@ -90,6 +90,29 @@ async def test_a_tenant_keeps_its_newest_only(store: ResponseStore) -> None:
     assert await store.get("bob", bobs.response["id"]) == bobs  # alice's count is alice's
 
 
+async def test_a_tenant_keeps_its_byte_budget(store: ResponseStore) -> None:
+    store.limits = StoreLimits(ttl_s=60, max_bytes=4096, per_tenant=100, tenant_bytes=10_000)
+    kept = [record(str(i) * 3000) for i in range(5)]
+    for r in kept:
+        assert await store.put("alice", r)
+        if isinstance(store, RedisResponseStore):
+            await asyncio.sleep(0.002)
+    found = [await store.get("alice", r.response["id"]) for r in kept]
+    assert found == [None, None, *kept[2:]]  # three of ~3 KB fit in 10 KB
+    await store.delete("alice", kept[2].response["id"])  # frees its bytes
+    for r in [record("a" * 3000), record("b" * 3000)]:
+        await store.put("alice", r)
+    assert await store.get("alice", kept[3].response["id"]) is None
+    assert await store.get("alice", kept[4].response["id"]) == kept[4]
+
+
+def test_limits_are_checked() -> None:
+    with pytest.raises(ValueError):
+        StoreLimits(max_bytes=2048, tenant_bytes=1024)
+    with pytest.raises(ValueError):
+        StoreLimits(ttl_s=0)
+
+
 async def test_expired_after_the_ttl() -> None:
     clock = Clock()
     store = MemoryResponseStore(LIMITS, clock)
