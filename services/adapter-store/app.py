@@ -24,10 +24,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with registration.running() as state:
+        async with registration.running() as state, registration.tenants.watching() as tenants:
             app.state.loraplex = state
-            tenants = registration.tenants
-            mode = "open mode" if tenants.open_mode else f"{len(tenants.tenants)} tenants"
+            mode = "open mode" if tenants.open_mode else f"{len(tenants.current.tenants)} tenants"
             log.info("adapter-store ready on %s:%d (%s)", settings.host, settings.port, mode)
             yield
 

@@ -42,14 +42,14 @@ from loraplex.gateway.service import GatewayService
 from loraplex.gateway.settings import GatewaySettings
 from loraplex.gateway.streams import StreamRouter
 from loraplex.protocol import SchedulerStats, Subjects
-from loraplex.tenants import Tenants, load_tenants
+from loraplex.tenants_watch import LiveTenants
 from loraplex.terminal import serve_stream
 from loraplex.text.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 
-def _registration(settings: GatewaySettings, tenants: Tenants) -> Registration | None:
+def _registration(settings: GatewaySettings, tenants: LiveTenants) -> Registration | None:
     """The adapter routes' registration (the adapter-store's, run in this process), checked
     now; None without a Redis URL.  Flags the gateway lacks come from ``LORAPLEX_*``."""
     if not settings.redis_url:
@@ -86,7 +86,7 @@ def _response_store(settings: GatewaySettings, redis: object | None) -> Response
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
-    tenants = load_tenants(settings.tenants_file)
+    tenants = LiveTenants(settings.tenants_file)  # re-read when the file changes
     tokenizer = Tokenizer(settings.model_dir)
     metrics = GatewayMetrics()
     streams = StreamRouter()
@@ -101,6 +101,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 await stack.enter_async_context(
                     metrics_listener(metrics, settings.metrics_host, settings.metrics_port)
                 )
+            await stack.enter_async_context(tenants.watching())
             bus = await Bus.connect(settings.nats_url, name=f"gateway-{settings.gateway_id}")
             stack.push_async_callback(bus.close)
             # A request's last message comes as a request: acknowledged (loraplex.terminal).
@@ -129,7 +130,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             )
             # From the start, so the leader is known before the first request.
             await service.resubmitter.ensure_subscribed()
-            mode = "open mode" if tenants.open_mode else f"{len(tenants.tenants)} tenants"
+            mode = "open mode" if tenants.open_mode else f"{len(tenants.current.tenants)} tenants"
             log.info(
                 "gateway %s serving %r (%s, adapters %s)",
                 settings.gateway_id,

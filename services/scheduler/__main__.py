@@ -12,13 +12,13 @@ from loraplex.native import is_compiled
 from loraplex.scheduler.http_status import start_scheduler_status
 from loraplex.scheduler.service import SchedulerService
 from loraplex.scheduler.settings import SchedulerSettings, build_parser, settings_from_args
-from loraplex.tenants import load_tenants
+from loraplex.tenants_watch import LiveTenants
 
 
 async def serve(settings: SchedulerSettings) -> int:
-    tenants = load_tenants(settings.tenants_file)
-    weights = {t.name: t.weight for t in tenants.tenants}
-    service = SchedulerService(settings, weights)
+    tenants = LiveTenants(settings.tenants_file)  # re-read when the file changes
+    service = SchedulerService(settings, tenants.current.weights())
+    service.follow_tenants(tenants)
     # Before the bus: /health answers (and /ready says no) while NATS is still being reached.
     status = await start_scheduler_status(service, settings.metrics_host, settings.metrics_port)
     await service.start()
@@ -34,7 +34,8 @@ async def serve(settings: SchedulerSettings) -> int:
         flush=True,
     )
     waits = [asyncio.create_task(stop.wait()), asyncio.create_task(service.deposed.wait())]
-    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    async with tenants.watching():
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     for w in waits:
         w.cancel()
     await service.stop()

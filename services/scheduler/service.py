@@ -48,6 +48,7 @@ from loraplex.scheduler.settings import SchedulerSettings
 from loraplex.scheduler.takeover import Takeover
 from loraplex.scheduler.worker_state import WorkerState
 from loraplex.scheduler.workers import WorkerRegistry
+from loraplex.tenants_watch import LiveTenants
 from loraplex.terminal import serve_progress
 from loraplex.timeouts import wait_for
 
@@ -119,6 +120,10 @@ class SchedulerService:
         )  # fmt: skip
 
     # ---- lifecycle ---------------------------------------------------------------------------
+    def follow_tenants(self, tenants: LiveTenants) -> None:
+        """Take the fair-share weights of every later version of the tenants file."""
+        tenants.on_change(lambda new: self.policy.set_weights(new.weights()))
+
     async def start(self) -> None:
         self.bus = await Bus.connect(self.s.nats_url, "scheduler")
         self.outbox.connect(self.bus)

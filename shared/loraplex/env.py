@@ -85,6 +85,12 @@ REDIS_RETRY_S = EnvVar(
 TENANTS_FILE = EnvVar(
     "LORAPLEX_TENANTS", "", "tenants file (JSON/YAML); empty: open mode, one tenant"
 )
+TENANTS_RELOAD_S = EnvVar(
+    "LORAPLEX_TENANTS_RELOAD_S",
+    5.0,
+    "gateway, adapter store, scheduler: seconds between looks at the tenants file; a changed "
+    "file is read again (new tenants, keys, weights) without a restart; 0: never",
+)
 MODEL_DIR = EnvVar("LORAPLEX_MODEL", "", "base model directory (Hugging Face layout)")
 ADAPTERS_ROOT = EnvVar(
     "LORAPLEX_ADAPTERS_ROOT", "", "adapter-store: only server-side path registrations under it"
@@ -231,6 +237,7 @@ REGISTRY: tuple[EnvVar, ...] = (
     REDIS_URL,
     REDIS_RETRY_S,
     TENANTS_FILE,
+    TENANTS_RELOAD_S,
     MODEL_DIR,
     ADAPTERS_ROOT,
     MAX_LORA_RANK,

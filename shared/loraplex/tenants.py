@@ -4,8 +4,11 @@ Loaded from ``--tenants FILE`` (JSON, or YAML for any other suffix)::
 
     {"tenants": [{"name": "acme", "api_key": "sk-...", "weight": 2.0}]}
 
-Without a file the deployment runs in *open mode*: every caller is the one tenant ``default``.
-API keys are compared in constant time and never appear in reprs, logs or error messages.
+A tenant may hold several keys (``"api_keys": ["sk-new", "sk-old"]``, with or without
+``api_key``), so a key is rotated without a moment in which neither works.  The services re-read
+the file when it changes (``tenants_watch.py``).  Without a file the deployment runs in *open
+mode*: every caller is the one tenant ``default``.  API keys are compared in constant time and
+never appear in reprs, logs or error messages.
 """
 
 from __future__ import annotations
@@ -37,8 +40,13 @@ class AuthenticationError(LoraplexError):
 @dataclass(frozen=True)
 class Tenant:
     name: str
-    api_key: str = field(repr=False)
+    api_key: str = field(repr=False)  # the first of its keys
     weight: float = 1.0
+    more_keys: tuple[str, ...] = field(default=(), repr=False)  # the others (rotation)
+
+    @property
+    def api_keys(self) -> tuple[str, ...]:
+        return (self.api_key, *self.more_keys)
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,10 @@ class Tenants:
     def names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tenants)
 
+    def weights(self) -> dict[str, float]:
+        """Fair-share weight per tenant name (the scheduler's)."""
+        return {t.name: t.weight for t in self.tenants}
+
     def get(self, name: str) -> Tenant | None:
         return next((t for t in self.tenants if t.name == name), None)
 
@@ -68,8 +80,9 @@ class Tenants:
         given = api_key.encode("utf-8", "surrogateescape")
         found: Tenant | None = None
         for tenant in self.tenants:  # no early exit: time does not depend on which key matched
-            if hmac.compare_digest(given, tenant.api_key.encode("utf-8", "surrogateescape")):
-                found = tenant
+            for key in tenant.api_keys:
+                if hmac.compare_digest(given, key.encode("utf-8", "surrogateescape")):
+                    found = tenant
         return found
 
     def authenticate(self, authorization: str | None) -> Tenant:
@@ -102,20 +115,21 @@ def parse_tenants(data: Any, source: str = "tenants config") -> Tenants:
         if not isinstance(entry, Mapping):
             raise TenantsConfigError(f"{where}: expected an object with name, api_key, weight")
         missing = [k for k in ("name", "api_key") if k not in entry]
+        if "api_keys" in entry and "api_key" in missing:
+            missing.remove("api_key")  # api_keys alone will do
         if missing:
             raise TenantsConfigError(f"{where}: missing field(s) {', '.join(missing)}")
-        unknown = sorted(set(entry) - {"name", "api_key", "weight"})
+        unknown = sorted(set(entry) - {"name", "api_key", "api_keys", "weight"})
         if unknown:
             raise TenantsConfigError(f"{where}: unknown field(s) {', '.join(map(str, unknown))}")
-        name, api_key = entry["name"], entry["api_key"]
+        name = entry["name"]
         if not isinstance(name, str) or not TENANT_NAME_PATTERN.match(name):
             raise TenantsConfigError(
                 f"{where}: name {name!r} is invalid: use 1-64 characters [A-Za-z0-9._-], "
                 "starting alphanumeric"
             )
         where = f"{source}: tenant {name!r}"
-        if not isinstance(api_key, str) or not api_key.strip():
-            raise TenantsConfigError(f"{where}: api_key must be a non-empty string")
+        api_keys = _keys_of(entry, where)
         weight = entry.get("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             raise TenantsConfigError(f"{where}: weight must be a number")
@@ -123,12 +137,28 @@ def parse_tenants(data: Any, source: str = "tenants config") -> Tenants:
             raise TenantsConfigError(f"{where}: weight must be a finite number > 0, got {weight}")
         if name in names:
             raise TenantsConfigError(f"{where}: duplicate tenant name")
-        if api_key in keys:  # say which tenant, never the key
+        if len(set(api_keys)) < len(api_keys):  # say which tenant, never the key
+            raise TenantsConfigError(f"{where}: api_keys hold the same key twice")
+        if keys.intersection(api_keys):
             raise TenantsConfigError(f"{where}: api_key is already used by another tenant")
         names.add(name)
-        keys.add(api_key)
-        tenants.append(Tenant(name=name, api_key=api_key, weight=float(weight)))
+        keys.update(api_keys)
+        tenants.append(Tenant(name, api_keys[0], float(weight), tuple(api_keys[1:])))
     return Tenants(tenants=tuple(tenants), open_mode=False)
+
+
+def _keys_of(entry: Mapping[str, Any], where: str) -> list[str]:
+    """The entry's keys: ``api_key`` first, then ``api_keys``; each a non-empty string."""
+    listed = entry.get("api_keys", [])
+    if not isinstance(listed, list):
+        raise TenantsConfigError(f"{where}: api_keys must be a list of strings")
+    api_keys = ([entry["api_key"]] if "api_key" in entry else []) + listed
+    if not api_keys:
+        raise TenantsConfigError(f"{where}: needs at least one api_key")
+    for key in api_keys:
+        if not isinstance(key, str) or not key.strip():
+            raise TenantsConfigError(f"{where}: api_key must be a non-empty string")
+    return api_keys
 
 
 def load_tenants(path: str | Path | None) -> Tenants:

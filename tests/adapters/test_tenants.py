@@ -72,6 +72,23 @@ def test_lookup_by_key_and_bearer_header() -> None:
         assert "sk-" not in str(e.value)
 
 
+def test_a_tenant_may_hold_several_keys() -> None:
+    doc = {
+        "tenants": [
+            {"name": "alice", "api_key": "sk-a1", "api_keys": ["sk-a2", "sk-a3"]},
+            {"name": "bob", "api_keys": ["sk-b1"]},
+        ]
+    }
+    t = parse_tenants(doc)
+    for key in ("sk-a1", "sk-a2", "sk-a3"):
+        assert t.authenticate(f"Bearer {key}").name == "alice"
+    assert t.authenticate("Bearer sk-b1").name == "bob"
+    assert t.get("alice").api_keys == ("sk-a1", "sk-a2", "sk-a3")  # type: ignore[union-attr]
+    assert "sk-a" not in repr(t)
+    with pytest.raises(AuthenticationError):
+        t.authenticate("Bearer sk-a4")
+
+
 @pytest.mark.parametrize(
     ("doc", "message"),
     [
@@ -97,6 +114,19 @@ def test_lookup_by_key_and_bearer_header() -> None:
             {"tenants": [{"name": "a", "api_key": "sk-dup"}, {"name": "b", "api_key": "sk-dup"}]},
             "tenant 'b': api_key is already used by another tenant",
         ),
+        (
+            {
+                "tenants": [
+                    {"name": "a", "api_key": "k"},
+                    {"name": "b", "api_keys": ["x", "sk-dup", "k"]},
+                ]
+            },
+            "tenant 'b': api_key is already used by another tenant",
+        ),
+        ({"tenants": [{"name": "a", "api_keys": ["sk-dup", "sk-dup"]}]}, "same key twice"),
+        ({"tenants": [{"name": "a", "api_key": "k", "api_keys": "sk-dup"}]}, "must be a list"),
+        ({"tenants": [{"name": "a", "api_keys": []}]}, "at least one api_key"),
+        ({"tenants": [{"name": "a", "api_keys": ["k", ""]}]}, "api_key must be a non-empty"),
     ],
 )
 def test_validation_errors(doc: object, message: str) -> None:

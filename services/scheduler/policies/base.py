@@ -112,10 +112,8 @@ class FairnessPolicy(ABC):
     ) -> None:
         if w_p < 0 or w_q < 0:
             raise ValueError("w_p and w_q must be >= 0")
-        self.weights: dict[str, float] = dict(weights or {})
-        for tenant, w in self.weights.items():
-            if not (w > 0 and math.isfinite(w)):
-                raise ValueError(f"weight of tenant {tenant!r} must be a positive number, got {w}")
+        self.weights: dict[str, float] = {}
+        self.set_weights(weights or {})
         self.w_p = float(w_p)
         self.w_q = float(w_q)
         self._queues: dict[str, deque[tuple[int, QueuedRequest]]] = {}  # non-empty queues only
@@ -127,6 +125,14 @@ class FairnessPolicy(ABC):
         self.clock = 0.0  # latest ``now`` seen; ``peek()`` picks at this time
 
     # -- configuration ---------------------------------------------------------------------------
+    def set_weights(self, weights: Mapping[str, float]) -> None:
+        """Use these weights from now on (the tenants file changed): service already charged
+        stays charged, later charges are divided by the new weight."""
+        for tenant, w in weights.items():
+            if not (w > 0 and math.isfinite(w)):
+                raise ValueError(f"weight of tenant {tenant!r} must be a positive number, got {w}")
+        self.weights = dict(weights)
+
     def weight(self, tenant: str) -> float:
         return self.weights.get(tenant, 1.0)
 

@@ -12,13 +12,14 @@ from loraplex.adapters.registration.config import RegistrationConfig
 from loraplex.adapters.registration.events import EventPublisher
 from loraplex.adapters.registration.registrar import Registrar
 from loraplex.adapters.store import AdapterStore
-from loraplex.tenants import Tenant, Tenants
+from loraplex.tenants import Tenant
+from loraplex.tenants_watch import LiveTenants
 
 
 @dataclass(frozen=True)
 class AppState:
     config: RegistrationConfig
-    tenants: Tenants
+    tenants: LiveTenants
     store: AdapterStore
     events: EventPublisher
     registrar: Registrar

@@ -21,7 +21,8 @@ from loraplex.adapters.registration.registrar import Registrar
 from loraplex.adapters.registration.spool import sweep_orphans
 from loraplex.adapters.store import AdapterStore
 from loraplex.model.config import ModelConfig
-from loraplex.tenants import Tenants, load_tenants
+from loraplex.tenants import Tenants
+from loraplex.tenants_watch import LiveTenants
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +33,20 @@ class Registration:
 
     config: RegistrationConfig
     model: ModelConfig
-    tenants: Tenants
+    tenants: LiveTenants
     adapters_root: Path | None  # realpath of --adapters-root
 
     @classmethod
-    def prepare(cls, config: RegistrationConfig, tenants: Tenants | None = None) -> Registration:
+    def prepare(
+        cls, config: RegistrationConfig, tenants: LiveTenants | Tenants | None = None
+    ) -> Registration:
         """Reads the model config, tenants (unless the caller already has them) and adapters
         root now; removes spooled uploads that stopped processes left behind."""
         model = ModelConfig.from_dir(config.model_dir)
-        tenants = tenants if tenants is not None else load_tenants(config.tenants_file)
+        if tenants is None:
+            tenants = LiveTenants(config.tenants_file)  # re-read when the file changes
+        elif isinstance(tenants, Tenants):
+            tenants = LiveTenants.fixed(tenants)
         root = _adapters_root(config.adapters_root)
         if config.upload_dir is not None and not os.path.isdir(config.upload_dir):
             raise ValueError(f"--upload-dir {config.upload_dir!r} is not a directory")
