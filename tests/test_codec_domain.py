@@ -31,6 +31,8 @@ PARAMS = SamplingParams(
     logit_bias={5: -100.0, 0: 0.5},
     logprobs=2,
     structured_outputs=StructuredOutputsParams(choice=("yes", "no")),
+    allowed_token_ids=(5, 9, 11),
+    bad_words_token_ids=((7,), (8, 9, 10)),
 )
 
 
@@ -50,6 +52,8 @@ def test_sampling_params_travel_as_they_are() -> None:
     wire = _raw(sub)["d"]["sampling"]
     assert wire["logit_bias"] == [[5, -100.0], [0, 0.5]]  # int keys as pairs
     assert wire["stop"] == ["END", "\n\n"]
+    assert back.allowed_token_ids == (5, 9, 11)
+    assert back.bad_words_token_ids == ((7,), (8, 9, 10))
 
 
 def test_token_logprobs_travel_as_they_are() -> None:
@@ -82,6 +86,12 @@ def _with_sampling(**changes: object) -> bytes:
         {"structured_outputs": "json"},
         {"max_tokens": True},  # a bool is no int
         {"top_p": 2},  # an int is a float, then out of range
+        {"allowed_token_ids": []},
+        {"allowed_token_ids": [-1]},
+        {"allowed_token_ids": ["5"]},
+        {"bad_words_token_ids": [[]]},
+        {"bad_words_token_ids": [5]},
+        {"bad_words_token_ids": [[1]] * 257},
     ],
 )
 def test_bad_domain_values_are_protocol_errors(changes: dict) -> None:

@@ -15,6 +15,8 @@ MIN_TEMPERATURE = 1e-2
 MAX_LOGIT_BIAS_ENTRIES = 300  # OpenAI's limit; bounds the per-row work in the sampler
 LOGIT_BIAS_RANGE = 100.0  # OpenAI: each bias in [-100, 100]
 SEED_RANGE = (-(2**63), 2**64)  # what fits a msgpack integer (the wire)
+MAX_ALLOWED_TOKEN_IDS = 1 << 18  # above any vocabulary served; bounds the wire and the mask
+MAX_BAD_WORDS, MAX_BAD_WORD_TOKENS = 256, 64  # sequences (spacing variants included), tokens each
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,10 @@ class SamplingParams:
     generated: EOS and stop token ids cannot be sampled before, and stop strings are not looked
     for.  ``presence_penalty`` and ``frequency_penalty`` (OpenAI, over generated
     tokens) and ``repetition_penalty`` (vLLM/HF, over prompt and generated tokens; 1 = off)
-    reshape the logits before sampling.  Every error message starts with the field's name.
+    reshape the logits before sampling.  ``allowed_token_ids`` (vLLM) are the only tokens that
+    may be sampled; ``bad_words_token_ids`` (vLLM's ``bad_words``, tokenized) are sequences
+    whose last token is banned wherever the output ends with the rest.  Every error message
+    starts with the field's name.
     """
 
     max_tokens: int = 16
@@ -56,6 +61,8 @@ class SamplingParams:
     structured_outputs: StructuredOutputsParams | None = None
     min_tokens: int = 0
     include_stop_str_in_output: bool = False  # vLLM: the stop string that ended it stays in
+    allowed_token_ids: tuple[int, ...] | None = None  # vLLM: sample only these (None: any)
+    bad_words_token_ids: tuple[tuple[int, ...], ...] = ()  # vLLM's bad_words, as token ids
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -98,10 +105,38 @@ class SamplingParams:
                 raise InvalidRequestError(f"{name} must be in [0, 20], got {value}")
         if any(s == "" for s in self.stop):
             raise InvalidRequestError("stop strings must not be empty")
+        self._check_token_lists()
+
+    def _check_token_lists(self) -> None:
+        allowed = self.allowed_token_ids
+        if allowed is not None:
+            allowed = tuple(allowed)
+            object.__setattr__(self, "allowed_token_ids", allowed)
+            if not 0 < len(allowed) <= MAX_ALLOWED_TOKEN_IDS:
+                raise InvalidRequestError(
+                    f"allowed_token_ids must hold 1 to {MAX_ALLOWED_TOKEN_IDS} token ids"
+                )
+            if not all(_is_token_id(t) for t in allowed):
+                raise InvalidRequestError("allowed_token_ids must be token ids (ints >= 0)")
+        words = tuple(tuple(w) for w in self.bad_words_token_ids)
+        object.__setattr__(self, "bad_words_token_ids", words)
+        if len(words) > MAX_BAD_WORDS:
+            raise InvalidRequestError(
+                f"bad_words: at most {MAX_BAD_WORDS} word forms, got {len(words)}"
+            )
+        for w in words:
+            if not 0 < len(w) <= MAX_BAD_WORD_TOKENS or not all(_is_token_id(t) for t in w):
+                raise InvalidRequestError(
+                    f"bad_words: each word must be 1 to {MAX_BAD_WORD_TOKENS} token ids (ints >= 0)"
+                )
 
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_TEMPERATURE or self.top_k == 1
+
+
+def _is_token_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _checked_logit_bias(bias: dict[int, float] | None) -> dict[int, float] | None:

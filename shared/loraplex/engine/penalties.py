@@ -6,7 +6,8 @@ vLLM semantics), in vLLM's order:
   the penalty when positive, multiplied by it when negative;
 * presence / frequency (OpenAI): ``logit[t] -= presence * (count[t] > 0) + frequency * count[t]``,
   with ``count`` over the tokens generated so far;
-* min_tokens (vLLM): until that many tokens were generated, EOS and the stop token ids get -inf.
+* min_tokens (vLLM): until that many tokens were generated, EOS and the stop token ids get -inf;
+* allowed_token_ids and bad_words (vLLM): ``banned_tokens.py``.
 
 An extreme accepted penalty (1e-300 or 1e300) overflows float32, so reshaped rows are clamped to
 the finite range; NaN is left as it is (the sampler never draws it).
@@ -18,6 +19,7 @@ from collections.abc import Collection
 
 import torch
 
+from loraplex.engine.banned_tokens import apply_bans, has_bans
 from loraplex.engine.sequence import Sequence
 
 
@@ -34,6 +36,7 @@ def has_penalties(seq: Sequence) -> bool:
         or p.repetition_penalty != 1
         or p.logit_bias is not None
         or too_short(seq)
+        or has_bans(seq)
     )
 
 
@@ -72,4 +75,5 @@ def apply_penalties(
             ends = [t for t in (*p.stop_token_ids, *(() if p.ignore_eos else eos_ids)) if t < vocab]
             if ends:
                 row[torch.tensor(ends, device=dev)] = float("-inf")
+        apply_bans(row, seq)
     return out
