@@ -18,20 +18,17 @@ tenant holds at most ``per_tenant`` of them and ``tenant_bytes`` in all.
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from loraplex.gateway.response_store import (
     ResponseStoreUnavailableError,
     StoredResponse,
     StoreLimits,
 )
+from loraplex.redis_connect import unavailable_as
 
 # KEYS: record, index, sizes.  ARGV: id, record, now, ttl, most responses, most bytes, record
 # key prefix (the evicted ones' keys are that prefix and their id).
@@ -60,23 +57,9 @@ redis.call('EXPIRE', sizes, ttl)
 return 1
 """
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _unavailable_as_typed(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Redis connection failures (after the client's retries) as ResponseStoreUnavailableError."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await fn(*args, **kwargs)
-        except (RedisConnectionError, RedisTimeoutError) as e:
-            raise ResponseStoreUnavailableError(
-                "the response store (Redis) is unavailable, try again"
-            ) from e
-
-    return wrapper
+_unavailable_as_typed = unavailable_as(
+    lambda: ResponseStoreUnavailableError("the response store (Redis) is unavailable, try again")
+)
 
 
 class RedisResponseStore:

@@ -11,11 +11,12 @@ or a restart, bounded so that a Redis that stays down surfaces as an error, not 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -27,6 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from loraplex import env
 
 T = TypeVar("T")
+P = ParamSpec("P")
 SENTINEL_SCHEME = "redis+sentinel://"
 DEFAULT_SENTINEL_PORT = 26379
 
@@ -177,3 +179,23 @@ def connect_redis(url: str, retry_s: float | None = None, **kwargs: Any) -> aior
         connection_class=FailoverConnection,
         **opts,
     )
+
+
+def unavailable_as(
+    error: Callable[[], Exception],
+) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
+    """Decorator: a Redis connection failure (once the client's retries are spent) surfaces as
+    ``error()``, a typed error the edge turns into a 503.  The cause (host, port) stays in the
+    chain for logs, out of the client's message."""
+
+    def decorate(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        @functools.wraps(fn)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return await fn(*args, **kwargs)
+            except (RedisConnectionError, RedisTimeoutError) as e:
+                raise error() from e
+
+        return wrapper
+
+    return decorate
