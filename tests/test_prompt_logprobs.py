@@ -59,6 +59,8 @@ def _assert_matches(got: list[TokenLogprobs | None], prompt: list[int], lp: torc
         entry, row = got[pos], lp[pos - 1]
         assert entry.token_id == prompt[pos]
         assert entry.logprob == pytest.approx(float(row[prompt[pos]]), abs=1e-4)
+        value = float(row[prompt[pos]])  # vLLM's rank: tokens at least as likely, itself too
+        assert int((row > value + 1e-4).sum()) < entry.rank <= int((row >= value - 1e-4).sum())
         top_lp, top_ids = row.topk(K)
         assert [t for t, _ in entry.top] == top_ids.tolist()
         assert [v for _, v in entry.top] == pytest.approx(top_lp.tolist(), abs=1e-4)

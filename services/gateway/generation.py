@@ -21,22 +21,18 @@ from loraplex.gateway.errors import RequestFailedError, RequestTimeoutError
 from loraplex.gateway.metrics import GatewayMetrics
 from loraplex.gateway.prepare import Echo
 from loraplex.gateway.streams import StreamMessage
+from loraplex.gateway.token_info import (
+    TokenInfo,
+    prompt_infos,
+    token_info,
+    trimmed,
+    unscored,
+    with_itself,
+)
 from loraplex.protocol import RequestError, TokenDelta
 from loraplex.text.tokenizer import Tokenizer
 from loraplex.timeouts import wait_for
 from loraplex.token_logprobs import TokenLogprobs
-
-
-@dataclass(frozen=True)
-class TokenInfo:
-    """One token for OpenAI ``logprobs``: its text, logprob and top alternatives.  An echoed
-    prompt's first token has neither (nothing before it scores it)."""
-
-    token: str
-    logprob: float | None
-    top: list[tuple[str, float]] | None
-    token_id: int | None = None
-    top_ids: tuple[int, ...] = ()  # the ids of ``top``, in its order
 
 
 @dataclass(frozen=True)
@@ -116,6 +112,9 @@ class Generation:
         self._pending: list[TokenInfo] = []  # tokens whose text has not been shown yet
         self._pending_ids: list[int] = []  # ids of the tokens since the last delta given out
         self._echo = echo  # shown before the first generated text, then None
+        # The workers' prompt logprobs (tokens 1..), when asked for: on the first delta only.
+        self._prompt_scored: list[TokenLogprobs] | None = None
+        self._prompt_infos: list[TokenInfo] | None = None
         self._prompt_ids = prompt_ids
         self._prompt_only = echo is not None and echo.prompt_only
 
@@ -187,6 +186,8 @@ class Generation:
     def _apply(self, msg: TokenDelta) -> TextDelta | None:
         if msg.cached_tokens:  # the prefill's prefix-cache hits (a re-dispatch may change it)
             self.cached_tokens = min(msg.cached_tokens, self.prompt_tokens)
+        if msg.prompt_logprobs is not None and self._prompt_scored is None:
+            self._prompt_scored = msg.prompt_logprobs
         echoed = self._take_echo(msg)
         if self._prompt_only:  # echo with max_tokens 0: the prompt and its logprobs, no token
             self._done = True
@@ -206,7 +207,7 @@ class Generation:
         self.completion_tokens += len(token_ids)
         self._pending_ids += token_ids
         if logprobs is not None:
-            self._pending += map(self._token_info, logprobs[: len(token_ids)])
+            self._pending += (token_info(self._tok, lp) for lp in logprobs[: len(token_ids)])
         text = echoed + self._new_text(msg)
         if msg.finish_reason is not None:  # the worker ended it (a stop string too: "stop")
             # A delta lost on the way (core NATS is at-most-once): the last one says it all.
@@ -237,32 +238,33 @@ class Generation:
         return new
 
     def _take_echo(self, msg: TokenDelta) -> str:
-        """The prompt's text (and its tokens' logprobs, queued) on the first delta of an echo."""
+        """The prompt's text (and, with ``logprobs``, its tokens' logprobs, queued) on the first
+        delta of an echo."""
         echo, self._echo = self._echo, None
         if echo is None:
             return ""
-        if msg.prompt_logprobs is not None:
-            decode = self._tok.decode
-            first = TokenInfo(decode(self._prompt_ids[:1], False), None, None, self._prompt_ids[0])
-            self._pending = [first, *map(self._prompt_info, msg.prompt_logprobs), *self._pending]
+        infos = self.prompt_logprobs()
+        if echo.logprobs is not None and infos is not None:
+            shown = [with_itself(trimmed(i, echo.logprobs)) for i in infos]
+            self._pending = [*shown, *self._pending]
         return echo.text
 
-    def _prompt_info(self, lp: TokenLogprobs) -> TokenInfo:
-        """A prompt token's alternatives include the token itself, as vLLM reports them."""
-        info = self._token_info(lp)
-        assert info.top is not None
-        if all(t != lp.token_id for t, _ in lp.top):
-            top = [(info.token, lp.logprob), *info.top]
-            info = TokenInfo(
-                info.token, info.logprob, top, lp.token_id, (lp.token_id, *info.top_ids)
-            )
-        return info
+    def prompt_logprobs(self) -> list[TokenInfo] | None:
+        """Every prompt token (the first unscored) with all the alternatives the workers sent;
+        None when none came (not asked for, or lost with the delta that carried them)."""
+        if self._prompt_scored is None:
+            return None
+        if self._prompt_infos is None:  # decoded once, when an answer first asks
+            self._prompt_infos = prompt_infos(self._tok, self._prompt_ids, self._prompt_scored)
+        return self._prompt_infos
 
-    def _token_info(self, lp: TokenLogprobs) -> TokenInfo:
-        decode = self._tok.decode
-        top = [(decode([t], False), v) for t, v in lp.top]
-        ids = tuple(t for t, _ in lp.top)
-        return TokenInfo(decode([lp.token_id], False), lp.logprob, top, lp.token_id, ids)
+    def prompt_from(self, start: int) -> list[TokenInfo]:
+        """The prompt's tokens from ``start`` on: scored when the workers sent their logprobs,
+        else with null logprobs (none asked for, or lost with their delta)."""
+        scored = self.prompt_logprobs()
+        if scored is not None:
+            return scored[start:]
+        return [unscored(self._tok, t) for t in self._prompt_ids[start:]]
 
     def _take_logprobs(self) -> list[TokenInfo] | None:
         if not self._pending:

@@ -12,6 +12,28 @@ from loraplex.gateway.prepare import Prepared
 DONE = "data: [DONE]\n\n"
 
 Answer = tuple[str, str | None, list[TokenInfo] | None]  # one choice: text, finish, logprobs
+PromptInfos = list[list[TokenInfo] | None]  # per choice: its prompt's tokens, scored
+
+
+def vllm_prompt_logprobs(infos: list[TokenInfo] | None, k: int) -> list[Any] | None:
+    """vLLM's ``prompt_logprobs``: per prompt token, null for the first (nothing scores it),
+    else ``{token id: {"logprob", "rank", "decoded_token"}}`` for the token itself, then its
+    ``k`` most likely alternatives (ranks 1..k), as vLLM builds the map.  None when the
+    workers' prompt logprobs never came (lost with the delta that carried them)."""
+    if infos is None:
+        return None
+    out: list[Any] = [None]
+    for info in infos[1:]:
+        entry = {str(info.token_id): _vllm_logprob(info.logprob, info.rank, info.token)}
+        pairs = zip(info.top or [], info.top_ids, strict=False)
+        for rank, ((text, logprob), token_id) in enumerate(list(pairs)[:k], start=1):
+            entry.setdefault(str(token_id), _vllm_logprob(logprob, rank, text))
+        out.append(entry)
+    return out
+
+
+def _vllm_logprob(logprob: float | None, rank: int | None, text: str) -> dict[str, Any]:
+    return {"logprob": logprob, "rank": rank, "decoded_token": text}
 
 
 def sse(data: dict[str, Any]) -> str:
@@ -31,6 +53,7 @@ class CompletionFormat:
             "model": p.model,
         }
         self._offsets: dict[int, int] = {}  # per choice: text_offset of its next token
+        self.prompt_logprobs = p.prompt_logprobs  # vLLM's: alternatives per prompt token
 
     def logprobs(self, infos: list[TokenInfo] | None, index: int = 0) -> dict[str, Any] | None:
         """The legacy completions shape: parallel lists, alternatives as token -> logprob."""
@@ -56,9 +79,21 @@ class CompletionFormat:
             "finish_reason": finish_reason,
         }
 
-    def response(self, answers: list[Answer], usage: Usage) -> dict[str, Any]:
+    def response(
+        self, answers: list[Answer], usage: Usage, prompts: PromptInfos | None = None
+    ) -> dict[str, Any]:
+        """``prompts``: each choice's prompt tokens with their logprobs, for
+        ``prompt_logprobs`` (the Generation's ``prompt_logprobs()``)."""
         choices = [self.choice(i, a) for i, a in enumerate(answers)]
-        return {**self.head, "choices": choices, "usage": usage.to_json()}
+        out = {**self.head, "choices": choices, "usage": usage.to_json()}
+        if self.prompt_logprobs is not None:
+            self.add_prompt_logprobs(out, prompts or [None] * len(choices), self.prompt_logprobs)
+        return out
+
+    def add_prompt_logprobs(self, out: dict[str, Any], prompts: PromptInfos, k: int) -> None:
+        """vLLM puts a completion's on each choice (a batch's choices have different prompts)."""
+        for choice, infos in zip(out["choices"], prompts, strict=True):
+            choice["prompt_logprobs"] = vllm_prompt_logprobs(infos, k)
 
     def first_chunks(self, n: int = 1) -> list[dict[str, Any]]:
         return []
@@ -119,6 +154,10 @@ class ChatFormat(CompletionFormat):
             "logprobs": self.logprobs(logprobs, index),
             "finish_reason": finish_reason,
         }
+
+    def add_prompt_logprobs(self, out: dict[str, Any], prompts: PromptInfos, k: int) -> None:
+        """vLLM puts a chat answer's beside its choices: they all have the one prompt."""
+        out["prompt_logprobs"] = vllm_prompt_logprobs(prompts[0] if prompts else None, k)
 
     def _called(self, finish_reason: str | None) -> str | None:
         """The finish reason of an answer that called tools: ``tool_calls`` where the model

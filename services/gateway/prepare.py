@@ -30,11 +30,13 @@ from loraplex.text.tokenizer import Tokenizer
 
 @dataclass(frozen=True)
 class Echo:
-    """A completion that starts with its prompt (``echo``): the prompt's text, and whether the
-    generated tokens are left out (``max_tokens`` 0: only the prompt, scored)."""
+    """A completion that starts with its prompt (``echo``): the prompt's text, whether the
+    generated tokens are left out (``max_tokens`` 0: only the prompt, scored), and how many
+    alternatives its tokens' ``logprobs`` show (None: no logprobs)."""
 
     text: str
     prompt_only: bool = False
+    logprobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class Prepared:
     cache_salt: str = ""  # SubmitRequest.cache_salt: whose cached prefixes it may reuse
     tool_use: ToolUse | None = None  # chat: the tools its answer may call (tools.py)
     reasoning_parser: str | None = None  # chat: how its answer's thinking is read (reasoning.py)
+    # vLLM's prompt_logprobs: alternatives its answer shows per prompt token (None: not asked)
+    prompt_logprobs: int | None = None
 
     def choice(self, index: int) -> Prepared:
         """The request behind choice ``index`` of an ``n`` > 1 request: its own id and, when a
@@ -128,7 +132,7 @@ class RequestBuilder:
         if req.echo:
             text = prompt if isinstance(prompt, str) and len(ids) == whole else None
             text = text if text is not None else self.tokenizer.decode(ids)
-            echo = Echo(text, prompt_only=max_tokens == 0)
+            echo = Echo(text, prompt_only=max_tokens == 0, logprobs=req.logprobs)
             if echo.prompt_only:  # one token is generated (the prompt's logits need a step), unseen
                 max_tokens = 1
         p = await self._prepared("cmpl", req, tenant, adapter, ids, max_tokens, "prompt", ())
@@ -181,6 +185,7 @@ class RequestBuilder:
             arrival=time.monotonic(),
             cache_salt=self._cache_salt(tenant, req.cache_salt),
             tool_use=tools,
+            prompt_logprobs=req.shown_prompt_logprobs(),
         )
 
     def _cache_salt(self, tenant: str, client_salt: str | None) -> str:

@@ -127,7 +127,10 @@ async def respond(
             texts = await until_disconnected(request.receive, _all(collected), probe)
             await close()
             answers = [(t, g.finish_reason, g.logprobs) for t, g in zip(texts, gens, strict=True)]
-            return JSONResponse(fmt.response(answers, _usage(gens, n)))
+            prompts = None
+            if fmt.prompt_logprobs is not None:  # a long prompt's tokens decode off the loop
+                prompts = await asyncio.to_thread(lambda: [g.prompt_logprobs() for g in gens])
+            return JSONResponse(fmt.response(answers, _usage(gens, n), prompts))
     except BaseException:
         await close()
         raise

@@ -5,20 +5,20 @@ strings or a list of token-id lists, each prompt its own request (``prepare.py``
 most 16.
 Beyond OpenAI, the vLLM extensions ``top_k``, ``min_p``, ``ignore_eos``, ``min_tokens``,
 ``repetition_penalty``, ``stop_token_ids``, ``include_stop_str_in_output``,
-``skip_special_tokens``, ``truncate_prompt_tokens``, ``structured_outputs`` and ``guided_*`` are
-accepted (see ``structured.py``).
+``skip_special_tokens``, ``truncate_prompt_tokens``, ``prompt_logprobs``, ``structured_outputs``
+and ``guided_*`` are accepted (see ``structured.py``).
 Types are checked here; ranges (vLLM's) in ``loraplex.sampling_params`` via ``prepare.py``.
 Strings holding lone surrogates or misplaced NUL never get here (``body_check.py``).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from loraplex.gateway.errors import InvalidParamError
+from loraplex.gateway.template_kwargs import checked_template_kwargs
 from loraplex.gateway.tools import template_arguments
 
 Float = Annotated[float, Field(allow_inf_nan=False)]
@@ -26,6 +26,7 @@ Seed = Annotated[int, Field(ge=-(2**63), lt=2**64)]
 TokenId = Annotated[int, Field(ge=0, lt=2**32)]
 Prompt = str | list[TokenId] | list[str] | list[list[TokenId]]
 OnePrompt = str | list[int]
+MAX_TOP_LOGPROBS = 20  # alternatives per token, in every API (OpenAI's limit)
 
 
 class StreamOptions(BaseModel):
@@ -61,8 +62,9 @@ class GenerateRequest(BaseModel):
     repetition_penalty: Float | None = None  # vLLM extension
     logit_bias: dict[str, Float] | None = None  # token id (as a string) -> bias in [-100, 100]
     user: str | None = None
-    # vLLM fields refused rather than ignored (check_supported)
+    # vLLM: each prompt token's logprob and this many alternatives (not in a stream, as vLLM)
     prompt_logprobs: int | None = None
+    # vLLM fields refused rather than ignored (check_supported)
     use_beam_search: bool = False
     priority: int = 0
     # vLLM extension: reuse cached prompt prefixes only with requests of the same salt (within
@@ -90,10 +92,15 @@ class GenerateRequest(BaseModel):
 
     def check_supported(self) -> None:
         """Refuse (400) what the gateway cannot honour instead of silently ignoring it."""
-        if self.prompt_logprobs is not None:
+        k = self.prompt_logprobs
+        if k is not None and self.stream and k != 0:  # vLLM's check (0 is accepted, unshown)
             raise InvalidParamError(
-                "prompt_logprobs is not supported: a completion with echo and logprobs scores "
-                "the prompt's tokens",
+                "prompt_logprobs are not available when stream=true", "prompt_logprobs"
+            )
+        if k is not None and not 0 <= k <= MAX_TOP_LOGPROBS:
+            raise InvalidParamError(
+                f"prompt_logprobs must be in [0, {MAX_TOP_LOGPROBS}] (vLLM's -1, the whole "
+                f"vocabulary, is not served), got {k}",
                 "prompt_logprobs",
             )
         if self.use_beam_search:
@@ -107,9 +114,14 @@ class GenerateRequest(BaseModel):
         """How many alternatives to report per token; None: no logprobs."""
         return None
 
+    def shown_prompt_logprobs(self) -> int | None:
+        """vLLM's ``prompt_logprobs`` as the answer shows it: never in a stream."""
+        return None if self.stream else self.prompt_logprobs
+
     def prompt_logprobs_count(self) -> int | None:
-        """How many alternatives to report per prompt token; None: no prompt logprobs."""
-        return None
+        """How many alternatives the workers compute per prompt token; None: no prompt
+        logprobs."""
+        return self.shown_prompt_logprobs()
 
 
 class CompletionRequest(GenerateRequest):
@@ -131,8 +143,10 @@ class CompletionRequest(GenerateRequest):
         return self.logprobs
 
     def prompt_logprobs_count(self) -> int | None:
-        """With ``echo``, the echoed prompt tokens get logprobs too (the first one null)."""
-        return self.logprobs if self.echo else None
+        """With ``echo``, the echoed prompt tokens get logprobs too (the first one null); one
+        computation serves it and ``prompt_logprobs``, each answer taking its own count."""
+        counts = (self.logprobs if self.echo else None, self.shown_prompt_logprobs())
+        return max((k for k in counts if k is not None), default=None)
 
     @property
     def is_batch(self) -> bool:
@@ -165,30 +179,6 @@ def validated(model: type[M], fields: dict[str, Any], param: str | None = None) 
         first = e.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
         raise InvalidParamError(f"{where}: {first['msg']}", param or where) from e
-
-
-TEMPLATE_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-RESERVED_TEMPLATE_VARIABLES = frozenset(
-    {"messages", "tools", "add_generation_prompt", "bos_token", "eos_token", "raise_exception"}
-)
-MAX_TEMPLATE_KWARGS = 32
-
-
-def checked_template_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
-    if not kwargs:
-        return None
-    if len(kwargs) > MAX_TEMPLATE_KWARGS:
-        raise InvalidParamError(
-            f"at most {MAX_TEMPLATE_KWARGS} chat_template_kwargs", "chat_template_kwargs"
-        )
-    for name in kwargs:
-        if not TEMPLATE_VARIABLE.match(name) or name in RESERVED_TEMPLATE_VARIABLES:
-            raise InvalidParamError(
-                f"chat_template_kwargs: {name[:64]!r} is not a variable a request may set "
-                "(a name of letters, digits and '_', not one the server sets)",
-                "chat_template_kwargs",
-            )
-    return kwargs
 
 
 class ToolCallFunction(BaseModel):
@@ -251,8 +241,10 @@ class ChatCompletionRequest(GenerateRequest):
         super().check_supported()
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidParamError("top_logprobs needs logprobs=true", "top_logprobs")
-        if self.top_logprobs is not None and not 0 <= self.top_logprobs <= 20:
-            raise InvalidParamError("top_logprobs must be in [0, 20]", "top_logprobs")
+        if self.top_logprobs is not None and not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidParamError(
+                f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]", "top_logprobs"
+            )
         if self.chat_template is not None:
             raise InvalidParamError(
                 "chat_template is not supported: the model's own template is used", "chat_template"

@@ -8,10 +8,13 @@ server (SGLang's ``--lora-paths NAME=PATH`` names them the same way; ``loraplex 
 SGLang), ``temperature`` (default 1.0), ``top_p``, ``top_k``, ``min_p``, the three penalties,
 ``stop``, ``stop_token_ids``, ``ignore_eos``, ``skip_special_tokens``, ``min_new_tokens``,
 ``no_stop_trim``, ``n`` and the constraints ``json_schema``, ``regex`` and ``ebnf``.  Refused
-with a 400 rather than ignored: ``input_embeds``, ``image_data``, input logprobs
-(``logprob_start_len`` other than -1) and different adapters per prompt of one batch.
+with a 400 rather than ignored: ``input_embeds``, ``image_data`` and different adapters per
+prompt of one batch.
 ``return_logprob`` gives ``meta_info.output_token_logprobs`` (``[logprob, token id, text or
-null]`` per token) and, with ``top_logprobs_num``, ``output_top_logprobs``.
+null]`` per token) and ``input_token_logprobs``, the prompt's tokens from ``logprob_start_len``
+on (-1, the default: its last token only), the first of them with a null logprob as SGLang
+gives it; with ``top_logprobs_num``, ``output_top_logprobs`` and ``input_top_logprobs`` (null
+for that first token).  A ``logprob_start_len`` at or past the prompt's end is a 400.
 Answers are ``{"text", "meta_info": {"id", "finish_reason", "prompt_tokens",
 "completion_tokens", "cached_tokens"}}`` (a list for a batch); a stream sends the text so far in
 each event, as SGLang does, then ``data: [DONE]``.  Plain Python over pydantic bodies.
@@ -25,7 +28,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from loraplex.gateway.errors import InvalidParamError
 from loraplex.gateway.generation import TokenInfo
-from loraplex.gateway.schemas import CompletionRequest, Float, Seed, TokenId, validated
+from loraplex.gateway.prepare import Prepared
+from loraplex.gateway.schemas import (
+    MAX_TOP_LOGPROBS,
+    CompletionRequest,
+    Float,
+    Seed,
+    TokenId,
+    validated,
+)
 
 DEFAULT_MAX_NEW_TOKENS = 128  # SGLang's
 # Completion fields -> the SGLang names a client sent, for the ``param`` of errors.
@@ -76,8 +87,8 @@ class SGLangRequest(BaseModel):
     lora_path: str | list[str | None] | None = None
     stream: bool = False
     return_logprob: bool = False
-    logprob_start_len: int = -1
-    top_logprobs_num: Annotated[int, Field(ge=0, le=20)] = 0
+    logprob_start_len: int = -1  # -1: the prompt's last token only
+    top_logprobs_num: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] = 0
     return_text_in_logprobs: bool = False
     input_embeds: Any = None
     image_data: Any = None
@@ -87,6 +98,11 @@ class SGLangRequest(BaseModel):
         return isinstance(self.text, list) or (
             bool(self.input_ids) and isinstance(self.input_ids[0], list)  # type: ignore[index]
         )
+
+    @property
+    def scores_prompt(self) -> bool:
+        """Input logprobs past the prompt's last token: the workers must score the prompt."""
+        return self.return_logprob and self.logprob_start_len >= 0
 
 
 def is_sglang(body: dict[str, Any]) -> bool:
@@ -109,9 +125,9 @@ def to_completion(req: SGLangRequest, base_model: str) -> CompletionRequest:
     for name in ("input_embeds", "image_data"):
         if getattr(req, name):
             raise InvalidParamError(f"{name} is not supported", name)
-    if req.return_logprob and req.logprob_start_len != -1:
+    if req.return_logprob and req.logprob_start_len < -1:
         raise InvalidParamError(
-            "only the output's logprobs are served: logprob_start_len must be -1",
+            "logprob_start_len must be -1 (the prompt's last token) or a prompt position >= 0",
             "logprob_start_len",
         )
     if (req.text is None) == (req.input_ids is None):
@@ -138,9 +154,24 @@ def to_completion(req: SGLangRequest, base_model: str) -> CompletionRequest:
         "n": s.n,
         "seed": s.sampling_seed,
         "logprobs": req.top_logprobs_num if req.return_logprob else None,
+        "prompt_logprobs": req.top_logprobs_num if req.scores_prompt else None,
         **{k: v for k, v in constraints.items() if v is not None},
     }
     return validated(CompletionRequest, fields)
+
+
+def check_logprob_start(req: SGLangRequest, prompts: list[Prepared]) -> None:
+    """SGLang's 400 for input logprobs that would start at or past a prompt's end."""
+    if not req.scores_prompt:
+        return
+    for i, p in enumerate(prompts):
+        if req.logprob_start_len >= len(p.prompt_ids):
+            where = f"prompt {i} has" if req.is_batch else "the prompt has"
+            raise InvalidParamError(
+                f"logprob_start_len ({req.logprob_start_len}) is not below the number of input "
+                f"tokens ({where} {len(p.prompt_ids)}); use a smaller logprob_start_len",
+                "logprob_start_len",
+            )
 
 
 def finish_reason(
@@ -156,21 +187,27 @@ def finish_reason(
 
 
 def logprob_fields(
-    infos: list[TokenInfo] | None, top: int, with_text: bool
+    infos: list[TokenInfo] | None, prompt: list[TokenInfo], top: int, with_text: bool
 ) -> dict[str, list[Any]]:
-    """``meta_info``'s logprobs: ``[logprob, token id, text or None]`` per token (SGLang)."""
+    """``meta_info``'s logprobs: ``[logprob, token id, text or None]`` per token (SGLang), for
+    the completion (``infos``) and the prompt's tokens from ``logprob_start_len`` on
+    (``prompt``), whose first SGLang leaves unscored (null, and null top logprobs)."""
 
     def entry(logprob: float | None, token_id: int | None, text: str) -> list[Any]:
         return [logprob, token_id, text if with_text else None]
 
+    def tops(i: TokenInfo) -> list[list[Any]]:
+        pairs = zip(i.top or [], i.top_ids, strict=False)
+        return [entry(lp, t, text) for (text, lp), t in list(pairs)[:top]]
+
     infos = infos or []
     out: dict[str, list[Any]] = {
-        "input_token_logprobs": [],
+        "input_token_logprobs": [
+            entry(None if n == 0 else i.logprob, i.token_id, i.token) for n, i in enumerate(prompt)
+        ],
         "output_token_logprobs": [entry(i.logprob, i.token_id, i.token) for i in infos],
     }
     if top:
-        out["output_top_logprobs"] = [
-            [entry(lp, t, text) for (text, lp), t in zip(i.top or [], i.top_ids, strict=False)]
-            for i in infos
-        ]
+        out["input_top_logprobs"] = [None if n == 0 else tops(i) for n, i in enumerate(prompt)]
+        out["output_top_logprobs"] = [tops(i) for i in infos]
     return out

@@ -14,3 +14,6 @@ class TokenLogprobs:
     token_id: int
     logprob: float
     top: tuple[tuple[int, float], ...] = ()  # (token id, logprob), most likely first
+    # 1 + how many other tokens are at least as likely, as vLLM counts it (its ``rank``, which
+    # ``prompt_logprobs`` answers show); None from a peer that does not send it.
+    rank: int | None = None

@@ -5,7 +5,9 @@ The fake scheduler is a test double for the scheduler + workers: it answers ``SU
 ``SubmitReply`` and then publishes ``TokenDelta`` / ``RequestError`` to the gateway's stream
 subject, following a ``Plan`` the test chooses per request; it records submits and cancels.  Its
 deltas carry text as a worker's do (``WorkerText``): detokenized, cut at a stop string (which
-finishes the request with "stop"), placed by ``text_start``.
+finishes the request with "stop"), placed by ``text_start``; and, when the sampling asks for
+them, logprobs (``fake_scores.py``), the prompt's on the first delta as a prefill worker
+sends them.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from loraplex.text.detokenizer import IncrementalDetokenizer
 from loraplex.text.tokenizer import Tokenizer
 from loraplex.tooling.demo import DemoModelInfo, write_demo_model
 from loraplex.tooling.ports import free_port
+from tests.gateway.fake_scores import fake_logprobs, fake_prompt_logprobs
 from tests.uvicorn_server import serve_app
 
 TENANTS = {
@@ -204,8 +207,15 @@ class FakeScheduler:
             if finish is not None:
                 text += worker.detok.flush()
             if ids or finish is not None:
+                k = req.sampling.logprobs
+                lps = (
+                    None
+                    if k is None
+                    else [fake_logprobs(t, start + i, k) for i, t in enumerate(ids)]
+                )
                 delta = TokenDelta(
                     req.request_id, ids, text, finish, len(req.prompt_token_ids), start + len(ids),
+                    logprobs=lps, prompt_logprobs=fake_prompt_logprobs(req) if n == 0 else None,
                     cached_tokens=plan.cached_tokens, text_start=text_start,
                 )  # fmt: skip
                 await self.nc.publish(subject, encode(delta))

@@ -16,6 +16,7 @@ from tests.gateway.conftest import ALICE, REPLY_TEXT, FakeScheduler
 from tests.gateway.test_errors import assert_error
 
 PROMPT = "The capital of France is"
+IDS = [5, 6, 7, 8]  # token ids: the fake worker's scores per position are known
 
 
 async def post(gateway: str, body: dict[str, Any]) -> httpx.Response:
@@ -99,10 +100,66 @@ async def test_lora_path_and_constraints(
     assert got is not None and got.kind == "json"
 
 
+async def test_input_logprobs_from_logprob_start_len(
+    gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
+) -> None:
+    """The prompt's tokens from ``logprob_start_len`` on, the first of them unscored (null
+    logprob, null top logprobs) as SGLang answers; the output's logprobs as before."""
+    reply = tokenizer.encode(REPLY_TEXT, add_special_tokens=False)
+    scheduler.says(reply, chunk=3, finish="length")
+    body = {"input_ids": IDS, "return_logprob": True, "logprob_start_len": 1,
+            "top_logprobs_num": 2, "return_text_in_logprobs": True}  # fmt: skip
+    r = await post(gateway, body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["text"] == REPLY_TEXT
+    assert scheduler.submits[-1].sampling.prompt_logprobs == 2
+    meta, name = out["meta_info"], lambda t: tokenizer.decode([t], False)
+    assert meta["input_token_logprobs"] == [
+        [None, 6, name(6)],
+        [-0.25 - 2 / 64, 7, name(7)],  # the fake's scores at positions 2 and 3
+        [-4.0 - 3 / 64, 8, name(8)],
+    ]
+    assert meta["input_top_logprobs"] == [
+        None,
+        [[-0.25 - 2 / 64, 7, name(7)], [-1.25 - 2 / 64, 8, name(8)]],
+        [[-0.5, 9, name(9)], [-0.625, 10, name(10)]],
+    ]
+    assert [t for _, t, _ in meta["output_token_logprobs"]] == reply
+    assert len(meta["output_top_logprobs"]) == len(reply)
+
+    r = await post(gateway, {**body, "logprob_start_len": 0, "return_text_in_logprobs": False})
+    meta = r.json()["meta_info"]
+    assert meta["input_token_logprobs"][0] == [None, 5, None]
+    assert meta["input_token_logprobs"][1:] == [[-4.0 - 1 / 64, 6, None], [-0.25 - 2 / 64, 7, None], [-4.0 - 3 / 64, 8, None]]  # fmt: skip
+
+    # -1, SGLang's default: the prompt's last token only, unscored, and nothing computed
+    r = await post(gateway, {"input_ids": IDS, "return_logprob": True, "top_logprobs_num": 1})
+    meta = r.json()["meta_info"]
+    assert meta["input_token_logprobs"] == [[None, 8, None]] and meta["input_top_logprobs"] == [
+        None
+    ]
+    assert scheduler.submits[-1].sampling.prompt_logprobs is None
+
+    # streamed: every event carries them, as SGLang's cumulative meta_info does
+    r = await post(gateway, {**body, "stream": True})
+    lines = [x for x in r.text.split("\n\n") if x.strip()]
+    assert lines[-1] == "data: [DONE]"
+    events = [json.loads(x[len("data: ") :]) for x in lines[:-1]]
+    assert len(events) > 1 and events[-1]["text"] == REPLY_TEXT
+    assert all(e["meta_info"]["input_token_logprobs"][1][0] == -0.25 - 2 / 64 for e in events)
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"text": PROMPT, "return_logprob": True, "logprob_start_len": 0}, "logprob_start_len"),
+        ({"input_ids": IDS, "return_logprob": True, "logprob_start_len": 4}, "logprob_start_len"),
+        ({"text": PROMPT, "return_logprob": True, "logprob_start_len": -2}, "logprob_start_len"),
+        (
+            {"input_ids": [IDS, IDS[:2]], "return_logprob": True, "logprob_start_len": 2},
+            "logprob_start_len",
+        ),
+        ({"text": PROMPT, "return_logprob": True, "logprob_start_len": "x"}, "logprob_start_len"),
         ({"text": PROMPT, "return_logprob": True, "top_logprobs_num": 21}, "top_logprobs_num"),
         ({"text": PROMPT, "image_data": "x.png"}, "image_data"),
         ({"text": [PROMPT, PROMPT], "lora_path": ["a", "b"]}, "lora_path"),

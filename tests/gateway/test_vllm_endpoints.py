@@ -357,9 +357,7 @@ async def test_chat_template_fields(
             assert_error(r, 400, param=field)
 
 
-@pytest.mark.parametrize(
-    ("field", "value"), [("prompt_logprobs", 1), ("use_beam_search", True), ("priority", 5)]
-)
+@pytest.mark.parametrize(("field", "value"), [("use_beam_search", True), ("priority", 5)])
 async def test_vllm_fields_not_served_are_refused(
     gateway: str, scheduler: FakeScheduler, field: str, value: object
 ) -> None:

@@ -26,6 +26,12 @@ NON_FINITE = st.sampled_from(["NaN", "Infinity", "-Infinity"])  # spliced into t
 SMALL_MAX = st.integers(1, 4)
 TOKEN_IDS = st.lists(st.integers(0, 1023), min_size=1, max_size=6)
 BAD_TOKEN_IDS = st.lists(st.integers(0, 1100) | st.sampled_from([-1, 2**32, 2**64]), max_size=6)
+# vLLM's prompt_logprobs: served in [0, 20]; -1 (the whole vocabulary), huge, negative, strings
+PROMPT_LOGPROBS = st.integers(0, 5) | st.sampled_from(
+    [20, 21, -1, -7, 2**31, 2**64, 10**30, "3", "many", 2.5, True, [1]]
+)
+# SGLang's logprob_start_len: -1 (default), a prompt position, past the prompt, or hostile
+LOGPROB_START_LEN = st.integers(-2, 8) | st.sampled_from([2**31, -(2**63), 10**30, "0", 0.5])
 
 
 def body(
@@ -52,6 +58,7 @@ SAMPLING: dict[str, st.SearchStrategy] = {
     "guided_choice": st.lists(TEXT, min_size=1, max_size=3), "guided_regex": st.sampled_from(["[a-z]+", "(ab|cd)*", "\\d{1,3}"]),
     "min_tokens": st.integers(0, 6), "include_stop_str_in_output": st.booleans(),
     "skip_special_tokens": st.booleans(), "truncate_prompt_tokens": st.integers(1, 8),
+    "prompt_logprobs": PROMPT_LOGPROBS,
 }  # fmt: skip
 
 
@@ -231,6 +238,9 @@ def sglang_bodies(models: list[str]) -> st.SearchStrategy[dict[str, Any]]:
         "lora_path": st.sampled_from(models) | st.lists(st.sampled_from(models), max_size=2),
         "stream": st.booleans(),
         "return_logprob": st.booleans(),
+        "logprob_start_len": LOGPROB_START_LEN,
+        "top_logprobs_num": st.integers(0, 3) | st.sampled_from([20, 21, -1]),
+        "return_text_in_logprobs": st.booleans(),
     }
     return st.tuples(prompt, body({"sampling_params": sampling}, optional)).map(lambda p: {**p[0], **p[1]})  # fmt: skip
 

@@ -23,6 +23,7 @@ from loraplex.gateway.service import GatewayService
 from loraplex.gateway.sglang import (
     PARAM_NAMES,
     SGLangRequest,
+    check_logprob_start,
     finish_reason,
     logprob_fields,
     to_completion,
@@ -41,6 +42,7 @@ async def generate(
     try:
         completion = to_completion(body, service.settings.model_id)
         prompts = await service.prepare_completion(completion, tenant)
+        check_logprob_start(body, prompts)
     except InvalidParamError as e:
         given = {"prompt": "input_ids"} if body.input_ids is not None else {}
         raise renamed(e, PARAM_NAMES | given) from e
@@ -52,6 +54,8 @@ async def generate(
         firsts = await until_disconnected(
             request.receive, asyncio.gather(*(g.next() for g in gens)), probe
         )
+        if body.scores_prompt:  # the scored prompt came first: decode it off the event loop
+            await asyncio.to_thread(lambda: [g.prompt_logprobs() for g in gens])
         if not body.stream:
             collected = (g.collect(f) for g, f in zip(gens, firsts, strict=True))
             texts = await until_disconnected(request.receive, asyncio.gather(*collected), probe)
@@ -89,7 +93,10 @@ def _answer(
 ) -> dict[str, Any]:
     meta = _meta(gen, ends)
     if body.return_logprob:
-        meta |= logprob_fields(gen.logprobs, body.top_logprobs_num, body.return_text_in_logprobs)
+        # -1 (SGLang's default): the prompt's last token, which needs no scoring
+        start = body.logprob_start_len if body.scores_prompt else gen.prompt_tokens - 1
+        top, with_text = body.top_logprobs_num, body.return_text_in_logprobs
+        meta |= logprob_fields(gen.logprobs, gen.prompt_from(start), top, with_text)
     return {"text": text, "meta_info": meta}
 
 

@@ -43,12 +43,15 @@ def compute_logprobs(
 def _score(lp: torch.Tensor, targets: list[int], k: int) -> list[TokenLogprobs]:
     """lp: [R, V] log-probabilities; row i scores ``targets[i]`` with ``k`` alternatives."""
     idx = torch.tensor(targets, device=lp.device).unsqueeze(1)
-    chosen = lp.gather(1, idx)[:, 0].tolist()
+    chosen_t = lp.gather(1, idx)  # [R, 1]
+    # vLLM's rank: the tokens at least as likely as the target, itself included (ties count)
+    ranks = (lp >= chosen_t).sum(dim=-1).tolist()
+    chosen = chosen_t[:, 0].tolist()
     top_lp, top_ids = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long())
     top_lp_l, top_ids_l = top_lp.tolist(), top_ids.tolist()
     return [
-        TokenLogprobs(t, c, tuple(zip(ids, lps, strict=True)))
-        for t, c, ids, lps in zip(targets, chosen, top_ids_l, top_lp_l, strict=True)
+        TokenLogprobs(t, c, tuple(zip(ids, lps, strict=True)), r)
+        for t, c, ids, lps, r in zip(targets, chosen, top_ids_l, top_lp_l, ranks, strict=True)
     ]
 
 
