@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, replace
 
 from loraplex import env
+from loraplex.gateway.bad_words import bad_words_token_ids
 from loraplex.gateway.errors import InvalidParamError
 from loraplex.gateway.sampling import request_constraint, sampling_params, truncated
 from loraplex.gateway.schemas import (
@@ -173,7 +174,9 @@ class RequestBuilder:
         budget = self._budget(len(ids), max_tokens, prompt_param)
         constraint = request_constraint(req, tools)  # its errors name their own field
         compiled = await constraint.compiled() if constraint is not None else None
-        sampling = sampling_params(req, budget, extra_stop_ids, self.tokenizer.vocab_size, compiled)
+        banned = bad_words_token_ids(req.bad_words, self._encode_text)
+        vocab = self.tokenizer.vocab_size
+        sampling = sampling_params(req, budget, extra_stop_ids, vocab, compiled, banned)
         return Prepared(
             request_id=f"{kind}-{uuid.uuid4().hex}",
             tenant=tenant,
@@ -187,6 +190,9 @@ class RequestBuilder:
             tool_use=tools,
             prompt_logprobs=req.shown_prompt_logprobs(),
         )
+
+    def _encode_text(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
 
     def _cache_salt(self, tenant: str, client_salt: str | None) -> str:
         """The tenant (unless prefixes are shared across tenants), then the client's own salt;

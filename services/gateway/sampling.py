@@ -1,5 +1,5 @@
-"""From a validated OpenAI body to ``SamplingParams``: sampling fields, ``logit_bias`` ids, the
-output constraint (the request's own or its tool choice's) and ``truncate_prompt_tokens``.
+"""From a validated OpenAI body to ``SamplingParams``: sampling fields, ``logit_bias`` and
+``allowed_token_ids`` ids, ``bad_words`` (tokenized by ``bad_words.py``), the output constraint (the request's own or its tool choice's) and ``truncate_prompt_tokens``.
 Every failure is an ``InvalidParamError`` whose ``param`` names the field."""
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ _SAMPLING_PARAMS = (
     "logit_bias",
     "logprobs",
     "prompt_logprobs",
+    "allowed_token_ids",
+    "bad_words",
 )
 
 
@@ -52,6 +54,19 @@ def _logit_bias(raw: dict[str, float] | None, vocab: int) -> dict[int, float] | 
     return out
 
 
+def _allowed(ids: list[int] | None, vocab: int) -> tuple[int, ...] | None:
+    """vLLM's ``allowed_token_ids``: ids in the vocabulary; the count is SamplingParams' check."""
+    if ids is None:
+        return None
+    bad = next((t for t in ids if t >= vocab), None)
+    if bad is not None:
+        raise InvalidParamError(
+            f"allowed_token_ids: {bad} is not a token id in the vocabulary (0 to {vocab - 1})",
+            "allowed_token_ids",
+        )
+    return tuple(dict.fromkeys(ids))
+
+
 def request_constraint(req: GenerateRequest, tools: ToolUse | None) -> Constraint | None:
     """The output constraint: the request's own, or the one its tool choice sets (not both)."""
     stated = structured_outputs(req)
@@ -74,6 +89,7 @@ def sampling_params(
     extra_stop_ids: tuple[int, ...],
     vocab: int,
     constraint: StructuredOutputsParams | None,
+    bad_words: tuple[tuple[int, ...], ...] = (),
 ) -> SamplingParams:
     top_k = -1 if req.top_k in (None, 0) else req.top_k
     stop_ids = tuple(dict.fromkeys([*(req.stop_token_ids or []), *extra_stop_ids]))
@@ -98,7 +114,9 @@ def sampling_params(
             logprobs=req.logprobs_count(),
             prompt_logprobs=req.prompt_logprobs_count(),
             structured_outputs=constraint,
+            allowed_token_ids=_allowed(req.allowed_token_ids, vocab),
+            bad_words_token_ids=bad_words,
         )
     except InvalidRequestError as e:
-        first = str(e).split(" ", 1)[0]
+        first = str(e).split(" ", 1)[0].rstrip(":")
         raise InvalidParamError(str(e), first if first in _SAMPLING_PARAMS else None) from e

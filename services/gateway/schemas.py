@@ -5,8 +5,8 @@ strings or a list of token-id lists, each prompt its own request (``prepare.py``
 most 16.
 Beyond OpenAI, the vLLM extensions ``top_k``, ``min_p``, ``ignore_eos``, ``min_tokens``,
 ``repetition_penalty``, ``stop_token_ids``, ``include_stop_str_in_output``,
-``skip_special_tokens``, ``truncate_prompt_tokens``, ``prompt_logprobs``, ``structured_outputs``
-and ``guided_*`` are accepted (see ``structured.py``).
+``skip_special_tokens``, ``truncate_prompt_tokens``, ``prompt_logprobs``, ``allowed_token_ids``,
+``bad_words``, ``structured_outputs`` and ``guided_*`` are accepted (see ``structured.py``).
 Types are checked here; ranges (vLLM's) in ``loraplex.sampling_params`` via ``prepare.py``.
 Strings holding lone surrogates or misplaced NUL never get here (``body_check.py``).
 """
@@ -61,6 +61,9 @@ class GenerateRequest(BaseModel):
     frequency_penalty: Float | None = None
     repetition_penalty: Float | None = None  # vLLM extension
     logit_bias: dict[str, Float] | None = None  # token id (as a string) -> bias in [-100, 100]
+    # vLLM extensions: sample only these token ids; never write these words (bad_words.py)
+    allowed_token_ids: list[TokenId] | None = None
+    bad_words: list[str] | None = None
     user: str | None = None
     # vLLM: each prompt token's logprob and this many alternatives (not in a stream, as vLLM)
     prompt_logprobs: int | None = None

@@ -59,6 +59,8 @@ SAMPLING: dict[str, st.SearchStrategy] = {
     "min_tokens": st.integers(0, 6), "include_stop_str_in_output": st.booleans(),
     "skip_special_tokens": st.booleans(), "truncate_prompt_tokens": st.integers(1, 8),
     "prompt_logprobs": PROMPT_LOGPROBS,
+    "allowed_token_ids": st.lists(st.integers(0, 1023), max_size=4) | BAD_TOKEN_IDS,
+    "bad_words": st.lists(TEXT, max_size=3),
 }  # fmt: skip
 
 
