@@ -52,6 +52,7 @@ FORWARDED: dict[str, tuple[str, ...]] = {
     "--prefix-cache-scope": (GATEWAY,),
     "--tool-call-parser": (GATEWAY,),
     "--reasoning-parser": (GATEWAY,),
+    "--exclude-tools-when-tool-choice-none": (GATEWAY,),
     "--responses-ttl": (GATEWAY,),
     "--rpm-limit": (SCHEDULER,),
     "--gateway-timeout": (SCHEDULER,),
@@ -118,7 +119,8 @@ def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p, reused, "--max-num-seqs", "--max-loras", "--max-lora-rank", "--num-kv-blocks",
         "--max-model-len", "--max-num-batched-tokens", "--enforce-eager",
         "--enable-prefix-caching", "--fairness", "--prefix-routing", "--prefix-cache-scope",
-        "--tool-call-parser", "--reasoning-parser", "--responses-ttl", "--rpm-limit", "--gateway-timeout", "--max-queue-wait",
+        "--tool-call-parser", "--reasoning-parser", "--exclude-tools-when-tool-choice-none",
+        "--responses-ttl", "--rpm-limit", "--gateway-timeout", "--max-queue-wait",
     )  # fmt: skip
     p.add_argument("--nats-url", default=None, help="use this NATS (default: start a nats-server)")
     p.add_argument(

@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             prefix_cache_scope=args.prefix_cache_scope,
             tool_call_parser=args.tool_call_parser,
             reasoning_parser=args.reasoning_parser,
+            exclude_tools_when_tool_choice_none=args.exclude_tools_when_tool_choice_none,
             responses_ttl_s=args.responses_ttl,
             responses_max_kb=args.responses_max_kb,
             responses_per_tenant=args.responses_per_tenant,

@@ -24,7 +24,7 @@ from loraplex.gateway.schemas import (
     GenerateRequest,
     OnePrompt,
 )
-from loraplex.gateway.tools import ToolUse, tool_use
+from loraplex.gateway.tools import ToolUse, template_tools, tool_use
 from loraplex.sampling_params import SamplingParams
 from loraplex.text.tokenizer import Tokenizer
 
@@ -77,12 +77,14 @@ class RequestBuilder:
         prefix_cache_scope: str = "tenant",
         tool_call_parser: str = "hermes",
         reasoning_parser: str = "none",
+        exclude_tools_when_none: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
         self.prefix_cache_scope = prefix_cache_scope
         self.tool_call_parser = tool_call_parser
         self.reasoning_parser = None if reasoning_parser == "none" else reasoning_parser
+        self.exclude_tools_when_none = exclude_tools_when_none
         # The chat template ends turns with <|im_end|>; generation_config may stop only on </s>.
         self.chat_stop_ids = tokenizer.chat_stop_ids()
         self.max_batch_choices = env.GATEWAY_MAX_BATCH_CHOICES.get()
@@ -142,7 +144,7 @@ class RequestBuilder:
     async def chat(self, req: ChatCompletionRequest, tenant: str, adapter: str | None) -> Prepared:
         use = tool_use(req.tools, req.tool_choice, req.parallel_tool_calls, self.tool_call_parser)
         messages = req.template_messages()
-        tools = use.template_tools() if use is not None else None
+        tools = template_tools(req.tools, use, self.exclude_tools_when_none)
         kwargs = req.template_kwargs()
         ids = await asyncio.to_thread(
             self.tokenizer.encode_chat, messages, req.add_generation_prompt, tools, kwargs

@@ -71,6 +71,7 @@ class GatewayService:
             settings.prefix_cache_scope,
             settings.tool_call_parser,
             settings.reasoning_parser,
+            settings.exclude_tools_when_tool_choice_none,
         )
         # Open requests, sent again to a new scheduler leader (scheduler replicas).
         self.resubmitter = Resubmitter(bus, router, settings.submit_timeout_s)

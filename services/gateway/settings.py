@@ -67,6 +67,8 @@ class GatewaySettings:
     tool_call_parser: str = "hermes"
     # How chat answers' thinking is read into message.reasoning (reasoning.py); "none": not read.
     reasoning_parser: str = "none"
+    # tool_choice "none": leave the tools out of the chat template (vLLM's flag; default: shown)
+    exclude_tools_when_tool_choice_none: bool = False
     # The Responses API's kept answers (response_store.py): lifetime (0: none kept), size, count.
     responses_ttl_s: int = 3600
     responses_max_kb: int = 1024
@@ -145,6 +147,7 @@ class GatewaySettings:
             "prefix_cache_scope": env.PREFIX_CACHE_SCOPE.get(),
             "tool_call_parser": env.TOOL_CALL_PARSER.get(),
             "reasoning_parser": env.REASONING_PARSER.get(),
+            "exclude_tools_when_tool_choice_none": env.EXCLUDE_TOOLS_WHEN_NONE.get(),
             "responses_ttl_s": env.RESPONSES_TTL_S.get(),
             "responses_max_kb": env.RESPONSES_MAX_KB.get(),
             "responses_per_tenant": env.RESPONSES_PER_TENANT.get(),
@@ -251,6 +254,13 @@ def flags() -> tuple[Flag, ...]:
             help="read chat answers' <think> part into message.reasoning: deepseek_r1 (the "
             "answer starts thinking) or qwen3 (when it opens with <think>); default none "
             f"[{env.REASONING_PARSER.name}]",
+        ),
+        flag(
+            "--exclude-tools-when-tool-choice-none",
+            action="store_true",
+            default=None,
+            help='with tool_choice "none", leave the tools out of the chat template (default: '
+            f"they are shown, as in vLLM) [{env.EXCLUDE_TOOLS_WHEN_NONE.name}]",
         ),
         flag(
             "--responses-ttl",

@@ -1,7 +1,9 @@
 """Tool calling on ``POST /v1/chat/completions``: the request side (OpenAI's ``tools``,
 ``tool_choice`` and ``parallel_tool_calls``, as vLLM serves them).
 
-- ``tool_choice`` ``"none"``: the tools are not shown to the model, and nothing is parsed.
+- ``tool_choice`` ``"none"``: nothing is parsed; the tools still go to the chat template, as in
+  vLLM (the model knows them, it may not call them), unless the gateway runs with
+  ``--exclude-tools-when-tool-choice-none``.
 - ``"auto"`` (the default when ``tools`` are given): the tools go to the chat template and the
   output is parsed for calls by the gateway's ``--tool-call-parser`` (``tool_calls.py``); with the
   parser off, ``"auto"`` is a 400, as in vLLM without ``--enable-auto-tool-choice``.
@@ -177,6 +179,18 @@ def tool_use(
             "tool_choice",
         )
     return ToolUse(parsed, choice, named, True if parallel is None else parallel)
+
+
+def template_tools(
+    tools: list[Any] | None, use: ToolUse | None, exclude_when_none: bool
+) -> list[dict[str, Any]] | None:
+    """What the chat template gets as ``tools``: those the answer may call, or under
+    ``tool_choice: "none"`` all of them unless ``exclude_when_none`` (``tool_use`` checked them)."""
+    if use is not None:
+        return use.template_tools()
+    if exclude_when_none or not tools:
+        return None
+    return [_tool(i, t).spec for i, t in enumerate(tools)]
 
 
 def template_arguments(arguments: str) -> Any:

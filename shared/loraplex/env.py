@@ -214,6 +214,12 @@ RESPONSES_TENANT_MB = EnvVar(
     "gateway: MiB of kept responses per tenant; past it the tenant's oldest are dropped",
 )
 
+EXCLUDE_TOOLS_WHEN_NONE = EnvVar(
+    "LORAPLEX_EXCLUDE_TOOLS_WHEN_TOOL_CHOICE_NONE",
+    False,
+    "gateway: with tool_choice 'none', leave the tools out of the chat template (vLLM's flag)",
+)
+
 NATIVE = EnvVar(
     "LORAPLEX_NATIVE",
     "auto",
@@ -259,6 +265,7 @@ REGISTRY: tuple[EnvVar, ...] = (
     PREFIX_CACHE_SCOPE,
     TOOL_CALL_PARSER,
     REASONING_PARSER,
+    EXCLUDE_TOOLS_WHEN_NONE,
     RESPONSES_TTL_S,
     RESPONSES_MAX_KB,
     RESPONSES_PER_TENANT,

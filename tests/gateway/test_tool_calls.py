@@ -41,7 +41,7 @@ def use(choice: Any = None, parallel: bool | None = None, tools: Any = None) -> 
 def test_the_choice_defaults_to_auto_with_tools_and_none_without() -> None:
     assert use().choice == "auto"
     assert tool_use(None, None, None, "hermes") is None
-    assert tool_use([WEATHER], "none", None, "hermes") is None  # tools not shown, nothing parsed
+    assert tool_use([WEATHER], "none", None, "hermes") is None  # nothing parsed
     named = use({"type": "function", "function": {"name": "get_time"}})
     assert (named.choice, named.named) == ("named", "get_time")
     assert use("required", parallel=False).parallel is False

@@ -190,3 +190,25 @@ async def test_tokenize_renders_tools_as_the_chat_route_does(
         )
     assert r.status_code == 200, r.text
     assert r.json()["tokens"] == tokenizer.encode_chat(MESSAGES, True, [WEATHER])
+
+
+async def test_tool_choice_none_shows_the_tools_but_parses_nothing(
+    gateway_factory: GatewayFactory, scheduler: FakeScheduler, tokenizer: Tokenizer
+) -> None:
+    """As vLLM: the template gets the tools (the model knows them), the answer is plain content
+    even when it looks like a call; --exclude-tools-when-tool-choice-none leaves them out."""
+    for exclude in (False, True):
+        async with gateway_factory(
+            max_model_len=4096, exclude_tools_when_tool_choice_none=exclude
+        ) as url:
+            client = AsyncOpenAI(base_url=f"{url}/v1", api_key=ALICE_KEY, max_retries=0)
+            scheduler.says(ANSWER)
+            r = await client.chat.completions.create(
+                model=MODEL_ID, messages=MESSAGES, tools=[WEATHER], tool_choice="none"
+            )
+            await client.close()
+        assert r.choices[0].message.content == ANSWER and not r.choices[0].message.tool_calls
+        shown = None if exclude else [WEATHER]
+        assert scheduler.submits[-1].prompt_token_ids == tokenizer.encode_chat(
+            MESSAGES, True, shown
+        )
