@@ -147,7 +147,12 @@ class RequestBuilder:
         tools = template_tools(req.tools, use, self.exclude_tools_when_none)
         kwargs = req.template_kwargs()
         ids = await asyncio.to_thread(
-            self.tokenizer.encode_chat, messages, req.add_generation_prompt, tools, kwargs
+            self.tokenizer.encode_chat,
+            messages,
+            req.add_generation_prompt,
+            tools,
+            kwargs,
+            req.continue_final_message,
         )
         if not ids:
             raise InvalidParamError("messages render to an empty prompt", "messages")

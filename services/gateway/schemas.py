@@ -184,6 +184,16 @@ def validated(model: type[M], fields: dict[str, Any], param: str | None = None) 
         raise InvalidParamError(f"{where}: {first['msg']}", param or where) from e
 
 
+def check_continuation(continue_final_message: bool, add_generation_prompt: bool) -> None:
+    """vLLM's rule: a continued last message takes no generation prompt after it."""
+    if continue_final_message and add_generation_prompt:
+        raise InvalidParamError(
+            "continue_final_message and add_generation_prompt cannot both be true: set "
+            "add_generation_prompt to false to continue the last message",
+            "continue_final_message",
+        )
+
+
 class ToolCallFunction(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -238,7 +248,8 @@ class ChatCompletionRequest(GenerateRequest):
     chat_template_kwargs: dict[str, Any] | None = None
     add_generation_prompt: bool = True  # vLLM
     chat_template: str | None = None  # vLLM: refused (a tenant's template is not run here)
-    continue_final_message: bool = False  # vLLM: refused
+    # vLLM: the last (assistant) message is continued, not answered (add_generation_prompt false)
+    continue_final_message: bool = False
 
     def check_supported(self) -> None:
         super().check_supported()
@@ -252,10 +263,7 @@ class ChatCompletionRequest(GenerateRequest):
             raise InvalidParamError(
                 "chat_template is not supported: the model's own template is used", "chat_template"
             )
-        if self.continue_final_message:
-            raise InvalidParamError(
-                "continue_final_message is not supported", "continue_final_message"
-            )
+        check_continuation(self.continue_final_message, self.add_generation_prompt)
 
     def logprobs_count(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None

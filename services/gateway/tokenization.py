@@ -25,18 +25,16 @@ async def tokenize_chat(
     add_special_tokens: bool,
     tools: list[dict[str, Any]] | None = None,
     template_kwargs: dict[str, Any] | None = None,
+    continue_final_message: bool = False,
 ) -> list[int]:
     """The ids of ``messages`` (and ``tools``) rendered with the chat template; without
     ``add_special_tokens`` these are the ids the chat route submits."""
+    render = (add_generation_prompt, tools, template_kwargs, continue_final_message)
     if not add_special_tokens:
-        return await asyncio.to_thread(
-            tokenizer.encode_chat, messages, add_generation_prompt, tools, template_kwargs
-        )
+        return await asyncio.to_thread(tokenizer.encode_chat, messages, *render)
 
     def render_and_encode() -> list[int]:
-        text = tokenizer.apply_chat_template(
-            messages, add_generation_prompt, tools, template_kwargs
-        )
+        text = tokenizer.apply_chat_template(messages, *render)
         return tokenizer.encode(text, add_special_tokens=True)
 
     return await asyncio.to_thread(render_and_encode)

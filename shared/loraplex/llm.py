@@ -13,6 +13,7 @@ import torch
 from loraplex.config import EngineConfig
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.logprobs import TokenLogprobs
+from loraplex.errors import InvalidRequestError
 from loraplex.lora.adapter import LoraAdapter
 from loraplex.sampling_params import SamplingParams
 
@@ -112,6 +113,7 @@ class LLM:
         tools: list[dict[str, Any]] | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
         add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
     ) -> list[RequestOutput]:
         """vLLM's ``LLM.chat``: one conversation (a list of ``{"role", "content"}`` messages) or
         several, rendered with the model's chat template (with ``tools`` and the template
@@ -122,10 +124,12 @@ class LLM:
             "list[Seq[dict[str, Any]]]",
             [messages] if _is_conversation(messages) else list(messages),
         )
-        prompts = [
-            self.tokenizer.encode_chat(list(c), add_generation_prompt, tools, chat_template_kwargs)
-            for c in conversations
-        ]
+        if continue_final_message and add_generation_prompt:
+            raise InvalidRequestError(
+                "continue_final_message needs add_generation_prompt=False (as in vLLM)"
+            )
+        render = (add_generation_prompt, tools, chat_template_kwargs, continue_final_message)
+        prompts = [self.tokenizer.encode_chat(list(c), *render) for c in conversations]
         params = _per_prompt(sampling_params or SamplingParams(), len(prompts), "sampling_params")
         ends = self.tokenizer.chat_stop_ids()
         with_ends = [

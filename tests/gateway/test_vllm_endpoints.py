@@ -343,18 +343,31 @@ async def test_vllm_sampling_extensions_reach_the_scheduler(
 async def test_chat_template_fields(
     gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
 ) -> None:
-    """vLLM's ``add_generation_prompt`` is honoured on chat; ``chat_template`` and
-    ``continue_final_message`` are refused, not ignored."""
+    """vLLM's ``add_generation_prompt`` and ``continue_final_message`` are honoured on chat and
+    /tokenize; a per-request ``chat_template`` is refused, not ignored."""
     messages = [{"role": "user", "content": "Hi"}]
+    prefilled = [*messages, {"role": "assistant", "content": "Sure, the answer is"}]
     async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
         body = {"model": MODEL_ID, "messages": messages, "add_generation_prompt": False}
         assert (await http.post("/v1/chat/completions", json=body)).status_code == 200
         assert scheduler.submits[-1].prompt_token_ids == tokenizer.encode_chat(messages, False)
-        for field, value in (("chat_template", "{{ messages }}"), ("continue_final_message", True)):
+        go_on = {"continue_final_message": True, "add_generation_prompt": False}
+        body = {"model": MODEL_ID, "messages": prefilled, **go_on}
+        assert (await http.post("/v1/chat/completions", json=body)).status_code == 200
+        sent = scheduler.submits[-1].prompt_token_ids
+        text = tokenizer.apply_chat_template(prefilled, False)
+        assert tokenizer.decode(sent, False) == text[: text.rindex("is") + 2]  # no turn end
+        r = await http.post("/tokenize", json={"messages": prefilled, **go_on})
+        assert r.json()["tokens"] == sent
+        for bad in (
+            {"chat_template": "{{ messages }}"},
+            {"continue_final_message": True},  # with the default add_generation_prompt
+            {**go_on, "messages": [*messages, {"role": "assistant", "content": " "}]},
+        ):
             r = await http.post(
-                "/v1/chat/completions", json={"model": MODEL_ID, "messages": messages, field: value}
+                "/v1/chat/completions", json={"model": MODEL_ID, "messages": messages, **bad}
             )
-            assert_error(r, 400, param=field)
+            assert_error(r, 400, param=next(iter(bad)) if "messages" not in bad else None)
 
 
 @pytest.mark.parametrize(("field", "value"), [("use_beam_search", True), ("priority", 5)])

@@ -17,6 +17,7 @@ from loraplex.gateway.errors import InvalidParamError
 from loraplex.gateway.schemas import (
     ChatCompletionRequest,
     ChatMessage,
+    check_continuation,
     checked_template_kwargs,
 )
 from loraplex.gateway.service import GatewayService
@@ -49,10 +50,7 @@ class TokenizeRequest(BaseModel):
                 "send either a text 'prompt' or chat 'messages'",
                 "messages" if self.messages is not None else "prompt",
             )
-        if self.continue_final_message:
-            raise InvalidParamError(
-                "continue_final_message is not supported", "continue_final_message"
-            )
+        check_continuation(self.continue_final_message, self.add_generation_prompt)
         if self.chat_template is not None:
             raise InvalidParamError(
                 "chat_template is not supported: the model's own template is used", "chat_template"
@@ -83,7 +81,15 @@ async def tokenize(body: TokenizeRequest, tenant: TenantDep, service: ServiceDep
         use = tool_use(body.tools, None, None, "hermes")  # checks them as the chat route does
         tools = use.template_tools() if use is not None else None
         kwargs = checked_template_kwargs(body.chat_template_kwargs)
-        ids = await tokenize_chat(tok, messages, body.add_generation_prompt, special, tools, kwargs)
+        ids = await tokenize_chat(
+            tok,
+            messages,
+            body.add_generation_prompt,
+            special,
+            tools,
+            kwargs,
+            body.continue_final_message,
+        )
     else:
         assert body.prompt is not None
         special = body.add_special_tokens is not False

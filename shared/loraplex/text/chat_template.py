@@ -72,6 +72,26 @@ def _compile(template: str):  # type: ignore[no-untyped-def]
     return env.from_string(template)
 
 
+def continued(rendered: str, messages: list[dict[str, Any]]) -> str:
+    """transformers' and vLLM's ``continue_final_message``: the rendered chat cut right after the
+    last message's content, so the model goes on writing that message (a prefilled answer)."""
+    final = messages[-1].get("content") if messages else None
+    if isinstance(final, list):  # content parts: the last text part, as transformers takes it
+        texts = [p.get("text") for p in final if isinstance(p, dict)]
+        final = next((t for t in reversed(texts) if isinstance(t, str)), None)
+    if not isinstance(final, str) or not final.strip():
+        raise InvalidRequestError(
+            "continue_final_message needs a last message with text content to continue"
+        )
+    for text in (final, final.strip()):  # some templates trim messages (Llama 3.1)
+        at = rendered.rfind(text)
+        if at >= 0:
+            return rendered[: at + len(text)]
+    raise InvalidRequestError(
+        "continue_final_message: the chat template does not render the last message's content"
+    )
+
+
 def render_chat(template: str, messages: list[dict[str, Any]], **variables: Any) -> str:
     """Render ``messages`` (dicts with role/content); template errors become InvalidRequestError."""
     try:

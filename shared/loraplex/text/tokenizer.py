@@ -9,7 +9,7 @@ from typing import Any
 from tokenizers import Tokenizer as HFTokenizer
 
 from loraplex.errors import ModelLoadError
-from loraplex.text.chat_template import DEFAULT_CHAT_TEMPLATE, render_chat
+from loraplex.text.chat_template import DEFAULT_CHAT_TEMPLATE, continued, render_chat
 
 CHAT_END_TOKEN = "<|im_end|>"  # ChatML's turn end
 
@@ -80,11 +80,13 @@ class Tokenizer:
         add_generation_prompt: bool = True,
         tools: list[dict[str, Any]] | None = None,
         template_kwargs: dict[str, Any] | None = None,
+        continue_final_message: bool = False,
     ) -> str:
         """Render messages (and the ``tools`` they may call, OpenAI's function specs) with the
         model's template, or ``DEFAULT_CHAT_TEMPLATE`` when it has none.  ``template_kwargs``
         are more template variables (vLLM's ``chat_template_kwargs``: ``enable_thinking``...);
-        they never replace these."""
+        they never replace these.  ``continue_final_message`` (with ``add_generation_prompt``
+        false) ends the text inside the last message, for the model to continue it."""
         template = (tools and self.tool_chat_template) or self.chat_template
         variables = {k: v for k, v in (template_kwargs or {}).items() if k != "messages"}
         variables.update(
@@ -93,7 +95,8 @@ class Tokenizer:
             bos_token=self.bos_token or "",
             eos_token=self.eos_token or "",
         )
-        return render_chat(template or DEFAULT_CHAT_TEMPLATE, messages, **variables)
+        rendered = render_chat(template or DEFAULT_CHAT_TEMPLATE, messages, **variables)
+        return continued(rendered, messages) if continue_final_message else rendered
 
     def encode_chat(
         self,
@@ -101,7 +104,10 @@ class Tokenizer:
         add_generation_prompt: bool = True,
         tools: list[dict[str, Any]] | None = None,
         template_kwargs: dict[str, Any] | None = None,
+        continue_final_message: bool = False,
     ) -> list[int]:
         # The template already holds any BOS it wants, as in transformers' apply_chat_template.
-        text = self.apply_chat_template(messages, add_generation_prompt, tools, template_kwargs)
+        text = self.apply_chat_template(
+            messages, add_generation_prompt, tools, template_kwargs, continue_final_message
+        )
         return self.encode(text, add_special_tokens=False)
