@@ -61,6 +61,8 @@ class GenerateRequest(BaseModel):
     frequency_penalty: Float | None = None
     repetition_penalty: Float | None = None  # vLLM extension
     logit_bias: dict[str, Float] | None = None  # token id (as a string) -> bias in [-100, 100]
+    # SGLang extension: the adapter, named apart from ``model`` (which then names the base model)
+    lora_path: Annotated[str, Field(min_length=1, max_length=256)] | None = None
     # vLLM extensions: sample only these token ids; never write these words (bad_words.py)
     allowed_token_ids: list[TokenId] | None = None
     bad_words: list[str] | None = None

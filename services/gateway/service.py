@@ -24,6 +24,7 @@ from loraplex.bus import Bus, BusError, BusTimeoutError, NoRespondersError
 from loraplex.errors import AdapterNotFoundError
 from loraplex.gateway.errors import (
     ClientDisconnectedError,
+    InvalidParamError,
     ModelNotFoundError,
     SchedulerRejectedError,
     SchedulerUnavailableError,
@@ -138,15 +139,29 @@ class GatewayService:
         ]
         return [base, *cards]
 
+    def _named_model(self, model: str, lora_path: str | None) -> str:
+        """What the request names: ``model``, or SGLang's ``lora_path`` beside the base model
+        (or beside the same adapter); two different names are a 400."""
+        if lora_path is None:
+            return model
+        base = self.settings.model_id
+        if model not in (base, lora_path, f"{base}:{lora_path}"):
+            raise InvalidParamError(
+                f"model {model!r} and lora_path {lora_path!r} name different models: name the "
+                f"adapter in one of them (model {base!r} with lora_path, or model alone)",
+                "lora_path",
+            )
+        return lora_path
+
     async def prepare_completion(self, req: CompletionRequest, tenant: str) -> list[Prepared]:
         """One ``Prepared`` per prompt (several for a batch ``prompt``)."""
         req.check_supported()
-        adapter = await self.resolve_adapter(tenant, req.model)
+        adapter = await self.resolve_adapter(tenant, self._named_model(req.model, req.lora_path))
         return await self.builder.completions(req, tenant, adapter)
 
     async def prepare_chat(self, req: ChatCompletionRequest, tenant: str) -> Prepared:
         req.check_supported()
-        adapter = await self.resolve_adapter(tenant, req.model)
+        adapter = await self.resolve_adapter(tenant, self._named_model(req.model, req.lora_path))
         return await self.builder.chat(req, tenant, adapter)
 
     # ---- 2. submit -------------------------------------------------------------------------

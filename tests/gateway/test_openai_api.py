@@ -248,6 +248,26 @@ async def test_models_and_adapters_per_tenant(
     for other in (f"{MODEL_ID}:alice-private", "other-base:shared-lora", f"{MODEL_ID}:"):
         with pytest.raises(NotFoundError):
             await bob.completions.create(model=other, prompt=PROMPT, max_tokens=5)
+    # SGLang's lora_path beside the base model (or the same adapter), on both routes
+    await alice.completions.create(
+        model=MODEL_ID, prompt=PROMPT, max_tokens=5, extra_body={"lora_path": "alice-private"}
+    )
+    assert scheduler.submits[-1].adapter == "alice/alice-private"
+    await alice.chat.completions.create(
+        model="shared-lora", messages=[{"role": "user", "content": "hi"}], max_tokens=5,
+        extra_body={"lora_path": "shared-lora"},
+    )  # fmt: skip
+    assert scheduler.submits[-1].adapter == "bob/shared-lora"
+    with pytest.raises(NotFoundError):
+        await bob.completions.create(
+            model=MODEL_ID, prompt=PROMPT, max_tokens=5, extra_body={"lora_path": "alice-private"}
+        )
+    with pytest.raises(BadRequestError) as bad:
+        await alice.completions.create(
+            model="shared-lora", prompt=PROMPT, max_tokens=5,
+            extra_body={"lora_path": "alice-private"},
+        )  # fmt: skip
+    assert bad.value.body["param"] == "lora_path"  # type: ignore[index]
 
     async with httpx.AsyncClient(base_url=gateway, timeout=30) as http:
         r = await http.delete("/v1/adapters/alice-private", headers=BOB)
