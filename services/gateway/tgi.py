@@ -7,8 +7,8 @@ completion request (``to_completion``) and goes through everything an OpenAI com
 (tenants, fairness, checks).  ``adapter_id`` names an adapter registered with this server (there is
 no download: ``adapter_source`` may only be omitted, ``hub`` or ``local``).  TGI samples only with
 ``do_sample`` (or a temperature, top-p or top-k); otherwise it is greedy.  Refused with a 400 rather
-than ignored: ``best_of`` > 1, ``decoder_input_details``, ``watermark``, ``typical_p``, and LoRAX's
-``merged_adapters``.  LoRAX's ``ignore_eos_token`` and ``return_k_alternatives`` (each token's
+than ignored: ``best_of`` > 1, ``watermark``, ``typical_p``, LoRAX's ``merged_adapters``, and
+``decoder_input_details`` in a stream (as TGI; otherwise ``details.prefill`` scores the prompt).  LoRAX's ``ignore_eos_token`` and ``return_k_alternatives`` (each token's
 ``alternative_tokens``) are honoured;
 ``api_token`` is ignored (nothing is downloaded).  Constraints: TGI's ``grammar`` (``{"type": "json"
 | "regex", "value": ...}``) and LoRAX's ``response_format`` (``{"type": "json_object", "schema":
@@ -89,7 +89,6 @@ def _refuse_unsupported(p: TGIParameters) -> None:
     for name, unsupported in (
         ("merged_adapters", p.merged_adapters is not None),
         ("best_of", p.best_of not in (None, 1)),
-        ("decoder_input_details", p.decoder_input_details),
         ("watermark", p.watermark),
         ("typical_p", p.typical_p not in (None, 1.0)),
     ):
@@ -121,10 +120,16 @@ def _constraint(p: TGIParameters) -> dict[str, Any]:
     return {}
 
 
-def to_completion(req: TGIRequest, base_model: str) -> CompletionRequest:
-    """The completion request a TGI body means (per-token logprobs always: ``details``)."""
+def to_completion(req: TGIRequest, base_model: str, stream: bool = False) -> CompletionRequest:
+    """The completion request a TGI body means (per-token logprobs always: ``details``; the
+    prompt's too with ``decoder_input_details``, which TGI refuses in a stream)."""
     p = req.parameters
     _refuse_unsupported(p)
+    if p.decoder_input_details and stream:
+        raise InvalidParamError(
+            "decoder_input_details is not supported when streaming tokens (as in TGI)",
+            "parameters.decoder_input_details",
+        )
     samples = p.do_sample or any(v is not None for v in (p.temperature, p.top_p, p.top_k))
     fields: dict[str, Any] = {
         "model": p.adapter_id or base_model,
@@ -140,6 +145,7 @@ def to_completion(req: TGIRequest, base_model: str) -> CompletionRequest:
         "truncate_prompt_tokens": p.truncate,
         "ignore_eos": p.ignore_eos_token,
         "logprobs": p.return_k_alternatives or 0,
+        "prompt_logprobs": 0 if p.decoder_input_details else None,
         **_constraint(p),
     }
     return validated(CompletionRequest, fields)
@@ -177,6 +183,11 @@ def tokens(
                 for (text, lp), t in zip(info.top, info.top_ids, strict=False)
             ]
     return out
+
+
+def prefill_tokens(infos: list[TokenInfo]) -> list[dict[str, Any]]:
+    """TGI's ``details.prefill``: each prompt token with its logprob (the first has none)."""
+    return [{"id": i.token_id, "text": i.token, "logprob": i.logprob} for i in infos]
 
 
 def stream_events(delta: TextDelta, index: int, special: frozenset[int]) -> list[dict[str, Any]]:

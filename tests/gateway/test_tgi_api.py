@@ -113,6 +113,29 @@ async def test_huggingface_hub_text_generation(
     assert streamed[-1].generated_text == REPLY_TEXT
 
 
+async def test_decoder_input_details_score_the_prompt(
+    gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
+) -> None:
+    """TGI's ``details.prefill``: every prompt token, the first unscored; in a stream a 400."""
+    scheduler.says(REPLY_TEXT, chunk=2, finish="length")
+    client = InferenceClient(base_url=gateway, api_key=ALICE_KEY, timeout=10)
+    out = await asyncio.to_thread(
+        client.text_generation, PROMPT, max_new_tokens=8, details=True, decoder_input_details=True
+    )
+    prompt_ids = tokenizer.encode(PROMPT)
+    assert [t.id for t in out.details.prefill] == prompt_ids
+    assert out.details.prefill[0].logprob is None
+    assert all(isinstance(t.logprob, float) for t in out.details.prefill[1:])
+    assert scheduler.submits[-1].sampling.prompt_logprobs == 0
+    body = {"inputs": PROMPT, "parameters": {"details": True, "decoder_input_details": True}}
+    async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
+        r = await http.post("/generate_stream", json=body)
+        assert_error(r, 400, param="parameters.decoder_input_details")
+        plain = await http.post("/generate", json={**body, "parameters": {"details": True}})
+    assert plain.json()["details"]["prefill"] == []  # not asked for: not computed
+    assert scheduler.submits[-1].sampling.prompt_logprobs is None
+
+
 async def test_an_adapter_id_is_a_registered_adapter_name(
     gateway: str, scheduler: FakeScheduler
 ) -> None:
@@ -147,7 +170,6 @@ async def test_the_root_route_answers_a_list_as_tgi_does(
         ({"return_k_alternatives": 50}, "parameters.return_k_alternatives"),
         ({"best_of": 2}, "parameters.best_of"),
         ({"watermark": True}, "parameters.watermark"),
-        ({"decoder_input_details": True}, "parameters.decoder_input_details"),
         ({"typical_p": 0.5}, "parameters.typical_p"),
         ({"adapter_source": "s3"}, "parameters.adapter_source"),
         ({"grammar": {"type": "xml", "value": "x"}}, "parameters.grammar"),

@@ -105,3 +105,18 @@ def test_sglang_input_logprobs_equal_the_offline_engines(disagg_stack, llm, lora
         timeout=30,
     )
     assert too_far.status_code == 400 and too_far.json()["error"]["param"] == "logprob_start_len"
+
+
+def test_tgi_decoder_input_details_equal_the_offline_engines(disagg_stack, llm, loras):  # type: ignore[no-untyped-def]
+    text = "The quick brown fox"
+    prompt = llm.tokenizer.encode(text)
+    want = offline_scores(llm, prompt, loras[1], 0)
+    body = {"inputs": text, "parameters": {"adapter_id": loras[1], "max_new_tokens": 2,
+            "details": True, "decoder_input_details": True}}  # fmt: skip
+    r = httpx.post(f"{disagg_stack.urls['gateway']}/generate", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    prefill = r.json()["details"]["prefill"]
+    assert [t["id"] for t in prefill] == prompt and prefill[0]["logprob"] is None
+    assert [t["logprob"] for t in prefill[1:]] == pytest.approx(
+        [w.logprob for w in want[1:]], abs=1e-4
+    )

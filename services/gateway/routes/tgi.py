@@ -26,6 +26,7 @@ from loraplex.gateway.tgi import (
     PARAM_NAMES,
     TGIRequest,
     finish_reason,
+    prefill_tokens,
     stream_events,
     to_completion,
     tokens,
@@ -83,7 +84,7 @@ async def _answer(
     as_list: bool = False,
 ) -> Response:
     try:
-        completion = to_completion(body, service.settings.model_id)
+        completion = to_completion(body, service.settings.model_id, stream)
         prompts = await service.prepare_completion(completion, tenant)
     except InvalidParamError as e:
         raise renamed(e, PARAM_NAMES) from e
@@ -124,7 +125,9 @@ def _whole(body: TGIRequest, service: GatewayService, gen: Generation, text: str
         out["details"] = {
             **_details(service, gen, ids),
             "seed": body.parameters.seed,
-            "prefill": [],
+            "prefill": (
+                prefill_tokens(gen.prompt_from(0)) if body.parameters.decoder_input_details else []
+            ),
             "tokens": toks,
         }
     return out
