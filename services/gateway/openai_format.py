@@ -8,6 +8,7 @@ from typing import Any
 from loraplex.gateway.chat_answer import AnswerStream, read_answer
 from loraplex.gateway.generation import TokenInfo, Usage
 from loraplex.gateway.prepare import Prepared
+from loraplex.gateway.token_info import as_token_ids
 
 DONE = "data: [DONE]\n\n"
 
@@ -54,11 +55,14 @@ class CompletionFormat:
         }
         self._offsets: dict[int, int] = {}  # per choice: text_offset of its next token
         self.prompt_logprobs = p.prompt_logprobs  # vLLM's: alternatives per prompt token
+        self.tokens_as_ids = p.tokens_as_ids
 
     def logprobs(self, infos: list[TokenInfo] | None, index: int = 0) -> dict[str, Any] | None:
         """The legacy completions shape: parallel lists, alternatives as token -> logprob."""
         if infos is None:
             return None
+        if self.tokens_as_ids:
+            infos = [as_token_ids(i) for i in infos]
         offsets = []
         for info in infos:
             offsets.append(self._offsets.get(index, 0))
@@ -131,6 +135,8 @@ class ChatFormat(CompletionFormat):
     def logprobs(self, infos: list[TokenInfo] | None, index: int = 0) -> dict[str, Any] | None:
         if infos is None:
             return None
+        if self.tokens_as_ids:
+            infos = [as_token_ids(i) for i in infos]
         content = [
             {**_chat_token(i.token, i.logprob), "top_logprobs": [_chat_token(*t) for t in i.top]}
             for i in infos

@@ -24,6 +24,7 @@ from loraplex.gateway.schemas import (
     GenerateRequest,
     OnePrompt,
 )
+from loraplex.gateway.tokenization import tokenize_chat
 from loraplex.gateway.tools import ToolUse, template_tools, tool_use
 from loraplex.sampling_params import SamplingParams
 from loraplex.text.tokenizer import Tokenizer
@@ -58,6 +59,7 @@ class Prepared:
     reasoning_parser: str | None = None  # chat: how its answer's thinking is read (reasoning.py)
     # vLLM's prompt_logprobs: alternatives its answer shows per prompt token (None: not asked)
     prompt_logprobs: int | None = None
+    tokens_as_ids: bool = False  # vLLM's return_tokens_as_token_ids: logprobs say "token_id:<id>"
 
     def choice(self, index: int) -> Prepared:
         """The request behind choice ``index`` of an ``n`` > 1 request: its own id and, when a
@@ -118,7 +120,7 @@ class RequestBuilder:
         self, req: CompletionRequest, tenant: str, adapter: str | None, prompt: OnePrompt
     ) -> Prepared:
         if isinstance(prompt, str):
-            ids = await asyncio.to_thread(self.tokenizer.encode, prompt)
+            ids = await asyncio.to_thread(self.tokenizer.encode, prompt, req.add_special_tokens)
         else:
             ids = list(prompt)
             vocab = self.tokenizer.vocab_size
@@ -146,10 +148,11 @@ class RequestBuilder:
         messages = req.template_messages()
         tools = template_tools(req.tools, use, self.exclude_tools_when_none)
         kwargs = req.template_kwargs()
-        ids = await asyncio.to_thread(
-            self.tokenizer.encode_chat,
+        ids = await tokenize_chat(
+            self.tokenizer,
             messages,
             req.add_generation_prompt,
+            req.add_special_tokens,
             tools,
             kwargs,
             req.continue_final_message,
@@ -196,6 +199,7 @@ class RequestBuilder:
             cache_salt=self._cache_salt(tenant, req.cache_salt),
             tool_use=tools,
             prompt_logprobs=req.shown_prompt_logprobs(),
+            tokens_as_ids=req.return_tokens_as_token_ids,
         )
 
     def _encode_text(self, text: str) -> list[int]:

@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from loraplex.gateway.errors import InvalidParamError
+from loraplex.gateway.refused_fields import refuse_unserved
 from loraplex.gateway.template_kwargs import checked_template_kwargs
 from loraplex.gateway.tools import template_arguments
 
@@ -37,7 +38,7 @@ class StreamOptions(BaseModel):
 class GenerateRequest(BaseModel):
     """Fields shared by completions and chat completions."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")  # kept to refuse what is not served (refused_fields)
 
     model: str = Field(min_length=1)
     temperature: Float | None = None
@@ -67,6 +68,8 @@ class GenerateRequest(BaseModel):
     allowed_token_ids: list[TokenId] | None = None
     bad_words: list[str] | None = None
     user: str | None = None
+    # vLLM: logprobs name tokens "token_id:<id>" (for tokens that do not decode on their own)
+    return_tokens_as_token_ids: bool = False
     # vLLM: each prompt token's logprob and this many alternatives (not in a stream, as vLLM)
     prompt_logprobs: int | None = None
     # vLLM fields refused rather than ignored (check_supported)
@@ -97,6 +100,7 @@ class GenerateRequest(BaseModel):
 
     def check_supported(self) -> None:
         """Refuse (400) what the gateway cannot honour instead of silently ignoring it."""
+        refuse_unserved(self.model_extra)
         k = self.prompt_logprobs
         if k is not None and self.stream and k != 0:  # vLLM's check (0 is accepted, unshown)
             raise InvalidParamError(
@@ -133,6 +137,7 @@ class CompletionRequest(GenerateRequest):
     prompt: Prompt
     max_tokens: int | None = 16
     echo: bool = False
+    add_special_tokens: bool = True  # vLLM: the tokenizer's BOS before a text prompt
     logprobs: int | None = None
     best_of: int | None = None
     suffix: str | None = None
@@ -242,6 +247,7 @@ class ChatCompletionRequest(GenerateRequest):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
+    add_special_tokens: bool = False  # vLLM: the template holds them; true adds the tokenizer's too
     # Tool calling (tools.py checks them): function tools, "none" / "auto" / "required" / named.
     tools: list[Any] | None = None
     tool_choice: str | dict[str, Any] | None = None

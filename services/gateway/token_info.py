@@ -29,6 +29,19 @@ def token_info(tok: Tokenizer, lp: TokenLogprobs) -> TokenInfo:
     return TokenInfo(tok.decode([lp.token_id], False), lp.logprob, top, lp.token_id, ids, lp.rank)
 
 
+def as_token_ids(info: TokenInfo) -> TokenInfo:
+    """vLLM's ``return_tokens_as_token_ids``: each token named ``token_id:<id>``, so a token
+    that is part of a character (its text alone is not valid UTF-8) can still be told apart."""
+    if info.token_id is None:
+        return info
+    top = (
+        None
+        if info.top is None
+        else [(f"token_id:{t}", lp) for t, (_, lp) in zip(info.top_ids, info.top, strict=False)]
+    )
+    return replace(info, token=f"token_id:{info.token_id}", top=top)
+
+
 def unscored(tok: Tokenizer, token_id: int) -> TokenInfo:
     """A token without logprobs (a prompt's first: nothing before it scores it)."""
     return TokenInfo(tok.decode([token_id], False), None, None, token_id)
