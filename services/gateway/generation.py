@@ -123,6 +123,10 @@ class Generation:
         return Usage(self.prompt_tokens, self.completion_tokens)
 
     @property
+    def prompt_ids(self) -> list[int]:
+        return self._prompt_ids
+
+    @property
     def received_token_ids(self) -> list[int] | None:
         """Every completion token id received so far, or None when a delta went missing."""
         ids = self._token_ids

@@ -56,6 +56,7 @@ class CompletionFormat:
         self._offsets: dict[int, int] = {}  # per choice: text_offset of its next token
         self.prompt_logprobs = p.prompt_logprobs  # vLLM's: alternatives per prompt token
         self.tokens_as_ids = p.tokens_as_ids
+        self.return_token_ids = p.return_token_ids
 
     def logprobs(self, infos: list[TokenInfo] | None, index: int = 0) -> dict[str, Any] | None:
         """The legacy completions shape: parallel lists, alternatives as token -> logprob."""
@@ -98,6 +99,23 @@ class CompletionFormat:
         """vLLM puts a completion's on each choice (a batch's choices have different prompts)."""
         for choice, infos in zip(out["choices"], prompts, strict=True):
             choice["prompt_logprobs"] = vllm_prompt_logprobs(infos, k)
+
+    def add_token_ids(
+        self, out: dict[str, Any], ids: list[tuple[list[int], list[int] | None]]
+    ) -> None:
+        """vLLM's ``return_token_ids``: each choice's prompt and answer ids (``None`` for an
+        answer whose ids were not all received)."""
+        for choice, (prompt, answer) in zip(out["choices"], ids, strict=True):
+            choice["prompt_token_ids"], choice["token_ids"] = prompt, answer
+
+    def with_token_ids(
+        self, chunk: dict[str, Any], ids: list[int], prompt: list[int] | None
+    ) -> dict[str, Any]:
+        """A stream chunk with the ids of its text (and, first, its prompt's)."""
+        chunk["choices"][0]["token_ids"] = ids
+        if prompt is not None:
+            chunk["choices"][0]["prompt_token_ids"] = prompt
+        return chunk
 
     def first_chunks(self, n: int = 1) -> list[dict[str, Any]]:
         return []
@@ -164,6 +182,22 @@ class ChatFormat(CompletionFormat):
     def add_prompt_logprobs(self, out: dict[str, Any], prompts: PromptInfos, k: int) -> None:
         """vLLM puts a chat answer's beside its choices: they all have the one prompt."""
         out["prompt_logprobs"] = vllm_prompt_logprobs(prompts[0] if prompts else None, k)
+
+    def add_token_ids(
+        self, out: dict[str, Any], ids: list[tuple[list[int], list[int] | None]]
+    ) -> None:
+        """vLLM puts a chat answer's prompt ids beside its choices, each choice's own on it."""
+        out["prompt_token_ids"] = ids[0][0] if ids else None
+        for choice, (_, answer) in zip(out["choices"], ids, strict=True):
+            choice["token_ids"] = answer
+
+    def with_token_ids(
+        self, chunk: dict[str, Any], ids: list[int], prompt: list[int] | None
+    ) -> dict[str, Any]:
+        chunk["choices"][0]["token_ids"] = ids
+        if prompt is not None:
+            chunk["prompt_token_ids"] = prompt
+        return chunk
 
     def _called(self, finish_reason: str | None) -> str | None:
         """The finish reason of an answer that called tools: ``tool_calls`` where the model

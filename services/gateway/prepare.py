@@ -60,6 +60,7 @@ class Prepared:
     # vLLM's prompt_logprobs: alternatives its answer shows per prompt token (None: not asked)
     prompt_logprobs: int | None = None
     tokens_as_ids: bool = False  # vLLM's return_tokens_as_token_ids: logprobs say "token_id:<id>"
+    return_token_ids: bool = False  # vLLM's: prompt and answer token ids in the answer
 
     def choice(self, index: int) -> Prepared:
         """The request behind choice ``index`` of an ``n`` > 1 request: its own id and, when a
@@ -200,6 +201,7 @@ class RequestBuilder:
             tool_use=tools,
             prompt_logprobs=req.shown_prompt_logprobs(),
             tokens_as_ids=req.return_tokens_as_token_ids,
+            return_token_ids=req.return_token_ids,
         )
 
     def _encode_text(self, text: str) -> list[int]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fastapi.responses import JSONResponse
 from starlette.requests import Request
@@ -98,6 +98,25 @@ async def _all(works: list[Awaitable[T]]) -> list[T]:
         raise
 
 
+class _StreamIds:
+    """vLLM's ``return_token_ids`` in a stream: each chunk carries the ids received since the
+    last chunk of its choice (text held back keeps its ids for the chunk that shows it), the
+    first chunk of a choice its prompt's ids too."""
+
+    def __init__(self, gens: list[Generation]) -> None:
+        self.gens = gens
+        self.pending: dict[int, list[int]] = {}
+        self.prompt_sent: set[int] = set()
+
+    def received(self, index: int, token_ids: tuple[int, ...]) -> None:
+        self.pending.setdefault(index, []).extend(token_ids)
+
+    def attach(self, fmt: CompletionFormat, chunk: dict[str, Any], index: int) -> dict[str, Any]:
+        prompt = None if index in self.prompt_sent else self.gens[index].prompt_ids
+        self.prompt_sent.add(index)
+        return fmt.with_token_ids(chunk, self.pending.pop(index, []), prompt)
+
+
 def _usage(gens: list[Generation], n: int) -> Usage:
     """Each prompt counts once (its ``n`` choices are ``gens[i * n : (i + 1) * n]``); every
     choice's completion adds up (as OpenAI and vLLM report ``n`` and batch prompts)."""
@@ -130,7 +149,10 @@ async def respond(
             prompts = None
             if fmt.prompt_logprobs is not None:  # a long prompt's tokens decode off the loop
                 prompts = await asyncio.to_thread(lambda: [g.prompt_logprobs() for g in gens])
-            return JSONResponse(fmt.response(answers, _usage(gens, n), prompts))
+            out = fmt.response(answers, _usage(gens, n), prompts)
+            if fmt.return_token_ids:
+                fmt.add_token_ids(out, [(g.prompt_ids, g.received_token_ids) for g in gens])
+            return JSONResponse(out)
     except BaseException:
         await close()
         raise
@@ -162,6 +184,7 @@ async def _events(
         asyncio.ensure_future(read(i, g, f))
         for i, (g, f) in enumerate(zip(gens, firsts, strict=True))
     ]
+    ids = _StreamIds(gens) if fmt.return_token_ids else None
     try:
         live = len(readers)
         while live:
@@ -174,13 +197,15 @@ async def _events(
                 return
             else:
                 chunks = []
+                if ids is not None:
+                    ids.received(index, item.token_ids)
                 if item.text or item.logprobs:
                     chunks.append(fmt.chunk(item.text, None, item.logprobs, index))
                 if item.finish_reason is not None:
                     chunks.append(fmt.chunk("", item.finish_reason, None, index))
                 for chunk in chunks:
                     if chunk is not None:  # None: text held back (a tool call being read)
-                        yield sse(chunk)
+                        yield sse(chunk if ids is None else ids.attach(fmt, chunk, index))
     finally:
         for r in readers:
             r.cancel()

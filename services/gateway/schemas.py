@@ -70,6 +70,8 @@ class GenerateRequest(BaseModel):
     user: str | None = None
     # vLLM: logprobs name tokens "token_id:<id>" (for tokens that do not decode on their own)
     return_tokens_as_token_ids: bool = False
+    # vLLM: the prompt's and the answer's token ids in the answer (RL frameworks read them)
+    return_token_ids: bool = False
     # vLLM: each prompt token's logprob and this many alternatives (not in a stream, as vLLM)
     prompt_logprobs: int | None = None
     # vLLM fields refused rather than ignored (check_supported)

@@ -88,3 +88,68 @@ async def test_harmless_extras_pass(oai: AsyncOpenAI, scheduler: FakeScheduler) 
         model=MODEL_ID, messages=MESSAGES, max_tokens=3, extra_body=extra
     )
     assert out.choices[0].message.content
+
+
+async def test_return_token_ids_whole_and_streamed(
+    oai: AsyncOpenAI, scheduler: FakeScheduler, tokenizer: Tokenizer
+) -> None:
+    ids = tokenizer.encode(REPLY_TEXT, add_special_tokens=False)
+    extra = {"return_token_ids": True}
+    scheduler.says(ids, chunk=3)
+    out = await oai.completions.create(
+        model=MODEL_ID, prompt="Hello", max_tokens=len(ids), extra_body=extra
+    )
+    choice = out.choices[0].model_dump()
+    assert choice["token_ids"] == ids
+    assert choice["prompt_token_ids"] == scheduler.submits[-1].prompt_token_ids
+    scheduler.says(ids, chunk=3)
+    chat = await oai.chat.completions.create(
+        model=MODEL_ID, messages=MESSAGES, max_tokens=len(ids), extra_body=extra
+    )
+    dumped = chat.model_dump()
+    assert dumped["prompt_token_ids"] == scheduler.submits[-1].prompt_token_ids
+    assert dumped["choices"][0]["token_ids"] == ids
+
+    for route in ("completions", "chat"):
+        scheduler.says(ids, chunk=3)
+        if route == "chat":
+            stream = await oai.chat.completions.create(
+                model=MODEL_ID, messages=MESSAGES, max_tokens=len(ids), stream=True,
+                extra_body=extra,
+            )  # fmt: skip
+        else:
+            stream = await oai.completions.create(
+                model=MODEL_ID, prompt="Hello", max_tokens=len(ids), stream=True, extra_body=extra
+            )
+        chunks = [c.model_dump() async for c in stream]
+        got = [t for c in chunks for ch in c["choices"] for t in ch.get("token_ids") or []]
+        assert got == ids, route
+        prompts = [
+            c.get("prompt_token_ids") or c["choices"][0].get("prompt_token_ids")
+            for c in chunks
+            if c["choices"]
+        ]
+        shown = [p for p in prompts if p]
+        assert shown == [scheduler.submits[-1].prompt_token_ids], route  # once, first
+
+
+async def test_streamed_token_ids_survive_held_back_text(
+    gateway_factory, scheduler: FakeScheduler, tokenizer: Tokenizer
+) -> None:  # type: ignore[no-untyped-def]
+    """A tool call's text is held back while it is read: its ids wait for the chunk that
+    shows it, so the stream's ids still add up to the answer's."""
+    from tests.gateway.conftest import openai_client
+    from tests.gateway.test_tool_calls import WEATHER
+
+    answer = 'Ok.<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}</tool_call>'
+    ids = tokenizer.encode(answer, add_special_tokens=False)
+    async with gateway_factory(max_model_len=4096) as url, openai_client(url) as oai:
+        scheduler.says(ids, chunk=2)
+        stream = await oai.chat.completions.create(
+            model=MODEL_ID, messages=MESSAGES, tools=[WEATHER], stream=True,
+            extra_body={"return_token_ids": True},
+        )  # fmt: skip
+        chunks = [c.model_dump() async for c in stream]
+    got = [t for c in chunks for ch in c["choices"] for t in ch.get("token_ids") or []]
+    assert got == ids
+    assert any(ch["delta"].get("tool_calls") for c in chunks for ch in c["choices"])
