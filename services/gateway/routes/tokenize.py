@@ -12,11 +12,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
+from loraplex.gateway.chat_messages import ChatMessage
 from loraplex.gateway.deps import ServiceDep, TenantDep
 from loraplex.gateway.errors import InvalidParamError
 from loraplex.gateway.schemas import (
     ChatCompletionRequest,
-    ChatMessage,
     check_continuation,
     checked_template_kwargs,
 )
