@@ -24,15 +24,24 @@ def apply_bans(row: torch.Tensor, seq: Sequence) -> None:
     """row: [V] logits of ``seq``'s next token, masked in place."""
     p, vocab = seq.params, row.shape[-1]
     if p.allowed_token_ids is not None:
-        allowed = [t for t in p.allowed_token_ids if t < vocab]
-        if allowed:
-            keep = torch.zeros(vocab, dtype=torch.bool, device=row.device)
-            keep[torch.tensor(allowed, device=row.device)] = True
-            row.masked_fill_(~keep, float("-inf"))
+        mask = seq.disallowed
+        if mask is None or mask.shape[0] != vocab or mask.device != row.device:
+            mask = seq.disallowed = _disallowed(p.allowed_token_ids, vocab, row.device)
+        row.masked_fill_(mask, float("-inf"))
     if p.bad_words_token_ids:
         banned = [t for t in _banned_next(p.bad_words_token_ids, seq.output_token_ids) if t < vocab]
         if banned:
             row[torch.tensor(banned, device=row.device)] = float("-inf")
+
+
+def _disallowed(allowed_ids: tuple[int, ...], vocab: int, device: torch.device) -> torch.Tensor:
+    """[V] bool: True for the tokens outside ``allowed_ids`` (none when no id is in range)."""
+    allowed = [t for t in allowed_ids if t < vocab]
+    if not allowed:
+        return torch.zeros(vocab, dtype=torch.bool, device=device)
+    mask = torch.ones(vocab, dtype=torch.bool, device=device)
+    mask[torch.tensor(allowed, device=device)] = False
+    return mask
 
 
 def _banned_next(words: tuple[tuple[int, ...], ...], output: list[int]) -> list[int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from loraplex.sampling_params import SamplingParams
 from loraplex.token_logprobs import TokenLogprobs
@@ -51,6 +52,9 @@ class Sequence:
     registered_blocks: int = 0  # leading blocks of block_table already offered to the cache
     # With params.prompt_logprobs: entry i is prompt token i + 1's logprob (token 0 has none).
     prompt_logprobs: list[TokenLogprobs] = field(default_factory=list)
+    # With params.allowed_token_ids: the [V] bool tensor of the tokens it may not sample, built
+    # at its first step and reused (banned_tokens.py): a list of 10^5 ids costs once, not per step.
+    disallowed: Any = field(default=None, repr=False, compare=False)
 
     @property
     def wants_prompt_logprobs(self) -> bool:
