@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from loraplex import LLM, SamplingParams
-from loraplex.engine.banned_tokens import _banned_next
+from loraplex.engine.banned_tokens import banned_next, prefix_index
 from loraplex.errors import InvalidRequestError
 from loraplex.tooling.demo import TinyModelSpec
 from tests.tiny_models import write_model_and_adapters
@@ -56,11 +56,13 @@ def test_a_bad_word_never_completes(llm: LLM) -> None:
 
 
 def test_banned_next_follows_the_output_tail() -> None:
-    words = ((7,), (1, 2), (1, 2, 3), (9, 9, 9, 9))
-    assert _banned_next(words, []) == [7]
-    assert _banned_next(words, [5, 1]) == [7, 2]
-    assert _banned_next(words, [1, 2]) == [7, 3]
-    assert _banned_next(words, [9, 9]) == [7]
+    index = prefix_index(((7,), (1, 2), (1, 2, 3), (9, 9, 9, 9), (4, 2)))
+    assert banned_next(index, []) == [7]
+    assert sorted(banned_next(index, [5, 1])) == [2, 7]
+    assert sorted(banned_next(index, [1, 2])) == [3, 7]
+    assert banned_next(index, [9, 9]) == [7]
+    assert sorted(banned_next(index, [9, 9, 9])) == [7, 9]
+    assert sorted(banned_next(index, [0, 4])) == [2, 7]
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,9 @@ def apply_bans(row: torch.Tensor, seq: Sequence) -> None:
             mask = seq.disallowed = _disallowed(p.allowed_token_ids, vocab, row.device)
         row.masked_fill_(mask, float("-inf"))
     if p.bad_words_token_ids:
-        banned = [t for t in _banned_next(p.bad_words_token_ids, seq.output_token_ids) if t < vocab]
+        if seq.bad_word_index is None:
+            seq.bad_word_index = prefix_index(p.bad_words_token_ids)
+        banned = [t for t in banned_next(seq.bad_word_index, seq.output_token_ids) if t < vocab]
         if banned:
             row[torch.tensor(banned, device=row.device)] = float("-inf")
 
@@ -44,13 +46,21 @@ def _disallowed(allowed_ids: tuple[int, ...], vocab: int, device: torch.device) 
     return mask
 
 
-def _banned_next(words: tuple[tuple[int, ...], ...], output: list[int]) -> list[int]:
-    """The last tokens of the words whose other tokens end ``output``."""
-    out = []
+def prefix_index(
+    words: tuple[tuple[int, ...], ...],
+) -> dict[int, dict[tuple[int, ...], list[int]]]:
+    """The words by prefix length, then prefix: a step looks up each length once (at most 64)
+    instead of comparing every word (up to 256)."""
+    index: dict[int, dict[tuple[int, ...], list[int]]] = {}
     for word in words:
-        prefix = word[:-1]
-        if len(prefix) > len(output):
-            continue
-        if not prefix or tuple(output[len(output) - len(prefix) :]) == prefix:
-            out.append(word[-1])
+        index.setdefault(len(word) - 1, {}).setdefault(word[:-1], []).append(word[-1])
+    return index
+
+
+def banned_next(index: dict[int, dict[tuple[int, ...], list[int]]], output: list[int]) -> list[int]:
+    """The last tokens of the words whose other tokens end ``output``."""
+    out: list[int] = []
+    for n, by_prefix in index.items():
+        if n <= len(output):
+            out += by_prefix.get(tuple(output[len(output) - n :]), ())
     return out

@@ -55,6 +55,10 @@ class Sequence:
     # With params.allowed_token_ids: the [V] bool tensor of the tokens it may not sample, built
     # at its first step and reused (banned_tokens.py): a list of 10^5 ids costs once, not per step.
     disallowed: Any = field(default=None, repr=False, compare=False)
+    # With params.bad_words_token_ids: prefix length -> prefix -> banned last tokens, built once.
+    bad_word_index: dict[int, dict[tuple[int, ...], list[int]]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def wants_prompt_logprobs(self) -> bool:
