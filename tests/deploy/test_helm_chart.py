@@ -238,6 +238,9 @@ def test_tenants_come_from_a_secret(docs) -> None:
         )
         assert volume["secret"]["secretName"] == secret["metadata"]["name"]
         assert volume["secret"]["items"] == [{"key": "tenants.yaml", "path": path.name}]
+        # a directory mount, not a subPath one: the kubelet swaps an updated Secret in, and the
+        # services re-read the file (tenants_watch.py), so tenants change without a restart
+        assert "subPath" not in mount
     existing = _render("existing-tenants-secret")
     assert not by_kind(existing, "Secret")
     gw = _deployment(existing, "gateway")["spec"]["template"]["spec"]["volumes"]
