@@ -56,6 +56,18 @@ def _env(_: argparse.Namespace) -> int:
     return 0
 
 
+def _hash_key(args: argparse.Namespace) -> int:
+    """A key's tenants-file digest, read from stdin (never an argument: shell history)."""
+    from loraplex.tenants import DIGEST_PREFIX, key_digest
+
+    key = sys.stdin.readline().strip()
+    if not key:
+        print("error: give the key on standard input", file=sys.stderr)
+        return 2
+    print(DIGEST_PREFIX + key_digest(key).hex())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loraplex", description="Multi-tenant LoRA serving.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="run the whole stack on this machine (NATS, Redis, services)")
     up_parser(p)
     p.set_defaults(func=up)
+
+    p = sub.add_parser(
+        "hash-key",
+        help="print the sha256:<hex> digest of the API key on stdin, to put in a tenants file "
+        "instead of the key",
+    )
+    p.set_defaults(func=_hash_key)
 
     p = sub.add_parser("env", help="list every LORAPLEX_* environment variable")
     p.set_defaults(func=_env)

@@ -5,7 +5,9 @@ Loaded from ``--tenants FILE`` (JSON, or YAML for any other suffix)::
     {"tenants": [{"name": "acme", "api_key": "sk-...", "weight": 2.0}]}
 
 A tenant may hold several keys (``"api_keys": ["sk-new", "sk-old"]``, with or without
-``api_key``), so a key is rotated without a moment in which neither works.  The services re-read
+``api_key``), so a key is rotated without a moment in which neither works.  A key may be written
+as its digest, ``sha256:<64 hex digits>`` (``loraplex hash-key``), so the file need not hold
+the secret itself.  The services re-read
 the file when it changes (``tenants_watch.py``).  Without a file the deployment runs in *open
 mode*: every caller is the one tenant ``default``.  API keys are compared in constant time and
 never appear in reprs, logs or error messages.
@@ -13,6 +15,7 @@ never appear in reprs, logs or error messages.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import re
@@ -26,6 +29,8 @@ import yaml
 from loraplex.errors import LoraplexError
 
 DEFAULT_TENANT = "default"
+DIGEST_PREFIX = "sha256:"
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 TENANT_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -49,12 +54,26 @@ class Tenant:
         return (self.api_key, *self.more_keys)
 
 
+def key_digest(api_key: str) -> bytes:
+    """The SHA-256 of a key, the form every key is compared in (``sha256:<hex>`` entries of the
+    tenants file are this digest already)."""
+    if DIGEST.fullmatch(api_key):
+        return bytes.fromhex(api_key[len(DIGEST_PREFIX) :])
+    return hashlib.sha256(api_key.encode("utf-8", "surrogateescape")).digest()
+
+
 @dataclass(frozen=True)
 class Tenants:
     """The deployment's tenants; ``open_mode`` when no tenants file was given."""
 
     tenants: tuple[Tenant, ...]
     open_mode: bool = False
+    # (digest, tenant) of every key: a request's key is hashed once, compared to each
+    _digests: tuple[tuple[bytes, Tenant], ...] = field(default=(), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        pairs = tuple((key_digest(k), t) for t in self.tenants for k in t.api_keys)
+        object.__setattr__(self, "_digests", pairs)
 
     @classmethod
     def open(cls) -> Tenants:
@@ -77,12 +96,11 @@ class Tenants:
             return self.tenants[0]
         if not api_key:
             return None
-        given = api_key.encode("utf-8", "surrogateescape")
+        given = hashlib.sha256(api_key.encode("utf-8", "surrogateescape")).digest()
         found: Tenant | None = None
-        for tenant in self.tenants:  # no early exit: time does not depend on which key matched
-            for key in tenant.api_keys:
-                if hmac.compare_digest(given, key.encode("utf-8", "surrogateescape")):
-                    found = tenant
+        for digest, tenant in self._digests:  # no early exit: the time says nothing of which
+            if hmac.compare_digest(given, digest):
+                found = tenant
         return found
 
     def authenticate(self, authorization: str | None) -> Tenant:
@@ -109,7 +127,7 @@ def parse_tenants(data: Any, source: str = "tenants config") -> Tenants:
         raise TenantsConfigError(f"{source}: 'tenants' must be a non-empty list")
     tenants: list[Tenant] = []
     names: set[str] = set()
-    keys: set[str] = set()
+    keys: set[bytes] = set()
     for i, entry in enumerate(entries):
         where = f"{source}: tenants[{i}]"
         if not isinstance(entry, Mapping):
@@ -137,12 +155,13 @@ def parse_tenants(data: Any, source: str = "tenants config") -> Tenants:
             raise TenantsConfigError(f"{where}: weight must be a finite number > 0, got {weight}")
         if name in names:
             raise TenantsConfigError(f"{where}: duplicate tenant name")
-        if len(set(api_keys)) < len(api_keys):  # say which tenant, never the key
+        digests = [key_digest(k) for k in api_keys]  # a key and its digest are the same key
+        if len(set(digests)) < len(digests):  # say which tenant, never the key
             raise TenantsConfigError(f"{where}: api_keys hold the same key twice")
-        if keys.intersection(api_keys):
+        if keys.intersection(digests):
             raise TenantsConfigError(f"{where}: api_key is already used by another tenant")
         names.add(name)
-        keys.update(api_keys)
+        keys.update(digests)
         tenants.append(Tenant(name, api_keys[0], float(weight), tuple(api_keys[1:])))
     return Tenants(tenants=tuple(tenants), open_mode=False)
 

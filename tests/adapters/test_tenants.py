@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -87,6 +88,46 @@ def test_a_tenant_may_hold_several_keys() -> None:
     assert "sk-a" not in repr(t)
     with pytest.raises(AuthenticationError):
         t.authenticate("Bearer sk-a4")
+
+
+def test_a_key_may_be_written_as_its_digest() -> None:
+    digest = "sha256:" + hashlib.sha256(b"sk-secret-1").hexdigest()
+    doc = {"tenants": [{"name": "a", "api_key": digest}, {"name": "b", "api_key": "sk-b"}]}
+    t = parse_tenants(doc)
+    assert t.authenticate("Bearer sk-secret-1").name == "a"
+    assert t.authenticate("Bearer sk-b").name == "b"
+    with pytest.raises(AuthenticationError):
+        t.authenticate(f"Bearer {digest}")  # the digest itself is no key
+    with pytest.raises(AuthenticationError):
+        t.authenticate("Bearer sk-secret-2")
+    # a key and its digest are one key: twice in a tenant, or in two tenants, is refused
+    for dup in (
+        {"tenants": [{"name": "a", "api_keys": ["sk-secret-1", digest]}]},
+        {"tenants": [{"name": "a", "api_key": digest}, {"name": "b", "api_key": "sk-secret-1"}]},
+    ):
+        with pytest.raises(TenantsConfigError) as e:
+            parse_tenants(dup)
+        assert "sk-secret" not in str(e.value) and digest not in str(e.value)
+    # not a digest (upper case, short): taken as a plain key
+    odd = "sha256:" + "AB" * 32
+    assert (
+        parse_tenants({"tenants": [{"name": "c", "api_key": odd}]})
+        .authenticate(f"Bearer {odd}")
+        .name
+        == "c"
+    )
+
+
+def test_hash_key_prints_the_digest(monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    import io
+
+    from loraplex.tooling.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("sk-secret-1\n"))
+    assert main(["hash-key"]) == 0
+    printed = capsys.readouterr().out.strip()
+    doc = {"tenants": [{"name": "a", "api_key": printed}]}
+    assert parse_tenants(doc).authenticate("Bearer sk-secret-1").name == "a"
 
 
 @pytest.mark.parametrize(
