@@ -15,6 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
+from loraplex import prom
 from loraplex.adapters.registration.config import RegistrationConfig
 from loraplex.adapters.registration.lifecycle import Registration
 from loraplex.bus import Bus
@@ -93,6 +94,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     capacity = SchedulerView()
     metrics.bind_orphans(lambda: streams.orphans, lambda: streams.orphan_cancels)
     registration = _registration(settings, tenants)
+    prom.register(metrics.registry, tenants.metric_families)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -119,7 +121,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                     "adapter-store ready on %s:%d (in the gateway)", settings.host, settings.port
                 )
             redis = store.redis if store is not None else None
-            app.state.responses = ResponseHistory(_response_store(settings, redis))
+            app.state.responses = ResponseHistory(
+                _response_store(settings, redis), lambda o: metrics.responses_kept.labels(o).inc()
+            )
             app.state.service = service = GatewayService(
                 settings, bus, streams, tokenizer, store, metrics
             )

@@ -38,6 +38,11 @@ _ROUTES = (
     "/detokenize",
     "/health",
     "/ready",
+    "/version",
+    "/v1/responses",
+    "/generate",
+    "/generate_stream",
+    "/",
 )
 
 
@@ -48,6 +53,12 @@ def route_label(path: str) -> str:
     for prefix in ("/v1/adapters/", "/v1/models/"):
         if path.startswith(prefix):
             return prefix + "{name}"
+    if path.startswith("/v1/responses/"):
+        return (
+            "/v1/responses/{id}/input_items"
+            if path.endswith("/input_items")
+            else "/v1/responses/{id}"
+        )
     return "other"
 
 
@@ -110,6 +121,13 @@ class GatewayMetrics:
             "loraplex_gateway_generations_finished",
             "generations by how they ended (stop, length, error, timeout, cancelled)",
             ["reason"],
+            registry=r,
+        )
+        self.responses_kept = Counter(
+            "loraplex_gateway_responses_kept",
+            "Responses API answers to keep (store true), by outcome: kept, too_large, "
+            "store_unavailable (answered store false)",
+            ["outcome"],
             registry=r,
         )
         self.in_flight = Gauge(

@@ -10,6 +10,7 @@ a generated answer is never lost to the store.  Plain Python.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from loraplex.gateway.errors import InvalidParamError
@@ -28,8 +29,11 @@ MAX_PAGE = 100  # input_items' limit, as OpenAI's
 
 
 class ResponseHistory:
-    def __init__(self, store: ResponseStore | None) -> None:
+    def __init__(
+        self, store: ResponseStore | None, record: Callable[[str], None] = lambda outcome: None
+    ) -> None:
         self.store = store  # None: responses are never kept (--responses-ttl 0)
+        self.record = record  # each keep's outcome: kept, too_large, store_unavailable
 
     def keeps(self, req: ResponsesRequest) -> bool:
         """Whether ``req``'s answer is to be kept (``store`` defaults to true, as OpenAI's)."""
@@ -65,9 +69,11 @@ class ResponseHistory:
             kept = await self.store.put(tenant, StoredResponse(response, items))
         except ResponseStoreUnavailableError as e:
             log.warning("response %s not kept: %s", response["id"], e)
+            self.record("store_unavailable")
             return False
         if not kept:
             log.info("response %s not kept: over the store's size limit", response["id"])
+        self.record("kept" if kept else "too_large")
         return kept
 
     async def get(self, tenant: str, response_id: str) -> StoredResponse:

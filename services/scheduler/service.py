@@ -19,6 +19,7 @@ import socket
 import time
 import uuid
 
+from loraplex import prom
 from loraplex.bus import Bus
 from loraplex.protocol import (
     CancelRequest,
@@ -123,6 +124,7 @@ class SchedulerService:
     def follow_tenants(self, tenants: LiveTenants) -> None:
         """Take the fair-share weights of every later version of the tenants file."""
         tenants.on_change(lambda new: self.policy.set_weights(new.weights()))
+        prom.register(self.metrics.registry, tenants.metric_families)
 
     async def start(self) -> None:
         self.bus = await Bus.connect(self.s.nats_url, "scheduler")

@@ -18,7 +18,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from loraplex import env
+from loraplex import env, prom
 from loraplex.tenants import Tenant, Tenants, TenantsConfigError, load_tenants
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,13 @@ class LiveTenants:
 
     def authenticate(self, authorization: str | None) -> Tenant:
         return self.current.authenticate(authorization)
+
+    def metric_families(self) -> list[prom.Family]:
+        """``loraplex_tenants_file_changes{result}``: changes taken and refused (alert on
+        refused: the file in use is not the one written)."""
+        values = {("taken",): float(self.reloads), ("refused",): float(self.refused)}
+        doc = "changes of the tenants file: taken, or refused (not valid: the last good one kept)"
+        return [prom.counter("loraplex_tenants_file_changes", doc, values, ["result"])]
 
     def on_change(self, listener: Callable[[Tenants], None]) -> None:
         """``listener(new)`` after each change taken (the scheduler's weights)."""

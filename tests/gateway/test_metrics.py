@@ -85,3 +85,37 @@ async def test_a_taken_metrics_port_fails_the_start(demo: DemoModelInfo) -> None
         done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert f"cannot serve /metrics on 127.0.0.1:{port}" in done.stderr
+
+
+async def test_responses_tenants_and_other_front_doors_are_counted(
+    gateway_factory: GatewayFactory, scheduler: FakeScheduler
+) -> None:
+    """Kept Responses answers by outcome, the tenants file's changes, and the Responses and
+    TGI routes under their own (bounded) route labels.  In flight back at 0: a non-streamed
+    /generate once never closed its generation (its queue, resubmit entry and metrics stayed)."""
+    port = free_port()
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
+    async with (
+        gateway_factory(metrics_port=port, max_model_len=4096, responses_max_kb=2) as url,
+        httpx.AsyncClient(base_url=url, headers=ALICE) as http,
+    ):
+        scheduler.says(REPLY_TEXT)
+        r = await http.post("/v1/responses", json={"model": MODEL_ID, "input": "Hi"})
+        scheduler.says(REPLY_TEXT)
+        big = {"model": MODEL_ID, "input": "word " * 600}
+        assert (await http.post("/v1/responses", json=big)).json()["store"] is False
+        assert (await http.get(f"/v1/responses/{r.json()['id']}")).status_code == 200
+        assert (await http.get("/v1/responses/resp_x/input_items")).status_code == 404
+        scheduler.says(REPLY_TEXT)
+        await http.post("/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 4}})
+        text = await _scrape_until(metrics_url, "loraplex_gateway_requests_in_flight 0.0")
+    assert 'loraplex_gateway_responses_kept_total{outcome="kept"} 1.0' in text
+    assert 'loraplex_gateway_responses_kept_total{outcome="too_large"} 1.0' in text
+    for route, status in (
+        ("/v1/responses", "200"),
+        ("/v1/responses/{id}", "200"),
+        ("/v1/responses/{id}/input_items", "404"),
+        ("/generate", "200"),
+    ):
+        assert f'loraplex_gateway_requests_total{{route="{route}",status="{status}"}} ' in text
+    assert 'loraplex_tenants_file_changes_total{result="refused"} 0.0' in text

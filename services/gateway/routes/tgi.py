@@ -94,6 +94,7 @@ async def _answer(
         first = await until_disconnected(request.receive, gen.next(), probe)
         if not stream:
             text = await until_disconnected(request.receive, gen.collect(first), probe)
+            await gen.aclose()  # done: its stream queue, metrics and resubmit entry go
             whole = _whole(body, service, gen, text)
             return JSONResponse([whole] if as_list else whole)
     except BaseException:
