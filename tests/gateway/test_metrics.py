@@ -106,16 +106,25 @@ async def test_responses_tenants_and_other_front_doors_are_counted(
         assert (await http.post("/v1/responses", json=big)).json()["store"] is False
         assert (await http.get(f"/v1/responses/{r.json()['id']}")).status_code == 200
         assert (await http.get("/v1/responses/resp_x/input_items")).status_code == 404
-        scheduler.says(REPLY_TEXT)
-        await http.post("/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 4}})
+        # every front door, whole and streamed: each generation is closed once answered
+        for path, body in (
+            ("/generate", {"inputs": "Hi", "parameters": {"max_new_tokens": 4}}),
+            ("/generate_stream", {"inputs": "Hi", "parameters": {"max_new_tokens": 4}}),
+            ("/generate", {"text": "Hi", "sampling_params": {"max_new_tokens": 4}}),
+            ("/generate", {"text": "Hi", "sampling_params": {"max_new_tokens": 4}, "stream": True}),
+            ("/v1/responses", {"model": MODEL_ID, "input": "Hi", "stream": True}),
+        ):
+            scheduler.says(REPLY_TEXT)
+            assert (await http.post(path, json=body)).status_code == 200, path
         text = await _scrape_until(metrics_url, "loraplex_gateway_requests_in_flight 0.0")
-    assert 'loraplex_gateway_responses_kept_total{outcome="kept"} 1.0' in text
+    assert 'loraplex_gateway_responses_kept_total{outcome="kept"} 2.0' in text
     assert 'loraplex_gateway_responses_kept_total{outcome="too_large"} 1.0' in text
     for route, status in (
         ("/v1/responses", "200"),
         ("/v1/responses/{id}", "200"),
         ("/v1/responses/{id}/input_items", "404"),
         ("/generate", "200"),
+        ("/generate_stream", "200"),
     ):
         assert f'loraplex_gateway_requests_total{{route="{route}",status="{status}"}} ' in text
     assert 'loraplex_tenants_file_changes_total{result="refused"} 0.0' in text
