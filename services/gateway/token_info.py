@@ -24,9 +24,9 @@ class TokenInfo:
 
 def token_info(tok: Tokenizer, lp: TokenLogprobs) -> TokenInfo:
     """A token with its alternatives, each decoded on its own (as vLLM and OpenAI show them)."""
-    top = [(tok.decode([t], False), v) for t, v in lp.top]
+    top = [(tok.token_text(t), v) for t, v in lp.top]
     ids = tuple(t for t, _ in lp.top)
-    return TokenInfo(tok.decode([lp.token_id], False), lp.logprob, top, lp.token_id, ids, lp.rank)
+    return TokenInfo(tok.token_text(lp.token_id), lp.logprob, top, lp.token_id, ids, lp.rank)
 
 
 def as_token_ids(info: TokenInfo) -> TokenInfo:
@@ -44,7 +44,7 @@ def as_token_ids(info: TokenInfo) -> TokenInfo:
 
 def unscored(tok: Tokenizer, token_id: int) -> TokenInfo:
     """A token without logprobs (a prompt's first: nothing before it scores it)."""
-    return TokenInfo(tok.decode([token_id], False), None, None, token_id)
+    return TokenInfo(tok.token_text(token_id), None, None, token_id)
 
 
 def prompt_infos(

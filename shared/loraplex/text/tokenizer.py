@@ -47,6 +47,7 @@ class Tokenizer:
         self.chat_template: str | None = template
         self.eos_token_id = self._tok.token_to_id(self.eos_token) if self.eos_token else None
         self.bos_token_id = self._tok.token_to_id(self.bos_token) if self.bos_token else None
+        self._texts: dict[int, str] = {}  # token_text's: at most one entry per vocabulary id
 
     @property
     def vocab_size(self) -> int:
@@ -54,6 +55,14 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def token_text(self, token_id: int) -> str:
+        """One token's text on its own, special tokens included (as logprobs show tokens),
+        decoded once per id: prompt logprobs of a long prompt ask for ~20 per position."""
+        text = self._texts.get(token_id)
+        if text is None:
+            text = self._texts[token_id] = self._tok.decode([token_id], skip_special_tokens=False)
+        return text
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
