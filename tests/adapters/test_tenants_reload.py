@@ -110,3 +110,23 @@ async def test_watching_polls_on_its_own(path: Path) -> None:
     write(path, FIRST)
     await asyncio.sleep(0.2)
     assert live.current.names == ("alice", "carol")  # the watch ended with the context
+
+
+async def test_the_adapter_store_service_takes_a_changed_file(
+    service, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The standalone adapter store (its own app) re-reads the file as the gateway does."""
+    import httpx
+
+    monkeypatch.setenv("LORAPLEX_TENANTS_RELOAD_S", "0.05")
+    carol = {"Authorization": "Bearer sk-carol-1"}
+    async with service() as url, httpx.AsyncClient(base_url=url) as http:
+        assert (await http.get("/v1/adapters", headers=carol)).status_code == 401
+        doc = json.loads((tmp_path / "tenants.json").read_text())
+        doc["tenants"].append({"name": "carol", "api_key": "sk-carol-1"})
+        (tmp_path / "tenants.json").write_text(json.dumps(doc))
+        for _ in range(200):
+            if (await http.get("/v1/adapters", headers=carol)).status_code == 200:
+                break
+            await asyncio.sleep(0.02)
+        assert (await http.get("/v1/adapters", headers=carol)).status_code == 200
