@@ -28,6 +28,7 @@ from loraplex.gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
 from loraplex.gateway.metrics_server import metrics_listener
 from loraplex.gateway.response_store import MemoryResponseStore, ResponseStore, StoreLimits
 from loraplex.gateway.response_store_redis import RedisResponseStore
+from loraplex.gateway.responses_background import BackgroundResponses
 from loraplex.gateway.responses_history import ResponseHistory
 from loraplex.gateway.routes import (
     completions,
@@ -124,6 +125,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             app.state.responses = ResponseHistory(
                 _response_store(settings, redis), lambda o: metrics.responses_kept.labels(o).inc()
             )
+            app.state.background = BackgroundResponses(
+                app.state.responses, bus, settings.gateway_id
+            )
+            stack.push_async_callback(app.state.background.stop)
             app.state.service = service = GatewayService(
                 settings, bus, streams, tokenizer, store, metrics
             )

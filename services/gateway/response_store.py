@@ -66,10 +66,13 @@ class StoreLimits:
 class StoredResponse:
     response: dict[str, Any]  # the response object, as answered
     items: list[dict[str, Any]]  # the conversation's input items, oldest first
+    # A background response's generation: the scheduler's request id and the gateway running
+    # it (responses_background.py), for a cancel from any replica; never shown.
+    owner: dict[str, str] | None = None
 
     def encode(self) -> bytes:
         return json.dumps(
-            {"response": self.response, "items": self.items},
+            {"response": self.response, "items": self.items, "owner": self.owner},
             separators=(",", ":"),
             ensure_ascii=False,
         ).encode()
@@ -77,7 +80,7 @@ class StoredResponse:
     @classmethod
     def decode(cls, raw: bytes | str) -> StoredResponse:
         data = json.loads(raw)
-        return cls(data["response"], data["items"])
+        return cls(data["response"], data["items"], data.get("owner"))
 
 
 class ResponseStore(Protocol):

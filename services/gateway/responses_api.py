@@ -5,8 +5,9 @@ reasoning, structured outputs, every check).
 Served as vLLM serves it: ``input`` (a string, or message, function call and function call
 output items), ``instructions``, ``max_output_tokens``, ``temperature``, ``top_p``, function
 ``tools``, ``tool_choice``, ``parallel_tool_calls``, ``text.format`` (``text``, ``json_object``,
-``json_schema``), ``stream``, ``metadata``, and ``store`` with ``previous_response_id`` (the
-conversation so far comes from the response store, ``responses_history.py``).  Tool types other
+``json_schema``), ``stream``, ``metadata``, ``store`` with ``previous_response_id`` (the
+conversation so far comes from the response store, ``responses_history.py``) and ``background``
+(``responses_background.py``).  Tool types other
 than ``function`` and input parts other than text are a 400.  ``responses_output.py`` builds the
 answer.  Plain Python over pydantic bodies.
 """
@@ -175,12 +176,6 @@ def to_chat(
     """The chat completion request a Responses body means: ``history`` (the items of the
     previous response's conversation and its output) then ``items`` (``input_items(req)``).
     ``instructions`` are this request's only, as in OpenAI's API."""
-    if req.background:
-        raise InvalidParamError(
-            "background responses are not supported: the answer comes on this request "
-            "(stream: true to read it as it is made)",
-            "background",
-        )
     if req.conversation is not None:
         raise InvalidParamError(
             "conversation objects are not supported: continue with previous_response_id",

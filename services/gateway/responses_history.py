@@ -76,6 +76,21 @@ class ResponseHistory:
         self.record("kept" if kept else "too_large")
         return kept
 
+    async def put(self, tenant: str, record: StoredResponse) -> None:
+        """Keep ``record`` or raise: a background response must be findable
+        (``ResponseStoreUnavailableError``: 503; over the size limit: 400)."""
+        assert self.store is not None
+        if not await self.store.put(tenant, record):
+            raise InvalidParamError(
+                "background: the conversation is over the response store's size limit "
+                "(--responses-max-kb); send it without background",
+                "background",
+            )
+
+    async def store_get(self, tenant: str, response_id: str) -> StoredResponse | None:
+        """The kept record, or None (no 404: for the background task's own checks)."""
+        return await self._get(tenant, response_id)
+
     async def get(self, tenant: str, response_id: str) -> StoredResponse:
         record = await self._get(tenant, response_id)
         if record is None:

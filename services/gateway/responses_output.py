@@ -50,6 +50,7 @@ def response_object(
         "text": req.text or {"format": {"type": "text"}},
         "store": store,
         "previous_response_id": req.previous_response_id,
+        "background": bool(req.background),
         "metadata": req.metadata or {},
         "user": req.user,
         "usage": None if usage is None else usage_json(usage),

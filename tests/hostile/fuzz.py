@@ -209,6 +209,7 @@ def route_plans(
         ("DELETE adapter", 20, (NAMES | ANY_TEXT).map(named("DELETE"))),
         ("GET response", 15, response_ids.map(named("GET", "response", "/v1/responses/"))),
         ("DELETE response", 10, response_ids.map(named("DELETE", "response", "/v1/responses/"))),
+        ("cancel response", 10, response_ids.map(named("POST", "cancel", "/v1/responses/", "/cancel"))),
         ("input_items", 15, input_items),
         ("raw bytes", 40, raw),
     ]  # fmt: skip

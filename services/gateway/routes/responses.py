@@ -1,6 +1,7 @@
 """OpenAI's Responses API over the chat path (``responses_api.py``, ``responses_output.py``):
 ``POST /v1/responses``, and for kept responses (``responses_history.py``) ``GET`` and ``DELETE
-/v1/responses/{id}`` and ``GET /v1/responses/{id}/input_items``."""
+/v1/responses/{id}``, ``GET /v1/responses/{id}/input_items`` and, for background ones
+(``responses_background.py``), ``POST /v1/responses/{id}/cancel``."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from starlette.responses import Response
 
 from loraplex.errors import LoraplexError
 from loraplex.gateway.deps import HistoryDep, ServiceDep, TenantDep
-from loraplex.gateway.errors import classify
+from loraplex.gateway.errors import InvalidParamError, classify
 from loraplex.gateway.generation import Generation, TextDelta, Usage
 from loraplex.gateway.peer import PeerProbe, still_connected
 from loraplex.gateway.responder import SSEResponse, until_disconnected
 from loraplex.gateway.responses_api import ResponsesRequest, input_items, to_chat
+from loraplex.gateway.responses_background import BackgroundResponses
 from loraplex.gateway.responses_history import ResponseHistory, page
 from loraplex.gateway.responses_output import ResponseStream, whole_response
 
@@ -45,12 +47,22 @@ async def create_response(
     history: HistoryDep,
     request: Request,
 ) -> Response:
+    if body.background:
+        _check_background(body, history)
     before = await history.previous(tenant.name, body)
     items = input_items(body)
     prepared = await service.prepare_chat(to_chat(body, items, before), tenant.name)
     stream = ResponseStream(body, prepared, store=history.keeps(body))
     keeper = _Keeper(history, tenant.name, [*before, *items])
     (gen,) = await service.start_choices([prepared], 1, still_connected(request.scope))
+    if body.background:  # queued now; the client comes back with GET (or cancels)
+        background: BackgroundResponses = request.app.state.background
+        try:
+            started = await background.start(tenant.name, stream, gen, None, keeper.items)
+        except BaseException:
+            await gen.aclose()
+            raise
+        return JSONResponse(started)
     probe = PeerProbe.from_scope(request.scope)
     try:
         first = await until_disconnected(request.receive, gen.next(), probe)
@@ -64,6 +76,25 @@ async def create_response(
         await gen.aclose()
         raise
     return SSEResponse(_events(stream, gen, first, keeper), gen.aclose)
+
+
+def _check_background(body: ResponsesRequest, history: ResponseHistory) -> None:
+    if not history.keeps(body):
+        raise InvalidParamError(
+            "background needs store: true and a server that keeps responses (--responses-ttl)",
+            "background",
+        )
+    if body.stream:
+        raise InvalidParamError(
+            "background responses are not streamed here: poll GET /v1/responses/{id}",
+            "stream",
+        )
+
+
+@router.post("/responses/{response_id}/cancel", summary="Cancel a background response")
+async def cancel_response(response_id: str, tenant: TenantDep, request: Request) -> Any:
+    background: BackgroundResponses = request.app.state.background
+    return await background.cancel(tenant.name, response_id)
 
 
 @router.get("/responses/{response_id}", summary="Retrieve a stored response")
