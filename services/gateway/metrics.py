@@ -54,11 +54,8 @@ def route_label(path: str) -> str:
         if path.startswith(prefix):
             return prefix + "{name}"
     if path.startswith("/v1/responses/"):
-        return (
-            "/v1/responses/{id}/input_items"
-            if path.endswith("/input_items")
-            else "/v1/responses/{id}"
-        )
+        tail = path.rsplit("/", 1)[-1]
+        return "/v1/responses/{id}" + (f"/{tail}" if tail in ("input_items", "cancel") else "")
     return "other"
 
 
