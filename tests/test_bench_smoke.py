@@ -117,6 +117,12 @@ def test_structured_bench_decodes_with_and_without_masks() -> None:
     assert "- Compile of a 12-object JSON schema" in out, out
 
 
+def test_token_lists_bench_times_the_floor_and_the_lists() -> None:
+    out = _run("bench/token_lists.py", "--rows", "2", "--vocab", "4096", "--steps", "1")
+    for name in ("no lists (floor)", "largest lists, as served", "largest lists, rebuilt"):
+        assert f"| {name}" in out, out
+
+
 def test_failover_bench_kills_a_scheduler_a_worker_and_a_nats_node() -> None:
     out = _run(
         "bench/failover.py", "--phase-s", "1.5", "--max-tokens", "48", "--rate-a", "4",
