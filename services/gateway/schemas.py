@@ -46,6 +46,7 @@ class GenerateRequest(BaseModel):
     top_p: Float | None = None
     top_k: Annotated[int, Field(ge=-1, le=2**31)] | None = None
     min_p: Float | None = None  # vLLM extension
+    typical_p: Float | None = None  # TGI/LoRAX (and transformers): locally typical sampling
     seed: Seed | None = None
     stop: str | list[str] | None = None
     stop_token_ids: list[TokenId] | None = None

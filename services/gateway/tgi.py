@@ -5,12 +5,13 @@ written against LoRAX.
 A body ``{"inputs": ..., "parameters": {"adapter_id": ..., "max_new_tokens": ...}}`` becomes a
 completion request (``to_completion``) and goes through everything an OpenAI completion does
 (tenants, fairness, checks).  ``adapter_id`` names an adapter registered with this server (there is
-no download: ``adapter_source`` may only be omitted, ``hub`` or ``local``).  TGI samples only with
-``do_sample`` (or a temperature, top-p or top-k); otherwise it is greedy.  Refused with a 400 rather
-than ignored: ``best_of`` > 1, ``watermark``, ``typical_p``, LoRAX's ``merged_adapters``, and
-``decoder_input_details`` in a stream (as TGI; otherwise ``details.prefill`` scores the prompt).  LoRAX's ``ignore_eos_token`` and ``return_k_alternatives`` (each token's
-``alternative_tokens``) are honoured;
-``api_token`` is ignored (nothing is downloaded).  Constraints: TGI's ``grammar`` (``{"type": "json"
+no download: ``adapter_source`` may only be omitted, ``hub`` or ``local``).  TGI samples only
+with ``do_sample`` (or a temperature, top-p, top-k or typical-p); otherwise it is greedy.
+Refused with a 400 rather than ignored: ``best_of`` > 1, ``watermark``, LoRAX's
+``merged_adapters``, and ``decoder_input_details`` in a stream (as TGI; otherwise
+``details.prefill`` scores the prompt).  LoRAX's ``ignore_eos_token`` and
+``return_k_alternatives`` (each token's ``alternative_tokens``) are honoured; ``api_token`` is
+ignored (nothing is downloaded).  Constraints: TGI's ``grammar`` (``{"type": "json"
 | "regex", "value": ...}``) and LoRAX's ``response_format`` (``{"type": "json_object", "schema":
 ...}``). Answers carry ``details`` (finish reason as TGI names it, token ids, texts and logprobs); a
 stream sends one event per token and ends with ``generated_text`` and ``details``, without
@@ -36,6 +37,7 @@ PARAM_NAMES = {"prompt": "inputs", "model": "parameters.adapter_id"} | {
         "max_tokens": "max_new_tokens", "truncate_prompt_tokens": "truncate",
         "guided_json": "grammar", "guided_regex": "grammar", "response_format": "response_format",
         "temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "seed": "seed",
+        "typical_p": "typical_p",
         "repetition_penalty": "repetition_penalty", "frequency_penalty": "frequency_penalty",
         "stop": "stop",
     }.items()
@@ -90,7 +92,6 @@ def _refuse_unsupported(p: TGIParameters) -> None:
         ("merged_adapters", p.merged_adapters is not None),
         ("best_of", p.best_of not in (None, 1)),
         ("watermark", p.watermark),
-        ("typical_p", p.typical_p not in (None, 1.0)),
     ):
         if unsupported:
             raise InvalidParamError(f"{name} is not supported", f"parameters.{name}")
@@ -130,7 +131,9 @@ def to_completion(req: TGIRequest, base_model: str, stream: bool = False) -> Com
             "decoder_input_details is not supported when streaming tokens (as in TGI)",
             "parameters.decoder_input_details",
         )
-    samples = p.do_sample or any(v is not None for v in (p.temperature, p.top_p, p.top_k))
+    samples = p.do_sample or any(
+        v is not None for v in (p.temperature, p.top_p, p.top_k, p.typical_p)
+    )
     fields: dict[str, Any] = {
         "model": p.adapter_id or base_model,
         "prompt": req.inputs,
@@ -138,6 +141,7 @@ def to_completion(req: TGIRequest, base_model: str, stream: bool = False) -> Com
         "temperature": (1.0 if p.temperature is None else p.temperature) if samples else 0.0,
         "top_p": p.top_p,
         "top_k": p.top_k,
+        "typical_p": p.typical_p,
         "seed": p.seed,
         "stop": p.stop or None,
         "repetition_penalty": p.repetition_penalty,

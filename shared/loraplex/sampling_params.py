@@ -44,6 +44,7 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = -1
     min_p: float = 0.0
+    typical_p: float = 1.0  # TGI/LoRAX, transformers: locally typical sampling (1: off)
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
@@ -89,6 +90,8 @@ class SamplingParams:
             object.__setattr__(self, "top_k", -1)
         if not (math.isfinite(self.min_p) and 0 <= self.min_p <= 1):
             raise InvalidRequestError(f"min_p must be in [0, 1], got {self.min_p}")
+        if not (math.isfinite(self.typical_p) and 0 < self.typical_p <= 1):
+            raise InvalidRequestError(f"typical_p must be in (0, 1], got {self.typical_p}")
         if self.seed is not None and not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]:
             raise InvalidRequestError(f"seed must be a 64-bit integer, got {self.seed}")
         for name in ("presence_penalty", "frequency_penalty"):

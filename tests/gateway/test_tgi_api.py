@@ -113,6 +113,16 @@ async def test_huggingface_hub_text_generation(
     assert streamed[-1].generated_text == REPLY_TEXT
 
 
+async def test_typical_p_samples(gateway: str, scheduler: FakeScheduler) -> None:
+    """TGI: typical_p alone turns sampling on, and reaches the workers."""
+    scheduler.says(REPLY_TEXT)
+    body = {"inputs": PROMPT, "parameters": {"typical_p": 0.6, "max_new_tokens": 4}}
+    async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
+        assert (await http.post("/generate", json=body)).status_code == 200
+    sent = scheduler.submits[-1].sampling
+    assert sent.typical_p == 0.6 and sent.temperature == 1.0
+
+
 async def test_decoder_input_details_score_the_prompt(
     gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
 ) -> None:
@@ -170,7 +180,8 @@ async def test_the_root_route_answers_a_list_as_tgi_does(
         ({"return_k_alternatives": 50}, "parameters.return_k_alternatives"),
         ({"best_of": 2}, "parameters.best_of"),
         ({"watermark": True}, "parameters.watermark"),
-        ({"typical_p": 0.5}, "parameters.typical_p"),
+        ({"typical_p": 1.5}, "parameters.typical_p"),
+        ({"typical_p": 0}, "parameters.typical_p"),
         ({"adapter_source": "s3"}, "parameters.adapter_source"),
         ({"grammar": {"type": "xml", "value": "x"}}, "parameters.grammar"),
         ({"grammar": {"type": "json", "value": {"type": "no-such"}}}, "parameters.grammar"),

@@ -1,5 +1,5 @@
-"""Per-request sampling: greedy, temperature, min-p, top-k, top-p, with per-request seeded
-generators.
+"""Per-request sampling: greedy, temperature, min-p, top-k, top-p, typical-p, with per-request
+seeded generators.
 
 No accepted parameter combination may crash a step (``torch.multinomial`` refuses inf, NaN and
 all-zero rows): values are clamped to the finite float32 range after each scaling, -inf and NaN
@@ -44,6 +44,22 @@ def _filter_top_k_top_p(
     return torch.full_like(logits, NEG_INF).scatter(-1, order, sorted_logits)
 
 
+def _filter_typical(logits: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+    """Locally typical sampling (Meister et al.; TGI's and transformers' ``typical_p``): keep the
+    tokens whose surprisal is closest to the distribution's entropy, fewest first, until their
+    probability reaches ``mass``.  logits: [N, V] fp32; mass: [N] in (0, 1] (1: all kept)."""
+    logp = logits.log_softmax(dim=-1)
+    entropy = -(logp * logp.exp()).nansum(dim=-1, keepdim=True)  # -inf * 0: nan, not counted
+    distance = ((-logp) - entropy).abs()
+    sorted_distance, order = distance.sort(dim=-1)
+    cumulative = logits.gather(-1, order).softmax(dim=-1).cumsum(dim=-1)
+    last = (cumulative < mass[:, None]).sum(dim=-1).clamp(max=logits.shape[-1] - 1)
+    drop_sorted = sorted_distance > sorted_distance.gather(-1, last[:, None])
+    drop_sorted[:, 0] = False  # the most typical token always stays
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop & (mass < 1)[:, None], NEG_INF)
+
+
 def sample(
     logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
 ) -> list[int]:
@@ -69,6 +85,9 @@ def sample(
     top_p = torch.tensor([params[i].top_p for i in rows], device=dev)
     if (top_k < vocab).any() or (top_p < 1).any():
         sub = _filter_top_k_top_p(sub, top_k, top_p)
+    typical = [params[i].typical_p for i in rows]
+    if any(t < 1 for t in typical):
+        sub = _filter_typical(sub, torch.tensor(typical, device=dev))
     probs = sub.softmax(dim=-1)
     drawable = (~dead).any(dim=-1).tolist()
     for j, i in enumerate(rows):
