@@ -132,6 +132,8 @@ def tgi_bodies(models: list[str]) -> st.SearchStrategy[dict[str, Any]]:
         "temperature": st.floats(0.01, 2),
         "top_p": st.floats(0.01, 1),
         "top_k": st.integers(-1, 50),
+        "typical_p": st.floats(0, 1.5),
+        "decoder_input_details": st.booleans(),
         "repetition_penalty": st.floats(0.01, 2),
         "seed": st.integers(0, 2**64 - 1),
         "stop": st.lists(TEXT, max_size=2),
