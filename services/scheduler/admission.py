@@ -20,11 +20,13 @@ def refusal(
     queued: int,
     listening_s: float,
     outage_s: float = float("inf"),
+    tenant_limit: int | None = None,
 ) -> SubmitReply | None:
     """The refusal for ``sub`` (503: no workers; 400: too big for any; 429: a queue is full),
     or None when it may be queued.  ``queued``: requests in the scheduler's queue now;
     ``listening_s``: how long this scheduler has heard worker heartbeats; ``outage_s``: how long
-    no worker set could serve (``Recovery.outage_s``)."""
+    no worker set could serve (``Recovery.outage_s``); ``tenant_limit``: the tenant's own queue
+    limit (the tenants file's ``max_queue``), else ``--max-queue-per-tenant``."""
     rid, tenant = sub.request_id, sub.tenant
     prompt = len(sub.prompt_token_ids)
     total = prompt + sub.sampling.max_tokens
@@ -43,13 +45,9 @@ def refusal(
         return SubmitReply(
             rid, False, 400, f"request needs {total} tokens of KV cache; no worker has that much"
         )
-    if policy.queue_len(tenant) >= settings.max_queue_per_tenant:
-        return SubmitReply(
-            rid,
-            False,
-            429,
-            f"tenant {tenant!r} has {settings.max_queue_per_tenant} requests queued",
-        )
+    limit = tenant_limit if tenant_limit is not None else settings.max_queue_per_tenant
+    if policy.queue_len(tenant) >= limit:
+        return SubmitReply(rid, False, 429, f"tenant {tenant!r} has {limit} requests queued")
     if queued >= settings.max_queue:
         return SubmitReply(rid, False, 429, "the server's queue is full")
     return None

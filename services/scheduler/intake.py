@@ -47,6 +47,7 @@ class Intake:
         listening_since: Callable[[], float],
         kick: Callable[[], None],
         counters_changed: Callable[[], None],
+        queue_limits: dict[str, int] | None = None,
     ) -> None:
         self.s = settings
         self.registry, self.policy = registry, policy
@@ -55,6 +56,8 @@ class Intake:
         self.cancelled = cancelled
         self.leading, self.listening_since = leading, listening_since
         self.kick, self.counters_changed = kick, counters_changed
+        # tenant -> its own queue limit (the tenants file's max_queue; read at each SUBMIT)
+        self.queue_limits = queue_limits if queue_limits is not None else {}
 
     async def on_submit(self, sub: SubmitRequest) -> SubmitReply:
         now = time.monotonic()
@@ -105,6 +108,7 @@ class Intake:
         refused = refusal(
             sub, self.registry, self.policy, self.s, len(self.queued),
             now - self.listening_since(), self.recovery.outage_s(now),
+            self.queue_limits.get(tenant),
         )  # fmt: skip
         if refused is not None:
             return refused

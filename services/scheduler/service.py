@@ -49,6 +49,7 @@ from loraplex.scheduler.settings import SchedulerSettings
 from loraplex.scheduler.takeover import Takeover
 from loraplex.scheduler.worker_state import WorkerState
 from loraplex.scheduler.workers import WorkerRegistry
+from loraplex.tenants import Tenants
 from loraplex.tenants_watch import LiveTenants
 from loraplex.terminal import serve_progress
 from loraplex.timeouts import wait_for
@@ -97,7 +98,7 @@ class SchedulerService:
             queued=self.submits, inflight=self.inflight, retry=self.retry,
             cancelled=self.cancelled, leading=lambda: self.leading,
             listening_since=lambda: self.listening_since, kick=self._kick.set,
-            counters_changed=self._counters_changed,
+            counters_changed=self._counters_changed, queue_limits={},
         )  # fmt: skip
         self.progress = ProgressHandler(  # the workers' reports
             self.registry, self.policy, self.takeover, self.recovery, inflight=self.inflight,
@@ -122,8 +123,16 @@ class SchedulerService:
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def follow_tenants(self, tenants: LiveTenants) -> None:
-        """Take the fair-share weights of every later version of the tenants file."""
-        tenants.on_change(lambda new: self.policy.set_weights(new.weights()))
+        """Take the tenants' queue limits now, and the weights and limits of every later
+        version of the tenants file."""
+
+        def take(new: Tenants) -> None:
+            self.policy.set_weights(new.weights())
+            self.intake.queue_limits.clear()
+            self.intake.queue_limits.update(new.queue_limits())
+
+        self.intake.queue_limits.update(tenants.current.queue_limits())
+        tenants.on_change(take)
         prom.register(self.metrics.registry, tenants.metric_families)
 
     async def start(self) -> None:

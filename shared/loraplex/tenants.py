@@ -48,6 +48,8 @@ class Tenant:
     api_key: str = field(repr=False)  # the first of its keys
     weight: float = 1.0
     more_keys: tuple[str, ...] = field(default=(), repr=False)  # the others (rotation)
+    # Requests it may have queued in the scheduler (None: --max-queue-per-tenant)
+    max_queue: int | None = None
 
     @property
     def api_keys(self) -> tuple[str, ...]:
@@ -86,6 +88,10 @@ class Tenants:
     def weights(self) -> dict[str, float]:
         """Fair-share weight per tenant name (the scheduler's)."""
         return {t.name: t.weight for t in self.tenants}
+
+    def queue_limits(self) -> dict[str, int]:
+        """The tenants' own queue limits (the others use the scheduler's flag)."""
+        return {t.name: t.max_queue for t in self.tenants if t.max_queue is not None}
 
     def get(self, name: str) -> Tenant | None:
         return next((t for t in self.tenants if t.name == name), None)
@@ -137,7 +143,7 @@ def parse_tenants(data: Any, source: str = "tenants config") -> Tenants:
             missing.remove("api_key")  # api_keys alone will do
         if missing:
             raise TenantsConfigError(f"{where}: missing field(s) {', '.join(missing)}")
-        unknown = sorted(set(entry) - {"name", "api_key", "api_keys", "weight"})
+        unknown = sorted(set(entry) - {"name", "api_key", "api_keys", "weight", "max_queue"})
         if unknown:
             raise TenantsConfigError(f"{where}: unknown field(s) {', '.join(map(str, unknown))}")
         name = entry["name"]
@@ -153,6 +159,11 @@ def parse_tenants(data: Any, source: str = "tenants config") -> Tenants:
             raise TenantsConfigError(f"{where}: weight must be a number")
         if not weight > 0 or weight == float("inf"):
             raise TenantsConfigError(f"{where}: weight must be a finite number > 0, got {weight}")
+        max_queue = entry.get("max_queue")
+        if max_queue is not None and (
+            isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1
+        ):
+            raise TenantsConfigError(f"{where}: max_queue must be an integer >= 1")
         if name in names:
             raise TenantsConfigError(f"{where}: duplicate tenant name")
         digests = [key_digest(k) for k in api_keys]  # a key and its digest are the same key
@@ -162,7 +173,7 @@ def parse_tenants(data: Any, source: str = "tenants config") -> Tenants:
             raise TenantsConfigError(f"{where}: api_key is already used by another tenant")
         names.add(name)
         keys.update(digests)
-        tenants.append(Tenant(name, api_keys[0], float(weight), tuple(api_keys[1:])))
+        tenants.append(Tenant(name, api_keys[0], float(weight), tuple(api_keys[1:]), max_queue))
     return Tenants(tenants=tuple(tenants), open_mode=False)
 
 

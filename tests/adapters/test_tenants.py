@@ -167,6 +167,9 @@ def test_hash_key_prints_the_digest(monkeypatch: pytest.MonkeyPatch, capsys) -> 
         ({"tenants": [{"name": "a", "api_keys": ["sk-dup", "sk-dup"]}]}, "same key twice"),
         ({"tenants": [{"name": "a", "api_key": "k", "api_keys": "sk-dup"}]}, "must be a list"),
         ({"tenants": [{"name": "a", "api_keys": []}]}, "at least one api_key"),
+        ({"tenants": [{"name": "a", "api_key": "k", "max_queue": 0}]}, "max_queue must be"),
+        ({"tenants": [{"name": "a", "api_key": "k", "max_queue": True}]}, "max_queue must be"),
+        ({"tenants": [{"name": "a", "api_key": "k", "max_queue": "5"}]}, "max_queue must be"),
         ({"tenants": [{"name": "a", "api_keys": ["k", ""]}]}, "api_key must be a non-empty"),
     ],
 )

@@ -132,7 +132,6 @@ def tgi_bodies(models: list[str]) -> st.SearchStrategy[dict[str, Any]]:
         "temperature": st.floats(0.01, 2),
         "top_p": st.floats(0.01, 1),
         "top_k": st.integers(-1, 50),
-        "typical_p": st.floats(0, 1.5),
         "decoder_input_details": st.booleans(),
         "repetition_penalty": st.floats(0.01, 2),
         "seed": st.integers(0, 2**64 - 1),
@@ -141,7 +140,7 @@ def tgi_bodies(models: list[str]) -> st.SearchStrategy[dict[str, Any]]:
         "return_full_text": st.booleans(),
         "details": st.booleans(),
         "best_of": st.integers(1, 2),
-        "typical_p": st.sampled_from([None, 1.0, 0.5]),
+        "typical_p": st.sampled_from([None, 1.0, 0.5]) | st.floats(0, 1.5),
         "grammar": st.sampled_from(
             [
                 {"type": "json", "value": {"type": "object"}},

@@ -49,3 +49,39 @@ def test_a_request_no_worker_could_ever_hold_is_a_400_once_workers_are_known() -
     assert _answer(registry, 0.0) is None
     reply = _answer(registry, 0.0, _submit(prompt=60, max_tokens=20))
     assert reply is not None and reply.code == 400
+
+
+def test_a_tenants_own_queue_limit_replaces_the_flags() -> None:
+    """The tenants file's ``max_queue``: a tenant with 2 queued is full at 2, another at the
+    flag's limit; the service takes the limits from the file and from each later version."""
+    from loraplex.scheduler.policies.base import QueuedRequest
+
+    registry = WorkerRegistry()
+    registry.heartbeat(WorkerHeartbeat("w0", "both", 64, 64, 16, 0, 0, 4), 0.0)
+    policy = make_policy("vtc")
+    for i in range(2):
+        policy.enqueue(QueuedRequest(f"q{i}", "alice", 4, 4, 0.0, None), 0.0)
+    sub = _submit()
+    assert refusal(sub, registry, policy, SETTINGS, 2, 30.0, 0.0, tenant_limit=3) is None
+    full = refusal(sub, registry, policy, SETTINGS, 2, 30.0, 0.0, tenant_limit=2)
+    assert full is not None and full.code == 429 and "2 requests queued" in full.message
+    assert refusal(sub, registry, policy, SETTINGS, 2, 30.0, 0.0) is None  # the flag: 256
+
+
+def test_the_service_follows_the_files_queue_limits(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from loraplex.scheduler.service import SchedulerService
+    from loraplex.tenants_watch import LiveTenants
+
+    path = tmp_path / "tenants.json"
+    doc = {"tenants": [{"name": "alice", "api_key": "k1", "max_queue": 5}, {"name": "bob", "api_key": "k2"}]}  # fmt: skip
+    path.write_text(json.dumps(doc))
+    live = LiveTenants(path)
+    service = SchedulerService(SETTINGS, live.current.weights())
+    service.follow_tenants(live)
+    assert service.intake.queue_limits == {"alice": 5}
+    doc["tenants"][1]["max_queue"] = 1
+    del doc["tenants"][0]["max_queue"]
+    path.write_text(json.dumps(doc))
+    assert live.check() and service.intake.queue_limits == {"bob": 1}
