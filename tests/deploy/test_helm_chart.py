@@ -387,8 +387,22 @@ def test_the_values_of_every_variant_pass_the_schema(variant: str) -> None:
         ({"scheduler": {"fairness": "lottery"}}, "'lottery' is not one of"),
         ({"gateway": {"port": 0}}, "0 is less than the minimum of 1"),
         ({"tenants": {"tenants": [{"name": "a", "api_key": "short"}]}}, "'short' is too short"),
+        ({"tenants": {"tenants": [{"name": "a", "api_keys": ["short"]}]}}, "'short' is too short"),
+        ({"tenants": {"tenants": [{"name": "a"}]}}, "is not valid under any of the given schemas"),
+        (
+            {"tenants": {"tenants": [{"name": "a", "api_key": "sk-long-key", "max_queue": 0}]}},
+            "0 is less than the minimum of 1",
+        ),
     ],
 )
 def test_bad_values_are_refused_by_the_schema(bad: dict[str, Any], says: str) -> None:
     errors = _schema_errors(bad)
     assert any(says in e for e in errors), errors
+
+
+def test_tenants_with_several_keys_digests_and_limits_pass_the_schema() -> None:
+    tenants = [
+        {"name": "a", "api_keys": ["sk-new-key-1", "sk-old-key-1"], "max_queue": 8},
+        {"name": "b", "api_key": "sha256:" + "0" * 64, "weight": 2},
+    ]
+    assert _schema_errors({"tenants": {"tenants": tenants}}) == []
