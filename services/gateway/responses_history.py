@@ -57,6 +57,12 @@ class ResponseHistory:
                 "previous_response_id",
                 "previous_response_not_found",
             )
+        if record.response.get("status") in ("queued", "in_progress"):  # a background one
+            raise InvalidParamError(
+                f"previous response {req.previous_response_id!r} is still in progress: wait "
+                "for it (GET /v1/responses/{id}) before continuing it",
+                "previous_response_id",
+            )
         return [*record.items, *record.response.get("output", [])]
 
     async def keep(

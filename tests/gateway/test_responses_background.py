@@ -77,6 +77,8 @@ async def test_cancel_here_and_from_another_replica(
         for canceller in (gateway, other):
             r = await oai.responses.create(model=MODEL_ID, input="Hi", background=True)
             request_id = scheduler.submits[-1].request_id
+            with pytest.raises(openai.BadRequestError, match="still in progress"):
+                await oai.responses.create(model=MODEL_ID, input="x", previous_response_id=r.id)
             async with openai_client(canceller) as by:
                 cancelled = await by.responses.cancel(r.id)
             assert cancelled.status == "cancelled"
