@@ -43,7 +43,7 @@ from loraplex.gateway.routes.adapters import adapter_router
 from loraplex.gateway.service import GatewayService
 from loraplex.gateway.settings import GatewaySettings
 from loraplex.gateway.streams import StreamRouter
-from loraplex.protocol import SchedulerStats, Subjects
+from loraplex.protocol import AdapterNameQuery, SchedulerStats, Subjects
 from loraplex.tenants_watch import LiveTenants
 from loraplex.terminal import serve_stream
 from loraplex.text.tokenizer import Tokenizer
@@ -137,6 +137,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             streams.bind_orphan_cancel(
                 lambda rid: service.cancel(rid, "the gateway no longer has the request")
             )
+            # Another gateway started during a Redis outage may ask what a name meant.
+            await bus.serve(Subjects.ADAPTER_NAMES, service.answer_peer, AdapterNameQuery)
             # From the start, so the leader is known before the first request.
             await service.resubmitter.ensure_subscribed()
             mode = "open mode" if tenants.open_mode else f"{len(tenants.current.tenants)} tenants"

@@ -39,11 +39,16 @@ class KnownAdapters:
         self.served_stale = 0  # answers given from memory while the store failed (logs, tests)
 
     async def resolve(
-        self, tenant: str, model: str, ask: Callable[[str, str], Awaitable[str | None]]
+        self,
+        tenant: str,
+        model: str,
+        ask: Callable[[str, str], Awaitable[str | None]],
+        ask_peers: Callable[[str, str], Awaitable[str | None]] | None = None,
     ) -> str | None:
         """The adapter id ``model`` names for ``tenant`` (None: none that serves), from ``ask``
-        (the store), or from memory while the store fails; raises ``StoreUnavailableError``
-        when it fails and nothing is remembered."""
+        (the store), or from memory while the store fails, or else from another gateway's
+        memory (``ask_peers``: a gateway started during the outage knows nothing yet); raises
+        ``StoreUnavailableError`` when the store fails and nobody remembers."""
         known = self.recall(tenant, model)
         if known is not None and self.store_down:
             self.served_stale += 1
@@ -52,6 +57,10 @@ class KnownAdapters:
             adapter = await ask(tenant, model)
         except StoreUnavailableError:
             self.store_failed()
+            if known is None and ask_peers is not None:
+                known = await ask_peers(tenant, model)
+                if known is not None:
+                    self.remember(tenant, model, known)
             if known is None:
                 raise
             log.warning("adapter store unreachable: serving %r as last resolved", model)

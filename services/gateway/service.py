@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from loraplex.adapters.keys import ID_PATTERN
 from loraplex.adapters.store import AdapterStore
 from loraplex.bus import Bus, BusError, BusTimeoutError, NoRespondersError
 from loraplex.errors import AdapterNotFoundError
@@ -39,6 +40,8 @@ from loraplex.gateway.settings import GatewaySettings
 from loraplex.gateway.streams import StreamRouter
 from loraplex.prefix_keys import prefix_keys
 from loraplex.protocol import (
+    AdapterNameAnswer,
+    AdapterNameQuery,
     CancelRequest,
     ProtocolError,
     Subjects,
@@ -48,6 +51,7 @@ from loraplex.protocol import (
 from loraplex.text.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
+PEER_ASK_S = 0.5  # how long a gateway waits for another's memory of an adapter name
 
 
 class GatewayService:
@@ -91,7 +95,9 @@ class GatewayService:
         if colon and base == self.settings.model_id and name:
             model = name  # SGLang's "base:adapter" (adapter names hold no ':')
         if self.adapters is not None:
-            adapter = await self.known_adapters.resolve(tenant, model, self._ask_store)
+            adapter = await self.known_adapters.resolve(
+                tenant, model, self._ask_store, self._ask_peers
+            )
             if adapter is not None:
                 return adapter
         raise ModelNotFoundError(
@@ -108,6 +114,24 @@ class GatewayService:
         except AdapterNotFoundError:
             return None
         return info.id if info is not None and info.served else None
+
+    async def _ask_peers(self, tenant: str, model: str) -> str | None:
+        """Another gateway's memory of ``model`` for ``tenant`` (the store unreachable), or
+        None.  An answer must name an adapter of that name: a peer can only confirm a name."""
+        query = AdapterNameQuery(tenant, model)
+        try:
+            answer = await self.bus.request(
+                Subjects.ADAPTER_NAMES, query, AdapterNameAnswer, PEER_ASK_S
+            )
+        except (BusError, ProtocolError):
+            return None
+        aid = answer.adapter_id
+        return aid if ID_PATTERN.fullmatch(aid) and aid.endswith(f"/{model}") else None
+
+    async def answer_peer(self, query: AdapterNameQuery) -> AdapterNameAnswer | None:
+        """This gateway's memory for another gateway's query (silent when it has none)."""
+        known = self.known_adapters.recall(query.tenant, query.name)
+        return AdapterNameAnswer(known) if known is not None else None
 
     async def list_models(self, tenant: str) -> list[dict[str, Any]]:
         """OpenAI model cards: the base model, then the adapters ``tenant`` may use and that are

@@ -42,6 +42,10 @@ class Subjects:
     # gateways -> schedulers, every second: GatewayHeartbeat (a gateway that falls silent is
     # gone, with its clients: the requests it owns are cancelled)
     GATEWAYS = "loraplex.sched.gateways"
+    # gateway -> gateways (request/reply), while the adapter store is unreachable and the asking
+    # gateway never resolved the name: AdapterNameQuery -> AdapterNameAnswer, from a gateway that
+    # did (known_adapters.py); the others stay silent
+    ADAPTER_NAMES = "loraplex.gateway.adapter_names"
 
     @staticmethod
     def worker(worker_id: str) -> str:
@@ -199,6 +203,23 @@ class PrefillAssign(Message):
     # A migrated request (its worker died mid-stream): the tokens it already generated, which
     # are prefilled with the prompt and count as its first outputs.
     generated: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AdapterNameQuery(Message):
+    """gateway -> gateways: which adapter ``name`` means for ``tenant`` (Redis unreachable)."""
+
+    TAG: ClassVar[str] = "adapter_name_query"
+    tenant: str
+    name: str
+
+
+@dataclass(frozen=True)
+class AdapterNameAnswer(Message):
+    """A gateway that resolved it recently: the adapter's id (``owner/name``)."""
+
+    TAG: ClassVar[str] = "adapter_name_answer"
+    adapter_id: str
 
 
 @dataclass(frozen=True)

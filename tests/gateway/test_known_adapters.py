@@ -65,3 +65,35 @@ async def test_a_resolved_adapter_serves_through_a_redis_outage(
             assert r.status_code == 404, r.text  # alice's adapter: not bob's to use
     finally:
         redis.stop()
+
+
+async def test_a_gateway_started_during_the_outage_asks_the_others(
+    gateway_factory: GatewayFactory, scheduler: FakeScheduler, demo, tmp_path
+) -> None:
+    """A replica that starts while Redis is down knows no name: another gateway's memory
+    answers for the same tenant only (``loraplex.gateway.adapter_names``)."""
+    redis = start_redis(tmp_path / "redis")
+    body = {"model": "shared", "prompt": "Hello", "max_tokens": 4}
+    prefix = f"peers-{free_port()}"
+    try:
+        async with (
+            gateway_factory(redis_url=redis.url, redis_prefix=prefix) as first,
+            httpx.AsyncClient(base_url=first, timeout=30) as http,
+        ):
+            r = await register_adapter(http, demo.adapters[0].path, "shared", ALICE)
+            assert r.status_code == 201, r.text
+            assert (await http.post("/v1/completions", json=body, headers=ALICE)).status_code == 200
+            served = scheduler.submits[-1].adapter
+            redis.proc.kill()
+            redis.proc.wait()
+            async with (
+                gateway_factory(redis_url=redis.url, redis_prefix=prefix) as second,
+                httpx.AsyncClient(base_url=second, timeout=30) as late,
+            ):
+                r = await late.post("/v1/completions", json=body, headers=ALICE)
+                assert r.status_code == 200, r.text
+                assert scheduler.submits[-1].adapter == served
+                r = await late.post("/v1/completions", json=body, headers=BOB)
+                assert r.status_code == 503  # nobody resolved it for bob
+    finally:
+        redis.stop()
