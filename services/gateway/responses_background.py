@@ -27,6 +27,7 @@ from loraplex.gateway.response_store import StoredResponse
 from loraplex.gateway.responses_history import ResponseHistory
 from loraplex.gateway.responses_output import ResponseStream, whole_response
 from loraplex.protocol import CancelRequest, RequestError, Subjects
+from loraplex.timeouts import wait_for
 
 log = logging.getLogger(__name__)
 
@@ -131,4 +132,4 @@ class BackgroundResponses:
         deadline = time.monotonic() + 5
         for t in tasks:
             with contextlib.suppress(BaseException):
-                await asyncio.wait_for(t, max(0.1, deadline - time.monotonic()))
+                await wait_for(t, max(0.1, deadline - time.monotonic()))
