@@ -17,12 +17,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from loraplex.bus import Bus
 from loraplex.errors import LoraplexError
 from loraplex.gateway.errors import InvalidParamError, classify
-from loraplex.gateway.generation import Generation, TextDelta, Usage
+from loraplex.gateway.generation import Generation, Usage
 from loraplex.gateway.response_store import StoredResponse
 from loraplex.gateway.responses_history import ResponseHistory
 from loraplex.gateway.responses_output import ResponseStream, whole_response
@@ -34,6 +35,17 @@ log = logging.getLogger(__name__)
 CANCELLED_CODE = 499  # the RequestError a cancel sends the generating gateway
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One background response being generated."""
+
+    tenant: str
+    stream: ResponseStream
+    gen: Generation
+    items: list[dict[str, Any]]  # its conversation, kept with each version of the answer
+    owner: dict[str, str]  # StoredResponse.owner: where a cancel must reach
+
+
 class BackgroundResponses:
     """This gateway's running background responses."""
 
@@ -42,64 +54,45 @@ class BackgroundResponses:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(
-        self,
-        tenant: str,
-        stream: ResponseStream,
-        gen: Generation,
-        first: TextDelta | None,
-        items: list[dict[str, Any]],
+        self, tenant: str, stream: ResponseStream, gen: Generation, items: list[dict[str, Any]]
     ) -> dict[str, Any]:
         """Keep the ``in_progress`` answer and run the rest in a task; the answer to return.
         A store that cannot keep it fails the request (a background answer must be findable)."""
         response = stream.start()[0]["response"]
         owner = {"request_id": gen.request_id, "gateway_id": self.gateway_id}
+        job = _Job(tenant, stream, gen, items, owner)
         await self.history.put(tenant, StoredResponse(response, items, owner))
-        task = asyncio.create_task(self._run(tenant, stream, gen, first, items, owner))
+        task = asyncio.create_task(self._run(job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return response
 
-    async def _run(
-        self,
-        tenant: str,
-        stream: ResponseStream,
-        gen: Generation,
-        first: TextDelta | None,
-        items: list[dict[str, Any]],
-        owner: dict[str, str],
-    ) -> None:
-        rid = stream.response_id
+    async def _run(self, job: _Job) -> None:
+        gen, stream = job.gen, job.stream
         try:
-            text = await gen.collect(first)
+            text = await gen.collect()
             await gen.aclose()
             answer = whole_response(stream, text, gen.finish_reason, Usage.total([gen], [gen]))
         except asyncio.CancelledError:  # the gateway stops
             await gen.aclose()
             answer = self._failed(stream, "server_error", "the gateway stopped")
             with contextlib.suppress(Exception):
-                await asyncio.shield(self._finish(tenant, rid, answer, items, owner))
+                await asyncio.shield(self._finish(job, answer))
             raise
         except LoraplexError as e:
             await gen.aclose()
             error = classify(e)[1]["error"]
             answer = self._failed(stream, error.get("code") or "server_error", error["message"])
         try:
-            await self._finish(tenant, rid, answer, items, owner)
+            await self._finish(job, answer)
         except Exception as e:  # the store is down: GET says in_progress until its TTL
-            log.warning("background response %s not kept: %s", rid, e)
+            log.warning("background response %s not kept: %s", stream.response_id, e)
 
-    async def _finish(
-        self,
-        tenant: str,
-        rid: str,
-        answer: dict[str, Any],
-        items: list[dict[str, Any]],
-        owner: dict[str, str],
-    ) -> None:
-        kept = await self.history.store_get(tenant, rid)
+    async def _finish(self, job: _Job, answer: dict[str, Any]) -> None:
+        kept = await self.history.find(job.tenant, job.stream.response_id)
         if kept is not None and kept.response.get("status") == "cancelled":
             return  # cancelled meanwhile: that is the answer
-        await self.history.put(tenant, StoredResponse(answer, items, owner))
+        await self.history.put(job.tenant, StoredResponse(answer, job.items, job.owner))
 
     @staticmethod
     def _failed(stream: ResponseStream, code: str, message: str) -> dict[str, Any]:

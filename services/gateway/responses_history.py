@@ -50,7 +50,7 @@ class ResponseHistory:
                 "(--responses-ttl 0): send the whole conversation in input",
                 "previous_response_id",
             )
-        record = await self._get(tenant, req.previous_response_id)
+        record = await self.find(tenant, req.previous_response_id)
         if record is None:
             raise ResponseNotFoundError(
                 f"Previous response with id {req.previous_response_id!r} not found.",
@@ -93,12 +93,8 @@ class ResponseHistory:
                 "background",
             )
 
-    async def store_get(self, tenant: str, response_id: str) -> StoredResponse | None:
-        """The kept record, or None (no 404: for the background task's own checks)."""
-        return await self._get(tenant, response_id)
-
     async def get(self, tenant: str, response_id: str) -> StoredResponse:
-        record = await self._get(tenant, response_id)
+        record = await self.find(tenant, response_id)
         if record is None:
             raise ResponseNotFoundError(f"Response with id {response_id!r} not found.")
         return record
@@ -111,7 +107,8 @@ class ResponseHistory:
         if not deleted:
             raise ResponseNotFoundError(f"Response with id {response_id!r} not found.")
 
-    async def _get(self, tenant: str, response_id: str) -> StoredResponse | None:
+    async def find(self, tenant: str, response_id: str) -> StoredResponse | None:
+        """The kept record, or None (never kept, gone, another tenant's): no 404."""
         if self.store is None or not well_formed(response_id):
             return None
         return await self.store.get(tenant, response_id)

@@ -58,7 +58,7 @@ async def create_response(
     if body.background:  # queued now; the client comes back with GET (or cancels)
         background: BackgroundResponses = request.app.state.background
         try:
-            started = await background.start(tenant.name, stream, gen, None, keeper.items)
+            started = await background.start(tenant.name, stream, gen, keeper.items)
         except BaseException:
             await gen.aclose()
             raise

@@ -34,18 +34,21 @@ def compute_logprobs(
     idx = torch.tensor(rows, device=logits.device)
     lp = logits.index_select(0, idx).float().log_softmax(dim=-1)  # [R, V]
     k = max(seqs[i].params.logprobs or 0 for i in rows)
-    scored = _score(lp, [tokens[i] for i in rows], k)
+    scored = _score(lp, [tokens[i] for i in rows], k, with_rank=False)
     for i, s in zip(rows, scored, strict=True):
         out[i] = replace(s, top=s.top[: seqs[i].params.logprobs or 0])
     return out
 
 
-def _score(lp: torch.Tensor, targets: list[int], k: int) -> list[TokenLogprobs]:
-    """lp: [R, V] log-probabilities; row i scores ``targets[i]`` with ``k`` alternatives."""
+def _score(
+    lp: torch.Tensor, targets: list[int], k: int, with_rank: bool = True
+) -> list[TokenLogprobs]:
+    """lp: [R, V] log-probabilities; row i scores ``targets[i]`` with ``k`` alternatives, and
+    its ``rank`` when ``with_rank`` (only prompt logprobs show it: not paid per decode step)."""
     idx = torch.tensor(targets, device=lp.device).unsqueeze(1)
     chosen_t = lp.gather(1, idx)  # [R, 1]
     # vLLM's rank: the tokens at least as likely as the target, itself included (ties count)
-    ranks = (lp >= chosen_t).sum(dim=-1).tolist()
+    ranks = (lp >= chosen_t).sum(dim=-1).tolist() if with_rank else [None] * len(targets)
     chosen = chosen_t[:, 0].tolist()
     top_lp, top_ids = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long())
     top_lp_l, top_ids_l = top_lp.tolist(), top_ids.tolist()
