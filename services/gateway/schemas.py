@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from loraplex.gateway.chat_messages import ChatMessage
 from loraplex.gateway.errors import InvalidParamError
+from loraplex.gateway.merged_adapters import MergedAdapters
 from loraplex.gateway.refused_fields import refuse_unserved
 from loraplex.gateway.template_kwargs import checked_template_kwargs
 from loraplex.gateway.tools import template_arguments
@@ -66,6 +67,8 @@ class GenerateRequest(BaseModel):
     logit_bias: dict[str, Float] | None = None  # token id (as a string) -> bias in [-100, 100]
     # SGLang extension: the adapter, named apart from ``model`` (which then names the base model)
     lora_path: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    # LoRAX extension: several adapters merged for this request (merged_adapters.py)
+    merged_adapters: MergedAdapters | None = None
     # vLLM extensions: sample only these token ids; never write these words (bad_words.py)
     allowed_token_ids: list[TokenId] | None = None
     bad_words: list[str] | None = None

@@ -32,10 +32,11 @@ from loraplex.gateway.errors import (
 )
 from loraplex.gateway.generation import Generation
 from loraplex.gateway.known_adapters import KnownAdapters
+from loraplex.gateway.merged_adapters import merged_adapter_id
 from loraplex.gateway.metrics import GatewayMetrics
 from loraplex.gateway.prepare import Prepared, RequestBuilder
 from loraplex.gateway.resubmit import Resubmitter
-from loraplex.gateway.schemas import ChatCompletionRequest, CompletionRequest
+from loraplex.gateway.schemas import ChatCompletionRequest, CompletionRequest, GenerateRequest
 from loraplex.gateway.settings import GatewaySettings
 from loraplex.gateway.streams import StreamRouter
 from loraplex.prefix_keys import prefix_keys
@@ -177,15 +178,31 @@ class GatewayService:
             )
         return lora_path
 
+    async def request_adapter(self, req: GenerateRequest, tenant: str) -> str | None:
+        """The adapter id a generate request runs with: the one it names, or the merge of
+        LoRAX's ``merged_adapters`` (never both)."""
+        named = self._named_model(req.model, req.lora_path)
+        if req.merged_adapters is None:
+            return await self.resolve_adapter(tenant, named)
+        if named != self.settings.model_id:
+            raise InvalidParamError(
+                "name at most one of an adapter (model, lora_path or adapter_id) and "
+                "merged_adapters",
+                "merged_adapters",
+            )
+        return await merged_adapter_id(
+            req.merged_adapters, tenant, self.resolve_adapter, "merged_adapters"
+        )
+
     async def prepare_completion(self, req: CompletionRequest, tenant: str) -> list[Prepared]:
         """One ``Prepared`` per prompt (several for a batch ``prompt``)."""
         req.check_supported()
-        adapter = await self.resolve_adapter(tenant, self._named_model(req.model, req.lora_path))
+        adapter = await self.request_adapter(req, tenant)
         return await self.builder.completions(req, tenant, adapter)
 
     async def prepare_chat(self, req: ChatCompletionRequest, tenant: str) -> Prepared:
         req.check_supported()
-        adapter = await self.resolve_adapter(tenant, self._named_model(req.model, req.lora_path))
+        adapter = await self.request_adapter(req, tenant)
         return await self.builder.chat(req, tenant, adapter)
 
     # ---- 2. submit -------------------------------------------------------------------------

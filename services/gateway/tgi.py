@@ -7,9 +7,9 @@ completion request (``to_completion``) and goes through everything an OpenAI com
 (tenants, fairness, checks).  ``adapter_id`` names an adapter registered with this server (there is
 no download: ``adapter_source`` may only be omitted, ``hub`` or ``local``).  TGI samples only
 with ``do_sample`` (or a temperature, top-p, top-k or typical-p); otherwise it is greedy.
-Refused with a 400 rather than ignored: ``best_of`` > 1, ``watermark``, LoRAX's
-``merged_adapters``, and ``decoder_input_details`` in a stream (as TGI; otherwise
-``details.prefill`` scores the prompt).  LoRAX's ``ignore_eos_token`` and
+LoRAX's ``merged_adapters`` merges several adapters for the request (``merged_adapters.py``).
+Refused with a 400 rather than ignored: ``best_of`` > 1, ``watermark``, and
+``decoder_input_details`` in a stream (as TGI; otherwise ``details.prefill`` scores the prompt).  LoRAX's ``ignore_eos_token`` and
 ``return_k_alternatives`` (each token's ``alternative_tokens``) are honoured; ``api_token`` is
 ignored (nothing is downloaded).  Constraints: TGI's ``grammar`` (``{"type": "json"
 | "regex", "value": ...}``) and LoRAX's ``response_format`` (``{"type": "json_object", "schema":
@@ -26,12 +26,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from loraplex.gateway.errors import InvalidParamError
 from loraplex.gateway.generation import TextDelta, TokenInfo
+from loraplex.gateway.merged_adapters import MergedAdapters
 from loraplex.gateway.schemas import CompletionRequest, Float, Seed, validated
 
 DEFAULT_MAX_NEW_TOKENS = 20  # LoRAX's
 SOURCES = (None, "hub", "local")
 # Completion fields -> the TGI names a client sent, for the ``param`` of errors.
-PARAM_NAMES = {"prompt": "inputs", "model": "parameters.adapter_id"} | {
+PARAM_NAMES = {
+    "prompt": "inputs",
+    "model": "parameters.adapter_id",
+    "merged_adapters": "parameters.merged_adapters",
+} | {
     k: f"parameters.{v}"
     for k, v in {
         "max_tokens": "max_new_tokens", "truncate_prompt_tokens": "truncate",
@@ -49,7 +54,7 @@ class TGIParameters(BaseModel):
 
     adapter_id: str | None = None
     adapter_source: str | None = None
-    merged_adapters: dict[str, Any] | None = None  # LoRAX: refused (one adapter per request)
+    merged_adapters: MergedAdapters | None = None  # LoRAX: never beside adapter_id
     api_token: str | None = None  # LoRAX: for downloads, which this server does not do
     ignore_eos_token: bool = False  # LoRAX
     return_k_alternatives: Annotated[int, Field(ge=0, le=20)] | None = None  # LoRAX
@@ -88,8 +93,12 @@ def _refuse_unsupported(p: TGIParameters) -> None:
             "this server (POST /v1/adapters) and named by adapter_id",
             "parameters.adapter_source",
         )
+    if p.adapter_id is not None and p.merged_adapters is not None:
+        raise InvalidParamError(
+            "you must specify at most one of adapter_id or merged_adapters (as LoRAX)",
+            "parameters.merged_adapters",
+        )
     for name, unsupported in (
-        ("merged_adapters", p.merged_adapters is not None),
         ("best_of", p.best_of not in (None, 1)),
         ("watermark", p.watermark),
     ):
@@ -150,6 +159,7 @@ def to_completion(req: TGIRequest, base_model: str, stream: bool = False) -> Com
         "ignore_eos": p.ignore_eos_token,
         "logprobs": p.return_k_alternatives or 0,
         "prompt_logprobs": 0 if p.decoder_input_details else None,
+        "merged_adapters": p.merged_adapters,
         **_constraint(p),
     }
     return validated(CompletionRequest, fields)

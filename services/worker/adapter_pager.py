@@ -10,7 +10,9 @@ adapter loads; the engine only sees an adapter once it is fully parsed (``instal
 Adapters are named here by their id ``owner/name`` (``adapters.keys``: what the scheduler sends,
 what heartbeats list), so two tenants' adapters of the same name never meet.  Inside the engine an
 adapter is keyed ``owner/name@version``: when an adapter is replaced upstream,
-requests already running keep the old copy and new requests page in the new one.  Resolution
+requests already running keep the old copy and new requests page in the new one.  A merged
+adapter (LoRAX's ``merged_adapters``; its id names its components, ``lora.merge_spec``) is built
+here from its components, each paged in as usual, and is invalidated with any of them.  Resolution
 (``prepare``, ``invalidate``) happens on the event loop; everything that touches the engine
 (``install``, ``pin``, ``unpin``, ``retire``) happens on the engine loop between steps.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -27,9 +30,11 @@ from dataclasses import dataclass
 from loraplex.adapters.disk_copies import DiskCopies
 from loraplex.adapters.errors import StoreUnavailableError
 from loraplex.engine.llm_engine import LLMEngine
-from loraplex.errors import AdapterNotFoundError
+from loraplex.errors import AdapterError, AdapterNotFoundError
 from loraplex.lora.adapter import LoraAdapter, parse_adapter
 from loraplex.lora.host_cache import HostAdapterCache
+from loraplex.lora.merge import merge_adapters
+from loraplex.lora.merge_spec import is_merged_id, parse_merged_id
 from loraplex.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -67,6 +72,7 @@ class AdapterPager:
         self._stale: set[str] = set()  # engine keys to drop as soon as no request uses them
         self._from_disk: set[str] = set()  # engine keys served from a disk copy, not rechecked
         self._writes: set[asyncio.Task[None]] = set()  # disk copies being written
+        self._merged_into: dict[str, set[str]] = {}  # component name -> merged names built on it
         self.loads = 0  # adapters fetched from the store
 
     def names(self) -> list[str]:
@@ -99,6 +105,7 @@ class AdapterPager:
         except asyncio.CancelledError:
             raise
         except Exception:
+            self._unlink_merged(name)
             if self.metrics is not None:
                 self.metrics.page_in(time.perf_counter() - t0, "error")
             raise
@@ -109,7 +116,9 @@ class AdapterPager:
         return adapter
 
     async def _fetch_and_parse(self, name: str) -> tuple[LoraAdapter, str]:
-        """The parsed adapter, and where it came from: "ok" (the store) or "disk"."""
+        """The parsed adapter, and where it came from: "ok" (the store), "disk" or "merged"."""
+        if is_merged_id(name):
+            return await self._merge(name), "merged"
         if self.fetch is None:
             raise AdapterNotFoundError(
                 f"adapter {name!r} is not available on this worker (no adapter store)"
@@ -131,6 +140,38 @@ class AdapterPager:
             self._writes.add(task)
             task.add_done_callback(self._writes.discard)
         return dataclasses.replace(adapter, name=f"{name}@{version}"), outcome
+
+    async def _merge(self, name: str) -> LoraAdapter:
+        """Build merged adapter ``name`` from its components, paged in as usual (so they may come
+        from disk copies), merged in a thread.  Linked to them first: a component replaced while
+        it builds makes this build stale."""
+        spec = parse_merged_id(name)
+        for part in spec.adapters:
+            self._merged_into.setdefault(part, set()).add(name)
+        parts = await asyncio.gather(*(self.prepare(part) for part in spec.adapters))
+        adapter = await asyncio.to_thread(merge_adapters, name, spec, [p.adapter for p in parts])
+        # Its version: its components' engine keys (each names its version).
+        version = hashlib.sha256("|".join(p.key for p in parts).encode()).hexdigest()[:16]
+        return dataclasses.replace(adapter, name=f"{name}@m{version}")
+
+    def _unlink_merged(self, name: str) -> None:
+        """Merged ``name`` is no longer resident: its components stop pointing at it, unless
+        another build of it is under way (from a failed build, its own task is)."""
+        if not is_merged_id(name) or name in self.current:
+            return
+        building = self._loading.get(name)
+        if building is not None and building is not asyncio.current_task():
+            return
+        try:
+            parts = parse_merged_id(name).adapters
+        except AdapterError:
+            return  # malformed: never linked
+        for part in parts:
+            users = self._merged_into.get(part)
+            if users is not None:
+                users.discard(name)
+                if not users:
+                    del self._merged_into[part]
 
     async def _keep_copy(
         self, name: str, version: str, config: bytes, weights: bytes, generation: int
@@ -167,16 +208,21 @@ class AdapterPager:
             raise
         return config_bytes, weight_bytes, version, "ok"
 
-    def invalidate(self, name: str) -> str | None:
-        """The adapter was replaced or deleted upstream: from now on requests fetch it again.
+    def invalidate(self, name: str) -> list[str]:
+        """The adapter was replaced or deleted upstream: from now on requests fetch it again, and
+        build again the merged adapters made with it.
 
-        Returns the old engine key, which the caller retires on the engine loop.
+        Returns the old engine keys, which the caller retires on the engine loop.
         """
         self._generation[name] = self._generation.get(name, 0) + 1
         self._loading.pop(name, None)  # a fetch in flight may carry the old version
-        if self.disk is not None:
+        if self.disk is not None and not is_merged_id(name):
             self.disk.drop(name)  # a few unlinks: on the loop, so no later recall can race it
-        return self.current.pop(name, None)
+        old = self.current.pop(name, None)
+        stale = [] if old is None else [old]
+        for merged in sorted(self._merged_into.pop(name, ())):
+            stale += self.invalidate(merged)
+        return stale
 
     async def confirm_disk_copies(self) -> None:
         """The copies this process kept are still current (it hears every change event): they
@@ -210,9 +256,7 @@ class AdapterPager:
                     await asyncio.to_thread(self.disk.drop, name)
             else:
                 log.info("adapter %s changed while the store was away: paged in again", name)
-                old = self.invalidate(name)
-                if old is not None:
-                    stale.append(old)
+                stale += self.invalidate(name)
         return stale
 
     # ---- engine loop -------------------------------------------------------------------------
@@ -260,3 +304,4 @@ class AdapterPager:
         for name, k in list(self.current.items()):
             if k == key:
                 del self.current[name]
+                self._unlink_merged(name)

@@ -150,6 +150,5 @@ class Control:
     async def on_adapter_event(self, event: AdapterEvent) -> None:
         if event.kind in ("replaced", "deleted", "unloaded"):
             # at once: new requests must not resolve to it
-            old = self._pager.invalidate(adapter_id(event.owner, event.name))
-            if old is not None:
-                self._inbox.submit(lambda: self._pager.retire(old))
+            for old in self._pager.invalidate(adapter_id(event.owner, event.name)):
+                self._inbox.submit(lambda old=old: self._pager.retire(old))

@@ -176,7 +176,6 @@ async def test_the_root_route_answers_a_list_as_tgi_does(
 @pytest.mark.parametrize(
     ("parameters", "param"),
     [
-        ({"merged_adapters": {"ids": ["a", "b"]}}, "parameters.merged_adapters"),
         ({"return_k_alternatives": 50}, "parameters.return_k_alternatives"),
         ({"best_of": 2}, "parameters.best_of"),
         ({"watermark": True}, "parameters.watermark"),

@@ -64,7 +64,8 @@ def not_safetensors(name: str, e: Exception) -> AdapterError:
     return AdapterError(f"adapter {name!r}: {WEIGHTS_FILE} is not a valid safetensors file ({e})")
 
 
-def _max_abs_weight(given: float | None) -> float:
+def checked_bound(given: float | None) -> float:
+    """The bound on |w| of scaled adapter weights: ``given``, or the registry's when None."""
     # A real fine-tune stays orders of magnitude below the default (1e3): PEFT initialises A
     # Kaiming-uniform, |a| <= 1/sqrt(in_features) (0.016 at 4096), and B at 0, and training moves
     # both by lr-sized steps (1e-5..1e-3); even SVD inits (PiSSA, OLoRA) give entries of
@@ -87,7 +88,7 @@ def walk(
     """Check every pair against the header, then yield each pair's ``(layer, target)``, A
     ``[r, in]`` and B times its scaling ``[out, r]`` (float32, C-contiguous), values checked.
     ``max_abs_weight`` None: the registry's."""
-    bound = _max_abs_weight(max_abs_weight)
+    bound = checked_bound(max_abs_weight)
     budget = MatchBudget(name)
     check_targets(name, config, model.num_layers, budget)
     pairs = _pairs(name, list(source.infos), model)
