@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 _STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12)
 _PAGE_IN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-PAGE_IN_OUTCOMES = ("ok", "disk", "error")
+PAGE_IN_OUTCOMES = ("ok", "disk", "merged", "error")
 _HANDOVER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -54,7 +54,7 @@ class WorkerMetrics:
         self._page_ins = Counter(
             "loraplex_worker_adapter_page_ins",
             "adapters paged in, by outcome: ok (from the store), disk (from the worker's disk "
-            "copy while the store was unreachable), error",
+            "copy while the store was unreachable), merged (built from its components), error",
             ["worker", "role", "outcome"],
             registry=r,
         )

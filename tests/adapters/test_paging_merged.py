@@ -41,6 +41,7 @@ async def test_a_merged_adapter_serves_the_offline_merge_and_follows_its_compone
         assert got not in (ref("a", PROMPTS[0]), ref("a2", PROMPTS[0]))
         assert w.pager.current[merged].startswith(f"{merged}@m")
         assert w.pager.loads == 2  # its two components, fetched once each
+        assert w.metrics._page_ins.labels(w.id, "both", "merged")._value.get() == 1
 
         # A second request finds it resident: nothing fetched again.
         assert await gw.tokens(await gw.submit(w, PROMPTS[1], merged)) == merged_reference(

@@ -128,6 +128,17 @@ def tgi_bodies(models: list[str]) -> st.SearchStrategy[dict[str, Any]]:
     optional = {
         "adapter_id": st.sampled_from(models) | TEXT,
         "adapter_source": st.sampled_from(["hub", "local", "s3"]),
+        # LoRAX's merges: the demo adapters differ in rank, so most merges fail on the worker
+        "merged_adapters": st.fixed_dictionaries(
+            {"ids": st.lists(st.sampled_from(models) | TEXT, max_size=3)},
+            optional={
+                "weights": st.lists(st.floats(-2, 2) | HOSTILE, max_size=3),
+                "merge_strategy": st.sampled_from(["linear", "ties", "dare_ties", "x"]),
+                "density": st.floats(-1, 2) | HOSTILE,
+                "majority_sign_method": st.sampled_from(["total", "frequency", None]),
+            },
+        )
+        | HOSTILE,
         "do_sample": st.booleans(),
         "temperature": st.floats(0.01, 2),
         "top_p": st.floats(0.01, 1),
