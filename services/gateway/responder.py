@@ -86,7 +86,7 @@ class SSEResponse(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _all(works: list[Awaitable[T]]) -> list[T]:
+async def all_of(works: list[Awaitable[T]]) -> list[T]:
     """Await every one; when one fails, cancel the others before raising."""
     tasks = [asyncio.ensure_future(w) for w in works]
     try:
@@ -140,10 +140,10 @@ async def respond(
 
     try:
         probe = PeerProbe.from_scope(request.scope)
-        firsts = await until_disconnected(request.receive, _all([g.next() for g in gens]), probe)
+        firsts = await until_disconnected(request.receive, all_of([g.next() for g in gens]), probe)
         if not stream:
             collected = [g.collect(f) for g, f in zip(gens, firsts, strict=True)]
-            texts = await until_disconnected(request.receive, _all(collected), probe)
+            texts = await until_disconnected(request.receive, all_of(collected), probe)
             await close()
             answers = [(t, g.finish_reason, g.logprobs) for t, g in zip(texts, gens, strict=True)]
             prompts = None

@@ -8,7 +8,9 @@ completion request (``to_completion``) and goes through everything an OpenAI com
 no download: ``adapter_source`` may only be omitted, ``hub`` or ``local``).  TGI samples only
 with ``do_sample`` (or a temperature, top-p, top-k or typical-p); otherwise it is greedy.
 LoRAX's ``merged_adapters`` merges several adapters for the request (``merged_adapters.py``).
-Refused with a 400 rather than ignored: ``best_of`` > 1, ``watermark``, and
+``best_of`` > 1 samples that many answers and returns the one with the highest mean token logprob,
+the others in ``details.best_of_sequences`` (TGI's rule; as TGI, it needs sampling, no ``seed``
+and no stream).  Refused with a 400 rather than ignored: ``watermark``, and
 ``decoder_input_details`` in a stream (as TGI; otherwise ``details.prefill`` scores the prompt).  LoRAX's ``ignore_eos_token`` and
 ``return_k_alternatives`` (each token's ``alternative_tokens``) are honoured; ``api_token`` is
 ignored (nothing is downloaded).  Constraints: TGI's ``grammar`` (``{"type": "json"
@@ -30,6 +32,7 @@ from loraplex.gateway.merged_adapters import MergedAdapters
 from loraplex.gateway.schemas import CompletionRequest, Float, Seed, validated
 
 DEFAULT_MAX_NEW_TOKENS = 20  # LoRAX's
+MAX_BEST_OF = 16  # as the OpenAI routes' n
 SOURCES = (None, "hub", "local")
 # Completion fields -> the TGI names a client sent, for the ``param`` of errors.
 PARAM_NAMES = {
@@ -71,7 +74,7 @@ class TGIParameters(BaseModel):
     return_full_text: bool = False
     details: bool = False
     decoder_input_details: bool = False
-    best_of: int | None = None
+    best_of: Annotated[int, Field(ge=1, le=MAX_BEST_OF)] | None = None
     typical_p: Float | None = None
     watermark: bool = False
     grammar: dict[str, Any] | None = None
@@ -98,12 +101,23 @@ def _refuse_unsupported(p: TGIParameters) -> None:
             "you must specify at most one of adapter_id or merged_adapters (as LoRAX)",
             "parameters.merged_adapters",
         )
-    for name, unsupported in (
-        ("best_of", p.best_of not in (None, 1)),
-        ("watermark", p.watermark),
-    ):
-        if unsupported:
-            raise InvalidParamError(f"{name} is not supported", f"parameters.{name}")
+    if p.watermark:
+        raise InvalidParamError("watermark is not supported", "parameters.watermark")
+
+
+def _check_best_of(p: TGIParameters, samples: bool, stream: bool) -> int:
+    """How many answers to sample (TGI's rules for ``best_of`` > 1)."""
+    best_of = p.best_of or 1
+    if best_of > 1:
+        why = (
+            "is not supported when stream == True" if stream
+            else "needs sampling (do_sample or a sampling parameter)" if not samples
+            else "excludes seed (each answer is sampled apart)" if p.seed is not None
+            else None
+        )  # fmt: skip
+        if why is not None:
+            raise InvalidParamError(f"best_of > 1 {why}", "parameters.best_of")
+    return best_of
 
 
 def _constraint(p: TGIParameters) -> dict[str, Any]:
@@ -143,6 +157,7 @@ def to_completion(req: TGIRequest, base_model: str, stream: bool = False) -> Com
     samples = p.do_sample or any(
         v is not None for v in (p.temperature, p.top_p, p.top_k, p.typical_p)
     )
+    best_of = _check_best_of(p, samples, stream)
     fields: dict[str, Any] = {
         "model": p.adapter_id or base_model,
         "prompt": req.inputs,
@@ -160,9 +175,17 @@ def to_completion(req: TGIRequest, base_model: str, stream: bool = False) -> Com
         "logprobs": p.return_k_alternatives or 0,
         "prompt_logprobs": 0 if p.decoder_input_details else None,
         "merged_adapters": p.merged_adapters,
+        "n": best_of,
         **_constraint(p),
     }
     return validated(CompletionRequest, fields)
+
+
+def mean_logprob(infos: list[TokenInfo] | None) -> float:
+    """What ``best_of`` ranks answers by (TGI's): their tokens' mean logprob."""
+    if not infos:
+        return float("-inf")
+    return sum(i.logprob for i in infos if i.logprob is not None) / len(infos)
 
 
 def finish_reason(reason: str | None, last_token: int | None, eos_ids: frozenset[int]) -> str:

@@ -14,7 +14,7 @@ from huggingface_hub import InferenceClient
 
 from loraplex.text.tokenizer import Tokenizer
 from loraplex.tooling.demo import EOS_TOKEN_ID
-from tests.gateway.conftest import ALICE, ALICE_KEY, REPLY_TEXT, FakeScheduler
+from tests.gateway.conftest import ALICE, ALICE_KEY, REPLY_TEXT, FakeScheduler, Plan
 from tests.gateway.test_errors import assert_error
 
 PROMPT = "Hello, world! How are you today?"
@@ -210,3 +210,56 @@ async def test_a_stream_that_fails_ends_with_a_tgi_error_event(
     got = events(r.text)
     assert got[-1]["error"] and got[-1]["error_type"]
     assert "".join(e["token"]["text"] for e in got[:-1]) == REPLY_TEXT
+
+
+async def test_best_of_returns_the_answer_with_the_best_mean_logprob(
+    gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer
+) -> None:
+    """Three sampled answers (the fake scores a token by its position: the first is likely, the
+    second not): the one-token answer has the best mean, then the three-token one."""
+    ids = tokenizer.encode(REPLY_TEXT, add_special_tokens=False)
+    lengths = {"": 3, "-1": 1, "-2": 2}  # by the choice's request-id suffix
+    scheduler.plan = lambda req: Plan(
+        tokens=ids[: lengths[req.request_id[len(scheduler.submits[0].request_id) :]]],
+        finish_reason="length",
+    )
+    params = {"best_of": 3, "do_sample": True, "details": True, "max_new_tokens": 3}
+    async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
+        r = await http.post("/generate", json={"inputs": PROMPT, "parameters": params})
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert len(scheduler.submits) == 3
+        assert out["generated_text"] == tokenizer.decode(ids[:1])
+        assert [t["id"] for t in out["details"]["tokens"]] == ids[:1]
+        others = out["details"]["best_of_sequences"]
+        assert [s["generated_text"] for s in others] == [
+            tokenizer.decode(ids[:3]),
+            tokenizer.decode(ids[:2]),
+        ]
+        assert [len(s["tokens"]) for s in others] == [3, 2]
+        assert {s["finish_reason"] for s in others} == {"length"}
+        assert [s["generated_tokens"] for s in others] == [3, 2]
+        # without details: the best answer alone
+        params["details"] = False
+        r = await http.post("/generate", json={"inputs": PROMPT, "parameters": params})
+        assert r.json() == {"generated_text": tokenizer.decode(ids[:1])}
+
+
+@pytest.mark.parametrize(
+    ("parameters", "stream"),
+    [
+        ({"best_of": 2}, False),  # greedy
+        ({"best_of": 2, "do_sample": True, "seed": 3}, False),
+        ({"best_of": 2, "do_sample": True}, True),
+        ({"best_of": 0, "do_sample": True}, False),
+        ({"best_of": 17, "do_sample": True}, False),
+    ],
+)
+async def test_best_of_refusals_are_tgis(
+    gateway: str, scheduler: FakeScheduler, parameters: dict, stream: bool
+) -> None:
+    async with httpx.AsyncClient(base_url=gateway, headers=ALICE) as http:
+        body = {"inputs": PROMPT, "parameters": parameters, "stream": stream}
+        r = await http.post("/generate_stream" if stream else "/generate", json=body)
+    assert_error(r, 400, param="parameters.best_of")
+    assert scheduler.submits == []

@@ -17,7 +17,7 @@ from loraplex.gateway.deps import ServiceDep, TenantDep
 from loraplex.gateway.errors import InvalidParamError, classify, renamed
 from loraplex.gateway.generation import Generation
 from loraplex.gateway.peer import PeerProbe, still_connected
-from loraplex.gateway.responder import SSEResponse, until_disconnected
+from loraplex.gateway.responder import SSEResponse, all_of, until_disconnected
 from loraplex.gateway.routes import sglang
 from loraplex.gateway.schemas import validated
 from loraplex.gateway.service import GatewayService
@@ -26,6 +26,7 @@ from loraplex.gateway.tgi import (
     PARAM_NAMES,
     TGIRequest,
     finish_reason,
+    mean_logprob,
     prefill_tokens,
     stream_events,
     to_completion,
@@ -88,7 +89,12 @@ async def _answer(
         prompts = await service.prepare_completion(completion, tenant)
     except InvalidParamError as e:
         raise renamed(e, PARAM_NAMES) from e
-    (gen,) = await service.start_choices(prompts, 1, still_connected(request.scope))
+    n = body.parameters.best_of or 1
+    gens = await service.start_choices(prompts, n, still_connected(request.scope))
+    if n > 1:  # never streamed (to_completion refused it)
+        whole = await _best_of(body, service, request, gens)
+        return JSONResponse([whole] if as_list else whole)
+    (gen,) = gens
     probe = PeerProbe.from_scope(request.scope)
     try:
         first = await until_disconnected(request.receive, gen.next(), probe)
@@ -101,6 +107,34 @@ async def _answer(
         await gen.aclose()
         raise
     return SSEResponse(_events(body, service, gen, first), gen.aclose)
+
+
+async def _best_of(
+    body: TGIRequest, service: GatewayService, request: Request, gens: list[Generation]
+) -> dict[str, Any]:
+    """TGI's ``best_of``: every answer in full, the best first (``mean_logprob``), the others
+    in ``details.best_of_sequences``."""
+
+    async def text_of(g: Generation) -> str:
+        return await g.collect(await g.next())
+
+    probe = PeerProbe.from_scope(request.scope)
+    try:
+        texts = await until_disconnected(request.receive, all_of([text_of(g) for g in gens]), probe)
+    finally:
+        for g in gens:
+            await g.aclose()
+    ranked = sorted(zip(gens, texts, strict=True), key=lambda gt: -mean_logprob(gt[0].logprobs))
+    (best, text), others = ranked[0], ranked[1:]
+    whole = _whole(body, service, best, text)
+    if "details" in whole:
+        sequences = []
+        for g, t in others:
+            seq = _whole(body, service, g, t)
+            details = {k: v for k, v in seq["details"].items() if k != "prompt_tokens"}
+            sequences.append({"generated_text": seq["generated_text"], **details})
+        whole["details"]["best_of_sequences"] = sequences
+    return whole
 
 
 def _details(service: GatewayService, gen: Generation, ids: list[int]) -> dict[str, Any]:
