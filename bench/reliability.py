@@ -108,8 +108,8 @@ def render(argv, a, tallies, kills, minutes: float) -> str:  # type: ignore[no-u
             "cleanly*: an error status with an OpenAI error body, or an SSE error event followed "
             f"by `[DONE]`; *truncated*: the body stopped without either; *hung*: no end within "
             f"{a.hang_s:.0f} s of the kill. *Back after*: kill to the restarted worker's first "
-            "heartbeat (the supervisor's backoff doubles for a worker that dies within 30 s of "
-            "its start). A request that has not streamed yet (a prefill kill's) waits for a live "
+            "heartbeat (the supervisor restarts a worker that had come up and was killed at "
+            "once; its start-up is mostly importing torch). A request that has not streamed yet (a prefill kill's) waits for a live "
             "worker for the scheduler's `--unavailable-timeout` (5 s), then fails cleanly, so "
             "that count follows how fast the killed worker is back.",
             kills_table(kills, a.streams),

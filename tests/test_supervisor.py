@@ -3,6 +3,7 @@ a stable run, and never after ``stop``."""
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 
@@ -78,14 +79,15 @@ def test_the_thread_restarts_a_killed_process(tmp_path):
         svc.proc.kill()  # type: ignore[union-attr]
 
 
-def test_a_service_killed_after_it_came_up_restarts_without_growing_backoff(tmp_path):
+def test_a_service_killed_after_it_came_up_restarts_at_once(tmp_path):
     """Readiness separates a crash loop (never ready) from a healthy service that was shot."""
     ready = {"now": False}
     svc = _service(tmp_path, "import time; time.sleep(30)")
     svc.ready_url = "http://probe"
-    sup = Supervisor([svc], POLICY, say=lambda line: None, probe=lambda url: ready["now"])
+    lines: list[str] = []
+    sup = Supervisor([svc], POLICY, say=lines.append, probe=lambda url: ready["now"])
     try:
-        svc.start()
+        first = svc.start()
         t0 = svc.started_at
         svc.quick_failures = 3  # it had been dying quickly before this run
         sup.poll(now=t0 + 0.1)  # probed: not ready yet
@@ -95,12 +97,12 @@ def test_a_service_killed_after_it_came_up_restarts_without_growing_backoff(tmp_
         assert svc.ready_at is None
         sup.poll(now=t0 + 1.0)
         assert svc.ready_at == t0 + 1.0
-        svc.proc.kill()  # type: ignore[union-attr]
-        svc.proc.wait(10)  # type: ignore[union-attr]
-        sup.poll(now=t0 + 1.0 + POLICY.ready_stable_s)  # ready 5 s, then killed: first delay
-        assert svc.quick_failures == 1 and svc.restart_at == t0 + 6.0 + POLICY.initial_backoff_s
-        sup.poll(now=t0 + 8.0)
-        assert svc.restarts == 1 and svc.ready_at is None  # the new run must come up again
+        first.kill()
+        first.wait(10)
+        sup.poll(now=t0 + 2.0)  # ready 1 s, then SIGKILLed: no backoff, started in this pass
+        assert svc.quick_failures == 1 and svc.restarts == 1 and svc.proc is not first
+        assert "restarting in 0.0s" in lines[-2] and "restarted svc" in lines[-1]
+        assert svc.ready_at is None  # the new run must come up again
         # Killed again before it was ever ready: that counts as a quick failure.
         ready["now"] = False
         t1 = svc.started_at
@@ -108,6 +110,60 @@ def test_a_service_killed_after_it_came_up_restarts_without_growing_backoff(tmp_
         svc.proc.wait(10)  # type: ignore[union-attr]
         sup.poll(now=t1 + 2.0)
         assert svc.quick_failures == 2 and svc.restart_at == t1 + 2.0 + 2.0
+    finally:
+        svc.proc.kill()  # type: ignore[union-attr]
+
+
+def _ready_then_ended(tmp_path, end, ready_for: float) -> Service:
+    """A service that was ready for ``ready_for`` s, had failed quickly twice before, then
+    ``end(proc)`` ended it; polled once after that."""
+    no_core = "import resource, time; resource.setrlimit(resource.RLIMIT_CORE, (0, 0)); "
+    svc = _service(tmp_path, no_core + "time.sleep(30)")
+    svc.ready_url = "http://probe"
+    sup = Supervisor([svc], POLICY, say=lambda line: None, probe=lambda url: True)
+    proc = svc.start()
+    try:
+        svc.quick_failures = 2
+        t0 = svc.started_at
+        sup.poll(now=t0 + 1.0)
+        assert svc.ready_at == t0 + 1.0
+        end(proc)
+        proc.wait(10)
+        sup.poll(now=t0 + 1.0 + ready_for)
+        return svc
+    finally:
+        proc.kill()
+        if svc.proc is not proc:
+            svc.proc.kill()  # type: ignore[union-attr]
+
+
+def test_an_outside_signal_after_readiness_restarts_at_once(tmp_path):
+    for sig in (signal.SIGKILL, signal.SIGTERM):
+        svc = _ready_then_ended(tmp_path, lambda p, sig=sig: p.send_signal(sig), 0.5)
+        assert svc.restarts == 1 and svc.quick_failures == 1, sig
+
+
+def test_a_crash_after_a_short_readiness_still_backs_off(tmp_path):
+    """A fault of its own (SIGSEGV) soon after it was ready is no outside kill: backoff doubles."""
+    svc = _ready_then_ended(tmp_path, lambda p: p.send_signal(signal.SIGSEGV), 0.5)
+    assert svc.restarts == 0 and svc.quick_failures == 3
+    assert svc.restart_at == svc.started_at + 1.5 + POLICY.delay(3)
+    # The same crash after a stable readiness: the first delay again, not at once.
+    svc = _ready_then_ended(tmp_path, lambda p: p.send_signal(signal.SIGSEGV), 5.0)
+    assert svc.restarts == 0 and svc.quick_failures == 1
+    assert svc.restart_at == svc.started_at + 6.0 + POLICY.initial_backoff_s
+
+
+def test_a_long_run_without_readiness_killed_restarts_at_once(tmp_path):
+    """No ``ready_url``: a run past ``stable_after_s`` had come up."""
+    svc = _service(tmp_path, "import time; time.sleep(30)")
+    sup = Supervisor([svc], POLICY, say=lambda line: None)
+    first = svc.start()
+    try:
+        first.kill()
+        first.wait(10)
+        sup.poll(now=svc.started_at + POLICY.stable_after_s)
+        assert svc.restarts == 1 and svc.proc is not first
     finally:
         svc.proc.kill()  # type: ignore[union-attr]
 

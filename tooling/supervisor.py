@@ -7,13 +7,17 @@ everything.  Backoff doubles for a service that keeps dying soon after its start
 run lasted ``stable_after_s``, as systemd's and Kubernetes' restart policies do.
 
 A crash loop is a service that cannot come up.  One that came up (its ``/ready`` answered 200 for
-``ready_stable_s``) and was then killed, by an operator, the OOM killer or a chaos test, is restarted
-after the first delay again: a doubled backoff there would only lengthen the outage of a healthy
-service that was shot, while its requests wait for a worker.
+``ready_stable_s``) and then exited is restarted after the first delay again.  One that was ready
+at all and was then killed by a signal from outside (SIGKILL, SIGTERM, SIGINT: an operator, the OOM
+killer, a chaos test) is restarted at once: it did not fail by itself, and every second of delay
+lengthens the outage of a healthy service while its requests wait for it (a prefill worker's
+requests fail after the scheduler's ``--unavailable-timeout``).  A crash (a non-zero exit code,
+SIGSEGV, SIGABRT) still backs off, and so does a kill before the service was ever ready.
 """
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -23,6 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Signals another process sends; a service's own fault (SIGSEGV, SIGABRT, SIGBUS) is not one.
+OUTSIDE_KILLS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT})
+
 
 @dataclass(frozen=True)
 class RestartPolicy:
@@ -31,6 +38,7 @@ class RestartPolicy:
     stable_after_s: float = 30.0  # a run at least this long resets the backoff
     ready_stable_s: float = 5.0  # so does a run that was ready (``Service.ready_url``) this long
     probe_interval_s: float = 0.5  # between readiness probes of a service not ready yet
+    after_kill_s: float = 0.0  # before restarting a service killed from outside after it came up
 
     def delay(self, quick_failures: int) -> float:
         """Seconds to wait before restart number ``quick_failures`` (1-based) in a row."""
@@ -120,20 +128,26 @@ class Supervisor:
                 self._check(svc, now)
 
     def _check(self, svc: Service, now: float) -> None:
-        if svc.restart_at is not None:
-            if now >= svc.restart_at:
-                svc.start()
-                svc.restarts += 1  # after start: a reader that sees the count sees the new proc
-                self.say(f"loraplex: restarted {svc.name} (pid {svc.proc.pid})")  # type: ignore[union-attr]
-            return
-        if not svc.exited:
-            self._probe(svc, now)
-            return
+        if svc.restart_at is None:
+            if not svc.exited:
+                self._probe(svc, now)
+                return
+            self._schedule(svc, now)
+        if now >= svc.restart_at:  # type: ignore[operator]
+            svc.start()
+            svc.restarts += 1  # after start: a reader that sees the count sees the new proc
+            self.say(f"loraplex: restarted {svc.name} (pid {svc.proc.pid})")  # type: ignore[union-attr]
+
+    def _schedule(self, svc: Service, now: float) -> None:
         ran = now - svc.started_at
-        svc.quick_failures = 1 if self._came_up(svc, now) else svc.quick_failures + 1
-        delay = self.policy.delay(svc.quick_failures)
-        svc.restart_at = now + delay
         code = svc.proc.returncode  # type: ignore[union-attr]
+        shot = self._was_up(svc, now) and -code in OUTSIDE_KILLS
+        if shot or self._came_up(svc, now):
+            svc.quick_failures = 1
+        else:
+            svc.quick_failures += 1
+        delay = self.policy.after_kill_s if shot else self.policy.delay(svc.quick_failures)
+        svc.restart_at = now + delay
         self.say(
             f"loraplex: {svc.name} exited with code {code} after {ran:.1f}s; "
             f"restarting in {delay:.1f}s (log: {svc.log_path})"
@@ -145,6 +159,10 @@ class Supervisor:
         svc.next_probe_at = now + self.policy.probe_interval_s
         if self.probe(svc.ready_url):
             svc.ready_at = now
+
+    def _was_up(self, svc: Service, now: float) -> bool:
+        """The run that just ended had come up at all: ready once, or running for a while."""
+        return svc.ready_at is not None or now - svc.started_at >= self.policy.stable_after_s
 
     def _came_up(self, svc: Service, now: float) -> bool:
         """The run that just ended was healthy for a while: its exit is no crash loop."""
