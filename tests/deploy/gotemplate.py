@@ -11,11 +11,14 @@ Subset: ``{{ pipeline }}``, ``{{-``/``-}}`` trimming, ``{{/* comments */}}``, ``
 ``else``, ``range`` (with ``$v :=`` or ``$k, $v :=``), ``with``, ``define``, ``$var :=``, pipes
 and parentheses; functions: include, toYaml, nindent, indent, quote, default, required, fail, printf
 (%s %d %v), eq, ne, lt, gt, and, or, not, int, toString, b64enc, trunc, trimSuffix, contains,
-list, dict, hasKey, empty, join, index.
+list, dict, hasKey, empty, join, index; methods of the context's objects (Helm's ``.Files.Get``):
+a field chain that ends in a callable is called, with the command's other operands and the piped
+value last when it heads a command, with none when it is an argument, as Go calls methods.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from dataclasses import dataclass, field
@@ -232,6 +235,13 @@ class Renderer:
             if piped is not _NONE:
                 args.append(piped)
             return self._call(head[1], args, dot)
+        if isinstance(head, tuple) and head[0] in ("field", "var"):
+            method = self._lookup(head[1], dot, scope)
+            if callable(method):  # a method at the end of a chain (.Files.Get "x"), as Go calls it
+                args = [self._operand(o, dot, scope) for o in operands[1:]]
+                if piped is not _NONE:
+                    args.append(piped)
+                return _call_method(head[1], method, args)
         if len(operands) != 1 or piped is not _NONE:
             raise TemplateError(f"cannot call a non-function {head!r}")
         return self._operand(head, dot, scope)
@@ -265,14 +275,20 @@ class Renderer:
             return float(text) if "." in text else int(text)
         if kind == "ident":
             return {"true": True, "false": False, "nil": None}[text]
-        if kind == "field":
-            return dot if text == "." else _fields(dot, text.split(".")[1:], text)
-        if kind == "var":
-            name, *path = text.split(".")
-            if name not in scope:
-                raise TemplateError(f"undefined variable {name}")
-            return _fields(scope[name], path, text)
+        if kind in ("field", "var"):
+            v = self._lookup(text, dot, scope)
+            # a method as an argument: Go calls it with no arguments
+            return _call_method(text, v, []) if callable(v) else v
         raise TemplateError(f"unexpected {text!r}")
+
+    def _lookup(self, text: str, dot: Any, scope: dict[str, Any]) -> Any:
+        """A field chain (.a.b) or a variable's ($v.a.b); a method at its end is not called."""
+        if text.startswith("."):
+            return dot if text == "." else _fields(dot, text.split(".")[1:], text)
+        name, *path = text.split(".")
+        if name not in scope:
+            raise TemplateError(f"undefined variable {name}")
+        return _fields(scope[name], path, text)
 
 
 _NONE = object()
@@ -287,6 +303,19 @@ def _fields(v: Any, path: list[str], text: str) -> Any:
             raise TemplateError(f"can't evaluate field {p} in {type(v).__name__} ({text})")
         v = v.get(p)
     return v
+
+
+def _call_method(text: str, method: Any, args: list[Any]) -> Any:
+    """Call a method of a value (Helm's .Files.Get): Go refuses a wrong number of arguments."""
+    name = text.rsplit(".", 1)[-1]
+    try:
+        inspect.signature(method).bind(*args)
+    except TypeError:
+        want = len(inspect.signature(method).parameters)
+        raise TemplateError(
+            f"wrong number of args for {name}: want {want} got {len(args)}"
+        ) from None
+    return method(*args)
 
 
 def _split_on(toks: list[tuple[str, str]], kind: str) -> list[list[tuple[str, str]]]:

@@ -64,3 +64,35 @@ def test_outside_or_wrong_is_an_error(src: str, values: dict, error: str) -> Non
 def test_required_accepts_an_empty_list_as_helm_does() -> None:
     """Helm's required refuses nil and "" only; the chart uses fail for an empty list."""
     assert run('{{ $l := required "x" .Values.l }}ok', {"l": []}) == "ok"
+
+
+def test_a_field_chain_ending_in_a_method_is_called_as_go_calls_it() -> None:
+    """Helm's .Files.Get "x": a method at the end of a field chain is called with the command's
+    other operands, the piped value last; what it returns is text, not templated again."""
+    calls: list[str] = []
+
+    def get(name: str) -> str:
+        calls.append(name)
+        return {"a.txt": "{{ $labels.pool }}\nb"}.get(name, "")
+
+    r = Renderer()
+    ctx = {"Files": {"Get": get}, "Values": {"f": "a.txt"}}
+
+    def run_ctx(src: str) -> str:
+        return r.render(r.add(src), ctx, ctx)
+
+    assert run_ctx('{{ .Files.Get "a.txt" | nindent 2 }}') == "\n  {{ $labels.pool }}\n  b"
+    assert run_ctx('{{ "a.txt" | .Files.Get | quote }}') == '"{{ $labels.pool }}\\nb"'
+    assert run_ctx("{{ .Files.Get .Values.f }}") == "{{ $labels.pool }}\nb"
+    assert run_ctx('{{ $.Files.Get "nope" }}|{{ with .Files }}{{ .Get "a.txt" }}{{ end }}') == (
+        "|{{ $labels.pool }}\nb"
+    )
+    assert calls == ["a.txt", "a.txt", "a.txt", "nope", "a.txt"]
+    for src, error in [
+        ("{{ .Files.Get }}", "want 1 got 0"),
+        ("{{ quote .Files.Get }}", "want 1 got 0"),  # as an argument: called with none
+        ('{{ "b" | .Files.Get "a.txt" }}', "want 1 got 2"),
+        ('{{ .Values.f "x" }}', "cannot call a non-function"),  # a value is still no function
+    ]:
+        with pytest.raises(TemplateError, match=error):
+            run_ctx(src)

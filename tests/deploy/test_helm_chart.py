@@ -49,6 +49,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "decode": {"nodeSelector": {"gpu": "h200"}, "extraArgs": ["--enforce-eager"]},
         "gateway": {"extraArgs": ["--request-timeout", "120"]},
     },
+    "prometheus-operator": {  # tests/deploy/test_helm_monitoring.py checks these resources
+        "metrics": {
+            "podMonitor": {"enabled": True, "interval": "30s", "labels": {"release": "kps"}},
+            "prometheusRule": {"enabled": True, "labels": {"release": "kps"}},
+        },
+    },
 }
 
 
@@ -106,8 +112,8 @@ def test_every_manifest_is_valid_kubernetes(variant: str) -> None:
     docs = _render(variant)
     assert docs
     for doc in docs:
-        if doc["apiVersion"] == "keda.sh/v1alpha1":
-            continue  # a CRD: checked by test_keda_scaled_objects
+        if doc["apiVersion"] in ("keda.sh/v1alpha1", "monitoring.coreos.com/v1"):
+            continue  # CRDs: test_keda_scaled_objects and test_helm_monitoring.py check them
         for version in K8S_VERSIONS:
             kubernetes_validate.validate(doc, version, strict=True)
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", doc["metadata"]["name"])
