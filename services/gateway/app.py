@@ -26,6 +26,7 @@ from loraplex.gateway.heartbeat import beating
 from loraplex.gateway.limits import BodyLimitMiddleware
 from loraplex.gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
 from loraplex.gateway.metrics_server import metrics_listener
+from loraplex.gateway.response_events import EventLog, MemoryEventLog, RedisEventLog
 from loraplex.gateway.response_store import MemoryResponseStore, ResponseStore, StoreLimits
 from loraplex.gateway.response_store_redis import RedisResponseStore
 from loraplex.gateway.responses_background import BackgroundResponses
@@ -71,11 +72,14 @@ def _registration(settings: GatewaySettings, tenants: LiveTenants) -> Registrati
     )
 
 
-def _response_store(settings: GatewaySettings, redis: object | None) -> ResponseStore | None:
-    """Where Responses API answers are kept: the adapter store's Redis (shared by every gateway
-    replica) when there is one, else this process's memory; None with a TTL of 0."""
+def _response_store(
+    settings: GatewaySettings, redis: object | None
+) -> tuple[ResponseStore | None, EventLog | None]:
+    """Where Responses API answers (and streamed background ones' events) are kept: the adapter
+    store's Redis (shared by every gateway replica) when there is one, else this process's
+    memory; None with a TTL of 0."""
     if settings.responses_ttl_s == 0:
-        return None
+        return None, None
     limits = StoreLimits(
         ttl_s=settings.responses_ttl_s,
         max_bytes=settings.responses_max_kb * 1024,
@@ -83,8 +87,12 @@ def _response_store(settings: GatewaySettings, redis: object | None) -> Response
         tenant_bytes=int(settings.responses_tenant_mb * 1024 * 1024),
     )
     if redis is None:
-        return MemoryResponseStore(limits)
-    return RedisResponseStore(redis, limits, settings.redis_prefix)  # type: ignore[arg-type]
+        return MemoryResponseStore(limits), MemoryEventLog(limits)
+    prefix = settings.redis_prefix
+    return (
+        RedisResponseStore(redis, limits, prefix),  # type: ignore[arg-type]
+        RedisEventLog(redis, limits, prefix),  # type: ignore[arg-type]
+    )
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -122,11 +130,16 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                     "adapter-store ready on %s:%d (in the gateway)", settings.host, settings.port
                 )
             redis = store.redis if store is not None else None
+            response_store, event_log = _response_store(settings, redis)
             app.state.responses = ResponseHistory(
-                _response_store(settings, redis), lambda o: metrics.responses_kept.labels(o).inc()
+                response_store, lambda o: metrics.responses_kept.labels(o).inc()
             )
             app.state.background = BackgroundResponses(
-                app.state.responses, bus, settings.gateway_id
+                app.state.responses,
+                bus,
+                settings.gateway_id,
+                event_log,
+                idle_s=settings.request_timeout_s + 10,  # past the generating gateway's own limit
             )
             stack.push_async_callback(app.state.background.stop)
             app.state.service = service = GatewayService(

@@ -86,10 +86,14 @@ class ResponseStream:
         self._seq += 1
         return {"type": kind, "sequence_number": self._seq - 1, **fields}
 
-    def start(self) -> list[dict[str, Any]]:
-        body = response_object(
+    def body(self) -> dict[str, Any]:
+        """The ``response`` object as it starts (``in_progress``, no output yet)."""
+        return response_object(
             self.req, self.p, self.response_id, "in_progress", [], store=self.store
         )
+
+    def start(self) -> list[dict[str, Any]]:
+        body = self.body()
         return [
             self._event("response.created", response=body),
             self._event("response.in_progress", response=body),

@@ -138,7 +138,6 @@ async def test_required_and_text_format_constrain_the_output(
     [
         ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata", "at most 16"),
         ({"metadata": {"k": "v" * 513}}, "metadata", "at most 16"),
-        ({"background": True, "stream": True}, "stream", "poll"),
         ({"background": True, "store": False}, "background", "store"),
         ({"conversation": "conv_1"}, "conversation", "previous_response_id"),
         ({"tools": [{"type": "web_search"}]}, "tools.0", "function tools"),

@@ -1,7 +1,7 @@
 """Background responses (``background: true``) through the official client: kept as in progress
 at once, then completed (or failed) where any replica reads them; cancelled from the same or
 another gateway (the compute is cancelled, the answer stays cancelled); refused without a store
-or with a stream; marked failed when the gateway stops.  Real Redis and NATS; the fake scheduler
+; marked failed when the gateway stops.  Streamed ones: test_responses_background_stream.py.  Real Redis and NATS; the fake scheduler
 plays the model."""
 
 from __future__ import annotations
@@ -98,10 +98,7 @@ async def test_cancel_here_and_from_another_replica(
             await oai.responses.cancel("resp_" + "0" * 32)
 
 
-@pytest.mark.parametrize(
-    ("extra", "param"),
-    [({"store": False}, "background"), ({"stream": True}, "stream")],
-)
+@pytest.mark.parametrize(("extra", "param"), [({"store": False}, "background")])
 async def test_what_is_refused(
     oai: AsyncOpenAI, scheduler: FakeScheduler, extra: dict, param: str
 ) -> None:

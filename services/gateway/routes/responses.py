@@ -1,15 +1,16 @@
 """OpenAI's Responses API over the chat path (``responses_api.py``, ``responses_output.py``):
 ``POST /v1/responses``, and for kept responses (``responses_history.py``) ``GET`` and ``DELETE
 /v1/responses/{id}``, ``GET /v1/responses/{id}/input_items`` and, for background ones
-(``responses_background.py``), ``POST /v1/responses/{id}/cancel``."""
+(``responses_background.py``), ``POST /v1/responses/{id}/cancel`` and, for streamed background
+ones, ``GET /v1/responses/{id}?stream=true&starting_after=N``."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
@@ -58,10 +59,12 @@ async def create_response(
     if body.background:  # queued now; the client comes back with GET (or cancels)
         background: BackgroundResponses = request.app.state.background
         try:
-            started = await background.start(tenant.name, stream, gen, keeper.items)
+            started = await background.start(tenant.name, stream, gen, keeper.items, body.stream)
         except BaseException:
             await gen.aclose()
             raise
+        if body.stream:  # a client that leaves stops following, not the response
+            return _followed(await background.follow(tenant.name, started["id"], -1))
         return JSONResponse(started)
     probe = PeerProbe.from_scope(request.scope)
     try:
@@ -84,11 +87,6 @@ def _check_background(body: ResponsesRequest, history: ResponseHistory) -> None:
             "background needs store: true and a server that keeps responses (--responses-ttl)",
             "background",
         )
-    if body.stream:
-        raise InvalidParamError(
-            "background responses are not streamed here: poll GET /v1/responses/{id}",
-            "stream",
-        )
 
 
 @router.post("/responses/{response_id}/cancel", summary="Cancel a background response")
@@ -98,15 +96,28 @@ async def cancel_response(response_id: str, tenant: TenantDep, request: Request)
 
 
 @router.get("/responses/{response_id}", summary="Retrieve a stored response")
-async def get_response(response_id: str, tenant: TenantDep, history: HistoryDep) -> Any:
+async def get_response(
+    response_id: str,
+    tenant: TenantDep,
+    history: HistoryDep,
+    request: Request,
+    stream: bool = False,
+    starting_after: Annotated[int, Query(ge=-1, le=2**31)] = -1,
+) -> Any:
+    """The kept response; with ``stream``, a streamed background response's events after
+    sequence number ``starting_after``, then live until it ends (from any replica)."""
+    if stream:
+        background: BackgroundResponses = request.app.state.background
+        return _followed(await background.follow(tenant.name, response_id, starting_after))
     return (await history.get(tenant.name, response_id)).response
 
 
 @router.delete("/responses/{response_id}", summary="Delete a stored response")
 async def delete_response(
-    response_id: str, tenant: TenantDep, history: HistoryDep
+    response_id: str, tenant: TenantDep, history: HistoryDep, request: Request
 ) -> dict[str, Any]:
     await history.delete(tenant.name, response_id)
+    await request.app.state.background.forget(tenant.name, response_id)
     return {"id": response_id, "object": "response.deleted", "deleted": True}
 
 
@@ -126,6 +137,17 @@ async def list_input_items(
 def _sse(event: dict[str, Any]) -> str:
     data = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
     return f"event: {event['type']}\ndata: {data}\n\n"
+
+
+def _followed(events: AsyncIterator[dict[str, Any]]) -> SSEResponse:
+    async def lines() -> AsyncIterator[str]:
+        async for event in events:
+            yield _sse(event)
+
+    async def nothing() -> None:  # leaving stops the reading, never the response
+        return None
+
+    return SSEResponse(lines(), nothing)  # type: ignore[arg-type]
 
 
 async def _events(
