@@ -7,9 +7,11 @@ server (SGLang's ``--lora-paths NAME=PATH`` names them the same way; ``loraplex 
 --lora-modules`` registers them at start).  Sampling: ``max_new_tokens`` (default 128, as
 SGLang), ``temperature`` (default 1.0), ``top_p``, ``top_k``, ``min_p``, the three penalties,
 ``stop``, ``stop_token_ids``, ``ignore_eos``, ``skip_special_tokens``, ``min_new_tokens``,
-``no_stop_trim``, ``n`` and the constraints ``json_schema``, ``regex`` and ``ebnf``.  Refused
-with a 400 rather than ignored: ``input_embeds``, ``image_data`` and different adapters per
-prompt of one batch.
+``no_stop_trim``, ``n`` and the constraints ``json_schema``, ``regex`` and ``ebnf``.  A batch
+may name one adapter per prompt (``lora_path`` a list as long as the batch, ``null`` for the base
+model): each prompt is then its own completion request, and the scheduler batches them together
+as it batches any requests.  Refused with a 400 rather than ignored: ``input_embeds`` and
+``image_data``.
 ``return_logprob`` gives ``meta_info.output_token_logprobs`` (``[logprob, token id, text or
 null]`` per token) and ``input_token_logprobs``, the prompt's tokens from ``logprob_start_len``
 on (-1, the default: its last token only), the first of them with a null logprob as SGLang
@@ -110,18 +112,29 @@ def is_sglang(body: dict[str, Any]) -> bool:
     return "inputs" not in body and ("text" in body or "input_ids" in body)
 
 
-def _adapter(lora: str | list[str | None] | None) -> str | None:
+def to_completions(req: SGLangRequest, base_model: str) -> list[CompletionRequest]:
+    """The completion requests a body means: one, or one per prompt of a batch whose prompts
+    name different adapters (``lora_path`` a list, one entry per prompt)."""
+    lora = req.lora_path
     if not isinstance(lora, list):
-        return lora
-    if len(set(lora)) > 1:
+        return [to_completion(req, base_model, lora)]
+    prompts = (req.text if req.text is not None else req.input_ids) or []
+    count = len(prompts) if req.is_batch else 1
+    if len(lora) != count:
         raise InvalidParamError(
-            "one lora_path per batch: send prompts for different adapters as separate requests",
+            f"lora_path as a list names one adapter per prompt: {len(lora)} for {count}",
             "lora_path",
         )
-    return lora[0] if lora else None
+    if len(set(lora)) == 1:
+        return [to_completion(req, base_model, lora[0])]
+    key = "text" if req.text is not None else "input_ids"
+    return [
+        to_completion(req.model_copy(update={key: prompt}), base_model, adapter)
+        for prompt, adapter in zip(prompts, lora, strict=True)
+    ]
 
 
-def to_completion(req: SGLangRequest, base_model: str) -> CompletionRequest:
+def to_completion(req: SGLangRequest, base_model: str, lora: str | None) -> CompletionRequest:
     for name in ("input_embeds", "image_data"):
         if getattr(req, name):
             raise InvalidParamError(f"{name} is not supported", name)
@@ -135,7 +148,7 @@ def to_completion(req: SGLangRequest, base_model: str) -> CompletionRequest:
     s = req.sampling_params
     constraints = {"guided_json": s.json_schema, "guided_regex": s.regex, "guided_grammar": s.ebnf}
     fields: dict[str, Any] = {
-        "model": _adapter(req.lora_path) or base_model,
+        "model": lora or base_model,
         "prompt": req.text if req.text is not None else req.input_ids,
         "max_tokens": s.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
         "min_tokens": s.min_new_tokens,

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from loraplex.text.tokenizer import Tokenizer
-from loraplex.tooling.demo import EOS_TOKEN_ID
-from tests.gateway.conftest import ALICE, REPLY_TEXT, FakeScheduler
+from loraplex.tooling.demo import EOS_TOKEN_ID, DemoModelInfo
+from tests.gateway.conftest import ALICE, REPLY_TEXT, FakeScheduler, register_adapter
 from tests.gateway.test_errors import assert_error
 
 PROMPT = "The capital of France is"
@@ -162,7 +162,8 @@ async def test_input_logprobs_from_logprob_start_len(
         ({"text": PROMPT, "return_logprob": True, "logprob_start_len": "x"}, "logprob_start_len"),
         ({"text": PROMPT, "return_logprob": True, "top_logprobs_num": 21}, "top_logprobs_num"),
         ({"text": PROMPT, "image_data": "x.png"}, "image_data"),
-        ({"text": [PROMPT, PROMPT], "lora_path": ["a", "b"]}, "lora_path"),
+        ({"text": [PROMPT, PROMPT], "lora_path": ["a", "b", "c"]}, "lora_path"),
+        ({"text": PROMPT, "lora_path": ["a", "b"]}, "lora_path"),
         ({"text": PROMPT, "input_ids": [1, 2]}, "text"),
         (
             {"text": PROMPT, "sampling_params": {"max_new_tokens": 0}},
@@ -180,3 +181,25 @@ async def test_refusals(gateway: str, scheduler: FakeScheduler, body: dict, para
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
     assert scheduler.submits == []
+
+
+async def test_a_batch_names_one_adapter_per_prompt(
+    gateway: str, scheduler: FakeScheduler, tokenizer: Tokenizer, demo: DemoModelInfo
+) -> None:
+    """SGLang's ``lora_path`` list: each prompt runs with its own adapter (or the base model),
+    the answers in the batch's order; a name the tenant cannot use is a 404 for the batch."""
+    async with httpx.AsyncClient(base_url=gateway, headers=ALICE, timeout=30) as http:
+        for info, name in zip(demo.adapters, ("sg-a", "sg-b"), strict=True):
+            assert (await register_adapter(http, info.path, name, ALICE)).status_code == 201
+    scheduler.says(REPLY_TEXT, chunk=2)
+    prompts = ["one", "two", "three"]
+    body = {"text": prompts, "lora_path": ["sg-a", None, "sg-b"], "sampling_params": {"n": 2}}
+    r = await post(gateway, body)
+    assert r.status_code == 200, r.text
+    assert [o["text"] for o in r.json()] == [REPLY_TEXT] * 6
+    sent = {tokenizer.decode(s.prompt_token_ids): s.adapter for s in scheduler.submits}
+    assert sent == {"one": "alice/sg-a", "two": None, "three": "alice/sg-b"}
+    assert len(scheduler.submits) == 6  # n choices of each prompt
+    r = await post(gateway, {"text": prompts, "lora_path": ["sg-a", "nope", None]})
+    assert_error(r, 404)
+    assert len(scheduler.submits) == 6  # nothing of the refused batch was queued

@@ -26,7 +26,7 @@ from loraplex.gateway.sglang import (
     check_logprob_start,
     finish_reason,
     logprob_fields,
-    to_completion,
+    to_completions,
 )
 
 
@@ -40,8 +40,11 @@ async def generate(
     """``ends``: the model's EOS ids (what SGLang reports as ``matched``)."""
     body = validated(SGLangRequest, raw)
     try:
-        completion = to_completion(body, service.settings.model_id)
-        prompts = await service.prepare_completion(completion, tenant)
+        prompts = [
+            p
+            for completion in to_completions(body, service.settings.model_id)
+            for p in await service.prepare_completion(completion, tenant)
+        ]
         check_logprob_start(body, prompts)
     except InvalidParamError as e:
         given = {"prompt": "input_ids"} if body.input_ids is not None else {}

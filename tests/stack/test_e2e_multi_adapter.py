@@ -1,6 +1,8 @@
-"""LoRAX's ``merged_adapters`` end to end on the disaggregated stack: two uploaded adapters merged
-per request (DARE-TIES, so the random drop must come out the same on the prefill worker and on
-the decode worker the K/V moves to) give the offline engine's tokens with the same merge."""
+"""Requests that use several adapters at once, end to end on the disaggregated stack: LoRAX's
+``merged_adapters`` (two uploaded adapters merged per request with DARE-TIES, so the random drop
+must come out the same on the prefill worker and on the decode worker the K/V moves to) gives the
+offline engine's tokens with the same merge; an SGLang batch with one ``lora_path`` per prompt
+gives each prompt its own adapter's answer."""
 
 from __future__ import annotations
 
@@ -69,3 +71,20 @@ def test_merged_adapters_through_the_stack(disagg_stack, tmp_path: Path) -> None
     streamed = httpx.post(f"{base}/generate_stream", json=body, timeout=60)
     events = [json.loads(x[len("data:") :]) for x in streamed.text.split("\n\n") if x.strip()]
     assert events[-1]["generated_text"] == want.text
+
+
+def test_sglang_batch_with_an_adapter_per_prompt(disagg_stack) -> None:
+    llm = offline_llm(disagg_stack)
+    names = [a.name for a in disagg_stack.adapters][:3]
+    loras = [names[0], None, names[1], names[2]]
+    texts = ["The quick brown fox", "Once upon a time", "The quick brown fox", "Hello there"]
+    greedy = SamplingParams(temperature=0, max_tokens=6)
+    want = [llm.generate(t, greedy, lora=lo)[0].text for t, lo in zip(texts, loras, strict=True)]
+    assert want[0] != want[2]  # the same prompt, another adapter: another answer
+    body = {
+        "text": texts,
+        "lora_path": loras,
+        "sampling_params": {"temperature": 0, "max_new_tokens": 6},
+    }
+    out = httpx.post(f"{disagg_stack.urls['gateway']}/generate", json=body, timeout=60).json()
+    assert [o["text"] for o in out] == want
