@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Any
 from loraplex.sampling_params import SamplingParams
 
 __version__ = "0.1.0"
-__all__ = ["LLM", "SamplingParams", "__version__"]
+__all__ = ["LLM", "LoRARequest", "SamplingParams", "__version__"]
 
 if TYPE_CHECKING:
     from loraplex.llm import LLM
+    from loraplex.lora.request import LoRARequest
 
 
 def __getattr__(name: str) -> Any:
@@ -19,4 +20,8 @@ def __getattr__(name: str) -> Any:
         from loraplex.llm import LLM
 
         return LLM
+    if name == "LoRARequest":
+        from loraplex.lora.request import LoRARequest
+
+        return LoRARequest
     raise AttributeError(name)

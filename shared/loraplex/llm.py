@@ -1,10 +1,14 @@
-"""Offline batch inference in the style of vLLM: ``LLM(...).generate(prompts, params, lora=...)``."""
+"""Offline batch inference in the style of vLLM: ``LLM(...).generate(prompts, params, lora=...)``.
+
+vLLM's spelling works too: ``LLM(model=..., enable_lora=True)``, prompts as text, token ids or
+``{"prompt": ...}`` / ``{"prompt_token_ids": ...}``, ``lora_request=LoRARequest(name, id, path)``
+(loaded from its path on first use), and ``out.outputs[0].text`` on the results."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -12,45 +16,34 @@ import torch
 
 from loraplex.config import EngineConfig
 from loraplex.engine.llm_engine import LLMEngine
-from loraplex.engine.logprobs import TokenLogprobs
 from loraplex.errors import InvalidRequestError
 from loraplex.lora.adapter import LoraAdapter
+from loraplex.lora.request import LoRARequest
+from loraplex.outputs import CompletionOutput, RequestOutput
 from loraplex.sampling_params import SamplingParams
 
-
-@dataclass
-class RequestOutput:
-    request_id: str
-    prompt_token_ids: list[int]
-    lora: str | None
-    token_ids: list[int] = field(default_factory=list)
-    text: str = ""
-    finish_reason: str | None = None
-    stop_reason: int | str | None = None
-    logprobs: list[TokenLogprobs] | None = None  # per token, with SamplingParams(logprobs=k)
-    # Per prompt token, with SamplingParams(prompt_logprobs=k); the first token's is None.
-    prompt_logprobs: list[TokenLogprobs | None] | None = None
-    # With finish_reason "error": why the request ended early (e.g. its adapter produced
-    # non-finite logits); the other prompts of the batch are not affected.
-    error: str | None = None
+__all__ = ["LLM", "CompletionOutput", "LoRARequest", "RequestOutput"]
+Prompt = str | list[int] | dict[str, Any]  # text, token ids, or vLLM's TextPrompt/TokensPrompt
 
 
 class LLM:
     def __init__(
         self,
-        model_dir: str | Path,
+        model: str | Path,
         dtype: str | torch.dtype = "auto",
         device: str | torch.device | None = None,
         max_loras: int = 8,
         max_lora_rank: int = 64,
+        enable_lora: bool = True,  # vLLM's switch: adapters are always on here
         **engine_options: object,
     ) -> None:
         config = EngineConfig.with_env_defaults(
             max_loras=max_loras, max_lora_rank=max_lora_rank, **engine_options
         )
-        self.engine = LLMEngine(model_dir, config, dtype=dtype, device=device)
+        self.engine = LLMEngine(model, config, dtype=dtype, device=device)
         self.tokenizer = self.engine.tokenizer
         self._ids = itertools.count()
+        self._requested: dict[str, str] = {}  # lora_name -> the lora_path it was loaded from
 
     def add_lora(self, name: str, path: str | Path) -> LoraAdapter:
         return self.engine.add_lora(name, path)
@@ -60,31 +53,39 @@ class LLM:
 
     def generate(
         self,
-        prompts: str | list[int] | Seq[str | list[int]],
+        prompts: Prompt | Seq[Prompt],
         sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
         lora: str | None | Seq[str | None] = None,
+        *,
+        lora_request: LoRARequest | None | Seq[LoRARequest | None] = None,
     ) -> list[RequestOutput]:
         """Run every prompt to completion; outputs come back in prompt order.  A prompt the
         engine could not serve ends with ``finish_reason`` "error" and ``error`` set.
 
-        ``prompts`` are strings (tokenized with the model's tokenizer) or token-id lists;
-        ``sampling_params`` and ``lora`` are one value for all prompts or one per prompt.
+        ``prompts`` are strings (tokenized with the model's tokenizer), token-id lists, or
+        vLLM's ``{"prompt": ...}`` / ``{"prompt_token_ids": ...}``; ``sampling_params`` and the
+        adapter (``lora``, a name added with ``add_lora``, or vLLM's ``lora_request``) are one
+        value for all prompts or one per prompt.
         """
-        if isinstance(prompts, str) or (
+        if isinstance(prompts, (str, dict)) or (
             isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
         ):
             prompts = [prompts]  # type: ignore[list-item]
         n = len(prompts)
         params = _per_prompt(sampling_params or SamplingParams(), n, "sampling_params")
+        if lora_request is not None:
+            if lora is not None:
+                raise ValueError("name the adapter with lora or lora_request, not both")
+            lora = [self._requested_lora(r) for r in _per_prompt(lora_request, n, "lora_request")]
         loras = _per_prompt(lora, n, "lora")
         outputs: dict[str, RequestOutput] = {}
         order: list[str] = []
         try:
             for prompt, p, name in zip(prompts, params, loras, strict=False):
-                ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+                text, ids = self._prompt(prompt)
                 rid = f"offline-{next(self._ids)}"
                 self.engine.add_request(rid, ids, p, name)
-                outputs[rid] = RequestOutput(rid, ids, name)
+                outputs[rid] = RequestOutput(rid, ids, name, prompt=text)
                 order.append(rid)
             while self.engine.has_unfinished():
                 for out in self.engine.step():
@@ -110,6 +111,7 @@ class LLM:
         sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
         lora: str | None | Seq[str | None] = None,
         *,
+        lora_request: LoRARequest | None | Seq[LoRARequest | None] = None,
         tools: list[dict[str, Any]] | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
         add_generation_prompt: bool = True,
@@ -136,7 +138,33 @@ class LLM:
             replace(p, stop_token_ids=tuple(dict.fromkeys([*p.stop_token_ids, *ends])))
             for p in params
         ]
-        return self.generate(prompts, with_ends, lora)
+        return self.generate(prompts, with_ends, lora, lora_request=lora_request)
+
+    def _prompt(self, prompt: Prompt) -> tuple[str | None, list[int]]:
+        """(its text if given as text, its token ids)."""
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                return prompt.get("prompt"), list(prompt["prompt_token_ids"])
+            if "prompt" not in prompt:
+                raise ValueError("a dict prompt holds 'prompt' or 'prompt_token_ids'")
+            prompt = prompt["prompt"]
+        if isinstance(prompt, str):
+            return prompt, self.tokenizer.encode(prompt)
+        return None, list(prompt)
+
+    def _requested_lora(self, request: LoRARequest | None) -> str | None:
+        """The adapter name a vLLM ``LoRARequest`` means, loaded from its path the first time
+        (and again when the same name comes with another path)."""
+        if request is None:
+            return None
+        name, path = request.lora_name, request.lora_path
+        if self._requested.get(name) != path or name not in self.engine.adapters:
+            if not path and name not in self.engine.adapters:
+                raise ValueError(f"LoRARequest {name!r} has no lora_path and was never added")
+            if path:
+                self.add_lora(name, path)
+                self._requested[name] = path
+        return name
 
 
 def _is_conversation(messages: Seq[Any]) -> bool:
