@@ -73,6 +73,7 @@ class AdapterPager:
         self._from_disk: set[str] = set()  # engine keys served from a disk copy, not rechecked
         self._writes: set[asyncio.Task[None]] = set()  # disk copies being written
         self._merged_into: dict[str, set[str]] = {}  # component name -> merged names built on it
+        self._merging = asyncio.Semaphore(1)
         self.loads = 0  # adapters fetched from the store
 
     def names(self) -> list[str]:
@@ -148,8 +149,12 @@ class AdapterPager:
         spec = parse_merged_id(name)
         for part in spec.adapters:
             self._merged_into.setdefault(part, set()).add(name)
-        parts = await asyncio.gather(*(self.prepare(part) for part in spec.adapters))
-        adapter = await asyncio.to_thread(merge_adapters, name, spec, [p.adapter for p in parts])
+        # One build at a time: a merge holds every component parsed in host memory, so merges
+        # that tenants start together must not add up.
+        async with self._merging:
+            parts = await asyncio.gather(*(self.prepare(part) for part in spec.adapters))
+            merge = [p.adapter for p in parts]
+            adapter = await asyncio.to_thread(merge_adapters, name, spec, merge)
         # Its version: its components' engine keys (each names its version).
         version = hashlib.sha256("|".join(p.key for p in parts).encode()).hexdigest()[:16]
         return dataclasses.replace(adapter, name=f"{name}@m{version}")

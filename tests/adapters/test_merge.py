@@ -85,6 +85,8 @@ def test_the_merged_id_names_the_spec() -> None:
         {"density": 1.5},
         {"density": float("nan")},
         {"majority_sign_method": "most"},
+        {"adapters": ("a",)},  # not an id
+        {"adapters": ("t/+merge:linear:1.0:total:t/a*1.0",)},  # a merge of a merge
     ],
 )
 def test_bad_specs_are_refused(fields: dict) -> None:

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 from loraplex.errors import AdapterError
+from loraplex.lora.names import NAME_PATTERN
 
 MERGE_STRATEGIES = ("linear", "ties", "dare_linear", "dare_ties")
 MAJORITY_SIGN_METHODS = ("total", "frequency")
@@ -41,6 +42,8 @@ class MergeSpec:
             raise AdapterError(f"merge 1 to {MAX_MERGED_ADAPTERS} adapters")
         if len(self.weights) != len(self.adapters):
             raise AdapterError("merged adapters need one weight per adapter")
+        if not all(_is_component(a) for a in self.adapters):  # owner/name: never a merge
+            raise AdapterError("merged adapters are registered adapters' ids")
         if len(set(self.adapters)) != len(self.adapters):
             raise AdapterError("an adapter is listed twice in the merge")
         if any(not math.isfinite(w) or abs(w) > MAX_MERGE_WEIGHT for w in self.weights):
@@ -61,6 +64,11 @@ class MergeSpec:
         parts = ",".join(f"{a}*{w!r}" for a, w in zip(self.adapters, self.weights, strict=True))
         head = f"{self.strategy}:{self.density!r}:{self.majority_sign_method}"
         return f"{tenant}{_MARK}{head}:{parts}"
+
+
+def _is_component(aid: str) -> bool:
+    owner, slash, name = aid.partition("/")
+    return bool(slash and NAME_PATTERN.match(owner) and NAME_PATTERN.match(name))
 
 
 def is_merged_id(aid: str) -> bool:
