@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -15,6 +16,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from loraplex.text.tokenizer import Tokenizer
+from loraplex.tooling.servers import start_redis
 from tests.gateway.conftest import (
     MODEL_ID,
     REPLY_TEXT,
@@ -134,3 +136,38 @@ async def test_only_streamed_background_responses_stream(
     with pytest.raises(openai.NotFoundError):
         await bob.responses.retrieve(rid, stream=True)  # another tenant's: not found
     await bob.close()
+
+
+async def test_redis_lost_midway_ends_a_followers_stream_cleanly(
+    gateway_factory: GatewayFactory,
+    scheduler: FakeScheduler,
+    tokenizer: Tokenizer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The log a follower on another replica reads goes away: an error event ends its stream
+    (no hang, no broken body); the generating gateway's own client still gets every event."""
+    monkeypatch.setenv("LORAPLEX_REDIS_RETRY_S", "0.3")
+    redis = start_redis(tmp_path / "redis")
+    try:
+        slow(scheduler, tokenizer, delay_s=0.3)
+        shared = {"redis_url": redis.url, "redis_prefix": PREFIX, "max_model_len": 4096}
+        async with (
+            gateway_factory(**shared) as here_url,
+            gateway_factory(**shared) as there_url,
+            openai_client(here_url) as here,
+            openai_client(there_url) as there,
+        ):
+            stream = await here.responses.create(
+                model=MODEL_ID, input="Hi", background=True, stream=True
+            )
+            first = await stream.__anext__()
+            follower = await there.responses.retrieve(first.response.id, stream=True)
+            assert (await follower.__anext__()).type == "response.created"
+            redis.stop()
+            rest = [e async for e in follower]
+            assert rest[-1].type == "error" and "unavailable" in rest[-1].message
+            mine = [first, *[e async for e in stream]]
+            assert mine[-1].type == "response.completed" and text_of(mine) == REPLY_TEXT
+    finally:
+        redis.stop()

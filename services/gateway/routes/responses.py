@@ -141,8 +141,17 @@ def _sse(event: dict[str, Any]) -> str:
 
 def _followed(events: AsyncIterator[dict[str, Any]]) -> SSEResponse:
     async def lines() -> AsyncIterator[str]:
-        async for event in events:
-            yield _sse(event)
+        sequence = -1
+        try:
+            async for event in events:
+                sequence = event["sequence_number"]
+                yield _sse(event)
+        except LoraplexError as e:  # the log became unreachable midway: say so, then end
+            error = classify(e)[1]["error"]
+            yield _sse(
+                {"type": "error", "sequence_number": sequence + 1, "code": error.get("code"),
+                 "message": error["message"], "param": None}
+            )  # fmt: skip
 
     async def nothing() -> None:  # leaving stops the reading, never the response
         return None
