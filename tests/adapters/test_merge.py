@@ -8,7 +8,6 @@ import dataclasses
 
 import pytest
 import torch
-from peft.utils import merge_utils
 
 from loraplex.errors import AdapterError
 from loraplex.lora.adapter import LoraAdapter, LoraModule
@@ -29,6 +28,10 @@ pytestmark = pytest.mark.filterwarnings("ignore:The density .* no pruning:UserWa
 @pytest.mark.parametrize("density", [1.0, 0.5, 0.2])
 @pytest.mark.parametrize("sign", ["total", "frequency"])
 def test_strategies_match_peft(strategy: str, density: float, sign: str) -> None:
+    # imported here: peft imports triton, which must not load before tests/kernels' conftest
+    # sets TRITON_INTERPRET (collection imports every test module first)
+    from peft.utils import merge_utils
+
     ts, w = tensors(3), torch.tensor(WEIGHTS)
     spec = MergeSpec(("t/a", "t/b", "t/c"), tuple(WEIGHTS), strategy, density, sign)
     got = merge_tensors(ts, w, spec, seed=1234)

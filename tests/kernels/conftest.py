@@ -16,6 +16,16 @@ import pytest
 import torch
 
 if not torch.cuda.is_available():
+    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+        # Triton defines its own jit helpers when it is imported: imported before this line, the
+        # interpreted kernels fail with "Cannot call @triton.jit'd outside of the scope of a
+        # kernel".  Pytest imports every test module while collecting, and this directory comes
+        # after others: one of them imports triton at module level (peft and transformers do).
+        raise pytest.UsageError(
+            "triton was imported before tests/kernels could set TRITON_INTERPRET=1: a test "
+            "module collected earlier imports it (or peft/transformers) at module level; "
+            "import it inside the test instead"
+        )
     os.environ["TRITON_INTERPRET"] = "1"
 
 try:  # the library may not be installed in this environment: use the in-repo copy
