@@ -6,6 +6,7 @@ scheduler's broadcast.  The live stack's scrapes are checked in tests/stack/test
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import types
@@ -23,6 +24,10 @@ from loraplex.scheduler.service import SchedulerService
 from loraplex.scheduler.settings import SchedulerSettings
 from loraplex.worker.metrics import WorkerMetrics
 
+# vLLM's names (the services' vllm_metrics.py) hold a colon, which promtool's lint flags (a naming
+# convention for recording rules; Prometheus ingests them): that one note is accepted for them.
+_VLLM_COLON = re.compile(r"vllm:\w+ metric names should not contain ':'")
+
 
 def promtool_check(text: str) -> None:
     promtool = shutil.which("promtool")
@@ -30,7 +35,9 @@ def promtool_check(text: str) -> None:
     out = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
     )
-    assert out.returncode == 0, f"promtool check metrics:\n{out.stdout}{out.stderr}\n{text}"
+    lines = (out.stdout + out.stderr).splitlines()
+    problems = [ln for ln in lines if ln.strip() and not _VLLM_COLON.fullmatch(ln.strip())]
+    assert out.returncode == 0 or not problems, f"promtool check metrics:\n{problems}\n{text}"
 
 
 def value(text: str, series: str) -> float:
@@ -106,9 +113,9 @@ def _fake_engine() -> types.SimpleNamespace:
     return ns(
         allocator=ns(num_blocks=64, num_free=48),
         scheduler=ns(
-            running=[1, 2],
-            ready=[3],
-            waiting=[4],
+            running=[ns(lora=None), ns(lora="a/x@1")],
+            ready=[ns(lora=None)],
+            waiting=[ns(lora="b/y@m2")],
             prefix_hit_tokens=32,
             prefix_query_tokens=80,
             preemptions=2,

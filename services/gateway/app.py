@@ -98,7 +98,7 @@ def _response_store(
 def create_app(settings: GatewaySettings) -> FastAPI:
     tenants = LiveTenants(settings.tenants_file)  # re-read when the file changes
     tokenizer = Tokenizer(settings.model_dir)
-    metrics = GatewayMetrics()
+    metrics = GatewayMetrics(model_name=settings.model_id)
     streams = StreamRouter()
     capacity = SchedulerView()
     metrics.bind_orphans(lambda: streams.orphans, lambda: streams.orphan_cancels)

@@ -6,6 +6,7 @@ latency, end-to-end latency, prompt and generation lengths, tokens per tenant, r
 per tenant and adapter, requests in flight, stray stream messages.  Queue depths, fairness
 counters and the workers' KV, slot and step series are exported once, by the scheduler and by each
 worker on their own listeners, not relayed here (several gateways would count them several times).
+The request series are also exported under vLLM's names, without tenants (``vllm_metrics.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from loraplex import prom
+from loraplex.gateway.vllm_metrics import VllmRequestSeries
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -24,6 +26,7 @@ _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 
 # Token counts: powers of two up to 128 Ki (prompts) / 32 Ki (generations).
 _PROMPT_BUCKETS = tuple(float(2**i) for i in range(3, 18))
 _GENERATION_BUCKETS = tuple(float(2**i) for i in range(0, 16))
+DEFAULT_MODEL_NAME = "loraplex"  # vLLM's model_name label when no model id is given
 # Distinct adapter label values per gateway; later ones share "other" (label cardinality).
 MAX_ADAPTER_SERIES = 200
 BASE_ADAPTER = "base"  # the label of base-model requests (adapter ids always hold a "/")
@@ -60,7 +63,10 @@ def route_label(path: str) -> str:
 
 
 class GatewayMetrics:
-    def __init__(self, max_adapter_series: int = MAX_ADAPTER_SERIES) -> None:
+    def __init__(
+        self, max_adapter_series: int = MAX_ADAPTER_SERIES, model_name: str = DEFAULT_MODEL_NAME
+    ) -> None:
+        """``model_name``: the served base model's id (GatewaySettings.model_id), vLLM's label."""
         r = self.registry = CollectorRegistry()
         self.adapter_label = prom.BoundedLabels(max_adapter_series)
         self.requests = Counter(
@@ -134,6 +140,7 @@ class GatewayMetrics:
         self._orphan_cancels: Callable[[], int] = lambda: 0
         self._stale_adapters: Callable[[], int] = lambda: 0
         prom.register(r, self._collect)
+        r.register(VllmRequestSeries(self, model_name))
 
     def _collect(self) -> list[prom.Family]:
         return [

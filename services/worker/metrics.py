@@ -4,7 +4,8 @@ State the engine already keeps (KV blocks, running and waiting requests, adapter
 and preemption totals) is read when Prometheus scrapes; events (a step, an adapter page-in, a K/V
 hand-over) are observed where they happen.  Every series carries the worker's id and role as
 labels, so a dashboard can match them with the scheduler's pools.  No tenant or adapter name is
-exported here.
+exported in them.  The same state is also exported under vLLM's names (``vllm_metrics.py``), whose
+``vllm:lora_requests_info`` names the adapters in use, as vLLM's does.
 
 The engine's loop runs steps in a thread while a scrape reads these numbers on the event loop;
 each is one int or ``len()`` read, so a scrape may see a step half-applied but never breaks it.
@@ -20,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from loraplex import prom
 from loraplex.acked import AckedSender, sender_counters
 from loraplex.terminal import LAST_MESSAGES
+from loraplex.worker.vllm_metrics import VllmEngineSeries, served_model_name
 
 if TYPE_CHECKING:
     from loraplex.engine.llm_engine import LLMEngine
@@ -31,9 +33,11 @@ _HANDOVER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
 
 
 class WorkerMetrics:
-    def __init__(self, worker_id: str, role: str) -> None:
+    def __init__(self, worker_id: str, role: str, model_name: str = "") -> None:
         self.worker_id, self.role = worker_id, role
         self.engine: LLMEngine | None = None  # bound once built (the listener starts before)
+        # vLLM's model_name label; empty: found when the engine is bound (served_model_name)
+        self.model_name = model_name
         self.terminal: AckedSender | None = None  # the publisher's, once it exists
         r = self.registry = CollectorRegistry()
         ids = {"worker": worker_id, "role": role}
@@ -84,6 +88,7 @@ class WorkerMetrics:
         for outcome in ("ok", "failed"):
             self._handovers.labels(worker_id, role, outcome)
         prom.register(r, self._collect)
+        r.register(VllmEngineSeries(self))
 
     @staticmethod
     def _labelled_histogram(
@@ -97,6 +102,7 @@ class WorkerMetrics:
         return h.labels(**ids)
 
     def bind(self, engine: LLMEngine) -> None:
+        self.model_name = self.model_name or served_model_name(engine)
         self.engine = engine
 
     # ---- events ------------------------------------------------------------------------------
