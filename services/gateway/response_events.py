@@ -19,8 +19,8 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
-from loraplex.gateway.response_store import ResponseStoreUnavailableError, StoreLimits
-from loraplex.redis_connect import unavailable_as
+from loraplex.gateway.response_store import StoreLimits
+from loraplex.gateway.response_store_redis import unavailable
 
 Event = dict[str, Any]
 MAX_LOGS = 4096  # in memory: the oldest go first
@@ -70,11 +70,6 @@ class MemoryEventLog:
         return self._logs
 
 
-_unavailable = unavailable_as(
-    lambda: ResponseStoreUnavailableError("the response store (Redis) is unavailable, try again")
-)
-
-
 class RedisEventLog:
     def __init__(self, redis: aioredis.Redis, limits: StoreLimits, prefix: str = "loraplex"):
         self.redis, self.limits, self.prefix = redis, limits, prefix
@@ -82,7 +77,7 @@ class RedisEventLog:
     def key(self, tenant: str, response_id: str) -> str:
         return f"{self.prefix}:response_events:{tenant}:{response_id}"
 
-    @_unavailable
+    @unavailable
     async def append(self, tenant: str, response_id: str, events: list[bytes]) -> None:
         if not events:
             return
@@ -92,11 +87,11 @@ class RedisEventLog:
             tx.expire(key, self.limits.ttl_s)
             await tx.execute()
 
-    @_unavailable
+    @unavailable
     async def read(self, tenant: str, response_id: str, start: int) -> list[Event]:
         raw = await self.redis.lrange(self.key(tenant, response_id), start, -1)
         return [json.loads(e) for e in raw]
 
-    @_unavailable
+    @unavailable
     async def delete(self, tenant: str, response_id: str) -> None:
         await self.redis.delete(self.key(tenant, response_id))

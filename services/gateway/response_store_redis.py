@@ -57,7 +57,8 @@ redis.call('EXPIRE', sizes, ttl)
 return 1
 """
 
-_unavailable_as_typed = unavailable_as(
+# Redis errors as the store's typed 503 (response_events.py's log uses it too)
+unavailable = unavailable_as(
     lambda: ResponseStoreUnavailableError("the response store (Redis) is unavailable, try again")
 )
 
@@ -85,7 +86,7 @@ class RedisResponseStore:
     def sizes_key(self, tenant: str) -> str:
         return f"{self.prefix}:responses:{tenant}:bytes"
 
-    @_unavailable_as_typed
+    @unavailable
     async def put(self, tenant: str, record: StoredResponse) -> bool:
         raw = record.encode()
         if len(raw) > self.limits.max_bytes:
@@ -104,12 +105,12 @@ class RedisResponseStore:
         )  # fmt: skip
         return True
 
-    @_unavailable_as_typed
+    @unavailable
     async def get(self, tenant: str, response_id: str) -> StoredResponse | None:
         raw = await self.redis.get(self.record_key(tenant, response_id))
         return None if raw is None else StoredResponse.decode(raw)
 
-    @_unavailable_as_typed
+    @unavailable
     async def delete(self, tenant: str, response_id: str) -> bool:
         async with self.redis.pipeline(transaction=True) as tx:
             tx.delete(self.record_key(tenant, response_id))

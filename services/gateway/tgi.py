@@ -11,9 +11,9 @@ LoRAX's ``merged_adapters`` merges several adapters for the request (``merged_ad
 ``best_of`` > 1 samples that many answers and returns the one with the highest mean token logprob,
 the others in ``details.best_of_sequences`` (TGI's rule; as TGI, it needs sampling, no ``seed``
 and no stream).  Refused with a 400 rather than ignored: ``watermark``, and
-``decoder_input_details`` in a stream (as TGI; otherwise ``details.prefill`` scores the prompt).  LoRAX's ``ignore_eos_token`` and
-``return_k_alternatives`` (each token's ``alternative_tokens``) are honoured; ``api_token`` is
-ignored (nothing is downloaded).  Constraints: TGI's ``grammar`` (``{"type": "json"
+``decoder_input_details`` in a stream (as TGI; otherwise ``details.prefill`` scores the
+prompt).  LoRAX's ``ignore_eos_token`` and ``return_k_alternatives`` (each token's
+``alternative_tokens``) are honoured; ``api_token`` is ignored (nothing is downloaded).  Constraints: TGI's ``grammar`` (``{"type": "json"
 | "regex", "value": ...}``) and LoRAX's ``response_format`` (``{"type": "json_object", "schema":
 ...}``). Answers carry ``details`` (finish reason as TGI names it, token ids, texts and logprobs); a
 stream sends one event per token and ends with ``generated_text`` and ``details``, without
@@ -57,7 +57,7 @@ class TGIParameters(BaseModel):
 
     adapter_id: str | None = None
     adapter_source: str | None = None
-    merged_adapters: MergedAdapters | None = None  # LoRAX: never beside adapter_id
+    merged_adapters: MergedAdapters | None = None  # LoRAX (never beside adapter_id: service.py)
     api_token: str | None = None  # LoRAX: for downloads, which this server does not do
     ignore_eos_token: bool = False  # LoRAX
     return_k_alternatives: Annotated[int, Field(ge=0, le=20)] | None = None  # LoRAX
@@ -95,11 +95,6 @@ def _refuse_unsupported(p: TGIParameters) -> None:
             f"adapter_source {p.adapter_source!r} is not supported: adapters are registered with "
             "this server (POST /v1/adapters) and named by adapter_id",
             "parameters.adapter_source",
-        )
-    if p.adapter_id is not None and p.merged_adapters is not None:
-        raise InvalidParamError(
-            "you must specify at most one of adapter_id or merged_adapters (as LoRAX)",
-            "parameters.merged_adapters",
         )
     if p.watermark:
         raise InvalidParamError("watermark is not supported", "parameters.watermark")

@@ -158,12 +158,11 @@ class LLM:
         if request is None:
             return None
         name, path = request.lora_name, request.lora_path
-        if self._requested.get(name) != path or name not in self.engine.adapters:
-            if not path and name not in self.engine.adapters:
-                raise ValueError(f"LoRARequest {name!r} has no lora_path and was never added")
-            if path:
-                self.add_lora(name, path)
-                self._requested[name] = path
+        if path and (self._requested.get(name) != path or name not in self.engine.adapters):
+            self.add_lora(name, path)
+            self._requested[name] = path
+        elif name not in self.engine.adapters:
+            raise ValueError(f"LoRARequest {name!r} has no lora_path and was never added")
         return name
 
 

@@ -75,7 +75,7 @@ def merge_tensors(
 ) -> torch.Tensor:
     """tensors: n x ``[rows, cols]``; w: ``[n]``; returns ``[rows, cols]`` (float32)."""
     t = torch.stack([x.float() for x in tensors])  # [n, rows, cols]
-    if spec.strategy in ("ties", "dare_ties", "dare_linear") and spec.density < 1.0:
+    if spec.strategy != "linear" and spec.density < 1.0:
         if spec.strategy == "ties":
             t = torch.stack([magnitude_prune(x, spec.density) for x in t])
         else:
