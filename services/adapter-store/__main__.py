@@ -48,6 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"concurrent uploads per tenant, 429 beyond (default 2) [{env.UPLOADS_PER_TENANT.name}]",
     )
     p.add_argument(
+        "--max-adapters-per-tenant",
+        type=int,
+        default=None,
+        help="adapters one tenant may keep stored, 403 beyond; 0: no limit (default 256) "
+        f"[{env.MAX_ADAPTERS_PER_TENANT.name}]",
+    )
+    p.add_argument(
+        "--adapter-storage-per-tenant-mb",
+        type=float,
+        default=None,
+        help="MiB of adapters one tenant may keep stored, 403 beyond; 0: no limit (default 8192) "
+        f"[{env.ADAPTER_STORAGE_PER_TENANT_MB.name}]",
+    )
+    p.add_argument(
         "--upload-dir",
         default=None,
         help=f"where uploads are spooled (default: the system temp dir) [{env.UPLOAD_DIR.name}]",
@@ -79,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             max_adapter_mb=args.max_adapter_mb,
             max_adapter_weight=args.max_adapter_weight,
             uploads_per_tenant=args.uploads_per_tenant,
+            max_adapters_per_tenant=args.max_adapters_per_tenant,
+            adapter_storage_per_tenant_mb=args.adapter_storage_per_tenant_mb,
             upload_dir=args.upload_dir,
             tenants_file=args.tenants,
             redis_prefix=args.redis_prefix,

@@ -105,6 +105,16 @@ ADAPTER_MAX_ABS_WEIGHT = EnvVar(
 UPLOADS_PER_TENANT = EnvVar(
     "LORAPLEX_UPLOADS_PER_TENANT", 2, "adapter-store: concurrent uploads per tenant (then 429)"
 )
+MAX_ADAPTERS_PER_TENANT = EnvVar(
+    "LORAPLEX_MAX_ADAPTERS_PER_TENANT",
+    256,
+    "adapter-store: adapters one tenant may keep stored (then 403; 0: no limit)",
+)
+ADAPTER_STORAGE_PER_TENANT_MB = EnvVar(
+    "LORAPLEX_ADAPTER_STORAGE_PER_TENANT_MB",
+    8192.0,
+    "adapter-store: MiB of adapters one tenant may keep stored (then 403; 0: no limit)",
+)
 UPLOAD_DIR = EnvVar(
     "LORAPLEX_UPLOAD_DIR", "", "adapter-store: where uploads are spooled (empty: system temp dir)"
 )
@@ -250,6 +260,8 @@ REGISTRY: tuple[EnvVar, ...] = (
     MAX_ADAPTER_MB,
     ADAPTER_MAX_ABS_WEIGHT,
     UPLOADS_PER_TENANT,
+    MAX_ADAPTERS_PER_TENANT,
+    ADAPTER_STORAGE_PER_TENANT_MB,
     UPLOAD_DIR,
     REDIS_PREFIX,
     ADAPTER_STORE_URL,

@@ -31,6 +31,9 @@ from loraplex.errors import LoraplexError
 DEFAULT_TENANT = "default"
 DIGEST_PREFIX = "sha256:"
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+FIELDS = frozenset(
+    {"name", "api_key", "api_keys", "weight", "max_queue", "max_adapters", "max_adapter_storage_mb"}
+)
 TENANT_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -50,6 +53,9 @@ class Tenant:
     more_keys: tuple[str, ...] = field(default=(), repr=False)  # the others (rotation)
     # Requests it may have queued in the scheduler (None: --max-queue-per-tenant)
     max_queue: int | None = None
+    # Adapters it may keep stored, and their MiB (None: the adapter-store's flags; 0: no limit)
+    max_adapters: int | None = None
+    max_adapter_storage_mb: float | None = None
 
     @property
     def api_keys(self) -> tuple[str, ...]:
@@ -143,7 +149,7 @@ def parse_tenants(data: Any, source: str = "tenants config") -> Tenants:
             missing.remove("api_key")  # api_keys alone will do
         if missing:
             raise TenantsConfigError(f"{where}: missing field(s) {', '.join(missing)}")
-        unknown = sorted(set(entry) - {"name", "api_key", "api_keys", "weight", "max_queue"})
+        unknown = sorted(set(entry) - FIELDS)
         if unknown:
             raise TenantsConfigError(f"{where}: unknown field(s) {', '.join(map(str, unknown))}")
         name = entry["name"]
@@ -155,15 +161,23 @@ def parse_tenants(data: Any, source: str = "tenants config") -> Tenants:
         where = f"{source}: tenant {name!r}"
         api_keys = _keys_of(entry, where)
         weight = entry.get("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        if not _number(weight):
             raise TenantsConfigError(f"{where}: weight must be a number")
         if not weight > 0 or weight == float("inf"):
             raise TenantsConfigError(f"{where}: weight must be a finite number > 0, got {weight}")
         max_queue = entry.get("max_queue")
-        if max_queue is not None and (
-            isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1
-        ):
+        if max_queue is not None and (not _integer(max_queue) or max_queue < 1):
             raise TenantsConfigError(f"{where}: max_queue must be an integer >= 1")
+        max_adapters = entry.get("max_adapters")
+        if max_adapters is not None and (not _integer(max_adapters) or max_adapters < 0):
+            raise TenantsConfigError(f"{where}: max_adapters must be an integer >= 0 (0: no limit)")
+        storage_mb = entry.get("max_adapter_storage_mb")
+        if storage_mb is not None and (
+            not _number(storage_mb) or not 0 <= storage_mb < float("inf")
+        ):
+            raise TenantsConfigError(
+                f"{where}: max_adapter_storage_mb must be a finite number >= 0 (0: no limit)"
+            )
         if name in names:
             raise TenantsConfigError(f"{where}: duplicate tenant name")
         digests = [key_digest(k) for k in api_keys]  # a key and its digest are the same key
@@ -173,8 +187,26 @@ def parse_tenants(data: Any, source: str = "tenants config") -> Tenants:
             raise TenantsConfigError(f"{where}: api_key is already used by another tenant")
         names.add(name)
         keys.update(digests)
-        tenants.append(Tenant(name, api_keys[0], float(weight), tuple(api_keys[1:]), max_queue))
+        tenants.append(
+            Tenant(
+                name,
+                api_keys[0],
+                float(weight),
+                tuple(api_keys[1:]),
+                max_queue,
+                max_adapters,
+                None if storage_mb is None else float(storage_mb),
+            )
+        )
     return Tenants(tenants=tuple(tenants), open_mode=False)
+
+
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _keys_of(entry: Mapping[str, Any], where: str) -> list[str]:

@@ -130,6 +130,7 @@ async def test_failure_during_replace_keeps_old_version(
     assert await keys_with(store) == {
         store.keys.version_counter("alice"),
         store.keys.index,
+        store.keys.owned("alice"),
         store.keys.meta("alice/r"),
         store.keys.blob("alice/r", v1.version),
     }
@@ -181,7 +182,8 @@ async def test_delete_removes_every_key(store: AdapterStore) -> None:
     for i, owner in enumerate(("alice", "alice", "bob")):
         await store.register(f"d{i}", owner, CONFIG, os.urandom(CHUNK_SIZE * 2 + 1), **META)
     await store.register("d0", "alice", CONFIG, os.urandom(100), **META, replace=True)
-    assert len(await keys_with(store)) == 2 + 1 + 3 * 2  # 2 owner counters, index, meta+blob each
+    # 2 owner counters and owned sets, the index, meta+blob each
+    assert len(await keys_with(store)) == 2 * 2 + 1 + 3 * 2
     await store.delete_for("alice", "d0")
     await store.delete_for("alice", "d1")
     await store.delete_for("bob", "d2")

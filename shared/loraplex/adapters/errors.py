@@ -14,6 +14,7 @@ __all__ = [
     "AdapterIntegrityError",
     "AdapterNotFoundError",
     "AdapterPathError",
+    "AdapterQuotaError",
     "AdapterTooLargeError",
     "StoreUnavailableError",
     "UploadLimitError",
@@ -30,6 +31,10 @@ class AdapterTooLargeError(LoraplexError):
 
 class AdapterForbiddenError(LoraplexError):
     """The caller can see the adapter (it is public) but does not own it (403)."""
+
+
+class AdapterQuotaError(LoraplexError):
+    """Storing the adapter would take its owner past its adapter count or storage quota (403)."""
 
 
 class AdapterPathError(LoraplexError):

@@ -24,6 +24,10 @@ key                                           type    holds
 ``{p}:adapters:version:{owner}``              STRING  INCR counter: the owner's version ids (one
                                                       per owner, so versions say nothing about
                                                       other tenants' activity)
+``{p}:adapters:owned:{owner}``                SET     ids of the owner's committed adapters (its
+                                                      quota, ``adapters.quota``; written by every
+                                                      commit and delete, built from the index on
+                                                      an owner's first commit after an upgrade)
 ``{p}:adapter:{owner}/{name}``                HASH    metadata of the live version (AdapterInfo);
                                                       its ``version`` field points at the blob
 ``{p}:adapter:{owner}/{name}:v{version}``     HASH    the blob of one version: field ``config`` =
@@ -86,6 +90,9 @@ class StoreKeys:
 
     def version_counter(self, owner: str) -> str:
         return f"{self.prefix}:adapters:version:{owner}"
+
+    def owned(self, owner: str) -> str:
+        return f"{self.prefix}:adapters:owned:{owner}"
 
     @property
     def legacy_version_counter(self) -> str:

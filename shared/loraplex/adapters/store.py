@@ -36,6 +36,7 @@ from loraplex.adapters.errors import (
 )
 from loraplex.adapters.info import AdapterInfo, FetchedAdapter, Registered, check_visibility
 from loraplex.adapters.keys import DEFAULT_PREFIX, ID_PATTERN, StoreKeys, adapter_id
+from loraplex.adapters.quota import AdapterQuota
 from loraplex.adapters.redis_conn import connect_redis, unavailable_as_typed
 from loraplex.errors import AdapterNotFoundError
 from loraplex.lora.names import NAME_PATTERN, validate_name
@@ -205,13 +206,15 @@ class AdapterStore:
         visibility: str | None = None,
         replace: bool = False,
         source: str = "",
+        quota: AdapterQuota | None = None,
     ) -> Registered:
         """Store a (validated) adapter; on ``replace`` the owner's previous version is removed.
         The new version is served (even if the previous one was unloaded); ``source``: the path
         it was read from, as the owner gave it (``AdapterInfo.source``).
         ``visibility=None``: private for a new adapter, the previous version's on replace.
         ``weights``: bytes, a binary file or an iterable of byte strings, staged into Redis a
-        batch of chunks at a time (sha256 and size computed on the way)."""
+        batch of chunks at a time (sha256 and size computed on the way).  ``quota``: the owner's
+        limits, checked in the commit (``AdapterQuotaError``); None: not counted."""
         validate_name(name)
         if visibility is not None:
             check_visibility(visibility)
@@ -241,7 +244,7 @@ class AdapterStore:
         blob = self.keys.blob(aid, version)
         try:
             info = await self._stage(info, blob, config_bytes, weights)
-            info, replaced = await self._commit(info, blob, replace, visibility is None)
+            info, replaced = await self._commit(info, blob, replace, visibility is None, quota)
         except BaseException:
             await asyncio.shield(self._discard(aid, version))
             raise
@@ -271,13 +274,19 @@ class AdapterStore:
             )
 
     async def _commit(
-        self, info: AdapterInfo, blob: str, replace: bool, keep_visibility: bool
+        self,
+        info: AdapterInfo,
+        blob: str,
+        replace: bool,
+        keep_visibility: bool,
+        quota: AdapterQuota | None,
     ) -> tuple[AdapterInfo, AdapterInfo | None]:
-        meta = self.keys.meta(info.id)
+        meta, owned_key = self.keys.meta(info.id), self.keys.owned(info.owner)
         async with self.redis.pipeline(transaction=True) as pipe:
             for _ in range(_WATCH_RETRIES):
                 try:
-                    await pipe.watch(meta, blob, self.keys.public)
+                    # the owned set: two commits of one owner cannot both pass its quota
+                    await pipe.watch(meta, blob, self.keys.public, owned_key)
                     raw = await pipe.hgetall(meta)
                     old = AdapterInfo.from_redis(raw) if raw else None
                     if old is not None and old.version == info.version:
@@ -291,11 +300,18 @@ class AdapterStore:
                         )
                     if keep_visibility and old is not None:
                         info = dataclasses.replace(info, visibility=old.visibility)
+                    sizes = await self._owned_sizes(pipe, info.owner)
+                    if quota is not None:
+                        others = (n for aid, n in sizes.items() if aid != info.id and n is not None)
+                        quota.check(info.name, info.size_bytes, others)
                     pipe.multi()
                     pipe.persist(blob)
                     pipe.delete(meta)
                     pipe.hset(meta, mapping=info.to_redis())
                     pipe.sadd(self.keys.index, info.id)
+                    pipe.sadd(owned_key, info.id, *(a for a, n in sizes.items() if n is not None))
+                    if gone := [a for a, n in sizes.items() if n is None]:
+                        pipe.srem(owned_key, *gone)
                     if info.public:
                         pipe.hset(self.keys.public, info.name, info.id)
                     elif holder == info.id:  # made private
@@ -307,6 +323,28 @@ class AdapterStore:
                 except WatchError:
                     continue
         raise StoreUnavailableError(f"adapter {info.name!r}: too much contention, try again")
+
+    async def _owned_sizes(
+        self, pipe: aioredis.client.Pipeline, owner: str
+    ) -> dict[str, int | None]:
+        """The owner's committed adapters: id -> weights size, None for an id whose metadata is
+        gone (dropped from the set by the commit); their keys join ``pipe``'s WATCH.  Before the
+        owner's first commit since the owned sets exist, its ids come from the index."""
+        ids = [i.decode() for i in await pipe.smembers(self.keys.owned(owner))]
+        if not ids:
+            mine = adapter_id(owner, "")
+            ids = [
+                a
+                for i in await pipe.smembers(self.keys.index)
+                if (a := i.decode()).startswith(mine)
+            ]
+        if ids:  # a replacement elsewhere changes a size without touching the set
+            await pipe.watch(*(self.keys.meta(aid) for aid in ids))
+        async with self.redis.pipeline(transaction=False) as reads:
+            for aid in ids:
+                reads.hget(self.keys.meta(aid), "size_bytes")
+            raw = await reads.execute()
+        return {aid: int(r) if r is not None else None for aid, r in zip(ids, raw, strict=True)}
 
     async def _discard(self, aid: str, version: int) -> None:
         """Drop a staged blob after a failure, unless the commit went through after all (e.g.
@@ -361,6 +399,7 @@ class AdapterStore:
                     pipe.multi()
                     pipe.unlink(meta, self.keys.blob(aid, info.version))
                     pipe.srem(self.keys.index, aid)
+                    pipe.srem(self.keys.owned(tenant), aid)
                     if holder == aid:
                         pipe.hdel(self.keys.public, name)
                     await pipe.execute()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from loraplex import env
+from loraplex.adapters.quota import AdapterQuota
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,8 @@ class RegistrationConfig:
     max_adapter_mb: float = 512.0
     max_adapter_weight: float = 1000.0  # largest |w| of A and scaled B (docs/architecture.md)
     uploads_per_tenant: int = 2  # concurrent uploads per tenant in this process; then 429
+    max_adapters_per_tenant: int = 256  # stored adapters per tenant (0: no limit); then 403
+    adapter_storage_per_tenant_mb: float = 8192.0  # their MiB per tenant (0: no limit)
     upload_dir: str | None = None  # where uploads are spooled; None: the system temp dir
     tenants_file: str | None = None  # None: open mode (one tenant, no API keys)
     redis_prefix: str = "loraplex"
@@ -35,10 +38,19 @@ class RegistrationConfig:
             raise ValueError("--max-adapter-weight must be positive")
         if self.uploads_per_tenant < 1:
             raise ValueError("--uploads-per-tenant must be at least 1")
+        if self.max_adapters_per_tenant < 0:
+            raise ValueError("--max-adapters-per-tenant must be >= 0 (0: no limit)")
+        if not 0 <= self.adapter_storage_per_tenant_mb < float("inf"):
+            raise ValueError("--adapter-storage-per-tenant-mb must be >= 0 (0: no limit)")
 
     @property
     def max_adapter_bytes(self) -> int:
         return int(self.max_adapter_mb * 1024 * 1024)
+
+    @property
+    def quota(self) -> AdapterQuota:
+        """Every tenant's adapter quota, unless its tenants-file entry sets its own."""
+        return AdapterQuota.of(self.max_adapters_per_tenant, self.adapter_storage_per_tenant_mb)
 
     @classmethod
     def from_env(cls, **overrides: object) -> RegistrationConfig:
@@ -52,6 +64,8 @@ class RegistrationConfig:
             "max_adapter_mb": env.MAX_ADAPTER_MB.get(),
             "max_adapter_weight": env.ADAPTER_MAX_ABS_WEIGHT.get(),
             "uploads_per_tenant": env.UPLOADS_PER_TENANT.get(),
+            "max_adapters_per_tenant": env.MAX_ADAPTERS_PER_TENANT.get(),
+            "adapter_storage_per_tenant_mb": env.ADAPTER_STORAGE_PER_TENANT_MB.get(),
             "upload_dir": env.UPLOAD_DIR.get() or None,
             "tenants_file": env.TENANTS_FILE.get() or None,
             "redis_prefix": env.REDIS_PREFIX.get(),

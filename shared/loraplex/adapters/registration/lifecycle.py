@@ -69,6 +69,7 @@ class Registration:
             events,
             max_abs_weight=config.max_adapter_weight,
             uploads_per_tenant=config.uploads_per_tenant,
+            quota=config.quota,
         )
         migration = asyncio.create_task(migrate_in_background(store), name="adapter-migration")
         try:

@@ -82,7 +82,7 @@ async def register_lora_modules(
                 upload = await upload_from_dir(
                     Path(folder).parent, m.name, folder, max_bytes, "public", replace=True
                 )
-                await registrar.register(Tenant(owner, ""), upload)
+                await registrar.register(Tenant(owner, ""), upload, counted=False)
             except (AdapterError, LoraplexError, OSError) as e:
                 raise PreloadError(f"--lora-modules {m.name}={m.path}: {e}") from e
     finally:

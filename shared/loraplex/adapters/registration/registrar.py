@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from loraplex.adapters.errors import AdapterForbiddenError, UploadLimitError
 from loraplex.adapters.info import AdapterInfo, Registered
 from loraplex.adapters.keys import adapter_id
+from loraplex.adapters.quota import AdapterQuota
 from loraplex.adapters.registration.events import EventPublisher
 from loraplex.adapters.registration.uploads import AdapterUpload
 from loraplex.adapters.store import AdapterStore
@@ -34,6 +35,7 @@ class Registrar:
         *,
         max_abs_weight: float | None = None,  # None: LORAPLEX_ADAPTER_MAX_ABS_WEIGHT
         uploads_per_tenant: int = 2,
+        quota: AdapterQuota | None = None,  # every tenant's, unless its entry sets its own
     ) -> None:
         self.store = store
         self.model = model
@@ -41,6 +43,7 @@ class Registrar:
         self.events = events
         self.max_abs_weight = max_abs_weight
         self.uploads_per_tenant = uploads_per_tenant
+        self.quota = quota or AdapterQuota()
         self._uploading: Counter[str] = Counter()
 
     @asynccontextmanager
@@ -60,9 +63,20 @@ class Registrar:
             if not self._uploading[tenant.name]:
                 del self._uploading[tenant.name]
 
-    async def register(self, tenant: Tenant, upload: AdapterUpload) -> Registered:
+    def quota_of(self, tenant: Tenant) -> AdapterQuota:
+        """``tenant``'s limits: its entry's own (tenants file), else the deployment's."""
+        own = AdapterQuota.of(tenant.max_adapters, tenant.max_adapter_storage_mb)
+        return AdapterQuota(
+            self.quota.max_adapters if tenant.max_adapters is None else own.max_adapters,
+            self.quota.max_bytes if tenant.max_adapter_storage_mb is None else own.max_bytes,
+        )
+
+    async def register(
+        self, tenant: Tenant, upload: AdapterUpload, *, counted: bool = True
+    ) -> Registered:
         """Validate against the base model (before storing anything), store, publish.  The
-        upload's spool file is deleted whatever happens."""
+        upload's spool file is deleted whatever happens.  ``counted=False`` (the operator's
+        ``--lora-modules``): not held to the tenant's quota."""
         try:
             await self.store.check_can_register(
                 tenant.name, upload.name, upload.replace, upload.visibility
@@ -88,6 +102,7 @@ class Registrar:
                     visibility=upload.visibility,
                     replace=upload.replace,
                     source=upload.source,
+                    quota=self.quota_of(tenant) if counted else None,
                 )
         finally:
             upload.discard()
