@@ -6,10 +6,13 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from types import SimpleNamespace
 
 from loraplex.tooling.supervisor import RestartPolicy, Service, Supervisor
 
-POLICY = RestartPolicy(initial_backoff_s=1.0, max_backoff_s=4.0, stable_after_s=10.0)
+POLICY = RestartPolicy(
+    initial_backoff_s=1.0, max_backoff_s=4.0, stable_after_s=10.0, kills_at_once=1
+)
 
 
 def _service(tmp_path, code: str) -> Service:
@@ -195,3 +198,113 @@ def test_readiness_is_probed_over_http(tmp_path):
     finally:
         svc.proc.kill()  # type: ignore[union-attr]
         svc.proc.wait(10)  # type: ignore[union-attr]
+
+
+class _Clock:
+    t = 100.0
+
+
+class _FakePopen:
+    """What the supervisor reads of a child: its pid, ``poll`` and ``returncode`` (set by a test)."""
+
+    pids = iter(range(1000, 2000))
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.pid = next(self.pids)
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+
+def _fake_service(tmp_path, monkeypatch) -> tuple[Supervisor, Service, _Clock]:
+    """A ready-probed service whose ``start`` spawns no process and reads the test's clock."""
+    from loraplex.tooling import supervisor
+
+    clock = _Clock()
+    monkeypatch.setattr(supervisor, "subprocess", SimpleNamespace(Popen=_FakePopen, STDOUT=-2))
+    monkeypatch.setattr(supervisor, "time", SimpleNamespace(monotonic=lambda: clock.t))
+    svc = Service("svc", ["svc"], tmp_path / "svc.log", ready_url="http://probe")
+    sup = Supervisor([svc], POLICY, say=lambda line: None, probe=lambda url: True)
+    svc.start()
+    return sup, svc, clock
+
+
+def _end_run(
+    sup: Supervisor,
+    svc: Service,
+    clock: _Clock,
+    ready_after: float | None = 1.0,
+    up_s: float = 2.0,
+    code: int = -signal.SIGKILL,
+) -> float:
+    """The current run is ready ``ready_after`` s after its start (None: never), then exits with
+    ``code`` ``up_s`` s later; returns the delay the supervisor chose, after which the clock stands
+    at the restart, done."""
+    clock.t = svc.started_at
+    if ready_after is not None:
+        clock.t += ready_after
+        sup.poll(now=clock.t)
+        assert svc.ready_at == clock.t
+    svc.proc.returncode = code  # type: ignore[union-attr]
+    clock.t += up_s
+    restarts = svc.restarts
+    sup.poll(now=clock.t)
+    if svc.restarts > restarts:  # restarted in the pass that noticed the exit
+        return 0.0
+    delay = svc.restart_at - clock.t  # type: ignore[operator]
+    clock.t = svc.restart_at  # type: ignore[assignment]
+    sup.poll(now=clock.t)
+    assert svc.restarts == restarts + 1 and svc.started_at == clock.t
+    return delay
+
+
+def test_one_outside_kill_soon_after_ready_restarts_at_once(tmp_path, monkeypatch):
+    sup, svc, clock = _fake_service(tmp_path, monkeypatch)
+    assert _end_run(sup, svc, clock) == 0.0
+    assert svc.quick_kills == 1 and svc.restarts == 1 and svc.ready_at is None
+
+
+def test_outside_kills_in_a_row_soon_after_ready_back_off(tmp_path, monkeypatch):
+    """An OOM loop: ready, then SIGKILLed (or SIGTERMed) a few seconds later, again and again."""
+    sup, svc, clock = _fake_service(tmp_path, monkeypatch)
+    codes = [-signal.SIGKILL, -signal.SIGTERM, -signal.SIGKILL, -signal.SIGKILL, -signal.SIGKILL]
+    delays = [_end_run(sup, svc, clock, code=code) for code in codes]
+    assert delays == [0.0, 1.0, 2.0, 4.0, 4.0]  # POLICY: 1 s doubling, capped at 4 s
+    assert svc.quick_kills == 5
+
+
+def test_other_exits_between_kills_do_not_reset_the_count(tmp_path, monkeypatch):
+    sup, svc, clock = _fake_service(tmp_path, monkeypatch)
+    assert _end_run(sup, svc, clock) == 0.0
+    assert _end_run(sup, svc, clock) == 1.0
+    # A crash before it was ever ready backs off as a crash loop does, and is no healthy run.
+    assert _end_run(sup, svc, clock, ready_after=None, up_s=0.5, code=1) == 2.0
+    assert svc.quick_kills == 2 and svc.quick_failures == 2
+    assert _end_run(sup, svc, clock) == 2.0
+    assert svc.quick_kills == 3
+
+
+def test_a_long_healthy_run_restarts_at_once_again(tmp_path, monkeypatch):
+    sup, svc, clock = _fake_service(tmp_path, monkeypatch)
+    assert [_end_run(sup, svc, clock) for _ in range(3)] == [0.0, 1.0, 2.0]
+    # Ready for stable_after_s, then killed: the OOM loop is over, a fresh series begins.
+    assert _end_run(sup, svc, clock, up_s=POLICY.stable_after_s) == 0.0
+    assert svc.quick_kills == 0
+    assert [_end_run(sup, svc, clock) for _ in range(2)] == [0.0, 1.0]
+    # A long run ended by a crash resets the count too.
+    assert _end_run(sup, svc, clock, up_s=POLICY.stable_after_s, code=1) == POLICY.delay(1)
+    assert svc.quick_kills == 0 and _end_run(sup, svc, clock) == 0.0
+
+
+def test_a_slow_start_or_a_short_readiness_is_no_healthy_run(tmp_path, monkeypatch):
+    """Up counts from readiness, and ``ready_stable_s`` is too short to clear an OOM loop."""
+    sup, svc, clock = _fake_service(tmp_path, monkeypatch)
+    assert _end_run(sup, svc, clock) == 0.0
+    # Loading took longer than stable_after_s; killed 2 s after it was ready.
+    assert _end_run(sup, svc, clock, ready_after=POLICY.stable_after_s + 10.0) == 1.0
+    # Ready past ready_stable_s, but not for stable_after_s.
+    up_s = POLICY.ready_stable_s + 1.0
+    assert up_s < POLICY.stable_after_s
+    assert _end_run(sup, svc, clock, up_s=up_s) == 2.0
+    assert svc.quick_kills == 3

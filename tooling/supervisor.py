@@ -13,6 +13,17 @@ killer, a chaos test) is restarted at once: it did not fail by itself, and every
 lengthens the outage of a healthy service while its requests wait for it (a prefill worker's
 requests fail after the scheduler's ``--unavailable-timeout``).  A crash (a non-zero exit code,
 SIGSEGV, SIGABRT) still backs off, and so does a kill before the service was ever ready.
+
+That grace is granted ``kills_at_once`` times in a row (8): a service the OOM killer shoots again
+and again soon after it comes up would otherwise restart at once forever, while a few kills in a
+row (an operator, a chaos run, bench/reliability.py's six) keep their quick restarts.
+``Service.quick_kills`` counts outside kills of runs that were up less than ``stable_after_s``;
+past ``kills_at_once`` they back off as ``delay(quick_kills - kills_at_once)`` (0.5 s, 1 s,
+...).  Only a run that was up for ``stable_after_s``, whatever ended it, resets the count.  Up counts from the run's first ready
+probe (from its start when it had none): a slow start (a worker loading its model for 40 s) is no
+healthy run, and an OOM kill may come later than ``ready_stable_s`` (5 s) after readiness, once
+load fills the worker's memory, so neither may clear an OOM loop.  Other exits in between (a crash,
+a kill before ready) leave the count as it is: they say nothing about health.
 """
 
 from __future__ import annotations
@@ -38,7 +49,9 @@ class RestartPolicy:
     stable_after_s: float = 30.0  # a run at least this long resets the backoff
     ready_stable_s: float = 5.0  # so does a run that was ready (``Service.ready_url``) this long
     probe_interval_s: float = 0.5  # between readiness probes of a service not ready yet
-    after_kill_s: float = 0.0  # before restarting a service killed from outside after it came up
+    after_kill_s: float = 0.0  # before restarting a service killed from outside after it came up,
+    # up to ``kills_at_once`` times in a row (``Service.quick_kills``); later ones back off
+    kills_at_once: int = 8
 
     def delay(self, quick_failures: int) -> float:
         """Seconds to wait before restart number ``quick_failures`` (1-based) in a row."""
@@ -56,6 +69,7 @@ class Service:
     started_at: float = 0.0  # monotonic
     restarts: int = 0
     quick_failures: int = 0  # exits in a row before the service came up (``_came_up``)
+    quick_kills: int = 0  # outside kills of runs up < ``stable_after_s`` since the last long run
     restart_at: float | None = None  # monotonic time of the pending restart
     history: list[int] = field(default_factory=list)  # pids, oldest first
     ready_url: str | None = None  # answers 200 once the service came up (None: not probed)
@@ -142,16 +156,26 @@ class Supervisor:
         ran = now - svc.started_at
         code = svc.proc.returncode  # type: ignore[union-attr]
         shot = self._was_up(svc, now) and -code in OUTSIDE_KILLS
+        if self._up_for(svc, now) >= self.policy.stable_after_s:  # a long healthy run
+            svc.quick_kills = 0
+        elif shot:
+            svc.quick_kills += 1
         if shot or self._came_up(svc, now):
             svc.quick_failures = 1
         else:
             svc.quick_failures += 1
-        delay = self.policy.after_kill_s if shot else self.policy.delay(svc.quick_failures)
+        delay = self._shot_delay(svc) if shot else self.policy.delay(svc.quick_failures)
         svc.restart_at = now + delay
         self.say(
             f"loraplex: {svc.name} exited with code {code} after {ran:.1f}s; "
             f"restarting in {delay:.1f}s (log: {svc.log_path})"
         )
+
+    def _shot_delay(self, svc: Service) -> float:
+        """At once for the first ``kills_at_once`` outside kills in a row; an OOM loop backs off."""
+        if svc.quick_kills <= self.policy.kills_at_once:
+            return self.policy.after_kill_s
+        return self.policy.delay(svc.quick_kills - self.policy.kills_at_once)
 
     def _probe(self, svc: Service, now: float) -> None:
         if svc.ready_url is None or svc.ready_at is not None or now < svc.next_probe_at:
@@ -163,6 +187,10 @@ class Supervisor:
     def _was_up(self, svc: Service, now: float) -> bool:
         """The run that just ended had come up at all: ready once, or running for a while."""
         return svc.ready_at is not None or now - svc.started_at >= self.policy.stable_after_s
+
+    def _up_for(self, svc: Service, now: float) -> float:
+        """Seconds the run that just ended was up: since it was first ready, else since its start."""
+        return now - (svc.started_at if svc.ready_at is None else svc.ready_at)
 
     def _came_up(self, svc: Service, now: float) -> bool:
         """The run that just ended was healthy for a while: its exit is no crash loop."""
