@@ -9,6 +9,7 @@ from loraplex import env
 from loraplex.cli_flags import add_flags
 from loraplex.cli_help import DefaultsHelpFormatter
 from loraplex.errors import LoraplexError
+from loraplex.gateway.batches.limits import flags as batch_flags
 from loraplex.gateway.settings import GatewaySettings, flags
 from loraplex.gc_heap import freeze_startup_heap
 
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             responses_max_kb=args.responses_max_kb,
             responses_per_tenant=args.responses_per_tenant,
             responses_tenant_mb=args.responses_tenant_mb,
+            **{f.dest: getattr(args, f.dest) for f in batch_flags()},
         )
         app = create_app(settings)
     except (ValueError, LoraplexError) as e:

@@ -19,6 +19,10 @@ from loraplex import prom
 from loraplex.adapters.registration.config import RegistrationConfig
 from loraplex.adapters.registration.lifecycle import Registration
 from loraplex.bus import Bus
+from loraplex.gateway.batches.execute import LineExecutor
+from loraplex.gateway.batches.runner import BatchRunner
+from loraplex.gateway.batches.store import BatchStore, MemoryBatchStore
+from loraplex.gateway.batches.store_redis import RedisBatchStore
 from loraplex.gateway.body_check import BodyCheckMiddleware
 from loraplex.gateway.capacity import SchedulerView
 from loraplex.gateway.errors import install_error_handlers
@@ -32,7 +36,9 @@ from loraplex.gateway.response_store_redis import RedisResponseStore
 from loraplex.gateway.responses_background import BackgroundResponses
 from loraplex.gateway.responses_history import ResponseHistory
 from loraplex.gateway.routes import (
+    batches,
     completions,
+    files,
     health,
     models,
     responses,
@@ -95,6 +101,20 @@ def _response_store(
     )
 
 
+def _batch_runner(
+    settings: GatewaySettings, redis: object | None, service: GatewayService
+) -> BatchRunner:
+    """The Batch API's runner over the shared Redis (any replica answers for a batch and takes
+    over a dead one's) or, without Redis, this process's memory."""
+    limits = settings.batches
+    store: BatchStore = (
+        MemoryBatchStore(limits)
+        if redis is None
+        else RedisBatchStore(redis, limits, settings.redis_prefix)  # type: ignore[arg-type]
+    )
+    return BatchRunner(store, LineExecutor(service), settings.gateway_id)
+
+
 def create_app(settings: GatewaySettings) -> FastAPI:
     tenants = LiveTenants(settings.tenants_file)  # re-read when the file changes
     tokenizer = Tokenizer(settings.model_dir)
@@ -146,6 +166,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 settings, bus, streams, tokenizer, store, metrics
             )
             metrics.bind_known_adapters(lambda: service.known_adapters.served_stale)
+            app.state.batches = _batch_runner(settings, redis, service)
+            app.state.batches.start()
+            stack.push_async_callback(app.state.batches.stop)
             # A delta for a request no longer open: its cancel was lost; ask again.
             streams.bind_orphan_cancel(
                 lambda rid: service.cancel(rid, "the gateway no longer has the request")
@@ -179,8 +202,15 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(tokenize.router)
     app.include_router(tgi.router)
     app.include_router(health.router)
+    app.include_router(files.router)
+    app.include_router(batches.router)
     # inside the body limit: reads bodies the limit already bounded
     app.add_middleware(BodyCheckMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        # an upload to /v1/files: its file, and the multipart form around it
+        by_prefix={"/v1/files": settings.batches.file_max_bytes + 64 * 1024},
+    )
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app

@@ -15,6 +15,12 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from loraplex.errors import InvalidRequestError, LoraplexError
+from loraplex.gateway.batches.errors import (
+    BatchLimitError,
+    BatchNotFoundError,
+    BatchStoreUnavailableError,
+    FilesQuotaError,
+)
 from loraplex.gateway.response_store import ResponseNotFoundError, ResponseStoreUnavailableError
 from loraplex.http_errors import LIBRARY_ERRORS, ErrorRow, classify_in, error_body, json_error
 from loraplex.http_errors import install_error_handlers as install_library_handlers
@@ -90,6 +96,10 @@ class ClientDisconnectedError(LoraplexError):
 # this service's rows, tried before the library's (loraplex.http_errors.LIBRARY_ERRORS)
 GATEWAY_ERRORS: tuple[ErrorRow, ...] = (
     (ModelNotFoundError, 404, "model_not_found"),
+    (BatchNotFoundError, 404, "not_found"),
+    (FilesQuotaError, 403, "files_quota_exceeded"),
+    (BatchLimitError, 429, "batch_limit_exceeded"),
+    (BatchStoreUnavailableError, 503, "service_unavailable"),
     (ResponseNotFoundError, 404, "not_found"),
     (ResponseStoreUnavailableError, 503, "service_unavailable"),
     (PayloadTooLargeError, 413, "request_too_large"),

@@ -123,6 +123,34 @@ def _usage(gens: list[Generation], n: int) -> Usage:
     return Usage.total(gens[::n], gens)
 
 
+async def _itself(work: Awaitable[T]) -> T:
+    return await work
+
+
+async def whole_answer(
+    gens: list[Generation],
+    fmt: CompletionFormat,
+    n: int,
+    firsts: list[TextDelta | None] | None = None,
+    wait: Callable[[Awaitable[Any]], Awaitable[Any]] = _itself,
+) -> dict[str, Any]:
+    """The one JSON answer of started generations (``firsts``: their first deltas, when already
+    read); ``wait`` wraps each await (the HTTP route's watches the client).  The caller closes
+    the generations."""
+    if firsts is None:
+        firsts = await wait(all_of([g.next() for g in gens]))
+    collected = [g.collect(f) for g, f in zip(gens, firsts, strict=True)]
+    texts = await wait(all_of(collected))
+    answers = [(t, g.finish_reason, g.logprobs) for t, g in zip(texts, gens, strict=True)]
+    prompts = None
+    if fmt.prompt_logprobs is not None:  # a long prompt's tokens decode off the loop
+        prompts = await asyncio.to_thread(lambda: [g.prompt_logprobs() for g in gens])
+    out = fmt.response(answers, _usage(gens, n), prompts)
+    if fmt.return_token_ids:
+        fmt.add_token_ids(out, [(g.prompt_ids, g.received_token_ids) for g in gens])
+    return out
+
+
 async def respond(
     request: Request,
     gens: list[Generation],
@@ -140,18 +168,14 @@ async def respond(
 
     try:
         probe = PeerProbe.from_scope(request.scope)
-        firsts = await until_disconnected(request.receive, all_of([g.next() for g in gens]), probe)
+
+        def wait(work: Awaitable[T]) -> Awaitable[T]:
+            return until_disconnected(request.receive, work, probe)
+
+        firsts = await wait(all_of([g.next() for g in gens]))
         if not stream:
-            collected = [g.collect(f) for g, f in zip(gens, firsts, strict=True)]
-            texts = await until_disconnected(request.receive, all_of(collected), probe)
+            out = await whole_answer(gens, fmt, n, firsts, wait)
             await close()
-            answers = [(t, g.finish_reason, g.logprobs) for t, g in zip(texts, gens, strict=True)]
-            prompts = None
-            if fmt.prompt_logprobs is not None:  # a long prompt's tokens decode off the loop
-                prompts = await asyncio.to_thread(lambda: [g.prompt_logprobs() for g in gens])
-            out = fmt.response(answers, _usage(gens, n), prompts)
-            if fmt.return_token_ids:
-                fmt.add_token_ids(out, [(g.prompt_ids, g.received_token_ids) for g in gens])
             return JSONResponse(out)
     except BaseException:
         await close()

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from loraplex import env
 from loraplex.cli_flags import Flag, flag
+from loraplex.gateway.batches import limits as batch_limits
+from loraplex.gateway.batches.limits import BatchLimits
 from loraplex.gateway.reasoning import PARSERS as REASONING_PARSERS
 from loraplex.gateway.tools import PARSERS as TOOL_CALL_PARSERS
 from loraplex.model.config import ModelConfig
@@ -74,6 +76,8 @@ class GatewaySettings:
     responses_max_kb: int = 1024
     responses_per_tenant: int = 256
     responses_tenant_mb: float = 64.0
+    # The Files and Batch APIs' limits (batches/limits.py; its own flags)
+    batches: BatchLimits = field(default_factory=BatchLimits)
     gateway_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
     def __post_init__(self) -> None:
@@ -127,7 +131,9 @@ class GatewaySettings:
     @classmethod
     def from_env(cls, **overrides: object) -> GatewaySettings:
         """Defaults from the environment registry; ``overrides`` (flags) that are not None win."""
+        batch_flags = {f.dest: overrides.pop(f.dest, None) for f in batch_limits.flags()}
         base: dict[str, object] = {
+            "batches": BatchLimits.from_env(**batch_flags),
             "model_dir": env.MODEL_DIR.get(),
             "model_id": env.MODEL_ID.get(),
             "max_model_len": env.MAX_MODEL_LEN.get(),
@@ -291,4 +297,5 @@ def flags() -> tuple[Flag, ...]:
             help="MiB of kept responses per tenant, its oldest dropped past it (default 64) "
             f"[{env.RESPONSES_TENANT_MB.name}]",
         ),
+        *batch_limits.flags(),
     )

@@ -202,6 +202,22 @@ REASONING_PARSER = EnvVar(
     "(the answer starts thinking, until </think>) or 'qwen3' (when it opens with <think>)",
 )
 
+BATCH_FILE_MAX_MB = EnvVar(
+    "LORAPLEX_BATCH_FILE_MAX_MB", 64.0, "gateway: largest file uploaded to /v1/files (MiB)"
+)
+BATCH_FILES_TENANT_MB = EnvVar(
+    "LORAPLEX_BATCH_FILES_TENANT_MB", 512.0, "gateway: MiB of files (outputs too) per tenant"
+)
+BATCH_FILES_PER_TENANT = EnvVar(
+    "LORAPLEX_BATCH_FILES_PER_TENANT", 200, "gateway: files (outputs too) kept per tenant"
+)
+BATCH_MAX_LINES = EnvVar("LORAPLEX_BATCH_MAX_LINES", 10_000, "gateway: requests in one batch")
+BATCHES_PER_TENANT = EnvVar(
+    "LORAPLEX_BATCHES_PER_TENANT", 4, "gateway: batches one tenant may run at once (then 429)"
+)
+BATCH_CONCURRENCY = EnvVar(
+    "LORAPLEX_BATCH_CONCURRENCY", 16, "gateway: requests of one batch in flight at once"
+)
 RESPONSES_TTL_S = EnvVar(
     "LORAPLEX_RESPONSES_TTL_S",
     3600,
@@ -278,6 +294,12 @@ REGISTRY: tuple[EnvVar, ...] = (
     TOOL_CALL_PARSER,
     REASONING_PARSER,
     EXCLUDE_TOOLS_WHEN_NONE,
+    BATCH_FILE_MAX_MB,
+    BATCH_FILES_TENANT_MB,
+    BATCH_FILES_PER_TENANT,
+    BATCH_MAX_LINES,
+    BATCHES_PER_TENANT,
+    BATCH_CONCURRENCY,
     RESPONSES_TTL_S,
     RESPONSES_MAX_KB,
     RESPONSES_PER_TENANT,

@@ -1,4 +1,5 @@
-"""``wait_for`` without the race of Python 3.11's ``asyncio.wait_for``.
+"""``wait_for`` without the race of Python 3.11's ``asyncio.wait_for``, and
+``cancel_requested`` for loops that must outlive their own errors but not a cancel.
 
 In 3.11, when the awaited future completes in the same loop iteration as the waiting task is
 cancelled, ``asyncio.wait_for`` returns the result and the cancellation is lost (CPython
@@ -41,3 +42,13 @@ else:  # 3.10: no asyncio.timeout; asyncio.wait never swallows the caller's canc
             await asyncio.gather(task, return_exceptions=True)
             raise asyncio.TimeoutError
         return task.result()
+
+
+def cancel_requested() -> bool:
+    """Whether the running task was asked to stop.  A loop that keeps going through its own
+    errors (``except Exception``) checks it: a client library that turns the ``CancelledError``
+    it got into an error of its own would otherwise leave the loop running forever, and the
+    shutdown that cancelled it waiting (3.10 cannot tell: False)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling is not None and cancelling())

@@ -1,0 +1,70 @@
+"""One batch line run as its HTTP route would run it: the same validation, preparation, fair
+queueing (the scheduler charges the batch's tenant) and JSON answer, or the same error body.
+
+A refusal that says "later" (429: the tenant's queue is full; 503: no scheduler or no worker
+right now) is no answer: ``RetryLater`` makes the runner send the line again after a while, so a
+batch larger than its tenant's queue drains at the pace the tenant's fair share allows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from loraplex.errors import LoraplexError
+from loraplex.gateway.errors import classify
+from loraplex.gateway.openai_format import ChatFormat, CompletionFormat
+from loraplex.gateway.responder import whole_answer
+from loraplex.gateway.schemas import ChatCompletionRequest, CompletionRequest
+from loraplex.gateway.service import GatewayService
+from loraplex.http_errors import error_body, validation_message
+
+RETRY_STATUSES = frozenset({429, 503})
+
+
+class RetryLater(Exception):
+    """The line was refused for now (queue full, no capacity): send it again later."""
+
+
+class LineExecutor:
+    def __init__(self, service: GatewayService) -> None:
+        self.service = service
+
+    async def __call__(
+        self, tenant: str, endpoint: str, body: dict[str, Any], wanted: Callable[[], bool]
+    ) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body) of the request; ``RetryLater`` for a refusal that may pass later.
+        ``wanted()`` False (the batch was cancelled) stops it before it is queued."""
+        try:
+            return 200, await self._run(tenant, endpoint, body, wanted)
+        except ValidationError as e:
+            located = [{**err, "loc": ("body", *err["loc"])} for err in e.errors()]
+            message, param = validation_message(RequestValidationError(located))
+            return 400, error_body(400, message, param, "invalid_value")
+        except LoraplexError as e:
+            status, err = classify(e)
+            if status in RETRY_STATUSES:
+                raise RetryLater(str(e)) from e
+            return status, err
+
+    async def _run(
+        self, tenant: str, endpoint: str, body: dict[str, Any], wanted: Callable[[], bool]
+    ) -> dict[str, Any]:
+        service = self.service
+        if endpoint == "/v1/chat/completions":
+            chat = ChatCompletionRequest.model_validate(body)
+            prompt = await service.prepare_chat(chat, tenant)
+            prompts, fmt, n = [prompt], ChatFormat(prompt), chat.n
+        else:
+            req = CompletionRequest.model_validate(body)
+            prompts = await service.prepare_completion(req, tenant)
+            fmt, n = CompletionFormat(prompts[0]), req.n
+        gens = await service.start_choices(prompts, n, wanted)
+        try:
+            return await whole_answer(gens, fmt, n)
+        finally:
+            for g in gens:
+                await g.aclose()

@@ -1,0 +1,106 @@
+"""A batch's input file: one JSON request per line, checked before anything runs.
+
+Each line is ``{"custom_id": ..., "method": "POST", "url": <the batch's endpoint>, "body": {...}}``
+(OpenAI's format, which ``vllm run-batch`` and SGLang read too).  Every line is held to what the
+HTTP edge holds a request body to (``body_check.body_problem``: clean UTF-8, no lone surrogates,
+no NUL outside text); ``custom_id`` values are unique; ``stream`` is refused.  The body itself is
+validated when its request runs, so a bad body fails that request only (a 400 in the error file),
+as on OpenAI.  Problems are collected with their 1-based line numbers; the first ``MAX_ERRORS``
+become the failed batch's ``errors``.  Plain Python.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from loraplex.gateway.batches.objects import MAX_ERRORS
+from loraplex.gateway.body_check import body_problem
+
+MAX_CUSTOM_ID = 512  # characters
+
+
+@dataclass(frozen=True)
+class BatchLine:
+    index: int  # 0-based position in the file: the order of the output file
+    custom_id: str
+    body: dict[str, Any]
+
+
+class BatchInputError(Exception):
+    """The input file cannot run; ``errors``: OpenAI's ``{code, message, param, line}`` items."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(errors[0]["message"] if errors else "invalid input file")
+        self.errors = errors
+
+
+def _error(line: int | None, message: str, param: str | None = None) -> dict[str, Any]:
+    return {"code": "invalid_request", "message": message, "param": param, "line": line}
+
+
+def parse_input(content: bytes, endpoint: str, max_lines: int) -> list[BatchLine]:
+    """The requests of an input file, in order; ``BatchInputError`` listing every problem."""
+    raw_lines = content.splitlines()
+    while raw_lines and not raw_lines[-1].strip():
+        raw_lines.pop()  # a trailing newline, or a few
+    if not raw_lines:
+        raise BatchInputError([_error(None, "the input file holds no requests")])
+    if len(raw_lines) > max_lines:
+        raise BatchInputError([_error(
+            None, f"the input file holds {len(raw_lines)} requests; a batch may hold {max_lines}"
+        )])  # fmt: skip
+    errors: list[dict[str, Any]] = []
+    lines: list[BatchLine] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_lines):
+        problem = _line_problem(raw, i + 1, endpoint, seen)
+        if isinstance(problem, dict):
+            errors.append(problem)
+            if len(errors) >= MAX_ERRORS:
+                break
+        else:
+            lines.append(BatchLine(i, *problem))
+    if errors:
+        raise BatchInputError(errors)
+    return lines
+
+
+def _line_problem(
+    raw: bytes, number: int, endpoint: str, seen: set[str]
+) -> dict[str, Any] | tuple[str, dict[str, Any]]:
+    """The line's (custom_id, body), or its error item."""
+    bad = body_problem(raw)
+    if bad is not None:
+        return _error(number, f"line {number}: {bad}", bad.param)
+    try:
+        item = json.loads(raw)
+    except (ValueError, RecursionError):
+        return _error(number, f"line {number} is not valid JSON")
+    if not isinstance(item, dict):
+        return _error(number, f"line {number} is not a JSON object")
+    custom_id = item.get("custom_id")
+    if not isinstance(custom_id, str) or not 0 < len(custom_id) <= MAX_CUSTOM_ID:
+        return _error(
+            number, f"line {number}: custom_id must be a string of 1 to {MAX_CUSTOM_ID} characters",
+            "custom_id",
+        )  # fmt: skip
+    if custom_id in seen:
+        return _error(number, f"line {number}: custom_id {custom_id!r} is used twice", "custom_id")
+    seen.add(custom_id)
+    if item.get("method") != "POST":
+        return _error(number, f"line {number}: method must be POST", "method")
+    if item.get("url") != endpoint:
+        return _error(
+            number, f"line {number}: url must be the batch's endpoint {endpoint!r}", "url"
+        )
+    body = item.get("body")
+    if not isinstance(body, dict):
+        return _error(number, f"line {number}: body must be a JSON object", "body")
+    if body.get("stream"):
+        return _error(number, f"line {number}: stream is not supported in a batch", "body.stream")
+    unknown = sorted(set(item) - {"custom_id", "method", "url", "body"})
+    if unknown:
+        return _error(number, f"line {number}: unknown field(s) {', '.join(unknown)}")
+    return custom_id, body

@@ -1,0 +1,250 @@
+"""One run of one batch on this gateway, from its first unanswered line to its end.
+
+A run holds the batch's lease (renewed every third of its life); when the lease is lost (this
+gateway was cut off so long that another took the batch over) it stops at once and writes
+nothing more.  It sends up to ``concurrency`` lines at a time through ``LineExecutor``, each
+result stored as it comes, and every ``WATCH_S`` reads the batch: a cancel (from any replica)
+or the end of the 24 h window stops it, the in-flight requests are cancelled, and the batch ends
+``cancelled`` or ``expired`` with what was answered.  Otherwise, once every line has its answer,
+it ends ``completed``.  Either way its output and error files are written (ids derived from the
+batch id, so a successor that finishes the same batch again overwrites rather than duplicates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from loraplex.gateway.batches.execute import LineExecutor, RetryLater
+from loraplex.gateway.batches.lines import BatchInputError, BatchLine, parse_input
+from loraplex.gateway.batches.objects import (
+    TERMINAL,
+    file_object,
+    result_line,
+    unanswered_line,
+)
+from loraplex.gateway.batches.store import BatchStore, Record
+from loraplex.timeouts import cancel_requested
+
+log = logging.getLogger(__name__)
+
+WATCH_S = 0.5  # how often a run reads its batch (cancel, window, progress)
+RETRY_S = 1.0  # first wait before a line refused for now is sent again; doubles up to MAX_RETRY_S
+MAX_RETRY_S = 8.0
+ENDINGS = {None: "completed", "cancel": "cancelled", "expire": "expired"}
+
+
+def output_file_id(batch_id: str, kind: str) -> str:
+    return "file-" + hashlib.sha256(f"{batch_id}:{kind}".encode()).hexdigest()[:32]
+
+
+class BatchRun:
+    def __init__(
+        self,
+        store: BatchStore,
+        execute: LineExecutor,
+        tenant: str,
+        batch_id: str,
+        owner: str,
+        lease_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.execute = execute
+        self.tenant = tenant
+        self.batch_id = batch_id
+        self.owner = owner
+        self.lease_s = lease_s
+        self.clock = clock
+        self.stop = asyncio.Event()
+        self.ending: str | None = None  # "cancel" or "expire" once one stops the run
+        self.lease_lost = False
+        self.answered: dict[str, int] = {"completed": 0, "failed": 0}
+
+    async def go(self) -> None:
+        store, tenant, batch_id = self.store, self.tenant, self.batch_id
+        batch = await store.get_batch(tenant, batch_id)
+        if batch is None or batch["status"] in TERMINAL:
+            await store.deactivate(tenant, batch_id)
+            return
+        lines = await self._lines(batch)
+        done = await store.results(tenant, batch_id)
+        for ok, _ in done.values():
+            self.answered["completed" if ok else "failed"] += 1
+        todo = [line for line in lines if line.index not in done]
+        keeper = asyncio.create_task(self._keep_lease())
+        watcher = asyncio.create_task(self._watch(batch["expires_at"]))
+        try:
+            await self._send(batch["endpoint"], todo)
+        finally:
+            for t in (keeper, watcher):
+                t.cancel()
+            await asyncio.gather(keeper, watcher, return_exceptions=True)
+        if not self.lease_lost:
+            await self._finish(lines)
+
+    async def _lines(self, batch: Record) -> list[BatchLine]:
+        content = await self.store.file_content(self.tenant, batch["input_file_id"])
+        try:
+            return parse_input(content or b"", batch["endpoint"], 1 << 62)
+        except BatchInputError:  # the input was deleted while the batch ran: end with what is
+            log.warning("batch %s: its input file is gone; ending it", self.batch_id)
+            self.ending = "cancel"
+            return []
+
+    async def _send(self, endpoint: str, todo: list[BatchLine]) -> None:
+        slots = asyncio.Semaphore(self.store.limits.concurrency)
+        running: set[asyncio.Task[None]] = set()
+        try:
+            for line in todo:
+                await _until(slots.acquire(), self.stop)
+                if self.stop.is_set():
+                    break
+                task = asyncio.create_task(self._one(endpoint, line))
+                running.add(task)
+                task.add_done_callback(lambda t: (running.discard(t), slots.release()))
+            if running:
+                await _until(asyncio.wait(set(running)), self.stop)
+        finally:
+            for t in running:
+                t.cancel()  # a generation's close cancels its request in the scheduler
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def _one(self, endpoint: str, line: BatchLine) -> None:
+        delay = RETRY_S
+        while True:
+            try:
+                status, body = await self.execute(
+                    self.tenant, endpoint, line.body, lambda: not self.stop.is_set()
+                )
+                break
+            except RetryLater:
+                await _until(asyncio.sleep(delay), self.stop)
+                if self.stop.is_set():
+                    return
+                delay = min(MAX_RETRY_S, delay * 2)
+        if self.stop.is_set() and status != 200:
+            return  # stopped under it: not this line's answer
+        ok = status == 200
+        await self.store.add_result(
+            self.tenant, self.batch_id, line.index, ok, result_line(line.custom_id, status, body)
+        )
+        self.answered["completed" if ok else "failed"] += 1
+
+    async def _keep_lease(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                held = await self.store.renew(self.tenant, self.batch_id, self.owner, self.lease_s)
+            except Exception:  # Redis away: try again; the lease may hold
+                _unless_cancelled()
+                continue
+            if not held:
+                log.warning("batch %s: lease lost; another gateway runs it", self.batch_id)
+                self.lease_lost = True
+                self.stop.set()
+                return
+
+    async def _watch(self, expires_at: int) -> None:
+        written: dict[str, int] = {}
+        while True:
+            await asyncio.sleep(WATCH_S)
+            if self.clock() >= expires_at:
+                self.ending = "expire"
+                self.stop.set()
+                return
+            counts = dict(self.answered)
+            try:
+                batch = await self.store.update_batch(
+                    self.tenant, self.batch_id, _progress(counts) if counts != written else _same
+                )
+            except Exception:  # Redis away: the next look
+                _unless_cancelled()
+                continue
+            written = counts
+            if batch is None or batch["status"] == "cancelling":
+                self.ending = "cancel"
+                self.stop.set()
+                return
+
+    async def _finish(self, lines: list[BatchLine]) -> None:
+        store, tenant, batch_id = self.store, self.tenant, self.batch_id
+        results = await store.results(tenant, batch_id)
+        output: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
+        for line in lines:
+            if line.index in results:
+                ok, record = results[line.index]
+                (output if ok else errors).append(record)
+            else:
+                status = ENDINGS[self.ending]
+                errors.append(unanswered_line(
+                    line.custom_id, f"batch_{status}", f"the batch was {status} before this ran"
+                ))  # fmt: skip
+        files = {}
+        for kind, rows in (("output", output), ("error", errors)):
+            if rows:
+                files[kind] = await self._store_file(kind, rows)
+        counts = {"completed": len(output), "failed": sum(1 for r in errors if r["response"])}
+        now = int(self.clock())
+        status = ENDINGS[self.ending]
+
+        def end(b: Record) -> Record | None:
+            if b["status"] in TERMINAL:
+                return None
+            b.update(status=status, output_file_id=files.get("output"))
+            b.update(error_file_id=files.get("error"), finalizing_at=b["finalizing_at"] or now)
+            b["request_counts"] = {**b["request_counts"], **counts}
+            b[f"{status}_at"] = now
+            return b
+
+        await store.update_batch(tenant, batch_id, end)
+        await store.deactivate(tenant, batch_id)
+        log.info("batch %s of %s %s: %s", batch_id, tenant, status, counts)
+
+    async def _store_file(self, kind: str, rows: list[dict[str, Any]]) -> str:
+        content = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+        file_id = output_file_id(self.batch_id, kind)
+        name = f"{self.batch_id}_{kind}.jsonl"
+        meta = file_object(
+            file_id, name, "batch_output", len(content), int(self.clock()),
+            self.store.limits.ttl_s,
+        )  # fmt: skip
+        await self.store.put_file(self.tenant, meta, content, forced=True)
+        return file_id
+
+
+def _unless_cancelled() -> None:
+    if cancel_requested():
+        raise asyncio.CancelledError
+
+
+def _same(_: Record) -> None:
+    return None
+
+
+def _progress(counts: dict[str, int]) -> Callable[[Record], Record | None]:
+    def change(b: Record) -> Record | None:
+        if b["status"] != "in_progress":
+            return None
+        b["request_counts"] = {**b["request_counts"], **counts}
+        return b
+
+    return change
+
+
+async def _until(work: Any, stop: asyncio.Event) -> None:
+    """Await ``work`` unless ``stop`` is set first (then ``work`` is cancelled)."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (task, stopped):
+            t.cancel()
+        await asyncio.gather(task, stopped, return_exceptions=True)

@@ -1,0 +1,65 @@
+"""OpenAI's Batch API: ``POST /v1/batches``, ``GET /v1/batches``, ``GET /v1/batches/{id}`` and
+``POST /v1/batches/{id}/cancel`` (``batches/runner.py`` runs them)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict
+
+from loraplex.gateway.batches.errors import BatchNotFoundError
+from loraplex.gateway.batches.limits import COMPLETION_WINDOW
+from loraplex.gateway.batches.objects import BATCH_ID
+from loraplex.gateway.batches.runner import BatchRunner
+from loraplex.gateway.deps import TenantDep
+from loraplex.gateway.routes.files import page, shown
+
+router = APIRouter(prefix="/v1", tags=["batches"])
+
+
+class CreateBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input_file_id: str
+    endpoint: str
+    completion_window: str = COMPLETION_WINDOW
+    metadata: dict[str, Any] | None = None
+    output_expires_after: dict[str, Any] | None = None  # accepted; outputs live the files' TTL
+
+
+def runner(request: Request) -> BatchRunner:
+    return request.app.state.batches
+
+
+def _checked(batch_id: str) -> str:
+    if not BATCH_ID.fullmatch(batch_id):
+        raise BatchNotFoundError(f"no batch {shown(batch_id)}", "batch_id")
+    return batch_id
+
+
+@router.post("/batches", summary="Create a batch (OpenAI Batch API)")
+async def create_batch(body: CreateBatch, tenant: TenantDep, request: Request) -> dict[str, Any]:
+    return await runner(request).create(
+        tenant.name, body.input_file_id, body.endpoint, body.completion_window, body.metadata
+    )
+
+
+@router.get("/batches", summary="List batches")
+async def list_batches(
+    tenant: TenantDep,
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: str | None = None,
+) -> dict[str, Any]:
+    return page(await runner(request).store.list_batches(tenant.name), after, limit)
+
+
+@router.get("/batches/{batch_id}", summary="Retrieve a batch")
+async def get_batch(batch_id: str, tenant: TenantDep, request: Request) -> dict[str, Any]:
+    return await runner(request).get(tenant.name, _checked(batch_id))
+
+
+@router.post("/batches/{batch_id}/cancel", summary="Cancel a batch")
+async def cancel_batch(batch_id: str, tenant: TenantDep, request: Request) -> dict[str, Any]:
+    return await runner(request).cancel(tenant.name, _checked(batch_id))
