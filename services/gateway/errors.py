@@ -39,6 +39,12 @@ class InvalidParamError(InvalidRequestError):
         self.code = code
 
 
+def shown_id(value: str) -> str:
+    """An id as an error message repeats it: quoted, and never much longer than a real one (a
+    client that sends a 20 KB id gets a short answer)."""
+    return repr(value if len(value) <= 64 else value[:61] + "...")
+
+
 def renamed(e: InvalidParamError, names: dict[str, str]) -> InvalidParamError:
     """An error about a completion field, naming the field another API's client sent instead
     (``names``: completion field -> that API's name)."""

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from loraplex.gateway.errors import InvalidParamError
+from loraplex.gateway.errors import InvalidParamError, shown_id
 from loraplex.gateway.response_store import (
     ResponseNotFoundError,
     ResponseStore,
@@ -53,7 +53,7 @@ class ResponseHistory:
         record = await self.find(tenant, req.previous_response_id)
         if record is None:
             raise ResponseNotFoundError(
-                f"Previous response with id {req.previous_response_id!r} not found.",
+                f"Previous response with id {shown_id(req.previous_response_id)} not found.",
                 "previous_response_id",
                 "previous_response_not_found",
             )
@@ -96,7 +96,7 @@ class ResponseHistory:
     async def get(self, tenant: str, response_id: str) -> StoredResponse:
         record = await self.find(tenant, response_id)
         if record is None:
-            raise ResponseNotFoundError(f"Response with id {response_id!r} not found.")
+            raise ResponseNotFoundError(f"Response with id {shown_id(response_id)} not found.")
         return record
 
     async def delete(self, tenant: str, response_id: str) -> None:
@@ -105,7 +105,7 @@ class ResponseHistory:
         else:
             deleted = await self.store.delete(tenant, response_id)
         if not deleted:
-            raise ResponseNotFoundError(f"Response with id {response_id!r} not found.")
+            raise ResponseNotFoundError(f"Response with id {shown_id(response_id)} not found.")
 
     async def find(self, tenant: str, response_id: str) -> StoredResponse | None:
         """The kept record, or None (never kept, gone, another tenant's): no 404."""

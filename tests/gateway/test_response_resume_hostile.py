@@ -121,6 +121,7 @@ async def test_an_id_not_given_to_this_tenant_is_a_404(
         for other in never_given(rid):
             r = await http.get(f"/v1/responses/{other}?stream=true&starting_after=-1")
             assert_error(r, 404, code="not_found")
+            assert len(r.text) < 400, r.text  # a long id is not echoed whole
         # Another tenant's id answers exactly as one never issued: ids reveal nothing.
         unknown = "resp_" + secrets.token_hex(16)
         for rid_, headers in ((rid, BOB), (unknown, ALICE)):

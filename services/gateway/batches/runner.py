@@ -40,7 +40,7 @@ from loraplex.gateway.batches.objects import (
 )
 from loraplex.gateway.batches.run import BatchRun
 from loraplex.gateway.batches.store import BatchStore, Record, quota_error
-from loraplex.gateway.errors import InvalidParamError
+from loraplex.gateway.errors import InvalidParamError, shown_id
 from loraplex.timeouts import cancel_requested
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class BatchRunner:
             else None
         )
         if meta is None:
-            raise BatchNotFoundError(f"no file {input_file_id!r}", "input_file_id")
+            raise BatchNotFoundError(f"no file {shown_id(input_file_id)}", "input_file_id")
         if meta["purpose"] != "batch":
             raise InvalidParamError("the input file's purpose must be 'batch'", "input_file_id")
         await self._check_room(tenant)
@@ -132,7 +132,7 @@ class BatchRunner:
     async def get(self, tenant: str, batch_id: str) -> Record:
         batch = await self.store.get_batch(tenant, batch_id)
         if batch is None:
-            raise BatchNotFoundError(f"no batch {batch_id!r}", "batch_id")
+            raise BatchNotFoundError(f"no batch {shown_id(batch_id)}", "batch_id")
         return batch
 
     async def cancel(self, tenant: str, batch_id: str) -> Record:
@@ -147,7 +147,7 @@ class BatchRunner:
 
         batch = await self.store.update_batch(tenant, batch_id, change)
         if batch is None:
-            raise BatchNotFoundError(f"no batch {batch_id!r}", "batch_id")
+            raise BatchNotFoundError(f"no batch {shown_id(batch_id)}", "batch_id")
         if batch["status"] in TERMINAL:
             raise InvalidParamError(
                 f"the batch is {batch['status']} already; it cannot be cancelled"

@@ -13,7 +13,8 @@ from loraplex.gateway.batches.limits import COMPLETION_WINDOW
 from loraplex.gateway.batches.objects import BATCH_ID
 from loraplex.gateway.batches.runner import BatchRunner
 from loraplex.gateway.deps import TenantDep
-from loraplex.gateway.routes.files import page, shown
+from loraplex.gateway.errors import shown_id
+from loraplex.gateway.routes.files import page
 
 router = APIRouter(prefix="/v1", tags=["batches"])
 
@@ -34,7 +35,7 @@ def runner(request: Request) -> BatchRunner:
 
 def _checked(batch_id: str) -> str:
     if not BATCH_ID.fullmatch(batch_id):
-        raise BatchNotFoundError(f"no batch {shown(batch_id)}", "batch_id")
+        raise BatchNotFoundError(f"no batch {shown_id(batch_id)}", "batch_id")
     return batch_id
 
 

@@ -14,7 +14,7 @@ from loraplex.gateway.batches.errors import BatchNotFoundError
 from loraplex.gateway.batches.objects import FILE_ID, file_object, new_file_id
 from loraplex.gateway.batches.store import BatchStore
 from loraplex.gateway.deps import TenantDep
-from loraplex.gateway.errors import InvalidParamError, PayloadTooLargeError
+from loraplex.gateway.errors import InvalidParamError, PayloadTooLargeError, shown_id
 
 router = APIRouter(prefix="/v1", tags=["batches"])
 MAX_FILENAME = 255
@@ -25,15 +25,10 @@ def batch_store(request: Request) -> BatchStore:
     return request.app.state.batches.store
 
 
-def shown(value: str) -> str:
-    """An id as an error message may repeat it: never longer than a real one."""
-    return repr(value if len(value) <= 64 else value[:61] + "...")
-
-
 async def owned_file(store: BatchStore, tenant: str, file_id: str) -> dict[str, Any]:
     meta = await store.get_file(tenant, file_id) if FILE_ID.fullmatch(file_id) else None
     if meta is None:
-        raise BatchNotFoundError(f"no file {shown(file_id)}", "file_id")
+        raise BatchNotFoundError(f"no file {shown_id(file_id)}", "file_id")
     return meta
 
 
@@ -102,7 +97,7 @@ async def file_content(file_id: str, tenant: TenantDep, request: Request) -> Res
     await owned_file(store, tenant.name, file_id)
     content = await store.file_content(tenant.name, file_id)
     if content is None:  # deleted or expired in between
-        raise BatchNotFoundError(f"no file {shown(file_id)}", "file_id")
+        raise BatchNotFoundError(f"no file {shown_id(file_id)}", "file_id")
     return Response(content, media_type="application/octet-stream")
 
 
@@ -111,5 +106,5 @@ async def delete_file(file_id: str, tenant: TenantDep, request: Request) -> dict
     store = batch_store(request)
     await owned_file(store, tenant.name, file_id)
     if await store.delete_file(tenant.name, file_id) is None:
-        raise BatchNotFoundError(f"no file {shown(file_id)}", "file_id")
+        raise BatchNotFoundError(f"no file {shown_id(file_id)}", "file_id")
     return {"id": file_id, "object": "file", "deleted": True}
