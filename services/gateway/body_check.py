@@ -51,11 +51,12 @@ def body_problem(body: bytes) -> InvalidParamError | None:
         value = json.loads(text)
     except (ValueError, RecursionError):
         return None  # the route answers "not valid JSON"
-    return _scan(value)
+    return value_problem(value)
 
 
-def _scan(value: Any) -> InvalidParamError | None:
-    """The first bad string in document order (iterative: nesting depth is the client's)."""
+def value_problem(value: Any) -> InvalidParamError | None:
+    """The 400 for a decoded JSON request body (a dict, as the routes take it), or None: the
+    first bad string in document order (iterative: nesting depth is the client's)."""
     stack: list[tuple[tuple[str | int, ...], Any]] = [((), value)]
     while stack:
         path, v = stack.pop()

@@ -2,8 +2,8 @@
 
 Each line is ``{"custom_id": ..., "method": "POST", "url": <the batch's endpoint>, "body": {...}}``
 (OpenAI's format, which ``vllm run-batch`` and SGLang read too).  Every line is held to what the
-HTTP edge holds a request body to (``body_check.body_problem``: clean UTF-8, no lone surrogates,
-no NUL outside text); ``custom_id`` values are unique; ``stream`` is refused.  The body itself is
+HTTP edge holds a request body to (``body_check.value_problem``: UTF-8, no lone surrogates, no NUL
+outside the body's text); ``custom_id`` values are unique; ``stream`` is refused.  The body itself is
 validated when its request runs, so a bad body fails that request only (a 400 in the error file),
 as on OpenAI.  Problems are collected with their 1-based line numbers; the first ``MAX_ERRORS``
 become the failed batch's ``errors``.  Plain Python.
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loraplex.gateway.batches.objects import MAX_ERRORS
-from loraplex.gateway.body_check import body_problem
+from loraplex.gateway.body_check import value_problem
 
 MAX_CUSTOM_ID = 512  # characters
 
@@ -71,15 +71,22 @@ def _line_problem(
     raw: bytes, number: int, endpoint: str, seen: set[str]
 ) -> dict[str, Any] | tuple[str, dict[str, Any]]:
     """The line's (custom_id, body), or its error item."""
-    bad = body_problem(raw)
-    if bad is not None:
-        return _error(number, f"line {number}: {bad}", bad.param)
     try:
-        item = json.loads(raw)
+        item = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        return _error(number, f"line {number} is not valid UTF-8 (bad byte at offset {e.start})")
     except (ValueError, RecursionError):
         return _error(number, f"line {number} is not valid JSON")
     if not isinstance(item, dict):
         return _error(number, f"line {number} is not a JSON object")
+    # as the HTTP edge checks a body: the request body on its own (NUL is text in its messages)
+    envelope = {k: v for k, v in item.items() if k != "body"}
+    bad, where = value_problem(envelope), ""
+    if bad is None and isinstance(item.get("body"), dict):
+        bad, where = value_problem(item["body"]), "body."
+    if bad is not None:
+        param = where + (bad.param or "")
+        return _error(number, f"line {number}: {where}{bad}", param)
     custom_id = item.get("custom_id")
     if not isinstance(custom_id, str) or not 0 < len(custom_id) <= MAX_CUSTOM_ID:
         return _error(
