@@ -294,9 +294,10 @@ class AdapterStore:
                     holder = await self._public_holder(pipe, info.name)
                     wanted = None if keep_visibility else info.visibility
                     _check_takeover(old, info.id, replace, wanted, holder)
-                    if not await pipe.exists(blob):
-                        raise AdapterIntegrityError(
-                            f"adapter {info.name!r}: staged upload expired before commit"
+                    if not await pipe.exists(blob):  # gone with a Redis restart, or its TTL
+                        raise StoreUnavailableError(
+                            f"adapter {info.name!r}: the staged upload was lost before it was "
+                            "stored (the store restarted?); send it again"
                         )
                     if keep_visibility and old is not None:
                         info = dataclasses.replace(info, visibility=old.visibility)
