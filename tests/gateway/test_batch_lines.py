@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from loraplex.gateway.batches.lines import BatchInputError, parse_input
+from loraplex.gateway.batches.lines import BatchInputError, check_input, iter_lines
 
 CHAT = "/v1/chat/completions"
 
@@ -17,13 +17,22 @@ def line(custom_id: str = "a", **body: object) -> bytes:
     ).encode()
 
 
-def test_lines_in_order_and_trailing_blank_lines_ignored() -> None:
-    content = b"\n".join([line("x", messages=[]), line("y", n=2)]) + b"\n\n \n"
-    lines = parse_input(content, CHAT, 10)
+def parse_input(content: bytes, endpoint: str, max_lines: int) -> list:
+    check_input(content, endpoint, max_lines)
+    return list(iter_lines(content, endpoint))
+
+
+def test_lines_in_order_and_blank_lines_skipped() -> None:
+    content = b"\n\n".join([line("x", messages=[]), line("y", n=2)]) + b"\r\n\n \n"
+    assert check_input(content, CHAT, 2) == 2
+    lines = list(iter_lines(content, CHAT))
     assert [(x.index, x.custom_id, x.body) for x in lines] == [
         (0, "x", {"messages": []}),
         (1, "y", {"n": 2}),
     ]
+    with pytest.raises(BatchInputError) as e:  # line numbers count the blank lines
+        check_input(content + b"junk", CHAT, 3)
+    assert e.value.errors[0]["line"] == 6
 
 
 def test_nul_is_text_inside_the_bodys_messages_but_not_in_its_model() -> None:

@@ -5,13 +5,14 @@ Each line is ``{"custom_id": ..., "method": "POST", "url": <the batch's endpoint
 HTTP edge holds a request body to (``body_check.value_problem``: UTF-8, no lone surrogates, no NUL
 outside the body's text); ``custom_id`` values are unique; ``stream`` is refused.  The body itself is
 validated when its request runs, so a bad body fails that request only (a 400 in the error file),
-as on OpenAI.  Problems are collected with their 1-based line numbers; the first ``MAX_ERRORS``
-become the failed batch's ``errors``.  Plain Python.
+as on OpenAI.  Blank lines are skipped.  Problems are collected with their 1-based line numbers; the
+first ``MAX_ERRORS`` become the failed batch's ``errors``.  Plain Python.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ MAX_CUSTOM_ID = 512  # characters
 
 @dataclass(frozen=True)
 class BatchLine:
-    index: int  # 0-based position in the file: the order of the output file
+    index: int  # 0-based position among the file's requests: the order of the output file
     custom_id: str
     body: dict[str, Any]
 
@@ -40,31 +41,50 @@ def _error(line: int | None, message: str, param: str | None = None) -> dict[str
     return {"code": "invalid_request", "message": message, "param": param, "line": line}
 
 
-def parse_input(content: bytes, endpoint: str, max_lines: int) -> list[BatchLine]:
-    """The requests of an input file, in order; ``BatchInputError`` listing every problem."""
-    raw_lines = content.splitlines()
-    while raw_lines and not raw_lines[-1].strip():
-        raw_lines.pop()  # a trailing newline, or a few
-    if not raw_lines:
+def check_input(content: bytes, endpoint: str, max_lines: int) -> int:
+    """How many requests the input file holds; ``BatchInputError`` listing every problem.
+    (A 64 MiB file takes a while: call it off the event loop.)"""
+    count = sum(1 for _ in _raw_lines(content))
+    if not count:
         raise BatchInputError([_error(None, "the input file holds no requests")])
-    if len(raw_lines) > max_lines:
+    if count > max_lines:
         raise BatchInputError([_error(
-            None, f"the input file holds {len(raw_lines)} requests; a batch may hold {max_lines}"
+            None, f"the input file holds {count} requests; a batch may hold {max_lines}"
         )])  # fmt: skip
     errors: list[dict[str, Any]] = []
-    lines: list[BatchLine] = []
     seen: set[str] = set()
-    for i, raw in enumerate(raw_lines):
-        problem = _line_problem(raw, i + 1, endpoint, seen)
+    for number, raw in _raw_lines(content):
+        problem = _line_problem(raw, number, endpoint, seen)
         if isinstance(problem, dict):
             errors.append(problem)
             if len(errors) >= MAX_ERRORS:
                 break
-        else:
-            lines.append(BatchLine(i, *problem))
     if errors:
         raise BatchInputError(errors)
-    return lines
+    return count
+
+
+def iter_lines(content: bytes, endpoint: str) -> Iterator[BatchLine]:
+    """The requests of a checked input file, parsed one at a time as they are needed: a running
+    batch holds its file's bytes, never all of its requests decoded at once."""
+    seen: set[str] = set()
+    for index, (number, raw) in enumerate(_raw_lines(content)):
+        problem = _line_problem(raw, number, endpoint, seen)
+        if not isinstance(problem, dict):
+            yield BatchLine(index, *problem)
+
+
+def _raw_lines(content: bytes) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, line) of every line that is not blank, without copying the file."""
+    start, number = 0, 0
+    while start < len(content):
+        end = content.find(b"\n", start)
+        end = len(content) if end < 0 else end
+        number += 1
+        raw = content[start:end]
+        start = end + 1
+        if raw.strip():
+            yield number, raw
 
 
 def _line_problem(

@@ -17,11 +17,11 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from loraplex.gateway.batches.execute import LineExecutor, RetryLater
-from loraplex.gateway.batches.lines import BatchInputError, BatchLine, parse_input
+from loraplex.gateway.batches.lines import BatchLine, iter_lines
 from loraplex.gateway.batches.objects import (
     TERMINAL,
     file_object,
@@ -72,32 +72,27 @@ class BatchRun:
         if batch is None or batch["status"] in TERMINAL:
             await store.deactivate(tenant, batch_id)
             return
-        lines = await self._lines(batch)
+        endpoint = batch["endpoint"]
+        content = await store.file_content(tenant, batch["input_file_id"])
+        if content is None:  # deleted while the batch ran: end it with what is answered
+            log.warning("batch %s: its input file is gone; ending it", batch_id)
+            self.ending, content = "cancel", b""
         done = await store.results(tenant, batch_id)
         for ok, _ in done.values():
             self.answered["completed" if ok else "failed"] += 1
-        todo = [line for line in lines if line.index not in done]
+        todo = (line for line in iter_lines(content, endpoint) if line.index not in done)
         keeper = asyncio.create_task(self._keep_lease())
         watcher = asyncio.create_task(self._watch(batch["expires_at"]))
         try:
-            await self._send(batch["endpoint"], todo)
+            await self._send(endpoint, todo)
         finally:
             for t in (keeper, watcher):
                 t.cancel()
             await asyncio.gather(keeper, watcher, return_exceptions=True)
         if not self.lease_lost:
-            await self._finish(lines)
+            await self._finish(content, endpoint)
 
-    async def _lines(self, batch: Record) -> list[BatchLine]:
-        content = await self.store.file_content(self.tenant, batch["input_file_id"])
-        try:
-            return parse_input(content or b"", batch["endpoint"], 1 << 62)
-        except BatchInputError:  # the input was deleted while the batch ran: end with what is
-            log.warning("batch %s: its input file is gone; ending it", self.batch_id)
-            self.ending = "cancel"
-            return []
-
-    async def _send(self, endpoint: str, todo: list[BatchLine]) -> None:
+    async def _send(self, endpoint: str, todo: Iterator[BatchLine]) -> None:
         slots = asyncio.Semaphore(self.store.limits.concurrency)
         running: set[asyncio.Task[None]] = set()
         try:
@@ -172,27 +167,21 @@ class BatchRun:
                 self.stop.set()
                 return
 
-    async def _finish(self, lines: list[BatchLine]) -> None:
+    async def _finish(self, content: bytes, endpoint: str) -> None:
         store, tenant, batch_id = self.store, self.tenant, self.batch_id
         results = await store.results(tenant, batch_id)
-        output: list[dict[str, Any]] = []
-        errors: list[dict[str, Any]] = []
-        for line in lines:
-            if line.index in results:
-                ok, record = results[line.index]
-                (output if ok else errors).append(record)
-            else:
-                status = ENDINGS[self.ending]
-                errors.append(unanswered_line(
-                    line.custom_id, f"batch_{status}", f"the batch was {status} before this ran"
-                ))  # fmt: skip
+        status = ENDINGS[self.ending]
+        # up to 10,000 answers to sort and encode: off the event loop
+        output, errors = await asyncio.to_thread(_files, content, endpoint, results, status)
         files = {}
         for kind, rows in (("output", output), ("error", errors)):
             if rows:
                 files[kind] = await self._store_file(kind, rows)
-        counts = {"completed": len(output), "failed": sum(1 for r in errors if r["response"])}
+        counts = {
+            "completed": output.count(b"\n"),
+            "failed": sum(ok is False for ok, _ in results.values()),
+        }
         now = int(self.clock())
-        status = ENDINGS[self.ending]
 
         def end(b: Record) -> Record | None:
             if b["status"] in TERMINAL:
@@ -207,8 +196,7 @@ class BatchRun:
         await store.deactivate(tenant, batch_id)
         log.info("batch %s of %s %s: %s", batch_id, tenant, status, counts)
 
-    async def _store_file(self, kind: str, rows: list[dict[str, Any]]) -> str:
-        content = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    async def _store_file(self, kind: str, content: bytes) -> str:
         file_id = output_file_id(self.batch_id, kind)
         name = f"{self.batch_id}_{kind}.jsonl"
         meta = file_object(
@@ -217,6 +205,27 @@ class BatchRun:
         )  # fmt: skip
         await self.store.put_file(self.tenant, meta, content, forced=True)
         return file_id
+
+
+def _files(
+    content: bytes, endpoint: str, results: dict[int, tuple[bool, Record]], status: str
+) -> tuple[bytes, bytes]:
+    """The output and error files: the answers in input order, 200s in the first; a line with
+    no answer (the batch was cancelled or expired first) in the second."""
+    output: list[str] = []
+    errors: list[str] = []
+    for line in iter_lines(content, endpoint):
+        if line.index in results:
+            ok, record = results[line.index]
+        else:
+            ok, record = (
+                False,
+                unanswered_line(
+                    line.custom_id, f"batch_{status}", f"the batch was {status} before this ran"
+                ),
+            )
+        (output if ok else errors).append(json.dumps(record, ensure_ascii=False) + "\n")
+    return "".join(output).encode(), "".join(errors).encode()
 
 
 def _unless_cancelled() -> None:

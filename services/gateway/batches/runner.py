@@ -29,7 +29,7 @@ from typing import Any
 from loraplex.gateway.batches.errors import BatchNotFoundError, FilesQuotaError
 from loraplex.gateway.batches.execute import LineExecutor
 from loraplex.gateway.batches.limits import COMPLETION_WINDOW, COMPLETION_WINDOW_S, ENDPOINTS
-from loraplex.gateway.batches.lines import BatchInputError, parse_input
+from loraplex.gateway.batches.lines import BatchInputError, check_input
 from loraplex.gateway.batches.objects import (
     FILE_ID,
     MAX_METADATA,
@@ -117,16 +117,18 @@ class BatchRunner:
         )  # fmt: skip
         content = await self.store.file_content(tenant, input_file_id) or b""
         try:
-            lines = parse_input(content, endpoint, self.store.limits.max_lines)
+            total = await asyncio.to_thread(
+                check_input, content, endpoint, self.store.limits.max_lines
+            )
         except BatchInputError as e:
             batch = failed(batch, e.errors, now)
             await self.store.put_batch(tenant, batch)
             return batch
-        batch["request_counts"]["total"] = len(lines)
+        batch["request_counts"]["total"] = total
         await self.store.activate(tenant, batch["id"], self.gateway_id, self.lease_s)
         await self.store.put_batch(tenant, batch)
         self._spawn(tenant, batch["id"])
-        log.info("batch %s of %s: %d requests to %s", batch["id"], tenant, len(lines), endpoint)
+        log.info("batch %s of %s: %d requests to %s", batch["id"], tenant, total, endpoint)
         return batch
 
     async def get(self, tenant: str, batch_id: str) -> Record:
