@@ -54,6 +54,8 @@ FORWARDED: dict[str, tuple[str, ...]] = {
     "--reasoning-parser": (GATEWAY,),
     "--exclude-tools-when-tool-choice-none": (GATEWAY,),
     "--responses-ttl": (GATEWAY,),
+    "--batches-per-tenant": (GATEWAY,),
+    "--batch-concurrency": (GATEWAY,),
     "--rpm-limit": (SCHEDULER,),
     "--gateway-timeout": (SCHEDULER,),
     "--max-queue-wait": (SCHEDULER,),
@@ -120,7 +122,8 @@ def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--max-model-len", "--max-num-batched-tokens", "--enforce-eager",
         "--enable-prefix-caching", "--fairness", "--prefix-routing", "--prefix-cache-scope",
         "--tool-call-parser", "--reasoning-parser", "--exclude-tools-when-tool-choice-none",
-        "--responses-ttl", "--rpm-limit", "--gateway-timeout", "--max-queue-wait",
+        "--responses-ttl", "--batches-per-tenant", "--batch-concurrency", "--rpm-limit",
+        "--gateway-timeout", "--max-queue-wait",
     )  # fmt: skip
     p.add_argument("--nats-url", default=None, help="use this NATS (default: start a nats-server)")
     p.add_argument(
