@@ -168,6 +168,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             metrics.bind_known_adapters(lambda: service.known_adapters.served_stale)
             app.state.batches = _batch_runner(settings, redis, service)
             app.state.batches.start()
+            metrics.bind_batches(app.state.batches.stats)
             stack.push_async_callback(app.state.batches.stop)
             # A delta for a request no longer open: its cancel was lost; ask again.
             streams.bind_orphan_cancel(

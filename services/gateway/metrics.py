@@ -11,7 +11,7 @@ The request series are also exported under vLLM's names, without tenants (``vllm
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -139,11 +139,33 @@ class GatewayMetrics:
         self._orphans: Callable[[], int] = lambda: 0
         self._orphan_cancels: Callable[[], int] = lambda: 0
         self._stale_adapters: Callable[[], int] = lambda: 0
+        self._batches: Callable[[], tuple[int, Mapping[str, int]]] = lambda: (0, {})
         prom.register(r, self._collect)
         r.register(VllmRequestSeries(self, model_name))
 
     def _collect(self) -> list[prom.Family]:
+        running, counts = self._batches()
+        batch_lines = {(k,): float(counts.get(k, 0)) for k in ("completed", "failed", "retried")}
         return [
+            prom.gauge(
+                "loraplex_gateway_batches_running",
+                "Batch API batches this gateway is running",
+                {(): float(running)},
+                [],
+            ),
+            prom.counter(
+                "loraplex_gateway_batch_requests",
+                "batch lines run by this gateway: completed (200), failed (an error answer), "
+                "retried (refused for now: queue full or no capacity, sent again)",
+                batch_lines,
+                ["outcome"],
+            ),
+            prom.counter(
+                "loraplex_gateway_batches_taken_over",
+                "batches this gateway took over from a gateway that stopped or died",
+                {(): float(counts.get("taken_over", 0))},
+                [],
+            ),
             prom.counter(
                 "loraplex_gateway_orphan_messages",
                 "stream messages for requests no longer open (dropped)",
@@ -167,6 +189,10 @@ class GatewayMetrics:
     def bind_orphans(self, read: Callable[[], int], cancels: Callable[[], int] = lambda: 0) -> None:
         """Read the stream router's counts: messages dropped, and cancels sent again."""
         self._orphans, self._orphan_cancels = read, cancels
+
+    def bind_batches(self, read: Callable[[], tuple[int, Mapping[str, int]]]) -> None:
+        """Read the batch runner's (running here, counts by outcome)."""
+        self._batches = read
 
     def bind_known_adapters(self, read: Callable[[], int]) -> None:
         """Read how many adapter names were answered from memory (``known_adapters.py``)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from openai import AsyncOpenAI
 from loraplex.gateway.batches import runner as batch_runner
 from loraplex.gateway.batches.limits import BatchLimits
 from loraplex.protocol import SubmitRequest
+from loraplex.tooling.ports import free_port
 from tests.gateway.conftest import ALICE, BOB, MODEL_ID, FakeScheduler, Plan, openai_client
 
 BOB_KEY = "sk-bob-secret"
@@ -302,7 +304,11 @@ async def test_a_batch_whose_gateway_stops_is_taken_over(
     scheduler.plan = lambda req: Plan(tokens=echo(scheduler, req), delay_s=0.1, chunk=1)
     rows = [chat_line(f"t{i}", f"number {i}", max_tokens=4) for i in range(30)]
     prefix = "batch-takeover"
-    async with gateway_factory(redis_prefix=prefix) as url_b, openai_client(url_b) as b:
+    metrics_port = free_port()
+    async with (
+        gateway_factory(redis_prefix=prefix, metrics_port=metrics_port) as url_b,
+        openai_client(url_b) as b,
+    ):
         async with gateway_factory(redis_prefix=prefix) as url_a, openai_client(url_a) as a:
             batch = await start_batch(a, rows, "/v1/chat/completions")
             for _ in range(100):
@@ -311,6 +317,11 @@ async def test_a_batch_whose_gateway_stops_is_taken_over(
                 await asyncio.sleep(0.05)
         # gateway a is gone mid-batch; b (same Redis) goes on with it
         done = await wait_done(b, batch.id, timeout=30)
+        async with httpx.AsyncClient() as http:
+            scraped = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+        assert "loraplex_gateway_batches_taken_over_total 1.0" in scraped
+        completed = re.search(r'batch_requests_total\{outcome="completed"\} (\S+)', scraped)
+        assert completed and 0 < float(completed.group(1)) <= 30, scraped
     assert done.status == "completed", done
 
     async with gateway_factory(redis_prefix=prefix) as url_c, openai_client(url_c) as c:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -53,8 +54,10 @@ class BatchRun:
         owner: str,
         lease_s: float,
         clock: Callable[[], float] = time.time,
+        counts: Counter[str] | None = None,  # the runner's, for metrics
     ) -> None:
         self.store = store
+        self.counts = Counter() if counts is None else counts
         self.execute = execute
         self.tenant = tenant
         self.batch_id = batch_id
@@ -119,6 +122,7 @@ class BatchRun:
                 )
                 break
             except RetryLater:
+                self.counts["retried"] += 1
                 await _until(asyncio.sleep(delay), self.stop)
                 if self.stop.is_set():
                     return
@@ -130,6 +134,7 @@ class BatchRun:
             self.tenant, self.batch_id, line.index, ok, result_line(line.custom_id, status, body)
         )
         self.answered["completed" if ok else "failed"] += 1
+        self.counts["completed" if ok else "failed"] += 1
 
     async def _keep_lease(self) -> None:
         while True:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -67,7 +68,13 @@ class BatchRunner:
         self.lease_s = LEASE_S if lease_s is None else lease_s
         self.sweep_s = SWEEP_S if sweep_s is None else sweep_s
         self._runs: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # lines completed / failed / retried, batches taken_over (the gateway's metrics)
+        self.counts: Counter[str] = Counter()
         self._sweeper: asyncio.Task[None] | None = None
+
+    def stats(self) -> tuple[int, Counter[str]]:
+        """(batches running here, counts): what ``/metrics`` shows."""
+        return len(self._runs), self.counts
 
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="batch-sweeper")
@@ -171,8 +178,9 @@ class BatchRunner:
     def _spawn(self, tenant: str, batch_id: str) -> None:
         key = (tenant, batch_id)
         run = BatchRun(
-            self.store, self.execute, tenant, batch_id, self.gateway_id, self.lease_s, self.clock
-        )
+            self.store, self.execute, tenant, batch_id, self.gateway_id, self.lease_s, self.clock,
+            self.counts,
+        )  # fmt: skip
         task = asyncio.create_task(self._guarded(run), name=f"batch-{batch_id}")
         self._runs[key] = task
         task.add_done_callback(lambda _: self._runs.pop(key, None))
@@ -205,6 +213,7 @@ class BatchRunner:
                     "batch %s of %s: taken over by gateway %s", batch_id, tenant, self.gateway_id
                 )
                 self._spawn(tenant, batch_id)
+                self.counts["taken_over"] += 1
                 taken.append((tenant, batch_id))
         return taken
 
