@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_hash_key)
 
+    from loraplex.tooling.run_batch import add_parser as add_run_batch
+
+    add_run_batch(sub)
+
     p = sub.add_parser("env", help="list every LORAPLEX_* environment variable")
     p.set_defaults(func=_env)
     return parser

@@ -329,3 +329,27 @@ async def test_a_batch_whose_gateway_stops_is_taken_over(
         assert await lines_of(c, done.error_file_id) == []
     assert [o["custom_id"] for o in out] == [f"t{i}" for i in range(30)]
     assert done.request_counts.completed == 30
+
+
+async def test_loraplex_run_batch_writes_vllms_output_file(
+    gateway_factory, scheduler: FakeScheduler, tmp_path, monkeypatch
+) -> None:  # noqa: ANN001
+    """``loraplex run-batch -i -o`` (vLLM's run-batch) through the gateway's Batch API."""
+    from loraplex.tooling.cli import main
+
+    answer_by_prompt(scheduler)
+    monkeypatch.setattr("loraplex.gateway.batches.run.WATCH_S", 0.05)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-bob-secret")
+    rows = [chat_line(f"id-{i}", f"n {i}", max_tokens=4) for i in range(5)]
+    rows.insert(2, chat_line("bad", "x", top_p=7))
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_bytes(jsonl(rows))
+    async with gateway_factory() as url:
+        argv = ["run-batch", "-i", str(src), "-o", str(out), "--url", url, "--poll", "0.1"]
+        assert await asyncio.to_thread(main, argv) == 0
+        got = [json.loads(x) for x in out.read_text().splitlines()]
+        assert [g["custom_id"] for g in got] == [r["custom_id"] for r in rows]  # input order
+        assert [g["response"]["status_code"] for g in got] == [200, 200, 400, 200, 200, 200]
+        assert {s.tenant for s in scheduler.submits} == {"bob"}  # the key's tenant
+        src.write_bytes(jsonl([{**rows[0], "url": "/v1/completions"}, rows[1]]))
+        assert await asyncio.to_thread(main, argv) == 1  # refused: the urls differ
