@@ -239,6 +239,22 @@ async def test_limits_and_hostile_values(gateway_factory, scheduler: FakeSchedul
             )
 
         assert (await up(b"x" * 2001)).status_code == 413
+        for name in (b"a\x00b", b"\xff\xfe", b"x\x1b[31m"):  # the name is echoed back: clean it is
+            raw = (b'--XX\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+                   b'--XX\r\nContent-Disposition: form-data; name="file"; filename="' + name +
+                   b'"\r\n\r\n{}\r\n--XX--\r\n')  # fmt: skip
+            r = await http.post(
+                "/v1/files",
+                content=raw,
+                headers={**ALICE, "content-type": "multipart/form-data; boundary=XX"},
+            )
+            assert (
+                r.status_code in (200, 400)
+                and r.json()["error" if r.status_code == 400 else "object"]
+            ), r.text
+            if r.status_code == 200:
+                assert r.json()["filename"].isprintable()
+                await http.delete(f"/v1/files/{r.json()['id']}", headers=ALICE)
         r = await up(small, purpose="fine-tune")
         assert r.status_code == 400 and r.json()["error"]["param"] == "purpose"
         ids = [(await up(small)).json()["id"] for _ in range(3)]

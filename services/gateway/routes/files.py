@@ -64,6 +64,8 @@ async def upload_file(
     if len(content) > limit:
         raise PayloadTooLargeError(f"the file is larger than {limit / 2**20:.4g} MiB")
     name = (file.filename or "upload.jsonl")[-MAX_FILENAME:]
+    if any(ord(c) < 32 or 0xD800 <= ord(c) < 0xE000 for c in name):
+        raise InvalidParamError("the file name holds control characters or invalid text", "file")
     meta = file_object(
         new_file_id(), name, purpose, len(content), int(time.time()), store.limits.ttl_s
     )
