@@ -369,3 +369,32 @@ async def test_loraplex_run_batch_writes_vllms_output_file(
         assert {s.tenant for s in scheduler.submits} == {"bob"}  # the key's tenant
         src.write_bytes(jsonl([{**rows[0], "url": "/v1/completions"}, rows[1]]))
         assert await asyncio.to_thread(main, argv) == 1  # refused: the urls differ
+
+
+async def test_an_answer_the_store_lost_is_run_again_not_dropped(
+    gateway_factory, scheduler: FakeScheduler, monkeypatch
+) -> None:  # noqa: ANN001
+    """The store fails to keep one answer: the run stops (it never ends without that line) and,
+    its lease lapsed, is taken up again; every line ends answered."""
+    from loraplex.gateway.batches.errors import BatchStoreUnavailableError
+    from loraplex.gateway.batches.store import MemoryBatchStore
+
+    monkeypatch.setattr(batch_runner, "LEASE_S", 0.6)
+    monkeypatch.setattr(batch_runner, "SWEEP_S", 0.2)
+    answer_by_prompt(scheduler)
+    keep, failed = MemoryBatchStore.add_result, []
+
+    async def flaky(self, tenant, batch_id, index, ok, line):  # noqa: ANN001, ANN202
+        if not failed:
+            failed.append(index)
+            raise BatchStoreUnavailableError("the store is away")
+        return await keep(self, tenant, batch_id, index, ok, line)
+
+    monkeypatch.setattr(MemoryBatchStore, "add_result", flaky)
+    async with gateway_factory(redis_url="") as url, openai_client(url) as client:
+        rows = [chat_line(f"s{i}", f"n {i}", max_tokens=4) for i in range(4)]
+        done = await wait_done(client, (await start_batch(client, rows, "/v1/chat/completions")).id)
+        assert done.status == "completed" and done.request_counts.completed == 4, done
+        out = await lines_of(client, done.output_file_id)
+        assert [o["custom_id"] for o in out] == [f"s{i}" for i in range(4)]
+    assert failed

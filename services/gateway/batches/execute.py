@@ -8,6 +8,7 @@ batch larger than its tenant's queue drains at the pace the tenant's fair share 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,8 @@ from loraplex.gateway.responder import whole_answer
 from loraplex.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from loraplex.gateway.service import GatewayService
 from loraplex.http_errors import error_body, validation_message
+
+log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 503})
 
@@ -49,6 +52,9 @@ class LineExecutor:
             if status in RETRY_STATUSES:
                 raise RetryLater(str(e)) from e
             return status, err
+        except Exception as e:  # a bug: that line's answer, as the route's would be; never a loop
+            log.exception("batch line failed", exc_info=e)
+            return 500, error_body(500, "internal server error", None, "internal_error")
 
     async def _run(
         self, tenant: str, endpoint: str, body: dict[str, Any], wanted: Callable[[], bool]

@@ -67,6 +67,7 @@ class BatchRun:
         self.stop = asyncio.Event()
         self.ending: str | None = None  # "cancel" or "expire" once one stops the run
         self.lease_lost = False
+        self.failure: Exception | None = None  # a result that could not be stored
         self.answered: dict[str, int] = {"completed": 0, "failed": 0}
 
     async def go(self) -> None:
@@ -112,6 +113,8 @@ class BatchRun:
             for t in running:
                 t.cancel()  # a generation's close cancels its request in the scheduler
             await asyncio.gather(*running, return_exceptions=True)
+        if self.failure is not None:  # an answer could not be stored: never end without it
+            raise self.failure
 
     async def _one(self, endpoint: str, line: BatchLine) -> None:
         delay = RETRY_S
@@ -130,9 +133,18 @@ class BatchRun:
         if self.stop.is_set() and status != 200:
             return  # stopped under it: not this line's answer
         ok = status == 200
-        await self.store.add_result(
-            self.tenant, self.batch_id, line.index, ok, result_line(line.custom_id, status, body)
-        )
+        try:
+            await self.store.add_result(
+                self.tenant,
+                self.batch_id,
+                line.index,
+                ok,
+                result_line(line.custom_id, status, body),
+            )
+        except Exception as e:  # the store is away: stop; the run is taken up again later
+            self.failure = e
+            self.stop.set()
+            return
         self.answered["completed" if ok else "failed"] += 1
         self.counts["completed" if ok else "failed"] += 1
 
