@@ -45,10 +45,10 @@ else:  # 3.10: no asyncio.timeout; asyncio.wait never swallows the caller's canc
 
 
 def cancel_requested() -> bool:
-    """Whether the running task was asked to stop.  A loop that keeps going through its own
-    errors (``except Exception``) checks it: a client library that turns the ``CancelledError``
-    it got into an error of its own would otherwise leave the loop running forever, and the
-    shutdown that cancelled it waiting (3.10 cannot tell: False)."""
+    """Whether the running task was asked to stop.  A loop checks it each turn: a client
+    library (redis-py, seen under load) can swallow the ``CancelledError`` it got, returning
+    or raising an error of its own, and the loop would then run on forever while the shutdown
+    that cancelled it waits (3.10 cannot tell: False)."""
     task = asyncio.current_task()
     cancelling = getattr(task, "cancelling", None)
     return bool(cancelling is not None and cancelling())

@@ -335,7 +335,8 @@ async def test_a_batch_whose_gateway_stops_is_taken_over(
         done = await wait_done(b, batch.id, timeout=30)
         async with httpx.AsyncClient() as http:
             scraped = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
-        assert "loraplex_gateway_batches_taken_over_total 1.0" in scraped
+        taken = re.search(r"^loraplex_gateway_batches_taken_over_total (\S+)$", scraped, re.M)
+        assert taken and float(taken.group(1)) >= 1, scraped  # more when a slow a lost it early
         completed = re.search(r'batch_requests_total\{outcome="completed"\} (\S+)', scraped)
         assert completed and 0 < float(completed.group(1)) <= 30, scraped
     assert done.status == "completed", done

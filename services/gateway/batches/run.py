@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 WATCH_S = 0.5  # how often a run reads its batch (cancel, window, progress)
 RETRY_S = 1.0  # first wait before a line refused for now is sent again; doubles up to MAX_RETRY_S
 MAX_RETRY_S = 8.0
+OVER_S = 5.0  # the most a run's end waits for its lease keeper and watcher
 ENDINGS = {None: "completed", "cancel": "cancelled", "expire": "expired"}
 
 
@@ -64,7 +65,8 @@ class BatchRun:
         self.owner = owner
         self.lease_s = lease_s
         self.clock = clock
-        self.stop = asyncio.Event()
+        self.stop = asyncio.Event()  # send no more lines
+        self.over = asyncio.Event()  # the run is over: its lease keeper and watcher end
         self.ending: str | None = None  # "cancel" or "expire" once one stops the run
         self.lease_lost = False
         self.failure: Exception | None = None  # a result that could not be stored
@@ -90,9 +92,13 @@ class BatchRun:
         try:
             await self._send(endpoint, todo)
         finally:
+            # Their loops end on ``over`` too: a Redis call can swallow a cancel (see
+            # ``timeouts.cancel_requested``), and a task that goes back to sleep then would
+            # hold this run forever.
+            self.over.set()
             for t in (keeper, watcher):
                 t.cancel()
-            await asyncio.gather(keeper, watcher, return_exceptions=True)
+            await asyncio.wait((keeper, watcher), timeout=OVER_S)
         if not self.lease_lost:
             await self._finish(content, endpoint)
 
@@ -118,7 +124,7 @@ class BatchRun:
 
     async def _one(self, endpoint: str, line: BatchLine) -> None:
         delay = RETRY_S
-        while True:
+        while not cancel_requested():
             try:
                 status, body = await self.execute(
                     self.tenant, endpoint, line.body, lambda: not self.stop.is_set()
@@ -130,6 +136,8 @@ class BatchRun:
                 if self.stop.is_set():
                     return
                 delay = min(MAX_RETRY_S, delay * 2)
+        else:  # asked to stop (a swallowed cancel)
+            raise asyncio.CancelledError
         if self.stop.is_set() and status != 200:
             return  # stopped under it: not this line's answer
         ok = status == 200
@@ -149,8 +157,10 @@ class BatchRun:
         self.counts["completed" if ok else "failed"] += 1
 
     async def _keep_lease(self) -> None:
-        while True:
-            await asyncio.sleep(self.lease_s / 3)
+        while not self.over.is_set():
+            await _until(asyncio.sleep(self.lease_s / 3), self.over)
+            if self.over.is_set():
+                return
             try:
                 held = await self.store.renew(self.tenant, self.batch_id, self.owner, self.lease_s)
             except Exception:  # Redis away: try again; the lease may hold
@@ -164,8 +174,10 @@ class BatchRun:
 
     async def _watch(self, expires_at: int) -> None:
         written: dict[str, int] = {}
-        while True:
-            await asyncio.sleep(WATCH_S)
+        while not self.over.is_set():
+            await _until(asyncio.sleep(WATCH_S), self.over)
+            if self.over.is_set():
+                return
             if self.clock() >= expires_at:
                 self.ending = "expire"
                 self.stop.set()

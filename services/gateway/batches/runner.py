@@ -21,6 +21,7 @@ With the memory store (a gateway without Redis) there is no other gateway to tak
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -194,13 +195,11 @@ class BatchRunner:
             log.exception("batch %s stopped on an error; it will be taken up again", run.batch_id)
 
     async def _sweep_forever(self) -> None:
-        while True:
+        while not cancel_requested():  # a cancel a Redis call swallowed ends it too
             await asyncio.sleep(self.sweep_s)
-            try:
+            with contextlib.suppress(Exception):  # the store away: the next sweep
                 await self.sweep()
-            except Exception:  # the store away: the next sweep
-                if cancel_requested():
-                    raise asyncio.CancelledError from None
+        raise asyncio.CancelledError
 
     async def sweep(self) -> list[tuple[str, str]]:
         """Take over the batches nobody runs; returns those taken."""
