@@ -111,9 +111,9 @@ async def test_concurrent_commits_cannot_pass_the_quota_together(
     arrived, both = 0, asyncio.Event()
     read_usage = store._owned_sizes
 
-    async def racing(pipe, owner):  # noqa: ANN001, ANN202
+    async def racing(pipe, owner, watch):  # noqa: ANN001, ANN202
         nonlocal arrived
-        sizes = await read_usage(pipe, owner)
+        sizes = await read_usage(pipe, owner, watch)
         arrived += 1
         if arrived <= 2:  # the first read of each; a retry goes straight on
             if arrived == 2:
@@ -149,9 +149,9 @@ async def test_a_concurrent_replacement_elsewhere_is_seen(
     await put(store, "a", "alice", 100, quota)
     read_usage, grown = store._owned_sizes, False
 
-    async def grow_a_meanwhile(pipe, owner):  # noqa: ANN001, ANN202
+    async def grow_a_meanwhile(pipe, owner, watch):  # noqa: ANN001, ANN202
         nonlocal grown
-        sizes = await read_usage(pipe, owner)
+        sizes = await read_usage(pipe, owner, watch)
         if not grown:
             grown = True
             monkeypatch.setattr(store, "_owned_sizes", read_usage)

@@ -47,7 +47,7 @@ STAGING_TTL_S = 3600  # a staged blob whose upload died disappears after this
 _CHUNKS_PER_ROUNDTRIP = 16
 # staging holds about two of these in memory (asyncio joins the buffers of one write)
 _STAGE_BYTES_PER_ROUNDTRIP = 2 * 1024 * 1024
-_WATCH_RETRIES = 16
+_WATCH_RETRIES = 64
 
 
 def _sha256(data: bytes | memoryview) -> str:
@@ -286,7 +286,9 @@ class AdapterStore:
             for _ in range(_WATCH_RETRIES):
                 try:
                     # the owned set: two commits of one owner cannot both pass its quota
-                    await pipe.watch(meta, blob, self.keys.public, owned_key)
+                    await pipe.watch(meta, blob, self.keys.public)
+                    if quota is not None:  # only a counted commit waits for its owner's others
+                        await pipe.watch(owned_key)
                     raw = await pipe.hgetall(meta)
                     old = AdapterInfo.from_redis(raw) if raw else None
                     if old is not None and old.version == info.version:
@@ -301,7 +303,7 @@ class AdapterStore:
                         )
                     if keep_visibility and old is not None:
                         info = dataclasses.replace(info, visibility=old.visibility)
-                    sizes = await self._owned_sizes(pipe, info.owner)
+                    sizes = await self._owned_sizes(pipe, info.owner, watch=quota is not None)
                     if quota is not None:
                         others = (n for aid, n in sizes.items() if aid != info.id and n is not None)
                         quota.check(info.name, info.size_bytes, others)
@@ -326,7 +328,7 @@ class AdapterStore:
         raise StoreUnavailableError(f"adapter {info.name!r}: too much contention, try again")
 
     async def _owned_sizes(
-        self, pipe: aioredis.client.Pipeline, owner: str
+        self, pipe: aioredis.client.Pipeline, owner: str, watch: bool
     ) -> dict[str, int | None]:
         """The owner's committed adapters: id -> weights size, None for an id whose metadata is
         gone (dropped from the set by the commit); their keys join ``pipe``'s WATCH.  Before the
@@ -339,7 +341,7 @@ class AdapterStore:
                 for i in await pipe.smembers(self.keys.index)
                 if (a := i.decode()).startswith(mine)
             ]
-        if ids:  # a replacement elsewhere changes a size without touching the set
+        if ids and watch:  # a replacement elsewhere changes a size without touching the set
             await pipe.watch(*(self.keys.meta(aid) for aid in ids))
         async with self.redis.pipeline(transaction=False) as reads:
             for aid in ids:
