@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from loraplex.bus import TypedBus
 from loraplex.protocol import GatewayHeartbeat, Subjects
+from loraplex.timeouts import cancel_requested
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ INTERVAL_S = 1.0  # well inside the scheduler's --gateway-timeout (10 s)
 
 async def beat(bus: TypedBus, gateway_id: str, interval_s: float = INTERVAL_S) -> None:
     """Publish the heartbeat every ``interval_s`` until cancelled."""
-    while True:
+    while not cancel_requested():  # a cancel a client library swallowed ends it too
         try:
             await bus.publish(Subjects.GATEWAYS, GatewayHeartbeat(gateway_id, time.time()))
         except Exception as e:  # NATS reconnecting: the next beat goes

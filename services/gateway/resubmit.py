@@ -33,6 +33,7 @@ from typing import Any
 from loraplex.bus import Bus, BusTimeoutError, NoRespondersError
 from loraplex.gateway.streams import StreamRouter
 from loraplex.protocol import LeaderAnnounce, RequestError, Subjects, SubmitReply, SubmitRequest
+from loraplex.timeouts import cancel_requested
 
 log = logging.getLogger(__name__)
 ATTEMPT_S = 1.0  # one SUBMIT attempt; a dead leader's is retried after this
@@ -150,7 +151,7 @@ class Resubmitter:
         task.add_done_callback(self._tasks.discard)
 
     async def _watch_leader(self) -> None:
-        while True:
+        while not cancel_requested():
             await asyncio.sleep(WATCH_S)
             try:
                 await self.fail_leaderless(time.monotonic())

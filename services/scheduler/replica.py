@@ -25,6 +25,7 @@ from loraplex.protocol import LeaderAnnounce, Subjects
 from loraplex.scheduler.counters import CounterStore
 from loraplex.scheduler.leader import Fence, LeaderLease, LeaseLost, scheduler_redis
 from loraplex.scheduler.ledger import Ledger
+from loraplex.timeouts import cancel_requested
 
 log = logging.getLogger(__name__)
 POLL_S = 0.2  # how often a standby tries the lease: part of the failover gap
@@ -113,7 +114,7 @@ class Replica:
 
     async def _run(self) -> None:
         last_renewed = time.monotonic()
-        while True:
+        while not cancel_requested():  # a cancel redis-py swallowed ends it too
             if not self.leading:
                 await asyncio.sleep(POLL_S)
                 await self._try()

@@ -52,7 +52,7 @@ from loraplex.scheduler.workers import WorkerRegistry
 from loraplex.tenants import Tenants
 from loraplex.tenants_watch import LiveTenants
 from loraplex.terminal import serve_progress
-from loraplex.timeouts import wait_for
+from loraplex.timeouts import cancel_requested, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class SchedulerService:
 
     # ---- dispatch ----------------------------------------------------------------------------
     async def _dispatch_loop(self) -> None:
-        while True:
+        while not cancel_requested():  # a cancel redis-py swallowed ends it too
             with contextlib.suppress(TimeoutError):
                 await wait_for(self._kick.wait(), timeout=0.1)
             self._kick.clear()
@@ -266,7 +266,7 @@ class SchedulerService:
         self._kick.set()
 
     async def _liveness_loop(self) -> None:
-        while True:
+        while not cancel_requested():
             await asyncio.sleep(min(0.25, self.s.heartbeat_timeout_s / 4))
             try:
                 now = time.monotonic()
@@ -297,7 +297,7 @@ class SchedulerService:
             self.outbox.deliver(sub.gateway_id, error)
 
     async def _stats_loop(self) -> None:
-        while True:
+        while not cancel_requested():
             await asyncio.sleep(1.0)
             if not self.leading:
                 continue

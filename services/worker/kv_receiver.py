@@ -15,6 +15,7 @@ from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.resume import resumed_params
 from loraplex.errors import LoraplexError
 from loraplex.protocol import KVBegin, KVChunk, KVReply, ProtocolError, Subjects, decode, encode
+from loraplex.timeouts import cancel_requested
 from loraplex.worker.active import Active, ActiveTable
 from loraplex.worker.inbox import Background, Inbox
 from loraplex.worker.kv_transfer import (
@@ -205,7 +206,7 @@ class KVReceiver:
 
     async def _expire_loop(self) -> None:
         disconnects = self._bus.disconnects
-        while True:
+        while not cancel_requested():
             await asyncio.sleep(0.25)
             now = time.monotonic()
             if self._bus.disconnects != disconnects:

@@ -27,7 +27,7 @@ from loraplex.protocol import (
     Subjects,
     WorkerHeartbeat,
 )
-from loraplex.timeouts import wait_for
+from loraplex.timeouts import cancel_requested, wait_for
 from loraplex.worker.active import Active, ActiveTable
 from loraplex.worker.adapter_pager import AdapterPager, Fetch
 from loraplex.worker.control import Control
@@ -235,7 +235,7 @@ class Worker:
         os._exit(1)
 
     async def _disk_copies_loop(self) -> None:
-        while True:
+        while not cancel_requested():  # a cancel redis-py swallowed ends it too
             await asyncio.sleep(DISK_COPIES_CHECK_S)
             try:
                 for old in await self.pager.recheck_disk_served():
@@ -247,7 +247,7 @@ class Worker:
 
     # ---- heartbeats --------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while not cancel_requested():
             try:
                 await self._send_heartbeat()
             except Exception as e:  # NATS reconnecting: keep trying

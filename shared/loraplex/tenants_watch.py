@@ -20,6 +20,7 @@ from pathlib import Path
 
 from loraplex import env, prom
 from loraplex.tenants import Tenant, Tenants, TenantsConfigError, load_tenants
+from loraplex.timeouts import cancel_requested
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class LiveTenants:
             return
 
         async def poll() -> None:
-            while True:
+            while not cancel_requested():
                 await asyncio.sleep(interval)
                 try:
                     self.check()
