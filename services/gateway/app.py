@@ -102,7 +102,10 @@ def _response_store(
 
 
 def _batch_runner(
-    settings: GatewaySettings, redis: object | None, service: GatewayService
+    settings: GatewaySettings,
+    redis: object | None,
+    service: GatewayService,
+    history: ResponseHistory,
 ) -> BatchRunner:
     """The Batch API's runner over the shared Redis (any replica answers for a batch and takes
     over a dead one's) or, without Redis, this process's memory."""
@@ -112,7 +115,7 @@ def _batch_runner(
         if redis is None
         else RedisBatchStore(redis, limits, settings.redis_prefix)  # type: ignore[arg-type]
     )
-    return BatchRunner(store, LineExecutor(service), settings.gateway_id)
+    return BatchRunner(store, LineExecutor(service, history), settings.gateway_id)
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -166,7 +169,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 settings, bus, streams, tokenizer, store, metrics
             )
             metrics.bind_known_adapters(lambda: service.known_adapters.served_stale)
-            app.state.batches = _batch_runner(settings, redis, service)
+            app.state.batches = _batch_runner(settings, redis, service, app.state.responses)
             app.state.batches.start()
             metrics.bind_batches(app.state.batches.stats)
             stack.push_async_callback(app.state.batches.stop)

@@ -125,6 +125,37 @@ async def test_completions_endpoint(oai: AsyncOpenAI, scheduler: FakeScheduler) 
     assert len(out["response"]["body"]["choices"]) == 2
 
 
+async def test_responses_endpoint_keeps_answers_a_later_line_can_continue(
+    oai: AsyncOpenAI, scheduler: FakeScheduler
+) -> None:
+    answer_by_prompt(scheduler)
+
+    def line(custom_id: str, **body: Any) -> dict[str, Any]:
+        return {"custom_id": custom_id, "method": "POST", "url": "/v1/responses",
+                "body": {"model": MODEL_ID, "max_output_tokens": 6, **body}}  # fmt: skip
+
+    rows = [line("r", input="name a colour"), line("bg", input="x", background=True)]
+    done = await wait_done(oai, (await start_batch(oai, rows, "/v1/responses")).id)
+    assert (done.request_counts.completed, done.request_counts.failed) == (1, 1)
+    (out,) = await lines_of(oai, done.output_file_id)
+    body = out["response"]["body"]
+    assert body["object"] == "response" and body["status"] == "completed"
+    (message,) = [item for item in body["output"] if item["type"] == "message"]
+    assert message["content"][0]["text"].strip().startswith("echo ")
+    kept = await oai.responses.retrieve(body["id"])  # kept, as the route keeps it
+    assert kept.id == body["id"] and kept.status == "completed"
+    (err,) = await lines_of(oai, done.error_file_id)
+    assert err["response"]["status_code"] == 400
+    assert err["response"]["body"]["error"]["param"] == "background"
+    # a second batch continues the kept answer: its prompt holds the first conversation
+    first_prompt = scheduler.submits[-1].prompt_token_ids
+    again = [line("next", input="and another", previous_response_id=body["id"])]
+    done = await wait_done(oai, (await start_batch(oai, again, "/v1/responses")).id)
+    (out,) = await lines_of(oai, done.output_file_id)
+    assert out["response"]["body"]["previous_response_id"] == body["id"]
+    assert len(scheduler.submits[-1].prompt_token_ids) > len(first_prompt)
+
+
 async def test_a_bad_input_file_fails_the_batch_naming_the_lines(
     oai: AsyncOpenAI, scheduler: FakeScheduler
 ) -> None:

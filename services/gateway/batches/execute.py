@@ -16,9 +16,14 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from loraplex.errors import LoraplexError
-from loraplex.gateway.errors import classify
+from loraplex.gateway.errors import InvalidParamError, classify
+from loraplex.gateway.generation import Usage
 from loraplex.gateway.openai_format import ChatFormat, CompletionFormat
 from loraplex.gateway.responder import whole_answer
+from loraplex.gateway.responses_api import ResponsesRequest
+from loraplex.gateway.responses_history import ResponseHistory
+from loraplex.gateway.responses_output import whole_response
+from loraplex.gateway.responses_prepare import prepare_response
 from loraplex.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from loraplex.gateway.service import GatewayService
 from loraplex.http_errors import error_body, validation_message
@@ -33,8 +38,8 @@ class RetryLater(Exception):
 
 
 class LineExecutor:
-    def __init__(self, service: GatewayService) -> None:
-        self.service = service
+    def __init__(self, service: GatewayService, history: ResponseHistory) -> None:
+        self.service, self.history = service, history
 
     async def __call__(
         self, tenant: str, endpoint: str, body: dict[str, Any], wanted: Callable[[], bool]
@@ -60,6 +65,8 @@ class LineExecutor:
         self, tenant: str, endpoint: str, body: dict[str, Any], wanted: Callable[[], bool]
     ) -> dict[str, Any]:
         service = self.service
+        if endpoint == "/v1/responses":
+            return await self._response(tenant, body, wanted)
         if endpoint == "/v1/chat/completions":
             chat = ChatCompletionRequest.model_validate(body)
             prompt = await service.prepare_chat(chat, tenant)
@@ -74,3 +81,20 @@ class LineExecutor:
         finally:
             for g in gens:
                 await g.aclose()
+
+    async def _response(
+        self, tenant: str, body: dict[str, Any], wanted: Callable[[], bool]
+    ) -> dict[str, Any]:
+        """A Responses API line: as the route answers it, kept when it asks to be (so a later
+        request may continue it with ``previous_response_id``); never in the background."""
+        req = ResponsesRequest.model_validate(body)
+        if req.background:
+            raise InvalidParamError("background is not supported in a batch", "background")
+        ready = await prepare_response(req, tenant, self.service, self.history)
+        (gen,) = await self.service.start_choices([ready.prompt], 1, wanted)
+        try:
+            text = await gen.collect()
+        finally:
+            await gen.aclose()
+        usage = Usage.total([gen], [gen])
+        return await ready.keep(whole_response(ready.stream, text, gen.finish_reason, usage))

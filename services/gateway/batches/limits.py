@@ -8,7 +8,11 @@ from loraplex import env
 from loraplex.cli_flags import Flag, flag
 
 MIB = 1024 * 1024
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions")  # what a batch line may call
+ENDPOINTS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/responses",
+)  # what a batch line may call
 COMPLETION_WINDOW = "24h"  # the only window OpenAI accepts
 COMPLETION_WINDOW_S = 24 * 3600
 

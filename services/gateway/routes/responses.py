@@ -7,7 +7,7 @@ ones, ``GET /v1/responses/{id}?stream=true&starting_after=N``."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -20,24 +20,13 @@ from loraplex.gateway.errors import InvalidParamError, classify
 from loraplex.gateway.generation import Generation, TextDelta, Usage
 from loraplex.gateway.peer import PeerProbe, still_connected
 from loraplex.gateway.responder import SSEResponse, until_disconnected
-from loraplex.gateway.responses_api import ResponsesRequest, input_items, to_chat
+from loraplex.gateway.responses_api import ResponsesRequest
 from loraplex.gateway.responses_background import BackgroundResponses
 from loraplex.gateway.responses_history import ResponseHistory, page
 from loraplex.gateway.responses_output import ResponseStream, whole_response
+from loraplex.gateway.responses_prepare import prepare_response
 
 router = APIRouter(prefix="/v1", tags=["generation"])
-
-
-class _Keeper:
-    """Keeps a finished response in the store, when the request asked for it."""
-
-    def __init__(self, history: ResponseHistory, tenant: str, items: list[dict[str, Any]]):
-        self.history, self.tenant, self.items = history, tenant, items
-
-    async def __call__(self, response: dict[str, Any]) -> dict[str, Any]:
-        if response["store"]:
-            response["store"] = await self.history.keep(self.tenant, response, self.items)
-        return response
 
 
 @router.post("/responses", summary="Create a model response (OpenAI Responses API)")
@@ -50,16 +39,13 @@ async def create_response(
 ) -> Response:
     if body.background:
         _check_background(body, history)
-    before = await history.previous(tenant.name, body)
-    items = input_items(body)
-    prepared = await service.prepare_chat(to_chat(body, items, before), tenant.name)
-    stream = ResponseStream(body, prepared, store=history.keeps(body))
-    keeper = _Keeper(history, tenant.name, [*before, *items])
-    (gen,) = await service.start_choices([prepared], 1, still_connected(request.scope))
+    ready = await prepare_response(body, tenant.name, service, history)
+    stream = ready.stream
+    (gen,) = await service.start_choices([ready.prompt], 1, still_connected(request.scope))
     if body.background:  # queued now; the client comes back with GET (or cancels)
         background: BackgroundResponses = request.app.state.background
         try:
-            started = await background.start(tenant.name, stream, gen, keeper.items, body.stream)
+            started = await background.start(tenant.name, stream, gen, ready.items, body.stream)
         except BaseException:
             await gen.aclose()
             raise
@@ -74,11 +60,11 @@ async def create_response(
             await gen.aclose()
             usage = Usage.total([gen], [gen])
             answer = whole_response(stream, text, gen.finish_reason, usage)
-            return JSONResponse(await keeper(answer))
+            return JSONResponse(await ready.keep(answer))
     except BaseException:
         await gen.aclose()
         raise
-    return SSEResponse(_events(stream, gen, first, keeper), gen.aclose)
+    return SSEResponse(_events(stream, gen, first, ready.keep), gen.aclose)
 
 
 def _check_background(body: ResponsesRequest, history: ResponseHistory) -> None:
@@ -160,7 +146,10 @@ def _followed(events: AsyncIterator[dict[str, Any]]) -> SSEResponse:
 
 
 async def _events(
-    stream: ResponseStream, gen: Generation, delta: TextDelta | None, keeper: _Keeper
+    stream: ResponseStream,
+    gen: Generation,
+    delta: TextDelta | None,
+    keep: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
 ) -> AsyncIterator[str]:
     for event in stream.start():
         yield _sse(event)
@@ -171,7 +160,7 @@ async def _events(
             if delta.finish_reason is not None:
                 usage = Usage.total([gen], [gen])
                 *events, last = stream.finish(delta.finish_reason, usage)
-                await keeper(last["response"])  # kept before the client hears it is done
+                await keep(last["response"])  # kept before the client hears it is done
                 for event in [*events, last]:
                     yield _sse(event)
             delta = await gen.next()
