@@ -12,6 +12,10 @@ STAMP := $(VENV)/.loraplex-installed
 NATIVE_STAMP := shared/loraplex/_native/manifest.json
 NATIVE_SOURCES := $(wildcard services/scheduler/*.py services/scheduler/policies/*.py)
 PYTEST_ARGS ?=
+# Two test processes (pytest-xdist), each given whole files: most of the suite's time is real
+# servers and workers starting and healing, which overlaps well even on 2 cores.  TEST_WORKERS=0
+# runs everything in one process (as a debugger wants).
+TEST_WORKERS ?= 2
 
 .PHONY: setup test up lint format bench clean
 
@@ -30,7 +34,7 @@ $(NATIVE_STAMP): $(STAMP) $(NATIVE_SOURCES)
 setup: $(STAMP) $(NATIVE_STAMP)
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 up: setup
 	$(VENV)/bin/loraplex up $(ARGS)
