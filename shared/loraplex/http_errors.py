@@ -97,6 +97,17 @@ def json_error(status: int, body: dict[str, Any]) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+_LOCATIONS = frozenset({"body", "query", "path", "header", "cookie"})
+
+
+def _field_path(loc: tuple[Any, ...] | list[Any]) -> list[Any]:
+    """``loc`` without FastAPI's leading location (``body``, ``query``, ...)."""
+    parts = list(loc)
+    if parts and parts[0] in _LOCATIONS:
+        parts = parts[1:]
+    return [p for p in parts if p != "body"]
+
+
 def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     """One message and ``param`` for pydantic's errors.
 
@@ -109,7 +120,9 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first = errors[0]
     if first.get("type") == "json_invalid":
         return "request body is not valid JSON", None
-    locs = [[p for p in e.get("loc", ()) if p != "body"] for e in errors]
+    # OpenAI's ``param`` names the field alone: a query or path parameter without FastAPI's
+    # location in front ("after", not "query.after"), as a body field has always been.
+    locs = [_field_path(e.get("loc", ())) for e in errors]
     if not locs[0] and first.get("type") == "missing":
         return "a JSON request body is required", None
     group = [(loc, e) for loc, e in zip(locs, errors, strict=True) if loc[:1] == locs[0][:1]]

@@ -1,4 +1,7 @@
-"""A real stack per test module: `loraplex up` machinery with its own nats-server and redis-server."""
+"""Real stacks: `loraplex up` machinery with its own nats-server and redis-server.  Most modules
+start their own (they kill, restart or reconfigure services); the end-to-end modules (test_e2e*)
+only send requests, so they share one disaggregated stack per test process: each stack costs
+seconds of CPU to start, and the end-to-end modules are six."""
 
 from __future__ import annotations
 
@@ -36,27 +39,27 @@ def launch(tmp_path_factory, name: str, extra: list[str]) -> Stack:
     return stack
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def disagg_stack(tmp_path_factory):
     stack = launch(tmp_path_factory, "disagg", ["--prefill-workers", "1", "--decode-workers", "2"])
     yield stack
     stack.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def client(disagg_stack):
     return openai.OpenAI(
         base_url=disagg_stack.urls["gateway"] + "/v1", api_key="unused", max_retries=0
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def model_id(client) -> str:
     ids = [m.id for m in client.models.list().data]
     return ids[0]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def loras(disagg_stack, model_id):
     names = [a.name for a in disagg_stack.adapters]
     return [names[0], None, names[2], names[1], None, names[3]]
