@@ -29,14 +29,14 @@ def new_batch_id() -> str:
 
 
 def file_object(
-    file_id: str, filename: str, purpose: str, size: int, now: int, ttl_s: int
+    file_id: str, filename: str, purpose: str, size: int, now: int, life_s: int
 ) -> dict[str, Any]:
     return {
         "id": file_id,
         "object": "file",
         "bytes": size,
         "created_at": now,
-        "expires_at": now + ttl_s,
+        "expires_at": now + life_s,
         "filename": filename,
         "purpose": purpose,
         "status": "processed",

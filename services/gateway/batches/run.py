@@ -100,7 +100,7 @@ class BatchRun:
                 t.cancel()
             await asyncio.wait((keeper, watcher), timeout=OVER_S)
         if not self.lease_lost:
-            await self._finish(content, endpoint)
+            await self._finish(content, endpoint, _output_life_s(batch, store.limits.ttl_s))
 
     async def _send(self, endpoint: str, todo: Iterator[BatchLine]) -> None:
         slots = asyncio.Semaphore(self.store.limits.concurrency)
@@ -196,7 +196,7 @@ class BatchRun:
                 self.stop.set()
                 return
 
-    async def _finish(self, content: bytes, endpoint: str) -> None:
+    async def _finish(self, content: bytes, endpoint: str, life_s: int) -> None:
         store, tenant, batch_id = self.store, self.tenant, self.batch_id
         results = await store.results(tenant, batch_id)
         status = ENDINGS[self.ending]
@@ -205,7 +205,7 @@ class BatchRun:
         files = {}
         for kind, rows in (("output", output), ("error", errors)):
             if rows:
-                files[kind] = await self._store_file(kind, rows)
+                files[kind] = await self._store_file(kind, rows, life_s)
         counts = {
             "completed": output.count(b"\n"),
             "failed": sum(ok is False for ok, _ in results.values()),
@@ -225,15 +225,20 @@ class BatchRun:
         await store.deactivate(tenant, batch_id)
         log.info("batch %s of %s %s: %s", batch_id, tenant, status, counts)
 
-    async def _store_file(self, kind: str, content: bytes) -> str:
+    async def _store_file(self, kind: str, content: bytes, life_s: int) -> str:
         file_id = output_file_id(self.batch_id, kind)
         name = f"{self.batch_id}_{kind}.jsonl"
         meta = file_object(
-            file_id, name, "batch_output", len(content), int(self.clock()),
-            self.store.limits.ttl_s,
+            file_id, name, "batch_output", len(content), int(self.clock()), life_s
         )  # fmt: skip
         await self.store.put_file(self.tenant, meta, content, forced=True)
         return file_id
+
+
+def _output_life_s(batch: Record, ttl_s: int) -> int:
+    """How long the batch's output and error files live: as its create asked, or ``ttl_s``."""
+    asked = batch.get("output_expires_after")
+    return min(int(asked["seconds"]), ttl_s) if isinstance(asked, dict) else ttl_s
 
 
 def _files(

@@ -98,7 +98,10 @@ class BatchRunner:
         endpoint: str,
         window: str,
         metadata: dict[str, Any] | None,
+        output_life_s: int | None = None,
     ) -> Record:
+        """A new batch (``failed`` at once when its input file is refused); its output and
+        error files will live ``output_life_s`` (the store's ``ttl_s`` when None)."""
         if endpoint not in ENDPOINTS:
             raise InvalidParamError(
                 f"endpoint must be one of {', '.join(ENDPOINTS)}, got {endpoint!r}", "endpoint"
@@ -123,6 +126,8 @@ class BatchRunner:
             new_batch_id(), endpoint, input_file_id, window, metadata, now,
             now + COMPLETION_WINDOW_S,
         )  # fmt: skip
+        if output_life_s is not None:
+            batch["output_expires_after"] = {"anchor": "created_at", "seconds": output_life_s}
         content = await self.store.file_content(tenant, input_file_id) or b""
         try:
             total = await asyncio.to_thread(

@@ -7,7 +7,8 @@ same 404 as an id never issued).  **Bounded**: a tenant keeps at most ``files_pe
 and ``tenant_bytes`` of them, checked atomically with each upload; a batch's output and error
 files are stored even past that budget (a batch's results are never thrown away), and a tenant
 over it can upload nothing and start no batch until it deletes files.  Everything is forgotten
-``ttl_s`` after it was made.  A batch's results go in as each request ends, the first answer for
+``ttl_s`` after it was made, a file at its ``expires_at`` when that is sooner (``expiry.py``;
+its bytes leave the tenant's budget then).  A batch's results go in as each request ends, the first answer for
 a line wins (a line a dead gateway had in flight may run again on its successor), and its
 *lease* names the gateway running it.  Plain Python.
 """
@@ -93,8 +94,9 @@ class MemoryBatchStore:
         self._active: dict[tuple[str, str], tuple[str, float]] = {}  # -> (owner, lease until)
 
     def _purge(self) -> None:
-        cutoff = self.clock() - self.limits.ttl_s
-        for key in [k for k, (m, _) in self._files.items() if m["created_at"] < cutoff]:
+        now = self.clock()
+        cutoff = now - self.limits.ttl_s
+        for key in [k for k, (m, _) in self._files.items() if m["expires_at"] <= now]:
             del self._files[key]
         for key in [k for k, b in self._batches.items() if b["created_at"] < cutoff]:
             del self._batches[key]

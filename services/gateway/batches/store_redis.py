@@ -18,7 +18,9 @@ key                                     type    holds
 ``{p}:batch:{tenant}:{id}:lease``       STRING  the id of the gateway running it, with a TTL
 ======================================  ======  ===================================================
 
-Everything but the active sets and leases expires ``ttl_s`` after it was written.
+Everything but the active sets and leases expires ``ttl_s`` after it was written; a file's own
+key at its ``expires_at`` when that is sooner (the next upload drops it from the index and the
+byte budget).
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ from loraplex.gateway.batches.store import (
 )
 from loraplex.redis_connect import unavailable_as
 
-# KEYS: file, index, sizes.  ARGV: id, meta, content, now, ttl, most files, most bytes, forced.
-# -1: too many files; -2: too many bytes (nothing written).
+# KEYS: file, index, sizes.  ARGV: id, meta, content, now, ttl, most files, most bytes, forced,
+# the file's life (s), the key prefix of the tenant's files.  -1: too many files; -2: too many
+# bytes (nothing written).  A file whose key expired (its own, shorter life) leaves the budget.
 _PUT_FILE = """
 local index, sizes = KEYS[2], KEYS[3]
 local now, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -49,6 +52,12 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', now - ttl)) do
   redis.call('HDEL', sizes, id)
 end
 redis.call('ZREMRANGEBYSCORE', index, '-inf', now - ttl)
+for _, id in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+  if redis.call('EXISTS', ARGV[10] .. id) == 0 then
+    redis.call('ZREM', index, id)
+    redis.call('HDEL', sizes, id)
+  end
+end
 if ARGV[8] ~= '1' then
   local total = 0
   for _, size in ipairs(redis.call('HVALS', sizes)) do total = total + tonumber(size) end
@@ -56,7 +65,7 @@ if ARGV[8] ~= '1' then
   if total + string.len(ARGV[3]) > tonumber(ARGV[7]) then return -2 end
 end
 redis.call('HSET', KEYS[1], 'meta', ARGV[2], 'content', ARGV[3])
-redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[9]))
 redis.call('ZADD', index, now, ARGV[1])
 redis.call('HSET', sizes, ARGV[1], string.len(ARGV[3]))
 redis.call('EXPIRE', index, ttl)
@@ -123,6 +132,7 @@ class RedisBatchStore:
             args=[
                 meta["id"], json.dumps(meta), content, self.clock(), self.limits.ttl_s,
                 self.limits.files_per_tenant, self.limits.tenant_bytes, "1" if forced else "0",
+                max(1, int(meta["expires_at"]) - int(meta["created_at"])), self._file(tenant, ""),
             ],
         ))  # fmt: skip
         if done < 0:

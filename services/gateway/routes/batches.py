@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict
 
 from loraplex.gateway.batches.errors import BatchNotFoundError
+from loraplex.gateway.batches.expiry import file_life_s
 from loraplex.gateway.batches.limits import COMPLETION_WINDOW
 from loraplex.gateway.batches.objects import BATCH_ID
 from loraplex.gateway.batches.runner import BatchRunner
@@ -26,7 +27,7 @@ class CreateBatch(BaseModel):
     endpoint: str
     completion_window: str = COMPLETION_WINDOW
     metadata: dict[str, Any] | None = None
-    output_expires_after: dict[str, Any] | None = None  # accepted; outputs live the files' TTL
+    output_expires_after: Any = None  # how long the output and error files live (expiry.py)
 
 
 def runner(request: Request) -> BatchRunner:
@@ -41,9 +42,14 @@ def _checked(batch_id: str) -> str:
 
 @router.post("/batches", summary="Create a batch (OpenAI Batch API)")
 async def create_batch(body: CreateBatch, tenant: TenantDep, request: Request) -> dict[str, Any]:
-    return await runner(request).create(
-        tenant.name, body.input_file_id, body.endpoint, body.completion_window, body.metadata
+    batches = runner(request)
+    output_life_s = file_life_s(
+        body.output_expires_after, batches.store.limits.ttl_s, "output_expires_after"
     )
+    return await batches.create(
+        tenant.name, body.input_file_id, body.endpoint, body.completion_window, body.metadata,
+        output_life_s,
+    )  # fmt: skip
 
 
 @router.get("/batches", summary="List batches")

@@ -1,5 +1,5 @@
 """OpenAI's Files API, for batch input and output: ``POST /v1/files`` (multipart ``file`` and
-``purpose=batch``), ``GET /v1/files``, ``GET /v1/files/{id}``, ``GET /v1/files/{id}/content`` and
+``purpose=batch``, optional ``expires_after[anchor]``/``expires_after[seconds]``), ``GET /v1/files``, ``GET /v1/files/{id}``, ``GET /v1/files/{id}/content`` and
 ``DELETE /v1/files/{id}`` (``batches/store.py`` keeps them per tenant, within its budget)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from starlette.responses import Response
 
 from loraplex.gateway.batches.errors import BatchNotFoundError
+from loraplex.gateway.batches.expiry import file_life_s
 from loraplex.gateway.batches.objects import FILE_ID, file_object, new_file_id
 from loraplex.gateway.batches.store import BatchStore
 from loraplex.gateway.deps import TenantDep
@@ -53,12 +54,20 @@ async def upload_file(
     request: Request,
     file: Annotated[UploadFile, File()],
     purpose: Annotated[str, Form()],
+    expires_anchor: Annotated[str | None, Form(alias="expires_after[anchor]")] = None,
+    expires_seconds: Annotated[str | None, Form(alias="expires_after[seconds]")] = None,
 ) -> dict[str, Any]:
     if purpose != "batch":
         raise InvalidParamError(
             "purpose must be 'batch' (the only files this server keeps)", "purpose"
         )
     store = batch_store(request)
+    policy = (
+        None
+        if expires_anchor is None and expires_seconds is None
+        else {"anchor": expires_anchor, "seconds": expires_seconds}
+    )
+    life_s = file_life_s(policy, store.limits.ttl_s, "expires_after")
     limit = store.limits.file_max_bytes
     content = await file.read(limit + 1)
     if len(content) > limit:
@@ -66,9 +75,7 @@ async def upload_file(
     name = (file.filename or "upload.jsonl")[-MAX_FILENAME:]
     if any(ord(c) < 32 or 0xD800 <= ord(c) < 0xE000 for c in name):
         raise InvalidParamError("the file name holds control characters or invalid text", "file")
-    meta = file_object(
-        new_file_id(), name, purpose, len(content), int(time.time()), store.limits.ttl_s
-    )
+    meta = file_object(new_file_id(), name, purpose, len(content), int(time.time()), life_s)
     await store.put_file(tenant.name, meta, content, forced=False)
     return meta
 
