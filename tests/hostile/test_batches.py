@@ -1,5 +1,5 @@
-"""Batches of hostile requests on the real stack: every line of a batch of fuzzed chat and
-completion bodies is answered (a 200 or a 4xx with an OpenAI error body, never a 5xx), each once
+"""Batches of hostile requests on the real stack: every line of a batch of fuzzed chat,
+completion and Responses API bodies is answered (a 200 or a 4xx with an OpenAI error body, never a 5xx), each once
 and in order; lines no JSON route would take (lone surrogates, NUL in a name) refuse the file with
 their line numbers; a file of raw bytes is refused; and the stack, both tenants, stays served."""
 
@@ -15,10 +15,14 @@ from hypothesis import strategies as st
 
 from loraplex.gateway.body_check import value_problem
 from tests.hostile.fuzz import FUZZ_SETTINGS
-from tests.hostile.fuzz_bodies import chat_bodies, completion_bodies
+from tests.hostile.fuzz_bodies import chat_bodies, completion_bodies, responses_bodies
 from tests.hostile.harness import ALPHA, BETA, HostileStack
 
-ENDPOINTS = {"/v1/chat/completions": (chat_bodies, 24), "/v1/completions": (completion_bodies, 12)}
+ENDPOINTS = {
+    "/v1/chat/completions": (chat_bodies, 24),
+    "/v1/completions": (completion_bodies, 12),
+    "/v1/responses": (responses_bodies, 12),
+}
 
 
 def drawn(strategy: st.SearchStrategy[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -79,7 +83,9 @@ def test_hostile_batches_answer_every_line_and_hurt_no_one(hs: HostileStack) -> 
             sorted({r["response"]["status_code"] for r in errs}),
         )
         for r in out:
-            assert r["response"]["status_code"] == 200 and r["response"]["body"]["choices"], r
+            answer = r["response"]["body"]
+            assert r["response"]["status_code"] == 200, r
+            assert answer["choices"] if "choices" in answer else answer["object"] == "response", r
         for r in errs:
             status, err = r["response"]["status_code"], r["response"]["body"]["error"]
             assert 400 <= status < 500, r

@@ -19,6 +19,13 @@ from loraplex.kvcache.block_allocator import BlockAllocator, blocks_for
 from loraplex.kvcache.prefix_cache import block_keys
 from loraplex.lora.slot_table import SlotTable
 
+# A request whose adapter finds every device slot pinned by running requests waits, but the
+# requests behind it that need no new slot (the base model, an adapter already in a slot) go
+# ahead: one tenant's many adapters must not stall everyone queued behind them.  Adapter requests
+# may pass a waiting one this many times; then they wait too (their pins could otherwise keep
+# every slot busy forever) while base-model requests still go.
+SLOT_BYPASS_LIMIT = 64
+
 
 @dataclass(frozen=True)
 class SchedulerConfig:
@@ -85,19 +92,37 @@ class Scheduler:
 
     def _admit_ready(self) -> list[tuple[str, int]]:
         loads: list[tuple[str, int]] = []
+        blocked: list[Sequence] = []  # waiting for a device slot, in order
         while self.ready and len(self.running) < self.cfg.max_num_seqs:
-            seq = self.ready[0]
-            if seq.lora is not None:
-                grant = self.slots.acquire(seq.lora)
-                if grant is None:
-                    break
-                seq.lora_slot = grant.slot
-                if grant.needs_load:
-                    loads.append((seq.lora, grant.slot))
-            self.ready.popleft()
+            seq = self.ready.popleft()
+            if not self._pin_adapter(seq, blocked, loads):
+                blocked.append(seq)
+                continue
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
+        self.ready.extendleft(reversed(blocked))
         return loads
+
+    def _pin_adapter(
+        self, seq: Sequence, blocked: list[Sequence], loads: list[tuple[str, int]]
+    ) -> bool:
+        """Give ``seq``'s adapter a device slot (a new one goes in ``loads``); False when it
+        must wait (``SLOT_BYPASS_LIMIT``).  The base model needs none."""
+        if seq.lora is None:
+            return True
+        if blocked and (
+            self.slots.slot_of(seq.lora) is None or blocked[0].slot_bypassed >= SLOT_BYPASS_LIMIT
+        ):
+            return False  # no slot came free since; or it has been passed often enough
+        grant = self.slots.acquire(seq.lora)
+        if grant is None:  # every slot is pinned by running requests
+            return False
+        if blocked:
+            blocked[0].slot_bypassed += 1
+        seq.lora_slot = grant.slot
+        if grant.needs_load:
+            loads.append((seq.lora, grant.slot))
+        return True
 
     def _schedule_prefill(self, budget: int, admit: bool = True) -> ScheduledBatch:
         batch = ScheduledBatch(is_prefill=True, seqs=[])
@@ -110,6 +135,7 @@ class Scheduler:
                 batch.num_new_tokens.append(n)
                 tokens += n
         admitted: list[Sequence] = []
+        blocked: list[Sequence] = []  # waiting for a device slot, in order
         while (
             admit
             and self.waiting
@@ -120,14 +146,10 @@ class Scheduler:
             hit = self._cached_prefix(seq)
             need = blocks_for(seq.num_tokens, self.cfg.block_size) - len(hit)
             if not self.allocator.can_allocate_after(hit, need):
-                break
-            if seq.lora is not None:
-                grant = self.slots.acquire(seq.lora)
-                if grant is None:  # every slot is pinned by running requests: wait for one
-                    break
-                seq.lora_slot = grant.slot
-                if grant.needs_load:
-                    batch.adapter_loads.append((seq.lora, grant.slot))
+                break  # memory is first come, first served: nobody passes
+            if not self._pin_adapter(seq, blocked, batch.adapter_loads):
+                blocked.append(self.waiting.popleft())
+                continue
             seq.block_table = self.allocator.allocate_after(hit, need)
             seq.num_cached = len(hit) * self.cfg.block_size
             self.prefix_hit_tokens += seq.num_cached
@@ -141,6 +163,7 @@ class Scheduler:
             batch.seqs.append(seq)
             batch.num_new_tokens.append(n)
             tokens += n
+        self.waiting.extendleft(reversed(blocked))
         self.running.extend(admitted)
         return batch
 

@@ -36,6 +36,7 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     block_table: list[int] = field(default_factory=list)
     lora_slot: int = -1  # device slot while running with an adapter pinned
+    slot_bypassed: int = 0  # admitted past it while it waited for a device slot
     num_cached: int = 0  # tokens whose K/V are in the cache
     # prompt tokens found in the prefix cache at its first admission (vLLM's num_cached_tokens;
     # OpenAI's usage.prompt_tokens_details.cached_tokens); -1 until admitted
