@@ -55,6 +55,7 @@ bench: setup
 	$(PY) bench/fairness.py --mode sim --write-docs
 	$(PY) bench/reliability.py --write-docs
 	$(PY) bench/scheduler.py --write-docs
+	$(PY) bench/slots.py --write-docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info shared/loraplex/_native

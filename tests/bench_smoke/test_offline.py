@@ -69,3 +69,13 @@ def test_engine_gpu_bench_runs_its_documented_cpu_smoke(tmp_path: Path) -> None:
     assert "| loraplex eager, 4 distinct |" in out, out
     assert "| HF+PEFT, 4 distinct |" in out, out
     assert md.read_text().strip() and js.read_text().strip()
+
+
+def test_slots_bench_compares_both_rules_for_the_requests_behind_a_waiting_one() -> None:
+    out = run_bench(
+        "bench/slots.py", "--adapters", "3", "--a-requests", "4", "--b-requests", "2",
+        "--a-tokens", "6", "--b-tokens", "2",
+    )  # fmt: skip
+    rows = [r for r in out.splitlines() if r.startswith("| B ")]
+    assert len(rows) == 3, out
+    assert "Greedy tokens of every request identical under both rules: yes." in out, out
