@@ -44,19 +44,21 @@ class HeartbeatWatch:
             await asyncio.sleep(0.05)
         await bus.close()
 
-    def holder(self, prefix: str, timeout: float = 30.0) -> str:
-        """The one live worker named ``prefix``-something that lists a request."""
+    def holder(self, prefix: str, request_id: str, timeout: float = 30.0) -> str:
+        """The one live worker named ``prefix``-something whose latest heartbeat lists
+        ``request_id`` (any busy worker would do only on an idle host: under load a worker's
+        last heartbeat may still list the request before, which another worker now follows)."""
         deadline = time.monotonic() + timeout
         while (now := time.monotonic()) < deadline:
             busy = [
                 w
                 for w, (seen, ids) in list(self.active.items())
-                if w.startswith(prefix) and ids and now - seen < 1.5  # not a killed one's last
+                if w.startswith(prefix) and request_id in ids and now - seen < 1.5
             ]
             if len(busy) == 1:
                 return busy[0]
             time.sleep(0.05)
-        raise AssertionError(f"no single {prefix} worker holds the request: {self.active}")
+        raise AssertionError(f"no single {prefix} worker holds {request_id}: {self.active}")
 
     def close(self) -> None:
         self._stop.set()
@@ -91,7 +93,8 @@ def _migrations(stack) -> int:  # type: ignore[no-untyped-def]
 
 
 def _stream(client, model: str, kill=None, **sampling) -> tuple[str, int]:  # type: ignore[no-untyped-def]
-    """The streamed text and completion token count; ``kill`` runs once tokens flow."""
+    """The streamed text and completion token count; ``kill(request_id)`` runs once tokens
+    flow."""
     stream = client.completions.create(
         model=model,
         prompt=[5, 6, 7],
@@ -109,7 +112,7 @@ def _stream(client, model: str, kill=None, **sampling) -> tuple[str, int]:  # ty
             text.append(chunk.choices[0].text)
             chunks += 1
             if chunks == 2 and kill is not None:
-                kill()
+                kill(chunk.id)  # the gateway's request id, as the workers list it
     assert usage is not None
     return "".join(text), usage.completion_tokens
 
@@ -121,8 +124,8 @@ def _survives_a_kill(stack, watch, client, sampling: dict) -> None:  # type: ign
     before = _migrations(stack)
     killed: list[str] = []
 
-    def kill() -> None:
-        victim = watch.holder("decode-")
+    def kill(request_id: str) -> None:
+        victim = watch.holder("decode-", request_id)
         stack.proc(victim).kill()  # SIGKILL
         killed.append(victim)
 
