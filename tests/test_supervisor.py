@@ -222,9 +222,9 @@ def _fake_service(tmp_path, monkeypatch) -> tuple[Supervisor, Service, _Clock]:
     from loraplex.tooling import supervisor
 
     clock = _Clock()
-    monkeypatch.setattr(supervisor, "subprocess", SimpleNamespace(Popen=_FakePopen, STDOUT=-2))
     monkeypatch.setattr(supervisor, "time", SimpleNamespace(monotonic=lambda: clock.t))
-    svc = Service("svc", ["svc"], tmp_path / "svc.log", ready_url="http://probe")
+    fake = lambda argv, log: _FakePopen()  # noqa: E731
+    svc = Service("svc", ["svc"], tmp_path / "svc.log", ready_url="http://probe", starter=fake)
     sup = Supervisor([svc], POLICY, say=lambda line: None, probe=lambda url: True)
     svc.start()
     return sup, svc, clock

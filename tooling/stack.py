@@ -10,12 +10,12 @@ NATS or Redis while it drains.
 from __future__ import annotations
 
 import signal
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loraplex.tooling.forked import FORK_SERVER, ServiceProcess
 from loraplex.tooling.servers import ServerProcess
 from loraplex.tooling.supervisor import RestartPolicy, Service, Supervisor, python_module
 
@@ -38,11 +38,11 @@ class Stack:
     _hurry: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
-    def procs(self) -> list[tuple[str, subprocess.Popen]]:
+    def procs(self) -> list[tuple[str, ServiceProcess]]:
         """(name, current process) of every service started (a restart replaces the process)."""
         return [(s.name, s.proc) for s in self.services if s.proc is not None]
 
-    def proc(self, name: str) -> subprocess.Popen:
+    def proc(self, name: str) -> ServiceProcess:
         return next(p for n, p in self.procs if n == name)
 
     def service(self, name: str) -> Service:
@@ -50,12 +50,12 @@ class Stack:
 
     def spawn(
         self, name: str, module: str, *args: str, ready_url: str | None = None
-    ) -> subprocess.Popen:
-        """Start ``python -m module args``; ``ready_url`` answers 200 once it came up (the
-        supervisor's sign that a later exit is no crash loop)."""
-        svc = Service(
-            name, python_module(module, *args), self.run_dir / f"{name}.log", ready_url=ready_url
-        )
+    ) -> ServiceProcess:
+        """Start ``python -m module args`` (a fork of the pre-imported server: ``forked.py``);
+        ``ready_url`` answers 200 once it came up (the supervisor's sign that a later exit is no
+        crash loop)."""
+        argv, log = python_module(module, *args), self.run_dir / f"{name}.log"
+        svc = Service(name, argv, log, ready_url=ready_url, starter=FORK_SERVER.start)
         self.services.append(svc)
         return svc.start()
 
@@ -89,7 +89,7 @@ class Stack:
         """Cut a running ``stop`` short (a second Ctrl-C): kill instead of waiting."""
         self._hurry.set()
 
-    def _terminate(self, procs: list[subprocess.Popen], timeout: float) -> None:
+    def _terminate(self, procs: list[ServiceProcess], timeout: float) -> None:
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

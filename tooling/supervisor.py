@@ -29,7 +29,6 @@ a kill before ready) leave the count as it is: they say nothing about health.
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -37,6 +36,8 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from loraplex.tooling.forked import ServiceProcess, exec_process
 
 # Signals another process sends; a service's own fault (SIGSEGV, SIGABRT, SIGBUS) is not one.
 OUTSIDE_KILLS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT})
@@ -65,7 +66,7 @@ class Service:
     name: str
     argv: list[str]
     log_path: Path
-    proc: subprocess.Popen | None = None
+    proc: ServiceProcess | None = None
     started_at: float = 0.0  # monotonic
     restarts: int = 0
     quick_failures: int = 0  # exits in a row before the service came up (``_came_up``)
@@ -75,12 +76,11 @@ class Service:
     ready_url: str | None = None  # answers 200 once the service came up (None: not probed)
     ready_at: float | None = None  # monotonic time its current run was first seen ready
     next_probe_at: float = 0.0
+    # exec the argv (``exec_process``) or fork it from a pre-imported server (``FORK_SERVER.start``)
+    starter: Callable[[list[str], Path], ServiceProcess] = exec_process
 
-    def start(self) -> subprocess.Popen:
-        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the fd
-            self.proc = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+    def start(self) -> ServiceProcess:
+        self.proc = self.starter(self.argv, self.log_path)
         self.started_at = time.monotonic()
         self.restart_at = None
         self.ready_at = None

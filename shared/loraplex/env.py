@@ -64,6 +64,12 @@ WARMUP = EnvVar(
     "full",
     "workers on CUDA compile every batch shape at start-up: full, light (fewer shapes), off",
 )
+FORK_SERVER = EnvVar(
+    "LORAPLEX_FORK_SERVER",
+    True,
+    "loraplex up: start services as forks of one server that imported torch and FastAPI once "
+    "(faster starts and restarts); off: exec each one",
+)
 
 NATS_URL = EnvVar(
     "LORAPLEX_NATS_URL",

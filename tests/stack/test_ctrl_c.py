@@ -19,7 +19,7 @@ from pathlib import Path
 import openai
 
 from loraplex.tooling.ports import free_port
-from tests.stack.test_up_cli import _alive, _children
+from tests.stack.test_up_cli import _alive, _descendants
 
 MAX_TOKENS = 300  # long enough to be running when the signal lands, short of the 30 s drain bound
 LOGS_OF_SERVICES = ("gateway", "adapter-store", "scheduler", "prefill-0", "decode-0")
@@ -49,7 +49,7 @@ def test_ctrl_c_drains_a_stream_in_flight_then_stops_everything(tmp_path):
     port = free_port()
     proc, banner = _start_up(run_dir, port)
     try:
-        children = _children(proc.pid)
+        below = _descendants(proc.pid)  # the servers, the services and their fork server
         client = openai.OpenAI(
             base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=120
         )
@@ -75,7 +75,7 @@ def test_ctrl_c_drains_a_stream_in_flight_then_stops_everything(tmp_path):
         assert proc.returncode == 0, out
         assert "stopping loraplex" in out, out
         time.sleep(0.5)
-        assert [c for c in children if _alive(c)] == []
+        assert {p: c for p, c in below.items() if _alive(p)} == {}
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -30,17 +30,23 @@ def _processes_mentioning(text: str) -> list[int]:
     return pids
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
+def _descendants(pid: int) -> dict[int, str]:
+    """pid -> command line of every process below ``pid`` (services are forks of its fork server)."""
+    parents = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(entry.name))
-    return kids
+            parents[int(entry.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmdline)
+    found: dict[int, str] = {}
+    level = {pid}
+    while level:
+        level = {p for p, (ppid, _) in parents.items() if ppid in level}
+        found.update({p: parents[p][1] for p in level})
+    return found
 
 
 def _alive(pid: int) -> bool:
@@ -92,13 +98,14 @@ def test_up_serves_and_ctrl_c_stops_everything(tmp_path):
             timeout=60,
         )
         assert answer.status_code == 200, answer.text
-        children = _children(proc.pid)
-        # nats, redis, adapter store, scheduler, prefill, decode, gateway
-        assert len(children) >= 7, children
+        below = _descendants(proc.pid)
+        for part in ("nats-server", "redis-server", "loraplex.adapter_store", "loraplex.scheduler",
+                     "loraplex.prefill", "loraplex.decode", "loraplex.gateway"):  # fmt: skip
+            assert any(part in cmdline for cmdline in below.values()), (part, below)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
         time.sleep(0.5)
-        assert [c for c in children if _alive(c)] == []
+        assert {p: c for p, c in below.items() if _alive(p)} == {}
         assert _processes_mentioning(str(run_dir)) == []
     finally:
         if proc.poll() is None:
