@@ -43,6 +43,10 @@ ORPHAN_POLL_S = 0.1  # how often a service whose server died is looked at
 LOST_STATUS = 255  # the exit code of a service whose status went with its server
 
 
+class ForkServerGone(OSError):
+    """The fork server exited before it answered a start."""
+
+
 class ServiceProcess(Protocol):
     """The part of ``subprocess.Popen`` a ``Service`` and a ``Stack`` use."""
 
@@ -125,12 +129,23 @@ class ForkServer:
         self._replies: dict[int, dict] = {}  # type: ignore[type-arg]
         self._replied = threading.Condition(self._lock)
         self._procs: dict[int, ForkedProcess] = {}
+        self.broken = False  # the server refused to fork (or could not start): exec instead
+        self.server_argv = [sys.executable, "-m", "loraplex.tooling.zygote"]
 
     def start(self, argv: list[str], log_path: Path) -> ServiceProcess:
         target = module_of(argv)
         if target is None or not env.FORK_SERVER.get():
             return exec_process(argv, log_path)
-        module, args = target
+        if self.broken:
+            return exec_process(argv, log_path)
+        try:
+            return self._fork(*target, argv, log_path)
+        except ForkServerGone as e:  # it could not start, or refused (EXIT_CUDA): exec from now on
+            self.broken = True
+            print(f"loraplex: {e}; starting services with exec from now on", flush=True)
+            return exec_process(argv, log_path)
+
+    def _fork(self, module: str, args: list[str], argv: list[str], log_path: Path) -> ForkedProcess:
         with self._lock:
             server = self._running()
             request_id = next(self._ids)
@@ -139,11 +154,14 @@ class ForkServer:
                 "cwd": os.getcwd(), "log": str(log_path),
             }  # fmt: skip
             assert server.stdin is not None
-            server.stdin.write(json.dumps(request).encode() + b"\n")
-            server.stdin.flush()
+            try:
+                server.stdin.write(json.dumps(request).encode() + b"\n")
+                server.stdin.flush()
+            except BrokenPipeError as e:
+                raise ForkServerGone("the fork server exited") from e
             while request_id not in self._replies:
                 if not self._replied.wait(timeout=1.0) and server.poll() is not None:
-                    raise OSError(f"the fork server exited with code {server.returncode}")
+                    raise ForkServerGone(f"the fork server exited with code {server.returncode}")
             reply = self._replies.pop(request_id)
         if "proc" not in reply:
             raise OSError(f"the fork server could not start {module}: {reply.get('error')}")
@@ -156,7 +174,7 @@ class ForkServer:
         if self._server is not None and self._server.poll() is None:
             return self._server
         server = subprocess.Popen(
-            [sys.executable, "-m", "loraplex.tooling.zygote"],
+            self.server_argv,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
         )  # fmt: skip
         self._server = server

@@ -30,6 +30,12 @@ PRELOAD = (
     "loraplex.adapter_store.app",
     "loraplex.scheduler.service",
 )
+EXIT_CUDA = 3  # the server's exit code when it cannot fork safely (the launcher then execs)
+
+
+def _cuda_initialised() -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and bool(torch.cuda.is_initialized())
 
 
 def main() -> None:
@@ -44,9 +50,11 @@ def main() -> None:
             importlib.import_module(name)
         except Exception as e:  # a missing extra costs its services the import, nothing else
             print(f"loraplex zygote: preload {name} failed: {e!r}", file=sys.stderr, flush=True)
-    _set_title(
-        [sys.executable, "-m", "loraplex.tooling.zygote"]
-    )  # its setup, while env is pristine
+    if _cuda_initialised():  # a fork would inherit a CUDA context it cannot use: refuse
+        print("loraplex zygote: CUDA was initialised by a preload; not forking", file=sys.stderr)
+        os._exit(EXIT_CUDA)
+    # setproctitle's setup, while the environment is still the one the process started with
+    _set_title([sys.executable, "-m", "loraplex.tooling.zygote"])
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from loraplex.tooling.forked import LOST_STATUS, ForkedProcess, ForkServer
+from loraplex.tooling.zygote import EXIT_CUDA
 
 # ``python -m fork_probe CODE [SLEEP_S]``: says what it sees, sleeps, exits with CODE ("raise":
 # an uncaught exception); an atexit handler says "bye".
@@ -127,3 +128,17 @@ def test_services_outlive_their_server_and_the_next_start_begins_a_new_one(tmp_p
         assert server._server is not first_server and again.wait(60) == 6
     finally:
         server._server.kill()  # type: ignore[union-attr]
+
+
+def test_a_server_that_cannot_fork_makes_every_start_an_exec(tmp_path):
+    """The zygote exits with EXIT_CUDA when a preload initialised CUDA (a fork could not use
+    it); any server that dies before it answers leaves the launcher exec'ing, not failing."""
+    server = ForkServer()
+    server.server_argv = [sys.executable, "-c", f"raise SystemExit({EXIT_CUDA})"]
+    log = tmp_path / "probe.log"
+    first = server.start(_probe("7"), log)
+    assert isinstance(first, subprocess.Popen) and first.wait(60) == 7
+    assert server.broken
+    second = server.start(_probe("8"), log)
+    assert isinstance(second, subprocess.Popen) and second.wait(60) == 8
+    assert log.read_text().count("torch not imported") == 2
