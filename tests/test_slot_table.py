@@ -172,3 +172,16 @@ def test_can_acquire_matches_acquire():
     table.release("a")
     assert table.can_acquire("b")
     assert table.acquire("b") is not None
+
+
+def test_pinned_slots_counts_adapters_held_by_running_requests():
+    table = SlotTable(3)
+    assert table.pinned_slots() == 0
+    table.acquire("a")
+    table.acquire("a")  # a second request on the same adapter: still one slot
+    table.acquire("b")
+    assert table.pinned_slots() == 2
+    table.release("a")
+    assert table.pinned_slots() == 2
+    table.release("a")  # resident, unpinned: an adapter not in a slot may take it
+    assert table.pinned_slots() == 1 and "a" in table.resident()

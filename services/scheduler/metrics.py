@@ -210,6 +210,7 @@ def scheduler_stats(policy: FairnessPolicy, registry: WorkerRegistry) -> Schedul
             "waiting": w.hb.waiting,
             "adapter_slots_used": w.hb.adapter_slots_used,
             "adapter_slots_total": w.hb.adapter_slots_total,
+            "adapter_slots_pinned": w.hb.adapter_slots_pinned,
             "prefix_cache_hit_tokens": w.hb.prefix_cache_hit_tokens,
             "prefix_cache_query_tokens": w.hb.prefix_cache_query_tokens,
         }

@@ -68,7 +68,8 @@ class Placer:
     ) -> Placement | None:
         """Choose workers with room, preferring the ones that probably hold most of the prompt's
         prefix (``cached_blocks``, within ``prefix_balance`` of the least load),
-        then those that hold the adapter, then the least loaded.
+        then those that hold the adapter, then those with an adapter slot not pinned (a request
+        for an adapter would wait on a worker whose every slot is pinned), then the least loaded.
 
         Preferences only order workers that have room, so a request never waits for a particular
         worker while another could take it (no starvation by affinity).  ``cached_blocks`` may have
@@ -105,14 +106,13 @@ class Placer:
             best = self._prefix_holder(role, adapter, idx, tokens, cached_blocks)
             if best is not None:
                 return best
-        fits, exact = self._walk(
-            role, idx, tokens, window=cached_blocks is not None and not holders_of
-        )
+        resident = self._holders.get((role, adapter)) if adapter else None
+        window = cached_blocks is not None and not holders_of
+        fits, exact = self._walk(role, idx, tokens, window, adapter, resident)
         seen = {w.hb.worker_id for w in fits}
         prefix: set[str] = set()  # the only workers that may hold the prompt's first block
         if holders_of is not None:
             prefix.update(holders_of())
-        resident = self._holders.get((role, adapter)) if adapter else None
         holders = self._fitting(prefix, role, tokens, seen)
         if exact and prefix:
             # The walk found the least loaded worker with room, so the balance limit is known;
@@ -185,8 +185,8 @@ class Placer:
             ):
                 continue
             cached = cached_blocks.held(wid)  # a holder: at least its first block
-            absent = (resident is None or wid not in resident) if adapter else False
-            key = (-cached, absent, load, wid)
+            held = resident is not None and wid in resident
+            key = (-cached, w.adapter_cost(adapter, held), load, wid)
             if best is None or key < best_key:
                 best, best_key = w, key
         return best
@@ -234,8 +234,8 @@ class Placer:
             cached = 0
             if cached_blocks is not None and load <= limit and (ask_all or wid in prefix):
                 cached = cached_blocks(w)
-            absent = (resident is None or wid not in resident) if adapter else False
-            key = (-cached, absent, load, wid)
+            held = resident is not None and wid in resident
+            key = (-cached, w.adapter_cost(adapter, held), load, wid)
             if best is None or key < best_key:
                 best, best_key = w, key
         return best, best_key
@@ -245,17 +245,26 @@ class Placer:
         return None if w is None or not w.placeable else (w.committed - w.hb.total_blocks, wid)
 
     def _walk(
-        self, role: str, idx: RoleIndex, tokens: int, window: bool
+        self,
+        role: str,
+        idx: RoleIndex,
+        tokens: int,
+        window: bool,
+        adapter: str | None,
+        resident: SampleSet | None,
     ) -> tuple[list[WorkerState], bool]:
         """The least loaded worker of ``role`` with room among the ``SCAN`` least loaded (with
         ``window``: every one with room within the prefix balance of it, still among ``SCAN``),
-        and True: it is the least loaded worker with room of all.  When none of those has room,
-        the one with the most free KV blocks if it has, and False."""
+        and True: it is the least loaded worker with room of all.  When those all have every
+        adapter slot pinned and do not hold ``adapter`` (``WorkerState.slots_full``: the request
+        would wait there for a slot), also the least loaded one with a slot to spare.  When none
+        of the ``SCAN`` has room, the one with the most free KV blocks if it has, and False."""
         heap, workers = idx.by_load, self.workers
         got: list[WorkerState] = []
         kept: list[tuple[float, str]] = []
         seen: set[str] = set()
         least: float | None = None
+        unblocked = False  # a worker with room that holds the adapter or has a slot to spare
         while heap and len(kept) < SCAN:
             entry = heappop(heap)
             load, wid = entry
@@ -270,13 +279,19 @@ class Placer:
                 continue  # a duplicate (the load went back to an earlier value): dropped
             seen.add(wid)
             kept.append(entry)
-            if load >= 1.0 or (least is not None and load > least + self.prefix_balance):
-                break  # sorted by load: nobody further has a batch slot / is in the window
+            if load >= 1.0:
+                break  # sorted by load: nobody further has a batch slot
+            in_window = least is None or (window and load <= least + self.prefix_balance)
+            if not in_window and unblocked:
+                break  # past the window, and a worker that need not wait for a slot is found
             if w.has_room(blocks_for(tokens, w.block_size)):
+                blocked = w.adapter_cost(adapter, resident is not None and wid in resident) == 2
                 if least is None:
                     least = load
-                got.append(w)
-                if not window:
+                if in_window or not blocked:
+                    got.append(w)
+                unblocked = unblocked or not blocked
+                if not window and unblocked:
                     break
         for entry in kept:
             heappush(heap, entry)

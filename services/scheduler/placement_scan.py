@@ -49,7 +49,7 @@ def place_by_scan(
             fits,
             key=lambda w: (
                 -cached(w),
-                adapter not in w.hb.adapters if adapter else False,
+                w.adapter_cost(adapter, adapter in w.hb.adapters),
                 w.load,
                 w.hb.worker_id,
             ),

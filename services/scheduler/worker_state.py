@@ -33,6 +33,8 @@ class WorkerState:
     max_num_seqs: int = field(init=False)
     free_blocks: int = field(init=False)  # total_blocks - committed
     has_slot: bool = field(init=False)  # len(requests) < max_num_seqs
+    # Every adapter slot pinned at its last heartbeat: an adapter it does not hold would wait.
+    slots_full: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.observe(self.hb, self.last_seen)
@@ -43,6 +45,7 @@ class WorkerState:
         self.role, self.draining = hb.role, hb.draining
         self.block_size, self.total_blocks = hb.block_size, hb.total_blocks
         self.max_num_seqs = hb.max_num_seqs
+        self.slots_full = 0 < hb.adapter_slots_total <= hb.adapter_slots_pinned
         self.update_load()
 
     @property
@@ -57,6 +60,13 @@ class WorkerState:
         self.load = n / max(1, most)
         self.has_slot = n < most
         self.free_blocks = self.total_blocks - self.committed
+
+    def adapter_cost(self, adapter: str | None, resident: bool) -> int:
+        """How placement ranks this worker for ``adapter``: 0 it holds it (or none is asked),
+        1 it would page it into a slot, 2 every slot is pinned, so the request would wait here."""
+        if adapter is None or resident:
+            return 0
+        return 2 if self.slots_full else 1
 
     @property
     def placeable(self) -> bool:

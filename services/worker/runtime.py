@@ -273,6 +273,7 @@ class Worker:
                 ts=time.time(),
                 adapter_slots_used=len(e.slots.resident()),
                 adapter_slots_total=e.slots.num_slots,
+                adapter_slots_pinned=e.slots.pinned_slots(),
                 prefix_cache_hit_tokens=e.scheduler.prefix_hit_tokens,
                 prefix_cache_query_tokens=e.scheduler.prefix_query_tokens,
                 active=list(self.active),

@@ -258,6 +258,9 @@ class WorkerHeartbeat(Message):
     ts: float = 0.0
     adapter_slots_used: int = 0
     adapter_slots_total: int = 0
+    # Slots pinned by running requests: while all are, a request for an adapter in none of them
+    # waits on this worker (placement prefers one with a slot to spare).
+    adapter_slots_pinned: int = 0
     prefix_cache_hit_tokens: int = 0  # since start: prompt tokens whose K/V were reused
     prefix_cache_query_tokens: int = 0  # since start: prompt tokens admitted
     # Request ids the worker holds (None: not reported).  The scheduler re-dispatches a request

@@ -25,6 +25,7 @@ PROMPTS = [[1000 * p + i for i in range(80)] for p in range(4)]  # shared leadin
 
 
 def _hb(rng: random.Random, wid: str, role: str, draining: bool = False) -> WorkerHeartbeat:
+    slots = rng.choice([0, 2, 4])
     return WorkerHeartbeat(
         wid,
         role,
@@ -36,6 +37,8 @@ def _hb(rng: random.Random, wid: str, role: str, draining: bool = False) -> Work
         max_num_seqs=rng.choice([2, 4, 8]),
         adapters=rng.sample(ADAPTERS, rng.randint(0, 3)),
         draining=draining,
+        adapter_slots_total=slots,
+        adapter_slots_pinned=rng.randint(0, slots),  # all pinned: an absent adapter would wait
     )
 
 
@@ -89,7 +92,14 @@ def _replay(seed: int, steps: int = 400) -> int:
             old = hbs[wid]
             kind = rng.random()
             if kind < 0.4:
-                hb = WorkerHeartbeat(**{**old.__dict__, "adapters": rng.sample(ADAPTERS, 2)})
+                pinned = rng.randint(0, old.adapter_slots_total)
+                hb = WorkerHeartbeat(
+                    **{
+                        **old.__dict__,
+                        "adapters": rng.sample(ADAPTERS, 2),
+                        "adapter_slots_pinned": pinned,
+                    }
+                )
             elif kind < 0.6:
                 hb = WorkerHeartbeat(**{**old.__dict__, "draining": not old.draining})
             elif kind < 0.7:

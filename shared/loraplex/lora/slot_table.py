@@ -35,6 +35,10 @@ class SlotTable:
     def pinned(self, name: str) -> int:
         return self._pins.get(name, 0)
 
+    def pinned_slots(self) -> int:
+        """Slots held by running requests: an adapter not in a slot waits while all are."""
+        return len(self._pins)
+
     def can_acquire(self, name: str) -> bool:
         return name in self._slot_of or bool(self._free) or bool(self._lru)
 
