@@ -56,6 +56,7 @@ bench: setup
 	$(PY) bench/reliability.py --write-docs
 	$(PY) bench/scheduler.py --write-docs
 	$(PY) bench/slots.py --write-docs
+	$(PY) bench/slot_placement.py --write-docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info shared/loraplex/_native

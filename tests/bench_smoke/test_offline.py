@@ -79,3 +79,12 @@ def test_slots_bench_compares_both_rules_for_the_requests_behind_a_waiting_one()
     rows = [r for r in out.splitlines() if r.startswith("| B ")]
     assert len(rows) == 3, out
     assert "Greedy tokens of every request identical under both rules: yes." in out, out
+
+
+def test_slot_placement_bench_sends_a_new_adapter_where_a_slot_is_free() -> None:
+    out = run_bench("bench/slot_placement.py", "--a-tokens", "24", "--b-requests", "2")
+    rows = {r.split("|")[1].strip(): r for r in out.splitlines() if r.startswith("| ")}
+    ours = rows["loraplex: a worker with a slot to spare first"]
+    assert ours.split("|")[2].strip() == "w1", out  # not w0, whose slots A pins
+    assert "w0" in rows["the rule before: the least loaded worker"].split("|")[2], out
+    assert "Greedy tokens of every request identical under both rules: yes." in out, out
