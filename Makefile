@@ -57,6 +57,7 @@ bench: setup
 	$(PY) bench/scheduler.py --write-docs
 	$(PY) bench/slots.py --write-docs
 	$(PY) bench/slot_placement.py --write-docs
+	$(PY) bench/restart.py --write-docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info shared/loraplex/_native

@@ -33,3 +33,15 @@ def test_failover_bench_kills_a_scheduler_a_worker_and_a_nats_node() -> None:
     for event in ("none (baseline)", "scheduler (leader)", "decode worker", "NATS node"):
         assert f"| {event}" in out, out
     assert "Failed requests over all kills:" in out, out
+
+
+def test_restart_bench_times_forked_and_execd_restarts_on_one_stack() -> None:
+    out = run_bench("bench/restart.py", "--kills", "1")
+    rows = [r.split("|") for r in out.splitlines() if r.startswith("| ") and "kills" not in r]
+    rows = [r for r in rows if not r[1].strip().startswith("---")]
+    ways = {(r[1].strip(), r[2].strip()) for r in rows}
+    assert ways == {
+        (w, s)
+        for w in ("prefill", "decode")
+        for s in ("forked (default)", "exec'd (LORAPLEX_FORK_SERVER=0)")
+    }, out
