@@ -7,8 +7,8 @@ the demo model on CPU, a 3-node NATS cluster and one Redis), without faults.  Tr
 (memorybench/mix.py): Poisson arrivals at ``--rate`` requests/s from two tenants, each request one
 of these kinds: streamed, chat, on a demo adapter, ``n=2`` with logprobs, a client that hangs up
 after two chunks, a 400 and a 404.  After ``--warmup-s`` (caches, lazy imports, allocator pools
-settle) the run samples every service's RSS every ``--sample-s`` for ``--seconds``, and fits RSS
-against requests served (least squares): the slope, in KiB per 1,000 requests, is what a leak
+settle) the run samples every service's memory (PSS: ``memorybench/rss.py``) every ``--sample-s``
+for ``--seconds``, and fits it against requests served (least squares): the slope, in KiB per 1,000 requests, is what a leak
 costs.  Then the in-flight gauges must read 0.  Exits 1 when a request ended otherwise than its kind
 should, a service restarted, or a gauge stayed above 0.
 
@@ -135,8 +135,8 @@ def render(
         f"with {a.max_num_seqs} slots, the demo model on CPU, a 3-node NATS cluster, one Redis) "
         f"without faults. Poisson arrivals at {a.rate:g} requests/s from two tenants, "
         f"{a.max_tokens} tokens each, of the kinds below; {a.warmup_s:g} s of warm-up, then "
-        f"every service's RSS every {a.sample_s:g} s for {a.seconds:g} s ({served} requests). "
-        "*Fitted*: the least-squares slope of RSS against requests sent, over the run and over "
+        f"every service's memory (PSS, shared pages divided among the processes mapping them) every {a.sample_s:g} s for {a.seconds:g} s ({served} requests). "
+        "*Fitted*: the least-squares slope of PSS against requests sent, over the run and over "
         "each half; a leak costs the same in both halves, memory that settles costs less in the "
         "second. The flat floor is 0.",
         table,

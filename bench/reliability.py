@@ -109,7 +109,7 @@ def render(argv, a, tallies, kills, minutes: float) -> str:  # type: ignore[no-u
             f"by `[DONE]`; *truncated*: the body stopped without either; *hung*: no end within "
             f"{a.hang_s:.0f} s of the kill. *Back after*: kill to the restarted worker's first "
             "heartbeat (the supervisor restarts a worker that had come up and was killed at "
-            "once; its start-up is mostly importing torch). A request that has not streamed yet (a prefill kill's) waits for a live "
+            "once, as a fork of the server that imported torch: bench/restart.py). A request that has not streamed yet (a prefill kill's) waits for a live "
             "worker for the scheduler's `--unavailable-timeout` (5 s), then fails cleanly, so "
             "that count follows how fast the killed worker is back.",
             kills_table(kills, a.streams),
