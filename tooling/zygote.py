@@ -14,6 +14,7 @@ it forked run on, each in its own session, as exec'd ones would.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -50,6 +51,9 @@ def main() -> None:
             importlib.import_module(name)
         except Exception as e:  # a missing extra costs its services the import, nothing else
             print(f"loraplex zygote: preload {name} failed: {e!r}", file=sys.stderr, flush=True)
+    # What the preloads allocated moves to the collector's permanent generation: a collection in
+    # a fork would otherwise write to every object's header and copy each page it touches.
+    gc.freeze()
     if _cuda_initialised():  # a fork would inherit a CUDA context it cannot use: refuse
         print("loraplex zygote: CUDA was initialised by a preload; not forking", file=sys.stderr)
         os._exit(EXIT_CUDA)
