@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, markdown_table, replace_doc_section, today  # noqa: E402
+from common import machine_line, markdown_table, publish, today  # noqa: E402
 from enginebench.workload import model_spec  # noqa: E402
 
 from loraplex import LLM, SamplingParams  # noqa: E402
@@ -160,10 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
     )
     print()
-    print(body)
-    if a.write_docs:
-        replace_doc_section(SECTION, body)
-        print("updated docs/benchmarks.md")
+    publish(SECTION, body, a.write_docs)
     return 0 if same else 1
 
 

@@ -131,6 +131,14 @@ def replace_doc_section(heading: str, body: str, path: Path = BENCH_DOC) -> None
     path.write_text(text.rstrip("\n") + "\n")
 
 
+def publish(heading: str, body: str, write_docs: bool) -> None:
+    """Print a bench's report and, with ``--write-docs``, put it into its docs section."""
+    print(body)
+    if write_docs:
+        replace_doc_section(heading, body)
+        print("updated docs/benchmarks.md")
+
+
 def run_live_bench(
     argv: list[str],
     section: str,

@@ -28,7 +28,7 @@ import openai
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, markdown_table, replace_doc_section, today  # noqa: E402
+from common import machine_line, markdown_table, publish, today  # noqa: E402
 from failoverbench.load import Load  # noqa: E402
 from failoverbench.report import (  # noqa: E402
     HEADERS,
@@ -172,9 +172,7 @@ def main(argv: list[str]) -> int:
         text = render(argv, a, records, events, run_dir, machine)
         if a.keep:
             shutil.copytree(run_dir, a.keep, dirs_exist_ok=True)
-    print(text)
-    if a.write_docs:
-        replace_doc_section(SECTION, text)
+    publish(SECTION, text, a.write_docs)
     return 0
 
 

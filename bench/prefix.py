@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import prefixlive  # noqa: E402
-from common import machine_line, markdown_table, replace_doc_section, today  # noqa: E402
+from common import machine_line, markdown_table, publish, today  # noqa: E402
 from enginebench.workload import model_spec  # noqa: E402
 
 from loraplex import LLM, SamplingParams  # noqa: E402
@@ -185,10 +185,7 @@ def offline(
         ]
     )
     print()
-    print(body)
-    if a.write_docs:
-        replace_doc_section(SECTION, body)
-        print("updated docs/benchmarks.md")
+    publish(SECTION, body, a.write_docs)
     return same
 
 
@@ -228,10 +225,7 @@ def live(a: argparse.Namespace, argv: list[str], model_dir: Path, vocab: int, tm
         ]
     )
     print()
-    print(body)
-    if a.write_docs:
-        replace_doc_section(LIVE_SECTION, body)
-        print("updated docs/benchmarks.md")
+    publish(LIVE_SECTION, body, a.write_docs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # tests.hostile
-from common import machine_line, replace_doc_section, today  # noqa: E402
+from common import machine_line, publish, today  # noqa: E402
 from reliabilitybench.inputs import Tally, run_fuzzing, run_poisoned, run_table  # noqa: E402
 from reliabilitybench.kills import run_kills  # noqa: E402
 from reliabilitybench.report import failures, inputs_table, kills_table  # noqa: E402
@@ -75,9 +75,7 @@ def main(argv: list[str]) -> int:
                 hs.stop()
     minutes = (time.monotonic() - t0) / 60
     body = render(argv, a, tallies, kills, minutes)
-    print(body)
-    if a.write_docs:
-        replace_doc_section(SECTION, body)
+    publish(SECTION, body, a.write_docs)
     return 0
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, markdown_table, replace_doc_section, today  # noqa: E402
+from common import machine_line, markdown_table, publish, today  # noqa: E402
 
 from loraplex.tooling.launcher import Stack, start_stack  # noqa: E402
 from loraplex.tooling.ports import free_port  # noqa: E402
@@ -121,10 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows,
         ),
     ])  # fmt: skip
-    print(body)
-    if a.write_docs:
-        replace_doc_section(SECTION, body)
-        print("updated docs/benchmarks.md")
+    publish(SECTION, body, a.write_docs)
     return 0
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, markdown_table, replace_doc_section, today  # noqa: E402
+from common import machine_line, markdown_table, publish, today  # noqa: E402
 
 from loraplex import LLM, SamplingParams  # noqa: E402
 from loraplex.tooling.demo import write_demo_model  # noqa: E402
@@ -140,10 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "- Greedy tokens of every request identical under both rules: "
         + ("yes." if same else "**NO**."),
     ])  # fmt: skip
-    print(body)
-    if a.write_docs:
-        replace_doc_section(SECTION, body)
-        print("updated docs/benchmarks.md")
+    publish(SECTION, body, a.write_docs)
     return 0 if same else 1
 
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     machine_line,
     markdown_table,
-    replace_doc_section,
+    publish,
     today,
     unshadow_packages,
 )
@@ -160,10 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
     )
     print()
-    print(body)
-    if a.write_docs:
-        replace_doc_section(SECTION, body)
-        print("updated docs/benchmarks.md")
+    publish(SECTION, body, a.write_docs)
     return 0
 
 

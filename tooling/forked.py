@@ -92,7 +92,9 @@ class ForkedProcess:
     def send_signal(self, sig: int) -> None:
         if self.poll() is not None:
             return  # as Popen: a process already reaped gets no signal (its pid may be reused)
-        with contextlib.suppress(ProcessLookupError):  # it exited before its server reported it
+        # It may have exited and been reaped by its server a moment ago (the event is on its
+        # way): the pid is not reused that fast, and a gone process makes this a no-op.
+        with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, sig)
 
     def terminate(self) -> None:
