@@ -21,8 +21,6 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from common import machine_line, markdown_table, publish, today  # noqa: E402
 
 from loraplex.tooling.launcher import Stack, start_stack  # noqa: E402
 from loraplex.tooling.ports import free_port  # noqa: E402
+from loraplex.tooling.supervisor import http_ready  # noqa: E402
 from loraplex.tooling.up_flags import parse_up_args  # noqa: E402
 
 SECTION = "Worker restarts: forked vs exec'd (bench/restart.py)"
@@ -46,14 +45,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=0.5) as r:
-            return r.status == 200
-    except (OSError, urllib.error.URLError):
-        return False
-
-
 def one_kill(stack: Stack, name: str, model: str) -> tuple[float, float]:
     """Seconds from SIGKILL to the new process's /ready, and to a completion answered after it."""
     svc = stack.service(name)
@@ -63,7 +54,7 @@ def one_kill(stack: Stack, name: str, model: str) -> tuple[float, float]:
     assert old is not None
     os.kill(old.pid, signal.SIGKILL)
     killed = time.monotonic()
-    while svc.proc is old or not _ready(stack.status[name] + "/ready"):
+    while svc.proc is old or not http_ready(stack.status[name] + "/ready"):
         assert time.monotonic() - killed < 120, f"{name} did not come back"
         time.sleep(0.02)
     ready = time.monotonic() - killed

@@ -136,9 +136,7 @@ class ForkServer:
 
     def start(self, argv: list[str], log_path: Path) -> ServiceProcess:
         target = module_of(argv)
-        if target is None or not env.FORK_SERVER.get():
-            return exec_process(argv, log_path)
-        if self.broken:
+        if target is None or self.broken or not env.FORK_SERVER.get():
             return exec_process(argv, log_path)
         try:
             return self._fork(*target, argv, log_path)
