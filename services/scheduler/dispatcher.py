@@ -147,9 +147,10 @@ class Dispatcher:
             if worker is not None:
                 self.affinity.record(wid, cached.keys(), worker.hb.total_blocks)
         prefill = len(sub.prompt_token_ids) + len(job.generated)  # + a migrated one's tokens
-        self.registry.commit(placement.prefill, rid, total if not placement.decode else prefill)
+        share = total if not placement.decode else prefill
+        self.registry.commit(placement.prefill, rid, share, sub.adapter)
         if placement.decode:
-            self.registry.commit(placement.decode, rid, total)
+            self.registry.commit(placement.decode, rid, total, sub.adapter)
 
     async def _send(self, job: InFlight) -> None:
         sub, placement = job.submit, job.placement
@@ -172,5 +173,5 @@ class Dispatcher:
         total = len(sub.prompt_token_ids) + sub.sampling.max_tokens
         return LedgerEntry(
             sub.request_id, sub.tenant, p.prefill, p.decode, job.attempt,
-            len(sub.prompt_token_ids), total,
+            len(sub.prompt_token_ids), total, sub.adapter or "",
         )  # fmt: skip

@@ -34,6 +34,7 @@ class LedgerEntry:
     attempt: int
     prompt_tokens: int
     total_tokens: int
+    adapter: str = ""  # "" for the base model; absent in entries of older leaders
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -49,6 +50,7 @@ class LedgerEntry:
             attempt=int(d["attempt"]),
             prompt_tokens=int(d["prompt_tokens"]),
             total_tokens=int(d["total_tokens"]),
+            adapter=str(d.get("adapter") or ""),
         )
 
 

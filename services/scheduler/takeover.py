@@ -158,11 +158,11 @@ class Takeover:
         return cancels
 
     def _commit(self, e: LedgerEntry) -> None:
-        self.registry.commit(
-            e.prefill, e.request_id, e.prompt_tokens if e.decode else e.total_tokens
-        )
+        adapter = e.adapter or None
+        share = e.prompt_tokens if e.decode else e.total_tokens
+        self.registry.commit(e.prefill, e.request_id, share, adapter)
         if e.decode:
-            self.registry.commit(e.decode, e.request_id, e.total_tokens)
+            self.registry.commit(e.decode, e.request_id, e.total_tokens, adapter)
 
     def _release(self, e: LedgerEntry) -> None:
         for wid in (e.prefill, e.decode):

@@ -33,7 +33,14 @@ class WorkerState:
     max_num_seqs: int = field(init=False)
     free_blocks: int = field(init=False)  # total_blocks - committed
     has_slot: bool = field(init=False)  # len(requests) < max_num_seqs
-    # Every adapter slot pinned at its last heartbeat: an adapter it does not hold would wait.
+    # Adapters of the requests committed here (adapter -> how many): each pins a slot while it
+    # runs, so placement counts them from the moment it places them, not from the worker's next
+    # heartbeat (several requests for new adapters placed within one heartbeat interval would
+    # otherwise all see the same free slot).
+    adapter_runs: dict[str, int] = field(default_factory=dict)
+    request_adapters: dict[str, str] = field(default_factory=dict)  # request_id -> its adapter
+    # Every adapter slot pinned (at its last heartbeat, or by what was placed since): an adapter
+    # it does not hold would wait.
     slots_full: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -45,8 +52,37 @@ class WorkerState:
         self.role, self.draining = hb.role, hb.draining
         self.block_size, self.total_blocks = hb.block_size, hb.total_blocks
         self.max_num_seqs = hb.max_num_seqs
-        self.slots_full = 0 < hb.adapter_slots_total <= hb.adapter_slots_pinned
+        self.update_slots()
         self.update_load()
+
+    def update_slots(self) -> None:
+        """The heartbeat's pinned slots, or the adapters placed here when those are more (a
+        heartbeat sent before the worker got its latest assignments undercounts)."""
+        total = self.hb.adapter_slots_total
+        self.slots_full = 0 < total <= max(self.hb.adapter_slots_pinned, len(self.adapter_runs))
+
+    def pin(self, request_id: str, adapter: str) -> bool:
+        """Count ``request_id``'s adapter as running here; True when no other request had it."""
+        if request_id in self.request_adapters:
+            return False  # a commit again (its share changed; its adapter never does): counted
+        self.request_adapters[request_id] = adapter
+        count = self.adapter_runs.get(adapter, 0)
+        self.adapter_runs[adapter] = count + 1
+        self.update_slots()
+        return count == 0
+
+    def unpin(self, request_id: str) -> str | None:
+        """Forget ``request_id``'s adapter; returns it when no request here has it any more."""
+        adapter = self.request_adapters.pop(request_id, None)
+        if adapter is None:
+            return None
+        count = self.adapter_runs[adapter] - 1
+        if count:
+            self.adapter_runs[adapter] = count
+            return None
+        del self.adapter_runs[adapter]
+        self.update_slots()
+        return adapter
 
     @property
     def committed_blocks(self) -> int:
@@ -63,8 +99,9 @@ class WorkerState:
 
     def adapter_cost(self, adapter: str | None, resident: bool) -> int:
         """How placement ranks this worker for ``adapter``: 0 it holds it (or none is asked),
-        1 it would page it into a slot, 2 every slot is pinned, so the request would wait here."""
-        if adapter is None or resident:
+        1 it would page it into a slot, 2 every slot is pinned, so the request would wait here.
+        A request placed here for ``adapter`` and still running counts as holding it."""
+        if adapter is None or resident or adapter in self.adapter_runs:
             return 0
         return 2 if self.slots_full else 1
 

@@ -11,7 +11,7 @@ worker.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from heapq import heappush
 
 from loraplex.kvcache.block_allocator import blocks_for
@@ -55,10 +55,10 @@ class WorkerRegistry:
         old = state.hb
         state.observe(hb, now)
         if _shape(old) != _shape(hb):
-            self._leave(old)
-            self._join(hb)
+            self._leave(old, state.adapter_runs)
+            self._join(hb, state.adapter_runs)
         elif old.adapters != hb.adapters:
-            self._move_adapters(old, hb)
+            self._move_adapters(old, hb, state.adapter_runs)
         if state.suspect:
             self._dirty.add(hb.worker_id)
         state.suspect = False
@@ -73,33 +73,41 @@ class WorkerRegistry:
         self._remove(state)
         return state
 
-    def _join(self, hb: WorkerHeartbeat) -> None:
+    # A worker holds an adapter for placement when its heartbeat lists it or a request placed
+    # there for it still runs (``WorkerState.adapter_runs``): the next request for an adapter
+    # just placed follows it into the same slot instead of paging it into a second worker.
+    def _join(self, hb: WorkerHeartbeat, runs: Iterable[str] = ()) -> None:
         self._roles.setdefault(hb.role, RoleIndex()).members.add(hb.worker_id)
-        for a in hb.adapters:
-            self._holders.setdefault((hb.role, a), SampleSet()).add(hb.worker_id)
+        for a in (*hb.adapters, *runs):
+            self._add_holder(hb.role, a, hb.worker_id)
         self._dirty.add(hb.worker_id)
         self._capacity = None
 
-    def _leave(self, hb: WorkerHeartbeat) -> None:
+    def _leave(self, hb: WorkerHeartbeat, runs: Iterable[str] = ()) -> None:
         self._roles[hb.role].members.discard(hb.worker_id)
-        for a in hb.adapters:
-            holders = self._holders.get((hb.role, a))
-            if holders is not None:
-                holders.discard(hb.worker_id)
-                if not holders:
-                    del self._holders[(hb.role, a)]
+        for a in (*hb.adapters, *runs):
+            self._drop_holder(hb.role, a, hb.worker_id)
         self._capacity = None  # heap entries go stale on their own
 
-    def _move_adapters(self, old: WorkerHeartbeat, hb: WorkerHeartbeat) -> None:
+    def _move_adapters(
+        self, old: WorkerHeartbeat, hb: WorkerHeartbeat, runs: dict[str, int]
+    ) -> None:
         before, after = set(old.adapters), set(hb.adapters)
         for a in before - after:
-            holders = self._holders.get((hb.role, a))
-            if holders is not None:
-                holders.discard(hb.worker_id)
-                if not holders:
-                    del self._holders[(hb.role, a)]
+            if a not in runs:
+                self._drop_holder(hb.role, a, hb.worker_id)
         for a in after - before:
-            self._holders.setdefault((hb.role, a), SampleSet()).add(hb.worker_id)
+            self._add_holder(hb.role, a, hb.worker_id)
+
+    def _add_holder(self, role: str, adapter: str, worker_id: str) -> None:
+        self._holders.setdefault((role, adapter), SampleSet()).add(worker_id)
+
+    def _drop_holder(self, role: str, adapter: str, worker_id: str) -> None:
+        holders = self._holders.get((role, adapter))
+        if holders is not None:
+            holders.discard(worker_id)
+            if not holders:
+                del self._holders[(role, adapter)]
 
     def suspect(self, worker_id: str) -> None:
         """Place nothing on ``worker_id`` until it proves alive with a heartbeat."""
@@ -121,7 +129,7 @@ class WorkerRegistry:
 
     def _remove(self, state: WorkerState) -> None:
         del self.workers[state.hb.worker_id]
-        self._leave(state.hb)
+        self._leave(state.hb, state.adapter_runs)
 
     # ---- what could run at all -----------------------------------------------------------------
     def _role_capacity(self) -> dict[str, int]:
@@ -194,9 +202,15 @@ class WorkerRegistry:
         )
 
     # ---- committed capacity --------------------------------------------------------------------
-    def commit(self, worker_id: str, request_id: str, tokens: int) -> None:
+    def commit(
+        self, worker_id: str, request_id: str, tokens: int, adapter: str | None = None
+    ) -> None:
+        """Hold ``tokens`` of KV room and a batch slot on ``worker_id`` for ``request_id`` (again:
+        its share changes), and with ``adapter`` an adapter slot."""
         w = self.workers.get(worker_id)
         if w is not None:
+            if adapter and w.pin(request_id, adapter):
+                self._add_holder(w.hb.role, adapter, worker_id)
             blocks = blocks_for(tokens, w.hb.block_size)
             before = w.requests.get(request_id, 0)
             w.committed += blocks - before
@@ -211,6 +225,9 @@ class WorkerRegistry:
     def release(self, worker_id: str, request_id: str) -> None:
         w = self.workers.get(worker_id)
         if w is not None and request_id in w.requests:
+            adapter = w.unpin(request_id)
+            if adapter is not None and adapter not in w.hb.adapters:
+                self._drop_holder(w.hb.role, adapter, worker_id)
             w.committed -= w.requests.pop(request_id)
             w.update_load()
             self._dirty.add(worker_id)

@@ -81,10 +81,21 @@ def test_slots_bench_compares_both_rules_for_the_requests_behind_a_waiting_one()
     assert "Greedy tokens of every request identical under both rules: yes." in out, out
 
 
-def test_slot_placement_bench_sends_a_new_adapter_where_a_slot_is_free() -> None:
-    out = run_bench("bench/slot_placement.py", "--a-tokens", "24", "--b-requests", "2")
-    rows = {r.split("|")[1].strip(): r for r in out.splitlines() if r.startswith("| ")}
-    ours = rows["loraplex: a worker with a slot to spare first"]
-    assert ours.split("|")[2].strip() == "w1", out  # not w0, whose slots A pins
-    assert "w0" in rows["the rule before: the least loaded worker"].split("|")[2], out
+def test_slot_placement_bench_sends_new_adapters_where_a_slot_is_free() -> None:
+    out = run_bench(
+        "bench/slot_placement.py", "--a-tokens", "24", "--b-requests", "2", "--burst-tokens", "8"
+    )
+    pinned, burst = out.split("**Burst.**")
+    rows = [r.split("|") for r in pinned.splitlines() if r.startswith("| loraplex")]
+    assert rows and rows[0][2].strip() == "w1", out  # not w0, whose slots A pins
+    rows = [r.split("|") for r in pinned.splitlines() if r.startswith("| the rule before")]
+    assert rows and "w0" in rows[0][2], out
+    # The burst: three new adapters before a heartbeat, w0 has two slots: loraplex sends the
+    # third to w1, the rule before sends all three to w0, where the last waits for a slot.
+    rows = [r.split("|") for r in burst.splitlines() if r.startswith("| loraplex")]
+    assert rows and rows[0][2].strip() == "w0, w1", out
+    ours_max = int(rows[0][4])
+    rows = [r.split("|") for r in burst.splitlines() if r.startswith("| the rule before")]
+    assert rows and rows[0][2].strip() == "w0", out
+    assert int(rows[0][4]) > ours_max, out
     assert "Greedy tokens of every request identical under both rules: yes." in out, out

@@ -75,9 +75,9 @@ def _replay(seed: int, steps: int = 400) -> int:
                 placed += 1
                 rid = f"r{step}"
                 wids = [got.prefill] + ([got.decode] if got.decode else [])
-                reg.commit(got.prefill, rid, len(prompt) if got.decode else total)
+                reg.commit(got.prefill, rid, len(prompt) if got.decode else total, adapter)
                 if got.decode:
-                    reg.commit(got.decode, rid, total)
+                    reg.commit(got.decode, rid, total, adapter)
                 for wid in wids:
                     aff.record(wid, prefix_keys(adapter, prompt))
                 live.append((rid, wids))

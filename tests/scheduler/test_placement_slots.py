@@ -69,3 +69,71 @@ def test_with_every_worker_full_the_least_loaded_takes_it(cached: str) -> None:
 def test_a_worker_without_adapter_slots_is_not_counted_full() -> None:
     reg = _registry(_hb("none", pinned=0, slots=0), _hb("full", pinned=2), load={"full": 0})
     assert _place(reg, "sql", "none") == "none"  # slots unreported (0): no reason to avoid it
+
+
+# ---- between heartbeats: what placement committed counts at once ----------------------------
+
+
+def _place_and_commit(reg: WorkerRegistry, rid: str, adapter: str | None, cached: str) -> str:
+    wid = _place(reg, adapter, cached)
+    reg.commit(wid, rid, 80, adapter)  # as the dispatcher does: the adapter with the room
+    return wid
+
+
+@pytest.mark.parametrize("cached", CACHED)
+def test_new_adapters_placed_since_the_last_heartbeat_fill_its_slots(cached: str) -> None:
+    # Both idle at their last heartbeat (nothing pinned); b is busier, so a wins on load until
+    # the two adapters placed on it take both of its slots.
+    reg = _registry(_hb("a", pinned=0), _hb("b", pinned=0), load={"b": 4})
+    assert _place_and_commit(reg, "r1", "x", cached) == "a"
+    assert _place_and_commit(reg, "r2", "y", cached) == "a"
+    assert _place_and_commit(reg, "r3", "z", cached) == "b"  # a's slots: x and y, both running
+
+
+@pytest.mark.parametrize("cached", CACHED)
+def test_an_adapter_just_placed_draws_its_next_request_to_the_same_worker(cached: str) -> None:
+    reg = _registry(_hb("a", pinned=0), _hb("b", pinned=0))
+    assert _place_and_commit(reg, "r1", "x", cached) == "a"
+    # b is now less loaded, but a already pages x in: the second request shares its slot
+    assert _place_and_commit(reg, "r2", "x", cached) == "a"
+    assert _place_and_commit(reg, "r3", "y", cached) == "b"  # another adapter: the least loaded
+
+
+@pytest.mark.parametrize("cached", CACHED)
+def test_a_finished_request_frees_what_it_counted(cached: str) -> None:
+    reg = _registry(_hb("a", pinned=0), _hb("b", pinned=0), load={"b": 4})
+    _place_and_commit(reg, "r1", "x", cached)
+    _place_and_commit(reg, "r2", "y", cached)
+    reg.release("a", "r1")  # x is done on a, and a's heartbeat never listed it
+    assert _place(reg, "z", cached) == "a"  # a slot to spare again
+    _place_and_commit(reg, "r3", "x", cached)  # x: no longer held by a, so the least loaded: a
+    reg.release("a", "r3")
+    reg.commit("b", "r4", 80, "x")
+    reg.release("a", "r2")
+    assert _place(reg, "x", cached) == "b"  # b runs x now; a holds nothing
+
+
+@pytest.mark.parametrize("cached", CACHED)
+def test_a_heartbeat_that_does_not_list_a_running_adapter_keeps_it_held(cached: str) -> None:
+    reg = _registry(_hb("a", pinned=0), _hb("b", pinned=0))
+    _place_and_commit(reg, "r1", "x", cached)
+    reg.heartbeat(_hb("a", pinned=0), 0.5)  # sent before a got r1: lists neither x nor its pin
+    assert _place(reg, "x", cached) == "a"
+    reg.heartbeat(_hb("a", pinned=1, adapters=("x",)), 1.0)
+    reg.release("a", "r1")
+    assert _place(reg, "x", cached) == "a"  # its heartbeat lists x: still held when r1 is done
+    reg.heartbeat(_hb("a", pinned=0), 1.5)  # x evicted
+    assert _place(reg, "x", cached) == "a"  # held nowhere: the least loaded (both idle, a first)
+    reg.commit("a", "busy", 80)
+    assert _place(reg, "x", cached) == "b"
+
+
+def test_a_shape_change_keeps_the_adapters_running_on_the_worker() -> None:
+    reg = _registry(_hb("a", pinned=0), _hb("b", pinned=0))
+    _place_and_commit(reg, "r1", "x", "none")
+    bigger = WorkerHeartbeat(
+        "a", "both", 0, 2000, 16, 0, 0, max_num_seqs=8, adapters=[],
+        adapter_slots_total=2, adapter_slots_pinned=0,
+    )  # fmt: skip
+    reg.heartbeat(bigger, 0.5)  # more KV blocks: the registry re-indexes a
+    assert _place(reg, "x", "none") == "a"

@@ -106,3 +106,16 @@ def test_a_claimed_request_can_migrate_at_once_from_the_gateway_s_ids_and_the_re
     assert job.submit.received_token_ids is None  # its assignments do not carry them
     blind = t.claim(submit("r2", tokens_received=3), now=0.1)
     assert blind is not None and not blind.tokens.resumable(6, blind.completion_tokens)
+
+
+def test_the_adapters_of_adopted_entries_count_on_their_workers():
+    t, _, registry = setup()
+    sql = dataclasses.replace(entry("r1"), adapter="sql")
+    assert LedgerEntry.from_json(sql.to_json()) == sql
+    older = '{"request_id":"r2","tenant":"A","prefill":"w0","decode":"","attempt":0,'
+    older += '"prompt_tokens":10,"total_tokens":16}'  # written by a leader before adapters
+    assert LedgerEntry.from_json(older) == entry("r2")
+    t.begin({"r1": sql, "r2": entry("r2")}, running={"r1"}, now=0.0)
+    assert registry.workers["w0"].adapter_runs == {"sql": 1}  # its slot counts before a heartbeat
+    t.on_heartbeat(heartbeat("w0", ["r2"]))  # r1 finished in the gap
+    assert registry.workers["w0"].adapter_runs == {}
