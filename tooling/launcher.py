@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from loraplex.adapters.registration.preload import PreloadError
+from loraplex.tooling import init_process
 from loraplex.tooling.ports import free_port
 from loraplex.tooling.servers import start_nats, start_redis
 from loraplex.tooling.stack import Stack
@@ -114,6 +115,12 @@ def _on_stop_signals(handler: Callable[[int, object], None]) -> None:
 
 
 def up(args: argparse.Namespace) -> int:
+    if init_process.needed():  # PID 1 of a container: someone must reap orphans (see there)
+        return init_process.run_as_init(lambda: _up(args))
+    return _up(args)
+
+
+def _up(args: argparse.Namespace) -> int:
     stack = Stack(Path(args.run_dir or Path.cwd() / ".loraplex" / "run").resolve())
 
     def again(signum: int, frame: object) -> None:
