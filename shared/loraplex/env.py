@@ -64,6 +64,12 @@ WARMUP = EnvVar(
     "full",
     "workers on CUDA compile every batch shape at start-up: full, light (fewer shapes), off",
 )
+GRAMMAR_BUDGET_MS = EnvVar(
+    "LORAPLEX_GRAMMAR_BUDGET_MS",
+    200.0,
+    "workers: the longest one structured-output request's grammar may take to mask or advance "
+    "one token; a request over it ends with a 400 and the step goes on without it",
+)
 FORK_SERVER = EnvVar(
     "LORAPLEX_FORK_SERVER",
     True,

@@ -22,6 +22,78 @@ KINDS = ("json", "json_object", "regex", "choice", "grammar")
 # nested objects) are far more than real schemas use; OpenAI allows 10 levels of objects.
 MAX_SCHEMA_DEPTH = 64
 MAX_SPEC_CHARS = 256 * 1024  # a constraint's text (a 1 MB enum took 1.7 s to compile)
+# Repeats nested in repeats make xgrammar's matcher explode while it runs, not while it compiles:
+# ((a{0,10}){0,10}){0,10} took 55 ms per token, ((a{0,20}){0,20}){0,20} 2 s (on one core), where
+# two levels ((\d{1,3}\.){3}, (a{1,50}){1,50}) take at most a few ms.  The engine's per-token
+# budget (engine/structured.py) catches what this check cannot see (grammars, rule references).
+MAX_REPEAT_NESTING = 2
+
+
+def repeat_nesting(pattern: str) -> int:
+    """How deep repeats (``*``, ``+``, ``{m,n}`` with n > 1) nest in a regular expression: 1 for
+    ``a*``, 2 for ``(a+b)*``; ``?`` and ``{0,1}`` do not count.  A scan, not a parser: it skips
+    escapes and character classes and counts groups by their parentheses."""
+    deepest_inside = [0]  # per open group: the deepest repeat nesting inside it so far
+    last_atom = 0  # nesting of the atom just closed (a group's inside), a quantifier applies to
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            i, last_atom = i + 2, 0
+            continue
+        if c == "[":
+            j = i + 1 + (pattern[i + 1 : i + 2] == "^")
+            j += pattern[j : j + 1] == "]"  # a leading ] is a literal
+            while j < n and pattern[j] != "]":
+                j += 2 if pattern[j] == "\\" else 1
+            i, last_atom = j + 1, 0
+            continue
+        if c == "(":
+            deepest_inside.append(0)
+        elif c == ")" and len(deepest_inside) > 1:
+            last_atom = deepest_inside.pop()
+            deepest_inside[-1] = max(deepest_inside[-1], last_atom)
+            i += 1
+            continue
+        elif c in "*+" or (c == "{" and _repeats_more_than_once(pattern, i)):
+            deepest_inside[-1] = max(deepest_inside[-1], last_atom + 1)
+        last_atom = 0
+        i += 1
+    return deepest_inside[0]
+
+
+def _repeats_more_than_once(pattern: str, i: int) -> bool:
+    """Whether ``pattern[i:]`` opens a counted repeat whose upper bound is over 1 (or open)."""
+    m = re.match(r"\{(\d*)(,(\d*))?\}", pattern[i:])
+    if m is None:
+        return False  # a literal brace
+    upper = m.group(3) if m.group(2) else m.group(1)
+    return upper == "" or int(upper) > 1
+
+
+def _check_repeats(pattern: str, what: str) -> None:
+    depth = repeat_nesting(pattern)
+    if depth > MAX_REPEAT_NESTING:
+        raise InvalidRequestError(
+            f"the {what} nests repeats {depth} deep (a repeated group inside a repeated group "
+            f"inside a repeated group); at most {MAX_REPEAT_NESTING}: deeper nesting takes "
+            "seconds per token to enforce"
+        )
+
+
+def schema_patterns(value: Any) -> list[str]:
+    """Every ``pattern`` keyword's regex in a parsed JSON schema (iterative)."""
+    out, stack = [], [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            pattern = item.get("pattern")
+            if isinstance(pattern, str):
+                out.append(pattern)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return out
 
 
 def nesting_depth(value: Any) -> int:
@@ -77,6 +149,8 @@ class StructuredOutputsParams:
                 f"the {self.kind} constraint is too long: {size} characters, at most "
                 f"{MAX_SPEC_CHARS}"
             )
+        if self.regex is not None:
+            _check_repeats(self.regex, "regex")
 
     def _check_schema_shape(self) -> None:
         """Refuse a schema too deep to convert in bounded time (before anything recurses)."""
@@ -94,6 +168,8 @@ class StructuredOutputsParams:
                 f"the JSON schema nests too deeply: more than {MAX_SCHEMA_DEPTH} levels of "
                 "objects and arrays"
             )
+        for pattern in schema_patterns(schema):
+            _check_repeats(pattern, "JSON schema's pattern")
 
     @property
     def kind(self) -> str:

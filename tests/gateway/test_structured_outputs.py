@@ -102,6 +102,10 @@ def _nested_arrays(depth: int) -> dict[str, Any]:
         (COMPLETIONS, completion(guided_json="[" * 140_000 + "]" * 140_000), "guided_json", "too long"),
         (COMPLETIONS, completion(guided_regex="a" * 300_000), "guided_regex", "too long"),
         (CHAT, chat(guided_choice=["x" * 1000] * 300), "guided_choice", "too long"),
+        # repeats nested 3 deep: compiled at once, then seconds per token to match (red team)
+        (COMPLETIONS, completion(guided_regex="(((a{0,50}){0,50}){0,50})"), "guided_regex", "nests repeats 3 deep"),
+        (COMPLETIONS, completion(structured_outputs={"regex": "(?:(?:[a-z]+ ?)+,)*"}), "structured_outputs", "nests repeats 3 deep"),
+        (CHAT, chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"s": {"type": "string", "pattern": "^(((a{0,50}){0,50}){0,50})$"}}}}}), "response_format", "pattern nests repeats 3 deep"),
     ],
 )  # fmt: skip
 async def test_constraints_too_costly_to_compile_are_400(

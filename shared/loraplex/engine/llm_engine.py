@@ -6,6 +6,7 @@ The offline ``LLM`` API and the prefill/decode workers all wrap this class.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from loraplex.engine.runner import ModelRunner
 from loraplex.engine.sampler import sample
 from loraplex.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from loraplex.engine.sequence import Sequence, cache_namespace
-from loraplex.engine.structured import GrammarConstraints
+from loraplex.engine.structured import GrammarConstraints, overrun_message
 from loraplex.errors import AdapterError, AdapterNotFoundError, CapacityError, InvalidRequestError
 from loraplex.kvcache.block_allocator import BlockAllocator, blocks_for
 from loraplex.kvcache.paged_cache import PagedKVCache
@@ -282,12 +283,29 @@ class LLMEngine:
             return outputs
         gens = [self.requests.generator_for(s) for s in seqs]
         shaped = self.grammars.mask(apply_penalties(logits, seqs, self.requests.eos_ids), seqs)
+        over = self.grammars.take_overruns()
+        if over:  # their grammars ran over the budget: they end, the others sample
+            outputs += self._fail_constraints(s for s in seqs if s.request_id in over)
+            rows = [i for i, s in enumerate(seqs) if s.request_id not in over]
+            if not rows:
+                return outputs
+            seqs, gens = [seqs[i] for i in rows], [gens[i] for i in rows]
+            index = torch.tensor(rows, dtype=torch.long, device=logits.device)
+            logits, shaped = logits[index], shaped[index]
         tokens = sample(shaped, [s.params for s in seqs], gens)
         logprobs = compute_logprobs(logits, seqs, tokens)
         self.last_logits = {
             s.request_id: row for s, row in zip(seqs, logits, strict=False)
         }  # for tests/debug
-        return outputs + [
+        outputs += [
             self.requests.append(seq, tok, lp)
             for seq, tok, lp in zip(seqs, tokens, logprobs, strict=True)
         ]
+        over = self.grammars.take_overruns()  # advancing by the sampled token
+        return outputs + self._fail_constraints(
+            s for s in seqs if s.request_id in over and not s.finished
+        )
+
+    def _fail_constraints(self, seqs: Iterable[Sequence]) -> list[StepOutput]:
+        message = overrun_message(self.grammars.budget_s)  # the tenant's constraint: a 400
+        return [self.failures.fail_request(seq, message, 400) for seq in seqs]

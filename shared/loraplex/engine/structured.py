@@ -8,6 +8,14 @@ worker rebuilds it from every token generated before (``track(..., generated)``)
 raw distribution (the mask is applied to a copy), as vLLM reports them by default.
 
 xgrammar is imported on first use: engines that never see a constrained request do not need it.
+
+A grammar's work per token is bounded (``LORAPLEX_GRAMMAR_BUDGET_MS``).  Some constraints compile
+at once and then explode while matching: a regex of nested counted repeats such as
+``((a{0,50}){0,50}){0,50}`` took 2.9 s to mask one token after 30 tokens, nested stars 1.6 s per
+token.  That work ran inside the engine step, so one tenant's constraint stalled every request in
+the batch.  Masking and advancing now run on a thread pool (xgrammar releases the GIL) and the
+step waits at most the budget: a request over it is given up (``take_overruns``; the engine ends
+it with a 400) while its call finishes in the background, and the step goes on without it.
 """
 
 from __future__ import annotations
@@ -15,28 +23,72 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence as Sequence_
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from loraplex import env
 from loraplex.engine.sequence import Sequence
 from loraplex.errors import InvalidRequestError
 from loraplex.structured_outputs import StructuredOutputsParams
 
 log = logging.getLogger(__name__)
 
+# Threads for grammar work: a given-up call keeps its thread until it returns, so there are more
+# than one step's constrained rows need (a tenant's stuck calls are bounded by its requests).
+GRAMMAR_THREADS = 64
+
+
+def overrun_message(budget_s: float) -> str:
+    return (
+        "the output constraint is too expensive to enforce: one token took more than "
+        f"{budget_s * 1e3:.0f} ms of grammar work (simplify its schema, regex or grammar)"
+    )
+
 
 class GrammarConstraints:
     """The compiled grammars (cached by xgrammar) and the live matchers, by request id."""
 
-    def __init__(self, model_dir: str | Path, vocab_size: int, stop_ids: set[int]) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path,
+        vocab_size: int,
+        stop_ids: set[int],
+        budget_s: float | None = None,
+    ) -> None:
         self.model_dir = Path(model_dir)
         self.vocab_size = vocab_size  # the model's logits width (may exceed the tokenizer's)
         self.stop_ids = sorted(stop_ids)
+        # the most one request's grammar may take per token (mask or advance)
+        self.budget_s = env.GRAMMAR_BUDGET_MS.get() / 1e3 if budget_s is None else budget_s
         self._compiler: Any = None
         self._lock = threading.Lock()
         self._matchers: dict[str, Any] = {}
+        self._pool: ThreadPoolExecutor | None = None  # started by the first constrained step
+        self._overrun: set[str] = set()  # given up since the engine last asked
+
+    def _threads(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(GRAMMAR_THREADS, thread_name_prefix="loraplex-grammar")
+        return self._pool
+
+    def _give_up(self, request_id: str) -> None:
+        self._matchers.pop(request_id, None)  # its late call still holds the matcher
+        self._overrun.add(request_id)
+        log.warning(
+            "request %s: its output constraint took over %.0f ms for one token; ending it",
+            request_id,
+            self.budget_s * 1e3,
+        )
+
+    def take_overruns(self) -> set[str]:
+        """The requests given up since the last call: over the budget, or their grammar raised.
+        The engine ends each with ``overrun_message`` (a 400) and samples nothing for it."""
+        out, self._overrun = self._overrun, set()
+        return out
 
     def _xgr_compiler(self) -> Any:
         with self._lock:  # built once, on first use: importing transformers takes seconds
@@ -80,10 +132,15 @@ class GrammarConstraints:
         import xgrammar as xgr
 
         matcher = xgr.GrammarMatcher(self.compile(so))
-        for token in generated:
-            if not matcher.accept_token(token):
+        if generated:
+            replay: Future[bool] = self._threads().submit(_accept_all, matcher, generated)
+            try:
+                ok = replay.result(timeout=self.budget_s * len(generated))
+            except FutureTimeout:
+                raise InvalidRequestError(overrun_message(self.budget_s)) from None
+            if not ok:
                 raise InvalidRequestError(
-                    f"request {request_id}: generated token {token} breaks its output constraint"
+                    f"request {request_id}: a generated token breaks its output constraint"
                 )
         self._matchers[request_id] = matcher
 
@@ -102,10 +159,22 @@ class GrammarConstraints:
         import xgrammar as xgr
 
         bitmask = xgr.allocate_token_bitmask(len(seqs), self.vocab_size)  # [N, ceil(V / 32)]
-        for i in rows:
-            self._matchers[seqs[i].request_id].fill_next_token_bitmask(bitmask, i)
+        pool = self._threads()
+        fills = {
+            pool.submit(self._matchers[seqs[i].request_id].fill_next_token_bitmask, bitmask, i): i
+            for i in rows
+        }
+        done, late = wait(fills, timeout=self.budget_s)
+        filled = []
+        for fill in (*done, *late):
+            i = fills[fill]
+            if fill in late or fill.exception() is not None:
+                self._give_up(seqs[i].request_id)  # its row is sampled by nobody: see the engine
+            else:
+                filled.append(i)
         out = logits.clone()
-        xgr.apply_token_bitmask_inplace(out, bitmask.to(out.device), indices=rows)
+        if filled:
+            xgr.apply_token_bitmask_inplace(out, bitmask.to(out.device), indices=sorted(filled))
         return out
 
     def accept(self, request_id: str, token: int) -> bool:
@@ -114,9 +183,20 @@ class GrammarConstraints:
         matcher = self._matchers.get(request_id)
         if matcher is None:
             return False
-        if not matcher.accept_token(token):
+        advance: Future[bool] = self._threads().submit(matcher.accept_token, token)
+        try:
+            accepted = advance.result(timeout=self.budget_s)
+        except (FutureTimeout, RuntimeError):  # over the budget, or xgrammar refused the call
+            self._give_up(request_id)
+            return False
+        if not accepted:
             # Cannot happen with the mask applied; end this output rather than fail the step
             # (and with it every request of the batch).
             log.warning("request %s: token %d breaks its grammar; ending it", request_id, token)
             return True
         return bool(matcher.is_terminated())
+
+
+def _accept_all(matcher: Any, tokens: Sequence_[int]) -> bool:
+    """Advance ``matcher`` over ``tokens``; False at the first it refuses."""
+    return all(matcher.accept_token(t) for t in tokens)
