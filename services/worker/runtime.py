@@ -237,13 +237,17 @@ class Worker:
     async def _disk_copies_loop(self) -> None:
         while not cancel_requested():  # a cancel redis-py swallowed ends it too
             await asyncio.sleep(DISK_COPIES_CHECK_S)
-            try:
-                for old in await self.pager.recheck_disk_served():
-                    self.inbox.submit(lambda old=old: self.pager.retire(old))
-                if self.bus is not None and self.bus.is_connected():  # it hears the events
-                    await self.pager.confirm_disk_copies()
-            except Exception as e:  # a disk or store hiccup: the copies age, nothing else
-                log.warning("adapter disk copies: %s", e)
+            await self.check_disk_copies()
+
+    async def check_disk_copies(self) -> None:
+        """Retire what a recheck found replaced, and confirm the copies still current."""
+        try:
+            for old in await self.pager.recheck_disk_served():
+                self.inbox.submit(lambda old=old: self.pager.retire(old))
+            if self.bus is not None and self.bus.is_connected:  # it hears the events
+                await self.pager.confirm_disk_copies()
+        except Exception as e:  # a disk or store hiccup: the copies age, nothing else
+            log.warning("adapter disk copies: %s", e)
 
     # ---- heartbeats --------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:

@@ -67,9 +67,10 @@ async def test_a_worker_restarted_while_redis_is_down_serves_its_disk_copies(
         await w.pager.copies_written()
         (copy,) = Path(disk).iterdir()
         assert copy.name.endswith(f".v{version}.lpa")
-        # held as current while it hears the store's events: its copy stays trusted
+        # held as current while it hears the store's events: its copy stays trusted (what the
+        # worker's loop does every DISK_COPIES_CHECK_S)
         os.utime(copy, (1000, 1000))
-        await w.pager.confirm_disk_copies()
+        await w.check_disk_copies()
         assert time.time() - copy.stat().st_mtime < 60
 
     redis_ctl[-1].stop()  # Redis goes down; the worker restarts with an empty memory
@@ -91,7 +92,7 @@ async def test_a_worker_restarted_while_redis_is_down_serves_its_disk_copies(
         assert await w.pager.recheck_disk_served() == []
         assert w.pager.current[name] == f"{name}@{version}"
         os.utime(copy, (1000, 1000))
-        await w.pager.confirm_disk_copies()
+        await w.check_disk_copies()
         assert time.time() - copy.stat().st_mtime < 60
     redis_ctl[-1].stop()
 
