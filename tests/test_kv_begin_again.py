@@ -13,8 +13,9 @@ from loraplex.protocol import KVBegin, KVReply, Subjects, SubmitRequest, decode,
 from tests.test_kv_transfer import _decode_worker, demo  # noqa: F401  (the fixture)
 
 
-def _begin(rid: str) -> KVBegin:
-    sub = SubmitRequest(rid, "t", "gw", list(range(3, 43)), SamplingParams(max_tokens=4))
+def _begin(rid: str, so: object = None) -> KVBegin:
+    params = SamplingParams(max_tokens=4, structured_outputs=so)  # type: ignore[arg-type]
+    sub = SubmitRequest(rid, "t", "gw", list(range(3, 43)), params)
     return KVBegin(sub, first_token=7, num_tokens=40, num_chunks=2, dtype="float32",
                    shape=[4, 2, 10, 4, 2, 32])  # fmt: skip
 
@@ -92,3 +93,59 @@ def test_a_begin_nobody_answers_fails_after_the_timeout(monkeypatch) -> None:
         raise AssertionError("no timeout")
 
     assert asyncio.run(run()) >= 3
+
+
+def test_a_begin_waiting_for_its_compile_holds_up_no_other_hand_over(
+    demo,  # noqa: F811
+    nats_url,
+    monkeypatch,
+) -> None:
+    """A begin waits for its output constraint to compile (red team: a legal 70 KB schema took
+    67 s).  The worker answers other begins meanwhile (before, nats-py's one-at-a-time delivery
+    held every other tenant's hand-over behind it), and a begin sent again supersedes the first."""
+    import threading
+
+    from loraplex.bus import Bus
+    from loraplex.structured_outputs import StructuredOutputsParams
+    from loraplex.worker.runtime import Worker
+    from tests.test_kv_transfer import _settings, make_engine
+
+    monkeypatch.setenv("LORAPLEX_GRAMMAR_COMPILE_S", "30")
+    release = threading.Event()
+
+    async def run() -> tuple[KVReply, bool, KVReply, KVReply]:
+        s = _settings(demo, nats_url, "decode", kv_timeout_s=30.0)
+        worker = Worker(s, make_engine(s), None)
+        real = worker.engine.grammars.compile
+
+        def slow(so: StructuredOutputsParams) -> object:
+            if so.spec == "slow":
+                release.wait(30)
+            return real(so)
+
+        worker.engine.grammars.compile = slow  # type: ignore[method-assign]
+        await worker.start()
+        bus = await Bus.connect(nats_url, "test-peer")
+        subject = Subjects.kv(worker.id)
+        so = StructuredOutputsParams(regex="slow")
+        first = asyncio.ensure_future(bus.nc.request(subject, encode(_begin("c", so)), timeout=30))
+        await asyncio.sleep(0.3)  # it compiles
+        plain = decode(
+            (await bus.nc.request(subject, encode(_begin("p")), timeout=5)).data, KVReply
+        )
+        waiting = not first.done()
+        again = asyncio.ensure_future(bus.nc.request(subject, encode(_begin("c", so)), timeout=30))
+        await asyncio.sleep(0.3)
+        release.set()
+        replies = [decode((await f).data, KVReply) for f in (first, again)]
+        await worker.stop()
+        await bus.close()
+        return plain, waiting, *replies
+
+    plain, waiting, first, again = asyncio.run(run())
+    assert plain.accepted and waiting
+    assert (first.accepted, first.reason) == (
+        False,
+        "superseded by a later begin of the same request",
+    )
+    assert again.accepted, again.reason

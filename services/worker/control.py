@@ -114,7 +114,7 @@ class Control:
         if r is False:
             table.active.pop(rid, None)
             return
-        if not await self._prep.compile_grammar(req):
+        if await self._prep.compile_grammar(req) is not None:
             table.active.pop(rid, None)
             return
         prefill_only = self._prefill_only or bool(msg.decode_worker)

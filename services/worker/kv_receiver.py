@@ -70,6 +70,7 @@ class KVReceiver:
         self._prep = prep
         self._publisher = publisher
         self.pending: dict[str, tuple[KVBegin, PendingTransfer, int]] = {}  # + cached blocks
+        self._begins: dict[str, object] = {}  # request id -> the begin being answered last
         self._watchdog: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -91,12 +92,27 @@ class KVReceiver:
             log.warning("dropped K/V message: %s", e)
             return
         if isinstance(msg, KVBegin):
-            reply = await self._begin(msg)
-            await raw.respond(encode(reply))
+            # Answered in a task: nats-py hands this subject's messages over one at a time, and
+            # a begin may wait for its adapter to page in or its constraint to compile; every
+            # other request's hand-over to this worker waited behind it (red team: 503s).
+            self._bg.spawn(self._answer(raw, msg))
         else:
-            self._chunk(msg)
+            self._chunk(msg)  # a request's chunks come after its begin was answered
 
-    async def _begin(self, begin: KVBegin) -> KVReply:
+    async def _answer(self, raw: RawMessage, begin: KVBegin) -> None:
+        rid, turn = begin.request.request_id, object()
+        self._begins[rid] = turn  # a begin sent again while this one waits supersedes it
+        try:
+            reply = await self._begin(begin, turn)
+        finally:
+            if self._begins.get(rid) is turn:
+                del self._begins[rid]
+        try:
+            await raw.respond(encode(reply))
+        except Exception as e:  # the connection dropped: the sender begins again or fails it
+            log.warning("K/V reply for %s not sent: %s", rid, e)
+
+    async def _begin(self, begin: KVBegin, turn: object) -> KVReply:
         rid = begin.request.request_id
         if self._table.draining:
             return KVReply(rid, False, "draining")
@@ -107,8 +123,11 @@ class KVReceiver:
         r = await self._prep.resolve_adapter(req)
         if r is False:
             return KVReply(rid, False, "adapter unavailable")
-        if not await self._prep.compile_grammar(req, report=False):
-            return KVReply(rid, False, "structured output does not compile here")
+        why = await self._prep.compile_grammar(req, report=False)
+        if why is not None:
+            return KVReply(rid, False, f"structured output does not compile here: {why}")
+        if self._begins.get(rid) is not turn:
+            return KVReply(rid, False, "superseded by a later begin of the same request")
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         cached, refusal = 0, "no free KV blocks"
 

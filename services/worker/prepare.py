@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from loraplex.adapters.errors import StoreUnavailableError
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.errors import AdapterNotFoundError, LoraplexError
 from loraplex.worker.active import Active
 from loraplex.worker.adapter_pager import AdapterPager, Resolved
+from loraplex.worker.grammar_compiles import CompileBusy, GrammarCompiles
 from loraplex.worker.publish import Publisher
 
 
@@ -21,6 +20,7 @@ class Preparation:
         self._pager = pager
         self._engine = engine
         self._publisher = publisher
+        self.compiles = GrammarCompiles(engine.grammars.compile)
 
     async def resolve_adapter(self, req: Active) -> Resolved | None | bool:
         """Page in the request's adapter beside the engine loop.
@@ -43,20 +43,25 @@ class Preparation:
             await self._publisher.fail(req, 400, str(e), retryable=False)
         return False
 
-    async def compile_grammar(self, req: Active, report: bool = True) -> bool:
+    async def compile_grammar(self, req: Active, report: bool = True) -> str | None:
         """Compile the request's output constraint in a thread, beside the engine loop (the first
-        one also loads the tokenizer into xgrammar), so the engine only finds it in the cache.
-        False (after reporting a 400 when ``report``) if it does not compile."""
+        one also loads the tokenizer into xgrammar), so the engine only finds it in the cache;
+        bounded in time (``grammar_compiles.py``).  None when it is ready, else why not (after
+        reporting it when ``report``: a 400, or a retryable 503 when the worker was too busy)."""
         so = req.submit.sampling.structured_outputs  # as the gateway parsed it (no reparse)
         if so is None:
-            return True
+            return None
         try:
-            await asyncio.to_thread(self._engine.grammars.compile, so)
+            await self.compiles.compile(so)
+        except CompileBusy as e:
+            if report:
+                await self._publisher.fail(req, 503, str(e), retryable=True)
+            return str(e)
         except LoraplexError as e:
             if report:
                 await self._publisher.fail(req, 400, str(e), retryable=False)
-            return False
-        return True
+            return str(e)
+        return None
 
     def attach_adapter(self, req: Active, r: Resolved | None) -> None:
         """Engine loop: make the adapter resident and pin it for this request."""

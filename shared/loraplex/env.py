@@ -70,6 +70,11 @@ GRAMMAR_BUDGET_MS = EnvVar(
     "workers: the longest one structured-output request's grammar may take to mask or advance "
     "one token; a request over it ends with a 400 and the step goes on without it",
 )
+GRAMMAR_COMPILE_S = EnvVar(
+    "LORAPLEX_GRAMMAR_COMPILE_S",
+    5.0,
+    "workers: the longest a request's output constraint may take to compile; over it, a 400",
+)
 FORK_SERVER = EnvVar(
     "LORAPLEX_FORK_SERVER",
     True,

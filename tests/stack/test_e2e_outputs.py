@@ -157,6 +157,20 @@ def test_structured_outputs_through_the_stack(client, disagg_stack, model_id, lo
         assert resp.choices[0].text in choices
 
 
+def test_an_exploding_grammar_is_a_400_and_the_worker_serves_on(client, disagg_stack, model_id):
+    """A grammar whose rules nest repeats (no scan sees it; it compiles at once) takes seconds
+    per token to match after a few tokens (red team): the decode worker gives it its per-token
+    budget, ends it with a 400, and serves the next request as before."""
+    nested = 'root ::= x{0,50}\nx ::= y{0,50}\ny ::= "a"{0,50}'
+    with pytest.raises(openai.BadRequestError, match="too expensive to enforce"):
+        client.completions.create(
+            model=model_id, prompt=PROMPTS[0], max_tokens=60, temperature=0,
+            extra_body={"guided_grammar": nested, "min_tokens": 60},
+        )  # fmt: skip
+    resp = client.completions.create(model=model_id, prompt=PROMPTS[1], max_tokens=8)
+    assert resp.choices[0].finish_reason == "length"
+
+
 def test_stop_string_through_the_stack(client, disagg_stack, model_id):
     """A stop string spanning tokens (the first of them the prefill worker's): streamed and not,
     the text is the offline engine's, cut before it, with finish_reason "stop" and the offline
