@@ -58,6 +58,7 @@ bench: setup
 	$(PY) bench/slots.py --write-docs
 	$(PY) bench/slot_placement.py --write-docs
 	$(PY) bench/restart.py --write-docs
+	$(PY) bench/hostile_constraints.py --write-docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info shared/loraplex/_native
