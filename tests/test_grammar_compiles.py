@@ -68,3 +68,24 @@ def test_a_constraint_that_does_not_compile_says_why() -> None:
 
     with pytest.raises(InvalidRequestError, match="invalid regex"):
         asyncio.run(run())
+
+
+def test_the_compilers_set_up_is_not_counted_against_a_constraint() -> None:
+    """The first compile builds xgrammar's compiler (importing transformers, reading the
+    tokenizer: seconds on a busy machine): outside the time limit, once."""
+    compiler, setups = _Compiler(), []
+
+    def setup() -> None:
+        setups.append(1)
+        compiler.release.wait(30)
+
+    async def run() -> None:
+        compiles = GrammarCompiles(compiler, timeout_s=0.3, setup_fn=setup)
+        first = asyncio.gather(compiles.compile(SO(regex="a+")), compiles.compile(SO(regex="b+")))
+        await asyncio.sleep(0.6)  # longer than the limit
+        compiler.release.set()
+        await first
+        await compiles.compile(SO(regex="c+"))
+
+    asyncio.run(run())
+    assert setups == [1] and sorted(compiler.calls) == ["a+", "b+", "c+"]

@@ -59,8 +59,11 @@ class GrammarCompiles:
         compile_fn: Callable[[StructuredOutputsParams], Any],
         timeout_s: float | None = None,
         threads: int = COMPILE_THREADS,
+        setup_fn: Callable[[], None] | None = None,
     ) -> None:
         self._compile_fn = compile_fn
+        self._setup_fn = setup_fn  # once, before the first compile, outside every time limit
+        self._setup: asyncio.Task[None] | None = None
         self.timeout_s = env.GRAMMAR_COMPILE_S.get() if timeout_s is None else timeout_s
         self._slots = asyncio.Semaphore(threads)
         self._running: dict[tuple[str, str], _Compile] = {}
@@ -68,6 +71,10 @@ class GrammarCompiles:
     async def compile(self, so: StructuredOutputsParams) -> None:
         """Raises ``CompileTooCostly``, ``CompileBusy`` or what the compile raised
         (``InvalidRequestError`` for a constraint that does not compile)."""
+        if self._setup_fn is not None:
+            if self._setup is None:
+                self._setup = asyncio.create_task(asyncio.to_thread(self._setup_fn))
+            await asyncio.shield(self._setup)  # the first request pays it, untimed
         key = (so.kind, so.spec)
         job = self._running.get(key)
         if job is None:

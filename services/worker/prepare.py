@@ -20,7 +20,8 @@ class Preparation:
         self._pager = pager
         self._engine = engine
         self._publisher = publisher
-        self.compiles = GrammarCompiles(engine.grammars.compile)
+        grammars = engine.grammars
+        self.compiles = GrammarCompiles(grammars.compile, setup_fn=grammars.load_compiler)
 
     async def resolve_adapter(self, req: Active) -> Resolved | None | bool:
         """Page in the request's adapter beside the engine loop.

@@ -90,6 +90,11 @@ class GrammarConstraints:
         out, self._overrun = self._overrun, set()
         return out
 
+    def load_compiler(self) -> None:
+        """Build the compiler now (seconds: it imports transformers and reads the tokenizer), so
+        that a worker's time limit on a compile counts the compile alone."""
+        self._xgr_compiler()
+
     def _xgr_compiler(self) -> Any:
         with self._lock:  # built once, on first use: importing transformers takes seconds
             if self._compiler is None:
