@@ -20,8 +20,14 @@ class Preparation:
         self._pager = pager
         self._engine = engine
         self._publisher = publisher
-        grammars = engine.grammars
-        self.compiles = GrammarCompiles(grammars.compile, setup_fn=grammars.load_compiler)
+        self._compiles: GrammarCompiles | None = None  # made by the first constrained request
+
+    @property
+    def compiles(self) -> GrammarCompiles:
+        if self._compiles is None:
+            grammars = self._engine.grammars
+            self._compiles = GrammarCompiles(grammars.compile, setup_fn=grammars.load_compiler)
+        return self._compiles
 
     async def resolve_adapter(self, req: Active) -> Resolved | None | bool:
         """Page in the request's adapter beside the engine loop.
