@@ -9,12 +9,13 @@ it."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
 
 from loraplex import LLM, SamplingParams
-from loraplex.engine.structured import GrammarConstraints, overrun_message
+from loraplex.engine.structured import AVERAGE_AFTER, GrammarConstraints, overrun_message
 from loraplex.errors import InvalidRequestError
 from loraplex.structured_outputs import StructuredOutputsParams as SO
 from loraplex.structured_outputs import repeat_nesting
@@ -99,6 +100,31 @@ def test_advancing_over_the_budget_gives_up_the_request() -> None:
     finally:
         stuck.release.set()
     assert stuck.calls == 1 and not g.constrained("slow")
+
+
+class _Sleeps(_Allows):
+    """A matcher that takes ``seconds`` to advance: under the budget, every time."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(0)
+        self.seconds = seconds
+
+    def accept_token(self, token: int) -> bool:
+        time.sleep(self.seconds)
+        return True
+
+
+def test_a_grammar_under_the_budget_but_slow_on_average_is_given_up() -> None:
+    # budget 50 ms per token; on average at most a tenth of it, counted from the 8th token
+    g = _constraints(slow=_Sleeps(0.01), fast=_Allows(3))
+    for _ in range(AVERAGE_AFTER - 1):
+        assert g.accept("slow", 1) is False and g.accept("fast", 3) is False
+    assert g.take_overruns() == set()  # 10 ms each: under the budget, and not yet averaged
+    g.accept("slow", 1)
+    assert g.take_overruns() == {"slow"}
+    for _ in range(20):
+        g.accept("fast", 3)
+    assert g.take_overruns() == set() and g.constrained("fast")
 
 
 @pytest.fixture(scope="module")

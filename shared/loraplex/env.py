@@ -68,7 +68,8 @@ GRAMMAR_BUDGET_MS = EnvVar(
     "LORAPLEX_GRAMMAR_BUDGET_MS",
     200.0,
     "workers: the longest one structured-output request's grammar may take to mask or advance "
-    "one token; a request over it ends with a 400 and the step goes on without it",
+    "one token (and a tenth of it on average); a request over it ends with a 400 and the step "
+    "goes on without it",
 )
 GRAMMAR_COMPILE_S = EnvVar(
     "LORAPLEX_GRAMMAR_COMPILE_S",

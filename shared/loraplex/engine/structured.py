@@ -15,13 +15,16 @@ at once and then explode while matching: a regex of nested counted repeats such 
 token.  That work ran inside the engine step, so one tenant's constraint stalled every request in
 the batch.  Masking and advancing now run on a thread pool (xgrammar releases the GIL) and the
 step waits at most the budget: a request over it is given up (``take_overruns``; the engine ends
-it with a 400) while its call finishes in the background, and the step goes on without it.
+it with a 400) while its call finishes in the background, and the step goes on without it.  So is
+one whose grammar work averages over a tenth of the budget per token (``AVERAGE_SHARE``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from collections.abc import Sequence as Sequence_
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -42,11 +45,26 @@ log = logging.getLogger(__name__)
 GRAMMAR_THREADS = 64
 
 
+# A grammar whose every token stays under the budget can still cost its batch that much per step
+# (red team: rules nesting repeats took 10 s to reach 200 ms on one token).  So its average per
+# token, over the tokens after the first few, may be at most this share of the budget: legitimate
+# grammars take well under a millisecond per token.
+AVERAGE_SHARE = 0.1
+AVERAGE_AFTER = 8  # tokens before the average counts (the first ones warm xgrammar's caches)
+
+
 def overrun_message(budget_s: float) -> str:
     return (
-        "the output constraint is too expensive to enforce: one token took more than "
-        f"{budget_s * 1e3:.0f} ms of grammar work (simplify its schema, regex or grammar)"
+        "the output constraint is too expensive to enforce: its grammar work took more than "
+        f"{budget_s * 1e3:.0f} ms for one token, or {budget_s * AVERAGE_SHARE * 1e3:.0f} ms per "
+        "token on average (simplify its schema, regex or grammar)"
     )
+
+
+def _timed(call: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """``call(*args)`` and the seconds it ran (in its thread: not the wait for one)."""
+    start = time.perf_counter()
+    return call(*args), time.perf_counter() - start
 
 
 class GrammarConstraints:
@@ -69,6 +87,7 @@ class GrammarConstraints:
         self._matchers: dict[str, Any] = {}
         self._pool: ThreadPoolExecutor | None = None  # started by the first constrained step
         self._overrun: set[str] = set()  # given up since the engine last asked
+        self._spent: dict[str, list[float]] = {}  # request id -> [grammar seconds, tokens]
 
     def _threads(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -77,12 +96,21 @@ class GrammarConstraints:
 
     def _give_up(self, request_id: str) -> None:
         self._matchers.pop(request_id, None)  # its late call still holds the matcher
+        spent = self._spent.pop(request_id, [0.0, 0.0])
         self._overrun.add(request_id)
         log.warning(
-            "request %s: its output constraint took over %.0f ms for one token; ending it",
-            request_id,
-            self.budget_s * 1e3,
-        )
+            "request %s: its output constraint is too expensive (budget %.0f ms per token; "
+            "%.0f ms over %d tokens so far); ending it",
+            request_id, self.budget_s * 1e3, spent[0] * 1e3, spent[1],
+        )  # fmt: skip
+
+    def _charge(self, request_id: str, seconds: float, token: bool) -> bool:
+        """Count grammar work; False when the request's average per token is over its share."""
+        spent = self._spent.setdefault(request_id, [0.0, 0.0])
+        spent[0] += seconds
+        spent[1] += token
+        tokens = spent[1]
+        return tokens < AVERAGE_AFTER or spent[0] <= tokens * self.budget_s * AVERAGE_SHARE
 
     def take_overruns(self) -> set[str]:
         """The requests given up since the last call: over the budget, or their grammar raised.
@@ -151,6 +179,7 @@ class GrammarConstraints:
 
     def forget(self, request_id: str) -> None:
         self._matchers.pop(request_id, None)
+        self._spent.pop(request_id, None)
 
     def constrained(self, request_id: str) -> bool:
         return request_id in self._matchers
@@ -166,7 +195,9 @@ class GrammarConstraints:
         bitmask = xgr.allocate_token_bitmask(len(seqs), self.vocab_size)  # [N, ceil(V / 32)]
         pool = self._threads()
         fills = {
-            pool.submit(self._matchers[seqs[i].request_id].fill_next_token_bitmask, bitmask, i): i
+            pool.submit(
+                _timed, self._matchers[seqs[i].request_id].fill_next_token_bitmask, bitmask, i
+            ): i
             for i in rows
         }
         done, late = wait(fills, timeout=self.budget_s)
@@ -176,6 +207,7 @@ class GrammarConstraints:
             if fill in late or fill.exception() is not None:
                 self._give_up(seqs[i].request_id)  # its row is sampled by nobody: see the engine
             else:
+                self._charge(seqs[i].request_id, fill.result()[1], token=False)
                 filled.append(i)
         out = logits.clone()
         if filled:
@@ -188,11 +220,16 @@ class GrammarConstraints:
         matcher = self._matchers.get(request_id)
         if matcher is None:
             return False
-        advance: Future[bool] = self._threads().submit(matcher.accept_token, token)
+        advance: Future[tuple[bool, float]] = self._threads().submit(
+            _timed, matcher.accept_token, token
+        )
         try:
-            accepted = advance.result(timeout=self.budget_s)
+            accepted, seconds = advance.result(timeout=self.budget_s)
         except (FutureTimeout, RuntimeError):  # over the budget, or xgrammar refused the call
             self._give_up(request_id)
+            return False
+        if not self._charge(request_id, seconds, token=True):
+            self._give_up(request_id)  # every token under the budget, but too many near it
             return False
         if not accepted:
             # Cannot happen with the mask applied; end this output rather than fail the step
