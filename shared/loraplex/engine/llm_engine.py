@@ -293,6 +293,7 @@ class LLMEngine:
             index = torch.tensor(rows, dtype=torch.long, device=logits.device)
             logits, shaped = logits[index], shaped[index]
         tokens = sample(shaped, [s.params for s in seqs], gens)
+        self.grammars.advance([s.request_id for s in seqs], tokens)  # one wait for the batch
         logprobs = compute_logprobs(logits, seqs, tokens)
         self.last_logits = {
             s.request_id: row for s, row in zip(seqs, logits, strict=False)

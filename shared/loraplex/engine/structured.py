@@ -88,6 +88,7 @@ class GrammarConstraints:
         self._pool: ThreadPoolExecutor | None = None  # started by the first constrained step
         self._overrun: set[str] = set()  # given up since the engine last asked
         self._spent: dict[str, list[float]] = {}  # request id -> [grammar seconds, tokens]
+        self._advanced: dict[str, tuple[int, bool]] = {}  # by ``advance``: (token, accepted)
 
     def _threads(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -180,6 +181,7 @@ class GrammarConstraints:
     def forget(self, request_id: str) -> None:
         self._matchers.pop(request_id, None)
         self._spent.pop(request_id, None)
+        self._advanced.pop(request_id, None)
 
     def constrained(self, request_id: str) -> bool:
         return request_id in self._matchers
@@ -214,23 +216,44 @@ class GrammarConstraints:
             xgr.apply_token_bitmask_inplace(out, bitmask.to(out.device), indices=sorted(filled))
         return out
 
+    def advance(self, request_ids: Sequence_[str], tokens: Sequence_[int]) -> None:
+        """Advance every constrained one of ``request_ids`` by its sampled token, all at once (in
+        parallel, one wait for the batch, not a thread round trip per request); ``accept`` then
+        reads each outcome."""
+        pool, jobs = self._threads(), {}
+        for rid, token in zip(request_ids, tokens, strict=True):
+            matcher = self._matchers.get(rid)
+            if matcher is not None:
+                jobs[pool.submit(_timed, matcher.accept_token, token)] = (rid, token)
+        if not jobs:
+            return
+        done, late = wait(jobs, timeout=self.budget_s)
+        for job in (*done, *late):
+            rid, token = jobs[job]
+            if job in late or job.exception() is not None:  # over the budget, or xgrammar refused
+                self._give_up(rid)
+                continue
+            accepted, seconds = job.result()
+            if not self._charge(rid, seconds, token=True):
+                self._give_up(rid)  # every token under the budget, but too many near it
+                continue
+            self._advanced[rid] = (token, accepted)
+
     def accept(self, request_id: str, token: int) -> bool:
-        """Advance a constrained request by ``token``; True when its output is complete (the
-        token was a stop token where the grammar accepts)."""
+        """Advance a constrained request by ``token`` (unless ``advance`` just did); True when its
+        output is complete (the token was a stop token where the grammar accepts)."""
         matcher = self._matchers.get(request_id)
         if matcher is None:
             return False
-        advance: Future[tuple[bool, float]] = self._threads().submit(
-            _timed, matcher.accept_token, token
-        )
-        try:
-            accepted, seconds = advance.result(timeout=self.budget_s)
-        except (FutureTimeout, RuntimeError):  # over the budget, or xgrammar refused the call
-            self._give_up(request_id)
-            return False
-        if not self._charge(request_id, seconds, token=True):
-            self._give_up(request_id)  # every token under the budget, but too many near it
-            return False
+        outcome = self._advanced.pop(request_id, None)
+        if outcome is not None and outcome[0] == token:
+            accepted = outcome[1]
+        else:
+            self.advance([request_id], [token])
+            outcome = self._advanced.pop(request_id, None)
+            if outcome is None:
+                return False  # given up: the engine ends it
+            accepted = outcome[1]
         if not accepted:
             # Cannot happen with the mask applied; end this output rather than fail the step
             # (and with it every request of the batch).
