@@ -100,6 +100,12 @@ MALFORMED = {
     "reversed offsets": _raw({"a": _entry("F32", [0], 4, 0)}, b"\0" * 4),
     "bad metadata": _raw({"__metadata__": {"k": 1}}),
     "entry not an object": _raw({"a": 3}),
+    # red team: these got a 500 (json's RecursionError, and its ValueError past 4,300 digits)
+    "header nested 100,000 deep": _raw(b"[" * 100_000 + b"]" * 100_000),
+    "a 5,000-digit offset": _raw(
+        b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 1' + b"0" * 5000 + b"]}}",
+        b"\0" * 4,
+    ),
 }
 
 

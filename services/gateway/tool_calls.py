@@ -99,7 +99,7 @@ class ToolCallStream:
         text, self._text = self._text, ""
         try:
             items = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # the model's text: any nesting
             items = None
         if not isinstance(items, list) or not items:
             return Out(content=text)  # cut short (max_tokens): what there is, as content
@@ -142,7 +142,7 @@ class ToolCallStream:
     def _block(self, out: Out, body: str, raw: str) -> None:
         try:
             call = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             call = None
         name = call.get("name") if isinstance(call, dict) else None
         if name not in self.use.names:

@@ -198,6 +198,6 @@ def template_arguments(arguments: str) -> Any:
     JSON object (templates ``tojson`` it), else the text as it is (vLLM does the same)."""
     try:
         value = json.loads(arguments)
-    except ValueError:
+    except (ValueError, RecursionError):  # the client's text: any nesting
         return arguments
     return value if isinstance(value, dict) else arguments

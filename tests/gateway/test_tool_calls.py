@@ -111,6 +111,8 @@ def test_past_arguments_go_to_templates_as_objects_when_they_are_json_objects() 
     assert template_arguments('{"city": "Paris"}') == {"city": "Paris"}
     assert template_arguments("[1, 2]") == "[1, 2]"
     assert template_arguments("not json") == "not json"
+    deep = "[" * 100_000 + "]" * 100_000  # a client's text: json's RecursionError was a 500
+    assert template_arguments(deep) == deep
 
 
 # ---- reading answers ---------------------------------------------------------------------------
@@ -169,6 +171,7 @@ def test_only_calls_give_null_content_and_plain_text_stays_content() -> None:
         "<tool_call>{not json}</tool_call>",
         '<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>',  # not one of the tools
         "<tool_call>[1, 2]</tool_call>",
+        "<tool_call>" + "[" * 100_000 + "]" * 100_000 + "</tool_call>",  # the model's nesting
     ],
 )
 def test_a_block_that_is_no_allowed_call_is_given_back_verbatim(block: str) -> None:

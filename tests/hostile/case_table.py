@@ -167,6 +167,20 @@ ADAPTER_CASES = [
     Case("rank_pattern key '('", ADAPTERS, config(rank_pattern={"(": 4}), says="rank_pattern"),
     Case("rank_pattern a string", ADAPTERS, config(rank_pattern="abc"), says="rank_pattern"),
     Case("lora_alpha 'abc'", ADAPTERS, config(lora_alpha="abc"), says="lora_alpha"),
+    # red team: 500s, from math.isfinite on an int no float holds and json past 4,300 digits
+    Case("lora_alpha 10**400", ADAPTERS, config(lora_alpha=10**400), says="lora_alpha"),
+    Case(
+        "alpha_pattern value 10**400",
+        ADAPTERS,
+        config(alpha_pattern={"q_proj": 10**400}),
+        says="alpha_pattern",
+    ),
+    Case(
+        "r of 5,000 digits",
+        ADAPTERS,
+        upload(lambda t: t.with_raw_config(b'{"r": 1' + b"0" * 5000 + b"}")),
+        says="not valid JSON",
+    ),
     Case("lora_alpha null", ADAPTERS, config(lora_alpha=None), says="lora_alpha"),
     Case(
         "alpha_pattern value null",

@@ -65,8 +65,10 @@ class LoraConfig:
 def parse_config(adapter: str, config_bytes: bytes) -> LoraConfig:
     try:
         config = json.loads(config_bytes)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise AdapterError(f"adapter {adapter!r}: {CONFIG_FILE} is not valid JSON ({e})") from e
+    except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, too deep, a 5,000-digit int
+        raise AdapterError(
+            f"adapter {adapter!r}: {CONFIG_FILE} is not valid JSON ({str(e)[:200]})"
+        ) from e
     if not isinstance(config, dict):
         raise AdapterError(f"adapter {adapter!r}: {CONFIG_FILE} must be a JSON object")
     _check_unsupported(adapter, config)
@@ -147,6 +149,14 @@ def _check_unsupported(adapter: str, config: dict[str, Any]) -> None:
             raise _field_error(adapter, field, f"{_show(config[field])} {what}")
 
 
+def finite_float(value: int | float) -> bool:
+    """Whether ``value`` is a finite float, or an int a float can hold (10**400 is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 class _Fields:
     """Typed reads of the config's fields; each failure names its field."""
 
@@ -164,7 +174,7 @@ class _Fields:
 
     def number(self, field: str, value: Any) -> float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if not ok or not math.isfinite(value):
+        if not ok or not finite_float(value):
             raise self._error(field, f"must be a finite number, got {_show(value)}")
         return float(value)
 

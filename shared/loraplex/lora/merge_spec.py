@@ -12,10 +12,10 @@ adapters or public ones), resolved by the gateway for the requesting tenant.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from loraplex.errors import AdapterError
+from loraplex.lora.config_check import finite_float
 from loraplex.lora.names import NAME_PATTERN
 
 MERGE_STRATEGIES = ("linear", "ties", "dare_linear", "dare_ties")
@@ -46,7 +46,7 @@ class MergeSpec:
             raise AdapterError("merged adapters are registered adapters' ids")
         if len(set(self.adapters)) != len(self.adapters):
             raise AdapterError("an adapter is listed twice in the merge")
-        if any(not math.isfinite(w) or abs(w) > MAX_MERGE_WEIGHT for w in self.weights):
+        if any(not finite_float(w) or abs(w) > MAX_MERGE_WEIGHT for w in self.weights):
             raise AdapterError(
                 f"merge weights must be finite, at most {MAX_MERGE_WEIGHT:g} in size"
             )

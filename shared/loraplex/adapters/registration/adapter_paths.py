@@ -47,8 +47,8 @@ async def read_json_body(request: Request) -> dict[str, Any]:
             raise invalid("JSON body too large: send name, path, visibility, replace")
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise invalid(f"body is not valid JSON ({e})") from e
+    except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, too deep, a 5,000-digit int
+        raise invalid(f"body is not valid JSON ({str(e)[:200]})") from e
     if not isinstance(data, dict):
         raise invalid("JSON body must be an object with name and path")
     for key in data:
