@@ -175,6 +175,16 @@ ADAPTER_CASES = [
         config(alpha_pattern={"q_proj": 10**400}),
         says="alpha_pattern",
     ),
+    Case(  # 0 x 1e300 passed the bound in Python floats; float32 made every logit NaN
+        "lora_alpha 1e300 and B all zeros",
+        ADAPTERS,
+        upload(
+            lambda t: t.with_tensors(lambda n, w: w * 0 if "lora_B" in n else w).with_config(
+                lora_alpha=1e300
+            )
+        ),
+        says="beyond float32",
+    ),
     Case(
         "r of 5,000 digits",
         ADAPTERS,

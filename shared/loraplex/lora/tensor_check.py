@@ -186,9 +186,16 @@ def _check_pair(
     return alpha / (math.sqrt(r) if config.use_rslora else r)
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _checked(name: str, key: str, w: np.ndarray, scaling: float, bound: float) -> np.ndarray:
     if not bool(np.isfinite(w).all()):
         raise AdapterError(f"adapter {name!r}: tensor {key!r} holds NaN or infinite values")
+    if not abs(scaling) <= FLOAT32_MAX:  # B is scaled in float32: inf, and NaN where B is 0
+        raise AdapterError(
+            f"adapter {name!r}: its scaling (lora_alpha over r) is {scaling:.3g}, beyond float32"
+        )
     largest = float(np.abs(w).max()) * abs(scaling)  # a Python float: no overflow
     if largest > bound:
         scaled = f" (times its scaling {scaling:.3g})" if scaling != 1.0 else ""
