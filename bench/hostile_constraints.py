@@ -38,6 +38,7 @@ from loraplex.tooling.up_flags import parse_up_args  # noqa: E402
 SECTION = "Hostile output constraints on a live stack (bench/hostile_constraints.py)"
 KEYS = {"alpha": "sk-bench-alpha", "beta": "sk-bench-beta"}
 NESTED = "(((a{0,50}){0,50}){0,50})"
+RULES = 'root ::= x{0,50}\nx ::= y{0,50}\ny ::= "a"{0,50}'
 
 
 def attacks(model: str) -> list[tuple[str, str, dict[str, Any]]]:
@@ -52,8 +53,9 @@ def attacks(model: str) -> list[tuple[str, str, dict[str, Any]]]:
          {"model": model, "messages": msgs, "max_tokens": 40, "response_format":
           {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}),
         ("grammar rules nesting repeats 3 deep", "/v1/completions",
-         {"model": model, **long,
-          "guided_grammar": 'root ::= x{0,50}\nx ::= y{0,50}\ny ::= "a"{0,50}'}),
+         {"model": model, **long, "guided_grammar": RULES}),
+        ("the same again", "/v1/completions",
+         {"model": model, **long, "guided_grammar": RULES}),
         ("schema of 2,400 optional properties (70 KB)", "/v1/chat/completions",
          {"model": model, "messages": msgs, "max_tokens": 8, "response_format":
           {"type": "json_schema", "json_schema": {"name": "x", "schema":
@@ -142,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         markdown_table(head, rows),
         "",
+        "- The first grammar-rules request is the stack's first constrained one to reach the "
+        "workers: each worker builds xgrammar's compiler first (importing transformers, loading "
+        "the tokenizer: seconds of CPU on this box, which the canaries feel too). The same "
+        "request again shows the per-token budget alone.",
         "- Every hostile request a 4xx, no canary failed: " + ("yes." if passed else "**NO**."),
     ])  # fmt: skip
     publish(SECTION, body, a.write_docs)
