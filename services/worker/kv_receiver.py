@@ -104,6 +104,9 @@ class KVReceiver:
         self._begins[rid] = turn  # a begin sent again while this one waits supersedes it
         try:
             reply = await self._begin(begin, turn)
+        except Exception:  # a refusal, not a silent task: the sender tries elsewhere
+            log.exception("K/V begin of %s failed", rid)
+            reply = KVReply(rid, False, "internal error")
         finally:
             if self._begins.get(rid) is turn:
                 del self._begins[rid]
