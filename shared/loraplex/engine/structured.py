@@ -195,22 +195,16 @@ class GrammarConstraints:
         import xgrammar as xgr
 
         bitmask = xgr.allocate_token_bitmask(len(seqs), self.vocab_size)  # [N, ceil(V / 32)]
-        pool = self._threads()
-        fills = {
-            pool.submit(
-                _timed, self._matchers[seqs[i].request_id].fill_next_token_bitmask, bitmask, i
-            ): i
-            for i in rows
-        }
-        done, late = wait(fills, timeout=self.budget_s)
-        filled = []
-        for fill in (*done, *late):
-            i = fills[fill]
-            if fill in late or fill.exception() is not None:
-                self._give_up(seqs[i].request_id)  # its row is sampled by nobody: see the engine
-            else:
-                self._charge(seqs[i].request_id, fill.result()[1], token=False)
-                filled.append(i)
+        row_of = {seqs[i].request_id: i for i in rows}
+        ran = self._bounded(
+            {
+                rid: (self._matchers[rid].fill_next_token_bitmask, bitmask, i)
+                for rid, i in row_of.items()
+            }
+        )  # a row given up is sampled by nobody: see the engine
+        for rid, (_, seconds) in ran.items():
+            self._charge(rid, seconds, False)  # the average is judged when it advances
+        filled = [row_of[rid] for rid in ran]
         out = logits.clone()
         if filled:
             xgr.apply_token_bitmask_inplace(out, bitmask.to(out.device), indices=sorted(filled))
@@ -220,24 +214,36 @@ class GrammarConstraints:
         """Advance every constrained one of ``request_ids`` by its sampled token, all at once (in
         parallel, one wait for the batch, not a thread round trip per request); ``accept`` then
         reads each outcome."""
-        pool, jobs = self._threads(), {}
-        for rid, token in zip(request_ids, tokens, strict=True):
-            matcher = self._matchers.get(rid)
-            if matcher is not None:
-                jobs[pool.submit(_timed, matcher.accept_token, token)] = (rid, token)
-        if not jobs:
-            return
+        token_of = {
+            rid: token
+            for rid, token in zip(request_ids, tokens, strict=True)
+            if rid in self._matchers
+        }
+        ran = self._bounded(
+            {rid: (self._matchers[rid].accept_token, token) for rid, token in token_of.items()}
+        )
+        for rid, (accepted, seconds) in ran.items():
+            if self._charge(rid, seconds, True):
+                self._advanced[rid] = (token_of[rid], accepted)
+            else:
+                self._give_up(rid)  # every token under the budget, but too many near it
+
+    def _bounded(self, calls: dict[str, tuple[Any, ...]]) -> dict[str, tuple[Any, float]]:
+        """Run each request's ``(function, *args)`` on the pool, waiting at most the budget for
+        all of them; the request whose call is late or raised is given up.  The others' result
+        and the seconds their call ran."""
+        if not calls:
+            return {}
+        pool = self._threads()
+        jobs = {pool.submit(_timed, *call): rid for rid, call in calls.items()}
         done, late = wait(jobs, timeout=self.budget_s)
-        for job in (*done, *late):
-            rid, token = jobs[job]
+        ran = {}
+        for job, rid in jobs.items():
             if job in late or job.exception() is not None:  # over the budget, or xgrammar refused
                 self._give_up(rid)
-                continue
-            accepted, seconds = job.result()
-            if not self._charge(rid, seconds, token=True):
-                self._give_up(rid)  # every token under the budget, but too many near it
-                continue
-            self._advanced[rid] = (token, accepted)
+            else:
+                ran[rid] = job.result()
+        return ran
 
     def accept(self, request_id: str, token: int) -> bool:
         """Advance a constrained request by ``token`` (unless ``advance`` just did); True when its
