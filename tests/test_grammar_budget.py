@@ -164,6 +164,8 @@ def test_an_exploding_regex_ends_alone_with_a_400_and_the_batch_goes_on(demo, mo
         ("(((a{0,50}){0,50}){0,50})", 3), ("(?:(?:a+)+)+", 3), ("((a*)*)*", 3),
         # escapes, classes and literal braces are not groups or repeats
         (r"\(\(a*\)*\)*", 1), ("[(*]+", 1), ("[]*]*", 1), (r"[\]()]+", 1), ("a{x}*", 1),
+        # bounds compared as text: int() refuses 5,000 digits (a ValueError, not a 400)
+        ("(a{1" + "0" * 5000 + "}){2}", 2), ("(a{001}){0010}", 1), ("(a{0,01})*", 1),
     ],
 )  # fmt: skip
 def test_repeat_nesting_counts_repeats_inside_repeats(pattern: str, depth: int) -> None:

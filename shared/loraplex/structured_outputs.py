@@ -62,13 +62,17 @@ def repeat_nesting(pattern: str) -> int:
     return deepest_inside[0]
 
 
+_COUNTED = re.compile(r"\{(\d*)(,(\d*))?\}")
+
+
 def _repeats_more_than_once(pattern: str, i: int) -> bool:
     """Whether ``pattern[i:]`` opens a counted repeat whose upper bound is over 1 (or open)."""
-    m = re.match(r"\{(\d*)(,(\d*))?\}", pattern[i:])
+    m = _COUNTED.match(pattern, i)  # at i, not on a copy of the rest (quadratic over many braces)
     if m is None:
         return False  # a literal brace
     upper = m.group(3) if m.group(2) else m.group(1)
-    return upper == "" or int(upper) > 1
+    digits = upper.lstrip("0")  # compared as text: int() refuses over 4,300 digits
+    return upper == "" or len(digits) > 1 or digits > "1"
 
 
 def _check_repeats(pattern: str, what: str) -> None:
