@@ -59,6 +59,7 @@ FORWARDED: dict[str, tuple[str, ...]] = {
     "--rpm-limit": (SCHEDULER,),
     "--gateway-timeout": (SCHEDULER,),
     "--max-queue-wait": (SCHEDULER,),
+    "--preempt-after": (SCHEDULER,),
     "--dtype": (WORKER,),
     "--device": (WORKER,),
     "--adapter-disk-cache-mb": (WORKER,),
@@ -123,7 +124,7 @@ def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--enable-prefix-caching", "--fairness", "--prefix-routing", "--prefix-cache-scope",
         "--tool-call-parser", "--reasoning-parser", "--exclude-tools-when-tool-choice-none",
         "--responses-ttl", "--batches-per-tenant", "--batch-concurrency", "--rpm-limit",
-        "--gateway-timeout", "--max-queue-wait",
+        "--gateway-timeout", "--max-queue-wait", "--preempt-after",
     )  # fmt: skip
     p.add_argument("--nats-url", default=None, help="use this NATS (default: start a nats-server)")
     p.add_argument(

@@ -18,6 +18,7 @@ from loraplex.protocol import Message, PrefetchAdapter, PrefillAssign, Subjects,
 from loraplex.scheduler.ledger import LedgerEntry
 from loraplex.scheduler.placement import Placement
 from loraplex.scheduler.policies.base import FairnessPolicy, QueuedRequest
+from loraplex.scheduler.preemption import Preemption, running_per_tenant
 from loraplex.scheduler.prefix_affinity import CachedBlocks, PrefixAffinity
 from loraplex.scheduler.recovery import InFlight
 from loraplex.scheduler.settings import SchedulerSettings
@@ -45,6 +46,7 @@ class Dispatcher:
         record: Callable[[list[LedgerEntry]], Awaitable[bool]],
         counters_changed: Callable[[], None],
         on_admit: Callable[[QueuedRequest, float], None],
+        preemption: Preemption | None = None,
     ) -> None:
         self.settings = settings
         self.policy = policy
@@ -64,6 +66,7 @@ class Dispatcher:
         # nothing waits for room): the pools without room for it have a queue (metrics.py).
         self.stalled: SubmitRequest | None = None
         self._on_admit = on_admit  # queue-time metrics
+        self.preemption = preemption  # its parked requests go back in turn
 
     async def dispatch(self, now: float) -> None:
         """Place what can be placed now: re-placements first, then the policy's order.
@@ -95,8 +98,25 @@ class Dispatcher:
             self.retry.pop(0)
             self._claim(job, placement, cached)
             placed.append(job)
+        preemption = self.preemption
+        parked = preemption.parked if preemption is not None else {}
+        counts = running_per_tenant(self.inflight.values()) if parked else {}
         while len(placed) < ROUND:
             q = self.policy.pick(now)
+            back = None
+            if parked and preemption is not None:
+                back = preemption.resume_before(q, counts, now)
+            if back is not None:  # a preempted request's turn (preemption.py)
+                job = back.job
+                placement, cached = self._place(job.submit, len(job.generated))
+                if placement is None:
+                    self.stalled = job.submit
+                    return placed
+                del parked[job.submit.request_id]
+                self._claim(job, placement, cached)
+                placed.append(job)
+                counts[job.submit.tenant] = counts.get(job.submit.tenant, 0) + 1
+                continue
             if q is None:
                 self.stalled = None
                 return placed
@@ -112,6 +132,8 @@ class Dispatcher:
             job = InFlight(sub, placement)
             self._claim(job, placement, cached)
             placed.append(job)
+            if parked:
+                counts[q.tenant] = counts.get(q.tenant, 0) + 1
         return placed
 
     def _place(

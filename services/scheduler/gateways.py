@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from loraplex.protocol import GatewayHeartbeat, SubmitRequest
+from loraplex.scheduler.preemption import Parked
 from loraplex.scheduler.recovery import InFlight
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,14 @@ def owned_by(
     queued: Mapping[str, SubmitRequest],
     inflight: Mapping[str, InFlight],
     retry: Iterable[InFlight],
+    parked: Mapping[str, Parked] | None = None,
 ) -> list[str]:
-    """The ids of the requests ``gateway_id`` submitted that are queued, placed or to re-place."""
+    """The ids of the requests ``gateway_id`` submitted that are queued, placed, to re-place or
+    parked (preempted)."""
     rids = [rid for rid, sub in queued.items() if sub.gateway_id == gateway_id]
     rids += [rid for rid, job in inflight.items() if job.submit.gateway_id == gateway_id]
     rids += [job.submit.request_id for job in retry if job.submit.gateway_id == gateway_id]
+    rids += [rid for rid, p in (parked or {}).items() if p.job.submit.gateway_id == gateway_id]
     return rids
 
 
@@ -63,11 +67,13 @@ class GatewayWatch:
         queued: Mapping[str, SubmitRequest],
         inflight: Mapping[str, InFlight],
         retry: list[InFlight],
+        parked: Mapping[str, Parked],
         cancel: Callable[[str], Awaitable[None]],
         leading: Callable[[], bool],
     ) -> None:
         self.liveness = GatewayLiveness(timeout_s)
         self._queued, self._inflight, self._retry = queued, inflight, retry
+        self._parked = parked
         self._cancel, self._leading = cancel, leading
         self.cancelled = 0
 
@@ -76,7 +82,7 @@ class GatewayWatch:
 
     async def check(self, now: float) -> None:
         for gateway_id in self.liveness.expire(now):
-            rids = owned_by(gateway_id, self._queued, self._inflight, self._retry)
+            rids = owned_by(gateway_id, self._queued, self._inflight, self._retry, self._parked)
             if not rids or not self._leading():
                 continue
             log.warning("gateway %s stopped responding; cancelling its %d requests",

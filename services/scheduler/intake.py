@@ -17,6 +17,7 @@ from loraplex.protocol import CancelRequest, RequestError, Subjects, SubmitReply
 from loraplex.scheduler.admission import refusal
 from loraplex.scheduler.outbox import Outbox
 from loraplex.scheduler.policies.base import FairnessPolicy, QueuedRequest
+from loraplex.scheduler.preemption import Parked
 from loraplex.scheduler.recovery import InFlight, Recovery
 from loraplex.scheduler.settings import SchedulerSettings
 from loraplex.scheduler.takeover import Takeover
@@ -48,6 +49,7 @@ class Intake:
         kick: Callable[[], None],
         counters_changed: Callable[[], None],
         queue_limits: dict[str, int] | None = None,
+        parked: dict[str, Parked] | None = None,
     ) -> None:
         self.s = settings
         self.registry, self.policy = registry, policy
@@ -58,6 +60,7 @@ class Intake:
         self.kick, self.counters_changed = kick, counters_changed
         # tenant -> its own queue limit (the tenants file's max_queue; read at each SUBMIT)
         self.queue_limits = queue_limits if queue_limits is not None else {}
+        self.parked = parked if parked is not None else {}  # preempted, to place again
 
     async def on_submit(self, sub: SubmitRequest) -> SubmitReply:
         now = time.monotonic()
@@ -74,6 +77,8 @@ class Intake:
         job = self.inflight.get(rid) or next(
             (j for j in self.retry if j.submit.request_id == rid), None
         )
+        if job is None and rid in self.parked:
+            job = self.parked[rid].job
         return job.submit if job is not None else None
 
     async def _resubmitted(self, sub: SubmitRequest, now: float) -> SubmitReply | None:
@@ -136,6 +141,8 @@ class Intake:
             del self.queued[rid]
             return
         job = self.inflight.pop(rid, None) or self.recovery.take_retry(rid)
+        if job is None and rid in self.parked:  # its workers let it go when it was preempted
+            job = self.parked.pop(rid).job
         if job is None:
             return
         self.cancelled[rid] = time.monotonic()

@@ -25,6 +25,7 @@ from loraplex.protocol import SchedulerStats, SubmitReply, SubmitRequest
 from loraplex.scheduler.gateways import GatewayWatch
 from loraplex.scheduler.outbox import Outbox
 from loraplex.scheduler.policies.base import FairnessPolicy, QueuedRequest
+from loraplex.scheduler.preemption import Preemption
 from loraplex.scheduler.worker_state import WorkerState
 from loraplex.scheduler.workers import WorkerRegistry
 from loraplex.terminal import LAST_MESSAGES
@@ -38,6 +39,8 @@ class SchedulerView(Protocol):
     submits: Sized  # queued requests
     retry: Sized  # admitted requests to re-place
     inflight: Sized  # placed and not finished
+    parked: Sized  # preempted, waiting to be placed again
+    preemption: Preemption  # requests preempted, per tenant
     stalled: SubmitRequest | None  # the head of the queue, while no worker has room for it
     outbox: Outbox  # its acknowledged senders: errors to gateways, assignments
     gateways: GatewayWatch  # gateways heard, and the requests of gone ones cancelled
@@ -118,7 +121,7 @@ class SchedulerMetrics:
         policy, registry = s.policy, s.registry
         counters = policy.counters()
         tenants = {(t,): float(policy.queue_len(t)) for t in counters}
-        waiting = len(s.submits) + len(s.retry)
+        waiting = len(s.submits) + len(s.retry) + len(s.parked)
         blocked = blocked_pools(registry, s.stalled) if s.stalled is not None and waiting else set()
         by_pool = {pool: _serving(registry, pool) for pool in POOLS}
         yield prom.gauge(
@@ -135,7 +138,7 @@ class SchedulerMetrics:
         )
         yield prom.gauge(
             "loraplex_scheduler_queued_requests",
-            "requests waiting in the scheduler (queued, and admitted ones to re-place)",
+            "requests waiting in the scheduler (queued, admitted ones to re-place, preempted ones)",
             {(): float(waiting)},
             [],
         )
@@ -187,6 +190,15 @@ class SchedulerMetrics:
             "loraplex_scheduler_queue_timeouts",
             "requests failed (503 overloaded) after waiting --max-queue-wait queued, per tenant",
             shed,
+            ["tenant"],
+        )
+        preempted = {(t,): 0.0 for t in counters}
+        preempted.update({(t,): float(n) for t, n in s.preemption.preempted.items()})
+        yield prom.counter(
+            "loraplex_scheduler_preemptions",
+            "decoding requests paused for a tenant below its share of the batch, per tenant "
+            "(--preempt-after; each resumes from its tokens so far)",
+            preempted,
             ["tenant"],
         )
         out = s.outbox

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from loraplex.protocol import RequestProgress
 from loraplex.scheduler.policies.base import FairnessPolicy
+from loraplex.scheduler.preemption import Preemption
 from loraplex.scheduler.recovery import InFlight, Recovery
 from loraplex.scheduler.takeover import Takeover
 from loraplex.scheduler.workers import WorkerRegistry
@@ -27,6 +28,7 @@ class ProgressHandler:
         policy: FairnessPolicy,
         takeover: Takeover,
         recovery: Recovery,
+        preemption: Preemption,
         *,
         inflight: dict[str, InFlight],
         leading: Callable[[], bool],
@@ -34,7 +36,7 @@ class ProgressHandler:
         counters_changed: Callable[[], None],
     ) -> None:
         self.registry, self.policy = registry, policy
-        self.takeover, self.recovery = takeover, recovery
+        self.takeover, self.recovery, self.preemption = takeover, recovery, preemption
         self.inflight = inflight
         self.leading, self.kick, self.counters_changed = leading, kick, counters_changed
 
@@ -43,7 +45,9 @@ class ProgressHandler:
             return
         job = self.inflight.get(p.request_id)
         if job is None:
-            if self.takeover.on_progress(p):
+            # A preempted request's report sent before its worker let it go, or one of a
+            # request not yet claimed after a failover.
+            if await self.preemption.on_progress(p) or self.takeover.on_progress(p):
                 self.counters_changed()
             else:
                 await self.recovery.cancel_again(p)

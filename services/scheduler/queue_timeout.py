@@ -42,7 +42,12 @@ def expire_queued(
     return expired
 
 
-def overloaded_message(waited_s: float) -> str:
+def overloaded_message(waited_s: float, preempted: bool = False) -> str:
+    if preempted:  # paused for tenants below their share (preemption.py), never resumed
+        return (
+            f"the server is overloaded: the request was paused for other tenants and waited "
+            f"{waited_s:.0f}s to resume; try again later"
+        )
     return (
         f"the server is overloaded: the request waited {waited_s:.0f}s in the queue without "
         "starting; try again later"

@@ -44,6 +44,7 @@ class InFlight:
     submit: SubmitRequest
     placement: Placement
     attempt: int = 0
+    preemptions: int = 0  # placements that were preempted (``preemption.py``): not failures
     tokens_sent: bool = False  # a token reached (or may have reached) the client
     prefill_done: bool = False
     completion_tokens: int = 0
@@ -143,7 +144,7 @@ class Recovery:
         self.inflight.pop(rid, None)
         max_tokens = job.submit.sampling.max_tokens
         resumable = not job.tokens_sent or job.tokens.resumable(max_tokens, job.completion_tokens)
-        if resumable and job.attempt + 1 < self.s.max_attempts:
+        if resumable and job.attempt - job.preemptions + 1 < self.s.max_attempts:
             job.attempt += 1
             job.last_failure = reason
             if job.tokens_sent:
@@ -162,7 +163,8 @@ class Recovery:
         self.policy.on_finish(rid, job.completion_tokens)
         self.counters_changed()
         why = reason if resumable else f"{reason}; its tokens so far are not known"
-        self._send_error(job.submit, f"request failed after {job.attempt + 1} attempt(s): {why}")
+        tries = job.attempt - job.preemptions + 1
+        self._send_error(job.submit, f"request failed after {tries} attempt(s): {why}")
 
     async def worker_died(self, dead: WorkerState, how: str) -> None:
         """Recover the requests of a worker whose heartbeats stopped (or that ``restarted``)."""

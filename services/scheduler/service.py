@@ -40,6 +40,7 @@ from loraplex.scheduler.ledger import LedgerEntry
 from loraplex.scheduler.metrics import SchedulerMetrics, scheduler_stats
 from loraplex.scheduler.outbox import Outbox
 from loraplex.scheduler.policies.registry import make_policy
+from loraplex.scheduler.preemption import Parked, Preemption
 from loraplex.scheduler.prefix_affinity import PrefixAffinity
 from loraplex.scheduler.progress import ProgressHandler
 from loraplex.scheduler.queue_timeout import expire_queued, overloaded_message
@@ -71,6 +72,7 @@ class SchedulerService:
         self.submits: dict[str, SubmitRequest] = {}  # queued, by request id
         self.inflight: dict[str, InFlight] = {}
         self.retry: list[InFlight] = []  # admitted requests to re-place first (worker failed early)
+        self.parked: dict[str, Parked] = {}  # preempted for a tenant below its share, by id
         self.bus: Bus | None = None
         # Replicas (docs/architecture.md, Scheduler replicas): with Redis, only the holder of the
         # lease leads (serves SUBMIT, dispatches); ``epoch`` fences its assignments.
@@ -98,10 +100,15 @@ class SchedulerService:
             queued=self.submits, inflight=self.inflight, retry=self.retry,
             cancelled=self.cancelled, leading=lambda: self.leading,
             listening_since=lambda: self.listening_since, kick=self._kick.set,
-            counters_changed=self._counters_changed, queue_limits={},
+            counters_changed=self._counters_changed, queue_limits={}, parked=self.parked,
+        )  # fmt: skip
+        self.preemption = Preemption(  # a tenant over its share of the batch gives a slot back
+            settings.preempt_after_s, self.registry, self.policy, self.inflight, self.parked,
+            self.outbox.publish, lambda: self.dispatcher.stalled,
         )  # fmt: skip
         self.progress = ProgressHandler(  # the workers' reports
-            self.registry, self.policy, self.takeover, self.recovery, inflight=self.inflight,
+            self.registry, self.policy, self.takeover, self.recovery, self.preemption,
+            inflight=self.inflight,
             leading=lambda: self.leading, kick=self._kick.set,
             counters_changed=self._counters_changed,
         )  # fmt: skip
@@ -111,7 +118,7 @@ class SchedulerService:
         self.listening_since = time.monotonic()  # heartbeats heard since (set again by start)
         self.metrics = SchedulerMetrics(self)
         self.gateways = GatewayWatch(  # a gateway gone: cancel its requests, as its clients would
-            settings.gateway_timeout_s, self.submits, self.inflight, self.retry,
+            settings.gateway_timeout_s, self.submits, self.inflight, self.retry, self.parked,
             lambda rid: self.intake.on_cancel(CancelRequest(rid)), lambda: self.leading,
         )  # fmt: skip
         self.dispatcher = Dispatcher(  # the policy's order onto workers with room
@@ -119,6 +126,7 @@ class SchedulerService:
             inflight=self.inflight, retry=self.retry, publish=self.outbox.publish,
             assign=self.outbox.assign, record=self._record,
             counters_changed=self._counters_changed, on_admit=self.metrics.admitted,
+            preemption=self.preemption,
         )  # fmt: skip
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -275,6 +283,8 @@ class SchedulerService:
                 await self.gateways.check(now)
                 await self.recovery.fail_waiting(now)
                 self._expire_queued(now)
+                if self.leading and await self.preemption.check(now) is not None:
+                    self._kick.set()
                 self.recovery.forget_cancelled(now)
                 for wid, cancel in self.takeover.expire(now):
                     await self.outbox.publish(Subjects.worker(wid), cancel)
@@ -282,7 +292,7 @@ class SchedulerService:
                     await self._save_counters()
                 if self.replica is not None and self.leading:
                     live = set(self.inflight) | set(self.takeover.pending)
-                    live |= {j.submit.request_id for j in self.retry}
+                    live |= {j.submit.request_id for j in self.retry} | set(self.parked)
                     await self.replica.ledger.sync(live)
             except Exception:
                 log.exception("liveness check failed")
@@ -295,6 +305,13 @@ class SchedulerService:
             self.metrics.queue_timed_out(sub.tenant)
             error = RequestError(sub.request_id, 503, overloaded_message(waited))
             self.outbox.deliver(sub.gateway_id, error)
+        for job, waited in self.preemption.expire(self.s.max_queue_wait_s, now):
+            self.metrics.queue_timed_out(job.submit.tenant)
+            message = overloaded_message(waited, preempted=True)
+            self.outbox.deliver(
+                job.submit.gateway_id, RequestError(job.submit.request_id, 503, message)
+            )
+            self._counters_changed()
 
     async def _stats_loop(self) -> None:
         while not cancel_requested():

@@ -38,6 +38,9 @@ class SchedulerSettings:
     # A request still queued after this long fails (503, overloaded) instead of waiting for the
     # gateway's request timeout (504): the client learns early, and may retry elsewhere (0: never).
     max_queue_wait_s: float = 60.0
+    # The head of the queue waited this long for room: a tenant over its share of the batch gives
+    # a slot back (preemption.py; 0: never).
+    preempt_after_s: float = 2.0
     # /health, /ready, /metrics (http_status.py); the series name tenants: loopback by default.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0  # 0: none (the flag's default is 8003)
@@ -152,6 +155,14 @@ def flags() -> tuple[Flag, ...]:
             "with 503 (overloaded); under fair sharing, the tenants sending most wait longest; "
             "0 = until the gateway's request timeout",
         ),
+        flag(
+            "--preempt-after",
+            type=float,
+            default=2.0,
+            help="seconds the head of the queue may wait for room before the tenant furthest "
+            "over its share of the batch gives a slot back: its newest decoding request is "
+            "paused and resumed later from its tokens (vtc and lcf); 0 = never",
+        ),
         *status_listener_flags(
             env.SCHEDULER_METRICS_HOST,
             env.SCHEDULER_METRICS_PORT,
@@ -200,6 +211,7 @@ def settings_from_args(a: argparse.Namespace) -> SchedulerSettings:
         prefix_balance=a.prefix_balance,
         unavailable_timeout_s=a.unavailable_timeout,
         max_queue_wait_s=a.max_queue_wait,
+        preempt_after_s=a.preempt_after,
         metrics_host=a.metrics_host,
         metrics_port=a.metrics_port,
         scheduler_id=a.scheduler_id,

@@ -85,7 +85,7 @@ class Control:
             # Not awaited: paging one request's adapter must not hold up the next message.
             self._bg.spawn(self._on_assign(msg))
         elif isinstance(msg, CancelRequest):
-            self._inbox.submit(lambda: self.cancel(msg.request_id))
+            self._inbox.submit(lambda: self.cancel(msg.request_id, msg.remember))
         elif isinstance(msg, PrefetchAdapter):
             self._bg.spawn(self._prefetch(msg.adapter))
 
@@ -139,9 +139,11 @@ class Control:
 
         self._inbox.submit(add)
 
-    def cancel(self, request_id: str) -> None:
-        """Engine loop only: abort the request everywhere and remember its id."""
-        self._table.remember_cancel(request_id)
+    def cancel(self, request_id: str, remember: bool = True) -> None:
+        """Engine loop only: abort the request everywhere and (``remember``) refuse its id from
+        now on; a preempted request may be placed here again."""
+        if remember:
+            self._table.remember_cancel(request_id)
         self._engine.abort(request_id)
         if self._kv is not None:
             self._kv.cancel(request_id)

@@ -116,6 +116,9 @@ class CancelRequest(Message):
     TAG: ClassVar[str] = "cancel"
     request_id: str
     reason: str = "client disconnected"
+    # False: the scheduler preempted it and may place it on this worker again (a later attempt),
+    # so the worker does not refuse the id from now on as it does a client's cancel.
+    remember: bool = True
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,9 @@ class FairnessPolicy(ABC):
     """
 
     name: ClassVar[str] = "base"
+    # It orders by service shared fairly: a tenant over its share of the batch may be preempted
+    # for one below it (``preemption.py``).  FCFS and RPM serve in arrival order instead.
+    shares_fairly: ClassVar[bool] = False
 
     def __init__(
         self,

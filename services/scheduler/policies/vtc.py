@@ -50,6 +50,7 @@ class VTCPolicy(FairnessPolicy):
 
     name: ClassVar[str] = "vtc"
     lift: ClassVar[bool] = True
+    shares_fairly: ClassVar[bool] = True
 
     def __init__(
         self,
