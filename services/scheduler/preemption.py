@@ -25,7 +25,7 @@ other tenant waits.  Only policies that share service fairly (VTC, LCF) preempt.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from loraplex.protocol import CancelRequest, Message, RequestProgress, Subjects, SubmitRequest
@@ -36,7 +36,7 @@ from loraplex.scheduler.workers import WorkerRegistry
 log = logging.getLogger(__name__)
 
 SETTLE_S = 1.0  # workers whose heartbeats list no requests: how long a parked one stays parked
-VICTIMS_TRIED = 8  # candidates checked per decision (each a release, a placement and a commit)
+VICTIMS_TRIED = 8  # candidates checked for the queue (each a release, a placement, a commit)
 
 Publish = Callable[[str, Message], Awaitable[None]]
 
@@ -65,6 +65,8 @@ class Preemption:
     publish: Publish
     stalled: Callable[[], SubmitRequest | None]
     preempted: dict[str, int] = field(default_factory=dict)  # tenant -> requests parked
+    # request id -> when a request was parked to free an adapter slot for it
+    _helped: dict[str, float] = field(default_factory=dict)
 
     @property
     def enabled(self) -> bool:
@@ -75,10 +77,19 @@ class Preemption:
 
     # ---- parking -----------------------------------------------------------------------------
     async def check(self, now: float) -> InFlight | None:
-        """Park one request when the head of the queue waited ``after_s`` for room and a tenant
-        over its share runs a request whose release makes that room; returns it."""
+        """Park one request for a tenant below its share that waited ``after_s``: for the head
+        of the queue (no worker has room for it), else for a placed request that waits on its
+        worker for an adapter slot (every slot pinned by other tenants' adapters); returns it."""
+        if not self.enabled:
+            return None
+        victim = self._for_the_queue(now) or self._for_an_adapter_slot(now)
+        if victim is not None:
+            await self.park(victim, now)
+        return victim
+
+    def _for_the_queue(self, now: float) -> InFlight | None:
         sub = self.stalled()
-        if not self.enabled or sub is None:
+        if sub is None:
             return None
         head = self.policy.peek()
         if head is None or head.request_id != sub.request_id or now - head.arrival < self.after_s:
@@ -86,30 +97,59 @@ class Preemption:
         prompt = len(sub.prompt_token_ids)
         if self.registry.place(sub.adapter, prompt, prompt + sub.sampling.max_tokens):
             return None  # room freed since the last dispatch, which will place it
-        victim = self.choose(head, sub)
-        if victim is not None:
-            await self.park(victim, now)
-        return victim
+        return self.choose(head, sub)
 
     def choose(self, head: QueuedRequest, sub: SubmitRequest) -> InFlight | None:
         """The request to park for ``head``: of the tenant furthest over its share first, the
         one placed last first, among those whose release makes room for ``sub``."""
         counts = running_per_tenant(self.inflight.values())
-        floor = self.share(counts, head.tenant, 1)
-        over = [t for t in counts if t != head.tenant and self.share(counts, t) > floor]
-        over.sort(key=lambda t: -self.share(counts, t))
-        tried = 0
-        for tenant in over:
-            jobs = [j for j in self.inflight.values() if j.submit.tenant == tenant]
-            for job in sorted(jobs, key=lambda j: -j.assigned_at):
-                if not decoding(job):
-                    continue
-                if self._frees_room(job, sub):
-                    return job
-                tried += 1
-                if tried >= VICTIMS_TRIED:
-                    return None
+        for tried, job in enumerate(self._candidates(counts, head.tenant, 1)):
+            if tried >= VICTIMS_TRIED:
+                return None
+            if self._frees_room(job, sub):
+                return job
         return None
+
+    def _for_an_adapter_slot(self, now: float) -> InFlight | None:
+        """A request placed ``after_s`` ago that has no token yet, on a worker whose adapter
+        slots are all pinned, the only one there with its adapter: it waits for a slot.  The
+        victim runs there, alone with its adapter (its end frees that slot)."""
+        counts: dict[str, int] | None = None
+        for job in list(self.inflight.values()):
+            sub = job.submit
+            if job.tokens_sent or not sub.adapter or now - job.assigned_at < self.after_s:
+                continue
+            helped = self._helped.get(sub.request_id)
+            if helped is not None and now - helped < self.after_s:
+                continue  # a slot is on its way: the worker takes a moment to use it
+            for wid in job.workers:  # the prefill worker, or the decode worker's K/V begin
+                w = self.registry.workers.get(wid)
+                if w is None or not w.slots_full or w.adapter_runs.get(sub.adapter, 0) != 1:
+                    continue
+                counts = counts or running_per_tenant(self.inflight.values())
+                for victim in self._candidates(counts, sub.tenant, 0):
+                    vid, adapter = victim.submit.request_id, victim.submit.adapter or ""
+                    if vid in w.requests and w.adapter_runs.get(adapter, 0) == 1:
+                        self._helped[sub.request_id] = now
+                        for held in victim.workers:
+                            self.registry.release(held, vid)
+                        return victim
+        self._forget_helped()
+        return None
+
+    def _candidates(self, counts: dict[str, int], tenant: str, extra: int) -> Iterator[InFlight]:
+        """Decoding requests of the tenants over ``tenant``'s share (with ``extra`` more
+        running), the furthest over first, each tenant's placed last first."""
+        floor = self.share(counts, tenant, extra)
+        over = [t for t in counts if t != tenant and self.share(counts, t) > floor]
+        over.sort(key=lambda t: -self.share(counts, t))
+        for t in over:
+            jobs = [j for j in self.inflight.values() if j.submit.tenant == t and decoding(j)]
+            yield from sorted(jobs, key=lambda j: -j.assigned_at)
+
+    def _forget_helped(self) -> None:
+        for rid in [r for r in self._helped if r not in self.inflight]:
+            del self._helped[rid]
 
     def _frees_room(self, job: InFlight, sub: SubmitRequest) -> bool:
         """Whether releasing ``job`` lets ``sub`` be placed (it is released for good if so)."""

@@ -224,3 +224,40 @@ def test_a_request_without_a_resumable_log_or_still_in_prefill_is_never_preempte
     p.policy.enqueue(QueuedRequest("new", "b", 3, 50, 100.0), 100.0)
     assert p.choose(p.policy.peek(), _sub("new", "b")) is None  # type: ignore[arg-type]
     assert p.registry.workers["w"].requests.keys() == set(p.inflight)  # released none
+
+
+def test_a_request_waiting_on_its_worker_for_an_adapter_slot_gets_one():
+    """Every adapter slot of the worker pinned by tenant a's adapters: b's request, placed there,
+    waits for a slot; a's newest request alone with its adapter there is parked (its end frees
+    the slot), once, and never one whose adapter another request still pins."""
+    p = _preemption(after=1.0)
+    hb = WorkerHeartbeat(
+        "w", "both", 1000, 1000, 16, 0, 0, SLOTS, active=[], adapter_slots_total=2,
+        adapter_slots_pinned=2,
+    )  # fmt: skip
+    p.registry.heartbeat(hb, 0.0)
+
+    def run(rid: str, tenant: str, adapter: str, at: float) -> InFlight:
+        job = _run(p, rid, tenant, at)
+        job.submit = SubmitRequest(
+            rid, tenant, "gw", [1, 2, 3], SamplingParams(max_tokens=50), adapter
+        )
+        p.registry.release("w", rid)
+        p.registry.commit("w", rid, 53, adapter)
+        return job
+
+    run("a-x1", "a", "a/x", 0.0)
+    run("a-x2", "a", "a/x", 1.0)  # newest, but a/x stays pinned by a-x1
+    run("a-y", "a", "a/y", 0.5)
+    waiting = run("b1", "b", "b/z", 2.0)
+    waiting.tokens_sent = False
+    assert p.registry.workers["w"].slots_full
+
+    async def check(now: float) -> InFlight | None:
+        return await p.check(now)
+
+    assert asyncio.run(check(2.5)) is None  # it has not waited long enough
+    victim = asyncio.run(check(3.5))
+    assert victim is not None and victim.submit.request_id == "a-y"
+    assert "a/y" not in p.registry.workers["w"].adapter_runs and list(p.parked) == ["a-y"]
+    assert asyncio.run(check(3.6)) is None  # the freed slot is on its way to b1
