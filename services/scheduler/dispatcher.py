@@ -161,6 +161,7 @@ class Dispatcher:
         rid = sub.request_id
         total = len(sub.prompt_token_ids) + sub.sampling.max_tokens
         job.placement, job.prefill_done = placement, False
+        job.placed_tokens = len(job.generated)  # not decoding (nor preemptible) until it is here
         job.assigned_at, job.missing_since = time.monotonic(), None
         job.workers = {placement.prefill} | ({placement.decode} if placement.decode else set())
         self.inflight[rid] = job

@@ -111,29 +111,29 @@ class Preemption:
         return None
 
     def _for_an_adapter_slot(self, now: float) -> InFlight | None:
-        """A request placed ``after_s`` ago that has no token yet, on a worker whose adapter
+        """A request placed ``after_s`` ago that is not decoding yet, on a worker whose adapter
         slots are all pinned, the only one there with its adapter: it waits for a slot.  The
         victim runs there, alone with its adapter (its end frees that slot)."""
         counts: dict[str, int] | None = None
         for job in list(self.inflight.values()):
             sub = job.submit
-            if job.tokens_sent or not sub.adapter or now - job.assigned_at < self.after_s:
+            if not sub.adapter or now - job.assigned_at < self.after_s or not starting(job):
                 continue
             helped = self._helped.get(sub.request_id)
             if helped is not None and now - helped < self.after_s:
                 continue  # a slot is on its way: the worker takes a moment to use it
-            for wid in job.workers:  # the prefill worker, or the decode worker's K/V begin
-                w = self.registry.workers.get(wid)
-                if w is None or not w.slots_full or w.adapter_runs.get(sub.adapter, 0) != 1:
-                    continue
-                counts = counts or running_per_tenant(self.inflight.values())
-                for victim in self._candidates(counts, sub.tenant, 0):
-                    vid, adapter = victim.submit.request_id, victim.submit.adapter or ""
-                    if vid in w.requests and w.adapter_runs.get(adapter, 0) == 1:
-                        self._helped[sub.request_id] = now
-                        for held in victim.workers:
-                            self.registry.release(held, vid)
-                        return victim
+            # Where it decodes: a handed-over request waits in its engine for the adapter's slot.
+            w = self.registry.workers.get(job.placement.decode or job.placement.prefill)
+            if w is None or not w.slots_full or w.adapter_runs.get(sub.adapter, 0) != 1:
+                continue
+            counts = counts or running_per_tenant(self.inflight.values())
+            for victim in self._candidates(counts, sub.tenant, 0):
+                vid, adapter = victim.submit.request_id, victim.submit.adapter or ""
+                if vid in w.requests and w.adapter_runs.get(adapter, 0) == 1:
+                    self._helped[sub.request_id] = now
+                    for held in victim.workers:
+                        self.registry.release(held, vid)
+                    return victim
         self._forget_helped()
         return None
 
@@ -144,7 +144,7 @@ class Preemption:
         over = [t for t in counts if t != tenant and self.share(counts, t) > floor]
         over.sort(key=lambda t: -self.share(counts, t))
         for t in over:
-            jobs = [j for j in self.inflight.values() if j.submit.tenant == t and decoding(j)]
+            jobs = [j for j in self.inflight.values() if j.submit.tenant == t and preemptible(j)]
             yield from sorted(jobs, key=lambda j: -j.assigned_at)
 
     def _forget_helped(self) -> None:
@@ -253,12 +253,17 @@ def running_per_tenant(jobs: Iterable[InFlight]) -> dict[str, int]:
     return counts
 
 
-def decoding(job: InFlight) -> bool:
-    """Past its prefill (and its K/V hand-over), with a token log it can resume from: nothing
-    of it is on its way to a worker, and parking it loses no work but the recompute."""
-    if not job.tokens_sent or (job.placement.decode and not job.prefill_done):
-        return False
-    return job.tokens.resumable(job.submit.sampling.max_tokens, job.completion_tokens)
+def preemptible(job: InFlight) -> bool:
+    """Decoding on its worker, with a token log it can resume from: nothing of it is on its way
+    to a worker (assignment, K/V), and parking it loses no work but the recompute."""
+    return job.decoding and job.tokens.resumable(
+        job.submit.sampling.max_tokens, job.completion_tokens
+    )
+
+
+def starting(job: InFlight) -> bool:
+    """Not decoding yet (``InFlight.decoding``): it may wait for an adapter slot."""
+    return not job.decoding
 
 
 def committed_tokens(sub: SubmitRequest) -> int:

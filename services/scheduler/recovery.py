@@ -46,6 +46,7 @@ class InFlight:
     attempt: int = 0
     preemptions: int = 0  # placements that were preempted (``preemption.py``): not failures
     tokens_sent: bool = False  # a token reached (or may have reached) the client
+    placed_tokens: int = 0  # its tokens when it was last placed (a migrated one's so far)
     prefill_done: bool = False
     completion_tokens: int = 0
     tokens: TokenLog = field(default_factory=TokenLog)  # to resume it on another worker
@@ -59,6 +60,13 @@ class InFlight:
         """The worker that must be holding the request now."""
         p = self.placement
         return p.decode if p.decode and self.prefill_done else p.prefill
+
+    @property
+    def decoding(self) -> bool:
+        """Its worker decodes it: a token beyond the first since it was placed (the first is
+        the prefill's, and a decode worker reports it on taking the request over, before an
+        adapter slot may let it run)."""
+        return self.completion_tokens > self.placed_tokens + 1
 
     @property
     def generated(self) -> list[int]:

@@ -103,13 +103,13 @@ def test_a_tenant_over_its_share_gives_slots_back_and_they_resume_from_their_tok
         def placed(rid: str) -> list[PrefillAssign]:
             return [a for a in worker.assigned if a.request.request_id == rid]
 
-        # Tenant a fills every slot and streams a token on each.
+        # Tenant a fills every slot and decodes on each (the prefill's token, then one more).
         hogs = [f"a{i}" for i in range(SLOTS)]
         for rid in hogs:
             await submit(rid, "a")
             await until(lambda rid=rid: placed(rid))
         for rid in hogs:
-            await worker.token(rid, "a", [7], 1)
+            await worker.token(rid, "a", [7, 8], 2)
         await until(lambda: all(service.inflight[r].tokens_sent for r in hogs))
 
         # Tenant b waits for room: a's newest request is preempted for it, and its worker may
@@ -119,7 +119,7 @@ def test_a_tenant_over_its_share_gives_slots_back_and_they_resume_from_their_tok
         await until(lambda: worker.cancels, what="nothing was preempted")
         first = worker.cancels[0]
         assert first.request_id == hogs[-1] and first.remember is False
-        await worker.token(first.request_id, "a", [8], 2)
+        await worker.token(first.request_id, "a", [9], 3)
         await until(lambda: placed("b0"), what="b's request never got the slot")
 
         # Four slots each, and then it stays there: neither rule undoes the other.
@@ -143,10 +143,10 @@ def test_a_tenant_over_its_share_gives_slots_back_and_they_resume_from_their_tok
         await until(lambda: not service.parked, what="a's parked requests never resumed")
         again = placed(first.request_id)
         assert [a.attempt for a in again] == [0, 1]
-        assert again[1].generated == [7, 8]  # the token reported after the cancel is kept
-        assert all(placed(r)[-1].generated == [7] for r in hogs[4:-1])
-        await worker.token(first.request_id, "a", [9], 3)
-        await worker.finish(first.request_id, "a", 3)
+        assert again[1].generated == [7, 8, 9]  # the token reported after the cancel is kept
+        assert all(placed(r)[-1].generated == [7, 8] for r in hogs[4:-1])
+        await worker.token(first.request_id, "a", [10], 4)
+        await worker.finish(first.request_id, "a", 4)
         await until(lambda: first.request_id not in service.inflight)
         worker.stop()
         await bus.close()
@@ -172,8 +172,8 @@ def _run(p: Preemption, rid: str, tenant: str, now: float) -> InFlight:
     p.policy.enqueue(QueuedRequest(rid, tenant, 3, 50, now), now)
     p.policy.admit(p.policy.pick(now), now)  # type: ignore[arg-type]
     job = InFlight(sub, Placement("w", ""), tokens_sent=True, assigned_at=now, workers={"w"})
-    job.tokens.ids = [7]
-    job.completion_tokens = 1
+    job.tokens.ids = [7, 8]
+    job.completion_tokens = 2  # decoding: a token beyond the prefill's
     p.inflight[rid] = job
     p.registry.commit("w", rid, 53, None)
     return job
@@ -220,7 +220,7 @@ def test_a_request_without_a_resumable_log_or_still_in_prefill_is_never_preempte
         if i % 2:
             job.tokens.broken = True  # a lost report: it could not resume
         else:
-            job.tokens_sent = False  # still prefilling
+            job.completion_tokens = 1  # only the prefill's token so far
     p.policy.enqueue(QueuedRequest("new", "b", 3, 50, 100.0), 100.0)
     assert p.choose(p.policy.peek(), _sub("new", "b")) is None  # type: ignore[arg-type]
     assert p.registry.workers["w"].requests.keys() == set(p.inflight)  # released none
@@ -250,7 +250,7 @@ def test_a_request_waiting_on_its_worker_for_an_adapter_slot_gets_one():
     run("a-x2", "a", "a/x", 1.0)  # newest, but a/x stays pinned by a-x1
     run("a-y", "a", "a/y", 0.5)
     waiting = run("b1", "b", "b/z", 2.0)
-    waiting.tokens_sent = False
+    waiting.tokens_sent, waiting.completion_tokens = False, 0
     assert p.registry.workers["w"].slots_full
 
     async def check(now: float) -> InFlight | None:
@@ -261,3 +261,39 @@ def test_a_request_waiting_on_its_worker_for_an_adapter_slot_gets_one():
     assert victim is not None and victim.submit.request_id == "a-y"
     assert "a/y" not in p.registry.workers["w"].adapter_runs and list(p.parked) == ["a-y"]
     assert asyncio.run(check(3.6)) is None  # the freed slot is on its way to b1
+
+
+def test_a_hand_over_waiting_for_an_adapter_slot_on_its_decode_worker_gets_one():
+    """Disaggregated: the prefill worker's first token streamed, and the decode worker's K/V
+    begin waits for an adapter slot that tenant a's adapters pin there."""
+    p = _preemption(after=1.0)
+    for wid, role in (("w", "decode"), ("pf", "prefill")):
+        hb = WorkerHeartbeat(
+            wid, role, 1000, 1000, 16, 0, 0, SLOTS, active=[], adapter_slots_total=1,
+            adapter_slots_pinned=1 if wid == "w" else 0,
+        )  # fmt: skip
+        p.registry.heartbeat(hb, 0.0)
+    hog = _run(p, "a1", "a", 0.0)
+    hog.submit = SubmitRequest("a1", "a", "gw", [1, 2, 3], SamplingParams(max_tokens=50), "a/x")
+    hog.placement, hog.prefill_done = Placement("pf", "w"), True
+    p.registry.release("w", "a1")
+    p.registry.commit("w", "a1", 53, "a/x")
+    p.policy.enqueue(QueuedRequest("b1", "b", 3, 50, 1.0), 1.0)
+    p.policy.admit(p.policy.pick(1.0), 1.0)  # type: ignore[arg-type]
+    sub = SubmitRequest("b1", "b", "gw", [1, 2, 3], SamplingParams(max_tokens=50), "b/z")
+    # The prefill worker's first token streamed; the decode worker has not decoded one yet.
+    waiting = InFlight(sub, Placement("pf", "w"), tokens_sent=True, assigned_at=1.0)
+    waiting.completion_tokens = 1
+    waiting.workers = {"pf", "w"}
+    p.inflight["b1"] = waiting
+    p.registry.commit("pf", "b1", 3, "b/z")
+    p.registry.commit("w", "b1", 53, "b/z")
+    # a runs 1 request, b 1 (counted while it waits): a is not over b's share, so nothing moves
+    assert asyncio.run(p.check(5.0)) is None
+    hog2 = _run(p, "a2", "a", 0.5)  # base model: a second request of a, no adapter
+    hog2.placement, hog2.prefill_done = Placement("pf", "w"), True
+    p.registry.release("w", "a2")
+    p.registry.commit("w", "a2", 53, None)
+    victim = asyncio.run(p.check(5.0))
+    assert victim is hog  # alone with its adapter there; a2 pins no slot
+    assert "a/x" not in p.registry.workers["w"].adapter_runs
