@@ -59,6 +59,7 @@ bench: setup
 	$(PY) bench/slot_placement.py --write-docs
 	$(PY) bench/restart.py --write-docs
 	$(PY) bench/hostile_constraints.py --write-docs
+	$(PY) bench/slot_hog.py --write-docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info shared/loraplex/_native
