@@ -49,7 +49,7 @@ from loraplex.gateway.routes import (
 from loraplex.gateway.routes.adapters import adapter_router
 from loraplex.gateway.service import GatewayService
 from loraplex.gateway.settings import GatewaySettings
-from loraplex.gateway.streams import StreamRouter
+from loraplex.gateway.streams import MIB, StreamRouter
 from loraplex.protocol import AdapterNameQuery, SchedulerStats, Subjects
 from loraplex.tenants_watch import LiveTenants
 from loraplex.terminal import serve_stream
@@ -122,7 +122,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     tenants = LiveTenants(settings.tenants_file)  # re-read when the file changes
     tokenizer = Tokenizer(settings.model_dir)
     metrics = GatewayMetrics(model_name=settings.model_id)
-    streams = StreamRouter()
+    streams = StreamRouter(int(settings.stream_buffer_mb * MIB))
     capacity = SchedulerView()
     metrics.bind_orphans(lambda: streams.orphans, lambda: streams.orphan_cancels)
     registration = _registration(settings, tenants)
@@ -173,10 +173,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             app.state.batches.start()
             metrics.bind_batches(app.state.batches.stats)
             stack.push_async_callback(app.state.batches.stop)
-            # A delta for a request no longer open: its cancel was lost; ask again.
-            streams.bind_orphan_cancel(
-                lambda rid: service.cancel(rid, "the gateway no longer has the request")
-            )
+            # A delta for a request no longer open (its cancel was lost: ask again), or one
+            # failed for its tenant's unread backlog.
+            streams.bind_cancel(service.cancel)
             # Another gateway started during a Redis outage may ask what a name meant.
             await bus.serve(Subjects.ADAPTER_NAMES, service.answer_peer, AdapterNameQuery)
             # From the start, so the leader is known before the first request.

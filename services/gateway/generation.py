@@ -274,7 +274,9 @@ class Generation:
         if not self._pending:
             return None
         taken, self._pending = self._pending, []
-        self.logprobs = (self.logprobs or []) + taken
+        if self.logprobs is None:
+            self.logprobs = []
+        self.logprobs += taken  # in place: a copy per delta would be quadratic in the tokens
         return taken
 
     def _observe_latency(self, num_tokens: int) -> None:

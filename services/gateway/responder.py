@@ -193,7 +193,9 @@ async def _events(
     for chunk in fmt.first_chunks(len(gens)):
         yield sse(chunk)
     # One reader per choice; chunks go out in the order they arrive, tagged with their index.
-    queue: asyncio.Queue[tuple[int, TextDelta | LoraplexError | None]] = asyncio.Queue()
+    # One at a time: a reader waits for the client to take the last before it reads on, so what
+    # a slow client has not read stays in the request's queue, joined and counted (streams.py).
+    queue: asyncio.Queue[tuple[int, TextDelta | LoraplexError | None]] = asyncio.Queue(1)
 
     async def read(index: int, gen: Generation, delta: TextDelta | None) -> None:
         try:

@@ -207,7 +207,7 @@ class GatewayService:
 
     # ---- 2. submit -------------------------------------------------------------------------
     async def start(self, p: Prepared) -> Generation:
-        queue = self.router.open(p.request_id)
+        queue = self.router.open(p.request_id, p.tenant)
         msg = SubmitRequest(
             request_id=p.request_id,
             tenant=p.tenant,

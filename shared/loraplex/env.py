@@ -193,6 +193,13 @@ WORKER_METRICS_PORT = EnvVar(
 GATEWAY_MAX_BODY_MB = EnvVar(
     "LORAPLEX_GATEWAY_MAX_BODY_MB", 4.0, "gateway: JSON request body limit in MiB (then 413)"
 )
+GATEWAY_STREAM_BUFFER_MB = EnvVar(
+    "LORAPLEX_GATEWAY_STREAM_BUFFER_MB",
+    64.0,
+    "gateway: MiB of generated tokens one tenant's clients may leave unread (slow or stalled "
+    "streams); past it the tenant's request with the most unread fails (429) and is cancelled; "
+    "0: no limit",
+)
 GATEWAY_MAX_BATCH_CHOICES = EnvVar(
     "LORAPLEX_GATEWAY_MAX_BATCH_CHOICES",
     256,
@@ -305,6 +312,7 @@ REGISTRY: tuple[EnvVar, ...] = (
     GATEWAY_SUBMIT_TIMEOUT_S,
     GATEWAY_ADAPTER_STALE_S,
     GATEWAY_MAX_BODY_MB,
+    GATEWAY_STREAM_BUFFER_MB,
     GATEWAY_MAX_BATCH_CHOICES,
     GATEWAY_METRICS_HOST,
     GATEWAY_METRICS_PORT,

@@ -64,11 +64,11 @@ async def test_deltas_already_on_their_way_when_the_gateway_cancels_are_not_canc
     gap.  One closed after its workers were done (no cancel sent) still is."""
     asked: list[str] = []
 
-    async def cancel(rid: str) -> None:
+    async def cancel(rid: str, reason: str) -> None:
         asked.append(rid)
 
     router = StreamRouter()
-    router.bind_orphan_cancel(cancel)
+    router.bind_cancel(cancel)
     for rid in ("hung-up", "finished"):
         router.open(rid)
     router.close("hung-up", cancelled=True)
