@@ -66,7 +66,7 @@ def test_gateway_series_per_adapter_and_lengths() -> None:
     m.closed("alice", "alice/sql", "stop", 5, 0.25)
     m.started("bob", None, 3)
     m.closed("bob", None, "cancelled", 1, None)  # abandoned: no latency, no length
-    m.bind_orphans(lambda: 7, lambda: 2)
+    m.bind_orphans(lambda: 7, lambda: 2, lambda: 4)
     m.bind_known_adapters(lambda: 3)
     text = m.render().decode()
     promtool_check(text)
@@ -85,6 +85,7 @@ def test_gateway_series_per_adapter_and_lengths() -> None:
     assert value(text, "loraplex_gateway_request_generation_tokens_sum") == 5
     assert value(text, "loraplex_gateway_orphan_messages_total") == 7
     assert value(text, "loraplex_gateway_orphan_cancels_total") == 2
+    assert value(text, "loraplex_gateway_unread_requests_failed_total") == 4
     assert value(text, "loraplex_gateway_requests_in_flight") == 0
     # the relayed worker and queue series are gone from the gateway (exported once elsewhere)
     assert "loraplex_worker_" not in text and "loraplex_queue_depth" not in text

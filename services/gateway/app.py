@@ -124,7 +124,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     metrics = GatewayMetrics(model_name=settings.model_id)
     streams = StreamRouter(int(settings.stream_buffer_mb * MIB))
     capacity = SchedulerView()
-    metrics.bind_orphans(lambda: streams.orphans, lambda: streams.orphan_cancels)
+    metrics.bind_orphans(
+        lambda: streams.orphans, lambda: streams.orphan_cancels, lambda: streams.unread_failed
+    )
     registration = _registration(settings, tenants)
     prom.register(metrics.registry, tenants.metric_families)
 

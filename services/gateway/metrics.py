@@ -138,6 +138,7 @@ class GatewayMetrics:
         )
         self._orphans: Callable[[], int] = lambda: 0
         self._orphan_cancels: Callable[[], int] = lambda: 0
+        self._unread_failed: Callable[[], int] = lambda: 0
         self._stale_adapters: Callable[[], int] = lambda: 0
         self._batches: Callable[[], tuple[int, Mapping[str, int]]] = lambda: (0, {})
         prom.register(r, self._collect)
@@ -179,6 +180,13 @@ class GatewayMetrics:
                 [],
             ),
             prom.counter(
+                "loraplex_gateway_unread_requests_failed",
+                "requests failed (429) because their tenant's clients left more tokens unread "
+                "than LORAPLEX_GATEWAY_STREAM_BUFFER_MB",
+                {(): float(self._unread_failed())},
+                [],
+            ),
+            prom.counter(
                 "loraplex_gateway_adapter_names_from_memory",
                 "adapter names answered from what the tenant was last told, the store unreachable",
                 {(): float(self._stale_adapters())},
@@ -186,9 +194,16 @@ class GatewayMetrics:
             ),
         ]
 
-    def bind_orphans(self, read: Callable[[], int], cancels: Callable[[], int] = lambda: 0) -> None:
-        """Read the stream router's counts: messages dropped, and cancels sent again."""
+    def bind_orphans(
+        self,
+        read: Callable[[], int],
+        cancels: Callable[[], int] = lambda: 0,
+        unread_failed: Callable[[], int] = lambda: 0,
+    ) -> None:
+        """Read the stream router's counts: messages dropped, cancels sent again, and requests
+        failed for their tenant's unread backlog."""
         self._orphans, self._orphan_cancels = read, cancels
+        self._unread_failed = unread_failed
 
     def bind_batches(self, read: Callable[[], tuple[int, Mapping[str, int]]]) -> None:
         """Read the batch runner's (running here, counts by outcome)."""
