@@ -297,3 +297,49 @@ def test_a_hand_over_waiting_for_an_adapter_slot_on_its_decode_worker_gets_one()
     victim = asyncio.run(p.check(5.0))
     assert victim is hog  # alone with its adapter there; a2 pins no slot
     assert "a/x" not in p.registry.workers["w"].adapter_runs
+
+
+def _parked_hog(p: Preemption) -> InFlight:
+    """a fills the worker, b waits: a's newest request is parked; returns it."""
+    for i in range(SLOTS):
+        _run(p, f"a{i}", "a", float(i))
+    p.policy.enqueue(QueuedRequest("b1", "b", 3, 50, 10.0), 10.0)
+    victim = p.choose(p.policy.peek(), _sub("b1", "b"))  # type: ignore[arg-type]
+    assert victim is not None
+    asyncio.run(p.park(victim, 12.0))
+    return victim
+
+
+def test_a_parked_request_that_cannot_resume_in_time_fails_and_is_settled():
+    p = _preemption()
+    victim = _parked_hog(p)
+    assert p.expire(60.0, 71.0) == []  # parked 59 s: not yet
+    assert p.expire(0.0, 1e9) == []  # 0: never
+    out = p.expire(60.0, 72.5)
+    assert [(j.submit.request_id, w) for j, w in out] == [(victim.submit.request_id, 60.5)]
+    assert not p.parked and victim.submit.request_id not in p.policy._running
+
+
+class NoRetries:
+    def take_retry(self, request_id: str) -> None:
+        return None
+
+
+def test_a_parked_request_can_be_cancelled_and_never_resumes():
+    from loraplex.scheduler.intake import Intake
+    from loraplex.scheduler.takeover import Takeover
+
+    p = _preemption()
+    victim = _parked_hog(p)
+    rid = victim.submit.request_id
+    cancelled: dict[str, float] = {}
+    intake = Intake(
+        SchedulerSettings("nats://unused"), p.registry, p.policy,
+        Takeover(p.registry, p.policy, 2.0), NoRetries(), None, queued={}, inflight=p.inflight,
+        retry=[], cancelled=cancelled, leading=lambda: True, listening_since=lambda: 0.0,
+        kick=lambda: None, counters_changed=lambda: None, parked=p.parked,
+    )  # type: ignore[arg-type]  # fmt: skip
+    assert intake.known(rid) is victim.submit  # a SUBMIT sent again is the same request
+    asyncio.run(intake.on_cancel(CancelRequest(rid)))
+    assert rid not in p.parked and rid in cancelled and rid not in p.policy._running
+    assert p.resume_before(None, None, 100.0) is None
