@@ -142,13 +142,20 @@ async def whole_answer(
     collected = [g.collect(f) for g, f in zip(gens, firsts, strict=True)]
     texts = await wait(all_of(collected))
     answers = [(t, g.finish_reason, g.logprobs) for t, g in zip(texts, gens, strict=True)]
-    prompts = None
-    if fmt.prompt_logprobs is not None:  # a long prompt's tokens decode off the loop
-        prompts = await asyncio.to_thread(lambda: [g.prompt_logprobs() for g in gens])
-    out = fmt.response(answers, _usage(gens, n), prompts)
-    if fmt.return_token_ids:
-        fmt.add_token_ids(out, [(g.prompt_ids, g.received_token_ids) for g in gens])
-    return out
+    usage = _usage(gens, n)
+
+    def build() -> dict[str, Any]:
+        prompts = None
+        if fmt.prompt_logprobs is not None:
+            prompts = [g.prompt_logprobs() for g in gens]
+        out = fmt.response(answers, usage, prompts)
+        if fmt.return_token_ids:
+            fmt.add_token_ids(out, [(g.prompt_ids, g.received_token_ids) for g in gens])
+        return out
+
+    # Off the loop: a big answer (up to LORAPLEX_GATEWAY_MAX_ANSWER_MB) takes its builder
+    # seconds, which other tenants' streams must not wait for.
+    return await asyncio.to_thread(build)
 
 
 async def respond(
@@ -176,7 +183,7 @@ async def respond(
         if not stream:
             out = await whole_answer(gens, fmt, n, firsts, wait)
             await close()
-            return JSONResponse(out)
+            return await asyncio.to_thread(JSONResponse, out)  # encoded off the loop too
     except BaseException:
         await close()
         raise

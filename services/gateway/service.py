@@ -23,6 +23,7 @@ from loraplex.adapters.keys import ID_PATTERN
 from loraplex.adapters.store import AdapterStore
 from loraplex.bus import Bus, BusError, BusTimeoutError, NoRespondersError
 from loraplex.errors import AdapterNotFoundError
+from loraplex.gateway.answer_size import check_answer_size
 from loraplex.gateway.errors import (
     ClientDisconnectedError,
     InvalidParamError,
@@ -198,12 +199,20 @@ class GatewayService:
         """One ``Prepared`` per prompt (several for a batch ``prompt``)."""
         req.check_supported()
         adapter = await self.request_adapter(req, tenant)
-        return await self.builder.completions(req, tenant, adapter)
+        prompts = await self.builder.completions(req, tenant, adapter)
+        check_answer_size(prompts, req.n, req.stream, self._max_answer_bytes)
+        return prompts
 
     async def prepare_chat(self, req: ChatCompletionRequest, tenant: str) -> Prepared:
         req.check_supported()
         adapter = await self.request_adapter(req, tenant)
-        return await self.builder.chat(req, tenant, adapter)
+        prepared = await self.builder.chat(req, tenant, adapter)
+        check_answer_size([prepared], req.n, req.stream, self._max_answer_bytes)
+        return prepared
+
+    @property
+    def _max_answer_bytes(self) -> int:
+        return int(self.settings.max_answer_mb * 1024 * 1024)
 
     # ---- 2. submit -------------------------------------------------------------------------
     async def start(self, p: Prepared) -> Generation:

@@ -55,6 +55,7 @@ class GatewaySettings:
     max_body_bytes: int = 4 * 1024 * 1024
     # MiB of tokens one tenant's clients may leave unread (streams.py); 0: no limit
     stream_buffer_mb: float = 64.0
+    max_answer_mb: float = 32.0  # an answer's estimated size over it: a 400 (answer_size.py)
     # adapter routes (the adapter-store's logic, run inside the gateway)
     max_adapter_mb: float = 512.0
     max_lora_rank: int = 64
@@ -148,6 +149,7 @@ class GatewaySettings:
             "adapter_stale_s": env.GATEWAY_ADAPTER_STALE_S.get(),
             "max_body_bytes": int(env.GATEWAY_MAX_BODY_MB.get() * 1024 * 1024),
             "stream_buffer_mb": env.GATEWAY_STREAM_BUFFER_MB.get(),
+            "max_answer_mb": env.GATEWAY_MAX_ANSWER_MB.get(),
             "max_adapter_mb": env.MAX_ADAPTER_MB.get(),
             "max_lora_rank": env.MAX_LORA_RANK.get(),
             "adapters_root": env.ADAPTERS_ROOT.get(),

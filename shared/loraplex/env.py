@@ -200,6 +200,13 @@ GATEWAY_STREAM_BUFFER_MB = EnvVar(
     "streams); past it the tenant's request with the most unread fails (429) and is cancelled; "
     "0: no limit",
 )
+GATEWAY_MAX_ANSWER_MB = EnvVar(
+    "LORAPLEX_GATEWAY_MAX_ANSWER_MB",
+    32.0,
+    "gateway: MiB an answer may take at most, estimated before any work from its choices, "
+    "tokens and logprobs (a stream's own tokens go out as they come and do not count); over it a "
+    "400; 0: no limit",
+)
 GATEWAY_MAX_BATCH_CHOICES = EnvVar(
     "LORAPLEX_GATEWAY_MAX_BATCH_CHOICES",
     256,
@@ -242,6 +249,16 @@ BATCHES_PER_TENANT = EnvVar(
 )
 BATCH_CONCURRENCY = EnvVar(
     "LORAPLEX_BATCH_CONCURRENCY", 16, "gateway: requests of one batch in flight at once"
+)
+BATCH_RESULT_MAX_MB = EnvVar(
+    "LORAPLEX_BATCH_RESULT_MAX_MB",
+    32.0,
+    "gateway: largest answer one batch line may keep (MiB); a larger one is that line's error",
+)
+BATCHES_KEPT_PER_TENANT = EnvVar(
+    "LORAPLEX_BATCHES_KEPT_PER_TENANT",
+    2000,
+    "gateway: batches (any status) one tenant may keep until they expire (then 429)",
 )
 RESPONSES_TTL_S = EnvVar(
     "LORAPLEX_RESPONSES_TTL_S",
@@ -313,6 +330,7 @@ REGISTRY: tuple[EnvVar, ...] = (
     GATEWAY_ADAPTER_STALE_S,
     GATEWAY_MAX_BODY_MB,
     GATEWAY_STREAM_BUFFER_MB,
+    GATEWAY_MAX_ANSWER_MB,
     GATEWAY_MAX_BATCH_CHOICES,
     GATEWAY_METRICS_HOST,
     GATEWAY_METRICS_PORT,
@@ -326,6 +344,8 @@ REGISTRY: tuple[EnvVar, ...] = (
     BATCH_MAX_LINES,
     BATCHES_PER_TENANT,
     BATCH_CONCURRENCY,
+    BATCH_RESULT_MAX_MB,
+    BATCHES_KEPT_PER_TENANT,
     RESPONSES_TTL_S,
     RESPONSES_MAX_KB,
     RESPONSES_PER_TENANT,
