@@ -156,7 +156,7 @@ class GatewayService:
                 "id": info.name,
                 "object": "model",
                 "created": int(info.created),
-                "owned_by": info.owner,
+                "owned_by": info.owner if info.owner == tenant else "public",  # no tenant named
                 "root": info.source if info.source and info.owner == tenant else info.name,
                 "parent": model_id,
             }

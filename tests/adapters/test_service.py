@@ -183,7 +183,10 @@ async def test_tenancy(service, make_adapter) -> None:
         # made public: visible to bob, still not his to delete
         r = await upload(http, "alices", path, visibility="public", replace="true")
         assert r.status_code == 200 and r.json()["visibility"] == "public"
-        assert (await http.get("/v1/adapters/alices", headers=BOB)).json()["owner"] == "alice"
+        seen = (await http.get("/v1/adapters/alices", headers=BOB)).json()
+        assert (seen["owner"], seen["version"]) == ("public", None)  # no tenant, no count named
+        own = (await http.get("/v1/adapters/alices", headers=ALICE)).json()
+        assert (own["owner"], own["version"]) == ("alice", r.json()["version"])
         assert [a["name"] for a in (await http.get("/v1/adapters", headers=BOB)).json()["data"]] == ["alices"]  # fmt: skip
         assert_error(await http.delete("/v1/adapters/alices", headers=BOB), 403, "belongs to another tenant")  # fmt: skip
         assert (await http.delete("/v1/adapters/alices", headers=ALICE)).status_code == 200

@@ -151,3 +151,19 @@ def test_admin_metrics_keep_per_tenant_series(hs: HostileStack):
     hs.normal_request(BETA)
     text = httpx.get(hs.stack.urls["metrics"], timeout=10).text
     assert f'tenant="{BETA}"' in text, text[-1500:]
+
+
+def test_public_adapters_name_no_other_tenant(hs: HostileStack):
+    """The demo adapters are ALPHA's and public: BETA's model and adapter lists show them, and
+    name neither ALPHA nor how many adapters ALPHA registered (``version``)."""
+    with hs.http(BETA) as beta:
+        models, adapters = beta.get("/v1/models"), beta.get("/v1/adapters")
+    assert models.status_code == adapters.status_code == 200
+    listed = [a for a in adapters.json()["data"] if a["visibility"] == "public"]
+    assert listed and all(a["owner"] == "public" and a["version"] is None for a in listed)
+    cards = [m for m in models.json()["data"] if m.get("parent")]
+    assert cards and all(m["owned_by"] == "public" for m in cards)
+    assert ALPHA not in models.text + adapters.text
+    with hs.http(ALPHA) as alpha:  # its owner still sees it as its own
+        own = alpha.get("/v1/adapters").json()["data"]
+    assert any(a["owner"] == ALPHA and a["version"] for a in own)

@@ -97,13 +97,16 @@ class AdapterInfo:
             source=d.get("source", ""),
         )
 
-    def to_json(self) -> dict[str, Any]:
-        """The HTTP view (``GET /v1/adapters/{name}``): the bare name, never the internal id."""
+    def to_json(self, viewer: str | None = None) -> dict[str, Any]:
+        """The HTTP view (``GET /v1/adapters/{name}``): the bare name, never the internal id.
+        To a ``viewer`` other than its owner (a public adapter) it names no tenant and no count
+        of the owner's registrations: ``owner`` is ``"public"`` and ``version`` None."""
+        theirs = viewer is not None and viewer != self.owner
         return {
             "id": self.name,
             "object": "adapter",
             "name": self.name,
-            "owner": self.owner,
+            "owner": "public" if theirs else self.owner,
             "visibility": self.visibility,
             "rank": self.rank,
             "alpha": self.alpha,
@@ -111,7 +114,7 @@ class AdapterInfo:
             "size_bytes": self.size_bytes,
             "sha256": self.sha256,
             "created": int(self.created),
-            "version": self.version,
+            "version": None if theirs else self.version,
             "served": self.served,
         }
 

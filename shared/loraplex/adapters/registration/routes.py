@@ -42,13 +42,13 @@ async def register_adapter(request: Request, tenant: CurrentTenant, state: State
 @router.get("", summary="Adapters visible to the caller")
 async def list_adapters(tenant: CurrentTenant, state: State) -> dict:
     infos = await state.store.list_for(tenant.name)
-    return {"object": "list", "data": [i.to_json() for i in infos]}
+    return {"object": "list", "data": [i.to_json(tenant.name) for i in infos]}
 
 
 @router.get("/{name}", summary="One adapter's metadata")
 async def get_adapter(name: str, tenant: CurrentTenant, state: State) -> dict:
     check_text(name, "name")
-    return (await state.store.get_for(tenant.name, name)).to_json()
+    return (await state.store.get_for(tenant.name, name)).to_json(tenant.name)
 
 
 @router.delete("/{name}", summary="Delete an adapter (owner only)")
