@@ -22,7 +22,14 @@ from loraplex.gateway.batches.errors import (
     FilesQuotaError,
 )
 from loraplex.gateway.response_store import ResponseNotFoundError, ResponseStoreUnavailableError
-from loraplex.http_errors import LIBRARY_ERRORS, ErrorRow, classify_in, error_body, json_error
+from loraplex.http_errors import (
+    LIBRARY_ERRORS,
+    ErrorRow,
+    classify_in,
+    error_body,
+    json_error,
+    status_code_name,
+)
 from loraplex.http_errors import install_error_handlers as install_library_handlers
 
 __all__ = ["error_body", "classify", "error_response", "install_error_handlers"]
@@ -114,13 +121,13 @@ GATEWAY_ERRORS: tuple[ErrorRow, ...] = (
     (ClientDisconnectedError, 499, "client_disconnected"),
 )
 ERROR_MAP: tuple[ErrorRow, ...] = (*GATEWAY_ERRORS, *LIBRARY_ERRORS)
-_UPSTREAM_CODES = {429: "rate_limit_exceeded", 503: "service_unavailable"}
 
 
 def classify(exc: BaseException) -> tuple[int, dict[str, Any]]:
     """(status, OpenAI error body) of an exception raised inside the gateway."""
     if isinstance(exc, UpstreamError):
-        return exc.status, error_body(exc.status, str(exc), None, _UPSTREAM_CODES.get(exc.status))
+        code = status_code_name(exc.status)
+        return exc.status, error_body(exc.status, str(exc), None, code)
     return classify_in(ERROR_MAP, exc)
 
 

@@ -72,6 +72,22 @@ _TYPES = {
 }
 
 
+# The code of an error that names none of its own (Starlette's, an upstream status), by status:
+# clients branch on ``code``, so it is never null.
+STATUS_CODES = {
+    400: "invalid_request", 401: "invalid_api_key", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 408: "request_timeout", 409: "conflict",
+    413: "request_too_large", 415: "unsupported_media_type", 422: "invalid_value",
+    429: "rate_limit_exceeded", 499: "client_disconnected", 503: "service_unavailable",
+    504: "timeout",
+}  # fmt: skip
+
+
+def status_code_name(status: int) -> str:
+    """``code`` for an error of ``status`` that has no code of its own."""
+    return STATUS_CODES.get(status, "internal_error" if status >= 500 else "invalid_request")
+
+
 def error_body(
     status: int, message: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
@@ -173,8 +189,8 @@ def install_error_handlers(
         assert isinstance(exc, StarletteHTTPException)
         status = exc.status_code
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
-        code = {404: "not_found", 405: "method_not_allowed"}.get(status)
-        return JSONResponse(error_body(status, message, None, code), status, headers=exc.headers)
+        body = error_body(status, message, None, status_code_name(status))
+        return JSONResponse(body, status, headers=exc.headers)
 
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
