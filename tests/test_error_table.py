@@ -76,3 +76,14 @@ async def test_starlette_errors_get_a_code():
     assert deep.status_code == 400 and deep.json()["error"]["code"]
     assert unparsed.status_code == 400 and unparsed.json()["error"]["code"] == "invalid_request"
     assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_a_message_that_quotes_a_huge_input_is_cut():
+    """An error repeats what the client sent (a 100,000-character adapter name, a 5,000-digit
+    logit_bias key): the answer stays short, and says how long the message was."""
+    from loraplex.http_errors import MAX_MESSAGE, error_body
+
+    body = error_body(400, "no adapter named " + "x" * 100_000, "p" * 5000, "not_found")["error"]
+    assert len(body["message"]) <= MAX_MESSAGE and "100017 characters" in body["message"]
+    assert body["message"].startswith("no adapter named xxx") and len(body["param"]) == 200
+    assert error_body(400, "short", "model")["error"]["message"] == "short"

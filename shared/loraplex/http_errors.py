@@ -83,6 +83,9 @@ STATUS_CODES = {
 }  # fmt: skip
 
 
+MAX_MESSAGE = 1000  # characters of an error message; a longer one is cut
+
+
 def status_code_name(status: int) -> str:
     """``code`` for an error of ``status`` that has no code of its own."""
     return STATUS_CODES.get(status, "internal_error" if status >= 500 else "invalid_request")
@@ -92,7 +95,13 @@ def error_body(
     status: int, message: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
     kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    if len(message) > MAX_MESSAGE:  # it quotes what the client sent: a 100 KB name, say
+        message = f"{message[: MAX_MESSAGE - 40]}... ({len(message)} characters in all)"
+    return {"error": {"message": message, "type": kind, "param": _short(param), "code": code}}
+
+
+def _short(param: str | None) -> str | None:
+    return param if param is None or len(param) <= 200 else param[:197] + "..."
 
 
 def classify_in(table: Sequence[ErrorRow], exc: BaseException) -> tuple[int, dict[str, Any]]:
