@@ -26,7 +26,8 @@ from loraplex.gateway.tools import template_arguments
 
 Float = Annotated[float, Field(allow_inf_nan=False)]
 Seed = Annotated[int, Field(ge=-(2**63), lt=2**64)]
-TokenId = Annotated[int, Field(ge=0, lt=2**32)]
+# strict: JSON's true is not token 1 (pydantic's lax ints take it)
+TokenId = Annotated[int, Field(ge=0, lt=2**32, strict=True)]
 Prompt = str | list[TokenId] | list[str] | list[list[TokenId]]
 OnePrompt = str | list[int]
 MAX_TOP_LOGPROBS = 20  # alternatives per token, in every API (OpenAI's limit)

@@ -10,8 +10,8 @@ SGLang), ``temperature`` (default 1.0), ``top_p``, ``top_k``, ``min_p``, the thr
 ``no_stop_trim``, ``n`` and the constraints ``json_schema``, ``regex`` and ``ebnf``.  A batch
 may name one adapter per prompt (``lora_path`` a list as long as the batch, ``null`` for the base
 model): each prompt is then its own completion request, and the scheduler batches them together
-as it batches any requests.  Refused with a 400 rather than ignored: ``input_embeds`` and
-``image_data``.
+as it batches any requests.  Refused with a 400 rather than ignored: ``input_embeds``,
+``image_data`` and ``custom_logit_processor`` (code from a request is never run).
 ``return_logprob`` gives ``meta_info.output_token_logprobs`` (``[logprob, token id, text or
 null]`` per token) and ``input_token_logprobs``, the prompt's tokens from ``logprob_start_len``
 on (-1, the default: its last token only), the first of them with a null logprob as SGLang
@@ -94,6 +94,7 @@ class SGLangRequest(BaseModel):
     return_text_in_logprobs: bool = False
     input_embeds: Any = None
     image_data: Any = None
+    custom_logit_processor: Any = None
 
     @property
     def is_batch(self) -> bool:
@@ -135,7 +136,7 @@ def to_completions(req: SGLangRequest, base_model: str) -> list[CompletionReques
 
 
 def to_completion(req: SGLangRequest, base_model: str, lora: str | None) -> CompletionRequest:
-    for name in ("input_embeds", "image_data"):
+    for name in ("input_embeds", "image_data", "custom_logit_processor"):
         if getattr(req, name):
             raise InvalidParamError(f"{name} is not supported", name)
     if req.return_logprob and req.logprob_start_len < -1:

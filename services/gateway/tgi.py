@@ -61,6 +61,7 @@ class TGIParameters(BaseModel):
     api_token: str | None = None  # LoRAX: for downloads, which this server does not do
     ignore_eos_token: bool = False  # LoRAX
     return_k_alternatives: Annotated[int, Field(ge=0, le=20)] | None = None  # LoRAX
+    top_n_tokens: Annotated[int, Field(ge=0, le=20)] | None = None  # TGI's: refused when > 0
     max_new_tokens: Annotated[int, Field(ge=1, le=2**31)] | None = None
     do_sample: bool = False
     temperature: Float | None = None
@@ -98,6 +99,12 @@ def _refuse_unsupported(p: TGIParameters) -> None:
         )
     if p.watermark:
         raise InvalidParamError("watermark is not supported", "parameters.watermark")
+    if p.top_n_tokens:
+        raise InvalidParamError(
+            "top_n_tokens is not supported: return_k_alternatives (LoRAX's) gives each "
+            "token's alternatives in details.tokens",
+            "parameters.top_n_tokens",
+        )
 
 
 def _check_best_of(p: TGIParameters, samples: bool, stream: bool) -> int:

@@ -162,6 +162,7 @@ async def test_input_logprobs_from_logprob_start_len(
         ({"text": PROMPT, "return_logprob": True, "logprob_start_len": "x"}, "logprob_start_len"),
         ({"text": PROMPT, "return_logprob": True, "top_logprobs_num": 21}, "top_logprobs_num"),
         ({"text": PROMPT, "image_data": "x.png"}, "image_data"),
+        ({"text": PROMPT, "custom_logit_processor": "{}"}, "custom_logit_processor"),
         ({"text": [PROMPT, PROMPT], "lora_path": ["a", "b", "c"]}, "lora_path"),
         ({"text": PROMPT, "lora_path": ["a", "b"]}, "lora_path"),
         ({"text": PROMPT, "input_ids": [1, 2]}, "text"),

@@ -179,6 +179,8 @@ async def test_the_root_route_answers_a_list_as_tgi_does(
         ({"return_k_alternatives": 50}, "parameters.return_k_alternatives"),
         ({"best_of": 2}, "parameters.best_of"),
         ({"watermark": True}, "parameters.watermark"),
+        ({"top_n_tokens": 5}, "parameters.top_n_tokens"),
+        ({"top_n_tokens": -1}, "parameters.top_n_tokens"),
         ({"typical_p": 1.5}, "parameters.typical_p"),
         ({"typical_p": 0}, "parameters.typical_p"),
         ({"adapter_source": "s3"}, "parameters.adapter_source"),

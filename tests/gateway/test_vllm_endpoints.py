@@ -121,6 +121,15 @@ async def test_detokenize_ids_outside_the_vocabulary_are_400(
     assert err["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize("bad", [[True], [5, False], [1.0], ["7"]])
+async def test_detokenize_takes_integers_only(http: httpx.AsyncClient, bad: list[object]) -> None:
+    """JSON's true is not token 1, nor "7" token 7 (pydantic's lax ints took them)."""
+    r = await http.post("/detokenize", json={"model": MODEL_ID, "tokens": bad})
+    assert_error(r, 400, param=f"tokens.{len(bad) - 1}")
+    prompt = await http.post("/tokenize", json={"prompt": bad})
+    assert prompt.status_code == 400, prompt.text
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from loraplex.gateway.chat_messages import ChatMessage
 from loraplex.gateway.deps import ServiceDep, TenantDep
@@ -61,7 +61,7 @@ class DetokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    tokens: list[int]
+    tokens: list[StrictInt]  # true is not token 1
 
 
 async def _check_model(service: GatewayService, tenant: str, model: str | None) -> None:
