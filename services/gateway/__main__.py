@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from loraplex.gateway.app import create_app
-    from loraplex.gateway.peer import GatewayH11Protocol
+    from loraplex.gateway.header_timeout import TimedH11Protocol
 
     try:
         settings = GatewaySettings.from_env(
@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         host=settings.host,
         port=settings.port,
         timeout_graceful_shutdown=30,
-        http=GatewayH11Protocol,  # reports clients that left at once (gateway/peer.py)
+        # reports clients that left at once (gateway/peer.py); drops connections whose
+        # request headers are late (gateway/header_timeout.py)
+        http=TimedH11Protocol,
     )
     return 0
 

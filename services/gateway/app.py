@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
-from loraplex import prom
+from loraplex import env, prom
 from loraplex.adapters.registration.config import RegistrationConfig
 from loraplex.adapters.registration.lifecycle import Registration
 from loraplex.bus import Bus
@@ -24,6 +24,7 @@ from loraplex.gateway.batches.runner import BatchRunner
 from loraplex.gateway.batches.store import BatchStore, MemoryBatchStore
 from loraplex.gateway.batches.store_redis import RedisBatchStore
 from loraplex.gateway.body_check import BodyCheckMiddleware
+from loraplex.gateway.body_timeout import BodyTimeoutMiddleware
 from loraplex.gateway.capacity import SchedulerView
 from loraplex.gateway.errors import install_error_handlers
 from loraplex.gateway.heartbeat import beating
@@ -50,6 +51,7 @@ from loraplex.gateway.routes.adapters import adapter_router
 from loraplex.gateway.service import GatewayService
 from loraplex.gateway.settings import GatewaySettings
 from loraplex.gateway.streams import MIB, StreamRouter
+from loraplex.gateway.upload_slots import FileUploadSlotsMiddleware
 from loraplex.protocol import AdapterNameQuery, SchedulerStats, Subjects
 from loraplex.tenants_watch import LiveTenants
 from loraplex.terminal import serve_stream
@@ -216,6 +218,16 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         max_bytes=settings.max_body_bytes,
         # an upload to /v1/files: its file, and the multipart form around it
         by_prefix={"/v1/files": settings.batches.file_max_bytes + 64 * 1024},
+    )
+    # outside the body limit: a 401 or 429 before any of an upload is read
+    app.add_middleware(
+        FileUploadSlotsMiddleware, per_tenant=env.GATEWAY_FILE_UPLOADS_PER_TENANT.get()
+    )
+    # outermost but metrics: every route's body reading is bounded in time (408)
+    app.add_middleware(
+        BodyTimeoutMiddleware,
+        timeout_s=env.GATEWAY_BODY_TIMEOUT_S.get(),
+        min_rate=env.GATEWAY_BODY_MIN_RATE.get(),
     )
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app

@@ -193,6 +193,29 @@ WORKER_METRICS_PORT = EnvVar(
 GATEWAY_MAX_BODY_MB = EnvVar(
     "LORAPLEX_GATEWAY_MAX_BODY_MB", 4.0, "gateway: JSON request body limit in MiB (then 413)"
 )
+GATEWAY_HEADER_TIMEOUT_S = EnvVar(
+    "LORAPLEX_GATEWAY_HEADER_TIMEOUT_S",
+    20.0,
+    "gateway: seconds a connection has to send a request's complete headers (from when it opens "
+    "or the previous answer ends); then 408 and closed (idle: closed); 0: no limit",
+)
+GATEWAY_BODY_TIMEOUT_S = EnvVar(
+    "LORAPLEX_GATEWAY_BODY_TIMEOUT_S",
+    30.0,
+    "gateway: longest a request body may stall (no bytes), and its time before the min rate "
+    "counts; then 408 and closed; 0: no limit",
+)
+GATEWAY_BODY_MIN_RATE = EnvVar(
+    "LORAPLEX_GATEWAY_BODY_MIN_RATE",
+    1024,
+    "gateway: bytes/s a request body must keep up on average after its first "
+    "LORAPLEX_GATEWAY_BODY_TIMEOUT_S (a trickle ends with 408); 0: no minimum",
+)
+GATEWAY_FILE_UPLOADS_PER_TENANT = EnvVar(
+    "LORAPLEX_GATEWAY_FILE_UPLOADS_PER_TENANT",
+    2,
+    "gateway: concurrent POST /v1/files uploads per tenant in this process (then 429)",
+)
 GATEWAY_STREAM_BUFFER_MB = EnvVar(
     "LORAPLEX_GATEWAY_STREAM_BUFFER_MB",
     64.0,
@@ -329,6 +352,10 @@ REGISTRY: tuple[EnvVar, ...] = (
     GATEWAY_SUBMIT_TIMEOUT_S,
     GATEWAY_ADAPTER_STALE_S,
     GATEWAY_MAX_BODY_MB,
+    GATEWAY_HEADER_TIMEOUT_S,
+    GATEWAY_BODY_TIMEOUT_S,
+    GATEWAY_BODY_MIN_RATE,
+    GATEWAY_FILE_UPLOADS_PER_TENANT,
     GATEWAY_STREAM_BUFFER_MB,
     GATEWAY_MAX_ANSWER_MB,
     GATEWAY_MAX_BATCH_CHOICES,

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from loraplex.gateway.batches.lines import BatchInputError, check_input, iter_lines
+from loraplex.gateway.batches.objects import MAX_ERRORS
 
 CHAT = "/v1/chat/completions"
 
@@ -72,4 +73,4 @@ def test_more_lines_than_allowed_and_many_problems_are_capped() -> None:
         parse_input(b"\n".join([line(str(i)) for i in range(3)]), CHAT, 2)
     with pytest.raises(BatchInputError) as e:
         parse_input(b"\n".join([b"junk"] * 500), CHAT, 1000)
-    assert len(e.value.errors) == 100 and e.value.errors[-1]["line"] == 100
+    assert len(e.value.errors) == MAX_ERRORS == 20 and e.value.errors[-1]["line"] == MAX_ERRORS

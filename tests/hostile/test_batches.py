@@ -98,3 +98,36 @@ def test_hostile_batches_answer_every_line_and_hurt_no_one(hs: HostileStack) -> 
     assert junk.status == "failed" and junk.errors.data[0].line == 1
     hs.assert_healthy(ALPHA)
     hs.assert_healthy(BETA)
+
+
+def test_a_batch_cannot_store_more_than_its_tenant_may(hs: HostileStack) -> None:
+    """The red team's batches (2026-12-08), small: lines asking for many echoed choices with
+    logprobs still end with every line in the output or error file (a line too large is its own
+    4xx error), their answers leave the store once written, and a failed batch with the most
+    metadata and a file of repeated 512-character custom_ids is stored as a few KiB."""
+    client = hs.openai(BETA)
+    body = {"model": hs.model_id, "prompt": list(range(10, 110)), "max_tokens": 1, "n": 16,
+            "echo": True, "logprobs": 20, "prompt_logprobs": 20}  # fmt: skip
+    lines = [json.dumps({"custom_id": f"big{i}", "method": "POST", "url": "/v1/completions",
+                         "body": body}) for i in range(4)]  # fmt: skip
+    batch = run_batch(client, "/v1/completions", lines)
+    assert batch.status == "completed", batch
+    out, errs = rows(client, batch.output_file_id), rows(client, batch.error_file_id)
+    assert sorted(r["custom_id"] for r in out + errs) == [f"big{i}" for i in range(4)]
+    assert batch.request_counts.completed + batch.request_counts.failed == 4
+    for r in errs:
+        assert 400 <= r["response"]["status_code"] < 500, r
+    long_id = "c" * 512
+    same = [json.dumps({"custom_id": long_id, "method": "POST", "url": "/v1/completions",
+                        "body": {"model": hs.model_id, "prompt": "x"}}) for _ in range(101)]  # fmt: skip
+    f = client.files.create(file=("same.jsonl", "\n".join(same).encode()), purpose="batch")
+    metadata = {f"{i:02d}" + "k" * 62: "v" * 512 for i in range(16)}
+    for _ in range(3):
+        failed = client.batches.create(
+            input_file_id=f.id, endpoint="/v1/completions", completion_window="24h",
+            metadata=metadata,
+        )  # fmt: skip
+        assert failed.status == "failed" and failed.metadata == metadata
+        assert len(failed.model_dump_json()) < 16_000
+    hs.assert_healthy(ALPHA)
+    hs.assert_healthy(BETA)

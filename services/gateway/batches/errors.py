@@ -23,3 +23,13 @@ class BatchLimitError(LoraplexError):
 
 class BatchStoreUnavailableError(LoraplexError):
     """The store (Redis) cannot be reached: 503; the request may be sent again."""
+
+
+class ResultTooLargeError(LoraplexError):
+    """A batch line's answer is not kept: larger than one line's answer may be (413), or than
+    what is left of the tenant's file budget (403).  The run makes it that line's own error in
+    the error file; it never reaches a client as an HTTP error."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status

@@ -25,15 +25,19 @@ class BatchLimits:
     max_lines: int = 10_000  # requests in one batch (OpenAI: 50,000); more: the batch fails
     active_per_tenant: int = 4  # a tenant's batches not finished yet; then 429
     concurrency: int = 16  # requests of one batch in flight at once
+    result_max_bytes: int = 32 * MIB  # one line's stored answer; larger: that line's error
+    batches_kept: int = 2000  # a tenant's stored batches, any status; then 429
     ttl_s: int = 7 * 24 * 3600  # files and batches are forgotten after this
 
     def __post_init__(self) -> None:
         if min(self.file_max_bytes, self.tenant_bytes, self.files_per_tenant) < 1:
             raise ValueError("batch file limits must be positive")
-        if min(self.max_lines, self.active_per_tenant, self.concurrency) < 1:
+        if min(self.max_lines, self.active_per_tenant, self.concurrency, self.batches_kept) < 1:
             raise ValueError("batch limits must be positive")
         if self.ttl_s < COMPLETION_WINDOW_S:
             raise ValueError("batch files must be kept at least 24 h (the completion window)")
+        if self.result_max_bytes < 1:
+            raise ValueError("a batch line's answer must be allowed some bytes")
         if self.file_max_bytes > self.tenant_bytes:
             raise ValueError("one file may not be larger than a tenant's whole file budget")
 
@@ -43,6 +47,7 @@ class BatchLimits:
         given = {k: v for k, v in flags.items() if v is not None}
         mib = given.pop("batch_file_max_mb", env.BATCH_FILE_MAX_MB.get())
         tenant_mib = given.pop("batch_files_tenant_mb", env.BATCH_FILES_TENANT_MB.get())
+        result_mib = given.pop("batch_result_max_mb", env.BATCH_RESULT_MAX_MB.get())
         return cls(
             file_max_bytes=int(float(mib) * MIB),  # type: ignore[arg-type]
             tenant_bytes=int(float(tenant_mib) * MIB),  # type: ignore[arg-type]
@@ -50,6 +55,8 @@ class BatchLimits:
             max_lines=given.pop("batch_max_lines", env.BATCH_MAX_LINES.get()),
             active_per_tenant=given.pop("batches_per_tenant", env.BATCHES_PER_TENANT.get()),
             concurrency=given.pop("batch_concurrency", env.BATCH_CONCURRENCY.get()),
+            result_max_bytes=int(float(result_mib) * MIB),  # type: ignore[arg-type]
+            batches_kept=given.pop("batches_kept_per_tenant", env.BATCHES_KEPT_PER_TENANT.get()),
         )  # type: ignore[arg-type]
 
 
@@ -69,4 +76,10 @@ def flags() -> tuple[Flag, ...]:
              help=f"batches one tenant may run at once, 429 beyond (default 4) [{env.BATCHES_PER_TENANT.name}]"),
         flag("--batch-concurrency", type=int, default=None,
              help=f"requests of one batch in flight at once (default 16) [{env.BATCH_CONCURRENCY.name}]"),
+        flag("--batch-result-max-mb", type=float, default=None,
+             help="largest answer one batch line may keep, MiB; a larger one is that line's "
+             f"error (default 32) [{env.BATCH_RESULT_MAX_MB.name}]"),
+        flag("--batches-kept-per-tenant", type=int, default=None,
+             help="batches one tenant may keep (any status, until they expire), 429 beyond "
+             f"(default 2000) [{env.BATCHES_KEPT_PER_TENANT.name}]"),
     )  # fmt: skip

@@ -17,7 +17,8 @@ BATCH_ID = re.compile(r"batch_[0-9a-f]{32}")
 PURPOSES = ("batch", "batch_output")  # what an upload may declare, and what outputs are
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 MAX_METADATA = 16  # OpenAI: 16 pairs, keys up to 64 characters, values up to 512
-MAX_ERRORS = 100  # a failed batch lists its first problems, not thousands
+MAX_ERRORS = 20  # a failed batch lists its first problems, not thousands
+MAX_ERROR_TEXT = 200  # characters of one error's message or param (a custom_id is up to 512)
 
 
 def new_file_id() -> str:
@@ -78,14 +79,24 @@ def batch_object(
 
 
 def failed(batch: dict[str, Any], errors: list[dict[str, Any]], now: int) -> dict[str, Any]:
-    """``batch`` ended before any request ran: its input was refused."""
+    """``batch`` ended before any request ran: its input was refused.  Its first
+    ``MAX_ERRORS`` problems, their texts clipped: a stored batch stays a few KiB."""
     return {
         **batch,
         "status": "failed",
         "failed_at": now,
         "in_progress_at": None,
-        "errors": {"object": "list", "data": errors[:MAX_ERRORS]},
+        "errors": {"object": "list", "data": [_clipped(e) for e in errors[:MAX_ERRORS]]},
     }
+
+
+def _clipped(error: dict[str, Any]) -> dict[str, Any]:
+    def clip(v: Any) -> Any:
+        return (
+            v[: MAX_ERROR_TEXT - 1] + "…" if isinstance(v, str) and len(v) > MAX_ERROR_TEXT else v
+        )
+
+    return {k: clip(v) for k, v in error.items()}
 
 
 def result_line(custom_id: str, status: int, body: dict[str, Any]) -> dict[str, Any]:
@@ -96,6 +107,18 @@ def result_line(custom_id: str, status: int, body: dict[str, Any]) -> dict[str, 
         "response": {"status_code": status, "request_id": secrets.token_hex(16), "body": body},
         "error": None,
     }
+
+
+def too_large_line(custom_id: str, status: int, message: str) -> dict[str, Any]:
+    """One line of the error file for a request whose answer was not kept (too large for the
+    line's cap or the tenant's file budget): an OpenAI error body, as a refused request has."""
+    error = {
+        "message": message,
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "batch_output_too_large",
+    }
+    return result_line(custom_id, status, {"error": error})
 
 
 def unanswered_line(custom_id: str, code: str, message: str) -> dict[str, Any]:

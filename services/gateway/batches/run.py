@@ -7,28 +7,29 @@ result stored as it comes, and every ``WATCH_S`` reads the batch: a cancel (from
 or the end of the 24 h window stops it, the in-flight requests are cancelled, and the batch ends
 ``cancelled`` or ``expired`` with what was answered.  Otherwise, once every line has its answer,
 it ends ``completed``.  Either way its output and error files are written (ids derived from the
-batch id, so a successor that finishes the same batch again overwrites rather than duplicates).
+batch id, so a successor that finishes the same batch again overwrites rather than duplicates),
+then its stored answers are dropped.
+
+An answer counts in the tenant's file budget as it is stored; one the store will not keep (over
+the line's cap or the budget) becomes that line's own error, ``batch_output_too_large``, so the
+batch still ends with every line in its output or error file (``outputs.py`` puts them together).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from loraplex.gateway.batches.errors import ResultTooLargeError
 from loraplex.gateway.batches.execute import LineExecutor, RetryLater
 from loraplex.gateway.batches.lines import BatchLine, iter_lines
-from loraplex.gateway.batches.objects import (
-    TERMINAL,
-    file_object,
-    result_line,
-    unanswered_line,
-)
+from loraplex.gateway.batches.objects import TERMINAL, file_object, result_line, too_large_line
+from loraplex.gateway.batches.outputs import assemble
 from loraplex.gateway.batches.store import BatchStore, Record
 from loraplex.timeouts import cancel_requested
 
@@ -75,7 +76,8 @@ class BatchRun:
     async def go(self) -> None:
         store, tenant, batch_id = self.store, self.tenant, self.batch_id
         batch = await store.get_batch(tenant, batch_id)
-        if batch is None or batch["status"] in TERMINAL:
+        if batch is None or batch["status"] in TERMINAL:  # a run that ended before dropping them
+            await store.drop_results(tenant, batch_id)
             await store.deactivate(tenant, batch_id)
             return
         endpoint = batch["endpoint"]
@@ -83,8 +85,8 @@ class BatchRun:
         if content is None:  # deleted while the batch ran: end it with what is answered
             log.warning("batch %s: its input file is gone; ending it", batch_id)
             self.ending, content = "cancel", b""
-        done = await store.results(tenant, batch_id)
-        for ok, _ in done.values():
+        done = await store.answered(tenant, batch_id)
+        for ok in done.values():
             self.answered["completed" if ok else "failed"] += 1
         todo = (line for line in iter_lines(content, endpoint) if line.index not in done)
         keeper = asyncio.create_task(self._keep_lease())
@@ -141,14 +143,16 @@ class BatchRun:
         if self.stop.is_set() and status != 200:
             return  # stopped under it: not this line's answer
         ok = status == 200
+        tenant, batch_id, index = self.tenant, self.batch_id, line.index
         try:
-            await self.store.add_result(
-                self.tenant,
-                self.batch_id,
-                line.index,
-                ok,
-                result_line(line.custom_id, status, body),
-            )
+            try:
+                await self.store.add_result(
+                    tenant, batch_id, index, ok, result_line(line.custom_id, status, body)
+                )
+            except ResultTooLargeError as e:  # not kept: the line's own (small) error instead
+                ok = False
+                error = too_large_line(line.custom_id, e.status, str(e))
+                await self.store.add_result(tenant, batch_id, index, ok, error, forced=True)
         except Exception as e:  # the store is away: stop; the run is taken up again later
             self.failure = e
             self.stop.set()
@@ -198,18 +202,15 @@ class BatchRun:
 
     async def _finish(self, content: bytes, endpoint: str, life_s: int) -> None:
         store, tenant, batch_id = self.store, self.tenant, self.batch_id
-        results = await store.results(tenant, batch_id)
         status = ENDINGS[self.ending]
-        # up to 10,000 answers to sort and encode: off the event loop
-        output, errors = await asyncio.to_thread(_files, content, endpoint, results, status)
+        made = await assemble(store, tenant, batch_id, content, endpoint, status)
         files = {}
-        for kind, rows in (("output", output), ("error", errors)):
+        for kind, rows in (("output", made.output), ("error", made.errors)):
             if rows:
                 files[kind] = await self._store_file(kind, rows, life_s)
-        counts = {
-            "completed": output.count(b"\n"),
-            "failed": sum(ok is False for ok, _ in results.values()),
-        }
+        counts = {"completed": made.completed, "failed": made.failed}
+        made.output.clear()  # up to the tenant's budget: not held while the batch is updated
+        made.errors.clear()
         now = int(self.clock())
 
         def end(b: Record) -> Record | None:
@@ -222,10 +223,11 @@ class BatchRun:
             return b
 
         await store.update_batch(tenant, batch_id, end)
+        await store.drop_results(tenant, batch_id)  # in its files now (a crash before: go())
         await store.deactivate(tenant, batch_id)
         log.info("batch %s of %s %s: %s", batch_id, tenant, status, counts)
 
-    async def _store_file(self, kind: str, content: bytes, life_s: int) -> str:
+    async def _store_file(self, kind: str, content: bytes | bytearray, life_s: int) -> str:
         file_id = output_file_id(self.batch_id, kind)
         name = f"{self.batch_id}_{kind}.jsonl"
         meta = file_object(
@@ -239,27 +241,6 @@ def _output_life_s(batch: Record, ttl_s: int) -> int:
     """How long the batch's output and error files live: as its create asked, or ``ttl_s``."""
     asked = batch.get("output_expires_after")
     return min(int(asked["seconds"]), ttl_s) if isinstance(asked, dict) else ttl_s
-
-
-def _files(
-    content: bytes, endpoint: str, results: dict[int, tuple[bool, Record]], status: str
-) -> tuple[bytes, bytes]:
-    """The output and error files: the answers in input order, 200s in the first; a line with
-    no answer (the batch was cancelled or expired first) in the second."""
-    output: list[str] = []
-    errors: list[str] = []
-    for line in iter_lines(content, endpoint):
-        if line.index in results:
-            ok, record = results[line.index]
-        else:
-            ok, record = (
-                False,
-                unanswered_line(
-                    line.custom_id, f"batch_{status}", f"the batch was {status} before this ran"
-                ),
-            )
-        (output if ok else errors).append(json.dumps(record, ensure_ascii=False) + "\n")
-    return "".join(output).encode(), "".join(errors).encode()
 
 
 def _unless_cancelled() -> None:

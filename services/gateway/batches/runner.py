@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from loraplex.gateway.batches.budget import quota_error, too_many_kept
 from loraplex.gateway.batches.errors import BatchNotFoundError, FilesQuotaError
 from loraplex.gateway.batches.execute import LineExecutor
 from loraplex.gateway.batches.limits import COMPLETION_WINDOW, COMPLETION_WINDOW_S, ENDPOINTS
@@ -41,7 +42,7 @@ from loraplex.gateway.batches.objects import (
     new_batch_id,
 )
 from loraplex.gateway.batches.run import BatchRun
-from loraplex.gateway.batches.store import BatchStore, Record, quota_error
+from loraplex.gateway.batches.store import BatchStore, Record
 from loraplex.gateway.errors import InvalidParamError, shown_id
 from loraplex.timeouts import cancel_requested
 
@@ -139,10 +140,26 @@ class BatchRunner:
             return batch
         batch["request_counts"]["total"] = total
         await self.store.activate(tenant, batch["id"], self.gateway_id, self.lease_s)
-        await self.store.put_batch(tenant, batch)
+        try:
+            await self.store.put_batch(tenant, batch)
+        except BaseException:  # too many kept (another create won the last place), store away
+            await self.store.deactivate(tenant, batch["id"])
+            raise
         self._spawn(tenant, batch["id"])
         log.info("batch %s of %s: %d requests to %s", batch["id"], tenant, total, endpoint)
         return batch
+
+    async def list_page(self, tenant: str, after: str | None, limit: int) -> Record:
+        """OpenAI's list object: ``limit`` batches, newest first, after the one ``after`` names;
+        only those are read (a tenant may keep thousands)."""
+        data, more = await self.store.page_batches(tenant, after, limit)
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": more,
+        }
 
     async def get(self, tenant: str, batch_id: str) -> Record:
         batch = await self.store.get_batch(tenant, batch_id)
@@ -170,14 +187,13 @@ class BatchRunner:
         return batch
 
     async def _check_room(self, tenant: str) -> None:
-        """A tenant whose outputs took it past its file budget starts nothing more."""
-        files = await self.store.list_files(tenant)
-        total = sum(f["bytes"] for f in files)
-        if (
-            len(files) > self.store.limits.files_per_tenant
-            or total > self.store.limits.tenant_bytes
-        ):
-            raise quota_error(self.store.limits, len(files), total, 0) or FilesQuotaError(
+        """A tenant whose files and answers took it past its file budget, or that keeps as many
+        batches as it may, starts nothing more (before its input file is read)."""
+        limits, used = self.store.limits, await self.store.usage(tenant)
+        if used.batches >= limits.batches_kept:
+            raise too_many_kept(limits)
+        if used.files > limits.files_per_tenant or used.bytes > limits.tenant_bytes:
+            raise quota_error(limits, used.files, used.bytes, 0) or FilesQuotaError(
                 "your files take all of your budget; delete some first"
             )
 

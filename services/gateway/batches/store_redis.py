@@ -9,18 +9,20 @@ key                                     type    holds
 ======================================  ======  ===================================================
 ``{p}:file:{tenant}:{id}``              HASH    ``meta`` (the file object, JSON), ``content``
 ``{p}:files:{tenant}``                  ZSET    the tenant's file ids by creation time
-``{p}:files:{tenant}:bytes``            HASH    id -> size, for the byte budget
+``{p}:files:{tenant}:bytes``            HASH    file id -> size, batch id -> its answers' bytes
 ``{p}:batch:{tenant}:{id}``             STRING  the batch object (JSON)
 ``{p}:batches:{tenant}``                ZSET    the tenant's batch ids by creation time
 ``{p}:batch:{tenant}:{id}:results``     HASH    line index -> ``1``/``0`` (answered / failed) + line
+``{p}:batch:{tenant}:{id}:answered``    HASH    line index -> ``1``/``0`` (what a run resumes from)
 ``{p}:batches:active``                  SET     ``tenant/id`` of every batch still running
 ``{p}:batches:active:{tenant}``         SET     the tenant's running batch ids
 ``{p}:batch:{tenant}:{id}:lease``       STRING  the id of the gateway running it, with a TTL
 ======================================  ======  ===================================================
 
 Everything but the active sets and leases expires ``ttl_s`` after it was written; a file's own
-key at its ``expires_at`` when that is sooner (the next upload drops it from the index and the
-byte budget).
+key at its ``expires_at`` when that is sooner (the next write to the budget drops it from the
+index and the byte budget).  A batch's answers are dropped, with their bytes, once its output and
+error files are written.  The scripts that check the budget are in ``store_scripts.py``.
 """
 
 from __future__ import annotations
@@ -28,63 +30,24 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
-from loraplex.gateway.batches.errors import BatchLimitError, BatchStoreUnavailableError
-from loraplex.gateway.batches.limits import BatchLimits
-from loraplex.gateway.batches.store import (
-    Change,
-    Record,
+from loraplex.gateway.batches import store_scripts as lua
+from loraplex.gateway.batches.budget import (
+    Usage,
+    budget_error,
+    encode_result,
     quota_error,
     too_many_batches,
+    too_many_kept,
 )
+from loraplex.gateway.batches.errors import BatchLimitError, BatchStoreUnavailableError
+from loraplex.gateway.batches.limits import BatchLimits
+from loraplex.gateway.batches.store import Change, Record
 from loraplex.redis_connect import unavailable_as
-
-# KEYS: file, index, sizes.  ARGV: id, meta, content, now, ttl, most files, most bytes, forced,
-# the file's life (s), the key prefix of the tenant's files.  -1: too many files; -2: too many
-# bytes (nothing written).  A file whose key expired (its own, shorter life) leaves the budget.
-_PUT_FILE = """
-local index, sizes = KEYS[2], KEYS[3]
-local now, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', now - ttl)) do
-  redis.call('HDEL', sizes, id)
-end
-redis.call('ZREMRANGEBYSCORE', index, '-inf', now - ttl)
-for _, id in ipairs(redis.call('ZRANGE', index, 0, -1)) do
-  if redis.call('EXISTS', ARGV[10] .. id) == 0 then
-    redis.call('ZREM', index, id)
-    redis.call('HDEL', sizes, id)
-  end
-end
-if ARGV[8] ~= '1' then
-  local total = 0
-  for _, size in ipairs(redis.call('HVALS', sizes)) do total = total + tonumber(size) end
-  if redis.call('ZCARD', index) + 1 > tonumber(ARGV[6]) then return -1 end
-  if total + string.len(ARGV[3]) > tonumber(ARGV[7]) then return -2 end
-end
-redis.call('HSET', KEYS[1], 'meta', ARGV[2], 'content', ARGV[3])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[9]))
-redis.call('ZADD', index, now, ARGV[1])
-redis.call('HSET', sizes, ARGV[1], string.len(ARGV[3]))
-redis.call('EXPIRE', index, ttl)
-redis.call('EXPIRE', sizes, ttl)
-return 1
-"""
-# KEYS: the tenant's active set, the active set, lease.  ARGV: id, tenant/id, owner, ttl ms, most.
-_ACTIVATE = """
-if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[5]) then return 0 end
-redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('SADD', KEYS[2], ARGV[2])
-redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
-return 1
-"""
-# KEYS: lease.  ARGV: owner, ttl ms.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
 
 unavailable = unavailable_as(
     lambda: BatchStoreUnavailableError("the batch store (Redis) is unavailable, try again")
@@ -104,9 +67,12 @@ class RedisBatchStore:
         self.limits = limits
         self.prefix = prefix
         self.clock = clock
-        self._put_file = redis.register_script(_PUT_FILE)
-        self._activate = redis.register_script(_ACTIVATE)
-        self._renew = redis.register_script(_RENEW)
+        self._put_file = redis.register_script(lua.PUT_FILE)
+        self._usage = redis.register_script(lua.USAGE)
+        self._add_result = redis.register_script(lua.ADD_RESULT)
+        self._put_batch = redis.register_script(lua.PUT_BATCH)
+        self._activate = redis.register_script(lua.ACTIVATE)
+        self._renew = redis.register_script(lua.RENEW)
 
     def _file(self, tenant: str, file_id: str) -> str:
         return f"{self.prefix}:file:{tenant}:{file_id}"
@@ -120,27 +86,44 @@ class RedisBatchStore:
     def _batches(self, tenant: str) -> str:
         return f"{self.prefix}:batches:{tenant}"
 
+    def _prefixes(self, tenant: str) -> list[str]:
+        """What ``store_scripts._USED`` needs: the key prefix of the tenant's files, batches."""
+        return [self._file(tenant, ""), self._batch(tenant, "")]
+
     def _active(self, tenant: str | None = None) -> str:
         return f"{self.prefix}:batches:active" + (f":{tenant}" if tenant else "")
 
     # ---- files ---------------------------------------------------------------------------
     @unavailable
-    async def put_file(self, tenant: str, meta: Record, content: bytes, forced: bool) -> None:
+    async def put_file(
+        self, tenant: str, meta: Record, content: bytes | bytearray, forced: bool
+    ) -> None:
         index = self._files(tenant)
         done = int(await self._put_file(
             keys=[self._file(tenant, meta["id"]), index, index + ":bytes"],
             args=[
                 meta["id"], json.dumps(meta), content, self.clock(), self.limits.ttl_s,
                 self.limits.files_per_tenant, self.limits.tenant_bytes, "1" if forced else "0",
-                max(1, int(meta["expires_at"]) - int(meta["created_at"])), self._file(tenant, ""),
+                max(1, int(meta["expires_at"]) - int(meta["created_at"])),
+                *self._prefixes(tenant),
             ],
         ))  # fmt: skip
         if done < 0:
-            count = int(await self.redis.zcard(index))
-            sizes = await self.redis.hvals(index + ":bytes")
-            raise quota_error(self.limits, count, sum(int(s) for s in sizes), len(content)) or (
+            used = await self.usage(tenant)
+            raise quota_error(self.limits, used.files, used.bytes, len(content)) or (
                 BatchStoreUnavailableError("the file could not be stored, try again")
             )
+
+    @unavailable
+    async def usage(self, tenant: str) -> Usage:
+        index = self._files(tenant)
+        files, total = await self._usage(
+            keys=[index, index + ":bytes"],
+            args=[self.clock(), self.limits.ttl_s, *self._prefixes(tenant)],
+        )
+        live = f"({self.clock() - self.limits.ttl_s}"  # the expired ones put_batch trims
+        batches = await self.redis.zcount(self._batches(tenant), live, "+inf")
+        return Usage(int(files), int(total), int(batches))
 
     @unavailable
     async def get_file(self, tenant: str, file_id: str) -> Record | None:
@@ -173,12 +156,12 @@ class RedisBatchStore:
     # ---- batches -------------------------------------------------------------------------
     @unavailable
     async def put_batch(self, tenant: str, batch: Record) -> None:
-        async with self.redis.pipeline(transaction=True) as tx:
-            tx.set(self._batch(tenant, batch["id"]), json.dumps(batch), ex=self.limits.ttl_s)
-            tx.zadd(self._batches(tenant), {batch["id"]: batch["created_at"]})
-            tx.zremrangebyscore(self._batches(tenant), "-inf", self.clock() - self.limits.ttl_s)
-            tx.expire(self._batches(tenant), self.limits.ttl_s)
-            await tx.execute()
+        keys = [self._batch(tenant, batch["id"]), self._batches(tenant)]
+        args = [batch["id"], json.dumps(batch), batch["created_at"], self.clock()]
+        if not int(await self._put_batch(
+            keys=keys, args=[*args, self.limits.ttl_s, self.limits.batches_kept]
+        )):  # fmt: skip
+            raise too_many_kept(self.limits)
 
     @unavailable
     async def get_batch(self, tenant: str, batch_id: str) -> Record | None:
@@ -190,6 +173,21 @@ class RedisBatchStore:
         ids = await self.redis.zrevrange(self._batches(tenant), 0, -1)
         raws = await self.redis.mget([self._batch(tenant, i.decode()) for i in ids]) if ids else []
         return [json.loads(r) for r in raws if r is not None]
+
+    @unavailable
+    async def page_batches(
+        self, tenant: str, after: str | None, limit: int
+    ) -> tuple[list[Record], bool]:
+        index, start = self._batches(tenant), 0
+        if after is not None:
+            rank = await self.redis.zrevrank(index, after)
+            if rank is None:
+                return [], False
+            start = int(rank) + 1
+        ids = await self.redis.zrevrange(index, start, start + limit)  # one more: has_more
+        keys = [self._batch(tenant, i.decode()) for i in ids[:limit]]
+        raws = await self.redis.mget(keys) if keys else []
+        return [json.loads(r) for r in raws if r is not None], len(ids) > limit
 
     @unavailable
     async def update_batch(self, tenant: str, batch_id: str, change: Change) -> Record | None:
@@ -216,18 +214,43 @@ class RedisBatchStore:
 
     @unavailable
     async def add_result(
-        self, tenant: str, batch_id: str, index: int, ok: bool, line: Record
+        self, tenant: str, batch_id: str, index: int, ok: bool, line: Record, forced: bool = False
     ) -> None:
-        key = self._batch(tenant, batch_id) + ":results"
-        async with self.redis.pipeline(transaction=True) as tx:
-            tx.hsetnx(key, str(index), ("1" if ok else "0") + json.dumps(line))
-            tx.expire(key, self.limits.ttl_s)
-            await tx.execute()
+        raw = await encode_result(ok, line, self.limits, forced)
+        key, files = self._batch(tenant, batch_id), self._files(tenant)
+        done, used = await self._add_result(
+            keys=[key + ":results", key + ":answered", files, files + ":bytes"],
+            args=[
+                index, raw, self.clock(), self.limits.ttl_s, self.limits.tenant_bytes,
+                *self._prefixes(tenant), batch_id, "1" if forced else "0",
+            ],
+        )  # fmt: skip
+        if int(done) < 0:
+            raise budget_error(self.limits, int(used), len(raw))
 
     @unavailable
-    async def results(self, tenant: str, batch_id: str) -> dict[int, tuple[bool, Record]]:
-        raw = await self.redis.hgetall(self._batch(tenant, batch_id) + ":results")
-        return {int(k): (v[:1] == b"1", json.loads(v[1:])) for k, v in raw.items()}
+    async def answered(self, tenant: str, batch_id: str) -> dict[int, bool]:
+        raw = await self.redis.hgetall(self._batch(tenant, batch_id) + ":answered")
+        return {int(k): v == b"1" for k, v in raw.items()}
+
+    @unavailable
+    async def result_lines(
+        self, tenant: str, batch_id: str, indices: list[int]
+    ) -> dict[int, tuple[bool, bytes]]:
+        if not indices:
+            return {}
+        raws: list[Any] = await self.redis.hmget(
+            self._batch(tenant, batch_id) + ":results", [str(i) for i in indices]
+        )
+        return {i: (r[:1] == b"1", r[1:]) for i, r in zip(indices, raws, strict=True) if r}
+
+    @unavailable
+    async def drop_results(self, tenant: str, batch_id: str) -> None:
+        key = self._batch(tenant, batch_id)
+        async with self.redis.pipeline(transaction=True) as tx:
+            tx.delete(key + ":results", key + ":answered")
+            tx.hdel(self._files(tenant) + ":bytes", batch_id)
+            await tx.execute()
 
     # ---- who runs it ---------------------------------------------------------------------
     @unavailable

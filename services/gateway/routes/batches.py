@@ -15,7 +15,6 @@ from loraplex.gateway.batches.objects import BATCH_ID
 from loraplex.gateway.batches.runner import BatchRunner
 from loraplex.gateway.deps import TenantDep
 from loraplex.gateway.errors import shown_id
-from loraplex.gateway.routes.files import page
 
 router = APIRouter(prefix="/v1", tags=["batches"])
 
@@ -59,7 +58,7 @@ async def list_batches(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: str | None = None,
 ) -> dict[str, Any]:
-    return page(await runner(request).store.list_batches(tenant.name), after, limit)
+    return await runner(request).list_page(tenant.name, after, limit)  # reads only that page
 
 
 @router.get("/batches/{batch_id}", summary="Retrieve a batch")
