@@ -269,6 +269,10 @@ async def test_path_registration(
         )
         assert_error(await post(http, "team"), 400, f"has no {CFG}")
         assert_error(await http.post("/v1/adapters", json={"name": "p"}, headers=ALICE), 400, "missing 'path'")  # fmt: skip
+        listed = await http.post(
+            "/v1/adapters", json={"name": "p", "path": ["team"]}, headers=ALICE
+        )
+        assert_error(listed, 400, "'path' must be a string, not list")  # sent, but not a string
         names = [a["name"] for a in (await http.get("/v1/adapters", headers=ALICE)).json()["data"]]
         assert names == ["abs", "rel"]
     async with service(adapters_root=None) as url, httpx.AsyncClient(base_url=url) as http:

@@ -61,6 +61,8 @@ async def upload_file(
         raise InvalidParamError(
             "purpose must be 'batch' (the only files this server keeps)", "purpose"
         )
+    if len((await request.form()).getlist("file")) > 1:  # parsed once: Starlette keeps it
+        raise InvalidParamError("send one file per upload (this one has several)", "file")
     store = batch_store(request)
     policy = (
         None

@@ -70,6 +70,8 @@ def resolve_under_root(root: Path | None, given: object) -> Path:
             "path registration is disabled: the server runs without --adapters-root; "
             "upload the files as multipart/form-data instead"
         )
+    if given is not None and not isinstance(given, str):
+        raise invalid(f"'path' must be a string, not {type(given).__name__}", "path")
     if not isinstance(given, str) or not given.strip():
         raise invalid("missing 'path': a directory under the server's adapters root", "path")
     check_text(given, "path")
