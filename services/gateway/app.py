@@ -19,6 +19,7 @@ from loraplex import env, prom
 from loraplex.adapters.registration.config import RegistrationConfig
 from loraplex.adapters.registration.lifecycle import Registration
 from loraplex.bus import Bus
+from loraplex.gateway.auth_first import AuthFirstMiddleware
 from loraplex.gateway.batches.execute import LineExecutor
 from loraplex.gateway.batches.runner import BatchRunner
 from loraplex.gateway.batches.store import BatchStore, MemoryBatchStore
@@ -223,6 +224,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.add_middleware(
         FileUploadSlotsMiddleware, per_tenant=env.GATEWAY_FILE_UPLOADS_PER_TENANT.get()
     )
+    # outside both: a request with a body and no valid key is a 401 before any of it is read
+    app.add_middleware(AuthFirstMiddleware)
     # outermost but metrics: every route's body reading is bounded in time (408)
     app.add_middleware(
         BodyTimeoutMiddleware,

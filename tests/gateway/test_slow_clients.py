@@ -141,8 +141,9 @@ async def test_the_next_request_on_a_kept_alive_connection_has_the_same_deadline
 async def test_a_declared_body_that_never_comes_gets_408(
     timed_gateway: Start, errors_logged: list[logging.LogRecord]
 ) -> None:
-    async with timed_gateway() as url, raw(url) as (reader, writer):  # unauthenticated
-        writer.write(head("POST", "/v1/completions", "Content-Length: 100"))
+    async with timed_gateway() as url, raw(url) as (reader, writer):
+        auth = f"Authorization: Bearer {ALICE_KEY}"  # without a key: a 401 at once (auth_first)
+        writer.write(head("POST", "/v1/completions", "Content-Length: 100", auth))
         error = assert_error(await read_until_closed(reader), 408, "request_timeout")
         assert "0 bytes received" in str(error["message"])
     assert [r for r in errors_logged if r.levelno >= logging.ERROR] == []
