@@ -60,6 +60,7 @@ bench: setup
 	$(PY) bench/restart.py --write-docs
 	$(PY) bench/hostile_constraints.py --write-docs
 	$(PY) bench/slot_hog.py --write-docs
+	$(PY) bench/stream_memory.py --write-docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info shared/loraplex/_native
