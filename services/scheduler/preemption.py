@@ -114,6 +114,9 @@ class Preemption:
         """A request placed ``after_s`` ago that is not decoding yet, on a worker whose adapter
         slots are all pinned, the only one there with its adapter: it waits for a slot.  The
         victim runs there, alone with its adapter (its end frees that slot)."""
+        if not any(w.slots_full for w in self.registry.workers.values()):
+            self._forget_helped()
+            return None  # no worker makes a request wait for a slot: no scan of the requests
         counts: dict[str, int] | None = None
         for job in list(self.inflight.values()):
             sub = job.submit
