@@ -25,7 +25,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from loraplex.gateway.app import create_app
-from loraplex.gateway.peer import GatewayH11Protocol
+from loraplex.gateway.header_timeout import TimedH11Protocol
 from loraplex.gateway.settings import GatewaySettings
 from loraplex.protocol import (
     CancelRequest,
@@ -237,8 +237,9 @@ async def scheduler(nats_url: str, tokenizer: Tokenizer) -> AsyncIterator[FakeSc
 
 def serve(settings: GatewaySettings) -> AbstractAsyncContextManager[str]:
     """Run the gateway on a real uvicorn server in this event loop; yields its base URL."""
-    # with the gateway's own h11 protocol, as ``python -m loraplex.gateway`` runs it
-    return serve_app(create_app(settings), settings.host, settings.port, http=GatewayH11Protocol)
+    # with the gateway's own h11 protocol (peer probes, the header deadline), as
+    # ``python -m loraplex.gateway`` runs it
+    return serve_app(create_app(settings), settings.host, settings.port, http=TimedH11Protocol)
 
 
 @pytest.fixture

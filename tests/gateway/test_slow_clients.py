@@ -49,9 +49,9 @@ SMALL = {  # seconds / bytes per second / uploads: what each test starts from
 
 @pytest.fixture
 def timed_gateway(gateway_factory: GatewayFactory, monkeypatch: pytest.MonkeyPatch) -> Start:
-    """``async with timed_gateway(env overrides, **settings) as url``: conftest's gateway with
-    the production protocol and the small timeouts."""
-    monkeypatch.setattr(gateway_conftest, "GatewayH11Protocol", TimedH11Protocol)
+    """``async with timed_gateway(env overrides, **settings) as url``: conftest's gateway (the
+    production protocol) with the small timeouts."""
+    assert gateway_conftest.TimedH11Protocol is TimedH11Protocol
 
     def start(
         env: dict[str, str] | None = None, **settings: object
