@@ -30,7 +30,7 @@ from loraplex.token_logprobs import TokenLogprobs  # noqa: E402
 SECTION = "Unread streams: deltas queued vs joined (bench/stream_memory.py)"
 
 
-def wire(rid: str, i: int, k: int | None, tokens: int) -> TokenDelta:
+def wire(rid: str, i: int, k: int | None) -> TokenDelta:
     t = 100 + (i * 7) % 900
     lps = None
     if k is not None:
@@ -51,7 +51,7 @@ def held(joined: bool, choices: int, tokens: int, k: int | None) -> tuple[int, l
         ]
         for i in range(tokens):
             for c, q in enumerate(queues):
-                q.put_nowait(wire(f"r{c}", i, k, tokens))
+                q.put_nowait(wire(f"r{c}", i, k))
         gc.collect()
         size = tracemalloc.get_traced_memory()[0] - base
         tracemalloc.stop()

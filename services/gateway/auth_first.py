@@ -15,9 +15,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from loraplex.gateway.early_answer import LINGER_S, answer_and_close
 from loraplex.gateway.errors import classify
-from loraplex.tenants import AuthenticationError
+from loraplex.tenants import AuthenticationError, Tenant
 
 WITH_BODY = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def header_tenant(scope: Scope) -> Tenant:
+    """The tenant of the request's ``Authorization`` header (``AuthenticationError`` if none),
+    from the app's live tenants (Starlette puts the app in the scope before its middleware)."""
+    return scope["app"].state.tenants.authenticate(Headers(scope=scope).get("authorization"))
 
 
 class AuthFirstMiddleware:
@@ -27,8 +33,7 @@ class AuthFirstMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in WITH_BODY:
             try:
-                # the app's live tenants (Starlette puts the app in the scope before middleware)
-                scope["app"].state.tenants.authenticate(Headers(scope=scope).get("authorization"))
+                header_tenant(scope)
             except AuthenticationError as e:
                 await answer_and_close(*classify(e), send, receive, LINGER_S)
                 return

@@ -67,6 +67,7 @@ class GatewayService:
         metrics: GatewayMetrics,
     ) -> None:
         self.settings = settings
+        self._max_answer_bytes = int(settings.max_answer_mb * 1024 * 1024)
         self.bus = bus
         self.router = router
         self.tokenizer = tokenizer
@@ -209,10 +210,6 @@ class GatewayService:
         prepared = await self.builder.chat(req, tenant, adapter)
         check_answer_size([prepared], req.n, req.stream, self._max_answer_bytes)
         return prepared
-
-    @property
-    def _max_answer_bytes(self) -> int:
-        return int(self.settings.max_answer_mb * 1024 * 1024)
 
     # ---- 2. submit -------------------------------------------------------------------------
     async def start(self, p: Prepared) -> Generation:

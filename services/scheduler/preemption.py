@@ -94,8 +94,7 @@ class Preemption:
         head = self.policy.peek()
         if head is None or head.request_id != sub.request_id or now - head.arrival < self.after_s:
             return None  # a request to place again (not the policy's) or a short wait
-        prompt = len(sub.prompt_token_ids)
-        if self.registry.place(sub.adapter, prompt, prompt + sub.sampling.max_tokens):
+        if self._fits(sub):
             return None  # room freed since the last dispatch, which will place it
         return self.choose(head, sub)
 
@@ -154,13 +153,17 @@ class Preemption:
         for rid in [r for r in self._helped if r not in self.inflight]:
             del self._helped[rid]
 
+    def _fits(self, sub: SubmitRequest) -> bool:
+        """Whether some worker set has room for ``sub`` now."""
+        prompt = len(sub.prompt_token_ids)
+        return self.registry.place(sub.adapter, prompt, committed_tokens(sub)) is not None
+
     def _frees_room(self, job: InFlight, sub: SubmitRequest) -> bool:
         """Whether releasing ``job`` lets ``sub`` be placed (it is released for good if so)."""
         rid, total = job.submit.request_id, committed_tokens(job.submit)
         for wid in job.workers:
             self.registry.release(wid, rid)
-        prompt = len(sub.prompt_token_ids)
-        if self.registry.place(sub.adapter, prompt, prompt + sub.sampling.max_tokens) is not None:
+        if self._fits(sub):
             return True
         for wid in job.workers:  # no: as it was
             self.registry.commit(wid, rid, total, job.submit.adapter)

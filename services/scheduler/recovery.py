@@ -62,6 +62,11 @@ class InFlight:
         return p.decode if p.decode and self.prefill_done else p.prefill
 
     @property
+    def tries(self) -> int:
+        """Its placements so far that were not preempted (``--max-attempts`` counts these)."""
+        return self.attempt - self.preemptions + 1
+
+    @property
     def decoding(self) -> bool:
         """Its worker decodes it: a token beyond the first since it was placed (the first is
         the prefill's, and a decode worker reports it on taking the request over, before an
@@ -152,7 +157,7 @@ class Recovery:
         self.inflight.pop(rid, None)
         max_tokens = job.submit.sampling.max_tokens
         resumable = not job.tokens_sent or job.tokens.resumable(max_tokens, job.completion_tokens)
-        if resumable and job.attempt - job.preemptions + 1 < self.s.max_attempts:
+        if resumable and job.tries < self.s.max_attempts:
             job.attempt += 1
             job.last_failure = reason
             if job.tokens_sent:
@@ -171,8 +176,7 @@ class Recovery:
         self.policy.on_finish(rid, job.completion_tokens)
         self.counters_changed()
         why = reason if resumable else f"{reason}; its tokens so far are not known"
-        tries = job.attempt - job.preemptions + 1
-        self._send_error(job.submit, f"request failed after {tries} attempt(s): {why}")
+        self._send_error(job.submit, f"request failed after {job.tries} attempt(s): {why}")
 
     async def worker_died(self, dead: WorkerState, how: str) -> None:
         """Recover the requests of a worker whose heartbeats stopped (or that ``restarted``)."""
